@@ -1,0 +1,30 @@
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+  const char *name;
+  int (*fn)(int, char **);
+  const char *help;
+} cmds[] = {
+    {"info", cmd_info, "info MODEL [--shape NAME=d0,d1,...]   inputs, outputs, ops, parameters, dispatch, arena"},
+    {"run", cmd_run, "run MODEL [--input NAME=FILE.npy]... [--shape NAME=dims] [--output DIR] [--labels FILE.npy] [--threads N]"},
+    {"bench", cmd_bench, "bench MODEL [--threads N] [--runs N] [--warmup N] [--input NAME=FILE.npy] [--shape NAME=dims]"},
+    {"conformance", cmd_conformance, "conformance DIR... [--rtol R] [--atol A] [--threads N] [--quiet] [--expect-failures FILE]"},
+};
+
+static int usage(FILE *f) {
+  fprintf(f, "usage: kiln COMMAND ...\n");
+  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) fprintf(f, "  kiln %s\n", cmds[i].help);
+  return f == stderr ? 2 : 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) return usage(stderr);
+  if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help"))
+    return usage(stdout);
+  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+    if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 2, argv + 2);
+  fprintf(stderr, "kiln: unknown command '%s'\n", argv[1]);
+  return usage(stderr);
+}

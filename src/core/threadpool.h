@@ -1,0 +1,17 @@
+/* Kiln's intra-op thread pool: persistent workers that split a range between them.
+   Workers spin briefly after a job, then sleep on a condition variable, so an idle pool costs
+   no CPU. One parallel_for at a time per pool (a session owns its pool). */
+#ifndef KILN_CORE_THREADPOOL_H
+#define KILN_CORE_THREADPOOL_H
+
+#include "ir/op.h"
+
+typedef struct kiln__pool kiln__pool;
+
+/* Creates a pool that runs jobs on `threads` threads in total (the caller counts as one).
+   threads <= 1 returns NULL, which kiln__parallel_for treats as "run inline". */
+kiln_status kiln__pool_create(int threads, kiln__pool **out, kiln_error *err);
+void kiln__pool_free(kiln__pool *p);
+int kiln__pool_threads(const kiln__pool *p);
+
+#endif

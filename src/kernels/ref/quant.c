@@ -1,0 +1,607 @@
+/* Reference kernels: linear quantization (QuantizeLinear, DequantizeLinear,
+ * DynamicQuantizeLinear) and the integer products (MatMulInteger, QLinearMatMul, ConvInteger,
+ * QLinearConv).
+ *
+ * Rounding is to nearest, ties to even (rint under the default rounding mode), as ONNX specifies.
+ * Requantization multiplies in float32, like the reference implementations the tests come from.
+ * Integer products accumulate in int32 as the spec requires; ConvInteger and QLinearConv are
+ * direct convolutions. */
+#include <math.h>
+
+#include "ir/op.h"
+#include "kernels/ref/gemm.h"
+
+/* ---- helpers --------------------------------------------------------------------------------- */
+
+static const kiln_tensor *in_at(const kiln__kctx *c, int i) { return i < c->n_in ? c->in[i] : NULL; }
+
+static inline int32_t ldq(const kiln_tensor *t, size_t i) {
+  switch (t->dtype) {
+  case KILN_DTYPE_UINT8: return ((const uint8_t *)t->data)[i];
+  case KILN_DTYPE_INT8: return ((const int8_t *)t->data)[i];
+  default: return (int32_t)kiln__load_i64(t->data, t->dtype, i);
+  }
+}
+
+static inline float ldf(const kiln_tensor *t, size_t i) {
+  if (t->dtype == KILN_DTYPE_FLOAT) return ((const float *)t->data)[i];
+  return (float)kiln__load_f64(t->data, t->dtype, i);
+}
+
+static bool qrange(kiln_dtype t, int32_t *lo, int32_t *hi) {
+  *lo = *hi = 0;
+  switch (t) {
+  case KILN_DTYPE_UINT8: *lo = 0; *hi = 255; return true;
+  case KILN_DTYPE_INT8: *lo = -128; *hi = 127; return true;
+  case KILN_DTYPE_UINT16: *lo = 0; *hi = 65535; return true;
+  case KILN_DTYPE_INT16: *lo = -32768; *hi = 32767; return true;
+  default: return false;
+  }
+}
+
+/* Rounds half to even and saturates into [lo, hi]; NaN maps to 0 before the zero point. */
+static inline int32_t saturate(float v, int32_t zp, int32_t lo, int32_t hi) {
+  float r = rintf(v);
+  if (r != r) r = 0.0f;
+  double q = (double)r + zp;
+  return q < lo ? lo : q > hi ? hi : (int32_t)q;
+}
+
+static inline void stq(kiln_tensor *t, size_t i, int32_t v) {
+  switch (t->dtype) {
+  case KILN_DTYPE_UINT8: ((uint8_t *)t->data)[i] = (uint8_t)v; break;
+  case KILN_DTYPE_INT8: ((int8_t *)t->data)[i] = (int8_t)v; break;
+  default: kiln__store_i64(t->data, t->dtype, i, v); break;
+  }
+}
+
+static bool is_q8(kiln_dtype t) { return t == KILN_DTYPE_UINT8 || t == KILN_DTYPE_INT8; }
+
+/* A quantization parameter: a scalar (any rank, one element) or a 1-D tensor of `n` elements.
+   Returns through *count 1 or n. */
+static kiln_status check_qparam(const kiln__kctx *c, const kiln_tensor *t, size_t n,
+                                const char *what, size_t *count) {
+  size_t cnt = kiln_tensor_count(t);
+  if (cnt == 1) {
+    *count = 1;
+    return KILN_OK;
+  }
+  if (t->rank != 1 || cnt != n)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "%s must be a scalar or a 1-D tensor of %zu elements (has %zu)", what, n,
+                      cnt);
+  *count = n;
+  return KILN_OK;
+}
+
+static kiln_status need_scale(const kiln__kctx *c, const kiln_tensor *t, const char *what) {
+  if (!kiln__dtype_is_float(t->dtype))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "%s must be floating point, got %s", what,
+                      kiln_dtype_name(t->dtype));
+  return KILN_OK;
+}
+
+/* ---- QuantizeLinear / DequantizeLinear ------------------------------------------------------- */
+
+/* Per-tensor or per-axis geometry: x viewed as outer x ch x inner, parameters indexed by ch. */
+typedef struct qaxis {
+  size_t outer, ch, inner;
+  bool per_axis;
+} qaxis;
+
+static kiln_status qaxis_get(const kiln__kctx *c, qaxis *q) {
+  const kiln_tensor *x = c->in[0], *scale = c->in[1], *zp = in_at(c, 2);
+  kiln_status s = need_scale(c, scale, "scale");
+  if (s != KILN_OK) return s;
+  size_t total = kiln_tensor_count(x), sc = kiln_tensor_count(scale);
+  /* A one-element scale is per-tensor whatever its rank. */
+  q->per_axis = sc != 1;
+  if (scale->rank > 1 && q->per_axis)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "scale must be a scalar or 1-D");
+  if (!q->per_axis) {
+    if (sc != 1) return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "scale must be a scalar");
+    q->outer = 1;
+    q->ch = 1;
+    q->inner = total;
+  } else {
+    int axis = 0;
+    int64_t a = kiln__attr_int(c->node, "axis", 1);
+    if (!kiln__norm_axis(a, x->rank, &axis))
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "axis %lld out of range for rank %d",
+                        (long long)a, x->rank);
+    if ((int64_t)sc != x->dims[axis])
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                        "scale has %zu elements, axis %d has %lld", sc, axis,
+                        (long long)x->dims[axis]);
+    q->ch = sc;
+    q->outer = 1;
+    for (int i = 0; i < axis; i++) q->outer *= (size_t)x->dims[i];
+    q->inner = 1;
+    for (int i = axis + 1; i < x->rank; i++) q->inner *= (size_t)x->dims[i];
+  }
+  if (zp) {
+    if (kiln_tensor_count(zp) != q->ch)
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "zero point and scale differ in shape");
+  }
+  return KILN_OK;
+}
+
+static kiln_status infer_quantize(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0], *zp = in_at(c, 2);
+  if (!kiln__dtype_is_float(x->dtype) && x->dtype != KILN_DTYPE_INT32)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "QuantizeLinear of %s",
+                      kiln_dtype_name(x->dtype));
+  kiln_dtype out = zp ? zp->dtype : KILN_DTYPE_UINT8;
+  int32_t lo, hi;
+  if (!qrange(out, &lo, &hi))
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "QuantizeLinear to %s", kiln_dtype_name(out));
+  qaxis q = {0};
+  kiln_status s = qaxis_get(c, &q);
+  if (s != KILN_OK) return s;
+  kiln__set_shape(c->out[0], out, x->rank, x->dims);
+  return KILN_OK;
+}
+
+static kiln_status run_quantize(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0], *scale = c->in[1], *zp = in_at(c, 2);
+  kiln_tensor *y = c->out[0];
+  qaxis q = {0};
+  kiln_status s = qaxis_get(c, &q);
+  if (s != KILN_OK) return s;
+  int32_t lo, hi;
+  qrange(y->dtype, &lo, &hi);
+  for (size_t k = 0; k < q.ch; k++) {
+    float sc = ldf(scale, k);
+    int32_t z = zp ? ldq(zp, k) : 0;
+    for (size_t o = 0; o < q.outer; o++) {
+      size_t base = (o * q.ch + k) * q.inner;
+      if (x->dtype == KILN_DTYPE_FLOAT && y->dtype == KILN_DTYPE_UINT8) {
+        const float *xp = (const float *)x->data + base;
+        uint8_t *yp = (uint8_t *)y->data + base;
+        for (size_t i = 0; i < q.inner; i++) yp[i] = (uint8_t)saturate(xp[i] / sc, z, lo, hi);
+      } else {
+        for (size_t i = 0; i < q.inner; i++)
+          stq(y, base + i, saturate(ldf(x, base + i) / sc, z, lo, hi));
+      }
+    }
+  }
+  return KILN_OK;
+}
+
+static kiln_status infer_dequantize(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0], *zp = in_at(c, 2);
+  if (!is_q8(x->dtype) && x->dtype != KILN_DTYPE_INT32 && x->dtype != KILN_DTYPE_UINT16 &&
+      x->dtype != KILN_DTYPE_INT16)
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "DequantizeLinear of %s",
+                      kiln_dtype_name(x->dtype));
+  if (zp && zp->dtype != x->dtype)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "zero point type %s differs from input's %s",
+                      kiln_dtype_name(zp->dtype), kiln_dtype_name(x->dtype));
+  qaxis q = {0};
+  kiln_status s = qaxis_get(c, &q);
+  if (s != KILN_OK) return s;
+  kiln__set_shape(c->out[0], c->in[1]->dtype, x->rank, x->dims);
+  return KILN_OK;
+}
+
+static kiln_status run_dequantize(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0], *scale = c->in[1], *zp = in_at(c, 2);
+  kiln_tensor *y = c->out[0];
+  qaxis q = {0};
+  kiln_status s = qaxis_get(c, &q);
+  if (s != KILN_OK) return s;
+  for (size_t k = 0; k < q.ch; k++) {
+    float sc = ldf(scale, k);
+    int32_t z = zp ? ldq(zp, k) : 0;
+    for (size_t o = 0; o < q.outer; o++) {
+      size_t base = (o * q.ch + k) * q.inner;
+      if (y->dtype == KILN_DTYPE_FLOAT) {
+        float *yp = (float *)y->data + base;
+        for (size_t i = 0; i < q.inner; i++) yp[i] = (float)(ldq(x, base + i) - z) * sc;
+      } else {
+        for (size_t i = 0; i < q.inner; i++)
+          kiln__store_f64(y->data, y->dtype, base + i, (double)((float)(ldq(x, base + i) - z) * sc));
+      }
+    }
+  }
+  return KILN_OK;
+}
+
+/* ---- DynamicQuantizeLinear ------------------------------------------------------------------- */
+
+static kiln_status infer_dynquant(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0];
+  if (!kiln__dtype_is_float(x->dtype))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "DynamicQuantizeLinear of %s",
+                      kiln_dtype_name(x->dtype));
+  kiln__set_shape(c->out[0], KILN_DTYPE_UINT8, x->rank, x->dims);
+  if (c->n_out > 1 && c->out[1]) kiln__set_shape(c->out[1], KILN_DTYPE_FLOAT, 0, NULL);
+  if (c->n_out > 2 && c->out[2]) kiln__set_shape(c->out[2], KILN_DTYPE_UINT8, 0, NULL);
+  return KILN_OK;
+}
+
+static kiln_status run_dynquant(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0];
+  kiln_tensor *y = c->out[0];
+  size_t n = kiln_tensor_count(x);
+  /* The range always includes 0 so that 0 is exactly representable. */
+  float mn = 0.0f, mx = 0.0f;
+  for (size_t i = 0; i < n; i++) {
+    float v = ldf(x, i);
+    if (v < mn) mn = v;
+    if (v > mx) mx = v;
+  }
+  float scale = (mx - mn) / 255.0f;
+  int32_t zp = 0;
+  if (scale > 0.0f && isfinite(scale)) zp = saturate((0.0f - mn) / scale, 0, 0, 255);
+  uint8_t *yd = y->data;
+  for (size_t i = 0; i < n; i++)
+    yd[i] = scale > 0.0f ? (uint8_t)saturate(ldf(x, i) / scale, zp, 0, 255) : (uint8_t)zp;
+  if (c->n_out > 1 && c->out[1]) *(float *)c->out[1]->data = scale;
+  if (c->n_out > 2 && c->out[2]) *(uint8_t *)c->out[2]->data = (uint8_t)zp;
+  return KILN_OK;
+}
+
+/* ---- MatMulInteger / QLinearMatMul ----------------------------------------------------------- */
+
+/* Row/column quantization parameters of an integer matmul, all with count 1 or m / n. */
+typedef struct qmm_params {
+  const kiln_tensor *azp, *bzp;   /* may be NULL */
+  size_t azp_n, bzp_n;
+} qmm_params;
+
+static kiln_status qmm_check(const kiln__kctx *c, const kiln_tensor *a, const kiln_tensor *b,
+                             kiln__matmul_shape *s) {
+  if (!is_q8(a->dtype) || !is_q8(b->dtype))
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "integer matmul of %s and %s",
+                      kiln_dtype_name(a->dtype), kiln_dtype_name(b->dtype));
+  return kiln__matmul_shape_get(a, b, s, c->err);
+}
+
+/* acc[i][j] = sum_p (a[i][p] - azp[i]) * (b[p][j] - bzp[j]) for one output matrix, passed to
+   `emit` a row at a time through the int32 row buffer `row` (n elements). */
+static void qmm_matrix(const kiln_tensor *a, size_t ao, const kiln_tensor *b, size_t bo,
+                       const kiln__matmul_shape *s, const qmm_params *q, size_t i, int32_t *row) {
+  int32_t za = q->azp ? ldq(q->azp, q->azp_n == 1 ? 0 : i) : 0;
+  for (size_t j = 0; j < s->n; j++) row[j] = 0;
+  for (size_t p = 0; p < s->k; p++) {
+    int32_t av = ldq(a, ao + i * s->k + p) - za;
+    if (av == 0) continue;
+    for (size_t j = 0; j < s->n; j++) {
+      int32_t zb = q->bzp ? ldq(q->bzp, q->bzp_n == 1 ? 0 : j) : 0;
+      row[j] += av * (ldq(b, bo + p * s->n + j) - zb);
+    }
+  }
+}
+
+static kiln_status infer_matmulint(kiln__kctx *c) {
+  kiln__matmul_shape s = {0};
+  kiln_status st = qmm_check(c, c->in[0], c->in[1], &s);
+  if (st != KILN_OK) return st;
+  size_t cnt;
+  const kiln_tensor *azp = in_at(c, 2), *bzp = in_at(c, 3);
+  if (azp && (st = check_qparam(c, azp, s.m, "a_zero_point", &cnt)) != KILN_OK) return st;
+  if (bzp && (st = check_qparam(c, bzp, s.n, "b_zero_point", &cnt)) != KILN_OK) return st;
+  kiln__set_shape(c->out[0], KILN_DTYPE_INT32, s.out_rank, s.out_dims);
+  return KILN_OK;
+}
+
+static kiln_status run_matmulint(kiln__kctx *c) {
+  const kiln_tensor *a = c->in[0], *b = c->in[1];
+  kiln__matmul_shape s = {0};
+  kiln_status st = qmm_check(c, a, b, &s);
+  if (st != KILN_OK) return st;
+  qmm_params q = {in_at(c, 2), in_at(c, 3), 1, 1};
+  if (q.azp && (st = check_qparam(c, q.azp, s.m, "a_zero_point", &q.azp_n)) != KILN_OK) return st;
+  if (q.bzp && (st = check_qparam(c, q.bzp, s.n, "b_zero_point", &q.bzp_n)) != KILN_OK) return st;
+  int32_t *y = c->out[0]->data;
+  for (size_t bi = 0; bi < s.batch; bi++) {
+    size_t ao, bo;
+    kiln__matmul_offsets(&s, bi, &ao, &bo);
+    for (size_t i = 0; i < s.m; i++) qmm_matrix(a, ao, b, bo, &s, &q, i, y + (bi * s.m + i) * s.n);
+  }
+  return KILN_OK;
+}
+
+/* Inputs: a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp. */
+static kiln_status qlmm_params(const kiln__kctx *c, kiln__matmul_shape *s, size_t *cnt) {
+  kiln_status st = qmm_check(c, c->in[0], c->in[3], s);
+  if (st != KILN_OK) return st;
+  static const char *const names[6] = {"a_scale", "a_zero_point", "b_scale", "b_zero_point",
+                                       "y_scale", "y_zero_point"};
+  static const int idx[6] = {1, 2, 4, 5, 6, 7};
+  for (int i = 0; i < 6; i++) {
+    size_t n = i == 2 || i == 3 ? s->n : s->m;
+    if ((st = check_qparam(c, c->in[idx[i]], n, names[i], &cnt[i])) != KILN_OK) return st;
+  }
+  if ((st = need_scale(c, c->in[1], "a_scale")) != KILN_OK) return st;
+  if ((st = need_scale(c, c->in[4], "b_scale")) != KILN_OK) return st;
+  if ((st = need_scale(c, c->in[6], "y_scale")) != KILN_OK) return st;
+  int32_t lo, hi;
+  if (!qrange(c->in[7]->dtype, &lo, &hi) || !is_q8(c->in[7]->dtype))
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "QLinearMatMul output %s",
+                      kiln_dtype_name(c->in[7]->dtype));
+  return KILN_OK;
+}
+
+static kiln_status infer_qlinearmatmul(kiln__kctx *c) {
+  kiln__matmul_shape s = {0};
+  size_t cnt[6] = {0};
+  kiln_status st = qlmm_params(c, &s, cnt);
+  if (st != KILN_OK) return st;
+  kiln__set_shape(c->out[0], c->in[7]->dtype, s.out_rank, s.out_dims);
+  return KILN_OK;
+}
+
+static size_t scratch_qlinearmatmul(const kiln__kctx *c) {
+  const kiln_tensor *b = c->in[3];
+  size_t n = b->rank >= 2 ? (size_t)b->dims[b->rank - 1] : 1;
+  return n * sizeof(int32_t);
+}
+
+static kiln_status run_qlinearmatmul(kiln__kctx *c) {
+  kiln__matmul_shape s = {0};
+  size_t cnt[6] = {0};
+  kiln_status st = qlmm_params(c, &s, cnt);
+  if (st != KILN_OK) return st;
+  const kiln_tensor *a = c->in[0], *b = c->in[3], *as = c->in[1], *bs = c->in[4],
+                    *ys = c->in[6], *yzp = c->in[7];
+  kiln_tensor *y = c->out[0];
+  qmm_params q = {c->in[2], c->in[5], cnt[1], cnt[3]};
+  int32_t lo, hi;
+  qrange(y->dtype, &lo, &hi);
+  int32_t *row = c->scratch;
+  for (size_t bi = 0; bi < s.batch; bi++) {
+    size_t ao, bo;
+    kiln__matmul_offsets(&s, bi, &ao, &bo);
+    for (size_t i = 0; i < s.m; i++) {
+      qmm_matrix(a, ao, b, bo, &s, &q, i, row);
+      float sa = ldf(as, cnt[0] == 1 ? 0 : i), sy = ldf(ys, cnt[4] == 1 ? 0 : i);
+      int32_t zy = ldq(yzp, cnt[5] == 1 ? 0 : i);
+      for (size_t j = 0; j < s.n; j++) {
+        float mult = sa * ldf(bs, cnt[2] == 1 ? 0 : j) / sy;
+        stq(y, (bi * s.m + i) * s.n + j, saturate((float)row[j] * mult, zy, lo, hi));
+      }
+    }
+  }
+  return KILN_OK;
+}
+
+/* ---- ConvInteger / QLinearConv --------------------------------------------------------------- */
+
+typedef struct conv_geom {
+  int sp;                               /* spatial rank */
+  size_t n, ci, co, group;
+  int64_t in[KILN_MAX_RANK], k[KILN_MAX_RANK], out[KILN_MAX_RANK];
+  int64_t stride[KILN_MAX_RANK], dil[KILN_MAX_RANK], pad[KILN_MAX_RANK]; /* pad: begin side */
+} conv_geom;
+
+static kiln_status conv_geometry(const kiln__kctx *c, const kiln_tensor *x, const kiln_tensor *w,
+                                 conv_geom *g) {
+  if (!is_q8(x->dtype) || !is_q8(w->dtype))
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "integer convolution of %s by %s",
+                      kiln_dtype_name(x->dtype), kiln_dtype_name(w->dtype));
+  if (x->rank < 3 || w->rank != x->rank)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "convolution needs N x C x D... input and matching weight (ranks %d, %d)",
+                      x->rank, w->rank);
+  g->sp = x->rank - 2;
+  int64_t group = kiln__attr_int(c->node, "group", 1);
+  if (group <= 0 || x->dims[1] != w->dims[1] * group || w->dims[0] % group != 0)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "convolution channels do not match (input %lld, weight %lld x %lld, "
+                      "group %lld)",
+                      (long long)x->dims[1], (long long)w->dims[0], (long long)w->dims[1],
+                      (long long)group);
+  g->n = (size_t)x->dims[0];
+  g->ci = (size_t)x->dims[1];
+  g->co = (size_t)w->dims[0];
+  g->group = (size_t)group;
+  const int64_t *ks, *st, *dl, *pd;
+  size_t nks = kiln__attr_ints(c->node, "kernel_shape", &ks);
+  size_t nst = kiln__attr_ints(c->node, "strides", &st);
+  size_t ndl = kiln__attr_ints(c->node, "dilations", &dl);
+  size_t npd = kiln__attr_ints(c->node, "pads", &pd);
+  size_t sp = (size_t)g->sp;
+  if ((nks && nks != sp) || (nst && nst != sp) || (ndl && ndl != sp) || (npd && npd != 2 * sp))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "convolution attributes do not match the %d spatial dimensions", g->sp);
+  const char *ap = kiln__attr_str(c->node, "auto_pad", "NOTSET");
+  bool same_upper = strcmp(ap, "SAME_UPPER") == 0, same_lower = strcmp(ap, "SAME_LOWER") == 0;
+  bool valid = strcmp(ap, "VALID") == 0;
+  if (!same_upper && !same_lower && !valid && strcmp(ap, "NOTSET") != 0)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "unknown auto_pad '%s'", ap);
+  for (int i = 0; i < g->sp; i++) {
+    g->in[i] = x->dims[i + 2];
+    g->k[i] = w->dims[i + 2];
+    if (nks && ks[i] != g->k[i])
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "kernel_shape differs from the weight's");
+    g->stride[i] = nst ? st[i] : 1;
+    g->dil[i] = ndl ? dl[i] : 1;
+    if (g->stride[i] <= 0 || g->dil[i] <= 0)
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "strides and dilations must be positive");
+    int64_t ext = g->dil[i] * (g->k[i] - 1) + 1;
+    if (same_upper || same_lower) {
+      g->out[i] = (g->in[i] + g->stride[i] - 1) / g->stride[i];
+      int64_t total = KILN__MAX((g->out[i] - 1) * g->stride[i] + ext - g->in[i], 0);
+      g->pad[i] = same_upper ? total / 2 : total - total / 2;
+    } else {
+      int64_t pb = valid || !npd ? 0 : pd[i], pe = valid || !npd ? 0 : pd[i + sp];
+      if (pb < 0 || pe < 0)
+        return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "pads must not be negative");
+      g->pad[i] = pb;
+      int64_t span = g->in[i] + pb + pe - ext;
+      g->out[i] = span < 0 ? 0 : span / g->stride[i] + 1;
+    }
+  }
+  return KILN_OK;
+}
+
+static void conv_out_dims(const conv_geom *g, int64_t *dims) {
+  dims[0] = (int64_t)g->n;
+  dims[1] = (int64_t)g->co;
+  for (int i = 0; i < g->sp; i++) dims[i + 2] = g->out[i];
+}
+
+/* sum over the receptive field of (x - xzp) * (w - wzp) for output channel `oc` at output
+   position `opos` of image `b`; padding contributes nothing. */
+static int32_t conv_acc(const conv_geom *g, const kiln_tensor *x, const kiln_tensor *w,
+                        size_t b, size_t oc, const int64_t *opos, int32_t xzp, int32_t wzp) {
+  size_t cig = g->ci / g->group, cog = g->co / g->group, grp = oc / cog;
+  size_t kcount = 1, icount = 1;
+  for (int i = 0; i < g->sp; i++) {
+    kcount *= (size_t)g->k[i];
+    icount *= (size_t)g->in[i];
+  }
+  int32_t acc = 0;
+  for (size_t kp = 0; kp < kcount; kp++) {
+    size_t rem = kp, ioff = 0, istr = 1;
+    bool inside = true;
+    for (int d = g->sp - 1; d >= 0; d--) {
+      int64_t kd = (int64_t)(rem % (size_t)g->k[d]);
+      rem /= (size_t)g->k[d];
+      int64_t pos = opos[d] * g->stride[d] - g->pad[d] + kd * g->dil[d];
+      if (pos < 0 || pos >= g->in[d]) {
+        inside = false;
+        break;
+      }
+      ioff += (size_t)pos * istr;
+      istr *= (size_t)g->in[d];
+    }
+    if (!inside) continue;
+    size_t xb = (b * g->ci + grp * cig) * icount + ioff, wb = oc * cig * kcount + kp;
+    for (size_t ic = 0; ic < cig; ic++)
+      acc += (ldq(x, xb + ic * icount) - xzp) * (ldq(w, wb + ic * kcount) - wzp);
+  }
+  return acc;
+}
+
+/* Walks every output element in order: emit(arg, flat index, output channel, accumulator). */
+typedef void (*conv_emit)(void *arg, size_t i, size_t oc, int32_t acc);
+
+static void conv_walk(const conv_geom *g, const kiln_tensor *x, const kiln_tensor *w,
+                      int32_t xzp, const kiln_tensor *wzp, size_t wzp_n, conv_emit emit,
+                      void *arg) {
+  size_t ocount = 1;
+  for (int i = 0; i < g->sp; i++) ocount *= (size_t)g->out[i];
+  size_t flat = 0;
+  for (size_t b = 0; b < g->n; b++)
+    for (size_t oc = 0; oc < g->co; oc++) {
+      int32_t zw = wzp ? ldq(wzp, wzp_n == 1 ? 0 : oc) : 0;
+      int64_t opos[KILN_MAX_RANK] = {0};
+      for (size_t o = 0; o < ocount; o++, flat++) {
+        emit(arg, flat, oc, conv_acc(g, x, w, b, oc, opos, xzp, zw));
+        for (int d = g->sp - 1; d >= 0; d--) {
+          if (++opos[d] < g->out[d]) break;
+          opos[d] = 0;
+        }
+      }
+    }
+}
+
+static kiln_status infer_convint(kiln__kctx *c) {
+  conv_geom g = {0};
+  kiln_status st = conv_geometry(c, c->in[0], c->in[1], &g);
+  if (st != KILN_OK) return st;
+  size_t cnt;
+  const kiln_tensor *xzp = in_at(c, 2), *wzp = in_at(c, 3);
+  if (xzp && (st = check_qparam(c, xzp, 1, "x_zero_point", &cnt)) != KILN_OK) return st;
+  if (wzp && (st = check_qparam(c, wzp, g.co, "w_zero_point", &cnt)) != KILN_OK) return st;
+  int64_t dims[KILN_MAX_RANK];
+  conv_out_dims(&g, dims);
+  kiln__set_shape(c->out[0], KILN_DTYPE_INT32, c->in[0]->rank, dims);
+  return KILN_OK;
+}
+
+static void emit_int32(void *arg, size_t i, size_t oc, int32_t acc) {
+  ((int32_t *)arg)[i] = acc;
+}
+
+static kiln_status run_convint(kiln__kctx *c) {
+  conv_geom g = {0};
+  kiln_status st = conv_geometry(c, c->in[0], c->in[1], &g);
+  if (st != KILN_OK) return st;
+  const kiln_tensor *xzp = in_at(c, 2), *wzp = in_at(c, 3);
+  size_t wzp_n = 1;
+  if (wzp && (st = check_qparam(c, wzp, g.co, "w_zero_point", &wzp_n)) != KILN_OK) return st;
+  conv_walk(&g, c->in[0], c->in[1], xzp ? ldq(xzp, 0) : 0, wzp, wzp_n, emit_int32,
+            c->out[0]->data);
+  return KILN_OK;
+}
+
+/* QLinearConv inputs: x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, B (optional). */
+typedef struct qlconv {
+  conv_geom g;
+  size_t ws_n, wzp_n;
+} qlconv;
+
+static kiln_status qlconv_get(const kiln__kctx *c, qlconv *q) {
+  kiln_status st = conv_geometry(c, c->in[0], c->in[3], &q->g);
+  if (st != KILN_OK) return st;
+  size_t cnt;
+  if ((st = check_qparam(c, c->in[1], 1, "x_scale", &cnt)) != KILN_OK) return st;
+  if ((st = check_qparam(c, c->in[2], 1, "x_zero_point", &cnt)) != KILN_OK) return st;
+  if ((st = check_qparam(c, c->in[4], q->g.co, "w_scale", &q->ws_n)) != KILN_OK) return st;
+  if ((st = check_qparam(c, c->in[5], q->g.co, "w_zero_point", &q->wzp_n)) != KILN_OK) return st;
+  if ((st = check_qparam(c, c->in[6], 1, "y_scale", &cnt)) != KILN_OK) return st;
+  if ((st = check_qparam(c, c->in[7], 1, "y_zero_point", &cnt)) != KILN_OK) return st;
+  if ((st = need_scale(c, c->in[1], "x_scale")) != KILN_OK) return st;
+  if ((st = need_scale(c, c->in[4], "w_scale")) != KILN_OK) return st;
+  if ((st = need_scale(c, c->in[6], "y_scale")) != KILN_OK) return st;
+  if (!is_q8(c->in[7]->dtype))
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "QLinearConv output %s",
+                      kiln_dtype_name(c->in[7]->dtype));
+  const kiln_tensor *bias = in_at(c, 8);
+  if (bias && (bias->dtype != KILN_DTYPE_INT32 || bias->rank != 1 ||
+               (size_t)bias->dims[0] != q->g.co))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "QLinearConv B must be int32 [%zu]",
+                      q->g.co);
+  return KILN_OK;
+}
+
+static kiln_status infer_qlinearconv(kiln__kctx *c) {
+  qlconv q = {0};
+  kiln_status st = qlconv_get(c, &q);
+  if (st != KILN_OK) return st;
+  int64_t dims[KILN_MAX_RANK];
+  conv_out_dims(&q.g, dims);
+  kiln__set_shape(c->out[0], c->in[7]->dtype, c->in[0]->rank, dims);
+  return KILN_OK;
+}
+
+typedef struct qlconv_out {
+  kiln_tensor *y;
+  const kiln_tensor *ws, *bias;
+  size_t ws_n;
+  float xs, ys;
+  int32_t zy, lo, hi;
+} qlconv_out;
+
+static void emit_requant(void *arg, size_t i, size_t oc, int32_t acc) {
+  const qlconv_out *o = arg;
+  if (o->bias) acc += ((const int32_t *)o->bias->data)[oc];
+  float mult = o->xs * ldf(o->ws, o->ws_n == 1 ? 0 : oc) / o->ys;
+  stq(o->y, i, saturate((float)acc * mult, o->zy, o->lo, o->hi));
+}
+
+static kiln_status run_qlinearconv(kiln__kctx *c) {
+  qlconv q = {0};
+  kiln_status st = qlconv_get(c, &q);
+  if (st != KILN_OK) return st;
+  qlconv_out o = {c->out[0], c->in[4], in_at(c, 8), q.ws_n, ldf(c->in[1], 0), ldf(c->in[6], 0),
+                  ldq(c->in[7], 0), 0, 0};
+  qrange(o.y->dtype, &o.lo, &o.hi);
+  conv_walk(&q.g, c->in[0], c->in[3], ldq(c->in[2], 0), c->in[5], q.wzp_n, emit_requant, &o);
+  return KILN_OK;
+}
+
+const kiln__op kiln__ops_quant[] = {
+    {"", "QuantizeLinear", infer_quantize, run_quantize, NULL, 0, 2, 3},
+    {"", "DequantizeLinear", infer_dequantize, run_dequantize, NULL, 0, 2, 3},
+    {"", "DynamicQuantizeLinear", infer_dynquant, run_dynquant, NULL, 0, 1, 1},
+    {"", "MatMulInteger", infer_matmulint, run_matmulint, NULL, 0, 2, 4},
+    {"", "QLinearMatMul", infer_qlinearmatmul, run_qlinearmatmul, scratch_qlinearmatmul, 0, 8, 8},
+    {"", "ConvInteger", infer_convint, run_convint, NULL, 0, 2, 4},
+    {"", "QLinearConv", infer_qlinearconv, run_qlinearconv, NULL, 0, 8, 9},
+    {0},
+};

@@ -1,0 +1,209 @@
+/* End-to-end tests of the public API on the shipped digits CNN and transformer block: accuracy
+   against the labels, logits against the saved FP32 reference, input validation errors, plan
+   caching and memory planning figures, and zero heap allocations per warm run. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "kiln/kiln.h"
+
+static const char *models_dir; /* argv[1]: the repository's models/ folder */
+static const char *tests_dir;  /* argv[2]: the repository's tests/ folder */
+
+static kiln_model *load(const char *rel_dir, const char *file, int threads) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/%s", rel_dir, file);
+  kiln_model_opts o = kiln_model_opts_default();
+  o.intra_threads = threads;
+  kiln_model *m = NULL;
+  kiln_error err = {0};
+  kiln_status st = kiln_model_load(path, &o, &m, &err);
+  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
+  assert_int_equal(st, KILN_OK);
+  return m;
+}
+
+static void read_npy(const char *file, kiln_tensor *t) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/digits/%s", models_dir, file);
+  kiln_error err = {0};
+  assert_int_equal(kiln_tensor_read_npy(path, t, &err), KILN_OK);
+}
+
+static void digits_accuracy_and_logits(void **state) {
+  (void)state;
+  kiln_model *m = load(models_dir, "digits/digits_cnn.onnx", 2);
+  kiln_tensor x, y, ref;
+  read_npy("test_x.npy", &x);
+  read_npy("test_y.npy", &y);
+  read_npy("test_logits.npy", &ref);
+  kiln_session *s = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  const char *names[] = {"input"};
+  assert_int_equal(kiln_session_run(s, names, &x, 1, &err), KILN_OK);
+  kiln_tensor out;
+  assert_int_equal(kiln_session_output(s, 0, &out), KILN_OK);
+  assert_int_equal(out.rank, 2);
+  assert_int_equal(out.dims[0], 450);
+  assert_int_equal(out.dims[1], 10);
+  const float *lo = out.data, *lr = ref.data;
+  const int64_t *labels = y.data;
+  int correct = 0;
+  double max_rel = 0;
+  for (int r = 0; r < 450; r++) {
+    int best = 0;
+    for (int c = 1; c < 10; c++)
+      if (lo[r * 10 + c] > lo[r * 10 + best]) best = c;
+    correct += best == labels[r];
+    for (int c = 0; c < 10; c++) {
+      double e = lr[r * 10 + c], a = lo[r * 10 + c];
+      double rel = fabs(a - e) / fmax(fabs(e), 1e-3);
+      if (rel > max_rel) max_rel = rel;
+    }
+  }
+  /* The reference FP32 accuracy is 443/450 (shared/models/README.md). */
+  assert_int_equal(correct, 443);
+  assert_true(max_rel < 1e-4);
+  kiln_session_free(s);
+  kiln_tensor_release(&x);
+  kiln_tensor_release(&y);
+  kiln_tensor_release(&ref);
+  kiln_model_free(m);
+}
+
+static void bad_inputs_are_errors(void **state) {
+  (void)state;
+  kiln_model *m = load(models_dir, "digits/digits_cnn.onnx", 1);
+  kiln_session *s = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  float buf[64 * 2] = {0};
+  kiln_tensor t = {.dtype = KILN_DTYPE_FLOAT, .rank = 4, .dims = {1, 1, 8, 8}, .data = buf};
+  const char *wrong[] = {"nope"};
+  assert_int_equal(kiln_session_run(s, wrong, &t, 1, &err), KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "nope"));
+  const char *names[] = {"input"};
+  kiln_tensor bad_dtype = t;
+  bad_dtype.dtype = KILN_DTYPE_INT32;
+  assert_int_equal(kiln_session_run(s, names, &bad_dtype, 1, &err), KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "int32"));
+  kiln_tensor bad_shape = t;
+  bad_shape.dims[2] = 9;
+  assert_int_equal(kiln_session_run(s, names, &bad_shape, 1, &err), KILN_INVALID_ARGUMENT);
+  kiln_tensor bad_rank = t;
+  bad_rank.rank = 3;
+  assert_int_equal(kiln_session_run(s, names, &bad_rank, 1, &err), KILN_INVALID_ARGUMENT);
+  assert_int_equal(kiln_session_run(s, names, &t, 0, &err), KILN_INVALID_ARGUMENT);
+  /* the session still works after errors */
+  assert_int_equal(kiln_session_run(s, names, &t, 1, &err), KILN_OK);
+  kiln_session_free(s);
+  kiln_model_free(m);
+  /* a model that does not exist */
+  kiln_model *none = NULL;
+  assert_int_equal(kiln_model_load("/nonexistent/model.onnx", NULL, &none, &err), KILN_IO_ERROR);
+  assert_null(none);
+}
+
+static void plans_are_cached_per_shape(void **state) {
+  (void)state;
+  kiln_model *m = load(models_dir, "digits/digits_cnn.onnx", 1);
+  kiln_session *s = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  static float buf[4 * 64];
+  const char *names[] = {"input"};
+  kiln_tensor t1 = {.dtype = KILN_DTYPE_FLOAT, .rank = 4, .dims = {1, 1, 8, 8}, .data = buf};
+  kiln_tensor t4 = {.dtype = KILN_DTYPE_FLOAT, .rank = 4, .dims = {4, 1, 8, 8}, .data = buf};
+  assert_int_equal(kiln_session_run(s, names, &t1, 1, &err), KILN_OK);
+  assert_int_equal(kiln_session_run(s, names, &t1, 1, &err), KILN_OK);
+  assert_int_equal(kiln_session_run(s, names, &t4, 1, &err), KILN_OK);
+  assert_int_equal(kiln_session_run(s, names, &t1, 1, &err), KILN_OK);
+  kiln_session_stats st;
+  kiln_session_stats_get(s, &st);
+  assert_int_equal(st.plan_misses, 2); /* batch 1 and batch 4 */
+  assert_int_equal(st.plan_hits, 2);
+  assert_true(st.arena_bytes > 0);
+  assert_true(st.arena_bytes < st.intermediate_bytes); /* lifetimes overlap less than all */
+  kiln_tensor out;
+  assert_int_equal(kiln_session_output(s, 0, &out), KILN_OK);
+  assert_int_equal(out.dims[0], 1);
+  kiln_session_free(s);
+  kiln_model_free(m);
+}
+
+/* Warm runs with the same input shapes make no heap allocation at all. */
+static void assert_no_alloc_when_warm(kiln_model *m, const char *name, kiln_tensor *in) {
+  kiln_session *s = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  const char *names[] = {name};
+  for (int i = 0; i < 2; i++) assert_int_equal(kiln_session_run(s, names, in, 1, &err), KILN_OK);
+  uint64_t before = kiln_alloc_count();
+  for (int i = 0; i < 5; i++) assert_int_equal(kiln_session_run(s, names, in, 1, &err), KILN_OK);
+  assert_int_equal(kiln_alloc_count() - before, 0);
+  kiln_session_stats st;
+  kiln_session_stats_get(s, &st);
+  assert_int_equal(st.dynamic_bytes, 0); /* everything planned, nothing sized at run time */
+  kiln_session_free(s);
+}
+
+static void zero_alloc_conv_net(void **state) {
+  (void)state;
+  kiln_model *m = load(models_dir, "digits/digits_cnn.onnx", 2);
+  kiln_tensor x;
+  read_npy("test_x.npy", &x);
+  x.dims[0] = 16; /* a batch of 16 from the test set */
+  assert_no_alloc_when_warm(m, "input", &x);
+  kiln_tensor_release(&x);
+  kiln_model_free(m);
+}
+
+static void zero_alloc_transformer_block(void **state) {
+  (void)state;
+  kiln_model *m = load(tests_dir, "models/transformer_block.onnx", 2);
+  kiln_tensor x;
+  int64_t dims[3] = {2, 16, 64};
+  kiln_error err = {0};
+  assert_int_equal(kiln_tensor_alloc(&x, KILN_DTYPE_FLOAT, 3, dims, &err), KILN_OK);
+  float *p = x.data;
+  for (size_t i = 0; i < kiln_tensor_count(&x); i++) p[i] = (float)((i * 37) % 101) / 101.0f;
+  assert_no_alloc_when_warm(m, "x", &x);
+  /* the shape subgraph (Shape -> Slice -> Concat) is folded at planning time */
+  kiln_session *s = NULL;
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  const char *names[] = {"x"};
+  assert_int_equal(kiln_session_run(s, names, &x, 1, &err), KILN_OK);
+  kiln_session_stats st;
+  kiln_session_stats_get(s, &st);
+  assert_true(st.folded_nodes >= 9);
+  kiln_tensor y;
+  assert_int_equal(kiln_session_output(s, 0, &y), KILN_OK);
+  for (size_t i = 0; i < kiln_tensor_count(&y); i++) assert_true(isfinite(((float *)y.data)[i]));
+  kiln_session_free(s);
+  kiln_tensor_release(&x);
+  kiln_model_free(m);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: test_session MODELS_DIR TESTS_DIR\n");
+    return 2;
+  }
+  models_dir = argv[1];
+  tests_dir = argv[2];
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(digits_accuracy_and_logits),
+      cmocka_unit_test(bad_inputs_are_errors),
+      cmocka_unit_test(plans_are_cached_per_shape),
+      cmocka_unit_test(zero_alloc_conv_net),
+      cmocka_unit_test(zero_alloc_transformer_block),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

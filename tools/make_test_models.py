@@ -1,0 +1,74 @@
+#!/usr/bin/python3
+"""Writes the small models Kiln's tests use (random weights, fixed seed) into tests/models/.
+
+Run with Debian's python3-onnx and python3-numpy:  /usr/bin/python3 tools/make_test_models.py
+The output is committed; rerun only when changing the models.
+
+transformer_block.onnx: one pre-LN GPT-style block as PyTorch exports it (LayerNormalization,
+Q/K/V MatMul+Add, Reshape/Transpose into heads, scaled QK^T, additive mask, Softmax, weighted V,
+output projection, residual, exact-erf GELU MLP), input x float32 [batch, seq, 64].
+"""
+import os
+import numpy as np
+for _n, _t in (("float", float), ("int", int), ("bool", bool), ("object", object)):
+    if _n not in np.__dict__:
+        setattr(np, _n, _t)
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+D, H, S, F = 64, 4, 16, 256
+rng = np.random.default_rng(0)
+inits, nodes = [], []
+
+
+def w(name, *shape, scale=0.1):
+    inits.append(numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name))
+    return name
+
+
+def c(name, value, dtype=np.float32):
+    inits.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+    return name
+
+
+def n(op, ins, outs, **attrs):
+    nodes.append(helper.make_node(op, ins, outs, name=f"{op}_{len(nodes)}", **attrs))
+    return outs[0]
+
+
+x = "x"
+ln1 = n("LayerNormalization", [x, w("ln1_g", D), w("ln1_b", D)], ["ln1"], axis=-1, epsilon=1e-5)
+heads = {}
+for p in "qkv":
+    proj = n("Add", [n("MatMul", [ln1, w(f"w{p}", D, D)], [f"{p}_mm"]), w(f"b{p}", D)], [f"{p}_lin"])
+    shape = n("Concat", [n("Slice", [n("Shape", [proj], [f"{p}_shape"]), c(f"{p}_s0", [0], np.int64),
+                                      c(f"{p}_s1", [2], np.int64)], [f"{p}_bs"]),
+                          c(f"{p}_hd", [H, D // H], np.int64)], [f"{p}_newshape"], axis=0)
+    r = n("Reshape", [proj, shape], [f"{p}_heads"])
+    heads[p] = n("Transpose", [r], [f"{p}_t"], perm=[0, 2, 3, 1] if p == "k" else [0, 2, 1, 3])
+scores = n("Mul", [n("MatMul", [heads["q"], heads["k"]], ["qk"]), c("scale", 1.0 / np.sqrt(D // H))], ["scaled"])
+mask = np.triu(np.full((S, S), -1e4, np.float32), 1)
+masked = n("Add", [scores, c("mask", mask)], ["masked"])
+probs = n("Softmax", [masked], ["probs"], axis=-1)
+ctx = n("Transpose", [n("MatMul", [probs, heads["v"]], ["ctx_h"])], ["ctx_t"], perm=[0, 2, 1, 3])
+ctx = n("Reshape", [ctx, c("ctx_shape", [0, 0, D], np.int64)], ["ctx"])
+attn = n("Add", [n("MatMul", [ctx, w("wo", D, D)], ["o_mm"]), w("bo", D)], ["attn"])
+res1 = n("Add", [x, attn], ["res1"])
+ln2 = n("LayerNormalization", [res1, w("ln2_g", D), w("ln2_b", D)], ["ln2"], axis=-1, epsilon=1e-5)
+h = n("Add", [n("MatMul", [ln2, w("w1", D, F)], ["f1_mm"]), w("b1", F)], ["f1"])
+erf = n("Erf", [n("Div", [h, c("sqrt2", np.sqrt(2.0))], ["h_div"])], ["h_erf"])
+gelu = n("Mul", [n("Mul", [h, n("Add", [erf, c("one", 1.0)], ["h_1p"])], ["h_mul"]), c("half", 0.5)], ["gelu"])
+f2 = n("Add", [n("MatMul", [gelu, w("w2", F, D)], ["f2_mm"]), w("b2", D)], ["f2"])
+n("Add", [res1, f2], ["y"])
+
+graph = helper.make_graph(
+    nodes, "transformer_block",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", S, D])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", S, D])], inits)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="kiln-tests")
+model.ir_version = 8
+onnx.checker.check_model(model)
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "models")
+os.makedirs(out, exist_ok=True)
+onnx.save(model, os.path.join(out, "transformer_block.onnx"))
+print("wrote", os.path.join(out, "transformer_block.onnx"))

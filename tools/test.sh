@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what is missing, then builds and runs every test three ways: a Release build with
+# warnings as errors, the same tests under AddressSanitizer + UndefinedBehaviorSanitizer, and the
+# model-loader fuzzer for a bounded time (KILN_FUZZ_SECONDS, default 60).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/deps.sh --test
+jobs=$(nproc)
+
+echo "== release build, -Werror"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DKILN_WERROR=ON >/dev/null
+cmake --build build -j"$jobs" >/dev/null
+(cd build && ctest --output-on-failure -j"$jobs")
+
+echo "== address + undefined behaviour sanitizers"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DKILN_WERROR=ON -DKILN_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$jobs" >/dev/null
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --output-on-failure -j"$jobs")
+
+echo "== fuzzing the model loader for ${KILN_FUZZ_SECONDS:-60} s"
+CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_FUZZ=ON >/dev/null
+cmake --build build-fuzz -j"$jobs" --target fuzz_model >/dev/null
+mkdir -p build-fuzz/corpus
+build-fuzz/fuzz/fuzz_model -max_total_time="${KILN_FUZZ_SECONDS:-60}" -max_len=65536 \
+  -rss_limit_mb=2048 build-fuzz/corpus fuzz/corpus 2>&1 | tail -n 3
+echo "fuzz: no crash, leak or sanitizer report"
