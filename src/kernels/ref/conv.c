@@ -940,7 +940,9 @@ static kiln_status glppool_run(kiln__kctx *c) { return gpool_run_kind(c, POOL_LP
 
 /* ---- MaxUnpool ------------------------------------------------------------------------------- */
 
-static kiln_status maxunpool_infer(kiln__kctx *c) {
+/* The shape MaxPool's input had (from kernel_shape, strides and pads): indices refer to it. With an
+   output_shape input, that tensor lands in the leading corner of a larger zero tensor. */
+static kiln_status maxunpool_shapes(const kiln__kctx *c, int64_t *pooled, int64_t *dims) {
   const kiln_tensor *x = c->in[0], *ind = c->in[1];
   const kiln_tensor *shape = c->n_in > 2 ? c->in[2] : NULL;
   if (x->rank < 3)
@@ -952,50 +954,71 @@ static kiln_status maxunpool_infer(kiln__kctx *c) {
   if (kiln_dtype_size(x->dtype) == 0)
     return kiln__fail(c->err, KILN_UNSUPPORTED, "MaxUnpool on %s", kiln_dtype_name(x->dtype));
   int n = x->rank - 2;
-  int64_t dims[KILN_MAX_RANK];
+  int64_t k[KILN_MAX_RANK], s[KILN_MAX_RANK], pads[2 * KILN_MAX_RANK];
+  kiln_status st;
+  if (!kiln__attr_find(c->node, "kernel_shape"))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "MaxUnpool: kernel_shape is required");
+  if ((st = ints_attr(c, "kernel_shape", n, 0, 1, k)) != KILN_OK ||
+      (st = ints_attr(c, "strides", n, 1, 1, s)) != KILN_OK ||
+      (st = ints_attr(c, "pads", 2 * n, 0, 0, pads)) != KILN_OK)
+    return st;
+  pooled[0] = x->dims[0];
+  pooled[1] = x->dims[1];
+  for (int i = 0; i < n; i++) {
+    pooled[i + 2] = (x->dims[i + 2] - 1) * s[i] + k[i] - pads[i] - pads[i + n];
+    if (pooled[i + 2] < 0)
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "MaxUnpool: negative output dim");
+  }
+  memcpy(dims, pooled, sizeof(int64_t) * (size_t)x->rank);
   if (shape) {
     size_t cnt;
-    kiln_status st = kiln__read_ints(c, shape, dims, KILN_MAX_RANK, &cnt);
-    if (st != KILN_OK) return st;
+    if ((st = kiln__read_ints(c, shape, dims, KILN_MAX_RANK, &cnt)) != KILN_OK) return st;
     if (cnt != (size_t)x->rank)
       return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
                         "MaxUnpool: output_shape has %zu values for rank %d", cnt, x->rank);
     for (int i = 0; i < x->rank; i++)
-      if (dims[i] < 0)
-        return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "MaxUnpool: negative output_shape");
-  } else {
-    int64_t k[KILN_MAX_RANK], s[KILN_MAX_RANK], pads[2 * KILN_MAX_RANK];
-    kiln_status st;
-    if ((st = ints_attr(c, "kernel_shape", n, 0, 1, k)) != KILN_OK ||
-        (st = ints_attr(c, "strides", n, 1, 1, s)) != KILN_OK ||
-        (st = ints_attr(c, "pads", 2 * n, 0, 0, pads)) != KILN_OK)
-      return st;
-    if (!kiln__attr_find(c->node, "kernel_shape"))
-      return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "MaxUnpool: kernel_shape is required");
-    dims[0] = x->dims[0];
-    dims[1] = x->dims[1];
-    for (int i = 0; i < n; i++) {
-      dims[i + 2] = (x->dims[i + 2] - 1) * s[i] + k[i] - pads[i] - pads[i + n];
-      if (dims[i + 2] < 0)
-        return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "MaxUnpool: negative output dim");
-    }
+      if (dims[i] < pooled[i])
+        return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                          "MaxUnpool: output_shape[%d] = %lld is smaller than %lld", i,
+                          (long long)dims[i], (long long)pooled[i]);
   }
-  kiln__set_shape(c->out[0], x->dtype, x->rank, dims);
+  return KILN_OK;
+}
+
+static kiln_status maxunpool_infer(kiln__kctx *c) {
+  int64_t pooled[KILN_MAX_RANK], dims[KILN_MAX_RANK];
+  kiln_status st = maxunpool_shapes(c, pooled, dims);
+  if (st != KILN_OK) return st;
+  kiln__set_shape(c->out[0], c->in[0]->dtype, c->in[0]->rank, dims);
   return KILN_OK;
 }
 
 static kiln_status maxunpool_run(kiln__kctx *c) {
   const kiln_tensor *x = c->in[0], *ind = c->in[1];
   kiln_tensor *y = c->out[0];
+  int64_t pooled[KILN_MAX_RANK], dims[KILN_MAX_RANK];
+  kiln_status st = maxunpool_shapes(c, pooled, dims);
+  if (st != KILN_OK) return st;
+  int rank = x->rank;
+  bool same = !memcmp(pooled, dims, sizeof(int64_t) * (size_t)rank);
   size_t es = kiln_dtype_size(x->dtype), total = kiln_tensor_count(y), n = kiln_tensor_count(x);
+  size_t limit;
+  kiln__shape_count(rank, pooled, &limit);
   memset(y->data, 0, total * es);
   const int64_t *ip = ind->data;
   for (size_t i = 0; i < n; i++) {
-    if (ip[i] < 0 || (uint64_t)ip[i] >= total)
+    if (ip[i] < 0 || (uint64_t)ip[i] >= limit)
       return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
-                        "MaxUnpool: index %lld is outside the output (%zu elements)",
-                        (long long)ip[i], total);
-    memcpy((char *)y->data + (size_t)ip[i] * es, (const char *)x->data + i * es, es);
+                        "MaxUnpool: index %lld is outside the unpooled tensor (%zu elements)",
+                        (long long)ip[i], limit);
+    size_t at = (size_t)ip[i];
+    if (!same) {
+      int64_t co[KILN_MAX_RANK];
+      unflatten(at, rank, pooled, co);
+      at = 0;
+      for (int d = 0; d < rank; d++) at = at * (size_t)dims[d] + (size_t)co[d];
+    }
+    memcpy((char *)y->data + at * es, (const char *)x->data + i * es, es);
   }
   return KILN_OK;
 }

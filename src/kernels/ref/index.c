@@ -497,7 +497,10 @@ static kiln_status compress_run(kiln__kctx *c) {
   size_t es = elem_size(x->dtype);
   size_t outer = axis < 0 ? 1 : dims_prod(x->dims, 0, axis);
   size_t inner = (axis < 0 ? 1 : dims_prod(x->dims, axis + 1, x->rank)) * es;
-  size_t n = KILN__MIN(len, kiln_tensor_count(cond));
+  size_t n = KILN__MIN(len, kiln_tensor_count(cond)), kept = 0;
+  for (size_t j = 0; j < n; j++) kept += truthy(cond, j);
+  if (kept != (size_t)c->out[0]->dims[axis < 0 ? 0 : axis])
+    return kiln__fail(c->err, KILN_INTERNAL, "condition changed after inference");
   const char *src = x->data;
   char *dst = c->out[0]->data;
   for (size_t o = 0; o < outer; o++) {

@@ -660,12 +660,39 @@ static kiln_status infer_dropout(kiln__kctx *c) {
   return KILN_OK;
 }
 
-/* splitmix64: a tiny deterministic generator, seeded from the node's `seed` attribute. */
-static uint64_t splitmix64(uint64_t *s) {
-  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+/* MT19937 seeded like numpy's legacy RandomState(seed), so that a given `seed` attribute drops
+   the same elements as the ONNX reference implementation. The state lives on the stack. */
+typedef struct mt19937 {
+  uint32_t s[624];
+  int i;
+} mt19937;
+
+static void mt_seed(mt19937 *m, uint32_t seed) {
+  m->s[0] = seed;
+  for (int i = 1; i < 624; i++)
+    m->s[i] = 1812433253u * (m->s[i - 1] ^ (m->s[i - 1] >> 30)) + (uint32_t)i;
+  m->i = 624;
+}
+
+static uint32_t mt_next(mt19937 *m) {
+  if (m->i >= 624) {
+    for (int k = 0; k < 624; k++) {
+      uint32_t y = (m->s[k] & 0x80000000u) | (m->s[(k + 1) % 624] & 0x7fffffffu);
+      m->s[k] = m->s[(k + 397) % 624] ^ (y >> 1) ^ ((y & 1u) ? 0x9908b0dfu : 0u);
+    }
+    m->i = 0;
+  }
+  uint32_t y = m->s[m->i++];
+  y ^= y >> 11;
+  y ^= (y << 7) & 0x9d2c5680u;
+  y ^= (y << 15) & 0xefc60000u;
+  return y ^ (y >> 18);
+}
+
+/* A uniform double in [0, 1) from 53 random bits, as numpy's random_sample. */
+static double mt_uniform(mt19937 *m) {
+  uint32_t a = mt_next(m) >> 5, b = mt_next(m) >> 6;
+  return ((double)a * 67108864.0 + (double)b) / 9007199254740992.0;
 }
 
 static kiln_status run_dropout(kiln__kctx *c) {
@@ -683,10 +710,11 @@ static kiln_status run_dropout(kiln__kctx *c) {
     if (!(ratio <= 1.0))
       return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "Dropout ratio %g is not in [0, 1]",
                         ratio);
-    uint64_t state = (uint64_t)kiln__attr_int(c->node, "seed", 0);
+    mt19937 rng;
+    mt_seed(&rng, (uint32_t)kiln__attr_int(c->node, "seed", 0));
     double scale = ratio < 1.0 ? 1.0 / (1.0 - ratio) : 0.0;
     for (size_t i = 0; i < n; i++) {
-      bool keep = (double)(splitmix64(&state) >> 11) * 0x1.0p-53 >= ratio;
+      bool keep = mt_uniform(&rng) >= ratio;
       st(y, i, keep ? ld(x, i) * scale : 0.0);
       if (mask) st(mask, i, keep ? 1.0 : 0.0);
     }

@@ -142,15 +142,25 @@ static void plan_reduce(const kiln_tensor *x, const bool *mask, red_plan *p) {
 }
 
 /* exp for float32 in portable C that compilers vectorize: range reduction by ln 2 (rounding with
-   the 1.5 * 2^23 trick, so no floor call), a degree-6 polynomial (Cephes' expf, about 1 ulp) and
-   the exponent built from bits. Inputs below -87.3 give ~1e-38 rather than 0 or a denormal, above
-   88 they saturate; NaN stays NaN. Used where float32 results are summed (softmax, LogSumExp). */
+   the 1.5 * 2^23 trick, so no floor call), Cephes' expf polynomial (about 1 ulp) and the scale
+   2^n built from bits. Clamping works on the bit patterns with masks, because float compares may
+   trap and then block vectorization under the default -ftrapping-math. Below -87.3 the result is
+   0, above 88 it saturates at e^88; NaN stays NaN. Used where float32 exponentials are summed
+   (softmax, LogSumExp). */
 static inline float exp_f32(float x) {
-  x = x < -87.33654f ? -87.33654f : x;
-  x = x > 88.0f ? 88.0f : x; /* keeps 2^n finite */
-  float t = x * 1.44269504f + 12582912.0f; /* round(x / ln 2) in the low mantissa bits */
-  float n = t - 12582912.0f;
-  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  const uint32_t lo = 0xC2AEAC50u /* -87.33655f */, hi = 0x42B00000u /* 88.0f */;
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  /* Negative floats order as unsigned bit patterns up to -inf (0xFF800000); NaNs lie above. */
+  uint32_t under = 0u - (uint32_t)((u > lo) & (u <= 0xFF800000u));
+  u = (u & ~under) | (lo & under);
+  uint32_t over = 0u - (uint32_t)((u > hi) & (u <= 0x7F800000u));
+  u = (u & ~over) | (hi & over);
+  memcpy(&x, &u, 4);
+  const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+  float t = x * 1.44269504f + magic;
+  float n = t - magic;
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f; /* ln 2 in two parts */
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -158,14 +168,17 @@ static inline float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int32_t ti, ci;
-  float c = 12582912.0f;
-  memcpy(&ti, &t, 4);
-  memcpy(&ci, &c, 4);
-  int32_t bits = (ti - ci + 127) * (1 << 23);
-  float scale;
-  memcpy(&scale, &bits, 4);
-  return p * scale;
+  uint32_t tb, mb;
+  memcpy(&tb, &t, 4);
+  memcpy(&mb, &magic, 4);
+  uint32_t sb = (tb - mb + 127u) << 23; /* 2^n */
+  float scale, res;
+  memcpy(&scale, &sb, 4);
+  res = p * scale;
+  memcpy(&u, &res, 4);
+  u &= ~under;
+  memcpy(&res, &u, 4);
+  return res;
 }
 
 /* Folds n contiguous elements into acc[0] (red) or acc[0..n) (kept), for float and double.
@@ -649,12 +662,17 @@ static void softmax_f32(const float *restrict x, float *restrict y, size_t outer
       for (size_t j = 0; j < inner; j++) mx[j] = xb[k * inner + j] > mx[j] ? xb[k * inner + j] : mx[j];
     for (size_t j = 0; j < inner; j++)
       if (mx[j] == -INFINITY) mx[j] = 0;
-    for (size_t k = 0; k < n; k++)
-      for (size_t j = 0; j < inner; j++) {
-        float e = exp_f32(xb[k * inner + j] - mx[j]);
-        if (!lg) yb[k * inner + j] = e;
-        sm[j] += e;
-      }
+    if (lg) {
+      for (size_t k = 0; k < n; k++)
+        for (size_t j = 0; j < inner; j++) sm[j] += exp_f32(xb[k * inner + j] - mx[j]);
+    } else {
+      for (size_t k = 0; k < n; k++)
+        for (size_t j = 0; j < inner; j++) {
+          float e = exp_f32(xb[k * inner + j] - mx[j]);
+          yb[k * inner + j] = e;
+          sm[j] += e;
+        }
+    }
     if (lg) {
       for (size_t j = 0; j < inner; j++) mx[j] += logf(sm[j]);
       for (size_t k = 0; k < n; k++)
@@ -738,6 +756,11 @@ static kiln_status infer_cumsum(kiln__kctx *c) {
                       kiln_dtype_name(a->dtype));
   if (a->rank > 1 || kiln_tensor_count(a) != 1)
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "CumSum axis must be a scalar");
+  if (a->data) {
+    int64_t ax = kiln__load_i64(a->data, a->dtype, 0);
+    int axis;
+    if (!kiln__norm_axis(ax, x->rank, &axis)) return bad_axis(c, ax, x->rank);
+  }
   kiln__set_shape(c->out[0], x->dtype, x->rank, x->dims);
   return KILN_OK;
 }

@@ -136,17 +136,22 @@ typedef struct gather_job {
       for (size_t j = 0; j < n; j++) d[j] = p[(int64_t)j * s];                                 \
     }                                                                                          \
   }                                                                                            \
-  /* d[i * dq + j] = p[i + j * s] for i < ni, j < nj */                                        \
+  /* d[i * dq + j] = p[i + j * s] for i < ni <= BLOCK, j < nj. Each BLOCK x BLOCK tile goes   \
+     through a small buffer, so both the source and the destination are walked along rows:     \
+     with power-of-two strides, walking either down a column would thrash the cache sets. */   \
   static void block_##sfx(void *restrict dst, const void *restrict src, size_t ni, size_t nj,  \
                           int64_t dq, int64_t s) {                                             \
-    T *d = dst;                                                                                \
+    T *d = dst, tmp[BLOCK][BLOCK];                                                             \
     const T *p = src;                                                                          \
     for (size_t j0 = 0; j0 < nj; j0 += BLOCK) {                                                \
-      size_t j1 = KILN__MIN(nj, j0 + BLOCK);                                                   \
+      size_t nb = KILN__MIN((size_t)BLOCK, nj - j0);                                           \
+      for (size_t j = 0; j < nb; j++) {                                                        \
+        const T *pr = p + (int64_t)(j0 + j) * s;                                               \
+        for (size_t i = 0; i < ni; i++) tmp[i][j] = pr[i];                                     \
+      }                                                                                        \
       for (size_t i = 0; i < ni; i++) {                                                        \
-        T *dr = d + (int64_t)i * dq;                                                           \
-        const T *pr = p + i;                                                                   \
-        for (size_t j = j0; j < j1; j++) dr[j] = pr[(int64_t)j * s];                           \
+        T *dr = d + (int64_t)i * dq + (int64_t)j0;                                             \
+        for (size_t j = 0; j < nb; j++) dr[j] = tmp[i][j];                                     \
       }                                                                                        \
     }                                                                                          \
   }
