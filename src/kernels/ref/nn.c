@@ -282,6 +282,24 @@ static size_t scratch_batchnorm(const kiln__kctx *c) {
   return 4 * (size_t)c->in[0]->dims[1] * sizeof(double);
 }
 
+typedef struct bn_args {
+  const float *x;
+  float *y;
+  const double *mul, *add;
+  size_t ch, sp;
+} bn_args;
+
+/* y = x * mul + add over whole (image, channel) planes. */
+static void bn_planes(void *arg, size_t begin, size_t end) {
+  const bn_args *p = arg;
+  for (size_t i = begin; i < end; i++) {
+    const float *xp = p->x + i * p->sp;
+    float *yp = p->y + i * p->sp;
+    float m = (float)p->mul[i % p->ch], a = (float)p->add[i % p->ch];
+    for (size_t j = 0; j < p->sp; j++) yp[j] = xp[j] * m + a;
+  }
+}
+
 static kiln_status run_batchnorm(kiln__kctx *c) {
   const kiln_tensor *x = c->in[0], *scale = c->in[1], *bias = c->in[2], *mean = c->in[3],
                     *var = c->in[4];
@@ -314,15 +332,9 @@ static kiln_status run_batchnorm(kiln__kctx *c) {
     add[k] = ld(bias, k) - mu * mul[k];
   }
   if (x->dtype == KILN_DTYPE_FLOAT) {
-    const float *xd = x->data;
-    float *yd = y->data;
-    for (size_t i = 0; i < n; i++)
-      for (size_t k = 0; k < ch; k++) {
-        const float *xp = xd + (i * ch + k) * sp;
-        float *yp = yd + (i * ch + k) * sp;
-        float m = (float)mul[k], a = (float)add[k];
-        for (size_t j = 0; j < sp; j++) yp[j] = xp[j] * m + a;
-      }
+    bn_args p = {x->data, y->data, mul, add, ch, sp};
+    if ((double)n * (double)ch * (double)sp < PARALLEL_MIN) bn_planes(&p, 0, n * ch);
+    else kiln__parallel_for(c->pool, n * ch, bn_planes, &p);
   } else {
     for (size_t i = 0; i < n; i++)
       for (size_t k = 0; k < ch; k++)
@@ -448,22 +460,64 @@ static size_t scratch_layernorm(const kiln__kctx *c) {
   return 2 * prod(c->in[0]->dims, axis, c->in[0]->rank) * sizeof(double);
 }
 
-/* Expands a parameter broadcast over the normalized shape (rank nr, dims) into `dst`. */
+/* Expands a parameter broadcast over the normalized shape (rank nr, dims) into `dd` (double) or,
+   when that is NULL, into `fd` (float). A missing parameter expands to zeros. */
 static void expand_param(const kiln_tensor *t, int nr, const int64_t *dims, size_t cols,
-                         double *dst) {
-  if (!t) {
-    for (size_t j = 0; j < cols; j++) dst[j] = 0.0;
-    return;
-  }
+                         double *dd, float *fd) {
   int64_t str[KILN_MAX_RANK];
-  kiln__bcast_strides(t, nr, dims, str);
+  if (t) kiln__bcast_strides(t, nr, dims, str);
   for (size_t j = 0; j < cols; j++) {
-    size_t rem = j, off = 0;
-    for (int d = nr - 1; d >= 0; d--) {
-      off += (rem % (size_t)dims[d]) * (size_t)str[d];
-      rem /= (size_t)dims[d];
+    double v = 0.0;
+    if (t) {
+      size_t rem = j, off = 0;
+      for (int d = nr - 1; d >= 0; d--) {
+        off += (rem % (size_t)dims[d]) * (size_t)str[d];
+        rem /= (size_t)dims[d];
+      }
+      v = ld(t, off);
     }
-    dst[j] = ld(t, off);
+    if (dd) dd[j] = v;
+    else fd[j] = (float)v;
+  }
+}
+
+typedef struct ln_args {
+  const kiln_tensor *x;
+  kiln_tensor *y, *mo, *io;
+  const double *w, *b; /* expanded parameters (other types) */
+  const float *wf, *bf; /* expanded parameters (float32) */
+  size_t cols;
+  double eps;
+} ln_args;
+
+static void ln_rows(void *arg, size_t begin, size_t end) {
+  const ln_args *p = arg;
+  const kiln_tensor *x = p->x;
+  kiln_tensor *y = p->y;
+  size_t cols = p->cols;
+  const double *w = p->w, *b = p->b;
+  for (size_t r = begin; r < end; r++) {
+    size_t base = r * cols;
+    double s1 = 0, s2 = 0, mu, inv;
+    if (x->dtype == KILN_DTYPE_FLOAT) {
+      const float *xp = (const float *)x->data + base;
+      float *yp = (float *)y->data + base;
+      const float *wf = p->wf, *bf = p->bf;
+      for (size_t j = 0; j < cols; j++) s1 += xp[j];
+      mu = s1 / (double)cols;
+      for (size_t j = 0; j < cols; j++) s2 += (xp[j] - mu) * (xp[j] - mu);
+      inv = 1.0 / sqrt(s2 / (double)cols + p->eps);
+      float fm = (float)mu, fi = (float)inv;
+      for (size_t j = 0; j < cols; j++) yp[j] = (xp[j] - fm) * fi * wf[j] + bf[j];
+    } else {
+      for (size_t j = 0; j < cols; j++) s1 += ld(x, base + j);
+      mu = s1 / (double)cols;
+      for (size_t j = 0; j < cols; j++) s2 += (ld(x, base + j) - mu) * (ld(x, base + j) - mu);
+      inv = 1.0 / sqrt(s2 / (double)cols + p->eps);
+      for (size_t j = 0; j < cols; j++) st(y, base + j, (ld(x, base + j) - mu) * inv * w[j] + b[j]);
+    }
+    if (p->mo) st(p->mo, r, mu);
+    if (p->io) st(p->io, r, inv);
   }
 }
 
@@ -475,40 +529,24 @@ static kiln_status run_layernorm(kiln__kctx *c) {
   if (s != KILN_OK) return s;
   size_t rows = prod(x->dims, 0, axis), cols = prod(x->dims, axis, x->rank);
   double eps = kiln__attr_float(c->node, "epsilon", 1e-5f);
-  double *w = c->scratch, *b = w + cols;
-  expand_param(c->in[1], x->rank - axis, x->dims + axis, cols, w);
-  expand_param(in_at(c, 2), x->rank - axis, x->dims + axis, cols, b);
   if (cols == 0) return KILN_OK;
-  bool f32 = x->dtype == KILN_DTYPE_FLOAT;
-  if (f32) {
-    /* Narrow the parameters in place: the float arrays fit in the front of the doubles. */
-    float *wf = (float *)c->scratch, *bf = wf + cols;
-    for (size_t j = 0; j < cols; j++) wf[j] = (float)w[j];
-    for (size_t j = 0; j < cols; j++) bf[j] = (float)b[j];
+  int nr = x->rank - axis;
+  ln_args p = {x, y, mo, io, NULL, NULL, NULL, NULL, cols, eps};
+  if (x->dtype == KILN_DTYPE_FLOAT) {
+    float *wf = c->scratch, *bf = wf + cols;
+    expand_param(c->in[1], nr, x->dims + axis, cols, NULL, wf);
+    expand_param(in_at(c, 2), nr, x->dims + axis, cols, NULL, bf);
+    p.wf = wf;
+    p.bf = bf;
+  } else {
+    double *w = c->scratch, *b = w + cols;
+    expand_param(c->in[1], nr, x->dims + axis, cols, w, NULL);
+    expand_param(in_at(c, 2), nr, x->dims + axis, cols, b, NULL);
+    p.w = w;
+    p.b = b;
   }
-  for (size_t r = 0; r < rows; r++) {
-    size_t base = r * cols;
-    double s1 = 0, s2 = 0, mu, inv;
-    if (f32) {
-      const float *xp = (const float *)x->data + base;
-      float *yp = (float *)y->data + base;
-      const float *wf = (const float *)c->scratch, *bf = wf + cols;
-      for (size_t j = 0; j < cols; j++) s1 += xp[j];
-      mu = s1 / (double)cols;
-      for (size_t j = 0; j < cols; j++) s2 += (xp[j] - mu) * (xp[j] - mu);
-      inv = 1.0 / sqrt(s2 / (double)cols + eps);
-      float fm = (float)mu, fi = (float)inv;
-      for (size_t j = 0; j < cols; j++) yp[j] = (xp[j] - fm) * fi * wf[j] + bf[j];
-    } else {
-      for (size_t j = 0; j < cols; j++) s1 += ld(x, base + j);
-      mu = s1 / (double)cols;
-      for (size_t j = 0; j < cols; j++) s2 += (ld(x, base + j) - mu) * (ld(x, base + j) - mu);
-      inv = 1.0 / sqrt(s2 / (double)cols + eps);
-      for (size_t j = 0; j < cols; j++) st(y, base + j, (ld(x, base + j) - mu) * inv * w[j] + b[j]);
-    }
-    if (mo) st(mo, r, mu);
-    if (io) st(io, r, inv);
-  }
+  if ((double)rows * (double)cols < PARALLEL_MIN) ln_rows(&p, 0, rows);
+  else kiln__parallel_for(c->pool, rows, ln_rows, &p);
   return KILN_OK;
 }
 

@@ -11,7 +11,10 @@
  * Accumulators are doubles, or int64 for the integer reductions that must stay exact (sum,
  * product, max, min, L1, sum of squares of integer tensors). An empty reduction yields the
  * identity: 0 for sums, 1 for products, -inf / +inf (the type's lowest / highest integer) for
- * max / min, -inf for ReduceLogSum and ReduceLogSumExp, NaN for ReduceMean. */
+ * max / min, -inf for ReduceLogSum and ReduceLogSumExp, NaN for ReduceMean. With
+ * noop_with_empty_axes and no axes nothing is reduced: each element is its own one-element
+ * reduction, so the output is the input for sum/mean/max/min/prod (and |x|, x^2, log x for the
+ * ops that transform elements). */
 #include "ir/op.h"
 
 #include <math.h>

@@ -2,9 +2,9 @@
  *
  * Transforms run in double precision on one line at a time: the line is gathered into a complex
  * scratch buffer (zero-padded or truncated to the transform length), transformed, and scattered to
- * the output. Power-of-two lengths use an iterative radix-2 FFT; other lengths a direct DFT. Both
- * read a twiddle table built once per run, indexed (k * n) mod N so that no angle loses precision
- * to large arguments. */
+ * the output. Power-of-two lengths use an iterative radix-2 FFT, short ones a direct DFT, and the
+ * rest Bluestein's chirp-z convolution over power-of-two FFTs. Tables (twiddles, chirp) are built
+ * once per run from angles reduced modulo the period, so no angle loses precision. */
 #include <math.h>
 
 #include "ir/op.h"
@@ -114,36 +114,122 @@ static void dft_direct(size_t n, size_t n_out, const double *x, double *y, const
       re += x[2 * j] * wr - x[2 * j + 1] * wi;
       im += x[2 * j] * wi + x[2 * j + 1] * wr;
       idx += k;
-      if (idx >= n) idx %= n;
+      if (idx >= n) idx -= n;
     }
     y[2 * k] = re;
     y[2 * k + 1] = im;
   }
 }
 
-/* Transforms buf (n complex) and returns where the n_out bins are (buf or out). */
-static const double *transform(size_t n, size_t n_out, double *buf, double *out, const double *tw,
-                               bool inverse) {
-  const double *res = buf;
-  if (is_pow2(n)) {
-    fft_pow2(n, buf, tw, inverse);
-  } else {
-    dft_direct(n, n_out, buf, out, tw, inverse);
-    res = out;
-  }
-  if (inverse) {
-    double s = 1.0 / (double)n;
-    double *r = (double *)res;
-    for (size_t k = 0; k < 2 * n_out; k++) r[k] *= s;
-  }
-  return res;
+/* A transform of one length and direction, laid out in scratch:
+ *   power of two:  radix-2 FFT in place.
+ *   short lengths: direct DFT.
+ *   otherwise:     Bluestein's algorithm, a convolution done with power-of-two FFTs of m >= 2n - 1
+ *                  points: X[k] = c[k] * sum_j (x[j] c[j]) conj(c[k - j]), c[j] = exp(-i pi j^2/n).
+ * All sizes are in complex values (two doubles). */
+enum { DIRECT_MAX = 32 };
+
+typedef struct fft_plan {
+  size_t n, m; /* m: Bluestein's FFT length, 0 when unused */
+  bool inverse;
+  double *tw;    /* twiddles for n (or for m with Bluestein) */
+  double *chirp; /* c[j], j < n (Bluestein) */
+  double *bhat;  /* FFT of the conjugate chirp, m points (Bluestein) */
+  double *work;  /* the line: n points in, max(n, m) long */
+  double *out;   /* direct DFT output, n points */
+} fft_plan;
+
+static size_t bluestein_len(size_t n) {
+  size_t m = 1;
+  while (m < 2 * n - 1) m <<= 1;
+  return m;
 }
 
-/* Scratch for transforms of length n: twiddles, buffer, direct-DFT output. */
-static size_t transform_scratch(size_t n) {
+/* Scratch bytes for a plan of length n (0 on overflow; n <= 2^40 keeps this finite). */
+static size_t fft_plan_bytes(size_t n) {
+  size_t doubles;
+  if (is_pow2(n)) doubles = 4 * n;
+  else if (n <= DIRECT_MAX) doubles = 6 * n;
+  else doubles = 2 * (3 * bluestein_len(n) + n);
   size_t bytes;
-  if (!kiln__mul_ok(n, 6 * sizeof(double), &bytes)) return 0;
-  return bytes;
+  return kiln__mul_ok(doubles, sizeof(double), &bytes) ? bytes : 0;
+}
+
+static void fft_plan_init(fft_plan *p, size_t n, bool inverse, void *mem) {
+  double *d = (double *)mem;
+  memset(p, 0, sizeof *p);
+  p->n = n;
+  p->inverse = inverse;
+  if (is_pow2(n) || n <= DIRECT_MAX) {
+    p->tw = d;
+    p->work = d + 2 * n;
+    p->out = d + 4 * n;
+    twiddles(n, p->tw);
+    return;
+  }
+  size_t m = bluestein_len(n);
+  p->m = m;
+  p->tw = d;
+  p->chirp = d + 2 * m;
+  p->bhat = p->chirp + 2 * n;
+  p->work = p->bhat + 2 * m;
+  twiddles(m, p->tw);
+  double sgn = inverse ? 1.0 : -1.0;
+  /* The angle uses j^2 mod 2n (the chirp's period), kept exact by stepping (j+1)^2 = j^2 + 2j + 1. */
+  for (size_t j = 0, jj = 0; j < n; j++) {
+    double a = sgn * KILN_PI * (double)jj / (double)n;
+    p->chirp[2 * j] = cos(a);
+    p->chirp[2 * j + 1] = sin(a);
+    jj += 2 * j + 1;
+    if (jj >= 2 * n) jj -= 2 * n;
+  }
+  memset(p->bhat, 0, 2 * m * sizeof(double));
+  for (size_t j = 0; j < n; j++) {
+    double re = p->chirp[2 * j], im = -p->chirp[2 * j + 1];
+    p->bhat[2 * j] = re, p->bhat[2 * j + 1] = im;
+    if (j) p->bhat[2 * (m - j)] = re, p->bhat[2 * (m - j) + 1] = im;
+  }
+  fft_pow2(m, p->bhat, p->tw, false);
+}
+
+/* Transforms the n points in p->work; returns the first n_out bins (scaled by 1/n if inverse). */
+static const double *fft_exec(fft_plan *p, size_t n_out) {
+  size_t n = p->n;
+  double *res = p->work;
+  if (p->m) {
+    size_t m = p->m;
+    double *w = p->work;
+    const double *c = p->chirp;
+    for (size_t j = 0; j < n; j++) {
+      double re = w[2 * j] * c[2 * j] - w[2 * j + 1] * c[2 * j + 1];
+      double im = w[2 * j] * c[2 * j + 1] + w[2 * j + 1] * c[2 * j];
+      w[2 * j] = re, w[2 * j + 1] = im;
+    }
+    memset(w + 2 * n, 0, 2 * (m - n) * sizeof(double));
+    fft_pow2(m, w, p->tw, false);
+    for (size_t k = 0; k < m; k++) {
+      double re = w[2 * k] * p->bhat[2 * k] - w[2 * k + 1] * p->bhat[2 * k + 1];
+      double im = w[2 * k] * p->bhat[2 * k + 1] + w[2 * k + 1] * p->bhat[2 * k];
+      w[2 * k] = re, w[2 * k + 1] = im;
+    }
+    fft_pow2(m, w, p->tw, true);
+    double s = 1.0 / (double)m;
+    for (size_t k = 0; k < n_out; k++) {
+      double re = (w[2 * k] * c[2 * k] - w[2 * k + 1] * c[2 * k + 1]) * s;
+      double im = (w[2 * k] * c[2 * k + 1] + w[2 * k + 1] * c[2 * k]) * s;
+      w[2 * k] = re, w[2 * k + 1] = im;
+    }
+  } else if (is_pow2(n)) {
+    fft_pow2(n, p->work, p->tw, p->inverse);
+  } else {
+    dft_direct(n, n_out, p->work, p->out, p->tw, p->inverse);
+    res = p->out;
+  }
+  if (p->inverse) {
+    double s = 1.0 / (double)n;
+    for (size_t k = 0; k < 2 * n_out; k++) res[k] *= s;
+  }
+  return res;
 }
 
 /* ---- DFT ------------------------------------------------------------------------------------- */
@@ -222,14 +308,15 @@ static size_t dft_scratch(const kiln__kctx *c) {
   cc.err = &e;
   dft_cfg g;
   if (dft_parse(&cc, &g)) return 0;
-  return transform_scratch(g.n);
+  return fft_plan_bytes(g.n);
 }
 
 static kiln_status dft_run(kiln__kctx *c) {
   dft_cfg g;
   kiln_status st = dft_parse(c, &g);
   if (st) return st;
-  if (c->scratch_bytes < transform_scratch(g.n) || !c->scratch)
+  size_t need = fft_plan_bytes(g.n);
+  if (!need || c->scratch_bytes < need || !c->scratch)
     return kiln__fail(c->err, KILN_INTERNAL, "scratch too small");
   const kiln_tensor *x = c->in[0];
   kiln_tensor *y = c->out[0];
@@ -237,8 +324,9 @@ static kiln_status dft_run(kiln__kctx *c) {
   for (int i = 0; i < g.axis; i++) outer *= (size_t)x->dims[i];
   for (int i = g.axis + 1; i < x->rank - 1; i++) inner *= (size_t)x->dims[i];
   size_t len_in = (size_t)x->dims[g.axis], n = g.n, take = KILN__MIN(len_in, n);
-  double *tw = (double *)c->scratch, *buf = tw + 2 * n, *out = buf + 2 * n;
-  twiddles(n, tw);
+  fft_plan plan;
+  fft_plan_init(&plan, n, g.inverse, c->scratch);
+  double *buf = plan.work;
   for (size_t o = 0; o < outer; o++) {
     for (size_t i = 0; i < inner; i++) {
       size_t in_base = o * len_in * inner + i, out_base = o * g.n_out * inner + i;
@@ -248,7 +336,7 @@ static kiln_status dft_run(kiln__kctx *c) {
         buf[2 * j + 1] = comp == 2 ? load(x, at + 1) : 0.0;
       }
       for (size_t j = take; j < n; j++) buf[2 * j] = buf[2 * j + 1] = 0.0;
-      const double *res = transform(n, g.n_out, buf, out, tw, g.inverse);
+      const double *res = fft_exec(&plan, g.n_out);
       for (size_t k = 0; k < g.n_out; k++) {
         size_t at = (out_base + k * inner) * 2;
         store(y, at, res[2 * k]);
@@ -324,7 +412,7 @@ static size_t stft_scratch(const kiln__kctx *c) {
   cc.err = &e;
   stft_cfg g;
   if (stft_parse(&cc, &g)) return 0;
-  return transform_scratch(g.frame_len);
+  return fft_plan_bytes(g.frame_len);
 }
 
 static kiln_status stft_run(kiln__kctx *c) {
@@ -332,12 +420,14 @@ static kiln_status stft_run(kiln__kctx *c) {
   kiln_status st = stft_parse(c, &g);
   if (st) return st;
   size_t n = g.frame_len;
-  if (c->scratch_bytes < transform_scratch(n) || !c->scratch)
+  size_t need = fft_plan_bytes(n);
+  if (!need || c->scratch_bytes < need || !c->scratch)
     return kiln__fail(c->err, KILN_INTERNAL, "scratch too small");
   const kiln_tensor *x = c->in[0], *win = in_at(c, 2);
   kiln_tensor *y = c->out[0];
-  double *tw = (double *)c->scratch, *buf = tw + 2 * n, *out = buf + 2 * n;
-  twiddles(n, tw);
+  fft_plan plan;
+  fft_plan_init(&plan, n, false, c->scratch);
+  double *buf = plan.work;
   for (size_t b = 0; b < g.batch; b++) {
     for (size_t f = 0; f < g.frames; f++) {
       size_t start = b * g.length + f * g.step;
@@ -347,7 +437,7 @@ static kiln_status stft_run(kiln__kctx *c) {
         buf[2 * j] = load(x, at) * w;
         buf[2 * j + 1] = g.comp == 2 ? load(x, at + 1) * w : 0.0;
       }
-      const double *res = transform(n, g.bins, buf, out, tw, false);
+      const double *res = fft_exec(&plan, g.bins);
       size_t ob = (b * g.frames + f) * g.bins * 2;
       for (size_t k = 0; k < 2 * g.bins; k++) store(y, ob + k, res[k]);
     }
