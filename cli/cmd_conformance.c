@@ -105,6 +105,29 @@ static double bf16_value(uint16_t h) {
 
 static bool compare(const kiln_tensor *got, const kiln_tensor *exp, const opts *o, char *why,
                     size_t whylen) {
+  if (got->dtype == exp->dtype && exp->dtype == KILN_DTYPE_OPTIONAL) {
+    if (!got->data != !exp->data) {
+      snprintf(why, whylen, "optional %s a value", exp->data ? "should hold" : "should not hold");
+      return false;
+    }
+    return !exp->data || compare(got->data, exp->data, o, why, whylen);
+  }
+  if (got->dtype == exp->dtype && exp->dtype == KILN_DTYPE_SEQUENCE) {
+    if (got->dims[0] != exp->dims[0]) {
+      snprintf(why, whylen, "sequence of %lld, expected %lld", (long long)got->dims[0],
+               (long long)exp->dims[0]);
+      return false;
+    }
+    for (int64_t i = 0; i < exp->dims[0]; i++) {
+      char w[200];
+      if (!compare((const kiln_tensor *)got->data + i, (const kiln_tensor *)exp->data + i, o, w,
+                   sizeof w)) {
+        snprintf(why, whylen, "element %lld: %s", (long long)i, w);
+        return false;
+      }
+    }
+    return true;
+  }
   if (got->dtype != exp->dtype) {
     snprintf(why, whylen, "dtype %s, expected %s", kiln_dtype_name(got->dtype),
              kiln_dtype_name(exp->dtype));
@@ -204,7 +227,7 @@ static bool run_test(const char *dir, const opts *o, char *why, size_t whylen) {
       kiln_io_info info;
       kiln_model_input_info(m, i, &info);
       names[i] = info.name;
-      if (kiln_tensor_read_pb(path, &ins[i], &err) != KILN_OK) {
+      if (kiln_value_read_pb(path, info.dtype, &ins[i], &err) != KILN_OK) {
         snprintf(why, whylen, "input %zu: %s", i, err.message);
         good = false;
         break;
@@ -219,7 +242,9 @@ static bool run_test(const char *dir, const opts *o, char *why, size_t whylen) {
     for (size_t i = 0; good && i < kiln_model_output_count(m); i++) {
       snprintf(path, sizeof path, "%s/%s/output_%zu.pb", dir, sets[ds], i);
       kiln_tensor exp, got;
-      if (kiln_tensor_read_pb(path, &exp, &err) != KILN_OK) {
+      kiln_io_info info;
+      kiln_model_output_info(m, i, &info);
+      if (kiln_value_read_pb(path, info.dtype, &exp, &err) != KILN_OK) {
         snprintf(why, whylen, "expected output %zu: %s", i, err.message);
         good = false;
         break;
@@ -227,8 +252,6 @@ static bool run_test(const char *dir, const opts *o, char *why, size_t whylen) {
       kiln_session_output(s, i, &got);
       char w[256];
       if (!compare(&got, &exp, o, w, sizeof w)) {
-        kiln_io_info info;
-        kiln_model_output_info(m, i, &info);
         snprintf(why, whylen, "output '%s': %s", info.name, w);
         good = false;
       }

@@ -72,14 +72,20 @@ typedef enum kiln_dtype {
   KILN_DTYPE_COMPLEX64 = 14,
   KILN_DTYPE_COMPLEX128 = 15,
   KILN_DTYPE_BFLOAT16 = 16,
-  KILN_DTYPE_COUNT
+  KILN_DTYPE_COUNT,
+  /* Not element types: the kinds of value that hold other values (ONNX sequence and optional).
+     A SEQUENCE has rank 1 and dims[0] elements; its data points to kiln_tensor[dims[0]].
+     An OPTIONAL has rank 0; its data is NULL (no value) or points to one kiln_tensor. */
+  KILN_DTYPE_SEQUENCE = 64,
+  KILN_DTYPE_OPTIONAL = 65,
 } kiln_dtype;
 
 const char *kiln_dtype_name(kiln_dtype t);
 /* Bytes per element; 0 for UNDEFINED and STRING. */
 size_t kiln_dtype_size(kiln_dtype t);
 
-/* A tensor view. For STRING tensors `data` points to an array of NUL-terminated char*. */
+/* A tensor view. For STRING tensors `data` points to an array of NUL-terminated char*; for
+   SEQUENCE and OPTIONAL values see kiln_dtype. */
 typedef struct kiln_tensor {
   kiln_dtype dtype;
   int rank;
@@ -93,13 +99,18 @@ size_t kiln_tensor_nbytes(const kiln_tensor *t);
 /* Allocates zeroed data for a tensor of the given type and shape (freed by kiln_tensor_release). */
 kiln_status kiln_tensor_alloc(kiln_tensor *t, kiln_dtype dtype, int rank, const int64_t *dims,
                               kiln_error *err);
-/* Frees data that Kiln allocated (kiln_tensor_alloc, kiln_tensor_read_*) and clears the view. */
+/* Frees data that Kiln allocated (kiln_tensor_alloc, kiln_*_read_*), the elements of sequences
+   and optionals included, and clears the view. */
 void kiln_tensor_release(kiln_tensor *t);
 
 /* File formats: NumPy .npy (version 1-3, little-endian, C order) and a serialized onnx.TensorProto. */
 kiln_status kiln_tensor_read_npy(const char *path, kiln_tensor *out, kiln_error *err);
 kiln_status kiln_tensor_write_npy(const char *path, const kiln_tensor *t, kiln_error *err);
 kiln_status kiln_tensor_read_pb(const char *path, kiln_tensor *out, kiln_error *err);
+/* Reads a serialized onnx.SequenceProto (kind SEQUENCE), onnx.OptionalProto (kind OPTIONAL) or
+   TensorProto (any other kind) into a value released with kiln_tensor_release(). */
+kiln_status kiln_value_read_pb(const char *path, kiln_dtype kind, kiln_tensor *out,
+                               kiln_error *err);
 
 /* ---- models ---------------------------------------------------------------------------------- */
 
@@ -127,7 +138,7 @@ void kiln_model_free(kiln_model *m);  /* NULL is a no-op; all sessions must be f
    and dim_names[i] then holds its name (or NULL). Strings belong to the model. */
 typedef struct kiln_io_info {
   const char *name;
-  kiln_dtype dtype;
+  kiln_dtype dtype;       /* SEQUENCE or OPTIONAL for those kinds of value */
   int rank;  /* -1 when the model does not say */
   int64_t dims[KILN_MAX_RANK];
   const char *dim_names[KILN_MAX_RANK];

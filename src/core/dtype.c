@@ -19,6 +19,8 @@ static const struct {
 };
 
 const char *kiln_dtype_name(kiln_dtype t) {
+  if (t == KILN_DTYPE_SEQUENCE) return "sequence";
+  if (t == KILN_DTYPE_OPTIONAL) return "optional";
   return (unsigned)t < KILN_DTYPE_COUNT ? dtypes[t].name : "invalid";
 }
 
@@ -66,7 +68,12 @@ kiln_status kiln_tensor_alloc(kiln_tensor *t, kiln_dtype dtype, int rank, const 
 
 void kiln_tensor_release(kiln_tensor *t) {
   if (!t) return;
-  if (t->dtype == KILN_DTYPE_STRING && t->data) {
+  if (t->dtype == KILN_DTYPE_SEQUENCE || t->dtype == KILN_DTYPE_OPTIONAL) {
+    size_t n = t->dtype == KILN_DTYPE_SEQUENCE && t->rank == 1 && t->dims[0] > 0
+                   ? (size_t)t->dims[0] : (t->dtype == KILN_DTYPE_OPTIONAL && t->data ? 1 : 0);
+    kiln_tensor *items = t->data;
+    for (size_t i = 0; i < n; i++) kiln_tensor_release(&items[i]);
+  } else if (t->dtype == KILN_DTYPE_STRING && t->data) {
     char **s = t->data;
     size_t n = kiln_tensor_count(t);
     for (size_t i = 0; i < n; i++) kiln__free(s[i]);

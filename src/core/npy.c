@@ -304,6 +304,11 @@ kiln_status kiln_tensor_read_npy(const char *path, kiln_tensor *out, kiln_error 
 }
 
 kiln_status kiln_tensor_read_pb(const char *path, kiln_tensor *out, kiln_error *err) {
+  return kiln_value_read_pb(path, KILN_DTYPE_UNDEFINED, out, err);
+}
+
+kiln_status kiln_value_read_pb(const char *path, kiln_dtype kind, kiln_tensor *out,
+                               kiln_error *err) {
   if (!out) return kiln__fail(err, KILN_INVALID_ARGUMENT, "no output tensor");
   memset(out, 0, sizeof *out);
   if (!path) return kiln__fail(err, KILN_INVALID_ARGUMENT, "no path");
@@ -324,7 +329,7 @@ kiln_status kiln_tensor_read_pb(const char *path, kiln_tensor *out, kiln_error *
   st = read_exact(f, buf, (size_t)fsize, path, err);
   fclose(f);
   if (st == KILN_OK) {
-    st = kiln__onnx_tensor(buf, (size_t)fsize, out, err);
+    st = kiln__onnx_value(buf, (size_t)fsize, kind, out, err);
     if (st != KILN_OK) kiln__err_prefix(err, "%s", path);
   }
   kiln__free(buf);

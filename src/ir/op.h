@@ -70,6 +70,7 @@ extern const kiln__op kiln__ops_control[];
 extern const kiln__op kiln__ops_rnn[];
 extern const kiln__op kiln__ops_quant[];
 extern const kiln__op kiln__ops_signal[];
+extern const kiln__op kiln__ops_sequence[];
 
 /* ---- helpers for infer() and run() ----------------------------------------------------------- */
 
@@ -96,6 +97,15 @@ kiln_status kiln__read_ints(const kiln__kctx *c, const kiln_tensor *t, int64_t *
 /* Memory that lives until the current run ends, from the frame's dynamic arena (for deferred ops
    such as Loop that cannot size their needs at planning time). NULL when out of memory. */
 void *kiln__dyn_scratch(kiln__kctx *c, size_t bytes);
+
+/* SEQUENCE and OPTIONAL values hold other values instead of elements. */
+static inline bool kiln__is_container(kiln_dtype t) {
+  return t == KILN_DTYPE_SEQUENCE || t == KILN_DTYPE_OPTIONAL;
+}
+/* Copies a value so that it stays valid until the run ends: tensor data goes to the frame's
+   dynamic arena (arena memory of a planned value may be reused once that value dies); sequences
+   and optionals are shared, since their elements are copied when they are put in. */
+kiln_status kiln__value_copy(kiln__kctx *c, const kiln_tensor *src, kiln_tensor *dst);
 
 /* Runs a subgraph (If/Loop/Scan bodies) on the given inputs; outputs are allocated from the
    frame and valid until the enclosing run ends. Outer-scope names resolve in the calling frame. */

@@ -1148,3 +1148,67 @@ kiln_status kiln__onnx_tensor(const void *data, size_t size, kiln_tensor *out, k
   if (st != KILN_OK && err) *err = e;
   return st;
 }
+
+/* ---- sequences and optionals (test data) ------------------------------------------------------ */
+
+static kiln_status seq_from_proto(ictx *c, const KilnOnnx__SequenceProto *sp, kiln_tensor *out);
+
+static kiln_status opt_from_proto(ictx *c, const KilnOnnx__OptionalProto *op, kiln_tensor *out) {
+  memset(out, 0, sizeof *out);
+  out->dtype = KILN_DTYPE_OPTIONAL;
+  if (!op->tensor_value && !op->sequence_value) return KILN_OK; /* an empty optional */
+  kiln_tensor *inner = kiln__aligned_alloc(sizeof *inner);
+  if (!inner) return no_memory(c);
+  out->data = inner;
+  return op->tensor_value ? tensor_from_proto(c, op->tensor_value, inner)
+                          : seq_from_proto(c, op->sequence_value, inner);
+}
+
+static kiln_status seq_from_proto(ictx *c, const KilnOnnx__SequenceProto *sp, kiln_tensor *out) {
+  memset(out, 0, sizeof *out);
+  out->dtype = KILN_DTYPE_SEQUENCE;
+  out->rank = 1;
+  if (sp->n_sparse_tensor_values || sp->n_map_values)
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "sequences of sparse tensors or maps");
+  size_t n = sp->n_tensor_values + sp->n_sequence_values + sp->n_optional_values;
+  if (n == 0) return KILN_OK;
+  kiln_tensor *items = kiln__aligned_alloc(n * sizeof *items);
+  if (!items) return no_memory(c);
+  memset(items, 0, n * sizeof *items);
+  out->data = items;
+  kiln_status st = KILN_OK;
+  size_t k = 0;
+  for (size_t i = 0; st == KILN_OK && i < sp->n_tensor_values; i++, k++)
+    st = tensor_from_proto(c, sp->tensor_values[i], &items[k]);
+  for (size_t i = 0; st == KILN_OK && i < sp->n_sequence_values; i++, k++)
+    st = seq_from_proto(c, sp->sequence_values[i], &items[k]);
+  for (size_t i = 0; st == KILN_OK && i < sp->n_optional_values; i++, k++)
+    st = opt_from_proto(c, sp->optional_values[i], &items[k]);
+  out->dims[0] = (int64_t)k; /* what was read, so a release after an error frees just that */
+  return st;
+}
+
+kiln_status kiln__onnx_value(const void *data, size_t size, kiln_dtype kind, kiln_tensor *out,
+                             kiln_error *err) {
+  if (kind != KILN_DTYPE_SEQUENCE && kind != KILN_DTYPE_OPTIONAL)
+    return kiln__onnx_tensor(data, size, out, err);
+  if (!out) return kiln__fail(err, KILN_INVALID_ARGUMENT, "no output value");
+  memset(out, 0, sizeof *out);
+  if (!data && size) return kiln__fail(err, KILN_INVALID_ARGUMENT, "no value bytes");
+  kiln_error e = {0};
+  ictx c = {.err = &e};
+  ProtobufCMessage *m = NULL;
+  bool seq = kind == KILN_DTYPE_SEQUENCE;
+  kiln_status st = unpack(seq ? &kiln_onnx__sequence_proto__descriptor
+                              : &kiln_onnx__optional_proto__descriptor,
+                          data, size, &m, &e);
+  if (st == KILN_OK)
+    st = seq ? seq_from_proto(&c, (const KilnOnnx__SequenceProto *)m, out)
+             : opt_from_proto(&c, (const KilnOnnx__OptionalProto *)m, out);
+  free_unpacked(m);
+  if (st != KILN_OK) {
+    kiln_tensor_release(out);
+    if (err) *err = e;
+  }
+  return st;
+}

@@ -15,4 +15,9 @@ kiln_status kiln__onnx_import(const void *data, size_t size, const char *base_di
    kiln_tensor_release(). */
 kiln_status kiln__onnx_tensor(const void *data, size_t size, kiln_tensor *out, kiln_error *err);
 
+/* Parses a serialized SequenceProto (kind SEQUENCE), OptionalProto (kind OPTIONAL) or, for any
+   other kind, TensorProto. Released with kiln_tensor_release(). */
+kiln_status kiln__onnx_value(const void *data, size_t size, kiln_dtype kind, kiln_tensor *out,
+                             kiln_error *err);
+
 #endif

@@ -179,7 +179,9 @@ size_t kiln_model_output_count(const kiln_model *m) { return (size_t)m->g->n_out
 static void fill_info(const kiln__value *v, kiln_io_info *info) {
   memset(info, 0, sizeof *info);
   info->name = v->name;
-  info->dtype = v->dtype;
+  info->dtype = v->kind == KILN__VALUE_SEQUENCE   ? KILN_DTYPE_SEQUENCE
+                : v->kind == KILN__VALUE_OPTIONAL ? KILN_DTYPE_OPTIONAL
+                                                  : v->dtype;
   info->rank = v->rank;
   for (int d = 0; d < v->rank && d < KILN_MAX_RANK; d++) {
     info->dims[d] = v->dims[d];

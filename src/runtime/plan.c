@@ -168,7 +168,7 @@ kiln_status kiln__plan_build(const kiln_model *m, const kiln_tensor *sig, int n_
       int v = n->in[k];
       ins[k] = v >= 0 ? &p->vals[v] : NULL;
       if (v < 0) continue;
-      if (p->where[v] == KILN__AT_DYNAMIC) known = false;
+      if (p->where[v] == KILN__AT_DYNAMIC || kiln__is_container(p->vals[v].dtype)) known = false;
       if (p->where[v] != KILN__AT_CONST) all_const = false;
       last_use[v] = i;
     }

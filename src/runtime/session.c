@@ -94,10 +94,21 @@ void *kiln__dyn_scratch(kiln__kctx *c, size_t bytes) {
   return kiln__dyn_alloc(c->frame->dyn, bytes);
 }
 
+kiln_status kiln__value_copy(kiln__kctx *c, const kiln_tensor *src, kiln_tensor *dst) {
+  *dst = *src;
+  if (kiln__is_container(src->dtype)) return KILN_OK; /* elements are already run-stable */
+  size_t bytes = kiln_tensor_nbytes(src);
+  dst->data = kiln__dyn_alloc(c->frame->dyn, bytes);
+  if (!dst->data) return kiln__fail(c->err, KILN_NO_MEMORY, "out of memory copying a value");
+  if (bytes) memcpy(dst->data, src->data, bytes);
+  return KILN_OK;
+}
+
 kiln_status kiln__run_node_dynamic(kiln__frame *f, const kiln__node *n, const kiln_tensor **in,
                                    kiln_tensor **out, const kiln__backend *be, void *state) {
   for (int k = 0; k < n->n_in; k++)
-    if (in[k] && (in[k]->rank < 0 || (!in[k]->data && kiln_tensor_count(in[k]) > 0)))
+    if (in[k] && (in[k]->rank < 0 || (!in[k]->data && kiln_tensor_count(in[k]) > 0 &&
+                                      !kiln__is_container(in[k]->dtype))))
       return kiln__fail(f->err, KILN_INTERNAL, "node '%s' (%s): input %d has no value", n->name,
                         n->op_type, k);
   for (int o = 0; o < n->n_out; o++)
@@ -270,6 +281,17 @@ static kiln_status bind_inputs(kiln_session *s, const char *const *names,
     for (size_t k = 0; k < n_inputs && !t; k++)
       if (!strcmp(names[k], v->name)) t = &inputs[k];
     if (!t) return kiln__fail(err, KILN_INVALID_ARGUMENT, "input '%s' is not given", v->name);
+    if (v->kind == KILN__VALUE_SEQUENCE || v->kind == KILN__VALUE_OPTIONAL) {
+      kiln_dtype want = v->kind == KILN__VALUE_SEQUENCE ? KILN_DTYPE_SEQUENCE : KILN_DTYPE_OPTIONAL;
+      if (t->dtype != want || t->rank != (want == KILN_DTYPE_SEQUENCE ? 1 : 0) ||
+          (want == KILN_DTYPE_SEQUENCE && t->dims[0] < 0))
+        return kiln__fail(err, KILN_INVALID_ARGUMENT, "input '%s' must be a %s", v->name,
+                          kiln_dtype_name(want));
+      s->sig[i] = *t;
+      s->sig[i].data = NULL;
+      s->vals[g->inputs[i]] = *t;
+      continue;
+    }
     if (t->rank < 0 || t->rank > KILN_MAX_RANK)
       return kiln__fail(err, KILN_INVALID_ARGUMENT, "input '%s': rank %d is not valid", v->name,
                         t->rank);

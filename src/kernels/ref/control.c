@@ -13,9 +13,10 @@ static const kiln__graph *graph_attr(const kiln__node *n, const char *name) {
   return a && a->type == KILN__ATTR_GRAPH ? a->g : NULL;
 }
 
-/* Copies a tensor into output i (allocated to its shape). */
+/* Copies a value into output i (allocated to its shape). */
 static kiln_status copy_out(kiln__kctx *c, int i, const kiln_tensor *t) {
   if (!c->out[i]) return KILN_OK;
+  if (kiln__is_container(t->dtype)) return kiln__value_copy(c, t, c->out[i]);
   kiln_status st = kiln__out_alloc(c, i, t->dtype, t->rank, t->dims);
   if (st == KILN_OK && kiln_tensor_nbytes(t)) memcpy(c->out[i]->data, t->data, kiln_tensor_nbytes(t));
   return st;

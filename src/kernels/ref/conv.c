@@ -13,6 +13,9 @@
 #include <float.h>
 #include <math.h>
 
+/* Bound on kernel sizes, strides, dilations and pads, so their products cannot overflow. */
+#define ATTR_MAX ((int64_t)1 << 31)
+
 /* Upper bound of the im2col / col2im column buffer; larger images are processed in chunks. */
 #define COL_BYTES ((size_t)4 << 20)
 #define COL_MIN_COLS 64
@@ -57,7 +60,7 @@ static kiln_status ints_attr(const kiln__kctx *c, const char *name, int n, int64
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "attribute '%s' has %zu values, expected %d",
                       name, na, n);
   for (int i = 0; i < n; i++) {
-    if (a[i] < min || a[i] > ((int64_t)1 << 40))
+    if (a[i] < min || a[i] > ATTR_MAX)
       return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "attribute '%s'[%d] = %lld is out of range",
                         name, i, (long long)a[i]);
     v[i] = a[i];
@@ -100,7 +103,7 @@ static kiln_status fwd_geom(const kiln__kctx *c, const kiln_tensor *x, const int
     return st;
   for (int i = 0; i < n; i++) {
     int64_t in = x->dims[i + 2], k = kernel[i];
-    if (k < 1)
+    if (k < 1 || k > ATTR_MAX)
       return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "kernel dim %d is %lld", i, (long long)k);
     int64_t ek = (k - 1) * g->d[i] + 1, s = g->s[i];
     g->in[i] = in;
@@ -295,12 +298,13 @@ typedef struct dw_args {
   float *y;
 } dw_args;
 
-/* Direct 2D convolution, one input channel per group: one output plane per work item. */
+/* Direct 2D convolution, one input channel per group: one output plane per work item. Each
+   kernel tap sweeps a whole output row (an axpy over the columns where it lands in the input). */
 static void conv_dw_planes(void *arg, size_t q0, size_t q1) {
   const dw_args *a = arg;
   const conv_shape *cs = a->cs;
   const geom *g = &cs->g;
-  int64_t H = g->in[0], W = g->in[1], KH = g->k[0], KW = g->k[1];
+  int64_t H = g->in[0], W = g->in[1], KH = g->k[0], KW = g->k[1], OW = g->out[1];
   int64_t sh = g->s[0], sw = g->s[1], dh = g->d[0], dw = g->d[1];
   for (size_t q = q0; q < q1; q++) {
     size_t n = q / cs->m, m = q % cs->m, grp = m / cs->mg;
@@ -311,16 +315,19 @@ static void conv_dw_planes(void *arg, size_t q0, size_t q1) {
     for (int64_t oh = 0; oh < g->out[0]; oh++) {
       int64_t ih0 = oh * sh - g->pb[0], khlo, khhi;
       valid_range(0, dh, ih0, H, KH, &khlo, &khhi);
-      for (int64_t ow = 0; ow < g->out[1]; ow++) {
-        int64_t iw0 = ow * sw - g->pb[1], kwlo, kwhi;
-        valid_range(0, dw, iw0, W, KW, &kwlo, &kwhi);
-        float acc = bias;
-        for (int64_t kh = khlo; kh < khhi; kh++) {
-          const float *xr = xp + (ih0 + kh * dh) * W;
-          const float *wr = wk + kh * KW;
-          for (int64_t kw = kwlo; kw < kwhi; kw++) acc += xr[iw0 + kw * dw] * wr[kw];
+      float *restrict yr = yp + oh * OW;
+      for (int64_t ow = 0; ow < OW; ow++) yr[ow] = bias;
+      for (int64_t kh = khlo; kh < khhi; kh++) {
+        const float *restrict xr = xp + (ih0 + kh * dh) * W;
+        for (int64_t kw = 0; kw < KW; kw++) {
+          int64_t off = kw * dw - g->pb[1], lo, hi;
+          float wv = wk[kh * KW + kw];
+          valid_range(0, sw, off, W, OW, &lo, &hi);
+          if (sw == 1)
+            for (int64_t ow = lo; ow < hi; ow++) yr[ow] += wv * xr[ow + off];
+          else
+            for (int64_t ow = lo; ow < hi; ow++) yr[ow] += wv * xr[ow * sw + off];
         }
-        yp[oh * g->out[1] + ow] = acc;
       }
     }
   }
@@ -477,12 +484,19 @@ static kiln_status convt_shape_get(const kiln__kctx *c, conv_shape *cs) {
                       "ConvTranspose: output_shape has %zu values for %d spatial dims", nos, n);
   for (int i = 0; i < n; i++) {
     int64_t in = x->dims[i + 2], k = w->dims[i + 2], s = g->s[i];
-    if (k < 1) return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "ConvTranspose: empty kernel");
+    if (k < 1 || k > ATTR_MAX || in > ATTR_MAX)
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                        "ConvTranspose: kernel %lld or input %lld out of range", (long long)k,
+                        (long long)in);
     int64_t full = s * (in - 1) + opad[i] + (k - 1) * g->d[i] + 1; /* unpadded output extent */
     g->in[i] = in;
     g->k[i] = k;
     if (nos || ap == PAD_SAME_UPPER || ap == PAD_SAME_LOWER) {
       int64_t out = nos ? os[i] : in * s;
+      if (out < 0 || out > ((int64_t)1 << 40))
+        return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                          "ConvTranspose: output_shape[%d] = %lld is out of range", i,
+                          (long long)out);
       int64_t total = full - out, half = floor_div(total, 2);
       g->pb[i] = ap == PAD_SAME_UPPER ? half : total - half;
       g->pe[i] = total - g->pb[i];
@@ -793,11 +807,13 @@ static void pool_planes(void *arg, size_t q0, size_t q1) {
   }
 }
 
-/* float32 2D max / average pooling: the common CNN case, without per-element dispatch. */
+/* float32 2D max / average pooling, the common CNN case: each kernel tap sweeps a whole output
+   row, without per-element dispatch. */
 static void pool2d_f32_planes(void *arg, size_t q0, size_t q1) {
   const pool_args *a = arg;
   const geom *g = &a->g;
   int64_t H = g->in[0], W = g->in[1], OH = g->out[0], OW = g->out[1];
+  int64_t sw = g->s[1], dw = g->d[1];
   bool is_max = a->kind == POOL_MAX;
   for (size_t q = q0; q < q1; q++) {
     const float *xp = (const float *)a->x->data + q * g->in_count;
@@ -806,32 +822,34 @@ static void pool2d_f32_planes(void *arg, size_t q0, size_t q1) {
       int64_t h0 = oh * g->s[0] - g->pb[0], khlo, khhi, phlo, phhi;
       valid_range(0, g->d[0], h0, H, g->k[0], &khlo, &khhi);
       valid_range(0, g->d[0], h0 + g->pb[0], H + g->pb[0] + g->pe[0], g->k[0], &phlo, &phhi);
-      for (int64_t ow = 0; ow < OW; ow++) {
-        int64_t w0 = ow * g->s[1] - g->pb[1], kwlo, kwhi;
-        valid_range(0, g->d[1], w0, W, g->k[1], &kwlo, &kwhi);
-        float acc = is_max ? -INFINITY : 0.0f;
-        for (int64_t kh = khlo; kh < khhi; kh++) {
-          const float *xr = xp + (h0 + kh * g->d[0]) * W;
+      float *restrict yr = yp + oh * OW;
+      for (int64_t ow = 0; ow < OW; ow++) yr[ow] = is_max ? -INFINITY : 0.0f;
+      for (int64_t kh = khlo; kh < khhi; kh++) {
+        const float *restrict xr = xp + (h0 + kh * g->d[0]) * W;
+        for (int64_t kw = 0; kw < g->k[1]; kw++) {
+          int64_t off = kw * dw - g->pb[1], lo, hi;
+          valid_range(0, sw, off, W, OW, &lo, &hi);
           if (is_max) {
-            for (int64_t kw = kwlo; kw < kwhi; kw++) {
-              float v = xr[w0 + kw * g->d[1]];
-              acc = v > acc || v != v ? v : acc;
+            for (int64_t ow = lo; ow < hi; ow++) {
+              float v = xr[ow * sw + off], acc = yr[ow];
+              yr[ow] = v > acc || v != v ? v : acc;
             }
           } else {
-            for (int64_t kw = kwlo; kw < kwhi; kw++) acc += xr[w0 + kw * g->d[1]];
+            for (int64_t ow = lo; ow < hi; ow++) yr[ow] += xr[ow * sw + off];
           }
         }
-        if (!is_max) {
-          int64_t cnt = (khhi - khlo) * (kwhi - kwlo);
-          if (a->include_pad) {
-            int64_t pwlo, pwhi;
-            valid_range(0, g->d[1], w0 + g->pb[1], W + g->pb[1] + g->pe[1], g->k[1], &pwlo,
-                        &pwhi);
-            cnt = (phhi - phlo) * (pwhi - pwlo);
-          }
-          acc = cnt ? acc / (float)cnt : NAN;
+      }
+      if (is_max) continue;
+      for (int64_t ow = 0; ow < OW; ow++) {
+        int64_t w0 = ow * sw - g->pb[1], kwlo, kwhi, cnt;
+        if (a->include_pad) {
+          valid_range(0, dw, w0 + g->pb[1], W + g->pb[1] + g->pe[1], g->k[1], &kwlo, &kwhi);
+          cnt = (phhi - phlo) * (kwhi - kwlo);
+        } else {
+          valid_range(0, dw, w0, W, g->k[1], &kwlo, &kwhi);
+          cnt = (khhi - khlo) * (kwhi - kwlo);
         }
-        yp[oh * OW + ow] = acc;
+        yr[ow] = cnt ? yr[ow] / (float)cnt : NAN;
       }
     }
   }

@@ -12,6 +12,7 @@
 #include "kernels/ref/elementwise_util.h"
 
 #include <float.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #define EW_MAX_OPS 4
@@ -1012,9 +1013,59 @@ static kiln_status cast_target(kiln__kctx *c, kiln_dtype *to) {
   }
   if (!castable(from)) return unsupported_dtype(c, from);
   if (!castable(*to)) return unsupported_dtype(c, *to);
-  /* A string result needs storage for the text that outlives the run; the planner has none. */
-  if (*to == KILN_DTYPE_STRING && from != KILN_DTYPE_STRING)
-    return kiln__fail(c->err, KILN_UNSUPPORTED, "%s to string is not supported", op_name(c));
+  return KILN_OK;
+}
+
+/* Text of a number: the shortest that reads back to the same value (numpy's str()), with
+   ONNX's spellings of the special values. */
+static void format_number(const void *src, kiln_dtype t, size_t i, char *buf, size_t cap) {
+  if (kiln__dtype_is_float(t)) {
+    double v = kiln__load_f64(src, t, i);
+    if (v != v) {
+      snprintf(buf, cap, "NaN");
+      return;
+    }
+    if (isinf(v)) {
+      snprintf(buf, cap, v > 0 ? "INF" : "-INF");
+      return;
+    }
+    int max_digits = t == KILN_DTYPE_DOUBLE ? 17 : 9;
+    for (int prec = 1; prec <= max_digits; prec++) {
+      snprintf(buf, cap, "%.*g", prec, v);
+      double back = strtod(buf, NULL), want = v;
+      if (t != KILN_DTYPE_DOUBLE) {
+        /* compare after rounding the text's value to the source dtype */
+        uint64_t slot = 0;
+        kiln__store_f64(&slot, t, 0, back);
+        back = kiln__load_f64(&slot, t, 0);
+      }
+      if (back == want) return;
+    }
+  } else if (t == KILN_DTYPE_UINT64) {
+    snprintf(buf, cap, "%llu", (unsigned long long)((const uint64_t *)src)[i]);
+  } else {
+    snprintf(buf, cap, "%lld", (long long)kiln__load_i64(src, t, i));
+  }
+}
+
+#define CAST_TEXT_BYTES 32 /* "-1.7976931348623157e+308" and a NUL fit */
+
+/* Numbers to strings: the text lives in the run's dynamic arena, so the node is deferred (run
+   at run time with a frame, never folded). */
+static kiln_status cast_to_string(kiln__kctx *c, const kiln_tensor *x) {
+  if (!c->frame) return kiln__fail(c->err, KILN_UNSUPPORTED, "%s to string outside a run", op_name(c));
+  kiln_status st = kiln__out_alloc(c, 0, KILN_DTYPE_STRING, x->rank, x->dims);
+  if (st) return st;
+  size_t n = kiln_tensor_count(x), bytes;
+  if (!kiln__mul_ok(n, CAST_TEXT_BYTES, &bytes))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "%s: tensor too large", op_name(c));
+  char *text = n ? kiln__dyn_scratch(c, bytes) : NULL;
+  if (n && !text) return kiln__fail(c->err, KILN_NO_MEMORY, "%s: out of memory for text", op_name(c));
+  char **out = c->out[0]->data;
+  for (size_t i = 0; i < n; i++) {
+    out[i] = text + i * CAST_TEXT_BYTES;
+    format_number(x->data, x->dtype, i, out[i], CAST_TEXT_BYTES);
+  }
   return KILN_OK;
 }
 
@@ -1022,6 +1073,7 @@ static kiln_status infer_cast(kiln__kctx *c) {
   kiln_dtype to = KILN_DTYPE_UNDEFINED;
   kiln_status st = cast_target(c, &to);
   if (st) return st;
+  if (to == KILN_DTYPE_STRING && c->in[0]->dtype != KILN_DTYPE_STRING) return KILN__DEFER;
   kiln__set_shape(c->out[0], to, c->in[0]->rank, c->in[0]->dims);
   return KILN_OK;
 }
@@ -1037,6 +1089,7 @@ static kiln_status run_cast(kiln__kctx *c) {
     copy_tensor(x, y);
     return KILN_OK;
   }
+  if (to == KILN_DTYPE_STRING) return cast_to_string(c, x);
   size_t n = kiln_tensor_count(x);
   bool float_path = kiln__dtype_is_float(from) || (from == KILN_DTYPE_STRING && kiln__dtype_is_float(to));
   double fbuf[CAST_CHUNK];
@@ -1054,9 +1107,12 @@ static kiln_status run_cast(kiln__kctx *c) {
 
 /* ---- Identity ----------------------------------------------------------------------------------- */
 
+/* Sequences and optionals are shared, not copied: their elements are run-stable. Their node is
+   deferred so that run() sets the output view. */
 static kiln_status infer_identity(kiln__kctx *c) {
   kiln_status st = need_inputs(c, 1);
   if (st) return st;
+  if (kiln__is_container(c->in[0]->dtype)) return KILN__DEFER;
   kiln__set_shape(c->out[0], c->in[0]->dtype, c->in[0]->rank, c->in[0]->dims);
   return KILN_OK;
 }
@@ -1064,6 +1120,7 @@ static kiln_status infer_identity(kiln__kctx *c) {
 static kiln_status run_identity(kiln__kctx *c) {
   kiln_status st = need_inputs(c, 1);
   if (st) return st;
+  if (kiln__is_container(c->in[0]->dtype)) return kiln__value_copy(c, c->in[0], c->out[0]);
   copy_tensor(c->in[0], c->out[0]);
   return KILN_OK;
 }

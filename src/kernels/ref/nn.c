@@ -10,6 +10,9 @@
 #include "ir/op.h"
 #include "kernels/ref/gemm.h"
 
+/* Elementwise passes smaller than this many elements stay on the calling thread. */
+#define PARALLEL_MIN 65536.0
+
 /* ---- helpers --------------------------------------------------------------------------------- */
 
 static const kiln_tensor *in_at(const kiln__kctx *c, int i) { return i < c->n_in ? c->in[i] : NULL; }

@@ -258,8 +258,8 @@ static kiln_status qmm_check(const kiln__kctx *c, const kiln_tensor *a, const ki
   return kiln__matmul_shape_get(a, b, s, c->err);
 }
 
-/* acc[i][j] = sum_p (a[i][p] - azp[i]) * (b[p][j] - bzp[j]) for one output matrix, passed to
-   `emit` a row at a time through the int32 row buffer `row` (n elements). */
+/* Row i of one integer product: row[j] = sum_p (a[i][p] - azp[i]) * (b[p][j] - bzp[j]), for the
+   A and B matrices at element offsets ao and bo. `row` holds n int32s. */
 static void qmm_matrix(const kiln_tensor *a, size_t ao, const kiln_tensor *b, size_t bo,
                        const kiln__matmul_shape *s, const qmm_params *q, size_t i, int32_t *row) {
   int32_t za = q->azp ? ldq(q->azp, q->azp_n == 1 ? 0 : i) : 0;

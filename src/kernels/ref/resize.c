@@ -553,8 +553,12 @@ typedef struct pass_args {
     const T *src = a->src;                                                         \
     T *dst = a->dst;                                                               \
     size_t inner = a->inner, n = a->n;                                             \
-    for (size_t it = i0; it < i1; it++) {                                          \
-      size_t ot = it / a->out_d, o = it % a->out_d;                                \
+    size_t ot = i0 / a->out_d, o = i0 % a->out_d;                                  \
+    for (size_t it = i0; it < i1; it++, o++) {                                     \
+      if (o == a->out_d) {                                                         \
+        o = 0;                                                                     \
+        ot++;                                                                      \
+      }                                                                            \
       T *dr = dst + it * inner;                                                    \
       const int64_t *ix = a->idx + o * n;                                          \
       const double *wt = a->w + o * n;                                             \
@@ -564,8 +568,15 @@ typedef struct pass_args {
       }                                                                            \
       const T *s0 = src + ot * a->in_d * inner;                                    \
       if (inner == 1) {                                                            \
-        double acc = 0.0;                                                          \
-        for (size_t t = 0; t < n; t++) acc += wt[t] * (double)s0[ix[t]];           \
+        double acc;                                                                \
+        if (n == 2) acc = wt[0] * (double)s0[ix[0]] + wt[1] * (double)s0[ix[1]];   \
+        else if (n == 4)                                                           \
+          acc = (wt[0] * (double)s0[ix[0]] + wt[1] * (double)s0[ix[1]]) +          \
+                (wt[2] * (double)s0[ix[2]] + wt[3] * (double)s0[ix[3]]);           \
+        else {                                                                     \
+          acc = 0.0;                                                               \
+          for (size_t t = 0; t < n; t++) acc += wt[t] * (double)s0[ix[t]];         \
+        }                                                                          \
         dr[0] = (T)acc;                                                            \
         continue;                                                                  \
       }                                                                            \

@@ -145,6 +145,14 @@ typedef struct gather_job {
     const T *p = src;                                                                          \
     for (size_t j0 = 0; j0 < nj; j0 += BLOCK) {                                                \
       size_t nb = KILN__MIN((size_t)BLOCK, nj - j0);                                           \
+      if (ni < BLOCK / 4) { /* a thin tile: the buffer would cost more than it saves */        \
+        for (size_t i = 0; i < ni; i++) {                                                      \
+          T *dr = d + (int64_t)i * dq + (int64_t)j0;                                           \
+          const T *pr = p + (int64_t)j0 * s + (int64_t)i;                                      \
+          for (size_t j = 0; j < nb; j++) dr[j] = pr[(int64_t)j * s];                          \
+        }                                                                                      \
+        continue;                                                                              \
+      }                                                                                        \
       for (size_t j = 0; j < nb; j++) {                                                        \
         const T *pr = p + (int64_t)(j0 + j) * s;                                               \
         for (size_t i = 0; i < ni; i++) tmp[i][j] = pr[i];                                     \
