@@ -17,6 +17,7 @@ struct kiln__pool {
   atomic_size_t next;    /* next chunk index to claim */
   size_t chunks, chunk_size;
   int pending;           /* workers still in the current job */
+  atomic_bool busy;      /* a job is running: a nested parallel_for runs inline */
 };
 
 static void run_chunks(kiln__pool *p) {
@@ -85,7 +86,8 @@ int kiln__pool_threads(const kiln__pool *p) { return p ? p->n : 1; }
 
 void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
   if (n == 0) return;
-  if (!p || p->n <= 1 || n == 1) {
+  bool idle = false;
+  if (!p || p->n <= 1 || n == 1 || !atomic_compare_exchange_strong(&p->busy, &idle, true)) {
     fn(arg, 0, n);
     return;
   }
@@ -106,4 +108,5 @@ void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
   pthread_mutex_lock(&p->mu);
   while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
   pthread_mutex_unlock(&p->mu);
+  atomic_store(&p->busy, false);
 }

@@ -1,6 +1,7 @@
 /* Kiln's intra-op thread pool: persistent workers that split a range between them.
    Workers spin briefly after a job, then sleep on a condition variable, so an idle pool costs
-   no CPU. One parallel_for at a time per pool (a session owns its pool). */
+   no CPU. One job at a time per pool (a session owns its pool): a parallel_for called while a job
+   runs, from inside it or from another thread, runs inline on the caller. */
 #ifndef KILN_CORE_THREADPOOL_H
 #define KILN_CORE_THREADPOOL_H
 

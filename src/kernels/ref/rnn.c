@@ -102,6 +102,13 @@ static bool ieq(const char *a, const char *b) {
   return *a == *b;
 }
 
+static void shape_str(char *buf, size_t cap, int rank, const int64_t *dims) {
+  size_t len = (size_t)snprintf(buf, cap, "[");
+  for (int i = 0; i < rank && len + 24 < cap; i++)
+    len += (size_t)snprintf(buf + len, cap - len, i ? ", %lld" : "%lld", (long long)dims[i]);
+  snprintf(buf + len, cap - len, "]");
+}
+
 static kiln_status check_shape(const kiln__kctx *c, const kiln_tensor *t, const char *what,
                                int rank, const int64_t *dims, kiln_dtype dtype) {
   if (t->dtype != dtype)
@@ -110,14 +117,11 @@ static kiln_status check_shape(const kiln__kctx *c, const kiln_tensor *t, const 
   bool ok = t->rank == rank;
   for (int i = 0; ok && i < rank; i++) ok = t->dims[i] == dims[i];
   if (!ok) {
-    char want[128];
-    size_t len = 0;
-    want[0] = 0;
-    for (int i = 0; i < rank && len < sizeof want - 24; i++)
-      len += (size_t)snprintf(want + len, sizeof want - len, i ? ", %lld" : "%lld",
-                              (long long)dims[i]);
-    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "%s must have shape [%s] (rank %d given)",
-                      what, want, t->rank);
+    char want[128], got[128];
+    shape_str(want, sizeof want, rank, dims);
+    shape_str(got, sizeof got, t->rank, t->dims);
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "%s has shape %s, expected %s", what, got,
+                      want);
   }
   return KILN_OK;
 }

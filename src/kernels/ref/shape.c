@@ -15,9 +15,9 @@
 
 #include <math.h>
 
-#define TRY(expr)                          \
-  do {                                     \
-    kiln_status try_st_ = (expr);          \
+#define TRY(expr)                           \
+  do {                                      \
+    kiln_status try_st_ = (expr);           \
     if (try_st_ != KILN_OK) return try_st_; \
   } while (0)
 
@@ -103,7 +103,7 @@ static void fill(void *dst, const void *val, size_t es, size_t n) {
   }
 }
 
-/* ---- gather: contiguous output from a strided view of the source ------------------------------ */
+/* ---- gather: contiguous output from a strided view of the source ----------------------------- */
 
 typedef struct view {
   int rank;
@@ -241,7 +241,7 @@ static void gather_range(void *arg, size_t begin, size_t end) {
 }
 
 /* Writes the elements of view `v` of `src` (which points at the view's first element) to the
- * contiguous `dst`. Modifies v. */
+ * contiguous `dst`. */
 static void gather(const kiln__kctx *c, void *dst, const void *src, size_t es, view *v) {
   size_t total = count_of(v->rank, v->dims);
   if (!total) return;
@@ -290,7 +290,7 @@ static void gather(const kiln__kctx *c, void *dst, const void *src, size_t es, v
     gather_range(&g, 0, items);
 }
 
-/* ---- Reshape, Flatten, Squeeze, Unsqueeze: the same bytes under a new shape ------------------- */
+/* ---- Reshape, Flatten, Squeeze, Unsqueeze: the same bytes under a new shape ------------------ */
 
 static kiln_status copy_run(kiln__kctx *c) {
   const kiln_tensor *x = c->in[0];
@@ -577,7 +577,8 @@ static kiln_status concat_run(kiln__kctx *c) {
   if (!y) return KILN_OK;
   TRY(elem_size(c, y->dtype, &es));
   TRY(concat_axis(c, y->rank, &axis));
-  size_t outer = count_of(axis, y->dims), inner = es * count_of(y->rank - axis - 1, y->dims + axis + 1);
+  size_t outer = count_of(axis, y->dims);
+  size_t inner = es * count_of(y->rank - axis - 1, y->dims + axis + 1);
   char *d = y->data;
   for (size_t o = 0; o < outer; o++)
     for (int k = 0; k < c->n_in; k++) {
@@ -1172,7 +1173,8 @@ static kiln_status range_args(const kiln__kctx *c, const kiln_tensor **t, int64_
     step = (uint64_t)0 - (uint64_t)d;
   }
   uint64_t n = span / step + (span % step != 0);
-  if (n > (uint64_t)INT64_MAX) return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "Range is too long");
+  if (n > (uint64_t)INT64_MAX)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "Range is too long");
   *count = (int64_t)n;
   return KILN_OK;
 }
@@ -1206,7 +1208,8 @@ static kiln_status range_run(kiln__kctx *c) {
       kiln_dtype dt = t[0]->dtype;
       uint64_t b = (uint64_t)kiln__load_i64(t[0]->data, dt, 0);
       uint64_t d = (uint64_t)kiln__load_i64(t[2]->data, dt, 0);
-      for (int64_t i = 0; i < n; i++) kiln__store_i64(y->data, dt, (size_t)i, (int64_t)(b + (uint64_t)i * d));
+      for (int64_t i = 0; i < n; i++) /* unsigned: wraps instead of overflowing */
+        kiln__store_i64(y->data, dt, (size_t)i, (int64_t)(b + (uint64_t)i * d));
     }
   }
   return KILN_OK;
@@ -1435,7 +1438,8 @@ static kiln_status onehot_run(kiln__kctx *c) {
         if (v < 0) v += (double)depth;
         k = v >= 0 && v < (double)depth ? (int64_t)v : -1;
       }
-      if (k >= 0 && k < depth) memcpy(d + ((o * (size_t)depth + (size_t)k) * inner + i) * es, on, es);
+      if (k >= 0 && k < depth)
+        memcpy(d + ((o * (size_t)depth + (size_t)k) * inner + i) * es, on, es);
     }
   return KILN_OK;
 }
