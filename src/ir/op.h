@@ -71,6 +71,7 @@ extern const kiln__op kiln__ops_rnn[];
 extern const kiln__op kiln__ops_quant[];
 extern const kiln__op kiln__ops_signal[];
 extern const kiln__op kiln__ops_sequence[];
+extern const kiln__op kiln__ops_string[];
 
 /* ---- helpers for infer() and run() ----------------------------------------------------------- */
 

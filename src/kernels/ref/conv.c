@@ -10,7 +10,6 @@
 #include "kernels/ref/gemm.h"
 #include "kernels/ref/resize.h"
 
-#include <float.h>
 #include <math.h>
 
 /* Bound on kernel sizes, strides, dilations and pads, so their products cannot overflow. */
@@ -47,12 +46,13 @@ static kiln_status parse_auto_pad(const kiln__kctx *c, auto_pad *ap) {
   return KILN_OK;
 }
 
-/* Reads an INTS attribute of exactly n values (default `def` for each when absent), each >= min. */
+/* Reads an INTS attribute of exactly n values, each in [min, ATTR_MAX]; absent or empty means
+   `def` for each. */
 static kiln_status ints_attr(const kiln__kctx *c, const char *name, int n, int64_t def,
                              int64_t min, int64_t *v) {
   const int64_t *a;
   size_t na = kiln__attr_ints(c->node, name, &a);
-  if (!kiln__attr_find(c->node, name)) {
+  if (na == 0) {
     for (int i = 0; i < n; i++) v[i] = def;
     return KILN_OK;
   }
@@ -75,14 +75,12 @@ static int64_t floor_div(int64_t a, int64_t b) {
 
 static int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
-static bool geom_counts(const kiln__kctx *c, geom *g) {
+static kiln_status geom_counts(const kiln__kctx *c, geom *g) {
   if (!kiln__shape_count(g->nsp, g->in, &g->in_count) ||
       !kiln__shape_count(g->nsp, g->out, &g->out_count) ||
-      !kiln__shape_count(g->nsp, g->k, &g->k_count)) {
-    kiln__fail(c->err, KILN_INVALID_ARGUMENT, "spatial shape overflows");
-    return false;
-  }
-  return true;
+      !kiln__shape_count(g->nsp, g->k, &g->k_count))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "spatial shape overflows");
+  return KILN_OK;
 }
 
 /* Geometry of a forward window op (Conv, pools) on input x with the given kernel. Reads strides,
@@ -129,7 +127,7 @@ static kiln_status fwd_geom(const kiln__kctx *c, const kiln_tensor *x, const int
     if (ceil_mode && (out - 1) * s >= in + g->pb[i]) out--;
     g->out[i] = out;
   }
-  return geom_counts(c, g) ? KILN_OK : c->err->status;
+  return geom_counts(c, g);
 }
 
 /* The t in [0, n) with 0 <= (o0 + t) * s + off < lim form one range [*lo, *hi). */
@@ -511,7 +509,7 @@ static kiln_status convt_shape_get(const kiln__kctx *c, conv_shape *cs) {
                         "ConvTranspose: output spatial dim %d would be %lld", i,
                         (long long)g->out[i]);
   }
-  if (!geom_counts(c, g)) return c->err->status;
+  if ((st = geom_counts(c, g)) != KILN_OK) return st;
   cs->n = (size_t)x->dims[0];
   cs->c = (size_t)C;
   cs->m = (size_t)M;
@@ -795,7 +793,8 @@ static void pool_planes(void *arg, size_t q0, size_t q1) {
       }
       if (a->kind == POOL_AVG) acc = acc / (a->include_pad ? padded : inside);
       else if (a->kind == POOL_LP) acc = a->p == 2.0 ? sqrt(acc) : pow(acc, 1.0 / a->p);
-      else if (inside == 0) acc = kiln__dtype_is_float(t) ? -INFINITY : (t == KILN_DTYPE_UINT8 ? 0 : -128);
+      else if (inside == 0) /* a window entirely in the padding */
+        acc = kiln__dtype_is_float(t) ? -INFINITY : t == KILN_DTYPE_UINT8 ? 0 : -128;
       if (t == KILN_DTYPE_FLOAT) ((float *)a->y->data)[yoff + p] = (float)acc;
       else kiln__store_f64(a->y->data, t, yoff + p, acc);
       if (a->idx) ((int64_t *)a->idx->data)[yoff + p] = best;
@@ -974,7 +973,8 @@ static kiln_status maxunpool_shapes(const kiln__kctx *c, int64_t *pooled, int64_
   int n = x->rank - 2;
   int64_t k[KILN_MAX_RANK], s[KILN_MAX_RANK], pads[2 * KILN_MAX_RANK];
   kiln_status st;
-  if (!kiln__attr_find(c->node, "kernel_shape"))
+  const int64_t *ks;
+  if (kiln__attr_ints(c->node, "kernel_shape", &ks) == 0)
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "MaxUnpool: kernel_shape is required");
   if ((st = ints_attr(c, "kernel_shape", n, 0, 1, k)) != KILN_OK ||
       (st = ints_attr(c, "strides", n, 1, 1, s)) != KILN_OK ||

@@ -406,8 +406,9 @@ static double keys_cubic(double x, double a) {
   return 0.0;
 }
 
-/* Fills the table of axis d (taps[d] per output index; idx -1 marks "outside the crop"), then drops
-   zero-weight taps. Returns the taps per output index left, and whether the axis is the identity. */
+/* Fills the table of axis d (taps[d] per output index; idx -1 marks "outside the crop"), then
+   drops zero-weight taps. Returns the taps per output index left, and whether the axis is the
+   identity. */
 static int64_t build_table(const rplan *p, int d, int64_t *idx, double *w, bool *identity) {
   int64_t n = p->taps[d], in = p->in[d], out = p->out[d];
   double ks = kernel_scale(p, d);
