@@ -525,6 +525,22 @@ static void test_external(const char *tmp) {
   mb_init(&b);
   set_external(&b, "weights.bin", "4", "12");
   expect_fail(&b, NULL, KILN_INVALID_ARGUMENT, "no base folder", "external data without base_dir");
+  /* A huge declared shape is checked against the file before anything is allocated (under ASan,
+     an attempt to allocate it would abort the test). */
+  mb_init(&b);
+  b.w_dims[0] = (int64_t)1 << 60;
+  set_external(&b, "weights.bin", NULL, NULL);
+  expect_fail(&b, NULL, KILN_INVALID_ARGUMENT, "no base folder", "huge external tensor, no base");
+  expect_fail(&b, dir, KILN_BAD_MODEL, "has 20 bytes", "huge external tensor, small file");
+  snprintf(path, sizeof path, "%s/fifo", dir);
+  if (mkfifo(path, 0600) == 0) {
+    mb_init(&b);
+    set_external(&b, "fifo", NULL, NULL);
+    expect_fail(&b, dir, KILN_BAD_MODEL, "not a regular file", "external data is a FIFO (no hang)");
+    kiln_tensor t;
+    kiln_status st2 = kiln_tensor_read_npy(path, &t, NULL);
+    CHECK(st2 == KILN_IO_ERROR, "reading a FIFO as .npy is refused without blocking");
+  }
   mb_init(&b);
   set_external(&b, "sub", NULL, NULL);
   expect_fail(&b, dir, KILN_BAD_MODEL, "not a regular file", "external data is a folder");

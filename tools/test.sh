@@ -10,13 +10,13 @@ jobs=$(nproc)
 echo "== release build, -Werror"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DKILN_WERROR=ON >/dev/null
 cmake --build build -j"$jobs" >/dev/null
-(cd build && ctest --output-on-failure -j"$jobs")
+(cd build && ctest --output-on-failure --timeout 900 -j"$jobs")
 
 echo "== address + undefined behaviour sanitizers"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DKILN_WERROR=ON -DKILN_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs" >/dev/null
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest --output-on-failure -j"$jobs")
+  ctest --output-on-failure --timeout 900 -j"$jobs")
 
 echo "== fuzzing the model loader for ${KILN_FUZZ_SECONDS:-60} s"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_FUZZ=ON >/dev/null

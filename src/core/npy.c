@@ -11,9 +11,11 @@
 #include "onnx/import.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define NPY_MAGIC "\x93NUMPY"
 #define NPY_MAX_HEADER ((size_t)1 << 20)
@@ -210,15 +212,23 @@ static kiln_status read_exact(FILE *f, void *buf, size_t n, const char *path, ki
   return KILN_OK;
 }
 
+/* Opens a regular file and gets its size, which bounds every allocation made for its contents.
+   O_NONBLOCK keeps a FIFO from blocking the open (it is then refused as not regular). */
 static kiln_status open_sized(const char *path, FILE **f, uint64_t *size, kiln_error *err) {
-  *f = fopen(path, "rb");
-  if (!*f) return kiln__fail(err, errno == ENOENT ? KILN_NOT_FOUND : KILN_IO_ERROR,
-                             "cannot open %s: %s", path, strerror(errno));
+  *f = NULL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0)
+    return kiln__fail(err, errno == ENOENT ? KILN_NOT_FOUND : KILN_IO_ERROR, "cannot open %s: %s",
+                      path, strerror(errno));
   struct stat sb;
-  if (fstat(fileno(*f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-    fclose(*f);
-    *f = NULL;
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    close(fd);
     return kiln__fail(err, KILN_IO_ERROR, "%s is not a regular file", path);
+  }
+  *f = fdopen(fd, "rb");
+  if (!*f) {
+    close(fd);
+    return kiln__fail(err, KILN_NO_MEMORY, "cannot open %s: %s", path, strerror(errno));
   }
   *size = (uint64_t)sb.st_size;
   return KILN_OK;

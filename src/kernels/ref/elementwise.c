@@ -17,7 +17,7 @@
 
 #define EW_MAX_OPS 4
 /* Below this many elements the pool's wake-up costs more than it saves. */
-#define EW_PAR_MIN ((size_t)1 << 15)
+#define EW_PAR_MIN ((size_t)1 << 16)
 
 /* ---- op math ------------------------------------------------------------------------------------ */
 
@@ -592,10 +592,33 @@ static bool is_numeric(kiln_dtype t) {
          (kiln__dtype_is_unsigned_int(t) && t != KILN_DTYPE_BOOL);
 }
 
-static kiln_status binary_check(kiln__kctx *c, const ew_binary_desc *d, ew_args *args) {
+/* Before opset 7, broadcasting was opt-in (broadcast=1) and aligned B's dims with A's starting
+   at `axis` (default: B's dims are A's trailing dims). Returns B seen in A's rank, in `view`. */
+static kiln_status legacy_b(kiln__kctx *c, const kiln_tensor *a, const kiln_tensor *b,
+                            kiln_tensor *view, const kiln_tensor **out) {
+  *out = b;
+  if (c->node->opset >= 7 || !kiln__attr_int(c->node, "broadcast", 0) || b->rank >= a->rank)
+    return KILN_OK;
+  int64_t axis = kiln__attr_int(c->node, "axis", a->rank - b->rank);
+  if (axis < 0) axis += a->rank;
+  if (axis < 0 || axis + b->rank > a->rank)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "%s: axis %lld does not fit B's rank %d",
+                      op_name(c), (long long)axis, b->rank);
+  *view = *b;
+  view->rank = a->rank;
+  for (int i = 0; i < a->rank; i++)
+    view->dims[i] = i >= axis && i < axis + b->rank ? b->dims[i - axis] : 1;
+  *out = view;
+  return KILN_OK;
+}
+
+static kiln_status binary_check(kiln__kctx *c, const ew_binary_desc *d, ew_args *args,
+                                kiln_tensor *bview, const kiln_tensor **bp) {
   kiln_status st = need_inputs(c, 2);
   if (st) return st;
   const kiln_tensor *a = c->in[0], *b = c->in[1];
+  if (d->kind != EW_BIN_PRELU && (st = legacy_b(c, a, b, bview, bp))) return st;
+  if (d->kind == EW_BIN_PRELU) *bp = b;
   if (d->kind == EW_BIN_POW) {
     if (!is_numeric(a->dtype)) return unsupported_dtype(c, a->dtype);
     if (!is_numeric(b->dtype)) return unsupported_dtype(c, b->dtype);
@@ -610,9 +633,10 @@ static kiln_status binary_check(kiln__kctx *c, const ew_binary_desc *d, ew_args 
 
 static kiln_status binary_infer(kiln__kctx *c, const ew_binary_desc *d) {
   ew_args args = {0};
-  kiln_status st = binary_check(c, d, &args);
+  kiln_tensor bview;
+  const kiln_tensor *a = c->in[0], *b = NULL;
+  kiln_status st = binary_check(c, d, &args, &bview, &b);
   if (st) return st;
-  const kiln_tensor *a = c->in[0], *b = c->in[1];
   int rank;
   int64_t dims[KILN_MAX_RANK];
   if ((st = kiln__broadcast(a->rank, a->dims, b->rank, b->dims, &rank, dims, c->err))) return st;
@@ -628,11 +652,13 @@ static kiln_status binary_infer(kiln__kctx *c, const ew_binary_desc *d) {
 
 static kiln_status binary_run(kiln__kctx *c, const ew_binary_desc *d) {
   ew_args args = {0};
-  kiln_status st = binary_check(c, d, &args);
+  kiln_tensor bview;
+  const kiln_tensor *b = NULL;
+  kiln_status st = binary_check(c, d, &args, &bview, &b);
   if (st) return st;
   ew_binary_fn fn = d->tab[args.ta];
   if (d->kind == EW_BIN_POW && (args.ta != args.tb || !fn)) fn = pow_mixed;
-  binary_exec(c, fn, &args, c->in[0], c->in[1], c->out[0]);
+  binary_exec(c, fn, &args, c->in[0], b, c->out[0]);
   return KILN_OK;
 }
 
