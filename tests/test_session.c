@@ -2,6 +2,7 @@
    against the labels, logits against the saved FP32 reference, input validation errors, plan
    caching and memory planning figures, and zero heap allocations per warm run. */
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -193,6 +194,74 @@ static void zero_alloc_transformer_block(void **state) {
   kiln_model_free(m);
 }
 
+/* One model shared by several threads, each with its own session and its own input shapes:
+   every result equals the one a lone session computes. */
+typedef struct worker {
+  kiln_model *m;
+  int batch;
+  const float *expect; /* the lone session's output for this batch */
+  int mismatches;
+  kiln_status st;
+} worker;
+
+static void make_input(kiln_tensor *x, int batch, float *buf) {
+  *x = (kiln_tensor){.dtype = KILN_DTYPE_FLOAT, .rank = 3, .dims = {batch, 16, 64}, .data = buf};
+  for (int i = 0; i < batch * 16 * 64; i++) buf[i] = (float)((i * 31) % 97) / 97.0f - 0.5f;
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  static _Thread_local float buf[4 * 16 * 64];
+  kiln_tensor x;
+  make_input(&x, w->batch, buf);
+  kiln_session *s = NULL;
+  kiln_error err = {0};
+  const char *names[] = {"x"};
+  w->st = kiln_session_create(w->m, &s, &err);
+  for (int it = 0; it < 20 && w->st == KILN_OK; it++) {
+    w->st = kiln_session_run(s, names, &x, 1, &err);
+    kiln_tensor y;
+    if (w->st == KILN_OK) kiln_session_output(s, 0, &y);
+    for (int i = 0; w->st == KILN_OK && i < w->batch * 16 * 64; i++)
+      w->mismatches += ((float *)y.data)[i] != w->expect[i];
+  }
+  kiln_session_free(s);
+  return NULL;
+}
+
+static void sessions_share_a_model_across_threads(void **state) {
+  (void)state;
+  kiln_model *m = load(tests_dir, "models/transformer_block.onnx", 1);
+  static float expect[4][4 * 16 * 64];
+  static float buf[4 * 16 * 64];
+  for (int b = 1; b <= 4; b++) {
+    kiln_session *s = NULL;
+    kiln_error err = {0};
+    kiln_tensor x, y;
+    make_input(&x, b, buf);
+    const char *names[] = {"x"};
+    assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+    assert_int_equal(kiln_session_run(s, names, &x, 1, &err), KILN_OK);
+    kiln_session_output(s, 0, &y);
+    memcpy(expect[b - 1], y.data, kiln_tensor_nbytes(&y));
+    kiln_session_free(s);
+  }
+  kiln_model_free(m);
+  m = load(tests_dir, "models/transformer_block.onnx", 1); /* a fresh plan cache, filled concurrently */
+  pthread_t th[8];
+  worker w[8];
+  for (int i = 0; i < 8; i++) {
+    w[i] = (worker){.m = m, .batch = 1 + i % 4, .expect = expect[i % 4]};
+    assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
+  }
+  for (int i = 0; i < 8; i++) {
+    pthread_join(th[i], NULL);
+    assert_int_equal(w[i].st, KILN_OK);
+    assert_int_equal(w[i].mismatches, 0);
+  }
+  kiln_model_free(m);
+}
+
 /* Fails the n-th allocation of load + session + two runs, for every n until all succeed: each
    failure must come back as an error status (ASan checks that nothing leaks). */
 static void allocation_failures_are_clean(void **state) {
@@ -238,6 +307,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(plans_are_cached_per_shape),
       cmocka_unit_test(zero_alloc_conv_net),
       cmocka_unit_test(zero_alloc_transformer_block),
+      cmocka_unit_test(sessions_share_a_model_across_threads),
       cmocka_unit_test(allocation_failures_are_clean),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
