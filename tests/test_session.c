@@ -194,6 +194,30 @@ static void zero_alloc_transformer_block(void **state) {
   kiln_model_free(m);
 }
 
+/* If branches that read values of the enclosing graph: those values stay alive, and apart, until
+   the If runs. */
+static void subgraph_captures_stay_alive(void **state) {
+  (void)state;
+  kiln_model *m = load(tests_dir, "models/if_capture.onnx", 1);
+  kiln_session *s = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  float x[4] = {-2.0f, -0.5f, 1.0f, 3.0f};
+  for (int c = 0; c < 2; c++) {
+    uint8_t cond = (uint8_t)c;
+    kiln_tensor in[2] = {{.dtype = KILN_DTYPE_BOOL, .rank = 0, .data = &cond},
+                         {.dtype = KILN_DTYPE_FLOAT, .rank = 1, .dims = {4}, .data = x}};
+    const char *names[] = {"cond", "x"};
+    assert_int_equal(kiln_session_run(s, names, in, 2, &err), KILN_OK);
+    kiln_tensor y;
+    assert_int_equal(kiln_session_output(s, 0, &y), KILN_OK);
+    for (int i = 0; i < 4; i++)
+      assert_true(((float *)y.data)[i] == (cond ? fmaxf(x[i], 0.0f) : -x[i]));
+  }
+  kiln_session_free(s);
+  kiln_model_free(m);
+}
+
 /* One model shared by several threads, each with its own session and its own input shapes:
    every result equals the one a lone session computes. */
 typedef struct worker {
@@ -307,6 +331,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(plans_are_cached_per_shape),
       cmocka_unit_test(zero_alloc_conv_net),
       cmocka_unit_test(zero_alloc_transformer_block),
+      cmocka_unit_test(subgraph_captures_stay_alive),
       cmocka_unit_test(sessions_share_a_model_across_threads),
       cmocka_unit_test(allocation_failures_are_clean),
   };

@@ -61,14 +61,36 @@ gelu = n("Mul", [n("Mul", [h, n("Add", [erf, c("one", 1.0)], ["h_1p"])], ["h_mul
 f2 = n("Add", [n("MatMul", [gelu, w("w2", F, D)], ["f2_mm"]), w("b2", D)], ["f2"])
 n("Add", [res1, f2], ["y"])
 
-graph = helper.make_graph(
-    nodes, "transformer_block",
-    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", S, D])],
-    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", S, D])], inits)
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="kiln-tests")
-model.ir_version = 8
-onnx.checker.check_model(model)
+block_nodes = nodes
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "models")
 os.makedirs(out, exist_ok=True)
-onnx.save(model, os.path.join(out, "transformer_block.onnx"))
-print("wrote", os.path.join(out, "transformer_block.onnx"))
+
+
+def save(graph, name):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="kiln-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(out, name))
+    print("wrote", os.path.join(out, name))
+
+
+save(helper.make_graph(
+    block_nodes, "transformer_block",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", S, D])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", S, D])], inits),
+    "transformer_block.onnx")
+
+# if_capture.onnx: y = cond ? relu(x) : -x. Both branches read values of the enclosing graph
+# that no node of it reads: the planner must keep them alive (and apart) until the If runs.
+then_g = helper.make_graph([helper.make_node("Identity", ["z"], ["t"])], "then", [],
+                           [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+else_g = helper.make_graph([helper.make_node("Identity", ["w"], ["e"])], "else", [],
+                           [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+save(helper.make_graph(
+    [helper.make_node("Relu", ["x"], ["z"]),
+     helper.make_node("Neg", ["x"], ["w"]),
+     helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)],
+    "if_capture",
+    [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+     helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])]), "if_capture.onnx")

@@ -31,6 +31,7 @@ void kiln__graph_free(kiln__graph *g) {
     kiln__free(n->domain);
     kiln__free(n->in);
     kiln__free(n->out);
+    kiln__free(n->captures);
     for (int a = 0; a < n->n_attrs; a++) kiln__attr_clear(&n->attrs[a]);
     kiln__free(n->attrs);
   }
@@ -87,8 +88,43 @@ kiln__node *kiln__graph_add_node(kiln__graph *g) {
   return n;
 }
 
+/* Records, for every node with subgraphs, which values of `g` those subgraphs capture, and points
+   each captured subgraph value at its index in `g`. */
+static kiln_status link_captures(kiln__graph *g, kiln_error *err) {
+  for (int i = 0; i < g->n_nodes; i++) {
+    kiln__node *n = &g->nodes[i];
+    for (int a = 0; a < n->n_attrs; a++) {
+      kiln__graph *sub = n->attrs[a].type == KILN__ATTR_GRAPH ? n->attrs[a].g : NULL;
+      for (int v = 0; sub && v < sub->n_values; v++) {
+        kiln__value *sv = &sub->values[v];
+        if (!sv->is_outer) continue;
+        int idx = kiln__graph_find(g, sv->name);
+        if (idx < 0)
+          return kiln__fail(err, KILN_BAD_MODEL, "node '%s' (%s): subgraph reads '%s', which is "
+                            "not defined", n->name, n->op_type, sv->name);
+        sv->outer_index = idx;
+        bool have = false;
+        for (int k = 0; k < n->n_captures && !have; k++) have = n->captures[k] == idx;
+        if (have) continue;
+        int *caps = kiln__realloc(n->captures, (size_t)(n->n_captures + 1) * sizeof *caps);
+        if (!caps) return kiln__fail(err, KILN_NO_MEMORY, "out of memory linking subgraphs");
+        n->captures = caps;
+        n->captures[n->n_captures++] = idx;
+      }
+    }
+  }
+  return KILN_OK;
+}
+
+/* A node's dependencies: its inputs, then what its subgraphs capture. */
+static int dep_count(const kiln__node *n) { return n->n_in + n->n_captures; }
+static int dep_at(const kiln__node *n, int k) {
+  return k < n->n_in ? n->in[k] : n->captures[k - n->n_in];
+}
+
 kiln_status kiln__graph_finalize(kiln__graph *g, kiln_error *err) {
-  kiln_status st = KILN_OK;
+  kiln_status st = link_captures(g, err);
+  if (st != KILN_OK) return st;
   int nn = g->n_nodes, nv = g->n_values;
   int *indeg = kiln__calloc((size_t)nn + 1, sizeof(int));
   int *order = kiln__calloc((size_t)nn + 1, sizeof(int));
@@ -96,7 +132,7 @@ kiln_status kiln__graph_finalize(kiln__graph *g, kiln_error *err) {
   int *ucount = kiln__calloc((size_t)nv + 1, sizeof(int));
   int *ustart = kiln__calloc((size_t)nv + 2, sizeof(int));
   int total = 0;
-  for (int i = 0; i < nn; i++) total += g->nodes[i].n_in;
+  for (int i = 0; i < nn; i++) total += dep_count(&g->nodes[i]);
   int *users = kiln__calloc((size_t)total + 1, sizeof(int));
   kiln__node *sorted = kiln__calloc((size_t)nn + 1, sizeof(kiln__node));
   if (!indeg || !order || !ucount || !ustart || !users || !sorted) {
@@ -122,13 +158,14 @@ kiln_status kiln__graph_finalize(kiln__graph *g, kiln_error *err) {
   }
   for (int i = 0; i < nn; i++) {
     const kiln__node *n = &g->nodes[i];
-    for (int k = 0; k < n->n_in; k++) {
-      int v = n->in[k];
+    for (int k = 0; k < dep_count(n); k++) {
+      int v = dep_at(n, k);
       if (v < 0) continue;
       const kiln__value *val = &g->values[v];
       if (val->producer < 0 && !val->is_input && !val->is_initializer && !val->is_outer) {
-        st = kiln__fail(err, KILN_BAD_MODEL, "node '%s' (%s) reads '%s', which nothing defines",
-                        n->name, n->op_type, val->name);
+        st = kiln__fail(err, KILN_BAD_MODEL, "node '%s' (%s): %s '%s', which nothing defines",
+                        n->name, n->op_type, k < n->n_in ? "reads" : "a subgraph reads",
+                        val->name);
         goto done;
       }
       if (val->producer >= 0) {
@@ -141,8 +178,8 @@ kiln_status kiln__graph_finalize(kiln__graph *g, kiln_error *err) {
   memset(ucount, 0, (size_t)nv * sizeof(int));
   for (int i = 0; i < nn; i++) {
     const kiln__node *n = &g->nodes[i];
-    for (int k = 0; k < n->n_in; k++) {
-      int v = n->in[k];
+    for (int k = 0; k < dep_count(n); k++) {
+      int v = dep_at(n, k);
       if (v >= 0 && g->values[v].producer >= 0) users[ustart[v] + ucount[v]++] = i;
     }
   }
@@ -165,7 +202,7 @@ kiln_status kiln__graph_finalize(kiln__graph *g, kiln_error *err) {
     goto done;
   }
   for (int i = 0; i < nn; i++) sorted[i] = g->nodes[order[i]];
-  memcpy(g->nodes, sorted, (size_t)nn * sizeof *sorted);
+  if (nn) memcpy(g->nodes, sorted, (size_t)nn * sizeof *sorted);
   for (int i = 0; i < nn; i++)
     for (int o = 0; o < g->nodes[i].n_out; o++)
       if (g->nodes[i].out[o] >= 0) g->values[g->nodes[i].out[o]].producer = i;

@@ -60,6 +60,7 @@ typedef struct kiln__value {
   bool is_output;
   bool is_initializer;    /* holds `init` */
   bool is_outer;          /* captured from an enclosing graph (subgraphs only) */
+  int outer_index;        /* is_outer: the value's index in the parent graph (set at finalize) */
   kiln_tensor init;       /* initializer data (owned by the graph) */
 } kiln__value;
 
@@ -74,6 +75,8 @@ typedef struct kiln__node {
   int n_attrs;
   kiln__attr *attrs;
   const struct kiln__op *op; /* resolved at load */
+  int n_captures;         /* values of this graph that the node's subgraphs read by name: */
+  int *captures;          /* they must exist before the node runs and live until it ends */
 } kiln__node;
 
 typedef struct kiln__graph {
@@ -97,8 +100,9 @@ int kiln__graph_value(kiln__graph *g, const char *name);
 int kiln__graph_find(const kiln__graph *g, const char *name);
 /* Appends an empty node; returns it, or NULL when out of memory. */
 kiln__node *kiln__graph_add_node(kiln__graph *g);
-/* Sorts nodes topologically, sets producers, checks for cycles, dangling inputs and values
-   defined twice. */
+/* Links subgraph captures to this graph's values, sorts nodes topologically (a node comes after
+   the producers of its inputs and of what its subgraphs capture), sets producers, and checks for
+   cycles, dangling inputs and values defined twice. Subgraphs must be finalized first. */
 kiln_status kiln__graph_finalize(kiln__graph *g, kiln_error *err);
 
 void kiln__attr_clear(kiln__attr *a);

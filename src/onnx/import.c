@@ -1041,24 +1041,8 @@ static kiln_status import_graph_body(ictx *c, scope *s, const KilnOnnx__GraphPro
       if (val->producer < 0 && !val->is_input && !val->is_initializer) val->is_outer = true;
     }
   }
-  /* kiln__graph_finalize() memcpy's the node array even when it is empty; give an empty graph
-     a (one-slot) array so that is never a NULL pointer. */
-  if (!g->nodes) {
-    g->nodes = kiln__calloc(1, sizeof *g->nodes);
-    if (!g->nodes) return no_memory(c);
-    g->cap_nodes = 1;
-  }
-  st = kiln__graph_finalize(g, err);
-  if (st != KILN_OK) return st;
-  if (!s->parent) {
-    for (int v = 0; v < g->n_values; v++) {
-      const kiln__value *val = &g->values[v];
-      if (val->producer < 0 && !val->is_input && !val->is_initializer && !val->is_outer)
-        return kiln__fail(err, KILN_BAD_MODEL, "a subgraph reads '" NM "', which nothing defines",
-                          val->name);
-    }
-  }
-  return KILN_OK;
+  /* finalize also rejects a name that a subgraph reads and no enclosing graph defines */
+  return kiln__graph_finalize(g, err);
 }
 
 static kiln_status import_graph(ictx *c, scope *s, const KilnOnnx__GraphProto *gp) {

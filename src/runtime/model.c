@@ -149,7 +149,8 @@ kiln_status kiln_model_load(const char *path, const kiln_model_opts *opts, kiln_
   }
   if (st == KILN_OK) {
     char *slash = strrchr(dir, '/');
-    if (slash) *slash = 0;
+    if (slash == dir) slash[1] = 0; /* "/model.onnx" lives in "/" */
+    else if (slash) *slash = 0;
     else strcpy(dir, ".");
     st = kiln_model_load_memory(buf, size, dir, opts, out, err);
     if (st != KILN_OK) kiln__err_prefix(err, "%s", path);

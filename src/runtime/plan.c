@@ -172,6 +172,7 @@ kiln_status kiln__plan_build(const kiln_model *m, const kiln_tensor *sig, int n_
       if (p->where[v] != KILN__AT_CONST) all_const = false;
       last_use[v] = i;
     }
+    for (int k = 0; k < n->n_captures; k++) last_use[n->captures[k]] = i;
     for (int o = 0; o < n->n_out; o++) outs[o] = n->out[o] >= 0 ? &p->vals[n->out[o]] : NULL;
     p->mode[i] = KILN__NODE_DYNAMIC;
     if (!known) continue;

@@ -144,14 +144,6 @@ kiln_status kiln__run_node_dynamic(kiln__frame *f, const kiln__node *n, const ki
   return KILN_OK;
 }
 
-static const kiln_tensor *resolve_outer(const kiln__frame *f, const char *name) {
-  for (; f; f = f->parent) {
-    int v = kiln__graph_find(f->g, name);
-    if (v >= 0 && (f->vals[v].rank >= 0)) return &f->vals[v];
-  }
-  return NULL;
-}
-
 kiln_status kiln__subgraph_run(kiln__kctx *c, const kiln__graph *g, const kiln_tensor *inputs,
                                int n_inputs, kiln_tensor *outputs, int n_outputs) {
   kiln__frame *pf = c->frame;
@@ -169,9 +161,10 @@ kiln_status kiln__subgraph_run(kiln__kctx *c, const kiln__graph *g, const kiln_t
     vals[v].rank = -1;
     if (val->is_initializer) vals[v] = val->init;
     if (val->is_outer) {
-      const kiln_tensor *t = resolve_outer(pf, val->name);
-      if (!t)
-        return kiln__fail(c->err, KILN_BAD_MODEL, "subgraph reads '%s', which is not defined",
+      /* the enclosing frame runs the graph whose node holds this subgraph */
+      const kiln_tensor *t = &pf->vals[val->outer_index];
+      if (pf->g != g->parent || t->rank < 0)
+        return kiln__fail(c->err, KILN_INTERNAL, "subgraph reads '%s', which has no value",
                           val->name);
       vals[v] = *t;
     }
@@ -270,8 +263,10 @@ static kiln_status bind_inputs(kiln_session *s, const char *const *names,
                                const kiln_tensor *inputs, size_t n_inputs, kiln_error *err) {
   const kiln__graph *g = s->m->g;
   for (size_t k = 0; k < n_inputs; k++) {
-    if (!names[k] || kiln__graph_find(g, names[k]) < 0 ||
-        !g->values[kiln__graph_find(g, names[k])].is_input)
+    bool known = false;
+    for (int i = 0; names[k] && i < g->n_inputs && !known; i++)
+      known = !strcmp(names[k], g->values[g->inputs[i]].name);
+    if (!known)
       return kiln__fail(err, KILN_INVALID_ARGUMENT, "the model has no input named '%s'",
                         names[k] ? names[k] : "(null)");
   }
