@@ -71,6 +71,13 @@ int cmd_bench(int argc, char **argv) {
   printf("latency ms: min %.3f  p50 %.3f  p95 %.3f  p99 %.3f  max %.3f\n", t[0], pct(t, n, 50),
          pct(t, n, 95), pct(t, n, 99), t[n - 1]);
   printf("throughput: %.1f inferences/s\n", total > 0 ? 1000.0 * runs / total : 0.0);
+  kiln_session_stats ss;
+  kiln_session_stats_get(s, &ss);
+  printf("memory: arena %.2f MiB (all intermediates %.2f MiB), dynamic %.2f MiB; "
+         "plans %zu hit / %zu miss; arena %zu hit / %zu miss\n",
+         ss.arena_bytes / 1048576.0, ss.intermediate_bytes / 1048576.0,
+         ss.dynamic_bytes / 1048576.0, ss.plan_hits, ss.plan_misses, ss.pool_hits,
+         ss.pool_misses);
   rc = 0;
 done:
   free(t);

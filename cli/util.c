@@ -67,7 +67,7 @@ int cli_load_input(cli_inputs *in, const char *arg) {
   }
   kiln_error err = {0};
   kiln_tensor t;
-  if (kiln_tensor_read_npy(eq + 1, &t, &err) != KILN_OK) return cli_fail(eq + 1, &err), -1;
+  if (kiln_tensor_read_npy(eq + 1, &t, &err) != KILN_OK) return cli_fail("cannot read input", &err), -1;
   in->names[in->n] = strndup(arg, (size_t)(eq - arg));
   in->tensors[in->n++] = t;
   return 0;

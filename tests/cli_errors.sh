@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Bad input to the kiln command: each case must exit non-zero (not by a signal) and say why.
+# usage: cli_errors.sh KILN REPO_DIR
+set -u
+kiln=$1
+repo=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+model=$repo/models/digits/digits_cnn.onnx
+fails=0
+passes=0
+
+# expect "what" EXPECTED_MESSAGE_REGEX -- kiln args...
+expect() {
+  local what=$1 want=$2
+  shift 3
+  local out rc
+  out=$("$kiln" "$@" 2>&1)
+  rc=$?
+  if [ "$rc" -eq 0 ] || [ "$rc" -ge 128 ] || ! grep -Eq "$want" <<<"$out"; then
+    echo "FAIL $what (exit $rc): $out"
+    fails=$((fails + 1))
+  else
+    echo "ok   $what: $(head -n 1 <<<"$out")"
+    passes=$((passes + 1))
+  fi
+}
+
+head -c 3000 "$model" > "$tmp/truncated.onnx"
+printf 'this is not a model' > "$tmp/garbage.onnx"
+: > "$tmp/empty.onnx"
+printf '\x93NUMPY\x01\x00\x10\x00{bad header}    \n' > "$tmp/bad.npy"
+data=$repo/tests/data/npy
+
+expect "missing model file" "cannot open" -- run "$tmp/none.onnx"
+expect "truncated model" "malformed model" -- run "$tmp/truncated.onnx"
+expect "garbage model" "malformed model" -- info "$tmp/garbage.onnx"
+expect "empty model" "malformed model|no graph" -- info "$tmp/empty.onnx"
+expect "unknown input name" "no input named 'nope'" -- run "$model" --input "nope=$repo/models/digits/test_x.npy"
+expect "wrong dtype" "int32.*expects float32" -- run "$model" --input "input=$data/int32_1x1x8x8.npy"
+expect "wrong shape" "dimension 2 is 4, the model expects 8" -- run "$model" --shape input=1,1,4,4
+expect "wrong rank" "rank 2, the model expects 4" -- run "$model" --shape input=8,8
+expect "unreadable npy header" "npy" -- run "$model" --input "input=$tmp/bad.npy"
+expect "npy shorter than its shape" "data|size|bytes" -- run "$model" --input "input=$data/float32_truncated.npy"
+expect "fortran-order npy" "ortran" -- run "$model" --input "input=$data/float32_fortran.npy"
+expect "missing npy" "cannot open|No such" -- run "$model" --input "input=$tmp/none.npy"
+expect "bad --shape" "shape" -- run "$model" --shape input=1,x
+expect "unknown command" "unknown command" -- frobnicate
+expect "conformance on a missing folder" "no such folder" -- conformance "$tmp/none"
+
+echo "$passes passed, $fails failed"
+[ "$fails" -eq 0 ]
