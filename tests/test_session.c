@@ -132,6 +132,9 @@ static void plans_are_cached_per_shape(void **state) {
   kiln_session_stats_get(s, &st);
   assert_int_equal(st.plan_misses, 2); /* batch 1 and batch 4 */
   assert_int_equal(st.plan_hits, 2);
+  /* the arena grew for batch 1, then for batch 4, and batch 1 fits in it again */
+  assert_int_equal(st.pool_misses, 2);
+  assert_int_equal(st.pool_hits, 2);
   assert_true(st.arena_bytes > 0);
   assert_true(st.arena_bytes < st.intermediate_bytes); /* lifetimes overlap less than all */
   kiln_tensor out;

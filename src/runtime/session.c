@@ -320,6 +320,7 @@ static kiln_status find_plan(kiln_session *s, kiln_error *err) {
   int n = m->g->n_inputs;
   if (s->plan && same_sig(s->plan->sig, s->sig, n)) {
     s->stats.plan_hits++;
+    s->stats.pool_hits++; /* the arena was sized for this plan already */
     return KILN_OK;
   }
   kiln_status st = KILN_OK;
