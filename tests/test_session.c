@@ -221,6 +221,37 @@ static void subgraph_captures_stay_alive(void **state) {
   kiln_model_free(m);
 }
 
+/* The interrupt hook stops a run between nodes with the status it returns; the session then
+   runs normally again. */
+static kiln_status stop_after_three(void *user) {
+  int *calls = user;
+  return ++*calls > 3 ? KILN_CANCELLED : KILN_OK;
+}
+
+static void interrupt_stops_between_nodes(void **state) {
+  (void)state;
+  kiln_model *m = load(tests_dir, "models/transformer_block.onnx", 1);
+  kiln_session *s = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  static float buf[16 * 64];
+  kiln_tensor x = {.dtype = KILN_DTYPE_FLOAT, .rank = 3, .dims = {1, 16, 64}, .data = buf};
+  const char *names[] = {"x"};
+  int calls = 0;
+  kiln_run_opts o = kiln_run_opts_default();
+  o.interrupt = stop_after_three;
+  o.user = &calls;
+  assert_int_equal(kiln_session_run_ex(s, names, &x, 1, &o, &err), KILN_CANCELLED);
+  assert_int_equal(calls, 4);
+  assert_non_null(strstr(err.message, "stopped before node"));
+  kiln_tensor y;
+  assert_int_equal(kiln_session_output(s, 0, &y), KILN_INVALID_ARGUMENT); /* no result */
+  assert_int_equal(kiln_session_run(s, names, &x, 1, &err), KILN_OK);
+  assert_int_equal(kiln_session_output(s, 0, &y), KILN_OK);
+  kiln_session_free(s);
+  kiln_model_free(m);
+}
+
 /* One model shared by several threads, each with its own session and its own input shapes:
    every result equals the one a lone session computes. */
 typedef struct worker {
@@ -335,6 +366,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(zero_alloc_conv_net),
       cmocka_unit_test(zero_alloc_transformer_block),
       cmocka_unit_test(subgraph_captures_stay_alive),
+      cmocka_unit_test(interrupt_stops_between_nodes),
       cmocka_unit_test(sessions_share_a_model_across_threads),
       cmocka_unit_test(allocation_failures_are_clean),
   };

@@ -179,6 +179,22 @@ void kiln_session_free(kiln_session *s);
    input shapes, running again with the same shapes performs no heap allocation. */
 kiln_status kiln_session_run(kiln_session *s, const char *const *names, const kiln_tensor *inputs,
                              size_t n_inputs, kiln_error *err);
+/* Options for one run. `interrupt`, when set, is called between nodes (never inside a kernel);
+   a status other than KILN_OK stops the run, which returns that status (e.g. KILN_CANCELLED or
+   KILN_DEADLINE_EXCEEDED). It runs on the calling thread and must be cheap. */
+typedef struct kiln_run_opts {
+  size_t struct_size; /* sizeof(kiln_run_opts), set by kiln_run_opts_default() */
+  kiln_status (*interrupt)(void *user);
+  void *user;
+} kiln_run_opts;
+
+kiln_run_opts kiln_run_opts_default(void);
+
+/* kiln_session_run with options (NULL = defaults). */
+kiln_status kiln_session_run_ex(kiln_session *s, const char *const *names,
+                                const kiln_tensor *inputs, size_t n_inputs,
+                                const kiln_run_opts *opts, kiln_error *err);
+
 /* The i-th graph output of the last successful run (a view into the session). */
 kiln_status kiln_session_output(const kiln_session *s, size_t i, kiln_tensor *out);
 

@@ -372,8 +372,28 @@ kiln_status kiln_session_plan(kiln_session *s, const char *const *names,
   return st;
 }
 
+kiln_run_opts kiln_run_opts_default(void) {
+  kiln_run_opts o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  return o;
+}
+
 kiln_status kiln_session_run(kiln_session *s, const char *const *names, const kiln_tensor *inputs,
                              size_t n_inputs, kiln_error *err) {
+  return kiln_session_run_ex(s, names, inputs, n_inputs, NULL, err);
+}
+
+kiln_status kiln_session_run_ex(kiln_session *s, const char *const *names,
+                                const kiln_tensor *inputs, size_t n_inputs,
+                                const kiln_run_opts *opts, kiln_error *err) {
+  kiln_run_opts o = kiln_run_opts_default();
+  if (opts) {
+    if (opts->struct_size < offsetof(kiln_run_opts, user) + sizeof(void *) ||
+        opts->struct_size > sizeof o)
+      return kiln__fail(err, KILN_INVALID_ARGUMENT, "kiln_run_opts.struct_size is wrong");
+    memcpy(&o, opts, opts->struct_size);
+  }
   const kiln_model *m = s->m;
   const kiln__graph *g = m->g;
   s->ran = false;
@@ -398,6 +418,9 @@ kiln_status kiln_session_run(kiln_session *s, const char *const *names, const ki
   kiln__frame f = {.g = g, .vals = s->vals, .dyn = &s->dyn, .pool = s->pool, .err = err};
   for (int i = 0; i < g->n_nodes; i++) {
     const kiln__node *n = &g->nodes[i];
+    if (o.interrupt && (st = o.interrupt(o.user)) != KILN_OK)
+      return kiln__fail(err, st, "run stopped before node '%s' (%s): %s", n->name, n->op_type,
+                        kiln_status_str(st));
     const kiln_tensor **in = s->in_ptrs + s->in_start[i];
     kiln_tensor **out = s->out_ptrs + s->out_start[i];
     const kiln__backend *be = m->backends[m->node_backend[i]];
