@@ -122,6 +122,8 @@ typedef struct kiln_model_opts {
   /* Backends in order of preference, by name ("ref", ...), NULL-terminated. NULL = all, best
      first. A node runs on the first backend that supports it; "ref" always supports every op. */
   const char *const *backends;
+  /* Graph optimization: 0 none, 1 basic rewrites, 2 fusions, 3 layout; -1 = the highest. */
+  int opt_level;
 } kiln_model_opts;
 
 kiln_model_opts kiln_model_opts_default(void);

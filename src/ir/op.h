@@ -72,6 +72,7 @@ extern const kiln__op kiln__ops_quant[];
 extern const kiln__op kiln__ops_signal[];
 extern const kiln__op kiln__ops_sequence[];
 extern const kiln__op kiln__ops_string[];
+extern const kiln__op kiln__ops_fused[];
 
 /* ---- helpers for infer() and run() ----------------------------------------------------------- */
 

@@ -1,6 +1,8 @@
 /* The backend list and the reference backend. */
 #include "runtime/backend.h"
 
+#include "kernels/cpu/cpu_backend.h"
+
 static bool ref_supports(const kiln__node *n, const kiln__graph *g) {
   (void)g;
   return n->op && n->op->run;
@@ -18,7 +20,7 @@ const kiln__backend kiln__backend_ref = {
 };
 
 /* Best first: an optimized backend goes before "ref" when one is compiled in. */
-static const kiln__backend *const backends[] = {&kiln__backend_ref};
+static const kiln__backend *const backends[] = {&kiln__backend_cpu, &kiln__backend_ref};
 
 size_t kiln__backend_count(void) { return KILN__ARRAY_LEN(backends); }
 

@@ -16,6 +16,8 @@ typedef struct kiln__backend {
   kiln_status (*prepare)(const kiln__node *n, const kiln__graph *g, void **state, kiln_error *err);
   void (*release)(void *state);
   kiln_status (*execute)(kiln__kctx *c, void *state);
+  /* Optional: scratch bytes execute() needs for these shapes; absent = the op's own scratch(). */
+  size_t (*scratch)(const kiln__kctx *c, void *state);
 } kiln__backend;
 
 /* All compiled-in backends, best first. */

@@ -3,12 +3,14 @@
 #include <stdlib.h>
 
 #include "onnx/import.h"
+#include "passes/passes.h"
 #include "runtime/runtime.h"
 
 kiln_model_opts kiln_model_opts_default(void) {
   kiln_model_opts o;
   memset(&o, 0, sizeof o);
   o.struct_size = sizeof o;
+  o.opt_level = -1;
   return o;
 }
 
@@ -100,6 +102,8 @@ kiln_status kiln_model_load_memory(const void *data, size_t size, const char *ba
   }
   pthread_mutex_init(&m->plan_mu, NULL);
   kiln_status st = kiln__onnx_import(data, size, base_dir, &m->g, err);
+  if (st == KILN_OK)
+    st = kiln__optimize(m->g, m->opts.opt_level < 0 ? KILN__OPT_MAX : m->opts.opt_level, err);
   if (st == KILN_OK) st = resolve_ops(m->g, err);
   if (st == KILN_OK) st = choose_backends(m, err);
   if (st == KILN_OK) st = partition(m, err);

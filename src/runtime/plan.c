@@ -211,7 +211,9 @@ kiln_status kiln__plan_build(const kiln_model *m, const kiln_tensor *sig, int n_
     p->mode[i] = KILN__NODE_STATIC;
     for (int o = 0; o < n->n_out; o++)
       if (n->out[o] >= 0) p->where[n->out[o]] = KILN__AT_ARENA;
-    if (n->op->scratch) p->scratch_bytes[i] = n->op->scratch(&c);
+    const kiln__backend *be = m->backends[m->node_backend[i]];
+    if (be->scratch) p->scratch_bytes[i] = be->scratch(&c, m->node_state[i]);
+    else if (n->op->scratch) p->scratch_bytes[i] = n->op->scratch(&c);
   }
   for (int i = 0; i < g->n_outputs; i++) last_use[g->outputs[i]] = nn;
 

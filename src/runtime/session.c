@@ -127,8 +127,8 @@ kiln_status kiln__run_node_dynamic(kiln__frame *f, const kiln__node *n, const ki
   } else if (st == KILN__NEED_DATA) {
     st = kiln__fail(f->err, KILN_INTERNAL, "shape inference needs data it does not have");
   }
-  if (st == KILN_OK && n->op->scratch) {
-    c.scratch_bytes = n->op->scratch(&c);
+  if (st == KILN_OK && ((be && be->scratch) || n->op->scratch)) {
+    c.scratch_bytes = be && be->scratch ? be->scratch(&c, state) : n->op->scratch(&c);
     if (c.scratch_bytes && !(c.scratch = kiln__dyn_alloc(f->dyn, c.scratch_bytes)))
       st = kiln__fail(f->err, KILN_NO_MEMORY, "out of memory for scratch");
   }

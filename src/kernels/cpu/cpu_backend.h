@@ -1,0 +1,30 @@
+/* The optimized CPU backend ("cpu"): fast kernels for the hot ops, chosen per node at load.
+ *
+ * Each kernel family exports a table of kiln__cpu_kernel rows. For a node, the backend takes the
+ * first row whose op name matches and whose supports() accepts the node (shapes, dtypes,
+ * attributes); nodes no row accepts fall back to the reference backend. prepare() runs once at
+ * load (pack weights, pick the microkernel for the machine's ISA) and its state is passed to every
+ * execute(). Kernels follow the same contract as reference kernels (src/ir/op.h): outputs are
+ * already allocated, scratch comes from the plan (sized by the row's scratch(), or by the reference
+ * op's when the row has none), no allocation, no I/O. */
+#ifndef KILN_KERNELS_CPU_BACKEND_H
+#define KILN_KERNELS_CPU_BACKEND_H
+
+#include "runtime/backend.h"
+
+typedef struct kiln__cpu_kernel {
+  const char *op;    /* ONNX op type (default domain) or a fused op of domain ai.kiln */
+  bool (*supports)(const kiln__node *n, const kiln__graph *g);
+  kiln_status (*prepare)(const kiln__node *n, const kiln__graph *g, void **state, kiln_error *err);
+  void (*release)(void *state);
+  kiln_status (*execute)(kiln__kctx *c, void *state);
+  size_t (*scratch)(const kiln__kctx *c, void *state); /* NULL: the reference op's scratch() */
+} kiln__cpu_kernel;
+
+/* Kernel families, each terminated by a row with op NULL. */
+extern const kiln__cpu_kernel kiln__cpu_gemm_kernels[];  /* MatMul, Gemm, Conv, ... */
+extern const kiln__cpu_kernel kiln__cpu_vec_kernels[];   /* Softmax, LayerNorm, GELU, ... */
+
+extern const kiln__backend kiln__backend_cpu;
+
+#endif
