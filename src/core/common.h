@@ -54,6 +54,12 @@ uint16_t kiln__f32_to_f16(float f);
 float kiln__bf16_to_f32(uint16_t h);
 uint16_t kiln__f32_to_bf16(float f);
 
+/* Byte order: ONNX raw data and .npy files are little-endian. */
+bool kiln__host_is_le(void);
+void kiln__swap_bytes(void *data, size_t count, size_t size); /* reverse each size-byte element */
+/* Converts `count` little-endian elements of type t to host order (complex: per component). */
+void kiln__le_to_host(void *data, size_t count, kiln_dtype t);
+
 /* Generic element access for slow paths and rare dtypes. */
 double kiln__load_f64(const void *data, kiln_dtype t, size_t i);
 int64_t kiln__load_i64(const void *data, kiln_dtype t, size_t i);

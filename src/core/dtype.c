@@ -82,6 +82,33 @@ void kiln_tensor_release(kiln_tensor *t) {
   memset(t, 0, sizeof *t);
 }
 
+bool kiln__host_is_le(void) {
+  const uint16_t one = 1;
+  uint8_t b;
+  memcpy(&b, &one, 1);
+  return b == 1;
+}
+
+void kiln__swap_bytes(void *data, size_t count, size_t size) {
+  uint8_t *p = data;
+  for (size_t i = 0; i < count; i++, p += size)
+    for (size_t a = 0, b = size - 1; a < b; a++, b--) {
+      uint8_t t = p[a];
+      p[a] = p[b];
+      p[b] = t;
+    }
+}
+
+void kiln__le_to_host(void *data, size_t count, kiln_dtype t) {
+  if (kiln__host_is_le()) return;
+  size_t size = kiln_dtype_size(t);
+  if (t == KILN_DTYPE_COMPLEX64 || t == KILN_DTYPE_COMPLEX128) {
+    size /= 2;
+    count *= 2;
+  }
+  if (size > 1) kiln__swap_bytes(data, count, size);
+}
+
 float kiln__f16_to_f32(uint16_t h) {
   uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
   if (exp == 0) {

@@ -31,34 +31,6 @@ static const struct {
     {"c8", KILN_DTYPE_COMPLEX64}, {"c16", KILN_DTYPE_COMPLEX128},
 };
 
-static bool host_is_le(void) {
-  const uint16_t one = 1;
-  uint8_t b;
-  memcpy(&b, &one, 1);
-  return b == 1;
-}
-
-static void swap_bytes(void *data, size_t count, size_t size) {
-  uint8_t *p = data;
-  for (size_t i = 0; i < count; i++, p += size)
-    for (size_t a = 0, b = size - 1; a < b; a++, b--) {
-      uint8_t t = p[a];
-      p[a] = p[b];
-      p[b] = t;
-    }
-}
-
-/* Byte-swaps little-endian file data to the host order (no-op on little-endian hosts). */
-static void le_fix(void *data, size_t count, kiln_dtype t) {
-  if (host_is_le()) return;
-  size_t size = kiln_dtype_size(t);
-  if (t == KILN_DTYPE_COMPLEX64 || t == KILN_DTYPE_COMPLEX128) {
-    size /= 2;
-    count *= 2;
-  }
-  if (size > 1) swap_bytes(data, count, size);
-}
-
 /* ---- header parsing -------------------------------------------------------------------------- */
 
 typedef struct hparse {
@@ -171,7 +143,7 @@ static kiln_status parse_header(const char *text, size_t len, kiln_dtype *dtype,
       for (size_t i = 0; i < KILN__ARRAY_LEN(npy_types); i++)
         if (!strcmp(code, npy_types[i].descr)) *dtype = npy_types[i].dtype;
       if (*dtype == KILN_DTYPE_UNDEFINED ||
-          (order == '|' && kiln_dtype_size(*dtype) != 1) || (order == '=' && !host_is_le()))
+          (order == '|' && kiln_dtype_size(*dtype) != 1) || (order == '=' && !kiln__host_is_le()))
         return kiln__fail(err, KILN_UNSUPPORTED, "npy data type '%s' is not supported", descr);
     } else if (!strcmp(key, "fortran_order")) {
       if (have_fortran)
@@ -290,7 +262,7 @@ static kiln_status read_npy(FILE *f, uint64_t fsize, const char *path, kiln_tens
     kiln__aligned_free(data);
     return st;
   }
-  le_fix(data, count, dtype);
+  kiln__le_to_host(data, count, dtype);
   if (dtype == KILN_DTYPE_BOOL)
     for (size_t i = 0; i < count; i++) ((uint8_t *)data)[i] = ((uint8_t *)data)[i] != 0;
   out->dtype = dtype;
@@ -385,7 +357,7 @@ kiln_status kiln_tensor_write_npy(const char *path, const kiln_tensor *t, kiln_e
   if (!f) return kiln__fail(err, KILN_IO_ERROR, "cannot create %s: %s", path, strerror(errno));
   bool ok = fwrite(pre, 1, sizeof pre, f) == sizeof pre && fwrite(header, 1, hlen, f) == hlen;
   if (ok && bytes) {
-    if (host_is_le()) {
+    if (kiln__host_is_le()) {
       ok = fwrite(t->data, 1, bytes, f) == bytes;
     } else {
       /* Swap through a small buffer, element by element, to keep the caller's data const. */
@@ -394,7 +366,7 @@ kiln_status kiln_tensor_write_npy(const char *path, const kiln_tensor *t, kiln_e
       uint8_t tmp[16];
       for (size_t i = 0; ok && i < count; i++) {
         memcpy(tmp, (const uint8_t *)t->data + i * es, es);
-        if (cs > 1) swap_bytes(tmp, es / cs, cs);
+        if (cs > 1) kiln__swap_bytes(tmp, es / cs, cs);
         ok = fwrite(tmp, 1, es, f) == es;
       }
     }

@@ -302,29 +302,6 @@ static kiln_status check_dtype(ictx *c, int64_t t) {
   return kiln__fail(c->err, KILN_BAD_MODEL, "invalid data type %lld", (long long)t);
 }
 
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-static void swap_elems(void *data, size_t count, size_t size) {
-  uint8_t *p = data;
-  for (size_t i = 0; i < count; i++, p += size)
-    for (size_t a = 0, b = size - 1; a < b; a++, b--) {
-      uint8_t t = p[a];
-      p[a] = p[b];
-      p[b] = t;
-    }
-}
-#endif
-
-/* raw_data and external data are little-endian; complex numbers swap per component. */
-static void le_to_host(void *data, size_t bytes, kiln_dtype t) {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-  size_t size = kiln_dtype_size(t);
-  if (t == KILN_DTYPE_COMPLEX64 || t == KILN_DTYPE_COMPLEX128) size /= 2;
-  if (size > 1) swap_elems(data, bytes / size, size);
-#else
-  (void)data, (void)bytes, (void)t;
-#endif
-}
-
 static bool parse_u64(const char *s, uint64_t *out) {
   if (!s || !*s) return false;
   uint64_t v = 0;
@@ -543,10 +520,10 @@ static kiln_status tensor_from_proto(ictx *c, const KilnOnnx__TensorProto *tp, k
       kiln__aligned_free(data);
       return st;
     }
-    le_to_host(data, bytes, dt);
+    kiln__le_to_host(data, count, dt);
   } else if (tp->has_raw_data) {
     if (bytes) memcpy(data, tp->raw_data.data, bytes);
-    le_to_host(data, bytes, dt);
+    kiln__le_to_host(data, count, dt);
     if (dt == KILN_DTYPE_BOOL)
       for (size_t i = 0; i < count; i++) ((uint8_t *)data)[i] = ((uint8_t *)data)[i] != 0;
   } else {
