@@ -35,7 +35,10 @@ int cli_fill_random(const kiln_model *m, const cli_shapes *sh, cli_inputs *in, u
                     bool shapes_only);
 void cli_inputs_free(cli_inputs *in);
 int cli_fail(const char *what, const kiln_error *err);
-kiln_model *cli_load_model(const char *path, int threads);
+/* opt_level: -1 = the highest (the library's default), else 0..3. */
+kiln_model *cli_load_model(const char *path, int threads, int opt_level);
+/* Parses --opt-level's argument (0..3, or -1); prints an error and returns -1 when bad. */
+int cli_parse_opt_level(const char *arg, int *level);
 void cli_print_shape(FILE *f, int rank, const int64_t *dims);
 
 #endif

@@ -23,7 +23,7 @@ static double pct(const double *v, size_t n, double p) {
 
 int cmd_bench(int argc, char **argv) {
   const char *path = NULL;
-  int threads = 0, runs = 100, warmup = 10;
+  int threads = 0, runs = 100, warmup = 10, opt_level = -1;
   cli_inputs in = {0};
   cli_shapes sh = {0};
   int rc = 2;
@@ -31,7 +31,9 @@ int cmd_bench(int argc, char **argv) {
     if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--input") && i + 1 < argc) {
+    else if (!strcmp(argv[i], "--opt-level") && i + 1 < argc) {
+      if (cli_parse_opt_level(argv[++i], &opt_level)) goto out;
+    } else if (!strcmp(argv[i], "--input") && i + 1 < argc) {
       if (cli_load_input(&in, argv[++i])) goto out;
     } else if (!strcmp(argv[i], "--shape") && i + 1 < argc) {
       if (cli_parse_shape(&sh, argv[++i])) goto out;
@@ -40,11 +42,11 @@ int cmd_bench(int argc, char **argv) {
   }
   if (!path || runs < 1 || warmup < 0) {
     fprintf(stderr, "usage: kiln bench MODEL [--threads N] [--runs N] [--warmup N] "
-                    "[--input NAME=FILE.npy] [--shape NAME=d0,d1,...]\n");
+                    "[--input NAME=FILE.npy] [--shape NAME=d0,d1,...] [--opt-level N]\n");
     goto out;
   }
   rc = 1;
-  kiln_model *m = cli_load_model(path, threads);
+  kiln_model *m = cli_load_model(path, threads, opt_level);
   if (!m) goto out;
   kiln_session *s = NULL;
   kiln_error err = {0};
@@ -66,8 +68,13 @@ int cmd_bench(int argc, char **argv) {
   for (int i = 0; i < runs; i++) total += t[i];
   qsort(t, (size_t)runs, sizeof *t, cmp_double);
   size_t n = (size_t)runs;
-  printf("model: %s  threads: %d  runs: %d  warmup: %d  cpu: %s\n", path,
-         threads > 0 ? threads : 0, runs, warmup, kiln_cpu_name());
+  kiln_model_stats ms;
+  kiln_model_stats_get(m, &ms);
+  char lvl[16];
+  snprintf(lvl, sizeof lvl, "%d", opt_level);
+  printf("model: %s  threads: %d  runs: %d  warmup: %d  cpu: %s  opt-level: %s  nodes: %zu\n",
+         path, threads > 0 ? threads : 0, runs, warmup, kiln_cpu_name(),
+         opt_level < 0 ? "max" : lvl, ms.node_count);
   printf("latency ms: min %.3f  p50 %.3f  p95 %.3f  p99 %.3f  max %.3f\n", t[0], pct(t, n, 50),
          pct(t, n, 95), pct(t, n, 99), t[n - 1]);
   printf("throughput: %.1f inferences/s\n", total > 0 ? 1000.0 * runs / total : 0.0);

@@ -13,6 +13,7 @@ typedef struct opts {
   double rtol, atol;
   bool quiet;
   int threads;
+  int opt_level; /* --opt-level: -1 = the highest */
   int passed, failed;
   /* --expect-failures: test names known to fail, one per line ("name  reason") */
   char **expected;
@@ -202,6 +203,7 @@ static bool run_test(const char *dir, const opts *o, char *why, size_t whylen) {
   snprintf(path, sizeof path, "%s/model.onnx", dir);
   kiln_model_opts mo = kiln_model_opts_default();
   mo.intra_threads = o->threads;
+  mo.opt_level = o->opt_level;
   kiln_model *m = NULL;
   kiln_session *s = NULL;
   kiln_error err = {0};
@@ -315,13 +317,16 @@ static void run_path(const char *dir, opts *o) {
 }
 
 int cmd_conformance(int argc, char **argv) {
-  opts o = {.rtol = 1e-3, .atol = 1e-7, .threads = 1};
+  opts o = {.rtol = 1e-3, .atol = 1e-7, .threads = 1, .opt_level = -1};
   int ndirs = 0;
   for (int i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--rtol") && i + 1 < argc) o.rtol = atof(argv[++i]);
     else if (!strcmp(argv[i], "--atol") && i + 1 < argc) o.atol = atof(argv[++i]);
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) o.threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--quiet")) o.quiet = true;
+    else if (!strcmp(argv[i], "--opt-level") && i + 1 < argc) {
+      if (cli_parse_opt_level(argv[++i], &o.opt_level)) return 2;
+    }
     else if (!strcmp(argv[i], "--expect-failures") && i + 1 < argc) {
       if (load_expected(&o, argv[++i])) return 2;
     }
@@ -332,7 +337,7 @@ int cmd_conformance(int argc, char **argv) {
   }
   if (ndirs == 0) {
     fprintf(stderr, "usage: kiln conformance DIR... [--rtol R] [--atol A] [--threads N] [--quiet] "
-                    "[--expect-failures FILE]\n");
+                    "[--expect-failures FILE] [--opt-level N]\n");
     return 2;
   }
   for (int i = 0; i < argc; i++) {

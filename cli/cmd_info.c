@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "kiln/passes.h"
 
 static void print_io(const kiln_io_info *io) {
   printf("  %-24s %-8s [", io->name, kiln_dtype_name(io->dtype));
@@ -15,24 +16,60 @@ static void print_io(const kiln_io_info *io) {
   printf("]%s\n", io->rank < 0 ? " (rank unknown)" : "");
 }
 
+#define INFO_USAGE "usage: kiln info MODEL [--shape NAME=d0,d1,...] [--opt-level N] [--passes]\n"
+
+/* What each optimization pass changed, round by round. */
+static int print_passes(const char *path, int opt_level) {
+  kiln_pass_report *r = NULL;
+  kiln_error err = {0};
+  if (kiln_pass_report_load(path, opt_level, &r, &err) != KILN_OK)
+    return cli_fail("cannot optimize model", &err);
+  int level;
+  size_t before, after;
+  kiln_pass_report_summary(r, &level, &before, &after);
+  printf("passes (opt-level %d): %zu nodes -> %zu nodes\n", level, before, after);
+  printf("  registered:");
+  int pl;
+  for (size_t i = 0; kiln_pass_name(i, &pl); i++)
+    printf(" %s(%d)%s", kiln_pass_name(i, &pl), pl, pl > level ? "[off]" : "");
+  printf("\n");
+  size_t n = kiln_pass_report_count(r);
+  if (!n) printf("  no pass changed the graph\n");
+  for (size_t i = 0; i < n; i++) {
+    kiln_pass_change c;
+    kiln_pass_report_get(r, i, &c);
+    printf("  round %d  %-16s L%d  nodes %zu -> %zu  rewrites %zu\n", c.round, c.pass, c.level,
+           c.nodes_before, c.nodes_after, c.matches);
+    if (c.where[0]) printf("      at: %s\n", c.where);
+  }
+  kiln_pass_report_free(r);
+  return 0;
+}
+
 int cmd_info(int argc, char **argv) {
   const char *path = NULL;
   cli_shapes sh = {0};
+  int opt_level = -1;
+  bool passes = false;
   for (int i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--shape") && i + 1 < argc) {
       if (cli_parse_shape(&sh, argv[++i])) return 2;
+    } else if (!strcmp(argv[i], "--opt-level") && i + 1 < argc) {
+      if (cli_parse_opt_level(argv[++i], &opt_level)) return 2;
+    } else if (!strcmp(argv[i], "--passes")) {
+      passes = true;
     } else if (argv[i][0] != '-' && !path) {
       path = argv[i];
     } else {
-      fprintf(stderr, "usage: kiln info MODEL [--shape NAME=d0,d1,...]\n");
+      fprintf(stderr, INFO_USAGE);
       return 2;
     }
   }
   if (!path) {
-    fprintf(stderr, "usage: kiln info MODEL [--shape NAME=d0,d1,...]\n");
+    fprintf(stderr, INFO_USAGE);
     return 2;
   }
-  kiln_model *m = cli_load_model(path, 1);
+  kiln_model *m = cli_load_model(path, 1, opt_level);
   if (!m) return 1;
   kiln_model_stats st;
   kiln_model_stats_get(m, &st);
@@ -87,5 +124,6 @@ int cmd_info(int argc, char **argv) {
   kiln_session_free(s);
   cli_inputs_free(&in);
   kiln_model_free(m);
+  if (rc == 0 && passes) rc = print_passes(path, opt_level);
   return rc;
 }

@@ -9,7 +9,7 @@
 static void usage(void) {
   fprintf(stderr,
           "usage: kiln run MODEL [--input NAME=FILE.npy]... [--shape NAME=d0,d1,...] "
-          "[--output DIR] [--labels FILE.npy] [--threads N] [--seed N]\n");
+          "[--output DIR] [--labels FILE.npy] [--threads N] [--seed N] [--opt-level N]\n");
 }
 
 static void print_values(const kiln_tensor *t) {
@@ -67,7 +67,7 @@ static int report_labels(const kiln_tensor *out, const char *labels_path) {
 
 int cmd_run(int argc, char **argv) {
   const char *path = NULL, *outdir = NULL, *labels = NULL;
-  int threads = 0;
+  int threads = 0, opt_level = -1;
   uint64_t seed = 0;
   cli_inputs in = {0};
   cli_shapes sh = {0};
@@ -83,6 +83,8 @@ int cmd_run(int argc, char **argv) {
       labels = argv[++i];
     } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
       threads = atoi(argv[++i]);
+    } else if (!strcmp(argv[i], "--opt-level") && i + 1 < argc) {
+      if (cli_parse_opt_level(argv[++i], &opt_level)) goto out;
     } else if (!strcmp(argv[i], "--seed") && i + 1 < argc) {
       seed = strtoull(argv[++i], NULL, 10);
     } else if (argv[i][0] != '-' && !path) {
@@ -97,7 +99,7 @@ int cmd_run(int argc, char **argv) {
     goto out;
   }
   rc = 1;
-  kiln_model *m = cli_load_model(path, threads);
+  kiln_model *m = cli_load_model(path, threads, opt_level);
   if (!m) goto out;
   kiln_session *s = NULL;
   kiln_error err = {0};

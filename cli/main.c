@@ -7,10 +7,10 @@ static const struct {
   int (*fn)(int, char **);
   const char *help;
 } cmds[] = {
-    {"info", cmd_info, "info MODEL [--shape NAME=d0,d1,...]   inputs, outputs, ops, parameters, dispatch, arena"},
-    {"run", cmd_run, "run MODEL [--input NAME=FILE.npy]... [--shape NAME=dims] [--output DIR] [--labels FILE.npy] [--threads N]"},
-    {"bench", cmd_bench, "bench MODEL [--threads N] [--runs N] [--warmup N] [--input NAME=FILE.npy] [--shape NAME=dims]"},
-    {"conformance", cmd_conformance, "conformance DIR... [--rtol R] [--atol A] [--threads N] [--quiet] [--expect-failures FILE]"},
+    {"info", cmd_info, "info MODEL [--shape NAME=d0,d1,...] [--opt-level N] [--passes]   inputs, outputs, ops, parameters, dispatch, arena; --passes: what each optimization pass changed"},
+    {"run", cmd_run, "run MODEL [--input NAME=FILE.npy]... [--shape NAME=dims] [--output DIR] [--labels FILE.npy] [--threads N] [--opt-level N]"},
+    {"bench", cmd_bench, "bench MODEL [--threads N] [--runs N] [--warmup N] [--input NAME=FILE.npy] [--shape NAME=dims] [--opt-level N]"},
+    {"conformance", cmd_conformance, "conformance DIR... [--rtol R] [--atol A] [--threads N] [--quiet] [--expect-failures FILE] [--opt-level N]"},
 };
 
 static int usage(FILE *f) {

@@ -9,9 +9,22 @@ int cli_fail(const char *what, const kiln_error *err) {
   return 1;
 }
 
-kiln_model *cli_load_model(const char *path, int threads) {
+int cli_parse_opt_level(const char *arg, int *level) {
+  char *end;
+  errno = 0;
+  long v = strtol(arg, &end, 10);
+  if (end == arg || *end || errno || v < -1 || v > 3) {
+    fprintf(stderr, "kiln: --opt-level wants 0, 1, 2, 3 (or -1 for the highest), not '%s'\n", arg);
+    return -1;
+  }
+  *level = (int)v;
+  return 0;
+}
+
+kiln_model *cli_load_model(const char *path, int threads, int opt_level) {
   kiln_model_opts o = kiln_model_opts_default();
   o.intra_threads = threads;
+  o.opt_level = opt_level;
   kiln_model *m = NULL;
   kiln_error err = {0};
   if (kiln_model_load(path, &o, &m, &err) != KILN_OK) {

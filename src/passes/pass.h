@@ -1,0 +1,77 @@
+/* What a pass sees: the graph being rewritten, use counts, and the log it reports into.
+ *
+ * Passes rewrite the top-level graph only (subgraph bodies read outer values by name, so a pass
+ * never renames or removes a value a subgraph captures). Values are never deleted: a rewrite
+ * points consumers at another value and kills nodes; the manager compacts dead nodes and calls
+ * kiln__graph_finalize after each pass. Graph inputs and outputs keep their names. */
+#ifndef KILN_PASSES_PASS_H
+#define KILN_PASSES_PASS_H
+
+#include "passes/passes.h"
+
+typedef struct kiln__pass_ctx {
+  kiln__graph *g;
+  kiln_error *err;
+  int *uses;          /* per value: node inputs, subgraph captures and graph outputs reading it */
+  bool *captured;     /* per value: read by name from a subgraph */
+  bool *dead;         /* per node: removed by this pass */
+  int n_dead;
+  kiln__pass_log *log; /* NULL when nothing is recorded */
+  int log_entry;      /* the entry this pass appends matches to */
+  unsigned name_seq;  /* for fresh value names */
+} kiln__pass_ctx;
+
+typedef struct kiln__pass {
+  const char *name;
+  int level;
+  /* Rewrites ctx->g; sets *changed when it did anything. */
+  kiln_status (*run)(kiln__pass_ctx *ctx, bool *changed);
+} kiln__pass;
+
+extern const kiln__pass kiln__pass_dce;
+extern const kiln__pass kiln__pass_identity;
+extern const kiln__pass kiln__pass_const_fold;
+extern const kiln__pass kiln__pass_cse;
+extern const kiln__pass kiln__pass_conv_bn;
+extern const kiln__pass kiln__pass_affine_fold;
+extern const kiln__pass kiln__pass_fuse_layernorm;
+extern const kiln__pass kiln__pass_fuse_gelu;
+
+/* ---- helpers (pass_util.c) ------------------------------------------------------------------- */
+
+/* Records that the pass matched at `where` (a node name, or "a+b" for a chain). */
+void kiln__pass_note(kiln__pass_ctx *ctx, const char *fmt, ...) KILN__PRINTF(2, 3);
+/* Marks node i removed and drops its input uses. */
+void kiln__pass_kill(kiln__pass_ctx *ctx, int i);
+/* Points every node input reading `from` at `to`. The caller checks that `from` is neither a
+   graph output nor captured by a subgraph. */
+void kiln__pass_replace_uses(kiln__pass_ctx *ctx, int from, int to);
+/* True when `v` may disappear or be renamed: not a graph input/output, not captured. */
+bool kiln__pass_value_private(const kiln__pass_ctx *ctx, int v);
+/* The single node reading `v` and the input slot, or -1 when `v` has not exactly one reader or
+   is not private. */
+int kiln__pass_sole_user(const kiln__pass_ctx *ctx, int v, int *slot);
+/* Adds an initializer value (fresh name derived from `hint`) that takes ownership of `t`.
+   Returns its index, or -1 when out of memory (then `t` is released). */
+int kiln__pass_add_init(kiln__pass_ctx *ctx, const char *hint, kiln_tensor *t);
+/* Constant float data of value v when it is a FLOAT initializer, else NULL. */
+const kiln_tensor *kiln__pass_const_f32(const kiln__pass_ctx *ctx, int v);
+/* A scalar float constant (any shape of one element), or false. */
+bool kiln__pass_const_scalar(const kiln__pass_ctx *ctx, int v, double *out);
+/* True when the node has a GRAPH/GRAPHS attribute. */
+bool kiln__pass_has_subgraph(const kiln__node *n);
+/* Replaces a node's op type and domain (strings owned by the node). */
+kiln_status kiln__pass_set_op(kiln__pass_ctx *ctx, kiln__node *n, const char *domain,
+                              const char *op_type);
+/* Replaces a node's inputs. */
+kiln_status kiln__pass_set_inputs(kiln__pass_ctx *ctx, kiln__node *n, const int *in, int n_in);
+/* Removes every attribute / adds a FLOAT or INT attribute. */
+void kiln__pass_clear_attrs(kiln__node *n);
+kiln_status kiln__pass_add_attr_float(kiln__pass_ctx *ctx, kiln__node *n, const char *name,
+                                      float f);
+kiln_status kiln__pass_add_attr_int(kiln__pass_ctx *ctx, kiln__node *n, const char *name,
+                                    int64_t i);
+/* Frees a node's contents (the node's slot stays). */
+void kiln__pass_node_clear(kiln__node *n);
+
+#endif

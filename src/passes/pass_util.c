@@ -1,0 +1,210 @@
+/* Graph-editing helpers shared by the passes. */
+#include <stdio.h>
+
+#include "passes/pass.h"
+
+void kiln__pass_note(kiln__pass_ctx *ctx, const char *fmt, ...) {
+  if (!ctx->log || ctx->log_entry < 0) return;
+  kiln__pass_rec *r = &ctx->log->recs[ctx->log_entry];
+  r->matches++;
+  enum { CAP = 2048 };
+  if (r->where_len >= CAP) return;
+  char buf[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  size_t add = strlen(buf) + 2;
+  if (!r->where) {
+    r->where = kiln__calloc(CAP + 8, 1);
+    if (!r->where) return;
+    r->where_cap = CAP + 8;
+  }
+  if (r->where_len + add >= CAP) {
+    strcpy(r->where + r->where_len, r->where_len ? ", ..." : "...");
+    r->where_len = CAP; /* full: later notes only count */
+    return;
+  }
+  if (r->where_len) {
+    strcpy(r->where + r->where_len, ", ");
+    r->where_len += 2;
+  }
+  strcpy(r->where + r->where_len, buf);
+  r->where_len += strlen(buf);
+}
+
+void kiln__pass_kill(kiln__pass_ctx *ctx, int i) {
+  if (ctx->dead[i]) return;
+  const kiln__node *n = &ctx->g->nodes[i];
+  for (int k = 0; k < n->n_in; k++)
+    if (n->in[k] >= 0) ctx->uses[n->in[k]]--;
+  for (int k = 0; k < n->n_captures; k++) ctx->uses[n->captures[k]]--;
+  ctx->dead[i] = true;
+  ctx->n_dead++;
+}
+
+void kiln__pass_replace_uses(kiln__pass_ctx *ctx, int from, int to) {
+  kiln__graph *g = ctx->g;
+  for (int i = 0; i < g->n_nodes; i++) {
+    if (ctx->dead[i]) continue;
+    kiln__node *n = &g->nodes[i];
+    for (int k = 0; k < n->n_in; k++)
+      if (n->in[k] == from) {
+        n->in[k] = to;
+        ctx->uses[from]--;
+        ctx->uses[to]++;
+      }
+  }
+}
+
+bool kiln__pass_value_private(const kiln__pass_ctx *ctx, int v) {
+  const kiln__value *val = &ctx->g->values[v];
+  return !val->is_input && !val->is_output && !val->is_outer && !ctx->captured[v];
+}
+
+int kiln__pass_sole_user(const kiln__pass_ctx *ctx, int v, int *slot) {
+  if (ctx->uses[v] != 1 || !kiln__pass_value_private(ctx, v)) return -1;
+  const kiln__graph *g = ctx->g;
+  for (int i = 0; i < g->n_nodes; i++) {
+    if (ctx->dead[i]) continue;
+    const kiln__node *n = &g->nodes[i];
+    for (int k = 0; k < n->n_in; k++)
+      if (n->in[k] == v) {
+        if (slot) *slot = k;
+        return i;
+      }
+  }
+  return -1;
+}
+
+int kiln__pass_add_init(kiln__pass_ctx *ctx, const char *hint, kiln_tensor *t) {
+  kiln__graph *g = ctx->g;
+  char name[200];
+  int v;
+  /* a fresh name: the graph may already use any name the exporter chose */
+  do snprintf(name, sizeof name, "%.150s/kiln_folded_%u", hint, ctx->name_seq++);
+  while (kiln__graph_find(g, name) >= 0);
+  if ((v = kiln__graph_value(g, name)) < 0) {
+    kiln_tensor_release(t);
+    return -1;
+  }
+  bool *cap = kiln__realloc(ctx->captured, (size_t)g->n_values * sizeof *cap);
+  int *uses = kiln__realloc(ctx->uses, (size_t)g->n_values * sizeof *uses);
+  if (cap) ctx->captured = cap;
+  if (uses) ctx->uses = uses;
+  if (!cap || !uses) {
+    kiln_tensor_release(t);
+    return -1;
+  }
+  ctx->captured[v] = false;
+  ctx->uses[v] = 0;
+  kiln__value *val = &g->values[v];
+  val->is_initializer = true;
+  val->kind = KILN__VALUE_TENSOR;
+  val->init = *t;
+  val->dtype = t->dtype;
+  val->rank = t->rank;
+  memcpy(val->dims, t->dims, sizeof val->dims);
+  memset(t, 0, sizeof *t);
+  return v;
+}
+
+const kiln_tensor *kiln__pass_const_f32(const kiln__pass_ctx *ctx, int v) {
+  if (v < 0) return NULL;
+  const kiln__value *val = &ctx->g->values[v];
+  return val->is_initializer && val->init.dtype == KILN_DTYPE_FLOAT && val->init.data
+             ? &val->init
+             : NULL;
+}
+
+bool kiln__pass_const_scalar(const kiln__pass_ctx *ctx, int v, double *out) {
+  const kiln_tensor *t = kiln__pass_const_f32(ctx, v);
+  if (!t || kiln_tensor_count(t) != 1) return false;
+  *out = *(const float *)t->data;
+  return true;
+}
+
+bool kiln__pass_has_subgraph(const kiln__node *n) {
+  for (int a = 0; a < n->n_attrs; a++)
+    if (n->attrs[a].type == KILN__ATTR_GRAPH || n->attrs[a].type == KILN__ATTR_GRAPHS) return true;
+  return false;
+}
+
+kiln_status kiln__pass_set_op(kiln__pass_ctx *ctx, kiln__node *n, const char *domain,
+                              const char *op_type) {
+  char *d = kiln__strdup(domain), *t = kiln__strdup(op_type);
+  if (!d || !t) {
+    kiln__free(d);
+    kiln__free(t);
+    return kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory rewriting the graph");
+  }
+  kiln__free(n->domain);
+  kiln__free(n->op_type);
+  n->domain = d;
+  n->op_type = t;
+  n->opset = 1;
+  return KILN_OK;
+}
+
+kiln_status kiln__pass_set_inputs(kiln__pass_ctx *ctx, kiln__node *n, const int *in, int n_in) {
+  int *ni = kiln__malloc((size_t)(n_in ? n_in : 1) * sizeof *ni);
+  if (!ni) return kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory rewriting the graph");
+  for (int k = 0; k < n->n_in; k++)
+    if (n->in[k] >= 0) ctx->uses[n->in[k]]--;
+  for (int k = 0; k < n_in; k++) {
+    ni[k] = in[k];
+    if (in[k] >= 0) ctx->uses[in[k]]++;
+  }
+  kiln__free(n->in);
+  n->in = ni;
+  n->n_in = n_in;
+  return KILN_OK;
+}
+
+void kiln__pass_clear_attrs(kiln__node *n) {
+  for (int a = 0; a < n->n_attrs; a++) kiln__attr_clear(&n->attrs[a]);
+  kiln__free(n->attrs);
+  n->attrs = NULL;
+  n->n_attrs = 0;
+}
+
+static kiln__attr *add_attr(kiln__pass_ctx *ctx, kiln__node *n, const char *name) {
+  kiln__attr *a = kiln__realloc(n->attrs, (size_t)(n->n_attrs + 1) * sizeof *a);
+  if (!a) return NULL;
+  n->attrs = a;
+  kiln__attr *at = &a[n->n_attrs];
+  memset(at, 0, sizeof *at);
+  if (!(at->name = kiln__strdup(name))) return NULL;
+  n->n_attrs++;
+  return at;
+}
+
+kiln_status kiln__pass_add_attr_float(kiln__pass_ctx *ctx, kiln__node *n, const char *name,
+                                      float f) {
+  kiln__attr *a = add_attr(ctx, n, name);
+  if (!a) return kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory rewriting the graph");
+  a->type = KILN__ATTR_FLOAT;
+  a->f = f;
+  return KILN_OK;
+}
+
+kiln_status kiln__pass_add_attr_int(kiln__pass_ctx *ctx, kiln__node *n, const char *name,
+                                    int64_t i) {
+  kiln__attr *a = add_attr(ctx, n, name);
+  if (!a) return kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory rewriting the graph");
+  a->type = KILN__ATTR_INT;
+  a->i = i;
+  return KILN_OK;
+}
+
+void kiln__pass_node_clear(kiln__node *n) {
+  kiln__free(n->name);
+  kiln__free(n->op_type);
+  kiln__free(n->domain);
+  kiln__free(n->in);
+  kiln__free(n->out);
+  kiln__free(n->captures);
+  kiln__pass_clear_attrs(n);
+  memset(n, 0, sizeof *n);
+}

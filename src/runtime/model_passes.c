@@ -1,0 +1,107 @@
+/* Pass reports: the optimizer's log for one model, behind the public API. */
+#include <stdio.h>
+
+#include "kiln/passes.h"
+#include "onnx/import.h"
+#include "passes/passes.h"
+
+struct kiln_pass_report {
+  kiln__pass_log log;
+};
+
+static kiln_status read_file(const char *path, uint8_t **out, size_t *size, kiln_error *err) {
+  *out = NULL;
+  *size = 0;
+  FILE *f = fopen(path, "rb");
+  if (!f) return kiln__fail(err, KILN_IO_ERROR, "cannot open '%s'", path);
+  uint8_t *buf = NULL;
+  size_t n = 0, cap = 0;
+  kiln_status st = KILN_OK;
+  for (;;) {
+    if (n == cap) {
+      cap = cap ? cap * 2 : 1 << 16;
+      uint8_t *nb = kiln__realloc(buf, cap);
+      if (!nb) {
+        st = kiln__fail(err, KILN_NO_MEMORY, "out of memory reading '%s'", path);
+        break;
+      }
+      buf = nb;
+    }
+    size_t got = fread(buf + n, 1, cap - n, f);
+    n += got;
+    if (got == 0) {
+      if (ferror(f)) st = kiln__fail(err, KILN_IO_ERROR, "cannot read '%s'", path);
+      break;
+    }
+  }
+  fclose(f);
+  if (st != KILN_OK) {
+    kiln__free(buf);
+    return st;
+  }
+  *out = buf;
+  *size = n;
+  return KILN_OK;
+}
+
+kiln_status kiln_pass_report_load(const char *path, int opt_level, kiln_pass_report **out,
+                                  kiln_error *err) {
+  *out = NULL;
+  uint8_t *data;
+  size_t size;
+  kiln_status st = read_file(path, &data, &size, err);
+  if (st != KILN_OK) return st;
+  char *dir = kiln__strdup(path);
+  kiln_pass_report *r = kiln__calloc(1, sizeof *r);
+  kiln__graph *g = NULL;
+  if (!dir || !r) st = kiln__fail(err, KILN_NO_MEMORY, "out of memory");
+  if (st == KILN_OK) {
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) slash[1] = 0;
+    else if (slash) *slash = 0;
+    else strcpy(dir, ".");
+    st = kiln__onnx_import(data, size, dir, &g, err);
+  }
+  if (st == KILN_OK)
+    st = kiln__optimize_ex(g, opt_level < 0 ? KILN__OPT_MAX : opt_level, &r->log, err);
+  if (st != KILN_OK) {
+    kiln__err_prefix(err, "%s", path);
+    kiln_pass_report_free(r);
+    r = NULL;
+  }
+  kiln__graph_free(g);
+  kiln__free(dir);
+  kiln__free(data);
+  *out = r;
+  return st;
+}
+
+void kiln_pass_report_free(kiln_pass_report *r) {
+  if (!r) return;
+  kiln__pass_log_clear(&r->log);
+  kiln__free(r);
+}
+
+void kiln_pass_report_summary(const kiln_pass_report *r, int *level, size_t *nodes_before,
+                              size_t *nodes_after) {
+  if (level) *level = r->log.level;
+  if (nodes_before) *nodes_before = r->log.nodes_in;
+  if (nodes_after) *nodes_after = r->log.nodes_out;
+}
+
+size_t kiln_pass_report_count(const kiln_pass_report *r) { return r->log.n; }
+
+kiln_status kiln_pass_report_get(const kiln_pass_report *r, size_t i, kiln_pass_change *c) {
+  if (i >= r->log.n) return KILN_INVALID_ARGUMENT;
+  const kiln__pass_rec *rec = &r->log.recs[i];
+  c->pass = rec->pass;
+  c->level = rec->level;
+  c->round = rec->round;
+  c->nodes_before = rec->nodes_before;
+  c->nodes_after = rec->nodes_after;
+  c->matches = rec->matches;
+  c->where = rec->where ? rec->where : "";
+  return KILN_OK;
+}
+
+const char *kiln_pass_name(size_t i, int *level) { return kiln__pass_name_at(i, level); }

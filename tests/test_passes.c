@@ -1,0 +1,282 @@
+/* The graph optimizer, proved differentially: each small model in tests/models/pass_*.onnx
+   (tools/make_pass_models.py) exercises one pass. The model loaded at opt level 0 (the reference
+   backend on the unrewritten graph) is the oracle: the optimized model must give the same
+   outputs, bit for bit where the rewrite is exact, else within 1e-5 of the output's largest
+   magnitude. The pass report must show the pass matched where the model was built to match and
+   the node count the rewrite implies. Also: the shipped models, output names kept, level 0
+   changing nothing, level 1 not fusing, and allocation failures during optimization. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "kiln/kiln.h"
+#include "kiln/passes.h"
+#include "core/common.h" /* kiln__alloc_fail_after */
+
+static const char *models_dir; /* argv[1]: the repository's models/ */
+static const char *tests_dir;  /* argv[2]: the repository's tests/ */
+
+static void path_of(char *buf, size_t n, const char *dir, const char *file) {
+  snprintf(buf, n, "%s/%s", dir, file);
+}
+
+static kiln_model *load_at(const char *path, int level) {
+  kiln_model_opts o = kiln_model_opts_default();
+  o.intra_threads = 1;
+  o.opt_level = level;
+  kiln_model *m = NULL;
+  kiln_error err = {0};
+  kiln_status st = kiln_model_load(path, &o, &m, &err);
+  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
+  assert_int_equal(st, KILN_OK);
+  return m;
+}
+
+static uint64_t next_rand(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* Random float inputs in [-2, 2) for every input of `m`; symbolic dims become 3. */
+static size_t make_inputs(const kiln_model *m, uint64_t seed, const char **names, kiln_tensor *in) {
+  size_t n = kiln_model_input_count(m);
+  assert_true(n <= 8);
+  for (size_t i = 0; i < n; i++) {
+    kiln_io_info io;
+    assert_int_equal(kiln_model_input_info(m, i, &io), KILN_OK);
+    assert_int_equal(io.dtype, KILN_DTYPE_FLOAT);
+    int64_t dims[KILN_MAX_RANK];
+    for (int d = 0; d < io.rank; d++) dims[d] = io.dims[d] >= 0 ? io.dims[d] : 3;
+    kiln_error err = {0};
+    assert_int_equal(kiln_tensor_alloc(&in[i], KILN_DTYPE_FLOAT, io.rank, dims, &err), KILN_OK);
+    float *p = in[i].data;
+    for (size_t e = 0; e < kiln_tensor_count(&in[i]); e++)
+      p[e] = (float)((double)(next_rand(&seed) >> 11) * (4.0 / 9007199254740992.0) - 2.0);
+    names[i] = io.name;
+  }
+  return n;
+}
+
+/* Runs the model at level 0 and at `level` on the same random inputs and compares every output:
+   memcmp when `exact`, else max|a-b| <= 1e-5 * max|ref|. */
+static void differential(const char *path, int level, bool exact) {
+  kiln_model *ref = load_at(path, 0), *opt = load_at(path, level);
+  assert_int_equal(kiln_model_output_count(ref), kiln_model_output_count(opt));
+  assert_int_equal(kiln_model_input_count(ref), kiln_model_input_count(opt));
+  kiln_session *sr = NULL, *so = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(ref, &sr, &err), KILN_OK);
+  assert_int_equal(kiln_session_create(opt, &so, &err), KILN_OK);
+  for (uint64_t seed = 1; seed <= 3; seed++) {
+    const char *names[8];
+    kiln_tensor in[8];
+    size_t n = make_inputs(ref, seed, names, in);
+    assert_int_equal(kiln_session_run(sr, names, in, n, &err), KILN_OK);
+    if (kiln_session_run(so, names, in, n, &err) != KILN_OK) fprintf(stderr, "%s\n", err.message);
+    assert_int_equal(err.status, KILN_OK);
+    for (size_t o = 0; o < kiln_model_output_count(ref); o++) {
+      kiln_io_info ir, io;
+      kiln_model_output_info(ref, o, &ir);
+      kiln_model_output_info(opt, o, &io);
+      assert_string_equal(ir.name, io.name); /* outputs keep their names and order */
+      kiln_tensor a, b;
+      assert_int_equal(kiln_session_output(sr, o, &a), KILN_OK);
+      assert_int_equal(kiln_session_output(so, o, &b), KILN_OK);
+      assert_int_equal(a.dtype, b.dtype);
+      assert_int_equal(a.rank, b.rank);
+      for (int d = 0; d < a.rank; d++) assert_int_equal(a.dims[d], b.dims[d]);
+      if (exact) {
+        assert_memory_equal(a.data, b.data, kiln_tensor_nbytes(&a));
+        continue;
+      }
+      assert_int_equal(a.dtype, KILN_DTYPE_FLOAT);
+      const float *x = a.data, *y = b.data;
+      double maxref = 0, maxdiff = 0;
+      for (size_t e = 0; e < kiln_tensor_count(&a); e++) {
+        maxref = fmax(maxref, fabs(x[e]));
+        maxdiff = fmax(maxdiff, fabs((double)x[e] - y[e]));
+      }
+      if (maxdiff > 1e-5 * maxref)
+        fprintf(stderr, "%s output %s: max diff %g, max |ref| %g\n", path, ir.name, maxdiff, maxref);
+      assert_true(maxdiff <= 1e-5 * maxref);
+    }
+    for (size_t i = 0; i < n; i++) kiln_tensor_release(&in[i]);
+  }
+  kiln_session_free(sr);
+  kiln_session_free(so);
+  kiln_model_free(ref);
+  kiln_model_free(opt);
+}
+
+/* Rewrites `pass` made at `level`, summed over rounds; the graph's node counts before/after. */
+static size_t pass_matches(const char *path, int level, const char *pass, size_t *before,
+                           size_t *after) {
+  kiln_pass_report *r = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_pass_report_load(path, level, &r, &err), KILN_OK);
+  kiln_pass_report_summary(r, NULL, before, after);
+  size_t total = 0;
+  for (size_t i = 0; i < kiln_pass_report_count(r); i++) {
+    kiln_pass_change c;
+    assert_int_equal(kiln_pass_report_get(r, i, &c), KILN_OK);
+    assert_true(c.round >= 1);
+    if (!strcmp(c.pass, pass)) total += c.matches;
+  }
+  kiln_pass_report_free(r);
+  return total;
+}
+
+typedef struct pass_case {
+  const char *file;
+  const char *pass;
+  int level;
+  size_t matches;               /* rewrites the model was built to need */
+  size_t nodes_before, nodes_after;
+  bool exact;                   /* the rewrite computes the same floats */
+} pass_case;
+
+static void check_case(const pass_case *pc) {
+  char path[1024];
+  path_of(path, sizeof path, tests_dir, pc->file);
+  size_t before, after;
+  assert_int_equal(pass_matches(path, pc->level, pc->pass, &before, &after), pc->matches);
+  assert_int_equal(before, pc->nodes_before);
+  assert_int_equal(after, pc->nodes_after);
+  kiln_model *m = load_at(path, pc->level);
+  kiln_model_stats st;
+  kiln_model_stats_get(m, &st);
+  assert_int_equal(st.node_count, pc->nodes_after);
+  kiln_model_free(m);
+  differential(path, pc->level, pc->exact);
+}
+
+/* identity: id_in, drop, id_mid go; id_out2 goes by making Tanh write y3; id_out stays (its
+   input has another reader) and id_keep stays (graph input to graph output). */
+static void identity_elim(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_identity.onnx", "identity-elim", 1, 4, 10, 6, true});
+}
+
+/* Constant, Mul, Add of constants and the Shape chain fold: MatMul and Reshape remain. */
+static void constant_fold(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_const_fold.onnx", "constant-fold", 1, 7, 9, 2, true});
+}
+
+/* relu2 and leaky2 merge; leaky3 (other alpha) stays. */
+static void cse(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_cse.onnx", "cse", 1, 2, 7, 5, true});
+}
+
+/* The dead Exp -> Mul branch goes, and both unused initializers are dropped (2 + 2). */
+static void dead_code(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_dce.onnx", "dead-code", 1, 4, 3, 1, true});
+}
+
+static void conv_bn_fold(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_conv_bn.onnx", "conv-bn-fold", 1, 2, 5, 3, false});
+}
+
+/* Mul and Add into conv, Mul into matmul; the spatially varying Mul stays. */
+static void affine_fold(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_affine.onnx", "affine-fold", 1, 3, 7, 4, false});
+}
+
+static void fuse_layernorm(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_layernorm.onnx", "fuse-layernorm", 2, 1, 9, 1, false});
+}
+
+static void fuse_gelu(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_gelu.onnx", "fuse-gelu", 2, 1, 5, 1, false});
+}
+
+/* Level 0 changes nothing; level 1 leaves the fusion patterns alone. */
+static void levels(void **s) {
+  (void)s;
+  char path[1024];
+  size_t before, after;
+  path_of(path, sizeof path, tests_dir, "models/pass_identity.onnx");
+  assert_int_equal(pass_matches(path, 0, "identity-elim", &before, &after), 0);
+  assert_int_equal(before, after);
+  path_of(path, sizeof path, tests_dir, "models/pass_layernorm.onnx");
+  assert_int_equal(pass_matches(path, 1, "fuse-layernorm", &before, &after), 0);
+  assert_int_equal(after, 9);
+  path_of(path, sizeof path, tests_dir, "models/pass_gelu.onnx");
+  assert_int_equal(pass_matches(path, 1, "fuse-gelu", &before, &after), 0);
+  assert_int_equal(after, 5);
+  int level;
+  assert_non_null(kiln_pass_name(0, &level));
+  assert_null(kiln_pass_name(1000, &level));
+}
+
+/* The shipped models agree at level 0 and at the highest level. */
+static void shipped_models(void **s) {
+  (void)s;
+  char path[1024];
+  path_of(path, sizeof path, tests_dir, "models/transformer_block.onnx");
+  differential(path, -1, false);
+  path_of(path, sizeof path, models_dir, "digits/digits_cnn.onnx");
+  differential(path, -1, false);
+}
+
+/* Every allocation during an optimized load failing in turn: a clean error, never a crash or a
+   leak (leaks are caught under KILN_SANITIZE). */
+static void alloc_failures(void **s) {
+  (void)s;
+  const char *files[] = {"models/pass_conv_bn.onnx", "models/pass_const_fold.onnx",
+                         "models/pass_affine.onnx", "models/pass_identity.onnx",
+                         "models/pass_layernorm.onnx", "models/pass_gelu.onnx"};
+  for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+    char path[1024];
+    path_of(path, sizeof path, tests_dir, files[f]);
+    bool loaded = false;
+    for (uint64_t n = 1; n < 100000 && !loaded; n++) {
+      kiln_model_opts o = kiln_model_opts_default();
+      kiln_model *m = NULL;
+      kiln_error err = {0};
+      kiln__alloc_fail_after(n);
+      kiln_status st = kiln_model_load(path, &o, &m, &err);
+      kiln__alloc_fail_after(0);
+      if (st == KILN_OK) {
+        loaded = true;
+        kiln_model_free(m);
+      } else {
+        assert_null(m);
+        assert_true(err.message[0] != 0);
+      }
+    }
+    assert_true(loaded);
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: test_passes MODELS_DIR TESTS_DIR\n");
+    return 2;
+  }
+  models_dir = argv[1];
+  tests_dir = argv[2];
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(identity_elim),  cmocka_unit_test(constant_fold),
+      cmocka_unit_test(cse),            cmocka_unit_test(dead_code),
+      cmocka_unit_test(conv_bn_fold),   cmocka_unit_test(affine_fold),
+      cmocka_unit_test(fuse_layernorm), cmocka_unit_test(fuse_gelu),
+      cmocka_unit_test(levels),         cmocka_unit_test(shipped_models),
+      cmocka_unit_test(alloc_failures),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
