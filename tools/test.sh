@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what is missing, then builds and runs every test three ways: a Release build with
-# warnings as errors, the same tests under AddressSanitizer + UndefinedBehaviorSanitizer, and the
-# model-loader fuzzer for a bounded time (KILN_FUZZ_SECONDS, default 60).
+# Installs what is missing, then builds and runs every test: a Release build with warnings as
+# errors, the same tests under AddressSanitizer + UndefinedBehaviorSanitizer, the threaded tests
+# under ThreadSanitizer, and the model-loader fuzzer for a bounded time (KILN_FUZZ_SECONDS,
+# default 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/deps.sh --test
@@ -17,6 +18,12 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DKILN_WERROR=ON -DKILN_SANITI
 cmake --build build-asan -j"$jobs" >/dev/null
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --output-on-failure --timeout 900 -j"$jobs")
+
+echo "== thread sanitizer: the tests that run threads"
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_WERROR=ON -DKILN_TSAN=ON >/dev/null
+cmake --build build-tsan -j"$jobs" >/dev/null
+(cd build-tsan && TSAN_OPTIONS=halt_on_error=1 \
+  ctest --output-on-failure --timeout 900 -j"$jobs" -R '^(session|runtime|cpu_vec|cpu_gemm)$')
 
 echo "== fuzzing the model loader for ${KILN_FUZZ_SECONDS:-60} s"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_FUZZ=ON >/dev/null
