@@ -1,6 +1,467 @@
-/* Optimized CPU kernels: GEMM-based ops. */
+/* Optimized CPU kernels: GEMM-based ops (MatMul, Gemm, Conv) on the packed SGEMM of sgemm.h.
+ *
+ * Constant weights (initializers) are packed once in prepare() for the ISA chosen there. A row's
+ * supports() accepts what it can decide at load (attributes, initializer shapes); what is known
+ * only at run time (dtypes of computed values, channel counts) is checked in execute(), which
+ * hands anything else to the reference kernel. So scratch() asks for the larger of the two
+ * kernels' needs. */
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/sgemm.h"
+#include "kernels/ref/gemm.h"
+
+/* ---- shared helpers -------------------------------------------------------------------------- */
+
+static const kiln__value *in_value(const kiln__node *n, const kiln__graph *g, int i) {
+  return i < n->n_in && n->in[i] >= 0 ? &g->values[n->in[i]] : NULL;
+}
+
+/* float32, or not known until planning (execute() checks it then). */
+static bool maybe_float(const kiln__value *v) {
+  return v && (v->dtype == KILN_DTYPE_FLOAT || v->dtype == KILN_DTYPE_UNDEFINED);
+}
+
+static const kiln_tensor *const_f32(const kiln__value *v) {
+  return v && v->is_initializer && v->init.dtype == KILN_DTYPE_FLOAT && v->init.data ? &v->init
+                                                                                      : NULL;
+}
+
+static size_t ref_scratch(const kiln__kctx *c) {
+  return c->node->op->scratch ? c->node->op->scratch(c) : 0;
+}
+
+/* ---- MatMul ---------------------------------------------------------------------------------- */
+
+typedef struct matmul_state {
+  kiln__isa isa;
+  bool packed;            /* B is a 2-D initializer, packed */
+  kiln__sgemm_packed pb;
+} matmul_state;
+
+static bool matmul_supports(const kiln__node *n, const kiln__graph *g) {
+  return n->n_in == 2 && maybe_float(in_value(n, g, 0)) && maybe_float(in_value(n, g, 1));
+}
+
+static void matmul_release(void *state) {
+  matmul_state *s = state;
+  kiln__sgemm_packed_free(&s->pb);
+  kiln__free(s);
+}
+
+static kiln_status matmul_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                                  kiln_error *err) {
+  matmul_state *s = kiln__calloc(1, sizeof *s);
+  if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing MatMul");
+  kiln_status st = kiln__isa_select(&s->isa, err);
+  const kiln_tensor *b = const_f32(in_value(n, g, 1));
+  if (st == KILN_OK && b && b->rank == 2 && b->dims[0] > 0 && b->dims[1] > 0) {
+    st = kiln__sgemm_pack_b(s->isa, false, (size_t)b->dims[0], (size_t)b->dims[1], b->data,
+                            (size_t)b->dims[1], &s->pb, err);
+    s->packed = st == KILN_OK;
+  }
+  if (st != KILN_OK) {
+    matmul_release(s);
+    return st;
+  }
+  *state = s;
+  return KILN_OK;
+}
+
+typedef struct matmul_batch {
+  const matmul_state *st;
+  const kiln__matmul_shape *s;
+  const float *a, *b;
+  float *y;
+} matmul_batch;
+
+static void matmul_one(const matmul_state *st, struct kiln__pool *pool,
+                       const kiln__matmul_shape *s, const float *a, const float *b, float *y) {
+  kiln__sgemm_args g = {.m = s->m, .n = s->n, .k = s->k, .a = a, .lda = s->k, .b = b,
+                        .ldb = s->n, .c = y, .ldc = s->n, .alpha = 1.0f};
+  kiln__sgemm_run(pool, st->isa, &g);
+}
+
+/* Many small products (attention heads): one thread per matrix. */
+static void matmul_batch_range(void *arg, size_t begin, size_t end) {
+  const matmul_batch *p = arg;
+  for (size_t i = begin; i < end; i++) {
+    size_t ao, bo;
+    kiln__matmul_offsets(p->s, i, &ao, &bo);
+    matmul_one(p->st, NULL, p->s, p->a + ao, p->b + bo, p->y + i * p->s->m * p->s->n);
+  }
+}
+
+static kiln_status matmul_execute(kiln__kctx *c, void *state) {
+  const matmul_state *st = state;
+  if (c->in[0]->dtype != KILN_DTYPE_FLOAT || c->in[1]->dtype != KILN_DTYPE_FLOAT)
+    return c->node->op->run(c);
+  kiln__matmul_shape s;
+  kiln_status rs = kiln__matmul_shape_get(c->in[0], c->in[1], &s, c->err);
+  if (rs != KILN_OK) return rs;
+  if (s.batch == 0 || s.m == 0 || s.n == 0) return KILN_OK;
+  const float *a = c->in[0]->data, *b = c->in[1]->data;
+  float *y = c->out[0]->data;
+  /* B is one shared matrix (always so when packed) and A's matrices lie back to back: one tall
+     product. */
+  bool a_dense = true;
+  for (int d = 0; d < s.batch_rank; d++)
+    if (s.batch_dims[d] != 1 && s.a_bstride[d] == 0) a_dense = false;
+  if (s.batch == 1 || (!s.b_batched && a_dense)) {
+    kiln__sgemm_args g = {.m = s.batch * s.m, .n = s.n, .k = s.k, .a = a, .lda = s.k, .b = b,
+                          .ldb = s.n, .pb = st->packed ? &st->pb : NULL, .c = y, .ldc = s.n,
+                          .alpha = 1.0f};
+    kiln__sgemm_run(c->pool, st->isa, &g);
+    return KILN_OK;
+  }
+  if ((double)s.m * (double)s.n * (double)s.k < 262144.0) {
+    matmul_batch p = {st, &s, a, b, y};
+    kiln__parallel_for(c->pool, s.batch, matmul_batch_range, &p);
+    return KILN_OK;
+  }
+  for (size_t i = 0; i < s.batch; i++) {
+    size_t ao, bo;
+    kiln__matmul_offsets(&s, i, &ao, &bo);
+    matmul_one(st, c->pool, &s, a + ao, b + bo, y + i * s.m * s.n);
+  }
+  return KILN_OK;
+}
+
+static size_t matmul_scratch(const kiln__kctx *c, void *state) { return ref_scratch(c); }
+
+/* ---- Gemm ------------------------------------------------------------------------------------ */
+
+typedef struct gemm_state {
+  kiln__isa isa;
+  bool ta, tb;
+  float alpha, beta;
+  bool packed;
+  kiln__sgemm_packed pb;
+} gemm_state;
+
+static bool gemm_supports(const kiln__node *n, const kiln__graph *g) {
+  if (n->n_in < 2 || n->n_in > 3) return false;
+  for (int i = 0; i < n->n_in; i++) {
+    const kiln__value *v = in_value(n, g, i);
+    if ((v || i < 2) && !maybe_float(v)) return false;
+  }
+  return true;
+}
+
+static void gemm_release(void *state) {
+  gemm_state *s = state;
+  kiln__sgemm_packed_free(&s->pb);
+  kiln__free(s);
+}
+
+static kiln_status gemm_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                                kiln_error *err) {
+  gemm_state *s = kiln__calloc(1, sizeof *s);
+  if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing Gemm");
+  s->ta = kiln__attr_int(n, "transA", 0) != 0;
+  s->tb = kiln__attr_int(n, "transB", 0) != 0;
+  s->alpha = kiln__attr_float(n, "alpha", 1.0f);
+  s->beta = kiln__attr_float(n, "beta", 1.0f);
+  kiln_status st = kiln__isa_select(&s->isa, err);
+  const kiln_tensor *b = const_f32(in_value(n, g, 1));
+  if (st == KILN_OK && b && b->rank == 2 && b->dims[0] > 0 && b->dims[1] > 0) {
+    size_t k = (size_t)b->dims[s->tb ? 1 : 0], nn = (size_t)b->dims[s->tb ? 0 : 1];
+    st = kiln__sgemm_pack_b(s->isa, s->tb, k, nn, b->data, (size_t)b->dims[1], &s->pb, err);
+    s->packed = st == KILN_OK;
+  }
+  if (st != KILN_OK) {
+    gemm_release(s);
+    return st;
+  }
+  *state = s;
+  return KILN_OK;
+}
+
+static kiln_status gemm_execute(kiln__kctx *c, void *state) {
+  const gemm_state *st = state;
+  const kiln_tensor *a = c->in[0], *b = c->in[1], *cc = c->n_in > 2 ? c->in[2] : NULL;
+  if (a->dtype != KILN_DTYPE_FLOAT || b->dtype != KILN_DTYPE_FLOAT || a->rank != 2 ||
+      b->rank != 2 || (cc && (cc->dtype != KILN_DTYPE_FLOAT || cc->rank > 2)))
+    return c->node->op->run(c);
+  size_t m = (size_t)a->dims[st->ta ? 1 : 0], k = (size_t)a->dims[st->ta ? 0 : 1];
+  size_t n = (size_t)b->dims[st->tb ? 0 : 1];
+  if ((size_t)b->dims[st->tb ? 1 : 0] != k) return c->node->op->run(c); /* it reports the error */
+  if (m == 0 || n == 0) return KILN_OK;
+  float *y = c->out[0]->data;
+  kiln__sgemm_args g = {.m = m, .n = n, .k = k, .a = a->data, .lda = st->ta ? m : k,
+                        .trans_a = st->ta, .b = b->data, .ldb = st->tb ? k : n,
+                        .trans_b = st->tb, .pb = st->packed ? &st->pb : NULL, .c = y, .ldc = n,
+                        .alpha = st->alpha};
+  if (cc && st->beta != 0.0f) {
+    /* C's shape as m x n with broadcast: d0 rows, d1 columns. */
+    size_t d0 = cc->rank == 2 ? (size_t)cc->dims[0] : 1;
+    size_t d1 = cc->rank >= 1 ? (size_t)cc->dims[cc->rank - 1] : 1;
+    if ((d0 != 1 && d0 != m) || (d1 != 1 && d1 != n)) return c->node->op->run(c);
+    const float *cd = cc->data;
+    if (st->beta == 1.0f && d0 == 1 && d1 == n) {
+      g.ep.bias = cd;
+    } else if (st->beta == 1.0f && d0 == m && d1 == 1) {
+      g.ep.bias = cd;
+      g.ep.bias_per_row = true;
+    } else if (st->beta == 1.0f && d0 == m && d1 == n) {
+      g.ep.residual = cd;
+      g.ep.ldr = n;
+    } else {
+      size_t si = d0 == 1 ? 0 : d1, sj = d1 == 1 ? 0 : 1;
+      for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++) y[i * n + j] = st->beta * cd[i * si + j * sj];
+      g.accumulate = true;
+    }
+  }
+  kiln__sgemm_run(c->pool, st->isa, &g);
+  return KILN_OK;
+}
+
+static size_t gemm_scratch(const kiln__kctx *c, void *state) { return ref_scratch(c); }
+
+/* ---- Conv ------------------------------------------------------------------------------------ */
+
+/* Bound of the im2col buffer; larger images are processed in column chunks. */
+#define COL_BYTES ((size_t)4 << 20)
+
+typedef enum pad_mode { PAD_NOTSET, PAD_SAME_UPPER, PAD_SAME_LOWER, PAD_VALID } pad_mode;
+
+typedef struct conv_state {
+  kiln__isa isa;
+  size_t m, cg, groups, mg, kh, kw, kk; /* kk = cg * kh * kw: the GEMM's k */
+  int64_t sh, sw, dh, dw;
+  int64_t pads[4];                      /* top, left, bottom, right (NOTSET) */
+  pad_mode pad;
+  kiln__sgemm_packed *pw;               /* one packed mg x kk weight matrix per group */
+} conv_state;
+
+/* Reads an INTS attribute of exactly `n` values >= lo (or the default when absent). */
+static bool ints_ok(const kiln__node *n, const char *name, size_t cnt, int64_t lo, int64_t def,
+                    int64_t *v) {
+  const int64_t *a;
+  size_t na = kiln__attr_ints(n, name, &a);
+  for (size_t i = 0; i < cnt; i++) v[i] = def;
+  if (na == 0) return true;
+  if (na != cnt) return false;
+  for (size_t i = 0; i < cnt; i++) {
+    if (a[i] < lo || a[i] > ((int64_t)1 << 24)) return false;
+    v[i] = a[i];
+  }
+  return true;
+}
+
+/* Parses everything the load fixes; false for what this kernel does not run. */
+static bool conv_parse(const kiln__node *n, const kiln__graph *g, conv_state *s) {
+  const kiln_tensor *w = const_f32(in_value(n, g, 1));
+  if (n->n_in < 2 || n->n_in > 3 || !maybe_float(in_value(n, g, 0)) || !w || w->rank != 4)
+    return false;
+  const kiln__value *b = in_value(n, g, 2);
+  if (b && !maybe_float(b)) return false;
+  for (int i = 0; i < 4; i++)
+    if (w->dims[i] < 1) return false;
+  int64_t groups = kiln__attr_int(n, "group", 1);
+  if (groups < 1 || w->dims[0] % groups != 0) return false;
+  s->m = (size_t)w->dims[0];
+  s->cg = (size_t)w->dims[1];
+  s->groups = (size_t)groups;
+  s->mg = s->m / s->groups;
+  s->kh = (size_t)w->dims[2];
+  s->kw = (size_t)w->dims[3];
+  s->kk = s->cg * s->kh * s->kw;
+  if (s->groups > 1 && s->cg == 1) return false; /* depthwise: the reference's direct loop */
+  const int64_t *ks;
+  size_t nks = kiln__attr_ints(n, "kernel_shape", &ks);
+  if (nks && (nks != 2 || ks[0] != w->dims[2] || ks[1] != w->dims[3])) return false;
+  int64_t st[2], dl[2];
+  if (!ints_ok(n, "strides", 2, 1, 1, st) || !ints_ok(n, "dilations", 2, 1, 1, dl) ||
+      !ints_ok(n, "pads", 4, 0, 0, s->pads))
+    return false;
+  s->sh = st[0], s->sw = st[1], s->dh = dl[0], s->dw = dl[1];
+  const char *ap = kiln__attr_str(n, "auto_pad", "NOTSET");
+  if (!strcmp(ap, "NOTSET") || !*ap) s->pad = PAD_NOTSET;
+  else if (!strcmp(ap, "SAME_UPPER")) s->pad = PAD_SAME_UPPER;
+  else if (!strcmp(ap, "SAME_LOWER")) s->pad = PAD_SAME_LOWER;
+  else if (!strcmp(ap, "VALID")) s->pad = PAD_VALID;
+  else return false;
+  return true;
+}
+
+static bool conv_supports(const kiln__node *n, const kiln__graph *g) {
+  conv_state s;
+  return conv_parse(n, g, &s);
+}
+
+static void conv_release(void *state) {
+  conv_state *s = state;
+  if (s->pw)
+    for (size_t i = 0; i < s->groups; i++) kiln__sgemm_packed_free(&s->pw[i]);
+  kiln__free(s->pw);
+  kiln__free(s);
+}
+
+static kiln_status conv_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                                kiln_error *err) {
+  conv_state *s = kiln__calloc(1, sizeof *s);
+  if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing Conv");
+  conv_parse(n, g, s);
+  kiln_status st = kiln__isa_select(&s->isa, err);
+  if (st == KILN_OK && !(s->pw = kiln__calloc(s->groups, sizeof *s->pw)))
+    st = kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing Conv");
+  const float *w = const_f32(in_value(n, g, 1))->data;
+  for (size_t i = 0; st == KILN_OK && i < s->groups; i++)
+    st = kiln__sgemm_pack_a(s->isa, false, s->mg, s->kk, w + i * s->mg * s->kk, s->kk, &s->pw[i],
+                            err);
+  if (st != KILN_OK) {
+    conv_release(s);
+    return st;
+  }
+  *state = s;
+  return KILN_OK;
+}
+
+/* The run-time geometry of one call. */
+typedef struct conv_geom {
+  size_t n, c, h, w, oh, ow, p; /* p = oh * ow */
+  int64_t pt, pl;               /* padding before, top and left */
+  bool pointwise;               /* 1x1, stride 1, no padding: the input is the GEMM's B */
+} conv_geom;
+
+static int64_t same_pad(pad_mode pm, int64_t in, int64_t out, int64_t s, int64_t k, int64_t d) {
+  int64_t total = (out - 1) * s + (k - 1) * d + 1 - in;
+  if (total < 0) total = 0;
+  return pm == PAD_SAME_UPPER ? total / 2 : total - total / 2;
+}
+
+/* False when the shapes are not the ones this kernel handles (the reference kernel then runs and
+   reports any error). Output dims come from shape inference. */
+static bool conv_geom_get(const kiln__kctx *c, const conv_state *s, conv_geom *cg) {
+  const kiln_tensor *x = c->in[0], *w = c->in[1], *y = c->out[0],
+                    *b = c->n_in > 2 ? c->in[2] : NULL;
+  if (x->dtype != KILN_DTYPE_FLOAT || w->dtype != KILN_DTYPE_FLOAT || x->rank != 4 ||
+      y->rank != 4 || (size_t)x->dims[1] != s->cg * s->groups || (size_t)y->dims[1] != s->m)
+    return false;
+  if (b && (b->dtype != KILN_DTYPE_FLOAT || b->rank != 1 || (size_t)b->dims[0] != s->m))
+    return false;
+  cg->n = (size_t)x->dims[0];
+  cg->c = (size_t)x->dims[1];
+  cg->h = (size_t)x->dims[2];
+  cg->w = (size_t)x->dims[3];
+  cg->oh = (size_t)y->dims[2];
+  cg->ow = (size_t)y->dims[3];
+  cg->p = cg->oh * cg->ow;
+  if (s->pad == PAD_NOTSET) {
+    cg->pt = s->pads[0];
+    cg->pl = s->pads[1];
+  } else if (s->pad == PAD_VALID) {
+    cg->pt = cg->pl = 0;
+  } else {
+    cg->pt = same_pad(s->pad, (int64_t)cg->h, (int64_t)cg->oh, s->sh, (int64_t)s->kh, s->dh);
+    cg->pl = same_pad(s->pad, (int64_t)cg->w, (int64_t)cg->ow, s->sw, (int64_t)s->kw, s->dw);
+  }
+  int64_t pb = s->pad == PAD_NOTSET ? s->pads[2] : 0, pr = s->pad == PAD_NOTSET ? s->pads[3] : 0;
+  cg->pointwise = s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && cg->pt == 0 &&
+                  cg->pl == 0 && pb == 0 && pr == 0 && cg->oh == cg->h && cg->ow == cg->w;
+  return true;
+}
+
+/* Output columns per im2col chunk: the buffer stays under COL_BYTES, in whole GEMM tiles. */
+static size_t conv_chunk(const conv_state *s, size_t p) {
+  size_t chunk = COL_BYTES / sizeof(float) / s->kk;
+  if (chunk >= 256) chunk = chunk / 128 * 128;
+  if (chunk < 64) chunk = 64;
+  return chunk < p ? chunk : p;
+}
+
+static size_t conv_scratch(const kiln__kctx *c, void *state) {
+  const conv_state *s = state;
+  conv_geom cg;
+  size_t mine = 0;
+  if (conv_geom_get(c, s, &cg) && !cg.pointwise && cg.p)
+    mine = s->kk * conv_chunk(s, cg.p) * sizeof(float);
+  size_t ref = ref_scratch(c);
+  return mine > ref ? mine : ref;
+}
+
+typedef struct im2col_job {
+  const conv_state *s;
+  const conv_geom *g;
+  const float *x;   /* the group's cg input planes */
+  float *col;       /* kk x (q1 - q0) */
+  size_t q0, q1;
+} im2col_job;
+
+static void im2col_rows(void *arg, size_t r0, size_t r1) {
+  const im2col_job *j = arg;
+  const conv_state *s = j->s;
+  const conv_geom *g = j->g;
+  size_t ld = j->q1 - j->q0;
+  for (size_t r = r0; r < r1; r++) {
+    size_t ci = r / (s->kh * s->kw), ky = r / s->kw % s->kh, kx = r % s->kw;
+    const float *xp = j->x + ci * g->h * g->w;
+    float *dst = j->col + r * ld;
+    size_t oy = j->q0 / g->ow, ox = j->q0 % g->ow;
+    int64_t ix0 = (int64_t)kx * s->dw - g->pl;
+    for (size_t q = j->q0; q < j->q1;) {
+      int64_t iy = (int64_t)oy * s->sh - g->pt + (int64_t)ky * s->dh;
+      size_t run = KILN__MIN(g->ow - ox, j->q1 - q);
+      if (iy < 0 || iy >= (int64_t)g->h) {
+        memset(dst, 0, run * sizeof(float));
+      } else {
+        const float *xrow = xp + (size_t)iy * g->w;
+        for (size_t t = 0; t < run; t++) {
+          int64_t ix = (int64_t)(ox + t) * s->sw + ix0;
+          dst[t] = ix >= 0 && ix < (int64_t)g->w ? xrow[ix] : 0.0f;
+        }
+      }
+      dst += run;
+      q += run;
+      ox = 0;
+      oy++;
+    }
+  }
+}
+
+static kiln_status conv_execute(kiln__kctx *c, void *state) {
+  const conv_state *s = state;
+  conv_geom cg;
+  if (!conv_geom_get(c, s, &cg)) return c->node->op->run(c);
+  if (cg.n == 0 || cg.p == 0) return KILN_OK;
+  const float *x = c->in[0]->data, *bias = c->n_in > 2 && c->in[2] ? c->in[2]->data : NULL;
+  float *y = c->out[0]->data;
+  size_t chunk = cg.pointwise ? cg.p : conv_chunk(s, cg.p);
+  if (!cg.pointwise && c->scratch_bytes < s->kk * chunk * sizeof(float))
+    return kiln__fail(c->err, KILN_INTERNAL, "Conv: scratch of %zu bytes is too small",
+                      c->scratch_bytes);
+  for (size_t b = 0; b < cg.n; b++)
+    for (size_t gi = 0; gi < s->groups; gi++) {
+      const float *xg = x + (b * cg.c + gi * s->cg) * cg.h * cg.w;
+      float *yg = y + (b * s->m + gi * s->mg) * cg.p;
+      kiln__sgemm_args g = {.m = s->mg, .k = s->kk, .pa = &s->pw[gi], .ldc = cg.p,
+                            .alpha = 1.0f,
+                            .ep = {.bias = bias ? bias + gi * s->mg : NULL, .bias_per_row = true}};
+      if (cg.pointwise) {
+        g.n = cg.p;
+        g.b = xg;
+        g.ldb = cg.p;
+        g.c = yg;
+        kiln__sgemm_run(c->pool, s->isa, &g);
+        continue;
+      }
+      for (size_t q0 = 0; q0 < cg.p; q0 += chunk) {
+        size_t q1 = KILN__MIN(cg.p, q0 + chunk);
+        im2col_job j = {s, &cg, xg, c->scratch, q0, q1};
+        kiln__parallel_for(c->pool, s->kk, im2col_rows, &j);
+        g.n = q1 - q0;
+        g.b = c->scratch;
+        g.ldb = q1 - q0;
+        g.c = yg + q0;
+        kiln__sgemm_run(c->pool, s->isa, &g);
+      }
+    }
+  return KILN_OK;
+}
 
 const kiln__cpu_kernel kiln__cpu_gemm_kernels[] = {
+    {"MatMul", matmul_supports, matmul_prepare, matmul_release, matmul_execute, matmul_scratch},
+    {"Gemm", gemm_supports, gemm_prepare, gemm_release, gemm_execute, gemm_scratch},
+    {"Conv", conv_supports, conv_prepare, conv_release, conv_execute, conv_scratch},
     {0},
 };

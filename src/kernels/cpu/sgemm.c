@@ -1,0 +1,309 @@
+/* The SGEMM driver: ISA selection, packing, tiling over the pool, and the portable microkernel.
+ * See sgemm.h for the scheme. */
+#include "kernels/cpu/sgemm.h"
+
+#include <stdlib.h>
+
+#include "core/threadpool.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define KILN_X86 1
+#endif
+
+/* KC x NC slab of B and MC x KC slab of A per tile; the largest MC and NC of any ISA size the
+   stack blocks (A: 72 KiB, B: 128 KiB). */
+#define KC 256
+#define MC_MAX 72
+#define NC_MAX 128
+
+typedef struct impl {
+  size_t mr, nr, mc, nc;
+  kiln__sgemm_ukernel uk;
+} impl;
+
+static const impl impls[KILN__ISA_COUNT] = {
+    [KILN__ISA_GENERIC] = {4, 8, 64, 128, kiln__sgemm_uk_4x8__generic},
+#ifdef KILN_X86
+    [KILN__ISA_AVX2] = {6, 16, 72, 128, kiln__sgemm_uk_6x16__avx2},
+    [KILN__ISA_AVX512] = {8, 32, 64, 128, kiln__sgemm_uk_8x32__avx512},
+#endif
+};
+
+static const char *const isa_names[KILN__ISA_COUNT] = {"generic", "avx2", "avx512"};
+
+const char *kiln__isa_name(kiln__isa isa) {
+  return (unsigned)isa < KILN__ISA_COUNT ? isa_names[isa] : "?";
+}
+
+bool kiln__isa_supported(kiln__isa isa) {
+  switch (isa) {
+  case KILN__ISA_GENERIC:
+    return true;
+#ifdef KILN_X86
+  case KILN__ISA_AVX2:
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  case KILN__ISA_AVX512:
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+#endif
+  default:
+    return false;
+  }
+}
+
+kiln_status kiln__isa_select(kiln__isa *out, kiln_error *err) {
+  const char *want = getenv("KILN_ISA");
+  if (want && *want) {
+    for (int i = 0; i < KILN__ISA_COUNT; i++) {
+      if (strcmp(want, isa_names[i]) != 0) continue;
+      if (!kiln__isa_supported((kiln__isa)i))
+        return kiln__fail(err, KILN_UNSUPPORTED, "KILN_ISA=%s: this CPU does not support it",
+                          want);
+      *out = (kiln__isa)i;
+      return KILN_OK;
+    }
+    return kiln__fail(err, KILN_INVALID_ARGUMENT,
+                      "KILN_ISA=%s: expected avx512, avx2 or generic", want);
+  }
+  *out = KILN__ISA_GENERIC;
+  for (int i = KILN__ISA_COUNT - 1; i > 0; i--)
+    if (kiln__isa_supported((kiln__isa)i)) {
+      *out = (kiln__isa)i;
+      break;
+    }
+  return KILN_OK;
+}
+
+/* ---- packing --------------------------------------------------------------------------------- */
+
+static size_t round_up(size_t x, size_t r) { return (x + r - 1) / r * r; }
+
+/* Packs op(A)[i0:i0+mc, p0:p0+kc] as ceil(mc/mr) panels of kc x mr, zero-padded. */
+static void pack_a_block(size_t mr, bool trans, const float *a, size_t lda, size_t i0, size_t mc,
+                         size_t p0, size_t kc, float *restrict dst) {
+  for (size_t ip = 0; ip < mc; ip += mr) {
+    size_t rows = KILN__MIN(mr, mc - ip);
+    if (!trans) {
+      for (size_t r = 0; r < rows; r++) {
+        const float *src = a + (i0 + ip + r) * lda + p0;
+        for (size_t p = 0; p < kc; p++) dst[p * mr + r] = src[p];
+      }
+    } else {
+      for (size_t p = 0; p < kc; p++) {
+        const float *src = a + (p0 + p) * lda + i0 + ip;
+        for (size_t r = 0; r < rows; r++) dst[p * mr + r] = src[r];
+      }
+    }
+    for (size_t r = rows; r < mr; r++)
+      for (size_t p = 0; p < kc; p++) dst[p * mr + r] = 0.0f;
+    dst += kc * mr;
+  }
+}
+
+/* Packs op(B)[p0:p0+kc, j0:j0+nc] as ceil(nc/nr) panels of kc x nr, zero-padded. */
+static void pack_b_block(size_t nr, bool trans, const float *b, size_t ldb, size_t p0, size_t kc,
+                         size_t j0, size_t nc, float *restrict dst) {
+  for (size_t jp = 0; jp < nc; jp += nr) {
+    size_t cols = KILN__MIN(nr, nc - jp);
+    if (!trans) {
+      for (size_t p = 0; p < kc; p++) {
+        const float *src = b + (p0 + p) * ldb + j0 + jp;
+        float *d = dst + p * nr;
+        for (size_t j = 0; j < cols; j++) d[j] = src[j];
+        for (size_t j = cols; j < nr; j++) d[j] = 0.0f;
+      }
+    } else {
+      for (size_t j = 0; j < cols; j++) {
+        const float *src = b + (j0 + jp + j) * ldb + p0;
+        for (size_t p = 0; p < kc; p++) dst[p * nr + j] = src[p];
+      }
+      for (size_t j = cols; j < nr; j++)
+        for (size_t p = 0; p < kc; p++) dst[p * nr + j] = 0.0f;
+    }
+    dst += kc * nr;
+  }
+}
+
+/* A whole packed operand is its k blocks back to back; block p0 holds every panel for that block
+   and starts at p0 * rows_padded, so a tile finds its panels without any index. */
+static kiln_status pack_whole(kiln__isa isa, bool is_a, bool trans, size_t rows, size_t k,
+                              const float *src, size_t ld, kiln__sgemm_packed *out,
+                              kiln_error *err) {
+  memset(out, 0, sizeof *out);
+  if ((unsigned)isa >= KILN__ISA_COUNT || !impls[isa].uk)
+    return kiln__fail(err, KILN_UNSUPPORTED, "no GEMM kernel for ISA %s", kiln__isa_name(isa));
+  const impl *im = &impls[isa];
+  size_t r = is_a ? im->mr : im->nr, padded = round_up(rows, r), count, bytes;
+  if (!kiln__mul_ok(padded, k, &count) || !kiln__mul_ok(count, sizeof(float), &bytes))
+    return kiln__fail(err, KILN_INVALID_ARGUMENT, "GEMM operand of %zu x %zu is too large", rows,
+                      k);
+  out->data = kiln__aligned_alloc(bytes ? bytes : sizeof(float));
+  if (!out->data) return kiln__fail(err, KILN_NO_MEMORY, "out of memory packing GEMM weights");
+  out->isa = isa;
+  out->is_a = is_a;
+  out->rows = rows;
+  out->k = k;
+  for (size_t p0 = 0; p0 < k; p0 += KC) {
+    size_t kc = KILN__MIN((size_t)KC, k - p0);
+    float *dst = out->data + p0 * padded;
+    if (is_a) pack_a_block(r, trans, src, ld, 0, rows, p0, kc, dst);
+    else pack_b_block(r, trans, src, ld, p0, kc, 0, rows, dst);
+  }
+  return KILN_OK;
+}
+
+kiln_status kiln__sgemm_pack_a(kiln__isa isa, bool trans_a, size_t m, size_t k, const float *a,
+                               size_t lda, kiln__sgemm_packed *out, kiln_error *err) {
+  return pack_whole(isa, true, trans_a, m, k, a, lda, out, err);
+}
+
+kiln_status kiln__sgemm_pack_b(kiln__isa isa, bool trans_b, size_t k, size_t n, const float *b,
+                               size_t ldb, kiln__sgemm_packed *out, kiln_error *err) {
+  return pack_whole(isa, false, trans_b, n, k, b, ldb, out, err);
+}
+
+void kiln__sgemm_packed_free(kiln__sgemm_packed *p) {
+  if (!p) return;
+  kiln__aligned_free(p->data);
+  p->data = NULL;
+}
+
+/* ---- stores and the portable microkernel ----------------------------------------------------- */
+
+void kiln__uk_store_tile(const float *tile, size_t ld, float *c, size_t ldc, size_t mr, size_t nr,
+                         const kiln__uk_store *s) {
+  const kiln__epilogue *ep = s->ep;
+  for (size_t r = 0; r < mr; r++) {
+    float *row = c + r * ldc;
+    const float *t = tile + r * ld;
+    float rb = ep && ep->bias && ep->bias_per_row ? ep->bias[s->row0 + r] : 0.0f;
+    const float *cb = ep && ep->bias && !ep->bias_per_row ? ep->bias + s->col0 : NULL;
+    const float *res = ep && ep->residual ? ep->residual + (s->row0 + r) * ep->ldr + s->col0 : NULL;
+    for (size_t j = 0; j < nr; j++) {
+      float v = s->alpha * t[j];
+      if (s->load_c) v += row[j];
+      if (ep) {
+        v += rb;
+        if (cb) v += cb[j];
+        if (res) v += res[j];
+        if (ep->act == KILN__ACT_RELU) v = v > 0.0f ? v : 0.0f;
+        else if (ep->act == KILN__ACT_CLIP) v = v < ep->lo ? ep->lo : (v > ep->hi ? ep->hi : v);
+      }
+      row[j] = v;
+    }
+  }
+}
+
+#define GMR 4
+#define GNR 8
+
+/* Fixed trip counts and one accumulator array: the compiler keeps the tile in SIMD registers. */
+void kiln__sgemm_uk_4x8__generic(size_t kc, const float *restrict a, const float *restrict b,
+                                 float *restrict c, size_t ldc, size_t mr, size_t nr,
+                                 const kiln__uk_store *s) {
+  float acc[GMR][GNR] = {{0}};
+  for (size_t p = 0; p < kc; p++) {
+    const float *ap = a + p * GMR, *bp = b + p * GNR;
+    for (size_t i = 0; i < GMR; i++)
+      for (size_t j = 0; j < GNR; j++) acc[i][j] += ap[i] * bp[j];
+  }
+  kiln__uk_store_tile(&acc[0][0], GNR, c, ldc, mr, nr, s);
+}
+
+/* ---- the driver ------------------------------------------------------------------------------ */
+
+typedef struct job {
+  const kiln__sgemm_args *g;
+  const impl *im;
+  size_t tiles_n;
+  size_t tm; /* rows per tile: a multiple of mc */
+} job;
+
+static void tiles_range(void *arg, size_t begin, size_t end) {
+  const job *jb = arg;
+  const kiln__sgemm_args *g = jb->g;
+  const impl *im = jb->im;
+  _Alignas(64) float abuf[MC_MAX * KC];
+  _Alignas(64) float bbuf[KC * NC_MAX];
+  size_t mpad = round_up(g->m, im->mr), npad = round_up(g->n, im->nr);
+  for (size_t t = begin; t < end; t++) {
+    size_t i0 = (t / jb->tiles_n) * jb->tm, j0 = (t % jb->tiles_n) * im->nc;
+    size_t i_end = KILN__MIN(g->m, i0 + jb->tm), nc = KILN__MIN(im->nc, g->n - j0);
+    for (size_t p0 = 0; p0 < g->k; p0 += KC) {
+      size_t kc = KILN__MIN((size_t)KC, g->k - p0);
+      const float *bp;
+      if (g->pb) {
+        bp = g->pb->data + p0 * npad + j0 * kc;
+      } else {
+        pack_b_block(im->nr, g->trans_b, g->b, g->ldb, p0, kc, j0, nc, bbuf);
+        bp = bbuf;
+      }
+      kiln__uk_store st = {.alpha = g->alpha,
+                           .load_c = g->accumulate || p0 > 0,
+                           .ep = p0 + kc >= g->k ? &g->ep : NULL};
+      for (size_t i1 = i0; i1 < i_end; i1 += im->mc) {
+        size_t mc = KILN__MIN(im->mc, i_end - i1);
+        const float *ap;
+        if (g->pa) {
+          ap = g->pa->data + p0 * mpad + i1 * kc;
+        } else {
+          pack_a_block(im->mr, g->trans_a, g->a, g->lda, i1, mc, p0, kc, abuf);
+          ap = abuf;
+        }
+        for (size_t jp = 0; jp < nc; jp += im->nr) {
+          size_t nr = KILN__MIN(im->nr, nc - jp);
+          st.col0 = j0 + jp;
+          for (size_t ip = 0; ip < mc; ip += im->mr) {
+            size_t mr = KILN__MIN(im->mr, mc - ip);
+            st.row0 = i1 + ip;
+            im->uk(kc, ap + ip * kc, bp + jp * kc, g->c + st.row0 * g->ldc + st.col0, g->ldc,
+                   mr, nr, &st);
+          }
+        }
+      }
+    }
+  }
+}
+
+/* k == 0: the product is zero, but the store (accumulate, epilogue) still applies. */
+static void run_k0(const kiln__sgemm_args *g) {
+  static const float zeros[64];
+  kiln__uk_store st = {.alpha = g->alpha, .load_c = g->accumulate, .ep = &g->ep};
+  for (size_t i = 0; i < g->m; i++) {
+    st.row0 = i;
+    for (size_t j = 0; j < g->n; j += 64) {
+      st.col0 = j;
+      kiln__uk_store_tile(zeros, 0, g->c + i * g->ldc + j, g->ldc, 1, KILN__MIN(64, g->n - j),
+                          &st);
+    }
+  }
+}
+
+void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_args *g) {
+  if (g->m == 0 || g->n == 0) return;
+  if (g->k == 0) {
+    run_k0(g);
+    return;
+  }
+  /* A packed operand fixes the tile shape it was packed for. */
+  if (g->pa) isa = g->pa->isa;
+  else if (g->pb) isa = g->pb->isa;
+  const impl *im = &impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0];
+  job jb = {.g = g, .im = im, .tiles_n = (g->n + im->nc - 1) / im->nc};
+  /* A B slab packed per call is shared by every MC block of a tile's rows, so tiles take as many
+     rows as the threads leave them (all of them when serial); pre-packed B needs no sharing. */
+  size_t blocks_m = (g->m + im->mc - 1) / im->mc, rb = 1;
+  if (!g->pb) {
+    size_t threads = pool ? (size_t)kiln__pool_threads(pool) : 1;
+    rb = threads <= 1 ? blocks_m : blocks_m * jb.tiles_n / (4 * threads);
+    rb = KILN__MAX((size_t)1, KILN__MIN(rb, blocks_m));
+  }
+  jb.tm = rb * im->mc;
+  size_t tiles = (blocks_m + rb - 1) / rb * jb.tiles_n;
+  /* Below ~64k multiply-adds the pool's hand-off costs more than the work. */
+  if (tiles == 1 || (double)g->m * (double)g->n * (double)g->k < 65536.0)
+    tiles_range(&jb, 0, tiles);
+  else
+    kiln__parallel_for(pool, tiles, tiles_range, &jb);
+}

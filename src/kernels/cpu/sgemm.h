@@ -1,0 +1,125 @@
+/* The optimized float32 GEMM of the "cpu" backend: C = epilogue(alpha * op(A) * op(B) [+ C]).
+ *
+ * All matrices are row-major with explicit row strides. op(A) is m x k (A is k x m when trans_a),
+ * op(B) is k x n (B is n x k when trans_b). Either operand may instead come pre-packed (weights are
+ * packed once when a node is prepared). The epilogue is applied while the result tile is still in
+ * registers, so a fused bias, activation or residual add costs no extra pass over C.
+ *
+ * Structure: C is cut into tiles of NC columns and a multiple of MC rows, the work items of
+ * kiln__parallel_for. A tile walks k in KC blocks; each block packs (unless pre-packed) its KC x NC
+ * slab of B into NR-column panels once, and for each MC rows its MC x KC slab of A into MR-row
+ * panels, then runs the MR x NR register-blocked microkernel of
+ * the chosen ISA over every panel pair. The packing buffers are fixed-size stack blocks, so no
+ * call allocates. */
+#ifndef KILN_KERNELS_CPU_SGEMM_H
+#define KILN_KERNELS_CPU_SGEMM_H
+
+#include "core/common.h"
+
+struct kiln__pool;
+
+typedef enum kiln__isa {
+  KILN__ISA_GENERIC = 0, /* portable C, vectorized by the compiler */
+  KILN__ISA_AVX2,        /* AVX2 + FMA, 6x16 microkernel */
+  KILN__ISA_AVX512,      /* AVX-512F, 8x32 microkernel */
+  KILN__ISA_COUNT
+} kiln__isa;
+
+const char *kiln__isa_name(kiln__isa isa);
+/* Whether this machine can run `isa` (cpuid; GENERIC always). */
+bool kiln__isa_supported(kiln__isa isa);
+/* The ISA to use: the best this machine runs, or the one the environment variable KILN_ISA names
+   (avx512, avx2 or generic) when the machine runs it. Read once per prepare(), so tests can force
+   each ISA with setenv(). An unknown or unsupported name fails with INVALID_ARGUMENT/UNSUPPORTED
+   rather than being silently ignored. */
+kiln_status kiln__isa_select(kiln__isa *out, kiln_error *err);
+
+typedef enum kiln__act {
+  KILN__ACT_NONE = 0,
+  KILN__ACT_RELU,
+  KILN__ACT_CLIP, /* min(max(x, lo), hi) */
+} kiln__act;
+
+/* Applied to each output element after the product, in this order:
+   y = act(alpha * acc [+ old C when accumulating] + bias + residual). */
+typedef struct kiln__epilogue {
+  const float *bias;        /* NULL, or one value per column (n) or per row (m) of C */
+  bool bias_per_row;
+  const float *residual;    /* NULL, or an m x n matrix with row stride ldr (may equal C) */
+  size_t ldr;
+  kiln__act act;
+  float lo, hi;             /* KILN__ACT_CLIP bounds */
+} kiln__epilogue;
+
+/* A pre-packed operand, laid out for one ISA's register tile. */
+typedef struct kiln__sgemm_packed {
+  kiln__isa isa;
+  bool is_a;        /* packed as the left operand (MR-row panels) or the right (NR-column) */
+  size_t rows;      /* m for A, n for B */
+  size_t k;
+  float *data;      /* owned; kiln__aligned_alloc */
+} kiln__sgemm_packed;
+
+/* Packs op(A) (m x k) or op(B) (k x n) for `isa`. Release with kiln__sgemm_packed_free. */
+kiln_status kiln__sgemm_pack_a(kiln__isa isa, bool trans_a, size_t m, size_t k, const float *a,
+                               size_t lda, kiln__sgemm_packed *out, kiln_error *err);
+kiln_status kiln__sgemm_pack_b(kiln__isa isa, bool trans_b, size_t k, size_t n, const float *b,
+                               size_t ldb, kiln__sgemm_packed *out, kiln_error *err);
+void kiln__sgemm_packed_free(kiln__sgemm_packed *p);
+
+typedef struct kiln__sgemm_args {
+  size_t m, n, k;
+  const float *a;                  /* ignored when pa is set */
+  size_t lda;
+  bool trans_a;
+  const kiln__sgemm_packed *pa;    /* NULL, or A packed for this ISA with matching m, k */
+  const float *b;                  /* ignored when pb is set */
+  size_t ldb;
+  bool trans_b;
+  const kiln__sgemm_packed *pb;
+  float *c;
+  size_t ldc;
+  float alpha;
+  bool accumulate;                 /* add the product to C's current values */
+  kiln__epilogue ep;
+} kiln__sgemm_args;
+
+/* Runs the GEMM. A and B must not overlap C (the residual may). Packed operands must have been
+   packed for the same ISA (their ISA is the one used). `pool` may be NULL; code already
+   inside a kiln__parallel_for job must pass NULL. */
+void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_args *g);
+
+/* ---- microkernels (internal to the sgemm files) ---------------------------------------------- */
+
+/* What a microkernel does when it writes its tile: scale by alpha, add C's old values when
+   load_c, then the epilogue when ep is set (the last k block). row0/col0 place the tile in C for
+   indexing bias and residual. */
+typedef struct kiln__uk_store {
+  float alpha;
+  bool load_c;
+  const kiln__epilogue *ep;
+  size_t row0, col0;
+} kiln__uk_store;
+
+/* c[0:mr, 0:nr] (row stride ldc) <- store(sum over kc of a-panel column x b-panel row). `a` is a
+   packed kc x MR panel, `b` a packed kc x NR panel; mr <= MR and nr <= NR (padding is zeros). */
+typedef void (*kiln__sgemm_ukernel)(size_t kc, const float *restrict a, const float *restrict b,
+                                    float *restrict c, size_t ldc, size_t mr, size_t nr,
+                                    const kiln__uk_store *s);
+
+/* Writes an mr x nr corner of a computed tile (row stride ld) into C with the store semantics
+   above: the path for edge tiles and for kernels without an in-register epilogue. */
+void kiln__uk_store_tile(const float *tile, size_t ld, float *c, size_t ldc, size_t mr, size_t nr,
+                         const kiln__uk_store *s);
+
+void kiln__sgemm_uk_4x8__generic(size_t kc, const float *restrict a, const float *restrict b,
+                                 float *restrict c, size_t ldc, size_t mr, size_t nr,
+                                 const kiln__uk_store *s);
+void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a, const float *restrict b,
+                               float *restrict c, size_t ldc, size_t mr, size_t nr,
+                               const kiln__uk_store *s);
+void kiln__sgemm_uk_8x32__avx512(size_t kc, const float *restrict a, const float *restrict b,
+                                 float *restrict c, size_t ldc, size_t mr, size_t nr,
+                                 const kiln__uk_store *s);
+
+#endif

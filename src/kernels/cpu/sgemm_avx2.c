@@ -1,0 +1,94 @@
+/* The AVX2+FMA SGEMM microkernel: a 6 x 16 register tile (12 accumulators, 2 B vectors and one
+ * broadcast of A: 15 of the 16 ymm registers). ISA flags are on the functions, not the file, so
+ * the library builds for baseline x86-64 and this code only runs where cpuid says it can. */
+#include "kernels/cpu/sgemm.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#define TARGET __attribute__((target("avx2,fma")))
+#define MR 6
+#define NR 16
+
+/* Stores one full 16-wide row with the epilogue, while it is still in registers. */
+TARGET static inline __attribute__((always_inline)) void
+store_row(float *restrict c, size_t r, __m256 v0, __m256 v1, const kiln__uk_store *s) {
+  const kiln__epilogue *ep = s->ep;
+  __m256 alpha = _mm256_set1_ps(s->alpha);
+  if (s->alpha != 1.0f) {
+    v0 = _mm256_mul_ps(v0, alpha);
+    v1 = _mm256_mul_ps(v1, alpha);
+  }
+  if (s->load_c) {
+    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(c));
+    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(c + 8));
+  }
+  if (ep) {
+    if (ep->bias) {
+      if (ep->bias_per_row) {
+        __m256 b = _mm256_set1_ps(ep->bias[s->row0 + r]);
+        v0 = _mm256_add_ps(v0, b);
+        v1 = _mm256_add_ps(v1, b);
+      } else {
+        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(ep->bias + s->col0));
+        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(ep->bias + s->col0 + 8));
+      }
+    }
+    if (ep->residual) {
+      const float *res = ep->residual + (s->row0 + r) * ep->ldr + s->col0;
+      v0 = _mm256_add_ps(v0, _mm256_loadu_ps(res));
+      v1 = _mm256_add_ps(v1, _mm256_loadu_ps(res + 8));
+    }
+    if (ep->act == KILN__ACT_RELU) {
+      v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
+      v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
+    } else if (ep->act == KILN__ACT_CLIP) {
+      __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi);
+      v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
+      v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
+    }
+  }
+  _mm256_storeu_ps(c, v0);
+  _mm256_storeu_ps(c + 8, v1);
+}
+
+TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
+                                      const float *restrict b, float *restrict c, size_t ldc,
+                                      size_t mr, size_t nr, const kiln__uk_store *s) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (size_t p = 0; p < kc; p++) {
+    __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), av;
+#define ROW(i)                                  \
+  av = _mm256_broadcast_ss(a + i);              \
+  c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0);   \
+  c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);
+    ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)
+#undef ROW
+    a += MR;
+    b += NR;
+  }
+  if (mr == MR && nr == NR) {
+    store_row(c, 0, c00, c01, s);
+    store_row(c + ldc, 1, c10, c11, s);
+    store_row(c + 2 * ldc, 2, c20, c21, s);
+    store_row(c + 3 * ldc, 3, c30, c31, s);
+    store_row(c + 4 * ldc, 4, c40, c41, s);
+    store_row(c + 5 * ldc, 5, c50, c51, s);
+    return;
+  }
+  _Alignas(32) float t[MR * NR];
+  _mm256_store_ps(t + 0 * NR, c00), _mm256_store_ps(t + 0 * NR + 8, c01);
+  _mm256_store_ps(t + 1 * NR, c10), _mm256_store_ps(t + 1 * NR + 8, c11);
+  _mm256_store_ps(t + 2 * NR, c20), _mm256_store_ps(t + 2 * NR + 8, c21);
+  _mm256_store_ps(t + 3 * NR, c30), _mm256_store_ps(t + 3 * NR + 8, c31);
+  _mm256_store_ps(t + 4 * NR, c40), _mm256_store_ps(t + 4 * NR + 8, c41);
+  _mm256_store_ps(t + 5 * NR, c50), _mm256_store_ps(t + 5 * NR + 8, c51);
+  kiln__uk_store_tile(t, NR, c, ldc, mr, nr, s);
+}
+
+#endif

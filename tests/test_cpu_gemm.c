@@ -1,0 +1,541 @@
+/* The "cpu" backend's GEMM side against its oracles, for every ISA this machine runs:
+ *   - the packed SGEMM against a double-precision product over many shapes (odd sizes, edge
+ *     tiles, k = 0 and 1, k across several cache blocks), transposes, row strides, pre-packed
+ *     operands, alpha, accumulation and each epilogue, serially and on a 2-thread pool;
+ *   - the MatMul, Gemm and Conv kernel rows against the reference kernels on one-node graphs
+ *     (batched broadcasting, Gemm's C forms, strides, padding, dilation, groups, auto_pad);
+ *   - whole models (digits CNN, transformer block) on {"cpu"} against {"ref"}, with nodes really
+ *     dispatched to "cpu";
+ *   - KILN_ISA: unknown names and ISAs the CPU lacks are errors. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/threadpool.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/sgemm.h"
+
+static const char *models_dir; /* argv[1] */
+static const char *tests_dir;  /* argv[2] */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(void) {
+  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+  return (uint32_t)(rng_state >> 33);
+}
+static size_t rnd_in(size_t lo, size_t hi) { return lo + rnd() % (hi - lo + 1); }
+static float rnd_f(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; }
+static void fill(float *p, size_t n) {
+  for (size_t i = 0; i < n; i++) p[i] = rnd_f();
+}
+
+static void force_isa(kiln__isa isa) { setenv("KILN_ISA", kiln__isa_name(isa), 1); }
+
+/* ---- SGEMM against doubles ------------------------------------------------------------------- */
+
+typedef struct gemm_case {
+  size_t m, n, k;
+  bool ta, tb, pack_a, pack_b, accumulate;
+  size_t pad_a, pad_b, pad_c; /* extra row stride */
+  float alpha;
+  int ep; /* 0 none, 1 bias per column, 2 bias per row, 3 residual, 4 relu + bias, 5 clip */
+} gemm_case;
+
+static void check_case(kiln__isa isa, kiln__pool *pool, const gemm_case *t) {
+  size_t ar = t->ta ? t->k : t->m, ac = t->ta ? t->m : t->k;
+  size_t br = t->tb ? t->n : t->k, bc = t->tb ? t->k : t->n;
+  size_t lda = ac + t->pad_a, ldb = bc + t->pad_b, ldc = t->n + t->pad_c;
+  float *a = malloc((ar * lda + 1) * sizeof *a), *b = malloc((br * ldb + 1) * sizeof *b);
+  float *c = malloc((t->m * ldc + 1) * sizeof *c), *c0 = malloc((t->m * ldc + 1) * sizeof *c0);
+  float *bias = malloc((t->m + t->n) * sizeof *bias), *res = malloc((t->m * t->n + 1) * sizeof *res);
+  fill(a, ar * lda);
+  fill(b, br * ldb);
+  fill(c0, t->m * ldc);
+  fill(bias, t->m + t->n);
+  fill(res, t->m * t->n);
+  memcpy(c, c0, t->m * ldc * sizeof *c);
+  kiln__sgemm_args g = {.m = t->m, .n = t->n, .k = t->k, .a = a, .lda = lda, .trans_a = t->ta,
+                        .b = b, .ldb = ldb, .trans_b = t->tb, .c = c, .ldc = ldc,
+                        .alpha = t->alpha, .accumulate = t->accumulate};
+  if (t->ep == 1 || t->ep == 4) g.ep.bias = bias;
+  if (t->ep == 2) g.ep.bias = bias, g.ep.bias_per_row = true;
+  if (t->ep == 3) g.ep.residual = res, g.ep.ldr = t->n;
+  if (t->ep == 4) g.ep.act = KILN__ACT_RELU;
+  if (t->ep == 5) g.ep.act = KILN__ACT_CLIP, g.ep.lo = -0.5f, g.ep.hi = 0.25f;
+  kiln__sgemm_packed pa = {0}, pb = {0};
+  kiln_error err = {0};
+  if (t->pack_a && t->m && t->k) {
+    assert_int_equal(kiln__sgemm_pack_a(isa, t->ta, t->m, t->k, a, lda, &pa, &err), KILN_OK);
+    g.pa = &pa;
+  }
+  if (t->pack_b && t->n && t->k) {
+    assert_int_equal(kiln__sgemm_pack_b(isa, t->tb, t->k, t->n, b, ldb, &pb, &err), KILN_OK);
+    g.pb = &pb;
+  }
+  kiln__sgemm_run(pool, isa, &g);
+  for (size_t i = 0; i < t->m; i++) {
+    for (size_t j = 0; j < t->n; j++) {
+      double acc = 0, mag = 0;
+      for (size_t p = 0; p < t->k; p++) {
+        double av = t->ta ? a[p * lda + i] : a[i * lda + p];
+        double bv = t->tb ? b[j * ldb + p] : b[p * ldb + j];
+        acc += av * bv;
+        mag += fabs(av * bv);
+      }
+      double v = t->alpha * acc;
+      mag *= fabs(t->alpha);
+      if (t->accumulate) v += c0[i * ldc + j], mag += fabs(c0[i * ldc + j]);
+      if (t->ep == 1 || t->ep == 4) v += bias[j], mag += fabs(bias[j]);
+      if (t->ep == 2) v += bias[i], mag += fabs(bias[i]);
+      if (t->ep == 3) v += res[i * t->n + j], mag += fabs(res[i * t->n + j]);
+      if (t->ep == 4) v = v > 0 ? v : 0;
+      if (t->ep == 5) v = v < -0.5 ? -0.5 : (v > 0.25 ? 0.25 : v);
+      double got = c[i * ldc + j];
+      if (!(fabs(got - v) <= 1e-5 * mag + 1e-6)) {
+        fail_msg("%s m=%zu n=%zu k=%zu ta=%d tb=%d pa=%d pb=%d acc=%d ep=%d: C[%zu][%zu] = %.7g, "
+                 "expected %.7g",
+                 kiln__isa_name(isa), t->m, t->n, t->k, t->ta, t->tb, t->pack_a, t->pack_b,
+                 t->accumulate, t->ep, i, j, got, v);
+      }
+    }
+    /* The padding between rows is never written. */
+    for (size_t j = t->n; j < ldc; j++) assert_true(c[i * ldc + j] == c0[i * ldc + j]);
+  }
+  kiln__sgemm_packed_free(&pa);
+  kiln__sgemm_packed_free(&pb);
+  free(a), free(b), free(c), free(c0), free(bias), free(res);
+}
+
+static void sgemm_matches_double_reference(void **st) {
+  (void)st;
+  kiln__pool *pool = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
+  static const size_t edge[][3] = {
+      {1, 1, 1},    {1, 1000, 64}, {6, 16, 1},   {7, 17, 3},     {5, 15, 256},  {12, 32, 257},
+      {72, 128, 256}, {73, 129, 513}, {8, 32, 0}, {3, 5, 0},     {128, 256, 256}, {150, 3, 40},
+      {2, 300, 700}, {64, 64, 64},  {13, 31, 129}, {200, 140, 30}};
+  for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
+    if (!kiln__isa_supported((kiln__isa)isa)) continue;
+    for (size_t e = 0; e < KILN__ARRAY_LEN(edge); e++)
+      for (int v = 0; v < 6; v++) {
+        gemm_case t = {edge[e][0], edge[e][1], edge[e][2], .alpha = 1.0f, .ep = v};
+        t.pack_a = v == 2, t.pack_b = v == 1 || v == 4;
+        check_case((kiln__isa)isa, v & 1 ? pool : NULL, &t);
+      }
+    for (int r = 0; r < 250; r++) {
+      gemm_case t = {rnd_in(1, 90), rnd_in(1, 150), rnd_in(0, 300)};
+      if (r % 10 == 0) t.k = rnd_in(257, 600);
+      t.ta = rnd() & 1, t.tb = rnd() & 1, t.pack_a = rnd() & 1, t.pack_b = rnd() & 1;
+      if (t.pack_a && t.pack_b) t.pack_a = false; /* only one operand is ever a weight */
+      t.accumulate = rnd() % 4 == 0;
+      t.pad_a = rnd() % 3 ? 0 : rnd_in(1, 9);
+      t.pad_b = rnd() % 3 ? 0 : rnd_in(1, 9);
+      t.pad_c = rnd() % 3 ? 0 : rnd_in(1, 9);
+      t.alpha = rnd() % 4 ? 1.0f : rnd_f() * 2.0f;
+      t.ep = (int)(rnd() % 6);
+      check_case((kiln__isa)isa, r & 1 ? pool : NULL, &t);
+    }
+  }
+  kiln__pool_free(pool);
+}
+
+static void isa_override_is_checked(void **st) {
+  (void)st;
+  kiln__isa isa;
+  kiln_error err = {0};
+  setenv("KILN_ISA", "sse9", 1);
+  assert_int_equal(kiln__isa_select(&isa, &err), KILN_INVALID_ARGUMENT);
+  for (int i = 0; i < KILN__ISA_COUNT; i++) {
+    force_isa((kiln__isa)i);
+    kiln_status s = kiln__isa_select(&isa, &err);
+    if (kiln__isa_supported((kiln__isa)i)) {
+      assert_int_equal(s, KILN_OK);
+      assert_int_equal(isa, i);
+    } else {
+      assert_int_equal(s, KILN_UNSUPPORTED);
+    }
+  }
+  unsetenv("KILN_ISA");
+  assert_int_equal(kiln__isa_select(&isa, &err), KILN_OK);
+  assert_true(kiln__isa_supported(isa));
+}
+
+/* ---- kernel rows against the reference kernels on one-node graphs --------------------------- */
+
+typedef struct onenode {
+  kiln__graph *g;
+  kiln__node *n;
+  kiln_tensor in[3];
+  int n_in;
+} onenode;
+
+static void add_attr_ints(kiln__node *n, const char *name, const int64_t *v, size_t cnt) {
+  kiln__attr *a = &n->attrs[n->n_attrs++];
+  a->name = kiln__strdup(name);
+  a->type = KILN__ATTR_INTS;
+  a->n = cnt;
+  a->ints = kiln__malloc(cnt * sizeof *a->ints);
+  memcpy(a->ints, v, cnt * sizeof *a->ints);
+}
+static void add_attr_int(kiln__node *n, const char *name, int64_t v) {
+  kiln__attr *a = &n->attrs[n->n_attrs++];
+  a->name = kiln__strdup(name);
+  a->type = KILN__ATTR_INT;
+  a->i = v;
+}
+static void add_attr_float(kiln__node *n, const char *name, float v) {
+  kiln__attr *a = &n->attrs[n->n_attrs++];
+  a->name = kiln__strdup(name);
+  a->type = KILN__ATTR_FLOAT;
+  a->f = v;
+}
+static void add_attr_str(kiln__node *n, const char *name, const char *v) {
+  kiln__attr *a = &n->attrs[n->n_attrs++];
+  a->name = kiln__strdup(name);
+  a->type = KILN__ATTR_STRING;
+  a->s = kiln__strdup(v);
+  a->s_len = strlen(v);
+}
+
+/* A graph with one node `op` whose inputs have the given shapes; inputs flagged in `init` are
+   initializers. Data is random. */
+static void onenode_make(onenode *o, const char *op, int n_in, const int *ranks,
+                         const int64_t dims[][KILN_MAX_RANK], unsigned init) {
+  memset(o, 0, sizeof *o);
+  o->g = kiln__graph_new();
+  o->n_in = n_in;
+  static const char *names[] = {"in0", "in1", "in2"};
+  int idx[3];
+  for (int i = 0; i < n_in; i++) idx[i] = kiln__graph_value(o->g, names[i]);
+  int out = kiln__graph_value(o->g, "out");
+  kiln_error err = {0};
+  for (int i = 0; i < n_in; i++) {
+    assert_int_equal(kiln_tensor_alloc(&o->in[i], KILN_DTYPE_FLOAT, ranks[i], dims[i], &err),
+                     KILN_OK);
+    fill(o->in[i].data, kiln_tensor_count(&o->in[i]));
+    kiln__value *v = &o->g->values[idx[i]];
+    v->dtype = KILN_DTYPE_FLOAT;
+    if (init & (1u << i)) {
+      v->is_initializer = true;
+      assert_int_equal(kiln_tensor_alloc(&v->init, KILN_DTYPE_FLOAT, ranks[i], dims[i], &err),
+                       KILN_OK);
+      memcpy(v->init.data, o->in[i].data, kiln_tensor_nbytes(&o->in[i]));
+    }
+  }
+  o->n = kiln__graph_add_node(o->g);
+  o->n->op_type = kiln__strdup(op);
+  o->n->domain = kiln__strdup("");
+  o->n->name = kiln__strdup("node");
+  o->n->opset = 17;
+  o->n->n_in = n_in;
+  o->n->in = kiln__malloc((size_t)n_in * sizeof(int));
+  memcpy(o->n->in, idx, (size_t)n_in * sizeof(int));
+  o->n->n_out = 1;
+  o->n->out = kiln__malloc(sizeof(int));
+  o->n->out[0] = out;
+  o->n->attrs = kiln__calloc(8, sizeof(kiln__attr));
+  o->n->op = kiln__op_find("", op);
+  assert_non_null(o->n->op);
+}
+
+static void onenode_free(onenode *o) {
+  for (int i = 0; i < o->n_in; i++) kiln_tensor_release(&o->in[i]);
+  kiln__graph_free(o->g);
+}
+
+/* Runs the node on "cpu" (which must accept it) and on the reference kernel; compares. */
+static void onenode_check(onenode *o, kiln__pool *pool) {
+  const kiln__backend *cpu = &kiln__backend_cpu;
+  assert_true(cpu->supports(o->n, o->g));
+  void *state = NULL;
+  kiln_error err = {0};
+  assert_int_equal(cpu->prepare(o->n, o->g, &state, &err), KILN_OK);
+  const kiln_tensor *ins[3] = {&o->in[0], &o->in[1], &o->in[2]};
+  kiln_tensor y_cpu = {0}, y_ref = {0};
+  kiln_tensor *outs[1] = {&y_cpu};
+  kiln__kctx c = {.node = o->n, .n_in = o->n_in, .n_out = 1, .in = ins, .out = outs,
+                  .pool = pool, .err = &err};
+  assert_int_equal(o->n->op->infer(&c), KILN_OK);
+  y_ref = y_cpu;
+  size_t count = kiln_tensor_count(&y_cpu);
+  y_cpu.data = malloc(count * sizeof(float) + 1);
+  y_ref.data = malloc(count * sizeof(float) + 1);
+  for (size_t i = 0; i < count; i++) ((float *)y_cpu.data)[i] = NAN; /* all must be written */
+  c.scratch_bytes = cpu->scratch(&c, state);
+  c.scratch = c.scratch_bytes ? malloc(c.scratch_bytes) : NULL;
+  assert_int_equal(cpu->execute(&c, state), KILN_OK);
+  free(c.scratch);
+  outs[0] = &y_ref;
+  c.pool = NULL;
+  c.scratch_bytes = o->n->op->scratch ? o->n->op->scratch(&c) : 0;
+  c.scratch = c.scratch_bytes ? malloc(c.scratch_bytes) : NULL;
+  assert_int_equal(o->n->op->run(&c), KILN_OK);
+  free(c.scratch);
+  const float *a = y_cpu.data, *b = y_ref.data;
+  for (size_t i = 0; i < count; i++)
+    if (!(fabsf(a[i] - b[i]) <= 1e-4f * (1.0f + fabsf(b[i]))))
+      fail_msg("%s: element %zu is %.7g, reference %.7g", o->n->op_type, i, a[i], b[i]);
+  free(y_cpu.data);
+  free(y_ref.data);
+  cpu->release(state);
+}
+
+static void for_each_isa(void (*fn)(kiln__isa, kiln__pool *)) {
+  kiln__pool *pool = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
+  for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
+    if (!kiln__isa_supported((kiln__isa)isa)) continue;
+    force_isa((kiln__isa)isa);
+    fn((kiln__isa)isa, NULL);
+    fn((kiln__isa)isa, pool);
+  }
+  unsetenv("KILN_ISA");
+  kiln__pool_free(pool);
+}
+
+static void matmul_cases(kiln__isa isa, kiln__pool *pool) {
+  (void)isa;
+  static const struct {
+    int ra, rb;
+    int64_t a[4], b[4];
+    unsigned init;
+  } cases[] = {
+      {2, 2, {7, 13}, {13, 19}, 0},         {2, 2, {7, 13}, {13, 19}, 2},
+      {3, 2, {2, 33, 64}, {64, 70}, 2},     {3, 3, {4, 9, 16}, {4, 16, 9}, 0},
+      {4, 4, {2, 3, 5, 8}, {1, 3, 8, 6}, 0}, {3, 2, {3, 1, 300}, {300, 17}, 0},
+      {1, 2, {40}, {40, 30}, 2},            {2, 1, {30, 40}, {40}, 0},
+      {4, 3, {2, 2, 70, 80}, {2, 80, 90}, 0}, {2, 2, {130, 257}, {257, 129}, 2},
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    int ranks[2] = {cases[i].ra, cases[i].rb};
+    int64_t dims[2][KILN_MAX_RANK] = {{0}};
+    memcpy(dims[0], cases[i].a, sizeof cases[i].a);
+    memcpy(dims[1], cases[i].b, sizeof cases[i].b);
+    onenode o;
+    onenode_make(&o, "MatMul", 2, ranks, dims, cases[i].init);
+    onenode_check(&o, pool);
+    onenode_free(&o);
+  }
+}
+
+static void matmul_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(matmul_cases);
+}
+
+static void gemm_cases(kiln__isa isa, kiln__pool *pool) {
+  (void)isa;
+  /* m, n, k, transA, transB, C rank and dims, alpha, beta, B constant */
+  static const struct {
+    int64_t m, n, k;
+    int ta, tb, rc;
+    int64_t c0, c1;
+    float alpha, beta;
+    unsigned init;
+  } cases[] = {
+      {5, 7, 9, 0, 0, 0, 0, 0, 1.0f, 1.0f, 0},   {1, 100, 64, 0, 1, 1, 100, 0, 1.0f, 1.0f, 2 | 4},
+      {33, 20, 17, 1, 0, 2, 33, 1, 1.0f, 1.0f, 2}, {33, 20, 17, 1, 1, 2, 33, 20, 0.5f, 1.0f, 2},
+      {8, 40, 300, 0, 1, 2, 1, 40, 2.0f, 0.25f, 2}, {12, 6, 3, 0, 0, 1, 1, 0, 1.0f, 3.0f, 0},
+      {70, 130, 90, 1, 1, 2, 70, 130, 1.0f, -1.0f, 0}, {3, 4, 5, 0, 0, 0, 0, 0, 0.7f, 0.0f, 2},
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    int n_in = cases[i].rc ? 3 : 2;
+    int ranks[3] = {2, 2, cases[i].rc};
+    int64_t dims[3][KILN_MAX_RANK] = {{0}};
+    dims[0][0] = cases[i].ta ? cases[i].k : cases[i].m;
+    dims[0][1] = cases[i].ta ? cases[i].m : cases[i].k;
+    dims[1][0] = cases[i].tb ? cases[i].n : cases[i].k;
+    dims[1][1] = cases[i].tb ? cases[i].k : cases[i].n;
+    dims[2][0] = cases[i].c0;
+    dims[2][1] = cases[i].c1;
+    onenode o;
+    onenode_make(&o, "Gemm", n_in, ranks, dims, cases[i].init);
+    add_attr_int(o.n, "transA", cases[i].ta);
+    add_attr_int(o.n, "transB", cases[i].tb);
+    add_attr_float(o.n, "alpha", cases[i].alpha);
+    add_attr_float(o.n, "beta", cases[i].beta);
+    onenode_check(&o, pool);
+    onenode_free(&o);
+  }
+}
+
+static void gemm_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(gemm_cases);
+}
+
+static void conv_cases(kiln__isa isa, kiln__pool *pool) {
+  (void)isa;
+  /* N, C, H, W, M, kh, kw, group, stride, dilation, pad, auto_pad, bias */
+  static const struct {
+    int64_t n, c, h, w, m, kh, kw, group, stride, dil, pad;
+    const char *auto_pad;
+    int bias;
+  } cases[] = {
+      {1, 16, 9, 11, 24, 1, 1, 1, 1, 1, 0, NULL, 1},  /* pointwise */
+      {2, 8, 7, 7, 12, 1, 1, 2, 1, 1, 0, NULL, 1},    /* pointwise, grouped */
+      {1, 3, 17, 19, 8, 3, 3, 1, 1, 1, 1, NULL, 1},
+      {1, 3, 20, 20, 10, 7, 7, 1, 2, 1, 3, NULL, 1},  /* a ResNet stem */
+      {2, 6, 9, 10, 9, 3, 3, 3, 1, 1, 1, NULL, 0},    /* grouped */
+      {1, 4, 12, 12, 5, 3, 3, 1, 2, 2, 2, NULL, 1},   /* dilated, strided */
+      {1, 5, 8, 9, 7, 3, 2, 1, 1, 1, 0, "SAME_UPPER", 1},
+      {1, 5, 8, 9, 7, 2, 3, 1, 2, 1, 0, "SAME_LOWER", 0},
+      {1, 5, 8, 9, 7, 3, 3, 1, 1, 1, 0, "VALID", 1},
+      {1, 1, 8, 8, 16, 3, 3, 1, 1, 1, 1, NULL, 1},    /* one input channel (digits) */
+      {1, 64, 14, 14, 70, 1, 1, 1, 2, 1, 0, NULL, 1}, /* strided 1x1 (downsample) */
+      {1, 40, 60, 60, 20, 3, 3, 1, 1, 1, 1, NULL, 1}, /* two im2col column chunks */
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    int n_in = cases[i].bias ? 3 : 2;
+    int ranks[3] = {4, 4, 1};
+    int64_t dims[3][KILN_MAX_RANK] = {
+        {cases[i].n, cases[i].c, cases[i].h, cases[i].w},
+        {cases[i].m, cases[i].c / cases[i].group, cases[i].kh, cases[i].kw},
+        {cases[i].m}};
+    onenode o;
+    onenode_make(&o, "Conv", n_in, ranks, dims, 2);
+    int64_t s[2] = {cases[i].stride, cases[i].stride}, d[2] = {cases[i].dil, cases[i].dil};
+    int64_t p[4] = {cases[i].pad, cases[i].pad, cases[i].pad, cases[i].pad};
+    add_attr_ints(o.n, "strides", s, 2);
+    add_attr_ints(o.n, "dilations", d, 2);
+    add_attr_int(o.n, "group", cases[i].group);
+    if (cases[i].auto_pad) add_attr_str(o.n, "auto_pad", cases[i].auto_pad);
+    else add_attr_ints(o.n, "pads", p, 4);
+    onenode_check(&o, pool);
+    onenode_free(&o);
+  }
+}
+
+static void conv_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(conv_cases);
+}
+
+static void depthwise_conv_is_left_to_ref(void **st) {
+  (void)st;
+  int ranks[2] = {4, 4};
+  int64_t dims[2][KILN_MAX_RANK] = {{1, 8, 6, 6}, {8, 1, 3, 3}};
+  onenode o;
+  onenode_make(&o, "Conv", 2, ranks, dims, 2);
+  add_attr_int(o.n, "group", 8);
+  assert_false(kiln__backend_cpu.supports(o.n, o.g));
+  onenode_free(&o);
+  /* Weights that are not constants cannot be packed at load. */
+  int64_t dims2[2][KILN_MAX_RANK] = {{1, 8, 6, 6}, {4, 8, 3, 3}};
+  onenode_make(&o, "Conv", 2, ranks, dims2, 0);
+  assert_false(kiln__backend_cpu.supports(o.n, o.g));
+  onenode_free(&o);
+}
+
+/* ---- whole models ---------------------------------------------------------------------------- */
+
+static kiln_model *load_with(const char *path, const char *backend, int threads) {
+  const char *const backends[] = {backend, NULL};
+  kiln_model_opts o = kiln_model_opts_default();
+  o.backends = backends;
+  o.intra_threads = threads;
+  kiln_model *m = NULL;
+  kiln_error err = {0};
+  kiln_status s = kiln_model_load(path, &o, &m, &err);
+  if (s != KILN_OK) fprintf(stderr, "%s\n", err.message);
+  assert_int_equal(s, KILN_OK);
+  return m;
+}
+
+/* Runs the model on "cpu" and "ref" with the same random inputs (symbolic dims = 3) and
+   compares every output within 1e-4 relative. */
+static void model_matches_ref(const char *path, int threads) {
+  kiln_model *mc = load_with(path, "cpu", threads), *mr = load_with(path, "ref", 1);
+  size_t cpu_nodes = 0;
+  kiln_model_stats stc;
+  kiln_model_stats_get(mc, &stc);
+  for (size_t i = 0; i < stc.backend_count; i++) {
+    const char *name;
+    size_t nodes;
+    kiln_model_backend_nodes(mc, i, &name, &nodes);
+    if (!strcmp(name, "cpu")) cpu_nodes = nodes;
+  }
+  assert_true(cpu_nodes > 0);
+  size_t ni = kiln_model_input_count(mc);
+  assert_true(ni <= 4);
+  kiln_tensor in[4];
+  const char *names[4];
+  for (size_t i = 0; i < ni; i++) {
+    kiln_io_info info;
+    assert_int_equal(kiln_model_input_info(mc, i, &info), KILN_OK);
+    assert_int_equal(info.dtype, KILN_DTYPE_FLOAT);
+    int64_t dims[KILN_MAX_RANK];
+    for (int d = 0; d < info.rank; d++) dims[d] = info.dims[d] < 0 ? 3 : info.dims[d];
+    kiln_error err = {0};
+    assert_int_equal(kiln_tensor_alloc(&in[i], KILN_DTYPE_FLOAT, info.rank, dims, &err), KILN_OK);
+    fill(in[i].data, kiln_tensor_count(&in[i]));
+    names[i] = info.name;
+  }
+  kiln_session *sc, *sr;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(mc, &sc, &err), KILN_OK);
+  assert_int_equal(kiln_session_create(mr, &sr, &err), KILN_OK);
+  assert_int_equal(kiln_session_run(sc, names, in, ni, &err), KILN_OK);
+  assert_int_equal(kiln_session_run(sr, names, in, ni, &err), KILN_OK);
+  for (size_t o = 0; o < kiln_model_output_count(mc); o++) {
+    kiln_tensor yc, yr;
+    assert_int_equal(kiln_session_output(sc, o, &yc), KILN_OK);
+    assert_int_equal(kiln_session_output(sr, o, &yr), KILN_OK);
+    assert_int_equal(kiln_tensor_count(&yc), kiln_tensor_count(&yr));
+    const float *a = yc.data, *b = yr.data;
+    double maxabs = 0;
+    for (size_t i = 0; i < kiln_tensor_count(&yr); i++) maxabs = fmax(maxabs, fabs(b[i]));
+    for (size_t i = 0; i < kiln_tensor_count(&yr); i++)
+      if (!(fabs(a[i] - b[i]) <= 1e-4 * maxabs + 1e-6))
+        fail_msg("%s output %zu[%zu]: cpu %.7g, ref %.7g", path, o, i, a[i], b[i]);
+  }
+  for (size_t i = 0; i < ni; i++) kiln_tensor_release(&in[i]);
+  kiln_session_free(sc);
+  kiln_session_free(sr);
+  kiln_model_free(mc);
+  kiln_model_free(mr);
+}
+
+static void models_match_ref(void **st) {
+  (void)st;
+  char p1[1024], p2[1024];
+  snprintf(p1, sizeof p1, "%s/digits/digits_cnn.onnx", models_dir);
+  snprintf(p2, sizeof p2, "%s/models/transformer_block.onnx", tests_dir);
+  for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
+    if (!kiln__isa_supported((kiln__isa)isa)) continue;
+    force_isa((kiln__isa)isa);
+    model_matches_ref(p1, 1);
+    model_matches_ref(p1, 2);
+    model_matches_ref(p2, 1);
+    model_matches_ref(p2, 2);
+  }
+  unsetenv("KILN_ISA");
+}
+
+int main(int argc, char **argv) {
+  if (argc != 3) {
+    fprintf(stderr, "usage: test_cpu_gemm MODELS_DIR TESTS_DIR\n");
+    return 2;
+  }
+  models_dir = argv[1];
+  tests_dir = argv[2];
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(isa_override_is_checked),
+      cmocka_unit_test(sgemm_matches_double_reference),
+      cmocka_unit_test(matmul_matches_reference),
+      cmocka_unit_test(gemm_matches_reference),
+      cmocka_unit_test(conv_matches_reference),
+      cmocka_unit_test(depthwise_conv_is_left_to_ref),
+      cmocka_unit_test(models_match_ref),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
