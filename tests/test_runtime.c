@@ -561,10 +561,8 @@ static void deadline_stops_running_request(void **state) {
   kiln_runtime_free(rt);
 }
 
-/* Requests of 4-6 rows queued behind a held worker run as one batch; each gets exactly the rows
-   a direct unbatched run gives (reference backend, bit for bit). Requests have at least 4 rows
-   because the reference GEMM sums in another order below 4 rows (MR), so a 1-row run and the
-   same row inside a batch differ in the last bits; see the 1-row case below. */
+/* Requests of 1-9 rows queued behind a held worker run as one batch; each gets exactly the rows
+   a direct unbatched run gives (reference backend, bit for bit). */
 static void batching_matches_unbatched(void **state) {
   (void)state;
   kiln_runtime *rt = make_rt(1, NULL);
@@ -581,7 +579,7 @@ static void batching_matches_unbatched(void **state) {
   blocker.user = &g;
   assert_int_equal(kiln_runtime_submit(plain, &blocker, NULL, NULL), KILN_OK);
   gate_wait_entered(&g);
-  const int64_t start[] = {10, 20, 31, 40, 52, 60}, n[] = {4, 5, 4, 6, 4, 4};
+  const int64_t start[] = {10, 20, 31, 40, 52, 60}, n[] = {1, 5, 2, 6, 4, 9};
   const kiln_priority pr[] = {KILN_PRIORITY_LOW, KILN_PRIORITY_NORMAL, KILN_PRIORITY_HIGH,
                               KILN_PRIORITY_NORMAL, KILN_PRIORITY_CRITICAL, KILN_PRIORITY_LOW};
   enum { R = 6 };
@@ -602,11 +600,11 @@ static void batching_matches_unbatched(void **state) {
   }
   kiln_runtime_stats st = stats_of(m);
   /* 27 rows, max 24: the first batch takes the highest priorities that fit (CRITICAL, HIGH, the
-     two NORMAL, the first LOW: 23 rows); the last LOW request waits for the next run. */
+     two NORMAL, the first LOW: 18 rows); the last LOW request (9 rows) waits for the next run. */
   assert_int_equal(st.runs, 2);
   assert_int_equal(st.batched_runs, 1);
   assert_int_equal(st.batch_requests, 5);
-  assert_int_equal(st.batch_rows_max, 23);
+  assert_int_equal(st.batch_rows_max, 18);
   /* A lone request runs once its delay is over. */
   kiln_tensor one = rows(99, 1);
   float *w1 = direct_logits(&one);

@@ -7,7 +7,8 @@
  * SIMD code. Packing buffers are on the stack (192 KiB), so nothing is allocated.
  *
  * Very short A (m < MR) skips packing: every output row is an axpy (or dot-product) sweep over B,
- * which is bound by reading B anyway, and is split over the pool by column ranges. */
+ * which is bound by reading B anyway, and is split over the pool by column ranges. Both paths sum
+ * in the same order, so a row's result does not depend on m. */
 #include "kernels/ref/gemm.h"
 
 #include "ir/op.h"
@@ -95,20 +96,22 @@ static void micro_tile(size_t kc, const float *restrict ap, const float *restric
   memcpy(acc[3], c3, sizeof c3);
 }
 
-/* Writes an mr x nr corner of acc into C. The first k block applies beta; later ones add. */
+/* Writes nr accumulated values into a row of C. The first k block applies beta; later ones add. */
+static void store_row(const sgemm_args *g, float *restrict row, size_t nr, const float *acc,
+                      bool first) {
+  float alpha = g->alpha, beta = g->beta;
+  if (!first || beta == 1.0f) {
+    for (size_t j = 0; j < nr; j++) row[j] += alpha * acc[j];
+  } else if (beta == 0.0f) {
+    for (size_t j = 0; j < nr; j++) row[j] = alpha * acc[j];
+  } else {
+    for (size_t j = 0; j < nr; j++) row[j] = beta * row[j] + alpha * acc[j];
+  }
+}
+
 static void store_tile(const sgemm_args *g, float *restrict c, size_t mr, size_t nr,
                        float acc[MR][NR], bool first) {
-  float alpha = g->alpha, beta = g->beta;
-  for (size_t r = 0; r < mr; r++) {
-    float *row = c + r * g->ldc;
-    if (!first || beta == 1.0f) {
-      for (size_t j = 0; j < nr; j++) row[j] += alpha * acc[r][j];
-    } else if (beta == 0.0f) {
-      for (size_t j = 0; j < nr; j++) row[j] = alpha * acc[r][j];
-    } else {
-      for (size_t j = 0; j < nr; j++) row[j] = beta * row[j] + alpha * acc[r][j];
-    }
-  }
+  for (size_t r = 0; r < mr; r++) store_row(g, c + r * g->ldc, nr, acc[r], first);
 }
 
 static void tile_range(void *arg, size_t begin, size_t end) {
@@ -135,34 +138,34 @@ static void tile_range(void *arg, size_t begin, size_t end) {
   }
 }
 
-/* Short-A path over output columns [begin, end) in units of NC. */
+/* Short-A path over output column blocks [begin, end) of NC columns. Each element is summed in
+   the same order as the packed path (per k block, from zero, p ascending) so that a row's result
+   does not depend on how many rows it was computed with: batching stays bit-exact. */
 static void rows_range(void *arg, size_t begin, size_t end) {
   const sgemm_args *g = arg;
-  size_t j0 = begin * NC, j1 = KILN__MIN(end * NC, g->n);
-  for (size_t i = 0; i < g->m; i++) {
-    float *restrict crow = g->c + i * g->ldc;
-    if (g->beta == 0.0f) {
-      for (size_t j = j0; j < j1; j++) crow[j] = 0.0f;
-    } else if (g->beta != 1.0f) {
-      for (size_t j = j0; j < j1; j++) crow[j] *= g->beta;
-    }
-    if (!g->trans_b) {
-      for (size_t p = 0; p < g->k; p++) {
-        float av = g->alpha * (g->trans_a ? g->a[p * g->lda + i] : g->a[i * g->lda + p]);
-        const float *restrict brow = g->b + p * g->ldb;
-        for (size_t j = j0; j < j1; j++) crow[j] += av * brow[j];
-      }
-    } else {
-      for (size_t j = j0; j < j1; j++) {
-        const float *restrict brow = g->b + j * g->ldb;
-        float s = 0.0f;
-        if (!g->trans_a) {
-          const float *restrict arow = g->a + i * g->lda;
-          for (size_t p = 0; p < g->k; p++) s += arow[p] * brow[p];
+  float acc[NC];
+  for (size_t t = begin; t < end; t++) {
+    size_t j0 = t * NC, nc = KILN__MIN((size_t)NC, g->n - j0);
+    for (size_t i = 0; i < g->m; i++) {
+      for (size_t p0 = 0; p0 < g->k; p0 += KC) {
+        size_t p1 = KILN__MIN(g->k, p0 + KC);
+        if (!g->trans_b) {
+          for (size_t j = 0; j < nc; j++) acc[j] = 0.0f;
+          for (size_t p = p0; p < p1; p++) {
+            float av = g->trans_a ? g->a[p * g->lda + i] : g->a[i * g->lda + p];
+            const float *restrict brow = g->b + p * g->ldb + j0;
+            for (size_t j = 0; j < nc; j++) acc[j] += av * brow[j];
+          }
         } else {
-          for (size_t p = 0; p < g->k; p++) s += g->a[p * g->lda + i] * brow[p];
+          for (size_t j = 0; j < nc; j++) {
+            const float *restrict bcol = g->b + (j0 + j) * g->ldb;
+            float sum = 0.0f;
+            for (size_t p = p0; p < p1; p++)
+              sum += (g->trans_a ? g->a[p * g->lda + i] : g->a[i * g->lda + p]) * bcol[p];
+            acc[j] = sum;
+          }
         }
-        crow[j] += g->alpha * s;
+        store_row(g, g->c + i * g->ldc + j0, nc, acc, p0 == 0);
       }
     }
   }
