@@ -1,0 +1,133 @@
+/* GEMM efficiency: GFLOP/s of Kiln's SGEMM at 256^3, 1024^3 and the shapes of BERT's projections
+ * (bert_tiny: hidden 256, FFN 1024; MiniLM: hidden 384, FFN 1536; sequence 128), against the
+ * machine's measured FP32 peak (an FMA loop with enough independent accumulators to cover the
+ * latency). Not a test: bench/run.sh builds and runs it.
+ *
+ * The GEMM under test is GEMM_FN, kiln__sgemm (the reference, src/kernels/ref/gemm.h) unless the
+ * build defines another function with the same signature (see bench/README.md).
+ * usage: bench_gemm [THREADS] [SECONDS_PER_SHAPE] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "core/threadpool.h"
+#include "kernels/ref/gemm.h"
+
+#ifndef GEMM_FN
+#define GEMM_FN kiln__sgemm
+#endif
+#define STR2(x) #x
+#define STR(x) STR2(x)
+#define GEMM_NAME_STR STR(GEMM_FN)
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* 12 independent 8-wide FMA chains: 2 FMA ports x 4-5 cycles latency needs >= 10. */
+/* Named accumulators so they stay in registers. */
+__attribute__((target("avx2,fma"))) static float fma_loop(long iters, float seed) {
+  __m256 m = _mm256_set1_ps(0.999999f), a = _mm256_set1_ps(1e-7f);
+  __m256 c0 = _mm256_set1_ps(seed), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0,
+         c8 = c0, c9 = c0, c10 = c0, c11 = c0;
+  for (long it = 0; it < iters; it++) {
+    c0 = _mm256_fmadd_ps(c0, m, a), c1 = _mm256_fmadd_ps(c1, m, a);
+    c2 = _mm256_fmadd_ps(c2, m, a), c3 = _mm256_fmadd_ps(c3, m, a);
+    c4 = _mm256_fmadd_ps(c4, m, a), c5 = _mm256_fmadd_ps(c5, m, a);
+    c6 = _mm256_fmadd_ps(c6, m, a), c7 = _mm256_fmadd_ps(c7, m, a);
+    c8 = _mm256_fmadd_ps(c8, m, a), c9 = _mm256_fmadd_ps(c9, m, a);
+    c10 = _mm256_fmadd_ps(c10, m, a), c11 = _mm256_fmadd_ps(c11, m, a);
+  }
+  __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)),
+                           _mm256_add_ps(_mm256_add_ps(c4, c5), _mm256_add_ps(c6, c7)));
+  s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(c8, c9), _mm256_add_ps(c10, c11)));
+  float out[8];
+  _mm256_storeu_ps(out, s);
+  return out[0];
+}
+#define PEAK_FLOPS_PER_ITER (12.0 * 8 * 2)
+#endif
+
+typedef struct peak_arg {
+  long iters;
+  volatile float sink;
+} peak_arg;
+
+static void peak_range(void *arg, size_t b, size_t e) {
+  peak_arg *p = arg;
+  for (size_t i = b; i < e; i++) {
+#ifdef PEAK_FLOPS_PER_ITER
+    p->sink = fma_loop(p->iters, (float)i);
+#endif
+  }
+}
+
+/* Peak GFLOP/s with `threads` threads: each runs one FMA loop. */
+static double measure_peak(kiln__pool *pool, int threads) {
+#ifdef PEAK_FLOPS_PER_ITER
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0;
+  peak_arg p = {.iters = 20000000};
+  double best = 0;
+  for (int rep = 0; rep < 3; rep++) {
+    double t0 = now();
+    kiln__parallel_for(pool, (size_t)threads, peak_range, &p);
+    double g = PEAK_FLOPS_PER_ITER * (double)p.iters * threads / (now() - t0) / 1e9;
+    if (g > best) best = g;
+  }
+  return best;
+#else
+  (void)pool, (void)threads;
+  return 0;
+#endif
+}
+
+int main(int argc, char **argv) {
+  int threads = argc > 1 ? atoi(argv[1]) : 1;
+  double secs = argc > 2 ? atof(argv[2]) : 0.5;
+  kiln__pool *pool = NULL;
+  kiln_error err;
+  if (kiln__pool_create(threads, &pool, &err) != KILN_OK) {
+    fprintf(stderr, "%s\n", err.message);
+    return 1;
+  }
+  double peak = measure_peak(pool, threads);
+  const struct { const char *name; size_t m, n, k; } shapes[] = {
+      {"256^3", 256, 256, 256},
+      {"1024^3", 1024, 1024, 1024},
+      {"bert_tiny qkv/out 128x256x256", 128, 256, 256},
+      {"bert_tiny ffn1 128x1024x256", 128, 1024, 256},
+      {"bert_tiny ffn2 128x256x1024", 128, 256, 1024},
+      {"minilm qkv/out 128x384x384", 128, 384, 384},
+      {"minilm ffn1 128x1536x384", 128, 1536, 384},
+      {"minilm ffn2 128x384x1536", 128, 384, 1536},
+  };
+  printf("gemm: %s, threads %d, measured peak %.1f GFLOP/s (AVX2 FMA loop)\n",
+         GEMM_NAME_STR, threads, peak);
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    size_t m = shapes[s].m, n = shapes[s].n, k = shapes[s].k;
+    float *a = malloc(m * k * sizeof *a), *b = malloc(k * n * sizeof *b), *c = malloc(m * n * sizeof *c);
+    for (size_t i = 0; i < m * k; i++) a[i] = (float)(i % 7) * 0.1f;
+    for (size_t i = 0; i < k * n; i++) b[i] = (float)(i % 5) * 0.1f;
+    GEMM_FN(pool, false, false, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n); /* warm-up */
+    double best = 1e30, t_end = now() + secs;
+    int runs = 0;
+    do {
+      double t0 = now();
+      GEMM_FN(pool, false, false, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
+      double t = now() - t0;
+      if (t < best) best = t;
+      runs++;
+    } while (now() < t_end || runs < 3);
+    double gf = 2.0 * (double)m * (double)n * (double)k / best / 1e9;
+    printf("gemm %-32s %8.1f GFLOP/s  %5.1f%% of peak  (best of %d)\n", shapes[s].name, gf,
+           peak > 0 ? 100.0 * gf / peak : 0.0, runs);
+    free(a), free(b), free(c);
+  }
+  kiln__pool_free(pool);
+  return 0;
+}

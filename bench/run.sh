@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Kiln against ONNX Runtime, side by side: for each benchmark model at 1 and 2 threads, runs
+# `kiln bench` and ORT's ortbench.js alternately (ROUNDS times each, interleaved, so machine noise
+# hits both), prints p50 and p99 of each and the ratio Kiln/ORT at p50, then the GEMM efficiency
+# lines (bench_gemm.c). Not part of ctest.
+#
+# usage: bench/run.sh [BUILD_DIR]      (default build; needs BUILD_DIR/kiln and libkiln.a)
+# env:   MODELS_DIR (~/.cache/kiln-models)  ORT_DIR (~/.cache/kiln-ort)  RUNS (30)  WARMUP (5)
+#        ROUNDS (1)  THREADS ("1 2")  MODELS (the list below)  GEMM_SECONDS (0.3)
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${1:-$root/build}
+models_dir=${MODELS_DIR:-$HOME/.cache/kiln-models}
+ort_dir=${ORT_DIR:-$HOME/.cache/kiln-ort}
+runs=${RUNS:-30}
+warmup=${WARMUP:-5}
+rounds=${ROUNDS:-1}
+threads_list=${THREADS:-1 2}
+models=${MODELS:-digits_cnn squeezenet1_1 mobilenet_v2 resnet18 resnet50 bert_tiny minilm_l12}
+
+kiln=$build/kiln
+[ -x "$kiln" ] || { echo "bench: $kiln not built (cmake --build $build)" >&2; exit 1; }
+if ! command -v node >/dev/null; then
+  echo "bench: skipped: node is not installed (ONNX Runtime runs under Node.js)"; exit 0
+fi
+if [ ! -f "$ort_dir/ortbench.js" ] || [ ! -d "$ort_dir/node_modules/onnxruntime-node" ]; then
+  echo "bench: skipped: ONNX Runtime is not installed in $ort_dir (run ../shared/tools/ort/setup.sh)"
+  exit 0
+fi
+
+# Transformer inputs: int64 ids in {0,1}, what `kiln bench` feeds integers by default.
+ort_inputs() {
+  case $1 in
+    bert_tiny|minilm_l12)
+      for n in input_ids attention_mask token_type_ids; do printf -- '--input %s=1,128:randint:0:2 ' $n; done ;;
+    digits_cnn) printf -- '--input input=1,1,8,8' ;; # batch N: kiln bench makes symbolic dims 1
+  esac
+}
+
+pct() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p"; }
+
+printf '%-14s %3s  %10s %10s  %10s %10s  %9s\n' model thr kiln_p50 kiln_p99 ort_p50 ort_p99 kiln/ort
+for m in $models; do
+  f=$models_dir/${m}_opset17.onnx
+  [ -f "$f" ] || f=$models_dir/${m}_opset13.onnx
+  if [ ! -f "$f" ]; then printf '%-14s missing (%s)\n' "$m" "$models_dir"; continue; fi
+  for t in $threads_list; do
+    kp50=() kp99=() op50=() op99=()
+    for ((r = 0; r < rounds; r++)); do
+      ko=$("$kiln" bench "$f" --threads "$t" --runs "$runs" --warmup "$warmup" 2>&1)
+      kp50+=("$(echo "$ko" | sed -n 's/.*p50 \([0-9.]*\).*/\1/p')")
+      kp99+=("$(echo "$ko" | sed -n 's/.*p99 \([0-9.]*\).*/\1/p')")
+      # shellcheck disable=SC2046
+      oo=$(node "$ort_dir/ortbench.js" "$f" --threads "$t" --opt all --warmup "$warmup" \
+             --runs "$runs" --min-time 0 --max-time 20 $(ort_inputs "$m") 2>&1)
+      op50+=("$(echo "$oo" | sed -n 's/.* p50=\([0-9.]*\).*/\1/p' | head -1)")
+      op99+=("$(echo "$oo" | sed -n 's/.* p99=\([0-9.]*\).*/\1/p' | head -1)")
+    done
+    # The median over rounds of each statistic.
+    med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "")}'; }
+    k50=$(med "${kp50[@]}") k99=$(med "${kp99[@]}") o50=$(med "${op50[@]}") o99=$(med "${op99[@]}")
+    if [ -z "$k50" ] || [ -z "$o50" ]; then
+      printf '%-14s %3s  failed: kiln [%s] ort [%s]\n' "$m" "$t" "$(echo "$ko" | tail -1)" "$(echo "$oo" | tail -1)"
+      continue
+    fi
+    printf '%-14s %3s  %10s %10s  %10s %10s  %9s\n' "$m" "$t" "$k50" "$k99" "$o50" "$o99" \
+      "$(awk -v a="$k50" -v b="$o50" 'BEGIN {printf "%.2f", a / b}')"
+  done
+done
+
+# GEMM efficiency: built here against the library (not part of the CMake build).
+gemm_bin=$build/bench_gemm
+if cc -std=c11 -D_POSIX_C_SOURCE=200809L -O2 ${GEMM_CFLAGS:-} -I"$root/include" -I"$root/src" \
+     "$root/bench/bench_gemm.c" "$build/libkiln.a" -lprotobuf-c -lm -lpthread -o "$gemm_bin"; then
+  for t in $threads_list; do "$gemm_bin" "$t" "${GEMM_SECONDS:-0.3}"; done
+else
+  echo "bench: bench_gemm did not build"
+fi

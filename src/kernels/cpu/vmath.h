@@ -1,0 +1,60 @@
+/* Vector math for float32 and the row kernels built on it, one table per ISA.
+ *
+ * A kernel picks a table at prepare time with kiln__vmath_select() (CPU features, or the KILN_ISA
+ * environment variable: "avx2" or "generic"; "avx512" means the best this file has, AVX2) and keeps
+ * the pointer in its node state. Tables are static and constant: no global mutable state.
+ *
+ * Contract of every function: flat arguments, no allocation, no threads, no errors. Unary and
+ * binary functions accept y == x (in place); otherwise arrays must not overlap. NaN inputs give
+ * NaN. The "generic" table runs the same algorithms in portable C, so both ISAs share the bounds.
+ *
+ * Measured error (tests/test_cpu_vec.c, 2^22 evenly spaced points over the range shown plus 2^22
+ * geometrically spaced ones in +-[1e-30, 1], against libm in double; both ISAs; the test asserts
+ * these bounds; measured maxima on 2026-11-27 in brackets):
+ *   exp      x in [-87.3, 88.7]: relative error <= 1.5e-7 [1.19e-7]; x < -87.34 gives 0 (the
+ *            exact value is below FLT_MIN), x > 88.72 gives +inf.
+ *   tanh     relative error <= 2.0e-7 [1.40e-7]; |x| >= 9 gives exactly +-1.
+ *   sigmoid  x in [-87, 40]: relative error <= 2.5e-7 [1.88e-7]; below -87 it underflows to 0
+ *            (absolute error < 1.2e-38).
+ *   erf      relative error <= 5.0e-7 [4.46e-7 generic, 3.33e-7 avx2]; |x| >= 4 gives +-1.
+ *   gelu     0.5 x (1 + erf(x / sqrt 2)): x >= 0 relative error <= 3e-7 [2.53e-7]; x < 0, where
+ *            1 + erf cancels, |error| <= 2.5e-7 |x| [2.24e-7 |x|].
+ *   gelu_tanh 0.5 x (1 + tanh(0.79788456 (x + 0.044715 x^3))): x >= 0 relative error <= 2e-7
+ *            [1.38e-7]; x < 0, |error| <= 1e-7 |x| [5.86e-8 |x|].
+ *   softmax_row, layernorm_row: float accumulation in 8 or 16 lanes; checked against the
+ *            reference backend (double accumulation) with rtol 1e-5 in the tests. */
+#ifndef KILN_KERNELS_CPU_VMATH_H
+#define KILN_KERNELS_CPU_VMATH_H
+
+#include "core/common.h"
+
+typedef void (*kiln__vmath_unary)(const float *x, float *y, size_t n);
+/* y[i] = a[i*sa] op b[i*sb] with sa, sb in {0, 1} (0: a scalar operand, broadcast). */
+typedef void (*kiln__vmath_binary)(const float *a, size_t sa, const float *b, size_t sb, float *y,
+                                   size_t n);
+
+enum { KILN__VBIN_ADD, KILN__VBIN_SUB, KILN__VBIN_MUL, KILN__VBIN_DIV, KILN__VBIN_COUNT };
+
+typedef struct kiln__vmath {
+  const char *isa; /* "avx2", "generic" */
+  kiln__vmath_unary exp, tanh, sigmoid, erf, gelu, gelu_tanh, relu;
+  kiln__vmath_binary binary[KILN__VBIN_COUNT];
+  /* y = softmax(x) over one contiguous row of n > 0 elements (x == y allowed). */
+  void (*softmax_row)(const float *x, float *y, size_t n);
+  /* y = (x - mean) / sqrt(var + eps) * scale + bias over one row of n > 0 elements; bias may be
+     NULL (zero). Writes the row's mean and 1/sqrt(var + eps) to *mean and *inv. */
+  void (*layernorm_row)(const float *x, float *y, size_t n, const float *scale, const float *bias,
+                        float eps, float *mean, float *inv);
+} kiln__vmath;
+
+extern const kiln__vmath kiln__vmath_generic;
+#if defined(__x86_64__) || defined(__i386__)
+#define KILN__VMATH_HAVE_AVX2 1
+extern const kiln__vmath kiln__vmath_avx2;
+#endif
+
+/* The table for this machine, or the one KILN_ISA asks for. Fails (UNSUPPORTED or
+   INVALID_ARGUMENT) when KILN_ISA names an ISA this CPU cannot run or an unknown one. */
+kiln_status kiln__vmath_select(const kiln__vmath **out, kiln_error *err);
+
+#endif

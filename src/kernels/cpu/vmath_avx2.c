@@ -1,0 +1,256 @@
+/* The AVX2+FMA vector-math table: vmath_scalar.h's algorithms eight lanes at a time. Functions
+   carry target attributes instead of the file being built with -mavx2, so the library still runs
+   on CPUs without AVX2 (kiln__vmath_select() picks this table only where the CPU has it). Tails
+   use masked loads and stores, so every element goes through the same vector code. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#include "kernels/cpu/vmath.h"
+
+#define KILN__FMA(a, b, c) fmaf(a, b, c)
+#include "kernels/cpu/vmath_scalar.h"
+
+#define AVX2 __attribute__((target("avx2,fma")))
+#define S(v) _mm256_set1_ps(v)
+
+/* Lanes [0, rem) set, for rem in [0, 8]. */
+AVX2 static inline __m256i tail_mask(size_t rem) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+AVX2 static inline __m256 exp8(__m256 x) {
+  __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  __m256 xc = _mm256_min_ps(_mm256_max_ps(x, S(KILN__EXP_LO)), S(KILN__EXP_HI));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, S(KILN__LOG2E)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, S(KILN__LN2_HI), xc);
+  r = _mm256_fnmadd_ps(n, S(KILN__LN2_LO), r);
+  __m256 p = S(KILN__EXP_P0);
+  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P1));
+  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P2));
+  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P3));
+  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P4));
+  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P5));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, S(1.0f)));
+  /* 2^n as two factors, so n = 128 does not overflow the exponent field. */
+  __m256i ni = _mm256_cvtps_epi32(n), h = _mm256_srai_epi32(ni, 1);
+  __m256i b = _mm256_set1_epi32(127);
+  __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, b), 23));
+  __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), b), 23));
+  __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, S(KILN__EXP_LO), _CMP_LT_OQ));
+  y = _mm256_blendv_ps(y, S(INFINITY), _mm256_cmp_ps(x, S(KILN__EXP_HI), _CMP_GT_OQ));
+  return _mm256_blendv_ps(y, x, nan);
+}
+
+AVX2 static inline __m256 tanh8(__m256 x) {
+  __m256 sign = _mm256_and_ps(x, S(-0.0f));
+  __m256 a = _mm256_andnot_ps(S(-0.0f), x);
+  __m256 z = _mm256_mul_ps(x, x), p = S(KILN__TANH_P0);
+  p = _mm256_fmadd_ps(p, z, S(KILN__TANH_P1));
+  p = _mm256_fmadd_ps(p, z, S(KILN__TANH_P2));
+  p = _mm256_fmadd_ps(p, z, S(KILN__TANH_P3));
+  p = _mm256_fmadd_ps(p, z, S(KILN__TANH_P4));
+  __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
+  __m256 e = exp8(_mm256_add_ps(a, a));
+  __m256 big = _mm256_sub_ps(S(1.0f), _mm256_div_ps(S(2.0f), _mm256_add_ps(e, S(1.0f))));
+  big = _mm256_blendv_ps(big, S(1.0f), _mm256_cmp_ps(a, S(KILN__TANH_BIG), _CMP_GE_OQ));
+  big = _mm256_or_ps(big, sign);
+  return _mm256_blendv_ps(big, small, _mm256_cmp_ps(a, S(KILN__TANH_SMALL), _CMP_LT_OQ));
+}
+
+AVX2 static inline __m256 sigmoid8(__m256 x) {
+  __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+  return _mm256_div_ps(S(1.0f), _mm256_add_ps(S(1.0f), e));
+}
+
+AVX2 static inline __m256 erf8(__m256 x) {
+  __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  __m256 c = _mm256_min_ps(_mm256_max_ps(x, S(-4.0f)), S(4.0f));
+  __m256 z = _mm256_mul_ps(c, c), p = S(KILN__ERF_A13);
+  p = _mm256_fmadd_ps(p, z, S(KILN__ERF_A11));
+  p = _mm256_fmadd_ps(p, z, S(KILN__ERF_A9));
+  p = _mm256_fmadd_ps(p, z, S(KILN__ERF_A7));
+  p = _mm256_fmadd_ps(p, z, S(KILN__ERF_A5));
+  p = _mm256_fmadd_ps(p, z, S(KILN__ERF_A3));
+  p = _mm256_fmadd_ps(p, z, S(KILN__ERF_A1));
+  __m256 q = S(KILN__ERF_B8);
+  q = _mm256_fmadd_ps(q, z, S(KILN__ERF_B6));
+  q = _mm256_fmadd_ps(q, z, S(KILN__ERF_B4));
+  q = _mm256_fmadd_ps(q, z, S(KILN__ERF_B2));
+  q = _mm256_fmadd_ps(q, z, S(KILN__ERF_B0));
+  __m256 r = _mm256_div_ps(_mm256_mul_ps(c, p), q);
+  r = _mm256_min_ps(_mm256_max_ps(r, S(-1.0f)), S(1.0f));
+  return _mm256_blendv_ps(r, x, nan);
+}
+
+AVX2 static inline __m256 gelu8(__m256 x) {
+  __m256 e = erf8(_mm256_mul_ps(x, S(KILN__SQRT1_2)));
+  return _mm256_mul_ps(_mm256_mul_ps(S(0.5f), x), _mm256_add_ps(S(1.0f), e));
+}
+
+AVX2 static inline __m256 gelu_tanh8(__m256 x) {
+  __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(S(KILN__GELU_C), x), x);
+  __m256 u = _mm256_mul_ps(S(KILN__GELU_K), _mm256_fmadd_ps(x3, x, x));
+  return _mm256_mul_ps(_mm256_mul_ps(S(0.5f), x), _mm256_add_ps(S(1.0f), tanh8(u)));
+}
+
+AVX2 static inline __m256 relu8(__m256 x) {
+  /* max(x, 0) would turn NaN into 0: keep x where it is not below zero. */
+  return _mm256_blendv_ps(x, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+}
+
+#define UNARY(name, f)                                                        \
+  AVX2 static void name(const float *x, float *y, size_t n) {                 \
+    size_t i = 0;                                                             \
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, f(_mm256_loadu_ps(x + i))); \
+    if (i < n) {                                                              \
+      __m256i m = tail_mask(n - i);                                           \
+      _mm256_maskstore_ps(y + i, m, f(_mm256_maskload_ps(x + i, m)));         \
+    }                                                                         \
+  }
+UNARY(v_exp, exp8)
+UNARY(v_tanh, tanh8)
+UNARY(v_sigmoid, sigmoid8)
+UNARY(v_erf, erf8)
+UNARY(v_gelu, gelu8)
+UNARY(v_gelu_tanh, gelu_tanh8)
+UNARY(v_relu, relu8)
+#undef UNARY
+
+/* A broadcast operand is loaded once; the masked tail reads only the lanes it needs. */
+#define BINARY(name, f)                                                                      \
+  AVX2 static void name(const float *a, size_t sa, const float *b, size_t sb, float *y, size_t n) { \
+    __m256 va = _mm256_broadcast_ss(a), vb = _mm256_broadcast_ss(b);                         \
+    size_t i = 0;                                                                            \
+    for (; i + 8 <= n; i += 8) {                                                             \
+      if (sa) va = _mm256_loadu_ps(a + i);                                                   \
+      if (sb) vb = _mm256_loadu_ps(b + i);                                                   \
+      _mm256_storeu_ps(y + i, f(va, vb));                                                    \
+    }                                                                                        \
+    if (i < n) {                                                                             \
+      __m256i m = tail_mask(n - i);                                                          \
+      if (sa) va = _mm256_maskload_ps(a + i, m);                                             \
+      if (sb) vb = _mm256_maskload_ps(b + i, m);                                             \
+      _mm256_maskstore_ps(y + i, m, f(va, vb));                                              \
+    }                                                                                        \
+  }
+BINARY(v_add, _mm256_add_ps)
+BINARY(v_sub, _mm256_sub_ps)
+BINARY(v_mul, _mm256_mul_ps)
+BINARY(v_div, _mm256_div_ps)
+#undef BINARY
+
+AVX2 static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+AVX2 static inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+AVX2 static void softmax_row(const float *x, float *y, size_t n) {
+  __m256 vm = S(-INFINITY);
+  size_t i = 0, rem = n % 8, body = n - rem;
+  __m256i tm = tail_mask(rem);
+  for (; i < body; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+  if (rem)
+    vm = _mm256_max_ps(vm, _mm256_blendv_ps(S(-INFINITY), _mm256_maskload_ps(x + body, tm),
+                                            _mm256_castsi256_ps(tm)));
+  float m = hmax(vm);
+  if (m == -INFINITY) m = 0; /* an all -inf row gives NaN, as the reference does */
+  __m256 mv = S(m), s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  for (i = 0; i + 16 <= body; i += 16) {
+    __m256 e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+    __m256 e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mv));
+    _mm256_storeu_ps(y + i, e0);
+    _mm256_storeu_ps(y + i + 8, e1);
+    s0 = _mm256_add_ps(s0, e0);
+    s1 = _mm256_add_ps(s1, e1);
+  }
+  for (; i < body; i += 8) {
+    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+    _mm256_storeu_ps(y + i, e);
+    s0 = _mm256_add_ps(s0, e);
+  }
+  if (rem) {
+    __m256 e = exp8(_mm256_sub_ps(_mm256_maskload_ps(x + body, tm), mv));
+    e = _mm256_and_ps(e, _mm256_castsi256_ps(tm));
+    _mm256_maskstore_ps(y + body, tm, e);
+    s0 = _mm256_add_ps(s0, e);
+  }
+  __m256 r = S(1.0f / hsum(_mm256_add_ps(s0, s1)));
+  for (i = 0; i < body; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), r));
+  if (rem) _mm256_maskstore_ps(y + body, tm, _mm256_mul_ps(_mm256_maskload_ps(y + body, tm), r));
+}
+
+AVX2 static void layernorm_row(const float *x, float *y, size_t n, const float *scale,
+                               const float *bias, float eps, float *mean, float *inv) {
+  size_t i, rem = n % 8, body = n - rem;
+  __m256i tm = tail_mask(rem);
+  __m256 keep = _mm256_castsi256_ps(tm);
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  for (i = 0; i + 16 <= body; i += 16) {
+    s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
+    s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + i + 8));
+  }
+  for (; i < body; i += 8) s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
+  if (rem) s1 = _mm256_add_ps(s1, _mm256_maskload_ps(x + body, tm));
+  float mu = hsum(_mm256_add_ps(s0, s1)) / (float)n;
+  __m256 mv = S(mu);
+  s0 = s1 = _mm256_setzero_ps();
+  for (i = 0; i + 16 <= body; i += 16) {
+    __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), mv);
+    __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mv);
+    s0 = _mm256_fmadd_ps(d0, d0, s0);
+    s1 = _mm256_fmadd_ps(d1, d1, s1);
+  }
+  for (; i < body; i += 8) {
+    __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), mv);
+    s0 = _mm256_fmadd_ps(d, d, s0);
+  }
+  if (rem) {
+    __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(x + body, tm), mv), keep);
+    s1 = _mm256_fmadd_ps(d, d, s1);
+  }
+  float iv = 1.0f / sqrtf(hsum(_mm256_add_ps(s0, s1)) / (float)n + eps);
+  __m256 ivv = S(iv);
+  for (i = 0; i < body; i += 8) {
+    __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv), ivv);
+    __m256 o = bias ? _mm256_fmadd_ps(d, _mm256_loadu_ps(scale + i), _mm256_loadu_ps(bias + i))
+                    : _mm256_mul_ps(d, _mm256_loadu_ps(scale + i));
+    _mm256_storeu_ps(y + i, o);
+  }
+  if (rem) {
+    __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + body, tm), mv), ivv);
+    __m256 o = bias ? _mm256_fmadd_ps(d, _mm256_maskload_ps(scale + body, tm),
+                                      _mm256_maskload_ps(bias + body, tm))
+                    : _mm256_mul_ps(d, _mm256_maskload_ps(scale + body, tm));
+    _mm256_maskstore_ps(y + body, tm, o);
+  }
+  *mean = mu;
+  *inv = iv;
+}
+
+const kiln__vmath kiln__vmath_avx2 = {
+    .isa = "avx2",
+    .exp = v_exp,
+    .tanh = v_tanh,
+    .sigmoid = v_sigmoid,
+    .erf = v_erf,
+    .gelu = v_gelu,
+    .gelu_tanh = v_gelu_tanh,
+    .relu = v_relu,
+    .binary = {v_add, v_sub, v_mul, v_div},
+    .softmax_row = softmax_row,
+    .layernorm_row = layernorm_row,
+};
+#else
+typedef int kiln__vmath_avx2_unused; /* ISO C forbids an empty translation unit */
+#endif
