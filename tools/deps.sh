@@ -2,9 +2,9 @@
 # Installs the Debian packages Kiln needs to build and test, when any is missing.
 # Usage: tools/deps.sh [--test]   (--test adds what the test suite needs)
 set -euo pipefail
-pkgs=(cmake make gcc protobuf-c-compiler libprotobuf-c-dev)
+pkgs=(cmake make gcc protobuf-c-compiler libprotobuf-c-dev libmicrohttpd-dev libjansson-dev)
 if [ "${1:-}" = "--test" ]; then
-  pkgs+=(libcmocka-dev clang libclang-rt-14-dev)
+  pkgs+=(libcmocka-dev clang libclang-rt-14-dev prometheus curl)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
