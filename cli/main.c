@@ -11,6 +11,7 @@ static const struct {
     {"run", cmd_run, "run MODEL [--input NAME=FILE.npy]... [--shape NAME=dims] [--output DIR] [--labels FILE.npy] [--threads N] [--opt-level N]"},
     {"bench", cmd_bench, "bench MODEL [--threads N] [--runs N] [--warmup N] [--input NAME=FILE.npy] [--shape NAME=dims] [--opt-level N]"},
     {"conformance", cmd_conformance, "conformance DIR... [--rtol R] [--atol A] [--threads N] [--quiet] [--expect-failures FILE] [--opt-level N]"},
+    {"optimize", cmd_optimize, "optimize MODEL -o OUT.onnx [--opt-level N]   the optimized graph as ONNX (Kiln's fused ops in domain ai.kiln)"},
 };
 
 static int usage(FILE *f) {

@@ -67,8 +67,9 @@ static size_t make_inputs(const kiln_model *m, uint64_t seed, const char **names
 
 /* Runs the model at level 0 and at `level` on the same random inputs and compares every output:
    memcmp when `exact`, else max|a-b| <= 1e-5 * max|ref|. */
-static void differential(const char *path, int level, bool exact) {
-  kiln_model *ref = load_at(path, 0), *opt = load_at(path, level);
+static void differential2(const char *ref_path, int ref_level, const char *path, int level,
+                          bool exact) {
+  kiln_model *ref = load_at(ref_path, ref_level), *opt = load_at(path, level);
   assert_int_equal(kiln_model_output_count(ref), kiln_model_output_count(opt));
   assert_int_equal(kiln_model_input_count(ref), kiln_model_input_count(opt));
   kiln_session *sr = NULL, *so = NULL;
@@ -114,6 +115,10 @@ static void differential(const char *path, int level, bool exact) {
   kiln_session_free(so);
   kiln_model_free(ref);
   kiln_model_free(opt);
+}
+
+static void differential(const char *path, int level, bool exact) {
+  differential2(path, 0, path, level, exact);
 }
 
 /* Rewrites `pass` made at `level`, summed over rounds; the graph's node counts before/after. */
@@ -204,6 +209,64 @@ static void fuse_gelu(void **s) {
   check_case(&(pass_case){"models/pass_gelu.onnx", "fuse-gelu", 2, 1, 5, 1, false});
 }
 
+/* conv1: residual + Relu; conv2: Relu6; conv3: x * HardSigmoid(x); conv4: Relu (the Add after it
+   stays); gemm: LeakyRelu; mm1: bias + SiLU; mm2: transA + broadcast residual + GELU (fused by
+   fuse-gelu first); mm3's output is read twice and stays: 11 rewrites, 24 -> 11 nodes after
+   folding the constant Transpose and fuse-gelu. Not bit-equal only because of HardSwish. */
+static void fuse_linear(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_linear.onnx", "fuse-linear", 2, 11, 29, 11, false});
+}
+
+/* Two attention blocks (K^T by Transpose(0,2,3,1) with Div scale and a mask input; by
+   Transpose(0,1,3,2) of K with Mul scale, no mask), T = 80 over two blocks of the online
+   softmax; symbolic batch. Each block's 5 nodes become one (the 0,2,3,1 Transpose is kept with
+   perm 0,2,1,3, the 0,1,3,2 one goes). */
+static void fuse_attention(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_attention.onnx", "fuse-attention", 2, 2, 32, 24, false});
+}
+
+static void fuse_rmsnorm(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_rmsnorm.onnx", "fuse-rmsnorm", 2, 2, 13, 2, false});
+}
+
+/* Attention with causal = 1 (S = 40 queries, T = 100 keys) against the unfused graph with the
+   -inf mask its definition implies; and that graph fused (mask as an input). */
+static void attention_causal(void **s) {
+  (void)s;
+  char ref[1024], fused[1024];
+  path_of(ref, sizeof ref, tests_dir, "models/pass_causal_ref.onnx");
+  path_of(fused, sizeof fused, tests_dir, "models/pass_causal_fused.onnx");
+  differential2(ref, 0, fused, 0, false);
+  differential(ref, 2, false);
+}
+
+/* kiln optimize: the written file, loaded with no passes, computes what the original computes at
+   level 0, holds the fused graph (its node count), and optimizing it again changes nothing. */
+static void optimize_roundtrip(void **s) {
+  (void)s;
+  const char *files[] = {"models/transformer_block.onnx", "models/pass_linear.onnx",
+                         "models/pass_attention.onnx", "models/pass_rmsnorm.onnx"};
+  const char *out = "test_passes_optimized.onnx";
+  for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+    char path[1024];
+    path_of(path, sizeof path, tests_dir, files[f]);
+    kiln_error err = {0};
+    if (kiln_optimize_file(path, out, -1, &err) != KILN_OK) fprintf(stderr, "%s\n", err.message);
+    assert_int_equal(err.status, KILN_OK);
+    differential2(path, 0, out, 0, false);
+    size_t before, after, again_before, again_after;
+    pass_matches(path, -1, "", &before, &after);
+    pass_matches(out, -1, "", &again_before, &again_after);
+    assert_int_equal(again_before, after);
+    assert_int_equal(again_after, after);
+    assert_true(after < before);
+  }
+  remove(out);
+}
+
 /* Level 0 changes nothing; level 1 leaves the fusion patterns alone. */
 static void levels(void **s) {
   (void)s;
@@ -239,7 +302,9 @@ static void alloc_failures(void **s) {
   (void)s;
   const char *files[] = {"models/pass_conv_bn.onnx", "models/pass_const_fold.onnx",
                          "models/pass_affine.onnx", "models/pass_identity.onnx",
-                         "models/pass_layernorm.onnx", "models/pass_gelu.onnx"};
+                         "models/pass_layernorm.onnx", "models/pass_gelu.onnx",
+                         "models/pass_linear.onnx", "models/pass_attention.onnx",
+                         "models/pass_rmsnorm.onnx"};
   for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
     char path[1024];
     path_of(path, sizeof path, tests_dir, files[f]);
@@ -275,6 +340,9 @@ int main(int argc, char **argv) {
       cmocka_unit_test(cse),            cmocka_unit_test(dead_code),
       cmocka_unit_test(conv_bn_fold),   cmocka_unit_test(affine_fold),
       cmocka_unit_test(fuse_layernorm), cmocka_unit_test(fuse_gelu),
+      cmocka_unit_test(fuse_linear),    cmocka_unit_test(fuse_attention),
+      cmocka_unit_test(fuse_rmsnorm),   cmocka_unit_test(attention_causal),
+      cmocka_unit_test(optimize_roundtrip),
       cmocka_unit_test(levels),         cmocka_unit_test(shipped_models),
       cmocka_unit_test(alloc_failures),
   };

@@ -156,4 +156,148 @@ save("gelu", [
     init("sqrt2", np.array(1.4142135381698608, np.float32)), init("one", np.array(1.0, np.float32)),
     init("half", np.array(0.5, np.float32)),
 ])
+
+# fuse-linear: epilogues of Conv / Gemm / MatMul. conv1: bias + residual + Relu (ResNet);
+# conv2: Clip(0, 6) (Relu6); conv3: x * HardSigmoid(x) (HardSwish); conv4: Relu then Add (the Add
+# is after the activation: not a residual, stays); gemm: LeakyRelu; mm1: Transpose(B) + bias +
+# x * Sigmoid(x) (SiLU); mm2: Transpose(A) + residual broadcast from [N] rows + exact-erf GELU;
+# mm3: output read twice (near-miss, stays a MatMul).
+save("linear", [
+    helper.make_node("Conv", ["x", "cw1", "cb1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+    helper.make_node("Add", ["c1", "x"], ["c1r"], name="res_add"),
+    helper.make_node("Relu", ["c1r"], ["r1"], name="relu1"),
+    helper.make_node("Conv", ["r1", "cw2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+    helper.make_node("Clip", ["c2", "zero", "six"], ["r2"], name="relu6"),
+    helper.make_node("Conv", ["r2", "cw3", "cb3"], ["c3"], name="conv3"),
+    helper.make_node("HardSigmoid", ["c3"], ["hs"], name="hsig", alpha=1.0 / 6, beta=0.5),
+    helper.make_node("Mul", ["c3", "hs"], ["r3"], name="hswish_mul"),
+    helper.make_node("Conv", ["r3", "cw4", "cb4"], ["c4"], name="conv4"),
+    helper.make_node("Relu", ["c4"], ["r4"], name="relu4"),
+    helper.make_node("Add", ["r4", "r3"], ["y"], name="add_after_act"),
+    helper.make_node("Gemm", ["a", "gw", "gb"], ["g"], name="gemm", transB=1),
+    helper.make_node("LeakyRelu", ["g"], ["y2"], name="leaky", alpha=0.2),
+    helper.make_node("Transpose", ["mw1"], ["mw1t"], name="tr_b", perm=[1, 0]),
+    helper.make_node("MatMul", ["m", "mw1t"], ["mm1"], name="mm1"),
+    helper.make_node("Add", ["mb1", "mm1"], ["mm1b"], name="mm1_bias"),
+    helper.make_node("Sigmoid", ["mm1b"], ["sg"], name="silu_sig"),
+    helper.make_node("Mul", ["sg", "mm1b"], ["y3"], name="silu_mul"),
+    helper.make_node("Transpose", ["mt"], ["mtt"], name="tr_a", perm=[0, 2, 1]),
+    helper.make_node("MatMul", ["mtt", "mw2"], ["mm2"], name="mm2"),
+    helper.make_node("Add", ["mm2", "row"], ["mm2r"], name="mm2_res"),
+    helper.make_node("Div", ["mm2r", "sqrt2"], ["gd"], name="g_div"),
+    helper.make_node("Erf", ["gd"], ["ge"], name="g_erf"),
+    helper.make_node("Add", ["ge", "one"], ["ge1"], name="g_add"),
+    helper.make_node("Mul", ["mm2r", "ge1"], ["gm"], name="g_mul"),
+    helper.make_node("Mul", ["gm", "half"], ["y4"], name="g_half"),
+    helper.make_node("MatMul", ["m", "mw3"], ["mm3"], name="mm3"),
+    helper.make_node("Relu", ["mm3"], ["mm3r"], name="mm3_relu"),
+    helper.make_node("Add", ["mm3", "mm3r"], ["y5"], name="mm3_add"),
+], [vi("x", ["batch", 4, 6, 6]), vi("a", [3, 5]), vi("m", ["batch", 7, 6]),
+    vi("mt", ["batch", 6, 7]), vi("row", [5])],
+   [vi("y", ["batch", 4, 6, 6]), vi("y2", [3, 4]), vi("y3", ["batch", 7, 5]),
+    vi("y4", ["batch", 7, 5]), vi("y5", ["batch", 7, 5])], [
+    init("cw1", rand(4, 4, 3, 3)), init("cb1", rand(4)), init("cw2", rand(4, 4, 3, 3)),
+    init("zero", np.array(0.0, np.float32)), init("six", np.array(6.0, np.float32)),
+    init("cw3", rand(4, 4, 1, 1)), init("cb3", rand(4)), init("cw4", rand(4, 4, 1, 1)),
+    init("cb4", rand(4)), init("gw", rand(4, 5)), init("gb", rand(4)),
+    init("mw1", rand(5, 6)), init("mb1", rand(5)), init("mw2", rand(6, 5)), init("mw3", rand(6, 5)),
+    init("sqrt2", np.array(1.4142135381698608, np.float32)), init("one", np.array(1.0, np.float32)),
+    init("half", np.array(0.5, np.float32)),
+])
+
+
+# fuse-attention: multi-head self-attention as BERT exports it (heads split by Reshape; K as
+# Transpose(0,2,3,1); Div by sqrt(D); an additive [B,1,1,T] mask input), and a second head group
+# where K^T comes as Transpose(0,1,3,2) of K with a Mul scale and no mask. T = 80 spans two
+# blocks of the online softmax.
+def attention_nodes(p, x, kperm, scale_op, mask):
+    nodes = []
+    for w in "qkv":
+        nodes += [helper.make_node("MatMul", [x, f"{p}w{w}"], [f"{p}{w}l"], name=f"{p}{w}_mm"),
+                  helper.make_node("Reshape", [f"{p}{w}l", "heads"], [f"{p}{w}h"],
+                                   name=f"{p}{w}_split")]
+    nodes += [helper.make_node("Transpose", [f"{p}qh"], [f"{p}q"], name=f"{p}q_t", perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", [f"{p}vh"], [f"{p}v"], name=f"{p}v_t", perm=[0, 2, 1, 3])]
+    if kperm == "0231":
+        nodes.append(helper.make_node("Transpose", [f"{p}kh"], [f"{p}kt"], name=f"{p}k_t",
+                                      perm=[0, 2, 3, 1]))
+    else:
+        nodes += [helper.make_node("Transpose", [f"{p}kh"], [f"{p}k"], name=f"{p}k_t",
+                                   perm=[0, 2, 1, 3]),
+                  helper.make_node("Transpose", [f"{p}k"], [f"{p}kt"], name=f"{p}k_tt",
+                                   perm=[0, 1, 3, 2])]
+    nodes += [helper.make_node("MatMul", [f"{p}q", f"{p}kt"], [f"{p}qk"], name=f"{p}qk"),
+              helper.make_node(scale_op, [f"{p}qk", f"{p}sc"], [f"{p}s"], name=f"{p}scale")]
+    last = f"{p}s"
+    if mask:
+        nodes.append(helper.make_node("Add", [last, mask], [f"{p}sm"], name=f"{p}mask"))
+        last = f"{p}sm"
+    nodes += [helper.make_node("Softmax", [last], [f"{p}pr"], name=f"{p}softmax", axis=-1),
+              helper.make_node("MatMul", [f"{p}pr", f"{p}v"], [f"{p}o"], name=f"{p}pv"),
+              helper.make_node("Transpose", [f"{p}o"], [f"{p}ot"], name=f"{p}o_t", perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", [f"{p}ot", "merge"], [f"{p}y"], name=f"{p}merge")]
+    return nodes
+
+
+T, E, NH = 80, 32, 4
+att_inits = [init("heads", np.array([0, 0, NH, E // NH], np.int64)),
+             init("merge", np.array([0, 0, E], np.int64)),
+             init("a_sc", np.array(np.sqrt(E // NH), np.float32)),
+             init("b_sc", np.array(1 / np.sqrt(E // NH), np.float32))]
+for p in "ab":
+    for w in "qkv":
+        att_inits.append(init(f"{p}_w{w}", rand(E, E)))
+save("attention", attention_nodes("a_", "x", "0231", "Div", "mask") +
+     attention_nodes("b_", "x", "0132", "Mul", None),
+     [vi("x", ["batch", T, E]), vi("mask", ["batch", 1, 1, T])],
+     [vi("a_y", ["batch", T, E]), vi("b_y", ["batch", T, E])], att_inits)
+
+# fuse-rmsnorm: Pow / ReduceMean / Add eps / Sqrt / Div / Mul scale, and the Mul(x, x) /
+# Reciprocal form with the scale first.
+H = 24
+save("rmsnorm", [
+    helper.make_node("Pow", ["x", "p2"], ["x2"], name="rms_pow"),
+    helper.make_node("ReduceMean", ["x2"], ["ms"], name="rms_mean", axes=[-1], keepdims=1),
+    helper.make_node("Add", ["ms", "eps"], ["mse"], name="rms_eps"),
+    helper.make_node("Sqrt", ["mse"], ["rms"], name="rms_sqrt"),
+    helper.make_node("Div", ["x", "rms"], ["n"], name="rms_div"),
+    helper.make_node("Mul", ["n", "w"], ["y"], name="rms_scale"),
+    helper.make_node("Mul", ["y", "y"], ["b2"], name="rms2_sq"),
+    helper.make_node("ReduceMean", ["b2"], ["bms"], name="rms2_mean", axes=[-1], keepdims=1),
+    helper.make_node("Add", ["eps", "bms"], ["bmse"], name="rms2_eps"),
+    helper.make_node("Sqrt", ["bmse"], ["brms"], name="rms2_sqrt"),
+    helper.make_node("Reciprocal", ["brms"], ["brc"], name="rms2_recip"),
+    helper.make_node("Mul", ["y", "brc"], ["bn"], name="rms2_mul"),
+    helper.make_node("Mul", ["w2", "bn"], ["y2"], name="rms2_scale"),
+], [vi("x", ["batch", 3, H])], [vi("y", ["batch", 3, H]), vi("y2", ["batch", 3, H])], [
+    init("p2", np.array(2.0, np.float32)), init("eps", np.array(1e-6, np.float32)),
+    init("w", rand(H, lo=0.5, hi=1.5)), init("w2", rand(H, lo=0.5, hi=1.5)),
+])
+
+
+# Attention's causal mode, checked against its definition: the same fused op written directly
+# (causal = 1, S = 40 queries over T = 100 keys, scale 0.3) and the unfused graph with the mask
+# -inf where t > s + (T - S).
+def save_raw(name, nodes, inputs, outputs, inits, kiln_domain):
+    g = helper.make_graph(nodes, name, inputs, outputs, inits)
+    ops = [helper.make_opsetid("", 13)] + ([helper.make_opsetid("ai.kiln", 1)] if kiln_domain else [])
+    m = helper.make_model(g, opset_imports=ops, producer_name="kiln make_pass_models.py")
+    m.ir_version = 8
+    onnx.save(m, os.path.join(OUT, f"pass_{name}.onnx"))
+
+
+S, T, D = 40, 100, 8
+qkv = [vi("q", [1, 2, S, D]), vi("k", [1, 2, T, D]), vi("v", [1, 2, T, D])]
+save_raw("causal_fused", [helper.make_node("Attention", ["q", "k", "v"], ["y"], name="att",
+                                           domain="ai.kiln", scale=0.3, causal=1)],
+         qkv, [vi("y", [1, 2, S, D])], [], True)
+cm = np.where(np.arange(T)[None, :] > np.arange(S)[:, None] + (T - S), -np.inf, 0).astype(np.float32)
+save_raw("causal_ref", [
+    helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+    helper.make_node("MatMul", ["q", "kt"], ["qk"]),
+    helper.make_node("Mul", ["qk", "sc"], ["s"]),
+    helper.make_node("Add", ["s", "cm"], ["sm"]),
+    helper.make_node("Softmax", ["sm"], ["p"], axis=-1),
+    helper.make_node("MatMul", ["p", "v"], ["y"]),
+], qkv, [vi("y", [1, 2, S, D])], [init("sc", np.array(0.3, np.float32)), init("cm", cm)], False)
 print("wrote pass_*.onnx to", os.path.normpath(OUT))

@@ -37,6 +37,13 @@ void kiln_pass_report_summary(const kiln_pass_report *r, int *level, size_t *nod
 size_t kiln_pass_report_count(const kiln_pass_report *r);
 kiln_status kiln_pass_report_get(const kiln_pass_report *r, size_t i, kiln_pass_change *c);
 
+/* Imports `path`, optimizes it at `opt_level` (-1 = the highest) and writes the result as ONNX to
+   `out_path`: Kiln's fused ops in domain ai.kiln (opset_import ai.kiln 1), initializers as
+   raw_data, inputs and outputs as declared, producer_name "kiln-optimize". Kiln loads the file
+   like any model. Models with subgraphs (If/Loop/Scan) are UNSUPPORTED for now. */
+kiln_status kiln_optimize_file(const char *path, const char *out_path, int opt_level,
+                               kiln_error *err);
+
 /* The registered passes in the order they run: name and level; NULL past the end. */
 const char *kiln_pass_name(size_t i, int *level);
 

@@ -19,6 +19,10 @@ typedef struct kiln__pass_ctx {
   kiln__pass_log *log; /* NULL when nothing is recorded */
   int log_entry;      /* the entry this pass appends matches to */
   unsigned name_seq;  /* for fresh value names */
+  /* Per value, from kiln__pass_shapes: dtype, rank and dims (rank -1 when unknown) under two
+     different substitutions of the graph inputs' symbolic dims; NULL until computed. */
+  kiln_tensor *shape[2];
+  int shape_n;        /* values covered by shape[] */
 } kiln__pass_ctx;
 
 typedef struct kiln__pass {
@@ -36,6 +40,9 @@ extern const kiln__pass kiln__pass_conv_bn;
 extern const kiln__pass kiln__pass_affine_fold;
 extern const kiln__pass kiln__pass_fuse_layernorm;
 extern const kiln__pass kiln__pass_fuse_gelu;
+extern const kiln__pass kiln__pass_fuse_rmsnorm;
+extern const kiln__pass kiln__pass_fuse_attention;
+extern const kiln__pass kiln__pass_fuse_linear;
 
 /* ---- helpers (pass_util.c) ------------------------------------------------------------------- */
 
@@ -71,6 +78,34 @@ kiln_status kiln__pass_add_attr_float(kiln__pass_ctx *ctx, kiln__node *n, const 
                                       float f);
 kiln_status kiln__pass_add_attr_int(kiln__pass_ctx *ctx, kiln__node *n, const char *name,
                                     int64_t i);
+kiln_status kiln__pass_add_attr_str(kiln__pass_ctx *ctx, kiln__node *n, const char *name,
+                                    const char *s);
+kiln_status kiln__pass_add_attr_floats(kiln__pass_ctx *ctx, kiln__node *n, const char *name,
+                                       const float *f, size_t count);
+kiln_status kiln__pass_add_attr_ints(kiln__pass_ctx *ctx, kiln__node *n, const char *name,
+                                     const int64_t *v, size_t count);
+/* Adds a value with a fresh name derived from `hint`; its index, or -1 when out of memory. */
+int kiln__pass_new_value(kiln__pass_ctx *ctx, const char *hint);
+/* Appends a node (default opset of its domain: the graph's for "", 1 otherwise); its index, or
+   -1 when out of memory. Node pointers taken before the call are invalidated. */
+int kiln__pass_add_node(kiln__pass_ctx *ctx, const char *name, const char *domain,
+                        const char *op_type, const int *in, int n_in, const int *out, int n_out);
+/* True when node n is op `op` of the default domain with one output. */
+bool kiln__pass_is(const kiln__node *n, const char *op);
+
+/* Shapes (shapes.c): infers every value's dtype and shape from the graph inputs and initializers
+   with the ops' infer(), twice, each time substituting different sizes for the symbolic dims, so
+   two shapes that agree in both are the same symbolic shape. Computed once per pass run. */
+kiln_status kiln__pass_shapes(kiln__pass_ctx *ctx);
+/* The inferred shape of v under substitution `probe` (0 or 1), or NULL when unknown. */
+const kiln_tensor *kiln__pass_shape(const kiln__pass_ctx *ctx, int v, int probe);
+/* v's rank when known in both probes, else -1; the dtype likewise (UNDEFINED). */
+int kiln__pass_rank(const kiln__pass_ctx *ctx, int v);
+kiln_dtype kiln__pass_dtype(const kiln__pass_ctx *ctx, int v);
+/* True when a's shape broadcasts to b's without widening it (every dim of a equal to b's, or 1
+   when `allow_ones`), in both probes. */
+bool kiln__pass_fits(const kiln__pass_ctx *ctx, int a, int b, bool allow_ones);
+
 /* Frees a node's contents (the node's slot stays). */
 void kiln__pass_node_clear(kiln__node *n);
 

@@ -208,3 +208,104 @@ void kiln__pass_node_clear(kiln__node *n) {
   kiln__pass_clear_attrs(n);
   memset(n, 0, sizeof *n);
 }
+
+kiln_status kiln__pass_add_attr_str(kiln__pass_ctx *ctx, kiln__node *n, const char *name,
+                                    const char *str) {
+  kiln__attr *a = add_attr(ctx, n, name);
+  if (!a || !(a->s = kiln__strdup(str)))
+    return kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory rewriting the graph");
+  a->type = KILN__ATTR_STRING;
+  a->s_len = strlen(str);
+  return KILN_OK;
+}
+
+kiln_status kiln__pass_add_attr_floats(kiln__pass_ctx *ctx, kiln__node *n, const char *name,
+                                       const float *f, size_t count) {
+  kiln__attr *a = add_attr(ctx, n, name);
+  if (!a || !(a->floats = kiln__malloc((count ? count : 1) * sizeof *f)))
+    return kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory rewriting the graph");
+  a->type = KILN__ATTR_FLOATS;
+  a->n = count;
+  if (count) memcpy(a->floats, f, count * sizeof *f);
+  return KILN_OK;
+}
+
+kiln_status kiln__pass_add_attr_ints(kiln__pass_ctx *ctx, kiln__node *n, const char *name,
+                                     const int64_t *v, size_t count) {
+  kiln__attr *a = add_attr(ctx, n, name);
+  if (!a || !(a->ints = kiln__malloc((count ? count : 1) * sizeof *v)))
+    return kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory rewriting the graph");
+  a->type = KILN__ATTR_INTS;
+  a->n = count;
+  if (count) memcpy(a->ints, v, count * sizeof *v);
+  return KILN_OK;
+}
+
+/* Grows the per-value arrays of the context to the graph's value count. */
+static bool grow_values(kiln__pass_ctx *ctx) {
+  size_t n = (size_t)ctx->g->n_values + 1;
+  bool *cap = kiln__realloc(ctx->captured, n * sizeof *cap);
+  if (cap) ctx->captured = cap;
+  int *uses = kiln__realloc(ctx->uses, n * sizeof *uses);
+  if (uses) ctx->uses = uses;
+  bool ok = cap && uses;
+  for (int p = 0; p < 2 && ok; p++) {
+    if (!ctx->shape[p]) continue;
+    kiln_tensor *s = kiln__realloc(ctx->shape[p], n * sizeof *s);
+    if (s) ctx->shape[p] = s;
+    ok = s != NULL;
+  }
+  return ok;
+}
+
+int kiln__pass_new_value(kiln__pass_ctx *ctx, const char *hint) {
+  kiln__graph *g = ctx->g;
+  char name[200];
+  int v;
+  do snprintf(name, sizeof name, "%.150s/kiln_%u", hint, ctx->name_seq++);
+  while (kiln__graph_find(g, name) >= 0);
+  if ((v = kiln__graph_value(g, name)) < 0 || !grow_values(ctx)) return -1;
+  ctx->captured[v] = false;
+  ctx->uses[v] = 0;
+  for (int p = 0; p < 2; p++)
+    if (ctx->shape[p]) {
+      memset(&ctx->shape[p][v], 0, sizeof ctx->shape[p][v]);
+      ctx->shape[p][v].rank = -1;
+    }
+  if (ctx->shape[0] && v == ctx->shape_n) ctx->shape_n = v + 1;
+  return v;
+}
+
+int kiln__pass_add_node(kiln__pass_ctx *ctx, const char *name, const char *domain,
+                        const char *op_type, const int *in, int n_in, const int *out, int n_out) {
+  kiln__graph *g = ctx->g;
+  bool *dead = kiln__realloc(ctx->dead, ((size_t)g->n_nodes + 2) * sizeof *dead);
+  if (!dead) return -1;
+  ctx->dead = dead;
+  kiln__node *n = kiln__graph_add_node(g);
+  if (!n) return -1;
+  int idx = (int)(n - g->nodes);
+  ctx->dead[idx] = false;
+  n->name = kiln__strdup(name);
+  n->op_type = kiln__strdup(op_type);
+  n->domain = kiln__strdup(domain);
+  n->opset = domain[0] ? 1 : g->opset;
+  n->in = kiln__malloc((size_t)(n_in ? n_in : 1) * sizeof *n->in);
+  n->out = kiln__malloc((size_t)(n_out ? n_out : 1) * sizeof *n->out);
+  if (!n->name || !n->op_type || !n->domain || !n->in || !n->out) {
+    kiln__pass_node_clear(n);
+    ctx->dead[idx] = true; /* an empty slot the manager drops */
+    ctx->n_dead++;
+    return -1;
+  }
+  n->n_in = n_in;
+  n->n_out = n_out;
+  for (int k = 0; k < n_in; k++)
+    if ((n->in[k] = in[k]) >= 0) ctx->uses[in[k]]++;
+  for (int k = 0; k < n_out; k++) n->out[k] = out[k];
+  return idx;
+}
+
+bool kiln__pass_is(const kiln__node *n, const char *op) {
+  return !n->domain[0] && !strcmp(n->op_type, op) && n->n_out == 1;
+}

@@ -9,7 +9,8 @@
 static const kiln__pass *const passes[] = {
     &kiln__pass_identity,       &kiln__pass_const_fold, &kiln__pass_cse,
     &kiln__pass_conv_bn,        &kiln__pass_affine_fold, &kiln__pass_fuse_layernorm,
-    &kiln__pass_fuse_gelu,      &kiln__pass_dce,
+    &kiln__pass_fuse_gelu,      &kiln__pass_fuse_rmsnorm, &kiln__pass_fuse_attention,
+    &kiln__pass_fuse_linear,    &kiln__pass_dce,
 };
 
 enum { MAX_ROUNDS = 8 };
@@ -73,6 +74,8 @@ static void ctx_free(kiln__pass_ctx *ctx) {
   kiln__free(ctx->uses);
   kiln__free(ctx->captured);
   kiln__free(ctx->dead);
+  kiln__free(ctx->shape[0]);
+  kiln__free(ctx->shape[1]);
 }
 
 static void compact(kiln__pass_ctx *ctx) {

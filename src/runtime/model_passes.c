@@ -2,6 +2,7 @@
 #include <stdio.h>
 
 #include "kiln/passes.h"
+#include "onnx/export.h"
 #include "onnx/import.h"
 #include "passes/passes.h"
 
@@ -105,3 +106,28 @@ kiln_status kiln_pass_report_get(const kiln_pass_report *r, size_t i, kiln_pass_
 }
 
 const char *kiln_pass_name(size_t i, int *level) { return kiln__pass_name_at(i, level); }
+
+kiln_status kiln_optimize_file(const char *path, const char *out_path, int opt_level,
+                               kiln_error *err) {
+  uint8_t *data;
+  size_t size;
+  kiln_status st = read_file(path, &data, &size, err);
+  if (st != KILN_OK) return st;
+  char *dir = kiln__strdup(path);
+  kiln__graph *g = NULL;
+  if (!dir) st = kiln__fail(err, KILN_NO_MEMORY, "out of memory");
+  if (st == KILN_OK) {
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) slash[1] = 0;
+    else if (slash) *slash = 0;
+    else strcpy(dir, ".");
+    st = kiln__onnx_import(data, size, dir, &g, err);
+  }
+  if (st == KILN_OK) st = kiln__optimize(g, opt_level < 0 ? KILN__OPT_MAX : opt_level, err);
+  if (st == KILN_OK) st = kiln__onnx_export(g, "kiln-optimize", out_path, err);
+  if (st != KILN_OK) kiln__err_prefix(err, "%s", path);
+  kiln__graph_free(g);
+  kiln__free(dir);
+  kiln__free(data);
+  return st;
+}

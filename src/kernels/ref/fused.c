@@ -4,10 +4,15 @@
      LayerNorm(X, gamma?, beta?; epsilon)  over the last axis:
          (x - mean) / sqrt(mean((x - mean)^2) + epsilon) * gamma + beta
          gamma and beta hold 1 or (last dim) elements.
-     Gelu(X)  x * 0.5 * (1 + erf(x / sqrt 2)), the exact form. */
+     Gelu(X)  x * 0.5 * (1 + erf(x / sqrt 2)), the exact form.
+   and the rest of docs/FUSED_OPS.md: RMSNorm, FusedConv, FusedGemm, FusedMatMul (the linear op,
+   then + Bias, + Z, then the activation, each step rounded to float32 as the unfused ops round it,
+   so those fusions are bit-equal) and Attention (online softmax over blocks of K/V). */
+#include <float.h>
 #include <math.h>
 
 #include "ir/op.h"
+#include "kernels/ref/gemm.h"
 
 static kiln_status infer_float_same(kiln__kctx *c) {
   const kiln_tensor *x = c->in[0];
@@ -25,7 +30,8 @@ static kiln_status check_affine(const kiln__kctx *c, const kiln_tensor *t, int64
   size_t n = kiln_tensor_count(t);
   if (t->dtype != KILN_DTYPE_FLOAT || t->rank > 1 || (n != 1 && (int64_t)n != h))
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
-                      "LayerNorm %s must be float32 with 1 or %lld elements", what, (long long)h);
+                      "%s %s must be float32 with 1 or %lld elements", c->node->op_type, what,
+                      (long long)h);
   return KILN_OK;
 }
 
@@ -78,8 +84,383 @@ static kiln_status run_gelu(kiln__kctx *c) {
   return KILN_OK;
 }
 
+/* ---- RMSNorm --------------------------------------------------------------------------------- */
+
+static kiln_status infer_rmsnorm(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0];
+  if (x->rank < 1)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RMSNorm input must have rank >= 1");
+  kiln_status st = check_affine(c, c->in[1], x->dims[x->rank - 1], "scale");
+  return st == KILN_OK ? infer_float_same(c) : st;
+}
+
+static kiln_status run_rmsnorm(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0], *st = c->in[1];
+  size_t h = (size_t)x->dims[x->rank - 1];
+  size_t rows = h ? kiln_tensor_count(x) / h : 0;
+  double eps = kiln__attr_float(c->node, "epsilon", 1e-6f);
+  const float *scale = st->data, *X = x->data;
+  size_t ss = kiln_tensor_count(st) > 1;
+  float *Y = c->out[0]->data;
+  for (size_t r = 0; r < rows; r++) {
+    const float *xr = X + r * h;
+    float *yr = Y + r * h;
+    double sq = 0;
+    for (size_t i = 0; i < h; i++) sq += (double)xr[i] * xr[i];
+    double inv = 1.0 / sqrt(sq / (double)h + eps);
+    for (size_t i = 0; i < h; i++) yr[i] = (float)((double)xr[i] * inv * scale[i * ss]);
+  }
+  return KILN_OK;
+}
+
+/* ---- the epilogue of the fused linear ops: + Bias[N], + Z (broadcast), activation --------------- */
+
+typedef enum act_kind {
+  ACT_NONE, ACT_RELU, ACT_CLIP, ACT_SIGMOID, ACT_TANH, ACT_HARDSIGMOID, ACT_HARDSWISH,
+  ACT_LEAKYRELU, ACT_GELU, ACT_SILU,
+} act_kind;
+
+typedef struct act {
+  act_kind kind;
+  float p[2];
+} act;
+
+static const struct {
+  const char *name;
+  act_kind kind;
+  int n_params;
+  float def[2];
+} acts[] = {
+    {"", ACT_NONE, 0, {0, 0}},
+    {"Relu", ACT_RELU, 0, {0, 0}},
+    {"Clip", ACT_CLIP, 2, {-FLT_MAX, FLT_MAX}},
+    {"Sigmoid", ACT_SIGMOID, 0, {0, 0}},
+    {"Tanh", ACT_TANH, 0, {0, 0}},
+    {"HardSigmoid", ACT_HARDSIGMOID, 2, {0.2f, 0.5f}},
+    {"HardSwish", ACT_HARDSWISH, 0, {0, 0}},
+    {"LeakyRelu", ACT_LEAKYRELU, 1, {0.01f, 0}},
+    {"Gelu", ACT_GELU, 0, {0, 0}},
+    {"Silu", ACT_SILU, 0, {0, 0}},
+};
+
+static kiln_status act_get(const kiln__kctx *c, act *a) {
+  const char *name = kiln__attr_str(c->node, "activation", "");
+  const float *p = NULL;
+  size_t np = kiln__attr_floats(c->node, "activation_params", &p);
+  for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
+    if (strcmp(name, acts[i].name)) continue;
+    a->kind = acts[i].kind;
+    for (int k = 0; k < 2; k++) a->p[k] = k < (int)np && k < acts[i].n_params ? p[k] : acts[i].def[k];
+    return KILN_OK;
+  }
+  return kiln__fail(c->err, KILN_UNSUPPORTED, "%s: unknown activation '%s'", c->node->op_type,
+                    name);
+}
+
+/* The formulas and roundings of the reference elementwise kernels, so a fusion is bit-equal to the
+   op it absorbed (Gelu as ai.kiln.Gelu, SiLU as Sigmoid then Mul). */
+static inline float act_apply(const act *a, float x) {
+  switch (a->kind) {
+  case ACT_NONE: return x;
+  case ACT_RELU: return x < 0 ? 0.0f : x;
+  case ACT_CLIP: return x < a->p[0] ? a->p[0] : x > a->p[1] ? a->p[1] : x;
+  case ACT_SIGMOID: return (float)(1.0 / (1.0 + exp(-(double)x)));
+  case ACT_TANH: return (float)tanh((double)x);
+  case ACT_HARDSIGMOID: return (float)fmax(0.0, fmin(1.0, (double)(a->p[0] * x + a->p[1])));
+  case ACT_HARDSWISH: return (float)(x * fmax(0.0, fmin(1.0, (double)(x / 6.0f + 0.5f))));
+  case ACT_LEAKYRELU: return x < 0 ? a->p[0] * x : x;
+  case ACT_GELU: return (float)(0.5 * x * (1.0 + erf(x * 0.70710678118654752440)));
+  case ACT_SILU: return x * (float)(1.0 / (1.0 + exp(-(double)x)));
+  }
+  return x;
+}
+
+/* Z must broadcast to Y's shape without widening it. */
+static kiln_status check_residual(const kiln__kctx *c, const kiln_tensor *z, int rank,
+                                  const int64_t *dims, bool exact) {
+  if (!z) return KILN_OK;
+  if (z->dtype != KILN_DTYPE_FLOAT)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "%s: Z must be float32", c->node->op_type);
+  bool ok = z->rank <= rank && (!exact || z->rank == rank);
+  for (int d = 0; ok && d < z->rank; d++) {
+    int64_t zd = z->dims[z->rank - 1 - d], yd = dims[rank - 1 - d];
+    ok = zd == yd || (!exact && zd == 1);
+  }
+  if (!ok)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "%s: Z does not %s the output's shape",
+                      c->node->op_type, exact ? "have" : "broadcast to");
+  return KILN_OK;
+}
+
+/* y[i] = f(y[i] + bias[i % n] + z[i]) over the output, Z broadcast in Y's shape. */
+static void epilogue(const act *a, kiln_tensor *y, const float *bias, size_t n,
+                     const kiln_tensor *z) {
+  float *Y = y->data;
+  size_t count = kiln_tensor_count(y);
+  if (bias)
+    for (size_t i = 0; i < count; i++) Y[i] += bias[i % n];
+  if (z) {
+    const float *Z = z->data;
+    if (kiln_tensor_count(z) == count) {
+      for (size_t i = 0; i < count; i++) Y[i] += Z[i];
+    } else {
+      int64_t zs[KILN_MAX_RANK], idx[KILN_MAX_RANK] = {0};
+      kiln__bcast_strides(z, y->rank, y->dims, zs);
+      int64_t zo = 0;
+      for (size_t i = 0; i < count; i++) {
+        Y[i] += Z[zo];
+        for (int d = y->rank - 1; d >= 0; d--) { /* odometer over Y's index */
+          zo += zs[d];
+          if (++idx[d] < y->dims[d]) break;
+          zo -= zs[d] * idx[d];
+          idx[d] = 0;
+        }
+      }
+    }
+  }
+  if (a->kind != ACT_NONE)
+    for (size_t i = 0; i < count; i++) Y[i] = act_apply(a, Y[i]);
+}
+
+/* Runs the plain op (Conv, Gemm) on the first `n` inputs of the fused node. */
+static kiln__kctx sub_ctx(const kiln__kctx *c, int n) {
+  kiln__kctx s = *c;
+  s.n_in = c->n_in < n ? c->n_in : n;
+  while (s.n_in > 2 && !s.in[s.n_in - 1]) s.n_in--; /* an omitted bias: the plain op's 2 inputs */
+  return s;
+}
+
+/* ---- FusedConv ------------------------------------------------------------------------------- */
+
+static const kiln__op *plain(const char *name) { return kiln__op_find("", name); }
+
+static kiln_status infer_fconv(kiln__kctx *c) {
+  act a;
+  kiln_status st = act_get(c, &a);
+  kiln__kctx s = sub_ctx(c, 3);
+  if (st == KILN_OK) st = plain("Conv")->infer(&s);
+  if (st == KILN_OK && c->in[0]->dtype != KILN_DTYPE_FLOAT)
+    st = kiln__fail(c->err, KILN_UNSUPPORTED, "FusedConv takes float32");
+  if (st == KILN_OK && c->n_in > 3)
+    st = check_residual(c, c->in[3], c->out[0]->rank, c->out[0]->dims, true);
+  return st;
+}
+
+static size_t scratch_fconv(const kiln__kctx *c) {
+  kiln__kctx s = sub_ctx(c, 3);
+  const kiln__op *op = plain("Conv");
+  return op->scratch ? op->scratch(&s) : 0;
+}
+
+static kiln_status run_fconv(kiln__kctx *c) {
+  act a;
+  kiln_status st = act_get(c, &a);
+  kiln__kctx s = sub_ctx(c, 3);
+  if (st == KILN_OK) st = plain("Conv")->run(&s);
+  if (st == KILN_OK) epilogue(&a, c->out[0], NULL, 0, c->n_in > 3 ? c->in[3] : NULL);
+  return st;
+}
+
+/* ---- FusedGemm ------------------------------------------------------------------------------- */
+
+static kiln_status infer_fgemm(kiln__kctx *c) {
+  act a;
+  kiln_status st = act_get(c, &a);
+  kiln__kctx s = sub_ctx(c, 3);
+  if (st == KILN_OK) st = plain("Gemm")->infer(&s);
+  if (st == KILN_OK && c->in[0]->dtype != KILN_DTYPE_FLOAT)
+    st = kiln__fail(c->err, KILN_UNSUPPORTED, "FusedGemm takes float32");
+  if (st == KILN_OK && c->n_in > 3)
+    st = check_residual(c, c->in[3], c->out[0]->rank, c->out[0]->dims, true);
+  return st;
+}
+
+static kiln_status run_fgemm(kiln__kctx *c) {
+  act a;
+  kiln_status st = act_get(c, &a);
+  kiln__kctx s = sub_ctx(c, 3);
+  if (st == KILN_OK) st = plain("Gemm")->run(&s);
+  if (st == KILN_OK) epilogue(&a, c->out[0], NULL, 0, c->n_in > 3 ? c->in[3] : NULL);
+  return st;
+}
+
+/* ---- FusedMatMul ----------------------------------------------------------------------------- */
+
+/* A shape-only view of an operand with its last two dims swapped when `trans`. */
+static bool trans_view(const kiln_tensor *t, bool trans, kiln_tensor *v) {
+  *v = *t;
+  v->data = NULL;
+  if (!trans) return true;
+  if (t->rank < 2) return false;
+  v->dims[t->rank - 2] = t->dims[t->rank - 1];
+  v->dims[t->rank - 1] = t->dims[t->rank - 2];
+  return true;
+}
+
+typedef struct fmm_geom {
+  kiln__matmul_shape s;
+  bool ta, tb;
+  float alpha;
+  const kiln_tensor *bias, *z;
+} fmm_geom;
+
+static kiln_status fmm_get(const kiln__kctx *c, fmm_geom *g) {
+  const kiln_tensor *a = c->in[0], *b = c->in[1];
+  g->ta = kiln__attr_int(c->node, "transA", 0) != 0;
+  g->tb = kiln__attr_int(c->node, "transB", 0) != 0;
+  g->alpha = kiln__attr_float(c->node, "alpha", 1.0f);
+  g->bias = c->n_in > 2 ? c->in[2] : NULL;
+  g->z = c->n_in > 3 ? c->in[3] : NULL;
+  if (a->dtype != KILN_DTYPE_FLOAT || b->dtype != KILN_DTYPE_FLOAT)
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "FusedMatMul takes float32");
+  kiln_tensor av, bv;
+  if (!trans_view(a, g->ta, &av) || !trans_view(b, g->tb, &bv))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "FusedMatMul: a transposed operand needs rank >= 2");
+  kiln_status st = kiln__matmul_shape_get(&av, &bv, &g->s, c->err);
+  if (st != KILN_OK) return st;
+  if (g->bias && (g->bias->dtype != KILN_DTYPE_FLOAT || g->bias->rank != 1 ||
+                  (size_t)g->bias->dims[0] != g->s.n))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "FusedMatMul: Bias must be float32 [%zu]",
+                      g->s.n);
+  return check_residual(c, g->z, g->s.out_rank, g->s.out_dims, false);
+}
+
+static kiln_status infer_fmatmul(kiln__kctx *c) {
+  act a;
+  fmm_geom g;
+  kiln_status st = act_get(c, &a);
+  if (st == KILN_OK) st = fmm_get(c, &g);
+  if (st == KILN_OK) kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, g.s.out_rank, g.s.out_dims);
+  return st;
+}
+
+static kiln_status run_fmatmul(kiln__kctx *c) {
+  act a;
+  fmm_geom g;
+  kiln_status st = act_get(c, &a);
+  if (st == KILN_OK) st = fmm_get(c, &g);
+  if (st != KILN_OK) return st;
+  const kiln__matmul_shape *s = &g.s;
+  const float *A = c->in[0]->data, *B = c->in[1]->data;
+  float *Y = c->out[0]->data;
+  if (s->batch == 0 || s->m == 0 || s->n == 0) return KILN_OK;
+  size_t lda = g.ta ? s->m : s->k, ldb = g.tb ? s->k : s->n;
+  bool a_dense = true;
+  for (int d = 0; d < s->batch_rank; d++)
+    if (s->batch_dims[d] != 1 && s->a_bstride[d] == 0) a_dense = false;
+  if (!g.ta && (s->batch == 1 || (!s->b_batched && a_dense))) {
+    /* A's matrices lie back to back and B is shared: one tall product */
+    kiln__sgemm(c->pool, false, g.tb, s->batch * s->m, s->n, s->k, g.alpha, A, lda, B, ldb, 0.0f,
+                Y, s->n);
+  } else {
+    for (size_t i = 0; i < s->batch; i++) {
+      size_t ao, bo;
+      kiln__matmul_offsets(s, i, &ao, &bo);
+      kiln__sgemm(c->pool, g.ta, g.tb, s->m, s->n, s->k, g.alpha, A + ao, lda, B + bo, ldb, 0.0f,
+                  Y + i * s->m * s->n, s->n);
+    }
+  }
+  epilogue(&a, c->out[0], g.bias ? g.bias->data : NULL, s->n, g.z);
+  return KILN_OK;
+}
+
+/* ---- Attention ------------------------------------------------------------------------------- */
+
+/* Keys per block of the online softmax: the scores of one block live in scratch, never [S, T]. */
+enum { ATT_BLOCK = 64 };
+
+static kiln_status infer_attention(kiln__kctx *c) {
+  const kiln_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
+  const kiln_tensor *mask = c->n_in > 3 ? c->in[3] : NULL;
+  if (!kiln__attr_find(c->node, "scale"))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "Attention needs a scale attribute");
+  if (q->dtype != KILN_DTYPE_FLOAT || k->dtype != KILN_DTYPE_FLOAT || v->dtype != KILN_DTYPE_FLOAT)
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "Attention takes float32");
+  if (q->rank != 4 || k->rank != 4 || v->rank != 4 || q->dims[0] != k->dims[0] ||
+      q->dims[1] != k->dims[1] || q->dims[3] != k->dims[3] || v->dims[0] != k->dims[0] ||
+      v->dims[1] != k->dims[1] || v->dims[2] != k->dims[2])
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "Attention needs Q [B,H,S,D], K [B,H,T,D], V [B,H,T,Dv]");
+  int64_t sdims[4] = {q->dims[0], q->dims[1], q->dims[2], k->dims[2]};
+  if (mask) {
+    if (mask->dtype != KILN_DTYPE_FLOAT)
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "Attention mask must be float32");
+    kiln_status st = check_residual(c, mask, 4, sdims, false);
+    if (st != KILN_OK) return st;
+  }
+  int64_t y[4] = {q->dims[0], q->dims[1], q->dims[2], v->dims[3]};
+  kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, 4, y);
+  return KILN_OK;
+}
+
+static size_t scratch_attention(const kiln__kctx *c) {
+  return (ATT_BLOCK + (size_t)c->in[2]->dims[3]) * sizeof(double);
+}
+
+static kiln_status run_attention(kiln__kctx *c) {
+  const kiln_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
+  const kiln_tensor *mask = c->n_in > 3 ? c->in[3] : NULL;
+  size_t B = (size_t)q->dims[0], H = (size_t)q->dims[1], S = (size_t)q->dims[2];
+  size_t D = (size_t)q->dims[3], T = (size_t)k->dims[2], Dv = (size_t)v->dims[3];
+  double scale = kiln__attr_float(c->node, "scale", 1.0f);
+  bool causal = kiln__attr_int(c->node, "causal", 0) != 0;
+  int64_t ms[4] = {0, 0, 0, 0};
+  int64_t sdims[4] = {(int64_t)B, (int64_t)H, (int64_t)S, (int64_t)T};
+  if (mask) kiln__bcast_strides(mask, 4, sdims, ms);
+  const float *Q = q->data, *K = k->data, *V = v->data, *M = mask ? mask->data : NULL;
+  float *Y = c->out[0]->data;
+  double *sc = c->scratch, *acc = sc + ATT_BLOCK;
+  for (size_t b = 0; b < B; b++)
+    for (size_t h = 0; h < H; h++) {
+      size_t bh = b * H + h;
+      for (size_t s = 0; s < S; s++) {
+        const float *qr = Q + (bh * S + s) * D;
+        /* keys past s + (T - S) are masked in causal mode */
+        size_t t_end = !causal ? T : s + T < S ? 0 : s + T - S + 1 < T ? s + T - S + 1 : T;
+        double run_max = -INFINITY, run_sum = 0;
+        for (size_t e = 0; e < Dv; e++) acc[e] = 0;
+        for (size_t t0 = 0; t0 < t_end; t0 += ATT_BLOCK) {
+          size_t nt = t_end - t0 < ATT_BLOCK ? t_end - t0 : ATT_BLOCK;
+          double bmax = -INFINITY;
+          for (size_t j = 0; j < nt; j++) {
+            const float *kr = K + (bh * T + t0 + j) * D;
+            double dot = 0;
+            for (size_t d = 0; d < D; d++) dot += (double)qr[d] * kr[d];
+            double x = scale * dot;
+            if (M)
+              x += M[(int64_t)b * ms[0] + (int64_t)h * ms[1] + (int64_t)s * ms[2] +
+                     (int64_t)(t0 + j) * ms[3]];
+            sc[j] = x;
+            if (x > bmax) bmax = x;
+          }
+          if (bmax == -INFINITY) continue; /* a fully masked block adds nothing */
+          double new_max = bmax > run_max ? bmax : run_max;
+          double corr = exp(run_max - new_max); /* 0 on the first block */
+          run_sum *= corr;
+          for (size_t e = 0; e < Dv; e++) acc[e] *= corr;
+          for (size_t j = 0; j < nt; j++) {
+            double p = exp(sc[j] - new_max);
+            run_sum += p;
+            const float *vr = V + (bh * T + t0 + j) * Dv;
+            for (size_t e = 0; e < Dv; e++) acc[e] += p * vr[e];
+          }
+          run_max = new_max;
+        }
+        float *yr = Y + (bh * S + s) * Dv;
+        /* every key masked: 0/0, the NaN the unfused Softmax gives */
+        for (size_t e = 0; e < Dv; e++) yr[e] = (float)(acc[e] / run_sum);
+      }
+    }
+  return KILN_OK;
+}
+
 const kiln__op kiln__ops_fused[] = {
     {"ai.kiln", "LayerNorm", infer_layernorm, run_layernorm, NULL, 0, 1, 3},
     {"ai.kiln", "Gelu", infer_float_same, run_gelu, NULL, KILN__OPF_INPLACE, 1, 1},
+    {"ai.kiln", "RMSNorm", infer_rmsnorm, run_rmsnorm, NULL, 0, 2, 2},
+    {"ai.kiln", "FusedConv", infer_fconv, run_fconv, scratch_fconv, 0, 2, 4},
+    {"ai.kiln", "FusedGemm", infer_fgemm, run_fgemm, NULL, 0, 2, 4},
+    {"ai.kiln", "FusedMatMul", infer_fmatmul, run_fmatmul, NULL, 0, 2, 4},
+    {"ai.kiln", "Attention", infer_attention, run_attention, scratch_attention, 0, 3, 4},
     {0},
 };
