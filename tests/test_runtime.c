@@ -849,12 +849,324 @@ static void shutdown_with_requests_in_flight(void **state) {
   assert_true(cancelled > 0);
 }
 
+/* ---- absolute deadlines, batch pruning, backend breakers, pooling, borrowed models -------- */
+
+/* An absolute deadline fires by the timer while the only worker is held; the earlier of deadline
+   and timeout applies; a deadline already past completes at once through the callback; with a
+   deadline, the priority's default timeout does not apply. */
+static void absolute_deadline(void **state) {
+  (void)state;
+  kiln_runtime_opts o = kiln_runtime_opts_default();
+  o.default_timeout_us[KILN_PRIORITY_NORMAL] = 5000;
+  kiln_runtime *rt = make_rt(1, &o);
+  kiln_runtime_model *m = load(rt, NULL);
+  gate g;
+  gate_init(&g);
+  kiln_tensor x = rows(0, 1);
+  kiln_request blocker = req_of(&x, KILN_PRIORITY_CRITICAL);
+  blocker.interrupt = gate_hook;
+  blocker.user = &g;
+  kiln_future *fb, *f1, *f2, *f3, *f4;
+  assert_int_equal(kiln_runtime_submit(m, &blocker, &fb, NULL), KILN_OK);
+  gate_wait_entered(&g);
+  int64_t t0 = kiln_runtime_now_ns();
+  kiln_request r = req_of(&x, KILN_PRIORITY_NORMAL);
+  r.deadline_ns = t0 + 30000000; /* 30 ms, no timeout: the 5 ms default must not apply */
+  assert_int_equal(kiln_runtime_submit(m, &r, &f1, NULL), KILN_OK);
+  r.deadline_ns = t0 + 10000000000; /* 10 s, but a 20 ms timeout: the timeout wins */
+  r.timeout_us = 20000;
+  assert_int_equal(kiln_runtime_submit(m, &r, &f2, NULL), KILN_OK);
+  r.timeout_us = -1; /* none, and a deadline far away: runs once the worker is free */
+  assert_int_equal(kiln_runtime_submit(m, &r, &f4, NULL), KILN_OK);
+  assert_true(kiln_future_wait(f2, 10000000));
+  int64_t t2 = kiln_runtime_now_ns();
+  assert_false(kiln_future_done(f1)); /* the default timeout (5 ms) did not apply to it */
+  assert_true(kiln_future_wait(f1, 10000000));
+  int64_t t1 = kiln_runtime_now_ns();
+  assert_int_equal(kiln_future_status(f1, NULL), KILN_DEADLINE_EXCEEDED);
+  assert_int_equal(kiln_future_status(f2, NULL), KILN_DEADLINE_EXCEEDED);
+  assert_true(t2 - t0 >= 20000000);
+  assert_true(t1 >= t0 + 30000000);
+  assert_false(kiln_future_done(fb)); /* the worker is still held: the timer did it */
+  /* Already past at submit: accepted, then completed with DEADLINE_EXCEEDED and its callback. */
+  atomic_int calls = 0;
+  r.deadline_ns = kiln_runtime_now_ns() - 1000;
+  r.on_complete = count_done;
+  r.user = &calls;
+  assert_int_equal(kiln_runtime_submit(m, &r, &f3, NULL), KILN_OK);
+  assert_true(kiln_future_wait(f3, 10000000));
+  assert_int_equal(kiln_future_status(f3, NULL), KILN_DEADLINE_EXCEEDED);
+  assert_int_equal(atomic_load(&calls), 1);
+  assert_false(kiln_future_done(fb));
+  gate_open(&g);
+  assert_true(kiln_future_wait(f4, 10000000));
+  assert_int_equal(kiln_future_status(f4, NULL), KILN_OK);
+  assert_int_equal(stats_of(m).prio[KILN_PRIORITY_NORMAL].deadline_exceeded, 3);
+  kiln_future *fs[] = {fb, f1, f2, f3, f4};
+  for (size_t i = 0; i < 5; i++) kiln_future_release(fs[i]);
+  kiln_runtime_free(rt);
+  gate_destroy(&g);
+}
+
+/* Four 4-row requests form a full batch, which a worker takes and then waits on the only context
+   (held by a gated request). Meanwhile one member is cancelled and another passes its absolute
+   deadline: both leave the batch before it runs, with their own status; the other two run as one
+   8-row batch whose rows are the direct runs' bit for bit. */
+static void batch_drops_cancelled_and_expired(void **state) {
+  (void)state;
+  kiln_runtime *rt = make_rt(2, NULL);
+  kiln_runtime_model_opts mo = kiln_runtime_model_opts_default();
+  mo.max_batch_size = 16;
+  mo.max_queue_delay_us = 10000000; /* batches run because they are full, never by the delay */
+  mo.max_contexts = 1;
+  kiln_runtime_model *m = load(rt, &mo);
+  gate g;
+  gate_init(&g);
+  kiln_tensor bx = rows(200, 16);
+  kiln_request blocker = req_of(&bx, KILN_PRIORITY_CRITICAL);
+  blocker.interrupt = gate_hook;
+  blocker.user = &g;
+  kiln_future *fb;
+  assert_int_equal(kiln_runtime_submit(m, &blocker, &fb, NULL), KILN_OK);
+  gate_wait_entered(&g);
+  enum { R = 4 };
+  kiln_tensor xs[R];
+  kiln_future *fs[R];
+  float *want[R];
+  atomic_int calls[R];
+  for (int i = 0; i < R; i++) {
+    xs[i] = rows(100 + 8 * i, 4);
+    want[i] = direct_logits(&xs[i]);
+  }
+  int64_t deadline = kiln_runtime_now_ns() + 200000000; /* far enough to be taken first */
+  for (int i = 0; i < R; i++) {
+    atomic_init(&calls[i], 0);
+    kiln_request r = req_of(&xs[i], KILN_PRIORITY_NORMAL);
+    r.on_complete = count_done;
+    r.user = &calls[i];
+    if (i == 2) r.deadline_ns = deadline;
+    assert_int_equal(kiln_runtime_submit(m, &r, &fs[i], NULL), KILN_OK);
+  }
+  /* The second worker took the full batch and waits for the context. */
+  for (int i = 0; i < 100000 && stats_of(m).context_waits == 0; i++) sleep_us(100);
+  assert_int_equal(stats_of(m).context_waits, 1);
+  assert_int_equal(stats_of(m).prio[KILN_PRIORITY_NORMAL].queue_depth, 0);
+  assert_false(kiln_future_done(fs[2]));
+  kiln_future_cancel(fs[1]);
+  while (kiln_runtime_now_ns() <= deadline) sleep_us(1000);
+  gate_open(&g);
+  for (int i = 0; i < R; i++) {
+    assert_true(kiln_future_wait(fs[i], 10000000));
+    assert_int_equal(atomic_load(&calls[i]), 1);
+  }
+  kiln_error err = {0};
+  assert_int_equal(kiln_future_status(fs[1], &err), KILN_CANCELLED);
+  assert_true(strstr(err.message, "before the run started") != NULL);
+  assert_int_equal(kiln_future_status(fs[2], &err), KILN_DEADLINE_EXCEEDED);
+  assert_true(strstr(err.message, "before the run started") != NULL);
+  assert_int_equal(kiln_future_output_count(fs[1]), 0);
+  for (int i = 0; i < R; i += 3) {
+    assert_int_equal(kiln_future_status(fs[i], NULL), KILN_OK);
+    expect_logits(fs[i], want[i], 4);
+  }
+  assert_true(kiln_future_wait(fb, 10000000));
+  kiln_runtime_stats st = stats_of(m);
+  assert_int_equal(st.batch_dropped, 2);
+  assert_int_equal(st.runs, 2); /* the blocker, then one batch */
+  assert_int_equal(st.batched_runs, 1);
+  assert_int_equal(st.batch_requests, 2);
+  assert_int_equal(st.batch_rows_max, 8);
+  assert_int_equal(st.prio[KILN_PRIORITY_NORMAL].ok, 2);
+  assert_int_equal(st.prio[KILN_PRIORITY_NORMAL].cancelled, 1);
+  assert_int_equal(st.prio[KILN_PRIORITY_NORMAL].deadline_exceeded, 1);
+  kiln_future_release(fb);
+  for (int i = 0; i < R; i++) {
+    kiln_future_release(fs[i]);
+    free(want[i]);
+  }
+  kiln_runtime_free(rt);
+  gate_destroy(&g);
+}
+
+static char gather_path[1100];
+
+static size_t backend_index(kiln_runtime *rt, const char *name) {
+  for (size_t i = 0; i < kiln_runtime_backend_count(rt); i++) {
+    kiln_backend_stats b = {.struct_size = sizeof b};
+    assert_int_equal(kiln_runtime_backend_stats(rt, i, &b), KILN_OK);
+    if (!strcmp(b.name, name)) return i;
+  }
+  fail_msg("no backend %s", name);
+  return 0;
+}
+
+static kiln_backend_stats backend_of(kiln_runtime *rt, size_t i) {
+  kiln_backend_stats b = {.struct_size = sizeof b};
+  assert_int_equal(kiln_runtime_backend_stats(rt, i, &b), KILN_OK);
+  return b;
+}
+
+/* The "ref" backend's breaker is shared by two models: failures inside a Gather node (indices out
+   of range) open it, and the other model (the digits CNN, also on "ref") is refused with
+   UNAVAILABLE naming the backend. Failures before the first node (a bad input shape) do not
+   count. After the cool-down a good probe of either model closes it. */
+static void backend_breaker_shared_by_models(void **state) {
+  (void)state;
+  kiln_runtime_opts o = kiln_runtime_opts_default();
+  o.backend_breaker_window = 4;
+  o.backend_breaker_min_calls = 2;
+  o.backend_breaker_failure_rate = 0.6;
+  o.backend_breaker_cooldown_us = 50000;
+  o.backend_breaker_probes = 1;
+  kiln_runtime *rt = make_rt(1, &o);
+  kiln_runtime_model *digits = load(rt, NULL);
+  kiln_runtime_model_opts mo = kiln_runtime_model_opts_default();
+  mo.backends = ref_backends;
+  kiln_runtime_model *gather = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_runtime_model_load(rt, gather_path, &mo, &gather, &err), KILN_OK);
+  size_t ref = backend_index(rt, "ref");
+  assert_true(backend_of(rt, ref).breaker_on);
+  float data[5 * 4 * 3 * 2];
+  for (int i = 0; i < 120; i++) data[i] = (float)i;
+  int64_t bad_idx[3] = {0, 7, 1}, good_idx[3] = {4, 0, 2};
+  kiln_tensor gin[2] = {{.dtype = KILN_DTYPE_FLOAT, .rank = 4, .dims = {5, 4, 3, 2}, .data = data},
+                        {.dtype = KILN_DTYPE_INT64, .rank = 1, .dims = {3}, .data = bad_idx}};
+  const char *gnames[] = {"data", "indices"};
+  kiln_request gr = kiln_request_default();
+  gr.names = gnames;
+  gr.inputs = gin;
+  gr.n_inputs = 2;
+  kiln_tensor x = rows(0, 1), badx = rows(0, 1);
+  badx.dims[3] = 7;
+  kiln_request good = req_of(&x, KILN_PRIORITY_NORMAL), bad = req_of(&badx, KILN_PRIORITY_NORMAL);
+  kiln_future *f = NULL;
+  /* Fails while binding inputs, before any node: not the backend's failure. */
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(kiln_runtime_run(digits, &bad, &f, NULL), KILN_INVALID_ARGUMENT);
+    kiln_future_release(f);
+  }
+  assert_int_equal(backend_of(rt, ref).failures, 0);
+  assert_int_equal(backend_of(rt, ref).breaker_state, KILN_BREAKER_CLOSED);
+  /* A good run is a success of "ref"; then two failures inside the Gather node: 1 of 2 < 0.6,
+     then 2 of 3 >= 0.6 opens it. */
+  assert_int_equal(kiln_runtime_run(digits, &good, &f, NULL), KILN_OK);
+  kiln_future_release(f);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(kiln_runtime_run(gather, &gr, &f, &err), KILN_INVALID_ARGUMENT);
+    assert_true(strstr(err.message, "Gather") != NULL);
+    kiln_future_release(f);
+  }
+  kiln_backend_stats b = backend_of(rt, ref);
+  assert_int_equal(b.successes, 1);
+  assert_int_equal(b.failures, 2);
+  assert_int_equal(b.breaker_state, KILN_BREAKER_OPEN);
+  assert_int_equal(b.breaker_opened, 1);
+  assert_true(b.retry_after_us > 0 && b.retry_after_us <= 50000);
+  /* The other model on "ref" fails fast; its own breaker (off) is not the reason. */
+  assert_int_equal(kiln_runtime_submit(digits, &good, &f, &err), KILN_UNAVAILABLE);
+  assert_null(f);
+  assert_true(strstr(err.message, "backend 'ref'") != NULL);
+  assert_true(strstr(err.message, "retry after") != NULL);
+  assert_int_equal(backend_of(rt, ref).rejected, 1);
+  assert_int_equal(stats_of(digits).prio[KILN_PRIORITY_NORMAL].rejected, 1);
+  assert_int_equal(stats_of(digits).breaker_state, KILN_BREAKER_CLOSED);
+  /* Other backends are untouched. */
+  for (size_t i = 0; i < kiln_runtime_backend_count(rt); i++)
+    if (i != ref) assert_int_equal(backend_of(rt, i).breaker_state, KILN_BREAKER_CLOSED);
+  sleep_us(backend_of(rt, ref).retry_after_us + 5000);
+  /* HALF_OPEN: one probe; a good Gather run closes it for everyone. */
+  gin[1].data = good_idx;
+  assert_int_equal(kiln_runtime_run(gather, &gr, &f, NULL), KILN_OK);
+  kiln_tensor y;
+  assert_int_equal(kiln_future_output(f, 0, &y), KILN_OK);
+  assert_int_equal(y.dims[0], 3);
+  assert_true(((float *)y.data)[0] == 4 * 24 && ((float *)y.data)[24] == 0 &&
+              ((float *)y.data)[48] == 2 * 24);
+  kiln_future_release(f);
+  b = backend_of(rt, ref);
+  assert_int_equal(b.breaker_state, KILN_BREAKER_CLOSED);
+  assert_int_equal(b.breaker_half_opened, 1);
+  assert_int_equal(b.breaker_closed, 1);
+  assert_int_equal(kiln_runtime_run(digits, &good, &f, NULL), KILN_OK);
+  kiln_future_release(f);
+  kiln_runtime_free(rt);
+}
+
+/* Futures and their output blocks come back through a free list: once warm, submit + complete +
+   release allocates nothing (Kiln's allocator counts every allocation). */
+static void warm_path_allocates_nothing(void **state) {
+  (void)state;
+  kiln_runtime *rt = make_rt(1, NULL);
+  kiln_runtime_model *m = load(rt, NULL);
+  kiln_tensor x = rows(5, 3);
+  float *want = direct_logits(&x);
+  kiln_request r = req_of(&x, KILN_PRIORITY_HIGH);
+  r.timeout_us = 10000000; /* through the deadline heap too */
+  /* Warm: four futures in use at once. The one worker finishes each (and drops the runtime's
+     reference) before it takes the next, so at least three are back in the pool, with blocks, by
+     the time the last is done; the loop below never has more than two in use. */
+  kiln_future *w[4];
+  for (int i = 0; i < 4; i++) assert_int_equal(kiln_runtime_submit(m, &r, &w[i], NULL), KILN_OK);
+  for (int i = 0; i < 4; i++) assert_true(kiln_future_wait(w[i], 10000000));
+  for (int i = 0; i < 4; i++) kiln_future_release(w[i]);
+  kiln_future *f = NULL;
+  uint64_t before = kiln_alloc_count();
+  for (int i = 0; i < 200; i++) {
+    assert_int_equal(kiln_runtime_run(m, &r, &f, NULL), KILN_OK);
+    if (i % 50 == 0) expect_logits(f, want, 3); /* a reused block holds this request's rows */
+    kiln_future_release(f);
+    atomic_int calls = 0;
+    kiln_request cb = r;
+    cb.on_complete = count_done;
+    cb.user = &calls;
+    assert_int_equal(kiln_runtime_submit(m, &cb, &f, NULL), KILN_OK);
+    assert_true(kiln_future_wait(f, 10000000));
+    kiln_future_release(f);
+  }
+  assert_int_equal(kiln_alloc_count() - before, 0);
+  kiln_runtime_free(rt);
+  free(want);
+}
+
+/* A model the caller loaded is borrowed: it serves, and outlives the runtime. */
+static void borrowed_model(void **state) {
+  (void)state;
+  kiln_model_opts mo = kiln_model_opts_default();
+  mo.intra_threads = 1;
+  mo.backends = ref_backends;
+  kiln_model *model = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_model_load(digits_path, &mo, &model, &err), KILN_OK);
+  kiln_runtime *rt = make_rt(1, NULL);
+  kiln_runtime_model *m = NULL;
+  assert_int_equal(kiln_runtime_model_add(rt, NULL, NULL, &m, &err), KILN_INVALID_ARGUMENT);
+  assert_int_equal(kiln_runtime_model_add(rt, model, NULL, &m, &err), KILN_OK);
+  assert_ptr_equal(kiln_runtime_model_get(m), model);
+  kiln_tensor x = rows(7, 4);
+  float *want = direct_logits(&x);
+  kiln_request r = req_of(&x, KILN_PRIORITY_NORMAL);
+  kiln_future *f = NULL;
+  assert_int_equal(kiln_runtime_run(m, &r, &f, NULL), KILN_OK);
+  kiln_runtime_free(rt);
+  expect_logits(f, want, 4); /* readable after the runtime is gone */
+  kiln_future_release(f);
+  kiln_session *s = NULL;
+  assert_int_equal(kiln_session_create(model, &s, &err), KILN_OK); /* the model is still ours */
+  assert_int_equal(kiln_session_run(s, in_names, &x, 1, &err), KILN_OK);
+  kiln_session_free(s);
+  kiln_model_free(model);
+  free(want);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: test_runtime MODELS_DIR\n");
     return 2;
   }
   snprintf(digits_path, sizeof digits_path, "%s/digits/digits_cnn.onnx", argv[1]);
+  snprintf(gather_path, sizeof gather_path, "%s/../tests/data/onnx-node/test_gather_0/model.onnx",
+           argv[1]);
   char xp[1100];
   snprintf(xp, sizeof xp, "%s/digits/test_x.npy", argv[1]);
   kiln_error err = {0};
@@ -886,6 +1198,11 @@ int main(int argc, char **argv) {
       cmocka_unit_test(breaker_transitions),
       cmocka_unit_test(context_pool_waits),
       cmocka_unit_test(shutdown_with_requests_in_flight),
+      cmocka_unit_test(absolute_deadline),
+      cmocka_unit_test(batch_drops_cancelled_and_expired),
+      cmocka_unit_test(backend_breaker_shared_by_models),
+      cmocka_unit_test(warm_path_allocates_nothing),
+      cmocka_unit_test(borrowed_model),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   kiln_session_free(oracle);

@@ -51,8 +51,23 @@ typedef struct kiln_runtime_opts {
   /* Aging: a request that has waited `aging_us` counts one level higher when workers pick, two
      after twice that, and so on (it never passes CRITICAL). 0 (default) = strict priority. */
   int64_t aging_us;
-  /* Timeout given to requests of each level that do not set one. 0 (default) = none. */
+  /* Timeout given to requests of each level that set neither a timeout nor a deadline.
+     0 (default) = none. */
   int64_t default_timeout_us[KILN_PRIORITY_COUNT];
+  /* Circuit breakers per backend ("ref", "cpu", ...), shared by every model of the runtime
+     (off when `backend_breaker_window` is 0, the default). A backend's window holds the runs
+     that reached its nodes: a run that completes counts as a success for every backend the
+     model's nodes run on; a run that fails inside a node counts as a failure of that node's
+     backend only. Runs stopped between nodes (cancel, deadline, hooks, shutdown) and failures
+     before the first node (input binding, planning) do not count. Same rules as the model's
+     breaker otherwise (min calls, failure share, cool-down, probes); no slow-call test, as
+     latency belongs to a model. While a backend's breaker is OPEN, requests to every model
+     with nodes on it fail at submit with KILN_UNAVAILABLE. */
+  size_t backend_breaker_window;
+  size_t backend_breaker_min_calls;   /* default 10 */
+  double backend_breaker_failure_rate; /* default 0.5 */
+  int64_t backend_breaker_cooldown_us; /* default 5 s */
+  size_t backend_breaker_probes;       /* default 3 */
 } kiln_runtime_opts;
 
 kiln_runtime_opts kiln_runtime_opts_default(void);
@@ -110,6 +125,13 @@ kiln_runtime_model_opts kiln_runtime_model_opts_default(void);
 kiln_status kiln_runtime_model_load(kiln_runtime *rt, const char *path,
                                     const kiln_runtime_model_opts *opts,
                                     kiln_runtime_model **out, kiln_error *err);
+/* Adds a model the caller loaded: the runtime borrows it (the caller frees it after
+   kiln_runtime_free) and its sessions use the model's own intra_threads, which the thread
+   budget does not check. Otherwise as kiln_runtime_model_load (`opts->backends` and
+   `opt_level` are ignored: the model was loaded with its own). */
+kiln_status kiln_runtime_model_add(kiln_runtime *rt, kiln_model *model,
+                                   const kiln_runtime_model_opts *opts,
+                                   kiln_runtime_model **out, kiln_error *err);
 /* The loaded model, for its input and output descriptions (do not free it). */
 const kiln_model *kiln_runtime_model_get(const kiln_runtime_model *m);
 
@@ -138,10 +160,30 @@ typedef struct kiln_runtime_stats {
   kiln_breaker_state breaker_state;
   uint64_t breaker_opened, breaker_half_opened, breaker_closed; /* transitions into each state */
   int64_t retry_after_us; /* while OPEN: time left of the cool-down; else 0 */
+  /* Batch members cancelled or expired after they were taken for a batch but before it ran:
+     they were removed from it (and completed with their own status). */
+  uint64_t batch_dropped;
 } kiln_runtime_stats;
 
-/* A snapshot of relaxed counters: each value is exact, the set is not one instant. */
+/* A snapshot of relaxed counters: each value is exact, the set is not one instant. A caller built
+   against an older, shorter kiln_runtime_stats gets the fields it knows. */
 kiln_status kiln_runtime_model_stats(const kiln_runtime_model *m, kiln_runtime_stats *st);
+
+/* The breaker of one backend (see kiln_runtime_opts.backend_breaker_window). */
+typedef struct kiln_backend_stats {
+  size_t struct_size; /* set by the caller to sizeof(kiln_backend_stats) */
+  const char *name;   /* the backend's name (static storage) */
+  bool breaker_on;
+  kiln_breaker_state breaker_state;
+  uint64_t successes, failures; /* runs recorded (see kiln_runtime_opts) */
+  uint64_t rejected;            /* submits refused because this breaker was open */
+  uint64_t breaker_opened, breaker_half_opened, breaker_closed;
+  int64_t retry_after_us; /* while OPEN: time left of the cool-down; else 0 */
+} kiln_backend_stats;
+
+/* Backends compiled in, one breaker each; `i` < kiln_runtime_backend_count(). */
+size_t kiln_runtime_backend_count(const kiln_runtime *rt);
+kiln_status kiln_runtime_backend_stats(const kiln_runtime *rt, size_t i, kiln_backend_stats *st);
 
 /* ---- requests ----------------------------------------------------------------------------- */
 
@@ -154,8 +196,9 @@ typedef struct kiln_request {
   size_t n_inputs;
   kiln_priority priority; /* default NORMAL */
   /* Time allowed from submit to completion: past it the request completes with
-     KILN_DEADLINE_EXCEEDED (queued: at once, by the timer; running: at the next node boundary).
-     0 = the runtime's default for the priority; negative = none. */
+     KILN_DEADLINE_EXCEEDED (queued: at once, by the timer; taken for a batch that has not run
+     yet: removed from it; running: at the next node boundary). 0 = the runtime's default for
+     the priority (unless deadline_ns is set); negative = none. */
   int64_t timeout_us;
   /* Called once when the request completes, before waiters are woken; `f` can be read inside. */
   void (*on_complete)(kiln_future *f, void *user);
@@ -163,15 +206,22 @@ typedef struct kiln_request {
   /* Optional: called between nodes with `user` while the request runs; a status other than OK
      stops it with that status. */
   kiln_status (*interrupt)(void *user);
+  /* Absolute deadline on CLOCK_MONOTONIC, in nanoseconds (kiln_runtime_now_ns() is that clock);
+     0 = none. With a timeout as well, the earlier of the two applies; with a deadline and no
+     timeout, the priority's default timeout does not. A deadline already past at submit is
+     accepted and completes at once with KILN_DEADLINE_EXCEEDED (through the callback). */
+  int64_t deadline_ns;
 } kiln_request;
 
 kiln_request kiln_request_default(void);
+/* CLOCK_MONOTONIC in nanoseconds: the clock of kiln_request.deadline_ns. */
+int64_t kiln_runtime_now_ns(void);
 
 /* Queues a request without blocking. On KILN_OK, `*out` (when `out` is not NULL) is a future the
    caller releases with kiln_future_release; pass NULL to rely on the callback alone. Fails at
    once, with no callback, with KILN_RESOURCE_EXHAUSTED when the priority's queue is full,
-   KILN_UNAVAILABLE when the model's breaker is open (the message and the model's statistics give
-   the retry-after time) or the runtime is shutting down, KILN_INVALID_ARGUMENT for a malformed
+   KILN_UNAVAILABLE when the model's breaker or that of a backend its nodes run on is open (the
+   message and the statistics give the retry-after time) or the runtime is shutting down, KILN_INVALID_ARGUMENT for a malformed
    request. Shapes and dtypes are checked when the request runs. */
 kiln_status kiln_runtime_submit(kiln_runtime_model *m, const kiln_request *req,
                                 kiln_future **out, kiln_error *err);
@@ -189,8 +239,9 @@ kiln_status kiln_future_status(const kiln_future *f, kiln_error *err);
 /* Outputs of a completed successful request: owned by the future, valid until its release. */
 size_t kiln_future_output_count(const kiln_future *f);
 kiln_status kiln_future_output(const kiln_future *f, size_t i, kiln_tensor *out);
-/* Cancels the request: a queued one completes with KILN_CANCELLED before this returns, a running
-   one stops at its next node boundary. No effect on a completed request. */
+/* Cancels the request: a queued one completes with KILN_CANCELLED before this returns; one taken
+   for a batch that has not started is removed from the batch before it runs; a running one stops
+   at its next node boundary. No effect on a completed request. */
 void kiln_future_cancel(kiln_future *f);
 /* Drops the caller's reference. The request itself goes on (cancel it first to stop it). */
 void kiln_future_release(kiln_future *f);

@@ -19,21 +19,20 @@ static void set_state(kiln__breaker *b, kiln_breaker_state s, int64_t now) {
   }
 }
 
-kiln_status kiln__breaker_init(kiln__breaker *b, const kiln_runtime_model_opts *o,
-                               kiln_error *err) {
+kiln_status kiln__breaker_init(kiln__breaker *b, const kiln__breaker_cfg *c, kiln_error *err) {
   memset(b, 0, sizeof *b);
-  if (o->breaker_window == 0) return KILN_OK;
-  if (o->breaker_failure_rate < 0 || o->breaker_failure_rate > 1 || o->breaker_slow_rate < 0 ||
-      o->breaker_slow_rate > 1 || o->breaker_cooldown_us < 0 || o->breaker_slow_call_us < 0)
+  if (c->window == 0) return KILN_OK;
+  if (c->failure_rate < 0 || c->failure_rate > 1 || c->slow_rate < 0 || c->slow_rate > 1 ||
+      c->cooldown_us < 0 || c->slow_call_us < 0)
     return kiln__fail(err, KILN_INVALID_ARGUMENT,
                       "breaker rates must be in [0, 1] and times not negative");
-  b->window_cap = o->breaker_window;
-  b->min_calls = o->breaker_min_calls ? KILN__MIN(o->breaker_min_calls, b->window_cap) : 1;
-  b->probes = o->breaker_probes ? o->breaker_probes : 1;
-  b->failure_rate = o->breaker_failure_rate;
-  b->slow_rate = o->breaker_slow_rate;
-  b->slow_ns = o->breaker_slow_call_us * 1000;
-  b->cooldown_ns = o->breaker_cooldown_us * 1000;
+  b->window_cap = c->window;
+  b->min_calls = c->min_calls ? KILN__MIN(c->min_calls, b->window_cap) : 1;
+  b->probes = c->probes ? c->probes : 1;
+  b->failure_rate = c->failure_rate;
+  b->slow_rate = c->slow_rate;
+  b->slow_ns = c->slow_call_us * 1000;
+  b->cooldown_ns = c->cooldown_us * 1000;
   b->window = kiln__calloc(b->window_cap, 1);
   if (!b->window) return kiln__fail(err, KILN_NO_MEMORY, "out of memory for a breaker window");
   pthread_mutex_init(&b->mu, NULL);
@@ -93,6 +92,7 @@ void kiln__breaker_record(kiln__breaker *b, bool probe, bool failed, int64_t lat
                           int64_t now) {
   if (!b->on) return;
   bool slow = b->slow_rate > 0 && latency_ns > b->slow_ns;
+  kiln__count(failed ? &b->n_failed : &b->n_ok, 1);
   pthread_mutex_lock(&b->mu);
   int s = atomic_load_explicit(&b->state, memory_order_relaxed);
   if (s == KILN_BREAKER_HALF_OPEN) {

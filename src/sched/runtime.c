@@ -7,15 +7,20 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ir/graph.h"
+#include "runtime/runtime.h"
 #include "sched/sched.h"
 
 #define MAX_BATCH_REQS 256 /* requests in one batch; max_batch_size is capped to it */
+#define MAX_FREE_FUTURES 4096 /* futures kept for reuse; more are freed */
 
 int64_t kiln__now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+int64_t kiln_runtime_now_ns(void) { return kiln__now_ns(); }
 
 static void to_timespec(int64_t ns, struct timespec *ts) {
   ts->tv_sec = (time_t)(ns / 1000000000);
@@ -53,6 +58,10 @@ kiln_runtime_opts kiln_runtime_opts_default(void) {
   memset(&o, 0, sizeof o);
   o.struct_size = sizeof o;
   for (int i = 0; i < KILN_PRIORITY_COUNT; i++) o.queue_limit[i] = 1024;
+  o.backend_breaker_min_calls = 10;
+  o.backend_breaker_failure_rate = 0.5;
+  o.backend_breaker_cooldown_us = 5000000;
+  o.backend_breaker_probes = 3;
   return o;
 }
 
@@ -147,28 +156,84 @@ static void q_remove(kiln_runtime *rt, kiln_future *f) {
 
 /* ---- completion --------------------------------------------------------------------------- */
 
+static void fpool_unref(kiln__fpool *p) {
+  if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1) return;
+  while (p->free) {
+    kiln_future *f = p->free;
+    p->free = f->next_free;
+    kiln__free(f->block);
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+    kiln__free(f);
+  }
+  pthread_mutex_destroy(&p->mu);
+  kiln__free(p);
+}
+
+/* A future from the pool (its mutex, condition and output block kept) or a new one, with every
+   other field reset. */
 kiln_future *kiln__future_new(kiln_runtime_model *m, const kiln_request *req) {
-  kiln_future *f = kiln__calloc(1, sizeof *f);
-  if (!f) return NULL;
+  kiln__fpool *p = m->rt->fpool;
+  pthread_mutex_lock(&p->mu);
+  kiln_future *f = p->free;
+  if (f) {
+    p->free = f->next_free;
+    p->n_free--;
+  }
+  pthread_mutex_unlock(&p->mu);
+  if (!f) {
+    f = kiln__calloc(1, sizeof *f);
+    if (!f) return NULL;
+    pthread_mutex_init(&f->mu, NULL);
+    cond_init(&f->cv);
+  }
+  atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+  f->pool = p;
+  f->next_free = NULL;
   atomic_init(&f->refs, 1);
   f->m = m;
   f->req = *req;
   f->prio = (int)req->priority;
+  f->t_submit = f->t_deadline = f->rows = 0;
+  f->probe = false;
+  f->bprobe = 0;
+  f->state = KILN__REQ_QUEUED;
+  atomic_init(&f->stop, 0);
+  f->prev = f->next = NULL;
+  f->heap_at = 0;
   f->status = KILN_UNAVAILABLE;
-  pthread_mutex_init(&f->mu, NULL);
-  cond_init(&f->cv);
+  f->err.status = KILN_OK;
+  f->err.message[0] = 0;
+  f->outs = NULL;
+  f->n_outs = 0;
+  atomic_init(&f->has_result, false);
+  atomic_init(&f->done, false);
+  f->stream = NULL;
+  f->index = 0;
   return f;
 }
 
-static void future_free(kiln_future *f) {
-  kiln__free(f->outs);
-  pthread_mutex_destroy(&f->mu);
-  pthread_cond_destroy(&f->cv);
-  kiln__free(f);
+void kiln__future_free(kiln_future *f) {
+  kiln__fpool *p = f->pool;
+  pthread_mutex_lock(&p->mu);
+  bool keep = !p->closed && p->n_free < MAX_FREE_FUTURES;
+  if (keep) {
+    f->next_free = p->free;
+    p->free = f;
+    p->n_free++;
+  }
+  pthread_mutex_unlock(&p->mu);
+  if (!keep) {
+    kiln__free(f->block);
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+    kiln__free(f);
+  }
+  fpool_unref(p);
 }
 
 void kiln__future_unref(kiln_future *f) {
-  if (f && atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1) future_free(f);
+  if (f && atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1) kiln__future_free(f);
 }
 
 /* Stores the outcome; on success copies rows [row0, row0 + f->rows) of a batch's outputs (all of
@@ -193,11 +258,17 @@ static void set_result(kiln_future *f, kiln_status st, const kiln_error *err,
     }
     total += (kiln_tensor_nbytes(&outs[i]) + 63) & ~(size_t)63;
   }
-  uint8_t *block = kiln__malloc(total);
-  if (!block) {
-    f->status = kiln__fail(&f->err, KILN_NO_MEMORY, "out of memory copying outputs");
-    return;
+  if (f->block_cap < total) { /* pooled futures keep their block: a warm path allocates nothing */
+    kiln__free(f->block);
+    f->block_cap = 0;
+    f->block = kiln__malloc(total);
+    if (!f->block) {
+      f->status = kiln__fail(&f->err, KILN_NO_MEMORY, "out of memory copying outputs");
+      return;
+    }
+    f->block_cap = total;
   }
+  uint8_t *block = f->block;
   kiln_tensor *t = (kiln_tensor *)block;
   size_t at = head;
   for (size_t i = 0; i < n_outs; i++) {
@@ -228,7 +299,40 @@ void kiln__future_reject(kiln_future *f, kiln_status st, const kiln_error *err) 
   atomic_store_explicit(&f->done, true, memory_order_release);
 }
 
-static void complete(kiln_future *f, bool ran, int64_t compute_ns) {
+/* What a run tells the backend breakers (kiln_runtime_opts): nothing (stopped between nodes,
+   failed before the first node, never ran), a success of every backend the model uses, or a
+   failure of the backend of the node that failed. */
+enum { BK_NONE, BK_OK, BK_FAILED };
+typedef struct bk_outcome {
+  int kind;
+  size_t use; /* BK_FAILED: index into the model's uses */
+} bk_outcome;
+
+static const bk_outcome bk_none = {BK_NONE, 0};
+
+/* Probes admitted for `f` that will not be judged. */
+static void forget_probes(kiln_future *f) {
+  kiln_runtime_model *m = f->m;
+  if (f->probe) kiln__breaker_forget_probe(&m->breaker);
+  for (size_t u = 0; u < m->n_uses; u++)
+    if (f->bprobe >> u & 1) kiln__breaker_forget_probe(&m->rt->backends[m->use_slot[u]].breaker);
+  f->probe = false;
+  f->bprobe = 0;
+}
+
+static void record_backends(kiln_future *f, const bk_outcome *bo, int64_t now) {
+  kiln_runtime_model *m = f->m;
+  for (size_t u = 0; u < m->n_uses; u++) {
+    kiln__breaker *b = &m->rt->backends[m->use_slot[u]].breaker;
+    bool probe = f->bprobe >> u & 1;
+    if (bo->kind == BK_OK) kiln__breaker_record(b, probe, false, 0, now);
+    else if (bo->kind == BK_FAILED && bo->use == u) kiln__breaker_record(b, probe, true, 0, now);
+    else if (probe) kiln__breaker_forget_probe(b);
+  }
+  f->bprobe = 0;
+}
+
+static void complete(kiln_future *f, bool ran, int64_t compute_ns, const bk_outcome *bo) {
   publish(f);
   kiln_runtime_model *m = f->m;
   kiln_runtime *rt = m->rt;
@@ -244,9 +348,12 @@ static void complete(kiln_future *f, bool ran, int64_t compute_ns) {
     kiln__count(&pc->compute_us, us);
     kiln__atomic_max(&pc->compute_us_max, us);
     bool failed = f->status != KILN_OK && f->status != KILN_CANCELLED;
-    kiln__breaker_record(&m->breaker, f->probe, failed, compute_ns, kiln__now_ns());
-  } else if (f->probe) {
-    kiln__breaker_forget_probe(&m->breaker);
+    int64_t now = kiln__now_ns();
+    kiln__breaker_record(&m->breaker, f->probe, failed, compute_ns, now);
+    f->probe = false;
+    record_backends(f, bo, now);
+  } else {
+    forget_probes(f);
   }
   if (f->stream) kiln__stream_item_done(f);
   else if (f->req.on_complete) f->req.on_complete(f, f->req.user);
@@ -260,15 +367,19 @@ static void complete(kiln_future *f, bool ran, int64_t compute_ns) {
   kiln__future_unref(f);
 }
 
-/* A request that left the queue without running. */
-static void finish_unrun(kiln_future *f, kiln_status st, const char *why) {
-  kiln_error e;
-  kiln__fail(&e, st, "%s", why);
-  uint64_t q = (uint64_t)((kiln__now_ns() - f->t_submit) / 1000);
+static void count_queue_time(kiln_future *f, int64_t now) {
+  uint64_t q = (uint64_t)((now - f->t_submit) / 1000);
   kiln__count(&f->m->pc[f->prio].queue_us, q);
   kiln__atomic_max(&f->m->pc[f->prio].queue_us_max, q);
+}
+
+/* A request that left the queue without running; its queue time is counted unless it was. */
+static void finish_unrun(kiln_future *f, kiln_status st, const char *why, bool queue_counted) {
+  kiln_error e;
+  kiln__fail(&e, st, "%s", why);
+  if (!queue_counted) count_queue_time(f, kiln__now_ns());
   set_result(f, st, &e, NULL, 0, 0, false);
-  complete(f, false, 0);
+  complete(f, false, 0, &bk_none);
 }
 
 /* ---- submit ------------------------------------------------------------------------------- */
@@ -282,8 +393,12 @@ kiln_status kiln__submit(kiln_runtime_model *m, kiln_future *f, kiln_error *err)
     return kiln__fail(err, KILN_INVALID_ARGUMENT, "request inputs or names are NULL");
   kiln__prio_counters *pc = &m->pc[f->prio];
   f->t_submit = kiln__now_ns();
-  int64_t timeout = r->timeout_us ? r->timeout_us : rt->opts.default_timeout_us[f->prio];
+  int64_t timeout = r->timeout_us          ? r->timeout_us
+                    : r->deadline_ns > 0 ? -1 /* the caller chose a deadline: no default */
+                                         : rt->opts.default_timeout_us[f->prio];
   f->t_deadline = timeout > 0 ? f->t_submit + timeout * 1000 : 0;
+  if (r->deadline_ns > 0 && (!f->t_deadline || r->deadline_ns < f->t_deadline))
+    f->t_deadline = r->deadline_ns;
   f->rows = 0;
   if (m->max_batch > 1 && r->n_inputs && r->inputs[0].rank >= 1 && r->inputs[0].dims[0] > 0 &&
       (size_t)r->inputs[0].dims[0] <= m->max_batch)
@@ -293,6 +408,19 @@ kiln_status kiln__submit(kiln_runtime_model *m, kiln_future *f, kiln_error *err)
     kiln__count(&pc->rejected, 1);
     return kiln__fail(err, KILN_UNAVAILABLE, "circuit breaker open; retry after %lld us",
                       (long long)(retry_ns / 1000));
+  }
+  for (size_t u = 0; u < m->n_uses; u++) {
+    kiln__backend_slot *bs = &rt->backends[m->use_slot[u]];
+    bool probe;
+    if (!kiln__breaker_admit(&bs->breaker, f->t_submit, &probe, &retry_ns)) {
+      forget_probes(f);
+      kiln__count(&pc->rejected, 1);
+      kiln__count(&bs->rejected, 1);
+      return kiln__fail(err, KILN_UNAVAILABLE,
+                        "circuit breaker of backend '%s' open; retry after %lld us", bs->name,
+                        (long long)(retry_ns / 1000));
+    }
+    if (probe) f->bprobe |= (uint8_t)(1u << u);
   }
   kiln_status st = KILN_OK;
   pthread_mutex_lock(&rt->mu);
@@ -313,8 +441,7 @@ kiln_status kiln__submit(kiln_runtime_model *m, kiln_future *f, kiln_error *err)
   }
   if (st != KILN_OK) {
     pthread_mutex_unlock(&rt->mu);
-    if (f->probe) kiln__breaker_forget_probe(&m->breaker);
-    f->probe = false;
+    forget_probes(f);
     if (st != KILN_NO_MEMORY) kiln__count(&pc->rejected, 1);
     return st;
   }
@@ -354,7 +481,7 @@ kiln_status kiln_runtime_submit(kiln_runtime_model *m, const kiln_request *req,
   if (out) atomic_store_explicit(&f->refs, 2, memory_order_relaxed);
   st = kiln__submit(m, f, err);
   if (st != KILN_OK) {
-    future_free(f);
+    kiln__future_free(f);
     return st;
   }
   if (out) *out = f;
@@ -426,7 +553,7 @@ void kiln_future_cancel(kiln_future *f) {
     q_remove(rt, f);
     f->state = KILN__REQ_DONE;
     pthread_mutex_unlock(&rt->mu);
-    finish_unrun(f, KILN_CANCELLED, "cancelled while queued");
+    finish_unrun(f, KILN_CANCELLED, "cancelled while queued", false);
     return;
   }
   if (f->state == KILN__REQ_RUNNING) set_stop(f, KILN_CANCELLED);
@@ -600,12 +727,15 @@ typedef struct batch_run {
   kiln_runtime *rt;
   kiln_future **f;
   size_t n;
+  size_t next_node; /* calls so far: the node about to run is next_node - 1 */
+  bool stopped;     /* the run was stopped here, not failed by a node */
 } batch_run;
 
 /* Between nodes: a member is stopped by its cancel, its deadline, its own hook or shutdown; the
    run stops when no member is left to serve. */
 static kiln_status batch_interrupt(void *user) {
   batch_run *b = user;
+  b->next_node++;
   int64_t now = kiln__now_ns();
   bool stopping = atomic_load_explicit(&b->rt->stopping, memory_order_relaxed);
   size_t live = 0;
@@ -621,25 +751,41 @@ static kiln_status batch_interrupt(void *user) {
     live += !s;
   }
   if (live) return KILN_OK;
+  b->stopped = true;
   return (kiln_status)atomic_load_explicit(&b->f[0]->stop, memory_order_relaxed);
+}
+
+/* Members stopped after `take` but before the run starts (cancelled, past their deadline,
+   shutdown) leave the batch here and complete with their own status: they neither run nor take
+   rows of it. The others keep their order. */
+static size_t prune(kiln_runtime *rt, kiln_future **batch, size_t n, bool queue_counted) {
+  kiln_runtime_model *m = batch[0]->m;
+  int64_t now = kiln__now_ns();
+  bool stopping = atomic_load_explicit(&rt->stopping, memory_order_relaxed);
+  size_t live = 0, taken = n;
+  for (size_t i = 0; i < n; i++) {
+    kiln_future *f = batch[i];
+    kiln_status s = (kiln_status)atomic_load_explicit(&f->stop, memory_order_relaxed);
+    if (!s && f->t_deadline && now >= f->t_deadline) s = set_stop(f, KILN_DEADLINE_EXCEEDED);
+    if (!s && stopping) s = set_stop(f, KILN_CANCELLED);
+    if (!s) {
+      if (!queue_counted) count_queue_time(f, now);
+      batch[live++] = f;
+      continue;
+    }
+    if (taken > 1) kiln__count(&m->batch_dropped, 1);
+    finish_unrun(f, s,
+                 s == KILN_DEADLINE_EXCEEDED ? "deadline exceeded before the run started"
+                 : s == KILN_CANCELLED       ? "cancelled before the run started"
+                                             : "stopped before the run started",
+                 queue_counted);
+  }
+  return live;
 }
 
 static void execute(kiln_runtime *rt, kiln_future **batch, size_t n) {
   kiln_runtime_model *m = batch[0]->m;
-  int64_t now = kiln__now_ns();
-  size_t live = 0;
-  for (size_t i = 0; i < n; i++) {
-    kiln_future *f = batch[i];
-    if (f->t_deadline && now >= f->t_deadline) {
-      finish_unrun(f, KILN_DEADLINE_EXCEEDED, "deadline exceeded while queued");
-      continue;
-    }
-    uint64_t q = (uint64_t)((now - f->t_submit) / 1000);
-    kiln__count(&m->pc[f->prio].queue_us, q);
-    kiln__atomic_max(&m->pc[f->prio].queue_us_max, q);
-    batch[live++] = f;
-  }
-  n = live;
+  n = prune(rt, batch, n, false);
   if (!n) return;
   kiln_error err = {0};
   kiln__ctx *c = NULL;
@@ -647,8 +793,14 @@ static void execute(kiln_runtime *rt, kiln_future **batch, size_t n) {
   if (st != KILN_OK) {
     for (size_t i = 0; i < n; i++) {
       set_result(batch[i], st, &err, NULL, 0, 0, false);
-      complete(batch[i], false, 0);
+      complete(batch[i], false, 0, &bk_none);
     }
+    return;
+  }
+  /* Waiting for the context may have taken long: look again before staging. */
+  n = prune(rt, batch, n, true);
+  if (!n) {
+    ctx_release(m, c);
     return;
   }
   const kiln_request *r0 = &batch[0]->req;
@@ -693,6 +845,11 @@ static void execute(kiln_runtime *rt, kiln_future **batch, size_t n) {
   int64_t t0 = kiln__now_ns();
   if (st == KILN_OK) st = kiln_session_run_ex(c->s, r0->names, inputs, r0->n_inputs, &o, &err);
   int64_t dt = kiln__now_ns() - t0;
+  bk_outcome bo = bk_none;
+  if (st == KILN_OK) bo.kind = BK_OK;
+  else if (!b.stopped && b.next_node > 0 && b.next_node - 1 < m->n_nodes &&
+           m->node_use[b.next_node - 1] < m->n_uses)
+    bo = (bk_outcome){BK_FAILED, m->node_use[b.next_node - 1]}; /* that node's backend failed */
   size_t n_out = kiln_model_output_count(m->model);
   for (size_t i = 0; st == KILN_OK && i < n_out; i++) {
     kiln_session_output(c->s, i, &c->outs[i]);
@@ -715,7 +872,7 @@ static void execute(kiln_runtime *rt, kiln_future **batch, size_t n) {
     row0 += f->rows;
   }
   ctx_release(m, c);
-  for (size_t i = 0; i < n; i++) complete(batch[i], true, dt);
+  for (size_t i = 0; i < n; i++) complete(batch[i], true, dt, &bo);
 }
 
 static void *worker_main(void *arg) {
@@ -756,7 +913,7 @@ static void *timer_main(void *arg) {
     q_remove(rt, f);
     f->state = KILN__REQ_DONE;
     pthread_mutex_unlock(&rt->mu);
-    finish_unrun(f, KILN_DEADLINE_EXCEEDED, "deadline exceeded while queued");
+    finish_unrun(f, KILN_DEADLINE_EXCEEDED, "deadline exceeded while queued", false);
     pthread_mutex_lock(&rt->mu);
   }
   pthread_mutex_unlock(&rt->mu);
@@ -803,9 +960,27 @@ kiln_status kiln_runtime_create(const kiln_runtime_opts *opts, kiln_runtime **ou
   cond_init(&rt->timer_cv);
   cond_init(&rt->idle_cv);
   rt->threads = kiln__calloc((size_t)w, sizeof *rt->threads);
-  if (!rt->threads) {
+  rt->fpool = kiln__calloc(1, sizeof *rt->fpool);
+  rt->n_backends = kiln__backend_count();
+  rt->backends = kiln__calloc(rt->n_backends + 1, sizeof *rt->backends);
+  if (!rt->threads || !rt->fpool || !rt->backends) {
     kiln_runtime_free(rt);
     return kiln__fail(err, KILN_NO_MEMORY, "out of memory creating a runtime");
+  }
+  atomic_init(&rt->fpool->refs, 1);
+  pthread_mutex_init(&rt->fpool->mu, NULL);
+  kiln__breaker_cfg bc = {.window = o.backend_breaker_window,
+                          .min_calls = o.backend_breaker_min_calls,
+                          .probes = o.backend_breaker_probes,
+                          .failure_rate = o.backend_breaker_failure_rate,
+                          .cooldown_us = o.backend_breaker_cooldown_us};
+  for (size_t i = 0; i < rt->n_backends; i++) {
+    rt->backends[i].name = kiln__backend_at(i)->name;
+    st = kiln__breaker_init(&rt->backends[i].breaker, &bc, err);
+    if (st != KILN_OK) {
+      kiln_runtime_free(rt);
+      return st;
+    }
   }
   for (int i = 0; i < w; i++) {
     if (pthread_create(&rt->threads[i], NULL, worker_main, rt) != 0) {
@@ -829,7 +1004,8 @@ static void model_free(kiln_runtime_model *m) {
   kiln__breaker_destroy(&m->breaker);
   pthread_mutex_destroy(&m->pool_mu);
   pthread_cond_destroy(&m->pool_cv);
-  kiln_model_free(m->model);
+  if (m->owned) kiln_model_free(m->model);
+  kiln__free(m->node_use);
   kiln__free(m);
 }
 
@@ -852,7 +1028,7 @@ void kiln_runtime_free(kiln_runtime *rt) {
     kiln_future *f = list;
     list = f->next;
     f->next = NULL;
-    finish_unrun(f, KILN_CANCELLED, "cancelled by shutdown");
+    finish_unrun(f, KILN_CANCELLED, "cancelled by shutdown", false);
   }
   stop_threads(rt);
   pthread_mutex_lock(&rt->mu);
@@ -865,6 +1041,15 @@ void kiln_runtime_free(kiln_runtime *rt) {
   }
   kiln__free(rt->heap);
   kiln__free(rt->threads);
+  for (size_t i = 0; rt->backends && i < rt->n_backends; i++)
+    kiln__breaker_destroy(&rt->backends[i].breaker);
+  kiln__free(rt->backends);
+  if (rt->fpool) { /* futures the caller still holds keep the pool until released */
+    pthread_mutex_lock(&rt->fpool->mu);
+    rt->fpool->closed = true;
+    pthread_mutex_unlock(&rt->fpool->mu);
+    fpool_unref(rt->fpool);
+  }
   pthread_mutex_destroy(&rt->mu);
   pthread_cond_destroy(&rt->work_cv);
   pthread_cond_destroy(&rt->timer_cv);
@@ -897,9 +1082,31 @@ static kiln_status check_batchable(const kiln_model *model, kiln_error *err) {
   return KILN_OK;
 }
 
-kiln_status kiln_runtime_model_load(kiln_runtime *rt, const char *path,
-                                    const kiln_runtime_model_opts *opts,
-                                    kiln_runtime_model **out, kiln_error *err) {
+/* Which runtime breaker slot each backend of the model is, and each node's. */
+static kiln_status map_backends(kiln_runtime_model *m, kiln_error *err) {
+  const kiln_model *km = m->model;
+  size_t use_of[KILN__MAX_BACKENDS];
+  for (size_t j = 0; j < km->n_backends; j++) {
+    use_of[j] = KILN__MAX_USES; /* no nodes, or not compiled in: no breaker */
+    if (!km->backend_nodes[j]) continue;
+    for (size_t i = 0; i < m->rt->n_backends; i++)
+      if (kiln__backend_at(i) == km->backends[j] && m->n_uses < KILN__MAX_USES) {
+        m->use_slot[m->n_uses] = i;
+        use_of[j] = m->n_uses++;
+        break;
+      }
+  }
+  m->n_nodes = (size_t)km->g->n_nodes;
+  m->node_use = kiln__calloc(m->n_nodes + 1, 1);
+  if (!m->node_use) return kiln__fail(err, KILN_NO_MEMORY, "out of memory loading a model");
+  for (size_t i = 0; i < m->n_nodes; i++) m->node_use[i] = (uint8_t)use_of[km->node_backend[i]];
+  return KILN_OK;
+}
+
+/* Loads (path) or borrows (model) a model and registers it. */
+static kiln_status model_add(kiln_runtime *rt, const char *path, kiln_model *model,
+                             const kiln_runtime_model_opts *opts, kiln_runtime_model **out,
+                             kiln_error *err) {
   *out = NULL;
   kiln_runtime_model_opts o = kiln_runtime_model_opts_default();
   kiln_status st = copy_opts(&o, sizeof o, opts, "kiln_runtime_model_opts", err);
@@ -912,13 +1119,26 @@ kiln_status kiln_runtime_model_load(kiln_runtime *rt, const char *path,
   m->rt = rt;
   pthread_mutex_init(&m->pool_mu, NULL);
   pthread_cond_init(&m->pool_cv, NULL);
-  st = kiln__breaker_init(&m->breaker, &o, err);
-  kiln_model_opts mo = kiln_model_opts_default();
-  mo.intra_threads = rt->intra;
-  mo.backends = o.backends;
-  mo.opt_level = o.opt_level;
-  if (st == KILN_OK) st = kiln_model_load(path, &mo, &m->model, err);
+  kiln__breaker_cfg bc = {.window = o.breaker_window,
+                          .min_calls = o.breaker_min_calls,
+                          .probes = o.breaker_probes,
+                          .failure_rate = o.breaker_failure_rate,
+                          .slow_rate = o.breaker_slow_rate,
+                          .slow_call_us = o.breaker_slow_call_us,
+                          .cooldown_us = o.breaker_cooldown_us};
+  st = kiln__breaker_init(&m->breaker, &bc, err);
+  if (model) {
+    m->model = model;
+  } else if (st == KILN_OK) {
+    kiln_model_opts mo = kiln_model_opts_default();
+    mo.intra_threads = rt->intra;
+    mo.backends = o.backends;
+    mo.opt_level = o.opt_level;
+    st = kiln_model_load(path, &mo, &m->model, err);
+    m->owned = st == KILN_OK;
+  }
   if (st == KILN_OK && o.max_batch_size > 1) st = check_batchable(m->model, err);
+  if (st == KILN_OK) st = map_backends(m, err);
   if (st == KILN_OK) {
     m->n_inputs = kiln_model_input_count(m->model);
     m->max_batch = o.max_batch_size > 1 ? o.max_batch_size : 0;
@@ -939,15 +1159,47 @@ kiln_status kiln_runtime_model_load(kiln_runtime *rt, const char *path,
   return KILN_OK;
 }
 
+kiln_status kiln_runtime_model_load(kiln_runtime *rt, const char *path,
+                                    const kiln_runtime_model_opts *opts,
+                                    kiln_runtime_model **out, kiln_error *err) {
+  if (!rt || !path || !out) return kiln__fail(err, KILN_INVALID_ARGUMENT, "NULL argument");
+  return model_add(rt, path, NULL, opts, out, err);
+}
+
+kiln_status kiln_runtime_model_add(kiln_runtime *rt, kiln_model *model,
+                                   const kiln_runtime_model_opts *opts,
+                                   kiln_runtime_model **out, kiln_error *err) {
+  if (!rt || !model || !out) return kiln__fail(err, KILN_INVALID_ARGUMENT, "NULL argument");
+  return model_add(rt, NULL, model, opts, out, err);
+}
+
 const kiln_model *kiln_runtime_model_get(const kiln_runtime_model *m) { return m->model; }
 
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
-kiln_status kiln_runtime_model_stats(const kiln_runtime_model *m, kiln_runtime_stats *st) {
-  if (!m || !st || st->struct_size != sizeof *st) return KILN_INVALID_ARGUMENT;
+static void breaker_read(const kiln__breaker *cb, kiln_breaker_state *state, uint64_t *opened,
+                         uint64_t *half_opened, uint64_t *closed, int64_t *retry_after_us) {
+  kiln__breaker *b = (kiln__breaker *)cb; /* atomics are read, never written */
+  *state = (kiln_breaker_state)LOAD(b->state);
+  *opened = LOAD(b->opened);
+  *half_opened = LOAD(b->half_opened);
+  *closed = LOAD(b->closed);
+  *retry_after_us = 0;
+  if (b->on && *state == KILN_BREAKER_OPEN) {
+    int64_t left = LOAD(b->open_until) - kiln__now_ns();
+    *retry_after_us = left > 0 ? left / 1000 : 0;
+  }
+}
+
+/* Fills a full-size copy, then gives the caller the fields its (possibly older) struct has. */
+kiln_status kiln_runtime_model_stats(const kiln_runtime_model *m, kiln_runtime_stats *out) {
+  if (!m || !out || out->struct_size < offsetof(kiln_runtime_stats, batch_dropped) ||
+      out->struct_size > sizeof *out)
+    return KILN_INVALID_ARGUMENT;
+  size_t size = out->struct_size;
+  kiln_runtime_stats full, *st = &full;
   kiln_runtime_model *mm = (kiln_runtime_model *)m; /* atomics are read, never written */
   memset(st, 0, sizeof *st);
-  st->struct_size = sizeof *st;
   for (int l = 0; l < KILN_PRIORITY_COUNT; l++) {
     kiln__prio_counters *c = &mm->pc[l];
     kiln_runtime_prio_stats *p = &st->prio[l];
@@ -971,14 +1223,28 @@ kiln_status kiln_runtime_model_stats(const kiln_runtime_model *m, kiln_runtime_s
   st->context_misses = LOAD(mm->ctx_misses);
   st->context_waits = LOAD(mm->ctx_waits);
   st->contexts = st->context_misses;
-  const kiln__breaker *b = &m->breaker;
-  st->breaker_state = (kiln_breaker_state)LOAD(mm->breaker.state);
-  st->breaker_opened = LOAD(mm->breaker.opened);
-  st->breaker_half_opened = LOAD(mm->breaker.half_opened);
-  st->breaker_closed = LOAD(mm->breaker.closed);
-  if (b->on && st->breaker_state == KILN_BREAKER_OPEN) {
-    int64_t left = LOAD(mm->breaker.open_until) - kiln__now_ns();
-    st->retry_after_us = left > 0 ? left / 1000 : 0;
-  }
+  breaker_read(&m->breaker, &st->breaker_state, &st->breaker_opened, &st->breaker_half_opened,
+               &st->breaker_closed, &st->retry_after_us);
+  st->batch_dropped = LOAD(mm->batch_dropped);
+  memcpy(out, st, size);
+  out->struct_size = size;
+  return KILN_OK;
+}
+
+size_t kiln_runtime_backend_count(const kiln_runtime *rt) { return rt ? rt->n_backends : 0; }
+
+kiln_status kiln_runtime_backend_stats(const kiln_runtime *rt, size_t i, kiln_backend_stats *st) {
+  if (!rt || !st || st->struct_size != sizeof *st || i >= rt->n_backends)
+    return KILN_INVALID_ARGUMENT;
+  kiln__backend_slot *bs = &rt->backends[i];
+  memset(st, 0, sizeof *st);
+  st->struct_size = sizeof *st;
+  st->name = bs->name;
+  st->breaker_on = bs->breaker.on;
+  st->successes = LOAD(bs->breaker.n_ok);
+  st->failures = LOAD(bs->breaker.n_failed);
+  st->rejected = LOAD(bs->rejected);
+  breaker_read(&bs->breaker, &st->breaker_state, &st->breaker_opened, &st->breaker_half_opened,
+               &st->breaker_closed, &st->retry_after_us);
   return KILN_OK;
 }

@@ -24,10 +24,18 @@ typedef struct kiln__breaker {
   atomic_llong open_until;   /* ns: end of the cool-down while OPEN */
   size_t probes_admitted, probes_ok;
   atomic_ullong opened, half_opened, closed;
+  atomic_ullong n_ok, n_failed; /* calls recorded */
 } kiln__breaker;
 
-kiln_status kiln__breaker_init(kiln__breaker *b, const kiln_runtime_model_opts *o,
-                               kiln_error *err);
+/* A breaker's settings (from kiln_runtime_model_opts or the backend fields of
+   kiln_runtime_opts); window 0 = off. */
+typedef struct kiln__breaker_cfg {
+  size_t window, min_calls, probes;
+  double failure_rate, slow_rate;
+  int64_t slow_call_us, cooldown_us;
+} kiln__breaker_cfg;
+
+kiln_status kiln__breaker_init(kiln__breaker *b, const kiln__breaker_cfg *c, kiln_error *err);
 void kiln__breaker_destroy(kiln__breaker *b);
 /* Whether a request may go in now; `*probe` is set when it is a HALF_OPEN probe, `*retry_ns`
    to the wait left when it may not. */
@@ -47,14 +55,34 @@ typedef struct kiln__prio_counters {
   atomic_ullong queue_us, queue_us_max, compute_us, compute_us_max;
 } kiln__prio_counters;
 
+/* Futures are recycled through a free list shared by the runtime and every future it made, so
+   a warm submit allocates nothing. Refcounted: a future outlives its runtime when the caller
+   still holds it, and goes back here (or is freed, once the runtime is gone) on release. */
+typedef struct kiln__fpool {
+  atomic_size_t refs; /* the runtime's, plus one per future in use */
+  pthread_mutex_t mu;
+  struct kiln_future *free;
+  size_t n_free;
+  bool closed; /* the runtime is gone: free futures instead of keeping them */
+} kiln__fpool;
+
+/* Backend slots of a model: which runtime breakers its requests pass. */
+#define KILN__MAX_USES 8
+
 struct kiln_future {
   atomic_int refs;
+  kiln__fpool *pool;
+  struct kiln_future *next_free;
+  /* The output block (tensor headers, then data), kept across reuse; grows only. */
+  uint8_t *block;
+  size_t block_cap;
   kiln_runtime_model *m;
   kiln_request req;
   int prio;
   int64_t t_submit, t_deadline; /* ns; t_deadline 0 = none */
   int64_t rows;                 /* first dimension of the first input (batching) */
   bool probe;                   /* admitted as a HALF_OPEN probe */
+  uint8_t bprobe;               /* bit u: a probe of the model's backend use u */
   int state;                    /* KILN__REQ_*, under the runtime's mutex until DONE */
   atomic_int stop;              /* status that stops it when running (0 = none) */
   kiln_future *prev, *next;     /* the level's queue */
@@ -86,6 +114,12 @@ typedef struct kiln__ctx {
 struct kiln_runtime_model {
   kiln_runtime *rt;
   kiln_model *model;
+  bool owned; /* loaded by the runtime (freed with it) or added by the caller */
+  /* Backends the model's nodes run on: runtime breaker slots, and per node which use. */
+  size_t n_uses;
+  size_t use_slot[KILN__MAX_USES];
+  uint8_t *node_use;
+  size_t n_nodes;
   size_t n_inputs;
   size_t max_batch;
   int64_t delay_ns;
@@ -101,7 +135,7 @@ struct kiln_runtime_model {
   int64_t queued_rows;
   uint64_t pick_mark;
   kiln__prio_counters pc[KILN_PRIORITY_COUNT];
-  atomic_ullong runs, batched_runs, batch_requests, batch_rows_max;
+  atomic_ullong runs, batched_runs, batch_requests, batch_rows_max, batch_dropped;
   struct kiln_runtime_model *next;
 };
 
@@ -124,7 +158,17 @@ struct kiln_runtime {
   size_t n_threads;
   pthread_t timer;
   bool timer_started;
+  kiln__fpool *fpool;
+  /* One breaker per compiled-in backend. */
+  size_t n_backends;
+  struct kiln__backend_slot *backends;
 };
+
+typedef struct kiln__backend_slot {
+  const char *name;
+  kiln__breaker breaker;
+  atomic_ullong rejected;
+} kiln__backend_slot;
 
 /* Marks a request refused at submit as completed with `st`, without callback (streams). */
 void kiln__future_reject(kiln_future *f, kiln_status st, const kiln_error *err);
@@ -132,6 +176,8 @@ void kiln__future_unref(kiln_future *f);
 /* The shared part of every submit; `f` is prepared by the caller. */
 kiln_status kiln__submit(kiln_runtime_model *m, kiln_future *f, kiln_error *err);
 kiln_future *kiln__future_new(kiln_runtime_model *m, const kiln_request *req);
+/* Back to the pool, or freed (the refcount is not consulted). */
+void kiln__future_free(kiln_future *f);
 
 void kiln__stream_item_done(kiln_future *f);
 
