@@ -10,6 +10,7 @@ int cmd_info(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_conformance(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 int cmd_optimize(int argc, char **argv);
 
 /* Inputs for a run: named tensors, owned. */

@@ -12,6 +12,7 @@ static const struct {
     {"bench", cmd_bench, "bench MODEL [--threads N] [--runs N] [--warmup N] [--input NAME=FILE.npy] [--shape NAME=dims] [--opt-level N]"},
     {"conformance", cmd_conformance, "conformance DIR... [--rtol R] [--atol A] [--threads N] [--quiet] [--expect-failures FILE] [--opt-level N]"},
     {"optimize", cmd_optimize, "optimize MODEL -o OUT.onnx [--opt-level N]   the optimized graph as ONNX (Kiln's fused ops in domain ai.kiln)"},
+    {"serve", cmd_serve, "serve --model-repository DIR [--host 127.0.0.1] [--port 8000] [--workers N] [--threads N]   KServe v2 / Open Inference Protocol server"},
 };
 
 static int usage(FILE *f) {

@@ -25,10 +25,14 @@ cmake --build build-tsan -j"$jobs" >/dev/null
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 \
   ctest --output-on-failure --timeout 900 -j"$jobs" -R '^(session|runtime|cpu_vec|cpu_gemm)$')
 
-echo "== fuzzing the model loader for ${KILN_FUZZ_SECONDS:-60} s"
+echo "== fuzzing the model loader and the server's request decoder, ${KILN_FUZZ_SECONDS:-60} s each"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_FUZZ=ON >/dev/null
 cmake --build build-fuzz -j"$jobs" --target fuzz_model >/dev/null
 mkdir -p build-fuzz/corpus
 build-fuzz/fuzz/fuzz_model -max_total_time="${KILN_FUZZ_SECONDS:-60}" -max_len=65536 \
   -rss_limit_mb=2048 build-fuzz/corpus fuzz/corpus 2>&1 | tail -n 3
+cmake --build build-fuzz -j"$jobs" --target fuzz_request >/dev/null
+mkdir -p build-fuzz/corpus_request
+build-fuzz/fuzz/fuzz_request -max_total_time="${KILN_FUZZ_SECONDS:-60}" -max_len=65536 \
+  -rss_limit_mb=2048 build-fuzz/corpus_request 2>&1 | tail -n 3
 echo "fuzz: no crash, leak or sanitizer report"

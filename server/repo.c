@@ -1,0 +1,308 @@
+/* The model repository: DIR/<model>/config.json and DIR/<model>/<version>/model.onnx, scanned
+   once at start. The table is immutable afterwards, so request threads read it without locks. */
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "server_int.h"
+
+static void cfg_default(srv_config *c) {
+  *c = (srv_config){.default_priority = 3, .opt_level = -1, .latest_n = 1};
+  c->breaker = kiln_runtime_model_opts_default();
+}
+
+static int get_int(const json_t *o, const char *key, int64_t lo, int64_t hi, int64_t *out,
+                   char *why, size_t cap) {
+  const json_t *v = json_object_get(o, key);
+  if (!v) return 0;
+  if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+    snprintf(why, cap, "config.json: '%s' must be an integer in [%lld, %lld]", key,
+             (long long)lo, (long long)hi);
+    return -1;
+  }
+  *out = json_integer_value(v);
+  return 0;
+}
+
+static int get_real(const json_t *o, const char *key, double *out, char *why, size_t cap) {
+  const json_t *v = json_object_get(o, key);
+  if (!v) return 0;
+  if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 1) {
+    snprintf(why, cap, "config.json: '%s' must be a number in [0, 1]", key);
+    return -1;
+  }
+  *out = json_number_value(v);
+  return 0;
+}
+
+static int check_keys(const json_t *o, const char *const *keys, const char *where, char *why,
+                      size_t cap) {
+  const char *k;
+  const json_t *v;
+  json_object_foreach((json_t *)o, k, v) {
+    int known = 0;
+    for (const char *const *p = keys; *p; p++) known |= !strcmp(*p, k);
+    if (!known) {
+      snprintf(why, cap, "config.json: unknown key '%s'%s", k, where);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Strict: an unknown key is an error, so a typo does not silently fall back to a default. */
+static int parse_config(const char *path, srv_config *c, char *why, size_t cap) {
+  cfg_default(c);
+  struct stat sb;
+  if (stat(path, &sb) != 0) return 0; /* no config: defaults */
+  json_error_t jerr;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  if (!root) {
+    snprintf(why, cap, "config.json line %d: %s", jerr.line, jerr.text);
+    return -1;
+  }
+  int rc = -1;
+  int64_t v;
+  static const char *const keys[] = {"max_batch_size", "dynamic_batching", "instance_count",
+                                     "default_priority", "default_timeout_microseconds",
+                                     "optimization_level", "backends", "version_policy",
+                                     "circuit_breaker", NULL};
+  if (!json_is_object(root)) {
+    snprintf(why, cap, "config.json must be an object");
+    goto out;
+  }
+  if (check_keys(root, keys, "", why, cap)) goto out;
+  v = 0;
+  if (get_int(root, "max_batch_size", 0, 1 << 20, &v, why, cap)) goto out;
+  c->max_batch_size = (size_t)v;
+  const json_t *db = json_object_get(root, "dynamic_batching");
+  if (db) {
+    if (!json_is_object(db)) {
+      snprintf(why, cap, "config.json: 'dynamic_batching' must be an object");
+      goto out;
+    }
+    if (get_int(db, "max_queue_delay_microseconds", 0, INT64_MAX, &c->max_queue_delay_us, why, cap))
+      goto out;
+  }
+  v = 0;
+  if (get_int(root, "instance_count", 0, 1024, &v, why, cap)) goto out;
+  c->instance_count = (size_t)v;
+  v = c->default_priority;
+  if (get_int(root, "default_priority", 1, 4, &v, why, cap)) goto out;
+  c->default_priority = (int)v;
+  if (get_int(root, "default_timeout_microseconds", 0, INT64_MAX, &c->default_timeout_us, why, cap))
+    goto out;
+  v = c->opt_level;
+  if (get_int(root, "optimization_level", -1, 3, &v, why, cap)) goto out;
+  c->opt_level = (int)v;
+  const json_t *be = json_object_get(root, "backends");
+  if (be) {
+    size_t i;
+    const json_t *e;
+    if (!json_is_array(be) || json_array_size(be) > 8) {
+      snprintf(why, cap, "config.json: 'backends' must be an array of at most 8 names");
+      goto out;
+    }
+    json_array_foreach(be, i, e) {
+      if (!json_is_string(e) || strlen(json_string_value(e)) >= sizeof c->backends[0]) {
+        snprintf(why, cap, "config.json: 'backends' holds a bad name");
+        goto out;
+      }
+      strcpy(c->backends[c->n_backends++], json_string_value(e));
+    }
+  }
+  const json_t *vp = json_object_get(root, "version_policy");
+  if (vp) {
+    const json_t *lat = json_object_get(vp, "latest"), *spec = json_object_get(vp, "specific");
+    if (!json_is_object(vp) || (!!lat + !!spec + !!json_object_get(vp, "all")) != 1) {
+      snprintf(why, cap, "config.json: 'version_policy' needs one of latest, specific, all");
+      goto out;
+    }
+    if (lat) {
+      v = 1;
+      if (get_int(lat, "num_versions", 1, 1 << 20, &v, why, cap)) goto out;
+      c->latest_n = (int)v;
+    } else if (spec) {
+      const json_t *vs = json_object_get(spec, "versions"), *e;
+      size_t i;
+      if (!json_is_array(vs) || json_array_size(vs) > 16) {
+        snprintf(why, cap, "config.json: 'specific' needs 'versions', at most 16");
+        goto out;
+      }
+      json_array_foreach(vs, i, e) {
+        if (!json_is_integer(e)) {
+          snprintf(why, cap, "config.json: versions must be integers");
+          goto out;
+        }
+        c->specific[c->n_specific++] = json_integer_value(e);
+      }
+      c->latest_n = 0;
+    } else {
+      c->all_versions = 1;
+      c->latest_n = 0;
+    }
+  }
+  const json_t *cb = json_object_get(root, "circuit_breaker");
+  if (cb) {
+    static const char *const cbkeys[] = {"window", "min_calls", "failure_rate", "slow_rate",
+                                         "slow_call_microseconds", "cooldown_microseconds",
+                                         "probes", NULL};
+    kiln_runtime_model_opts *b = &c->breaker;
+    int64_t w = 0, mc = 0, pr = (int64_t)b->breaker_probes;
+    if (!json_is_object(cb) || check_keys(cb, cbkeys, " in circuit_breaker", why, cap) ||
+        get_int(cb, "window", 0, 1 << 20, &w, why, cap) ||
+        get_int(cb, "min_calls", 0, 1 << 20, &mc, why, cap) ||
+        get_int(cb, "probes", 0, 1 << 20, &pr, why, cap) ||
+        get_real(cb, "failure_rate", &b->breaker_failure_rate, why, cap) ||
+        get_real(cb, "slow_rate", &b->breaker_slow_rate, why, cap) ||
+        get_int(cb, "slow_call_microseconds", 0, INT64_MAX, &b->breaker_slow_call_us, why, cap) ||
+        get_int(cb, "cooldown_microseconds", 0, INT64_MAX, &b->breaker_cooldown_us, why, cap)) {
+      if (!why[0]) snprintf(why, cap, "config.json: 'circuit_breaker' must be an object");
+      goto out;
+    }
+    b->breaker_window = (size_t)w;
+    b->breaker_min_calls = (size_t)mc;
+    b->breaker_probes = (size_t)pr;
+  }
+  rc = 0;
+out:
+  json_decref(root);
+  return rc;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+static int wanted(const srv_config *c, const int64_t *all, size_t n, size_t i) {
+  if (c->all_versions) return 1;
+  if (c->latest_n) return i + (size_t)c->latest_n >= n;
+  for (size_t k = 0; k < c->n_specific; k++)
+    if (c->specific[k] == all[i]) return 1;
+  return 0;
+}
+
+static void load_model(srv_model *m, const char *dir, kiln_runtime *rt, FILE *log) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s/config.json", dir, m->name);
+  if (parse_config(path, &m->cfg, m->error, sizeof m->error)) return;
+  snprintf(path, sizeof path, "%s/%s", dir, m->name);
+  DIR *d = opendir(path);
+  int64_t nums[256];
+  size_t n = 0;
+  struct dirent *e;
+  while (d && (e = readdir(d)) && n < 256) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(e->d_name, &end, 10);
+    if (e->d_name[0] < '0' || e->d_name[0] > '9' || *end || errno || v < 1) continue;
+    nums[n++] = v;
+  }
+  if (d) closedir(d);
+  qsort(nums, n, sizeof nums[0], cmp_i64);
+  if (!n) {
+    snprintf(m->error, sizeof m->error, "no version directories (expected %.400s/<version>/model.onnx)",
+             path);
+    return;
+  }
+  m->versions = calloc(n, sizeof *m->versions);
+  if (!m->versions) {
+    snprintf(m->error, sizeof m->error, "out of memory");
+    return;
+  }
+  const char *backends[9] = {0};
+  for (size_t i = 0; i < m->cfg.n_backends; i++) backends[i] = m->cfg.backends[i];
+  kiln_runtime_model_opts o = m->cfg.breaker;
+  o.backends = m->cfg.n_backends ? backends : NULL;
+  o.opt_level = m->cfg.opt_level;
+  o.max_contexts = m->cfg.instance_count;
+  o.max_batch_size = m->cfg.max_batch_size;
+  o.max_queue_delay_us = m->cfg.max_queue_delay_us;
+  for (size_t i = 0; i < n; i++) {
+    if (!wanted(&m->cfg, nums, n, i)) continue;
+    snprintf(path, sizeof path, "%s/%s/%lld/model.onnx", dir, m->name, (long long)nums[i]);
+    kiln_error err = {0};
+    srv_version *v = &m->versions[m->n_versions];
+    if (kiln_runtime_model_load(rt, path, &o, &v->rm, &err) != KILN_OK) {
+      snprintf(m->error, sizeof m->error, "version %lld: %.480s", (long long)nums[i], err.message);
+      if (log) fprintf(log, "kiln serve: model '%s' %s\n", m->name, m->error);
+      continue;
+    }
+    v->number = nums[i];
+    snprintf(v->label, sizeof v->label, "%lld", (long long)nums[i]);
+    m->n_versions++;
+    if (log) fprintf(log, "kiln serve: loaded %s version %s\n", m->name, v->label);
+  }
+}
+
+static int cmp_model(const void *a, const void *b) {
+  return strcmp(((const srv_model *)a)->name, ((const srv_model *)b)->name);
+}
+
+kiln_status srv_repo_load(srv_repo *r, const char *dir, kiln_runtime *rt, FILE *log,
+                          kiln_error *err) {
+  *r = (srv_repo){0};
+  DIR *d = opendir(dir);
+  if (!d) {
+    if (err) {
+      err->status = KILN_IO_ERROR;
+      snprintf(err->message, sizeof err->message, "cannot open model repository '%s': %s", dir,
+               strerror(errno));
+    }
+    return KILN_IO_ERROR;
+  }
+  struct dirent *e;
+  size_t cap = 0;
+  while ((e = readdir(d))) {
+    char path[4096];
+    struct stat sb;
+    if (e->d_name[0] == '.') continue;
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
+    if (r->n == cap) {
+      cap = cap ? cap * 2 : 8;
+      srv_model *p = realloc(r->models, cap * sizeof *p);
+      if (!p) break;
+      r->models = p;
+    }
+    srv_model *m = &r->models[r->n];
+    *m = (srv_model){.name = strdup(e->d_name)};
+    if (!m->name) break;
+    r->n++;
+  }
+  closedir(d);
+  if (r->n) qsort(r->models, r->n, sizeof *r->models, cmp_model);
+  for (size_t i = 0; i < r->n; i++) {
+    load_model(&r->models[i], dir, rt, log);
+    if (r->models[i].error[0] && log && !r->models[i].n_versions)
+      fprintf(log, "kiln serve: model '%s' not loaded: %s\n", r->models[i].name,
+              r->models[i].error);
+  }
+  return KILN_OK;
+}
+
+void srv_repo_free(srv_repo *r) {
+  for (size_t i = 0; i < r->n; i++) {
+    free(r->models[i].name);
+    free(r->models[i].versions);
+  }
+  free(r->models);
+  *r = (srv_repo){0};
+}
+
+srv_model *srv_repo_find(const srv_repo *r, const char *name) {
+  srv_model key = {.name = (char *)name};
+  return r->n ? bsearch(&key, r->models, r->n, sizeof *r->models, cmp_model) : NULL;
+}
+
+srv_version *srv_model_version(const srv_model *m, const char *version) {
+  if (!m->n_versions) return NULL;
+  if (!version || !version[0]) return &m->versions[m->n_versions - 1];
+  for (size_t i = 0; i < m->n_versions; i++)
+    if (!strcmp(m->versions[i].label, version)) return &m->versions[i];
+  return NULL;
+}

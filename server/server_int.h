@@ -1,0 +1,83 @@
+/* Internals shared by the server's files: the repository's models and their counters. */
+#ifndef KILN_SERVER_INT_H
+#define KILN_SERVER_INT_H
+
+#include <stdatomic.h>
+
+#include "codec.h"
+#include "kiln_server.h"
+
+/* Latency histogram bounds in seconds (Prometheus convention), plus +Inf. */
+#define SRV_HIST_N 16
+extern const double srv_hist_bounds[SRV_HIST_N];
+
+typedef struct srv_hist {
+  atomic_uint_least64_t bucket[SRV_HIST_N + 1]; /* non-cumulative; the last is +Inf */
+  atomic_uint_least64_t count, sum_ns;
+} srv_hist;
+
+void srv_hist_add(srv_hist *h, uint64_t ns);
+
+/* Why a request failed, for the failure counters. */
+typedef enum srv_fail {
+  SRV_FAIL_BAD_REQUEST,
+  SRV_FAIL_REJECTED,   /* queue full or breaker open */
+  SRV_FAIL_CANCELLED,  /* client gone or shutdown */
+  SRV_FAIL_DEADLINE,
+  SRV_FAIL_INTERNAL,
+  SRV_FAIL_COUNT
+} srv_fail;
+extern const char *const srv_fail_names[SRV_FAIL_COUNT];
+
+typedef struct srv_version {
+  int64_t number;
+  char label[24]; /* the number as text */
+  kiln_runtime_model *rm; /* owned by the runtime */
+  atomic_uint_least64_t ok, ok_ns, fail_ns, last_ms;
+  atomic_uint_least64_t fail[SRV_FAIL_COUNT];
+  srv_hist queue, compute;
+} srv_version;
+
+typedef struct srv_config {
+  size_t max_batch_size;
+  int64_t max_queue_delay_us;
+  size_t instance_count;    /* contexts; 0 = one per worker */
+  int default_priority;     /* 1..4 */
+  int64_t default_timeout_us; /* 0 = the runtime's default */
+  int opt_level;
+  char backends[8][16];
+  size_t n_backends;
+  int latest_n;             /* version policy: newest N (0 = use `specific`) */
+  int64_t specific[16];
+  size_t n_specific;
+  int all_versions;
+  kiln_runtime_model_opts breaker; /* only its breaker_* fields */
+} srv_config;
+
+typedef struct srv_model {
+  char *name;
+  srv_config cfg;
+  char error[512]; /* why the model (or a version) is not ready; "" when all loaded */
+  size_t n_versions;
+  srv_version *versions; /* loaded ones, ascending by number */
+} srv_model;
+
+typedef struct srv_repo {
+  size_t n;
+  srv_model *models; /* sorted by name */
+} srv_repo;
+
+/* Scans and loads `dir` into `rt`. Fails only when the directory cannot be read; a bad model
+   is kept with its error. */
+kiln_status srv_repo_load(srv_repo *r, const char *dir, kiln_runtime *rt, FILE *log,
+                          kiln_error *err);
+void srv_repo_free(srv_repo *r);
+srv_model *srv_repo_find(const srv_repo *r, const char *name);
+/* The version asked for (NULL or "" = the newest loaded); NULL when not loaded. */
+srv_version *srv_model_version(const srv_model *m, const char *version);
+
+/* GET /metrics and GET /v2/models/{m}/stats bodies. */
+void srv_metrics_write(const srv_repo *r, srv_buf *b);
+void srv_stats_write(const srv_model *m, const srv_version *only, srv_buf *b);
+
+#endif

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Black-box test of `kiln serve`: starts it on a free loopback port with tests/repo and drives it
+# with curl. The oracle for inference is `kiln run` on the same inputs (numbers within 1e-4,
+# identical top-1), plus the labels shipped with the digits model.
+# usage: server_test.sh KILN REPO_DIR
+set -u
+kiln=$1
+src=$2
+tmp=$(mktemp -d)
+pid=
+cleanup() {
+  if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+fails=0
+ok() { echo "ok   $1"; }
+bad() { echo "FAIL $1"; fails=$((fails + 1)); }
+
+"$kiln" serve --model-repository "$src/tests/repo" --host 127.0.0.1 --port 0 --workers 2 --threads 1 \
+  >"$tmp/out" 2>"$tmp/err" &
+pid=$!
+port=
+for _ in $(seq 1 100); do
+  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$tmp/out")
+  [ -n "$port" ] && break
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.1
+done
+if [ -z "$port" ]; then
+  echo "FAIL server did not start"; cat "$tmp/err"; exit 1
+fi
+base=http://127.0.0.1:$port
+C=(curl -s -m 30 -o "$tmp/body" -w '%{http_code}')
+
+# expect CODE BODY_REGEX what -- curl args (the URL path last, relative to $base)
+expect() {
+  local want=$1 re=$2 what=$3
+  shift 4
+  local args=("$@")
+  local last=${args[-1]}
+  unset 'args[-1]'
+  local code
+  code=$("${C[@]}" "${args[@]}" "$base$last")
+  if [ "$code" = "$want" ] && grep -Eq -- "$re" "$tmp/body"; then ok "$what ($code)"
+  else bad "$what: got $code $(head -c 300 "$tmp/body")"; fi
+}
+
+expect 200 '"live":true' "health/live" -- /v2/health/live
+expect 200 '"ready":true' "health/ready" -- /v2/health/ready
+expect 200 '"binary_tensor_data"' "server metadata" -- /v2
+expect 200 '"inputs":\[\{"name":"input","datatype":"FP32","shape":\[-1,1,8,8\]\}\]' "model metadata" -- /v2/models/digits
+expect 200 '"outputs":\[\{"name":"logits","datatype":"FP32","shape":\[-1,10\]\}\]' "version metadata" -- /v2/models/digits/versions/1
+expect 200 '"ready":true' "model ready" -- /v2/models/digits/ready
+expect 404 '"error":' "unknown model" -- /v2/models/nope
+expect 404 '"error":' "unknown model infer" -- -d '{}' /v2/models/nope/infer
+expect 404 '"error":' "unknown version" -- /v2/models/digits/versions/7
+expect 404 '"error":' "unknown path" -- /v3/x
+
+# The oracle: kiln run on the held-out set.
+"$kiln" run "$src/models/digits/digits_cnn.onnx" --input "input=$src/models/digits/test_x.npy" \
+  --output "$tmp" >/dev/null || bad "kiln run"
+
+python3 - "$src/models/digits/test_x.npy" "$tmp" <<'PY' || bad "request generation"
+import json, struct, sys
+def npy(path):
+    b = open(path, 'rb').read()
+    hl = struct.unpack('<H', b[8:10])[0]
+    h = eval(b[10:10 + hl].decode('latin1'))
+    return h['shape'], b[10 + hl:]
+shape, raw = npy(sys.argv[1])
+vals = list(struct.unpack('<%df' % (len(raw) // 4), raw))
+out = sys.argv[2]
+n = shape[0]
+# nested JSON, every row, id echoed, requested output
+rows = [[[vals[(i * 64) + r * 8:(i * 64) + r * 8 + 8] for r in range(8)]] for i in range(n)]
+json.dump({'id': 'req-7', 'inputs': [{'name': 'input', 'datatype': 'FP32', 'shape': [n, 1, 8, 8],
+           'data': rows}], 'outputs': [{'name': 'logits'}],
+           'parameters': {'priority': 1}}, open(out + '/nested.json', 'w'))
+# flat JSON, 16 rows
+json.dump({'inputs': [{'name': 'input', 'datatype': 'FP32', 'shape': [16, 1, 8, 8],
+           'data': vals[:16 * 64]}]}, open(out + '/flat.json', 'w'))
+# binary in, binary out
+hdr = json.dumps({'inputs': [{'name': 'input', 'datatype': 'FP32', 'shape': [n, 1, 8, 8],
+                  'parameters': {'binary_data_size': len(raw)}}],
+                  'outputs': [{'name': 'logits', 'parameters': {'binary_data': True}}]}).encode()
+open(out + '/bin.req', 'wb').write(hdr + raw)
+open(out + '/bin.hlen', 'w').write(str(len(hdr)))
+PY
+
+check() { # check WHAT RESPONSE_FILE ROWS [HEADER_LEN]
+  python3 - "$tmp/logits.npy" "$2" "$3" "${4:-0}" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], 'rb').read()
+hl = struct.unpack('<H', b[8:10])[0]
+raw = b[10 + hl:]
+want = struct.unpack('<%df' % (len(raw) // 4), raw)
+body = open(sys.argv[2], 'rb').read()
+rows, hlen = int(sys.argv[3]), int(sys.argv[4])
+if hlen:
+    meta = json.loads(body[:hlen])
+    o = meta['outputs'][0]
+    blob = body[hlen:]
+    assert o['parameters']['binary_data_size'] == len(blob) == rows * 40, o
+    got = struct.unpack('<%df' % (len(blob) // 4), blob)
+else:
+    meta = json.loads(body)
+    o = meta['outputs'][0]
+    got = o['data']
+assert o['name'] == 'logits' and o['datatype'] == 'FP32' and o['shape'] == [rows, 10], o
+assert len(got) == rows * 10
+for r in range(rows):
+    g, w = got[r * 10:r * 10 + 10], want[r * 10:r * 10 + 10]
+    assert max(range(10), key=lambda i: g[i]) == max(range(10), key=lambda i: w[i]), r
+    for a, e in zip(g, w):
+        assert abs(a - e) <= 1e-4 * max(1.0, abs(e)), (r, a, e)
+print(meta.get('id', ''))
+PY
+}
+
+code=$("${C[@]}" -H 'Content-Type: application/json' --data-binary @"$tmp/nested.json" "$base/v2/models/digits/infer")
+if [ "$code" = 200 ] && [ "$(check x "$tmp/body" 450)" = "req-7" ]; then ok "nested JSON infer, 450 rows, id echoed"
+else bad "nested JSON infer: $code $(head -c 300 "$tmp/body")"; fi
+
+code=$("${C[@]}" --data-binary @"$tmp/flat.json" "$base/v2/models/digits/versions/1/infer")
+if [ "$code" = 200 ] && check x "$tmp/body" 16 >/dev/null; then ok "flat JSON infer, 16 rows"
+else bad "flat JSON infer: $code $(head -c 300 "$tmp/body")"; fi
+
+hlen=$(cat "$tmp/bin.hlen")
+code=$(curl -s -m 30 -D "$tmp/hdr" -o "$tmp/body" -w '%{http_code}' -H "Inference-Header-Content-Length: $hlen" \
+  -H 'Content-Type: application/octet-stream' --data-binary @"$tmp/bin.req" "$base/v2/models/digits/infer")
+rh=$(sed -n 's/^Inference-Header-Content-Length: *\([0-9]*\).*/\1/ip' "$tmp/hdr" | tr -d '\r')
+if [ "$code" = 200 ] && [ -n "$rh" ] && check x "$tmp/body" 450 "$rh" >/dev/null; then ok "binary tensors in and out"
+else bad "binary infer: $code hdr=$rh $(head -c 300 "$tmp/body")"; fi
+
+# Malformed requests: 400 with a message, the server stays healthy.
+data64=$(python3 -c 'print(",".join(["0.5"]*64))')
+ints64=$(python3 -c 'print(",".join(["1"]*64))')
+bj='{"inputs":[{"name":"input","datatype":"FP32","shape":[1,1,8,8],"parameters":{"binary_data_size":12}}]}'
+i='{"name":"input","datatype":"FP32","shape":[1,1,8,8]'
+expect 400 '"error":"malformed JSON' "malformed JSON" -- -d '{"inputs":[' /v2/models/digits/infer
+expect 400 '"error":' "not an object" -- -d '[1,2]' /v2/models/digits/infer
+expect 400 'inputs' "no inputs" -- -d '{}' /v2/models/digits/infer
+expect 400 'datatype' "unknown datatype" -- -d '{"inputs":[{"name":"input","datatype":"FP8","shape":[1],"data":[1]}]}' /v2/models/digits/infer
+expect 400 'expects' "wrong datatype" -- -d '{"inputs":[{"name":"input","datatype":"INT32","shape":[1,1,8,8],"data":['"$ints64"']}]}' /v2/models/digits/infer
+expect 400 'data elements' "too few data" -- -d '{"inputs":['"$i"',"data":[1,2,3]}]}' /v2/models/digits/infer
+expect 400 'more data' "too much data" -- -d '{"inputs":['"$i"',"data":['"$data64"',1]}]}' /v2/models/digits/infer
+expect 400 'not a number' "string data" -- -d '{"inputs":['"$i"',"data":["x"]}]}' /v2/models/digits/infer
+expect 400 'dimension' "wrong shape" -- -d '{"inputs":[{"name":"input","datatype":"FP32","shape":[1,1,4,16],"data":['"$data64"']}]}' /v2/models/digits/infer
+expect 400 'rank' "rank too high" -- -d '{"inputs":[{"name":"input","datatype":"FP32","shape":[1,1,1,1,1,1,1,1,1],"data":[1]}]}' /v2/models/digits/infer
+expect 400 'elements' "too many elements" -- -d '{"inputs":[{"name":"input","datatype":"FP32","shape":[100000,100000,100000],"data":[1]}]}' /v2/models/digits/infer
+expect 400 'no input named' "unknown input" -- -d '{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}]}' /v2/models/digits/infer
+expect 400 'no output named' "unknown output" -- -d '{"inputs":['"$i"',"data":['"$data64"']}],"outputs":[{"name":"nope"}]}' /v2/models/digits/infer
+expect 400 'priority' "bad priority" -- -d '{"inputs":['"$i"',"data":['"$data64"']}],"parameters":{"priority":9}}' /v2/models/digits/infer
+expect 400 'nested deeper' "deep JSON" -- -d "$(printf '[%.0s' $(seq 1 100))" /v2/models/digits/infer
+expect 400 'binary_data_size 12 does not match' "binary size mismatch" -- -H "Inference-Header-Content-Length: ${#bj}" -d "${bj}abcdefghijkl" /v2/models/digits/infer
+expect 400 'Inference-Header' "header length past body" -- -H 'Inference-Header-Content-Length: 99999' -d '{}' /v2/models/digits/infer
+expect 400 'too large' "body over the limit" -- -H 'Content-Length: 999999999999' -d '{}' /v2/models/digits/infer
+expect 200 '"ready":true' "still ready after bad requests" -- /v2/health/ready
+
+# Requested output as JSON while the default is binary; a 1 us timeout answers 504 or, if the
+# machine was that fast, 200: never anything else.
+expect 200 '"data":\[' "binary_data_output overridden per output" -- -d '{"inputs":['"$i"',"data":['"$data64"']}],"parameters":{"binary_data_output":true},"outputs":[{"name":"logits","parameters":{"binary_data":false}}]}' /v2/models/digits/infer
+code=$("${C[@]}" -d '{"inputs":['"$i"',"data":['"$data64"']}],"parameters":{"timeout":1}}' "$base/v2/models/digits/infer")
+if [ "$code" = 504 ] || [ "$code" = 200 ]; then ok "timeout parameter ($code)"; else bad "timeout: $code $(cat "$tmp/body")"; fi
+
+# Statistics and metrics.
+expect 200 '"model_stats":\[\{"name":"digits","version":"1"' "stats" -- /v2/models/digits/stats
+curl -s -m 30 "$base/metrics" >"$tmp/metrics"
+if promtool check metrics <"$tmp/metrics" >"$tmp/lint" 2>&1; then ok "promtool check metrics"
+else bad "promtool: $(cat "$tmp/lint")"; fi
+succ=$(sed -n 's/^kiln_request_success_total{model="digits",version="1"} //p' "$tmp/metrics")
+badreq=$(sed -n 's/^kiln_request_failure_total{model="digits",version="1",reason="bad_request"} //p' "$tmp/metrics")
+if [ "${succ:-0}" -ge 4 ] && [ "${badreq:-0}" -ge 14 ]; then ok "metrics count successes ($succ) and bad requests ($badreq)"
+else bad "metrics counts: success=$succ bad_request=$badreq"; fi
+grep -q '^kiln_inference_compute_duration_seconds_bucket{model="digits",version="1",le="+Inf"}' "$tmp/metrics" \
+  && grep -q '^process_resident_memory_bytes [1-9]' "$tmp/metrics" && ok "histograms and process metrics" \
+  || bad "histograms or process metrics missing"
+
+# Clean shutdown on SIGTERM, exit status 0, within a bounded time.
+kill -TERM "$pid"
+for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$pid" 2>/dev/null; then bad "still running 10 s after SIGTERM"
+else
+  wait "$pid"; rc=$?
+  [ "$rc" = 0 ] && ok "SIGTERM: clean exit" || bad "SIGTERM: exit $rc; $(tail -5 "$tmp/err")"
+fi
+pid=
+[ "$fails" = 0 ] || { echo "$fails failure(s)"; exit 1; }
+echo "all passed"
