@@ -91,6 +91,8 @@ typedef struct kiln__graph {
   const struct kiln__graph *parent; /* enclosing graph of a subgraph */
   int64_t ir_version;
   int64_t opset;          /* default-domain opset */
+  int optimized_level;    /* optimization passes up to this level already ran (a file written by
+                             kiln optimize says so in metadata_props "kiln.optimized_level") */
 } kiln__graph;
 
 kiln__graph *kiln__graph_new(void);

@@ -191,6 +191,17 @@ static kiln_status build(writer *w, const kiln__graph *g, const char *producer,
     op->version = i ? 1 : g->opset;
     m->opset_import[m->n_opset_import++] = op;
   }
+  /* Says which passes already ran, so loading the file does not run them again. */
+  static const char *const digits[] = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
+  KilnOnnx__StringStringEntryProto *meta = wr_alloc(w, 1, sizeof *meta);
+  m->metadata_props = wr_alloc(w, 1, sizeof *m->metadata_props);
+  if (meta && m->metadata_props && g->optimized_level >= 0 && g->optimized_level <= 9) {
+    kiln_onnx__string_string_entry_proto__init(meta);
+    meta->key = "kiln.optimized_level";
+    meta->value = (char *)digits[g->optimized_level];
+    m->metadata_props[0] = meta;
+    m->n_metadata_props = 1;
+  }
   if (w->oom) return kiln__fail(err, KILN_NO_MEMORY, "out of memory writing ONNX");
   return KILN_OK;
 }

@@ -1081,6 +1081,15 @@ static kiln_status import_model(ictx *c, const KilnOnnx__ModelProto *m, kiln__gr
   scope s = {g, {0}, NULL};
   kiln_status st = import_graph(c, &s, m->graph);
   kiln__free(s.idx.slot);
+  for (size_t i = 0; st == KILN_OK && i < m->n_metadata_props; i++) {
+    const KilnOnnx__StringStringEntryProto *e = m->metadata_props[i];
+    if (!e->key || strcmp(e->key, "kiln.optimized_level")) continue;
+    const char *v = e->value ? e->value : "";
+    if (v[0] < '0' || v[0] > '9' || v[1])
+      st = kiln__fail(err, KILN_BAD_MODEL, "metadata kiln.optimized_level is '" NM "'", v);
+    else
+      g->optimized_level = v[0] - '0';
+  }
   if (st != KILN_OK) {
     kiln__graph_free(g);
     return st;

@@ -123,6 +123,8 @@ static kiln_status run_pass(kiln__graph *g, const kiln__pass *p, int round, kiln
 kiln_status kiln__optimize_ex(kiln__graph *g, int level, kiln__pass_log *log, kiln_error *err) {
   if (level < 0) level = 0;
   if (level > KILN__OPT_MAX) level = KILN__OPT_MAX;
+  /* A file kiln optimize wrote has had these passes already: loading it does not redo them. */
+  if (level <= g->optimized_level) level = 0;
   if (log) {
     log->level = level;
     log->nodes_in = log->nodes_out = (size_t)g->n_nodes;
@@ -139,6 +141,7 @@ kiln_status kiln__optimize_ex(kiln__graph *g, int level, kiln__pass_log *log, ki
     if (!any) break;
   }
   if (log) log->nodes_out = (size_t)g->n_nodes;
+  if (st == KILN_OK && level > g->optimized_level) g->optimized_level = level;
   return st;
 }
 
