@@ -4,8 +4,9 @@
  *     CPU once its workers stop spinning;
  *   - the vector math (src/kernels/cpu/vmath.h): exp, tanh, sigmoid, erf against libm in double
  *     over a dense sweep, for every ISA the machine runs, within the bounds the header states;
- *   - the "cpu" backend's elementwise, Softmax and LayerNormalization kernels against the "ref"
- *     backend (the oracle) on single-node models built here with random odd shapes.
+ *   - the "cpu" backend's elementwise (Clip included), Softmax and LayerNormalization kernels
+ *     against the "ref" backend (the oracle) on single-node models built here with random odd
+ *     shapes.
  * argv[1]: the repository's models/ folder. */
 #include <math.h>
 #include <pthread.h>
@@ -509,6 +510,22 @@ static void unary_body(void) {
   }
 }
 
+static void clip_body(void) {
+  /* Bounds as scalar inputs (both, min only), as attributes (opset 6), and none. */
+  node_spec both = {.op = "Clip", .opset = 13, .n_in = 3, .n_out = 1, .rank = {3, 0, 0},
+                    .dims = {{2, 3, 37}}, .lo = {-3, -2, 0.5f}, .hi = {3, -1, 2}};
+  check_node(&both, true);
+  node_spec lo_only = {.op = "Clip", .opset = 13, .n_in = 2, .n_out = 1, .rank = {2, 0},
+                       .dims = {{5, 1029}}, .lo = {-3, -0.5f}, .hi = {3, 0.5f}};
+  check_node(&lo_only, true);
+  node_spec attrs = {.op = "Clip", .opset = 6, .n_in = 1, .n_out = 1, .rank = {1},
+                     .dims = {{77}}, .attr = {"min=f:-0.5", "max=f:0.7"}};
+  check_node(&attrs, true);
+  node_spec none = {.op = "Clip", .opset = 13, .n_in = 1, .n_out = 1, .rank = {2},
+                    .dims = {{3, 9}}};
+  check_node(&none, true);
+}
+
 static void binary_body(void) {
   const char *ops[] = {"Add", "Sub", "Mul", "Div"};
   /* a and b shapes: same, scalar either side, trailing blocks either side, and one the fast path
@@ -568,6 +585,7 @@ static void layernorm_body(void) {
 
 static void kernels_unary(void **state) { (void)state; each_isa(unary_body); }
 static void kernels_binary(void **state) { (void)state; each_isa(binary_body); }
+static void kernels_clip(void **state) { (void)state; each_isa(clip_body); }
 static void kernels_softmax(void **state) { (void)state; each_isa(softmax_body); }
 static void kernels_layernorm(void **state) { (void)state; each_isa(layernorm_body); }
 
@@ -586,6 +604,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(vmath_select_honours_env),
       cmocka_unit_test(kernels_unary),
       cmocka_unit_test(kernels_binary),
+      cmocka_unit_test(kernels_clip),
       cmocka_unit_test(kernels_softmax),
       cmocka_unit_test(kernels_layernorm),
   };

@@ -1,7 +1,9 @@
 /* The "cpu" backend: dispatch over the kernel families in cpu_backend.h. */
 #include "kernels/cpu/cpu_backend.h"
 
-static const kiln__cpu_kernel *const families[] = {kiln__cpu_gemm_kernels, kiln__cpu_vec_kernels};
+static const kiln__cpu_kernel *const families[] = {
+    kiln__cpu_gemm_kernels, kiln__cpu_vec_kernels, kiln__cpu_dwconv_kernels,
+    kiln__cpu_pool_kernels, kiln__cpu_fused_kernels};
 
 static const kiln__cpu_kernel *find(const kiln__node *n, const kiln__graph *g) {
   for (size_t f = 0; f < KILN__ARRAY_LEN(families); f++)

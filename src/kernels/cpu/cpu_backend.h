@@ -24,6 +24,9 @@ typedef struct kiln__cpu_kernel {
 /* Kernel families, each terminated by a row with op NULL. */
 extern const kiln__cpu_kernel kiln__cpu_gemm_kernels[];  /* MatMul, Gemm, Conv, ... */
 extern const kiln__cpu_kernel kiln__cpu_vec_kernels[];   /* Softmax, LayerNorm, GELU, ... */
+extern const kiln__cpu_kernel kiln__cpu_dwconv_kernels[]; /* depthwise Conv (conv_dw.c) */
+extern const kiln__cpu_kernel kiln__cpu_pool_kernels[];   /* MaxPool, AveragePool, global pools */
+extern const kiln__cpu_kernel kiln__cpu_fused_kernels[];  /* domain ai.kiln (fused_kernels.c) */
 
 extern const kiln__backend kiln__backend_cpu;
 

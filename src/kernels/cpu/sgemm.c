@@ -242,6 +242,8 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
       kiln__uk_store st = {.alpha = g->alpha,
                            .load_c = g->accumulate || p0 > 0,
                            .ep = p0 + kc >= g->k ? &g->ep : NULL};
+      /* Activations outside the microkernel's registers run on the tile just stored. */
+      bool post = st.ep && kiln__act_is_post(g->ep.act);
       for (size_t i1 = i0; i1 < i_end; i1 += im->mc) {
         size_t mc = KILN__MIN(im->mc, i_end - i1);
         const float *ap;
@@ -257,8 +259,11 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
           for (size_t ip = 0; ip < mc; ip += im->mr) {
             size_t mr = KILN__MIN(im->mr, mc - ip);
             st.row0 = i1 + ip;
-            im->uk(kc, ap + ip * kc, bp + jp * kc, g->c + st.row0 * g->ldc + st.col0, g->ldc,
-                   mr, nr, &st);
+            float *ct = g->c + st.row0 * g->ldc + st.col0;
+            im->uk(kc, ap + ip * kc, bp + jp * kc, ct, g->ldc, mr, nr, &st);
+            if (post)
+              for (size_t r = 0; r < mr; r++)
+                kiln__act_apply(g->ep.vm, g->ep.act, g->ep.lo, g->ep.hi, ct + r * g->ldc, nr);
           }
         }
       }
@@ -274,8 +279,10 @@ static void run_k0(const kiln__sgemm_args *g) {
     st.row0 = i;
     for (size_t j = 0; j < g->n; j += 64) {
       st.col0 = j;
-      kiln__uk_store_tile(zeros, 0, g->c + i * g->ldc + j, g->ldc, 1, KILN__MIN(64, g->n - j),
-                          &st);
+      size_t nr = KILN__MIN(64, g->n - j);
+      kiln__uk_store_tile(zeros, 0, g->c + i * g->ldc + j, g->ldc, 1, nr, &st);
+      if (kiln__act_is_post(g->ep.act))
+        kiln__act_apply(g->ep.vm, g->ep.act, g->ep.lo, g->ep.hi, g->c + i * g->ldc + j, nr);
     }
   }
 }

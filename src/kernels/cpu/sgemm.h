@@ -15,6 +15,7 @@
 #define KILN_KERNELS_CPU_SGEMM_H
 
 #include "core/common.h"
+#include "kernels/cpu/vmath.h"
 
 struct kiln__pool;
 
@@ -34,12 +35,6 @@ bool kiln__isa_supported(kiln__isa isa);
    rather than being silently ignored. */
 kiln_status kiln__isa_select(kiln__isa *out, kiln_error *err);
 
-typedef enum kiln__act {
-  KILN__ACT_NONE = 0,
-  KILN__ACT_RELU,
-  KILN__ACT_CLIP, /* min(max(x, lo), hi) */
-} kiln__act;
-
 /* Applied to each output element after the product, in this order:
    y = act(alpha * acc [+ old C when accumulating] + bias + residual). */
 typedef struct kiln__epilogue {
@@ -47,9 +42,16 @@ typedef struct kiln__epilogue {
   bool bias_per_row;
   const float *residual;    /* NULL, or an m x n matrix with row stride ldr (may equal C) */
   size_t ldr;
-  kiln__act act;
-  float lo, hi;             /* KILN__ACT_CLIP bounds */
+  kiln__act act;           /* RELU, CLIP in the microkernel; the rest by kiln__act_apply */
+  float lo, hi;             /* the activation's p0, p1 (vmath.h): CLIP bounds, HardSigmoid's
+                               alpha and beta, LeakyRelu's alpha */
+  const kiln__vmath *vm;    /* vector math for SIGMOID, TANH, GELU, SILU */
 } kiln__epilogue;
+
+/* Whether the activation runs after the microkernel's store rather than in its registers. */
+static inline bool kiln__act_is_post(kiln__act a) {
+  return a != KILN__ACT_NONE && a != KILN__ACT_RELU && a != KILN__ACT_CLIP;
+}
 
 /* A pre-packed operand, laid out for one ISA's register tile. */
 typedef struct kiln__sgemm_packed {

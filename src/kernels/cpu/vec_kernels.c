@@ -5,6 +5,9 @@
  * takes the fast path when the run's tensors fit it and otherwise calls the reference kernel
  * (same contract, same scratch), so every node still computes the right thing. The vector-math
  * table is chosen at prepare (vmath.h) and is the node's state. */
+#include <float.h>
+#include <math.h>
+
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/vmath.h"
 
@@ -85,6 +88,44 @@ static kiln_status exec_gelu(kiln__kctx *c, void *s) {
   const kiln__vmath *v = s;
   bool t = !strcmp(kiln__attr_str(c->node, "approximate", "none"), "tanh");
   return run_unary(c, t ? v->gelu_tanh : v->gelu);
+}
+
+/* ---- Clip ----------------------------------------------------------------------------------- */
+
+typedef struct clip_job {
+  const float *x;
+  float *y;
+  float lo, hi;
+  size_t n, tasks;
+} clip_job;
+
+static void clip_range(void *arg, size_t b, size_t e) {
+  const clip_job *j = arg;
+  size_t lo = j->n * b / j->tasks, hi = j->n * e / j->tasks;
+  if (j->y != j->x) memcpy(j->y + lo, j->x + lo, (hi - lo) * sizeof *j->y);
+  kiln__act_apply(NULL, KILN__ACT_CLIP, j->lo, j->hi, j->y + lo, hi - lo);
+}
+
+/* Bounds: attributes before opset 11, optional float32 scalar inputs since (anything else, ref). */
+static kiln_status exec_clip(kiln__kctx *c, void *state) {
+  (void)state;
+  if (!f32_in(c, 0)) return ref_run(c);
+  clip_job j = {c->in[0]->data, c->out[0]->data, -INFINITY, INFINITY,
+                kiln_tensor_count(c->in[0]), 0};
+  if (c->node->opset < 11) {
+    j.lo = kiln__attr_float(c->node, "min", -FLT_MAX);
+    j.hi = kiln__attr_float(c->node, "max", FLT_MAX);
+  }
+  for (int i = 1; c->node->opset >= 11 && i <= 2 && i < c->n_in; i++) {
+    const kiln_tensor *b = c->in[i];
+    if (!b || kiln_tensor_count(b) == 0) continue;
+    if (b->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(b) != 1 || !b->data) return ref_run(c);
+    *(i == 1 ? &j.lo : &j.hi) = *(const float *)b->data;
+  }
+  if (j.n == 0) return KILN_OK;
+  j.tasks = tasks_for(j.n, j.n);
+  kiln__parallel_for(c->pool, j.tasks, clip_range, &j);
+  return KILN_OK;
 }
 
 /* ---- binary --------------------------------------------------------------------------------- */
@@ -269,6 +310,7 @@ const kiln__cpu_kernel kiln__cpu_vec_kernels[] = {
     ROW("Tanh", supports_unary, exec_tanh),
     ROW("Erf", supports_unary, exec_erf),
     ROW("Gelu", supports_gelu, exec_gelu),
+    ROW("Clip", supports_unary, exec_clip),
     ROW("Add", supports_binary, exec_add),
     ROW("Sub", supports_binary, exec_sub),
     ROW("Mul", supports_binary, exec_mul),

@@ -2,7 +2,10 @@
    prepare time (model load), never cached in a global. */
 #include "kernels/cpu/vmath.h"
 
+#include <float.h>
 #include <stdlib.h>
+
+#include "ir/graph.h"
 
 static bool cpu_has_avx2(void) {
 #ifdef KILN__VMATH_HAVE_AVX2
@@ -36,4 +39,88 @@ kiln_status kiln__vmath_select(const kiln__vmath **out, kiln_error *err) {
   }
   return kiln__fail(err, KILN_INVALID_ARGUMENT,
                     "KILN_ISA=%s: expected avx512, avx2 or generic", want);
+}
+
+/* ---- activations of the fused ops ------------------------------------------------------------ */
+
+bool kiln__act_parse(const char *name, kiln__act *out) {
+  static const struct { const char *name; kiln__act act; } names[] = {
+      {"", KILN__ACT_NONE},           {"Relu", KILN__ACT_RELU},
+      {"Clip", KILN__ACT_CLIP},       {"Sigmoid", KILN__ACT_SIGMOID},
+      {"Tanh", KILN__ACT_TANH},       {"HardSigmoid", KILN__ACT_HARDSIGMOID},
+      {"HardSwish", KILN__ACT_HARDSWISH}, {"LeakyRelu", KILN__ACT_LEAKYRELU},
+      {"Gelu", KILN__ACT_GELU},       {"Silu", KILN__ACT_SILU},
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(names); i++)
+    if (!strcmp(name, names[i].name)) {
+      *out = names[i].act;
+      return true;
+    }
+  return false;
+}
+
+/* The simple ones are plain loops the compiler vectorizes; comparisons are written so that NaN
+   propagates, as in the reference kernels. */
+void kiln__act_apply(const kiln__vmath *v, kiln__act act, float p0, float p1, float *y,
+                     size_t n) {
+  switch (act) {
+  case KILN__ACT_NONE:
+    return;
+  case KILN__ACT_RELU:
+    for (size_t i = 0; i < n; i++) y[i] = y[i] < 0.0f ? 0.0f : y[i];
+    return;
+  case KILN__ACT_CLIP:
+    for (size_t i = 0; i < n; i++) { /* min after max, as ONNX: min > max gives max */
+      float t = y[i] < p0 ? p0 : y[i];
+      y[i] = t > p1 ? p1 : t;
+    }
+    return;
+  case KILN__ACT_HARDSIGMOID:
+    for (size_t i = 0; i < n; i++) {
+      float t = p0 * y[i] + p1;
+      y[i] = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+    }
+    return;
+  case KILN__ACT_HARDSWISH:
+    for (size_t i = 0; i < n; i++) {
+      float t = y[i] / 6.0f + 0.5f;
+      y[i] *= t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+    }
+    return;
+  case KILN__ACT_LEAKYRELU:
+    for (size_t i = 0; i < n; i++) y[i] = y[i] < 0.0f ? p0 * y[i] : y[i];
+    return;
+  case KILN__ACT_SIGMOID:
+    v->sigmoid(y, y, n);
+    return;
+  case KILN__ACT_TANH:
+    v->tanh(y, y, n);
+    return;
+  case KILN__ACT_GELU:
+    v->gelu(y, y, n);
+    return;
+  case KILN__ACT_SILU: {
+    float s[256];
+    for (size_t i = 0; i < n; i += 256) {
+      size_t m = KILN__MIN((size_t)256, n - i);
+      v->sigmoid(y + i, s, m);
+      for (size_t j = 0; j < m; j++) y[i + j] *= s[j];
+    }
+    return;
+  }
+  }
+}
+
+bool kiln__act_from_node(const kiln__node *n, kiln__act *act, float *p0, float *p1) {
+  if (!kiln__act_parse(kiln__attr_str(n, "activation", ""), act)) return false;
+  const float *p = NULL;
+  size_t np = kiln__attr_floats(n, "activation_params", &p);
+  float def[2] = {0.0f, 0.0f};
+  size_t used = 0;
+  if (*act == KILN__ACT_CLIP) def[0] = -FLT_MAX, def[1] = FLT_MAX, used = 2;
+  else if (*act == KILN__ACT_HARDSIGMOID) def[0] = 0.2f, def[1] = 0.5f, used = 2;
+  else if (*act == KILN__ACT_LEAKYRELU) def[0] = 0.01f, used = 1;
+  *p0 = np > 0 && used > 0 ? p[0] : def[0];
+  *p1 = np > 1 && used > 1 ? p[1] : def[1];
+  return true;
 }

@@ -53,6 +53,35 @@ extern const kiln__vmath kiln__vmath_generic;
 extern const kiln__vmath kiln__vmath_avx2;
 #endif
 
+/* Activations of the fused linear ops (docs/FUSED_OPS.md), shared by the SGEMM epilogue and the
+   direct convolutions. RELU and CLIP are cheap enough for a microkernel's registers; the others
+   run through kiln__act_apply on each finished row while it is still in L1. */
+typedef enum kiln__act {
+  KILN__ACT_NONE = 0,
+  KILN__ACT_RELU,
+  KILN__ACT_CLIP,        /* min(max(x, p0), p1) */
+  KILN__ACT_SIGMOID,
+  KILN__ACT_TANH,
+  KILN__ACT_HARDSIGMOID, /* max(0, min(1, p0 x + p1)) */
+  KILN__ACT_HARDSWISH,   /* x max(0, min(1, x / 6 + 1/2)) */
+  KILN__ACT_LEAKYRELU,   /* x >= 0 ? x : p0 x */
+  KILN__ACT_GELU,        /* exact, erf form */
+  KILN__ACT_SILU,        /* x sigmoid(x) */
+} kiln__act;
+
+/* The activation named `name` ("" = NONE, else the ONNX op name, as in the `activation`
+   attribute); false for a name not in the table. */
+bool kiln__act_parse(const char *name, kiln__act *out);
+/* y[i] = act(y[i]) for n elements, p0 and p1 the parameters above; v supplies the vector math
+   (may be NULL only for NONE, RELU, CLIP, HARDSIGMOID, HARDSWISH and LEAKYRELU). */
+void kiln__act_apply(const kiln__vmath *v, kiln__act act, float p0, float p1, float *y, size_t n);
+
+/* A fused node's `activation` and `activation_params` attributes (defaults as the reference
+   kernels: Clip -FLT_MAX, FLT_MAX; HardSigmoid 0.2, 0.5; LeakyRelu 0.01). False for an unknown
+   name. */
+struct kiln__node;
+bool kiln__act_from_node(const struct kiln__node *n, kiln__act *act, float *p0, float *p1);
+
 /* The table for this machine, or the one KILN_ISA asks for. Fails (UNSUPPORTED or
    INVALID_ARGUMENT) when KILN_ISA names an ISA this CPU cannot run or an unknown one. */
 kiln_status kiln__vmath_select(const kiln__vmath **out, kiln_error *err);

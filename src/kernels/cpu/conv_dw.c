@@ -1,0 +1,377 @@
+/* Depthwise convolution kernels (see conv_dw.h): a portable row sweep and an AVX2+FMA one. The
+ * AVX2 code carries target attributes, so the library still builds for baseline x86-64. */
+#include "kernels/cpu/conv_dw.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define DW_X86 1
+#endif
+
+/* Floats of the stack block holding the kh padded rows. */
+#define ROWBUF 12288
+
+/* A padded input row P (P[i] is input column i - pl, zero outside) is stored split by phase of
+   the stride: phase p holds P[s * i + p] at i. Output ox's tap kx is then phase (kx % s) at
+   ox + kx / s, so every stride reads contiguous vectors. Each phase holds `plen` floats: enough
+   for 16-wide blocks of outputs past ow. */
+static size_t phase_len(const kiln__dw_geom *g) {
+  return (g->ow + 15) / 16 * 16 + g->kw / g->sw + 8;
+}
+
+bool kiln__dwconv_fits(const kiln__dw_geom *g) {
+  return g->kh >= 1 && g->kw >= 1 && g->kh <= 16 && g->sw >= 1 &&
+         g->kh * g->sw * phase_len(g) <= ROWBUF && g->sw * phase_len(g) <= ROWBUF / 4;
+}
+
+static const float zeros[ROWBUF];
+
+/* Writes input row x as the phases of its padded row into r (sw * plen floats); `tmp` holds the
+   padded row itself when the stride is above 1. */
+static void fill_row(const kiln__dw_geom *g, const float *x, float *r, size_t plen, float *tmp) {
+  size_t s = g->sw, total = s * plen;
+  float *p = s == 1 ? r : tmp;
+  size_t lead = KILN__MIN(g->pl, total), n = KILN__MIN(g->w, total - lead);
+  memset(p, 0, lead * sizeof *p);
+  memcpy(p + lead, x, n * sizeof *p);
+  memset(p + lead + n, 0, (total - lead - n) * sizeof *p);
+  if (s == 2) {
+    float *restrict e = r, *restrict o = r + plen;
+    for (size_t i = 0; i < plen; i++) {
+      e[i] = tmp[2 * i];
+      o[i] = tmp[2 * i + 1];
+    }
+  } else if (s > 2) {
+    for (size_t ph = 0; ph < s; ph++)
+      for (size_t i = 0; i < plen; i++) r[ph * plen + i] = tmp[s * i + ph];
+  }
+}
+
+/* One output row from kh phase-split rows: y[ox] = bias + sum w[ky][kx] P_ky[ox * sw + kx]. */
+typedef void (*row_fn)(const kiln__dw_geom *g, size_t plen, const float *const *rows,
+                       const float *w, float bias, const float *z, float *y,
+                       const kiln__epilogue *ep);
+
+static inline float act1(const kiln__epilogue *ep, float v) {
+  if (ep->act == KILN__ACT_RELU) return v < 0.0f ? 0.0f : v;
+  if (ep->act == KILN__ACT_CLIP) {
+    v = v < ep->lo ? ep->lo : v;
+    return v > ep->hi ? ep->hi : v;
+  }
+  return v;
+}
+
+static void row_generic(const kiln__dw_geom *g, size_t plen, const float *const *rows,
+                        const float *w, float bias, const float *z, float *y,
+                        const kiln__epilogue *ep) {
+  size_t ow = g->ow, s = g->sw;
+  for (size_t ox = 0; ox < ow; ox++) y[ox] = bias;
+  for (size_t ky = 0; ky < g->kh; ky++)
+    for (size_t kx = 0; kx < g->kw; kx++) {
+      const float *restrict r = rows[ky] + (kx % s) * plen + kx / s;
+      float wv = w[ky * g->kw + kx];
+      float *restrict yy = y;
+      for (size_t ox = 0; ox < ow; ox++) yy[ox] += wv * r[ox];
+    }
+  for (size_t ox = 0; ox < ow; ox++) y[ox] = act1(ep, y[ox] + (z ? z[ox] : 0.0f));
+}
+
+#ifdef DW_X86
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static inline __m256 act8(const kiln__epilogue *ep, __m256 v) {
+  if (ep->act == KILN__ACT_RELU) return _mm256_max_ps(v, _mm256_setzero_ps());
+  if (ep->act == KILN__ACT_CLIP)
+    return _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(ep->lo)), _mm256_set1_ps(ep->hi));
+  return v;
+}
+
+AVX2 static inline void store8(float *y, const float *z, __m256 acc, size_t left,
+                               const kiln__epilogue *ep) {
+  if (left >= 8) {
+    if (z) acc = _mm256_add_ps(acc, _mm256_loadu_ps(z));
+    _mm256_storeu_ps(y, act8(ep, acc));
+    return;
+  }
+  float t[8];
+  _mm256_storeu_ps(t, acc);
+  for (size_t i = 0; i < left; i++) y[i] = act1(ep, t[i] + (z ? z[i] : 0.0f));
+}
+
+/* KH x KW and the stride known at compile time for the common shapes: the weights stay in
+   registers and each output row is swept 16 columns at a time. */
+AVX2 static inline __attribute__((always_inline)) void
+row_avx2_k(const kiln__dw_geom *g, size_t plen, const float *const *rows, const float *w,
+           float bias, const float *z, float *y, const kiln__epilogue *ep, size_t KH, size_t KW,
+           size_t S) {
+  __m256 wv[25];
+  for (size_t i = 0; i < KH * KW; i++) wv[i] = _mm256_broadcast_ss(w + i);
+  const float *tap[25];
+  for (size_t ky = 0; ky < KH; ky++)
+    for (size_t kx = 0; kx < KW; kx++) tap[ky * KW + kx] = rows[ky] + (kx % S) * plen + kx / S;
+  size_t ow = g->ow;
+  for (size_t ox = 0; ox < ow; ox += 16) {
+    __m256 a0 = _mm256_set1_ps(bias), a1 = a0;
+    for (size_t t = 0; t < KH * KW; t++) {
+      a0 = _mm256_fmadd_ps(wv[t], _mm256_loadu_ps(tap[t] + ox), a0);
+      a1 = _mm256_fmadd_ps(wv[t], _mm256_loadu_ps(tap[t] + ox + 8), a1);
+    }
+    size_t left = ow - ox;
+    store8(y + ox, z ? z + ox : NULL, a0, left, ep);
+    if (left > 8) store8(y + ox + 8, z ? z + ox + 8 : NULL, a1, left - 8, ep);
+  }
+}
+
+/* Any other kernel size (<= 25 taps per row sweep is not required): taps from memory. */
+AVX2 static void row_avx2_any(const kiln__dw_geom *g, size_t plen, const float *const *rows,
+                              const float *w, float bias, const float *z, float *y,
+                              const kiln__epilogue *ep) {
+  size_t ow = g->ow, s = g->sw;
+  for (size_t ox = 0; ox < ow; ox += 8) {
+    __m256 acc = _mm256_set1_ps(bias);
+    for (size_t ky = 0; ky < g->kh; ky++)
+      for (size_t kx = 0; kx < g->kw; kx++)
+        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(w + ky * g->kw + kx),
+                              _mm256_loadu_ps(rows[ky] + (kx % s) * plen + kx / s + ox), acc);
+    store8(y + ox, z ? z + ox : NULL, acc, ow - ox, ep);
+  }
+}
+
+AVX2 static void row_avx2(const kiln__dw_geom *g, size_t plen, const float *const *rows,
+                          const float *w, float bias, const float *z, float *y,
+                          const kiln__epilogue *ep) {
+  size_t k = g->kh == g->kw ? g->kh : 0;
+  if (k == 3 && g->sw == 1) row_avx2_k(g, plen, rows, w, bias, z, y, ep, 3, 3, 1);
+  else if (k == 3 && g->sw == 2) row_avx2_k(g, plen, rows, w, bias, z, y, ep, 3, 3, 2);
+  else if (k == 5 && g->sw == 1) row_avx2_k(g, plen, rows, w, bias, z, y, ep, 5, 5, 1);
+  else if (k == 5 && g->sw == 2) row_avx2_k(g, plen, rows, w, bias, z, y, ep, 5, 5, 2);
+  else row_avx2_any(g, plen, rows, w, bias, z, y, ep);
+}
+#endif
+
+void kiln__dwconv_plane_f32(kiln__isa isa, const kiln__dw_geom *g, const float *x,
+                            const float *w, float bias, const float *z, float *y,
+                            const kiln__epilogue *ep) {
+  _Alignas(32) float buf[ROWBUF];
+  float tmp[ROWBUF / 4];
+  size_t plen = phase_len(g), len = g->sw * plen;
+  /* Ring of padded rows: input row iy lives in slot iy % kh (kh consecutive rows never share a
+     slot); held[] says which row each slot holds. */
+  int64_t held[16];
+  for (size_t s = 0; s < g->kh; s++) held[s] = -1;
+  row_fn row = row_generic;
+#ifdef DW_X86
+  if (isa != KILN__ISA_GENERIC) row = row_avx2;
+#else
+  (void)isa;
+#endif
+  const float *rows[16];
+  for (size_t oy = 0; oy < g->oh; oy++) {
+    for (size_t ky = 0; ky < g->kh; ky++) {
+      int64_t iy = (int64_t)(oy * g->sh + ky) - (int64_t)g->pt;
+      if (iy < 0 || iy >= (int64_t)g->h) {
+        rows[ky] = zeros;
+        continue;
+      }
+      size_t slot = (size_t)iy % g->kh;
+      float *r = buf + slot * len;
+      if (held[slot] != iy) {
+        fill_row(g, x + (size_t)iy * g->w, r, plen, tmp);
+        held[slot] = iy;
+      }
+      rows[ky] = r;
+    }
+    float *yr = y + oy * g->ow;
+    row(g, plen, rows, w, bias, z ? z + oy * g->ow : NULL, yr, ep);
+    if (kiln__act_is_post(ep->act)) kiln__act_apply(ep->vm, ep->act, ep->lo, ep->hi, yr, g->ow);
+  }
+}
+
+/* ---- the node-level kernel ------------------------------------------------------------------- */
+
+#include "ir/op.h"
+
+static const kiln__value *in_value(const kiln__node *n, const kiln__graph *g, int i) {
+  return i < n->n_in && n->in[i] >= 0 ? &g->values[n->in[i]] : NULL;
+}
+
+static bool maybe_float(const kiln__value *v) {
+  return v && (v->dtype == KILN_DTYPE_FLOAT || v->dtype == KILN_DTYPE_UNDEFINED);
+}
+
+/* An INTS attribute of exactly `cnt` values in [lo, 2^24], or the default when absent. */
+static bool ints_in(const kiln__node *n, const char *name, size_t cnt, int64_t lo, int64_t def,
+                    int64_t *v) {
+  const int64_t *a;
+  size_t na = kiln__attr_ints(n, name, &a);
+  for (size_t i = 0; i < cnt; i++) v[i] = def;
+  if (na == 0) return true;
+  if (na != cnt) return false;
+  for (size_t i = 0; i < cnt; i++) {
+    if (a[i] < lo || a[i] > ((int64_t)1 << 24)) return false;
+    v[i] = a[i];
+  }
+  return true;
+}
+
+bool kiln__dw_conv_parse(const kiln__node *n, const kiln__graph *g, kiln__dw_conv *d) {
+  const kiln__value *wv = in_value(n, g, 1), *bv = in_value(n, g, 2);
+  if (n->n_in < 2 || !maybe_float(in_value(n, g, 0)) || !wv || !wv->is_initializer ||
+      wv->init.dtype != KILN_DTYPE_FLOAT || !wv->init.data || wv->init.rank != 4 ||
+      (bv && !maybe_float(bv)))
+    return false;
+  const kiln_tensor *w = &wv->init;
+  int64_t group = kiln__attr_int(n, "group", 1);
+  if (w->dims[0] < 2 || w->dims[0] != group || w->dims[1] != 1 || w->dims[2] < 1 ||
+      w->dims[3] < 1 || w->dims[2] > 16 || w->dims[3] > 16)
+    return false;
+  const int64_t *ks;
+  size_t nks = kiln__attr_ints(n, "kernel_shape", &ks);
+  if (nks && (nks != 2 || ks[0] != w->dims[2] || ks[1] != w->dims[3])) return false;
+  int64_t st[2], dl[2];
+  if (!ints_in(n, "strides", 2, 1, 1, st) || !ints_in(n, "dilations", 2, 1, 1, dl) ||
+      !ints_in(n, "pads", 4, 0, 0, d->pads) || dl[0] != 1 || dl[1] != 1)
+    return false;
+  const char *ap = kiln__attr_str(n, "auto_pad", "NOTSET");
+  static const char *const modes[] = {"NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"};
+  d->auto_pad = -1;
+  for (int i = 0; i < 4; i++)
+    if (!strcmp(ap, modes[i])) d->auto_pad = i;
+  if (!*ap) d->auto_pad = 0;
+  if (d->auto_pad < 0) return false;
+  d->c = (size_t)w->dims[0];
+  d->kh = (size_t)w->dims[2];
+  d->kw = (size_t)w->dims[3];
+  d->sh = (size_t)st[0];
+  d->sw = (size_t)st[1];
+  d->w = w->data;
+  return true;
+}
+
+typedef struct dw_job {
+  const kiln__dw_conv *d;
+  kiln__dw_geom g;
+  const float *x, *bias, *z;
+  float *y;
+  const kiln__epilogue *ep;
+} dw_job;
+
+static void dw_planes(void *arg, size_t q0, size_t q1) {
+  const dw_job *j = arg;
+  size_t in = j->g.h * j->g.w, out = j->g.oh * j->g.ow, k = j->d->kh * j->d->kw;
+  for (size_t q = q0; q < q1; q++) {
+    size_t ch = q % j->d->c;
+    kiln__dwconv_plane_f32(j->d->isa, &j->g, j->x + q * in, j->d->w + ch * k,
+                           j->bias ? j->bias[ch] : 0.0f, j->z ? j->z + q * out : NULL,
+                           j->y + q * out, j->ep);
+  }
+}
+
+static int64_t same_pad(int mode, int64_t in, int64_t out, int64_t s, int64_t k) {
+  int64_t total = KILN__MAX((out - 1) * s + k - in, (int64_t)0);
+  return mode == 1 ? total / 2 : total - total / 2;
+}
+
+bool kiln__dw_conv_run(kiln__kctx *c, const kiln__dw_conv *d, const float *z,
+                       const kiln__epilogue *ep) {
+  const kiln_tensor *x = c->in[0], *y = c->out[0];
+  const kiln_tensor *b = c->n_in > 2 ? c->in[2] : NULL;
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != 4 || y->rank != 4 ||
+      (size_t)x->dims[1] != d->c || (size_t)y->dims[1] != d->c || x->dims[0] != y->dims[0])
+    return false;
+  if (b && (b->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(b) != d->c)) return false;
+  dw_job j = {.d = d, .x = x->data, .bias = b ? b->data : NULL, .z = z, .y = y->data, .ep = ep};
+  j.g = (kiln__dw_geom){.h = (size_t)x->dims[2], .w = (size_t)x->dims[3],
+                        .oh = (size_t)y->dims[2], .ow = (size_t)y->dims[3], .kh = d->kh,
+                        .kw = d->kw, .sh = d->sh, .sw = d->sw};
+  int64_t pt = 0, pl = 0;
+  if (d->auto_pad == 0) {
+    pt = d->pads[0];
+    pl = d->pads[1];
+  } else if (d->auto_pad != 3) {
+    pt = same_pad(d->auto_pad, x->dims[2], y->dims[2], (int64_t)d->sh, (int64_t)d->kh);
+    pl = same_pad(d->auto_pad, x->dims[3], y->dims[3], (int64_t)d->sw, (int64_t)d->kw);
+  }
+  j.g.pt = (size_t)pt;
+  j.g.pl = (size_t)pl;
+  if (!kiln__dwconv_fits(&j.g)) return false;
+  size_t planes = (size_t)x->dims[0] * d->c;
+  if (planes && j.g.oh && j.g.ow) kiln__parallel_for(c->pool, planes, dw_planes, &j);
+  return true;
+}
+
+/* ---- the Conv row ---------------------------------------------------------------------------- */
+
+#include "kernels/cpu/cpu_backend.h"
+
+static bool conv_supports(const kiln__node *n, const kiln__graph *g) {
+  kiln__dw_conv d;
+  return (!n->domain[0] || !strcmp(n->domain, "ai.onnx")) && n->n_in <= 3 &&
+         kiln__dw_conv_parse(n, g, &d);
+}
+
+static kiln_status conv_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                                kiln_error *err) {
+  kiln__dw_conv *d = kiln__calloc(1, sizeof *d);
+  if (!d) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing Conv");
+  kiln__dw_conv_parse(n, g, d);
+  kiln_status st = kiln__isa_select(&d->isa, err);
+  if (st != KILN_OK) {
+    kiln__free(d);
+    return st;
+  }
+  *state = d;
+  return KILN_OK;
+}
+
+static void conv_release(void *state) { kiln__free(state); }
+
+static kiln_status conv_execute(kiln__kctx *c, void *state) {
+  const kiln__epilogue ep = {0};
+  return kiln__dw_conv_run(c, state, NULL, &ep) ? KILN_OK : c->node->op->run(c);
+}
+
+/* FusedConv (ai.kiln): y = act(conv + bias + Z), Z of y's shape. */
+typedef struct fconv_state {
+  kiln__dw_conv d;
+  kiln__epilogue ep;
+} fconv_state;
+
+static bool fconv_supports(const kiln__node *n, const kiln__graph *g) {
+  kiln__dw_conv d;
+  kiln__act a;
+  float p0, p1;
+  const kiln__value *z = n->n_in > 3 && n->in[3] >= 0 ? &g->values[n->in[3]] : NULL;
+  return n->domain && !strcmp(n->domain, "ai.kiln") && n->n_in <= 4 &&
+         kiln__act_from_node(n, &a, &p0, &p1) && (!z || maybe_float(z)) &&
+         kiln__dw_conv_parse(n, g, &d);
+}
+
+static kiln_status fconv_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                                 kiln_error *err) {
+  fconv_state *f = kiln__calloc(1, sizeof *f);
+  if (!f) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing FusedConv");
+  kiln__dw_conv_parse(n, g, &f->d);
+  kiln__act_from_node(n, &f->ep.act, &f->ep.lo, &f->ep.hi);
+  kiln_status st = kiln__isa_select(&f->d.isa, err);
+  if (st == KILN_OK) st = kiln__vmath_select(&f->ep.vm, err);
+  if (st != KILN_OK) {
+    kiln__free(f);
+    return st;
+  }
+  *state = f;
+  return KILN_OK;
+}
+
+static kiln_status fconv_execute(kiln__kctx *c, void *state) {
+  const fconv_state *f = state;
+  const kiln_tensor *z = c->n_in > 3 ? c->in[3] : NULL;
+  if (z && (z->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(z) != kiln_tensor_count(c->out[0])))
+    return c->node->op->run(c);
+  return kiln__dw_conv_run(c, &f->d, z ? z->data : NULL, &f->ep) ? KILN_OK : c->node->op->run(c);
+}
+
+const kiln__cpu_kernel kiln__cpu_dwconv_kernels[] = {
+    {"Conv", conv_supports, conv_prepare, conv_release, conv_execute, NULL},
+    {"FusedConv", fconv_supports, fconv_prepare, conv_release, fconv_execute, NULL},
+    {0},
+};

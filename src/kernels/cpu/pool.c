@@ -1,0 +1,230 @@
+/* Optimized CPU kernels: MaxPool (2-D, float32, NCHW, no Indices output, dilation 1) and
+ * GlobalAveragePool (float32).
+ *
+ * MaxPool is separable: per output row, the max over the window's input rows (clipped to the
+ * image, so padding and ceil_mode need no special case) goes into a row buffer padded with -inf,
+ * and the output row is the max over kw taps of that buffer at the stride, 8 outputs per AVX2
+ * step. NaN propagates as in the reference kernel. Anything else (other ranks and dtypes,
+ * Indices, dilation, wide rows) runs the reference kernel. */
+#include <math.h>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/sgemm.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define POOL_X86 1
+#endif
+
+#define ROWBUF 8192
+
+static bool default_domain(const kiln__node *n) {
+  return !n->domain[0] || !strcmp(n->domain, "ai.onnx");
+}
+
+static bool maybe_f32(const kiln__node *n, const kiln__graph *g) {
+  kiln_dtype t = n->n_in > 0 && n->in[0] >= 0 ? g->values[n->in[0]].dtype : KILN_DTYPE_UNDEFINED;
+  return t == KILN_DTYPE_UNDEFINED || t == KILN_DTYPE_FLOAT;
+}
+
+static kiln_status prepare_isa(const kiln__node *n, const kiln__graph *g, void **state,
+                               kiln_error *err) {
+  (void)n, (void)g;
+  kiln__isa *isa = kiln__calloc(1, sizeof *isa);
+  if (!isa) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
+  kiln_status st = kiln__isa_select(isa, err);
+  if (st != KILN_OK) {
+    kiln__free(isa);
+    return st;
+  }
+  *state = isa;
+  return KILN_OK;
+}
+
+static void release_isa(void *state) { kiln__free(state); }
+
+/* ---- MaxPool --------------------------------------------------------------------------------- */
+
+typedef struct mp_job {
+  kiln__isa isa;
+  const float *x;
+  float *y;
+  size_t h, w, oh, ow, kh, kw, sh, sw, len;
+  int64_t pt, pl;
+} mp_job;
+
+static inline float max_nan(float a, float b) { return a > b || a != a ? a : b; }
+
+static void mp_row_generic(const mp_job *j, const float *v, float *y) {
+  for (size_t ox = 0; ox < j->ow; ox++) {
+    const float *r = v + ox * j->sw;
+    float m = r[0];
+    for (size_t kx = 1; kx < j->kw; kx++) m = max_nan(r[kx], m);
+    y[ox] = m;
+  }
+}
+
+static void vmax_generic(float *restrict acc, const float *restrict x, size_t n) {
+  for (size_t i = 0; i < n; i++) acc[i] = max_nan(x[i], acc[i]);
+}
+
+#ifdef POOL_X86
+#define AVX2 __attribute__((target("avx2,fma")))
+
+/* max that returns a when a is NaN (and b when b is: _mm256_max_ps's rule). */
+AVX2 static inline __m256 max8(__m256 a, __m256 b) {
+  return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+}
+
+AVX2 static inline __m256 taps8(const float *r, size_t sw) {
+  if (sw == 1) return _mm256_loadu_ps(r);
+  __m256 a = _mm256_loadu_ps(r), b = _mm256_loadu_ps(r + 8);
+  __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+AVX2 static void vmax_avx2(float *restrict acc, const float *restrict x, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(acc + i, max8(_mm256_loadu_ps(x + i), _mm256_loadu_ps(acc + i)));
+  for (; i < n; i++) acc[i] = max_nan(x[i], acc[i]);
+}
+
+AVX2 static void mp_row_avx2(const mp_job *j, const float *v, float *y) {
+  if (j->sw > 2) {
+    mp_row_generic(j, v, y);
+    return;
+  }
+  for (size_t ox = 0; ox < j->ow; ox += 8) {
+    const float *r = v + ox * j->sw;
+    __m256 m = taps8(r, j->sw);
+    for (size_t kx = 1; kx < j->kw; kx++) m = max8(taps8(r + kx, j->sw), m);
+    if (j->ow - ox >= 8) {
+      _mm256_storeu_ps(y + ox, m);
+    } else {
+      float t[8];
+      _mm256_storeu_ps(t, m);
+      memcpy(y + ox, t, (j->ow - ox) * sizeof *t);
+    }
+  }
+}
+#endif
+
+static void mp_planes(void *arg, size_t q0, size_t q1) {
+  const mp_job *j = arg;
+  float buf[ROWBUF];
+  void (*row)(const mp_job *, const float *, float *) = mp_row_generic;
+  void (*vmax)(float *restrict, const float *restrict, size_t) = vmax_generic;
+#ifdef POOL_X86
+  if (j->isa != KILN__ISA_GENERIC) row = mp_row_avx2, vmax = vmax_avx2;
+#endif
+  for (size_t i = 0; i < j->len; i++) buf[i] = -INFINITY;
+  float *v = buf + j->pl; /* v[ix] for input column ix; -inf outside */
+  for (size_t q = q0; q < q1; q++) {
+    const float *x = j->x + q * j->h * j->w;
+    float *y = j->y + q * j->oh * j->ow;
+    for (size_t oy = 0; oy < j->oh; oy++) {
+      int64_t y0 = (int64_t)(oy * j->sh) - j->pt;
+      int64_t lo = KILN__MAX(y0, (int64_t)0), hi = KILN__MIN(y0 + (int64_t)j->kh, (int64_t)j->h);
+      if (lo >= hi) { /* a window entirely in the padding */
+        for (size_t ox = 0; ox < j->ow; ox++) y[oy * j->ow + ox] = -INFINITY;
+        continue;
+      }
+      memcpy(v, x + (size_t)lo * j->w, j->w * sizeof *v);
+      for (int64_t iy = lo + 1; iy < hi; iy++) vmax(v, x + (size_t)iy * j->w, j->w);
+      row(j, buf, y + oy * j->ow);
+    }
+  }
+}
+
+static bool mp_supports(const kiln__node *n, const kiln__graph *g) {
+  const int64_t *ks, *d;
+  size_t nd = kiln__attr_ints(n, "dilations", &d);
+  for (size_t i = 0; i < nd; i++)
+    if (d[i] != 1) return false;
+  return default_domain(n) && maybe_f32(n, g) && n->n_out == 1 &&
+         kiln__attr_ints(n, "kernel_shape", &ks) == 2;
+}
+
+static kiln_status mp_execute(kiln__kctx *c, void *state) {
+  const kiln_tensor *x = c->in[0], *y = c->out[0];
+  const int64_t *ks, *st, *pads;
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != 4 || y->rank != 4 ||
+      kiln__attr_ints(c->node, "kernel_shape", &ks) != 2 || ks[0] < 1 || ks[1] < 1 ||
+      ks[0] > 64 || ks[1] > 64)
+    return c->node->op->run(c);
+  size_t nst = kiln__attr_ints(c->node, "strides", &st);
+  size_t np = kiln__attr_ints(c->node, "pads", &pads);
+  if ((nst && nst != 2) || (np && np != 4)) return c->node->op->run(c);
+  mp_job j = {.isa = *(const kiln__isa *)state, .x = x->data, .y = y->data,
+              .h = (size_t)x->dims[2], .w = (size_t)x->dims[3], .oh = (size_t)y->dims[2],
+              .ow = (size_t)y->dims[3], .kh = (size_t)ks[0], .kw = (size_t)ks[1],
+              .sh = nst ? (size_t)st[0] : 1, .sw = nst ? (size_t)st[1] : 1};
+  const char *ap = kiln__attr_str(c->node, "auto_pad", "NOTSET");
+  if (!strcmp(ap, "SAME_UPPER") || !strcmp(ap, "SAME_LOWER")) {
+    int64_t th = KILN__MAX((int64_t)((j.oh - 1) * j.sh + j.kh) - (int64_t)j.h, (int64_t)0);
+    int64_t tw = KILN__MAX((int64_t)((j.ow - 1) * j.sw + j.kw) - (int64_t)j.w, (int64_t)0);
+    bool upper = ap[5] == 'U';
+    j.pt = upper ? th / 2 : th - th / 2;
+    j.pl = upper ? tw / 2 : tw - tw / 2;
+  } else if (!strcmp(ap, "VALID")) {
+    j.pt = j.pl = 0;
+  } else {
+    j.pt = np ? pads[0] : 0;
+    j.pl = np ? pads[1] : 0;
+  }
+  if (j.sh < 1 || j.sw < 1 || j.pt < 0 || j.pl < 0 || j.pt >= (int64_t)j.kh ||
+      j.pl >= (int64_t)j.kw || x->dims[0] != y->dims[0] || x->dims[1] != y->dims[1])
+    return c->node->op->run(c);
+  j.len = KILN__MAX(j.sw * ((j.ow + 7) / 8 * 8) + j.kw + 16, (size_t)j.pl + j.w + 8);
+  if (j.len > ROWBUF) return c->node->op->run(c);
+  size_t planes = (size_t)x->dims[0] * (size_t)x->dims[1];
+  if (planes && j.oh && j.ow) kiln__parallel_for(c->pool, planes, mp_planes, &j);
+  return KILN_OK;
+}
+
+/* ---- GlobalAveragePool ----------------------------------------------------------------------- */
+
+typedef struct gap_job {
+  const float *x;
+  float *y;
+  size_t plane;
+} gap_job;
+
+/* Eight float partial sums per plane (vectorized by the compiler), then double. */
+static void gap_planes(void *arg, size_t q0, size_t q1) {
+  const gap_job *j = arg;
+  for (size_t q = q0; q < q1; q++) {
+    const float *x = j->x + q * j->plane;
+    float acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= j->plane; i += 8)
+      for (int l = 0; l < 8; l++) acc[l] += x[i + l];
+    double s = 0;
+    for (; i < j->plane; i++) s += x[i];
+    for (int l = 0; l < 8; l++) s += acc[l];
+    j->y[q] = (float)(s / (double)j->plane);
+  }
+}
+
+static bool gap_supports(const kiln__node *n, const kiln__graph *g) {
+  return default_domain(n) && maybe_f32(n, g);
+}
+
+static kiln_status gap_execute(kiln__kctx *c, void *state) {
+  (void)state;
+  const kiln_tensor *x = c->in[0];
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank < 3) return c->node->op->run(c);
+  gap_job j = {x->data, c->out[0]->data, 1};
+  for (int i = 2; i < x->rank; i++) j.plane *= (size_t)x->dims[i];
+  size_t planes = (size_t)x->dims[0] * (size_t)x->dims[1];
+  if (j.plane == 0) return c->node->op->run(c); /* mean of nothing: the reference's NaN */
+  if (planes) kiln__parallel_for(c->pool, planes, gap_planes, &j);
+  return KILN_OK;
+}
+
+const kiln__cpu_kernel kiln__cpu_pool_kernels[] = {
+    {"MaxPool", mp_supports, prepare_isa, release_isa, mp_execute, NULL},
+    {"GlobalAveragePool", gap_supports, NULL, NULL, gap_execute, NULL},
+    {0},
+};

@@ -1,0 +1,463 @@
+/* The "cpu" backend's kernels for Kiln's fused ops (domain ai.kiln, docs/FUSED_OPS.md) against
+ * the reference kernels of src/kernels/ref/fused.c, for every ISA this machine runs, serially and
+ * on a 2-thread pool: FusedConv (dense, pointwise, grouped, depthwise, with Z and each
+ * activation), FusedGemm (C forms with Z), FusedMatMul (transposes, batches, Bias, full and
+ * broadcast Z), LayerNorm, RMSNorm, Gelu and Attention (masks, causal, long T over several key
+ * blocks, S = 1). While the cpu kernel runs, the node's reference run() is replaced by one that
+ * fails, so a test passes only if the fast path really computed the output. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/threadpool.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/sgemm.h"
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+static uint32_t rnd(void) {
+  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+  return (uint32_t)(rng_state >> 33);
+}
+static float rnd_f(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; }
+
+/* ---- one-node graphs ------------------------------------------------------------------------- */
+
+#define MAX_IN 4
+
+typedef struct onenode {
+  kiln__graph *g;
+  kiln__node *n;
+  kiln_tensor in[MAX_IN];
+  int n_in;
+  kiln__op fast_only; /* the reference op with run() failing */
+} onenode;
+
+static void attr_ints(kiln__node *n, const char *name, const int64_t *v, size_t cnt) {
+  kiln__attr *a = &n->attrs[n->n_attrs++];
+  a->name = kiln__strdup(name);
+  a->type = KILN__ATTR_INTS;
+  a->n = cnt;
+  a->ints = kiln__malloc(cnt * sizeof *a->ints);
+  memcpy(a->ints, v, cnt * sizeof *a->ints);
+}
+static void attr_int(kiln__node *n, const char *name, int64_t v) {
+  kiln__attr *a = &n->attrs[n->n_attrs++];
+  a->name = kiln__strdup(name);
+  a->type = KILN__ATTR_INT;
+  a->i = v;
+}
+static void attr_float(kiln__node *n, const char *name, float v) {
+  kiln__attr *a = &n->attrs[n->n_attrs++];
+  a->name = kiln__strdup(name);
+  a->type = KILN__ATTR_FLOAT;
+  a->f = v;
+}
+static void attr_str(kiln__node *n, const char *name, const char *v) {
+  kiln__attr *a = &n->attrs[n->n_attrs++];
+  a->name = kiln__strdup(name);
+  a->type = KILN__ATTR_STRING;
+  a->s = kiln__strdup(v);
+  a->s_len = strlen(v);
+}
+/* activation "" / name, with up to two params (np of them). */
+static void attr_act(kiln__node *n, const char *act, int np, float p0, float p1) {
+  if (!act) return;
+  attr_str(n, "activation", act);
+  if (!np) return;
+  kiln__attr *a = &n->attrs[n->n_attrs++];
+  a->name = kiln__strdup("activation_params");
+  a->type = KILN__ATTR_FLOATS;
+  a->n = (size_t)np;
+  a->floats = kiln__malloc(2 * sizeof *a->floats);
+  a->floats[0] = p0;
+  a->floats[1] = p1;
+}
+
+static kiln_status run_fails(kiln__kctx *c) {
+  return kiln__fail(c->err, KILN_INTERNAL, "the cpu kernel fell back to the reference");
+}
+
+/* Inputs with rank 0 and dims[0] < 0 are omitted (an empty name). `init` flags initializers. */
+static void onenode_make(onenode *o, const char *op, int n_in, const int *ranks,
+                         const int64_t dims[][KILN_MAX_RANK], unsigned init) {
+  memset(o, 0, sizeof *o);
+  o->g = kiln__graph_new();
+  o->n_in = n_in;
+  static const char *names[MAX_IN] = {"in0", "in1", "in2", "in3"};
+  int idx[MAX_IN];
+  kiln_error err = {0};
+  for (int i = 0; i < n_in; i++) {
+    if (ranks[i] < 0) {
+      idx[i] = -1;
+      continue;
+    }
+    idx[i] = kiln__graph_value(o->g, names[i]);
+    assert_int_equal(kiln_tensor_alloc(&o->in[i], KILN_DTYPE_FLOAT, ranks[i], dims[i], &err),
+                     KILN_OK);
+    float *d = o->in[i].data;
+    for (size_t k = 0; k < kiln_tensor_count(&o->in[i]); k++) d[k] = 2.0f * rnd_f();
+    kiln__value *v = &o->g->values[idx[i]];
+    v->dtype = KILN_DTYPE_FLOAT;
+    if (init & (1u << i)) {
+      v->is_initializer = true;
+      assert_int_equal(kiln_tensor_alloc(&v->init, KILN_DTYPE_FLOAT, ranks[i], dims[i], &err),
+                       KILN_OK);
+      memcpy(v->init.data, d, kiln_tensor_nbytes(&o->in[i]));
+    }
+  }
+  int out = kiln__graph_value(o->g, "out");
+  o->n = kiln__graph_add_node(o->g);
+  o->n->op_type = kiln__strdup(op);
+  o->n->domain = kiln__strdup("ai.kiln");
+  o->n->name = kiln__strdup("node");
+  o->n->opset = 1;
+  o->n->n_in = n_in;
+  o->n->in = kiln__malloc((size_t)n_in * sizeof(int));
+  memcpy(o->n->in, idx, (size_t)n_in * sizeof(int));
+  o->n->n_out = 1;
+  o->n->out = kiln__malloc(sizeof(int));
+  o->n->out[0] = out;
+  o->n->attrs = kiln__calloc(12, sizeof(kiln__attr));
+  const kiln__op *ref = kiln__op_find("ai.kiln", op);
+  assert_non_null(ref);
+  o->n->op = ref;
+  o->fast_only = *ref;
+  o->fast_only.run = run_fails;
+}
+
+static void onenode_free(onenode *o) {
+  for (int i = 0; i < o->n_in; i++) kiln_tensor_release(&o->in[i]);
+  kiln__graph_free(o->g);
+}
+
+/* Runs the node on "cpu" (which must take it and must not fall back) and on the reference
+   kernel; |cpu - ref| <= tol (1 + |ref|). */
+static void onenode_check(onenode *o, kiln__pool *pool, float tol) {
+  const kiln__backend *cpu = &kiln__backend_cpu;
+  assert_true(cpu->supports(o->n, o->g));
+  void *state = NULL;
+  kiln_error err = {0};
+  assert_int_equal(cpu->prepare(o->n, o->g, &state, &err), KILN_OK);
+  const kiln_tensor *ins[MAX_IN];
+  for (int i = 0; i < o->n_in; i++) ins[i] = o->in[i].data ? &o->in[i] : NULL;
+  kiln_tensor y_cpu = {0}, y_ref = {0};
+  kiln_tensor *outs[1] = {&y_cpu};
+  kiln__kctx c = {.node = o->n, .n_in = o->n_in, .n_out = 1, .in = ins, .out = outs,
+                  .pool = pool, .err = &err};
+  kiln_status st = o->n->op->infer(&c);
+  if (st != KILN_OK) fail_msg("%s: infer: %s", o->n->op_type, err.message);
+  y_ref = y_cpu;
+  size_t count = kiln_tensor_count(&y_cpu);
+  y_cpu.data = malloc(count * sizeof(float) + 1);
+  y_ref.data = malloc(count * sizeof(float) + 1);
+  for (size_t i = 0; i < count; i++) ((float *)y_cpu.data)[i] = NAN; /* all must be written */
+  c.scratch_bytes = cpu->scratch(&c, state);
+  c.scratch = c.scratch_bytes ? malloc(c.scratch_bytes) : NULL;
+  o->n->op = &o->fast_only;
+  st = cpu->execute(&c, state);
+  o->n->op = kiln__op_find("ai.kiln", o->n->op_type);
+  if (st != KILN_OK) fail_msg("%s: %s", o->n->op_type, err.message);
+  free(c.scratch);
+  outs[0] = &y_ref;
+  c.pool = NULL;
+  c.scratch_bytes = o->n->op->scratch ? o->n->op->scratch(&c) : 0;
+  c.scratch = c.scratch_bytes ? malloc(c.scratch_bytes) : NULL;
+  assert_int_equal(o->n->op->run(&c), KILN_OK);
+  free(c.scratch);
+  const float *a = y_cpu.data, *b = y_ref.data;
+  for (size_t i = 0; i < count; i++)
+    if (!(fabsf(a[i] - b[i]) <= tol * (1.0f + fabsf(b[i]))) && !(isnan(a[i]) && isnan(b[i])))
+      fail_msg("%s (ISA %s): element %zu of %zu is %.7g, reference %.7g", o->n->op_type,
+               getenv("KILN_ISA"), i, count, a[i], b[i]);
+  free(y_cpu.data);
+  free(y_ref.data);
+  cpu->release(state);
+}
+
+static void for_each_isa(void (*fn)(kiln__pool *)) {
+  kiln__pool *pool = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
+  for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
+    if (!kiln__isa_supported((kiln__isa)isa)) continue;
+    setenv("KILN_ISA", kiln__isa_name((kiln__isa)isa), 1);
+    fn(NULL);
+    fn(pool);
+  }
+  unsetenv("KILN_ISA");
+  kiln__pool_free(pool);
+}
+
+/* Every activation of the contract with its parameters (np of them). */
+static const struct { const char *name; int np; float p0, p1; } acts[] = {
+    {NULL, 0, 0, 0},          {"", 0, 0, 0},           {"Relu", 0, 0, 0},
+    {"Clip", 2, 0.0f, 6.0f},  {"Clip", 0, 0, 0},       {"Sigmoid", 0, 0, 0},
+    {"Tanh", 0, 0, 0},        {"HardSigmoid", 2, 0.3f, 0.4f}, {"HardSigmoid", 0, 0, 0},
+    {"HardSwish", 0, 0, 0},   {"LeakyRelu", 1, 0.1f, 0}, {"LeakyRelu", 0, 0, 0},
+    {"Gelu", 0, 0, 0},        {"Silu", 0, 0, 0},
+};
+
+/* ---- FusedConv ------------------------------------------------------------------------------- */
+
+static void fconv_cases(kiln__pool *pool) {
+  /* N, C, H, W, M, k, group, stride, pad, bias, Z, activation index (-1: every one) */
+  static const struct {
+    int64_t n, c, h, w, m, k, group, stride, pad;
+    int bias, z, act;
+  } cases[] = {
+      {1, 3, 9, 11, 8, 3, 1, 1, 1, 1, 1, -1},    /* dense 3x3, im2col */
+      {1, 16, 7, 9, 24, 1, 1, 1, 0, 1, 1, -1},   /* pointwise: the input is the GEMM's B */
+      {1, 12, 10, 13, 12, 3, 12, 1, 1, 1, 1, -1}, /* depthwise, direct kernel */
+      {2, 8, 15, 15, 8, 3, 8, 2, 1, 1, 0, 3},    /* depthwise strided, Relu6 */
+      {1, 6, 9, 9, 6, 5, 6, 1, 2, 0, 1, 9},      /* depthwise 5x5, HardSwish */
+      {2, 6, 9, 10, 9, 3, 3, 1, 1, 1, 1, 2},     /* grouped */
+      {1, 64, 14, 14, 70, 1, 1, 2, 0, 1, 1, 2},  /* strided 1x1 */
+      {1, 40, 60, 60, 20, 3, 1, 1, 1, 1, 1, 13}, /* two im2col column chunks, Silu */
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    size_t a0 = cases[i].act < 0 ? 0 : (size_t)cases[i].act;
+    size_t a1 = cases[i].act < 0 ? KILN__ARRAY_LEN(acts) : a0 + 1;
+    for (size_t a = a0; a < a1; a++) {
+      int64_t oh = (cases[i].h + 2 * cases[i].pad - cases[i].k) / cases[i].stride + 1;
+      int64_t ow = (cases[i].w + 2 * cases[i].pad - cases[i].k) / cases[i].stride + 1;
+      int n_in = cases[i].z ? 4 : cases[i].bias ? 3 : 2;
+      int ranks[4] = {4, 4, cases[i].bias ? 1 : -1, 4};
+      int64_t dims[4][KILN_MAX_RANK] = {
+          {cases[i].n, cases[i].c, cases[i].h, cases[i].w},
+          {cases[i].m, cases[i].c / cases[i].group, cases[i].k, cases[i].k},
+          {cases[i].m},
+          {cases[i].n, cases[i].m, oh, ow}};
+      onenode o;
+      onenode_make(&o, "FusedConv", n_in, ranks, dims, 2);
+      int64_t s[2] = {cases[i].stride, cases[i].stride};
+      int64_t p[4] = {cases[i].pad, cases[i].pad, cases[i].pad, cases[i].pad};
+      attr_ints(o.n, "strides", s, 2);
+      attr_ints(o.n, "pads", p, 4);
+      attr_int(o.n, "group", cases[i].group);
+      attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
+      onenode_check(&o, pool, 1e-4f);
+      onenode_free(&o);
+    }
+  }
+}
+
+static void fused_conv_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(fconv_cases);
+}
+
+/* ---- FusedGemm ------------------------------------------------------------------------------- */
+
+static void fgemm_cases(kiln__pool *pool) {
+  /* m, n, k, transA, transB, C rank and dims, alpha, beta, Z, B constant, activation */
+  static const struct {
+    int64_t m, n, k;
+    int ta, tb, rc;
+    int64_t c0, c1;
+    float alpha, beta;
+    int z;
+    unsigned init;
+    int act;
+  } cases[] = {
+      {1, 100, 64, 0, 1, 1, 100, 0, 1.0f, 1.0f, 0, 2, 2},     /* classifier head + Relu */
+      {5, 7, 9, 0, 0, 0, 0, 0, 1.0f, 1.0f, 1, 0, 12},         /* Z only, Gelu */
+      {33, 20, 17, 1, 0, 2, 33, 1, 1.0f, 1.0f, 1, 2, 6},      /* per-row C, Tanh */
+      {33, 20, 17, 1, 1, 2, 33, 20, 0.5f, 1.0f, 1, 2, 10},    /* full C and Z, LeakyRelu */
+      {8, 40, 300, 0, 1, 2, 1, 40, 2.0f, 0.25f, 1, 2, 13},    /* scaled C, Silu */
+      {70, 130, 90, 0, 0, 1, 130, 0, 1.0f, 1.0f, 1, 2, 7},    /* HardSigmoid */
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    int n_in = cases[i].z ? 4 : cases[i].rc ? 3 : 2;
+    int ranks[4] = {2, 2, cases[i].rc ? cases[i].rc : -1, 2};
+    int64_t dims[4][KILN_MAX_RANK] = {{0}};
+    dims[0][0] = cases[i].ta ? cases[i].k : cases[i].m;
+    dims[0][1] = cases[i].ta ? cases[i].m : cases[i].k;
+    dims[1][0] = cases[i].tb ? cases[i].n : cases[i].k;
+    dims[1][1] = cases[i].tb ? cases[i].k : cases[i].n;
+    dims[2][0] = cases[i].c0;
+    dims[2][1] = cases[i].c1;
+    dims[3][0] = cases[i].m;
+    dims[3][1] = cases[i].n;
+    onenode o;
+    onenode_make(&o, "FusedGemm", n_in, ranks, dims, cases[i].init);
+    attr_int(o.n, "transA", cases[i].ta);
+    attr_int(o.n, "transB", cases[i].tb);
+    attr_float(o.n, "alpha", cases[i].alpha);
+    attr_float(o.n, "beta", cases[i].beta);
+    const int a = cases[i].act;
+    attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
+    onenode_check(&o, pool, 1e-4f);
+    onenode_free(&o);
+  }
+}
+
+static void fused_gemm_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(fgemm_cases);
+}
+
+/* ---- FusedMatMul ----------------------------------------------------------------------------- */
+
+static void fmatmul_cases(kiln__pool *pool) {
+  static const struct {
+    int ra, rb, rz;
+    int64_t a[4], b[4], z[4];
+    int ta, tb, bias;
+    float alpha;
+    unsigned init;
+    int act;
+  } cases[] = {
+      /* a BERT projection: packed B, Bias, full Z, Gelu */
+      {3, 2, 3, {2, 17, 33}, {33, 20}, {2, 17, 20}, 0, 0, 1, 1.0f, 2, 12},
+      /* Q K^T: batched transB, scaled, a broadcast mask as Z */
+      {4, 4, 4, {2, 4, 9, 16}, {2, 4, 12, 16}, {2, 1, 1, 12}, 0, 1, 0, 0.25f, 0, 0},
+      /* transA with batch broadcasting, Sigmoid, Z a row */
+      {3, 3, 1, {3, 16, 9}, {1, 16, 7}, {7}, 1, 0, 1, 1.0f, 0, 5},
+      /* transB on a constant B, no Z */
+      {2, 2, -1, {30, 40}, {50, 40}, {0}, 0, 1, 1, 1.0f, 2, 3},
+      /* large enough for the pool, per-batch products, full Z, Silu */
+      {3, 3, 3, {3, 70, 80}, {3, 80, 90}, {3, 70, 90}, 0, 0, 1, 1.0f, 0, 13},
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    int n_in = cases[i].rz >= 0 ? 4 : cases[i].bias ? 3 : 2;
+    int64_t n = cases[i].tb ? cases[i].b[cases[i].rb - 2] : cases[i].b[cases[i].rb - 1];
+    int ranks[4] = {cases[i].ra, cases[i].rb, cases[i].bias ? 1 : -1, cases[i].rz};
+    int64_t dims[4][KILN_MAX_RANK] = {{0}};
+    memcpy(dims[0], cases[i].a, sizeof cases[i].a);
+    memcpy(dims[1], cases[i].b, sizeof cases[i].b);
+    dims[2][0] = n;
+    memcpy(dims[3], cases[i].z, sizeof cases[i].z);
+    onenode o;
+    onenode_make(&o, "FusedMatMul", n_in, ranks, dims, cases[i].init);
+    attr_int(o.n, "transA", cases[i].ta);
+    attr_int(o.n, "transB", cases[i].tb);
+    attr_float(o.n, "alpha", cases[i].alpha);
+    const int a = cases[i].act;
+    attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
+    onenode_check(&o, pool, 1e-4f);
+    onenode_free(&o);
+  }
+}
+
+static void fused_matmul_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(fmatmul_cases);
+}
+
+/* ---- LayerNorm, RMSNorm, Gelu ---------------------------------------------------------------- */
+
+static void rows_cases(kiln__pool *pool) {
+  static const struct {
+    const char *op;
+    int n_in, rank;
+    int64_t x[4];
+  } cases[] = {
+      {"LayerNorm", 3, 3, {3, 5, 97}}, {"LayerNorm", 2, 2, {2, 768}}, {"LayerNorm", 3, 1, {7}},
+      {"RMSNorm", 2, 3, {4, 7, 131}},  {"RMSNorm", 2, 2, {1, 768}},   {"RMSNorm", 2, 2, {3, 5}},
+      {"Gelu", 1, 2, {3, 1029}},       {"Gelu", 1, 3, {1, 1, 1}},
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    int r = cases[i].rank;
+    int ranks[3] = {r, 1, 1};
+    int64_t dims[3][KILN_MAX_RANK] = {{0}, {cases[i].x[r - 1]}, {cases[i].x[r - 1]}};
+    memcpy(dims[0], cases[i].x, sizeof cases[i].x);
+    onenode o;
+    onenode_make(&o, cases[i].op, cases[i].n_in, ranks, dims, 6);
+    if (i == 1) attr_float(o.n, "epsilon", 1e-3f);
+    onenode_check(&o, pool, 2e-5f);
+    onenode_free(&o);
+  }
+}
+
+static void norms_and_gelu_match_reference(void **st) {
+  (void)st;
+  for_each_isa(rows_cases);
+}
+
+/* ---- Attention ------------------------------------------------------------------------------- */
+
+static void attention_cases(kiln__pool *pool) {
+  static const struct {
+    int64_t b, h, s, t, d, dv;
+    int mask_rank;
+    int64_t mask[4];
+    int causal;
+  } cases[] = {
+      {2, 3, 17, 150, 16, 24, 0, {0}, 0},               /* three key blocks, no mask */
+      {2, 3, 17, 150, 16, 24, 4, {2, 1, 1, 150}, 0},    /* a padding mask, broadcast */
+      {1, 2, 40, 40, 32, 32, 4, {1, 2, 40, 40}, 0},     /* a full mask, two query blocks */
+      {1, 2, 70, 70, 8, 8, 0, {0}, 1},                  /* causal, S = T */
+      {1, 1, 5, 100, 8, 16, 2, {5, 100}, 1},            /* causal with a KV cache, mask */
+      {2, 2, 1, 33, 64, 64, 1, {33}, 0},                /* one query row */
+      {1, 1, 9, 3, 4, 4, 0, {0}, 1},                    /* causal T < S: early rows see nothing */
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    int n_in = cases[i].mask_rank ? 4 : 3;
+    int ranks[4] = {4, 4, 4, cases[i].mask_rank};
+    int64_t dims[4][KILN_MAX_RANK] = {
+        {cases[i].b, cases[i].h, cases[i].s, cases[i].d},
+        {cases[i].b, cases[i].h, cases[i].t, cases[i].d},
+        {cases[i].b, cases[i].h, cases[i].t, cases[i].dv}};
+    memcpy(dims[3], cases[i].mask, sizeof cases[i].mask);
+    onenode o;
+    onenode_make(&o, "Attention", n_in, ranks, dims, 0);
+    if (cases[i].mask_rank) { /* masked-out keys, as a padding mask writes them */
+      float *m = o.in[3].data;
+      for (size_t k = 0; k < kiln_tensor_count(&o.in[3]); k++)
+        if (rnd() % 5 == 0) m[k] = -1e9f;
+    }
+    attr_float(o.n, "scale", 1.0f / sqrtf((float)cases[i].d));
+    attr_int(o.n, "causal", cases[i].causal);
+    onenode_check(&o, pool, 1e-4f);
+    onenode_free(&o);
+  }
+}
+
+static void attention_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(attention_cases);
+}
+
+/* Rows match on op name: a node of another domain with a fused op's name is not taken, and an
+   unknown activation is left to the reference kernel (which reports it). */
+static void rows_check_domain_and_activation(void **st) {
+  (void)st;
+  int ranks[2] = {2, 2};
+  int64_t dims[2][KILN_MAX_RANK] = {{4, 5}, {5, 6}};
+  onenode o;
+  onenode_make(&o, "FusedMatMul", 2, ranks, dims, 0);
+  assert_true(kiln__backend_cpu.supports(o.n, o.g));
+  kiln__free(o.n->domain);
+  o.n->domain = kiln__strdup("com.example");
+  assert_false(kiln__backend_cpu.supports(o.n, o.g));
+  kiln__free(o.n->domain);
+  o.n->domain = kiln__strdup("ai.kiln");
+  attr_str(o.n, "activation", "Softplus");
+  assert_false(kiln__backend_cpu.supports(o.n, o.g));
+  onenode_free(&o);
+  int r1[1] = {2};
+  onenode_make(&o, "RMSNorm", 1, r1, dims, 0);
+  kiln__free(o.n->domain);
+  o.n->domain = kiln__strdup("");
+  assert_false(kiln__backend_cpu.supports(o.n, o.g));
+  onenode_free(&o);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(fused_conv_matches_reference),
+      cmocka_unit_test(fused_gemm_matches_reference),
+      cmocka_unit_test(fused_matmul_matches_reference),
+      cmocka_unit_test(norms_and_gelu_match_reference),
+      cmocka_unit_test(attention_matches_reference),
+      cmocka_unit_test(rows_check_domain_and_activation),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
