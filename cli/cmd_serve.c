@@ -24,7 +24,8 @@ static int parse_uint(const char *s, unsigned long long max, unsigned long long 
 int cmd_serve(int argc, char **argv) {
   kiln_server_opts o = kiln_server_opts_default();
   o.log = stderr;
-  for (int i = 0; i < argc; i++) {
+  /* every option takes a value: step over pairs */
+  for (int i = 0; i < argc; i += 2) {
     unsigned long long v = 0;
     const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
     if (!val) {
@@ -45,7 +46,6 @@ int cmd_serve(int argc, char **argv) {
       usage();
       return 2;
     }
-    i++;
   }
   if (!o.model_repository) {
     usage();

@@ -13,6 +13,10 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DKILN_WERROR=ON >/dev/null
 cmake --build build -j"$jobs" >/dev/null
 (cd build && ctest --output-on-failure --timeout 900 -j"$jobs")
 
+echo "== clang build, -Werror (the code must build warning-free with both compilers)"
+CC=clang cmake -S . -B build-clang -DCMAKE_BUILD_TYPE=Release -DKILN_WERROR=ON >/dev/null
+cmake --build build-clang -j"$jobs" >/dev/null
+
 echo "== address + undefined behaviour sanitizers"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DKILN_WERROR=ON -DKILN_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs" >/dev/null
