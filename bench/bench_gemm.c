@@ -3,14 +3,17 @@
  * machine's measured FP32 peak (an FMA loop with enough independent accumulators to cover the
  * latency). Not a test: bench/run.sh builds and runs it.
  *
- * The GEMM under test is GEMM_FN, kiln__sgemm (the reference, src/kernels/ref/gemm.h) unless the
- * build defines another function with the same signature (see bench/README.md).
+ * Two GEMMs per shape: the CPU backend's packed SGEMM (src/kernels/cpu/sgemm.h) with B packed once
+ * beforehand, as weights are at load, and GEMM_FN, by default the reference kiln__sgemm
+ * (src/kernels/ref/gemm.h; another function with the same signature can be named at build time,
+ * see bench/README.md).
  * usage: bench_gemm [THREADS] [SECONDS_PER_SHAPE] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
 #include "core/threadpool.h"
+#include "kernels/cpu/sgemm.h"
 #include "kernels/ref/gemm.h"
 
 #ifndef GEMM_FN
@@ -106,26 +109,40 @@ int main(int argc, char **argv) {
       {"minilm ffn1 128x1536x384", 128, 1536, 384},
       {"minilm ffn2 128x384x1536", 128, 384, 1536},
   };
-  printf("gemm: %s, threads %d, measured peak %.1f GFLOP/s (AVX2 FMA loop)\n",
-         GEMM_NAME_STR, threads, peak);
+  printf("gemm: packed = the cpu backend's SGEMM (B packed ahead), ref = %s; threads %d, "
+         "measured peak %.1f GFLOP/s (AVX2 FMA loop)\n", GEMM_NAME_STR, threads, peak);
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
     size_t m = shapes[s].m, n = shapes[s].n, k = shapes[s].k;
     float *a = malloc(m * k * sizeof *a), *b = malloc(k * n * sizeof *b), *c = malloc(m * n * sizeof *c);
     for (size_t i = 0; i < m * k; i++) a[i] = (float)(i % 7) * 0.1f;
     for (size_t i = 0; i < k * n; i++) b[i] = (float)(i % 5) * 0.1f;
-    GEMM_FN(pool, false, false, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n); /* warm-up */
-    double best = 1e30, t_end = now() + secs;
-    int runs = 0;
-    do {
-      double t0 = now();
-      GEMM_FN(pool, false, false, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
-      double t = now() - t0;
-      if (t < best) best = t;
-      runs++;
-    } while (now() < t_end || runs < 3);
-    double gf = 2.0 * (double)m * (double)n * (double)k / best / 1e9;
-    printf("gemm %-32s %8.1f GFLOP/s  %5.1f%% of peak  (best of %d)\n", shapes[s].name, gf,
-           peak > 0 ? 100.0 * gf / peak : 0.0, runs);
+    kiln__isa isa;
+    kiln__sgemm_packed pb;
+    kiln_error err;
+    if (kiln__isa_select(&isa, &err) != KILN_OK ||
+        kiln__sgemm_pack_b(isa, false, k, n, b, n, &pb, &err) != KILN_OK) {
+      fprintf(stderr, "bench_gemm: %s\n", err.message);
+      return 1;
+    }
+    kiln__sgemm_args g = {.m = m, .n = n, .k = k, .a = a, .lda = k, .pb = &pb, .c = c,
+                          .ldc = n, .alpha = 1.0f};
+    for (int which = 0; which < 2; which++) {
+      double best = 1e30, t_end = now() + secs;
+      int runs = 0;
+      do {
+        double t0 = now();
+        if (which == 0) kiln__sgemm_run(pool, isa, &g);
+        else GEMM_FN(pool, false, false, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
+        double t = now() - t0;
+        if (runs > 0 && t < best) best = t; /* the first run warms up */
+        runs++;
+      } while (now() < t_end || runs < 4);
+      double gf = 2.0 * (double)m * (double)n * (double)k / best / 1e9;
+      printf("gemm %-8s %-32s %8.1f GFLOP/s  %5.1f%% of peak  (best of %d)\n",
+             which == 0 ? "packed" : "ref", shapes[s].name, gf,
+             peak > 0 ? 100.0 * gf / peak : 0.0, runs - 1);
+    }
+    kiln__sgemm_packed_free(&pb);
     free(a), free(b), free(c);
   }
   kiln__pool_free(pool);
