@@ -12,6 +12,8 @@ int cmd_bench(int argc, char **argv);
 int cmd_conformance(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_optimize(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
+int cmd_validate(int argc, char **argv);
 
 /* Inputs for a run: named tensors, owned. */
 typedef struct cli_inputs {

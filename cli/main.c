@@ -12,6 +12,8 @@ static const struct {
     {"bench", cmd_bench, "bench MODEL [--threads N] [--runs N] [--warmup N] [--input NAME=FILE.npy] [--shape NAME=dims] [--opt-level N]"},
     {"conformance", cmd_conformance, "conformance DIR... [--rtol R] [--atol A] [--threads N] [--quiet] [--expect-failures FILE] [--opt-level N]"},
     {"optimize", cmd_optimize, "optimize MODEL -o OUT.onnx [--opt-level N]   the optimized graph as ONNX (Kiln's fused ops in domain ai.kiln)"},
+    {"quantize", cmd_quantize, "quantize MODEL --to fp16|int8-dynamic -o OUT.onnx   weights as float16, or int8 with dynamic activation quantization (standard ONNX ops)"},
+    {"validate", cmd_validate, "validate --reference A.onnx --candidate B.onnx --data DIR [--labels FILE.npy] [--threads N] [--batch N]   top-1 agreement/accuracy, cosine, abs errors, SNR of the first output"},
     {"serve", cmd_serve, "serve --model-repository DIR [--host 127.0.0.1] [--port 8000] [--workers N] [--threads N]   KServe v2 / Open Inference Protocol server"},
 };
 

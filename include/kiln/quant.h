@@ -1,0 +1,89 @@
+/* Kiln quantization: smaller variants of a model, written as standard ONNX, and the accuracy
+ * report that says what a variant costs.
+ *
+ *   kiln_quantize_file   MODEL.onnx -> OUT.onnx in one of kiln_quant_format
+ *   kiln_validate_files  a candidate model against a reference on a folder of .npy inputs
+ *
+ * Both functions are self-contained (they load, run and free what they need) and may run
+ * concurrently on different files. */
+#ifndef KILN_QUANT_H
+#define KILN_QUANT_H
+
+#include "kiln/kiln.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum kiln_quant_format {
+  /* float32 weights of MatMul/Gemm/Conv stored as float16, each behind a Cast to float32. */
+  KILN_QUANT_FP16 = 1,
+  /* ONNX Runtime's dynamic quantization pattern for MatMul and Gemm with constant 2-D weights:
+     weights int8, symmetric, one scale per output column; activations quantized per tensor at
+     run time by DynamicQuantizeLinear (uint8); MatMulInteger; Cast to float; Mul by the product
+     of the two scales; Add of Gemm's bias. Conv and every other op stay float. */
+  KILN_QUANT_INT8_DYNAMIC = 2,
+} kiln_quant_format;
+
+/* "fp16" or "int8-dynamic" -> the format; INVALID_ARGUMENT naming the accepted ones otherwise. */
+kiln_status kiln_quant_format_parse(const char *name, kiln_quant_format *out, kiln_error *err);
+const char *kiln_quant_format_name(kiln_quant_format f);
+
+/* What a quantization changed. */
+typedef struct kiln_quant_stats {
+  size_t nodes_quantized;  /* nodes whose weights were converted */
+  size_t nodes_kept_float; /* MatMul/Gemm/Conv left in float (e.g. Conv in int8-dynamic, a
+                              non-constant weight, a Gemm with transA/alpha/beta) */
+  size_t weights_converted; /* distinct weight tensors converted */
+  size_t weight_bytes_before; /* bytes of those weights as float32 */
+  size_t weight_bytes_after;  /* bytes of what replaced them (data + scales) */
+} kiln_quant_stats;
+
+/* Reads the ONNX model at `path`, rewrites it into `format` and writes it to `out_path`. Fails
+   with UNSUPPORTED when the model has nothing to quantize (no MatMul/Gemm/Conv with a constant
+   float32 weight for fp16; no such MatMul/Gemm for int8-dynamic) or its opset is below 11 for
+   int8-dynamic; nothing is written then. `stats` may be NULL. */
+kiln_status kiln_quantize_file(const char *path, const char *out_path, kiln_quant_format format,
+                               kiln_quant_stats *stats, kiln_error *err);
+
+/* ---- accuracy validation --------------------------------------------------------------------- */
+
+typedef struct kiln_validate_opts {
+  size_t struct_size; /* sizeof(kiln_validate_opts), set by kiln_validate_opts_default() */
+  int intra_threads;  /* threads per session; 0 = one per core */
+  /* Samples per run (along the first dim); 0 = the model's fixed batch dim, or 64 when symbolic. */
+  size_t batch;
+} kiln_validate_opts;
+
+kiln_validate_opts kiln_validate_opts_default(void);
+
+/* Metrics of the first output of both models. Rows are the output viewed as [rows, classes]
+   (classes = its last dim): top-1 is the argmax of a row, ties to the lowest index. */
+typedef struct kiln_validate_report {
+  size_t samples;        /* inputs along the first dim */
+  size_t rows;           /* argmax rows over all samples */
+  size_t classes;        /* last dim of the first output */
+  size_t elements;       /* output elements compared */
+  size_t top1_agree;     /* rows where the two models' argmax agree */
+  double top1_agreement; /* top1_agree / rows */
+  bool has_labels;
+  size_t ref_correct, cand_correct; /* rows whose argmax equals the label (with labels) */
+  double ref_accuracy, cand_accuracy;
+  double cosine;         /* cosine similarity of the two outputs, flattened */
+  double max_abs_err, mean_abs_err;
+  double snr_db;         /* 10 log10(sum ref^2 / sum (ref - cand)^2); inf when equal */
+} kiln_validate_report;
+
+/* Runs `reference` and `candidate` on the inputs in `data_dir` (one <input name>.npy per graph
+   input, all with the same first dim: the samples) and compares their first outputs. `labels`
+   (may be NULL) is an integer .npy with one label per row. The options may be NULL. Low
+   agreement is a result, not an error. */
+kiln_status kiln_validate_files(const char *reference, const char *candidate,
+                                const char *data_dir, const char *labels,
+                                const kiln_validate_opts *opts, kiln_validate_report *out,
+                                kiln_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

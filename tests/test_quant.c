@@ -1,0 +1,316 @@
+/* The quantizers and the accuracy report on the shipped digits CNN (trained weights, the 450
+   held-out digits): each variant loads and runs, keeps its accuracy within budget, has the
+   parameter bytes its format implies, uses the ops its pattern says; kiln_validate_files'
+   metrics equal a direct computation; bad input gives clear errors. */
+#define _POSIX_C_SOURCE 200809L /* mkdtemp */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "kiln/kiln.h"
+#include "kiln/quant.h"
+
+static const char *models_dir; /* argv[1]: the repository's models/ folder */
+static const char *tests_dir;  /* argv[2]: the repository's tests/ folder */
+static char tmp_dir[256];      /* this process's scratch folder */
+
+/* The digits CNN (shared/models/README.md): Conv 1->16 3x3, Conv 16->32 3x3, Gemm 512->64,
+   Gemm 64->10, all with biases: 38282 float32 parameters. */
+enum { DIGITS_PARAMS = 38282, CONV_W = 16 * 9 + 32 * 16 * 9, GEMM_W = 512 * 64 + 64 * 10,
+       GEMM_N = 64 + 10 };
+/* Accuracy budget: within 1% of FP32 on 450 digits is at most 4 fewer correct (4/450 = 0.89%). */
+enum { BUDGET = 4 };
+
+static void path_in(char *buf, size_t cap, const char *dir, const char *file) {
+  snprintf(buf, cap, "%s/%s", dir, file);
+}
+
+static kiln_model *load(const char *path, int opt_level) {
+  kiln_model_opts o = kiln_model_opts_default();
+  o.intra_threads = 2;
+  o.opt_level = opt_level;
+  kiln_model *m = NULL;
+  kiln_error err = {0};
+  kiln_status st = kiln_model_load(path, &o, &m, &err);
+  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
+  assert_int_equal(st, KILN_OK);
+  return m;
+}
+
+static void read_digits(const char *file, kiln_tensor *t) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/digits/%s", models_dir, file);
+  kiln_error err = {0};
+  assert_int_equal(kiln_tensor_read_npy(path, t, &err), KILN_OK);
+}
+
+/* Runs the model on all 450 digits; copies the logits into `logits` [450*10]; returns how many
+   argmaxes equal the labels. */
+static int run_digits(const char *path, float *logits) {
+  kiln_model *m = load(path, -1);
+  kiln_tensor x, y;
+  read_digits("test_x.npy", &x);
+  read_digits("test_y.npy", &y);
+  kiln_session *s = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  const char *names[] = {"input"};
+  assert_int_equal(kiln_session_run(s, names, &x, 1, &err), KILN_OK);
+  kiln_tensor out;
+  assert_int_equal(kiln_session_output(s, 0, &out), KILN_OK);
+  assert_int_equal(out.dtype, KILN_DTYPE_FLOAT);
+  assert_int_equal(out.dims[0], 450);
+  assert_int_equal(out.dims[1], 10);
+  memcpy(logits, out.data, 450 * 10 * sizeof *logits);
+  int correct = 0;
+  for (int r = 0; r < 450; r++) {
+    int best = 0;
+    for (int c = 1; c < 10; c++)
+      if (logits[r * 10 + c] > logits[r * 10 + best]) best = c;
+    correct += best == ((const int64_t *)y.data)[r];
+  }
+  kiln_session_free(s);
+  kiln_model_free(m);
+  kiln_tensor_release(&x);
+  kiln_tensor_release(&y);
+  return correct;
+}
+
+static long file_size(const char *path) {
+  struct stat sb;
+  assert_int_equal(stat(path, &sb), 0);
+  return (long)sb.st_size;
+}
+
+static size_t op_count(const kiln_model *m, const char *op) {
+  const char *types[64];
+  size_t counts[64];
+  size_t n = kiln_model_op_histogram(m, types, counts, 64);
+  for (size_t i = 0; i < n && i < 64; i++)
+    if (!strcmp(types[i], op)) return counts[i];
+  return 0;
+}
+
+static void quantize_digits(kiln_quant_format f, char *out, size_t cap, kiln_quant_stats *st) {
+  char src[1024];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  snprintf(out, cap, "%s/digits_%s.onnx", tmp_dir, kiln_quant_format_name(f));
+  kiln_error err = {0};
+  kiln_status s = kiln_quantize_file(src, out, f, st, &err);
+  if (s != KILN_OK) fprintf(stderr, "%s\n", err.message);
+  assert_int_equal(s, KILN_OK);
+}
+
+static void digits_fp16(void **state) {
+  (void)state;
+  char src[1024], q[1024];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  kiln_quant_stats st;
+  quantize_digits(KILN_QUANT_FP16, q, sizeof q, &st);
+  /* every weight of the two Convs and the two Gemms, not the biases */
+  assert_int_equal(st.nodes_quantized, 4);
+  assert_int_equal(st.weights_converted, 4);
+  assert_int_equal(st.weight_bytes_before, (size_t)(CONV_W + GEMM_W) * 4);
+  assert_int_equal(st.weight_bytes_after, (size_t)(CONV_W + GEMM_W) * 2);
+
+  kiln_model *m = load(q, 0);
+  kiln_model_stats ms;
+  kiln_model_stats_get(m, &ms);
+  assert_int_equal(ms.param_count, DIGITS_PARAMS);
+  assert_int_equal(ms.param_bytes, (size_t)DIGITS_PARAMS * 4 - (size_t)(CONV_W + GEMM_W) * 2);
+  assert_int_equal(op_count(m, "Cast"), 4);
+  kiln_model_free(m);
+  /* the weights are nearly the whole file: it halves */
+  assert_true(file_size(q) < file_size(src) * 55 / 100);
+
+  static float ref[4500], cand[4500];
+  int fp32 = run_digits(src, ref), fp16 = run_digits(q, cand);
+  assert_int_equal(fp32, 443); /* shared/models/README.md */
+  assert_true(fp16 >= fp32 - BUDGET);
+  /* float16 weights: relative rounding 2^-11 per weight, so logits (up to ~30) move by far less
+     than 0.1 */
+  for (int i = 0; i < 4500; i++) assert_true(fabsf(ref[i] - cand[i]) < 0.1f);
+}
+
+static void digits_int8_dynamic(void **state) {
+  (void)state;
+  char src[1024], q[1024];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  kiln_quant_stats st;
+  quantize_digits(KILN_QUANT_INT8_DYNAMIC, q, sizeof q, &st);
+  assert_int_equal(st.nodes_quantized, 2);  /* the Gemms */
+  assert_int_equal(st.nodes_kept_float, 2); /* the Convs */
+  assert_int_equal(st.weight_bytes_after, (size_t)GEMM_W + (size_t)GEMM_N * 4);
+
+  kiln_model *m = load(q, 0);
+  assert_int_equal(op_count(m, "Gemm"), 0);
+  assert_int_equal(op_count(m, "MatMulInteger"), 2);
+  assert_int_equal(op_count(m, "DynamicQuantizeLinear"), 2);
+  assert_int_equal(op_count(m, "Conv"), 2);
+  kiln_model_stats ms;
+  kiln_model_stats_get(m, &ms);
+  /* Gemm weights as int8 plus one float scale per output column; the rest stays float32 */
+  assert_int_equal(ms.param_bytes, (size_t)(DIGITS_PARAMS - GEMM_W) * 4 + (size_t)GEMM_W +
+                                       (size_t)GEMM_N * 4);
+  kiln_model_free(m);
+  assert_true(file_size(q) < file_size(src) * 40 / 100);
+
+  static float ref[4500], cand[4500];
+  int fp32 = run_digits(src, ref), i8 = run_digits(q, cand);
+  assert_int_equal(fp32, 443);
+  assert_true(i8 >= fp32 - BUDGET);
+}
+
+/* Oracle for the report: the metrics computed here, straight from the two models' logits. */
+static void check_report(const kiln_validate_report *r, const float *ref, const float *cand,
+                         const int64_t *labels, double tol) {
+  size_t agree = 0, rc = 0, cc = 0;
+  double dot = 0, a2 = 0, b2 = 0, mx = 0, sum = 0;
+  for (int row = 0; row < 450; row++) {
+    int ba = 0, bb = 0;
+    for (int c = 1; c < 10; c++) {
+      if (ref[row * 10 + c] > ref[row * 10 + ba]) ba = c;
+      if (cand[row * 10 + c] > cand[row * 10 + bb]) bb = c;
+    }
+    agree += ba == bb;
+    rc += ba == labels[row];
+    cc += bb == labels[row];
+  }
+  for (int i = 0; i < 4500; i++) {
+    double a = ref[i], b = cand[i], d = fabs(a - b);
+    dot += a * b, a2 += a * a, b2 += b * b, sum += d;
+    if (d > mx) mx = d;
+  }
+  assert_int_equal(r->samples, 450);
+  assert_int_equal(r->rows, 450);
+  assert_int_equal(r->classes, 10);
+  assert_int_equal(r->top1_agree, agree);
+  assert_int_equal(r->ref_correct, rc);
+  assert_int_equal(r->cand_correct, cc);
+  assert_true(r->has_labels);
+  assert_true(fabs(r->top1_agreement - (double)agree / 450) < 1e-12);
+  assert_true(fabs(r->cand_accuracy - (double)cc / 450) < 1e-12);
+  assert_true(fabs(r->cosine - dot / sqrt(a2 * b2)) < tol);
+  assert_true(fabs(r->max_abs_err - mx) <= tol * (1 + mx));
+  assert_true(fabs(r->mean_abs_err - sum / 4500) <= tol * (1 + sum / 4500));
+}
+
+static void validate_matches_direct(void **state) {
+  (void)state;
+  char src[1024], q[1024], labels[1024], in[1024];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  path_in(labels, sizeof labels, models_dir, "digits/test_y.npy");
+  quantize_digits(KILN_QUANT_INT8_DYNAMIC, q, sizeof q, NULL);
+  /* the data folder: one .npy per graph input, named after it */
+  kiln_tensor x, y;
+  read_digits("test_x.npy", &x);
+  read_digits("test_y.npy", &y);
+  path_in(in, sizeof in, tmp_dir, "input.npy");
+  kiln_error err = {0};
+  assert_int_equal(kiln_tensor_write_npy(in, &x, &err), KILN_OK);
+
+  static float ref[4500], cand[4500];
+  run_digits(src, ref);
+  run_digits(q, cand);
+  kiln_validate_opts o = kiln_validate_opts_default();
+  o.intra_threads = 2;
+  o.batch = 450; /* one run, as the direct computation does: the same floats */
+  kiln_validate_report r;
+  assert_int_equal(kiln_validate_files(src, q, tmp_dir, labels, &o, &r, &err), KILN_OK);
+  check_report(&r, ref, cand, y.data, 1e-9);
+  assert_true(r.snr_db > 0 && isfinite(r.snr_db));
+  /* Batches of 7 (the last one partial). Not with int8-dynamic: its activation range is taken
+     over the whole batch, so its logits depend on the batching (as in ONNX Runtime). The fp16
+     variant computes each sample on its own: no count changes, sums agree to float rounding. */
+  char h[1024];
+  quantize_digits(KILN_QUANT_FP16, h, sizeof h, NULL);
+  run_digits(h, cand);
+  o.batch = 7;
+  assert_int_equal(kiln_validate_files(src, h, tmp_dir, labels, &o, &r, &err), KILN_OK);
+  check_report(&r, ref, cand, y.data, 1e-4);
+
+  /* a model against itself: identical outputs */
+  assert_int_equal(kiln_validate_files(src, src, tmp_dir, NULL, NULL, &r, &err), KILN_OK);
+  assert_int_equal(r.top1_agree, 450);
+  assert_false(r.has_labels);
+  assert_true(fabs(r.cosine - 1) < 1e-12);
+  assert_true(r.max_abs_err == 0 && r.mean_abs_err == 0 && isinf(r.snr_db));
+  kiln_tensor_release(&x);
+  kiln_tensor_release(&y);
+}
+
+static void bad_input(void **state) {
+  (void)state;
+  kiln_error err = {0};
+  kiln_quant_format f;
+  assert_int_equal(kiln_quant_format_parse("int4", &f, &err), KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "unknown quantization format 'int4'"));
+  assert_non_null(strstr(err.message, "fp16 or int8-dynamic"));
+
+  /* a model with no MatMul, Gemm or Conv: nothing to do is an error, and nothing is written */
+  char relu[1024], out[1024];
+  path_in(relu, sizeof relu, tests_dir, "data/onnx-node/test_relu/model.onnx");
+  snprintf(out, sizeof out, "%s/relu_q.onnx", tmp_dir);
+  for (int k = 0; k < 2; k++) {
+    kiln_quant_format fmt = k ? KILN_QUANT_INT8_DYNAMIC : KILN_QUANT_FP16;
+    memset(&err, 0, sizeof err);
+    assert_int_equal(kiln_quantize_file(relu, out, fmt, NULL, &err), KILN_UNSUPPORTED);
+    assert_non_null(strstr(err.message, "nothing to quantize"));
+    assert_int_not_equal(access(out, F_OK), 0);
+  }
+  /* a missing model */
+  assert_int_equal(kiln_quantize_file("/nonexistent.onnx", out, KILN_QUANT_FP16, NULL, &err),
+                   KILN_IO_ERROR);
+
+  /* validate: a data folder without the input's .npy; labels that do not match the rows */
+  char src[1024], labels[1024], empty[512];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  path_in(labels, sizeof labels, models_dir, "digits/test_logits.npy");
+  snprintf(empty, sizeof empty, "%s/empty", tmp_dir);
+  assert_int_equal(mkdir(empty, 0700), 0);
+  kiln_validate_report r;
+  assert_int_not_equal(kiln_validate_files(src, src, empty, NULL, NULL, &r, &err), KILN_OK);
+  assert_non_null(strstr(err.message, "input.npy"));
+  kiln_tensor x;
+  read_digits("test_x.npy", &x);
+  char in[1024];
+  path_in(in, sizeof in, tmp_dir, "input.npy");
+  assert_int_equal(kiln_tensor_write_npy(in, &x, &err), KILN_OK);
+  kiln_tensor_release(&x);
+  /* float logits are not labels */
+  assert_int_equal(kiln_validate_files(src, src, tmp_dir, labels, NULL, &r, &err),
+                   KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "labels must be integers"));
+  rmdir(empty);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: test_quant MODELS_DIR TESTS_DIR\n");
+    return 2;
+  }
+  models_dir = argv[1];
+  tests_dir = argv[2];
+  snprintf(tmp_dir, sizeof tmp_dir, "/tmp/kiln_test_quant_XXXXXX");
+  if (!mkdtemp(tmp_dir)) return 1;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(digits_fp16),
+      cmocka_unit_test(digits_int8_dynamic),
+      cmocka_unit_test(validate_matches_direct),
+      cmocka_unit_test(bad_input),
+  };
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
+  if (system(cmd) != 0) rc = rc ? rc : 1;
+  return rc;
+}
