@@ -38,6 +38,11 @@ char *kiln__strdup(const char *s);
 /* Test hook: the n-th allocation from now on fails (0 disables). Not thread-safe; tests only. */
 void kiln__alloc_fail_after(uint64_t n);
 
+/* Reads a whole file into memory freed with kiln__free. */
+kiln_status kiln__read_file(const char *path, uint8_t **out, size_t *size, kiln_error *err);
+/* The folder of `path` ("." when it has none), freed with kiln__free; NULL when out of memory. */
+char *kiln__path_dir(const char *path);
+
 /* Checked size arithmetic: return false on overflow. */
 static inline bool kiln__mul_ok(size_t a, size_t b, size_t *out) {
   if (a != 0 && b > SIZE_MAX / a) return false;

@@ -1114,6 +1114,20 @@ kiln_status kiln__onnx_import(const void *data, size_t size, const char *base_di
   return st;
 }
 
+kiln_status kiln__onnx_import_file(const char *path, kiln__graph **out, kiln_error *err) {
+  *out = NULL;
+  uint8_t *data;
+  size_t size;
+  kiln_status st = kiln__read_file(path, &data, &size, err);
+  if (st != KILN_OK) return st;
+  char *dir = kiln__path_dir(path);
+  if (!dir) st = kiln__fail(err, KILN_NO_MEMORY, "out of memory");
+  if (st == KILN_OK) st = kiln__onnx_import(data, size, dir, out, err);
+  kiln__free(dir);
+  kiln__free(data);
+  return st;
+}
+
 kiln_status kiln__onnx_tensor(const void *data, size_t size, kiln_tensor *out, kiln_error *err) {
   if (!out) return kiln__fail(err, KILN_INVALID_ARGUMENT, "no output tensor");
   memset(out, 0, sizeof *out);

@@ -11,6 +11,9 @@
 kiln_status kiln__onnx_import(const void *data, size_t size, const char *base_dir,
                               kiln__graph **out, kiln_error *err);
 
+/* kiln__onnx_import of a file, with external data resolved against the file's folder. */
+kiln_status kiln__onnx_import_file(const char *path, kiln__graph **out, kiln_error *err);
+
 /* Parses a serialized TensorProto into a tensor whose data the caller releases with
    kiln_tensor_release(). */
 kiln_status kiln__onnx_tensor(const void *data, size_t size, kiln_tensor *out, kiln_error *err);

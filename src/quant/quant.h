@@ -15,9 +15,6 @@ kiln_status kiln__quant_graph(kiln__graph *g, kiln_quant_format format, kiln_qua
 void kiln__quant_weight_s8(const float *w, size_t k, size_t n, bool trans, int8_t *q,
                            float *scale);
 
-/* Reads a whole file into memory (kiln__free'd by the caller). */
-kiln_status kiln__quant_read_file(const char *path, uint8_t **out, size_t *size, kiln_error *err);
-
 /* Running comparison of two float outputs, fed one batch at a time. */
 typedef struct kiln__quant_acc {
   double dot, ref2, cand2, diff2, abs_sum, abs_max;

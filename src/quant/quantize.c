@@ -381,66 +381,16 @@ kiln_status kiln__quant_graph(kiln__graph *g, kiln_quant_format format, kiln_qua
   return st;
 }
 
-kiln_status kiln__quant_read_file(const char *path, uint8_t **out, size_t *size,
-                                  kiln_error *err) {
-  *out = NULL;
-  *size = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f) return kiln__fail(err, KILN_IO_ERROR, "cannot open '%s'", path);
-  uint8_t *buf = NULL;
-  size_t n = 0, cap = 0;
-  kiln_status st = KILN_OK;
-  for (;;) {
-    if (n == cap) {
-      cap = cap ? cap * 2 : (size_t)1 << 16;
-      uint8_t *nb = kiln__realloc(buf, cap);
-      if (!nb) {
-        st = kiln__fail(err, KILN_NO_MEMORY, "out of memory reading '%s'", path);
-        break;
-      }
-      buf = nb;
-    }
-    size_t got = fread(buf + n, 1, cap - n, f);
-    n += got;
-    if (got == 0) {
-      if (ferror(f)) st = kiln__fail(err, KILN_IO_ERROR, "cannot read '%s'", path);
-      break;
-    }
-  }
-  fclose(f);
-  if (st != KILN_OK) {
-    kiln__free(buf);
-    return st;
-  }
-  *out = buf;
-  *size = n;
-  return KILN_OK;
-}
-
 kiln_status kiln_quantize_file(const char *path, const char *out_path, kiln_quant_format format,
                                kiln_quant_stats *stats, kiln_error *err) {
   if (stats) memset(stats, 0, sizeof *stats);
   if (!path || !out_path)
     return kiln__fail(err, KILN_INVALID_ARGUMENT, "quantize: a model and an output path are needed");
-  uint8_t *data;
-  size_t size;
-  kiln_status st = kiln__quant_read_file(path, &data, &size, err);
-  if (st != KILN_OK) return st;
-  char *dir = kiln__strdup(path);
   kiln__graph *g = NULL;
-  if (!dir) st = kiln__fail(err, KILN_NO_MEMORY, "out of memory");
-  if (st == KILN_OK) {
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = 0;
-    else if (slash) *slash = 0;
-    else strcpy(dir, ".");
-    st = kiln__onnx_import(data, size, dir, &g, err);
-  }
+  kiln_status st = kiln__onnx_import_file(path, &g, err);
   if (st == KILN_OK) st = kiln__quant_graph(g, format, stats, err);
   if (st == KILN_OK) st = kiln__onnx_export(g, "kiln-quantize", out_path, err);
   if (st != KILN_OK) kiln__err_prefix(err, "%s", path);
   kiln__graph_free(g);
-  kiln__free(dir);
-  kiln__free(data);
   return st;
 }

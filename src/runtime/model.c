@@ -123,39 +123,13 @@ kiln_status kiln_model_load_memory(const void *data, size_t size, const char *ba
 kiln_status kiln_model_load(const char *path, const kiln_model_opts *opts, kiln_model **out,
                             kiln_error *err) {
   *out = NULL;
-  FILE *f = fopen(path, "rb");
-  if (!f) return kiln__fail(err, KILN_IO_ERROR, "cannot open '%s'", path);
-  uint8_t *buf = NULL;
-  size_t size = 0, cap = 0;
-  kiln_status st = KILN_OK;
-  for (;;) {
-    if (size == cap) {
-      cap = cap ? cap * 2 : 1 << 16;
-      uint8_t *nb = kiln__realloc(buf, cap);
-      if (!nb) {
-        st = kiln__fail(err, KILN_NO_MEMORY, "out of memory reading '%s'", path);
-        break;
-      }
-      buf = nb;
-    }
-    size_t got = fread(buf + size, 1, cap - size, f);
-    size += got;
-    if (got == 0) {
-      if (ferror(f)) st = kiln__fail(err, KILN_IO_ERROR, "cannot read '%s'", path);
-      break;
-    }
-  }
-  fclose(f);
-  char *dir = NULL;
+  uint8_t *buf;
+  size_t size;
+  kiln_status st = kiln__read_file(path, &buf, &size, err);
+  if (st != KILN_OK) return st;
+  char *dir = kiln__path_dir(path);
+  if (!dir) st = kiln__fail(err, KILN_NO_MEMORY, "out of memory");
   if (st == KILN_OK) {
-    dir = kiln__strdup(path);
-    if (!dir) st = kiln__fail(err, KILN_NO_MEMORY, "out of memory");
-  }
-  if (st == KILN_OK) {
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = 0; /* "/model.onnx" lives in "/" */
-    else if (slash) *slash = 0;
-    else strcpy(dir, ".");
     st = kiln_model_load_memory(buf, size, dir, opts, out, err);
     if (st != KILN_OK) kiln__err_prefix(err, "%s", path);
   }

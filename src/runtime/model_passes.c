@@ -10,59 +10,13 @@ struct kiln_pass_report {
   kiln__pass_log log;
 };
 
-static kiln_status read_file(const char *path, uint8_t **out, size_t *size, kiln_error *err) {
-  *out = NULL;
-  *size = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f) return kiln__fail(err, KILN_IO_ERROR, "cannot open '%s'", path);
-  uint8_t *buf = NULL;
-  size_t n = 0, cap = 0;
-  kiln_status st = KILN_OK;
-  for (;;) {
-    if (n == cap) {
-      cap = cap ? cap * 2 : 1 << 16;
-      uint8_t *nb = kiln__realloc(buf, cap);
-      if (!nb) {
-        st = kiln__fail(err, KILN_NO_MEMORY, "out of memory reading '%s'", path);
-        break;
-      }
-      buf = nb;
-    }
-    size_t got = fread(buf + n, 1, cap - n, f);
-    n += got;
-    if (got == 0) {
-      if (ferror(f)) st = kiln__fail(err, KILN_IO_ERROR, "cannot read '%s'", path);
-      break;
-    }
-  }
-  fclose(f);
-  if (st != KILN_OK) {
-    kiln__free(buf);
-    return st;
-  }
-  *out = buf;
-  *size = n;
-  return KILN_OK;
-}
-
 kiln_status kiln_pass_report_load(const char *path, int opt_level, kiln_pass_report **out,
                                   kiln_error *err) {
   *out = NULL;
-  uint8_t *data;
-  size_t size;
-  kiln_status st = read_file(path, &data, &size, err);
-  if (st != KILN_OK) return st;
-  char *dir = kiln__strdup(path);
   kiln_pass_report *r = kiln__calloc(1, sizeof *r);
   kiln__graph *g = NULL;
-  if (!dir || !r) st = kiln__fail(err, KILN_NO_MEMORY, "out of memory");
-  if (st == KILN_OK) {
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = 0;
-    else if (slash) *slash = 0;
-    else strcpy(dir, ".");
-    st = kiln__onnx_import(data, size, dir, &g, err);
-  }
+  kiln_status st = r ? kiln__onnx_import_file(path, &g, err)
+                     : kiln__fail(err, KILN_NO_MEMORY, "out of memory");
   if (st == KILN_OK)
     st = kiln__optimize_ex(g, opt_level < 0 ? KILN__OPT_MAX : opt_level, &r->log, err);
   if (st != KILN_OK) {
@@ -71,8 +25,6 @@ kiln_status kiln_pass_report_load(const char *path, int opt_level, kiln_pass_rep
     r = NULL;
   }
   kiln__graph_free(g);
-  kiln__free(dir);
-  kiln__free(data);
   *out = r;
   return st;
 }
@@ -109,25 +61,11 @@ const char *kiln_pass_name(size_t i, int *level) { return kiln__pass_name_at(i, 
 
 kiln_status kiln_optimize_file(const char *path, const char *out_path, int opt_level,
                                kiln_error *err) {
-  uint8_t *data;
-  size_t size;
-  kiln_status st = read_file(path, &data, &size, err);
-  if (st != KILN_OK) return st;
-  char *dir = kiln__strdup(path);
   kiln__graph *g = NULL;
-  if (!dir) st = kiln__fail(err, KILN_NO_MEMORY, "out of memory");
-  if (st == KILN_OK) {
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = 0;
-    else if (slash) *slash = 0;
-    else strcpy(dir, ".");
-    st = kiln__onnx_import(data, size, dir, &g, err);
-  }
+  kiln_status st = kiln__onnx_import_file(path, &g, err);
   if (st == KILN_OK) st = kiln__optimize(g, opt_level < 0 ? KILN__OPT_MAX : opt_level, err);
   if (st == KILN_OK) st = kiln__onnx_export(g, "kiln-optimize", out_path, err);
   if (st != KILN_OK) kiln__err_prefix(err, "%s", path);
   kiln__graph_free(g);
-  kiln__free(dir);
-  kiln__free(data);
   return st;
 }
