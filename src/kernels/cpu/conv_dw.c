@@ -2,6 +2,9 @@
  * AVX2 code carries target attributes, so the library still builds for baseline x86-64. */
 #include "kernels/cpu/conv_dw.h"
 
+#include "ir/op.h"
+#include "kernels/cpu/cpu_backend.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define DW_X86 1
@@ -188,36 +191,11 @@ void kiln__dwconv_plane_f32(kiln__isa isa, const kiln__dw_geom *g, const float *
 
 /* ---- the node-level kernel ------------------------------------------------------------------- */
 
-#include "ir/op.h"
-
-static const kiln__value *in_value(const kiln__node *n, const kiln__graph *g, int i) {
-  return i < n->n_in && n->in[i] >= 0 ? &g->values[n->in[i]] : NULL;
-}
-
-static bool maybe_float(const kiln__value *v) {
-  return v && (v->dtype == KILN_DTYPE_FLOAT || v->dtype == KILN_DTYPE_UNDEFINED);
-}
-
-/* An INTS attribute of exactly `cnt` values in [lo, 2^24], or the default when absent. */
-static bool ints_in(const kiln__node *n, const char *name, size_t cnt, int64_t lo, int64_t def,
-                    int64_t *v) {
-  const int64_t *a;
-  size_t na = kiln__attr_ints(n, name, &a);
-  for (size_t i = 0; i < cnt; i++) v[i] = def;
-  if (na == 0) return true;
-  if (na != cnt) return false;
-  for (size_t i = 0; i < cnt; i++) {
-    if (a[i] < lo || a[i] > ((int64_t)1 << 24)) return false;
-    v[i] = a[i];
-  }
-  return true;
-}
-
 bool kiln__dw_conv_parse(const kiln__node *n, const kiln__graph *g, kiln__dw_conv *d) {
-  const kiln__value *wv = in_value(n, g, 1), *bv = in_value(n, g, 2);
-  if (n->n_in < 2 || !maybe_float(in_value(n, g, 0)) || !wv || !wv->is_initializer ||
+  const kiln__value *wv = kiln__cpu_input(n, g, 1), *bv = kiln__cpu_input(n, g, 2);
+  if (n->n_in < 2 || !kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0)) || !wv || !wv->is_initializer ||
       wv->init.dtype != KILN_DTYPE_FLOAT || !wv->init.data || wv->init.rank != 4 ||
-      (bv && !maybe_float(bv)))
+      (bv && !kiln__cpu_maybe_float(bv)))
     return false;
   const kiln_tensor *w = &wv->init;
   int64_t group = kiln__attr_int(n, "group", 1);
@@ -228,8 +206,8 @@ bool kiln__dw_conv_parse(const kiln__node *n, const kiln__graph *g, kiln__dw_con
   size_t nks = kiln__attr_ints(n, "kernel_shape", &ks);
   if (nks && (nks != 2 || ks[0] != w->dims[2] || ks[1] != w->dims[3])) return false;
   int64_t st[2], dl[2];
-  if (!ints_in(n, "strides", 2, 1, 1, st) || !ints_in(n, "dilations", 2, 1, 1, dl) ||
-      !ints_in(n, "pads", 4, 0, 0, d->pads) || dl[0] != 1 || dl[1] != 1)
+  if (!kiln__cpu_ints(n, "strides", 2, 1, 1, st) || !kiln__cpu_ints(n, "dilations", 2, 1, 1, dl) ||
+      !kiln__cpu_ints(n, "pads", 4, 0, 0, d->pads) || dl[0] != 1 || dl[1] != 1)
     return false;
   const char *ap = kiln__attr_str(n, "auto_pad", "NOTSET");
   static const char *const modes[] = {"NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"};
@@ -301,8 +279,6 @@ bool kiln__dw_conv_run(kiln__kctx *c, const kiln__dw_conv *d, const float *z,
 
 /* ---- the Conv row ---------------------------------------------------------------------------- */
 
-#include "kernels/cpu/cpu_backend.h"
-
 static bool conv_supports(const kiln__node *n, const kiln__graph *g) {
   kiln__dw_conv d;
   return (!n->domain[0] || !strcmp(n->domain, "ai.onnx")) && n->n_in <= 3 &&
@@ -342,7 +318,7 @@ static bool fconv_supports(const kiln__node *n, const kiln__graph *g) {
   float p0, p1;
   const kiln__value *z = n->n_in > 3 && n->in[3] >= 0 ? &g->values[n->in[3]] : NULL;
   return n->domain && !strcmp(n->domain, "ai.kiln") && n->n_in <= 4 &&
-         kiln__act_from_node(n, &a, &p0, &p1) && (!z || maybe_float(z)) &&
+         kiln__act_from_node(n, &a, &p0, &p1) && (!z || kiln__cpu_maybe_float(z)) &&
          kiln__dw_conv_parse(n, g, &d);
 }
 

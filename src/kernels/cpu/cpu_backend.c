@@ -1,6 +1,32 @@
 /* The "cpu" backend: dispatch over the kernel families in cpu_backend.h. */
 #include "kernels/cpu/cpu_backend.h"
 
+const kiln__value *kiln__cpu_input(const kiln__node *n, const kiln__graph *g, int i) {
+  return i < n->n_in && n->in[i] >= 0 ? &g->values[n->in[i]] : NULL;
+}
+
+bool kiln__cpu_maybe_float(const kiln__value *v) {
+  return v && (v->dtype == KILN_DTYPE_FLOAT || v->dtype == KILN_DTYPE_UNDEFINED);
+}
+
+bool kiln__cpu_kiln_domain(const kiln__node *n) {
+  return n->domain && !strcmp(n->domain, "ai.kiln");
+}
+
+bool kiln__cpu_ints(const kiln__node *n, const char *name, size_t cnt, int64_t lo, int64_t def,
+                    int64_t *v) {
+  const int64_t *a;
+  size_t na = kiln__attr_ints(n, name, &a);
+  for (size_t i = 0; i < cnt; i++) v[i] = def;
+  if (na == 0) return true;
+  if (na != cnt) return false;
+  for (size_t i = 0; i < cnt; i++) {
+    if (a[i] < lo || a[i] > ((int64_t)1 << 24)) return false;
+    v[i] = a[i];
+  }
+  return true;
+}
+
 static const kiln__cpu_kernel *const families[] = {
     kiln__cpu_gemm_kernels, kiln__cpu_vec_kernels, kiln__cpu_dwconv_kernels,
     kiln__cpu_pool_kernels, kiln__cpu_fused_kernels};

@@ -21,6 +21,16 @@ typedef struct kiln__cpu_kernel {
   size_t (*scratch)(const kiln__kctx *c, void *state); /* NULL: the reference op's scratch() */
 } kiln__cpu_kernel;
 
+/* Helpers for supports()/prepare(): what the graph says about a node at load. */
+const kiln__value *kiln__cpu_input(const kiln__node *n, const kiln__graph *g, int i); /* or NULL */
+/* float32, or not known until planning (execute() must check it then). */
+bool kiln__cpu_maybe_float(const kiln__value *v);
+bool kiln__cpu_kiln_domain(const kiln__node *n); /* an ai.kiln fused op */
+/* An INTS attribute of exactly `cnt` values in [lo, 2^24] into v, or `def` everywhere when the
+   attribute is absent; false otherwise. */
+bool kiln__cpu_ints(const kiln__node *n, const char *name, size_t cnt, int64_t lo, int64_t def,
+                    int64_t *v);
+
 /* Kernel families, each terminated by a row with op NULL. */
 extern const kiln__cpu_kernel kiln__cpu_gemm_kernels[];  /* MatMul, Gemm, Conv, ... */
 extern const kiln__cpu_kernel kiln__cpu_vec_kernels[];   /* Softmax, LayerNorm, GELU, ... */

@@ -11,7 +11,6 @@
 
 #define GRAIN ((size_t)16384)
 
-static bool kiln_domain(const kiln__node *n) { return n->domain && !strcmp(n->domain, "ai.kiln"); }
 
 static bool f32(const kiln_tensor *t) { return t && t->dtype == KILN_DTYPE_FLOAT; }
 
@@ -47,7 +46,7 @@ static void release_vm(void *state) { kiln__free(state); }
 
 static bool supports_kiln(const kiln__node *n, const kiln__graph *g) {
   (void)g;
-  return kiln_domain(n);
+  return kiln__cpu_kiln_domain(n);
 }
 
 /* ---- Gelu ------------------------------------------------------------------------------------ */

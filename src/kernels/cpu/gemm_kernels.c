@@ -14,15 +14,6 @@
 
 /* ---- shared helpers -------------------------------------------------------------------------- */
 
-static const kiln__value *in_value(const kiln__node *n, const kiln__graph *g, int i) {
-  return i < n->n_in && n->in[i] >= 0 ? &g->values[n->in[i]] : NULL;
-}
-
-/* float32, or not known until planning (execute() checks it then). */
-static bool maybe_float(const kiln__value *v) {
-  return v && (v->dtype == KILN_DTYPE_FLOAT || v->dtype == KILN_DTYPE_UNDEFINED);
-}
-
 static const kiln_tensor *const_f32(const kiln__value *v) {
   return v && v->is_initializer && v->init.dtype == KILN_DTYPE_FLOAT && v->init.data ? &v->init
                                                                                       : NULL;
@@ -35,12 +26,11 @@ static size_t ref_scratch(const kiln__kctx *c) {
 /* The fused ops of domain ai.kiln (docs/FUSED_OPS.md) share these rows' code: the activation
    and its parameters are parsed at load into an epilogue template, whose bias and residual are
    filled per run. */
-static bool kiln_domain(const kiln__node *n) { return n->domain && !strcmp(n->domain, "ai.kiln"); }
 
 static bool fused_ok(const kiln__node *n) {
   kiln__act a;
   float p0, p1;
-  return kiln_domain(n) && n->n_in <= 4 && kiln__act_from_node(n, &a, &p0, &p1);
+  return kiln__cpu_kiln_domain(n) && n->n_in <= 4 && kiln__act_from_node(n, &a, &p0, &p1);
 }
 
 static kiln_status epilogue_prepare(const kiln__node *n, kiln__epilogue *ep, kiln_error *err) {
@@ -68,12 +58,12 @@ typedef struct matmul_state {
 } matmul_state;
 
 static bool matmul_supports(const kiln__node *n, const kiln__graph *g) {
-  return n->n_in == 2 && maybe_float(in_value(n, g, 0)) && maybe_float(in_value(n, g, 1));
+  return n->n_in == 2 && kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0)) && kiln__cpu_maybe_float(kiln__cpu_input(n, g, 1));
 }
 
 static bool fmatmul_supports(const kiln__node *n, const kiln__graph *g) {
-  return fused_ok(n) && n->n_in >= 2 && maybe_float(in_value(n, g, 0)) &&
-         maybe_float(in_value(n, g, 1));
+  return fused_ok(n) && n->n_in >= 2 && kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0)) &&
+         kiln__cpu_maybe_float(kiln__cpu_input(n, g, 1));
 }
 
 static void matmul_release(void *state) {
@@ -88,14 +78,14 @@ static kiln_status matmul_prepare(const kiln__node *n, const kiln__graph *g, voi
   if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
   s->alpha = 1.0f;
   kiln_status st = kiln__isa_select(&s->isa, err);
-  if (st == KILN_OK && kiln_domain(n)) {
+  if (st == KILN_OK && kiln__cpu_kiln_domain(n)) {
     s->fused = true;
     s->ta = kiln__attr_int(n, "transA", 0) != 0;
     s->tb = kiln__attr_int(n, "transB", 0) != 0;
     s->alpha = kiln__attr_float(n, "alpha", 1.0f);
     st = epilogue_prepare(n, &s->ep, err);
   }
-  const kiln_tensor *b = const_f32(in_value(n, g, 1));
+  const kiln_tensor *b = const_f32(kiln__cpu_input(n, g, 1));
   if (st == KILN_OK && b && b->rank == 2 && b->dims[0] > 0 && b->dims[1] > 0) {
     size_t k = (size_t)b->dims[s->tb ? 1 : 0], nn = (size_t)b->dims[s->tb ? 0 : 1];
     st = kiln__sgemm_pack_b(s->isa, s->tb, k, nn, b->data, (size_t)b->dims[1], &s->pb, err);
@@ -231,10 +221,10 @@ typedef struct gemm_state {
 } gemm_state;
 
 static bool gemm_supports(const kiln__node *n, const kiln__graph *g) {
-  if (n->n_in < 2 || n->n_in > (kiln_domain(n) ? 4 : 3)) return false;
+  if (n->n_in < 2 || n->n_in > (kiln__cpu_kiln_domain(n) ? 4 : 3)) return false;
   for (int i = 0; i < n->n_in; i++) {
-    const kiln__value *v = in_value(n, g, i);
-    if ((v || i < 2) && !maybe_float(v)) return false;
+    const kiln__value *v = kiln__cpu_input(n, g, i);
+    if ((v || i < 2) && !kiln__cpu_maybe_float(v)) return false;
   }
   return true;
 }
@@ -258,11 +248,11 @@ static kiln_status gemm_prepare(const kiln__node *n, const kiln__graph *g, void 
   s->alpha = kiln__attr_float(n, "alpha", 1.0f);
   s->beta = kiln__attr_float(n, "beta", 1.0f);
   kiln_status st = kiln__isa_select(&s->isa, err);
-  if (st == KILN_OK && kiln_domain(n)) {
+  if (st == KILN_OK && kiln__cpu_kiln_domain(n)) {
     s->fused = true;
     st = epilogue_prepare(n, &s->ep, err);
   }
-  const kiln_tensor *b = const_f32(in_value(n, g, 1));
+  const kiln_tensor *b = const_f32(kiln__cpu_input(n, g, 1));
   if (st == KILN_OK && b && b->rank == 2 && b->dims[0] > 0 && b->dims[1] > 0) {
     size_t k = (size_t)b->dims[s->tb ? 1 : 0], nn = (size_t)b->dims[s->tb ? 0 : 1];
     st = kiln__sgemm_pack_b(s->isa, s->tb, k, nn, b->data, (size_t)b->dims[1], &s->pb, err);
@@ -346,29 +336,14 @@ typedef struct conv_state {
   kiln__sgemm_packed *pw;               /* one packed mg x kk weight matrix per group */
 } conv_state;
 
-/* Reads an INTS attribute of exactly `n` values >= lo (or the default when absent). */
-static bool ints_ok(const kiln__node *n, const char *name, size_t cnt, int64_t lo, int64_t def,
-                    int64_t *v) {
-  const int64_t *a;
-  size_t na = kiln__attr_ints(n, name, &a);
-  for (size_t i = 0; i < cnt; i++) v[i] = def;
-  if (na == 0) return true;
-  if (na != cnt) return false;
-  for (size_t i = 0; i < cnt; i++) {
-    if (a[i] < lo || a[i] > ((int64_t)1 << 24)) return false;
-    v[i] = a[i];
-  }
-  return true;
-}
-
 /* Parses everything the load fixes; false for what this kernel does not run. */
 static bool conv_parse(const kiln__node *n, const kiln__graph *g, conv_state *s) {
-  const kiln_tensor *w = const_f32(in_value(n, g, 1));
-  if (n->n_in < 2 || n->n_in > (kiln_domain(n) ? 4 : 3) || !maybe_float(in_value(n, g, 0)) ||
+  const kiln_tensor *w = const_f32(kiln__cpu_input(n, g, 1));
+  if (n->n_in < 2 || n->n_in > (kiln__cpu_kiln_domain(n) ? 4 : 3) || !kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0)) ||
       !w || w->rank != 4)
     return false;
-  const kiln__value *b = in_value(n, g, 2), *z = in_value(n, g, 3);
-  if ((b && !maybe_float(b)) || (z && !maybe_float(z))) return false;
+  const kiln__value *b = kiln__cpu_input(n, g, 2), *z = kiln__cpu_input(n, g, 3);
+  if ((b && !kiln__cpu_maybe_float(b)) || (z && !kiln__cpu_maybe_float(z))) return false;
   for (int i = 0; i < 4; i++)
     if (w->dims[i] < 1) return false;
   int64_t groups = kiln__attr_int(n, "group", 1);
@@ -385,8 +360,8 @@ static bool conv_parse(const kiln__node *n, const kiln__graph *g, conv_state *s)
   size_t nks = kiln__attr_ints(n, "kernel_shape", &ks);
   if (nks && (nks != 2 || ks[0] != w->dims[2] || ks[1] != w->dims[3])) return false;
   int64_t st[2], dl[2];
-  if (!ints_ok(n, "strides", 2, 1, 1, st) || !ints_ok(n, "dilations", 2, 1, 1, dl) ||
-      !ints_ok(n, "pads", 4, 0, 0, s->pads))
+  if (!kiln__cpu_ints(n, "strides", 2, 1, 1, st) || !kiln__cpu_ints(n, "dilations", 2, 1, 1, dl) ||
+      !kiln__cpu_ints(n, "pads", 4, 0, 0, s->pads))
     return false;
   s->sh = st[0], s->sw = st[1], s->dh = dl[0], s->dw = dl[1];
   const char *ap = kiln__attr_str(n, "auto_pad", "NOTSET");
@@ -421,13 +396,13 @@ static kiln_status conv_prepare(const kiln__node *n, const kiln__graph *g, void 
   if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing Conv");
   conv_parse(n, g, s);
   kiln_status st = kiln__isa_select(&s->isa, err);
-  if (st == KILN_OK && kiln_domain(n)) {
+  if (st == KILN_OK && kiln__cpu_kiln_domain(n)) {
     s->fused = true;
     st = epilogue_prepare(n, &s->ep, err);
   }
   if (st == KILN_OK && !(s->pw = kiln__calloc(s->groups, sizeof *s->pw)))
     st = kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing Conv");
-  const float *w = const_f32(in_value(n, g, 1))->data;
+  const float *w = const_f32(kiln__cpu_input(n, g, 1))->data;
   for (size_t i = 0; st == KILN_OK && i < s->groups; i++)
     st = kiln__sgemm_pack_a(s->isa, false, s->mg, s->kk, w + i * s->mg * s->kk, s->kk, &s->pw[i],
                             err);
