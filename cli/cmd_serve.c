@@ -10,7 +10,9 @@
 static void usage(void) {
   fprintf(stderr,
           "usage: kiln serve --model-repository DIR [--host ADDR] [--port N] [--workers N] "
-          "[--threads N] [--max-connections N] [--max-body-bytes N]\n");
+          "[--threads N] [--max-connections N] [--max-body-bytes N]\n"
+          "       [--model-control none|poll] [--poll-interval-ms N] [--control-token TOKEN]\n"
+          "  the control token may also come from the environment: KILN_CONTROL_TOKEN\n");
 }
 
 static int parse_uint(const char *s, unsigned long long max, unsigned long long *out) {
@@ -24,6 +26,9 @@ static int parse_uint(const char *s, unsigned long long max, unsigned long long 
 int cmd_serve(int argc, char **argv) {
   kiln_server_opts o = kiln_server_opts_default();
   o.log = stderr;
+  o.control_token = getenv("KILN_CONTROL_TOKEN");
+  bool poll = false;
+  unsigned poll_ms = 1000;
   /* every option takes a value: step over pairs */
   for (int i = 0; i < argc; i += 2) {
     unsigned long long v = 0;
@@ -41,12 +46,18 @@ int cmd_serve(int argc, char **argv) {
       o.max_connections = (unsigned)v;
     else if (!strcmp(a, "--max-body-bytes") && !parse_uint(val, SIZE_MAX, &v) && v)
       o.max_body_bytes = (size_t)v;
+    else if (!strcmp(a, "--model-control") && (!strcmp(val, "poll") || !strcmp(val, "none")))
+      poll = !strcmp(val, "poll");
+    else if (!strcmp(a, "--poll-interval-ms") && !parse_uint(val, 3600000, &v) && v)
+      poll_ms = (unsigned)v;
+    else if (!strcmp(a, "--control-token") && val[0]) o.control_token = val;
     else {
       fprintf(stderr, "kiln serve: bad option '%s %s'\n", a, val);
       usage();
       return 2;
     }
   }
+  if (poll) o.poll_interval_ms = poll_ms;
   if (!o.model_repository) {
     usage();
     return 2;

@@ -20,9 +20,13 @@ struct kiln_server {
   srv_limits lim;
   kiln_runtime *rt;
   srv_repo repo;
+  char *token; /* the control token, NULL when none */
+  pthread_t poller;
+  bool poller_started;
+  pthread_cond_t poll_cv; /* with rt_mu: wakes the poller to stop */
   struct MHD_Daemon *d;
   uint16_t port;
-  pthread_mutex_t rt_mu; /* orders submits against shutdown */
+  pthread_mutex_t rt_mu; /* orders submits against shutdown; guards the repository table */
   bool stopping;
   atomic_size_t live; /* request contexts not yet freed */
   /* The hang-up watcher: slots keyed by index + generation so a stale epoll event never
@@ -449,7 +453,7 @@ static enum MHD_Result model_metadata(req_ctx *c, const srv_model *m, const srv_
   srv_buf_json_str(&b, m->name);
   srv_buf_puts(&b, ",\"versions\":[");
   for (size_t i = 0; i < m->n_versions; i++)
-    srv_buf_printf(&b, "%s\"%s\"", i ? "," : "", m->versions[i].label);
+    srv_buf_printf(&b, "%s\"%s\"", i ? "," : "", m->versions[i]->label);
   srv_buf_puts(&b, "],\"platform\":\"onnx\",\"inputs\":[");
   kiln_io_info io;
   for (size_t i = 0; i < kiln_model_input_count(km); i++) {
@@ -471,6 +475,90 @@ static enum MHD_Result send_text(req_ctx *c, unsigned code, const char *body) {
   srv_buf b = {0};
   srv_buf_puts(&b, body);
   return send_buf(c->conn, code, &b, "application/json", 0, 0);
+}
+
+/* Compares without an early exit, so the time taken does not tell how much of a guess matched. */
+static bool token_ok(const char *want, const char *got) {
+  size_t nw = strlen(want), ng = strlen(got);
+  unsigned diff = nw != ng;
+  for (size_t i = 0; i < nw; i++) diff |= (unsigned char)want[i] ^ (unsigned char)(i < ng ? got[i] : 0);
+  return diff == 0;
+}
+
+static void index_json(srv_buf *b, const srv_repo *r) {
+  srv_buf_puts(b, "[");
+  bool first = true;
+  for (size_t i = 0; i < r->n; i++) {
+    const srv_model *m = r->models[i];
+    for (size_t j = 0; j < m->n_versions; j++) {
+      srv_buf_printf(b, "%s{\"name\":", first ? "" : ",");
+      first = false;
+      srv_buf_json_str(b, m->name);
+      srv_buf_printf(b, ",\"version\":\"%s\",\"state\":\"READY\"}", m->versions[j]->label);
+    }
+    if (m->n_versions && !m->error[0]) continue;
+    /* The model's own entry: why it (or one of its versions) is not serving. */
+    srv_buf_printf(b, "%s{\"name\":", first ? "" : ",");
+    first = false;
+    srv_buf_json_str(b, m->name);
+    srv_buf_printf(b, ",\"state\":\"%s\",\"reason\":",
+                   m->unloaded ? "UNLOADED" : "UNAVAILABLE");
+    srv_buf_json_str(b, m->unloaded ? "unloaded" : m->error[0] ? m->error : "no version to serve");
+    srv_buf_puts(b, "}");
+  }
+  srv_buf_puts(b, "]");
+}
+
+/* POST /v2/repository/index, /v2/repository/models/{m}/load and /unload. They run on the HTTP
+   thread under rt_mu, so a load stalls other requests while the model compiles. */
+static enum MHD_Result repository(req_ctx *c, char **seg, size_t n, bool post) {
+  kiln_server *s = c->srv;
+  bool is_index = n == 1 && !strcmp(seg[0], "index");
+  bool is_model = n == 3 && !strcmp(seg[0], "models") &&
+                  (!strcmp(seg[2], "load") || !strcmp(seg[2], "unload"));
+  if (!is_index && !is_model) return send_error(c, MHD_HTTP_NOT_FOUND, "no such path");
+  if (!post) return send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "the repository endpoints take POST");
+  if (s->token) {
+    const char *auth = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND,
+                                                   MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!auth || strncmp(auth, "Bearer ", 7))
+      return send_error(c, MHD_HTTP_UNAUTHORIZED, "this endpoint needs 'Authorization: Bearer <token>'");
+    if (!token_ok(s->token, auth + 7)) return send_error(c, MHD_HTTP_FORBIDDEN, "wrong control token");
+  }
+  if (is_index) {
+    srv_buf b = {0};
+    index_json(&b, &s->repo);
+    return send_json(c, &b);
+  }
+  if (!strcmp(seg[2], "unload")) {
+    if (srv_repo_unload_model(&s->repo, seg[1]))
+      return send_error(c, MHD_HTTP_NOT_FOUND, "unknown model");
+    return send_text(c, MHD_HTTP_OK, "{}");
+  }
+  char why[600];
+  if (srv_repo_load_model(&s->repo, seg[1], why, sizeof why)) {
+    srv_model *m = srv_repo_find(&s->repo, seg[1]);
+    return send_error(c, m ? MHD_HTTP_BAD_REQUEST : MHD_HTTP_NOT_FOUND, why);
+  }
+  return send_text(c, MHD_HTTP_OK, "{}");
+}
+
+/* --model-control poll: rescans the repository every poll_interval_ms until shutdown. */
+static void *poller_main(void *arg) {
+  kiln_server *s = arg;
+  pthread_mutex_lock(&s->rt_mu);
+  while (!s->stopping) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)s->o.poll_interval_ms * 1000000;
+    ts.tv_sec += (time_t)(ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    while (!s->stopping && pthread_cond_timedwait(&s->poll_cv, &s->rt_mu, &ts) == 0) {
+    }
+    if (!s->stopping) srv_repo_poll(&s->repo);
+  }
+  pthread_mutex_unlock(&s->rt_mu);
+  return NULL;
 }
 
 /* Splits "/v2/models/m/versions/3/infer" into segments (in place). */
@@ -502,11 +590,13 @@ static enum MHD_Result route(req_ctx *c, const char *url, const char *method) {
     if (!strcmp(seg[2], "live")) return send_text(c, MHD_HTTP_OK, "{\"live\":true}");
     if (!strcmp(seg[2], "ready")) {
       bool ready = !s->stopping;
-      for (size_t i = 0; i < s->repo.n; i++) ready &= s->repo.models[i].n_versions > 0;
+      for (size_t i = 0; i < s->repo.n; i++)
+        ready &= s->repo.models[i]->unloaded || s->repo.models[i]->n_versions > 0;
       return send_text(c, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
                        ready ? "{\"ready\":true}" : "{\"ready\":false}");
     }
   }
+  if (n >= 3 && !strcmp(seg[1], "repository")) return repository(c, seg + 2, n - 2, post);
   if (n < 3 || strcmp(seg[1], "models")) return send_error(c, MHD_HTTP_NOT_FOUND, "no such path");
   srv_model *m = srv_repo_find(&s->repo, seg[2]);
   if (!m) return send_error(c, MHD_HTTP_NOT_FOUND, "unknown model");
@@ -520,7 +610,8 @@ static enum MHD_Result route(req_ctx *c, const char *url, const char *method) {
     if (action && !strcmp(action, "ready") && get && m->error[0] && !version)
       return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, m->error);
     if (!m->n_versions && !version)
-      return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, m->error[0] ? m->error : "model not loaded");
+      return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                        m->unloaded ? "model is unloaded" : m->error[0] ? m->error : "model not loaded");
     return send_error(c, MHD_HTTP_NOT_FOUND, "unknown model version");
   }
   c->model = m;
@@ -633,11 +724,17 @@ kiln_status kiln_server_create(const kiln_server_opts *opts, kiln_server **out, 
   s->wake[0] = s->wake[1] = -1;
   pthread_mutex_init(&s->rt_mu, NULL);
   pthread_mutex_init(&s->watch_mu, NULL);
+  pthread_cond_init(&s->poll_cv, NULL);
+  s->o.control_token = NULL; /* points at the caller's string: keep a copy instead */
   kiln_runtime_opts ro = kiln_runtime_opts_default();
   ro.workers = o.workers;
   ro.intra_threads = o.intra_threads;
-  kiln_status st = kiln_runtime_create(&ro, &s->rt, err);
-  if (st != KILN_OK) goto fail;
+  kiln_status st = KILN_OK;
+  if (o.control_token && o.control_token[0] && !(s->token = strdup(o.control_token))) {
+    st = fail(err, KILN_NO_MEMORY, "out of memory", NULL);
+    goto fail;
+  }
+  if ((st = kiln_runtime_create(&ro, &s->rt, err)) != KILN_OK) goto fail;
   if ((st = srv_repo_load(&s->repo, o.model_repository, s->rt, o.log, err)) != KILN_OK) goto fail;
   s->n_slots = o.max_connections;
   s->slot = calloc(s->n_slots, sizeof *s->slot);
@@ -671,6 +768,13 @@ kiln_status kiln_server_create(const kiln_server_opts *opts, kiln_server **out, 
   }
   const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
   s->port = di ? di->port : o.port;
+  if (o.poll_interval_ms) {
+    if (pthread_create(&s->poller, NULL, poller_main, s) != 0) {
+      st = fail(err, KILN_INTERNAL, "cannot start the repository poller", NULL);
+      goto fail;
+    }
+    s->poller_started = true;
+  }
   *out = s;
   return KILN_OK;
 fail:
@@ -685,7 +789,9 @@ void kiln_server_free(kiln_server *s) {
   MHD_socket lfd = s->d ? MHD_quiesce_daemon(s->d) : MHD_INVALID_SOCKET;
   pthread_mutex_lock(&s->rt_mu);
   s->stopping = true;
+  pthread_cond_broadcast(&s->poll_cv);
   pthread_mutex_unlock(&s->rt_mu);
+  if (s->poller_started) pthread_join(s->poller, NULL); /* before the runtime it loads into goes */
   /* Cancels what is queued or running; each callback resumes its connection with a 503. */
   kiln_runtime_free(s->rt);
   s->rt = NULL;
@@ -709,5 +815,7 @@ void kiln_server_free(kiln_server *s) {
   free(s->slot_gen);
   pthread_mutex_destroy(&s->rt_mu);
   pthread_mutex_destroy(&s->watch_mu);
+  pthread_cond_destroy(&s->poll_cv);
+  free(s->token);
   free(s);
 }

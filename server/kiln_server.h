@@ -28,6 +28,10 @@ typedef struct kiln_server_opts {
   size_t max_json_depth;        /* default 32 */
   size_t max_tensor_elements;   /* per tensor, default 16 Mi */
   FILE *log;                    /* load errors and notices; NULL = silent */
+  /* The repository endpoints (index, load, unload) need `Authorization: Bearer <token>` when
+     this is set (copied at create); NULL = open. */
+  const char *control_token;
+  unsigned poll_interval_ms;    /* > 0: rescan the repository this often (--model-control poll) */
 } kiln_server_opts;
 
 kiln_server_opts kiln_server_opts_default(void);

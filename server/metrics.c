@@ -46,8 +46,8 @@ static void for_each(const srv_repo *r, const kiln_runtime_stats *stats, srv_buf
                      const char *name, row_fn fn) {
   size_t k = 0;
   for (size_t i = 0; i < r->n; i++)
-    for (size_t j = 0; j < r->models[i].n_versions; j++, k++)
-      fn(b, &r->models[i], &r->models[i].versions[j], &stats[k], name);
+    for (size_t j = 0; j < r->models[i]->n_versions; j++, k++)
+      fn(b, r->models[i], r->models[i]->versions[j], &stats[k], name);
 }
 
 #define SIMPLE_ROW(fn_name, expr)                                                            \
@@ -115,14 +115,14 @@ static void row_compute(srv_buf *b, const srv_model *m, const srv_version *v,
 
 void srv_metrics_write(const srv_repo *r, srv_buf *b) {
   size_t n = 0;
-  for (size_t i = 0; i < r->n; i++) n += r->models[i].n_versions;
+  for (size_t i = 0; i < r->n; i++) n += r->models[i]->n_versions;
   kiln_runtime_stats stats[n ? n : 1];
   size_t k = 0;
   for (size_t i = 0; i < r->n; i++)
-    for (size_t j = 0; j < r->models[i].n_versions; j++, k++) {
+    for (size_t j = 0; j < r->models[i]->n_versions; j++, k++) {
       memset(&stats[k], 0, sizeof stats[k]);
       stats[k].struct_size = sizeof stats[k];
-      kiln_runtime_model_stats(r->models[i].versions[j].rm, &stats[k]);
+      kiln_runtime_model_stats(r->models[i]->versions[j]->rm, &stats[k]);
     }
   static const struct {
     const char *name, *type, *help;
@@ -173,7 +173,7 @@ void srv_stats_write(const srv_model *m, const srv_version *only, srv_buf *b) {
   srv_buf_puts(b, "{\"model_stats\":[");
   int first = 1;
   for (size_t j = 0; j < m->n_versions; j++) {
-    srv_version *v = &m->versions[j];
+    srv_version *v = m->versions[j];
     if (only && v != only) continue;
     kiln_runtime_stats st;
     memset(&st, 0, sizeof st);

@@ -1,5 +1,6 @@
 /* The model repository: DIR/<model>/config.json and DIR/<model>/<version>/model.onnx, scanned
-   once at start. The table is immutable afterwards, so request threads read it without locks. */
+   at start and again on a load request or a polling pass. Entries are never freed before
+   shutdown, so a request keeps its model and version pointers across a reload. */
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
@@ -186,16 +187,27 @@ static int wanted(const srv_config *c, const int64_t *all, size_t n, size_t i) {
   return 0;
 }
 
-static void load_model(srv_model *m, const char *dir, kiln_runtime *rt, FILE *log) {
-  char path[4096];
-  snprintf(path, sizeof path, "%s/%s/config.json", dir, m->name);
-  if (parse_config(path, &m->cfg, m->error, sizeof m->error)) return;
-  snprintf(path, sizeof path, "%s/%s", dir, m->name);
+/* FNV-1a over a file's identity and change time: 0 when it does not exist. */
+static uint64_t mix(uint64_t h, uint64_t v) {
+  for (int i = 0; i < 8; i++) h = (h ^ ((v >> (8 * i)) & 0xff)) * 1099511628211ull;
+  return h;
+}
+
+static uint64_t file_stamp(uint64_t h, const char *path) {
+  struct stat sb;
+  if (stat(path, &sb) != 0) return mix(h, 0);
+  h = mix(h, (uint64_t)sb.st_ino);
+  h = mix(h, (uint64_t)sb.st_size);
+  h = mix(h, (uint64_t)sb.st_mtim.tv_sec);
+  return mix(h, (uint64_t)sb.st_mtim.tv_nsec);
+}
+
+/* The version numbers under DIR/<name>, ascending; the count (at most cap). */
+static size_t scan_versions(const char *path, int64_t *nums, size_t cap) {
   DIR *d = opendir(path);
-  int64_t nums[256];
   size_t n = 0;
   struct dirent *e;
-  while (d && (e = readdir(d)) && n < 256) {
+  while (d && (e = readdir(d)) && n < cap) {
     char *end;
     errno = 0;
     long long v = strtoll(e->d_name, &end, 10);
@@ -204,16 +216,69 @@ static void load_model(srv_model *m, const char *dir, kiln_runtime *rt, FILE *lo
   }
   if (d) closedir(d);
   qsort(nums, n, sizeof nums[0], cmp_i64);
+  return n;
+}
+
+/* The state of DIR/<name>: config.json and every version's model.onnx. */
+static uint64_t model_stamp(const char *dir, const char *name) {
+  char path[4096];
+  int64_t nums[256];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  size_t n = scan_versions(path, nums, 256);
+  snprintf(path, sizeof path, "%s/%s/config.json", dir, name);
+  uint64_t h = file_stamp(14695981039346656037ull, path);
+  for (size_t i = 0; i < n; i++) {
+    snprintf(path, sizeof path, "%s/%s/%lld/model.onnx", dir, name, (long long)nums[i]);
+    h = file_stamp(mix(h, (uint64_t)nums[i]), path);
+  }
+  return h;
+}
+
+static srv_version *keep_version(srv_model *m) {
+  if (m->n_all == m->cap_all) {
+    size_t cap = m->cap_all ? 2 * m->cap_all : 4;
+    srv_version **p = realloc(m->all, cap * sizeof *p);
+    if (!p) return NULL;
+    m->all = p;
+    m->cap_all = cap;
+  }
+  srv_version *v = calloc(1, sizeof *v);
+  if (v) m->all[m->n_all++] = v;
+  return v;
+}
+
+/* The version now served with this number, or NULL. */
+static srv_version *served(const srv_model *m, int64_t number) {
+  for (size_t i = 0; i < m->n_versions; i++)
+    if (m->versions[i]->number == number) return m->versions[i];
+  return NULL;
+}
+
+static void load_model(srv_repo *r, srv_model *m) {
+  char path[4096];
+  m->error[0] = 0;
+  m->unloaded = false;
+  m->stamp = model_stamp(r->dir, m->name);
+  snprintf(path, sizeof path, "%s/%s/config.json", r->dir, m->name);
+  srv_config cfg;
+  if (parse_config(path, &cfg, m->error, sizeof m->error)) return; /* old versions keep serving */
+  m->cfg = cfg;
+  uint64_t cfg_stamp = file_stamp(14695981039346656037ull, path);
+  snprintf(path, sizeof path, "%s/%s", r->dir, m->name);
+  int64_t nums[256];
+  size_t n = scan_versions(path, nums, 256);
   if (!n) {
     snprintf(m->error, sizeof m->error, "no version directories (expected %.400s/<version>/model.onnx)",
              path);
+    m->n_versions = 0;
     return;
   }
-  m->versions = calloc(n, sizeof *m->versions);
-  if (!m->versions) {
+  srv_version **next = calloc(n, sizeof *next);
+  if (!next) {
     snprintf(m->error, sizeof m->error, "out of memory");
     return;
   }
+  size_t n_next = 0;
   const char *backends[9] = {0};
   for (size_t i = 0; i < m->cfg.n_backends; i++) backends[i] = m->cfg.backends[i];
   kiln_runtime_model_opts o = m->cfg.breaker;
@@ -224,85 +289,167 @@ static void load_model(srv_model *m, const char *dir, kiln_runtime *rt, FILE *lo
   o.max_queue_delay_us = m->cfg.max_queue_delay_us;
   for (size_t i = 0; i < n; i++) {
     if (!wanted(&m->cfg, nums, n, i)) continue;
-    snprintf(path, sizeof path, "%s/%s/%lld/model.onnx", dir, m->name, (long long)nums[i]);
-    kiln_error err = {0};
-    srv_version *v = &m->versions[m->n_versions];
-    if (kiln_runtime_model_load(rt, path, &o, &v->rm, &err) != KILN_OK) {
-      snprintf(m->error, sizeof m->error, "version %lld: %.480s", (long long)nums[i], err.message);
-      if (log) fprintf(log, "kiln serve: model '%s' %s\n", m->name, m->error);
-      continue;
+    snprintf(path, sizeof path, "%s/%s/%lld/model.onnx", r->dir, m->name, (long long)nums[i]);
+    uint64_t stamp = file_stamp(mix(cfg_stamp, (uint64_t)nums[i]), path);
+    srv_version *v = NULL;
+    for (size_t k = 0; k < m->n_all && !v; k++)
+      if (m->all[k]->number == nums[i] && m->all[k]->stamp == stamp) v = m->all[k];
+    if (!v) {
+      kiln_error err = {0};
+      kiln_runtime_model *rm = NULL;
+      if (kiln_runtime_model_load(r->rt, path, &o, &rm, &err) != KILN_OK) {
+        snprintf(m->error, sizeof m->error, "version %lld: %.480s", (long long)nums[i], err.message);
+        if (r->log) fprintf(r->log, "kiln serve: model '%s' %s\n", m->name, m->error);
+        v = served(m, nums[i]); /* the old file keeps serving */
+      } else if (!(v = keep_version(m))) {
+        snprintf(m->error, sizeof m->error, "out of memory");
+      } else {
+        v->rm = rm;
+        v->number = nums[i];
+        v->stamp = stamp;
+        snprintf(v->label, sizeof v->label, "%lld", (long long)nums[i]);
+        if (r->log) fprintf(r->log, "kiln serve: loaded %s version %s\n", m->name, v->label);
+      }
     }
-    v->number = nums[i];
-    snprintf(v->label, sizeof v->label, "%lld", (long long)nums[i]);
-    m->n_versions++;
-    if (log) fprintf(log, "kiln serve: loaded %s version %s\n", m->name, v->label);
+    if (v) next[n_next++] = v;
   }
+  free(m->versions);
+  m->versions = next;
+  m->n_versions = n_next;
 }
 
 static int cmp_model(const void *a, const void *b) {
-  return strcmp(((const srv_model *)a)->name, ((const srv_model *)b)->name);
+  return strcmp((*(srv_model *const *)a)->name, (*(srv_model *const *)b)->name);
+}
+
+static srv_model **find(const srv_repo *r, const char *name) {
+  srv_model key = {.name = (char *)name}, *kp = &key;
+  return r->n ? bsearch(&kp, r->models, r->n, sizeof *r->models, cmp_model) : NULL;
+}
+
+/* Finds or adds the entry for DIR/<name> (not loaded yet). */
+static srv_model *entry(srv_repo *r, const char *name) {
+  srv_model **f = find(r, name);
+  if (f) return *f;
+  if (r->n == r->cap) {
+    size_t cap = r->cap ? 2 * r->cap : 8;
+    srv_model **p = realloc(r->models, cap * sizeof *p);
+    if (!p) return NULL;
+    r->models = p;
+    r->cap = cap;
+  }
+  srv_model *m = calloc(1, sizeof *m);
+  if (!m || !(m->name = strdup(name))) {
+    free(m);
+    return NULL;
+  }
+  r->models[r->n++] = m;
+  qsort(r->models, r->n, sizeof *r->models, cmp_model);
+  return m;
+}
+
+static bool is_model_dir(const srv_repo *r, const char *name) {
+  char path[4096];
+  struct stat sb;
+  if (!name[0] || name[0] == '.' || strchr(name, '/')) return false;
+  snprintf(path, sizeof path, "%s/%s", r->dir, name);
+  return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+int srv_repo_load_model(srv_repo *r, const char *name, char *why, size_t cap) {
+  if (!is_model_dir(r, name)) {
+    snprintf(why, cap, "no directory '%.200s' in the model repository", name);
+    return -1;
+  }
+  srv_model *m = entry(r, name);
+  if (!m) {
+    snprintf(why, cap, "out of memory");
+    return -1;
+  }
+  load_model(r, m);
+  if (m->error[0] && r->log && !m->n_versions)
+    fprintf(r->log, "kiln serve: model '%s' not loaded: %s\n", m->name, m->error);
+  if (!m->error[0] && m->n_versions) return 0;
+  snprintf(why, cap, "%s", m->error[0] ? m->error : "no version to serve");
+  return -1;
+}
+
+int srv_repo_unload_model(srv_repo *r, const char *name) {
+  srv_model **f = find(r, name);
+  if (!f) return -1;
+  (*f)->unloaded = true;
+  (*f)->n_versions = 0;
+  (*f)->error[0] = 0;
+  if (r->log) fprintf(r->log, "kiln serve: unloaded %s\n", name);
+  return 0;
+}
+
+/* Calls fn on every model directory of the repository. */
+static int each_dir(srv_repo *r, void (*fn)(srv_repo *, const char *)) {
+  DIR *d = opendir(r->dir);
+  if (!d) return -1;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (is_model_dir(r, e->d_name)) fn(r, e->d_name);
+  closedir(d);
+  return 0;
+}
+
+static void initial(srv_repo *r, const char *name) {
+  char why[512];
+  srv_repo_load_model(r, name, why, sizeof why);
+}
+
+static void poll_one(srv_repo *r, const char *name) {
+  srv_model **f = find(r, name);
+  if (f && (*f)->stamp == model_stamp(r->dir, name)) return; /* unchanged (or unloaded on purpose) */
+  initial(r, name);
 }
 
 kiln_status srv_repo_load(srv_repo *r, const char *dir, kiln_runtime *rt, FILE *log,
                           kiln_error *err) {
-  *r = (srv_repo){0};
-  DIR *d = opendir(dir);
-  if (!d) {
+  *r = (srv_repo){.dir = strdup(dir), .rt = rt, .log = log};
+  if (!r->dir || each_dir(r, initial) != 0) {
     if (err) {
       err->status = KILN_IO_ERROR;
       snprintf(err->message, sizeof err->message, "cannot open model repository '%s': %s", dir,
-               strerror(errno));
+               r->dir ? strerror(errno) : "out of memory");
     }
     return KILN_IO_ERROR;
-  }
-  struct dirent *e;
-  size_t cap = 0;
-  while ((e = readdir(d))) {
-    char path[4096];
-    struct stat sb;
-    if (e->d_name[0] == '.') continue;
-    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
-    if (r->n == cap) {
-      cap = cap ? cap * 2 : 8;
-      srv_model *p = realloc(r->models, cap * sizeof *p);
-      if (!p) break;
-      r->models = p;
-    }
-    srv_model *m = &r->models[r->n];
-    *m = (srv_model){.name = strdup(e->d_name)};
-    if (!m->name) break;
-    r->n++;
-  }
-  closedir(d);
-  if (r->n) qsort(r->models, r->n, sizeof *r->models, cmp_model);
-  for (size_t i = 0; i < r->n; i++) {
-    load_model(&r->models[i], dir, rt, log);
-    if (r->models[i].error[0] && log && !r->models[i].n_versions)
-      fprintf(log, "kiln serve: model '%s' not loaded: %s\n", r->models[i].name,
-              r->models[i].error);
   }
   return KILN_OK;
 }
 
+void srv_repo_poll(srv_repo *r) {
+  if (each_dir(r, poll_one) != 0) return; /* the repository is unreadable now: change nothing */
+  for (size_t i = 0; i < r->n; i++)
+    if (!r->models[i]->unloaded && !is_model_dir(r, r->models[i]->name))
+      srv_repo_unload_model(r, r->models[i]->name);
+}
+
 void srv_repo_free(srv_repo *r) {
   for (size_t i = 0; i < r->n; i++) {
-    free(r->models[i].name);
-    free(r->models[i].versions);
+    srv_model *m = r->models[i];
+    for (size_t k = 0; k < m->n_all; k++) free(m->all[k]);
+    free(m->all);
+    free(m->versions);
+    free(m->name);
+    free(m);
   }
   free(r->models);
+  free(r->dir);
   *r = (srv_repo){0};
 }
 
 srv_model *srv_repo_find(const srv_repo *r, const char *name) {
-  srv_model key = {.name = (char *)name};
-  return r->n ? bsearch(&key, r->models, r->n, sizeof *r->models, cmp_model) : NULL;
+  srv_model **f = find(r, name);
+  return f ? *f : NULL;
 }
 
 srv_version *srv_model_version(const srv_model *m, const char *version) {
   if (!m->n_versions) return NULL;
-  if (!version || !version[0]) return &m->versions[m->n_versions - 1];
+  if (!version || !version[0]) return m->versions[m->n_versions - 1];
   for (size_t i = 0; i < m->n_versions; i++)
-    if (!strcmp(m->versions[i].label, version)) return &m->versions[i];
+    if (!strcmp(m->versions[i]->label, version)) return m->versions[i];
   return NULL;
 }

@@ -33,6 +33,7 @@ typedef struct srv_version {
   int64_t number;
   char label[24]; /* the number as text */
   kiln_runtime_model *rm; /* owned by the runtime */
+  uint64_t stamp; /* model.onnx and config.json as they were loaded, to tell a changed file */
   atomic_uint_least64_t ok, ok_ns, fail_ns, last_ms;
   atomic_uint_least64_t fail[SRV_FAIL_COUNT];
   srv_hist queue, compute;
@@ -54,23 +55,43 @@ typedef struct srv_config {
   kiln_runtime_model_opts breaker; /* only its breaker_* fields */
 } srv_config;
 
+/* Models and versions are allocated one by one and kept until shutdown, even when unloaded:
+   in-flight requests hold pointers to them, and the runtime has no way to drop a model. */
 typedef struct srv_model {
   char *name;
   srv_config cfg;
   char error[512]; /* why the model (or a version) is not ready; "" when all loaded */
+  bool unloaded;   /* by request, or its directory went away */
+  uint64_t stamp;  /* the directory's state at the last load (for polling) */
   size_t n_versions;
-  srv_version *versions; /* loaded ones, ascending by number */
+  srv_version **versions; /* served ones, ascending by number */
+  size_t n_all, cap_all;
+  srv_version **all; /* every version ever loaded (owned) */
 } srv_model;
 
 typedef struct srv_repo {
-  size_t n;
-  srv_model *models; /* sorted by name */
+  char *dir;
+  kiln_runtime *rt;
+  FILE *log;
+  size_t n, cap;
+  srv_model **models; /* sorted by name */
 } srv_repo;
+
+/* The table changes only through the calls below; the caller serialises them against every
+   reader of the table (the server's rt_mu). */
 
 /* Scans and loads `dir` into `rt`. Fails only when the directory cannot be read; a bad model
    is kept with its error. */
 kiln_status srv_repo_load(srv_repo *r, const char *dir, kiln_runtime *rt, FILE *log,
                           kiln_error *err);
+/* (Re)loads DIR/<name> by its current files: versions whose files did not change are kept,
+   changed ones loaded anew (a failed reload keeps the old one serving). Returns 0 when the
+   model serves with no error, else -1 with the reason in `why`. */
+int srv_repo_load_model(srv_repo *r, const char *name, char *why, size_t cap);
+/* Stops routing to the model; -1 when the repository never had it. */
+int srv_repo_unload_model(srv_repo *r, const char *name);
+/* One polling pass: loads new and changed models, unloads those whose directory is gone. */
+void srv_repo_poll(srv_repo *r);
 void srv_repo_free(srv_repo *r);
 srv_model *srv_repo_find(const srv_repo *r, const char *name);
 /* The version asked for (NULL or "" = the newest loaded); NULL when not loaded. */

@@ -177,6 +177,10 @@ grep -q '^kiln_inference_compute_duration_seconds_bucket{model="digits",version=
   && grep -q '^process_resident_memory_bytes [1-9]' "$tmp/metrics" && ok "histograms and process metrics" \
   || bad "histograms or process metrics missing"
 
+# Without a control token the repository endpoints are open.
+expect 200 '^\[\{"name":"digits","version":"1","state":"READY"\}\]$' "repository index (no token configured)" -- -X POST /v2/repository/index
+expect 405 '"error":' "repository index takes POST" -- /v2/repository/index
+
 # Clean shutdown on SIGTERM, exit status 0, within a bounded time.
 kill -TERM "$pid"
 for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -184,6 +188,86 @@ if kill -0 "$pid" 2>/dev/null; then bad "still running 10 s after SIGTERM"
 else
   wait "$pid"; rc=$?
   [ "$rc" = 0 ] && ok "SIGTERM: clean exit" || bad "SIGTERM: exit $rc; $(tail -5 "$tmp/err")"
+fi
+pid=
+
+# ---- Model control: a copied repository with digits and a model that cannot load, polled
+# every 100 ms, control endpoints behind a token (from the environment).
+repo2=$tmp/repo2
+mkdir -p "$repo2/bad/1"
+cp -r "$src/tests/repo/digits" "$repo2/"
+printf 'this is not an onnx file' >"$repo2/bad/1/model.onnx"
+KILN_CONTROL_TOKEN=s3cret "$kiln" serve --model-repository "$repo2" --host 127.0.0.1 --port 0 \
+  --workers 2 --threads 1 --model-control poll --poll-interval-ms 100 >"$tmp/out2" 2>"$tmp/err2" &
+pid=$!
+port=
+for _ in $(seq 1 100); do
+  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$tmp/out2")
+  [ -n "$port" ] && break
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.1
+done
+if [ -z "$port" ]; then echo "FAIL second server did not start"; cat "$tmp/err2"; exit 1; fi
+base=http://127.0.0.1:$port
+A=(-H 'Authorization: Bearer s3cret')
+infer_ok() { # infer_ok MODEL WHAT: the flat request answers the oracle's numbers
+  local code
+  code=$("${C[@]}" --data-binary @"$tmp/flat.json" "$base/v2/models/$1/infer")
+  if [ "$code" = 200 ] && check x "$tmp/body" 16 >/dev/null; then ok "$2"
+  else bad "$2: $code $(head -c 300 "$tmp/body")"; fi
+}
+# wait_code CODE PATH WHAT: polls (bounded, 10 s) until GET PATH answers CODE
+wait_code() {
+  local code=
+  for _ in $(seq 1 100); do
+    code=$("${C[@]}" "$base$2")
+    [ "$code" = "$1" ] && break
+    sleep 0.1
+  done
+  [ "$code" = "$1" ] && ok "$3 ($code)" || bad "$3: got $code $(head -c 300 "$tmp/body")"
+}
+
+expect 401 'Bearer' "index without a token" -- -X POST /v2/repository/index
+expect 403 'wrong control token' "index with a wrong token" -- -X POST -H 'Authorization: Bearer nope' /v2/repository/index
+expect 401 'Bearer' "load without a token" -- -X POST /v2/repository/models/digits/load
+expect 403 'wrong control token' "unload with a wrong token" -- -X POST -H 'Authorization: Bearer s3cret2' /v2/repository/models/digits/unload
+expect 200 '"name":"bad","state":"UNAVAILABLE","reason":"version 1: [^"]*model.onnx: [^"]+".*"name":"digits","version":"1","state":"READY"' \
+  "index: bad model with its reason, digits ready" -- -X POST "${A[@]}" /v2/repository/index
+expect 503 'model.onnx' "bad model's ready says why" -- /v2/models/bad/ready
+infer_ok digits "digits serves beside the bad model"
+expect 400 '"error":"version 1: [^"]*model.onnx: ' "load of the bad model answers its reason" -- -X POST "${A[@]}" /v2/repository/models/bad/load
+infer_ok digits "digits serves after the failed load"
+expect 404 '"error":' "load of a model not in the repository" -- -X POST "${A[@]}" /v2/repository/models/nope/load
+expect 404 '"error":' "unload of an unknown model" -- -X POST "${A[@]}" /v2/repository/models/nope/unload
+
+expect 200 '^\{\}$' "unload digits" -- -X POST "${A[@]}" /v2/repository/models/digits/unload
+expect 503 'unloaded' "infer after unload answers 503" -- --data-binary @"$tmp/flat.json" /v2/models/digits/infer
+expect 503 'unloaded' "ready after unload answers 503" -- /v2/models/digits/ready
+expect 200 '"name":"digits","state":"UNLOADED"' "index shows digits unloaded" -- -X POST "${A[@]}" /v2/repository/index
+sleep 0.3 # a few polling passes: an unload on request is not undone while the files stay as they are
+expect 503 'unloaded' "polling leaves the unload alone" -- /v2/models/digits/ready
+expect 200 '^\{\}$' "load digits back" -- -X POST "${A[@]}" /v2/repository/models/digits/load
+infer_ok digits "infer after load back"
+
+# Polling: a model copied in is picked up, a removed one is unloaded.
+cp -r "$src/tests/repo/digits" "$tmp/d2"
+mv "$tmp/d2" "$repo2/d2" # appears at once, complete
+wait_code 200 /v2/models/d2/ready "poll loads a model copied in"
+infer_ok d2 "the polled model infers"
+rm -rf "$repo2/d2"
+wait_code 503 /v2/models/d2/ready "poll unloads a removed model"
+infer_ok digits "digits still serves"
+curl -s -m 30 "$base/metrics" >"$tmp/metrics2"
+if promtool check metrics <"$tmp/metrics2" >"$tmp/lint2" 2>&1 && grep -q '^kiln_request_success_total{model="digits",version="1"} [1-9]' "$tmp/metrics2"; then
+  ok "metrics after load/unload/poll pass promtool"
+else bad "metrics after model control: $(head -c 300 "$tmp/lint2")"; fi
+
+kill -TERM "$pid"
+for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$pid" 2>/dev/null; then bad "second server still running 10 s after SIGTERM"
+else
+  wait "$pid"; rc=$?
+  [ "$rc" = 0 ] && ok "second server: clean exit" || bad "second server: exit $rc; $(tail -5 "$tmp/err2")"
 fi
 pid=
 [ "$fails" = 0 ] || { echo "$fails failure(s)"; exit 1; }
