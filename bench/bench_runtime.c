@@ -7,10 +7,11 @@
  *       future ("wait"), and submit + spin on kiln_future_done ("poll"). Interleaved in blocks so
  *       machine noise hits all three; prints p50/p99 of each and the added latency (async minus
  *       direct, per percentile) in microseconds.
- *   bench_runtime throughput MODEL SECONDS THREADS MAX_BATCH [DELAY_US]
- *       THREADS closed-loop submitters (submit, wait, release) for SECONDS on a runtime with the
- *       default thread budget; MAX_BATCH 0 = no batching. Prints requests/s, latency p50/p99,
- *       session runs and mean requests per run. A model whose batch dimension is fixed says so.
+ *   bench_runtime throughput MODEL SECONDS THREADS MAX_BATCH [DELAY_US [WORKERS]]
+ *       THREADS closed-loop submitters (submit, wait, release) for SECONDS on a runtime with
+ *       WORKERS workers (0 or absent: the default thread budget); MAX_BATCH 0 = no batching.
+ *       Prints requests/s, latency p50/p99, session runs, mean requests per run and the largest
+ *       batch. A model whose batch dimension is fixed says so. Each request is one row.
  *   bench_runtime priority   MODEL SECONDS
  *       CRITICAL requests, one at a time, paced, first alone and then while LOW traffic (32
  *       requests kept in flight by their own completion callbacks) saturates the workers. Prints
@@ -197,8 +198,8 @@ static void *submit_loop(void *arg) {
 }
 
 static int throughput(const char *path, double seconds, int threads, size_t max_batch,
-                      int64_t delay_us) {
-  kiln_runtime *rt = runtime(0, 0);
+                      int64_t delay_us, int workers) {
+  kiln_runtime *rt = runtime(workers, 0);
   int w, t;
   kiln_runtime_threads(rt, &w, &t);
   kiln_runtime_model_opts mo = kiln_runtime_model_opts_default();
@@ -217,13 +218,23 @@ static int throughput(const char *path, double seconds, int threads, size_t max_
   }
   inputs in;
   make_inputs(kiln_runtime_model_get(m), &in);
-  { /* one warm-up run per context */
+  { /* warm up every context, and with batching a full batch (first runs at a shape plan it) */
     kiln_request r = request_of(&in, KILN_PRIORITY_NORMAL);
     for (int i = 0; i < w; i++) {
       kiln_future *f;
       if (kiln_runtime_run(m, &r, &f, &err) != KILN_OK) die("warm-up", &err);
       kiln_future_release(f);
     }
+    size_t burst = max_batch > 1 ? max_batch : 0;
+    kiln_future **fs = calloc(burst + 1, sizeof *fs);
+    for (size_t i = 0; i < burst; i++)
+      if (kiln_runtime_submit(m, &r, &fs[i], &err) != KILN_OK) die("warm-up batch", &err);
+    for (size_t i = 0; i < burst; i++) {
+      kiln_future_wait(fs[i], -1);
+      if (kiln_future_status(fs[i], &err) != KILN_OK) die("warm-up batch", &err);
+      kiln_future_release(fs[i]);
+    }
+    free(fs);
   }
   kiln_runtime_stats st0 = {.struct_size = sizeof st0};
   kiln_runtime_model_stats(m, &st0);
@@ -253,6 +264,11 @@ static int throughput(const char *path, double seconds, int threads, size_t max_
   printf("  %8.1f req/s  latency p50 %9.2f ms  p99 %9.2f ms  runs %llu  req/run %.2f  errors %zu\n",
          (double)total / el, pct_us(all, total, 50) / 1000, pct_us(all, total, 99) / 1000,
          (unsigned long long)runs, runs ? (double)total / (double)runs : 0.0, errors);
+  /* batch_rows_max is over the whole life of the model, warm-up burst included. */
+  printf("  batched runs %llu  largest batch %llu rows  context waits %llu\n",
+         (unsigned long long)(st.batched_runs - st0.batched_runs),
+         (unsigned long long)st.batch_rows_max,
+         (unsigned long long)(st.context_waits - st0.context_waits));
   free(all);
   free(s);
   kiln_runtime_free(rt);
@@ -370,11 +386,11 @@ int main(int argc, char **argv) {
     return overhead(argv[2], argc > 3 ? (size_t)atol(argv[3]) : 5000);
   if (argc >= 6 && !strcmp(argv[1], "throughput"))
     return throughput(argv[2], atof(argv[3]), atoi(argv[4]), (size_t)atol(argv[5]),
-                      argc > 6 ? atoll(argv[6]) : 2000);
+                      argc > 6 ? atoll(argv[6]) : 2000, argc > 7 ? atoi(argv[7]) : 0);
   if (argc >= 4 && !strcmp(argv[1], "priority")) return priority(argv[2], atof(argv[3]));
   fprintf(stderr,
           "usage: bench_runtime overhead MODEL [RUNS]\n"
-          "       bench_runtime throughput MODEL SECONDS THREADS MAX_BATCH [DELAY_US]\n"
+          "       bench_runtime throughput MODEL SECONDS THREADS MAX_BATCH [DELAY_US [WORKERS]]\n"
           "       bench_runtime priority MODEL SECONDS\n");
   return 2;
 }

@@ -8,6 +8,10 @@
 # env:   MODELS_DIR (~/.cache/kiln-models)  RUNS (5000: overhead runs per variant)
 #        SECONDS_EACH (3: per throughput cell and per priority run)  THREADS (16)
 #        TP_MODELS ("resnet50 bert_tiny digits_cnn")  PRIO_MODELS ("digits_cnn squeezenet1_1")
+#        TP_MODELS_DIR (MODELS_DIR: where the throughput models are; ~/.cache/kiln-models/batch
+#          holds dynamic-batch resnet50/bert_tiny from tools/make_batch_models.py)
+#        TP_BATCHES ("16": max_batch_size values run after batching off)  TP_DELAY_US (2000)
+#        WORKERS (0: the default thread budget)  PARTS ("overhead throughput priority")
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build}
@@ -17,26 +21,32 @@ secs=${SECONDS_EACH:-3}
 threads=${THREADS:-16}
 tp_models=${TP_MODELS:-resnet50 bert_tiny digits_cnn}
 prio_models=${PRIO_MODELS:-digits_cnn squeezenet1_1}
+tp_dir=${TP_MODELS_DIR:-$models_dir}
+tp_batches=${TP_BATCHES:-16}
+tp_delay=${TP_DELAY_US:-2000}
+workers=${WORKERS:-0}
+parts=" ${PARTS:-overhead throughput priority} "
 
 bin=$build/bench_runtime
 cc -std=c11 -D_POSIX_C_SOURCE=200809L -O2 -I"$root/include" "$root/bench/bench_runtime.c" \
    "$build/libkiln.a" -lprotobuf-c -lm -lpthread -o "$bin" || { echo "bench: bench_runtime did not build"; exit 1; }
 
-model() {
-  local f=$models_dir/${1}_opset17.onnx
-  [ -f "$f" ] || f=$models_dir/${1}_opset13.onnx
+model() { # NAME [DIR]
+  local d=${2:-$models_dir}
+  local f=$d/${1}_opset17.onnx
+  [ -f "$f" ] || f=$d/${1}_opset13.onnx
   echo "$f"
 }
 
 echo "# $(date -u +%F) $(uname -m), $(nproc) cores, $(kiln_cpu=$("$build/kiln" info "$(model digits_cnn)" 2>/dev/null | sed -n 's/^dispatch (cpu: \(.*\)):/\1/p'); echo "${kiln_cpu:-?}")"
-"$bin" overhead "$(model digits_cnn)" "$runs"
-for m in $tp_models; do
-  f=$(model "$m")
-  [ -f "$f" ] || { echo "throughput $m: missing ($models_dir)"; continue; }
-  "$bin" throughput "$f" "$secs" "$threads" 0
-  "$bin" throughput "$f" "$secs" "$threads" 16 2000
+[[ $parts == *" overhead "* ]] && "$bin" overhead "$(model digits_cnn)" "$runs"
+[[ $parts == *" throughput "* ]] && for m in $tp_models; do
+  f=$(model "$m" "$tp_dir")
+  [ -f "$f" ] || { echo "throughput $m: missing ($tp_dir)"; continue; }
+  "$bin" throughput "$f" "$secs" "$threads" 0 0 "$workers"
+  for b in $tp_batches; do "$bin" throughput "$f" "$secs" "$threads" "$b" "$tp_delay" "$workers"; done
 done
-for m in $prio_models; do
+[[ $parts == *" priority "* ]] && for m in $prio_models; do
   f=$(model "$m")
   [ -f "$f" ] || { echo "priority $m: missing ($models_dir)"; continue; }
   "$bin" priority "$f" "$secs"
