@@ -313,7 +313,7 @@ static void alloc_failures(void **s) {
                          "models/pass_affine.onnx", "models/pass_identity.onnx",
                          "models/pass_layernorm.onnx", "models/pass_gelu.onnx",
                          "models/pass_linear.onnx", "models/pass_attention.onnx",
-                         "models/pass_rmsnorm.onnx"};
+                         "models/pass_rmsnorm.onnx", "models/pass_chain.onnx"};
   for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
     char path[1024];
     path_of(path, sizeof path, tests_dir, files[f]);
@@ -337,6 +337,18 @@ static void alloc_failures(void **s) {
   }
 }
 
+/* fuse-chain: mm_a+add_a+mm_b fold (bias carried through W2), mm3_a..c fold over two rounds; the
+   bottleneck, the Relu between and the intermediate that is a graph output stay. Not at level 1. */
+static void fuse_chain(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_chain.onnx", "fuse-chain", 2, 3, 13, 8, false});
+  char path[1024];
+  path_of(path, sizeof path, tests_dir, "models/pass_chain.onnx");
+  size_t before, after;
+  assert_int_equal(pass_matches(path, 1, "fuse-chain", &before, &after), 0);
+  assert_int_equal(after, 13);
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: test_passes MODELS_DIR TESTS_DIR\n");
@@ -351,6 +363,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(fuse_layernorm), cmocka_unit_test(fuse_gelu),
       cmocka_unit_test(fuse_linear),    cmocka_unit_test(fuse_attention),
       cmocka_unit_test(fuse_rmsnorm),   cmocka_unit_test(attention_causal),
+      cmocka_unit_test(fuse_chain),
       cmocka_unit_test(optimize_roundtrip),
       cmocka_unit_test(levels),         cmocka_unit_test(shipped_models),
       cmocka_unit_test(alloc_failures),

@@ -120,6 +120,40 @@ save("affine", [
     init("rowscale", rand(1, 1, 3, 1)),
 ])
 
+# fuse-chain: MatMul -> Add(bias) -> MatMul folds (8*6 + 6*4 > 8*4); three MatMuls in a row fold
+# over two rounds; a bottleneck (16*4 + 4*16 <= 16*16), a Relu between and an intermediate that is
+# also a graph output must stay.
+crng = np.random.default_rng(77)  # its own generator: the models above and below keep theirs
+
+
+def crand(*shape):
+    return crng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
+
+
+save("chain", [
+    helper.make_node("MatMul", ["x", "wa"], ["ta"], name="mm_a"),
+    helper.make_node("Add", ["ta", "ba"], ["tb"], name="add_a"),
+    helper.make_node("MatMul", ["tb", "wb"], ["y"], name="mm_b"),
+    helper.make_node("MatMul", ["x2", "w3a"], ["t3a"], name="mm3_a"),
+    helper.make_node("MatMul", ["t3a", "w3b"], ["t3b"], name="mm3_b"),
+    helper.make_node("MatMul", ["t3b", "w3c"], ["y3"], name="mm3_c"),
+    helper.make_node("MatMul", ["x3", "wn1"], ["tn"], name="mm_neck1"),
+    helper.make_node("MatMul", ["tn", "wn2"], ["yn"], name="mm_neck2"),
+    helper.make_node("MatMul", ["x2", "wr1"], ["tr"], name="mm_relu1"),
+    helper.make_node("Relu", ["tr"], ["trr"], name="relu"),
+    helper.make_node("MatMul", ["trr", "wr2"], ["yr"], name="mm_relu2"),
+    helper.make_node("MatMul", ["x2", "wo1"], ["to"], name="mm_out1"),
+    helper.make_node("MatMul", ["to", "wo2"], ["yo"], name="mm_out2"),
+], [vi("x", ["N", 8]), vi("x2", [2, 3, 10]), vi("x3", [2, 16])],
+   [vi("y", ["N", 4]), vi("y3", [2, 3, 2]), vi("yn", [2, 16]), vi("yr", [2, 3, 2]),
+    vi("to", [2, 3, 8]), vi("yo", [2, 3, 2])], [
+    init("wa", crand(8, 6)), init("ba", crand(1, 6)), init("wb", crand(6, 4)),
+    init("w3a", crand(10, 8)), init("w3b", crand(8, 6)), init("w3c", crand(6, 2)),
+    init("wn1", crand(16, 4)), init("wn2", crand(4, 16)),
+    init("wr1", crand(10, 8)), init("wr2", crand(8, 2)),
+    init("wo1", crand(10, 8)), init("wo2", crand(8, 2)),
+])
+
 # dead-code: a branch nothing reads and an unused initializer.
 save("dce", [
     helper.make_node("Exp", ["x"], ["e"], name="dead_exp"),

@@ -37,6 +37,7 @@ extern const kiln__pass kiln__pass_identity;
 extern const kiln__pass kiln__pass_const_fold;
 extern const kiln__pass kiln__pass_cse;
 extern const kiln__pass kiln__pass_conv_bn;
+extern const kiln__pass kiln__pass_fuse_chain;
 extern const kiln__pass kiln__pass_affine_fold;
 extern const kiln__pass kiln__pass_fuse_layernorm;
 extern const kiln__pass kiln__pass_fuse_gelu;

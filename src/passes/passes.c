@@ -4,13 +4,14 @@
    every pass starts from a sorted, valid graph. */
 #include "passes/pass.h"
 
+
 /* Order matters within a round: identities go first so later patterns see through them, folding
    before the patterns that need constant operands, dead-code elimination last. */
 static const kiln__pass *const passes[] = {
     &kiln__pass_identity,       &kiln__pass_const_fold, &kiln__pass_cse,
     &kiln__pass_conv_bn,        &kiln__pass_affine_fold, &kiln__pass_fuse_layernorm,
     &kiln__pass_fuse_gelu,      &kiln__pass_fuse_rmsnorm, &kiln__pass_fuse_attention,
-    &kiln__pass_fuse_linear,    &kiln__pass_dce,
+    &kiln__pass_fuse_chain,     &kiln__pass_fuse_linear,  &kiln__pass_dce,
 };
 
 enum { MAX_ROUNDS = 8 };
