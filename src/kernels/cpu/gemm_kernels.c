@@ -19,6 +19,18 @@ static const kiln_tensor *const_f32(const kiln__value *v) {
                                                                                       : NULL;
 }
 
+/* Packs input 1 at load when it is a constant 2-D float32 matrix (weights); leaves *packed false
+   otherwise, and execute() packs per call. */
+static kiln_status pack_const_b(const kiln__node *n, const kiln__graph *g, kiln__isa isa, bool tb,
+                                kiln__sgemm_packed *pb, bool *packed, kiln_error *err) {
+  const kiln_tensor *b = const_f32(kiln__cpu_input(n, g, 1));
+  if (!b || b->rank != 2 || b->dims[0] <= 0 || b->dims[1] <= 0) return KILN_OK;
+  size_t k = (size_t)b->dims[tb ? 1 : 0], nn = (size_t)b->dims[tb ? 0 : 1];
+  kiln_status st = kiln__sgemm_pack_b(isa, tb, k, nn, b->data, (size_t)b->dims[1], pb, err);
+  *packed = st == KILN_OK;
+  return st;
+}
+
 static size_t ref_scratch(const kiln__kctx *c) {
   return c->node->op->scratch ? c->node->op->scratch(c) : 0;
 }
@@ -85,12 +97,7 @@ static kiln_status matmul_prepare(const kiln__node *n, const kiln__graph *g, voi
     s->alpha = kiln__attr_float(n, "alpha", 1.0f);
     st = epilogue_prepare(n, &s->ep, err);
   }
-  const kiln_tensor *b = const_f32(kiln__cpu_input(n, g, 1));
-  if (st == KILN_OK && b && b->rank == 2 && b->dims[0] > 0 && b->dims[1] > 0) {
-    size_t k = (size_t)b->dims[s->tb ? 1 : 0], nn = (size_t)b->dims[s->tb ? 0 : 1];
-    st = kiln__sgemm_pack_b(s->isa, s->tb, k, nn, b->data, (size_t)b->dims[1], &s->pb, err);
-    s->packed = st == KILN_OK;
-  }
+  if (st == KILN_OK) st = pack_const_b(n, g, s->isa, s->tb, &s->pb, &s->packed, err);
   if (st != KILN_OK) {
     matmul_release(s);
     return st;
@@ -252,12 +259,7 @@ static kiln_status gemm_prepare(const kiln__node *n, const kiln__graph *g, void 
     s->fused = true;
     st = epilogue_prepare(n, &s->ep, err);
   }
-  const kiln_tensor *b = const_f32(kiln__cpu_input(n, g, 1));
-  if (st == KILN_OK && b && b->rank == 2 && b->dims[0] > 0 && b->dims[1] > 0) {
-    size_t k = (size_t)b->dims[s->tb ? 1 : 0], nn = (size_t)b->dims[s->tb ? 0 : 1];
-    st = kiln__sgemm_pack_b(s->isa, s->tb, k, nn, b->data, (size_t)b->dims[1], &s->pb, err);
-    s->packed = st == KILN_OK;
-  }
+  if (st == KILN_OK) st = pack_const_b(n, g, s->isa, s->tb, &s->pb, &s->packed, err);
   if (st != KILN_OK) {
     gemm_release(s);
     return st;
