@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include "kiln_test.h"
+
 #include "kiln/kiln.h"
 #include "kiln/passes.h"
 #include "core/common.h" /* kiln__alloc_fail_after */
@@ -26,17 +28,7 @@ static void path_of(char *buf, size_t n, const char *dir, const char *file) {
   snprintf(buf, n, "%s/%s", dir, file);
 }
 
-static kiln_model *load_at(const char *path, int level) {
-  kiln_model_opts o = kiln_model_opts_default();
-  o.intra_threads = 1;
-  o.opt_level = level;
-  kiln_model *m = NULL;
-  kiln_error err = {0};
-  kiln_status st = kiln_model_load(path, &o, &m, &err);
-  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
-  assert_int_equal(st, KILN_OK);
-  return m;
-}
+static kiln_model *load_at(const char *path, int level) { return kt_load(path, 1, level); }
 
 static uint64_t next_rand(uint64_t *s) {
   uint64_t z = (*s += 0x9e3779b97f4a7c15ull);

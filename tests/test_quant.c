@@ -16,6 +16,8 @@
 
 #include <cmocka.h>
 
+#include "kiln_test.h"
+
 #include "kiln/kiln.h"
 #include "kiln/quant.h"
 
@@ -34,23 +36,12 @@ static void path_in(char *buf, size_t cap, const char *dir, const char *file) {
   snprintf(buf, cap, "%s/%s", dir, file);
 }
 
-static kiln_model *load(const char *path, int opt_level) {
-  kiln_model_opts o = kiln_model_opts_default();
-  o.intra_threads = 2;
-  o.opt_level = opt_level;
-  kiln_model *m = NULL;
-  kiln_error err = {0};
-  kiln_status st = kiln_model_load(path, &o, &m, &err);
-  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
-  assert_int_equal(st, KILN_OK);
-  return m;
-}
+static kiln_model *load(const char *path, int opt_level) { return kt_load(path, 2, opt_level); }
 
 static void read_digits(const char *file, kiln_tensor *t) {
-  char path[1024];
-  snprintf(path, sizeof path, "%s/digits/%s", models_dir, file);
-  kiln_error err = {0};
-  assert_int_equal(kiln_tensor_read_npy(path, t, &err), KILN_OK);
+  char dir[1024];
+  snprintf(dir, sizeof dir, "%s/digits", models_dir);
+  kt_read_npy(dir, file, t);
 }
 
 /* Runs the model on all 450 digits; copies the logits into `logits` [450*10]; returns how many

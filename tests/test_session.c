@@ -12,6 +12,8 @@
 
 #include <cmocka.h>
 
+#include "kiln_test.h"
+
 #include "kiln/kiln.h"
 #include "core/common.h" /* kiln__alloc_fail_after: the allocator is the fault injector */
 
@@ -21,21 +23,13 @@ static const char *tests_dir;  /* argv[2]: the repository's tests/ folder */
 static kiln_model *load(const char *rel_dir, const char *file, int threads) {
   char path[1024];
   snprintf(path, sizeof path, "%s/%s", rel_dir, file);
-  kiln_model_opts o = kiln_model_opts_default();
-  o.intra_threads = threads;
-  kiln_model *m = NULL;
-  kiln_error err = {0};
-  kiln_status st = kiln_model_load(path, &o, &m, &err);
-  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
-  assert_int_equal(st, KILN_OK);
-  return m;
+  return kt_load(path, threads, -1);
 }
 
 static void read_npy(const char *file, kiln_tensor *t) {
-  char path[1024];
-  snprintf(path, sizeof path, "%s/digits/%s", models_dir, file);
-  kiln_error err = {0};
-  assert_int_equal(kiln_tensor_read_npy(path, t, &err), KILN_OK);
+  char dir[1024];
+  snprintf(dir, sizeof dir, "%s/digits", models_dir);
+  kt_read_npy(dir, file, t);
 }
 
 static void digits_accuracy_and_logits(void **state) {
