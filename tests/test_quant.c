@@ -243,9 +243,9 @@ static void bad_input(void **state) {
   (void)state;
   kiln_error err = {0};
   kiln_quant_format f;
-  assert_int_equal(kiln_quant_format_parse("int4", &f, &err), KILN_INVALID_ARGUMENT);
-  assert_non_null(strstr(err.message, "unknown quantization format 'int4'"));
-  assert_non_null(strstr(err.message, "fp16 or int8-dynamic"));
+  assert_int_equal(kiln_quant_format_parse("int3", &f, &err), KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "unknown quantization format 'int3'"));
+  assert_non_null(strstr(err.message, "expected one of fp16, int8-dynamic"));
 
   /* a model with no MatMul, Gemm or Conv: nothing to do is an error, and nothing is written */
   char relu[1024], out[1024];
@@ -284,6 +284,52 @@ static void bad_input(void **state) {
   rmdir(empty);
 }
 
+/* Per-node choices: the default format for all but the overridden nodes; NONE keeps a node float;
+   a name that matches no node is an error, not a silent no-op. */
+static void per_node_overrides(void **state) {
+  (void)state;
+  char src[1024], out[1024];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  snprintf(out, sizeof out, "%s/digits_mixed.onnx", tmp_dir);
+  kiln_error err = {0};
+  kiln_quant_stats st;
+  /* only /f1/Gemm in int8, the convs in fp16, /f2/Gemm left float */
+  const kiln_quant_node_format nodes[] = {{"/f1/Gemm", KILN_QUANT_INT8_DYNAMIC},
+                                          {"/f2/Gemm", KILN_QUANT_NONE}};
+  kiln_quant_opts o = kiln_quant_opts_default();
+  o.format = KILN_QUANT_FP16;
+  o.nodes = nodes;
+  o.n_nodes = 2;
+  assert_int_equal(kiln_quantize_file_ex(src, out, &o, &st, &err), KILN_OK);
+  assert_int_equal(st.nodes_quantized, 3);  /* two Convs (fp16) and /f1/Gemm (int8) */
+  assert_int_equal(st.nodes_kept_float, 1); /* /f2/Gemm */
+  kiln_model *m = load(out, 0);
+  assert_int_equal(op_count(m, "MatMulInteger"), 1);
+  assert_int_equal(op_count(m, "Gemm"), 1);
+  assert_int_equal(op_count(m, "Cast"), 3); /* two fp16 weights + the int8 result */
+  kiln_model_free(m);
+  static float ref[4500], cand[4500];
+  assert_int_equal(run_digits(src, ref), 443);
+  int correct = run_digits(out, cand);
+  /* the int8 budget: within 0.5 points (2 of 450 samples) of float */
+  assert_true(correct >= 441 && correct <= 445);
+
+  /* a typo in a node name */
+  const kiln_quant_node_format typo[] = {{"/f9/Gemm", KILN_QUANT_NONE}};
+  o.nodes = typo;
+  o.n_nodes = 1;
+  assert_int_equal(kiln_quantize_file_ex(src, out, &o, NULL, &err), KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "no node named '/f9/Gemm'"));
+  /* everything overridden to float: nothing to quantize */
+  const kiln_quant_node_format all_float[] = {{"/f1/Gemm", KILN_QUANT_NONE},
+                                              {"/f2/Gemm", KILN_QUANT_NONE}};
+  o.format = KILN_QUANT_INT8_DYNAMIC;
+  o.nodes = all_float;
+  o.n_nodes = 2;
+  assert_int_equal(kiln_quantize_file_ex(src, out, &o, NULL, &err), KILN_UNSUPPORTED);
+  assert_non_null(strstr(err.message, "nothing to quantize"));
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: test_quant MODELS_DIR TESTS_DIR\n");
@@ -298,6 +344,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(digits_int8_dynamic),
       cmocka_unit_test(validate_matches_direct),
       cmocka_unit_test(bad_input),
+      cmocka_unit_test(per_node_overrides),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   char cmd[512];

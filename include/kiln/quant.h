@@ -16,6 +16,9 @@ extern "C" {
 #endif
 
 typedef enum kiln_quant_format {
+  /* Leave the node in float32 (a per-node override; as the default format, only the per-node
+     choices in kiln_quant_opts.nodes are applied). */
+  KILN_QUANT_NONE = 0,
   /* float32 weights of MatMul/Gemm/Conv stored as float16, each behind a Cast to float32. */
   KILN_QUANT_FP16 = 1,
   /* ONNX Runtime's dynamic quantization pattern for MatMul and Gemm with constant 2-D weights:
@@ -29,20 +32,55 @@ typedef enum kiln_quant_format {
 kiln_status kiln_quant_format_parse(const char *name, kiln_quant_format *out, kiln_error *err);
 const char *kiln_quant_format_name(kiln_quant_format f);
 
+/* How static quantization measures activation ranges on the calibration data. */
+typedef enum kiln_calib_method {
+  KILN_CALIB_MINMAX = 0,     /* the observed min and max */
+  KILN_CALIB_PERCENTILE = 1, /* the given percentile of |x| (opts.percentile) */
+  KILN_CALIB_ENTROPY = 2,    /* the threshold minimising the KL divergence of the histogram */
+} kiln_calib_method;
+
+/* One node's precision, chosen by name (the node's name, or its first output's name when the
+   node has none). */
+typedef struct kiln_quant_node_format {
+  const char *node;
+  kiln_quant_format format;
+} kiln_quant_node_format;
+
+typedef struct kiln_quant_opts {
+  size_t struct_size;         /* sizeof(kiln_quant_opts), set by kiln_quant_opts_default() */
+  kiln_quant_format format;   /* every candidate node's format unless overridden below */
+  const kiln_quant_node_format *nodes; /* per-node overrides (KILN_QUANT_NONE keeps a node float) */
+  size_t n_nodes;
+  const char *calib_dir;      /* static formats: a folder of <input name>.npy, batched on dim 0 */
+  kiln_calib_method method;
+  double percentile;          /* KILN_CALIB_PERCENTILE: e.g. 99.99 */
+  size_t calib_samples;       /* at most this many samples from calib_dir; 0 = all */
+  int block_size;             /* block-wise formats (int4): elements per block along K; 0 = 32 */
+  int intra_threads;          /* threads for running the model during calibration; 0 = per core */
+} kiln_quant_opts;
+
+kiln_quant_opts kiln_quant_opts_default(void);
+
 /* What a quantization changed. */
 typedef struct kiln_quant_stats {
   size_t nodes_quantized;  /* nodes whose weights were converted */
   size_t nodes_kept_float; /* MatMul/Gemm/Conv left in float (e.g. Conv in int8-dynamic, a
-                              non-constant weight, a Gemm with transA/alpha/beta) */
+                              non-constant weight, a Gemm with transA/alpha/beta, an override) */
   size_t weights_converted; /* distinct weight tensors converted */
   size_t weight_bytes_before; /* bytes of those weights as float32 */
   size_t weight_bytes_after;  /* bytes of what replaced them (data + scales) */
 } kiln_quant_stats;
 
-/* Reads the ONNX model at `path`, rewrites it into `format` and writes it to `out_path`. Fails
-   with UNSUPPORTED when the model has nothing to quantize (no MatMul/Gemm/Conv with a constant
-   float32 weight for fp16; no such MatMul/Gemm for int8-dynamic) or its opset is below 11 for
-   int8-dynamic; nothing is written then. `stats` may be NULL. */
+/* Reads the ONNX model at `path`, rewrites it as `opts` say and writes it to `out_path`. Fails
+   with UNSUPPORTED when nothing was quantized (no MatMul/Gemm/Conv with a constant float32
+   weight for fp16; no such MatMul/Gemm for int8-dynamic; every candidate overridden to NONE) or
+   the model's opset is too old for a format used (int8-dynamic needs 11); nothing is written
+   then. An override naming no node of the graph is INVALID_ARGUMENT. `stats` may be NULL. */
+kiln_status kiln_quantize_file_ex(const char *path, const char *out_path,
+                                  const kiln_quant_opts *opts, kiln_quant_stats *stats,
+                                  kiln_error *err);
+
+/* kiln_quantize_file_ex with the default options and `format` for every node. */
 kiln_status kiln_quantize_file(const char *path, const char *out_path, kiln_quant_format format,
                                kiln_quant_stats *stats, kiln_error *err);
 

@@ -5,9 +5,89 @@
 #include "ir/graph.h"
 #include "kiln/quant.h"
 
-/* Rewrites the finalized top-level graph `g` into `format` in place and finalizes it again. */
-kiln_status kiln__quant_graph(kiln__graph *g, kiln_quant_format format, kiln_quant_stats *stats,
-                              kiln_error *err);
+/* ---- the rewriter ------------------------------------------------------------------------------
+ *
+ * kiln__quant_graph() picks a format per node (opts.format, then the per-node overrides), calls
+ * each format's prepare() once when some node uses it, then its node() on every original node
+ * assigned to it, in graph order. A format lives in its own file (q_<format>.c) and is one row of
+ * the table in quantize.c. Rewrites only add nodes and values and retarget inputs; the node
+ * replaced by a pattern becomes the pattern's last node, so its output keeps its name. */
+
+/* Per-value caches of converted weights (one array per tag, made on first use), so a weight
+   shared by several nodes is converted once per form. Each format owns its tags. */
+enum {
+  KILN__QTAG_FP16,       /* fp16: the Cast's float32 output */
+  KILN__QTAG_S8_W,       /* int8-dynamic: the int8 weight [K, N] */
+  KILN__QTAG_S8_S,       /*               its per-column scales */
+  KILN__QTAG_S8T_W,      /* the same for Gemm weights with transB=1 (stored transposed) */
+  KILN__QTAG_S8T_S,
+  KILN__QTAG_COUNT = 16, /* room for the formats to come */
+};
+
+typedef struct kiln__qctx {
+  kiln__graph *g;
+  kiln_error *err;
+  const kiln_quant_opts *opts;
+  const char *model_path; /* the file the graph came from (calibration loads it), or NULL */
+  unsigned seq;           /* for fresh names */
+  int n_orig;             /* values before the rewrite: the caches cover these */
+  int *cache[KILN__QTAG_COUNT];
+  void *state[8];         /* per format (indexed by kiln_quant_format), set by its prepare() */
+  kiln_quant_stats st;
+} kiln__qctx;
+
+/* What a format did with one node. */
+typedef enum kiln__qoutcome {
+  KILN__Q_NOT_CANDIDATE, /* not an op this format converts: not counted */
+  KILN__Q_QUANTIZED,
+  KILN__Q_KEPT_FLOAT,    /* a candidate op left in float (counted in nodes_kept_float) */
+} kiln__qoutcome;
+
+typedef struct kiln__quant_format_impl {
+  kiln_quant_format format;
+  const char *name;        /* as on the command line */
+  int64_t min_opset;
+  const char *nothing_msg; /* the error when no node could be converted */
+  kiln_status (*prepare)(kiln__qctx *q); /* NULL or once before node() (e.g. calibration) */
+  void (*release)(kiln__qctx *q);        /* NULL or frees what prepare() kept in q->state */
+  kiln_status (*node)(kiln__qctx *q, int i, kiln__qoutcome *out);
+} kiln__quant_format_impl;
+
+extern const kiln__quant_format_impl kiln__quant_fp16;
+extern const kiln__quant_format_impl kiln__quant_int8_dynamic;
+
+/* Rewrites the finalized top-level graph `g` as `opts` say and finalizes it again. `model_path`
+   may be NULL for formats that need no calibration. */
+kiln_status kiln__quant_graph(kiln__graph *g, const kiln_quant_opts *opts, const char *model_path,
+                              kiln_quant_stats *stats, kiln_error *err);
+
+/* The name overrides match: the node's name, or its first output's name when it has none. */
+const char *kiln__quant_node_name(const kiln__graph *g, const kiln__node *n);
+
+/* ---- graph editing helpers (qedit.c) ---------------------------------------------------------- */
+
+kiln_status kiln__qoom(kiln__qctx *q);
+/* A value with a fresh name derived from `hint`; -1 when out of memory. */
+int kiln__qvalue(kiln__qctx *q, const char *hint);
+/* An initializer that takes `t`'s data (released on failure); -1 when out of memory. */
+int kiln__qinit(kiln__qctx *q, const char *hint, kiln_tensor *t);
+/* Sets node n to op `op` of the default domain with these inputs and outputs and no attributes. */
+kiln_status kiln__qnode_set(kiln__qctx *q, kiln__node *n, const char *name, const char *op,
+                            const int *in, int n_in, const int *out, int n_out);
+/* Appends a node; its index, or -1 (error set). Node pointers taken before are invalidated. */
+int kiln__qnode_add(kiln__qctx *q, const char *name, const char *op, const int *in, int n_in,
+                    const int *out, int n_out);
+kiln_status kiln__qattr_int(kiln__qctx *q, int node, const char *name, int64_t v);
+/* A Cast of `in` to `to`, writing `out`. */
+kiln_status kiln__qcast(kiln__qctx *q, const char *name, int in, int out, kiln_dtype to);
+/* The float32 initializer in original value v that may be rewritten (constant, not a graph
+   input or output, not captured by a subgraph), or NULL. */
+const kiln_tensor *kiln__qweight_f32(const kiln__qctx *q, int v);
+bool kiln__qis_op(const kiln__node *n, const char *op);
+/* The cache array of `tag` (n_orig entries, -1 = not converted yet), made on first use. */
+kiln_status kiln__qcache(kiln__qctx *q, int tag, int **out);
+/* A base for the names of the nodes a pattern adds: the node's name or its output's. */
+void kiln__qbase(const kiln__qctx *q, int i, char *buf, size_t cap);
 
 /* Symmetric per-column int8 quantization of W viewed as [k, n] (stored [n, k] when `trans`):
    q [k, n] = round(W / scale) clamped to [-127, 127], scale [n] = max |column| / 127 (1 for an

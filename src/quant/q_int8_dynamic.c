@@ -1,0 +1,131 @@
+/* int8-dynamic: ONNX Runtime's quantize_dynamic layout for MatMul and Gemm with a constant 2-D
+ * float32 weight. Weights int8, symmetric per output column; activations quantized per tensor at
+ * run time. */
+#include <math.h>
+#include <stdio.h>
+
+#include "quant/quant.h"
+
+/* Symmetric per-column int8 quantization of W viewed as [K, N] (or [N, K] when `trans`): fills
+   q [K, N] and scale [N]. A zero column gets scale 1 so the runtime never divides by zero. */
+void kiln__quant_weight_s8(const float *w, size_t k, size_t n, bool trans, int8_t *q,
+                           float *scale) {
+  for (size_t c = 0; c < n; c++) {
+    float amax = 0;
+    for (size_t r = 0; r < k; r++) {
+      float x = fabsf(trans ? w[c * k + r] : w[r * n + c]);
+      if (x > amax) amax = x;
+    }
+    float s = amax > 0 ? amax / 127.0f : 1.0f;
+    scale[c] = s;
+    for (size_t r = 0; r < k; r++) {
+      float x = (trans ? w[c * k + r] : w[r * n + c]) / s;
+      long v = lrintf(x);
+      q[r * n + c] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+    }
+  }
+}
+
+/* The int8 weight [K, N] and its scales [N] for weight v, converted once per orientation. */
+static kiln_status int8_weight(kiln__qctx *q, int v, bool trans, int *wq, int *ws) {
+  int *cw, *cs;
+  kiln_status st = kiln__qcache(q, trans ? KILN__QTAG_S8T_W : KILN__QTAG_S8_W, &cw);
+  if (st == KILN_OK) st = kiln__qcache(q, trans ? KILN__QTAG_S8T_S : KILN__QTAG_S8_S, &cs);
+  if (st != KILN_OK) return st;
+  if (cw[v] >= 0) {
+    *wq = cw[v], *ws = cs[v];
+    return KILN_OK;
+  }
+  const kiln_tensor *w = &q->g->values[v].init;
+  size_t k = (size_t)(trans ? w->dims[1] : w->dims[0]), n = (size_t)(trans ? w->dims[0] : w->dims[1]);
+  int64_t qd[2] = {(int64_t)k, (int64_t)n}, sd[1] = {(int64_t)n};
+  kiln_tensor tq, ts;
+  st = kiln_tensor_alloc(&tq, KILN_DTYPE_INT8, 2, qd, q->err);
+  if (st != KILN_OK) return st;
+  if ((st = kiln_tensor_alloc(&ts, KILN_DTYPE_FLOAT, 1, sd, q->err)) != KILN_OK) {
+    kiln_tensor_release(&tq);
+    return st;
+  }
+  kiln__quant_weight_s8(w->data, k, n, trans, tq.data, ts.data);
+  char hint[256];
+  snprintf(hint, sizeof hint, "%.200s", q->g->values[v].name);
+  int a = kiln__qinit(q, hint, &tq);
+  int b = kiln__qinit(q, hint, &ts);
+  if (a < 0 || b < 0) {
+    kiln_tensor_release(&tq);
+    kiln_tensor_release(&ts);
+    return kiln__qoom(q);
+  }
+  cw[v] = a, cs[v] = b;
+  q->st.weights_converted++;
+  q->st.weight_bytes_before += k * n * 4;
+  q->st.weight_bytes_after += k * n + n * 4;
+  *wq = a, *ws = b;
+  return KILN_OK;
+}
+
+/* Rewrites node i, Y = A W (+ C), as
+     DynamicQuantizeLinear(A) -> a_q, a_scale, a_zp
+     MatMulInteger(a_q, W_q, a_zp) -> Y_i32;  Cast(Y_i32, to=float) -> Y_f
+     Mul(a_scale, W_scale) -> s;  Mul(Y_f, s) -> Y  (or -> Y_s, then Add(Y_s, C) -> Y)
+   the layout ONNX Runtime's quantize_dynamic writes. */
+static kiln_status int8_node(kiln__qctx *q, int i, int a, int w, bool trans, int bias) {
+  int wq = -1, ws = -1;
+  kiln_status st = int8_weight(q, w, trans, &wq, &ws);
+  if (st != KILN_OK) return st;
+  char base[220], name[256];
+  kiln__qbase(q, i, base, sizeof base);
+  int y = q->g->nodes[i].out[0];
+  int aq = kiln__qvalue(q, base), as = kiln__qvalue(q, base), az = kiln__qvalue(q, base);
+  int yi = kiln__qvalue(q, base), yf = kiln__qvalue(q, base), sc = kiln__qvalue(q, base);
+  int ys = bias >= 0 ? kiln__qvalue(q, base) : y;
+  if (aq < 0 || as < 0 || az < 0 || yi < 0 || yf < 0 || sc < 0 || ys < 0) return kiln__qoom(q);
+  int dq_out[3] = {aq, as, az}, mm_in[3] = {aq, wq, az}, s_in[2] = {as, ws}, y_in[2] = {yf, sc};
+  snprintf(name, sizeof name, "%s/dynamic_quantize", base);
+  if (kiln__qnode_add(q, name, "DynamicQuantizeLinear", &a, 1, dq_out, 3) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/matmul_integer", base);
+  if (kiln__qnode_add(q, name, "MatMulInteger", mm_in, 3, &yi, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/cast", base);
+  if ((st = kiln__qcast(q, name, yi, yf, KILN_DTYPE_FLOAT)) != KILN_OK) return st;
+  snprintf(name, sizeof name, "%s/scale", base);
+  if (kiln__qnode_add(q, name, "Mul", s_in, 2, &sc, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/rescale", base);
+  if (bias < 0) return kiln__qnode_set(q, &q->g->nodes[i], name, "Mul", y_in, 2, &y, 1);
+  if (kiln__qnode_add(q, name, "Mul", y_in, 2, &ys, 1) < 0) return KILN_NO_MEMORY;
+  int b_in[2] = {ys, bias};
+  snprintf(name, sizeof name, "%s/bias", base);
+  return kiln__qnode_set(q, &q->g->nodes[i], name, "Add", b_in, 2, &y, 1);
+}
+
+static kiln_status int8_dynamic_node(kiln__qctx *q, int i, kiln__qoutcome *out) {
+  const kiln__node *n = &q->g->nodes[i];
+  bool mm = kiln__qis_op(n, "MatMul"), gemm = kiln__qis_op(n, "Gemm");
+  /* Conv is a candidate kept float by design: there is no ConvInteger rewrite (yet) */
+  *out = kiln__qis_op(n, "Conv") ? KILN__Q_KEPT_FLOAT : KILN__Q_NOT_CANDIDATE;
+  if (!mm && !gemm) return KILN_OK;
+  *out = KILN__Q_KEPT_FLOAT;
+  int w = n->n_in > 1 ? n->in[1] : -1;
+  const kiln_tensor *wt = kiln__qweight_f32(q, w);
+  bool ok = wt && wt->rank == 2 && wt->dims[0] > 0 && wt->dims[1] > 0 && n->n_out == 1;
+  bool trans = false;
+  int bias = -1;
+  if (ok && gemm) {
+    trans = kiln__attr_int(n, "transB", 0) != 0;
+    bias = n->n_in > 2 ? n->in[2] : -1;
+    ok = kiln__attr_int(n, "transA", 0) == 0 && kiln__attr_float(n, "alpha", 1.0f) == 1.0f &&
+         (bias < 0 || kiln__attr_float(n, "beta", 1.0f) == 1.0f);
+  }
+  if (!ok) return KILN_OK;
+  kiln_status st = int8_node(q, i, n->in[0], w, trans, bias);
+  if (st == KILN_OK) *out = KILN__Q_QUANTIZED;
+  return st;
+}
+
+const kiln__quant_format_impl kiln__quant_int8_dynamic = {
+    .format = KILN_QUANT_INT8_DYNAMIC,
+    .name = "int8-dynamic",
+    .min_opset = 11, /* DynamicQuantizeLinear */
+    .nothing_msg = "nothing to quantize: no MatMul or Gemm with a constant 2-D float32 weight "
+                   "(int8-dynamic keeps Conv in float)",
+    .node = int8_dynamic_node,
+};
