@@ -125,8 +125,61 @@ static kiln_status int4_prepare(kiln__qctx *q) {
   return block_size(q, &b);
 }
 
+/* An embedding table (Gather of a constant 2-D float32 table on axis 0): int8 per row behind a
+   DequantizeLinear(axis 0), standard ONNX that ORT and Kiln both run. Embeddings are a third or
+   more of an encoder's file and no MatMul reads them; com.microsoft's GatherBlockQuantized would
+   take them to 4 bits but is not an op Kiln has. */
+static kiln_status embedding(kiln__qctx *q, int i, kiln__qoutcome *out) {
+  const kiln__node *n = &q->g->nodes[i];
+  int v = n->n_in == 2 ? n->in[0] : -1;
+  const kiln_tensor *w = kiln__qweight_f32(q, v);
+  if (!w || w->rank != 2 || w->dims[0] < 1 || w->dims[1] < 1 || kiln__attr_int(n, "axis", 0) != 0 ||
+      q->g->opset < 13)
+    return KILN_OK;
+  int *cache;
+  kiln_status st = kiln__qcache(q, KILN__QTAG_Q4_EMB, &cache);
+  if (st != KILN_OK) return st;
+  if (cache[v] < 0) {
+    size_t rows = (size_t)w->dims[0], cols = (size_t)w->dims[1];
+    int64_t rd[1] = {(int64_t)rows};
+    kiln_tensor tq = {0}, ts = {0}, tz = {0};
+    if ((st = kiln_tensor_alloc(&tq, KILN_DTYPE_INT8, 2, w->dims, q->err)) != KILN_OK ||
+        (st = kiln_tensor_alloc(&ts, KILN_DTYPE_FLOAT, 1, rd, q->err)) != KILN_OK ||
+        (st = kiln_tensor_alloc(&tz, KILN_DTYPE_INT8, 1, rd, q->err)) != KILN_OK) {
+      kiln_tensor_release(&tq), kiln_tensor_release(&ts), kiln_tensor_release(&tz);
+      return st;
+    }
+    kiln__quant_weight_s8_axis(w->data, 1, rows, cols, 127, tq.data, ts.data);
+    memset(tz.data, 0, rows);
+    char hint[256], name[300];
+    snprintf(hint, sizeof hint, "%.200s", q->g->values[v].name);
+    int a = kiln__qinit(q, hint, &tq), b = kiln__qinit(q, hint, &ts), z = kiln__qinit(q, hint, &tz);
+    int dq = kiln__qvalue(q, hint);
+    if (a < 0 || b < 0 || z < 0 || dq < 0) {
+      kiln_tensor_release(&tq), kiln_tensor_release(&ts), kiln_tensor_release(&tz);
+      return kiln__qoom(q);
+    }
+    int in[3] = {a, b, z};
+    snprintf(name, sizeof name, "%s/DequantizeLinear", hint);
+    int k = kiln__qnode_add(q, name, "DequantizeLinear", in, 3, &dq, 1);
+    if (k < 0) return KILN_NO_MEMORY;
+    if ((st = kiln__qattr_int(q, k, "axis", 0)) != KILN_OK) return st;
+    cache[v] = dq;
+    q->st.weights_converted++;
+    q->st.weight_bytes_before += rows * cols * 4;
+    q->st.weight_bytes_after += rows * cols + rows * 5;
+  }
+  q->g->nodes[i].in[0] = cache[v];
+  *out = KILN__Q_QUANTIZED;
+  return KILN_OK;
+}
+
 static kiln_status int4_node(kiln__qctx *q, int i, kiln__qoutcome *out) {
   const kiln__node *n = &q->g->nodes[i];
+  if (kiln__qis_op(n, "Gather")) {
+    *out = KILN__Q_NOT_CANDIDATE;
+    return embedding(q, i, out);
+  }
   bool mm = kiln__qis_op(n, "MatMul"), gemm = kiln__qis_op(n, "Gemm");
   /* Conv is a candidate kept float: MatMulNBits is a matrix product only */
   *out = kiln__qis_op(n, "Conv") ? KILN__Q_KEPT_FLOAT : KILN__Q_NOT_CANDIDATE;

@@ -31,6 +31,7 @@ enum {
   KILN__QTAG_Q4T_B,      /* the same for Gemm weights with transB=1 ([N, K]) */
   KILN__QTAG_Q4T_S,
   KILN__QTAG_Q4T_Z,
+  KILN__QTAG_Q4_EMB,     /* int4: an embedding table's DequantizeLinear output (int8 per row) */
   KILN__QTAG_COUNT = 16, /* room for the formats to come */
 };
 
