@@ -198,12 +198,13 @@ static kiln_status int4_node(kiln__qctx *q, int i, kiln__qoutcome *out) {
          (bias < 0 || kiln__attr_float(n, "beta", 1.0f) == 1.0f);
   }
   if (!ok) return KILN_OK;
+  /* before q4_weight(): adding values moves the array wt points into */
+  int64_t K = trans ? wt->dims[1] : wt->dims[0], N = trans ? wt->dims[0] : wt->dims[1];
   size_t block = 32;
   kiln_status st = block_size(q, &block);
   int qw[3];
   if (st == KILN_OK) st = q4_weight(q, w, trans, block, qw);
   if (st != KILN_OK) return st;
-  int64_t K = trans ? wt->dims[1] : wt->dims[0], N = trans ? wt->dims[0] : wt->dims[1];
   char base[220], name[256];
   kiln__qbase(q, i, base, sizeof base);
   int y = q->g->nodes[i].out[0];

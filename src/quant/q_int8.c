@@ -168,7 +168,8 @@ static kiln_status weight_dq(kiln__qctx *q, i8state *s, int v, int axis, int *ou
     *out = cache[v];
     return KILN_OK;
   }
-  const kiln_tensor *w = &q->g->values[v].init;
+  const kiln_tensor *w = &q->g->values[v].init; /* moves when values are added below */
+  size_t cnt = kiln_tensor_count(w);
   size_t outer = 1, inner = 1, ch = (size_t)w->dims[axis];
   for (int d = 0; d < axis; d++) outer *= (size_t)w->dims[d];
   for (int d = axis + 1; d < w->rank; d++) inner *= (size_t)w->dims[d];
@@ -199,7 +200,6 @@ static kiln_status weight_dq(kiln__qctx *q, i8state *s, int v, int axis, int *ou
   if ((st = kiln__qattr_int(q, k, "axis", axis)) != KILN_OK) return st;
   cache[v] = *out = dq;
   s->w_scale[v] = b, s->w_axis[v] = axis;
-  size_t cnt = kiln_tensor_count(w);
   q->st.weights_converted++;
   q->st.weight_bytes_before += cnt * 4;
   q->st.weight_bytes_after += cnt + ch * 5;
