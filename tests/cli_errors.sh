@@ -47,6 +47,17 @@ expect "missing npy" "cannot open|No such" -- run "$model" --input "input=$tmp/n
 expect "bad --shape" "shape" -- run "$model" --shape input=1,x
 expect "unknown command" "unknown command" -- frobnicate
 expect "conformance on a missing folder" "no such folder" -- conformance "$tmp/none"
+q="quantize $model -o $tmp/q.onnx"
+expect "quantize: int8 without --calib" "needs calibration data: --calib DIR" -- $q --to int8
+expect "quantize: unknown method" "unknown --method 'kl'" -- $q --to int8 --calib "$tmp" --method kl
+expect "quantize: bad block" "block '33': a power of two" -- $q --to int4 --block 33
+expect "quantize: bad percentile" "percentile '101'" -- $q --to int8 --calib "$tmp" --percentile 101
+expect "quantize: --node without =" "node 'f1': NAME=FORMAT" -- $q --to int8-dynamic --node f1
+expect "quantize: --node bad format" "unknown quantization format 'int3'" -- $q --to fp16 --node /f1/Gemm=int3
+expect "quantize: --node typo" "no node named '/f9/Gemm'" -- $q --to fp16 --keep-float /f9/Gemm
+expect "quantize: --calib for a format without calibration" "for static int8 only" -- $q --to int4 --calib "$tmp"
+expect "quantize: calibration folder without input.npy" "input.npy" -- $q --to int8 --calib "$tmp"
+expect "quantize: --calib-samples 0" "calib-samples '0'" -- $q --to int8 --calib "$tmp" --calib-samples 0
 
 echo "$passes passed, $fails failed"
 [ "$fails" -eq 0 ]

@@ -20,6 +20,8 @@
 
 #include "kiln/kiln.h"
 #include "kiln/quant.h"
+#include "onnx/import.h"
+#include "quant/quant.h"
 
 static const char *models_dir; /* argv[1]: the repository's models/ folder */
 static const char *tests_dir;  /* argv[2]: the repository's tests/ folder */
@@ -330,6 +332,296 @@ static void per_node_overrides(void **state) {
   assert_non_null(strstr(err.message, "nothing to quantize"));
 }
 
+
+/* ---- bf16, static int8 (QDQ), int4 (MatMulNBits) ------------------------------------------- */
+
+static void quantize_digits_opts(const kiln_quant_opts *o, const char *tag, char *out, size_t cap,
+                                 kiln_quant_stats *st) {
+  char src[1024];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  snprintf(out, cap, "%s/digits_%s.onnx", tmp_dir, tag);
+  kiln_error err = {0};
+  kiln_status s = kiln_quantize_file_ex(src, out, o, st, &err);
+  if (s != KILN_OK) fprintf(stderr, "%s\n", err.message);
+  assert_int_equal(s, KILN_OK);
+}
+
+/* bfloat16 keeps float32's exponent: rounding to nearest even on the 8-bit mantissa. */
+static void bf16_rounding(void **state) {
+  (void)state;
+  /* 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0) */
+  assert_int_equal(kiln__f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);
+  /* 1 + 3 * 2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even): up */
+  assert_int_equal(kiln__f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);
+  /* just above the halfway point rounds up */
+  assert_int_equal(kiln__f32_to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);
+  assert_int_equal(kiln__f32_to_bf16(-2.0f), 0xc000);
+  assert_true(isnan(kiln__bf16_to_f32(kiln__f32_to_bf16(NAN))));
+}
+
+static void digits_bf16(void **state) {
+  (void)state;
+  char src[1024], q[1024];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  kiln_quant_stats st;
+  quantize_digits(KILN_QUANT_BF16, q, sizeof q, &st);
+  assert_int_equal(st.nodes_quantized, 4);
+  assert_int_equal(st.weight_bytes_after, (size_t)(CONV_W + GEMM_W) * 2);
+  kiln_model *m = load(q, 0);
+  assert_int_equal(op_count(m, "Cast"), 4);
+  kiln_model_free(m);
+  assert_true(file_size(q) < file_size(src) * 55 / 100);
+  static float ref[4500], cand[4500];
+  int fp32 = run_digits(src, ref), bf = run_digits(q, cand);
+  assert_int_equal(fp32, 443);
+  assert_true(bf >= fp32 - 2); /* the 0.5-point budget */
+  /* bf16 weights: relative rounding 2^-9 (4x fp16's), so logits (up to ~30) move by well under
+     1 where fp16's moved under 0.1 */
+  double worst = 0;
+  for (int i = 0; i < 4500; i++) worst = fmax(worst, fabs(ref[i] - cand[i]));
+  assert_true(worst < 0.5);
+  assert_true(worst > 0); /* the weights really changed */
+}
+
+/* Static int8 on the digits CNN, calibrated on 256 *training* digits (tests/data/digits_calib,
+   written by tools/digits_calib.py), evaluated on the 450 test digits: each method keeps top-1
+   within 0.5 points (2 digits) of float. */
+static void digits_int8_static(void **state) {
+  (void)state;
+  char src[1024], q[1024], calib[1024];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  path_in(calib, sizeof calib, tests_dir, "data/digits_calib");
+  static float ref[4500], cand[4500];
+  assert_int_equal(run_digits(src, ref), 443);
+  const kiln_calib_method methods[] = {KILN_CALIB_MINMAX, KILN_CALIB_PERCENTILE,
+                                       KILN_CALIB_ENTROPY};
+  for (int k = 0; k < 3; k++) {
+    kiln_quant_opts o = kiln_quant_opts_default();
+    o.format = KILN_QUANT_INT8;
+    o.calib_dir = calib;
+    o.method = methods[k];
+    o.intra_threads = 2;
+    kiln_quant_stats st;
+    char tag[32];
+    snprintf(tag, sizeof tag, "int8_%d", k);
+    quantize_digits_opts(&o, tag, q, sizeof q, &st);
+    assert_int_equal(st.nodes_quantized, 4); /* both Convs and both Gemms */
+    assert_int_equal(st.nodes_kept_float, 0);
+    kiln_model *m = load(q, 0);
+    /* activations: the input, conv1's output, relu1's, conv2's, the flattened pool, gemm1's,
+       relu3's: 7 tensors, each one pair; weights: 4 DQs; biases: 4 DQs */
+    assert_int_equal(op_count(m, "QuantizeLinear"), 7);
+    assert_int_equal(op_count(m, "DequantizeLinear"), 7 + 4 + 4);
+    assert_int_equal(op_count(m, "Conv"), 2);
+    assert_int_equal(op_count(m, "Gemm"), 2);
+    kiln_model_free(m);
+    assert_true(file_size(q) < file_size(src) * 32 / 100);
+    int correct = run_digits(q, cand);
+    fprintf(stderr, "int8 method %d: %d/450\n", k, correct);
+    assert_true(correct >= 443 - 2);
+    double worst = 0, d2 = 0, r2 = 0;
+    for (int i = 0; i < 4500; i++) {
+      worst = fmax(worst, fabs(ref[i] - cand[i]));
+      d2 += (ref[i] - cand[i]) * (ref[i] - cand[i]), r2 += ref[i] * ref[i];
+    }
+    fprintf(stderr, "  max |logit error| %.3f, SNR %.1f dB\n", worst, 10 * log10(r2 / d2));
+    assert_true(worst > 0);
+    /* 8-bit activations and weights with the full range kept: ~40 dB. Entropy clips the
+       activations' tails on purpose (17 dB here, the top-1 budget still met), so its bound is
+       only that the logits are not noise. */
+    assert_true(10 * log10(r2 / d2) > (methods[k] == KILN_CALIB_ENTROPY ? 10 : 35));
+  }
+  /* --keep-float: the last Gemm stays float and reads a dequantized input */
+  const kiln_quant_node_format keep[] = {{"/f2/Gemm", KILN_QUANT_NONE}};
+  kiln_quant_opts o = kiln_quant_opts_default();
+  o.format = KILN_QUANT_INT8;
+  o.calib_dir = calib;
+  o.nodes = keep;
+  o.n_nodes = 1;
+  kiln_quant_stats st;
+  quantize_digits_opts(&o, "int8_keep", q, sizeof q, &st);
+  assert_int_equal(st.nodes_quantized, 3);
+  assert_int_equal(st.nodes_kept_float, 1);
+  kiln_model *m = load(q, 0);
+  assert_int_equal(op_count(m, "QuantizeLinear"), 6); /* gemm1's output still has its pair */
+  assert_int_equal(op_count(m, "DequantizeLinear"), 6 + 3 + 3);
+  kiln_model_free(m);
+  assert_true(run_digits(q, cand) >= 441);
+}
+
+/* The calibration methods on synthetic data with known answers. */
+static uint64_t lcg(uint64_t *s) {
+  *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+  return *s >> 11;
+}
+
+static void calib_methods(void **state) {
+  (void)state;
+  /* minmax */
+  const float x[] = {0.5f, -3.25f, 2.0f, NAN, 7.5f, -1.0f};
+  float lo = INFINITY, hi = -INFINITY;
+  kiln__calib_minmax(x, 6, &lo, &hi);
+  assert_true(lo == -3.25f && hi == 7.5f);
+  /* uint8 parameters: [-1, 3] -> scale 4/255, zero point round(255/4) = 64 */
+  float s;
+  uint8_t zp;
+  kiln__calib_qparams(-1.0f, 3.0f, &s, &zp);
+  assert_true(fabsf(s - 4.0f / 255) < 1e-7f && zp == 64);
+  kiln__calib_qparams(0.5f, 2.0f, &s, &zp); /* widened to hold 0 */
+  assert_true(fabsf(s - 2.0f / 255) < 1e-7f && zp == 0);
+  kiln__calib_qparams(0, 0, &s, &zp);
+  assert_true(s == 1.0f && zp == 0);
+
+  enum { NB = KILN__CALIB_BINS, N = 100000 };
+  static uint64_t bins[NB];
+  static float v[N];
+  static double work[2 * NB];
+  /* percentile of a ramp: |x| for x = -(i) and +(i), i = 0..999 -> the 99th percentile of |x| is
+     989 (990 of the 1000 magnitudes are <= 989); the answer is exact to one bin */
+  for (int i = 0; i < 1000; i++) v[2 * i] = (float)i, v[2 * i + 1] = -(float)i;
+  memset(bins, 0, sizeof bins);
+  kiln__calib_hist_add(bins, NB, 999.0f, v, 2000);
+  float t = kiln__calib_percentile(bins, NB, 999.0f, 99.0);
+  float width = 999.0f / NB;
+  assert_true(t >= 989.0f && t <= 989.0f + 2 * width);
+  assert_true(kiln__calib_percentile(bins, NB, 999.0f, 100.0) == 999.0f);
+
+  /* entropy on a uniform |x| on [0, 1]: nothing to clip, the threshold stays near the max */
+  uint64_t seed = 42;
+  for (int i = 0; i < N; i++) v[i] = (float)((double)lcg(&seed) / 9007199254740992.0);
+  memset(bins, 0, sizeof bins);
+  kiln__calib_hist_add(bins, NB, 1.0f, v, N);
+  t = kiln__calib_entropy(bins, NB, 1.0f, KILN__CALIB_QBINS, work);
+  assert_true(t >= 0.95f && t <= 1.0f);
+  /* entropy on a Gaussian N(0,1) with 20 outliers at 40: the outliers are clipped (minmax would
+     keep 40, spending most of the 256 levels on nothing) while the body (|x| < ~4.5) is kept */
+  for (int i = 0; i + 1 < N; i += 2) {
+    double u1 = ((double)lcg(&seed) + 1) / 9007199254740993.0, u2 = (double)lcg(&seed) / 9007199254740992.0;
+    double r = sqrt(-2 * log(u1));
+    v[i] = (float)(r * cos(6.283185307179586 * u2));
+    v[i + 1] = (float)(r * sin(6.283185307179586 * u2));
+  }
+  for (int i = 0; i < 20; i++) v[i * 997] = i % 2 ? 40.0f : -40.0f;
+  memset(bins, 0, sizeof bins);
+  kiln__calib_hist_add(bins, NB, 40.0f, v, N);
+  t = kiln__calib_entropy(bins, NB, 40.0f, KILN__CALIB_QBINS, work);
+  fprintf(stderr, "entropy threshold for N(0,1) + outliers: %g\n", t);
+  assert_true(t >= 2.5f && t <= 12.0f);
+  /* the 99.99th percentile of the same data: between the body's tail and the outliers */
+  t = kiln__calib_percentile(bins, NB, 40.0f, 99.9);
+  assert_true(t > 3.0f && t < 4.0f); /* N(0,1): P(|x| > 3.29) = 0.001 */
+}
+
+/* Decodes one MatMulNBits weight (independently of the writer: the contrib op's spec) and checks
+   it against the float weight: every weight within half a step of its block, the node's
+   attributes and shapes as the spec says. Returns the number of MatMulNBits nodes. */
+static int check_q4_file(const char *path, const char *src, int block, bool asym) {
+  kiln__graph *g = NULL, *f = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__onnx_import_file(path, &g, &err), KILN_OK);
+  assert_int_equal(kiln__onnx_import_file(src, &f, &err), KILN_OK);
+  int found = 0;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const kiln__node *n = &g->nodes[i];
+    if (strcmp(n->op_type, "MatMulNBits")) continue;
+    found++;
+    assert_string_equal(n->domain, "com.microsoft");
+    int64_t K = kiln__attr_int(n, "K", -1), N = kiln__attr_int(n, "N", -1);
+    assert_int_equal(kiln__attr_int(n, "bits", -1), 4);
+    assert_int_equal(kiln__attr_int(n, "block_size", -1), block);
+    assert_int_equal(n->n_in, asym ? 4 : 3);
+    const kiln_tensor *B = &g->values[n->in[1]].init, *S = &g->values[n->in[2]].init;
+    int64_t nb = (K + block - 1) / block;
+    assert_int_equal(B->dtype, KILN_DTYPE_UINT8);
+    assert_int_equal(B->rank, 3);
+    assert_true(B->dims[0] == N && B->dims[1] == nb && B->dims[2] == block / 2);
+    assert_int_equal(kiln_tensor_count(S), (size_t)(N * nb));
+    const uint8_t *Z = asym ? g->values[n->in[3]].init.data : NULL;
+    if (asym) assert_int_equal(kiln_tensor_count(&g->values[n->in[3]].init), (size_t)(N * ((nb + 1) / 2)));
+    /* the float weight: the digits Gemms are Gemm(transB=1) with W [N, K] named <layer>.weight */
+    const kiln_tensor *W = NULL;
+    for (int v = 0; v < f->n_values && !W; v++) {
+      const kiln_tensor *t = &f->values[v].init;
+      if (f->values[v].is_initializer && t->rank == 2 && t->dims[0] == N && t->dims[1] == K)
+        W = t;
+    }
+    assert_non_null(W);
+    const uint8_t *b = B->data;
+    const float *s = S->data, *w = W->data;
+    for (int64_t c = 0; c < N; c++)
+      for (int64_t k = 0; k < K; k++) {
+        int64_t blk = k / block, at = (c * nb + blk) * (block / 2) + (k % block) / 2;
+        int code = k % 2 ? b[at] >> 4 : b[at] & 15;
+        int zp = 8;
+        if (asym) {
+          uint8_t zb = Z[c * ((nb + 1) / 2) + blk / 2];
+          zp = blk % 2 ? zb >> 4 : zb & 15;
+        }
+        float sc = s[c * nb + blk], dec = (float)(code - zp) * sc;
+        /* round to nearest: half a step; a code clamped at either end (symmetric: +m where the
+           block's largest magnitude is -m; asymmetric: the zero point's own rounding) a step */
+        float tol = code == 0 || code == 15 ? fabsf(sc) : fabsf(sc) * 0.5f;
+        assert_true(fabsf(dec - w[c * K + k]) <= tol * 1.0001f + 1e-7f);
+      }
+  }
+  kiln__graph_free(g);
+  kiln__graph_free(f);
+  return found;
+}
+
+static void digits_int4(void **state) {
+  (void)state;
+  char src[1024], q[1024];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  for (int k = 0; k < 3; k++) {
+    kiln_quant_opts o = kiln_quant_opts_default();
+    o.format = KILN_QUANT_INT4;
+    o.block_size = k == 2 ? 64 : 32;
+    o.asymmetric = k == 1;
+    kiln_quant_stats st;
+    char tag[32];
+    snprintf(tag, sizeof tag, "int4_%d", k);
+    quantize_digits_opts(&o, tag, q, sizeof q, &st);
+    assert_int_equal(st.nodes_quantized, 2);  /* the Gemms */
+    assert_int_equal(st.nodes_kept_float, 2); /* the Convs */
+    /* 64x512 and 10x64 weights: half a byte each plus one float scale per block */
+    size_t blocks = 64 * (512 / (size_t)o.block_size) + 10 * ((64 + (size_t)o.block_size - 1) / (size_t)o.block_size);
+    size_t zps = o.asymmetric ? 64 * (512 / 32 / 2) + 10 * 1 : 0;
+    assert_int_equal(st.weight_bytes_after, blocks * ((size_t)o.block_size / 2) + blocks * 4 + zps);
+    assert_int_equal(check_q4_file(q, src, o.block_size, o.asymmetric), 2);
+    assert_true(file_size(q) < file_size(src) * 30 / 100);
+  }
+}
+
+/* Static int8 and int4 reject what they cannot do, with the reason. */
+static void int8_int4_bad_input(void **state) {
+  (void)state;
+  char src[1024], out[1024];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  snprintf(out, sizeof out, "%s/bad.onnx", tmp_dir);
+  kiln_error err = {0};
+  kiln_quant_opts o = kiln_quant_opts_default();
+  o.format = KILN_QUANT_INT8;
+  assert_int_equal(kiln_quantize_file_ex(src, out, &o, NULL, &err), KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "needs calibration data"));
+  o.calib_dir = tests_dir; /* no input.npy there */
+  assert_int_not_equal(kiln_quantize_file_ex(src, out, &o, NULL, &err), KILN_OK);
+  assert_non_null(strstr(err.message, "input.npy"));
+  char calib[1024];
+  path_in(calib, sizeof calib, tests_dir, "data/digits_calib");
+  o.calib_dir = calib;
+  o.method = KILN_CALIB_PERCENTILE;
+  o.percentile = 0;
+  assert_int_equal(kiln_quantize_file_ex(src, out, &o, NULL, &err), KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "percentile"));
+  o = kiln_quant_opts_default();
+  o.format = KILN_QUANT_INT4;
+  o.block_size = 24;
+  assert_int_equal(kiln_quantize_file_ex(src, out, &o, NULL, &err), KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "block size 24"));
+  assert_int_not_equal(access(out, F_OK), 0);
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: test_quant MODELS_DIR TESTS_DIR\n");
@@ -345,6 +637,12 @@ int main(int argc, char **argv) {
       cmocka_unit_test(validate_matches_direct),
       cmocka_unit_test(bad_input),
       cmocka_unit_test(per_node_overrides),
+      cmocka_unit_test(bf16_rounding),
+      cmocka_unit_test(digits_bf16),
+      cmocka_unit_test(digits_int8_static),
+      cmocka_unit_test(calib_methods),
+      cmocka_unit_test(digits_int4),
+      cmocka_unit_test(int8_int4_bad_input),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   char cmd[512];

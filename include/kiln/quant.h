@@ -26,17 +26,33 @@ typedef enum kiln_quant_format {
      run time by DynamicQuantizeLinear (uint8); MatMulInteger; Cast to float; Mul by the product
      of the two scales; Add of Gemm's bias. Conv and every other op stay float. */
   KILN_QUANT_INT8_DYNAMIC = 2,
+  /* float32 weights of MatMul/Gemm/Conv stored as bfloat16 (round to nearest even), each behind a
+     Cast to float32 (needs opset 13). */
+  KILN_QUANT_BF16 = 3,
+  /* ONNX Runtime's static QDQ format (quantize_static, QuantFormat.QDQ) for Conv, MatMul and Gemm
+     with constant weights: activations uint8 asymmetric per tensor from calibration (calib_dir),
+     QuantizeLinear -> DequantizeLinear pairs on their inputs and outputs; weights int8 symmetric
+     per output channel; biases int32 with scale x_scale * w_scale. Everything else stays float. */
+  KILN_QUANT_INT8 = 4,
+  /* Weight-only block-wise 4-bit for MatMul and Gemm with a constant 2-D weight, as ONNX Runtime's
+     com.microsoft MatMulNBits (block_size along K, float32 scales, zero point 8 or packed
+     per-block zero points with `asymmetric`). */
+  KILN_QUANT_INT4 = 5,
 } kiln_quant_format;
 
-/* "fp16" or "int8-dynamic" -> the format; INVALID_ARGUMENT naming the accepted ones otherwise. */
+/* "fp16", "bf16", "int8", "int8-dynamic" or "int4" -> the format; INVALID_ARGUMENT naming the
+   accepted ones otherwise. */
 kiln_status kiln_quant_format_parse(const char *name, kiln_quant_format *out, kiln_error *err);
 const char *kiln_quant_format_name(kiln_quant_format f);
 
 /* How static quantization measures activation ranges on the calibration data. */
 typedef enum kiln_calib_method {
   KILN_CALIB_MINMAX = 0,     /* the observed min and max */
-  KILN_CALIB_PERCENTILE = 1, /* the given percentile of |x| (opts.percentile) */
-  KILN_CALIB_ENTROPY = 2,    /* the threshold minimising the KL divergence of the histogram */
+  /* t = the given percentile of |x| (opts.percentile); range [max(min, -t), min(max, t)] */
+  KILN_CALIB_PERCENTILE = 1,
+  /* t = the threshold on |x| minimising the KL divergence between the 2048-bin histogram and its
+     128-level quantization (TensorRT's method); the range is clamped to +-t as for percentile */
+  KILN_CALIB_ENTROPY = 2,
 } kiln_calib_method;
 
 /* One node's precision, chosen by name (the node's name, or its first output's name when the
@@ -57,6 +73,11 @@ typedef struct kiln_quant_opts {
   size_t calib_samples;       /* at most this many samples from calib_dir; 0 = all */
   int block_size;             /* block-wise formats (int4): elements per block along K; 0 = 32 */
   int intra_threads;          /* threads for running the model during calibration; 0 = per core */
+  /* int4: per-block min/max with packed zero points instead of symmetric blocks (zero point 8) */
+  bool asymmetric;
+  /* int8: weights in [-63, 63] (7 bits), as ONNX Runtime's reduce_range: its AVX2 u8 x s8 kernels
+     saturate int16 pair sums with full-range weights, so only such files run exactly there */
+  bool reduce_range;
 } kiln_quant_opts;
 
 kiln_quant_opts kiln_quant_opts_default(void);

@@ -150,7 +150,11 @@ static kiln_status build(writer *w, const kiln__graph *g, const char *producer,
   m->producer_name = (char *)producer;
   m->graph = gp;
   gp->name = g->name ? g->name : "kiln";
-  bool kiln_ops = false;
+  /* the non-default domains the nodes use (ai.kiln, com.microsoft, ...), each imported once */
+  enum { MAX_DOMAINS = 8 };
+  const char *domains[MAX_DOMAINS];
+  int64_t versions[MAX_DOMAINS];
+  size_t n_domains = 0;
   gp->node = wr_alloc(w, (size_t)g->n_nodes, sizeof *gp->node);
   for (int i = 0; i < g->n_nodes && gp->node; i++) {
     const kiln__node *n = &g->nodes[i];
@@ -161,7 +165,14 @@ static kiln_status build(writer *w, const kiln__graph *g, const char *producer,
       return kiln__fail(err, KILN_UNSUPPORTED, "node '%s' (%s): an attribute kind not written",
                         n->name, n->op_type);
     }
-    kiln_ops |= !strcmp(n->domain, "ai.kiln");
+    size_t d = 0;
+    while (d < n_domains && strcmp(domains[d], n->domain)) d++;
+    if (n->domain[0] && d == n_domains) {
+      if (n_domains == MAX_DOMAINS)
+        return kiln__fail(err, KILN_UNSUPPORTED, "more than %d operator domains", MAX_DOMAINS);
+      domains[n_domains] = n->domain;
+      versions[n_domains++] = n->opset > 0 && strcmp(n->domain, "ai.kiln") ? n->opset : 1;
+    }
   }
   gp->n_node = (size_t)g->n_nodes;
   size_t n_init = 0;
@@ -180,15 +191,15 @@ static kiln_status build(writer *w, const kiln__graph *g, const char *producer,
     gp->input[gp->n_input++] = value_info(w, &g->values[g->inputs[i]]);
   for (int i = 0; i < g->n_outputs && gp->output && !w->oom; i++)
     gp->output[gp->n_output++] = value_info(w, &g->values[g->outputs[i]]);
-  size_t n_ops = kiln_ops ? 2 : 1;
+  size_t n_ops = n_domains + 1;
   m->opset_import = wr_alloc(w, n_ops, sizeof *m->opset_import);
   for (size_t i = 0; i < n_ops && m->opset_import; i++) {
     KilnOnnx__OperatorSetIdProto *op = wr_alloc(w, 1, sizeof *op);
     if (!op) break;
     kiln_onnx__operator_set_id_proto__init(op);
-    op->domain = i ? "ai.kiln" : "";
+    op->domain = i ? (char *)domains[i - 1] : "";
     op->has_version = true;
-    op->version = i ? 1 : g->opset;
+    op->version = i ? versions[i - 1] : g->opset;
     m->opset_import[m->n_opset_import++] = op;
   }
   /* Says which passes already ran, so loading the file does not run them again. */

@@ -21,6 +21,17 @@ enum {
   KILN__QTAG_S8_S,       /*               its per-column scales */
   KILN__QTAG_S8T_W,      /* the same for Gemm weights with transB=1 (stored transposed) */
   KILN__QTAG_S8T_S,
+  KILN__QTAG_BF16,       /* bf16: the Cast's float32 output */
+  KILN__QTAG_QDQ_W,      /* int8 (static): the weight's DequantizeLinear output */
+  KILN__QTAG_QDQ_A,      /*               an activation's DequantizeLinear output */
+  KILN__QTAG_QDQ_B,      /*               a bias's (marks the float bias as replaced) */
+  KILN__QTAG_Q4_B,       /* int4: packed weight [N, blocks, block/2] of a [K, N] weight */
+  KILN__QTAG_Q4_S,       /*       its scales */
+  KILN__QTAG_Q4_Z,       /*       its packed zero points (asymmetric) */
+  KILN__QTAG_Q4T_B,      /* the same for Gemm weights with transB=1 ([N, K]) */
+  KILN__QTAG_Q4T_S,
+  KILN__QTAG_Q4T_Z,
+  KILN__QTAG_Q4_EMB,     /* int4: an embedding table's DequantizeLinear output (int8 per row) */
   KILN__QTAG_COUNT = 16, /* room for the formats to come */
 };
 
@@ -31,6 +42,7 @@ typedef struct kiln__qctx {
   const char *model_path; /* the file the graph came from (calibration loads it), or NULL */
   unsigned seq;           /* for fresh names */
   int n_orig;             /* values before the rewrite: the caches cover these */
+  const kiln_quant_format *node_format; /* each original node's format, set before prepare() */
   int *cache[KILN__QTAG_COUNT];
   void *state[8];         /* per format (indexed by kiln_quant_format), set by its prepare() */
   kiln_quant_stats st;
@@ -55,6 +67,9 @@ typedef struct kiln__quant_format_impl {
 
 extern const kiln__quant_format_impl kiln__quant_fp16;
 extern const kiln__quant_format_impl kiln__quant_int8_dynamic;
+extern const kiln__quant_format_impl kiln__quant_bf16;
+extern const kiln__quant_format_impl kiln__quant_int8;
+extern const kiln__quant_format_impl kiln__quant_int4;
 
 /* Rewrites the finalized top-level graph `g` as `opts` say and finalizes it again. `model_path`
    may be NULL for formats that need no calibration. */
@@ -94,6 +109,37 @@ void kiln__qbase(const kiln__qctx *q, int i, char *buf, size_t cap);
    all-zero column). */
 void kiln__quant_weight_s8(const float *w, size_t k, size_t n, bool trans, int8_t *q,
                            float *scale);
+
+/* ---- calibration (calib.c) -------------------------------------------------------------------- */
+
+enum { KILN__CALIB_BINS = 2048, KILN__CALIB_QBINS = 128 };
+
+/* The ranges [lo[k], hi[k]] of the float activations vals[k] (original values of q->g, graph
+   inputs allowed) on q->opts->calib_dir by q->opts->method. q->g is left as it was. */
+kiln_status kiln__calibrate(kiln__qctx *q, const int *vals, size_t n, float *lo, float *hi);
+/* Widens [*lo, *hi] to hold x[0..n) (NaN ignored). */
+void kiln__calib_minmax(const float *x, size_t n, float *lo, float *hi);
+/* Counts |x| into nb bins over [0, amax] (values beyond go to the last bin). */
+void kiln__calib_hist_add(uint64_t *bins, size_t nb, float amax, const float *x, size_t n);
+/* The upper edge of the bin where the cumulative count reaches pct percent of the total. */
+float kiln__calib_percentile(const uint64_t *bins, size_t nb, float amax, double pct);
+/* TensorRT's KL threshold on the histogram of |x| with nq quantization levels; `work` holds
+   2 * nb doubles. */
+float kiln__calib_entropy(const uint64_t *bins, size_t nb, float amax, size_t nq, double *work);
+/* uint8 asymmetric parameters of [lo, hi] widened to hold 0: scale (hi - lo) / 255, zero point
+   round(-lo / scale); scale 1, zero point 0 for an empty range. */
+void kiln__calib_qparams(float lo, float hi, float *scale, uint8_t *zp);
+
+/* Symmetric int8 per channel of W viewed as [outer, ch, inner]: q = round(W / scale[c]) in
+   [-qmax, qmax], scale[c] = max |W[:, c, :]| / qmax (1 for an all-zero channel). */
+void kiln__quant_weight_s8_axis(const float *w, size_t outer, size_t ch, size_t inner, int qmax,
+                                int8_t *q, float *scale);
+
+/* int4 blocks of one row w[0..k) (stride `stride` between elements): n_blocks blocks of `block`
+   values, packed two per byte (low nibble = even k) into `packed` [n_blocks * block / 2],
+   scales[n_blocks]; zero points into zps[n_blocks] (0..15) when `asym`, else 8. */
+void kiln__quant_row_q4(const float *w, size_t k, size_t stride, size_t block, bool asym,
+                        uint8_t *packed, float *scales, uint8_t *zps);
 
 /* Running comparison of two float outputs, fed one batch at a time. */
 typedef struct kiln__quant_acc {

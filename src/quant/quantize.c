@@ -13,6 +13,9 @@
 static const kiln__quant_format_impl *const formats[] = {
     &kiln__quant_fp16,
     &kiln__quant_int8_dynamic,
+    &kiln__quant_bf16,
+    &kiln__quant_int8,
+    &kiln__quant_int4,
 };
 #define N_FORMATS (sizeof formats / sizeof formats[0])
 
@@ -117,6 +120,7 @@ static kiln_status rewrite(kiln__qctx *q, const kiln_quant_format *fmt, int n_no
   kiln_status st = KILN_OK;
   for (int i = 0; i < n_nodes; i++)
     if (fmt[i] != KILN_QUANT_NONE) used[fmt[i]] = true;
+  q->node_format = fmt;
   for (size_t k = 0; st == KILN_OK && k < N_FORMATS; k++) {
     const kiln__quant_format_impl *fi = formats[k];
     if (!used[fi->format]) continue;

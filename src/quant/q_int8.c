@@ -1,0 +1,303 @@
+/* int8 (static): ONNX Runtime's QDQ format (quantize_static with QuantFormat.QDQ) for Conv,
+ * MatMul and Gemm with a constant float32 weight:
+ *
+ *   x -> QuantizeLinear(x_scale, x_zp: uint8) -> DequantizeLinear -> x'      per tensor, calibrated
+ *   W_q (int8) -> DequantizeLinear(w_scale[C], w_zp[C] = 0, axis) -> W'      per output channel
+ *   b_q (int32) -> DequantizeLinear(x_scale * w_scale[C], axis 0) -> b'
+ *   Conv|MatMul|Gemm(x', W', b') -> y_f -> QuantizeLinear -> DequantizeLinear -> y
+ *
+ * Each activation tensor is quantized once, whatever reads it; a node's output gets its pair
+ * unless it is a graph output (the final logits stay float). Every other op (Softmax, LayerNorm,
+ * attention's products of two activations) reads float as before. The arithmetic is still
+ * float32 in the file; a runtime that recognises the pattern runs it in integers. */
+#include <math.h>
+#include <stdio.h>
+
+#include "quant/quant.h"
+
+typedef struct i8state {
+  float *lo, *hi;   /* calibrated range per original value */
+  bool *has;        /* a range was calibrated */
+  int *w_scale;     /* a converted weight's scale initializer (value index) */
+  int *w_axis;      /* and the axis it was quantized along */
+} i8state;
+
+void kiln__quant_weight_s8_axis(const float *w, size_t outer, size_t ch, size_t inner, int qmax,
+                                int8_t *q, float *scale) {
+  for (size_t c = 0; c < ch; c++) {
+    float amax = 0;
+    for (size_t o = 0; o < outer; o++)
+      for (size_t i = 0; i < inner; i++) amax = fmaxf(amax, fabsf(w[(o * ch + c) * inner + i]));
+    float s = amax > 0 ? amax / (float)qmax : 1.0f;
+    scale[c] = s;
+    for (size_t o = 0; o < outer; o++)
+      for (size_t i = 0; i < inner; i++) {
+        size_t at = (o * ch + c) * inner + i;
+        long v = lrintf(w[at] / s);
+        q[at] = (int8_t)(v > qmax ? qmax : v < -qmax ? -qmax : v);
+      }
+  }
+}
+
+/* The node's weight, its channel axis (the output channel) and its bias; false when the node
+   is not one this format converts. */
+static bool candidate(const kiln__qctx *q, const kiln__node *n, int *axis, int *bias) {
+  bool conv = kiln__qis_op(n, "Conv"), mm = kiln__qis_op(n, "MatMul"), gemm = kiln__qis_op(n, "Gemm");
+  if ((!conv && !mm && !gemm) || n->n_in < 2 || n->n_out != 1 || n->in[0] < 0) return false;
+  const kiln_tensor *w = kiln__qweight_f32(q, n->in[1]);
+  *bias = n->n_in > 2 ? n->in[2] : -1;
+  if (!w) return false;
+  if (conv) {
+    *axis = 0;
+    return w->rank >= 3 && w->dims[0] > 0;
+  }
+  if (w->rank != 2 || w->dims[0] < 1 || w->dims[1] < 1) return false;
+  if (mm) {
+    *axis = 1, *bias = -1;
+    return true;
+  }
+  *axis = kiln__attr_int(n, "transB", 0) ? 0 : 1;
+  return kiln__attr_int(n, "transA", 0) == 0 && kiln__attr_float(n, "alpha", 1.0f) == 1.0f &&
+         (*bias < 0 || kiln__attr_float(n, "beta", 1.0f) == 1.0f);
+}
+
+static void int8_release(kiln__qctx *q);
+
+static kiln_status int8_prepare(kiln__qctx *q) {
+  kiln__graph *g = q->g;
+  size_t nv = (size_t)q->n_orig + 1;
+  i8state *s = kiln__calloc(1, sizeof *s);
+  if (!s) return kiln__qoom(q);
+  q->state[KILN_QUANT_INT8] = s;
+  s->lo = kiln__calloc(nv, sizeof *s->lo);
+  s->hi = kiln__calloc(nv, sizeof *s->hi);
+  s->has = kiln__calloc(nv, sizeof *s->has);
+  s->w_scale = kiln__malloc(nv * sizeof *s->w_scale);
+  s->w_axis = kiln__malloc(nv * sizeof *s->w_axis);
+  int *vals = kiln__malloc(2 * ((size_t)g->n_nodes + 1) * sizeof *vals);
+  bool *want = kiln__calloc(nv, sizeof *want);
+  float *lo = kiln__malloc(2 * ((size_t)g->n_nodes + 1) * sizeof *lo);
+  float *hi = kiln__malloc(2 * ((size_t)g->n_nodes + 1) * sizeof *hi);
+  kiln_status st = KILN_OK;
+  if (!s->lo || !s->hi || !s->has || !s->w_scale || !s->w_axis || !vals || !want || !lo || !hi)
+    st = kiln__qoom(q);
+  size_t n = 0;
+  /* the inputs of the nodes this format converts, and their outputs but graph outputs */
+  for (int i = 0; st == KILN_OK && i < g->n_nodes; i++) {
+    const kiln__node *nd = &g->nodes[i];
+    int axis, bias;
+    if (q->node_format[i] != KILN_QUANT_INT8 || !candidate(q, nd, &axis, &bias)) continue;
+    int a = nd->in[0], y = nd->out[0];
+    if (!want[a]) want[a] = true, vals[n++] = a;
+    if (y >= 0 && !g->values[y].is_output && !want[y]) want[y] = true, vals[n++] = y;
+  }
+  for (int v = 0; st == KILN_OK && v < q->n_orig; v++) s->w_scale[v] = s->w_axis[v] = -1;
+  if (st == KILN_OK && n > 0) st = kiln__calibrate(q, vals, n, lo, hi);
+  for (size_t k = 0; st == KILN_OK && k < n; k++) {
+    s->lo[vals[k]] = lo[k], s->hi[vals[k]] = hi[k];
+    s->has[vals[k]] = true;
+  }
+  kiln__free(vals), kiln__free(want), kiln__free(lo), kiln__free(hi);
+  if (st != KILN_OK) int8_release(q); /* the driver releases only what prepared */
+  return st;
+}
+
+static void int8_release(kiln__qctx *q) {
+  i8state *s = q->state[KILN_QUANT_INT8];
+  if (!s) return;
+  kiln__free(s->lo), kiln__free(s->hi), kiln__free(s->has);
+  kiln__free(s->w_scale), kiln__free(s->w_axis);
+  kiln__free(s);
+  q->state[KILN_QUANT_INT8] = NULL;
+}
+
+/* A float32 scalar or uint8 scalar initializer. */
+static int scalar_f32(kiln__qctx *q, const char *hint, float x) {
+  kiln_tensor t;
+  if (kiln_tensor_alloc(&t, KILN_DTYPE_FLOAT, 0, NULL, q->err) != KILN_OK) return -1;
+  *(float *)t.data = x;
+  return kiln__qinit(q, hint, &t);
+}
+
+static int scalar_u8(kiln__qctx *q, const char *hint, uint8_t x) {
+  kiln_tensor t;
+  if (kiln_tensor_alloc(&t, KILN_DTYPE_UINT8, 0, NULL, q->err) != KILN_OK) return -1;
+  *(uint8_t *)t.data = x;
+  return kiln__qinit(q, hint, &t);
+}
+
+/* QuantizeLinear(x) -> DequantizeLinear -> out with the calibrated per-tensor parameters. */
+static kiln_status qdq_pair(kiln__qctx *q, int x, int out, float scale, uint8_t zp) {
+  char hint[256], name[300];
+  snprintf(hint, sizeof hint, "%.200s", q->g->values[out].name);
+  int sv = scalar_f32(q, hint, scale), zv = scalar_u8(q, hint, zp);
+  int xq = kiln__qvalue(q, hint);
+  if (sv < 0 || zv < 0 || xq < 0) return kiln__qoom(q);
+  int qin[3] = {x, sv, zv}, dqin[3] = {xq, sv, zv};
+  snprintf(name, sizeof name, "%s/QuantizeLinear", hint);
+  if (kiln__qnode_add(q, name, "QuantizeLinear", qin, 3, &xq, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/DequantizeLinear", hint);
+  if (kiln__qnode_add(q, name, "DequantizeLinear", dqin, 3, &out, 1) < 0) return KILN_NO_MEMORY;
+  return KILN_OK;
+}
+
+/* The quantized-dequantized view of activation a, made once; its scale in *scale. */
+static kiln_status act_qdq(kiln__qctx *q, i8state *s, int a, int *out, float *scale) {
+  int *cache;
+  kiln_status st = kiln__qcache(q, KILN__QTAG_QDQ_A, &cache);
+  if (st != KILN_OK) return st;
+  uint8_t zp;
+  kiln__calib_qparams(s->lo[a], s->hi[a], scale, &zp);
+  if (cache[a] >= 0) {
+    *out = cache[a];
+    return KILN_OK;
+  }
+  int dq = kiln__qvalue(q, q->g->values[a].name);
+  if (dq < 0) return kiln__qoom(q);
+  if ((st = qdq_pair(q, a, dq, *scale, zp)) != KILN_OK) return st;
+  cache[a] = *out = dq;
+  return KILN_OK;
+}
+
+/* DequantizeLinear(W_q, scale, 0, axis) for weight v, made once. */
+static kiln_status weight_dq(kiln__qctx *q, i8state *s, int v, int axis, int *out) {
+  int *cache;
+  kiln_status st = kiln__qcache(q, KILN__QTAG_QDQ_W, &cache);
+  if (st != KILN_OK) return st;
+  if (cache[v] >= 0) {
+    *out = cache[v];
+    return KILN_OK;
+  }
+  const kiln_tensor *w = &q->g->values[v].init; /* moves when values are added below */
+  size_t cnt = kiln_tensor_count(w);
+  size_t outer = 1, inner = 1, ch = (size_t)w->dims[axis];
+  for (int d = 0; d < axis; d++) outer *= (size_t)w->dims[d];
+  for (int d = axis + 1; d < w->rank; d++) inner *= (size_t)w->dims[d];
+  int64_t cd[1] = {(int64_t)ch};
+  kiln_tensor tq = {0}, ts = {0}, tz = {0};
+  if ((st = kiln_tensor_alloc(&tq, KILN_DTYPE_INT8, w->rank, w->dims, q->err)) != KILN_OK ||
+      (st = kiln_tensor_alloc(&ts, KILN_DTYPE_FLOAT, 1, cd, q->err)) != KILN_OK ||
+      (st = kiln_tensor_alloc(&tz, KILN_DTYPE_INT8, 1, cd, q->err)) != KILN_OK) {
+    kiln_tensor_release(&tq), kiln_tensor_release(&ts), kiln_tensor_release(&tz);
+    return st;
+  }
+  /* 7-bit weights keep u8 x s8 pair sums inside int16 (AVX2's VPMADDUBSW saturates) */
+  kiln__quant_weight_s8_axis(w->data, outer, ch, inner, q->opts->reduce_range ? 63 : 127, tq.data,
+                             ts.data);
+  memset(tz.data, 0, ch);
+  char hint[256], name[300];
+  snprintf(hint, sizeof hint, "%.200s", q->g->values[v].name);
+  int a = kiln__qinit(q, hint, &tq), b = kiln__qinit(q, hint, &ts), z = kiln__qinit(q, hint, &tz);
+  int dq = kiln__qvalue(q, hint);
+  if (a < 0 || b < 0 || z < 0 || dq < 0) {
+    kiln_tensor_release(&tq), kiln_tensor_release(&ts), kiln_tensor_release(&tz);
+    return kiln__qoom(q);
+  }
+  int in[3] = {a, b, z};
+  snprintf(name, sizeof name, "%s/DequantizeLinear", hint);
+  int k = kiln__qnode_add(q, name, "DequantizeLinear", in, 3, &dq, 1);
+  if (k < 0) return KILN_NO_MEMORY;
+  if ((st = kiln__qattr_int(q, k, "axis", axis)) != KILN_OK) return st;
+  cache[v] = *out = dq;
+  s->w_scale[v] = b, s->w_axis[v] = axis;
+  q->st.weights_converted++;
+  q->st.weight_bytes_before += cnt * 4;
+  q->st.weight_bytes_after += cnt + ch * 5;
+  return KILN_OK;
+}
+
+/* The int32 bias b / (x_scale * w_scale[c]) behind its DequantizeLinear; -1 in *out when the
+   bias stays float (not a constant float32 vector of one value per channel). */
+static kiln_status bias_dq(kiln__qctx *q, i8state *s, int b, int w, float x_scale, int *out) {
+  *out = -1;
+  const kiln_tensor *bt = kiln__qweight_f32(q, b);
+  int sv = s->w_scale[w];
+  if (!bt || bt->rank != 1 || sv < 0) return KILN_OK;
+  const kiln_tensor *ws = &q->g->values[sv].init;
+  size_t ch = (size_t)ws->dims[0];
+  if ((size_t)bt->dims[0] != ch) return KILN_OK;
+  int64_t cd[1] = {(int64_t)ch};
+  kiln_tensor tq = {0}, ts = {0};
+  kiln_status st;
+  if ((st = kiln_tensor_alloc(&tq, KILN_DTYPE_INT32, 1, cd, q->err)) != KILN_OK ||
+      (st = kiln_tensor_alloc(&ts, KILN_DTYPE_FLOAT, 1, cd, q->err)) != KILN_OK) {
+    kiln_tensor_release(&tq);
+    return st;
+  }
+  const float *bf = bt->data, *wsf = ws->data;
+  int32_t *bq = tq.data;
+  float *bs = ts.data;
+  for (size_t c = 0; c < ch; c++) {
+    bs[c] = x_scale * wsf[c];
+    double v = bs[c] > 0 ? nearbyint((double)bf[c] / (double)bs[c]) : 0;
+    bq[c] = (int32_t)(v > 2147483647.0 ? 2147483647.0 : v < -2147483647.0 ? -2147483647.0 : v);
+  }
+  char hint[256], name[300];
+  snprintf(hint, sizeof hint, "%.200s", q->g->values[b].name);
+  int a = kiln__qinit(q, hint, &tq), z = kiln__qinit(q, hint, &ts);
+  int dq = kiln__qvalue(q, hint);
+  if (a < 0 || z < 0 || dq < 0) {
+    kiln_tensor_release(&tq), kiln_tensor_release(&ts);
+    return kiln__qoom(q);
+  }
+  int in[2] = {a, z};
+  snprintf(name, sizeof name, "%s/DequantizeLinear", hint);
+  int k = kiln__qnode_add(q, name, "DequantizeLinear", in, 2, &dq, 1);
+  if (k < 0) return KILN_NO_MEMORY;
+  if ((st = kiln__qattr_int(q, k, "axis", 0)) != KILN_OK) return st;
+  int *cache; /* written, never read: the scale depends on the node's input, so no sharing */
+  if ((st = kiln__qcache(q, KILN__QTAG_QDQ_B, &cache)) != KILN_OK) return st;
+  cache[b] = dq;
+  q->st.weight_bytes_before += ch * 4;
+  q->st.weight_bytes_after += ch * 8;
+  *out = dq;
+  return KILN_OK;
+}
+
+static kiln_status int8_node(kiln__qctx *q, int i, kiln__qoutcome *out) {
+  i8state *s = q->state[KILN_QUANT_INT8];
+  const kiln__node *n = &q->g->nodes[i];
+  int axis = 0, bias = -1;
+  bool cand = candidate(q, n, &axis, &bias);
+  *out = kiln__qis_op(n, "Conv") || kiln__qis_op(n, "MatMul") || kiln__qis_op(n, "Gemm")
+             ? KILN__Q_KEPT_FLOAT
+             : KILN__Q_NOT_CANDIDATE;
+  if (!cand) return KILN_OK;
+  int a = n->in[0], w = n->in[1], y = n->out[0];
+  if (!s->has[a]) return KILN_OK; /* cannot happen: prepare() calibrated every candidate's input */
+  int adq = -1, wdq = -1, bdq = -1;
+  float x_scale = 1;
+  kiln_status st = act_qdq(q, s, a, &adq, &x_scale);
+  if (st == KILN_OK) st = weight_dq(q, s, w, axis, &wdq);
+  if (st == KILN_OK && bias >= 0 && s->w_axis[w] == axis)
+    st = bias_dq(q, s, bias, w, x_scale, &bdq);
+  if (st != KILN_OK) return st;
+  kiln__node *nn = &q->g->nodes[i]; /* the adds above may have moved the nodes */
+  nn->in[0] = adq;
+  nn->in[1] = wdq;
+  if (bdq >= 0) nn->in[2] = bdq;
+  if (y >= 0 && s->has[y]) {
+    int *cache;
+    if ((st = kiln__qcache(q, KILN__QTAG_QDQ_A, &cache)) != KILN_OK) return st;
+    int yf = kiln__qvalue(q, q->g->values[y].name);
+    if (yf < 0) return kiln__qoom(q);
+    q->g->nodes[i].out[0] = yf;
+    float ys;
+    uint8_t yz;
+    kiln__calib_qparams(s->lo[y], s->hi[y], &ys, &yz);
+    if ((st = qdq_pair(q, yf, y, ys, yz)) != KILN_OK) return st;
+    cache[y] = y; /* readers of y get the dequantized tensor already */
+  }
+  *out = KILN__Q_QUANTIZED;
+  return KILN_OK;
+}
+
+const kiln__quant_format_impl kiln__quant_int8 = {
+    .format = KILN_QUANT_INT8,
+    .name = "int8",
+    .min_opset = 13, /* DequantizeLinear with axis (per channel) */
+    .nothing_msg = "nothing to quantize: no Conv, MatMul or Gemm with a constant float32 weight",
+    .prepare = int8_prepare,
+    .release = int8_release,
+    .node = int8_node,
+};
