@@ -273,7 +273,7 @@ static void encode_outputs(req_ctx *c, kiln_future *f) {
       if (c->req.outputs[k].binary >= 0) binary = c->req.outputs[k].binary;
     }
     const char *dt = srv_dtype_name(t.dtype);
-    if (!dt || t.dtype == KILN_DTYPE_STRING || t.dtype == KILN_DTYPE_BFLOAT16) {
+    if (!dt || t.dtype == KILN_DTYPE_BFLOAT16) {
       srv_buf_free(&bin);
       status_answer(c, KILN_UNSUPPORTED, "an output has a datatype the protocol cannot carry", 0);
       return;
@@ -283,7 +283,17 @@ static void encode_outputs(req_ctx *c, kiln_future *f) {
     srv_buf_printf(b, ",\"datatype\":\"%s\",\"shape\":[", dt);
     for (int d = 0; d < t.rank; d++) srv_buf_printf(b, "%s%lld", d ? "," : "", (long long)t.dims[d]);
     srv_buf_puts(b, "]");
-    if (binary) {
+    if (binary && t.dtype == KILN_DTYPE_STRING) { /* 4-byte little-endian length, then bytes */
+      size_t before = bin.len, count = kiln_tensor_count(&t);
+      for (size_t e = 0; e < count; e++) {
+        const char *str = ((char *const *)t.data)[e];
+        size_t len = strlen(str);
+        uint8_t le[4] = {(uint8_t)len, (uint8_t)(len >> 8), (uint8_t)(len >> 16), (uint8_t)(len >> 24)};
+        srv_buf_put(&bin, le, 4);
+        srv_buf_put(&bin, str, len);
+      }
+      srv_buf_printf(b, ",\"parameters\":{\"binary_data_size\":%zu}}", bin.len - before);
+    } else if (binary) {
       size_t nb = kiln_tensor_nbytes(&t);
       srv_buf_printf(b, ",\"parameters\":{\"binary_data_size\":%zu}}", nb);
       srv_buf_put(&bin, t.data, nb);

@@ -110,3 +110,12 @@ save(helper.make_graph(
     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 256])],
     [numpy_helper.from_array(W, "w")]), "slow.onnx")
+
+# strings.onnx: the server's BYTES test. StringNormalizer upper-cases a [n] string tensor and
+# drops the stop word "the" (case-insensitively); the test's oracle is Python's str.upper.
+save(helper.make_graph(
+    [helper.make_node("StringNormalizer", ["text"], ["normalized"], case_change_action="UPPER",
+                      is_case_sensitive=0, stopwords=["the"])],
+    "strings",
+    [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
+    [helper.make_tensor_value_info("normalized", TensorProto.STRING, ["m"])]), "strings.onnx")

@@ -251,6 +251,15 @@ void kiln__future_unref(kiln_future *f) {
   if (f && atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1) kiln__future_free(f);
 }
 
+/* The elements of output `o` that belong to a request: all of them, or its rows of a batch. */
+static void out_rows(const kiln_tensor *o, int64_t rows, int64_t row0, bool batched,
+                     size_t *first, size_t *count) {
+  size_t n = kiln_tensor_count(o);
+  size_t per_row = batched && o->dims[0] > 0 ? n / (size_t)o->dims[0] : 0;
+  *first = batched ? per_row * (size_t)row0 : 0;
+  *count = batched ? per_row * (size_t)rows : n;
+}
+
 /* Stores the outcome; on success copies rows [row0, row0 + f->rows) of a batch's outputs (all of
    them when `batched` is false) into one block the future owns. */
 static void set_result(kiln_future *f, kiln_status st, const kiln_error *err,
@@ -265,13 +274,18 @@ static void set_result(kiln_future *f, kiln_status st, const kiln_error *err,
   size_t head = (n_outs * sizeof(kiln_tensor) + 63) & ~(size_t)63, total = head;
   for (size_t i = 0; i < n_outs; i++) {
     size_t es = kiln_dtype_size(outs[i].dtype);
-    if (es == 0 || outs[i].dtype >= KILN_DTYPE_COUNT) {
+    if ((es == 0 && outs[i].dtype != KILN_DTYPE_STRING) || outs[i].dtype >= KILN_DTYPE_COUNT) {
       f->status = kiln__fail(&f->err, KILN_UNSUPPORTED,
-                             "output %zu is %s: the runtime returns only numeric tensors", i,
+                             "output %zu is %s: the runtime returns only tensors of elements", i,
                              kiln_dtype_name(outs[i].dtype));
       return;
     }
-    total += (kiln_tensor_nbytes(&outs[i]) + 63) & ~(size_t)63;
+    size_t first, count;
+    out_rows(&outs[i], f->rows, row0, batched, &first, &count);
+    size_t nb = count * (es ? es : sizeof(char *));
+    if (!es) /* strings: the pointers, then their bytes */
+      for (size_t k = 0; k < count; k++) nb += strlen(((char *const *)outs[i].data)[first + k]) + 1;
+    total += (nb + 63) & ~(size_t)63;
   }
   if (f->block_cap < total) { /* pooled futures keep their block: a warm path allocates nothing */
     kiln__free(f->block);
@@ -288,16 +302,26 @@ static void set_result(kiln_future *f, kiln_status st, const kiln_error *err,
   size_t at = head;
   for (size_t i = 0; i < n_outs; i++) {
     t[i] = outs[i];
-    size_t nb = kiln_tensor_nbytes(&outs[i]);
-    const uint8_t *src = outs[i].data;
-    if (batched) {
-      size_t row = outs[i].dims[0] > 0 ? nb / (size_t)outs[i].dims[0] : 0;
-      t[i].dims[0] = f->rows;
-      src += row * (size_t)row0;
-      nb = row * (size_t)f->rows;
-    }
+    size_t es = kiln_dtype_size(outs[i].dtype), first, count;
+    out_rows(&outs[i], f->rows, row0, batched, &first, &count);
+    if (batched) t[i].dims[0] = f->rows;
     t[i].data = block + at;
-    if (nb) memcpy(t[i].data, src, nb);
+    size_t nb;
+    if (es) {
+      nb = count * es;
+      if (nb) memcpy(t[i].data, (const uint8_t *)outs[i].data + first * es, nb);
+    } else { /* deep copy, so the strings outlive the session's next run */
+      char **dst = t[i].data;
+      char *bytes = (char *)(dst + count);
+      for (size_t k = 0; k < count; k++) {
+        const char *src = ((char *const *)outs[i].data)[first + k];
+        size_t len = strlen(src) + 1;
+        memcpy(bytes, src, len);
+        dst[k] = bytes;
+        bytes += len;
+      }
+      nb = (size_t)(bytes - (char *)t[i].data);
+    }
     at += (nb + 63) & ~(size_t)63;
   }
   f->outs = t;
