@@ -139,8 +139,8 @@ kiln_status kiln_runtime_model_add(kiln_runtime *rt, kiln_model *model,
                                    kiln_runtime_model **out, kiln_error *err);
 /* Takes the model out of the runtime: submits fail with KILN_UNAVAILABLE from now on, requests
    already queued or running go on, and the model (sessions, weights; the kiln_model too when the
-   runtime loaded it) is freed when the last of them completes, or before this returns when none
-   is in flight. The caller drops its pointer: only the completion callbacks of the in-flight
+   runtime loaded it) is freed when the last of them completes (the worker that ran it lets go
+   just after its waiters wake), or before this returns when nothing holds it. The caller drops its pointer: only the completion callbacks of the in-flight
    requests (which run before the free) may still use it. A borrowed model
    (kiln_runtime_model_add) stays the caller's: free it once kiln_runtime_models_draining no
    longer counts it, or after kiln_runtime_free. NULL is a no-op; unloading twice is a bug. */
