@@ -166,6 +166,7 @@ void srv_buf_json_data(srv_buf *b, const kiln_tensor *t) {
       case KILN_DTYPE_FLOAT16: put_real(b, srv_half_to_float(((const uint16_t *)d)[i]), 5); break;
       case KILN_DTYPE_FLOAT: put_real(b, ((const float *)d)[i], 9); break;
       case KILN_DTYPE_DOUBLE: put_real(b, ((const double *)d)[i], 17); break;
+      case KILN_DTYPE_STRING: srv_buf_json_str(b, ((char *const *)d)[i]); break;
       default: srv_buf_puts(b, "null"); break;
     }
   }
@@ -292,6 +293,103 @@ static const char *param_obj(const json_t *obj, const char *key, json_t **out) {
   return NULL;
 }
 
+/* BYTES: Kiln's string tensors, one block holding the element pointers and then the
+   NUL-terminated bytes (so free(t->data) frees it all). A NUL inside an element is refused:
+   Kiln's strings end at the first one. */
+static kiln_status bytes_block(kiln_tensor *t, size_t count, size_t bytes, const char *name,
+                               kiln_error *err) {
+  if (bytes > SIZE_MAX - count * (sizeof(char *) + 1))
+    return fail(err, KILN_INVALID_ARGUMENT, "input '%s': too large", name);
+  t->data = malloc(count * (sizeof(char *) + 1) + bytes + 1);
+  if (!t->data) return fail(err, KILN_NO_MEMORY, "input '%s': out of memory", name);
+  return KILN_OK;
+}
+
+/* The binary tensor extension's BYTES layout: per element a 4-byte little-endian length, then
+   that many bytes; the elements must fill binary_data_size exactly. */
+static kiln_status bytes_from_binary(const uint8_t *p, size_t size, size_t count, const char *name,
+                                     kiln_tensor *t, kiln_error *err) {
+  size_t at = 0, n = 0, total = 0;
+  while (at < size) { /* first pass: check the framing, count and size the bytes */
+    if (size - at < 4)
+      return fail(err, KILN_INVALID_ARGUMENT, "input '%s': BYTES element %zu: truncated length", name, n);
+    uint32_t len = (uint32_t)p[at] | (uint32_t)p[at + 1] << 8 | (uint32_t)p[at + 2] << 16 |
+                   (uint32_t)p[at + 3] << 24;
+    at += 4;
+    if (len > size - at)
+      return fail(err, KILN_INVALID_ARGUMENT, "input '%s': BYTES element %zu: %u bytes past the end",
+                  name, n, len);
+    if (memchr(p + at, 0, len))
+      return fail(err, KILN_INVALID_ARGUMENT, "input '%s': BYTES element %zu holds a NUL byte", name, n);
+    at += len;
+    total += len;
+    if (++n > count) break;
+  }
+  if (n != count)
+    return fail(err, KILN_INVALID_ARGUMENT, "input '%s': %s BYTES elements for shape of %zu", name,
+                n > count ? "more" : "fewer", count);
+  kiln_status st = bytes_block(t, count, total, name, err);
+  if (st != KILN_OK) return st;
+  char **ptrs = t->data, *dst = (char *)(ptrs + count);
+  at = 0;
+  for (size_t i = 0; i < count; i++) {
+    uint32_t len = (uint32_t)p[at] | (uint32_t)p[at + 1] << 8 | (uint32_t)p[at + 2] << 16 |
+                   (uint32_t)p[at + 3] << 24;
+    at += 4;
+    memcpy(dst, p + at, len);
+    dst[len] = 0;
+    ptrs[i] = dst;
+    dst += len + 1;
+    at += len;
+  }
+  return KILN_OK;
+}
+
+/* Counts (collect == NULL) or copies the strings of nested or flat JSON data, row-major. */
+static kiln_status walk_strings(const json_t *d, size_t *n, size_t *bytes, char **ptrs, char **dst,
+                                size_t want, const char *name, kiln_error *err) {
+  if (json_is_array(d)) {
+    size_t i;
+    const json_t *e;
+    json_array_foreach(d, i, e) {
+      kiln_status st = walk_strings(e, n, bytes, ptrs, dst, want, name, err);
+      if (st != KILN_OK) return st;
+    }
+    return KILN_OK;
+  }
+  if (!json_is_string(d))
+    return fail(err, KILN_INVALID_ARGUMENT, "input '%s': BYTES data must be strings", name);
+  size_t len = json_string_length(d);
+  const char *v = json_string_value(d);
+  if (memchr(v, 0, len))
+    return fail(err, KILN_INVALID_ARGUMENT, "input '%s': BYTES element %zu holds a NUL byte", name, *n);
+  if (*n >= want)
+    return fail(err, KILN_INVALID_ARGUMENT, "input '%s': more data elements than the shape's %zu",
+                name, want);
+  if (ptrs) {
+    memcpy(*dst, v, len + 1);
+    ptrs[*n] = *dst;
+    *dst += len + 1;
+  }
+  (*n)++;
+  *bytes += len;
+  return KILN_OK;
+}
+
+static kiln_status bytes_from_json(const json_t *d, size_t count, const char *name, kiln_tensor *t,
+                                   kiln_error *err) {
+  size_t n = 0, total = 0;
+  kiln_status st = walk_strings(d, &n, &total, NULL, NULL, count, name, err);
+  if (st != KILN_OK) return st;
+  if (n != count)
+    return fail(err, KILN_INVALID_ARGUMENT, "input '%s': %zu data elements for shape of %zu", name,
+                n, count);
+  if ((st = bytes_block(t, count, total, name, err)) != KILN_OK) return st;
+  char **ptrs = t->data, *dst = (char *)(ptrs + count);
+  n = total = 0;
+  return walk_strings(d, &n, &total, ptrs, &dst, count, name, err);
+}
+
 static kiln_status decode_input(const json_t *in, const srv_limits *lim, const uint8_t *bin,
                                 size_t bin_len, size_t *bin_off, srv_input *out, kiln_error *err) {
   if (!json_is_object(in)) return fail(err, KILN_INVALID_ARGUMENT, "each input must be an object");
@@ -303,7 +401,7 @@ static kiln_status decode_input(const json_t *in, const srv_limits *lim, const u
   if (!json_is_string(jdt))
     return fail(err, KILN_INVALID_ARGUMENT, "input '%s': 'datatype' must be a string", name);
   kiln_dtype dt = srv_dtype_parse(json_string_value(jdt));
-  if (dt == KILN_DTYPE_UNDEFINED || dt == KILN_DTYPE_STRING || dt == KILN_DTYPE_BFLOAT16)
+  if (dt == KILN_DTYPE_UNDEFINED || dt == KILN_DTYPE_BFLOAT16)
     return fail(err, KILN_INVALID_ARGUMENT, "input '%s': unsupported datatype '%s'", name,
                 json_string_value(jdt));
   if (!json_is_array(jshape))
@@ -337,6 +435,18 @@ static kiln_status decode_input(const json_t *in, const srv_limits *lim, const u
     return fail(err, KILN_INVALID_ARGUMENT, "input '%s': both 'data' and binary_data_size", name);
   if (!jbin && !jdata)
     return fail(err, KILN_INVALID_ARGUMENT, "input '%s': no 'data' and no binary_data_size", name);
+  if (dt == KILN_DTYPE_STRING) {
+    if (jbin && (!json_is_integer(jbin) || json_integer_value(jbin) < 0 ||
+                 (uint64_t)json_integer_value(jbin) > bin_len - *bin_off))
+      return fail(err, KILN_INVALID_ARGUMENT,
+                  "input '%s': binary_data_size must be a non-negative integer within the body", name);
+    size_t size = jbin ? (size_t)json_integer_value(jbin) : 0;
+    kiln_status st = jbin ? bytes_from_binary(bin + *bin_off, size, count, name, &t, err)
+                          : bytes_from_json(jdata, count, name, &t, err);
+    if (st != KILN_OK) return st;
+    *bin_off += size;
+    goto named;
+  }
   if (jbin) {
     if (!json_is_integer(jbin) || json_integer_value(jbin) < 0)
       return fail(err, KILN_INVALID_ARGUMENT, "input '%s': binary_data_size must be a non-negative integer", name);
@@ -366,6 +476,7 @@ static kiln_status decode_input(const json_t *in, const srv_limits *lim, const u
       return st;
     }
   }
+named:
   out->name = strdup(name);
   if (!out->name) {
     free(t.data);

@@ -24,6 +24,12 @@ struct kiln_server {
   pthread_t poller;
   bool poller_started;
   pthread_cond_t poll_cv; /* with rt_mu: wakes the poller to stop */
+  /* Repository changes (load, unload, polling) run one at a time under load_mu, off the HTTP
+     thread: a control request's connection is suspended while a thread of its own does the
+     work. Lock order: load_mu, then rt_mu. */
+  pthread_mutex_t load_mu;
+  size_t n_ctl;           /* control threads running (under rt_mu) */
+  pthread_cond_t ctl_cv;  /* with rt_mu: n_ctl dropped */
   struct MHD_Daemon *d;
   uint16_t port;
   pthread_mutex_t rt_mu; /* orders submits against shutdown; guards the repository table */
@@ -219,7 +225,11 @@ static void status_answer(req_ctx *c, kiln_status st, const char *msg, uint64_t 
   switch (st) {
     case KILN_INVALID_ARGUMENT: code = MHD_HTTP_BAD_REQUEST, why = SRV_FAIL_BAD_REQUEST; break;
     case KILN_CANCELLED: code = MHD_HTTP_SERVICE_UNAVAILABLE, why = SRV_FAIL_CANCELLED; break;
-    case KILN_DEADLINE_EXCEEDED: code = MHD_HTTP_GATEWAY_TIMEOUT, why = SRV_FAIL_DEADLINE; break;
+    /* The protocol's error list has no 504: a request whose time ran out is refused as
+       unavailable (the server was too busy to finish it in time; a retry later may work). */
+    case KILN_DEADLINE_EXCEEDED:
+      code = MHD_HTTP_SERVICE_UNAVAILABLE, why = SRV_FAIL_DEADLINE, c->retry_after_s = 1;
+      break;
     case KILN_RESOURCE_EXHAUSTED:
     case KILN_UNAVAILABLE: {
       code = MHD_HTTP_SERVICE_UNAVAILABLE, why = SRV_FAIL_REJECTED;
@@ -263,7 +273,7 @@ static void encode_outputs(req_ctx *c, kiln_future *f) {
       if (c->req.outputs[k].binary >= 0) binary = c->req.outputs[k].binary;
     }
     const char *dt = srv_dtype_name(t.dtype);
-    if (!dt || t.dtype == KILN_DTYPE_STRING || t.dtype == KILN_DTYPE_BFLOAT16) {
+    if (!dt || t.dtype == KILN_DTYPE_BFLOAT16) {
       srv_buf_free(&bin);
       status_answer(c, KILN_UNSUPPORTED, "an output has a datatype the protocol cannot carry", 0);
       return;
@@ -273,7 +283,17 @@ static void encode_outputs(req_ctx *c, kiln_future *f) {
     srv_buf_printf(b, ",\"datatype\":\"%s\",\"shape\":[", dt);
     for (int d = 0; d < t.rank; d++) srv_buf_printf(b, "%s%lld", d ? "," : "", (long long)t.dims[d]);
     srv_buf_puts(b, "]");
-    if (binary) {
+    if (binary && t.dtype == KILN_DTYPE_STRING) { /* 4-byte little-endian length, then bytes */
+      size_t before = bin.len, count = kiln_tensor_count(&t);
+      for (size_t e = 0; e < count; e++) {
+        const char *str = ((char *const *)t.data)[e];
+        size_t len = strlen(str);
+        uint8_t le[4] = {(uint8_t)len, (uint8_t)(len >> 8), (uint8_t)(len >> 16), (uint8_t)(len >> 24)};
+        srv_buf_put(&bin, le, 4);
+        srv_buf_put(&bin, str, len);
+      }
+      srv_buf_printf(b, ",\"parameters\":{\"binary_data_size\":%zu}}", bin.len - before);
+    } else if (binary) {
       size_t nb = kiln_tensor_nbytes(&t);
       srv_buf_printf(b, ",\"parameters\":{\"binary_data_size\":%zu}}", nb);
       srv_buf_put(&bin, t.data, nb);
@@ -407,8 +427,11 @@ static enum MHD_Result infer(req_ctx *c, const char *header_len_str) {
   rq.names = c->names;
   rq.inputs = c->tensors;
   rq.n_inputs = c->req.n_inputs;
-  rq.priority = (kiln_priority)((c->req.priority ? c->req.priority : c->model->cfg.default_priority) - 1);
-  rq.timeout_us = c->req.timeout_us ? c->req.timeout_us : c->model->cfg.default_timeout_us;
+  const srv_config *cfg = &c->model->cfg;
+  int level = (c->req.priority ? c->req.priority : cfg->default_priority) - 1;
+  rq.priority = (kiln_priority)level;
+  rq.timeout_us = c->req.timeout_us && cfg->allow_timeout_override[level] ? c->req.timeout_us
+                                                                          : cfg->level_timeout_us[level];
   rq.on_complete = on_complete;
   rq.interrupt = on_interrupt;
   rq.user = c;
@@ -509,8 +532,55 @@ static void index_json(srv_buf *b, const srv_repo *r) {
   srv_buf_puts(b, "]");
 }
 
-/* POST /v2/repository/index, /v2/repository/models/{m}/load and /unload. They run on the HTTP
-   thread under rt_mu, so a load stalls other requests while the model compiles. */
+typedef struct ctl_job {
+  req_ctx *c;
+  bool unload;
+  char name[256];
+} ctl_job;
+
+/* Hands an answer built off the HTTP thread to the suspended connection (as on_complete does). */
+static void finish_off_thread(req_ctx *c) {
+  pthread_mutex_lock(&c->mu);
+  c->state = ST_DONE;
+  if (c->suspended) MHD_resume_connection(c->conn);
+  pthread_mutex_unlock(&c->mu);
+  ctx_unref(c);
+}
+
+/* One load or unload, on its own thread: compiling a model takes long, and the HTTP thread must
+   keep serving the other models meanwhile. */
+static void *ctl_main(void *arg) {
+  ctl_job *j = arg;
+  req_ctx *c = j->c;
+  kiln_server *s = c->srv;
+  pthread_mutex_lock(&s->load_mu);
+  pthread_mutex_lock(&s->rt_mu);
+  bool stopping = s->stopping;
+  pthread_mutex_unlock(&s->rt_mu);
+  char why[600];
+  if (stopping) {
+    c->retry_after_s = 1;
+    set_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "the server is shutting down");
+  } else if (j->unload) {
+    if (srv_repo_unload_model(&s->repo, j->name)) set_error(c, MHD_HTTP_NOT_FOUND, "unknown model");
+    else c->code = MHD_HTTP_OK, srv_buf_puts(&c->resp, "{}");
+  } else if (srv_repo_load_model(&s->repo, j->name, why, sizeof why)) {
+    set_error(c, srv_repo_find(&s->repo, j->name) ? MHD_HTTP_BAD_REQUEST : MHD_HTTP_NOT_FOUND, why);
+  } else {
+    c->code = MHD_HTTP_OK;
+    srv_buf_puts(&c->resp, "{}");
+  }
+  pthread_mutex_unlock(&s->load_mu);
+  free(j);
+  finish_off_thread(c);
+  pthread_mutex_lock(&s->rt_mu);
+  if (--s->n_ctl == 0) pthread_cond_broadcast(&s->ctl_cv);
+  pthread_mutex_unlock(&s->rt_mu);
+  return NULL;
+}
+
+/* POST /v2/repository/index (answered here, under rt_mu), /v2/repository/models/{m}/load and
+   /unload (handed to a control thread; the connection waits suspended). */
 static enum MHD_Result repository(req_ctx *c, char **seg, size_t n, bool post) {
   kiln_server *s = c->srv;
   bool is_index = n == 1 && !strcmp(seg[0], "index");
@@ -530,17 +600,40 @@ static enum MHD_Result repository(req_ctx *c, char **seg, size_t n, bool post) {
     index_json(&b, &s->repo);
     return send_json(c, &b);
   }
-  if (!strcmp(seg[2], "unload")) {
-    if (srv_repo_unload_model(&s->repo, seg[1]))
-      return send_error(c, MHD_HTTP_NOT_FOUND, "unknown model");
-    return send_text(c, MHD_HTTP_OK, "{}");
+  ctl_job *j = calloc(1, sizeof *j);
+  if (!j) return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+  if (strlen(seg[1]) >= sizeof j->name) {
+    free(j);
+    return send_error(c, MHD_HTTP_NOT_FOUND, "no such model");
   }
-  char why[600];
-  if (srv_repo_load_model(&s->repo, seg[1], why, sizeof why)) {
-    srv_model *m = srv_repo_find(&s->repo, seg[1]);
-    return send_error(c, m ? MHD_HTTP_BAD_REQUEST : MHD_HTTP_NOT_FOUND, why);
+  strcpy(j->name, seg[1]);
+  j->c = c;
+  j->unload = !strcmp(seg[2], "unload");
+  atomic_fetch_add(&c->refs, 1); /* the control thread's */
+  pthread_mutex_lock(&c->mu);
+  c->state = ST_SUBMITTED;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_t t;
+  s->n_ctl++; /* rt_mu is held: every handler runs under it */
+  if (pthread_create(&t, &attr, ctl_main, j) != 0) {
+    s->n_ctl--;
+    c->state = ST_READING;
+    pthread_mutex_unlock(&c->mu);
+    pthread_attr_destroy(&attr);
+    atomic_fetch_sub(&c->refs, 1);
+    free(j);
+    return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot start a control thread");
   }
-  return send_text(c, MHD_HTTP_OK, "{}");
+  pthread_attr_destroy(&attr);
+  bool done = c->state == ST_DONE;
+  if (!done) {
+    MHD_suspend_connection(c->conn);
+    c->suspended = true;
+  }
+  pthread_mutex_unlock(&c->mu);
+  return done ? send_ctx(c) : MHD_YES;
 }
 
 /* --model-control poll: rescans the repository every poll_interval_ms until shutdown. */
@@ -555,7 +648,12 @@ static void *poller_main(void *arg) {
     ts.tv_nsec = (long)(ns % 1000000000);
     while (!s->stopping && pthread_cond_timedwait(&s->poll_cv, &s->rt_mu, &ts) == 0) {
     }
-    if (!s->stopping) srv_repo_poll(&s->repo);
+    if (s->stopping) break;
+    pthread_mutex_unlock(&s->rt_mu); /* the pass takes it only to publish changes */
+    pthread_mutex_lock(&s->load_mu);
+    srv_repo_poll(&s->repo);
+    pthread_mutex_unlock(&s->load_mu);
+    pthread_mutex_lock(&s->rt_mu);
   }
   pthread_mutex_unlock(&s->rt_mu);
   return NULL;
@@ -606,6 +704,8 @@ static enum MHD_Result route(req_ctx *c, const char *url, const char *method) {
   const char *action = n > k ? seg[k] : NULL;
   if (n > k + 1) return send_error(c, MHD_HTTP_NOT_FOUND, "no such path");
   srv_version *v = srv_model_version(m, version);
+  if (!v && m->loading && !m->n_versions)
+    return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "model is loading");
   if (!v) {
     if (action && !strcmp(action, "ready") && get && m->error[0] && !version)
       return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, m->error);
@@ -723,8 +823,10 @@ kiln_status kiln_server_create(const kiln_server_opts *opts, kiln_server **out, 
   s->ep = -1;
   s->wake[0] = s->wake[1] = -1;
   pthread_mutex_init(&s->rt_mu, NULL);
+  pthread_mutex_init(&s->load_mu, NULL);
   pthread_mutex_init(&s->watch_mu, NULL);
   pthread_cond_init(&s->poll_cv, NULL);
+  pthread_cond_init(&s->ctl_cv, NULL);
   s->o.control_token = NULL; /* points at the caller's string: keep a copy instead */
   kiln_runtime_opts ro = kiln_runtime_opts_default();
   ro.workers = o.workers;
@@ -735,7 +837,8 @@ kiln_status kiln_server_create(const kiln_server_opts *opts, kiln_server **out, 
     goto fail;
   }
   if ((st = kiln_runtime_create(&ro, &s->rt, err)) != KILN_OK) goto fail;
-  if ((st = srv_repo_load(&s->repo, o.model_repository, s->rt, o.log, err)) != KILN_OK) goto fail;
+  if ((st = srv_repo_load(&s->repo, o.model_repository, s->rt, &s->rt_mu, o.log, err)) != KILN_OK)
+    goto fail;
   s->n_slots = o.max_connections;
   s->slot = calloc(s->n_slots, sizeof *s->slot);
   s->slot_gen = calloc(s->n_slots, sizeof *s->slot_gen);
@@ -790,6 +893,8 @@ void kiln_server_free(kiln_server *s) {
   pthread_mutex_lock(&s->rt_mu);
   s->stopping = true;
   pthread_cond_broadcast(&s->poll_cv);
+  /* Control threads load into the runtime: let them finish (a load in progress completes). */
+  while (s->n_ctl) pthread_cond_wait(&s->ctl_cv, &s->rt_mu);
   pthread_mutex_unlock(&s->rt_mu);
   if (s->poller_started) pthread_join(s->poller, NULL); /* before the runtime it loads into goes */
   /* Cancels what is queued or running; each callback resumes its connection with a 503. */
@@ -814,8 +919,10 @@ void kiln_server_free(kiln_server *s) {
   free(s->slot);
   free(s->slot_gen);
   pthread_mutex_destroy(&s->rt_mu);
+  pthread_mutex_destroy(&s->load_mu);
   pthread_mutex_destroy(&s->watch_mu);
   pthread_cond_destroy(&s->poll_cv);
+  pthread_cond_destroy(&s->ctl_cv);
   free(s->token);
   free(s);
 }

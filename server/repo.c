@@ -13,6 +13,7 @@
 static void cfg_default(srv_config *c) {
   *c = (srv_config){.default_priority = 3, .opt_level = -1, .latest_n = 1};
   c->breaker = kiln_runtime_model_opts_default();
+  for (int p = 0; p < KILN_PRIORITY_COUNT; p++) c->allow_timeout_override[p] = true;
 }
 
 static int get_int(const json_t *o, const char *key, int64_t lo, int64_t hi, int64_t *out,
@@ -36,6 +37,44 @@ static int get_real(const json_t *o, const char *key, double *out, char *why, si
     return -1;
   }
   *out = json_number_value(v);
+  return 0;
+}
+
+static int check_keys(const json_t *o, const char *const *keys, const char *where, char *why,
+                      size_t cap);
+
+/* One ModelQueuePolicy (Triton's shape) applied to the levels in [lo, hi). */
+static int parse_policy(const json_t *p, srv_config *c, int lo, int hi, const char *where,
+                        char *why, size_t cap) {
+  static const char *const keys[] = {"timeout_action", "default_timeout_microseconds",
+                                     "allow_timeout_override", "max_queue_size", NULL};
+  if (!json_is_object(p)) {
+    snprintf(why, cap, "config.json: %s must be an object", where);
+    return -1;
+  }
+  char in[96];
+  snprintf(in, sizeof in, " in %s", where);
+  if (check_keys(p, keys, in, why, cap)) return -1;
+  const json_t *act = json_object_get(p, "timeout_action");
+  if (act && (!json_is_string(act) || strcmp(json_string_value(act), "REJECT"))) {
+    snprintf(why, cap, "config.json: %s: timeout_action must be \"REJECT\" (DELAY is not supported)",
+             where);
+    return -1;
+  }
+  const json_t *ov = json_object_get(p, "allow_timeout_override");
+  if (ov && !json_is_boolean(ov)) {
+    snprintf(why, cap, "config.json: %s: allow_timeout_override must be true or false", where);
+    return -1;
+  }
+  int64_t t = -1, q = -1;
+  if (get_int(p, "default_timeout_microseconds", 0, INT64_MAX, &t, why, cap) ||
+      get_int(p, "max_queue_size", 0, 1 << 30, &q, why, cap))
+    return -1;
+  for (int l = lo; l < hi; l++) {
+    if (t >= 0) c->level_timeout_us[l] = t;
+    if (q >= 0) c->max_queue_size[l] = (size_t)q;
+    if (ov) c->allow_timeout_override[l] = json_is_true(ov);
+  }
   return 0;
 }
 
@@ -85,7 +124,10 @@ static int parse_config(const char *path, srv_config *c, char *why, size_t cap) 
       snprintf(why, cap, "config.json: 'dynamic_batching' must be an object");
       goto out;
     }
-    if (get_int(db, "max_queue_delay_microseconds", 0, INT64_MAX, &c->max_queue_delay_us, why, cap))
+    static const char *const dbkeys[] = {"max_queue_delay_microseconds", "default_queue_policy",
+                                         "priority_queue_policy", NULL};
+    if (check_keys(db, dbkeys, " in dynamic_batching", why, cap) ||
+        get_int(db, "max_queue_delay_microseconds", 0, INT64_MAX, &c->max_queue_delay_us, why, cap))
       goto out;
   }
   v = 0;
@@ -96,6 +138,28 @@ static int parse_config(const char *path, srv_config *c, char *why, size_t cap) 
   c->default_priority = (int)v;
   if (get_int(root, "default_timeout_microseconds", 0, INT64_MAX, &c->default_timeout_us, why, cap))
     goto out;
+  for (int l = 0; l < KILN_PRIORITY_COUNT; l++) c->level_timeout_us[l] = c->default_timeout_us;
+  /* Queue policies (after the model-wide timeout, which they refine per level). */
+  const json_t *dq = db ? json_object_get(db, "default_queue_policy") : NULL;
+  if (dq && parse_policy(dq, c, 0, KILN_PRIORITY_COUNT, "default_queue_policy", why, cap)) goto out;
+  const json_t *pq = db ? json_object_get(db, "priority_queue_policy") : NULL;
+  if (pq) {
+    const char *k;
+    const json_t *pv;
+    if (!json_is_object(pq)) {
+      snprintf(why, cap, "config.json: 'priority_queue_policy' must be an object keyed by level");
+      goto out;
+    }
+    json_object_foreach((json_t *)pq, k, pv) {
+      if (strlen(k) != 1 || k[0] < '1' || k[0] > '0' + KILN_PRIORITY_COUNT) {
+        snprintf(why, cap, "config.json: priority_queue_policy key '%.40s' is not a priority 1..4", k);
+        goto out;
+      }
+      char where[48];
+      snprintf(where, sizeof where, "priority_queue_policy.%c", k[0]);
+      if (parse_policy(pv, c, k[0] - '1', k[0] - '0', where, why, cap)) goto out;
+    }
+  }
   v = c->opt_level;
   if (get_int(root, "optimization_level", -1, 3, &v, why, cap)) goto out;
   c->opt_level = (int)v;
@@ -254,68 +318,96 @@ static srv_version *served(const srv_model *m, int64_t number) {
   return NULL;
 }
 
+/* Hands the runtime models of versions no longer served to the runtime, which frees each once
+   its in-flight requests complete. Under r->mu, after the table stopped pointing at them. */
+static void release_unserved(srv_model *m) {
+  for (size_t k = 0; k < m->n_all; k++) {
+    srv_version *v = m->all[k];
+    if (!v->rm || served(m, v->number) == v) continue;
+    kiln_runtime_model_unload(v->rm);
+    v->rm = NULL;
+  }
+}
+
 static void load_model(srv_repo *r, srv_model *m) {
-  char path[4096];
-  m->error[0] = 0;
-  m->unloaded = false;
-  m->stamp = model_stamp(r->dir, m->name);
+  char path[4096], error[512] = "";
+  uint64_t stamp = model_stamp(r->dir, m->name);
+  pthread_mutex_lock(r->mu);
+  m->loading = true;
+  pthread_mutex_unlock(r->mu);
   snprintf(path, sizeof path, "%s/%s/config.json", r->dir, m->name);
   srv_config cfg;
-  if (parse_config(path, &cfg, m->error, sizeof m->error)) return; /* old versions keep serving */
-  m->cfg = cfg;
+  srv_version **next = NULL;
+  size_t n_next = 0;
+  if (parse_config(path, &cfg, error, sizeof error)) { /* old versions keep serving */
+    pthread_mutex_lock(r->mu);
+    snprintf(m->error, sizeof m->error, "%s", error);
+    m->stamp = stamp;
+    m->unloaded = m->loading = false;
+    pthread_mutex_unlock(r->mu);
+    return;
+  }
   uint64_t cfg_stamp = file_stamp(14695981039346656037ull, path);
   snprintf(path, sizeof path, "%s/%s", r->dir, m->name);
   int64_t nums[256];
   size_t n = scan_versions(path, nums, 256);
-  if (!n) {
-    snprintf(m->error, sizeof m->error, "no version directories (expected %.400s/<version>/model.onnx)",
+  if (!n)
+    snprintf(error, sizeof error, "no version directories (expected %.400s/<version>/model.onnx)",
              path);
-    m->n_versions = 0;
-    return;
-  }
-  srv_version **next = calloc(n, sizeof *next);
-  if (!next) {
-    snprintf(m->error, sizeof m->error, "out of memory");
-    return;
-  }
-  size_t n_next = 0;
+  else if (!(next = calloc(n, sizeof *next)))
+    snprintf(error, sizeof error, "out of memory");
   const char *backends[9] = {0};
-  for (size_t i = 0; i < m->cfg.n_backends; i++) backends[i] = m->cfg.backends[i];
-  kiln_runtime_model_opts o = m->cfg.breaker;
-  o.backends = m->cfg.n_backends ? backends : NULL;
-  o.opt_level = m->cfg.opt_level;
-  o.max_contexts = m->cfg.instance_count;
-  o.max_batch_size = m->cfg.max_batch_size;
-  o.max_queue_delay_us = m->cfg.max_queue_delay_us;
-  for (size_t i = 0; i < n; i++) {
-    if (!wanted(&m->cfg, nums, n, i)) continue;
+  for (size_t i = 0; i < cfg.n_backends; i++) backends[i] = cfg.backends[i];
+  kiln_runtime_model_opts o = cfg.breaker;
+  o.backends = cfg.n_backends ? backends : NULL;
+  o.opt_level = cfg.opt_level;
+  o.max_contexts = cfg.instance_count;
+  o.max_batch_size = cfg.max_batch_size;
+  o.max_queue_delay_us = cfg.max_queue_delay_us;
+  memcpy(o.queue_limit, cfg.max_queue_size, sizeof o.queue_limit);
+  /* Compiling happens here, without r->mu. m->all and m->versions change only under the
+     caller's serialisation, so reading them here needs no lock. */
+  for (size_t i = 0; next && i < n; i++) {
+    if (!wanted(&cfg, nums, n, i)) continue;
     snprintf(path, sizeof path, "%s/%s/%lld/model.onnx", r->dir, m->name, (long long)nums[i]);
-    uint64_t stamp = file_stamp(mix(cfg_stamp, (uint64_t)nums[i]), path);
+    uint64_t vstamp = file_stamp(mix(cfg_stamp, (uint64_t)nums[i]), path);
     srv_version *v = NULL;
     for (size_t k = 0; k < m->n_all && !v; k++)
-      if (m->all[k]->number == nums[i] && m->all[k]->stamp == stamp) v = m->all[k];
+      if (m->all[k]->number == nums[i] && m->all[k]->stamp == vstamp && m->all[k]->rm &&
+          served(m, nums[i]) == m->all[k])
+        v = m->all[k];
     if (!v) {
       kiln_error err = {0};
       kiln_runtime_model *rm = NULL;
       if (kiln_runtime_model_load(r->rt, path, &o, &rm, &err) != KILN_OK) {
-        snprintf(m->error, sizeof m->error, "version %lld: %.480s", (long long)nums[i], err.message);
-        if (r->log) fprintf(r->log, "kiln serve: model '%s' %s\n", m->name, m->error);
+        snprintf(error, sizeof error, "version %lld: %.480s", (long long)nums[i], err.message);
+        if (r->log) fprintf(r->log, "kiln serve: model '%s' %s\n", m->name, error);
         v = served(m, nums[i]); /* the old file keeps serving */
       } else if (!(v = keep_version(m))) {
-        snprintf(m->error, sizeof m->error, "out of memory");
+        kiln_runtime_model_unload(rm);
+        snprintf(error, sizeof error, "out of memory");
       } else {
         v->rm = rm;
         v->number = nums[i];
-        v->stamp = stamp;
+        v->stamp = vstamp;
         snprintf(v->label, sizeof v->label, "%lld", (long long)nums[i]);
         if (r->log) fprintf(r->log, "kiln serve: loaded %s version %s\n", m->name, v->label);
       }
     }
     if (v) next[n_next++] = v;
   }
-  free(m->versions);
-  m->versions = next;
-  m->n_versions = n_next;
+  pthread_mutex_lock(r->mu);
+  snprintf(m->error, sizeof m->error, "%s", error);
+  m->stamp = stamp;
+  m->unloaded = m->loading = false;
+  if (next || !n) { /* a failed allocation keeps what serves */
+    m->cfg = cfg;
+    free(m->versions);
+    m->versions = next;
+    m->n_versions = n_next;
+    release_unserved(m);
+  }
+  pthread_mutex_unlock(r->mu);
 }
 
 static int cmp_model(const void *a, const void *b) {
@@ -331,20 +423,28 @@ static srv_model **find(const srv_repo *r, const char *name) {
 static srv_model *entry(srv_repo *r, const char *name) {
   srv_model **f = find(r, name);
   if (f) return *f;
-  if (r->n == r->cap) {
-    size_t cap = r->cap ? 2 * r->cap : 8;
-    srv_model **p = realloc(r->models, cap * sizeof *p);
-    if (!p) return NULL;
-    r->models = p;
-    r->cap = cap;
-  }
   srv_model *m = calloc(1, sizeof *m);
   if (!m || !(m->name = strdup(name))) {
     free(m);
     return NULL;
   }
+  m->loading = true; /* not ready until its first load finishes */
+  pthread_mutex_lock(r->mu);
+  if (r->n == r->cap) {
+    size_t cap = r->cap ? 2 * r->cap : 8;
+    srv_model **p = realloc(r->models, cap * sizeof *p);
+    if (!p) {
+      pthread_mutex_unlock(r->mu);
+      free(m->name);
+      free(m);
+      return NULL;
+    }
+    r->models = p;
+    r->cap = cap;
+  }
   r->models[r->n++] = m;
   qsort(r->models, r->n, sizeof *r->models, cmp_model);
+  pthread_mutex_unlock(r->mu);
   return m;
 }
 
@@ -367,6 +467,7 @@ int srv_repo_load_model(srv_repo *r, const char *name, char *why, size_t cap) {
     return -1;
   }
   load_model(r, m);
+  /* Only this thread changes the entry, so reading it back needs no lock. */
   if (m->error[0] && r->log && !m->n_versions)
     fprintf(r->log, "kiln serve: model '%s' not loaded: %s\n", m->name, m->error);
   if (!m->error[0] && m->n_versions) return 0;
@@ -377,9 +478,12 @@ int srv_repo_load_model(srv_repo *r, const char *name, char *why, size_t cap) {
 int srv_repo_unload_model(srv_repo *r, const char *name) {
   srv_model **f = find(r, name);
   if (!f) return -1;
+  pthread_mutex_lock(r->mu);
   (*f)->unloaded = true;
   (*f)->n_versions = 0;
   (*f)->error[0] = 0;
+  release_unserved(*f);
+  pthread_mutex_unlock(r->mu);
   if (r->log) fprintf(r->log, "kiln serve: unloaded %s\n", name);
   return 0;
 }
@@ -406,9 +510,9 @@ static void poll_one(srv_repo *r, const char *name) {
   initial(r, name);
 }
 
-kiln_status srv_repo_load(srv_repo *r, const char *dir, kiln_runtime *rt, FILE *log,
-                          kiln_error *err) {
-  *r = (srv_repo){.dir = strdup(dir), .rt = rt, .log = log};
+kiln_status srv_repo_load(srv_repo *r, const char *dir, kiln_runtime *rt, pthread_mutex_t *mu,
+                          FILE *log, kiln_error *err) {
+  *r = (srv_repo){.dir = strdup(dir), .rt = rt, .mu = mu, .log = log};
   if (!r->dir || each_dir(r, initial) != 0) {
     if (err) {
       err->status = KILN_IO_ERROR;

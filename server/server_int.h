@@ -2,6 +2,7 @@
 #ifndef KILN_SERVER_INT_H
 #define KILN_SERVER_INT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 #include "codec.h"
@@ -32,7 +33,7 @@ extern const char *const srv_fail_names[SRV_FAIL_COUNT];
 typedef struct srv_version {
   int64_t number;
   char label[24]; /* the number as text */
-  kiln_runtime_model *rm; /* owned by the runtime */
+  kiln_runtime_model *rm; /* owned by the runtime; NULL once unloaded */
   uint64_t stamp; /* model.onnx and config.json as they were loaded, to tell a changed file */
   atomic_uint_least64_t ok, ok_ns, fail_ns, last_ms;
   atomic_uint_least64_t fail[SRV_FAIL_COUNT];
@@ -45,6 +46,12 @@ typedef struct srv_config {
   size_t instance_count;    /* contexts; 0 = one per worker */
   int default_priority;     /* 1..4 */
   int64_t default_timeout_us; /* 0 = the runtime's default */
+  /* Triton's queue policy per priority level (index 0 = priority 1): queued requests allowed
+     (0 = no limit of the model's own), timeout when the request sets none, whether a request's
+     own timeout counts. */
+  size_t max_queue_size[KILN_PRIORITY_COUNT];
+  int64_t level_timeout_us[KILN_PRIORITY_COUNT];
+  bool allow_timeout_override[KILN_PRIORITY_COUNT];
   int opt_level;
   char backends[8][16];
   size_t n_backends;
@@ -56,12 +63,15 @@ typedef struct srv_config {
 } srv_config;
 
 /* Models and versions are allocated one by one and kept until shutdown, even when unloaded:
-   in-flight requests hold pointers to them, and the runtime has no way to drop a model. */
+   in-flight requests hold pointers to them. They are small: an unloaded or replaced version's
+   runtime model (weights, sessions) is handed to kiln_runtime_model_unload, which frees it once
+   its in-flight requests complete, and its `rm` is cleared. */
 typedef struct srv_model {
   char *name;
   srv_config cfg;
   char error[512]; /* why the model (or a version) is not ready; "" when all loaded */
   bool unloaded;   /* by request, or its directory went away */
+  bool loading;    /* a load is compiling it now (off the HTTP thread) */
   uint64_t stamp;  /* the directory's state at the last load (for polling) */
   size_t n_versions;
   srv_version **versions; /* served ones, ascending by number */
@@ -72,18 +82,21 @@ typedef struct srv_model {
 typedef struct srv_repo {
   char *dir;
   kiln_runtime *rt;
+  pthread_mutex_t *mu; /* the server's rt_mu: readers of the table hold it */
   FILE *log;
   size_t n, cap;
   srv_model **models; /* sorted by name */
 } srv_repo;
 
-/* The table changes only through the calls below; the caller serialises them against every
-   reader of the table (the server's rt_mu). */
+/* The table changes only through the calls below, which the caller serialises among themselves
+   (the server's load_mu; one control operation at a time) and calls without `mu`: they take it
+   only to publish a change, and compile models without it, so the HTTP thread keeps serving the
+   other models while one loads. */
 
 /* Scans and loads `dir` into `rt`. Fails only when the directory cannot be read; a bad model
    is kept with its error. */
-kiln_status srv_repo_load(srv_repo *r, const char *dir, kiln_runtime *rt, FILE *log,
-                          kiln_error *err);
+kiln_status srv_repo_load(srv_repo *r, const char *dir, kiln_runtime *rt, pthread_mutex_t *mu,
+                          FILE *log, kiln_error *err);
 /* (Re)loads DIR/<name> by its current files: versions whose files did not change are kept,
    changed ones loaded anew (a failed reload keeps the old one serving). Returns 0 when the
    model serves with no error, else -1 with the reason in `why`. */

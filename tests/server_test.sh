@@ -158,11 +158,11 @@ expect 400 'Inference-Header' "header length past body" -- -H 'Inference-Header-
 expect 400 'too large' "body over the limit" -- -H 'Content-Length: 999999999999' -d '{}' /v2/models/digits/infer
 expect 200 '"ready":true' "still ready after bad requests" -- /v2/health/ready
 
-# Requested output as JSON while the default is binary; a 1 us timeout answers 504 or, if the
-# machine was that fast, 200: never anything else.
+# Requested output as JSON while the default is binary; a 1 us timeout answers 503 (deadline
+# exceeded) or, if the machine was that fast, 200: never anything else.
 expect 200 '"data":\[' "binary_data_output overridden per output" -- -d '{"inputs":['"$i"',"data":['"$data64"']}],"parameters":{"binary_data_output":true},"outputs":[{"name":"logits","parameters":{"binary_data":false}}]}' /v2/models/digits/infer
 code=$("${C[@]}" -d '{"inputs":['"$i"',"data":['"$data64"']}],"parameters":{"timeout":1}}' "$base/v2/models/digits/infer")
-if [ "$code" = 504 ] || [ "$code" = 200 ]; then ok "timeout parameter ($code)"; else bad "timeout: $code $(cat "$tmp/body")"; fi
+if [ "$code" = 503 ] || [ "$code" = 200 ]; then ok "timeout parameter ($code)"; else bad "timeout: $code $(cat "$tmp/body")"; fi
 
 # Statistics and metrics.
 expect 200 '"model_stats":\[\{"name":"digits","version":"1"' "stats" -- /v2/models/digits/stats
@@ -268,6 +268,201 @@ if kill -0 "$pid" 2>/dev/null; then bad "second server still running 10 s after 
 else
   wait "$pid"; rc=$?
   [ "$rc" = 0 ] && ok "second server: clean exit" || bad "second server: exit $rc; $(tail -5 "$tmp/err2")"
+fi
+pid=
+# ---- Overload, deadlines and disconnects: one worker, a model whose run time a request sets by
+# its row count (tests/models/slow.onnx), a queue of one per priority level, and at level 4 a
+# 100 ms timeout that requests may not override.
+repo3=$tmp/repo3
+mkdir -p "$repo3/slow/1" "$repo3/strings/1"
+cp "$src/tests/models/slow.onnx" "$repo3/slow/1/model.onnx"
+cp "$src/tests/models/strings.onnx" "$repo3/strings/1/model.onnx"
+cat >"$repo3/slow/config.json" <<'EOF'
+{"instance_count": 1, "optimization_level": 2,
+ "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1, "timeout_action": "REJECT"},
+                      "priority_queue_policy": {"4": {"max_queue_size": 1, "default_timeout_microseconds": 100000,
+                                                      "allow_timeout_override": false}}}}
+EOF
+"$kiln" serve --model-repository "$repo3" --host 127.0.0.1 --port 0 --workers 1 --threads 1 \
+  >"$tmp/out3" 2>"$tmp/err3" &
+pid=$!
+port=
+for _ in $(seq 1 100); do
+  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$tmp/out3")
+  [ -n "$port" ] && break
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.1
+done
+if [ -z "$port" ]; then echo "FAIL third server did not start"; cat "$tmp/err3"; exit 1; fi
+base=http://127.0.0.1:$port
+# slow_req ROWS FILE [PARAMS_JSON]: a binary request of ROWS zero rows
+slow_req() {
+  python3 - "$1" "$2" "${3:-null}" <<'PY'
+import json, sys
+rows, path, params = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]) or {}
+hdr = json.dumps({'inputs': [{'name': 'x', 'datatype': 'FP32', 'shape': [rows, 256],
+                              'parameters': {'binary_data_size': rows * 1024}}],
+                  'outputs': [{'name': 'y', 'parameters': {'binary_data': True}}],
+                  'parameters': params}).encode()
+open(path, 'wb').write(hdr + bytes(rows * 1024))
+open(path + '.hlen', 'w').write(str(len(hdr)))
+PY
+}
+# post FILE OUT_PREFIX [curl args]: writes OUT_PREFIX.code, .body, .hdr
+post() {
+  local f=$1 o=$2
+  shift 2
+  curl -s -m 120 "$@" -D "$o.hdr" -o "$o.body" -w '%{http_code}' \
+    -H "Inference-Header-Content-Length: $(cat "$f.hlen")" --data-binary @"$f" \
+    "$base/v2/models/slow/infer" >"$o.code"
+}
+metric() { # metric REASON: the slow model's failure counter for that reason
+  curl -s -m 30 "$base/metrics" | sed -n 's/^kiln_request_failure_total{model="slow",version="1",reason="'"$1"'"} //p'
+}
+successes() {
+  curl -s -m 30 "$base/metrics" | sed -n 's/^kiln_request_success_total{model="slow",version="1"} //p'
+}
+# Calibrate: rows for a run of about 2 s on this machine and build (ASan is far slower); the
+# first request also creates the session, so the second one is timed.
+slow_req 256 "$tmp/cal"
+for _ in 1 2; do
+  t=$(curl -s -m 120 -o /dev/null -w '%{time_total}' -H "Inference-Header-Content-Length: $(cat "$tmp/cal.hlen")" \
+    --data-binary @"$tmp/cal" "$base/v2/models/slow/infer")
+done
+rows=$(python3 -c "print(max(8, min(65536, int(256 * 2.0 / max($t, 1e-3)))))")
+echo "     (slow model: 256 rows took ${t}s; a busy request is $rows rows)"
+slow_req "$rows" "$tmp/busy"
+slow_req 1 "$tmp/small"
+slow_req 1 "$tmp/small_t" '{"timeout": 100000}'
+slow_req 1 "$tmp/low_long" '{"priority": 4, "timeout": 60000000}'
+
+# Overload: while the busy request runs, six more arrive at once; one may queue, the others are
+# refused at once with 503 and Retry-After, and the server stays healthy.
+post "$tmp/busy" "$tmp/b0" &
+bpid=$!
+sleep 0.3
+kids=()
+for k in 1 2 3 4 5 6; do post "$tmp/small" "$tmp/o$k" & kids+=($!); done
+wait "${kids[@]}" "$bpid"
+n503=0 n200=0 other=
+for k in 1 2 3 4 5 6; do
+  c=$(cat "$tmp/o$k.code")
+  if [ "$c" = 503 ] && grep -qi '^Retry-After: *[1-9]' "$tmp/o$k.hdr" && grep -q 'queue is full' "$tmp/o$k.body"; then
+    n503=$((n503 + 1))
+  elif [ "$c" = 200 ]; then n200=$((n200 + 1))
+  else other="$other $c:$(head -c 100 "$tmp/o$k.body")"; fi
+done
+if [ "$(cat "$tmp/b0.code")" = 200 ] && [ "$n503" -ge 4 ] && [ "$n200" -le 2 ] && [ -z "$other" ]; then
+  ok "queue limit 1: $n503 of 6 answered 503 with Retry-After, $n200 served"
+else bad "overload: busy=$(cat "$tmp/b0.code") 503s=$n503 200s=$n200 other=$other"; fi
+expect 200 '"ready":true' "ready after overload" -- /v2/health/ready
+code=$("${C[@]}" -H "Inference-Header-Content-Length: $(cat "$tmp/small.hlen")" --data-binary @"$tmp/small" "$base/v2/models/slow/infer")
+[ "$code" = 200 ] && ok "serves after overload" || bad "after overload: $code $(head -c 200 "$tmp/body")"
+r=$(metric rejected)
+[ "${r:-0}" -ge 4 ] && ok "metrics count the rejections ($r)" || bad "rejected counter: $r"
+
+# Deadlines: behind the busy request, a 100 ms timeout expires in the queue (503, Retry-After);
+# at level 4 the policy's 100 ms applies although the request asks for 60 s (no override).
+post "$tmp/busy" "$tmp/b1" &
+bpid=$!
+sleep 0.3
+post "$tmp/small_t" "$tmp/d1" & # levels 3 and 4: one queue place each
+d1=$!
+post "$tmp/low_long" "$tmp/d2"
+wait "$d1" "$bpid"
+for k in d1 d2; do
+  if [ "$(cat "$tmp/$k.code")" = 503 ] && grep -q 'deadline exceeded' "$tmp/$k.body" && grep -qi '^Retry-After:' "$tmp/$k.hdr"; then
+    ok "expired in the queue: 503 deadline exceeded ($k)"
+  else bad "deadline $k: $(cat "$tmp/$k.code") $(head -c 200 "$tmp/$k.body")"; fi
+done
+r=$(metric deadline_exceeded)
+[ "${r:-0}" = 2 ] && ok "metrics count 2 deadlines" || bad "deadline counter: $r"
+
+# Disconnects: a client that gives up while its request is queued, and one that gives up while
+# its request runs; both requests are cancelled (counted as such, not served).
+succ0=$(successes)
+post "$tmp/busy" "$tmp/b2" &
+bpid=$!
+sleep 0.3
+post "$tmp/small" "$tmp/q" --max-time 0.3 # queued behind the busy one, then gone
+wait "$bpid"
+post "$tmp/busy" "$tmp/r" --max-time 0.3 # running, then gone
+c=
+for _ in $(seq 1 100); do c=$(metric cancelled); [ "${c:-0}" -ge 2 ] && break; sleep 0.1; done
+succ1=$(successes)
+if [ "${c:-0}" = 2 ] && [ "$succ1" = $((succ0 + 1)) ]; then
+  ok "client disconnects cancel a queued and a running request"
+else bad "disconnect: cancelled=$c success $succ0 -> $succ1 (only the busy one should count)"; fi
+expect 200 '"ready":true' "ready after disconnects" -- /v2/health/ready
+
+# BYTES tensors (tests/models/strings.onnx: upper-case, drop "the"), JSON and binary; the oracle
+# is Python's str.upper (the engine changes ASCII case only, so non-ASCII text here has no case).
+expect 200 '"inputs":\[\{"name":"text","datatype":"BYTES","shape":\[-1\]\}\]' "BYTES model metadata" -- /v2/models/strings
+python3 - "$tmp" <<'PY'
+import json, struct, sys
+out = sys.argv[1]
+words = ['The', 'quick', 'Brown', '\u20ac5 fox', 'say "hi"', '', 'the', 'x' * 300]
+json.dump({'inputs': [{'name': 'text', 'datatype': 'BYTES', 'shape': [len(words)], 'data': words}]},
+          open(out + '/s.json', 'w'))
+blob = b''.join(struct.pack('<I', len(w.encode())) + w.encode() for w in words)
+hdr = json.dumps({'inputs': [{'name': 'text', 'datatype': 'BYTES', 'shape': [len(words)],
+                              'parameters': {'binary_data_size': len(blob)}}],
+                  'parameters': {'binary_data_output': True}}).encode()
+open(out + '/s.bin', 'wb').write(hdr + blob)
+open(out + '/s.bin.hlen', 'w').write(str(len(hdr)))
+want = [w.upper() for w in words if w.lower() != 'the']
+json.dump(want, open(out + '/s.want', 'w'))
+# framing errors: a length past the end, one element too many, a NUL inside an element
+bad = {'past': struct.pack('<I', 9) + b'abc', 'extra': struct.pack('<I', 1) + b'a' + struct.pack('<I', 0),
+       'nul': struct.pack('<I', 3) + b'a\0b'}
+for k, b in bad.items():
+    h = json.dumps({'inputs': [{'name': 'text', 'datatype': 'BYTES', 'shape': [1],
+                                'parameters': {'binary_data_size': len(b)}}]}).encode()
+    open(out + '/s.' + k, 'wb').write(h + b)
+    open(out + '/s.' + k + '.hlen', 'w').write(str(len(h)))
+PY
+check_strings() { # check_strings BODY HLEN: the response's output equals the oracle
+  python3 - "$1" "$2" "$tmp/s.want" <<'PY'
+import json, struct, sys
+body, hlen, want = open(sys.argv[1], 'rb').read(), int(sys.argv[2]), json.load(open(sys.argv[3]))
+if hlen:
+    o = json.loads(body[:hlen])['outputs'][0]
+    blob, got, at = body[hlen:], [], 0
+    assert o['parameters']['binary_data_size'] == len(blob), o
+    while at < len(blob):
+        n = struct.unpack('<I', blob[at:at + 4])[0]
+        got.append(blob[at + 4:at + 4 + n].decode())
+        at += 4 + n
+else:
+    o = json.loads(body)['outputs'][0]
+    got = o['data']
+assert o['datatype'] == 'BYTES' and o['shape'] == [len(want)], o
+assert got == want, (got, want)
+PY
+}
+code=$("${C[@]}" --data-binary @"$tmp/s.json" "$base/v2/models/strings/infer")
+if [ "$code" = 200 ] && check_strings "$tmp/body" 0; then ok "BYTES in and out as JSON"
+else bad "BYTES JSON: $code $(head -c 300 "$tmp/body")"; fi
+code=$(curl -s -m 30 -D "$tmp/hdr" -o "$tmp/body" -w '%{http_code}' -H "Inference-Header-Content-Length: $(cat "$tmp/s.bin.hlen")" \
+  --data-binary @"$tmp/s.bin" "$base/v2/models/strings/infer")
+rh=$(sed -n 's/^Inference-Header-Content-Length: *\([0-9]*\).*/\1/ip' "$tmp/hdr" | tr -d '\r')
+if [ "$code" = 200 ] && [ -n "$rh" ] && check_strings "$tmp/body" "$rh"; then ok "BYTES in and out as length-prefixed binary"
+else bad "BYTES binary: $code hdr=$rh $(head -c 300 "$tmp/body")"; fi
+for k in past extra nul; do
+  code=$(curl -s -m 30 -o "$tmp/body" -w '%{http_code}' -H "Inference-Header-Content-Length: $(cat "$tmp/s.$k.hlen")" \
+    --data-binary @"$tmp/s.$k" "$base/v2/models/strings/infer")
+  [ "$code" = 400 ] && grep -q 'BYTES' "$tmp/body" && ok "bad BYTES framing ($k): 400" || bad "BYTES $k: $code $(head -c 200 "$tmp/body")"
+done
+expect 400 'BYTES data must be strings' "BYTES JSON with a number" -- -d '{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":[1]}]}' /v2/models/strings/infer
+curl -s -m 30 "$base/metrics" >"$tmp/metrics3"
+promtool check metrics <"$tmp/metrics3" >"$tmp/lint3" 2>&1 && ok "metrics pass promtool" || bad "promtool: $(cat "$tmp/lint3")"
+
+kill -TERM "$pid"
+for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$pid" 2>/dev/null; then bad "third server still running 10 s after SIGTERM"
+else
+  wait "$pid"; rc=$?
+  [ "$rc" = 0 ] && ok "third server: clean exit" || bad "third server: exit $rc; $(tail -5 "$tmp/err3")"
 fi
 pid=
 [ "$fails" = 0 ] || { echo "$fails failure(s)"; exit 1; }

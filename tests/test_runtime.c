@@ -337,6 +337,103 @@ static void queue_limit_rejects(void **state) {
   gate_destroy(&g);
 }
 
+/* A model's own queue limit: its requests beyond it are refused while another model's requests
+   at the same level still queue (the runtime-wide limit is far away). */
+static void model_queue_limit_rejects(void **state) {
+  (void)state;
+  kiln_runtime *rt = make_rt(1, NULL);
+  kiln_runtime_model_opts mo = kiln_runtime_model_opts_default();
+  mo.queue_limit[KILN_PRIORITY_NORMAL] = 1;
+  kiln_runtime_model *limited = load(rt, &mo), *other = load(rt, NULL);
+  gate g;
+  gate_init(&g);
+  kiln_tensor x = rows(0, 1);
+  kiln_request blocker = req_of(&x, KILN_PRIORITY_NORMAL);
+  blocker.interrupt = gate_hook;
+  blocker.user = &g;
+  assert_int_equal(kiln_runtime_submit(limited, &blocker, NULL, NULL), KILN_OK);
+  gate_wait_entered(&g); /* running: the queue is empty again */
+  kiln_request r = req_of(&x, KILN_PRIORITY_NORMAL), low = req_of(&x, KILN_PRIORITY_LOW);
+  kiln_future *f[4];
+  kiln_error err = {0};
+  assert_int_equal(kiln_runtime_submit(limited, &r, &f[0], NULL), KILN_OK);
+  assert_int_equal(kiln_runtime_submit(limited, &r, NULL, &err), KILN_RESOURCE_EXHAUSTED);
+  assert_non_null(strstr(err.message, "model's priority 2 queue is full"));
+  assert_int_equal(kiln_runtime_submit(limited, &low, &f[1], NULL), KILN_OK); /* other level */
+  assert_int_equal(kiln_runtime_submit(other, &r, &f[2], NULL), KILN_OK);
+  assert_int_equal(kiln_runtime_submit(other, &r, &f[3], NULL), KILN_OK);
+  kiln_runtime_stats st = stats_of(limited);
+  assert_int_equal(st.prio[KILN_PRIORITY_NORMAL].rejected, 1);
+  assert_int_equal(st.prio[KILN_PRIORITY_NORMAL].queue_depth, 1);
+  gate_open(&g);
+  for (int i = 0; i < 4; i++) {
+    assert_true(kiln_future_wait(f[i], 10000000));
+    assert_int_equal(kiln_future_status(f[i], NULL), KILN_OK);
+    kiln_future_release(f[i]);
+  }
+  kiln_runtime_free(rt);
+  gate_destroy(&g);
+}
+
+/* Unload: new submits are refused, the running and queued requests finish with their outputs,
+   and the model is freed when the last of them completes (ASan's leak check sees the rest). */
+static void unload_drains_then_frees(void **state) {
+  (void)state;
+  kiln_runtime *rt = make_rt(1, NULL);
+  kiln_runtime_model *m = load(rt, NULL), *keep = load(rt, NULL);
+  gate g;
+  gate_init(&g);
+  kiln_tensor x = rows(0, 3);
+  kiln_request blocker = req_of(&x, KILN_PRIORITY_NORMAL);
+  blocker.interrupt = gate_hook;
+  blocker.user = &g;
+  kiln_future *run = NULL, *queued = NULL, *cancelled = NULL;
+  assert_int_equal(kiln_runtime_submit(m, &blocker, &run, NULL), KILN_OK);
+  gate_wait_entered(&g);
+  kiln_request r = req_of(&x, KILN_PRIORITY_NORMAL);
+  assert_int_equal(kiln_runtime_submit(m, &r, &queued, NULL), KILN_OK);
+  assert_int_equal(kiln_runtime_submit(m, &r, &cancelled, NULL), KILN_OK);
+  assert_int_equal(kiln_runtime_models_draining(rt), 0);
+  kiln_runtime_model_unload(m);
+  assert_int_equal(kiln_runtime_models_draining(rt), 1);
+  kiln_error err = {0};
+  /* Still allocated while requests are in flight, so a racing submit is refused, not a crash. */
+  assert_int_equal(kiln_runtime_submit(m, &r, NULL, &err), KILN_UNAVAILABLE);
+  assert_non_null(strstr(err.message, "unloaded"));
+  kiln_future_cancel(cancelled); /* a queued request of an unloaded model still cancels */
+  assert_int_equal(kiln_future_status(cancelled, NULL), KILN_CANCELLED);
+  assert_int_equal(kiln_runtime_models_draining(rt), 1);
+  gate_open(&g);
+  assert_true(kiln_future_wait(run, 10000000));
+  assert_true(kiln_future_wait(queued, 10000000));
+  /* The futures keep their outputs after the model is gone. */
+  for (int k = 0; k < 2; k++) {
+    kiln_future *f = k ? queued : run;
+    assert_int_equal(kiln_future_status(f, NULL), KILN_OK);
+    kiln_tensor y;
+    assert_int_equal(kiln_future_output(f, 0, &y), KILN_OK);
+    assert_int_equal(y.dims[0], 3);
+    assert_int_equal(y.dims[1], 10);
+  }
+  for (int i = 0; i < 1000 && kiln_runtime_models_draining(rt); i++) sleep_us(1000);
+  assert_int_equal(kiln_runtime_models_draining(rt), 0);
+  kiln_future_cancel(run); /* a completed future of a freed model: no effect, no access */
+  kiln_future_release(run);
+  kiln_future_release(queued);
+  kiln_future_release(cancelled);
+  /* The other model serves on; unloaded with nothing queued, it is freed once the worker that ran
+     its last request lets go (just after that request's waiter wakes). */
+  kiln_future *f = NULL;
+  assert_int_equal(kiln_runtime_run(keep, &r, &f, NULL), KILN_OK);
+  kiln_future_release(f);
+  kiln_runtime_model_unload(keep);
+  for (int i = 0; i < 1000 && kiln_runtime_models_draining(rt); i++) sleep_us(1000);
+  assert_int_equal(kiln_runtime_models_draining(rt), 0);
+  kiln_runtime_model_unload(NULL);
+  kiln_runtime_free(rt);
+  gate_destroy(&g);
+}
+
 /* With aging, a LOW request that waited long enough runs before a fresh NORMAL one. */
 static void aging_promotes_low(void **state) {
   (void)state;
@@ -1187,6 +1284,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(thread_budget),
       cmocka_unit_test(priority_order_under_load),
       cmocka_unit_test(queue_limit_rejects),
+      cmocka_unit_test(model_queue_limit_rejects),
+      cmocka_unit_test(unload_drains_then_frees),
       cmocka_unit_test(aging_promotes_low),
       cmocka_unit_test(cancel_queued_and_running),
       cmocka_unit_test(cancel_races_completion),

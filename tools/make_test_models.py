@@ -94,3 +94,28 @@ save(helper.make_graph(
     [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
      helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])]), "if_capture.onnx")
+
+# slow.onnx: y = tanh(...tanh(tanh(x W) W)... W), 48 rounds of one shared 256x256 weight, x float32
+# [batch, 256]. The server tests use it as a request whose run time they set by its row count
+# (queue limits, disconnects, deadlines). Tanh between the MatMuls keeps fusion from folding the
+# chain into one product.
+W = (rng.standard_normal((256, 256)) / 16).astype(np.float32)
+slow_nodes, prev = [], "x"
+for i in range(48):
+    slow_nodes.append(helper.make_node("MatMul", [prev, "w"], [f"mm{i}"]))
+    prev = "y" if i == 47 else f"t{i}"
+    slow_nodes.append(helper.make_node("Tanh", [f"mm{i}"], [prev]))
+save(helper.make_graph(
+    slow_nodes, "slow",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 256])],
+    [numpy_helper.from_array(W, "w")]), "slow.onnx")
+
+# strings.onnx: the server's BYTES test. StringNormalizer upper-cases a [n] string tensor and
+# drops the stop word "the" (case-insensitively); the test's oracle is Python's str.upper.
+save(helper.make_graph(
+    [helper.make_node("StringNormalizer", ["text"], ["normalized"], case_change_action="UPPER",
+                      is_case_sensitive=0, stopwords=["the"])],
+    "strings",
+    [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
+    [helper.make_tensor_value_info("normalized", TensorProto.STRING, ["m"])]), "strings.onnx")

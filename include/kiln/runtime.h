@@ -116,12 +116,17 @@ typedef struct kiln_runtime_model_opts {
   int64_t breaker_slow_call_us;
   int64_t breaker_cooldown_us;
   size_t breaker_probes;
+  /* Requests of this model that may wait per priority level, on top of the runtime's
+     queue_limit for the level; a submit beyond it fails at once with KILN_RESOURCE_EXHAUSTED.
+     0 (default) = only the runtime's limit. */
+  size_t queue_limit[KILN_PRIORITY_COUNT];
 } kiln_runtime_model_opts;
 
 kiln_runtime_model_opts kiln_runtime_model_opts_default(void);
 
-/* Loads an ONNX file into the runtime (which owns it until kiln_runtime_free; the runtime sets
-   the sessions' threads from its budget). `out` stays valid until kiln_runtime_free. */
+/* Loads an ONNX file into the runtime (which owns it until kiln_runtime_model_unload or
+   kiln_runtime_free; the runtime sets the sessions' threads from its budget). `out` stays valid
+   until then. */
 kiln_status kiln_runtime_model_load(kiln_runtime *rt, const char *path,
                                     const kiln_runtime_model_opts *opts,
                                     kiln_runtime_model **out, kiln_error *err);
@@ -132,6 +137,17 @@ kiln_status kiln_runtime_model_load(kiln_runtime *rt, const char *path,
 kiln_status kiln_runtime_model_add(kiln_runtime *rt, kiln_model *model,
                                    const kiln_runtime_model_opts *opts,
                                    kiln_runtime_model **out, kiln_error *err);
+/* Takes the model out of the runtime: submits fail with KILN_UNAVAILABLE from now on, requests
+   already queued or running go on, and the model (sessions, weights; the kiln_model too when the
+   runtime loaded it) is freed when the last of them completes (the worker that ran it lets go
+   just after its waiters wake), or before this returns when nothing holds it. The caller drops its pointer: only the completion callbacks of the in-flight
+   requests (which run before the free) may still use it. A borrowed model
+   (kiln_runtime_model_add) stays the caller's: free it once kiln_runtime_models_draining no
+   longer counts it, or after kiln_runtime_free. NULL is a no-op; unloading twice is a bug. */
+void kiln_runtime_model_unload(kiln_runtime_model *m);
+/* Models unloaded whose in-flight requests have not all completed yet (their memory not freed). */
+size_t kiln_runtime_models_draining(const kiln_runtime *rt);
+
 /* The loaded model, for its input and output descriptions (do not free it). */
 const kiln_model *kiln_runtime_model_get(const kiln_runtime_model *m);
 

@@ -154,6 +154,20 @@ static void q_remove(kiln_runtime *rt, kiln_future *f) {
   if (f->heap_at) heap_remove(rt, f);
 }
 
+/* ---- model references --------------------------------------------------------------------- */
+
+static void model_free(kiln_runtime_model *m);
+
+static void model_ref(kiln_runtime_model *m) { atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed); }
+
+/* The last reference only goes after unload (the table holds one until then). */
+static void model_unref(kiln_runtime_model *m) {
+  if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) != 1) return;
+  kiln_runtime *rt = m->rt;
+  model_free(m);
+  atomic_fetch_sub_explicit(&rt->draining, 1, memory_order_release);
+}
+
 /* ---- completion --------------------------------------------------------------------------- */
 
 static void fpool_unref(kiln__fpool *p) {
@@ -192,6 +206,7 @@ kiln_future *kiln__future_new(kiln_runtime_model *m, const kiln_request *req) {
   f->next_free = NULL;
   atomic_init(&f->refs, 1);
   f->m = m;
+  f->rt = m->rt;
   f->req = *req;
   f->prio = (int)req->priority;
   f->t_submit = f->t_deadline = f->rows = 0;
@@ -236,6 +251,15 @@ void kiln__future_unref(kiln_future *f) {
   if (f && atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) == 1) kiln__future_free(f);
 }
 
+/* The elements of output `o` that belong to a request: all of them, or its rows of a batch. */
+static void out_rows(const kiln_tensor *o, int64_t rows, int64_t row0, bool batched,
+                     size_t *first, size_t *count) {
+  size_t n = kiln_tensor_count(o);
+  size_t per_row = batched && o->dims[0] > 0 ? n / (size_t)o->dims[0] : 0;
+  *first = batched ? per_row * (size_t)row0 : 0;
+  *count = batched ? per_row * (size_t)rows : n;
+}
+
 /* Stores the outcome; on success copies rows [row0, row0 + f->rows) of a batch's outputs (all of
    them when `batched` is false) into one block the future owns. */
 static void set_result(kiln_future *f, kiln_status st, const kiln_error *err,
@@ -250,13 +274,18 @@ static void set_result(kiln_future *f, kiln_status st, const kiln_error *err,
   size_t head = (n_outs * sizeof(kiln_tensor) + 63) & ~(size_t)63, total = head;
   for (size_t i = 0; i < n_outs; i++) {
     size_t es = kiln_dtype_size(outs[i].dtype);
-    if (es == 0 || outs[i].dtype >= KILN_DTYPE_COUNT) {
+    if ((es == 0 && outs[i].dtype != KILN_DTYPE_STRING) || outs[i].dtype >= KILN_DTYPE_COUNT) {
       f->status = kiln__fail(&f->err, KILN_UNSUPPORTED,
-                             "output %zu is %s: the runtime returns only numeric tensors", i,
+                             "output %zu is %s: the runtime returns only tensors of elements", i,
                              kiln_dtype_name(outs[i].dtype));
       return;
     }
-    total += (kiln_tensor_nbytes(&outs[i]) + 63) & ~(size_t)63;
+    size_t first, count;
+    out_rows(&outs[i], f->rows, row0, batched, &first, &count);
+    size_t nb = count * (es ? es : sizeof(char *));
+    if (!es) /* strings: the pointers, then their bytes */
+      for (size_t k = 0; k < count; k++) nb += strlen(((char *const *)outs[i].data)[first + k]) + 1;
+    total += (nb + 63) & ~(size_t)63;
   }
   if (f->block_cap < total) { /* pooled futures keep their block: a warm path allocates nothing */
     kiln__free(f->block);
@@ -273,16 +302,26 @@ static void set_result(kiln_future *f, kiln_status st, const kiln_error *err,
   size_t at = head;
   for (size_t i = 0; i < n_outs; i++) {
     t[i] = outs[i];
-    size_t nb = kiln_tensor_nbytes(&outs[i]);
-    const uint8_t *src = outs[i].data;
-    if (batched) {
-      size_t row = outs[i].dims[0] > 0 ? nb / (size_t)outs[i].dims[0] : 0;
-      t[i].dims[0] = f->rows;
-      src += row * (size_t)row0;
-      nb = row * (size_t)f->rows;
-    }
+    size_t es = kiln_dtype_size(outs[i].dtype), first, count;
+    out_rows(&outs[i], f->rows, row0, batched, &first, &count);
+    if (batched) t[i].dims[0] = f->rows;
     t[i].data = block + at;
-    if (nb) memcpy(t[i].data, src, nb);
+    size_t nb;
+    if (es) {
+      nb = count * es;
+      if (nb) memcpy(t[i].data, (const uint8_t *)outs[i].data + first * es, nb);
+    } else { /* deep copy, so the strings outlive the session's next run */
+      char **dst = t[i].data;
+      char *bytes = (char *)(dst + count);
+      for (size_t k = 0; k < count; k++) {
+        const char *src = ((char *const *)outs[i].data)[first + k];
+        size_t len = strlen(src) + 1;
+        memcpy(bytes, src, len);
+        dst[k] = bytes;
+        bytes += len;
+      }
+      nb = (size_t)(bytes - (char *)t[i].data);
+    }
     at += (nb + 63) & ~(size_t)63;
   }
   f->outs = t;
@@ -361,6 +400,8 @@ static void complete(kiln_future *f, bool ran, int64_t compute_ns, const bk_outc
   atomic_store_explicit(&f->done, true, memory_order_release);
   pthread_cond_broadcast(&f->cv);
   pthread_mutex_unlock(&f->mu);
+  /* Before the in-flight count drops, so kiln_runtime_free never races a model being freed. */
+  model_unref(m);
   pthread_mutex_lock(&rt->mu);
   if (--rt->inflight == 0) pthread_cond_broadcast(&rt->idle_cv);
   pthread_mutex_unlock(&rt->mu);
@@ -424,12 +465,17 @@ kiln_status kiln__submit(kiln_runtime_model *m, kiln_future *f, kiln_error *err)
   }
   kiln_status st = KILN_OK;
   pthread_mutex_lock(&rt->mu);
-  size_t limit = rt->opts.queue_limit[f->prio];
+  size_t limit = rt->opts.queue_limit[f->prio], mlimit = m->queue_limit[f->prio];
   if (rt->stopping) {
     st = kiln__fail(err, KILN_UNAVAILABLE, "the runtime is shutting down");
+  } else if (m->unloaded) {
+    st = kiln__fail(err, KILN_UNAVAILABLE, "the model is unloaded");
   } else if (limit && rt->depth[f->prio] >= limit) {
     st = kiln__fail(err, KILN_RESOURCE_EXHAUSTED, "the priority %d queue is full (%zu)", f->prio,
                     limit);
+  } else if (mlimit && atomic_load_explicit(&pc->depth, memory_order_relaxed) >= mlimit) {
+    st = kiln__fail(err, KILN_RESOURCE_EXHAUSTED,
+                    "the model's priority %d queue is full (%zu)", f->prio, mlimit);
   } else if (f->t_deadline && rt->heap_n == rt->heap_cap) {
     size_t cap = rt->heap_cap ? rt->heap_cap * 2 : 64;
     kiln_future **h = kiln__realloc(rt->heap, cap * sizeof *h);
@@ -455,6 +501,7 @@ kiln_status kiln__submit(kiln_runtime_model *m, kiln_future *f, kiln_error *err)
   rt->depth[l]++;
   m->queued_rows += f->rows;
   rt->inflight++;
+  model_ref(m); /* the request's, dropped when it completes */
   atomic_fetch_add_explicit(&pc->depth, 1, memory_order_relaxed);
   kiln__count(&pc->submitted, 1);
   if (f->t_deadline) {
@@ -547,7 +594,7 @@ static kiln_status set_stop(kiln_future *f, kiln_status st) {
 
 void kiln_future_cancel(kiln_future *f) {
   if (!f || kiln_future_done(f)) return;
-  kiln_runtime *rt = f->m->rt;
+  kiln_runtime *rt = f->rt; /* f->m may be freed by the time a completed future is cancelled */
   pthread_mutex_lock(&rt->mu);
   if (f->state == KILN__REQ_QUEUED) {
     q_remove(rt, f);
@@ -783,7 +830,7 @@ static size_t prune(kiln_runtime *rt, kiln_future **batch, size_t n, bool queue_
   return live;
 }
 
-static void execute(kiln_runtime *rt, kiln_future **batch, size_t n) {
+static void run_batch(kiln_runtime *rt, kiln_future **batch, size_t n) {
   kiln_runtime_model *m = batch[0]->m;
   n = prune(rt, batch, n, false);
   if (!n) return;
@@ -873,6 +920,15 @@ static void execute(kiln_runtime *rt, kiln_future **batch, size_t n) {
   }
   ctx_release(m, c);
   for (size_t i = 0; i < n; i++) complete(batch[i], true, dt, &bo);
+}
+
+/* The worker's own reference keeps an unloaded model alive while it still touches the model
+   after its requests completed (pruned ones complete before the context goes back). */
+static void execute(kiln_runtime *rt, kiln_future **batch, size_t n) {
+  kiln_runtime_model *m = batch[0]->m;
+  model_ref(m);
+  run_batch(rt, batch, n);
+  model_unref(m);
 }
 
 static void *worker_main(void *arg) {
@@ -1117,6 +1173,8 @@ static kiln_status model_add(kiln_runtime *rt, const char *path, kiln_model *mod
   kiln_runtime_model *m = kiln__calloc(1, sizeof *m);
   if (!m) return kiln__fail(err, KILN_NO_MEMORY, "out of memory loading a model");
   m->rt = rt;
+  atomic_init(&m->refs, 1);
+  memcpy(m->queue_limit, o.queue_limit, sizeof m->queue_limit);
   pthread_mutex_init(&m->pool_mu, NULL);
   pthread_cond_init(&m->pool_cv, NULL);
   kiln__breaker_cfg bc = {.window = o.breaker_window,
@@ -1171,6 +1229,25 @@ kiln_status kiln_runtime_model_add(kiln_runtime *rt, kiln_model *model,
                                    kiln_runtime_model **out, kiln_error *err) {
   if (!rt || !model || !out) return kiln__fail(err, KILN_INVALID_ARGUMENT, "NULL argument");
   return model_add(rt, NULL, model, opts, out, err);
+}
+
+void kiln_runtime_model_unload(kiln_runtime_model *m) {
+  if (!m) return;
+  kiln_runtime *rt = m->rt;
+  pthread_mutex_lock(&rt->mu);
+  m->unloaded = true;
+  for (kiln_runtime_model **p = &rt->models; *p; p = &(*p)->next)
+    if (*p == m) {
+      *p = m->next;
+      break;
+    }
+  atomic_fetch_add_explicit(&rt->draining, 1, memory_order_relaxed);
+  pthread_mutex_unlock(&rt->mu);
+  model_unref(m); /* the table's: frees it now when nothing is in flight */
+}
+
+size_t kiln_runtime_models_draining(const kiln_runtime *rt) {
+  return rt ? atomic_load_explicit(&rt->draining, memory_order_acquire) : 0;
 }
 
 const kiln_model *kiln_runtime_model_get(const kiln_runtime_model *m) { return m->model; }

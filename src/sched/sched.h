@@ -76,7 +76,8 @@ struct kiln_future {
   /* The output block (tensor headers, then data), kept across reuse; grows only. */
   uint8_t *block;
   size_t block_cap;
-  kiln_runtime_model *m;
+  kiln_runtime_model *m; /* valid until the future completes (an unloaded model may go then) */
+  kiln_runtime *rt;
   kiln_request req;
   int prio;
   int64_t t_submit, t_deadline; /* ns; t_deadline 0 = none */
@@ -136,6 +137,11 @@ struct kiln_runtime_model {
   uint64_t pick_mark;
   kiln__prio_counters pc[KILN_PRIORITY_COUNT];
   atomic_ullong runs, batched_runs, batch_requests, batch_rows_max, batch_dropped;
+  size_t queue_limit[KILN_PRIORITY_COUNT]; /* 0 = only the runtime's */
+  /* One reference for the runtime's table (dropped by unload), one per request submitted and not
+     completed, one per worker executing it: the last one frees the model. */
+  atomic_size_t refs;
+  bool unloaded; /* under the runtime's mutex */
   struct kiln_runtime_model *next;
 };
 
@@ -154,6 +160,7 @@ struct kiln_runtime {
   uint64_t pick_epoch;
   atomic_bool stopping; /* written under mu; read between nodes without it */
   kiln_runtime_model *models;
+  atomic_size_t draining; /* unloaded models not freed yet */
   pthread_t *threads;
   size_t n_threads;
   pthread_t timer;
