@@ -201,7 +201,7 @@ static const struct { const char *name; int np; float p0, p1; } acts[] = {
     {"Clip", 2, 0.0f, 6.0f},  {"Clip", 0, 0, 0},       {"Sigmoid", 0, 0, 0},
     {"Tanh", 0, 0, 0},        {"HardSigmoid", 2, 0.3f, 0.4f}, {"HardSigmoid", 0, 0, 0},
     {"HardSwish", 0, 0, 0},   {"LeakyRelu", 1, 0.1f, 0}, {"LeakyRelu", 0, 0, 0},
-    {"Gelu", 0, 0, 0},        {"Silu", 0, 0, 0},
+    {"Gelu", 0, 0, 0},        {"Silu", 0, 0, 0},       {"GeluTanh", 0, 0, 0},
 };
 
 /* ---- FusedConv ------------------------------------------------------------------------------- */
@@ -362,6 +362,7 @@ static void rows_cases(kiln__pool *pool) {
       {"LayerNorm", 3, 3, {3, 5, 97}}, {"LayerNorm", 2, 2, {2, 768}}, {"LayerNorm", 3, 1, {7}},
       {"RMSNorm", 2, 3, {4, 7, 131}},  {"RMSNorm", 2, 2, {1, 768}},   {"RMSNorm", 2, 2, {3, 5}},
       {"Gelu", 1, 2, {3, 1029}},       {"Gelu", 1, 3, {1, 1, 1}},
+      {"Gelu", 1, 2, {5, 333}}, /* approximate="tanh" (the last case) */
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     int r = cases[i].rank;
@@ -371,6 +372,7 @@ static void rows_cases(kiln__pool *pool) {
     onenode o;
     onenode_make(&o, cases[i].op, cases[i].n_in, ranks, dims, 6);
     if (i == 1) attr_float(o.n, "epsilon", 1e-3f);
+    if (i == KILN__ARRAY_LEN(cases) - 1) attr_str(o.n, "approximate", "tanh");
     onenode_check(&o, pool, 2e-5f);
     onenode_free(&o);
   }

@@ -191,6 +191,42 @@ save("gelu", [
     init("half", np.array(0.5, np.float32)),
 ])
 
+# fuse-gelu, tanh form: t1 as torch exports F.gelu(approximate="tanh") (x * x * x, constants
+# first); t2 as Hugging Face's NewGELU writes it (Pow(x, 3), x * 0.5 first); t3 a near-miss with
+# 0.05 for 0.044715 (a different function: must stay; on its own input, so cse cannot merge its
+# x * x with t1's).
+def gelu_tanh_torch(p, x, y, coef):
+    return [
+        helper.make_node("Mul", [x, x], [p + "sq"], name=p + "sq"),
+        helper.make_node("Mul", [x, p + "sq"], [p + "cube"], name=p + "cube"),
+        helper.make_node("Mul", [coef, p + "cube"], [p + "term"], name=p + "term"),
+        helper.make_node("Add", [x, p + "term"], [p + "in"], name=p + "in"),
+        helper.make_node("Mul", ["k", p + "in"], [p + "u"], name=p + "u"),
+        helper.make_node("Tanh", [p + "u"], [p + "t"], name=p + "tanh"),
+        helper.make_node("Add", ["one", p + "t"], [p + "e1"], name=p + "e1"),
+        helper.make_node("Mul", [x, p + "e1"], [p + "m"], name=p + "m"),
+        helper.make_node("Mul", ["half", p + "m"], [y], name=p + "half"),
+    ]
+
+
+save("gelu_tanh", gelu_tanh_torch("t1_", "x", "y1", "c") + [
+    helper.make_node("Mul", ["x", "half"], ["t2_h"], name="t2_h"),
+    helper.make_node("Pow", ["x", "three"], ["t2_cube"], name="t2_pow"),
+    helper.make_node("Mul", ["t2_cube", "c"], ["t2_term"], name="t2_term"),
+    helper.make_node("Add", ["x", "t2_term"], ["t2_in"], name="t2_in"),
+    helper.make_node("Mul", ["t2_in", "k"], ["t2_u"], name="t2_u"),
+    helper.make_node("Tanh", ["t2_u"], ["t2_t"], name="t2_tanh"),
+    helper.make_node("Add", ["t2_t", "one"], ["t2_e1"], name="t2_e1"),
+    helper.make_node("Mul", ["t2_h", "t2_e1"], ["y2"], name="t2_mul"),
+] + gelu_tanh_torch("t3_", "x3", "y3", "c_wrong"),
+    [vi("x", [3, 10]), vi("x3", [3, 10])], [vi("y1", [3, 10]), vi("y2", [3, 10]), vi("y3", [3, 10])], [
+    init("c", np.array(0.044714998453855515, np.float32)),
+    init("c_wrong", np.array(0.05, np.float32)),
+    init("k", np.array(0.7978845834732056, np.float32)),
+    init("three", np.array(3.0, np.float32)), init("one", np.array(1.0, np.float32)),
+    init("half", np.array(0.5, np.float32)),
+])
+
 # fuse-linear: epilogues of Conv / Gemm / MatMul. conv1: bias + residual + Relu (ResNet);
 # conv2: Clip(0, 6) (Relu6); conv3: x * HardSigmoid(x) (HardSwish); conv4: Relu then Add (the Add
 # is after the activation: not a residual, stays); gemm: LeakyRelu; mm1: Transpose(B) + bias +

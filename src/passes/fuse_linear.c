@@ -115,8 +115,9 @@ static bool match_act(const kiln__pass_ctx *ctx, int ia, int y, act_match *m) {
     return a->n_in == 1;
   }
   if (!strcmp(a->domain, "ai.kiln") && !strcmp(a->op_type, "Gelu") && a->n_out == 1) {
-    m->name = "Gelu";
-    return true;
+    const char *approx = kiln__attr_str(a, "approximate", "none");
+    m->name = !strcmp(approx, "tanh") ? "GeluTanh" : "Gelu";
+    return !strcmp(approx, "tanh") || !strcmp(approx, "none");
   }
   if (kiln__pass_is(a, "LeakyRelu")) {
     m->name = "LeakyRelu";

@@ -67,7 +67,10 @@ static void unary_range(void *arg, size_t b, size_t e) {
 static kiln_status exec_gelu(kiln__kctx *c, void *state) {
   const vm_state *s = state;
   if (!f32(c->in[0])) return ref_run(c);
-  unary_job j = {s->v->gelu, c->in[0]->data, c->out[0]->data, kiln_tensor_count(c->in[0]), 0};
+  const char *approx = kiln__attr_str(c->node, "approximate", "none");
+  if (strcmp(approx, "none") && strcmp(approx, "tanh")) return ref_run(c); /* it reports */
+  unary_job j = {strcmp(approx, "tanh") ? s->v->gelu : s->v->gelu_tanh, c->in[0]->data,
+                 c->out[0]->data, kiln_tensor_count(c->in[0]), 0};
   if (j.n == 0) return KILN_OK;
   j.tasks = tasks_for(j.n, 1);
   kiln__parallel_for(c->pool, j.tasks, unary_range, &j);

@@ -50,6 +50,7 @@ bool kiln__act_parse(const char *name, kiln__act *out) {
       {"Tanh", KILN__ACT_TANH},       {"HardSigmoid", KILN__ACT_HARDSIGMOID},
       {"HardSwish", KILN__ACT_HARDSWISH}, {"LeakyRelu", KILN__ACT_LEAKYRELU},
       {"Gelu", KILN__ACT_GELU},       {"Silu", KILN__ACT_SILU},
+      {"GeluTanh", KILN__ACT_GELU_TANH},
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(names); i++)
     if (!strcmp(name, names[i].name)) {
@@ -95,6 +96,9 @@ void kiln__act_apply(const kiln__vmath *v, kiln__act act, float p0, float p1, fl
     return;
   case KILN__ACT_TANH:
     v->tanh(y, y, n);
+    return;
+  case KILN__ACT_GELU_TANH:
+    v->gelu_tanh(y, y, n);
     return;
   case KILN__ACT_GELU:
     v->gelu(y, y, n);

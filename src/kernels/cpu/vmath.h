@@ -67,6 +67,7 @@ typedef enum kiln__act {
   KILN__ACT_LEAKYRELU,   /* x >= 0 ? x : p0 x */
   KILN__ACT_GELU,        /* exact, erf form */
   KILN__ACT_SILU,        /* x sigmoid(x) */
+  KILN__ACT_GELU_TANH,   /* tanh approximation ("GeluTanh") */
 } kiln__act;
 
 /* The activation named `name` ("" = NONE, else the ONNX op name, as in the `activation`

@@ -73,13 +73,23 @@ static kiln_status run_layernorm(kiln__kctx *c) {
   return KILN_OK;
 }
 
+/* approximate="tanh": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the form GPT-2 style
+   models export; computed in double like the exact form. */
+static inline double gelu_tanh(double x) {
+  return 0.5 * x * (1.0 + tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x)));
+}
+
 static kiln_status run_gelu(kiln__kctx *c) {
   const float *X = c->in[0]->data;
   float *Y = c->out[0]->data;
   size_t n = kiln_tensor_count(c->in[0]);
+  const char *approx = kiln__attr_str(c->node, "approximate", "none");
+  bool tanh_form = !strcmp(approx, "tanh");
+  if (!tanh_form && strcmp(approx, "none"))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "Gelu: unknown approximate '%s'", approx);
   for (size_t i = 0; i < n; i++) {
     double x = X[i];
-    Y[i] = (float)(0.5 * x * (1.0 + erf(x * 0.70710678118654752440)));
+    Y[i] = (float)(tanh_form ? gelu_tanh(x) : 0.5 * x * (1.0 + erf(x * 0.70710678118654752440)));
   }
   return KILN_OK;
 }
@@ -117,7 +127,7 @@ static kiln_status run_rmsnorm(kiln__kctx *c) {
 
 typedef enum act_kind {
   ACT_NONE, ACT_RELU, ACT_CLIP, ACT_SIGMOID, ACT_TANH, ACT_HARDSIGMOID, ACT_HARDSWISH,
-  ACT_LEAKYRELU, ACT_GELU, ACT_SILU,
+  ACT_LEAKYRELU, ACT_GELU, ACT_SILU, ACT_GELU_TANH,
 } act_kind;
 
 typedef struct act {
@@ -141,6 +151,7 @@ static const struct {
     {"LeakyRelu", ACT_LEAKYRELU, 1, {0.01f, 0}},
     {"Gelu", ACT_GELU, 0, {0, 0}},
     {"Silu", ACT_SILU, 0, {0, 0}},
+    {"GeluTanh", ACT_GELU_TANH, 0, {0, 0}}, /* ai.kiln Gelu with approximate="tanh" */
 };
 
 static kiln_status act_get(const kiln__kctx *c, act *a) {
@@ -171,6 +182,7 @@ static inline float act_apply(const act *a, float x) {
   case ACT_LEAKYRELU: return x < 0 ? a->p[0] * x : x;
   case ACT_GELU: return (float)(0.5 * x * (1.0 + erf(x * 0.70710678118654752440)));
   case ACT_SILU: return x * (float)(1.0 / (1.0 + exp(-(double)x)));
+  case ACT_GELU_TANH: return (float)gelu_tanh(x);
   }
   return x;
 }
