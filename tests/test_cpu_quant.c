@@ -99,7 +99,7 @@ static void onenode_make(onenode *o, const char *op, int n_in, const tin *ins, i
       idx[i] = -1;
       continue;
     }
-    char name[8];
+    char name[16];
     snprintf(name, sizeof name, "in%d", i);
     idx[i] = kiln__graph_value(o->g, name);
     assert_int_equal(kiln_tensor_alloc(&o->in[i], ins[i].dt, ins[i].rank, ins[i].dims, &err),
@@ -125,7 +125,7 @@ static void onenode_make(onenode *o, const char *op, int n_in, const tin *ins, i
   o->n->n_out = n_out;
   o->n->out = kiln__malloc((size_t)n_out * sizeof(int));
   for (int i = 0; i < n_out; i++) {
-    char name[8];
+    char name[16];
     snprintf(name, sizeof name, "out%d", i);
     o->n->out[i] = kiln__graph_value(o->g, name);
   }
@@ -218,7 +218,7 @@ static void for_each_isa(void (*fn)(kiln__pool *)) {
   kiln__pool_free(pool);
 }
 
-static const float f_one = 1.0f;
+static const uint8_t zero8 = 0; /* a zero point of 0, as uint8 or int8 */
 
 /* ---- MatMulInteger / QLinearMatMul ----------------------------------------------------------- */
 
@@ -334,7 +334,7 @@ static void conv_cases(kiln__pool *pool, bool qlinear) {
           float xs = 0.02f;
           float ys = 0.02f * 0.01f * 6.0f * sqrtf((float)(ch / grp * k * k));
           if (xzp.rank < 0) xzp = (tin){xt, 0, {0}, true};
-          if (wzp.rank < 0) wzp = (tin){wt, 0, {0}, true, &(uint8_t){0}};
+          if (wzp.rank < 0) wzp = (tin){wt, 0, {0}, true, &zero8};
           kiln_dtype yt = zp == 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
           tin ins[9] = {x,
                         {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
@@ -440,7 +440,7 @@ static void uncovered_forms_fall_back(void **st) {
                 {KILN_DTYPE_UINT8, 0, {0}, true},
                 {KILN_DTYPE_INT8, 2, {10, 5}, true},
                 {KILN_DTYPE_FLOAT, 0, {0}, true, &sb},
-                {KILN_DTYPE_INT8, 0, {0}, true, &(int8_t){0}},
+                {KILN_DTYPE_INT8, 0, {0}, true, &zero8},
                 {KILN_DTYPE_FLOAT, 0, {0}, true, &sy},
                 {KILN_DTYPE_UINT8, 0, {0}, true}};
   onenode o;
@@ -463,7 +463,6 @@ static void uncovered_forms_fall_back(void **st) {
   assert_non_null(strstr(err.message, "1"));
   cpu->release(state);
   onenode_free(&o);
-  (void)f_one;
 }
 
 static void isa_selection(void **st) {
