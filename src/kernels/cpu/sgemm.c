@@ -54,6 +54,9 @@ bool kiln__isa_supported(kiln__isa isa) {
 
 kiln_status kiln__isa_select(kiln__isa *out, kiln_error *err) {
   const char *want = getenv("KILN_ISA");
+  /* The integer GEMM's names (qgemm.h) force the float kernels of the same register width. */
+  if (want && !strcmp(want, "avxvnni")) want = "avx2";
+  if (want && !strcmp(want, "avx512vnni")) want = "avx512";
   if (want && *want) {
     for (int i = 0; i < KILN__ISA_COUNT; i++) {
       if (strcmp(want, isa_names[i]) != 0) continue;
@@ -64,7 +67,7 @@ kiln_status kiln__isa_select(kiln__isa *out, kiln_error *err) {
       return KILN_OK;
     }
     return kiln__fail(err, KILN_INVALID_ARGUMENT,
-                      "KILN_ISA=%s: expected avx512, avx2 or generic", want);
+                      "KILN_ISA=%s: expected avx512, avx512vnni, avxvnni, avx2 or generic", want);
   }
   *out = KILN__ISA_GENERIC;
   for (int i = KILN__ISA_COUNT - 1; i > 0; i--)

@@ -19,6 +19,9 @@ static bool cpu_has_avx2(void) {
 kiln_status kiln__vmath_select(const kiln__vmath **out, kiln_error *err) {
   const char *want = getenv("KILN_ISA");
   bool avx2 = cpu_has_avx2();
+  /* The integer GEMM's ISA names (qgemm.h): the float tables of the same width. */
+  if (want && !strcmp(want, "avxvnni")) want = "avx2";
+  if (want && !strcmp(want, "avx512vnni")) want = "avx512";
   *out = &kiln__vmath_generic;
   if (!want || !*want || !strcmp(want, "avx512")) {
     /* No AVX-512 table here: the best below it. */
@@ -38,7 +41,7 @@ kiln_status kiln__vmath_select(const kiln__vmath **out, kiln_error *err) {
     return kiln__fail(err, KILN_UNSUPPORTED, "KILN_ISA=avx2, but this CPU has no AVX2 and FMA");
   }
   return kiln__fail(err, KILN_INVALID_ARGUMENT,
-                    "KILN_ISA=%s: expected avx512, avx2 or generic", want);
+                    "KILN_ISA=%s: expected avx512, avx512vnni, avxvnni, avx2 or generic", want);
 }
 
 /* ---- activations of the fused ops ------------------------------------------------------------ */

@@ -1,0 +1,95 @@
+/* Integer GEMM throughput: GOPS (2 m n k per product) of the CPU backend's u8 x s8 -> s32 GEMM
+ * (src/kernels/cpu/qgemm.h) against the float SGEMM (sgemm.h) at the same shapes: 256^3, 1024^3
+ * and BERT's projections at sequence 128 (bert_tiny: hidden 256, FFN 1024; MiniLM: hidden 384,
+ * FFN 1536). Weights (B) are packed once beforehand in both, as at load; the integer side packs A
+ * per call (as MatMulInteger does) and that is included in its time. The two are timed in
+ * alternating rounds so machine load affects both alike; best round of each.
+ * Not a test. Built like bench_gemm (bench/README.md):
+ *   cc -std=c11 -D_POSIX_C_SOURCE=200809L -O2 -Iinclude -Isrc bench/bench_qgemm.c build/libkiln.a \
+ *      -lprotobuf-c -lm -lpthread -o build/bench_qgemm
+ * usage: bench_qgemm [THREADS] [SECONDS_PER_SHAPE]   (KILN_ISA picks the ISAs as in the library) */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "core/threadpool.h"
+#include "kernels/cpu/qgemm.h"
+#include "kernels/cpu/sgemm.h"
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int main(int argc, char **argv) {
+  int threads = argc > 1 ? atoi(argv[1]) : 1;
+  double secs = argc > 2 ? atof(argv[2]) : 0.3;
+  static const struct { const char *name; size_t m, k, n; } shapes[] = {
+      {"256^3", 256, 256, 256},           {"1024^3", 1024, 1024, 1024},
+      {"bert_tiny qkv/out", 128, 256, 256}, {"bert_tiny ffn up", 128, 256, 1024},
+      {"bert_tiny ffn down", 128, 1024, 256}, {"minilm qkv/out", 128, 384, 384},
+      {"minilm ffn up", 128, 384, 1536},  {"minilm ffn down", 128, 1536, 384},
+  };
+  kiln_error err = {0};
+  kiln__pool *pool = NULL;
+  kiln__isa fisa;
+  kiln__qisa qisa;
+  if (kiln__pool_create(threads, &pool, &err) != KILN_OK || kiln__isa_select(&fisa, &err) != KILN_OK ||
+      kiln__qisa_select(&qisa, &err) != KILN_OK) {
+    fprintf(stderr, "bench_qgemm: %s\n", err.message);
+    return 1;
+  }
+  printf("integer GEMM vs SGEMM, %d thread(s), float ISA %s, integer ISA %s\n", threads,
+         kiln__isa_name(fisa), kiln__qisa_name(qisa));
+  printf("%-20s %10s %10s %8s\n", "shape (m x k x n)", "f32 GFLOP/s", "int8 GOPS", "ratio");
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    size_t m = shapes[s].m, k = shapes[s].k, n = shapes[s].n;
+    float *af = malloc(m * k * sizeof(float)), *bf = malloc(k * n * sizeof(float)),
+          *cf = malloc(m * n * sizeof(float));
+    uint8_t *aq = malloc(m * k);
+    int8_t *bq = malloc(k * n);
+    int32_t *cq = malloc(m * n * sizeof(int32_t));
+    void *apack = kiln__aligned_alloc(kiln__qpack_bytes(qisa, true, m, k));
+    for (size_t i = 0; i < m * k; i++) af[i] = (float)(i % 13) * 0.1f, aq[i] = (uint8_t)(i * 7);
+    for (size_t i = 0; i < k * n; i++) bf[i] = (float)(i % 7) * 0.1f, bq[i] = (int8_t)(i * 5);
+    kiln__sgemm_packed pbf;
+    kiln__qpacked pbq;
+    kiln__qsrc bsrc = {bq, true, 1, n}, asrc = {aq, false, k, 1};
+    if (kiln__sgemm_pack_b(fisa, false, k, n, bf, n, &pbf, &err) != KILN_OK ||
+        kiln__qpack_alloc(qisa, false, n, k, &bsrc, &pbq, &err) != KILN_OK) {
+      fprintf(stderr, "bench_qgemm: %s\n", err.message);
+      return 1;
+    }
+    kiln__sgemm_args fg = {.m = m, .n = n, .k = k, .a = af, .lda = k, .pb = &pbf, .c = cf,
+                           .ldc = n, .alpha = 1.0f};
+    uint8_t zp = 3;
+    kiln__qgemm_args qg = {.m = m, .n = n, .k = k, .b = &pbq, .za = {&zp, false, 1},
+                           .kind = KILN__QOUT_I32, .c = cq, .ldc = n};
+    double best_f = 1e30, best_q = 1e30, spent = 0.0;
+    for (int round = 0; spent < secs || round < 4; round++) {
+      double t0 = now();
+      kiln__sgemm_run(pool, fisa, &fg);
+      double t1 = now();
+      kiln__qpacked pa;
+      kiln__qpack(pool, qisa, true, m, k, &asrc, apack, &pa);
+      qg.a = &pa;
+      kiln__qgemm_run(pool, &qg);
+      double t2 = now();
+      if (t1 - t0 < best_f) best_f = t1 - t0;
+      if (t2 - t1 < best_q) best_q = t2 - t1;
+      spent += t2 - t0;
+    }
+    double ops = 2.0 * (double)m * (double)n * (double)k;
+    char label[64];
+    snprintf(label, sizeof label, "%s %zux%zux%zu", shapes[s].name, m, k, n);
+    printf("%-34s %8.1f %10.1f %8.2fx\n", label, ops / best_f * 1e-9, ops / best_q * 1e-9,
+           best_f / best_q);
+    kiln__sgemm_packed_free(&pbf);
+    kiln__qpacked_free(&pbq);
+    kiln__aligned_free(apack);
+    free(af), free(bf), free(cf), free(aq), free(bq), free(cq);
+  }
+  kiln__pool_free(pool);
+  return 0;
+}

@@ -1,0 +1,378 @@
+/* The integer GEMM driver: ISA selection, packing, tiling over the pool, and the portable
+ * microkernel and epilogue. See qgemm.h for the scheme. */
+#include "kernels/cpu/qgemm.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "core/threadpool.h"
+
+#ifdef KILN__QGEMM_X86
+#include <cpuid.h>
+#endif
+
+/* k block; a multiple of every format's k group (2, 4). MC x NC int32 accumulators per tile live
+   on the stack (36 KiB). */
+#define KC 256
+#define MC_MAX 72
+#define NC 128
+
+typedef struct qimpl {
+  size_t mr, nr, mc, kp, esz; /* tile, rows per tile, k group, bytes per stored value */
+  kiln__qgemm_ukernel uk;
+  kiln__qep_fn ep;
+} qimpl;
+
+static const qimpl impls[KILN__QISA_COUNT] = {
+    [KILN__QISA_GENERIC] = {4, 8, 64, 2, 2, kiln__qgemm_uk_4x8__generic, kiln__qep__generic},
+#ifdef KILN__QGEMM_X86
+    [KILN__QISA_AVX2] = {6, 16, 72, 2, 2, kiln__qgemm_uk_6x16__avx2, kiln__qep__avx2},
+#ifdef KILN__QGEMM_HAVE_AVXVNNI
+    [KILN__QISA_AVXVNNI] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avxvnni, kiln__qep__avx2},
+#endif
+    [KILN__QISA_AVX512VNNI] = {6, 32, 72, 4, 1, kiln__qgemm_uk_6x32__avx512vnni,
+                               kiln__qep__avx2},
+#endif
+};
+
+static const char *const names[KILN__QISA_COUNT] = {"generic", "avx2", "avxvnni", "avx512vnni"};
+
+const char *kiln__qisa_name(kiln__qisa isa) {
+  return (unsigned)isa < KILN__QISA_COUNT ? names[isa] : "?";
+}
+
+bool kiln__qisa_supported(kiln__qisa isa) {
+  if ((unsigned)isa >= KILN__QISA_COUNT || !impls[isa].uk) return false;
+  if (isa == KILN__QISA_GENERIC) return true;
+#ifdef KILN__QGEMM_X86
+  __builtin_cpu_init();
+  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (isa == KILN__QISA_AVX2) return avx2;
+  if (isa == KILN__QISA_AVX512VNNI)
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni");
+  if (isa == KILN__QISA_AVXVNNI) {
+    /* CPUID.(EAX=7, ECX=1):EAX bit 4; not every compiler's __builtin_cpu_supports knows it. */
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!avx2 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+    return (a >> 4) & 1u;
+  }
+#endif
+  return false;
+}
+
+kiln_status kiln__qisa_select(kiln__qisa *out, kiln_error *err) {
+  const char *want = getenv("KILN_ISA");
+  *out = KILN__QISA_GENERIC;
+  int top = KILN__QISA_COUNT - 1;
+  if (want && *want && strcmp(want, "avx512") != 0) {
+    for (int i = 0; i < KILN__QISA_COUNT; i++) {
+      if (strcmp(want, names[i]) != 0) continue;
+      if (!kiln__qisa_supported((kiln__qisa)i))
+        return kiln__fail(err, KILN_UNSUPPORTED, "KILN_ISA=%s: this CPU or build does not support it",
+                          want);
+      *out = (kiln__qisa)i;
+      return KILN_OK;
+    }
+    return kiln__fail(err, KILN_INVALID_ARGUMENT,
+                      "KILN_ISA=%s: expected avx512, avx512vnni, avxvnni, avx2 or generic", want);
+  }
+  for (int i = top; i > 0; i--)
+    if (kiln__qisa_supported((kiln__qisa)i)) {
+      *out = (kiln__qisa)i;
+      break;
+    }
+  return KILN_OK;
+}
+
+/* ---- packing --------------------------------------------------------------------------------- */
+
+static size_t round_up(size_t x, size_t r) { return (x + r - 1) / r * r; }
+
+static size_t data_bytes(const qimpl *im, bool is_a, size_t rows, size_t k, bool *ok) {
+  size_t r = is_a ? im->mr : im->nr, cnt, bytes;
+  *ok = kiln__mul_ok(round_up(rows, r), round_up(k, im->kp), &cnt) &&
+        kiln__mul_ok(cnt, im->esz, &bytes) && bytes < SIZE_MAX / 2;
+  return *ok ? round_up(bytes, 64) : 0;
+}
+
+size_t kiln__qpack_bytes(kiln__qisa isa, bool is_a, size_t rows, size_t k) {
+  if ((unsigned)isa >= KILN__QISA_COUNT || !impls[isa].uk) return 0;
+  bool ok;
+  size_t d = data_bytes(&impls[isa], is_a, rows, k, &ok), s;
+  if (!ok || !kiln__mul_ok(rows + 1, sizeof(int32_t), &s)) return 0;
+  return d + round_up(s, 64);
+}
+
+typedef struct pack_job {
+  const qimpl *im;
+  bool is_a;
+  size_t rows, k, rpad;
+  int32_t shift;
+  const kiln__qsrc *src;
+  const kiln__qpacked *out;
+} pack_job;
+
+/* Stores one value of a panel in the operand's format. */
+static inline void put(void *dst, size_t esz, size_t i, int32_t v) {
+  if (esz == 2) ((int16_t *)dst)[i] = (int16_t)v;
+  else ((uint8_t *)dst)[i] = (uint8_t)v; /* u8 (A) or the s8 bit pattern (B) */
+}
+
+/* Packs panels [pb, pe): each covers R rows across every k block, so its rows' sums are final. */
+static void pack_panels(void *arg, size_t pb, size_t pe) {
+  const pack_job *j = arg;
+  const qimpl *im = j->im;
+  const kiln__qsrc *s = j->src;
+  size_t R = j->is_a ? im->mr : im->nr, KP = im->kp, esz = im->esz;
+  const uint8_t *u8 = s->base;
+  const int8_t *s8 = s->base;
+  for (size_t pi = pb; pi < pe; pi++) {
+    size_t r0 = pi * R, rn = KILN__MIN(R, j->rows - r0);
+    int32_t sums[64] = {0}; /* R <= 32 */
+    for (size_t p0 = 0; p0 < j->k; p0 += KC) {
+      size_t kc = KILN__MIN((size_t)KC, j->k - p0), kcp = round_up(kc, KP);
+      uint8_t *blk = (uint8_t *)j->out->data + (p0 * j->rpad + r0 * kcp) * esz;
+      if (rn < R || kcp != kc) memset(blk, 0, R * kcp * esz);
+      for (size_t p = 0; p < kc; p++) {
+        size_t base = (p / KP) * R * KP + p % KP;
+        const size_t off = r0 * s->rs + (p0 + p) * s->ks;
+        for (size_t r = 0; r < rn; r++) {
+          size_t si = off + r * s->rs;
+          int32_t v = (s->is_signed ? (int32_t)s8[si] : (int32_t)u8[si]) + j->shift;
+          put(blk, esz, base + r * KP, v);
+          sums[r] += v;
+        }
+      }
+    }
+    for (size_t r = 0; r < rn; r++) j->out->sums[r0 + r] = sums[r];
+  }
+}
+
+void kiln__qpack(struct kiln__pool *pool, kiln__qisa isa, bool is_a, size_t rows, size_t k,
+                 const kiln__qsrc *src, void *mem, kiln__qpacked *out) {
+  const qimpl *im = &impls[isa];
+  bool ok;
+  size_t d = data_bytes(im, is_a, rows, k, &ok);
+  memset(out, 0, sizeof *out);
+  out->isa = isa;
+  out->is_a = is_a;
+  out->rows = rows;
+  out->k = k;
+  out->data = mem;
+  out->sums = (int32_t *)((uint8_t *)mem + d);
+  /* The byte formats hold A as uint8 and B as int8 (VPDPBUSD's operand types). */
+  if (im->esz == 1) out->zp_off = is_a ? (src->is_signed ? 128 : 0) : (src->is_signed ? 0 : -128);
+  size_t R = is_a ? im->mr : im->nr;
+  pack_job j = {im, is_a, rows, k, round_up(rows, R), out->zp_off, src, out};
+  size_t panels = (rows + R - 1) / R;
+  if ((double)rows * (double)k < 32768.0) pack_panels(&j, 0, panels);
+  else kiln__parallel_for(pool, panels, pack_panels, &j);
+}
+
+kiln_status kiln__qpack_alloc(kiln__qisa isa, bool is_a, size_t rows, size_t k,
+                              const kiln__qsrc *src, kiln__qpacked *out, kiln_error *err) {
+  memset(out, 0, sizeof *out);
+  size_t bytes = kiln__qpack_bytes(isa, is_a, rows, k);
+  if (!bytes)
+    return kiln__fail(err, KILN_INVALID_ARGUMENT, "integer GEMM operand of %zu x %zu is too large",
+                      rows, k);
+  void *mem = kiln__aligned_alloc(bytes);
+  if (!mem) return kiln__fail(err, KILN_NO_MEMORY, "out of memory packing integer weights");
+  kiln__qpack(NULL, isa, is_a, rows, k, src, mem, out);
+  out->owned = mem;
+  return KILN_OK;
+}
+
+void kiln__qpacked_free(kiln__qpacked *p) {
+  if (!p) return;
+  kiln__aligned_free(p->owned);
+  p->owned = p->data = NULL;
+  p->sums = NULL;
+}
+
+/* ---- portable microkernel and epilogue ------------------------------------------------------- */
+
+void kiln__qgemm_uk_4x8__generic(size_t groups, const void *restrict a, const void *restrict b,
+                                 int32_t *restrict c, size_t ldc, bool accumulate) {
+  const int16_t *A = a, *B = b;
+  int32_t acc[4][8] = {{0}};
+  for (size_t g = 0; g < groups; g++, A += 8, B += 16)
+    for (int i = 0; i < 4; i++)
+      for (int j = 0; j < 8; j++) acc[i][j] += A[2 * i] * B[2 * j] + A[2 * i + 1] * B[2 * j + 1];
+  for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 8; j++)
+      c[i * ldc + j] =
+          (int32_t)((accumulate ? (uint32_t)c[i * ldc + j] : 0u) + (uint32_t)acc[i][j]);
+}
+
+/* The reference kernel's saturate(): rint, NaN to 0, add the zero point, clamp. */
+static inline int32_t requant(int32_t v, float mult, int32_t zy, int32_t lo, int32_t hi) {
+  float r = rintf((float)v * mult);
+  if (r != r) r = 0.0f;
+  double q = (double)r + zy;
+  return q < lo ? lo : q > hi ? hi : (int32_t)q;
+}
+
+void kiln__qep__generic(const kiln__qep_row *r) {
+  for (size_t j = 0; j < r->n; j++) {
+    /* Unsigned arithmetic: int32 wrap-around without undefined behaviour. */
+    uint32_t v = (uint32_t)r->acc[j] - (uint32_t)r->za * (uint32_t)r->cs[j];
+    if (r->zb) v -= (uint32_t)r->zb[j] * (uint32_t)r->rowterm;
+    if (r->kind == KILN__QOUT_I32) {
+      ((int32_t *)r->dst)[j] = (int32_t)v;
+      continue;
+    }
+    v += (uint32_t)(r->bias ? r->bias[j] : r->bias_row);
+    int32_t q = requant((int32_t)v, r->mult ? r->mult[j] : r->mult_row, r->zy, r->lo, r->hi);
+    if (r->kind == KILN__QOUT_U8) ((uint8_t *)r->dst)[j] = (uint8_t)q;
+    else ((int8_t *)r->dst)[j] = (int8_t)q;
+  }
+}
+
+/* ---- the driver ------------------------------------------------------------------------------ */
+
+static inline int32_t zp_at(const kiln__qzp *z, size_t i) {
+  if (!z->n) return 0;
+  size_t k = z->n == 1 ? 0 : i;
+  return z->is_signed ? ((const int8_t *)z->p)[k] : ((const uint8_t *)z->p)[k];
+}
+
+typedef struct qjob {
+  const kiln__qgemm_args *g;
+  const qimpl *im;
+  size_t tiles_n;
+} qjob;
+
+static void qtiles(void *arg, size_t begin, size_t end) {
+  const qjob *jb = arg;
+  const kiln__qgemm_args *g = jb->g;
+  const qimpl *im = jb->im;
+  const kiln__qpacked *A = g->a, *B = g->b;
+  _Alignas(64) int32_t acc[MC_MAX * NC];
+  int32_t zbv[NC];
+  size_t arpad = round_up(g->m, im->mr), brpad = round_up(g->n, im->nr);
+  size_t out_esz = g->kind == KILN__QOUT_I32 ? 4 : 1;
+  for (size_t t = begin; t < end; t++) {
+    size_t i0 = (t / jb->tiles_n) * im->mc, j0 = (t % jb->tiles_n) * NC;
+    size_t mc = KILN__MIN(im->mc, g->m - i0), nc = KILN__MIN((size_t)NC, g->n - j0);
+    size_t mpad = round_up(mc, im->mr), npad = round_up(nc, im->nr);
+    for (size_t p0 = 0; p0 < g->k; p0 += KC) {
+      size_t kcp = round_up(KILN__MIN((size_t)KC, g->k - p0), im->kp);
+      const uint8_t *ab = (const uint8_t *)A->data + (p0 * arpad + i0 * kcp) * im->esz;
+      const uint8_t *bb = (const uint8_t *)B->data + (p0 * brpad + j0 * kcp) * im->esz;
+      for (size_t jp = 0; jp < npad; jp += im->nr)
+        for (size_t ip = 0; ip < mpad; ip += im->mr)
+          im->uk(kcp / im->kp, ab + ip * kcp * im->esz, bb + jp * kcp * im->esz,
+                 acc + ip * NC + jp, NC, p0 > 0);
+    }
+    /* Per-column zero points with the packing offset; NULL when all are zero. */
+    const int32_t *zb = NULL;
+    if (g->zb.n || B->zp_off) {
+      for (size_t j = 0; j < nc; j++) zbv[j] = zp_at(&g->zb, j0 + j) + B->zp_off;
+      zb = zbv;
+    }
+    kiln__qep_row r = {.n = nc, .cs = B->sums + j0, .zb = zb, .kind = g->kind, .zy = g->zy,
+                       .lo = g->kind == KILN__QOUT_U8 ? 0 : -128,
+                       .hi = g->kind == KILN__QOUT_U8 ? 255 : 127};
+    if (!g->per_row) {
+      r.bias = g->bias ? g->bias + j0 : NULL;
+      r.mult = g->mult ? g->mult + j0 : NULL;
+    }
+    for (size_t i = 0; i < mc; i++) {
+      size_t gi = i0 + i;
+      r.acc = acc + i * NC;
+      r.za = zp_at(&g->za, gi) + A->zp_off;
+      r.rowterm = (int32_t)((uint32_t)A->sums[gi] - (uint32_t)g->k * (uint32_t)r.za);
+      if (g->per_row) {
+        r.bias_row = g->bias ? g->bias[gi] : 0;
+        r.mult_row = g->mult ? g->mult[gi] : 1.0f;
+      }
+      r.dst = (uint8_t *)g->c + (gi * g->ldc + j0) * out_esz;
+      im->ep(&r);
+    }
+  }
+}
+
+/* k == 0: every product is 0 (an empty sum), then the epilogue. */
+static void run_k0(const kiln__qgemm_args *g) {
+  static const int32_t zeros[NC], nosums[NC];
+  kiln__qep_row r = {.acc = zeros, .cs = nosums, .kind = g->kind, .zy = g->zy,
+                     .lo = g->kind == KILN__QOUT_U8 ? 0 : -128,
+                     .hi = g->kind == KILN__QOUT_U8 ? 255 : 127};
+  size_t out_esz = g->kind == KILN__QOUT_I32 ? 4 : 1;
+  for (size_t i = 0; i < g->m; i++)
+    for (size_t j0 = 0; j0 < g->n; j0 += NC) {
+      r.n = KILN__MIN((size_t)NC, g->n - j0);
+      r.bias = g->bias && !g->per_row ? g->bias + j0 : NULL;
+      r.bias_row = g->bias && g->per_row ? g->bias[i] : 0;
+      r.mult = g->mult && !g->per_row ? g->mult + j0 : NULL;
+      r.mult_row = g->mult && g->per_row ? g->mult[i] : 1.0f;
+      r.dst = (uint8_t *)g->c + (i * g->ldc + j0) * out_esz;
+      kiln__qep__generic(&r);
+    }
+}
+
+void kiln__qgemm_run(struct kiln__pool *pool, const kiln__qgemm_args *g) {
+  if (g->m == 0 || g->n == 0) return;
+  if (g->k == 0) {
+    run_k0(g);
+    return;
+  }
+  const qimpl *im = &impls[g->a->isa];
+  qjob jb = {.g = g, .im = im, .tiles_n = (g->n + NC - 1) / NC};
+  size_t tiles = (g->m + im->mc - 1) / im->mc * jb.tiles_n;
+  /* Below ~64k multiply-adds the pool's hand-off costs more than the work. */
+  if (tiles == 1 || (double)g->m * (double)g->n * (double)g->k < 65536.0) qtiles(&jb, 0, tiles);
+  else kiln__parallel_for(pool, tiles, qtiles, &jb);
+}
+
+/* ---- conversions ----------------------------------------------------------------------------- */
+
+void kiln__q_quantize(kiln__qisa isa, const float *x, size_t n, float scale, int32_t zp,
+                      bool to_signed, void *y) {
+#ifdef KILN__QGEMM_X86
+  if (isa != KILN__QISA_GENERIC) {
+    kiln__q_quantize__avx2(x, n, scale, zp, to_signed, y);
+    return;
+  }
+#endif
+  int32_t lo = to_signed ? -128 : 0, hi = to_signed ? 127 : 255;
+  for (size_t i = 0; i < n; i++) {
+    float r = rintf(x[i] / scale);
+    if (r != r) r = 0.0f;
+    double d = (double)r + zp;
+    int32_t q = d < lo ? lo : d > hi ? hi : (int32_t)d;
+    if (to_signed) ((int8_t *)y)[i] = (int8_t)q;
+    else ((uint8_t *)y)[i] = (uint8_t)q;
+  }
+}
+
+void kiln__q_dequantize(kiln__qisa isa, const void *x, bool from_signed, size_t n, int32_t zp,
+                        float scale, float *y) {
+#ifdef KILN__QGEMM_X86
+  if (isa != KILN__QISA_GENERIC) {
+    kiln__q_dequantize__avx2(x, from_signed, n, zp, scale, y);
+    return;
+  }
+#endif
+  for (size_t i = 0; i < n; i++) {
+    int32_t v = from_signed ? ((const int8_t *)x)[i] : ((const uint8_t *)x)[i];
+    y[i] = (float)(v - zp) * scale;
+  }
+}
+
+void kiln__q_minmax(kiln__qisa isa, const float *x, size_t n, float *mn, float *mx) {
+#ifdef KILN__QGEMM_X86
+  if (isa != KILN__QISA_GENERIC) {
+    kiln__q_minmax__avx2(x, n, mn, mx);
+    return;
+  }
+#endif
+  float a = 0.0f, b = 0.0f;
+  for (size_t i = 0; i < n; i++) {
+    if (x[i] < a) a = x[i];
+    if (x[i] > b) b = x[i];
+  }
+  *mn = a;
+  *mx = b;
+}

@@ -1,0 +1,180 @@
+/* The integer GEMM of the "cpu" backend: C = epilogue((A - za) (B - zb)) with 8-bit A and B and
+ * exact int32 accumulation, for MatMulInteger, QLinearMatMul, ConvInteger and QLinearConv.
+ *
+ * A is m x k, B is k x n; either may be uint8 or int8. Zero points: za per tensor or per row of A,
+ * zb per tensor or per column of B. Both operands are packed before the product: weights once at
+ * load, activations (and im2col columns) per call into plan scratch. Zero points are not applied
+ * in the inner loop; the microkernel forms the raw sum of stored values and the epilogue corrects
+ * it with the row sums of A and column sums of B computed while packing:
+ *
+ *   sum_p (a - za)(b - zb) = acc - za * colsum(b) - zb * (rowsum(a) - k * za)      (mod 2^32)
+ *
+ * which is exact (int32 wraps identically to the reference's int32 sum).
+ *
+ * Formats, one per ISA:
+ *   GENERIC, AVX2: values widened to int16 and grouped by k pairs; the product is VPMADDWD
+ *     (int16 x int16 -> int32, two products summed). |a*b| <= 255*255, so a pair fits int32
+ *     exactly: no VPMADDUBSW int16 saturation and no reduce_range. Costs twice the packed bytes.
+ *   AVXVNNI, AVX512VNNI: bytes grouped by k quads, VPDPBUSD (u8 x s8, four products summed into
+ *     int32, exact). A is stored as uint8 and B as int8: an int8 A is shifted by +128 and a uint8
+ *     B by -128 at pack time, and the operand's zero points by the same offset (zp_off), which the
+ *     correction above makes exact.
+ * The tile driver cuts C into MC x NC tiles (the work items of kiln__parallel_for), each with an
+ * int32 accumulator block on the stack, walks k in KC blocks, then runs the epilogue: int32 out
+ * (MatMulInteger, ConvInteger) or requantization to uint8/int8 (QLinear*), which is
+ *   y = clamp(rint((float)(acc + bias) * mult) + zy)
+ * in exactly the reference kernel's float operations, so its results are bit-identical. */
+#ifndef KILN_KERNELS_CPU_QGEMM_H
+#define KILN_KERNELS_CPU_QGEMM_H
+
+#include "core/common.h"
+
+struct kiln__pool;
+
+/* Which VNNI microkernels this compiler can build (target attributes and intrinsics). */
+#if defined(__x86_64__) || defined(__i386__)
+#define KILN__QGEMM_X86 1
+#define KILN__QGEMM_HAVE_AVX512VNNI 1
+#if defined(__clang__)
+#if __clang_major__ >= 12
+#define KILN__QGEMM_HAVE_AVXVNNI 1
+#endif
+#elif defined(__GNUC__) && __GNUC__ >= 11
+#define KILN__QGEMM_HAVE_AVXVNNI 1
+#endif
+#endif
+
+typedef enum kiln__qisa {
+  KILN__QISA_GENERIC = 0, /* portable C, int16 pairs, 4x8 tile */
+  KILN__QISA_AVX2,        /* int16 pairs, VPMADDWD, 6x16 tile */
+  KILN__QISA_AVXVNNI,     /* u8 x s8 quads, VPDPBUSD on ymm, 6x16 tile */
+  KILN__QISA_AVX512VNNI,  /* u8 x s8 quads, VPDPBUSD on zmm, 6x32 tile */
+  KILN__QISA_COUNT
+} kiln__qisa;
+
+const char *kiln__qisa_name(kiln__qisa isa);
+/* Whether this build and machine can run `isa` (compiler support, then cpuid). */
+bool kiln__qisa_supported(kiln__qisa isa);
+/* The best ISA this machine runs, or the one KILN_ISA names: generic, avx2, avxvnni, avx512vnni
+   (avx512 means the best of these). Read once per prepare(). An unknown or unsupported name fails
+   rather than being ignored. */
+kiln_status kiln__qisa_select(kiln__qisa *out, kiln_error *err);
+
+/* One packed operand: `rows` is m for A, n for B. */
+typedef struct kiln__qpacked {
+  kiln__qisa isa;
+  bool is_a;
+  size_t rows, k;
+  int32_t zp_off;  /* added to this operand's zero points (the VNNI formats' +-128 shift) */
+  int32_t *sums;   /* per row: sum over k of the stored values */
+  void *data;
+  void *owned;     /* the allocation when packed with kiln__qpack_alloc, else NULL */
+} kiln__qpacked;
+
+/* An 8-bit source matrix: element (r, p) of the operand (r < rows, p < k) is at
+   base[r * rs + p * ks]. For A = X (m x k row-major): rs = k, ks = 1; for B = W (k x n): rs = 1,
+   ks = n. */
+typedef struct kiln__qsrc {
+  const void *base;
+  bool is_signed;  /* int8, else uint8 */
+  size_t rs, ks;
+} kiln__qsrc;
+
+/* Bytes of packed storage (data and sums) for an operand; 0 on overflow. */
+size_t kiln__qpack_bytes(kiln__qisa isa, bool is_a, size_t rows, size_t k);
+/* Packs into `mem` (kiln__qpack_bytes of it, KILN__ALIGN-aligned), splitting the rows over the
+   pool. No allocation: for per-call operands in scratch. */
+void kiln__qpack(struct kiln__pool *pool, kiln__qisa isa, bool is_a, size_t rows, size_t k,
+                 const kiln__qsrc *src, void *mem, kiln__qpacked *out);
+/* Packs into a new allocation (weights at load); release with kiln__qpacked_free. */
+kiln_status kiln__qpack_alloc(kiln__qisa isa, bool is_a, size_t rows, size_t k,
+                              const kiln__qsrc *src, kiln__qpacked *out, kiln_error *err);
+void kiln__qpacked_free(kiln__qpacked *p);
+
+/* Zero points: none (n 0), one, or one per row of A / column of B. */
+typedef struct kiln__qzp {
+  const void *p;
+  bool is_signed;
+  size_t n;
+} kiln__qzp;
+
+typedef enum kiln__qout_kind {
+  KILN__QOUT_I32,  /* int32 C, the corrected sum */
+  KILN__QOUT_U8,   /* requantized */
+  KILN__QOUT_S8,
+} kiln__qout_kind;
+
+typedef struct kiln__qgemm_args {
+  size_t m, n, k;
+  const kiln__qpacked *a, *b; /* packed for the same ISA, with matching m / n and k */
+  kiln__qzp za, zb;
+  kiln__qout_kind kind;
+  void *c;                    /* int32, uint8 or int8 by kind; row stride ldc elements */
+  size_t ldc;
+  /* Requantization only: */
+  const int32_t *bias;        /* NULL, or one per column (per row when per_row) */
+  const float *mult;          /* one per column (per row when per_row); finite */
+  bool per_row;
+  int32_t zy;
+} kiln__qgemm_args;
+
+/* Runs the product. `pool` may be NULL; code inside a kiln__parallel_for job passes NULL. */
+void kiln__qgemm_run(struct kiln__pool *pool, const kiln__qgemm_args *g);
+
+/* ---- vectorized conversions (quant_kernels.c), exact against the reference kernels ------------ */
+
+/* y[i] = clamp(rint(x[i] / scale) + zp) into uint8 or int8 (NaN -> zp). */
+void kiln__q_quantize(kiln__qisa isa, const float *x, size_t n, float scale, int32_t zp,
+                      bool to_signed, void *y);
+/* y[i] = (float)(x[i] - zp) * scale. */
+void kiln__q_dequantize(kiln__qisa isa, const void *x, bool from_signed, size_t n, int32_t zp,
+                        float scale, float *y);
+/* min and max of x with 0 included (NaN ignored). */
+void kiln__q_minmax(kiln__qisa isa, const float *x, size_t n, float *mn, float *mx);
+
+/* ---- internals shared by the qgemm files ------------------------------------------------------ */
+
+/* c[0:MR, 0:NR] (row stride ldc) = (accumulate ? c : 0) + the tile's raw product over `groups`
+   k groups (pairs or quads) of the packed panels a and b. Always the full tile: the driver's
+   accumulator block is padded. */
+typedef void (*kiln__qgemm_ukernel)(size_t groups, const void *restrict a, const void *restrict b,
+                                    int32_t *restrict c, size_t ldc, bool accumulate);
+
+/* What the epilogue needs for one row of a tile, columns j0 .. j0 + n. */
+typedef struct kiln__qep_row {
+  const int32_t *acc;      /* raw sums */
+  size_t n;
+  int32_t za, rowterm;     /* za of this row (with offset), rowsum - k * za */
+  const int32_t *cs;       /* column sums of B (n) */
+  const int32_t *zb;       /* per-column zb with offset (n), or NULL when all zero */
+  /* requantization: */
+  const int32_t *bias;     /* n values, or NULL */
+  int32_t bias_row;        /* the per-row bias (0 if none) */
+  const float *mult;       /* n values, or NULL: mult_row for every column */
+  float mult_row;
+  int32_t zy, lo, hi;
+  kiln__qout_kind kind;
+  void *dst;
+} kiln__qep_row;
+
+typedef void (*kiln__qep_fn)(const kiln__qep_row *r);
+
+void kiln__qgemm_uk_4x8__generic(size_t groups, const void *restrict a, const void *restrict b,
+                                 int32_t *restrict c, size_t ldc, bool accumulate);
+void kiln__qep__generic(const kiln__qep_row *r);
+void kiln__qgemm_uk_6x16__avx2(size_t groups, const void *restrict a, const void *restrict b,
+                               int32_t *restrict c, size_t ldc, bool accumulate);
+void kiln__qep__avx2(const kiln__qep_row *r);
+void kiln__qgemm_uk_6x16__avxvnni(size_t groups, const void *restrict a, const void *restrict b,
+                                  int32_t *restrict c, size_t ldc, bool accumulate);
+void kiln__qgemm_uk_6x32__avx512vnni(size_t groups, const void *restrict a,
+                                     const void *restrict b, int32_t *restrict c, size_t ldc,
+                                     bool accumulate);
+
+void kiln__q_quantize__avx2(const float *x, size_t n, float scale, int32_t zp, bool to_signed,
+                            void *y);
+void kiln__q_dequantize__avx2(const void *x, bool from_signed, size_t n, int32_t zp, float scale,
+                              float *y);
+void kiln__q_minmax__avx2(const float *x, size_t n, float *mn, float *mx);
+
+#endif

@@ -1,0 +1,177 @@
+/* AVX2 integer kernels: the 6 x 16 int16-pair microkernel (VPMADDWD), the requantizing epilogue
+ * (also used by the VNNI tiles) and the quantize / dequantize / min-max loops. ISA flags are on
+ * the functions, so the library still builds for baseline x86-64.
+ *
+ * Why VPMADDWD and not VPMADDUBSW: VPMADDUBSW multiplies u8 x s8 and adds adjacent pairs into
+ * int16 with saturation, and 2 * 255 * 127 > 32767, so full-range weights can silently clip (the
+ * reason ONNX Runtime offers reduce_range). Widening both operands to int16 at pack time and
+ * using VPMADDWD (int16 x int16, pairs summed into int32) is exact for any 8-bit inputs. */
+#include "kernels/cpu/qgemm.h"
+
+#ifdef KILN__QGEMM_X86
+#include <immintrin.h>
+
+#define TARGET __attribute__((target("avx2,fma")))
+#define MR 6
+#define NR 16
+
+TARGET static inline __m256i bcast32(const int16_t *p) {
+  int32_t v;
+  memcpy(&v, p, sizeof v);
+  return _mm256_set1_epi32(v);
+}
+
+TARGET void kiln__qgemm_uk_6x16__avx2(size_t groups, const void *restrict a,
+                                      const void *restrict b, int32_t *restrict c, size_t ldc,
+                                      bool accumulate) {
+  const int16_t *A = a, *B = b;
+  __m256i c00 = _mm256_setzero_si256(), c01 = _mm256_setzero_si256();
+  __m256i c10 = _mm256_setzero_si256(), c11 = _mm256_setzero_si256();
+  __m256i c20 = _mm256_setzero_si256(), c21 = _mm256_setzero_si256();
+  __m256i c30 = _mm256_setzero_si256(), c31 = _mm256_setzero_si256();
+  __m256i c40 = _mm256_setzero_si256(), c41 = _mm256_setzero_si256();
+  __m256i c50 = _mm256_setzero_si256(), c51 = _mm256_setzero_si256();
+  for (size_t g = 0; g < groups; g++) {
+    __m256i b0 = _mm256_loadu_si256((const __m256i *)B);
+    __m256i b1 = _mm256_loadu_si256((const __m256i *)(B + 16)), av;
+#define ROW(i)                                                    \
+  av = bcast32(A + 2 * i);                                        \
+  c##i##0 = _mm256_add_epi32(c##i##0, _mm256_madd_epi16(av, b0)); \
+  c##i##1 = _mm256_add_epi32(c##i##1, _mm256_madd_epi16(av, b1));
+    ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)
+#undef ROW
+    A += 2 * MR;
+    B += 2 * NR;
+  }
+#define STORE(i)                                                                        \
+  do {                                                                                  \
+    __m256i *p0 = (__m256i *)(c + i * ldc), *p1 = (__m256i *)(c + i * ldc + 8);         \
+    if (accumulate) {                                                                   \
+      c##i##0 = _mm256_add_epi32(c##i##0, _mm256_loadu_si256(p0));                      \
+      c##i##1 = _mm256_add_epi32(c##i##1, _mm256_loadu_si256(p1));                      \
+    }                                                                                   \
+    _mm256_storeu_si256(p0, c##i##0);                                                   \
+    _mm256_storeu_si256(p1, c##i##1);                                                   \
+  } while (0)
+  STORE(0);
+  STORE(1);
+  STORE(2);
+  STORE(3);
+  STORE(4);
+  STORE(5);
+#undef STORE
+}
+
+/* 8 int32 in [lo, hi] to 8 bytes. */
+TARGET static inline void store8(void *dst, __m256i v, bool to_signed) {
+  __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  w = to_signed ? _mm_packs_epi16(w, w) : _mm_packus_epi16(w, w);
+  _mm_storel_epi64((__m128i *)dst, w);
+}
+
+/* clamp(rint(f) + zp) into [lo, hi]: the clamp runs on the integer-valued float before the add,
+   which is the same for every f (the bounds are exact in float); NaN becomes 0 first. */
+TARGET static inline __m256i round_clamp(__m256 f, float lo_z, float hi_z, __m256i zp) {
+  __m256 r = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  r = _mm256_and_ps(r, _mm256_cmp_ps(r, r, _CMP_ORD_Q));
+  r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(lo_z)), _mm256_set1_ps(hi_z));
+  return _mm256_add_epi32(_mm256_cvtps_epi32(r), zp);
+}
+
+TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
+  size_t n8 = r->n & ~(size_t)7;
+  __m256i za = _mm256_set1_epi32(r->za), rt = _mm256_set1_epi32(r->rowterm);
+  __m256i zy = _mm256_set1_epi32(r->zy), brow = _mm256_set1_epi32(r->bias_row);
+  __m256 mrow = _mm256_set1_ps(r->mult_row);
+  float lo_z = (float)(r->lo - r->zy), hi_z = (float)(r->hi - r->zy);
+  bool to_signed = r->kind == KILN__QOUT_S8;
+  for (size_t j = 0; j < n8; j += 8) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)(r->acc + j));
+    v = _mm256_sub_epi32(
+        v, _mm256_mullo_epi32(za, _mm256_loadu_si256((const __m256i *)(r->cs + j))));
+    if (r->zb)
+      v = _mm256_sub_epi32(
+          v, _mm256_mullo_epi32(rt, _mm256_loadu_si256((const __m256i *)(r->zb + j))));
+    if (r->kind == KILN__QOUT_I32) {
+      _mm256_storeu_si256((__m256i *)((int32_t *)r->dst + j), v);
+      continue;
+    }
+    v = _mm256_add_epi32(v, r->bias ? _mm256_loadu_si256((const __m256i *)(r->bias + j)) : brow);
+    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), r->mult ? _mm256_loadu_ps(r->mult + j) : mrow);
+    store8((uint8_t *)r->dst + j, round_clamp(f, lo_z, hi_z, zy), to_signed);
+  }
+  if (n8 == r->n) return;
+  kiln__qep_row t = *r;
+  t.acc += n8;
+  t.n -= n8;
+  t.cs += n8;
+  if (t.zb) t.zb += n8;
+  if (t.bias) t.bias += n8;
+  if (t.mult) t.mult += n8;
+  t.dst = (uint8_t *)t.dst + n8 * (r->kind == KILN__QOUT_I32 ? 4 : 1);
+  kiln__qep__generic(&t);
+}
+
+TARGET void kiln__q_quantize__avx2(const float *x, size_t n, float scale, int32_t zp,
+                                   bool to_signed, void *y) {
+  int32_t lo = to_signed ? -128 : 0, hi = to_signed ? 127 : 255;
+  float lo_z = (float)(lo - zp), hi_z = (float)(hi - zp);
+  __m256 s = _mm256_set1_ps(scale);
+  __m256i z = _mm256_set1_epi32(zp);
+  size_t i = 0;
+  /* Division, not a reciprocal multiply: the reference divides, and the results must match. */
+  for (; i + 8 <= n; i += 8)
+    store8((uint8_t *)y + i, round_clamp(_mm256_div_ps(_mm256_loadu_ps(x + i), s), lo_z, hi_z, z),
+           to_signed);
+  for (; i < n; i++) {
+    float r = __builtin_rintf(x[i] / scale);
+    if (r != r) r = 0.0f;
+    double d = (double)r + zp;
+    int32_t q = d < lo ? lo : d > hi ? hi : (int32_t)d;
+    if (to_signed) ((int8_t *)y)[i] = (int8_t)q;
+    else ((uint8_t *)y)[i] = (uint8_t)q;
+  }
+}
+
+TARGET void kiln__q_dequantize__avx2(const void *x, bool from_signed, size_t n, int32_t zp,
+                                     float scale, float *y) {
+  __m256 s = _mm256_set1_ps(scale);
+  __m256i z = _mm256_set1_epi32(zp);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)((const uint8_t *)x + i));
+    __m256i v = from_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b);
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, z)), s));
+  }
+  for (; i < n; i++) {
+    int32_t v = from_signed ? ((const int8_t *)x)[i] : ((const uint8_t *)x)[i];
+    y[i] = (float)(v - zp) * scale;
+  }
+}
+
+TARGET void kiln__q_minmax__avx2(const float *x, size_t n, float *mn, float *mx) {
+  /* min_ps(v, m) returns m when v is NaN, so NaN is ignored as in the scalar loop. */
+  __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    a = _mm256_min_ps(v, a);
+    b = _mm256_max_ps(v, b);
+  }
+  float la[8], lb[8];
+  _mm256_storeu_ps(la, a);
+  _mm256_storeu_ps(lb, b);
+  float lo = 0.0f, hi = 0.0f;
+  for (int k = 0; k < 8; k++) {
+    if (la[k] < lo) lo = la[k];
+    if (lb[k] > hi) hi = lb[k];
+  }
+  for (; i < n; i++) {
+    if (x[i] < lo) lo = x[i];
+    if (x[i] > hi) hi = x[i];
+  }
+  *mn = lo;
+  *mx = hi;
+}
+
+#endif

@@ -1,0 +1,583 @@
+/* Optimized CPU kernels for the quantization ops: QuantizeLinear, DequantizeLinear,
+ * DynamicQuantizeLinear (vectorized conversions), MatMulInteger and QLinearMatMul (the integer
+ * GEMM of qgemm.h), ConvInteger and QLinearConv (im2col into 8-bit columns + the integer GEMM;
+ * 1x1 convolutions read the input directly).
+ *
+ * Every row computes exactly what the reference kernel (src/kernels/ref/quant.c) computes, bit
+ * for bit: integer sums are exact, and requantization performs the same float operations in the
+ * same order. Constant weights are packed once in prepare(); execute() checks what is known only
+ * at run time (dtypes, parameter shapes) and hands anything it does not cover (per-row activation
+ * zero points, batched B, depthwise or non-2-D convolutions, other attributes) and every
+ * malformed input to the reference kernel, which runs or reports the error. */
+#include <math.h>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/qgemm.h"
+#include "kernels/ref/gemm.h"
+
+static size_t ref_scratch(const kiln__kctx *c) {
+  return c->node->op->scratch ? c->node->op->scratch(c) : 0;
+}
+
+static const kiln_tensor *opt(const kiln__kctx *c, int i) { return i < c->n_in ? c->in[i] : NULL; }
+
+static bool is_q8(kiln_dtype t) { return t == KILN_DTYPE_UINT8 || t == KILN_DTYPE_INT8; }
+
+/* A per-tensor 8-bit zero point or one per `n` channels (1-D); false for anything else. */
+static bool zp_get(const kiln_tensor *t, size_t n, kiln__qzp *z) {
+  memset(z, 0, sizeof *z);
+  if (!t) return true;
+  size_t cnt = kiln_tensor_count(t);
+  if (!is_q8(t->dtype) || !(cnt == 1 || (t->rank == 1 && cnt == n))) return false;
+  z->p = t->data;
+  z->is_signed = t->dtype == KILN_DTYPE_INT8;
+  z->n = cnt;
+  return true;
+}
+
+static bool scalar_f32(const kiln_tensor *t, float *v) {
+  if (!t || t->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(t) != 1) return false;
+  *v = *(const float *)t->data;
+  return true;
+}
+
+static size_t align64(size_t x) { return (x + 63) / 64 * 64; }
+
+typedef struct qstate {
+  kiln__qisa isa;
+  bool packed;            /* constant weights packed at load */
+  kiln__qpacked w;
+} qstate;
+
+static void qstate_release(void *state) {
+  qstate *s = state;
+  kiln__qpacked_free(&s->w);
+  kiln__free(s);
+}
+
+static kiln_status qstate_new(const kiln__node *n, void **state, qstate **out, kiln_error *err) {
+  qstate *s = kiln__calloc(1, sizeof *s);
+  if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
+  kiln_status st = kiln__qisa_select(&s->isa, err);
+  if (st != KILN_OK) {
+    kiln__free(s);
+    return st;
+  }
+  *state = s;
+  *out = s;
+  return KILN_OK;
+}
+
+/* ---- QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear --------------------------------- */
+
+static bool conv_supports_float_in(const kiln__node *n, const kiln__graph *g) {
+  return kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0));
+}
+
+static bool any_supports(const kiln__node *n, const kiln__graph *g) { return true; }
+
+static kiln_status simple_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                                  kiln_error *err) {
+  qstate *s = NULL;
+  return qstate_new(n, state, &s, err);
+}
+
+/* x viewed as outer x ch x inner for a per-tensor (ch 1) or per-axis scale; false when the
+   parameters are not the plain float32 / 8-bit forms (the reference kernel decides then). */
+static bool q_geometry(const kiln__kctx *c, const kiln_tensor *x, size_t *outer, size_t *ch,
+                       size_t *inner) {
+  const kiln_tensor *scale = c->in[1], *zp = opt(c, 2);
+  if (scale->dtype != KILN_DTYPE_FLOAT || kiln__attr_find(c->node, "block_size") ||
+      kiln__attr_find(c->node, "output_dtype"))
+    return false;
+  size_t sc = kiln_tensor_count(scale), total = kiln_tensor_count(x);
+  if (zp && (!is_q8(zp->dtype) || kiln_tensor_count(zp) != sc)) return false;
+  *outer = 1;
+  *ch = 1;
+  *inner = total;
+  if (sc == 1) return true;
+  int axis;
+  if (scale->rank != 1 || !kiln__norm_axis(kiln__attr_int(c->node, "axis", 1), x->rank, &axis) ||
+      (int64_t)sc != x->dims[axis])
+    return false;
+  *ch = sc;
+  *inner = 1;
+  for (int i = 0; i < axis; i++) *outer *= (size_t)x->dims[i];
+  for (int i = axis + 1; i < x->rank; i++) *inner *= (size_t)x->dims[i];
+  return true;
+}
+
+static int32_t zp_val(const kiln_tensor *zp, size_t i) {
+  if (!zp) return 0;
+  return zp->dtype == KILN_DTYPE_INT8 ? ((const int8_t *)zp->data)[i]
+                                      : ((const uint8_t *)zp->data)[i];
+}
+
+static kiln_status quantize_execute(kiln__kctx *c, void *state) {
+  const qstate *s = state;
+  const kiln_tensor *x = c->in[0], *zp = opt(c, 2);
+  kiln_tensor *y = c->out[0];
+  size_t outer, ch, inner;
+  if (x->dtype != KILN_DTYPE_FLOAT || !is_q8(y->dtype) || (zp && zp->dtype != y->dtype) ||
+      !q_geometry(c, x, &outer, &ch, &inner))
+    return c->node->op->run(c);
+  const float *sc = c->in[1]->data;
+  bool sgn = y->dtype == KILN_DTYPE_INT8;
+  for (size_t o = 0; o < outer; o++)
+    for (size_t k = 0; k < ch; k++) {
+      size_t base = (o * ch + k) * inner;
+      kiln__q_quantize(s->isa, (const float *)x->data + base, inner, sc[k], zp_val(zp, k), sgn,
+                       (uint8_t *)y->data + base);
+    }
+  return KILN_OK;
+}
+
+static kiln_status dequantize_execute(kiln__kctx *c, void *state) {
+  const qstate *s = state;
+  const kiln_tensor *x = c->in[0], *zp = opt(c, 2);
+  kiln_tensor *y = c->out[0];
+  size_t outer, ch, inner;
+  if (!is_q8(x->dtype) || y->dtype != KILN_DTYPE_FLOAT || (zp && zp->dtype != x->dtype) ||
+      !q_geometry(c, x, &outer, &ch, &inner))
+    return c->node->op->run(c);
+  const float *sc = c->in[1]->data;
+  bool sgn = x->dtype == KILN_DTYPE_INT8;
+  for (size_t o = 0; o < outer; o++)
+    for (size_t k = 0; k < ch; k++) {
+      size_t base = (o * ch + k) * inner;
+      kiln__q_dequantize(s->isa, (const uint8_t *)x->data + base, sgn, inner, zp_val(zp, k),
+                         sc[k], (float *)y->data + base);
+    }
+  return KILN_OK;
+}
+
+static kiln_status dynquant_execute(kiln__kctx *c, void *state) {
+  const qstate *s = state;
+  const kiln_tensor *x = c->in[0];
+  if (x->dtype != KILN_DTYPE_FLOAT) return c->node->op->run(c);
+  size_t n = kiln_tensor_count(x);
+  float mn, mx;
+  kiln__q_minmax(s->isa, x->data, n, &mn, &mx);
+  /* The reference kernel's parameter arithmetic, verbatim. */
+  float scale = (mx - mn) / 255.0f;
+  int32_t zp = 0;
+  if (scale > 0.0f && isfinite(scale)) {
+    float r = rintf((0.0f - mn) / scale);
+    if (r != r) r = 0.0f;
+    double q = (double)r;
+    zp = q < 0 ? 0 : q > 255 ? 255 : (int32_t)q;
+  }
+  if (scale > 0.0f) kiln__q_quantize(s->isa, x->data, n, scale, zp, false, c->out[0]->data);
+  else memset(c->out[0]->data, zp, n);
+  if (c->n_out > 1 && c->out[1]) *(float *)c->out[1]->data = scale;
+  if (c->n_out > 2 && c->out[2]) *(uint8_t *)c->out[2]->data = (uint8_t)zp;
+  return KILN_OK;
+}
+
+/* ---- MatMulInteger, QLinearMatMul ------------------------------------------------------------ */
+
+/* Inputs of A and B and their zero points: MatMulInteger (a, b, a_zp, b_zp) or QLinearMatMul
+   (a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp). */
+typedef struct mm_io {
+  int a, b, azp, bzp;
+  bool qlinear;
+} mm_io;
+
+static mm_io mm_inputs(const kiln__node *n) {
+  bool ql = !strcmp(n->op_type, "QLinearMatMul");
+  return ql ? (mm_io){0, 3, 2, 5, true} : (mm_io){0, 1, 2, 3, false};
+}
+
+static const kiln_tensor *const_q8_2d(const kiln__value *v) {
+  return v && v->is_initializer && is_q8(v->init.dtype) && v->init.data && v->init.rank == 2 &&
+                 v->init.dims[0] > 0 && v->init.dims[1] > 0
+             ? &v->init
+             : NULL;
+}
+
+static kiln_status mm_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                              kiln_error *err) {
+  qstate *s = NULL;
+  kiln_status st = qstate_new(n, state, &s, err);
+  if (st != KILN_OK) return st;
+  const kiln_tensor *w = const_q8_2d(kiln__cpu_input(n, g, mm_inputs(n).b));
+  if (!w) return KILN_OK;
+  size_t k = (size_t)w->dims[0], nn = (size_t)w->dims[1];
+  kiln__qsrc src = {w->data, w->dtype == KILN_DTYPE_INT8, 1, nn};
+  st = kiln__qpack_alloc(s->isa, false, nn, k, &src, &s->w, err);
+  if (st != KILN_OK) {
+    qstate_release(s);
+    *state = NULL;
+    return st;
+  }
+  s->packed = true;
+  return KILN_OK;
+}
+
+/* The product's geometry when the fast path applies: A (..., m, k) of 8-bit values times a 2-D B
+   (k, n), run as one (rows x k) by (k x n) product. */
+typedef struct mm_geom {
+  size_t rows, k, n;
+  kiln__qzp za, zb;
+} mm_geom;
+
+static bool mm_geom_get(const kiln__kctx *c, const mm_io *io, mm_geom *mg) {
+  const kiln_tensor *a = c->in[io->a], *b = c->in[io->b];
+  if (!is_q8(a->dtype) || !is_q8(b->dtype) || b->rank != 2 || a->rank < 1) return false;
+  kiln__matmul_shape s = {0};
+  kiln_error e = {0};
+  if (kiln__matmul_shape_get(a, b, &s, &e) != KILN_OK) return false;
+  mg->rows = s.batch * s.m;
+  mg->k = s.k;
+  mg->n = s.n;
+  /* One activation zero point: a per-row one would need the batch's row index. */
+  const kiln_tensor *azp = opt(c, io->azp), *bzp = opt(c, io->bzp);
+  if (azp && kiln_tensor_count(azp) != 1) return false;
+  if (azp && azp->dtype != a->dtype) return false;
+  if (bzp && bzp->dtype != b->dtype) return false;
+  return zp_get(azp, 1, &mg->za) && zp_get(bzp, s.n, &mg->zb);
+}
+
+/* Scratch: packed A, packed B unless prepacked, the requantization multipliers. */
+static size_t mm_scratch_for(const qstate *s, const mm_geom *mg, bool qlinear) {
+  size_t bytes = align64(kiln__qpack_bytes(s->isa, true, mg->rows, mg->k));
+  if (!s->packed) bytes += align64(kiln__qpack_bytes(s->isa, false, mg->n, mg->k));
+  if (qlinear) bytes += align64(mg->n * sizeof(float));
+  return bytes;
+}
+
+static size_t mm_scratch(const kiln__kctx *c, void *state) {
+  const qstate *s = state;
+  mm_io io = mm_inputs(c->node);
+  mm_geom mg;
+  size_t mine = mm_geom_get(c, &io, &mg) ? mm_scratch_for(s, &mg, io.qlinear) : 0;
+  size_t ref = ref_scratch(c);
+  return mine > ref ? mine : ref;
+}
+
+/* QLinearMatMul's per-column multipliers sa * sb[j] / sy (the reference's expression), or false
+   when the scales are not the covered forms. */
+static bool ql_mults(const kiln__kctx *c, size_t n, float *mult) {
+  float sa, sy;
+  const kiln_tensor *sb = c->in[4];
+  if (!scalar_f32(c->in[1], &sa) || !scalar_f32(c->in[6], &sy) || sb->dtype != KILN_DTYPE_FLOAT)
+    return false;
+  size_t cnt = kiln_tensor_count(sb);
+  if (!(cnt == 1 || (sb->rank == 1 && cnt == n))) return false;
+  const float *b = sb->data;
+  for (size_t j = 0; j < n; j++) {
+    mult[j] = sa * b[cnt == 1 ? 0 : j] / sy;
+    if (!isfinite(mult[j])) return false;
+  }
+  return true;
+}
+
+static kiln_status mm_execute(kiln__kctx *c, void *state) {
+  const qstate *s = state;
+  mm_io io = mm_inputs(c->node);
+  mm_geom mg;
+  kiln_tensor *y = c->out[0];
+  if (!mm_geom_get(c, &io, &mg) || (!io.qlinear && y->dtype != KILN_DTYPE_INT32))
+    return c->node->op->run(c);
+  if (c->scratch_bytes < mm_scratch_for(s, &mg, io.qlinear)) return c->node->op->run(c);
+  kiln__qgemm_args g = {.m = mg.rows, .n = mg.n, .k = mg.k, .za = mg.za, .zb = mg.zb,
+                        .kind = KILN__QOUT_I32, .c = y->data, .ldc = mg.n};
+  uint8_t *mem = c->scratch;
+  size_t abytes = align64(kiln__qpack_bytes(s->isa, true, mg.rows, mg.k));
+  size_t bbytes = s->packed ? 0 : align64(kiln__qpack_bytes(s->isa, false, mg.n, mg.k));
+  if (io.qlinear) {
+    const kiln_tensor *yzp = c->in[7];
+    if (!is_q8(y->dtype) || yzp->dtype != y->dtype || kiln_tensor_count(yzp) != 1 ||
+        !ql_mults(c, mg.n, (float *)(mem + abytes + bbytes)))
+      return c->node->op->run(c);
+    g.kind = y->dtype == KILN_DTYPE_UINT8 ? KILN__QOUT_U8 : KILN__QOUT_S8;
+    g.mult = (const float *)(mem + abytes + bbytes);
+    g.zy = zp_val(yzp, 0);
+  }
+  if (mg.rows == 0 || mg.n == 0) return KILN_OK;
+  const kiln_tensor *a = c->in[io.a], *b = c->in[io.b];
+  kiln__qpacked pa, pb;
+  kiln__qsrc as = {a->data, a->dtype == KILN_DTYPE_INT8, mg.k, 1};
+  kiln__qpack(c->pool, s->isa, true, mg.rows, mg.k, &as, mem, &pa);
+  if (!s->packed) {
+    kiln__qsrc bs = {b->data, b->dtype == KILN_DTYPE_INT8, 1, mg.n};
+    kiln__qpack(c->pool, s->isa, false, mg.n, mg.k, &bs, mem + abytes, &pb);
+  }
+  g.a = &pa;
+  g.b = s->packed ? &s->w : &pb;
+  kiln__qgemm_run(c->pool, &g);
+  return KILN_OK;
+}
+
+/* ---- ConvInteger, QLinearConv ---------------------------------------------------------------- */
+
+/* Bound of the 8-bit im2col columns per chunk (the packed copy is twice that in int16 formats). */
+#define COL_BYTES ((size_t)256 << 10)
+
+typedef enum pad_mode { PAD_NOTSET, PAD_SAME_UPPER, PAD_SAME_LOWER, PAD_VALID } pad_mode;
+
+typedef struct qconv_state {
+  kiln__qisa isa;
+  bool qlinear;
+  size_t m, cg, groups, mg, kh, kw, kk;
+  int64_t sh, sw, dh, dw, pads[4];
+  pad_mode pad;
+  kiln__qpacked *pw; /* one packed mg x kk weight matrix per group (the GEMM's A) */
+} qconv_state;
+
+static const kiln_tensor *const_q8(const kiln__value *v) {
+  return v && v->is_initializer && is_q8(v->init.dtype) && v->init.data ? &v->init : NULL;
+}
+
+static bool qconv_parse(const kiln__node *n, const kiln__graph *g, qconv_state *s) {
+  s->qlinear = !strcmp(n->op_type, "QLinearConv");
+  const kiln_tensor *w = const_q8(kiln__cpu_input(n, g, s->qlinear ? 3 : 1));
+  if (!w || w->rank != 4) return false;
+  for (int i = 0; i < 4; i++)
+    if (w->dims[i] < 1) return false;
+  int64_t groups = kiln__attr_int(n, "group", 1);
+  if (groups < 1 || w->dims[0] % groups != 0) return false;
+  s->m = (size_t)w->dims[0];
+  s->cg = (size_t)w->dims[1];
+  s->groups = (size_t)groups;
+  s->mg = s->m / s->groups;
+  s->kh = (size_t)w->dims[2];
+  s->kw = (size_t)w->dims[3];
+  s->kk = s->cg * s->kh * s->kw;
+  const int64_t *ks;
+  size_t nks = kiln__attr_ints(n, "kernel_shape", &ks);
+  if (nks && (nks != 2 || ks[0] != w->dims[2] || ks[1] != w->dims[3])) return false;
+  int64_t st[2], dl[2];
+  if (!kiln__cpu_ints(n, "strides", 2, 1, 1, st) || !kiln__cpu_ints(n, "dilations", 2, 1, 1, dl) ||
+      !kiln__cpu_ints(n, "pads", 4, 0, 0, s->pads))
+    return false;
+  s->sh = st[0], s->sw = st[1], s->dh = dl[0], s->dw = dl[1];
+  const char *ap = kiln__attr_str(n, "auto_pad", "NOTSET");
+  if (!strcmp(ap, "NOTSET") || !*ap) s->pad = PAD_NOTSET;
+  else if (!strcmp(ap, "SAME_UPPER")) s->pad = PAD_SAME_UPPER;
+  else if (!strcmp(ap, "SAME_LOWER")) s->pad = PAD_SAME_LOWER;
+  else if (!strcmp(ap, "VALID")) s->pad = PAD_VALID;
+  else return false;
+  return true;
+}
+
+static bool qconv_supports(const kiln__node *n, const kiln__graph *g) {
+  qconv_state s;
+  return qconv_parse(n, g, &s);
+}
+
+static void qconv_release(void *state) {
+  qconv_state *s = state;
+  if (s->pw)
+    for (size_t i = 0; i < s->groups; i++) kiln__qpacked_free(&s->pw[i]);
+  kiln__free(s->pw);
+  kiln__free(s);
+}
+
+static kiln_status qconv_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                                 kiln_error *err) {
+  qconv_state *s = kiln__calloc(1, sizeof *s);
+  if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
+  qconv_parse(n, g, s);
+  kiln_status st = kiln__qisa_select(&s->isa, err);
+  if (st == KILN_OK && !(s->pw = kiln__calloc(s->groups, sizeof *s->pw)))
+    st = kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
+  const kiln_tensor *w = const_q8(kiln__cpu_input(n, g, s->qlinear ? 3 : 1));
+  for (size_t i = 0; st == KILN_OK && i < s->groups; i++) {
+    kiln__qsrc src = {(const uint8_t *)w->data + i * s->mg * s->kk, w->dtype == KILN_DTYPE_INT8,
+                      s->kk, 1};
+    st = kiln__qpack_alloc(s->isa, true, s->mg, s->kk, &src, &s->pw[i], err);
+  }
+  if (st != KILN_OK) {
+    qconv_release(s);
+    return st;
+  }
+  *state = s;
+  return KILN_OK;
+}
+
+typedef struct qconv_geom {
+  size_t n, c, h, w, oh, ow, p, chunk;
+  int64_t pt, pl;
+  bool pointwise;
+  kiln__qzp zx, zw;
+} qconv_geom;
+
+static int64_t same_pad(pad_mode pm, int64_t in, int64_t out, int64_t s, int64_t k, int64_t d) {
+  int64_t total = (out - 1) * s + (k - 1) * d + 1 - in;
+  if (total < 0) total = 0;
+  return pm == PAD_SAME_UPPER ? total / 2 : total - total / 2;
+}
+
+static bool qconv_geom_get(const kiln__kctx *c, const qconv_state *s, qconv_geom *cg) {
+  const kiln_tensor *x = c->in[0], *w = c->in[s->qlinear ? 3 : 1], *y = c->out[0];
+  if (!is_q8(x->dtype) || !is_q8(w->dtype) || x->rank != 4 || y->rank != 4 ||
+      (size_t)x->dims[1] != s->cg * s->groups || (size_t)y->dims[1] != s->m)
+    return false;
+  const kiln_tensor *xzp = opt(c, 2), *wzp = opt(c, s->qlinear ? 5 : 3);
+  if ((xzp && (xzp->dtype != x->dtype || kiln_tensor_count(xzp) != 1)) ||
+      (wzp && wzp->dtype != w->dtype) || !zp_get(xzp, 1, &cg->zx) || !zp_get(wzp, s->m, &cg->zw))
+    return false;
+  cg->n = (size_t)x->dims[0];
+  cg->c = (size_t)x->dims[1];
+  cg->h = (size_t)x->dims[2];
+  cg->w = (size_t)x->dims[3];
+  cg->oh = (size_t)y->dims[2];
+  cg->ow = (size_t)y->dims[3];
+  cg->p = cg->oh * cg->ow;
+  if (s->pad == PAD_NOTSET) {
+    cg->pt = s->pads[0];
+    cg->pl = s->pads[1];
+  } else if (s->pad == PAD_VALID) {
+    cg->pt = cg->pl = 0;
+  } else {
+    cg->pt = same_pad(s->pad, (int64_t)cg->h, (int64_t)cg->oh, s->sh, (int64_t)s->kh, s->dh);
+    cg->pl = same_pad(s->pad, (int64_t)cg->w, (int64_t)cg->ow, s->sw, (int64_t)s->kw, s->dw);
+  }
+  int64_t pb = s->pad == PAD_NOTSET ? s->pads[2] : 0, pr = s->pad == PAD_NOTSET ? s->pads[3] : 0;
+  cg->pointwise = s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && cg->pt == 0 &&
+                  cg->pl == 0 && pb == 0 && pr == 0 && cg->oh == cg->h && cg->ow == cg->w;
+  size_t chunk = COL_BYTES / s->kk;
+  chunk = chunk >= 256 ? chunk / 128 * 128 : KILN__MAX((size_t)32, chunk / 32 * 32);
+  cg->chunk = cg->pointwise ? cg->p : KILN__MIN(chunk, cg->p);
+  return true;
+}
+
+/* Scratch: im2col columns (unless pointwise), their packed copy, per-row multipliers and bias. */
+static size_t qconv_scratch_for(const qconv_state *s, const qconv_geom *cg) {
+  size_t cols = cg->pointwise ? 0 : align64(s->kk * cg->chunk);
+  return cols + align64(kiln__qpack_bytes(s->isa, false, cg->chunk, s->kk)) +
+         align64(s->m * sizeof(float));
+}
+
+static size_t qconv_scratch(const kiln__kctx *c, void *state) {
+  const qconv_state *s = state;
+  qconv_geom cg;
+  size_t mine = qconv_geom_get(c, s, &cg) && cg.p ? qconv_scratch_for(s, &cg) : 0;
+  size_t ref = ref_scratch(c);
+  return mine > ref ? mine : ref;
+}
+
+typedef struct im2col_job {
+  const qconv_state *s;
+  const qconv_geom *g;
+  const uint8_t *x; /* the group's cg input planes */
+  uint8_t *col;     /* kk x (q1 - q0) */
+  size_t q0, q1;
+  uint8_t pad;      /* the input zero point: padding contributes (zx - zx) = 0 */
+} im2col_job;
+
+static void im2col_rows(void *arg, size_t r0, size_t r1) {
+  const im2col_job *j = arg;
+  const qconv_state *s = j->s;
+  const qconv_geom *g = j->g;
+  size_t ld = j->q1 - j->q0;
+  for (size_t r = r0; r < r1; r++) {
+    size_t ci = r / (s->kh * s->kw), ky = r / s->kw % s->kh, kx = r % s->kw;
+    const uint8_t *xp = j->x + ci * g->h * g->w;
+    uint8_t *dst = j->col + r * ld;
+    size_t oy = j->q0 / g->ow, ox = j->q0 % g->ow;
+    int64_t ix0 = (int64_t)kx * s->dw - g->pl;
+    for (size_t q = j->q0; q < j->q1;) {
+      int64_t iy = (int64_t)oy * s->sh - g->pt + (int64_t)ky * s->dh;
+      size_t run = KILN__MIN(g->ow - ox, j->q1 - q);
+      if (iy < 0 || iy >= (int64_t)g->h) {
+        memset(dst, j->pad, run);
+      } else {
+        const uint8_t *xrow = xp + (size_t)iy * g->w;
+        int64_t first = (int64_t)ox * s->sw + ix0, sw = s->sw, w = (int64_t)g->w;
+        int64_t lo = first >= 0 ? 0 : (-first + sw - 1) / sw;
+        int64_t hi = first >= w ? 0 : (w - first + sw - 1) / sw;
+        lo = KILN__MIN(lo, (int64_t)run);
+        hi = KILN__MAX(lo, KILN__MIN(hi, (int64_t)run));
+        memset(dst, j->pad, (size_t)lo);
+        if (sw == 1) memcpy(dst + lo, xrow + first + lo, (size_t)(hi - lo));
+        else for (int64_t t = lo; t < hi; t++) dst[t] = xrow[first + t * sw];
+        memset(dst + hi, j->pad, (size_t)((int64_t)run - hi));
+      }
+      dst += run;
+      q += run;
+      ox = 0;
+      oy++;
+    }
+  }
+}
+
+static kiln_status qconv_execute(kiln__kctx *c, void *state) {
+  const qconv_state *s = state;
+  qconv_geom cg;
+  kiln_tensor *y = c->out[0];
+  if (!qconv_geom_get(c, s, &cg)) return c->node->op->run(c);
+  if (cg.n == 0 || cg.p == 0) return KILN_OK;
+  if (c->scratch_bytes < qconv_scratch_for(s, &cg)) return c->node->op->run(c);
+  uint8_t *mem = c->scratch;
+  uint8_t *col = mem;
+  size_t colb = cg.pointwise ? 0 : align64(s->kk * cg.chunk);
+  uint8_t *bmem = mem + colb;
+  float *mult = (float *)(bmem + align64(kiln__qpack_bytes(s->isa, false, cg.chunk, s->kk)));
+  const int32_t *bias = NULL;
+  kiln__qout_kind kind = KILN__QOUT_I32;
+  int32_t zy = 0;
+  if (s->qlinear) {
+    /* mult[oc] = x_scale * w_scale[oc] / y_scale, the reference's expression. */
+    float xs, ys;
+    const kiln_tensor *ws = c->in[4], *yzp = c->in[7], *b = opt(c, 8);
+    size_t wn = kiln_tensor_count(ws);
+    if (!scalar_f32(c->in[1], &xs) || !scalar_f32(c->in[6], &ys) ||
+        ws->dtype != KILN_DTYPE_FLOAT || !(wn == 1 || (ws->rank == 1 && wn == s->m)) ||
+        !is_q8(y->dtype) || yzp->dtype != y->dtype || kiln_tensor_count(yzp) != 1 ||
+        (b && (b->dtype != KILN_DTYPE_INT32 || b->rank != 1 || (size_t)b->dims[0] != s->m)))
+      return c->node->op->run(c);
+    for (size_t o = 0; o < s->m; o++) {
+      mult[o] = xs * ((const float *)ws->data)[wn == 1 ? 0 : o] / ys;
+      if (!isfinite(mult[o])) return c->node->op->run(c);
+    }
+    bias = b ? b->data : NULL;
+    kind = y->dtype == KILN_DTYPE_UINT8 ? KILN__QOUT_U8 : KILN__QOUT_S8;
+    zy = zp_val(yzp, 0);
+  }
+  const kiln_tensor *x = c->in[0];
+  bool xs8 = x->dtype == KILN_DTYPE_INT8;
+  uint8_t pad = cg.zx.n ? *(const uint8_t *)cg.zx.p : 0;
+  size_t out_esz = kind == KILN__QOUT_I32 ? 4 : 1;
+  for (size_t b = 0; b < cg.n; b++)
+    for (size_t gi = 0; gi < s->groups; gi++) {
+      const uint8_t *xg = (const uint8_t *)x->data + (b * cg.c + gi * s->cg) * cg.h * cg.w;
+      size_t yoff = (b * s->m + gi * s->mg) * cg.p;
+      kiln__qzp zw = cg.zw;
+      if (zw.n > 1) zw.p = (const uint8_t *)zw.p + gi * s->mg;
+      kiln__qgemm_args g = {.m = s->mg, .k = s->kk, .a = &s->pw[gi], .za = zw, .zb = cg.zx,
+                            .kind = kind, .ldc = cg.p, .per_row = true, .zy = zy,
+                            .bias = bias ? bias + gi * s->mg : NULL,
+                            .mult = s->qlinear ? mult + gi * s->mg : NULL};
+      for (size_t q0 = 0; q0 < cg.p; q0 += cg.chunk) {
+        size_t q1 = KILN__MIN(cg.p, q0 + cg.chunk);
+        kiln__qsrc src = {xg, xs8, 1, cg.p};
+        if (!cg.pointwise) {
+          im2col_job j = {s, &cg, xg, col, q0, q1, pad};
+          kiln__parallel_for(c->pool, s->kk, im2col_rows, &j);
+          src = (kiln__qsrc){col, xs8, 1, q1 - q0};
+        }
+        kiln__qpacked pb;
+        kiln__qpack(c->pool, s->isa, false, q1 - q0, s->kk, &src, bmem, &pb);
+        g.n = q1 - q0;
+        g.b = &pb;
+        g.c = (uint8_t *)y->data + (yoff + q0) * out_esz;
+        kiln__qgemm_run(c->pool, &g);
+      }
+    }
+  return KILN_OK;
+}
+
+const kiln__cpu_kernel kiln__cpu_quant_kernels[] = {
+    {"QuantizeLinear", conv_supports_float_in, simple_prepare, qstate_release, quantize_execute,
+     NULL},
+    {"DequantizeLinear", any_supports, simple_prepare, qstate_release, dequantize_execute, NULL},
+    {"DynamicQuantizeLinear", conv_supports_float_in, simple_prepare, qstate_release,
+     dynquant_execute, NULL},
+    {"MatMulInteger", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch},
+    {"QLinearMatMul", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch},
+    {"ConvInteger", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
+    {"QLinearConv", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
+    {NULL},
+};

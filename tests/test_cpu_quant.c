@@ -1,0 +1,501 @@
+/* The "cpu" backend's quantization kernels (quant_kernels.c on the integer GEMM of qgemm.h)
+ * against the reference kernels of src/kernels/ref/quant.c, for every integer ISA this machine
+ * runs (KILN_ISA), serially and on a 2-thread pool: MatMulInteger and QLinearMatMul (uint8/int8
+ * on either side, zero points none / per tensor / per column, constant and computed B, batched A,
+ * shapes around the tile edges), ConvInteger and QLinearConv (dense, 1x1, strided, padded with a
+ * non-zero input zero point, grouped, depthwise, several im2col chunks, per-channel weight zero
+ * points and scales, bias), QuantizeLinear / DequantizeLinear (per tensor, per axis, NaN and
+ * out-of-range values) and DynamicQuantizeLinear.
+ *
+ * What is compared: every output byte, exactly (memcmp). The integer sums are exact, and the
+ * fast requantization performs the reference's float operations in the same order, so even the
+ * uint8/int8 outputs of QLinear* and the float outputs of DequantizeLinear must be identical.
+ * While the cpu kernel runs, the reference run() is replaced by one that fails, so a case passes
+ * only if the fast path computed it. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/threadpool.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/qgemm.h"
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(void) {
+  rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+  return (uint32_t)(rng_state >> 33);
+}
+static float rnd_f(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; }
+
+#define MAX_IN 9
+#define MAX_OUT 3
+
+/* One input: dtype, shape, whether it is an initializer, and fixed values (NULL: random). */
+typedef struct tin {
+  kiln_dtype dt;
+  int rank; /* -1: omitted */
+  int64_t dims[4];
+  bool init;
+  const void *vals;
+} tin;
+
+typedef struct onenode {
+  kiln__graph *g;
+  kiln__node *n;
+  kiln_tensor in[MAX_IN];
+  int n_in, n_out;
+  kiln__op fast_only;
+} onenode;
+
+static void attr_ints(kiln__node *n, const char *name, const int64_t *v, size_t cnt) {
+  kiln__attr *a = &n->attrs[n->n_attrs++];
+  a->name = kiln__strdup(name);
+  a->type = KILN__ATTR_INTS;
+  a->n = cnt;
+  a->ints = kiln__malloc(cnt * sizeof *a->ints);
+  memcpy(a->ints, v, cnt * sizeof *a->ints);
+}
+static void attr_int(kiln__node *n, const char *name, int64_t v) {
+  kiln__attr *a = &n->attrs[n->n_attrs++];
+  a->name = kiln__strdup(name);
+  a->type = KILN__ATTR_INT;
+  a->i = v;
+}
+
+static kiln_status run_fails(kiln__kctx *c) {
+  return kiln__fail(c->err, KILN_INTERNAL, "the cpu kernel fell back to the reference");
+}
+
+static void fill(kiln_tensor *t, const void *vals) {
+  size_t n = kiln_tensor_count(t);
+  if (vals) {
+    memcpy(t->data, vals, kiln_tensor_nbytes(t));
+    return;
+  }
+  for (size_t i = 0; i < n; i++) switch (t->dtype) {
+    case KILN_DTYPE_UINT8: ((uint8_t *)t->data)[i] = (uint8_t)rnd(); break;
+    case KILN_DTYPE_INT8: ((int8_t *)t->data)[i] = (int8_t)(uint8_t)rnd(); break;
+    case KILN_DTYPE_INT32: ((int32_t *)t->data)[i] = (int32_t)(rnd() % 20001) - 10000; break;
+    default: ((float *)t->data)[i] = 4.0f * rnd_f(); break;
+    }
+}
+
+static void onenode_make(onenode *o, const char *op, int n_in, const tin *ins, int n_out) {
+  memset(o, 0, sizeof *o);
+  o->g = kiln__graph_new();
+  o->n_in = n_in;
+  o->n_out = n_out;
+  int idx[MAX_IN];
+  kiln_error err = {0};
+  for (int i = 0; i < n_in; i++) {
+    if (ins[i].rank < 0) {
+      idx[i] = -1;
+      continue;
+    }
+    char name[16];
+    snprintf(name, sizeof name, "in%d", i);
+    idx[i] = kiln__graph_value(o->g, name);
+    assert_int_equal(kiln_tensor_alloc(&o->in[i], ins[i].dt, ins[i].rank, ins[i].dims, &err),
+                     KILN_OK);
+    fill(&o->in[i], ins[i].vals);
+    kiln__value *v = &o->g->values[idx[i]];
+    v->dtype = ins[i].dt;
+    if (ins[i].init) {
+      v->is_initializer = true;
+      assert_int_equal(kiln_tensor_alloc(&v->init, ins[i].dt, ins[i].rank, ins[i].dims, &err),
+                       KILN_OK);
+      memcpy(v->init.data, o->in[i].data, kiln_tensor_nbytes(&o->in[i]));
+    }
+  }
+  o->n = kiln__graph_add_node(o->g);
+  o->n->op_type = kiln__strdup(op);
+  o->n->domain = kiln__strdup("");
+  o->n->name = kiln__strdup("node");
+  o->n->opset = 13;
+  o->n->n_in = n_in;
+  o->n->in = kiln__malloc((size_t)n_in * sizeof(int));
+  memcpy(o->n->in, idx, (size_t)n_in * sizeof(int));
+  o->n->n_out = n_out;
+  o->n->out = kiln__malloc((size_t)n_out * sizeof(int));
+  for (int i = 0; i < n_out; i++) {
+    char name[16];
+    snprintf(name, sizeof name, "out%d", i);
+    o->n->out[i] = kiln__graph_value(o->g, name);
+  }
+  o->n->attrs = kiln__calloc(8, sizeof(kiln__attr));
+  const kiln__op *ref = kiln__op_find("", op);
+  assert_non_null(ref);
+  o->n->op = ref;
+  o->fast_only = *ref;
+  o->fast_only.run = run_fails;
+}
+
+static void onenode_free(onenode *o) {
+  for (int i = 0; i < o->n_in; i++) kiln_tensor_release(&o->in[i]);
+  kiln__graph_free(o->g);
+}
+
+/* Runs the node on "cpu" (fast path required unless `fallback_ok`) and on the reference
+   kernel, and compares every output byte. */
+static void onenode_check_ex(onenode *o, kiln__pool *pool, bool fallback_ok, const char *what) {
+  const kiln__backend *cpu = &kiln__backend_cpu;
+  assert_true(cpu->supports(o->n, o->g));
+  void *state = NULL;
+  kiln_error err = {0};
+  assert_int_equal(cpu->prepare(o->n, o->g, &state, &err), KILN_OK);
+  const kiln_tensor *ins[MAX_IN];
+  for (int i = 0; i < o->n_in; i++) ins[i] = o->in[i].data ? &o->in[i] : NULL;
+  kiln_tensor y_cpu[MAX_OUT] = {{0}}, y_ref[MAX_OUT] = {{0}};
+  kiln_tensor *outs[MAX_OUT] = {&y_cpu[0], &y_cpu[1], &y_cpu[2]};
+  kiln__kctx c = {.node = o->n, .n_in = o->n_in, .n_out = o->n_out, .in = ins, .out = outs,
+                  .pool = pool, .err = &err};
+  kiln_status st = o->n->op->infer(&c);
+  if (st != KILN_OK) fail_msg("%s %s: infer: %s", o->n->op_type, what, err.message);
+  for (int i = 0; i < o->n_out; i++) {
+    y_ref[i] = y_cpu[i];
+    size_t nb = kiln_tensor_nbytes(&y_cpu[i]);
+    y_cpu[i].data = malloc(nb + 1);
+    y_ref[i].data = malloc(nb + 1);
+    memset(y_cpu[i].data, 0xa5, nb); /* every byte must be written */
+    memset(y_ref[i].data, 0x5a, nb);
+  }
+  c.scratch_bytes = cpu->scratch(&c, state);
+  c.scratch = c.scratch_bytes ? malloc(c.scratch_bytes) : NULL;
+  if (!fallback_ok) o->n->op = &o->fast_only;
+  st = cpu->execute(&c, state);
+  o->n->op = kiln__op_find("", o->n->op_type);
+  if (st != KILN_OK) fail_msg("%s %s: %s", o->n->op_type, what, err.message);
+  free(c.scratch);
+  for (int i = 0; i < o->n_out; i++) outs[i] = &y_ref[i];
+  c.pool = NULL;
+  c.scratch_bytes = o->n->op->scratch ? o->n->op->scratch(&c) : 0;
+  c.scratch = c.scratch_bytes ? malloc(c.scratch_bytes) : NULL;
+  assert_int_equal(o->n->op->run(&c), KILN_OK);
+  free(c.scratch);
+  for (int i = 0; i < o->n_out; i++) {
+    size_t nb = kiln_tensor_nbytes(&y_cpu[i]);
+    const uint8_t *a = y_cpu[i].data, *b = y_ref[i].data;
+    for (size_t j = 0; j < nb; j++)
+      if (a[j] != b[j])
+        fail_msg("%s %s (KILN_ISA=%s, %s): output %d byte %zu of %zu is 0x%02x, reference 0x%02x",
+                 o->n->op_type, what, getenv("KILN_ISA"), pool ? "2 threads" : "serial", i, j,
+                 nb, a[j], b[j]);
+    free(y_cpu[i].data);
+    free(y_ref[i].data);
+  }
+  cpu->release(state);
+}
+
+static void onenode_check(onenode *o, kiln__pool *pool, const char *what) {
+  onenode_check_ex(o, pool, false, what);
+}
+
+static void for_each_isa(void (*fn)(kiln__pool *)) {
+  kiln__pool *pool = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
+  int ran = 0;
+  for (int isa = 0; isa < KILN__QISA_COUNT; isa++) {
+    if (!kiln__qisa_supported((kiln__qisa)isa)) {
+      printf("  integer ISA %s: not available on this machine or build, not run\n",
+             kiln__qisa_name((kiln__qisa)isa));
+      continue;
+    }
+    setenv("KILN_ISA", kiln__qisa_name((kiln__qisa)isa), 1);
+    fn(NULL);
+    fn(pool);
+    ran++;
+  }
+  assert_true(ran >= 1);
+  unsetenv("KILN_ISA");
+  kiln__pool_free(pool);
+}
+
+static const uint8_t zero8 = 0; /* a zero point of 0, as uint8 or int8 */
+
+/* ---- MatMulInteger / QLinearMatMul ----------------------------------------------------------- */
+
+static const struct {
+  int64_t batch, m, k, n;
+} mm_shapes[] = {
+    {0, 1, 1, 1},    {0, 3, 5, 7},     {0, 6, 16, 16},   {0, 7, 17, 33},  {0, 13, 64, 9},
+    {0, 72, 256, 128}, {0, 73, 257, 129}, {0, 100, 300, 200}, {2, 5, 19, 23}, {0, 1, 768, 50},
+    {3, 50, 130, 70}, {0, 4, 600, 8},
+};
+
+/* zero-point modes: 0 none, 1 za only, 2 za and per-column zb, 3 za and scalar zb */
+static void mm_cases(kiln__pool *pool) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(mm_shapes); si++)
+    for (int combo = 0; combo < 4; combo++)
+      for (int zmode = 0; zmode < 4; zmode++)
+        for (int bconst = 0; bconst < 2; bconst++) {
+          kiln_dtype at = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+          kiln_dtype bt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+          int64_t m = mm_shapes[si].m, k = mm_shapes[si].k, n = mm_shapes[si].n;
+          tin ins[4] = {{at, 2, {m, k}}, {bt, 2, {k, n}, bconst}, {at, -1}, {bt, -1}};
+          if (mm_shapes[si].batch) ins[0] = (tin){at, 3, {mm_shapes[si].batch, m, k}};
+          if (zmode >= 1) ins[2] = (tin){at, 0, {0}, true};
+          if (zmode == 2) ins[3] = (tin){bt, 1, {n}, true};
+          if (zmode == 3) ins[3] = (tin){bt, 1, {1}, false};
+          onenode o;
+          onenode_make(&o, "MatMulInteger", zmode >= 2 ? 4 : zmode == 1 ? 3 : 2, ins, 1);
+          char what[96];
+          snprintf(what, sizeof what, "%lldx%lldx%lld batch %lld a %s b %s zp mode %d const %d",
+                   (long long)m, (long long)k, (long long)n, (long long)mm_shapes[si].batch,
+                   kiln_dtype_name(at), kiln_dtype_name(bt), zmode, bconst);
+          onenode_check(&o, pool, what);
+          onenode_free(&o);
+        }
+}
+
+static void matmulinteger_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(mm_cases);
+}
+
+static void qlmm_cases(kiln__pool *pool) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(mm_shapes); si++)
+    for (int combo = 0; combo < 8; combo++)
+      for (int per_col = 0; per_col < 2; per_col++) {
+        kiln_dtype at = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+        kiln_dtype bt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+        kiln_dtype yt = combo & 4 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+        int64_t m = mm_shapes[si].m, k = mm_shapes[si].k, n = mm_shapes[si].n;
+        float sa = 0.02f, sy = 0.02f * 0.01f * 8.0f * sqrtf((float)k);
+        float sb[256];
+        for (int64_t j = 0; j < n; j++) sb[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
+        /* y_scale sized so that outputs spread over the range and some saturate. */
+        tin ins[8] = {{at, 2, {m, k}},
+                      {KILN_DTYPE_FLOAT, 0, {0}, true, &sa},
+                      {at, 0, {0}, true},
+                      {bt, 2, {k, n}, true},
+                      {KILN_DTYPE_FLOAT, per_col ? 1 : 0, {n}, true, sb},
+                      {bt, per_col ? 1 : 0, {n}, true},
+                      {KILN_DTYPE_FLOAT, 0, {0}, true, &sy},
+                      {yt, 0, {0}, true}};
+        if (mm_shapes[si].batch) ins[0] = (tin){at, 3, {mm_shapes[si].batch, m, k}};
+        onenode o;
+        onenode_make(&o, "QLinearMatMul", 8, ins, 1);
+        char what[96];
+        snprintf(what, sizeof what, "%lldx%lldx%lld a %s b %s y %s per-column %d", (long long)m,
+                 (long long)k, (long long)n, kiln_dtype_name(at), kiln_dtype_name(bt),
+                 kiln_dtype_name(yt), per_col);
+        onenode_check(&o, pool, what);
+        onenode_free(&o);
+      }
+}
+
+static void qlinearmatmul_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(qlmm_cases);
+}
+
+/* ---- ConvInteger / QLinearConv --------------------------------------------------------------- */
+
+static const struct {
+  int64_t n, c, h, w, m, k, group, stride, pad;
+} conv_shapes[] = {
+    {1, 3, 9, 11, 8, 3, 1, 1, 1},    /* dense 3x3, padded */
+    {1, 16, 7, 9, 24, 1, 1, 1, 0},   /* pointwise: the input is the GEMM's B */
+    {1, 12, 10, 13, 12, 3, 12, 1, 1}, /* depthwise */
+    {2, 6, 9, 10, 9, 3, 3, 1, 1},    /* grouped, batch 2 */
+    {1, 64, 14, 14, 70, 1, 1, 2, 0}, /* strided 1x1 */
+    {1, 40, 60, 60, 20, 3, 1, 1, 1}, /* several im2col column chunks */
+    {1, 5, 17, 17, 7, 5, 1, 2, 2},   /* 5x5 strided */
+};
+
+static void conv_cases(kiln__pool *pool, bool qlinear) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(conv_shapes); si++)
+    for (int combo = 0; combo < 4; combo++)
+      for (int zp = 0; zp < 3; zp++) {
+        kiln_dtype xt = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+        kiln_dtype wt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+        int64_t n = conv_shapes[si].n, ch = conv_shapes[si].c, h = conv_shapes[si].h,
+                w = conv_shapes[si].w, m = conv_shapes[si].m, k = conv_shapes[si].k,
+                grp = conv_shapes[si].group;
+        tin x = {xt, 4, {n, ch, h, w}}, wt4 = {wt, 4, {m, ch / grp, k, k}, true};
+        /* zp 0: none; 1: x zero point only; 2: x and per-channel w zero points */
+        tin xzp = zp >= 1 ? (tin){xt, 0, {0}, true} : (tin){xt, -1};
+        tin wzp = zp == 2 ? (tin){wt, 1, {m}, true} : (tin){wt, -1};
+        onenode o;
+        if (!qlinear) {
+          tin ins[4] = {x, wt4, xzp, wzp};
+          onenode_make(&o, "ConvInteger", zp == 2 ? 4 : zp == 1 ? 3 : 2, ins, 1);
+        } else {
+          static float ws[128];
+          for (int64_t j = 0; j < m; j++) ws[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
+          float xs = 0.02f;
+          float ys = 0.02f * 0.01f * 6.0f * sqrtf((float)(ch / grp * k * k));
+          if (xzp.rank < 0) xzp = (tin){xt, 0, {0}, true};
+          if (wzp.rank < 0) wzp = (tin){wt, 0, {0}, true, &zero8};
+          kiln_dtype yt = zp == 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+          tin ins[9] = {x,
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
+                        xzp,
+                        wt4,
+                        {KILN_DTYPE_FLOAT, zp == 2 ? 1 : 0, {m}, true, ws},
+                        wzp,
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
+                        {yt, 0, {0}, true},
+                        {KILN_DTYPE_INT32, combo < 2 ? 1 : -1, {m}, true}};
+          onenode_make(&o, "QLinearConv", combo < 2 ? 9 : 8, ins, 1);
+        }
+        int64_t s[2] = {conv_shapes[si].stride, conv_shapes[si].stride};
+        int64_t p[4] = {conv_shapes[si].pad, conv_shapes[si].pad, conv_shapes[si].pad,
+                        conv_shapes[si].pad};
+        attr_ints(o.n, "strides", s, 2);
+        attr_ints(o.n, "pads", p, 4);
+        attr_int(o.n, "group", grp);
+        char what[96];
+        snprintf(what, sizeof what, "shape %zu x %s w %s zp mode %d", si, kiln_dtype_name(xt),
+                 kiln_dtype_name(wt), zp);
+        onenode_check(&o, pool, what);
+        onenode_free(&o);
+      }
+}
+
+static void convint_cases(kiln__pool *pool) { conv_cases(pool, false); }
+static void qlconv_cases(kiln__pool *pool) { conv_cases(pool, true); }
+
+static void convinteger_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(convint_cases);
+}
+
+static void qlinearconv_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(qlconv_cases);
+}
+
+/* ---- QuantizeLinear / DequantizeLinear / DynamicQuantizeLinear ------------------------------- */
+
+static void qdq_cases(kiln__pool *pool) {
+  static const int64_t sizes[][3] = {{1, 1, 1}, {3, 5, 7}, {2, 16, 33}, {1, 8, 1000}};
+  for (size_t si = 0; si < KILN__ARRAY_LEN(sizes); si++)
+    for (int sgn = 0; sgn < 2; sgn++)
+      for (int axis = -1; axis < 3; axis++) {
+        kiln_dtype qt = sgn ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+        int64_t ch = axis < 0 ? 1 : sizes[si][axis];
+        float sc[1000];
+        for (int64_t j = 0; j < ch; j++) sc[j] = 0.003f + 0.05f * (float)(rnd() % 1000) / 1000.0f;
+        tin scale = {KILN_DTYPE_FLOAT, axis < 0 ? 0 : 1, {ch}, true, sc};
+        tin zp = {qt, axis < 0 ? 0 : 1, {ch}, true};
+        /* Quantize: random floats, then NaN, +-inf and far out-of-range values. */
+        onenode o;
+        tin qin[3] = {{KILN_DTYPE_FLOAT, 3, {sizes[si][0], sizes[si][1], sizes[si][2]}}, scale, zp};
+        onenode_make(&o, "QuantizeLinear", 3, qin, 1);
+        if (axis >= 0) attr_int(o.n, "axis", axis);
+        float *x = o.in[0].data;
+        size_t cnt = kiln_tensor_count(&o.in[0]);
+        for (size_t i = 0; i < cnt; i += 7) x[i] *= 100.0f;
+        if (cnt > 20) x[3] = NAN, x[11] = INFINITY, x[19] = -INFINITY, x[5] = 1e30f;
+        onenode_check(&o, pool, "quantize");
+        onenode_free(&o);
+        tin din[3] = {{qt, 3, {sizes[si][0], sizes[si][1], sizes[si][2]}}, scale, zp};
+        onenode_make(&o, "DequantizeLinear", 3, din, 1);
+        if (axis >= 0) attr_int(o.n, "axis", axis);
+        onenode_check(&o, pool, "dequantize");
+        onenode_free(&o);
+      }
+  /* Dynamic: mixed signs, all positive, all zero, with NaN. */
+  static const int64_t dsz[] = {1, 7, 8, 9, 100, 4099};
+  for (size_t si = 0; si < KILN__ARRAY_LEN(dsz); si++)
+    for (int mode = 0; mode < 4; mode++) {
+      onenode o;
+      tin in[1] = {{KILN_DTYPE_FLOAT, 2, {1, dsz[si]}}};
+      onenode_make(&o, "DynamicQuantizeLinear", 1, in, 3);
+      float *x = o.in[0].data;
+      for (int64_t i = 0; i < dsz[si]; i++) {
+        if (mode == 1) x[i] = fabsf(x[i]) + 0.5f;
+        if (mode == 2) x[i] = 0.0f;
+        if (mode == 3 && i % 5 == 2) x[i] = NAN;
+      }
+      onenode_check(&o, pool, "dynamic");
+      onenode_free(&o);
+    }
+}
+
+static void qdq_match_reference(void **st) {
+  (void)st;
+  for_each_isa(qdq_cases);
+}
+
+/* ---- fallbacks, errors, ISA selection -------------------------------------------------------- */
+
+/* Forms the fast path does not cover still run, through the reference kernel, with its results;
+   malformed inputs get the reference kernel's error. */
+static void uncovered_forms_fall_back(void **st) {
+  (void)st;
+  /* QLinearMatMul with a per-row a_scale: a valid form outside the fast path. */
+  float sa[3] = {0.01f, 0.02f, 0.03f}, sb = 0.01f, sy = 0.05f;
+  tin ins[8] = {{KILN_DTYPE_UINT8, 2, {3, 10}},
+                {KILN_DTYPE_FLOAT, 1, {3}, true, sa},
+                {KILN_DTYPE_UINT8, 0, {0}, true},
+                {KILN_DTYPE_INT8, 2, {10, 5}, true},
+                {KILN_DTYPE_FLOAT, 0, {0}, true, &sb},
+                {KILN_DTYPE_INT8, 0, {0}, true, &zero8},
+                {KILN_DTYPE_FLOAT, 0, {0}, true, &sy},
+                {KILN_DTYPE_UINT8, 0, {0}, true}};
+  onenode o;
+  onenode_make(&o, "QLinearMatMul", 8, ins, 1);
+  onenode_check_ex(&o, NULL, true, "per-row a_scale");
+  onenode_free(&o);
+
+  /* MatMulInteger with mismatched k: the reference's error, not a crash. */
+  tin bad[2] = {{KILN_DTYPE_UINT8, 2, {3, 10}}, {KILN_DTYPE_INT8, 2, {11, 5}, true}};
+  onenode_make(&o, "MatMulInteger", 2, bad, 1);
+  const kiln__backend *cpu = &kiln__backend_cpu;
+  void *state = NULL;
+  kiln_error err = {0};
+  assert_int_equal(cpu->prepare(o.n, o.g, &state, &err), KILN_OK);
+  const kiln_tensor *in2[2] = {&o.in[0], &o.in[1]};
+  kiln_tensor y = {0};
+  kiln_tensor *outs[1] = {&y};
+  kiln__kctx c = {.node = o.n, .n_in = 2, .n_out = 1, .in = in2, .out = outs, .err = &err};
+  assert_int_equal(cpu->execute(&c, state), KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "1"));
+  cpu->release(state);
+  onenode_free(&o);
+}
+
+static void isa_selection(void **st) {
+  (void)st;
+  kiln_error err = {0};
+  kiln__qisa isa;
+  setenv("KILN_ISA", "sse9", 1);
+  assert_int_equal(kiln__qisa_select(&isa, &err), KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "KILN_ISA"));
+  for (int i = 0; i < KILN__QISA_COUNT; i++) {
+    setenv("KILN_ISA", kiln__qisa_name((kiln__qisa)i), 1);
+    kiln_status s = kiln__qisa_select(&isa, &err);
+    if (kiln__qisa_supported((kiln__qisa)i)) {
+      assert_int_equal(s, KILN_OK);
+      assert_int_equal(isa, i);
+    } else {
+      assert_int_equal(s, KILN_UNSUPPORTED);
+    }
+  }
+  unsetenv("KILN_ISA");
+  assert_int_equal(kiln__qisa_select(&isa, &err), KILN_OK);
+  assert_true(kiln__qisa_supported(isa));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(isa_selection),
+      cmocka_unit_test(matmulinteger_matches_reference),
+      cmocka_unit_test(qlinearmatmul_matches_reference),
+      cmocka_unit_test(convinteger_matches_reference),
+      cmocka_unit_test(qlinearconv_matches_reference),
+      cmocka_unit_test(qdq_match_reference),
+      cmocka_unit_test(uncovered_forms_fall_back),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
