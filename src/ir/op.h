@@ -73,6 +73,7 @@ extern const kiln__op kiln__ops_signal[];
 extern const kiln__op kiln__ops_sequence[];
 extern const kiln__op kiln__ops_string[];
 extern const kiln__op kiln__ops_fused[];
+extern const kiln__op kiln__ops_nbits[]; /* com.microsoft MatMulNBits (nbits.c) */
 
 /* ---- helpers for infer() and run() ----------------------------------------------------------- */
 

@@ -5,7 +5,7 @@ static const kiln__op *const families[] = {
     kiln__ops_elementwise, kiln__ops_shape, kiln__ops_reduce, kiln__ops_nn,
     kiln__ops_conv,        kiln__ops_index, kiln__ops_misc,   kiln__ops_control,
     kiln__ops_rnn,         kiln__ops_quant, kiln__ops_signal, kiln__ops_sequence,
-    kiln__ops_string,      kiln__ops_fused,
+    kiln__ops_string,      kiln__ops_fused, kiln__ops_nbits,
 };
 
 static bool same_domain(const char *a, const char *b) {

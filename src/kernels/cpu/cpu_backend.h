@@ -38,6 +38,7 @@ extern const kiln__cpu_kernel kiln__cpu_dwconv_kernels[]; /* depthwise Conv (con
 extern const kiln__cpu_kernel kiln__cpu_pool_kernels[];   /* MaxPool, AveragePool, global pools */
 extern const kiln__cpu_kernel kiln__cpu_fused_kernels[];  /* domain ai.kiln (fused_kernels.c) */
 extern const kiln__cpu_kernel kiln__cpu_quant_kernels[];  /* QLinear*, *Integer, Q/DQ (qgemm.h) */
+extern const kiln__cpu_kernel kiln__cpu_nbits_kernels[];  /* com.microsoft MatMulNBits */
 
 extern const kiln__backend kiln__backend_cpu;
 
