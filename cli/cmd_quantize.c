@@ -11,6 +11,8 @@ static long long file_size(const char *path) {
 }
 
 int cmd_quantize(int argc, char **argv) {
+  for (int i = 0; i < argc; i++)
+    if (!strcmp(argv[i], "--auto")) return cmd_quantize_auto(argc, argv);
   const char *model = NULL, *out = NULL, *to = NULL;
   for (int i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
