@@ -593,11 +593,11 @@ int kiln_validate_check_budget(const kiln_validate_ex_report *r, const kiln_vali
   const kiln_validate_report *v = &r->base;
   /* a NaN metric (a NaN output) misses every budget: the comparisons are written so */
   if (!isnan(b->min_top1_agreement) && !(v->top1_agreement >= b->min_top1_agreement)) {
-    say(msg, cap, "top-1 agreement %.4f < %.4f\n", v->top1_agreement, b->min_top1_agreement);
+    say(msg, cap, "top-1 agreement %.4f < %.6g\n", v->top1_agreement, b->min_top1_agreement);
     missed++;
   }
   if (!isnan(b->min_cosine) && !(v->cosine >= b->min_cosine)) {
-    say(msg, cap, "cosine %.6f < %.6f\n", v->cosine, b->min_cosine);
+    say(msg, cap, "cosine %.8f < %.8g\n", v->cosine, b->min_cosine);
     missed++;
   }
   if (!isnan(b->max_ppl_ratio)) {
