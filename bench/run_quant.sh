@@ -68,7 +68,7 @@ for s in 0.3 0.5; do
 done
 measure_all "${files[@]}"
 for i in "${!files[@]}"; do
-  acc=$("$kiln" validate --reference "$d" --candidate "${files[$i]}" --data "$out/digits_data" \
+  acc=$("$kiln" validate --threads 1 --reference "$d" --candidate "${files[$i]}" --data "$out/digits_data" \
           --labels "$root/models/digits/test_y.npy" | sed -n 's/.*candidate \([0-9.]*\) (\([0-9]*\/[0-9]*\)).*/top-1 \1 (\2)/p')
   row digits "${names[$i]}" "${files[$i]}" "$acc"
 done
@@ -117,7 +117,7 @@ PY
   done
   measure_all "${files[@]}"
   for i in "${!files[@]}"; do
-    cos=$("$kiln" validate --reference "$f" --candidate "${files[$i]}" --data "$out/${m}_data" | sed -n 's/cosine: *\([0-9.]*\)/\1/p')
+    cos=$("$kiln" validate --threads 1 --reference "$f" --candidate "${files[$i]}" --data "$out/${m}_data" | sed -n 's/cosine: *\([0-9.]*\)/\1/p')
     row "$m" "${names[$i]}" "${files[$i]}" "cosine $cos"
   done
 done
