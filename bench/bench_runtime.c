@@ -7,9 +7,10 @@
  *       future ("wait"), and submit + spin on kiln_future_done ("poll"). Interleaved in blocks so
  *       machine noise hits all three; prints p50/p99 of each and the added latency (async minus
  *       direct, per percentile) in microseconds.
- *   bench_runtime throughput MODEL SECONDS THREADS MAX_BATCH [DELAY_US [WORKERS]]
+ *   bench_runtime throughput MODEL SECONDS THREADS MAX_BATCH [DELAY_US [WORKERS [INTRA]]]
  *       THREADS closed-loop submitters (submit, wait, release) for SECONDS on a runtime with
- *       WORKERS workers (0 or absent: the default thread budget); MAX_BATCH 0 = no batching.
+ *       WORKERS workers x INTRA threads each (0 or absent: the default thread budget, as
+ *       `kiln serve --workers --threads` takes them); MAX_BATCH 0 = no batching.
  *       Prints requests/s, latency p50/p99, session runs, mean requests per run and the largest
  *       batch. A model whose batch dimension is fixed says so. Each request is one row.
  *   bench_runtime priority   MODEL SECONDS
@@ -198,8 +199,8 @@ static void *submit_loop(void *arg) {
 }
 
 static int throughput(const char *path, double seconds, int threads, size_t max_batch,
-                      int64_t delay_us, int workers) {
-  kiln_runtime *rt = runtime(workers, 0);
+                      int64_t delay_us, int workers, int intra) {
+  kiln_runtime *rt = runtime(workers, intra);
   int w, t;
   kiln_runtime_threads(rt, &w, &t);
   kiln_runtime_model_opts mo = kiln_runtime_model_opts_default();
@@ -386,11 +387,12 @@ int main(int argc, char **argv) {
     return overhead(argv[2], argc > 3 ? (size_t)atol(argv[3]) : 5000);
   if (argc >= 6 && !strcmp(argv[1], "throughput"))
     return throughput(argv[2], atof(argv[3]), atoi(argv[4]), (size_t)atol(argv[5]),
-                      argc > 6 ? atoll(argv[6]) : 2000, argc > 7 ? atoi(argv[7]) : 0);
+                      argc > 6 ? atoll(argv[6]) : 2000, argc > 7 ? atoi(argv[7]) : 0,
+                      argc > 8 ? atoi(argv[8]) : 0);
   if (argc >= 4 && !strcmp(argv[1], "priority")) return priority(argv[2], atof(argv[3]));
   fprintf(stderr,
           "usage: bench_runtime overhead MODEL [RUNS]\n"
-          "       bench_runtime throughput MODEL SECONDS THREADS MAX_BATCH [DELAY_US [WORKERS]]\n"
+          "       bench_runtime throughput MODEL SECONDS THREADS MAX_BATCH [DELAY_US [WORKERS [INTRA]]]\n"
           "       bench_runtime priority MODEL SECONDS\n");
   return 2;
 }

@@ -14,6 +14,8 @@ int cmd_serve(int argc, char **argv);
 int cmd_optimize(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_validate(int argc, char **argv);
+int cmd_prune(int argc, char **argv);
+int cmd_quantize_auto(int argc, char **argv);
 
 /* Inputs for a run: named tensors, owned. */
 typedef struct cli_inputs {

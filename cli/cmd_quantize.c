@@ -38,8 +38,9 @@ static bool parse_long(const char *s, long lo, long hi, long *out) {
 }
 
 int cmd_quantize(int argc, char **argv) {
-  /* --auto (mixed precision) is handled by cmd_quantize_auto() in its own file: its `if` goes
-     here, before any other argument is parsed. */
+  /* --auto (mixed precision) has its own parser (cmd_quantize_auto.c) */
+  for (int i = 0; i < argc; i++)
+    if (!strcmp(argv[i], "--auto")) return cmd_quantize_auto(argc, argv);
   const char *model = NULL, *out = NULL, *to = NULL, *method = NULL;
   kiln_quant_opts o = kiln_quant_opts_default();
   kiln_quant_node_format nodes[MAX_NODE_ARGS];

@@ -5,6 +5,7 @@
    suspended, since libmicrohttpd does not poll suspended sockets. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -363,6 +364,7 @@ static int bind_inputs(req_ctx *c, char *why, size_t cap) {
     for (; k < m; k++)
       if (kiln_model_input_info(km, k, &io) == KILN_OK && !strcmp(io.name, in->name)) break;
     if (k == m) return snprintf(why, cap, "the model has no input named '%s'", in->name), -1;
+    srv_config_apply_io(&c->model->cfg, 0, &io); /* config.json may narrow variable dims */
     if (io.dtype != in->t.dtype)
       return snprintf(why, cap, "input '%s' is %s, the model expects %s", in->name,
                       srv_dtype_name(in->t.dtype), srv_dtype_name(io.dtype) ? srv_dtype_name(io.dtype) : "?"), -1;
@@ -481,12 +483,14 @@ static enum MHD_Result model_metadata(req_ctx *c, const srv_model *m, const srv_
   kiln_io_info io;
   for (size_t i = 0; i < kiln_model_input_count(km); i++) {
     if (kiln_model_input_info(km, i, &io) != KILN_OK) continue;
+    srv_config_apply_io(&m->cfg, 0, &io);
     if (i) srv_buf_puts(&b, ",");
     io_json(&b, &io);
   }
   srv_buf_puts(&b, "],\"outputs\":[");
   for (size_t i = 0; i < kiln_model_output_count(km); i++) {
     if (kiln_model_output_info(km, i, &io) != KILN_OK) continue;
+    srv_config_apply_io(&m->cfg, 1, &io);
     if (i) srv_buf_puts(&b, ",");
     io_json(&b, &io);
   }
@@ -508,7 +512,7 @@ static bool token_ok(const char *want, const char *got) {
   return diff == 0;
 }
 
-static void index_json(srv_buf *b, const srv_repo *r) {
+static void index_json(srv_buf *b, const srv_repo *r, bool ready_only) {
   srv_buf_puts(b, "[");
   bool first = true;
   for (size_t i = 0; i < r->n; i++) {
@@ -519,7 +523,7 @@ static void index_json(srv_buf *b, const srv_repo *r) {
       srv_buf_json_str(b, m->name);
       srv_buf_printf(b, ",\"version\":\"%s\",\"state\":\"READY\"}", m->versions[j]->label);
     }
-    if (m->n_versions && !m->error[0]) continue;
+    if (ready_only || (m->n_versions && !m->error[0])) continue;
     /* The model's own entry: why it (or one of its versions) is not serving. */
     srv_buf_printf(b, "%s{\"name\":", first ? "" : ",");
     first = false;
@@ -536,7 +540,60 @@ typedef struct ctl_job {
   req_ctx *c;
   bool unload;
   char name[256];
+  char *config; /* load's parameters.config, NULL when none */
 } ctl_job;
+
+/* The optional JSON body of a repository request: the index takes {"ready": bool} (only
+   READY entries when true), load {"parameters": {"config": "<config.json text>"}}, unload
+   nothing. Anything else is refused, so a misspelt key is not silently ignored. */
+static int control_body(const srv_buf *body, bool is_index, bool is_load, bool *ready,
+                        char **config, char *why, size_t cap) {
+  *ready = false;
+  *config = NULL;
+  size_t n = body->len;
+  while (n && (body->data[n - 1] == ' ' || body->data[n - 1] == '\n' || body->data[n - 1] == '\r'))
+    n--;
+  if (!n) return 0;
+  json_error_t jerr;
+  json_t *root = json_loadb(body->data, body->len, JSON_REJECT_DUPLICATES, &jerr);
+  int rc = -1;
+  const char *k;
+  json_t *v;
+  if (!root || !json_is_object(root)) {
+    snprintf(why, cap, "the body must be a JSON object%s%s", root ? "" : ": ", root ? "" : jerr.text);
+    goto out;
+  }
+  json_object_foreach(root, k, v) {
+    if (is_index && !strcmp(k, "ready") && json_is_boolean(v)) {
+      *ready = json_is_true(v);
+    } else if (is_load && !strcmp(k, "parameters") && json_is_object(v)) {
+      const char *pk;
+      json_t *pv;
+      json_object_foreach(v, pk, pv) {
+        if (strcmp(pk, "config") || !json_is_string(pv)) {
+          snprintf(why, cap, "unsupported load parameter '%.100s' (only \"config\", a JSON string)", pk);
+          goto out;
+        }
+        if (!(*config = strdup(json_string_value(pv)))) {
+          snprintf(why, cap, "out of memory");
+          goto out;
+        }
+      }
+    } else {
+      snprintf(why, cap, "unexpected '%.100s' in the body (index takes \"ready\": bool, load "
+               "\"parameters\": {\"config\": string})", k);
+      goto out;
+    }
+  }
+  rc = 0;
+out:
+  if (rc) {
+    free(*config);
+    *config = NULL;
+  }
+  json_decref(root);
+  return rc;
+}
 
 /* Hands an answer built off the HTTP thread to the suspended connection (as on_complete does). */
 static void finish_off_thread(req_ctx *c) {
@@ -564,13 +621,14 @@ static void *ctl_main(void *arg) {
   } else if (j->unload) {
     if (srv_repo_unload_model(&s->repo, j->name)) set_error(c, MHD_HTTP_NOT_FOUND, "unknown model");
     else c->code = MHD_HTTP_OK, srv_buf_puts(&c->resp, "{}");
-  } else if (srv_repo_load_model(&s->repo, j->name, why, sizeof why)) {
+  } else if (srv_repo_load_model(&s->repo, j->name, j->config, why, sizeof why)) {
     set_error(c, srv_repo_find(&s->repo, j->name) ? MHD_HTTP_BAD_REQUEST : MHD_HTTP_NOT_FOUND, why);
   } else {
     c->code = MHD_HTTP_OK;
     srv_buf_puts(&c->resp, "{}");
   }
   pthread_mutex_unlock(&s->load_mu);
+  free(j->config);
   free(j);
   finish_off_thread(c);
   pthread_mutex_lock(&s->rt_mu);
@@ -595,14 +653,24 @@ static enum MHD_Result repository(req_ctx *c, char **seg, size_t n, bool post) {
       return send_error(c, MHD_HTTP_UNAUTHORIZED, "this endpoint needs 'Authorization: Bearer <token>'");
     if (!token_ok(s->token, auth + 7)) return send_error(c, MHD_HTTP_FORBIDDEN, "wrong control token");
   }
+  bool ready_only;
+  char *config, why[256];
+  if (control_body(&c->body, is_index, is_model && !strcmp(seg[2], "load"), &ready_only, &config,
+                   why, sizeof why))
+    return send_error(c, MHD_HTTP_BAD_REQUEST, why);
   if (is_index) {
     srv_buf b = {0};
-    index_json(&b, &s->repo);
+    index_json(&b, &s->repo, ready_only);
     return send_json(c, &b);
   }
   ctl_job *j = calloc(1, sizeof *j);
-  if (!j) return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+  if (!j) {
+    free(config);
+    return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+  }
+  j->config = config;
   if (strlen(seg[1]) >= sizeof j->name) {
+    free(config);
     free(j);
     return send_error(c, MHD_HTTP_NOT_FOUND, "no such model");
   }
@@ -623,6 +691,7 @@ static enum MHD_Result repository(req_ctx *c, char **seg, size_t n, bool post) {
     pthread_mutex_unlock(&c->mu);
     pthread_attr_destroy(&attr);
     atomic_fetch_sub(&c->refs, 1);
+    free(j->config);
     free(j);
     return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot start a control thread");
   }

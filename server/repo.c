@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "server_int.h"
 
@@ -93,13 +94,139 @@ static int check_keys(const json_t *o, const char *const *keys, const char *wher
   return 0;
 }
 
+/* Triton's "TYPE_FP32" ... names: the protocol's names behind "TYPE_", STRING for BYTES. */
+static kiln_dtype triton_dtype(const char *s) {
+  if (strncmp(s, "TYPE_", 5)) return KILN_DTYPE_UNDEFINED;
+  return srv_dtype_parse(!strcmp(s + 5, "STRING") ? "BYTES" : s + 5);
+}
+
+/* config.json's `input` (out = 0) or `output` (out = 1) list. With max_batch_size > 0 the dims
+   exclude the batch dimension, as in Triton; they are stored with it (-1) in front. */
+static int parse_io(const json_t *root, int out, srv_config *c, char *why, size_t cap) {
+  const char *key = out ? "output" : "input";
+  static const char *const keys[] = {"name", "data_type", "dims", NULL};
+  const json_t *list = json_object_get(root, key), *e;
+  if (!list) return 0;
+  if (!json_is_array(list) || json_array_size(list) > SRV_MAX_IO) {
+    snprintf(why, cap, "config.json: '%s' must be an array of at most %d entries", key, SRV_MAX_IO);
+    return -1;
+  }
+  size_t i;
+  int batch = c->max_batch_size > 0;
+  json_array_foreach(list, i, e) {
+    char where[48];
+    snprintf(where, sizeof where, " in %s[%zu]", key, i);
+    if (!json_is_object(e)) {
+      snprintf(why, cap, "config.json: %s[%zu] must be an object", key, i);
+      return -1;
+    }
+    if (check_keys(e, keys, where, why, cap)) return -1;
+    srv_io_override *o = &c->io[out][i];
+    *o = (srv_io_override){.dtype = KILN_DTYPE_UNDEFINED, .rank = -1};
+    const json_t *name = json_object_get(e, "name"), *dt = json_object_get(e, "data_type"),
+                 *dims = json_object_get(e, "dims");
+    if (!json_is_string(name) || !json_string_value(name)[0] ||
+        strlen(json_string_value(name)) >= sizeof o->name) {
+      snprintf(why, cap, "config.json: %s[%zu] needs a 'name'", key, i);
+      return -1;
+    }
+    strcpy(o->name, json_string_value(name));
+    for (size_t k = 0; k < i; k++)
+      if (!strcmp(c->io[out][k].name, o->name)) {
+        snprintf(why, cap, "config.json: %s '%s' is listed twice", key, o->name);
+        return -1;
+      }
+    if (dt && (!json_is_string(dt) ||
+               (o->dtype = triton_dtype(json_string_value(dt))) == KILN_DTYPE_UNDEFINED)) {
+      snprintf(why, cap, "config.json: %s '%s': data_type must be one of TYPE_BOOL, TYPE_UINT8.."
+               "TYPE_UINT64, TYPE_INT8..TYPE_INT64, TYPE_FP16, TYPE_FP32, TYPE_FP64, TYPE_STRING",
+               key, o->name);
+      return -1;
+    }
+    if (dims) {
+      if (!json_is_array(dims) || json_array_size(dims) + (size_t)batch > KILN_MAX_RANK) {
+        snprintf(why, cap, "config.json: %s '%s': dims must be an array of at most %d integers",
+                 key, o->name, KILN_MAX_RANK - batch);
+        return -1;
+      }
+      o->rank = batch + (int)json_array_size(dims);
+      if (batch) o->dims[0] = -1;
+      size_t k;
+      const json_t *d;
+      json_array_foreach(dims, k, d) {
+        if (!json_is_integer(d) || json_integer_value(d) < -1) {
+          snprintf(why, cap, "config.json: %s '%s': dims must be integers >= 0, or -1 (variable)",
+                   key, o->name);
+          return -1;
+        }
+        o->dims[batch + k] = json_integer_value(d);
+      }
+    }
+    c->n_io[out] = i + 1;
+  }
+  return 0;
+}
+
+/* Checks the config's input/output entries against a loaded model: a name the model lacks, a
+   different dtype or rank, or a dimension that differs from one the model fixes is an error. */
+static int check_io(const srv_config *c, const kiln_model *km, char *why, size_t cap) {
+  for (int out = 0; out < 2; out++) {
+    const char *key = out ? "output" : "input";
+    size_t n = out ? kiln_model_output_count(km) : kiln_model_input_count(km);
+    for (size_t i = 0; i < c->n_io[out]; i++) {
+      const srv_io_override *o = &c->io[out][i];
+      kiln_io_info io = {0};
+      size_t k = 0;
+      for (; k < n; k++) {
+        kiln_status st = out ? kiln_model_output_info(km, k, &io) : kiln_model_input_info(km, k, &io);
+        if (st == KILN_OK && !strcmp(io.name, o->name)) break;
+      }
+      if (k == n) {
+        snprintf(why, cap, "config.json: the model has no %s named '%s'", key, o->name);
+        return -1;
+      }
+      if (o->dtype != KILN_DTYPE_UNDEFINED && o->dtype != io.dtype) {
+        const char *have = srv_dtype_name(io.dtype);
+        snprintf(why, cap, "config.json: %s '%s' is %s in the config, %s in the model", key,
+                 o->name, srv_dtype_name(o->dtype), have ? have : "a type the protocol lacks");
+        return -1;
+      }
+      if (o->rank < 0 || io.rank < 0) continue;
+      if (o->rank != io.rank) {
+        snprintf(why, cap, "config.json: %s '%s' has %d dims in the config%s, %d in the model", key,
+                 o->name, o->rank, c->max_batch_size ? " (with the batch dim)" : "", io.rank);
+        return -1;
+      }
+      for (int d = 0; d < io.rank; d++)
+        if (io.dims[d] >= 0 && o->dims[d] >= 0 && o->dims[d] != io.dims[d]) {
+          snprintf(why, cap, "config.json: %s '%s' dim %d is %lld in the config, %lld in the model",
+                   key, o->name, d, (long long)o->dims[d], (long long)io.dims[d]);
+          return -1;
+        }
+    }
+  }
+  return 0;
+}
+
+void srv_config_apply_io(const srv_config *c, int out, kiln_io_info *io) {
+  for (size_t i = 0; i < c->n_io[out]; i++) {
+    const srv_io_override *o = &c->io[out][i];
+    if (strcmp(o->name, io->name) || o->rank != io->rank) continue;
+    for (int d = 0; d < io->rank; d++)
+      if (io->dims[d] < 0 && o->dims[d] >= 0) io->dims[d] = o->dims[d];
+    return;
+  }
+}
+
 /* Strict: an unknown key is an error, so a typo does not silently fall back to a default. */
-static int parse_config(const char *path, srv_config *c, char *why, size_t cap) {
+/* `text` (a load request's parameters.config), when given, stands in for the file. */
+static int parse_config(const char *path, const char *text, srv_config *c, char *why, size_t cap) {
   cfg_default(c);
   struct stat sb;
-  if (stat(path, &sb) != 0) return 0; /* no config: defaults */
+  if (!text && stat(path, &sb) != 0) return 0; /* no config: defaults */
   json_error_t jerr;
-  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  json_t *root = text ? json_loads(text, JSON_REJECT_DUPLICATES, &jerr)
+                      : json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
   if (!root) {
     snprintf(why, cap, "config.json line %d: %s", jerr.line, jerr.text);
     return -1;
@@ -109,7 +236,7 @@ static int parse_config(const char *path, srv_config *c, char *why, size_t cap) 
   static const char *const keys[] = {"max_batch_size", "dynamic_batching", "instance_count",
                                      "default_priority", "default_timeout_microseconds",
                                      "optimization_level", "backends", "version_policy",
-                                     "circuit_breaker", NULL};
+                                     "circuit_breaker", "input", "output", NULL};
   if (!json_is_object(root)) {
     snprintf(why, cap, "config.json must be an object");
     goto out;
@@ -232,6 +359,7 @@ static int parse_config(const char *path, srv_config *c, char *why, size_t cap) 
     b->breaker_min_calls = (size_t)mc;
     b->breaker_probes = (size_t)pr;
   }
+  if (parse_io(root, 0, c, why, cap) || parse_io(root, 1, c, why, cap)) goto out;
   rc = 0;
 out:
   json_decref(root);
@@ -329,7 +457,7 @@ static void release_unserved(srv_model *m) {
   }
 }
 
-static void load_model(srv_repo *r, srv_model *m) {
+static void load_model(srv_repo *r, srv_model *m, const char *config) {
   char path[4096], error[512] = "";
   uint64_t stamp = model_stamp(r->dir, m->name);
   pthread_mutex_lock(r->mu);
@@ -339,7 +467,7 @@ static void load_model(srv_repo *r, srv_model *m) {
   srv_config cfg;
   srv_version **next = NULL;
   size_t n_next = 0;
-  if (parse_config(path, &cfg, error, sizeof error)) { /* old versions keep serving */
+  if (parse_config(path, config, &cfg, error, sizeof error)) { /* old versions keep serving */
     pthread_mutex_lock(r->mu);
     snprintf(m->error, sizeof m->error, "%s", error);
     m->stamp = stamp;
@@ -348,6 +476,8 @@ static void load_model(srv_repo *r, srv_model *m) {
     return;
   }
   uint64_t cfg_stamp = file_stamp(14695981039346656037ull, path);
+  for (const char *t = config; t && *t; t++) /* a different config text reloads every version */
+    cfg_stamp = mix(cfg_stamp, (uint8_t)*t);
   snprintf(path, sizeof path, "%s/%s", r->dir, m->name);
   int64_t nums[256];
   size_t n = scan_versions(path, nums, 256);
@@ -365,6 +495,11 @@ static void load_model(srv_repo *r, srv_model *m) {
   o.max_batch_size = cfg.max_batch_size;
   o.max_queue_delay_us = cfg.max_queue_delay_us;
   memcpy(o.queue_limit, cfg.max_queue_size, sizeof o.queue_limit);
+  if (r->test_delay_ms && !strcmp(r->test_delay_model, m->name)) {
+    struct timespec ts = {r->test_delay_ms / 1000, (long)(r->test_delay_ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+  }
   /* Compiling happens here, without r->mu. m->all and m->versions change only under the
      caller's serialisation, so reading them here needs no lock. */
   for (size_t i = 0; next && i < n; i++) {
@@ -379,7 +514,14 @@ static void load_model(srv_repo *r, srv_model *m) {
     if (!v) {
       kiln_error err = {0};
       kiln_runtime_model *rm = NULL;
-      if (kiln_runtime_model_load(r->rt, path, &o, &rm, &err) != KILN_OK) {
+      char bad[400] = "";
+      kiln_status st = kiln_runtime_model_load(r->rt, path, &o, &rm, &err);
+      if (st == KILN_OK && check_io(&cfg, kiln_runtime_model_get(rm), bad, sizeof bad)) {
+        kiln_runtime_model_unload(rm); /* never served: freed at once */
+        st = KILN_INVALID_ARGUMENT;
+        snprintf(err.message, sizeof err.message, "%s", bad);
+      }
+      if (st != KILN_OK) {
         snprintf(error, sizeof error, "version %lld: %.480s", (long long)nums[i], err.message);
         if (r->log) fprintf(r->log, "kiln serve: model '%s' %s\n", m->name, error);
         v = served(m, nums[i]); /* the old file keeps serving */
@@ -401,7 +543,9 @@ static void load_model(srv_repo *r, srv_model *m) {
   m->stamp = stamp;
   m->unloaded = m->loading = false;
   if (next || !n) { /* a failed allocation keeps what serves */
-    m->cfg = cfg;
+    /* A version that failed keeps its old one serving, and the old config with it (request
+       defaults, timeouts, input shapes), as a config that does not parse does. */
+    if (!error[0] || !m->n_versions) m->cfg = cfg;
     free(m->versions);
     m->versions = next;
     m->n_versions = n_next;
@@ -456,7 +600,7 @@ static bool is_model_dir(const srv_repo *r, const char *name) {
   return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
 }
 
-int srv_repo_load_model(srv_repo *r, const char *name, char *why, size_t cap) {
+int srv_repo_load_model(srv_repo *r, const char *name, const char *config, char *why, size_t cap) {
   if (!is_model_dir(r, name)) {
     snprintf(why, cap, "no directory '%.200s' in the model repository", name);
     return -1;
@@ -466,7 +610,7 @@ int srv_repo_load_model(srv_repo *r, const char *name, char *why, size_t cap) {
     snprintf(why, cap, "out of memory");
     return -1;
   }
-  load_model(r, m);
+  load_model(r, m, config);
   /* Only this thread changes the entry, so reading it back needs no lock. */
   if (m->error[0] && r->log && !m->n_versions)
     fprintf(r->log, "kiln serve: model '%s' not loaded: %s\n", m->name, m->error);
@@ -501,7 +645,7 @@ static int each_dir(srv_repo *r, void (*fn)(srv_repo *, const char *)) {
 
 static void initial(srv_repo *r, const char *name) {
   char why[512];
-  srv_repo_load_model(r, name, why, sizeof why);
+  srv_repo_load_model(r, name, NULL, why, sizeof why);
 }
 
 static void poll_one(srv_repo *r, const char *name) {
@@ -513,6 +657,14 @@ static void poll_one(srv_repo *r, const char *name) {
 kiln_status srv_repo_load(srv_repo *r, const char *dir, kiln_runtime *rt, pthread_mutex_t *mu,
                           FILE *log, kiln_error *err) {
   *r = (srv_repo){.dir = strdup(dir), .rt = rt, .mu = mu, .log = log};
+  const char *delay = getenv("KILN_SERVE_TEST_LOAD_DELAY"); /* test-only: see server_int.h */
+  const char *colon = delay ? strrchr(delay, ':') : NULL;
+  if (colon && (size_t)(colon - delay) < sizeof r->test_delay_model) {
+    memcpy(r->test_delay_model, delay, (size_t)(colon - delay));
+    r->test_delay_ms = (unsigned)strtoul(colon + 1, NULL, 10);
+    if (log) fprintf(log, "kiln serve: test-only load delay: %s loads take %u ms longer\n",
+                     r->test_delay_model, r->test_delay_ms);
+  }
   if (!r->dir || each_dir(r, initial) != 0) {
     if (err) {
       err->status = KILN_IO_ERROR;

@@ -40,6 +40,16 @@ typedef struct srv_version {
   srv_hist queue, compute;
 } srv_version;
 
+/* One entry of config.json's `input` or `output` list (Triton's ModelInput / ModelOutput): it may
+   only restate or narrow what the model says, never contradict it. */
+#define SRV_MAX_IO 32
+typedef struct srv_io_override {
+  char name[128];
+  kiln_dtype dtype; /* KILN_DTYPE_UNDEFINED when not given */
+  int rank;         /* -1 when dims are not given, else the full rank (batch dim included) */
+  int64_t dims[KILN_MAX_RANK]; /* -1 = variable; with max_batch_size > 0, dims[0] is the batch */
+} srv_io_override;
+
 typedef struct srv_config {
   size_t max_batch_size;
   int64_t max_queue_delay_us;
@@ -60,7 +70,13 @@ typedef struct srv_config {
   size_t n_specific;
   int all_versions;
   kiln_runtime_model_opts breaker; /* only its breaker_* fields */
+  srv_io_override io[2][SRV_MAX_IO]; /* [0] inputs, [1] outputs */
+  size_t n_io[2];
 } srv_config;
+
+/* The model's own description of input (out = 0) or output (out = 1) `io`, with the config's
+   narrowing applied: a dimension the model leaves variable and the config fixes reads fixed. */
+void srv_config_apply_io(const srv_config *c, int out, kiln_io_info *io);
 
 /* Models and versions are allocated one by one and kept until shutdown, even when unloaded:
    in-flight requests hold pointers to them. They are small: an unloaded or replaced version's
@@ -86,6 +102,11 @@ typedef struct srv_repo {
   FILE *log;
   size_t n, cap;
   srv_model **models; /* sorted by name */
+  /* Test-only: KILN_SERVE_TEST_LOAD_DELAY=MODEL:MS makes every load of MODEL take MS longer (a
+     sleep where it compiles, with the same locks held), so a test can hold a load in progress
+     deterministically. Not for production use. */
+  char test_delay_model[128];
+  unsigned test_delay_ms;
 } srv_repo;
 
 /* The table changes only through the calls below, which the caller serialises among themselves
@@ -98,9 +119,10 @@ typedef struct srv_repo {
 kiln_status srv_repo_load(srv_repo *r, const char *dir, kiln_runtime *rt, pthread_mutex_t *mu,
                           FILE *log, kiln_error *err);
 /* (Re)loads DIR/<name> by its current files: versions whose files did not change are kept,
-   changed ones loaded anew (a failed reload keeps the old one serving). Returns 0 when the
-   model serves with no error, else -1 with the reason in `why`. */
-int srv_repo_load_model(srv_repo *r, const char *name, char *why, size_t cap);
+   changed ones loaded anew (a failed reload keeps the old one serving). `config`, when not
+   NULL, is JSON used instead of DIR/<name>/config.json (Triton's parameters.config on load).
+   Returns 0 when the model serves with no error, else -1 with the reason in `why`. */
+int srv_repo_load_model(srv_repo *r, const char *name, const char *config, char *why, size_t cap);
 /* Stops routing to the model; -1 when the repository never had it. */
 int srv_repo_unload_model(srv_repo *r, const char *name);
 /* One polling pass: loads new and changed models, unloads those whose directory is gone. */

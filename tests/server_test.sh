@@ -248,6 +248,20 @@ sleep 0.3 # a few polling passes: an unload on request is not undone while the f
 expect 503 'unloaded' "polling leaves the unload alone" -- /v2/models/digits/ready
 expect 200 '^\{\}$' "load digits back" -- -X POST "${A[@]}" /v2/repository/models/digits/load
 infer_ok digits "infer after load back"
+# Triton's index filter and a load's parameters.config (used instead of config.json).
+expect 200 '^\[\{"name":"digits","version":"1","state":"READY"\}\]$' "index with ready: true lists only what serves" -- -X POST "${A[@]}" -d '{"ready": true}' /v2/repository/index
+expect 200 '"name":"bad","state":"UNAVAILABLE"' "index with ready: false lists everything" -- -X POST "${A[@]}" -d '{"ready": false}' /v2/repository/index
+expect 400 "unexpected 'readyy'" "index with a misspelt key answers 400" -- -X POST "${A[@]}" -d '{"readyy": true}' /v2/repository/index
+expect 400 "unsupported load parameter 'file:1/model.onnx'" "load with an unsupported parameter answers 400" -- -X POST "${A[@]}" -d '{"parameters": {"file:1/model.onnx": "x"}}' /v2/repository/models/digits/load
+expect 200 '^\{\}$' "load with parameters.config" -- -X POST "${A[@]}" -d '{"parameters": {"config": "{\"input\": [{\"name\": \"input\", \"data_type\": \"TYPE_FP32\", \"dims\": [16, 1, 8, 8]}]}"}}' /v2/repository/models/digits/load
+expect 200 '"inputs":\[\{"name":"input","datatype":"FP32","shape":\[16,1,8,8\]\}\]' "the load's config applies" -- /v2/models/digits
+infer_ok digits "16 rows infer under the load's config"
+expect 400 "the model expects 16" "other row counts answer 400 under it" -- -d '{"inputs":['"$i"',"data":['"$data64"']}]}' /v2/models/digits/infer
+expect 400 "version 1: config.json: the model has no input named 'x'" "a load whose config names a missing input answers 400" -- -X POST "${A[@]}" -d '{"parameters": {"config": "{\"input\": [{\"name\": \"x\"}]}"}}' /v2/repository/models/digits/load
+infer_ok digits "the previous version keeps serving after that failed load"
+expect 200 '"shape":\[16,1,8,8\]' "and so does its config" -- /v2/models/digits
+expect 200 '^\{\}$' "a plain load rereads config.json" -- -X POST "${A[@]}" /v2/repository/models/digits/load
+expect 200 '"inputs":\[\{"name":"input","datatype":"FP32","shape":\[-1,1,8,8\]\}\]' "config.json's shapes are back" -- /v2/models/digits
 
 # Polling: a model copied in is picked up, a removed one is unloaded.
 cp -r "$src/tests/repo/digits" "$tmp/d2"
@@ -463,6 +477,93 @@ if kill -0 "$pid" 2>/dev/null; then bad "third server still running 10 s after S
 else
   wait "$pid"; rc=$?
   [ "$rc" = 0 ] && ok "third server: clean exit" || bad "third server: exit $rc; $(tail -5 "$tmp/err3")"
+fi
+pid=
+
+# ---- config.json input/output overrides, and a slow load beside serving models. digits' own
+# config (max_batch_size 8: dims exclude the batch) restates its input and output; fixed2 (no
+# batching: full dims) narrows the batch to 2; five models whose config contradicts the model
+# must fail to load with the reason while the others serve. `big` is loaded on request later,
+# made slow by the server's test-only load delay.
+repo4=$tmp/repo4
+mk4() { # mk4 NAME CONFIG_JSON
+  mkdir -p "$repo4/$1/1"
+  cp "$src/tests/repo/digits/1/model.onnx" "$repo4/$1/1/model.onnx"
+  printf '%s\n' "$2" >"$repo4/$1/config.json"
+}
+mk4 digits '{"max_batch_size": 8, "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [1, 8, 8]}],
+             "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [-1]}]}'
+mk4 fixed2 '{"input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [2, 1, 8, 8]}]}'
+mk4 badname '{"max_batch_size": 8, "input": [{"name": "image", "data_type": "TYPE_FP32", "dims": [1, 8, 8]}]}'
+mk4 baddtype '{"max_batch_size": 8, "input": [{"name": "input", "data_type": "TYPE_INT64", "dims": [1, 8, 8]}]}'
+mk4 baddim '{"max_batch_size": 8, "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [1, 8, 9]}]}'
+mk4 badrank '{"max_batch_size": 8, "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [1, 1, 8, 8]}]}'
+mk4 badtype '{"output": [{"name": "logits", "data_type": "FP32"}]}'
+KILN_SERVE_TEST_LOAD_DELAY=big:12000 "$kiln" serve --model-repository "$repo4" --host 127.0.0.1 --port 0 \
+  --workers 2 --threads 1 >"$tmp/out4" 2>"$tmp/err4" &
+pid=$!
+port=
+for _ in $(seq 1 100); do
+  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$tmp/out4")
+  [ -n "$port" ] && break
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.1
+done
+if [ -z "$port" ]; then echo "FAIL fourth server did not start"; cat "$tmp/err4"; exit 1; fi
+base=http://127.0.0.1:$port
+python3 - "$src/models/digits/test_x.npy" "$tmp" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], 'rb').read()
+hl = struct.unpack('<H', b[8:10])[0]
+vals = list(struct.unpack('<%df' % (2 * 64), b[10 + hl:10 + hl + 2 * 64 * 4]))
+for rows in (1, 2):
+    json.dump({'inputs': [{'name': 'input', 'datatype': 'FP32', 'shape': [rows, 1, 8, 8],
+               'data': vals[:rows * 64]}]}, open('%s/rows%d.json' % (sys.argv[2], rows), 'w'))
+PY
+expect 200 '"inputs":\[\{"name":"input","datatype":"FP32","shape":\[-1,1,8,8\]\}\].*"outputs":\[\{"name":"logits","datatype":"FP32","shape":\[-1,10\]\}\]' \
+  "config restating dims (batch excluded) keeps the model's shapes" -- /v2/models/digits
+infer_ok digits "digits with input/output entries infers"
+expect 200 '"inputs":\[\{"name":"input","datatype":"FP32","shape":\[2,1,8,8\]\}\]' "metadata reports the narrowed dims" -- /v2/models/fixed2
+inf0=$(curl -s -m 30 "$base/metrics" | sed -n 's/^kiln_inference_count_total{model="fixed2",version="1"} //p')
+expect 400 "'input' dimension 0 is 1, the model expects 2" "narrowed dim: another shape answers 400" -- --data-binary @"$tmp/rows1.json" /v2/models/fixed2/infer
+inf1=$(curl -s -m 30 "$base/metrics" | sed -n 's/^kiln_inference_count_total{model="fixed2",version="1"} //p')
+[ -n "$inf0" ] && [ "$inf0" = "$inf1" ] && ok "the refused request never reached the runtime ($inf0 -> $inf1)" \
+  || bad "inference count of fixed2 moved on a refused request: $inf0 -> $inf1"
+code=$("${C[@]}" --data-binary @"$tmp/rows2.json" "$base/v2/models/fixed2/infer")
+if [ "$code" = 200 ] && check x "$tmp/body" 2 >/dev/null; then ok "narrowed dim: the fixed shape infers the oracle's numbers"
+else bad "fixed2 2 rows: $code $(head -c 300 "$tmp/body")"; fi
+expect 503 "version 1: config.json: the model has no input named 'image'" "override of a missing tensor is a load error" -- /v2/models/badname/ready
+expect 503 "version 1: config.json: input 'input' is INT64 in the config, FP32 in the model" "override with another dtype is a load error" -- /v2/models/baddtype/ready
+expect 503 "version 1: config.json: input 'input' dim 3 is 9 in the config, 8 in the model" "override contradicting a fixed dim is a load error" -- /v2/models/baddim/ready
+expect 503 "input 'input' has 5 dims in the config \(with the batch dim\), 4 in the model" "override of another rank is a load error" -- /v2/models/badrank/ready
+expect 503 "config.json: output 'logits': data_type must be one of TYPE_BOOL" "data_type without TYPE_ is a config error" -- /v2/models/badtype/ready
+expect 200 '"name":"baddim","state":"UNAVAILABLE","reason":"version 1: config.json: input' "index lists the failed override with its reason" -- -X POST /v2/repository/index
+infer_ok digits "digits serves beside the models whose config failed"
+
+# A slow load (12 s, the test-only delay: ASan on a loaded machine is slow) does not stall the others: while it runs, digits infers,
+# the index and metadata answer, and the loading model says so; only then does the load answer.
+cp -r "$repo4/digits" "$tmp/big"
+mv "$tmp/big" "$repo4/big"
+curl -s -m 60 -o "$tmp/load.body" -w '%{http_code}' -X POST "$base/v2/repository/models/big/load" >"$tmp/load.code" &
+lpid=$!
+t0=$(date +%s.%N)
+sleep 0.5 # the load request is in: its thread sleeps inside the load
+expect 503 'model is loading' "the loading model says so" -- /v2/models/big/ready
+expect 200 '"name":"digits","version":"1","state":"READY"' "index answers during the slow load" -- -X POST /v2/repository/index
+for k in 1 2 3; do infer_ok digits "infer $k during a slow load of another model"; done
+el=$(python3 -c "import sys; print('%.1f' % ($(date +%s.%N) - $t0))")
+if kill -0 "$lpid" 2>/dev/null; then ok "all of that answered in ${el}s, while the load was still running"
+else bad "the load finished before the other requests did (${el}s): they may have waited for it"; fi
+wait "$lpid"
+[ "$(cat "$tmp/load.code")" = 200 ] && ok "the slow load completes (200)" || bad "slow load: $(cat "$tmp/load.code") $(head -c 200 "$tmp/load.body")"
+infer_ok big "the slowly loaded model infers"
+
+kill -TERM "$pid"
+for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$pid" 2>/dev/null; then bad "fourth server still running 10 s after SIGTERM"
+else
+  wait "$pid"; rc=$?
+  [ "$rc" = 0 ] && ok "fourth server: clean exit" || bad "fourth server: exit $rc; $(tail -5 "$tmp/err4")"
 fi
 pid=
 [ "$fails" = 0 ] || { echo "$fails failure(s)"; exit 1; }

@@ -142,6 +142,162 @@ kiln_status kiln_validate_files(const char *reference, const char *candidate,
                                 const kiln_validate_opts *opts, kiln_validate_report *out,
                                 kiln_error *err);
 
+/* ---- validation extras, budgets, pruning, mixed precision --------------------------------------
+ *
+ *   kiln_validate_files_ex  kiln_validate_files plus KL divergence, perplexity and a per-layer
+ *                           error table; kiln_validate_check_budget gates a deployment on it
+ *   kiln_prune_file         magnitude pruning, structured (smaller dense model) or unstructured
+ *   kiln_quantize_auto_file per-layer precision chosen to fit an accuracy budget */
+
+typedef struct kiln_validate_ex_opts {
+  size_t struct_size;     /* sizeof(kiln_validate_ex_opts), set by kiln_validate_ex_opts_default() */
+  kiln_validate_opts base;
+  /* Language model: the first output is logits [B, T, V] over the integer input `ids_input`
+     [B, T] (NULL: the first integer input); next-token cross entropy of both models. */
+  bool perplexity;
+  const char *ids_input;
+  /* An integer .npy [B, T] with the target of every position (e.g. the byte after each window);
+     NULL: position t predicts ids[t + 1], so T - 1 predictions per row. */
+  const char *targets;
+  /* Run both models with every layer's input and output exposed (layers: Conv, MatMul, Gemm with
+     a constant weight in the reference; matched in the candidate by value name). */
+  bool per_layer;
+} kiln_validate_ex_opts;
+
+kiln_validate_ex_opts kiln_validate_ex_opts_default(void);
+
+/* One layer's error: the candidate's value against the reference's, over all samples. */
+typedef struct kiln_layer_error {
+  char name[128];       /* the layer's output value */
+  char op[32];          /* the reference node's op */
+  bool matched;         /* false: absent from the candidate or of another shape (pruned) */
+  double cosine, snr_db, max_abs_err;
+  double in_snr_db;     /* the same for the layer's data input (inf when exact) */
+  /* in_snr_db - snr_db, with an exact input counted as 140 dB (float32's own precision): the
+     error this layer adds; the table is sorted by it, worst first */
+  double snr_drop_db;
+} kiln_layer_error;
+
+typedef struct kiln_validate_ex_report {
+  kiln_validate_report base;
+  /* mean over rows of KL(softmax(reference) || softmax(candidate)), in nats */
+  double kl_divergence;
+  bool has_perplexity;
+  size_t tokens;                /* predictions scored */
+  double ref_nll, cand_nll;     /* mean negative log-likelihood, nats per token */
+  double ref_ppl, cand_ppl, ppl_ratio; /* exp(nll); cand / ref */
+  double ref_token_accuracy, cand_token_accuracy; /* argmax == target */
+  size_t n_layers;
+  kiln_layer_error *layers;     /* sorted by snr_drop_db, descending; unmatched last */
+} kiln_validate_ex_report;
+
+/* kiln_validate_files with the extras `opts` asks for. Free the report with
+   kiln_validate_ex_report_free (also after a failure). */
+kiln_status kiln_validate_files_ex(const char *reference, const char *candidate,
+                                   const char *data_dir, const char *labels,
+                                   const kiln_validate_ex_opts *opts,
+                                   kiln_validate_ex_report *out, kiln_error *err);
+void kiln_validate_ex_report_free(kiln_validate_ex_report *r);
+
+/* Deployment budgets; NaN leaves one unchecked. */
+typedef struct kiln_validate_budget {
+  double min_top1_agreement; /* fraction, e.g. 0.99 */
+  double min_cosine;
+  double max_ppl_ratio;      /* candidate / reference perplexity, e.g. 1.02 */
+  double max_accuracy_drop;  /* percentage points of top-1 accuracy against the labels */
+} kiln_validate_budget;
+
+kiln_validate_budget kiln_validate_budget_none(void);
+
+/* How many budgets `r` misses; each miss (and a budget the report cannot check, e.g. a PPL ratio
+   without perplexity) is described on its own line in `msg` (may be NULL). */
+int kiln_validate_check_budget(const kiln_validate_ex_report *r, const kiln_validate_budget *b,
+                               char *msg, size_t cap);
+
+/* ---- pruning ----------------------------------------------------------------------------------- */
+
+typedef enum kiln_prune_mode {
+  /* Zero the smallest-magnitude weights of every Conv/MatMul/Gemm: same shapes, same dense speed;
+     only a compressed file gets smaller. */
+  KILN_PRUNE_UNSTRUCTURED = 0,
+  /* Remove whole Conv filters / MatMul-Gemm output columns of lowest L1 norm, and the matching
+     input channels of the consumers, so the model is smaller and faster. */
+  KILN_PRUNE_STRUCTURED = 1,
+} kiln_prune_mode;
+
+/* What happened to one layer. */
+typedef struct kiln_prune_layer {
+  char name[128];
+  char op[32];
+  int64_t channels_before, channels_after; /* structured: output channels */
+  size_t weights_before, weights_zero;     /* unstructured: weights and those now zero */
+  char skipped[96];                        /* why a structured layer was left whole, or "" */
+} kiln_prune_layer;
+
+typedef struct kiln_prune_report {
+  size_t params_before, params_after;    /* elements of all float initializers */
+  size_t zeros_before, zeros_after;      /* of those, exactly zero */
+  size_t n_layers;
+  kiln_prune_layer *layers;
+} kiln_prune_report;
+
+/* Prunes the model at `path` to `out_path`. sparsity is in [0, 1): structured removes
+   floor(sparsity * channels) channels per prunable layer (at least one kept); unstructured zeroes
+   floor(sparsity * count) weights per layer. Free the report with kiln_prune_report_free. */
+kiln_status kiln_prune_file(const char *path, const char *out_path, kiln_prune_mode mode,
+                            double sparsity, kiln_prune_report *report, kiln_error *err);
+void kiln_prune_report_free(kiln_prune_report *r);
+
+/* ---- mixed precision ---------------------------------------------------------------------------- */
+
+typedef enum kiln_auto_metric {
+  KILN_AUTO_TOP1 = 0,   /* top-1 agreement with FP32 >= budget */
+  KILN_AUTO_COSINE = 1, /* cosine similarity with FP32 >= budget */
+  KILN_AUTO_PPL = 2,    /* perplexity ratio to FP32 <= budget (first output: LM logits) */
+} kiln_auto_metric;
+
+typedef enum kiln_auto_objective {
+  KILN_AUTO_SIZE = 0,    /* fewest weight bytes */
+  KILN_AUTO_LATENCY = 1, /* lowest measured latency on the calibration batch */
+} kiln_auto_objective;
+
+typedef struct kiln_auto_opts {
+  size_t struct_size;          /* sizeof(kiln_auto_opts), set by kiln_auto_opts_default() */
+  kiln_auto_metric metric;
+  double budget;
+  const char *calib_dir;       /* <input name>.npy, batched on dim 0 */
+  const kiln_quant_format *formats; /* candidates; NULL: every format that exists */
+  size_t n_formats;
+  kiln_auto_objective objective;
+  int intra_threads;
+  size_t batch;                /* samples per run, as kiln_validate_opts.batch */
+  bool verbose;                /* print the sensitivity table and each step on stdout */
+} kiln_auto_opts;
+
+kiln_auto_opts kiln_auto_opts_default(void);
+
+typedef struct kiln_auto_layer {
+  char name[128];
+  kiln_quant_format format;     /* chosen (KILN_QUANT_NONE = float32) */
+  double sensitivity;           /* the metric's loss with only this layer quantized to `format`'s
+                                   most aggressive candidate (1 - agreement, 1 - cosine, ratio - 1) */
+} kiln_auto_layer;
+
+typedef struct kiln_auto_report {
+  size_t n_layers;
+  kiln_auto_layer *layers;
+  double metric;                /* the final model's metric */
+  size_t weight_bytes_before, weight_bytes_after;
+  size_t evaluations;           /* combined models validated */
+} kiln_auto_report;
+
+/* Chooses per-layer formats for `path` within the budget and writes the result to `out_path`.
+   UNSUPPORTED when not even one layer can be quantized within the budget (nothing written). */
+kiln_status kiln_quantize_auto_file(const char *path, const char *out_path,
+                                    const kiln_auto_opts *opts, kiln_auto_report *report,
+                                    kiln_error *err);
+void kiln_auto_report_free(kiln_auto_report *r);
+
 #ifdef __cplusplus
 }
 #endif
