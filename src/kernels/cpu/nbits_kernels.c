@@ -1,10 +1,10 @@
 /* The cpu backend's row for com.microsoft MatMulNBits (4-bit weights in blocks along K; layout in
  * kernels/ref/nbits.h), with two paths chosen per call by the number of rows M of A:
  *
- *   GEMV (M <= GEMV_MAX_M, LLM decode and small batches): reads the 4-bit codes directly. Per
+ *   GEMV (M <= GEMV_MAX_M = 16, LLM decode, small batches): reads the 4-bit codes directly. Per
  *     16 codes (8 bytes): split the nibbles, interleave them back into k order, subtract the
  *     block's zero point in int8, widen to float, and FMA against up to 4 rows of A at once (the
- *     decode is shared by the rows). A block's sum is scaled once at its end. Columns are split
+ *     decode is shared by the rows; more rows take more passes). A block's sum is scaled once at its end. Columns are split
  *     over the pool. A is first copied into scratch padded with zeros to whole blocks, so the
  *     padding codes of a last partial block multiply zeros.
  *   Dequantize + SGEMM (larger M): chunks of NCHUNK columns are dequantized into float (n-major,
@@ -23,7 +23,8 @@
 #include <immintrin.h>
 #endif
 
-#define GEMV_MAX_M 4 /* bench/bench_nbits: the decode-once GEMV beats dequant + SGEMM up to here */
+#define GEMV_ROWS 4    /* rows of A per pass over the codes (one decode feeds them all) */
+#define GEMV_MAX_M 16  /* bench/run_nbits.sh: the GEMV beats dequantize + SGEMM up to here */
 #define NCHUNK 256   /* columns dequantized per SGEMM call: bounds scratch to NCHUNK * K floats */
 
 typedef struct nb_state {
@@ -117,11 +118,11 @@ static kiln_status nbits_prepare(const kiln__node *n, const kiln__graph *g, void
 static void gemv_generic(const nb_state *s, const float *ap, size_t mr, size_t c0, size_t c1,
                          float *y, size_t ldy, const float *bias) {
   for (size_t c = c0; c < c1; c++) {
-    float acc[GEMV_MAX_M] = {0};
+    float acc[GEMV_ROWS] = {0};
     for (size_t j = 0; j < s->nb; j++) {
       const uint8_t *q = s->codes + (c * s->nb + j) * s->blob;
       int zp = s->zps[c * s->nb + j];
-      float bacc[GEMV_MAX_M] = {0};
+      float bacc[GEMV_ROWS] = {0};
       for (size_t t = 0; t < s->blob; t++) {
         float w0 = (float)((q[t] & 15) - zp), w1 = (float)((q[t] >> 4) - zp);
         for (size_t r = 0; r < mr; r++) {
@@ -176,12 +177,12 @@ AVX2 static inline __attribute__((always_inline)) void gemv_avx2_rows(
     const float *bias) {
   const __m128i lo4 = _mm_set1_epi8(15);
   for (size_t c = c0; c < c1; c++) {
-    __m256 acc[GEMV_MAX_M];
+    __m256 acc[GEMV_ROWS];
     for (int r = 0; r < MR; r++) acc[r] = _mm256_setzero_ps();
     const uint8_t *q = s->codes + c * s->nb * s->blob;
     for (size_t j = 0; j < s->nb; j++) {
       __m128i zp = _mm_set1_epi8((char)s->zps[c * s->nb + j]);
-      __m256 b0[GEMV_MAX_M], b1[GEMV_MAX_M];
+      __m256 b0[GEMV_ROWS], b1[GEMV_ROWS];
       for (int r = 0; r < MR; r++) b0[r] = b1[r] = _mm256_setzero_ps();
       const float *ak = ap + j * s->block;
       for (size_t t = 0; t < s->block; t += 16, q += 8) {
@@ -245,8 +246,8 @@ typedef struct nb_job {
 static void gemv_range(void *arg, size_t c0, size_t c1) {
   const nb_job *jb = arg;
   const nb_state *s = jb->s;
-  for (size_t r = 0; r < jb->m; r += GEMV_MAX_M) {
-    size_t mr = jb->m - r < GEMV_MAX_M ? jb->m - r : GEMV_MAX_M;
+  for (size_t r = 0; r < jb->m; r += GEMV_ROWS) {
+    size_t mr = jb->m - r < GEMV_ROWS ? jb->m - r : GEMV_ROWS;
     const float *ap = jb->ap + r * s->kp;
     float *y = jb->y + r * s->n;
 #ifdef NB_X86
