@@ -7,10 +7,10 @@ Needs python3-numpy and python3-onnx (1.12). Deterministic (fixed seed).
 qdq_wide: one quantized input read by several ops, each ending in its own graph output, so every
   fused op sees exactly the input the unfused graph sees (the test bounds each output by one step
   of its output scale). Fused: conv_a (per-channel, int32 bias), conv_b (per-tensor weight, no
-  weight zero point, Relu dropped: y zero point 0), conv_c (depthwise, Clip(0, 6) dropped: Q(6) is
-  255), conv_k (float bias), mm_d (N-D activation, per-column int8 output), gemm_e (transB=1,
+  weight zero point, Relu dropped: y zero point 0), conv_c (Clip(0, 6) dropped: Q(6) is 255), conv_k (float bias), mm_d (N-D activation, per-column int8 output), gemm_e (transB=1,
   per-channel), gemm_f (transB=0, per-tensor). Left float: conv_g (Relu before a zero point of
-  20), gemm_h (bias C), conv_i (bias scale not x_scale * w_scale), conv_j (output read twice).
+  20), gemm_h (bias C), conv_i (bias scale not x_scale * w_scale), conv_j (output read twice),
+  conv_l (depthwise: grouped convs stay float).
 Each model's qdq_NAME.steps lists its outputs with their quantization steps (0: a float output).
 qdq_chain: Q -> conv1 + Relu -> conv2 -> DQ -> Q (same parameters) -> conv3: after fuse-qdq the
   three QLinearConvs follow each other with no Q/DQ between; conv1's output is also a graph
@@ -131,10 +131,9 @@ w, _ = weight("conv_b", (8, 4, 1, 1), 0, per_channel=False, zp=False)
 y = node("Conv", [xd, w], ["conv_b_y"], "conv_b", strides=[2, 2])
 y = node("Relu", [y], ["conv_b_r"], "conv_b_relu")
 outs.append(out_q(y, "conv_b", 0.0, 5.0)[0])
-# conv_c: depthwise 3x3 with bias, Clip(0, 6), Q with scale 6/255: Q(6) = 255, Q(0) = 0.
-w, ws = weight("conv_c", (4, 1, 3, 3), 0)
-y = node("Conv", [xd, w, bias("conv_c", xs, ws, 4)], ["conv_c_y"], "conv_c", group=4,
-         pads=[1, 1, 1, 1])
+# conv_c: 3x3 with bias, Clip(0, 6), Q with scale 6/255: Q(6) = 255, Q(0) = 0.
+w, ws = weight("conv_c", (4, 4, 3, 3), 0)
+y = node("Conv", [xd, w, bias("conv_c", xs, ws, 4)], ["conv_c_y"], "conv_c", pads=[1, 1, 1, 1])
 y = node("Clip", [y, const("c_lo", np.float32(0)), const("c_hi", np.float32(6))], ["conv_c_r"],
          "conv_c_clip")
 outs.append(out_q(y, "conv_c", 0.0, 6.0)[0])
@@ -171,6 +170,10 @@ w, _ = weight("conv_j", (3, 4, 1, 1), 0)
 y = node("Conv", [xd, w], ["conv_j_y"], "conv_j")
 outs.append(out_q(y, "conv_j", -4.0, 4.0)[0])
 outs.append(node("Neg", [y], ["conv_j_neg"], "conv_j_neg"))  # the conv output's second reader
+# conv_l: depthwise (group 4): left float on purpose (no integer depthwise kernel yet).
+w, ws = weight("conv_l", (4, 1, 3, 3), 0)
+y = node("Conv", [xd, w, bias("conv_l", xs, ws, 4)], ["conv_l_y"], "conv_l", group=4)
+outs.append(out_q(y, "conv_l", -3.0, 3.0)[0])
 save("wide", [vi("x", [1, 4, 9, 9]), vi("x2", [3, 16])], outs)
 
 # ---- qdq_chain -----------------------------------------------------------------------------
