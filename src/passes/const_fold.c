@@ -142,6 +142,9 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
     }
     if (op->flags & KILN__OPF_SHAPE_ONLY) all_const = true;
     if (!all_const || (op->flags & KILN__OPF_NOFOLD)) continue;
+    /* A quantized weight stays 8-bit behind its DequantizeLinear so fuse-qdq can hand it to an
+       integer kernel; unfused, the plan folds it once per plan, so run time is the same. */
+    if (!strcmp(n->op_type, "DequantizeLinear") && !n->domain[0]) continue;
     bool is_constant = !strcmp(n->op_type, "Constant") && !n->domain[0];
     if (!is_constant && (out_bytes > FOLD_MAX_BYTES || out_bytes > 2 * in_bytes + FOLD_SLACK_BYTES))
       continue;

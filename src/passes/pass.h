@@ -44,6 +44,7 @@ extern const kiln__pass kiln__pass_fuse_gelu;
 extern const kiln__pass kiln__pass_fuse_rmsnorm;
 extern const kiln__pass kiln__pass_fuse_attention;
 extern const kiln__pass kiln__pass_fuse_linear;
+extern const kiln__pass kiln__pass_fuse_qdq;
 
 /* ---- helpers (pass_util.c) ------------------------------------------------------------------- */
 

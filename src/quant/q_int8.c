@@ -7,7 +7,8 @@
  *   Conv|MatMul|Gemm(x', W', b') -> y_f -> QuantizeLinear -> DequantizeLinear -> y
  *
  * Each activation tensor is quantized once, whatever reads it; a node's output gets its pair
- * unless it is a graph output (the final logits stay float). Every other op (Softmax, LayerNorm,
+ * unless it is a graph output (the final logits stay float), or after the Relu / Clip(0, .) that
+ * alone reads it (act_after). Every other op (Softmax, LayerNorm,
  * attention's products of two activations) reads float as before. The arithmetic is still
  * float32 in the file; a runtime that recognises the pattern runs it in integers. */
 #include <math.h>
@@ -61,6 +62,54 @@ static bool candidate(const kiln__qctx *q, const kiln__node *n, int *axis, int *
          (*bias < 0 || kiln__attr_float(n, "beta", 1.0f) == 1.0f);
 }
 
+/* v's data when it is a constant: an initializer (not a graph input) or a Constant node's value
+   (PyTorch writes Clip's bounds so). */
+static const kiln_tensor *const_tensor(const kiln__graph *g, int v) {
+  if (v < 0) return NULL;
+  const kiln__value *val = &g->values[v];
+  if (val->is_initializer) return val->is_input || !val->init.data ? NULL : &val->init;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const kiln__node *n = &g->nodes[i];
+    if (n->n_out != 1 || n->out[0] != v) continue;
+    const kiln__attr *at = kiln__qis_op(n, "Constant") ? kiln__attr_find(n, "value") : NULL;
+    return at && at->type == KILN__ATTR_TENSOR && at->t && at->t->data ? at->t : NULL;
+  }
+  return NULL;
+}
+
+/* The activation whose output is quantized in place of y, or -1: y's only reader is a Relu, or
+   a Clip whose lower bound is a constant 0, and its output is not a graph output. Its range then
+   starts at 0, so the zero point is 0 and quantizing clamps as the activation does: as ONNX
+   Runtime's quantizer does with such activations, and what lets fuse-qdq run Conv + Relu +
+   QuantizeLinear as one QLinearConv with no float step between. (ORT also drops the Relu; it is
+   kept here so the file computes the same function read as float.) */
+static int act_after(const kiln__qctx *q, int y) {
+  const kiln__graph *g = q->g;
+  if (y < 0 || g->values[y].is_output) return -1;
+  int reader = -1;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const kiln__node *n = &g->nodes[i];
+    for (int k = 0; k < n->n_in; k++)
+      if (n->in[k] == y) {
+        if (reader >= 0 || k != 0) return -1;
+        reader = i;
+      }
+    for (int k = 0; k < n->n_captures; k++)
+      if (n->captures[k] == y) return -1;
+  }
+  if (reader < 0) return -1;
+  const kiln__node *a = &g->nodes[reader];
+  if (a->n_out != 1 || a->out[0] < 0 || a->out[0] >= q->n_orig || g->values[a->out[0]].is_output)
+    return -1;
+  if (kiln__qis_op(a, "Relu")) return reader;
+  if (!kiln__qis_op(a, "Clip") || a->opset < 11 || a->n_in < 2 || a->n_in > 3) return -1;
+  const kiln_tensor *lo = const_tensor(g, a->in[1]);
+  if (!lo || lo->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(lo) != 1 ||
+      *(const float *)lo->data != 0.0f)
+    return -1;
+  return reader;
+}
+
 static void int8_release(kiln__qctx *q);
 
 static kiln_status int8_prepare(kiln__qctx *q) {
@@ -87,7 +136,8 @@ static kiln_status int8_prepare(kiln__qctx *q) {
     const kiln__node *nd = &g->nodes[i];
     int axis, bias;
     if (q->node_format[i] != KILN_QUANT_INT8 || !candidate(q, nd, &axis, &bias)) continue;
-    int a = nd->in[0], y = nd->out[0];
+    int a = nd->in[0], y = nd->out[0], r = act_after(q, y);
+    if (r >= 0) y = g->nodes[r].out[0];
     if (!want[a]) want[a] = true, vals[n++] = a;
     if (y >= 0 && !g->values[y].is_output && !want[y]) want[y] = true, vals[n++] = y;
   }
@@ -276,12 +326,15 @@ static kiln_status int8_node(kiln__qctx *q, int i, kiln__qoutcome *out) {
   nn->in[0] = adq;
   nn->in[1] = wdq;
   if (bdq >= 0) nn->in[2] = bdq;
+  /* the output pair goes after a Relu / Clip(0, .) that alone reads y (act_after) */
+  int r = act_after(q, y);
+  if (r >= 0) y = q->g->nodes[r].out[0];
   if (y >= 0 && s->has[y]) {
     int *cache;
     if ((st = kiln__qcache(q, KILN__QTAG_QDQ_A, &cache)) != KILN_OK) return st;
     int yf = kiln__qvalue(q, q->g->values[y].name);
     if (yf < 0) return kiln__qoom(q);
-    q->g->nodes[i].out[0] = yf;
+    q->g->nodes[r >= 0 ? r : i].out[0] = yf;
     float ys;
     uint8_t yz;
     kiln__calib_qparams(s->lo[y], s->hi[y], &ys, &yz);

@@ -1,0 +1,391 @@
+/* QDQ recognition: the static int8 layout ONNX Runtime's quantizer (and `kiln quantize --to
+ * int8`) writes, run on the integer kernels instead of float.
+ *
+ *   DequantizeLinear(x_q, xs, xz)                      activation, per tensor
+ *   DequantizeLinear(W_q, ws, wz; axis)                constant int8/uint8 weight, per tensor or
+ *                                                      per output channel
+ *   [DequantizeLinear(b_q int32, xs * ws; axis 0)]     Conv only: constant bias
+ *   -> Conv | MatMul | Gemm -> [Relu | Clip] -> QuantizeLinear(ys, yz)
+ * becomes
+ *   QLinearConv(x_q, xs, xz, W_q, ws, wz, ys, yz[, b_q])   (Conv attributes kept)
+ *   QLinearMatMul(x_q, xs, xz, W_q, ws, wz, ys, yz)        (Gemm: transB folded into W_q)
+ *
+ * The fused op accumulates (x_q - xz)(W_q - wz) in int32 and requantizes once; the QDQ graph
+ * rounds the float product (summed in another order) and quantizes that, so an output may differ
+ * by one step of ys (not bit-exact): level 2.
+ *
+ * An activation between the op and the QuantizeLinear is dropped only when quantizing already
+ * does what it does: Relu when Q(0) is the lowest code (yz = 0 for uint8, -128 for int8), Clip
+ * when Q(min) is the lowest code and Q(max) the highest. Then Q(act(v)) = Q(v) for every v (Q is
+ * monotone and saturates), so the drop itself is exact. Otherwise the node stays float.
+ *
+ * Left float (documented in docs/PASSES.md): grouped and depthwise Conv (see fuse_one), Gemm
+ * with a bias C, transA, or alpha != 1 (there is no QGemm in the standard domain; a MatMul's
+ * bias is a separate Add that stays float after the DequantizeLinear anyway); a Conv bias that is int32 with a scale other than xs * ws[c] bit
+ * for bit; zero points or scales that are not constants; 16-bit types. A float constant Conv
+ * bias is rounded onto the int32 grid (int32_bias below: not within the QDQ graph's rounding).
+ *
+ * A second rewrite folds DequantizeLinear(x_q, s, z) -> QuantizeLinear(s, z) (the same scale and
+ * zero point, 8-bit) into x_q: (x - z) * s / s rounds back to x exactly for |x - z| <= 255 and a
+ * normal s, so the pair is an identity. With the fusion this leaves QLinearConv -> QLinearConv
+ * chains with nothing between them.
+ *
+ * Conservative: the op's output (and the activation's) is private and read once; constants are
+ * initializers that are not graph inputs. A DequantizeLinear feeding several consumers is left to
+ * each: every fused consumer reads x_q directly, and dead-code removes the DequantizeLinear when
+ * nothing reads it any more. */
+#include <math.h>
+#include <stdio.h>
+
+#include "ir/op.h"
+#include "passes/pass.h"
+
+/* An initializer that is really constant (not an overridable graph input), or NULL. */
+static const kiln_tensor *const_init(const kiln__pass_ctx *ctx, int v) {
+  if (v < 0) return NULL;
+  const kiln__value *val = &ctx->g->values[v];
+  return val->is_initializer && !val->is_input && val->init.data ? &val->init : NULL;
+}
+
+static bool is_q8(kiln_dtype t) { return t == KILN_DTYPE_UINT8 || t == KILN_DTYPE_INT8; }
+
+/* The live default-domain node `op` producing v (as its only output), or -1. */
+static int producer_is(const kiln__pass_ctx *ctx, int v, const char *op) {
+  if (v < 0) return -1;
+  int p = ctx->g->values[v].producer;
+  if (p < 0 || p >= ctx->g->n_nodes || ctx->dead[p]) return -1;
+  const kiln__node *n = &ctx->g->nodes[p];
+  return kiln__pass_is(n, op) && n->out[0] == v ? p : -1;
+}
+
+/* A DequantizeLinear's operands. */
+typedef struct dq {
+  int x, s, z;              /* z: -1 when absent */
+  const kiln_tensor *st, *zt;
+  int axis;                 /* the axis attribute as written (per-axis only matters) */
+} dq;
+
+/* v = DequantizeLinear(x, s[, z]) with s (and z) constants; false otherwise. */
+static bool dq_of(const kiln__pass_ctx *ctx, int v, dq *d) {
+  int p = producer_is(ctx, v, "DequantizeLinear");
+  if (p < 0) return false;
+  const kiln__node *n = &ctx->g->nodes[p];
+  if (n->n_in < 2 || n->n_in > 3 || n->in[0] < 0 || n->in[1] < 0) return false;
+  if (kiln__attr_find(n, "block_size")) return false; /* blocked (opset 21) */
+  d->x = n->in[0];
+  d->s = n->in[1];
+  d->z = n->n_in > 2 ? n->in[2] : -1;
+  d->st = const_init(ctx, d->s);
+  d->zt = d->z >= 0 ? const_init(ctx, d->z) : NULL;
+  d->axis = (int)kiln__attr_int(n, "axis", 1);
+  if (!d->st || d->st->dtype != KILN_DTYPE_FLOAT) return false;
+  if (d->z >= 0 && (!d->zt || kiln_tensor_count(d->zt) != kiln_tensor_count(d->st))) return false;
+  return true;
+}
+
+/* A positive, normal float32 scale (a zero, denormal, negative or NaN one is left alone). */
+static bool good_scale(float s) { return isnormal(s) && s > 0; }
+
+static bool good_scales(const kiln_tensor *t) {
+  const float *p = t->data;
+  for (size_t i = 0; i < kiln_tensor_count(t); i++)
+    if (!good_scale(p[i])) return false;
+  return true;
+}
+
+/* Per-tensor activation parameters: one float scale and an 8-bit zero point. */
+static bool act_params(const dq *d) {
+  return kiln_tensor_count(d->st) == 1 && d->zt && is_q8(d->zt->dtype) &&
+         good_scale(*(const float *)d->st->data);
+}
+
+static int32_t q8_at(const kiln_tensor *t, size_t i) {
+  return t->dtype == KILN_DTYPE_UINT8 ? ((const uint8_t *)t->data)[i]
+                                      : ((const int8_t *)t->data)[i];
+}
+
+static void q8_range(kiln_dtype t, int32_t *lo, int32_t *hi) {
+  *lo = t == KILN_DTYPE_UINT8 ? 0 : -128;
+  *hi = t == KILN_DTYPE_UINT8 ? 255 : 127;
+}
+
+/* QuantizeLinear of one float the way the reference kernel does it. */
+static int32_t quantize1(float v, float s, int32_t z, kiln_dtype t) {
+  int32_t lo, hi;
+  q8_range(t, &lo, &hi);
+  float r = rintf(v / s);
+  if (r != r) r = 0.0f;
+  double q = (double)r + z;
+  return q < lo ? lo : q > hi ? hi : (int32_t)q;
+}
+
+/* y = QuantizeLinear(v, ys, yz) per tensor, 8-bit, constants; the node index or -1. */
+static int quant_of(const kiln__pass_ctx *ctx, int v, const kiln_tensor **ys, const kiln_tensor **yz) {
+  int slot, j = kiln__pass_sole_user(ctx, v, &slot);
+  if (j < 0 || slot != 0) return -1;
+  const kiln__node *n = &ctx->g->nodes[j];
+  if (!kiln__pass_is(n, "QuantizeLinear") || n->n_in != 3 || n->out[0] < 0) return -1;
+  if (kiln__attr_find(n, "block_size") || kiln__attr_find(n, "output_dtype")) return -1;
+  *ys = const_init(ctx, n->in[1]);
+  *yz = const_init(ctx, n->in[2]);
+  if (!*ys || !*yz || (*ys)->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(*ys) != 1 ||
+      !is_q8((*yz)->dtype) || kiln_tensor_count(*yz) != 1 ||
+      !good_scale(*(const float *)(*ys)->data))
+    return -1;
+  return j;
+}
+
+/* The Clip bounds of node n (inputs from opset 11, attributes before); false when a bound is not
+   a constant. An absent bound is +-infinity. */
+static bool clip_bounds(const kiln__pass_ctx *ctx, const kiln__node *n, float *lo, float *hi) {
+  *lo = -INFINITY, *hi = INFINITY;
+  if (n->opset < 11) {
+    *lo = kiln__attr_float(n, "min", -INFINITY);
+    *hi = kiln__attr_float(n, "max", INFINITY);
+    return true;
+  }
+  for (int k = 1; k < n->n_in && k < 3; k++) {
+    if (n->in[k] < 0) continue;
+    double d;
+    if (!kiln__pass_const_scalar(ctx, n->in[k], &d)) return false;
+    *(k == 1 ? lo : hi) = (float)d;
+  }
+  return n->n_in <= 3;
+}
+
+/* After op output y: [activation] QuantizeLinear. Returns the Q node and sets *act to the
+   activation node (or -1) when quantizing makes the activation a no-op. */
+static int output_quant(const kiln__pass_ctx *ctx, int y, int *act, const kiln_tensor **ys,
+                        const kiln_tensor **yz) {
+  *act = -1;
+  int q = quant_of(ctx, y, ys, yz);
+  if (q >= 0) return q;
+  int slot, a = kiln__pass_sole_user(ctx, y, &slot);
+  if (a < 0 || slot != 0) return -1;
+  const kiln__node *an = &ctx->g->nodes[a];
+  bool relu = kiln__pass_is(an, "Relu"), clip = kiln__pass_is(an, "Clip");
+  if ((!relu && !clip) || an->n_in < 1) return -1;
+  if ((q = quant_of(ctx, an->out[0], ys, yz)) < 0) return -1;
+  float s = *(const float *)(*ys)->data, lo = 0, hi = INFINITY;
+  int32_t z = q8_at(*yz, 0), qlo, qhi;
+  q8_range((*yz)->dtype, &qlo, &qhi);
+  if (clip && !clip_bounds(ctx, an, &lo, &hi)) return -1;
+  if (lo != lo || hi != hi) return -1;
+  bool lo_ok = isinf(lo) ? lo < 0 : quantize1(lo, s, z, (*yz)->dtype) == qlo;
+  bool hi_ok = isinf(hi) ? hi > 0 : quantize1(hi, s, z, (*yz)->dtype) == qhi;
+  if (!lo_ok || !hi_ok) return -1;
+  *act = a;
+  return q;
+}
+
+/* A weight: constant 8-bit W_q behind a DequantizeLinear whose parameters are per tensor or per
+   `out_axis` (of a rank-`rank` weight). */
+static bool weight_params(const kiln__pass_ctx *ctx, const dq *d, int out_axis) {
+  const kiln_tensor *w = const_init(ctx, d->x);
+  if (!w || !is_q8(w->dtype) || !good_scales(d->st)) return false;
+  if (d->zt && d->zt->dtype != w->dtype) return false;
+  size_t cnt = kiln_tensor_count(d->st);
+  if (cnt == 1) return d->st->rank <= 1 && (!d->zt || d->zt->rank <= 1);
+  int ax;
+  if (!kiln__norm_axis(d->axis, w->rank, &ax) || ax != out_axis) return false;
+  return d->st->rank == 1 && (int64_t)cnt == w->dims[out_axis] && (!d->zt || d->zt->rank == 1);
+}
+
+/* The Conv bias: DequantizeLinear(b_q int32 [co], xs * ws[c] bit for bit, zero point 0). */
+static bool bias_params(const kiln__pass_ctx *ctx, int v, float xs, const kiln_tensor *ws,
+                        int64_t co, int *bq) {
+  dq d;
+  if (!dq_of(ctx, v, &d)) return false;
+  const kiln_tensor *b = const_init(ctx, d.x);
+  if (!b || b->dtype != KILN_DTYPE_INT32 || b->rank != 1 || b->dims[0] != co) return false;
+  size_t bc = kiln_tensor_count(d.st), wc = kiln_tensor_count(ws);
+  if (bc != 1 && bc != (size_t)co) return false;
+  int ax;
+  if (bc != 1 && !kiln__norm_axis(d.axis, 1, &ax)) return false;
+  if (d.zt) {
+    if (d.zt->dtype != KILN_DTYPE_INT32) return false;
+    for (size_t i = 0; i < kiln_tensor_count(d.zt); i++)
+      if (((const int32_t *)d.zt->data)[i] != 0) return false;
+  }
+  const float *bs = d.st->data, *w = ws->data;
+  for (int64_t c = 0; c < co; c++) {
+    float want = xs * w[wc == 1 ? 0 : c], have = bs[bc == 1 ? 0 : c];
+    if (want != have) return false;
+  }
+  *bq = d.x;
+  return true;
+}
+
+/* W_q [N, K] -> [K, N] (Gemm transB). */
+static int transposed_weight(kiln__pass_ctx *ctx, const char *hint, int v) {
+  const kiln_tensor *w = &ctx->g->values[v].init;
+  int64_t n = w->dims[0], k = w->dims[1], dims[2] = {k, n};
+  kiln_tensor t = {0};
+  kiln_error local = {0};
+  if (kiln_tensor_alloc(&t, w->dtype, 2, dims, &local) != KILN_OK) return -1;
+  const uint8_t *src = w->data;
+  uint8_t *dst = t.data;
+  for (int64_t r = 0; r < n; r++)
+    for (int64_t c = 0; c < k; c++) dst[c * n + r] = src[r * k + c];
+  return kiln__pass_add_init(ctx, hint, &t);
+}
+
+/* A scalar zero of dtype t, for an omitted weight zero point (QLinear ops require one). */
+static int zero_point(kiln__pass_ctx *ctx, const char *hint, kiln_dtype t) {
+  kiln_tensor z = {0};
+  kiln_error local = {0};
+  if (kiln_tensor_alloc(&z, t, 0, NULL, &local) != KILN_OK) return -1;
+  memset(z.data, 0, kiln_dtype_size(t));
+  return kiln__pass_add_init(ctx, hint, &z);
+}
+
+/* A float Conv bias on the accumulator's grid, as ONNX Runtime's quantizer writes it:
+   b_q[c] = round(b[c] / (xs * ws[c])), saturated to int32. This moves the bias by at most half a
+   step of xs * ws[c] before requantization (the one rewrite here that is not within the QDQ
+   graph's rounding): the files ORT and Kiln write carry int32 biases already, so this is for
+   biases the quantizer left float (Kiln's sees no constant through an Identity). */
+static int int32_bias(kiln__pass_ctx *ctx, const char *hint, const kiln_tensor *b, float xs,
+                      const kiln_tensor *ws) {
+  int64_t co = b->dims[0];
+  size_t wc = kiln_tensor_count(ws);
+  kiln_tensor t = {0};
+  kiln_error local = {0};
+  if (kiln_tensor_alloc(&t, KILN_DTYPE_INT32, 1, &co, &local) != KILN_OK) return -1;
+  const float *bf = b->data, *w = ws->data;
+  int32_t *q = t.data;
+  for (int64_t c = 0; c < co; c++) {
+    float s = xs * w[wc == 1 ? 0 : c]; /* the bias scale the QDQ form would use */
+    double v = nearbyint((double)bf[c] / (double)s);
+    if (v != v) v = 0;
+    q[c] = (int32_t)(v > 2147483647.0 ? 2147483647.0 : v < -2147483647.0 ? -2147483647.0 : v);
+  }
+  return kiln__pass_add_init(ctx, hint, &t);
+}
+
+static kiln_status oom(kiln__pass_ctx *ctx) {
+  return kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory fusing a QDQ pattern");
+}
+
+/* Tries to fuse node i; *done when it did. */
+static kiln_status fuse_one(kiln__pass_ctx *ctx, int i, bool *done) {
+  kiln__graph *g = ctx->g;
+  *done = false;
+  const kiln__node *n = &g->nodes[i];
+  bool conv = kiln__pass_is(n, "Conv"), mm = kiln__pass_is(n, "MatMul"),
+       gemm = kiln__pass_is(n, "Gemm");
+  if (!conv && !mm && !gemm) return KILN_OK;
+  if (n->n_in < 2 || n->in[0] < 0 || n->in[1] < 0 || !kiln__pass_value_private(ctx, n->out[0]))
+    return KILN_OK;
+  bool trans_b = false;
+  if (gemm) {
+    if (n->n_in > 2 && n->in[2] >= 0) return KILN_OK; /* bias C: no standard QGemm */
+    if (kiln__attr_int(n, "transA", 0) != 0 || kiln__attr_float(n, "alpha", 1.0f) != 1.0f)
+      return KILN_OK;
+    trans_b = kiln__attr_int(n, "transB", 0) != 0;
+  }
+  if (mm && n->n_in != 2) return KILN_OK;
+  dq x, w;
+  if (!dq_of(ctx, n->in[0], &x) || !act_params(&x) || !dq_of(ctx, n->in[1], &w)) return KILN_OK;
+  const kiln_tensor *wt = const_init(ctx, w.x);
+  if (!wt) return KILN_OK;
+  int out_axis;
+  if (conv) {
+    /* Grouped (depthwise) convs stay float: the integer backend runs them as one tiny GEMM per
+       group with per-call packing, 4x slower than the float depthwise kernel (mobilenet_v2:
+       bench/RESULTS.md). Revisit with an integer depthwise kernel. */
+    if (wt->rank < 3 || kiln__attr_int(n, "group", 1) != 1) return KILN_OK;
+    out_axis = 0;
+  } else {
+    if (wt->rank != 2) return KILN_OK;
+    out_axis = trans_b ? 0 : 1;
+  }
+  if (!weight_params(ctx, &w, out_axis)) return KILN_OK;
+  int bq = -1;
+  const kiln_tensor *fbias = NULL; /* a float bias, quantized below */
+  float xs = *(const float *)x.st->data;
+  if (conv && n->n_in > 2 && n->in[2] >= 0 &&
+      !bias_params(ctx, n->in[2], xs, w.st, wt->dims[0], &bq)) {
+    fbias = kiln__pass_const_f32(ctx, n->in[2]);
+    if (!fbias || ctx->g->values[n->in[2]].is_input || fbias->rank != 1 ||
+        fbias->dims[0] != wt->dims[0])
+      return KILN_OK;
+  }
+  int act = -1;
+  const kiln_tensor *ys, *yz;
+  int q = output_quant(ctx, n->out[0], &act, &ys, &yz);
+  if (q < 0) return KILN_OK;
+
+  /* Matched: new initializers first (they may move the value array). */
+  char hint[160];
+  snprintf(hint, sizeof hint, "%.150s", n->name ? n->name : "qdq");
+  int wq = w.x, wz = w.z;
+  if (trans_b && (wq = transposed_weight(ctx, hint, w.x)) < 0) return oom(ctx);
+  if (wz < 0 && (wz = zero_point(ctx, hint, g->values[w.x].init.dtype)) < 0) return oom(ctx);
+  if (fbias && (bq = int32_bias(ctx, hint, fbias, xs, w.st)) < 0) return oom(ctx);
+  kiln__node *qn = &g->nodes[q];
+  int in[9] = {x.x, x.s, x.z, wq, w.s, wz, qn->in[1], qn->in[2], bq};
+  kiln__node *fn = &g->nodes[i];
+  int64_t opset = fn->opset;
+  kiln_status st = kiln__pass_set_op(ctx, fn, "", conv ? "QLinearConv" : "QLinearMatMul");
+  if (st == KILN_OK) st = kiln__pass_set_inputs(ctx, fn, in, bq >= 0 ? 9 : 8);
+  if (st != KILN_OK) return st;
+  fn->opset = opset;
+  if (!conv) kiln__pass_clear_attrs(fn); /* QLinearMatMul has none; transB is in W_q */
+  fn->out[0] = qn->out[0];
+  if (act >= 0)
+    kiln__pass_note(ctx, "%s+%s+%s", fn->name, g->nodes[act].name, qn->name);
+  else
+    kiln__pass_note(ctx, "%s+%s", fn->name, qn->name);
+  kiln__pass_kill(ctx, q);
+  if (act >= 0) kiln__pass_kill(ctx, act);
+  *done = true;
+  return KILN_OK;
+}
+
+static bool same_const(const kiln_tensor *a, const kiln_tensor *b) {
+  if (a == b) return true;
+  if (a->dtype != b->dtype || kiln_tensor_count(a) != kiln_tensor_count(b)) return false;
+  return !memcmp(a->data, b->data, kiln_tensor_nbytes(a));
+}
+
+/* DequantizeLinear(x_q, s, z) -> QuantizeLinear(s, z) -> y  ==>  readers of y read x_q. */
+static bool fold_pair(kiln__pass_ctx *ctx, int i) {
+  kiln__graph *g = ctx->g;
+  const kiln__node *qn = &g->nodes[i];
+  if (!kiln__pass_is(qn, "QuantizeLinear") || qn->n_in != 3 || qn->in[1] < 0 || qn->in[2] < 0)
+    return false;
+  if (kiln__attr_find(qn, "block_size") || kiln__attr_find(qn, "output_dtype")) return false;
+  int y = qn->out[0];
+  if (y < 0 || !kiln__pass_value_private(ctx, y)) return false;
+  dq d;
+  if (!dq_of(ctx, qn->in[0], &d) || !d.zt || !is_q8(d.zt->dtype) || !good_scales(d.st))
+    return false;
+  const kiln_tensor *s = const_init(ctx, qn->in[1]), *z = const_init(ctx, qn->in[2]);
+  if (!s || !z || !same_const(s, d.st) || !same_const(z, d.zt)) return false;
+  if (kiln_tensor_count(s) != 1) { /* per axis: the same axis too */
+    int dn = g->values[qn->in[0]].producer;
+    if (kiln__attr_int(&g->nodes[dn], "axis", 1) != kiln__attr_int(qn, "axis", 1)) return false;
+  }
+  kiln__pass_replace_uses(ctx, y, d.x);
+  kiln__pass_note(ctx, "%s+%s", g->nodes[g->values[qn->in[0]].producer].name, qn->name);
+  kiln__pass_kill(ctx, i);
+  return true;
+}
+
+static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
+  kiln__graph *g = ctx->g;
+  for (int i = 0; i < g->n_nodes; i++) {
+    if (ctx->dead[i]) continue;
+    if (fold_pair(ctx, i)) {
+      *changed = true;
+      continue;
+    }
+    bool done;
+    kiln_status st = fuse_one(ctx, i, &done);
+    if (st != KILN_OK) return st;
+    *changed |= done;
+  }
+  return KILN_OK;
+}
+
+const kiln__pass kiln__pass_fuse_qdq = {"fuse-qdq", 2, run};

@@ -1,0 +1,335 @@
+/* fuse-qdq, proved differentially: the QDQ models tools/make_qdq_models.py writes
+   (tests/models/qdq_*.onnx) loaded at level 0 (the reference Q/DQ and float ops: the oracle) and at
+   level 2 (QLinearConv / QLinearMatMul) on random inputs. The fused op requantizes its int32 sum
+   once where the QDQ graph rounds a float sum, so an output may move by one quantization step
+   (its output scale, listed in qdq_NAME.steps) and by no more; most elements must be equal. The
+   report must show exactly the fusions each model was built for. Also: the digits CNN quantized
+   with `kiln quantize --to int8 --calib` keeps its top-1 at levels 0 and 2, with both convs
+   fused, and allocation failures during a fused load fail cleanly. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "kiln_test.h"
+
+#include "kiln/kiln.h"
+#include "kiln/passes.h"
+#include "kiln/quant.h"
+#include "core/common.h" /* kiln__alloc_fail_after */
+
+static const char *models_dir; /* argv[1]: the repository's models/ */
+static const char *tests_dir;  /* argv[2]: the repository's tests/ */
+static char tmp_dir[256];
+
+static void path_of(char *buf, size_t n, const char *dir, const char *file) {
+  assert_true(snprintf(buf, n, "%s/%s", dir, file) < (int)n);
+}
+
+static uint64_t next_rand(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* The output's quantization step from qdq_NAME.steps ("name step" lines); fails when absent. */
+static double step_of(const char *steps_file, const char *output) {
+  FILE *f = fopen(steps_file, "r");
+  assert_non_null(f);
+  char name[256];
+  double step = -1;
+  while (fscanf(f, "%255s %lf", name, &step) == 2)
+    if (!strcmp(name, output)) break;
+  bool found = !strcmp(name, output);
+  fclose(f);
+  assert_true(found);
+  return step;
+}
+
+static size_t op_count(const kiln_model *m, const char *op) {
+  const char *types[64];
+  size_t counts[64];
+  size_t n = kiln_model_op_histogram(m, types, counts, 64);
+  for (size_t i = 0; i < n && i < 64; i++)
+    if (!strcmp(types[i], op)) return counts[i];
+  return 0;
+}
+
+/* fuse-qdq's rewrites at `level` and where (joined), summed over rounds; node counts. */
+static size_t qdq_matches(const char *path, int level, char *where, size_t cap, size_t *after) {
+  kiln_pass_report *r = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_pass_report_load(path, level, &r, &err), KILN_OK);
+  kiln_pass_report_summary(r, NULL, NULL, after);
+  size_t total = 0;
+  if (where) where[0] = 0;
+  for (size_t i = 0; i < kiln_pass_report_count(r); i++) {
+    kiln_pass_change c;
+    assert_int_equal(kiln_pass_report_get(r, i, &c), KILN_OK);
+    if (strcmp(c.pass, "fuse-qdq")) continue;
+    total += c.matches;
+    if (where && c.where) {
+      strncat(where, c.where, cap - strlen(where) - 2);
+      strcat(where, ",");
+    }
+  }
+  kiln_pass_report_free(r);
+  return total;
+}
+
+typedef struct diff_stats {
+  size_t elements, equal;
+  double worst_steps; /* max |level0 - level2| / step over the elements */
+} diff_stats;
+
+/* Runs `path` at level 0 and 2 on `seeds` random inputs (uniform in [-2, 2), dims as declared)
+   and compares the output named `output`; float outputs with a step of 0 must be bit-equal. */
+static diff_stats compare(const char *path, const char *steps_file, const char *output, int seeds) {
+  kiln_model *ref = kt_load(path, 1, 0), *opt = kt_load(path, 2, 2);
+  kiln_session *sr = NULL, *so = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(ref, &sr, &err), KILN_OK);
+  assert_int_equal(kiln_session_create(opt, &so, &err), KILN_OK);
+  size_t out_idx = (size_t)-1;
+  for (size_t o = 0; o < kiln_model_output_count(ref); o++) {
+    kiln_io_info io;
+    assert_int_equal(kiln_model_output_info(ref, o, &io), KILN_OK);
+    if (!strcmp(io.name, output)) out_idx = o;
+  }
+  assert_true(out_idx != (size_t)-1);
+  double step = step_of(steps_file, output);
+  diff_stats d = {0};
+  uint64_t rs = 99;
+  for (int seed = 0; seed < seeds; seed++) {
+    size_t n = kiln_model_input_count(ref);
+    assert_true(n <= 4);
+    const char *names[4];
+    kiln_tensor in[4];
+    for (size_t i = 0; i < n; i++) {
+      kiln_io_info io;
+      assert_int_equal(kiln_model_input_info(ref, i, &io), KILN_OK);
+      assert_int_equal(kiln_tensor_alloc(&in[i], KILN_DTYPE_FLOAT, io.rank, io.dims, &err),
+                       KILN_OK);
+      float *p = in[i].data;
+      for (size_t e = 0; e < kiln_tensor_count(&in[i]); e++)
+        p[e] = (float)((double)(next_rand(&rs) >> 11) * (4.0 / 9007199254740992.0) - 2.0);
+      names[i] = io.name;
+    }
+    assert_int_equal(kiln_session_run(sr, names, in, n, &err), KILN_OK);
+    if (kiln_session_run(so, names, in, n, &err) != KILN_OK) fprintf(stderr, "%s\n", err.message);
+    assert_int_equal(err.status, KILN_OK);
+    kiln_tensor a, b;
+    assert_int_equal(kiln_session_output(sr, out_idx, &a), KILN_OK);
+    assert_int_equal(kiln_session_output(so, out_idx, &b), KILN_OK);
+    assert_int_equal(a.dtype, KILN_DTYPE_FLOAT);
+    assert_int_equal(b.dtype, KILN_DTYPE_FLOAT);
+    assert_int_equal(kiln_tensor_count(&a), kiln_tensor_count(&b));
+    const float *x = a.data, *y = b.data;
+    for (size_t e = 0; e < kiln_tensor_count(&a); e++) {
+      d.elements++;
+      d.equal += x[e] == y[e];
+      double diff = fabs((double)x[e] - y[e]);
+      if (step == 0) {
+        assert_true(diff == 0);
+        continue;
+      }
+      d.worst_steps = fmax(d.worst_steps, diff / step);
+    }
+    for (size_t i = 0; i < n; i++) kiln_tensor_release(&in[i]);
+  }
+  kiln_session_free(sr);
+  kiln_session_free(so);
+  kiln_model_free(ref);
+  kiln_model_free(opt);
+  return d;
+}
+
+/* Each output of a fused op is within one step of the QDQ graph's (1e-4 of a step of slack for
+   the float products (q - z) * s of the two dequantized values), and at least 90% are equal. */
+static void within_one_step(const char *model, const char *output) {
+  char path[1024], steps[1024];
+  snprintf(path, sizeof path, "%s/models/%s.onnx", tests_dir, model);
+  snprintf(steps, sizeof steps, "%s/models/%s.steps", tests_dir, model);
+  diff_stats d = compare(path, steps, output, 3);
+  fprintf(stderr, "  %-14s %5zu elements, %5.1f%% equal, worst %.4f steps\n", output, d.elements,
+          100.0 * d.equal / d.elements, d.worst_steps);
+  assert_true(d.worst_steps <= 1.0001);
+  assert_true(d.equal * 10 >= d.elements * 9);
+}
+
+/* qdq_wide: seven fusions (conv_a, conv_b + Relu, conv_c + Clip, conv_k with a float bias, mm_d,
+   gemm_e with transB, gemm_f), five near misses left float (conv_g, gemm_h, conv_i, conv_j, the
+   depthwise conv_l), none at level 1. */
+static void wide(void **s) {
+  (void)s;
+  char path[1024], where[4096];
+  path_of(path, sizeof path, tests_dir, "models/qdq_wide.onnx");
+  size_t after;
+  assert_int_equal(qdq_matches(path, 2, where, sizeof where, &after), 7);
+  const char *fused[] = {"conv_a+", "conv_b+conv_b_relu+", "conv_c+conv_c_clip+", "conv_k+",
+                         "mm_d+", "gemm_e+", "gemm_f+"};
+  for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++)
+    assert_non_null(strstr(where, fused[i]));
+  const char *kept[] = {"conv_g", "gemm_h", "conv_i", "conv_j", "conv_l"};
+  for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) assert_null(strstr(where, kept[i]));
+  assert_int_equal(qdq_matches(path, 1, NULL, 0, &after), 0);
+  kiln_model *m = kt_load(path, 1, 2);
+  assert_int_equal(op_count(m, "QLinearConv"), 4);
+  assert_int_equal(op_count(m, "Conv") + op_count(m, "FusedConv"), 4); /* g, i, j, l */
+  assert_int_equal(op_count(m, "QLinearMatMul"), 3);
+  kiln_model_free(m);
+  const char *outs[] = {"conv_a_yo_dq", "conv_b_yo_dq", "conv_c_yo_dq", "conv_k_yo_dq",
+                        "mm_d_yo_dq",   "gemm_e_yo_dq", "gemm_f_yo_dq", "conv_g_yo_dq",
+                        "gemm_h_yo_dq", "conv_i_yo_dq", "conv_j_yo_dq", "conv_j_neg",
+                        "conv_l_yo_dq"};
+  for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) within_one_step("qdq_wide", outs[i]);
+}
+
+/* qdq_chain: three convs fused and the DQ -> Q pair with equal parameters folded, so the level-2
+   graph is Q -> QLinearConv x3 -> DQ (+ conv1's DQ as a second output): 6 nodes, no Q/DQ
+   between the convs. conv1's output sees the same input as in the QDQ graph: within one step.
+   conv3's input already differs by conv1's and conv2's one-step moves, so its output is only
+   checked to stay close: within 2 steps everywhere, and mostly equal. */
+static void chain(void **s) {
+  (void)s;
+  char path[1024], steps[1024], where[4096];
+  path_of(path, sizeof path, tests_dir, "models/qdq_chain.onnx");
+  path_of(steps, sizeof steps, tests_dir, "models/qdq_chain.steps");
+  size_t after;
+  assert_int_equal(qdq_matches(path, 2, where, sizeof where, &after), 4);
+  assert_non_null(strstr(where, "conv2_yo/DQ+conv2_again/Q"));
+  assert_int_equal(after, 6);
+  kiln_model *m = kt_load(path, 1, 2);
+  assert_int_equal(op_count(m, "QLinearConv"), 3);
+  assert_int_equal(op_count(m, "QuantizeLinear"), 1);
+  assert_int_equal(op_count(m, "DequantizeLinear"), 2);
+  kiln_model_free(m);
+  within_one_step("qdq_chain", "conv1_yo_dq");
+  diff_stats d = compare(path, steps, "conv3_yo_dq", 3);
+  fprintf(stderr, "  conv3 (end of chain): %5.1f%% equal, worst %.4f steps\n",
+          100.0 * d.equal / d.elements, d.worst_steps);
+  assert_true(d.worst_steps <= 2.0001);
+  assert_true(d.equal * 10 >= d.elements * 8);
+}
+
+/* Top-1 of a model on the 450 held-out digits. */
+static int digits_correct(const char *path, int level) {
+  kiln_model *m = kt_load(path, 2, level);
+  kiln_tensor x, y;
+  char dir[1024];
+  path_of(dir, sizeof dir, models_dir, "digits");
+  kt_read_npy(dir, "test_x.npy", &x);
+  kt_read_npy(dir, "test_y.npy", &y);
+  kiln_session *s = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  const char *names[] = {"input"};
+  assert_int_equal(kiln_session_run(s, names, &x, 1, &err), KILN_OK);
+  kiln_tensor out;
+  assert_int_equal(kiln_session_output(s, 0, &out), KILN_OK);
+  assert_int_equal(out.dims[0], 450);
+  assert_int_equal(out.dims[1], 10);
+  const float *l = out.data;
+  int correct = 0;
+  for (int r = 0; r < 450; r++) {
+    int best = 0;
+    for (int c = 1; c < 10; c++)
+      if (l[r * 10 + c] > l[r * 10 + best]) best = c;
+    correct += best == ((const int64_t *)y.data)[r];
+  }
+  kiln_session_free(s);
+  kiln_model_free(m);
+  kiln_tensor_release(&x);
+  kiln_tensor_release(&y);
+  return correct;
+}
+
+/* Static int8 digits (calibrated on tests/data/digits_calib): FP32 gets 443/450; the QDQ file
+   keeps 443 +- 2 read op by op (level 0) and with both convs (and their Relus) on QLinearConv
+   (level 2). The Gemms carry a bias C and stay float. */
+static void digits(void **s) {
+  (void)s;
+  char src[1024], calib[1024], q[1024];
+  path_of(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  path_of(calib, sizeof calib, tests_dir, "data/digits_calib");
+  snprintf(q, sizeof q, "%s/digits_int8.onnx", tmp_dir);
+  kiln_quant_opts o = kiln_quant_opts_default();
+  o.format = KILN_QUANT_INT8;
+  o.calib_dir = calib;
+  kiln_error err = {0};
+  kiln_status st = kiln_quantize_file_ex(src, q, &o, NULL, &err);
+  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
+  assert_int_equal(st, KILN_OK);
+  assert_int_equal(digits_correct(src, 0), 443);
+  int l0 = digits_correct(q, 0), l2 = digits_correct(q, 2);
+  fprintf(stderr, "  digits int8: %d/450 at level 0, %d/450 at level 2\n", l0, l2);
+  assert_true(abs(l0 - 443) <= 2);
+  assert_true(abs(l2 - 443) <= 2);
+  char where[4096];
+  size_t after;
+  assert_int_equal(qdq_matches(q, 2, where, sizeof where, &after), 2);
+  assert_non_null(strstr(where, "/c1/Conv+/Relu+"));
+  assert_non_null(strstr(where, "/c2/Conv+/Relu_1+"));
+  kiln_model *m = kt_load(q, 1, 2);
+  assert_int_equal(op_count(m, "QLinearConv"), 2);
+  assert_int_equal(op_count(m, "Conv"), 0);
+  kiln_model_free(m);
+  unlink(q);
+}
+
+/* Every allocation during a fused load failing in turn: a clean error, never a crash or a leak
+   (leaks are caught under KILN_SANITIZE). */
+static void alloc_failures(void **s) {
+  (void)s;
+  const char *files[] = {"models/qdq_wide.onnx", "models/qdq_chain.onnx"};
+  for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+    char path[1024];
+    path_of(path, sizeof path, tests_dir, files[f]);
+    bool loaded = false;
+    for (uint64_t n = 1; n < 100000 && !loaded; n++) {
+      kiln_model_opts o = kiln_model_opts_default();
+      kiln_model *m = NULL;
+      kiln_error err = {0};
+      kiln__alloc_fail_after(n);
+      kiln_status st = kiln_model_load(path, &o, &m, &err);
+      kiln__alloc_fail_after(0);
+      if (st == KILN_OK) {
+        loaded = true;
+        assert_int_equal(op_count(m, "QLinearConv") > 0, true);
+        kiln_model_free(m);
+      } else {
+        assert_null(m);
+        assert_true(err.message[0] != 0);
+      }
+    }
+    assert_true(loaded);
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: test_qdq MODELS_DIR TESTS_DIR\n");
+    return 2;
+  }
+  models_dir = argv[1];
+  tests_dir = argv[2];
+  snprintf(tmp_dir, sizeof tmp_dir, "/tmp/kiln_test_qdq_XXXXXX");
+  if (!mkdtemp(tmp_dir)) return 1;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(wide),
+      cmocka_unit_test(chain),
+      cmocka_unit_test(digits),
+      cmocka_unit_test(alloc_failures),
+  };
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  rmdir(tmp_dir);
+  return rc;
+}

@@ -1,0 +1,194 @@
+#!/usr/bin/python3
+"""Writes the QDQ models tests/test_qdq.c optimizes with fuse-qdq (tests/models/qdq_*.onnx), in
+the static int8 layout ONNX Runtime's quantizer writes. Run from anywhere:
+    /usr/bin/python3 tools/make_qdq_models.py
+Needs python3-numpy and python3-onnx (1.12). Deterministic (fixed seed).
+
+qdq_wide: one quantized input read by several ops, each ending in its own graph output, so every
+  fused op sees exactly the input the unfused graph sees (the test bounds each output by one step
+  of its output scale). Fused: conv_a (per-channel, int32 bias), conv_b (per-tensor weight, no
+  weight zero point, Relu dropped: y zero point 0), conv_c (Clip(0, 6) dropped: Q(6) is 255), conv_k (float bias), mm_d (N-D activation, per-column int8 output), gemm_e (transB=1,
+  per-channel), gemm_f (transB=0, per-tensor). Left float: conv_g (Relu before a zero point of
+  20), gemm_h (bias C), conv_i (bias scale not x_scale * w_scale), conv_j (output read twice),
+  conv_l (depthwise: grouped convs stay float).
+Each model's qdq_NAME.steps lists its outputs with their quantization steps (0: a float output).
+qdq_chain: Q -> conv1 + Relu -> conv2 -> DQ -> Q (same parameters) -> conv3: after fuse-qdq the
+  three QLinearConvs follow each other with no Q/DQ between; conv1's output is also a graph
+  output through its DequantizeLinear."""
+import os
+
+import numpy as np
+
+np.float, np.int, np.bool, np.object = float, int, bool, object  # onnx 1.12 on numpy >= 1.24
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "models")
+rng = np.random.default_rng(77)
+F = TensorProto.FLOAT
+inits, nodes = [], []
+
+
+def const(name, a):
+    inits.append(numpy_helper.from_array(np.asarray(a), name))
+    return name
+
+
+def node(op, ins, outs, name, **attrs):
+    nodes.append(helper.make_node(op, ins, outs, name=name, **attrs))
+    return outs[0]
+
+
+def qparams(lo, hi, dtype=np.uint8):
+    """Asymmetric parameters for [lo, hi] widened to hold 0 (as the calibrators do)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    qmin, qmax = (0, 255) if dtype == np.uint8 else (-128, 127)
+    s = np.float32((hi - lo) / (qmax - qmin))
+    z = int(np.clip(round(qmin - lo / s), qmin, qmax))
+    return s, np.array(z, dtype)
+
+
+def q(x, s, z, tag):
+    return node("QuantizeLinear", [x, const(tag + "_s", np.float32(s)), const(tag + "_z", z)],
+                [tag + "_q"], tag + "/Q")
+
+
+def dq(x, s, z, tag, axis=None):
+    ins = [x, const(tag + "_ds", s)] + ([const(tag + "_dz", z)] if z is not None else [])
+    kw = {"axis": axis} if axis is not None else {}
+    return node("DequantizeLinear", ins, [tag + "_dq"], tag + "/DQ", **kw)
+
+
+def weight(tag, shape, axis, per_channel=True, zp=True):
+    w = rng.uniform(-1, 1, size=shape).astype(np.float32)
+    if per_channel:
+        red = tuple(d for d in range(len(shape)) if d != axis)
+        s = (np.abs(w).max(axis=red) / 127).astype(np.float32)
+        bs = [1] * len(shape)
+        bs[axis] = shape[axis]
+        wq = np.clip(np.rint(w / s.reshape(bs)), -127, 127).astype(np.int8)
+        z = np.zeros(shape[axis], np.int8)
+    else:
+        s = np.float32(np.abs(w).max() / 127)
+        wq = np.clip(np.rint(w / s), -127, 127).astype(np.int8)
+        z = np.array(0, np.int8)
+    return dq(const(tag + "_wq", wq), s, z if zp else None, tag + "_w", axis if per_channel else None), s
+
+
+def bias(tag, xs, ws, n, scale_mul=1.0):
+    bs = (np.float32(xs) * np.asarray(ws, np.float32) * np.float32(scale_mul)).astype(np.float32)
+    bs = np.broadcast_to(bs, (n,)).copy()
+    bq = rng.integers(-2000, 2000, size=n).astype(np.int32)
+    return dq(const(tag + "_bq", bq), bs, None, tag + "_b", 0)
+
+
+steps = {}  # graph output -> its quantization step (the output scale), for the test
+
+
+def out_q(y, tag, lo, hi, dtype=np.uint8, s_z=None):
+    s, z = s_z if s_z else qparams(lo, hi, dtype)
+    yq = q(y, s, z, tag + "_y")
+    out = dq(yq, s, z, tag + "_yo")
+    steps[out] = s
+    return out, yq, (s, z)
+
+
+def save(name, inputs, outputs):
+    # the outputs' types and shapes from ONNX's own shape inference (on the graph without them)
+    probe = helper.make_model(helper.make_graph(nodes, name, inputs, [], inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    known = {v.name: v for v in onnx.shape_inference.infer_shapes(probe).graph.value_info}
+    outputs = [known[o] for o in outputs]
+    g = helper.make_graph(nodes, name, inputs, outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)],
+                          producer_name="kiln make_qdq_models.py")
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(OUT, f"qdq_{name}.onnx"))
+    with open(os.path.join(OUT, f"qdq_{name}.steps"), "w") as f:
+        for o in m.graph.output:  # "name step" per output, 0 for float outputs
+            f.write(f"{o.name} {float(steps.get(o.name, 0)):.9g}\n")
+    steps.clear()
+    nodes.clear()
+    inits.clear()
+
+
+def vi(name, shape):
+    return helper.make_tensor_value_info(name, F, shape)
+
+
+# ---- qdq_wide ------------------------------------------------------------------------------
+# The test's inputs are uniform in [-2, 2).
+xs, xz = qparams(-2.0, 2.0)
+xd = dq(q("x", xs, xz, "x"), xs, xz, "x")
+outs = []
+# conv_a: 3x3 pad 1, per-channel weights, int32 bias, uint8 output with a mid-range zero point.
+w, ws = weight("conv_a", (6, 4, 3, 3), 0)
+y = node("Conv", [xd, w, bias("conv_a", xs, ws, 6)], ["conv_a_y"], "conv_a", pads=[1, 1, 1, 1])
+outs.append(out_q(y, "conv_a", -12.0, 9.0)[0])
+# conv_b: 1x1 stride 2, per-tensor weight without a zero point, Relu then Q with zero point 0.
+w, _ = weight("conv_b", (8, 4, 1, 1), 0, per_channel=False, zp=False)
+y = node("Conv", [xd, w], ["conv_b_y"], "conv_b", strides=[2, 2])
+y = node("Relu", [y], ["conv_b_r"], "conv_b_relu")
+outs.append(out_q(y, "conv_b", 0.0, 5.0)[0])
+# conv_c: 3x3 with bias, Clip(0, 6), Q with scale 6/255: Q(6) = 255, Q(0) = 0.
+w, ws = weight("conv_c", (4, 4, 3, 3), 0)
+y = node("Conv", [xd, w, bias("conv_c", xs, ws, 4)], ["conv_c_y"], "conv_c", pads=[1, 1, 1, 1])
+y = node("Clip", [y, const("c_lo", np.float32(0)), const("c_hi", np.float32(6))], ["conv_c_r"],
+         "conv_c_clip")
+outs.append(out_q(y, "conv_c", 0.0, 6.0)[0])
+# conv_k: a float bias (quantized onto the accumulator grid by the pass).
+w, ws = weight("conv_k", (5, 4, 3, 3), 0)
+y = node("Conv", [xd, w, const("conv_k_bf", rng.uniform(-1, 1, 5).astype(np.float32))],
+         ["conv_k_y"], "conv_k")
+outs.append(out_q(y, "conv_k", -10.0, 10.0)[0])
+# mm_d: [1, 4, 9, 9] x [9, 5], per-column weights, int8 output.
+w, _ = weight("mm_d", (9, 5), 1)
+y = node("MatMul", [xd, w], ["mm_d_y"], "mm_d")
+outs.append(out_q(y, "mm_d", -4.0, 5.0, np.int8)[0])
+# The Gemms read a second input, quantized to int8.
+x2s, x2z = qparams(-2.0, 2.0, np.int8)
+x2d = dq(q("x2", x2s, x2z, "x2"), x2s, x2z, "x2")
+w, _ = weight("gemm_e", (7, 16), 0)
+y = node("Gemm", [x2d, w], ["gemm_e_y"], "gemm_e", transB=1)
+outs.append(out_q(y, "gemm_e", -8.0, 8.0)[0])
+w, _ = weight("gemm_f", (16, 7), 1, per_channel=False)
+y = node("Gemm", [x2d, w], ["gemm_f_y"], "gemm_f")
+outs.append(out_q(y, "gemm_f", -8.0, 8.0)[0])
+# Near misses.
+w, _ = weight("conv_g", (3, 4, 3, 3), 0)
+y = node("Relu", [node("Conv", [xd, w], ["conv_g_y"], "conv_g")], ["conv_g_r"], "conv_g_relu")
+outs.append(out_q(y, "conv_g", -1.0, 12.0)[0])  # zero point 20: Relu is not a no-op
+w, _ = weight("gemm_h", (7, 16), 0)
+y = node("Gemm", [x2d, w, const("gemm_h_c", rng.uniform(-1, 1, 7).astype(np.float32))],
+         ["gemm_h_y"], "gemm_h", transB=1)
+outs.append(out_q(y, "gemm_h", -8.0, 8.0)[0])
+w, ws = weight("conv_i", (3, 4, 3, 3), 0)
+y = node("Conv", [xd, w, bias("conv_i", xs, ws, 3, 1.001)], ["conv_i_y"], "conv_i")
+outs.append(out_q(y, "conv_i", -12.0, 12.0)[0])
+w, _ = weight("conv_j", (3, 4, 1, 1), 0)
+y = node("Conv", [xd, w], ["conv_j_y"], "conv_j")
+outs.append(out_q(y, "conv_j", -4.0, 4.0)[0])
+outs.append(node("Neg", [y], ["conv_j_neg"], "conv_j_neg"))  # the conv output's second reader
+# conv_l: depthwise (group 4): left float on purpose (no integer depthwise kernel yet).
+w, ws = weight("conv_l", (4, 1, 3, 3), 0)
+y = node("Conv", [xd, w, bias("conv_l", xs, ws, 4)], ["conv_l_y"], "conv_l", group=4)
+outs.append(out_q(y, "conv_l", -3.0, 3.0)[0])
+save("wide", [vi("x", [1, 4, 9, 9]), vi("x2", [3, 16])], outs)
+
+# ---- qdq_chain -----------------------------------------------------------------------------
+xs, xz = qparams(-2.0, 2.0)
+xd = dq(q("x", xs, xz, "x"), xs, xz, "x")
+w, ws = weight("conv1", (8, 3, 3, 3), 0)
+y = node("Conv", [xd, w, bias("conv1", xs, ws, 8)], ["conv1_y"], "conv1", pads=[1, 1, 1, 1])
+y = node("Relu", [y], ["conv1_r"], "conv1_relu")
+y1, _, (s1, z1) = out_q(y, "conv1", 0.0, 10.0)
+w, ws = weight("conv2", (8, 8, 3, 3), 0)
+y = node("Conv", [y1, w, bias("conv2", s1, ws, 8)], ["conv2_y"], "conv2", pads=[1, 1, 1, 1])
+y2, _, (s2, z2) = out_q(y, "conv2", -40.0, 40.0)
+# A second pair with the same parameters (a tool that quantizes every tensor it reads writes it).
+y2b = dq(q(y2, s2, z2, "conv2_again"), s2, z2, "conv2_again")
+w, ws = weight("conv3", (4, 8, 1, 1), 0)
+y = node("Conv", [y2b, w, bias("conv3", s2, ws, 4)], ["conv3_y"], "conv3")
+y3 = out_q(y, "conv3", -60.0, 60.0)[0]
+save("chain", [vi("x", [1, 3, 10, 10])], [y3, y1])
