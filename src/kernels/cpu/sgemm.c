@@ -80,8 +80,9 @@ kiln_status kiln__isa_select(kiln__isa *out, kiln_error *err) {
 static size_t round_up(size_t x, size_t r) { return (x + r - 1) / r * r; }
 
 /* Packs op(A)[i0:i0+mc, p0:p0+kc] as ceil(mc/mr) panels of kc x mr, zero-padded. */
-static void pack_a_block(size_t mr, bool trans, const float *a, size_t lda, size_t i0, size_t mc,
-                         size_t p0, size_t kc, float *restrict dst) {
+KILN__NO_LIBCALL_LOOPS static void pack_a_block(size_t mr, bool trans, const float *a,
+                                                size_t lda, size_t i0, size_t mc, size_t p0,
+                                                size_t kc, float *restrict dst) {
   for (size_t ip = 0; ip < mc; ip += mr) {
     size_t rows = KILN__MIN(mr, mc - ip);
     if (!trans) {
@@ -102,25 +103,30 @@ static void pack_a_block(size_t mr, bool trans, const float *a, size_t lda, size
 }
 
 /* Packs op(B)[p0:p0+kc, j0:j0+nc] as ceil(nc/nr) panels of kc x nr, zero-padded. */
-static void pack_b_block(size_t nr, bool trans, const float *b, size_t ldb, size_t p0, size_t kc,
-                         size_t j0, size_t nc, float *restrict dst) {
+KILN__NO_LIBCALL_LOOPS static void pack_b_block(size_t nr, bool trans, const float *b,
+                                                size_t ldb, size_t p0, size_t kc, size_t j0,
+                                                size_t nc, float *restrict dst) {
+  if (!trans) {
+    /* Row by row, so the source is read in order; the writes jump between panels in cache. */
+    for (size_t p = 0; p < kc; p++) {
+      const float *src = b + (p0 + p) * ldb + j0;
+      for (size_t jp = 0; jp < nc; jp += nr) {
+        size_t cols = KILN__MIN(nr, nc - jp);
+        float *d = dst + jp * kc + p * nr;
+        kiln__copy_floats(d, src + jp, cols);
+        kiln__zero_floats(d + cols, nr - cols);
+      }
+    }
+    return;
+  }
   for (size_t jp = 0; jp < nc; jp += nr) {
     size_t cols = KILN__MIN(nr, nc - jp);
-    if (!trans) {
-      for (size_t p = 0; p < kc; p++) {
-        const float *src = b + (p0 + p) * ldb + j0 + jp;
-        float *d = dst + p * nr;
-        for (size_t j = 0; j < cols; j++) d[j] = src[j];
-        for (size_t j = cols; j < nr; j++) d[j] = 0.0f;
-      }
-    } else {
-      for (size_t j = 0; j < cols; j++) {
-        const float *src = b + (j0 + jp + j) * ldb + p0;
-        for (size_t p = 0; p < kc; p++) dst[p * nr + j] = src[p];
-      }
-      for (size_t j = cols; j < nr; j++)
-        for (size_t p = 0; p < kc; p++) dst[p * nr + j] = 0.0f;
+    for (size_t j = 0; j < cols; j++) {
+      const float *src = b + (j0 + jp + j) * ldb + p0;
+      for (size_t p = 0; p < kc; p++) dst[p * nr + j] = src[p];
     }
+    for (size_t j = cols; j < nr; j++)
+      for (size_t p = 0; p < kc; p++) dst[p * nr + j] = 0.0f;
     dst += kc * nr;
   }
 }
@@ -235,6 +241,9 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
       const float *bp;
       if (g->pb) {
         bp = g->pb->data + p0 * npad + j0 * kc;
+      } else if (g->pack_b) {
+        g->pack_b(g->pack_b_ctx, im->nr, p0, kc, j0, nc, bbuf);
+        bp = bbuf;
       } else {
         pack_b_block(im->nr, g->trans_b, g->b, g->ldb, p0, kc, j0, nc, bbuf);
         bp = bbuf;
