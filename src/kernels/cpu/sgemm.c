@@ -308,11 +308,16 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
   const impl *im = &impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0];
   job jb = {.g = g, .im = im, .tiles_n = (g->n + im->nc - 1) / im->nc};
   /* A B slab packed per call is shared by every MC block of a tile's rows, so tiles take as many
-     rows as the threads leave them (all of them when serial); pre-packed B needs no sharing. */
+     rows as the threads leave them: all of them when serial or when the columns alone give each
+     thread 3 tiles; otherwise about 3 tiles per thread (enough for the dynamic claiming to even
+     out, while B is packed once per tile row, not once per MC block: with Conv's implicit im2col
+     the packing is the costly part of a small-n layer such as ResNet's 7x7 stage). Pre-packed B
+     needs no sharing. */
   size_t blocks_m = (g->m + im->mc - 1) / im->mc, rb = 1;
   if (!g->pb) {
-    size_t threads = pool ? (size_t)kiln__pool_threads(pool) : 1;
-    rb = threads <= 1 ? blocks_m : blocks_m * jb.tiles_n / (4 * threads);
+    size_t threads = pool ? (size_t)kiln__pool_threads(pool) : 1, want = 3 * threads;
+    if (threads <= 1 || jb.tiles_n >= want) rb = blocks_m;
+    else rb = (blocks_m * jb.tiles_n + want - 1) / want;
     rb = KILN__MAX((size_t)1, KILN__MIN(rb, blocks_m));
   }
   jb.tm = rb * im->mc;
