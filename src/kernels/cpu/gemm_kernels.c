@@ -473,6 +473,20 @@ typedef struct conv_pack_ctx {
   const float *x; /* the group's cg input planes */
 } conv_pack_ctx;
 
+/* d[t] = x[t * sw] for t < n: a strided conv's columns (stride 2 deinterleaved with SSE). */
+KILN__NO_LIBCALL_LOOPS static inline void gather_floats(float *restrict d, const float *x,
+                                                        int64_t sw, size_t n) {
+  size_t t = 0;
+#if defined(__SSE2__)
+  if (sw == 2) /* each step reads x[2t .. 2t+7]; the last needed is x[2n-2], so stop short */
+    for (; t + 5 <= n; t += 4) {
+      __m128 lo = _mm_loadu_ps(x + 2 * t), hi = _mm_loadu_ps(x + 2 * t + 4);
+      _mm_storeu_ps(d + t, _mm_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)));
+    }
+#endif
+  for (; t < n; t++) d[t] = x[(int64_t)t * sw];
+}
+
 /* Columns [t0, t1) of a panel row come from one output row: copy what lies inside the input row
    and zero the padding either side. */
 KILN__NO_LIBCALL_LOOPS static inline void pack_run(float *restrict d, const float *xrow, int64_t first, int64_t sw,
@@ -533,8 +547,9 @@ KILN__NO_LIBCALL_LOOPS static void conv_pack_b(const void *ctx, size_t nr, size_
       size_t len = run[r].len;
       float *dr = d + run[r].doff;
       if (iy < 0 || iy >= h) kiln__zero_floats(dr, len);
-      else if (sw == 1 && first >= 0 && first + (int64_t)len <= w)
-        kiln__copy_floats(dr, xp + iy * w + first, len);
+      else if (first >= 0 && first + ((int64_t)len - 1) * sw < w) /* inside the row */
+        sw == 1 ? kiln__copy_floats(dr, xp + iy * w + first, len)
+                : gather_floats(dr, xp + iy * w + first, sw, len);
       else pack_run(dr, xp + iy * w, first, sw, w, len);
     }
     if (tail) kiln__zero_floats(last + p * nr, tail);
