@@ -99,13 +99,15 @@ TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
     a += MR;
     b += NR;
   }
-  if (mr == MR && nr == NR) {
+  if (nr == NR) {
+    /* Full-width rows store from registers, also in the last row tile of an m that is not a
+       multiple of 6 (every power of two: most layers' channel counts). */
     store_row(c, 0, c00, c01, s);
-    store_row(c + ldc, 1, c10, c11, s);
-    store_row(c + 2 * ldc, 2, c20, c21, s);
-    store_row(c + 3 * ldc, 3, c30, c31, s);
-    store_row(c + 4 * ldc, 4, c40, c41, s);
-    store_row(c + 5 * ldc, 5, c50, c51, s);
+    if (mr > 1) store_row(c + ldc, 1, c10, c11, s);
+    if (mr > 2) store_row(c + 2 * ldc, 2, c20, c21, s);
+    if (mr > 3) store_row(c + 3 * ldc, 3, c30, c31, s);
+    if (mr > 4) store_row(c + 4 * ldc, 4, c40, c41, s);
+    if (mr > 5) store_row(c + 5 * ldc, 5, c50, c51, s);
     return;
   }
   _Alignas(32) float t[MR * NR];
