@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Kiln against ONNX Runtime, side by side: for each benchmark model at 1 and 2 threads, runs
 # `kiln bench` and ORT's ortbench.js alternately (ROUNDS times each, interleaved, so machine noise
-# hits both), prints p50 and p99 of each and the ratio Kiln/ORT at p50, then the GEMM efficiency
-# lines (bench_gemm.c). Not part of ctest.
+# hits both), prints min, p50 and p99 of each and the ratios Kiln/ORT at p50 and at min, then the
+# GEMM efficiency lines (bench_gemm.c), with the load average before and after (the machine may be
+# shared: say so with the numbers). Not part of ctest.
 #
 # usage: bench/run.sh [BUILD_DIR]      (default build; needs BUILD_DIR/kiln and libkiln.a)
 # env:   MODELS_DIR (~/.cache/kiln-models)  ORT_DIR (~/.cache/kiln-ort)  RUNS (30)  WARMUP (5)
@@ -39,32 +40,40 @@ ort_inputs() {
 
 pct() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p"; }
 
-printf '%-14s %3s  %10s %10s  %10s %10s  %9s\n' model thr kiln_p50 kiln_p99 ort_p50 ort_p99 kiln/ort
+echo "bench: $(date -u +%FT%TZ) load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
+printf '%-14s %3s  %10s %10s %10s  %10s %10s %10s  %9s %9s\n' model thr kiln_min kiln_p50 kiln_p99 \
+  ort_min ort_p50 ort_p99 p50_ratio min_ratio
 for m in $models; do
   f=$models_dir/${m}_opset17.onnx
   [ -f "$f" ] || f=$models_dir/${m}_opset13.onnx
   if [ ! -f "$f" ]; then printf '%-14s missing (%s)\n' "$m" "$models_dir"; continue; fi
   for t in $threads_list; do
-    kp50=() kp99=() op50=() op99=()
+    kmin=() kp50=() kp99=() omin=() op50=() op99=()
     for ((r = 0; r < rounds; r++)); do
       ko=$("$kiln" bench "$f" --threads "$t" --runs "$runs" --warmup "$warmup" 2>&1)
+      kmin+=("$(echo "$ko" | sed -n 's/.*min \([0-9.]*\).*/\1/p')")
       kp50+=("$(echo "$ko" | sed -n 's/.*p50 \([0-9.]*\).*/\1/p')")
       kp99+=("$(echo "$ko" | sed -n 's/.*p99 \([0-9.]*\).*/\1/p')")
       # shellcheck disable=SC2046
       oo=$(node "$ort_dir/ortbench.js" "$f" --threads "$t" --opt all --warmup "$warmup" \
              --runs "$runs" --min-time 0 --max-time 20 $(ort_inputs "$m") 2>&1)
+      omin+=("$(echo "$oo" | sed -n 's/.* min=\([0-9.]*\).*/\1/p' | head -1)")
       op50+=("$(echo "$oo" | sed -n 's/.* p50=\([0-9.]*\).*/\1/p' | head -1)")
       op99+=("$(echo "$oo" | sed -n 's/.* p99=\([0-9.]*\).*/\1/p' | head -1)")
     done
-    # The median over rounds of each statistic.
+    # The median over rounds of p50 and p99, the minimum over rounds of min (the figure least
+    # disturbed by other load on a shared machine).
     med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "")}'; }
+    low() { printf '%s\n' "$@" | sort -g | head -1; }
     k50=$(med "${kp50[@]}") k99=$(med "${kp99[@]}") o50=$(med "${op50[@]}") o99=$(med "${op99[@]}")
+    kmn=$(low "${kmin[@]}") omn=$(low "${omin[@]}")
     if [ -z "$k50" ] || [ -z "$o50" ]; then
       printf '%-14s %3s  failed: kiln [%s] ort [%s]\n' "$m" "$t" "$(echo "$ko" | tail -1)" "$(echo "$oo" | tail -1)"
       continue
     fi
-    printf '%-14s %3s  %10s %10s  %10s %10s  %9s\n' "$m" "$t" "$k50" "$k99" "$o50" "$o99" \
-      "$(awk -v a="$k50" -v b="$o50" 'BEGIN {printf "%.2f", a / b}')"
+    printf '%-14s %3s  %10s %10s %10s  %10s %10s %10s  %9s %9s\n' "$m" "$t" "$kmn" "$k50" "$k99" \
+      "$omn" "$o50" "$o99" "$(awk -v a="$k50" -v b="$o50" 'BEGIN {printf "%.2f", a / b}')" \
+      "$(awk -v a="$kmn" -v b="$omn" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')"
   done
 done
 
@@ -76,3 +85,4 @@ if cc -std=c11 -D_POSIX_C_SOURCE=200809L -O2 ${GEMM_CFLAGS:-} -I"$root/include" 
 else
   echo "bench: bench_gemm did not build"
 fi
+echo "bench: load average after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"

@@ -11,6 +11,7 @@
  *     dispatched to "cpu";
  *   - KILN_ISA: unknown names and ISAs the CPU lacks are errors. */
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -40,6 +42,105 @@ static void fill(float *p, size_t n) {
 }
 
 static void force_isa(kiln__isa isa) { setenv("KILN_ISA", kiln__isa_name(isa), 1); }
+
+/* ---- the thread pool ------------------------------------------------------------------------- */
+
+typedef struct count_job {
+  kiln__pool *pool;
+  unsigned *hits; /* one counter per index */
+  size_t n;
+  bool nest;      /* each range also runs a nested parallel_for, which must run inline */
+  unsigned *inner;
+} count_job;
+
+static void inner_range(void *arg, size_t b, size_t e) {
+  unsigned *c = arg;
+  for (size_t i = b; i < e; i++) __atomic_fetch_add(&c[i], 1u, __ATOMIC_RELAXED);
+}
+
+static void count_range(void *arg, size_t b, size_t e) {
+  count_job *j = arg;
+  for (size_t i = b; i < e; i++) __atomic_fetch_add(&j->hits[i], 1u, __ATOMIC_RELAXED);
+  if (j->nest) kiln__parallel_for(j->pool, 3, inner_range, j->inner + 3 * b);
+}
+
+/* Every index of every job runs exactly once, for job sizes around the chunking boundaries,
+   back to back (workers spinning) and after pauses long enough for them to sleep. */
+static void pool_runs_each_index_once(void **st) {
+  (void)st;
+  for (int threads = 2; threads <= 3; threads++) {
+    kiln__pool *pool = NULL;
+    kiln_error err = {0};
+    assert_int_equal(kiln__pool_create(threads, &pool, &err), KILN_OK);
+    assert_int_equal(kiln__pool_threads(pool), threads);
+    enum { NMAX = 5000 };
+    unsigned *hits = calloc(NMAX, sizeof *hits), *inner = calloc(3 * NMAX, sizeof *inner);
+    for (int it = 0; it < 3000; it++) {
+      count_job j = {pool, hits, 1 + (size_t)(it * 7919) % (it % 3 ? 40 : NMAX), it % 7 == 0,
+                     inner};
+      kiln__parallel_for(pool, j.n, count_range, &j);
+      for (size_t i = 0; i < j.n; i++) {
+        if (hits[i] != 1) fail_msg("job %d (n=%zu): index %zu ran %u times", it, j.n, i, hits[i]);
+        hits[i] = 0;
+      }
+      if (j.nest) {
+        /* A range starting at b ran a complete nested job over inner[3b .. 3b+2] (the pool was
+           busy, so inline); the first range starts at 0. */
+        assert_true(inner[0] == 1 && inner[1] == 1 && inner[2] == 1);
+        for (size_t i = 0; i < j.n; i++) {
+          assert_true(inner[3 * i] <= 1);
+          assert_true(inner[3 * i + 1] == inner[3 * i] && inner[3 * i + 2] == inner[3 * i]);
+          inner[3 * i] = inner[3 * i + 1] = inner[3 * i + 2] = 0;
+        }
+      }
+      if (it % 500 == 0) {
+        struct timespec ts = {0, 200000}; /* 200 us: the workers go to sleep */
+        nanosleep(&ts, NULL);
+      }
+    }
+    free(hits), free(inner);
+    kiln__pool_free(pool);
+  }
+}
+
+typedef struct caller_arg {
+  kiln__pool *pool;
+  unsigned *hits;
+  int bad;
+} caller_arg;
+
+static void *caller_main(void *arg) {
+  caller_arg *a = arg;
+  for (int it = 0; it < 2000; it++) {
+    size_t n = 1 + (size_t)it % 300;
+    count_job j = {a->pool, a->hits, n, false, NULL};
+    kiln__parallel_for(a->pool, n, count_range, &j);
+    for (size_t i = 0; i < n; i++) {
+      if (a->hits[i] != 1) a->bad++;
+      a->hits[i] = 0;
+    }
+  }
+  return NULL;
+}
+
+/* Two threads sharing one pool: one of them runs inline while the other's job is on the pool;
+   neither loses nor repeats an index. */
+static void pool_tolerates_concurrent_callers(void **st) {
+  (void)st;
+  kiln__pool *pool = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
+  caller_arg a[2] = {{pool, calloc(300, sizeof(unsigned)), 0},
+                     {pool, calloc(300, sizeof(unsigned)), 0}};
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, caller_main, &a[1]), 0);
+  caller_main(&a[0]);
+  pthread_join(t, NULL);
+  assert_int_equal(a[0].bad, 0);
+  assert_int_equal(a[1].bad, 0);
+  free(a[0].hits), free(a[1].hits);
+  kiln__pool_free(pool);
+}
 
 /* ---- SGEMM against doubles ------------------------------------------------------------------- */
 
@@ -407,7 +508,14 @@ static void conv_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 5, 8, 9, 7, 3, 3, 1, 1, 1, 0, "VALID", 1},
       {1, 1, 8, 8, 16, 3, 3, 1, 1, 1, 1, NULL, 1},    /* one input channel (digits) */
       {1, 64, 14, 14, 70, 1, 1, 1, 2, 1, 0, NULL, 1}, /* strided 1x1 (downsample) */
-      {1, 40, 60, 60, 20, 3, 3, 1, 1, 1, 1, NULL, 1}, /* two im2col column chunks */
+      {1, 40, 60, 60, 20, 3, 3, 1, 1, 1, 1, NULL, 1}, /* k across KC blocks, mid-kernel starts */
+      {1, 8, 70, 70, 8, 3, 3, 1, 2, 1, 1, NULL, 1},   /* stride 2, interior runs of 16 (SSE
+                                                         gather) up to the tensor's last float */
+      {1, 3, 71, 69, 9, 7, 7, 1, 2, 1, 3, NULL, 1},   /* odd stem: border runs at stride 2 */
+      {1, 4, 6, 1, 6, 3, 3, 1, 1, 1, 1, NULL, 1},     /* one column: a run per output position */
+      {1, 2, 9, 40, 7, 3, 3, 1, 3, 1, 2, NULL, 0},    /* stride 3 */
+      {1, 6, 7, 7, 13, 3, 3, 1, 1, 1, 1, NULL, 1},    /* 7x7: 49 columns, a 1-column panel */
+      {2, 3, 33, 33, 5, 3, 3, 1, 1, 2, 0, NULL, 1},   /* dilation 2, no padding, batch 2 */
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     int n_in = cases[i].bias ? 3 : 2;
@@ -644,6 +752,8 @@ int main(int argc, char **argv) {
   tests_dir = argv[2];
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(isa_override_is_checked),
+      cmocka_unit_test(pool_runs_each_index_once),
+      cmocka_unit_test(pool_tolerates_concurrent_callers),
       cmocka_unit_test(sgemm_matches_double_reference),
       cmocka_unit_test(matmul_matches_reference),
       cmocka_unit_test(gemm_matches_reference),

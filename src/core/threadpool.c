@@ -1,16 +1,25 @@
 /* The intra-op thread pool.
  *
- * A job is published by bumping `generation` (release); workers that see the new value (acquire)
- * read the job fields, claim chunks, and report with `pending` (release), which the caller waits
- * on (acquire) before it writes the next job. Every worker joins every job, so a worker can never
- * read the fields of a job that is being rewritten.
+ * A job is a number of chunks. Its state lives in one 64-bit `ticket`: the job's generation (high
+ * 32 bits), its chunk count (16 bits) and the next unclaimed chunk (low 16 bits). The caller writes
+ * the job fields (fn, arg, total, chunk_size) and then publishes the job by storing a new ticket
+ * (release). Anyone claims a chunk with a compare-and-swap that bumps `next` in the ticket it read
+ * (acquire): success means the chunk belongs to that job, and since the caller cannot return
+ * before every chunk is done, the job fields stay valid while the claimer reads them and runs the
+ * chunk. A worker that wakes late finds the ticket used up or replaced by a newer job, and its CAS
+ * fails harmlessly: nothing waits for it.
  *
- * Between jobs a worker spins on `generation` for SPIN_NS with a pause instruction, then sleeps on
- * the condition variable: the back-to-back parallel_for calls of one inference (one per node) find
- * their workers awake and pay no futex wake, and an idle pool burns no core after ~50 us. The
- * caller does not spin: it sleeps on `done` as soon as its own chunks are done, which leaves the
- * core to a worker the scheduler had set aside (on the shared 2-core test machine a spinning
- * caller made digits_cnn at 2 threads about 2x slower than a sleeping one). */
+ * That is the point of this design on a loaded machine: the caller waits only for chunks that were
+ * claimed, never for a worker that was not scheduled in time. (The previous pool made every worker
+ * join every job, so a parallel_for whose worker had been descheduled waited for a time slice,
+ * milliseconds, even when the caller had run every chunk itself; 2 threads were then slower than
+ * 1 on a shared 2-core machine.)
+ *
+ * Between jobs a worker spins on the ticket for SPIN_NS with a pause instruction, then sleeps on a
+ * condition variable, so the back-to-back parallel_for calls of one inference find it awake and
+ * an idle pool burns no core after ~50 us. The caller does not spin: once no chunk is left to
+ * claim it sleeps until the claimed ones are done, which leaves the core to the worker still
+ * running one. */
 #include "core/threadpool.h"
 
 #include <pthread.h>
@@ -22,25 +31,29 @@
 #define SPIN_NS 50000
 /* Pauses between clock reads while spinning. */
 #define SPIN_CHECK 32
+/* Chunks per job are capped so they fit the ticket's 16-bit fields. */
+#define CHUNKS_MAX 4096u
 
 struct kiln__pool {
   int n;                 /* total threads including the caller */
   pthread_t *workers;
   pthread_mutex_t mu;
   pthread_cond_t wake, done;
-  atomic_uint_fast64_t generation; /* bumped for every job */
+  atomic_uint_fast64_t ticket; /* generation << 32 | chunks << 16 | next */
   atomic_bool stop;
   int sleepers;          /* workers blocked on `wake` (under mu) */
   bool caller_waits;     /* the caller is blocked on `done` (under mu) */
-  /* the current job: written by the caller before `generation` is bumped */
+  /* the current job: written by the caller before the ticket that publishes it */
   kiln__range_fn fn;
   void *arg;
-  size_t total;
-  size_t chunks, chunk_size;
-  atomic_size_t next;    /* next chunk index to claim */
-  atomic_int pending;    /* workers still in the current job */
+  size_t total, chunk_size;
+  atomic_size_t left;    /* chunks not yet finished */
   atomic_bool busy;      /* a job is running: a nested or concurrent parallel_for runs inline */
 };
+
+static inline uint64_t t_gen(uint64_t t) { return t >> 32; }
+static inline uint64_t t_chunks(uint64_t t) { return t >> 16 & 0xffffu; }
+static inline uint64_t t_next(uint64_t t) { return t & 0xffffu; }
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -56,26 +69,37 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Polls for a new job (or stop) for up to SPIN_NS; false when the time ran out. */
+/* Claims and runs chunks of whatever job is current until none is left. */
+static void run_chunks(kiln__pool *p) {
+  uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
+  for (;;) {
+    if (t_next(t) >= t_chunks(t)) return;
+    if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1, memory_order_acquire,
+                                               memory_order_acquire))
+      continue; /* t now holds the current ticket */
+    size_t b = (size_t)t_next(t) * p->chunk_size, e = KILN__MIN(p->total, b + p->chunk_size);
+    p->fn(p->arg, b, e);
+    if (atomic_fetch_sub_explicit(&p->left, 1, memory_order_acq_rel) == 1) {
+      /* The last chunk done wakes the caller if it went to sleep. */
+      pthread_mutex_lock(&p->mu);
+      if (p->caller_waits) pthread_cond_signal(&p->done);
+      pthread_mutex_unlock(&p->mu);
+    }
+    t = atomic_load_explicit(&p->ticket, memory_order_acquire);
+  }
+}
+
+/* Polls for a job newer than `seen` (or stop) for up to SPIN_NS; false when the time ran out. */
 static bool spin_gen(kiln__pool *p, uint64_t seen) {
   uint64_t start = now_ns();
   for (;;) {
     for (int i = 0; i < SPIN_CHECK; i++) {
-      if (atomic_load_explicit(&p->generation, memory_order_acquire) != seen ||
+      if (t_gen(atomic_load_explicit(&p->ticket, memory_order_relaxed)) != seen ||
           atomic_load_explicit(&p->stop, memory_order_relaxed))
         return true;
       cpu_relax();
     }
     if (now_ns() - start > SPIN_NS) return false;
-  }
-}
-
-static void run_chunks(kiln__pool *p) {
-  for (;;) {
-    size_t c = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-    if (c >= p->chunks) return;
-    size_t b = c * p->chunk_size, e = KILN__MIN(p->total, b + p->chunk_size);
-    p->fn(p->arg, b, e);
   }
 }
 
@@ -86,20 +110,14 @@ static void *worker_main(void *arg) {
     if (!spin_gen(p, seen)) {
       pthread_mutex_lock(&p->mu);
       p->sleepers++;
-      while (!atomic_load(&p->stop) && atomic_load(&p->generation) == seen)
+      while (!atomic_load(&p->stop) && t_gen(atomic_load(&p->ticket)) == seen)
         pthread_cond_wait(&p->wake, &p->mu);
       p->sleepers--;
       pthread_mutex_unlock(&p->mu);
     }
     if (atomic_load(&p->stop)) break;
-    seen = atomic_load_explicit(&p->generation, memory_order_acquire);
+    seen = t_gen(atomic_load_explicit(&p->ticket, memory_order_acquire));
     run_chunks(p);
-    if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
-      /* The last worker out wakes the caller if it went to sleep. */
-      pthread_mutex_lock(&p->mu);
-      if (p->caller_waits) pthread_cond_signal(&p->done);
-      pthread_mutex_unlock(&p->mu);
-    }
   }
   return NULL;
 }
@@ -117,10 +135,9 @@ kiln_status kiln__pool_create(int threads, kiln__pool **out, kiln_error *err) {
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->wake, NULL);
   pthread_cond_init(&p->done, NULL);
-  atomic_init(&p->generation, 0);
+  atomic_init(&p->ticket, 0);
   atomic_init(&p->stop, false);
-  atomic_init(&p->next, 0);
-  atomic_init(&p->pending, 0);
+  atomic_init(&p->left, 0);
   atomic_init(&p->busy, false);
   p->n = 1;
   for (int i = 1; i < threads; i++) {
@@ -156,24 +173,26 @@ void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
   }
   /* A few chunks per thread balance uneven work without much claiming traffic. */
   size_t chunks = KILN__MIN(n, (size_t)p->n * 4);
+  chunks = KILN__MIN(chunks, (size_t)CHUNKS_MAX);
   p->fn = fn;
   p->arg = arg;
   p->total = n;
   p->chunk_size = (n + chunks - 1) / chunks;
-  p->chunks = (n + p->chunk_size - 1) / p->chunk_size;
-  atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-  atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
-  /* A worker checks `generation` under mu before it sleeps, so taking mu here either finds it
+  chunks = (n + p->chunk_size - 1) / p->chunk_size;
+  atomic_store_explicit(&p->left, chunks, memory_order_relaxed);
+  uint64_t gen = t_gen(atomic_load_explicit(&p->ticket, memory_order_relaxed)) + 1;
+  atomic_store_explicit(&p->ticket, (gen & 0xffffffffu) << 32 | (uint64_t)chunks << 16,
+                        memory_order_release);
+  /* A worker checks the ticket under mu before it sleeps, so taking mu here either finds it
      asleep (and wakes it) or lets it see the new job. Spinning workers need no wake. */
   pthread_mutex_lock(&p->mu);
   if (p->sleepers > 0) pthread_cond_broadcast(&p->wake);
   pthread_mutex_unlock(&p->mu);
   run_chunks(p);
-  if (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
+  if (atomic_load_explicit(&p->left, memory_order_acquire) > 0) {
     pthread_mutex_lock(&p->mu);
     p->caller_waits = true;
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
+    while (atomic_load_explicit(&p->left, memory_order_acquire) > 0)
       pthread_cond_wait(&p->done, &p->mu);
     p->caller_waits = false;
     pthread_mutex_unlock(&p->mu);

@@ -15,4 +15,12 @@ kiln_status kiln__pool_create(int threads, kiln__pool **out, kiln_error *err);
 void kiln__pool_free(kiln__pool *p);
 int kiln__pool_threads(const kiln__pool *p);
 
+/* `p`, or NULL (run inline) when a job has less than KILN__PAR_MIN_WORK units of work (element
+   visits or multiply-adds, ~10 us on one core): a hand-off to the workers costs a few
+   microseconds and a wake-up much more, so tiny nodes (digits_cnn's) run faster on one thread. */
+#define KILN__PAR_MIN_WORK 32768.0
+static inline kiln__pool *kiln__pool_for(kiln__pool *p, double work) {
+  return work < KILN__PAR_MIN_WORK ? NULL : p;
+}
+
 #endif

@@ -3,6 +3,7 @@
 #include "kernels/cpu/conv_dw.h"
 
 #include "ir/op.h"
+#include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -273,7 +274,10 @@ bool kiln__dw_conv_run(kiln__kctx *c, const kiln__dw_conv *d, const float *z,
   j.g.pl = (size_t)pl;
   if (!kiln__dwconv_fits(&j.g)) return false;
   size_t planes = (size_t)x->dims[0] * d->c;
-  if (planes && j.g.oh && j.g.ow) kiln__parallel_for(c->pool, planes, dw_planes, &j);
+  if (planes && j.g.oh && j.g.ow)
+    kiln__parallel_for(
+        kiln__pool_for(c->pool, (double)planes * j.g.oh * j.g.ow * j.g.kh * j.g.kw), planes,
+        dw_planes, &j);
   return true;
 }
 

@@ -8,6 +8,7 @@
  * Indices, dilation, wide rows) runs the reference kernel. */
 #include <math.h>
 
+#include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/sgemm.h"
 
@@ -179,7 +180,9 @@ static kiln_status mp_execute(kiln__kctx *c, void *state) {
   j.len = KILN__MAX(j.sw * ((j.ow + 7) / 8 * 8) + j.kw + 16, (size_t)j.pl + j.w + 8);
   if (j.len > ROWBUF) return c->node->op->run(c);
   size_t planes = (size_t)x->dims[0] * (size_t)x->dims[1];
-  if (planes && j.oh && j.ow) kiln__parallel_for(c->pool, planes, mp_planes, &j);
+  if (planes && j.oh && j.ow)
+    kiln__parallel_for(kiln__pool_for(c->pool, (double)planes * j.oh * j.ow * j.kh * j.kw),
+                       planes, mp_planes, &j);
   return KILN_OK;
 }
 
@@ -219,7 +222,8 @@ static kiln_status gap_execute(kiln__kctx *c, void *state) {
   for (int i = 2; i < x->rank; i++) j.plane *= (size_t)x->dims[i];
   size_t planes = (size_t)x->dims[0] * (size_t)x->dims[1];
   if (j.plane == 0) return c->node->op->run(c); /* mean of nothing: the reference's NaN */
-  if (planes) kiln__parallel_for(c->pool, planes, gap_planes, &j);
+  if (planes)
+    kiln__parallel_for(kiln__pool_for(c->pool, (double)planes * j.plane), planes, gap_planes, &j);
   return KILN_OK;
 }
 

@@ -15,6 +15,8 @@
 #define KC 256
 #define MC_MAX 72
 #define NC_MAX 128
+/* Widest tile over a pre-packed B: 72 x 1024 floats of C is 288 KiB. */
+#define TN_MAX 1024
 
 typedef struct impl {
   size_t mr, nr, mc, nc;
@@ -83,8 +85,9 @@ kiln_status kiln__isa_select(kiln__isa *out, kiln_error *err) {
 static size_t round_up(size_t x, size_t r) { return (x + r - 1) / r * r; }
 
 /* Packs op(A)[i0:i0+mc, p0:p0+kc] as ceil(mc/mr) panels of kc x mr, zero-padded. */
-static void pack_a_block(size_t mr, bool trans, const float *a, size_t lda, size_t i0, size_t mc,
-                         size_t p0, size_t kc, float *restrict dst) {
+KILN__NO_LIBCALL_LOOPS static void pack_a_block(size_t mr, bool trans, const float *a,
+                                                size_t lda, size_t i0, size_t mc, size_t p0,
+                                                size_t kc, float *restrict dst) {
   for (size_t ip = 0; ip < mc; ip += mr) {
     size_t rows = KILN__MIN(mr, mc - ip);
     if (!trans) {
@@ -105,25 +108,30 @@ static void pack_a_block(size_t mr, bool trans, const float *a, size_t lda, size
 }
 
 /* Packs op(B)[p0:p0+kc, j0:j0+nc] as ceil(nc/nr) panels of kc x nr, zero-padded. */
-static void pack_b_block(size_t nr, bool trans, const float *b, size_t ldb, size_t p0, size_t kc,
-                         size_t j0, size_t nc, float *restrict dst) {
+KILN__NO_LIBCALL_LOOPS static void pack_b_block(size_t nr, bool trans, const float *b,
+                                                size_t ldb, size_t p0, size_t kc, size_t j0,
+                                                size_t nc, float *restrict dst) {
+  if (!trans) {
+    /* Row by row, so the source is read in order; the writes jump between panels in cache. */
+    for (size_t p = 0; p < kc; p++) {
+      const float *src = b + (p0 + p) * ldb + j0;
+      for (size_t jp = 0; jp < nc; jp += nr) {
+        size_t cols = KILN__MIN(nr, nc - jp);
+        float *d = dst + jp * kc + p * nr;
+        kiln__copy_floats(d, src + jp, cols);
+        kiln__zero_floats(d + cols, nr - cols);
+      }
+    }
+    return;
+  }
   for (size_t jp = 0; jp < nc; jp += nr) {
     size_t cols = KILN__MIN(nr, nc - jp);
-    if (!trans) {
-      for (size_t p = 0; p < kc; p++) {
-        const float *src = b + (p0 + p) * ldb + j0 + jp;
-        float *d = dst + p * nr;
-        for (size_t j = 0; j < cols; j++) d[j] = src[j];
-        for (size_t j = cols; j < nr; j++) d[j] = 0.0f;
-      }
-    } else {
-      for (size_t j = 0; j < cols; j++) {
-        const float *src = b + (j0 + jp + j) * ldb + p0;
-        for (size_t p = 0; p < kc; p++) dst[p * nr + j] = src[p];
-      }
-      for (size_t j = cols; j < nr; j++)
-        for (size_t p = 0; p < kc; p++) dst[p * nr + j] = 0.0f;
+    for (size_t j = 0; j < cols; j++) {
+      const float *src = b + (j0 + jp + j) * ldb + p0;
+      for (size_t p = 0; p < kc; p++) dst[p * nr + j] = src[p];
     }
+    for (size_t j = cols; j < nr; j++)
+      for (size_t p = 0; p < kc; p++) dst[p * nr + j] = 0.0f;
     dst += kc * nr;
   }
 }
@@ -221,6 +229,7 @@ typedef struct job {
   const impl *im;
   size_t tiles_n;
   size_t tm; /* rows per tile: a multiple of mc */
+  size_t tn; /* columns per tile: nc, or with pre-packed B any multiple of nr */
 } job;
 
 static void tiles_range(void *arg, size_t begin, size_t end) {
@@ -231,13 +240,16 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
   _Alignas(64) float bbuf[KC * NC_MAX];
   size_t mpad = round_up(g->m, im->mr), npad = round_up(g->n, im->nr);
   for (size_t t = begin; t < end; t++) {
-    size_t i0 = (t / jb->tiles_n) * jb->tm, j0 = (t % jb->tiles_n) * im->nc;
-    size_t i_end = KILN__MIN(g->m, i0 + jb->tm), nc = KILN__MIN(im->nc, g->n - j0);
+    size_t i0 = (t / jb->tiles_n) * jb->tm, j0 = (t % jb->tiles_n) * jb->tn;
+    size_t i_end = KILN__MIN(g->m, i0 + jb->tm), nc = KILN__MIN(jb->tn, g->n - j0);
     for (size_t p0 = 0; p0 < g->k; p0 += KC) {
       size_t kc = KILN__MIN((size_t)KC, g->k - p0);
       const float *bp;
       if (g->pb) {
         bp = g->pb->data + p0 * npad + j0 * kc;
+      } else if (g->pack_b) {
+        g->pack_b(g->pack_b_ctx, im->nr, p0, kc, j0, nc, bbuf);
+        bp = bbuf;
       } else {
         pack_b_block(im->nr, g->trans_b, g->b, g->ldb, p0, kc, j0, nc, bbuf);
         bp = bbuf;
@@ -300,13 +312,27 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
   if (g->pa) isa = g->pa->isa;
   else if (g->pb) isa = g->pb->isa;
   const impl *im = &impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0];
-  job jb = {.g = g, .im = im, .tiles_n = (g->n + im->nc - 1) / im->nc};
-  /* A B slab packed per call is shared by every MC block of a tile's rows, so tiles take as many
-     rows as the threads leave them (all of them when serial); pre-packed B needs no sharing. */
+  job jb = {.g = g, .im = im, .tn = im->nc};
+  size_t threads = pool ? (size_t)kiln__pool_threads(pool) : 1, want = 3 * threads;
   size_t blocks_m = (g->m + im->mc - 1) / im->mc, rb = 1;
+  if (g->pb) {
+    /* Pre-packed B costs nothing to walk, so a tile spans as many columns as the threads leave
+       it (all of n when serial): its A block is then packed once per tile instead of once per
+       128 columns (8 times over for 1024^3), and B's panels stream through it. */
+    size_t ct = threads <= 1 || blocks_m >= want ? 1 : (want + blocks_m - 1) / blocks_m;
+    jb.tn = round_up((g->n + ct - 1) / ct, im->nr);
+    /* ... up to TN_MAX, so the tile of C that each k block reads back stays in L2. */
+    if (jb.tn > TN_MAX) jb.tn = TN_MAX;
+  }
+  jb.tiles_n = (g->n + jb.tn - 1) / jb.tn;
+  /* A B slab packed per call is shared by every MC block of a tile's rows, so tiles take as many
+     rows as the threads leave them: all of them when serial or when the columns alone give each
+     thread 3 tiles; otherwise about 3 tiles per thread (enough for the dynamic claiming to even
+     out, while B is packed once per tile row, not once per MC block: with Conv's implicit im2col
+     the packing is the costly part of a small-n layer such as ResNet's 7x7 stage). */
   if (!g->pb) {
-    size_t threads = pool ? (size_t)kiln__pool_threads(pool) : 1;
-    rb = threads <= 1 ? blocks_m : blocks_m * jb.tiles_n / (4 * threads);
+    if (threads <= 1 || jb.tiles_n >= want) rb = blocks_m;
+    else rb = (blocks_m * jb.tiles_n + want - 1) / want;
     rb = KILN__MAX((size_t)1, KILN__MIN(rb, blocks_m));
   }
   jb.tm = rb * im->mc;

@@ -52,9 +52,36 @@ store_row(float *restrict c, size_t r, __m256 v0, __m256 v1, const kiln__uk_stor
   _mm256_storeu_ps(c + 8, v1);
 }
 
+/* An edge panel with at most 8 live columns (ResNet's 7x7 stage: 49 = 3 x 16 + 1) computes only
+   the left half of the 16-wide panel: half the FMAs of the full tile. */
+TARGET static void uk_6x8(size_t kc, const float *restrict a, const float *restrict b,
+                          float *restrict c, size_t ldc, size_t mr, size_t nr,
+                          const kiln__uk_store *s) {
+  __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+  for (size_t p = 0; p < kc; p++) {
+    __m256 b0 = _mm256_loadu_ps(b);
+    c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 0), b0, c0);
+    c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1), b0, c1);
+    c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2), b0, c2);
+    c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 3), b0, c3);
+    c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4), b0, c4);
+    c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 5), b0, c5);
+    a += MR;
+    b += NR;
+  }
+  _Alignas(32) float t[MR * 8];
+  _mm256_store_ps(t + 0, c0), _mm256_store_ps(t + 8, c1), _mm256_store_ps(t + 16, c2);
+  _mm256_store_ps(t + 24, c3), _mm256_store_ps(t + 32, c4), _mm256_store_ps(t + 40, c5);
+  kiln__uk_store_tile(t, 8, c, ldc, mr, nr, s);
+}
+
 TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
                                       const float *restrict b, float *restrict c, size_t ldc,
                                       size_t mr, size_t nr, const kiln__uk_store *s) {
+  if (nr <= 8) {
+    uk_6x8(kc, a, b, c, ldc, mr, nr, s);
+    return;
+  }
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
   __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -72,13 +99,15 @@ TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
     a += MR;
     b += NR;
   }
-  if (mr == MR && nr == NR) {
+  if (nr == NR) {
+    /* Full-width rows store from registers, also in the last row tile of an m that is not a
+       multiple of 6 (every power of two: most layers' channel counts). */
     store_row(c, 0, c00, c01, s);
-    store_row(c + ldc, 1, c10, c11, s);
-    store_row(c + 2 * ldc, 2, c20, c21, s);
-    store_row(c + 3 * ldc, 3, c30, c31, s);
-    store_row(c + 4 * ldc, 4, c40, c41, s);
-    store_row(c + 5 * ldc, 5, c50, c51, s);
+    if (mr > 1) store_row(c + ldc, 1, c10, c11, s);
+    if (mr > 2) store_row(c + 2 * ldc, 2, c20, c21, s);
+    if (mr > 3) store_row(c + 3 * ldc, 3, c30, c31, s);
+    if (mr > 4) store_row(c + 4 * ldc, 4, c40, c41, s);
+    if (mr > 5) store_row(c + 5 * ldc, 5, c50, c51, s);
     return;
   }
   _Alignas(32) float t[MR * NR];
