@@ -1,9 +1,10 @@
 /* com.microsoft MatMulNBits: the reference kernel (src/kernels/ref/nbits.c) and the cpu kernel
  * (src/kernels/cpu/nbits_kernels.c).
  *
- * - Random shapes (M from 1 to 70, odd K and N, K not a multiple of the block, blocks 16..128,
- *   rank-3 A), with and without packed zero points and bias: both kernels against a product in
- *   double computed here from the spec's decoding, for every float ISA the machine runs (KILN_ISA),
+ * - Random shapes (M from 1 to 130, odd K and N, K not a multiple of the block, blocks 16..512,
+ *   K over several SGEMM k blocks, N over several tiles and below one panel, rank-3 A), with and
+ *   without packed zero points and bias: both kernels against a product in double computed here
+ *   from the spec's decoding, for every float ISA the machine runs (KILN_ISA),
  *   each cpu path forced (KILN_NBITS_PATH=gemv / sgemm) and the automatic choice, serially and on
  *   2 threads, with the reference run() replaced by one that fails while the cpu kernel runs.
  *   Tolerance: 1e-5 of sum |a * w| (float32 sums in another order), plus 1e-6.
@@ -224,6 +225,12 @@ static const struct {
     {3, 47, 5, 32, 2},   {4, 64, 65, 64, 2},  {5, 257, 31, 32, 2},  {7, 300, 300, 32, 2},
     {2, 512, 96, 128, 2}, {6, 45, 37, 16, 3}, {70, 129, 259, 32, 2}, {1, 768, 50, 32, 2},
     {10, 200, 17, 64, 3},
+    /* M > 16 (the decode-in-packing SGEMM under auto): K over several of the SGEMM's 256-deep k
+       blocks and not a multiple of the block; N over several 128-column tiles, not a multiple of
+       the panel width, or so small that a panel has an all-padding group of 8; a block (512)
+       deeper than a k block; 3-D A. */
+    {17, 300, 45, 32, 2}, {17, 1000, 3, 16, 2}, {64, 513, 130, 64, 3}, {130, 129, 259, 32, 2},
+    {130, 700, 21, 512, 3}, {64, 77, 300, 128, 2},
 };
 
 static void cases(kiln__pool *pool) {

@@ -7,9 +7,11 @@
  *     decode is shared by the rows; more rows take more passes). A block's sum is scaled once at its end. Columns are split
  *     over the pool. A is first copied into scratch padded with zeros to whole blocks, so the
  *     padding codes of a last partial block multiply zeros.
- *   Dequantize + SGEMM (larger M): chunks of NCHUNK columns are dequantized into float (n-major,
- *     k contiguous) in scratch, in parallel, then multiplied by the packed SGEMM of sgemm.h with
- *     the bias in its epilogue. The decode is O(K N) against the product's O(M K N).
+ *   Decode-in-the-packing SGEMM (larger M): the packed SGEMM of sgemm.h runs with a B packer
+ *     (kiln__sgemm_pack_fn) that decodes the 4-bit blocks straight into the KC x NR panels its
+ *     microkernel reads, as each tile asks for them: no float copy of the weights, no second
+ *     pack, no scratch. AVX2 decodes 8 k of 8 columns and transposes them in registers. The bias
+ *     runs in the SGEMM's epilogue. The decode is O(K N) per tile row against O(M K N).
  *
  * Weights stay 4-bit in memory (copied at load with the zero points unpacked to one byte per
  * block). Float zero points, g_idx and computed B are left to the reference kernel. Results
@@ -25,12 +27,12 @@
 
 #define GEMV_ROWS 4    /* rows of A per pass over the codes (one decode feeds them all) */
 #define GEMV_MAX_M 16  /* bench/run_nbits.sh: the GEMV beats dequantize + SGEMM up to here */
-#define NCHUNK 256   /* columns dequantized per SGEMM call: bounds scratch to NCHUNK * K floats */
 
 typedef struct nb_state {
   kiln__isa isa;
   int path;               /* 0 auto, 1 GEMV always, 2 SGEMM always (KILN_NBITS_PATH, for bench) */
   size_t k, n, block, nb, blob, kp; /* kp: K padded to whole blocks */
+  unsigned bshift;        /* log2(block) */
   uint8_t *codes;         /* [N, nb, blob] as in the file */
   float *scales;          /* [N * nb] */
   uint8_t *zps;           /* [N * nb] one zero point per block */
@@ -89,6 +91,7 @@ static kiln_status nbits_prepare(const kiln__node *n, const kiln__graph *g, void
   s->nb = (s->k + s->block - 1) / s->block;
   s->blob = s->block / 2;
   s->kp = s->nb * s->block;
+  while (((size_t)1 << s->bshift) < s->block) s->bshift++;
   const kiln_tensor *b = init_of(n, g, 1), *sc = init_of(n, g, 2);
   const kiln_tensor *zp = n->n_in > 3 && n->in[3] >= 0 ? init_of(n, g, 3) : NULL;
   size_t nblk = s->n * s->nb;
@@ -136,19 +139,31 @@ static void gemv_generic(const nb_state *s, const float *ap, size_t mr, size_t c
   }
 }
 
-/* w[(c - c0) * kp + k] = dequantized weight (n-major) for columns [c0, c1). */
-static void dequant_generic(const nb_state *s, size_t c0, size_t c1, float *w) {
-  for (size_t c = c0; c < c1; c++)
-    for (size_t j = 0; j < s->nb; j++) {
-      const uint8_t *q = s->codes + (c * s->nb + j) * s->blob;
-      int zp = s->zps[c * s->nb + j];
-      float sc = s->scales[c * s->nb + j];
-      float *o = w + (c - c0) * s->kp + j * s->block;
-      for (size_t t = 0; t < s->blob; t++) {
-        o[2 * t] = (float)((q[t] & 15) - zp) * sc;
-        o[2 * t + 1] = (float)((q[t] >> 4) - zp) * sc;
+/* kiln__sgemm_pack_fn with ctx = the nb_state. op(B) is W^T (K x N): column c of the panels is
+   weight row c, whose codes run along k. Writes (code - zp) * scale in float32, the reference's
+   value bit for bit. p0 is a multiple of the SGEMM's KC (even), so k's parity is p's. */
+KILN__NO_LIBCALL_LOOPS static void pack_generic(const void *ctx, size_t nr, size_t p0, size_t kc,
+                                                size_t j0, size_t nc, float *restrict dst) {
+  const nb_state *s = ctx;
+  for (size_t jp = 0; jp < nc; jp += nr, dst += kc * nr) {
+    size_t cols = KILN__MIN(nr, nc - jp);
+    for (size_t j = 0; j < cols; j++) {
+      size_t c = j0 + jp + j;
+      for (size_t p = 0; p < kc;) {
+        size_t k = p0 + p, blk = c * s->nb + (k >> s->bshift);
+        size_t end = KILN__MIN(kc, ((k >> s->bshift) + 1) * s->block - p0);
+        const uint8_t *q = s->codes + blk * s->blob + ((k & (s->block - 1)) >> 1);
+        int zp = s->zps[blk];
+        float sc = s->scales[blk];
+        for (; p < end; p += 2, q++) {
+          dst[p * nr + j] = (float)((*q & 15) - zp) * sc;
+          if (p + 1 < end) dst[(p + 1) * nr + j] = (float)((*q >> 4) - zp) * sc;
+        }
       }
     }
+    for (size_t j = cols; j < nr; j++)
+      for (size_t p = 0; p < kc; p++) dst[p * nr + j] = 0.0f;
+  }
 }
 
 /* ---- AVX2 kernels ---------------------------------------------------------------------------- */
@@ -211,23 +226,61 @@ AVX2 static void gemv_avx2(const nb_state *s, const float *ap, size_t mr, size_t
   }
 }
 
-AVX2 static void dequant_avx2(const nb_state *s, size_t c0, size_t c1, float *w) {
+/* In-register transpose of 8 rows of 8 floats. */
+AVX2 static inline void transpose8(__m256 r[8]) {
+  __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* pack_generic's contract for nr a multiple of 8 (AVX2's 16, AVX-512's 32). Per 8 columns and 8 k:
+   each column's 4 code bytes become 8 floats along k (a block holds whole groups of 8, since
+   block >= 16 and p0 is a multiple of 8), then one transpose turns them into 8 panel rows. Groups
+   reaching past K read the file's padding codes (it stores whole blocks) but store only the rows
+   below kc. */
+AVX2 static void pack_avx2(const void *ctx, size_t nr, size_t p0, size_t kc, size_t j0, size_t nc,
+                           float *restrict dst) {
+  const nb_state *s = ctx;
   const __m128i lo4 = _mm_set1_epi8(15);
-  for (size_t c = c0; c < c1; c++) {
-    const uint8_t *q = s->codes + c * s->nb * s->blob;
-    float *o = w + (c - c0) * s->kp;
-    for (size_t j = 0; j < s->nb; j++) {
-      __m128i zp = _mm_set1_epi8((char)s->zps[c * s->nb + j]);
-      __m256 sc = _mm256_set1_ps(s->scales[c * s->nb + j]);
-      for (size_t t = 0; t < s->block; t += 16, q += 8, o += 16) {
-        __m128i v = decode16(q, zp, lo4);
-        __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-        __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(v, v)));
-        _mm256_storeu_ps(o, _mm256_mul_ps(w0, sc));
-        _mm256_storeu_ps(o + 8, _mm256_mul_ps(w1, sc));
+  for (size_t jp = 0; jp < nc; jp += nr, dst += kc * nr)
+    for (size_t jg = 0; jg < nr; jg += 8) {
+      float *d = dst + jg;
+      size_t cols = nc > jp + jg ? KILN__MIN((size_t)8, nc - jp - jg) : 0, c0 = j0 + jp + jg;
+      if (!cols) {
+        for (size_t p = 0; p < kc; p++) _mm256_storeu_ps(d + p * nr, _mm256_setzero_ps());
+        continue;
+      }
+      for (size_t p = 0; p < kc; p += 8) {
+        size_t k = p0 + p, j = k >> s->bshift, off = (k & (s->block - 1)) >> 1;
+        __m256 r[8];
+        for (size_t i = 0; i < 8; i++) {
+          if (i >= cols) {
+            r[i] = _mm256_setzero_ps();
+            continue;
+          }
+          size_t blk = (c0 + i) * s->nb + j;
+          uint32_t raw;
+          memcpy(&raw, s->codes + blk * s->blob + off, sizeof raw);
+          __m128i b = _mm_cvtsi32_si128((int)raw);
+          __m128i v = _mm_unpacklo_epi8(_mm_and_si128(b, lo4),
+                                        _mm_and_si128(_mm_srli_epi16(b, 4), lo4));
+          __m256i w = _mm256_sub_epi32(_mm256_cvtepu8_epi32(v), _mm256_set1_epi32(s->zps[blk]));
+          r[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(w), _mm256_set1_ps(s->scales[blk]));
+        }
+        transpose8(r);
+        size_t rows = KILN__MIN((size_t)8, kc - p);
+        for (size_t i = 0; i < rows; i++) _mm256_storeu_ps(d + (p + i) * nr, r[i]);
       }
     }
-  }
 }
 #endif
 
@@ -239,8 +292,6 @@ typedef struct nb_job {
   size_t m;
   float *y;
   const float *bias;
-  size_t c0;        /* dequant: first column of the chunk */
-  float *w;         /* dequant: the chunk */
 } nb_job;
 
 static void gemv_range(void *arg, size_t c0, size_t c1) {
@@ -260,18 +311,6 @@ static void gemv_range(void *arg, size_t c0, size_t c1) {
   }
 }
 
-static void dequant_range(void *arg, size_t c0, size_t c1) {
-  const nb_job *jb = arg;
-  float *w = jb->w + c0 * jb->s->kp;
-#ifdef NB_X86
-  if (jb->s->isa != KILN__ISA_GENERIC) {
-    dequant_avx2(jb->s, jb->c0 + c0, jb->c0 + c1, w);
-    return;
-  }
-#endif
-  dequant_generic(jb->s, jb->c0 + c0, jb->c0 + c1, w);
-}
-
 static bool use_gemv(const nb_state *s, size_t m) {
   return s->path == 1 || (s->path == 0 && m <= GEMV_MAX_M);
 }
@@ -279,8 +318,7 @@ static bool use_gemv(const nb_state *s, size_t m) {
 static size_t nbits_scratch(const kiln__kctx *c, void *state) {
   const nb_state *s = state;
   size_t m = kiln_tensor_count(c->in[0]) / s->k;
-  size_t cols = use_gemv(s, m) ? m : (s->n < NCHUNK ? s->n : NCHUNK);
-  return cols * s->kp * sizeof(float);
+  return use_gemv(s, m) ? m * s->kp * sizeof(float) : 0; /* the SGEMM packs on its stack */
 }
 
 static kiln_status nbits_execute(kiln__kctx *c, void *state) {
@@ -306,16 +344,13 @@ static kiln_status nbits_execute(kiln__kctx *c, void *state) {
     kiln__parallel_for(c->pool, s->n, gemv_range, &jb);
     return KILN_OK;
   }
-  jb.w = c->scratch;
-  for (size_t c0 = 0; c0 < s->n; c0 += NCHUNK) {
-    size_t nc = s->n - c0 < NCHUNK ? s->n - c0 : NCHUNK;
-    jb.c0 = c0;
-    kiln__parallel_for(c->pool, nc, dequant_range, &jb);
-    kiln__sgemm_args a = {.m = m, .n = nc, .k = s->k, .a = A, .lda = s->k, .b = jb.w,
-                          .ldb = s->kp, .trans_b = true, .c = Y + c0, .ldc = s->n, .alpha = 1.0f};
-    a.ep.bias = bias ? bias + c0 : NULL;
-    kiln__sgemm_run(c->pool, s->isa, &a);
-  }
+  kiln__sgemm_args a = {.m = m, .n = s->n, .k = s->k, .a = A, .lda = s->k, .pack_b = pack_generic,
+                        .pack_b_ctx = s, .c = Y, .ldc = s->n, .alpha = 1.0f};
+#ifdef NB_X86
+  if (s->isa != KILN__ISA_GENERIC) a.pack_b = pack_avx2; /* nr 16 or 32 */
+#endif
+  a.ep.bias = bias;
+  kiln__sgemm_run(c->pool, s->isa, &a);
   return KILN_OK;
 }
 
