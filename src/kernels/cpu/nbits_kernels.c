@@ -242,15 +242,19 @@ AVX2 static inline void transpose8(__m256 r[8]) {
   r[3] = _mm256_permute2f128_ps(u3, u7, 0x20), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
-/* pack_generic's contract for nr a multiple of 8 (AVX2's 16, AVX-512's 32). Per 8 columns and 8 k:
-   each column's 4 code bytes become 8 floats along k (a block holds whole groups of 8, since
-   block >= 16 and p0 is a multiple of 8), then one transpose turns them into 8 panel rows. Groups
-   reaching past K read the file's padding codes (it stores whole blocks) but store only the rows
-   below kc. */
+/* pack_generic's contract for nr a multiple of 8 (AVX2's 16, AVX-512's 32). Per 8 columns and
+   16 k: each column's 8 code bytes become 16 int8 along k less the zero point (decode16), then
+   two rows of 8 floats times the scale; two transposes turn them into 16 panel rows. A column's
+   codes are contiguous over its blocks (byte k / 2), and 16 k never straddle a block (block >= 16,
+   p0 a multiple of 16). Groups reaching past K read the file's padding codes (it stores whole
+   blocks) but store only the rows below kc. The next group's code lines are prefetched: the
+   columns are K / 2 bytes apart, a stride the hardware prefetcher does not follow across 8
+   streams. */
 AVX2 static void pack_avx2(const void *ctx, size_t nr, size_t p0, size_t kc, size_t j0, size_t nc,
                            float *restrict dst) {
   const nb_state *s = ctx;
   const __m128i lo4 = _mm_set1_epi8(15);
+  const size_t row = s->nb * s->blob; /* code bytes per column */
   for (size_t jp = 0; jp < nc; jp += nr, dst += kc * nr)
     for (size_t jg = 0; jg < nr; jg += 8) {
       float *d = dst + jg;
@@ -259,26 +263,30 @@ AVX2 static void pack_avx2(const void *ctx, size_t nr, size_t p0, size_t kc, siz
         for (size_t p = 0; p < kc; p++) _mm256_storeu_ps(d + p * nr, _mm256_setzero_ps());
         continue;
       }
-      for (size_t p = 0; p < kc; p += 8) {
-        size_t k = p0 + p, j = k >> s->bshift, off = (k & (s->block - 1)) >> 1;
-        __m256 r[8];
+      const uint8_t *q = s->codes + c0 * row + p0 / 2;
+      size_t next = KILN__MIN((size_t)8, s->n - KILN__MIN(s->n, c0 + 8));
+      for (size_t i = 0; i < next; i++)
+        for (size_t off = 0; off < (kc + 1) / 2; off += 64)
+          _mm_prefetch((const char *)(q + (8 + i) * row + off), _MM_HINT_T0);
+      for (size_t p = 0; p < kc; p += 16) {
+        size_t j = (p0 + p) >> s->bshift;
+        __m256 r0[8], r1[8];
         for (size_t i = 0; i < 8; i++) {
           if (i >= cols) {
-            r[i] = _mm256_setzero_ps();
+            r0[i] = r1[i] = _mm256_setzero_ps();
             continue;
           }
           size_t blk = (c0 + i) * s->nb + j;
-          uint32_t raw;
-          memcpy(&raw, s->codes + blk * s->blob + off, sizeof raw);
-          __m128i b = _mm_cvtsi32_si128((int)raw);
-          __m128i v = _mm_unpacklo_epi8(_mm_and_si128(b, lo4),
-                                        _mm_and_si128(_mm_srli_epi16(b, 4), lo4));
-          __m256i w = _mm256_sub_epi32(_mm256_cvtepu8_epi32(v), _mm256_set1_epi32(s->zps[blk]));
-          r[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(w), _mm256_set1_ps(s->scales[blk]));
+          __m128i v = decode16(q + i * row + p / 2, _mm_set1_epi8((char)s->zps[blk]), lo4);
+          __m256 sc = _mm256_set1_ps(s->scales[blk]);
+          r0[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), sc);
+          r1[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), sc);
         }
-        transpose8(r);
-        size_t rows = KILN__MIN((size_t)8, kc - p);
-        for (size_t i = 0; i < rows; i++) _mm256_storeu_ps(d + (p + i) * nr, r[i]);
+        transpose8(r0);
+        transpose8(r1);
+        size_t rows = KILN__MIN((size_t)16, kc - p);
+        for (size_t i = 0; i < rows && i < 8; i++) _mm256_storeu_ps(d + (p + i) * nr, r0[i]);
+        for (size_t i = 8; i < rows; i++) _mm256_storeu_ps(d + (p + i) * nr, r1[i - 8]);
       }
     }
 }
