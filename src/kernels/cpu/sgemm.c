@@ -174,6 +174,37 @@ kiln_status kiln__sgemm_pack_b(kiln__isa isa, bool trans_b, size_t k, size_t n, 
   return pack_whole(isa, false, trans_b, n, k, b, ldb, out, err);
 }
 
+size_t kiln__sgemm_pack_a_floats(kiln__isa isa, size_t m, size_t k) {
+  if ((unsigned)isa >= KILN__ISA_COUNT || !impls[isa].uk) return 0;
+  return round_up(m, impls[isa].mr) * k;
+}
+
+typedef struct pack_a_job {
+  size_t mr, m, k, lda;
+  bool trans;
+  const float *a;
+  float *mem;
+} pack_a_job;
+
+static void pack_a_range(void *arg, size_t b0, size_t b1) {
+  const pack_a_job *j = arg;
+  for (size_t b = b0; b < b1; b++) {
+    size_t p0 = b * KC, kc = KILN__MIN((size_t)KC, j->k - p0);
+    pack_a_block(j->mr, j->trans, j->a, j->lda, 0, j->m, p0, kc,
+                 j->mem + p0 * round_up(j->m, j->mr));
+  }
+}
+
+void kiln__sgemm_pack_a_into(struct kiln__pool *pool, kiln__isa isa, bool trans_a, size_t m,
+                             size_t k, const float *a, size_t lda, float *mem,
+                             kiln__sgemm_packed *out) {
+  if ((unsigned)isa >= KILN__ISA_COUNT || !impls[isa].uk) isa = KILN__ISA_GENERIC;
+  *out = (kiln__sgemm_packed){.isa = isa, .is_a = true, .rows = m, .k = k, .data = mem};
+  pack_a_job j = {impls[isa].mr, m, k, lda, trans_a, a, mem};
+  size_t blocks = (k + KC - 1) / KC;
+  kiln__parallel_for(kiln__pool_for(pool, (double)m * (double)k), blocks, pack_a_range, &j);
+}
+
 void kiln__sgemm_packed_free(kiln__sgemm_packed *p) {
   if (!p) return;
   kiln__aligned_free(p->data);

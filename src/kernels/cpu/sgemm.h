@@ -73,6 +73,16 @@ kiln_status kiln__sgemm_pack_b(kiln__isa isa, bool trans_b, size_t k, size_t n, 
                                size_t ldb, kiln__sgemm_packed *out, kiln_error *err);
 void kiln__sgemm_packed_free(kiln__sgemm_packed *p);
 
+/* Per-call packing of op(A) into caller memory, for a left operand that changes every call but
+   meets a B packed per tile (pack_b): the driver would otherwise re-pack each A block once per
+   128-column tile. Floats needed (0 for an ISA without a kernel); then packs into `mem` (that
+   many floats; the microkernels broadcast A, so float alignment is enough) over the pool's
+   threads, and makes `out` a view of it that owns nothing (never kiln__sgemm_packed_free it). */
+size_t kiln__sgemm_pack_a_floats(kiln__isa isa, size_t m, size_t k);
+void kiln__sgemm_pack_a_into(struct kiln__pool *pool, kiln__isa isa, bool trans_a, size_t m,
+                             size_t k, const float *a, size_t lda, float *mem,
+                             kiln__sgemm_packed *out);
+
 /* Writes op(B)[p0:p0+kc, j0:j0+nc] as ceil(nc/nr) panels of kc x nr, back to back, columns past
    nc zero: the layout the microkernels read. Lets a caller build B's panels straight from its own
    data (Conv: implicit im2col, no column buffer), called from inside the GEMM's tiles, possibly
