@@ -1,7 +1,7 @@
 /* The cpu backend's row for com.microsoft MatMulNBits (4-bit weights in blocks along K; layout in
  * kernels/ref/nbits.h), with two paths chosen per call by the number of rows M of A:
  *
- *   GEMV (M <= GEMV_MAX_M = 16, LLM decode, small batches): reads the 4-bit codes directly. Per
+ *   GEMV (M <= GEMV_MAX_M = 8, LLM decode, small batches): reads the 4-bit codes directly. Per
  *     16 codes (8 bytes): split the nibbles, interleave them back into k order, subtract the
  *     block's zero point in int8, widen to float, and FMA against up to 4 rows of A at once (the
  *     decode is shared by the rows; more rows take more passes). A block's sum is scaled once at its end. Columns are split
@@ -27,7 +27,7 @@
 #endif
 
 #define GEMV_ROWS 4    /* rows of A per pass over the codes (one decode feeds them all) */
-#define GEMV_MAX_M 16  /* bench/run_nbits.sh: the GEMV beats dequantize + SGEMM up to here */
+#define GEMV_MAX_M 8   /* bench/run_nbits.sh: the GEMV beats the decode-in-packing SGEMM up to here */
 
 typedef struct nb_state {
   kiln__isa isa;
