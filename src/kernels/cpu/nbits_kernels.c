@@ -27,7 +27,7 @@
 #endif
 
 #define GEMV_ROWS 4    /* rows of A per pass over the codes (one decode feeds them all) */
-#define GEMV_MAX_M 8   /* bench/run_nbits.sh: the GEMV beats the decode-in-packing SGEMM up to here */
+#define GEMV_MAX_M 8   /* bench/run_nbits.sh: the GEMV beats the packing SGEMM up to here */
 
 typedef struct nb_state {
   kiln__isa isa;
