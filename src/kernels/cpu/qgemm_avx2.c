@@ -1,11 +1,13 @@
-/* AVX2 integer kernels: the 6 x 16 int16-pair microkernel (VPMADDWD), the requantizing epilogue
- * (also used by the VNNI tiles) and the quantize / dequantize / min-max loops. ISA flags are on
- * the functions, so the library still builds for baseline x86-64.
+/* AVX2 integer kernels: the 6 x 16 int16-pair microkernel (VPMADDWD), the 6 x 16 byte-quad
+ * microkernels (VPMADDUBSW) and their B packing, the requantizing epilogue (also used by the VNNI
+ * tiles) and the quantize / dequantize / min-max loops. ISA flags are on the functions, so the
+ * library still builds for baseline x86-64.
  *
- * Why VPMADDWD and not VPMADDUBSW: VPMADDUBSW multiplies u8 x s8 and adds adjacent pairs into
- * int16 with saturation, and 2 * 255 * 127 > 32767, so full-range weights can silently clip (the
- * reason ONNX Runtime offers reduce_range). Widening both operands to int16 at pack time and
- * using VPMADDWD (int16 x int16, pairs summed into int32) is exact for any 8-bit inputs. */
+ * Two paths: VPMADDUBSW multiplies u8 x s8 and adds adjacent pairs into int16 with saturation,
+ * and 2 * 255 * 127 > 32767, so full-range weights can silently clip (the reason ONNX Runtime
+ * offers reduce_range). Weights whose k pairs pass |w0| + |w1| <= 128 (checked once at pack
+ * time) run the byte kernels, which are exact for them; any other weights are widened to int16
+ * and run VPMADDWD (int16 x int16, pairs summed into int32), exact for any 8-bit inputs. */
 #include "kernels/cpu/qgemm.h"
 
 #ifdef KILN__QGEMM_X86
