@@ -1,5 +1,7 @@
 /* Integer GEMM throughput: GOPS (2 m n k per product) of the CPU backend's u8 x s8 -> s32 GEMM
- * (src/kernels/cpu/qgemm.h) against the float SGEMM (sgemm.h) at the same shapes: 256^3, 1024^3
+ * (src/kernels/cpu/qgemm.h) against the float SGEMM (sgemm.h) at the same shapes, twice: with
+ * full-range int8 weights ("int8 full": on AVX2 the exact int16-pair format) and with 7-bit
+ * weights in [-64, 63] ("int8 7-bit": on AVX2 the VPMADDUBSW byte format they qualify for): 256^3, 1024^3
  * and BERT's projections at sequence 128 (bert_tiny: hidden 256, FFN 1024; MiniLM: hidden 384,
  * FFN 1536). Weights (B) are packed once beforehand in both, as at load; the integer side packs A
  * per call (as MatMulInteger does) and that is included in its time. The two are timed in
@@ -42,7 +44,8 @@ int main(int argc, char **argv) {
   }
   printf("integer GEMM vs SGEMM, %d thread(s), float ISA %s, integer ISA %s\n", threads,
          kiln__isa_name(fisa), kiln__qisa_name(qisa));
-  printf("%-20s %10s %10s %8s\n", "shape (m x k x n)", "f32 GFLOP/s", "int8 GOPS", "ratio");
+  printf("%-34s %8s %10s %10s %8s %8s   %s\n", "shape (m x k x n)", "f32", "int8 full",
+         "int8 7-bit", "full/f32", "7bit/f32", "(GFLOP/s, GOPS; 7-bit format)");
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
     size_t m = shapes[s].m, k = shapes[s].k, n = shapes[s].n;
     float *af = malloc(m * k * sizeof(float)), *bf = malloc(k * n * sizeof(float)),
@@ -52,12 +55,15 @@ int main(int argc, char **argv) {
     int32_t *cq = malloc(m * n * sizeof(int32_t));
     void *apack = kiln__aligned_alloc(kiln__qpack_bytes(qisa, true, m, k));
     for (size_t i = 0; i < m * k; i++) af[i] = (float)(i % 13) * 0.1f, aq[i] = (uint8_t)(i * 7);
-    for (size_t i = 0; i < k * n; i++) bf[i] = (float)(i % 7) * 0.1f, bq[i] = (int8_t)(i * 5);
+    int8_t *bq7 = malloc(k * n);
+    for (size_t i = 0; i < k * n; i++)
+      bf[i] = (float)(i % 7) * 0.1f, bq[i] = (int8_t)(i * 5), bq7[i] = (int8_t)((i * 5) % 128 - 64);
     kiln__sgemm_packed pbf;
-    kiln__qpacked pbq;
-    kiln__qsrc bsrc = {bq, true, 1, n}, asrc = {aq, false, k, 1};
+    kiln__qpacked pbq, pbq7;
+    kiln__qsrc bsrc = {bq, true, 1, n}, bsrc7 = {bq7, true, 1, n}, asrc = {aq, false, k, 1};
     if (kiln__sgemm_pack_b(fisa, false, k, n, bf, n, &pbf, &err) != KILN_OK ||
-        kiln__qpack_alloc(qisa, false, n, k, &bsrc, &pbq, &err) != KILN_OK) {
+        kiln__qpack_alloc(qisa, false, n, k, &bsrc, &pbq, &err) != KILN_OK ||
+        kiln__qpack_alloc(qisa, false, n, k, &bsrc7, &pbq7, &err) != KILN_OK) {
       fprintf(stderr, "bench_qgemm: %s\n", err.message);
       return 1;
     }
@@ -66,29 +72,37 @@ int main(int argc, char **argv) {
     uint8_t zp = 3;
     kiln__qgemm_args qg = {.m = m, .n = n, .k = k, .b = &pbq, .za = {&zp, false, 1},
                            .kind = KILN__QOUT_I32, .c = cq, .ldc = n};
-    double best_f = 1e30, best_q = 1e30, spent = 0.0;
+    double best_f = 1e30, best_q = 1e30, best_q7 = 1e30, spent = 0.0;
     for (int round = 0; spent < secs || round < 4; round++) {
       double t0 = now();
       kiln__sgemm_run(pool, fisa, &fg);
       double t1 = now();
       kiln__qpacked pa;
-      kiln__qpack(pool, qisa, true, m, k, &asrc, apack, &pa);
+      kiln__qpack(pool, pbq.isa, true, m, k, &asrc, apack, &pa);
       qg.a = &pa;
+      qg.b = &pbq;
       kiln__qgemm_run(pool, &qg);
       double t2 = now();
+      kiln__qpack(pool, pbq7.isa, true, m, k, &asrc, apack, &pa);
+      qg.b = &pbq7;
+      kiln__qgemm_run(pool, &qg);
+      double t3 = now();
       if (t1 - t0 < best_f) best_f = t1 - t0;
       if (t2 - t1 < best_q) best_q = t2 - t1;
-      spent += t2 - t0;
+      if (t3 - t2 < best_q7) best_q7 = t3 - t2;
+      spent += t3 - t0;
     }
     double ops = 2.0 * (double)m * (double)n * (double)k;
     char label[64];
     snprintf(label, sizeof label, "%s %zux%zux%zu", shapes[s].name, m, k, n);
-    printf("%-34s %8.1f %10.1f %8.2fx\n", label, ops / best_f * 1e-9, ops / best_q * 1e-9,
-           best_f / best_q);
+    printf("%-34s %8.1f %10.1f %10.1f %7.2fx %7.2fx   %s\n", label, ops / best_f * 1e-9,
+           ops / best_q * 1e-9, ops / best_q7 * 1e-9, best_f / best_q, best_f / best_q7,
+           kiln__qisa_name(pbq7.isa));
     kiln__sgemm_packed_free(&pbf);
     kiln__qpacked_free(&pbq);
+    kiln__qpacked_free(&pbq7);
     kiln__aligned_free(apack);
-    free(af), free(bf), free(cf), free(aq), free(bq), free(cq);
+    free(af), free(bf), free(cf), free(aq), free(bq), free(bq7), free(cq);
   }
   kiln__pool_free(pool);
   return 0;

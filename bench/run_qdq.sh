@@ -37,28 +37,34 @@ ort_p50() {
 med() { sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "")}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf (a != "" && b != "" ? "%.2f" : "-"), a / b}'; }
 
-printf '%-13s %3s %10s %10s %10s %10s  %9s %9s %9s\n' model thr "kiln fp32" "kiln int8" \
-  "ort fp32" "ort int8" "kfp/kint8" "ort8/k8" "ortfp/o8"
+# kiln int8 runs the default file (7-bit weights: the AVX2 VPMADDUBSW path); "k8 full" a
+# --full-range file of the same model and calibration (the exact int16-pair path on AVX2).
+printf '%-13s %3s %10s %10s %10s %10s %10s  %9s %9s %9s %9s\n' model thr "kiln fp32" "kiln int8" \
+  "k8 full" "ort fp32" "ort int8" "kfp/kint8" "kfp/kfull" "ort8/k8" "ortfp/o8"
 for m in $models; do
   fp32=$models_dir/${m}_opset13.onnx
   int8=$out/${m}_int8.onnx
   /usr/bin/python3 "$here/tools/synth_calib.py" "$fp32" "$out/calib_$m" 4
   "$kiln" quantize "$fp32" --to int8 --calib "$out/calib_$m" -o "$int8" >/dev/null
+  full=$out/${m}_int8_full.onnx
+  "$kiln" quantize "$fp32" --to int8 --full-range --calib "$out/calib_$m" -o "$full" >/dev/null
   case $m in resnet50) runs=8 ;; mobilenet_v2|squeezenet1_1) runs=15 ;; *) runs=30 ;; esac
   for t in $threads; do
-    kf="" ki="" of="" oi=""
+    kf="" ki="" kx="" of="" oi=""
     for _ in $(seq "$rounds"); do
       kf+="$(kiln_p50 "$fp32" "$t" "$runs")"$'\n'
       ki+="$(kiln_p50 "$int8" "$t" "$runs")"$'\n'
+      kx+="$(kiln_p50 "$full" "$t" "$runs")"$'\n'
       if [ $have_ort = 1 ]; then
         of+="$(ort_p50 "$fp32" "$t" "$runs" "$m")"$'\n'
         oi+="$(ort_p50 "$int8" "$t" "$runs" "$m")"$'\n'
       fi
     done
-    kf=$(printf '%s' "$kf" | med) ki=$(printf '%s' "$ki" | med)
+    kf=$(printf '%s' "$kf" | med) ki=$(printf '%s' "$ki" | med) kx=$(printf '%s' "$kx" | med)
     of=$(printf '%s' "$of" | med) oi=$(printf '%s' "$oi" | med)
-    printf '%-13s %3d %10s %10s %10s %10s  %9s %9s %9s\n' "$m" "$t" "$kf" "$ki" "${of:--}" \
-      "${oi:--}" "$(ratio "$kf" "$ki")" "$(ratio "$oi" "$ki")" "$(ratio "$of" "$oi")"
+    printf '%-13s %3d %10s %10s %10s %10s %10s  %9s %9s %9s %9s\n' "$m" "$t" "$kf" "$ki" "$kx" \
+      "${of:--}" "${oi:--}" "$(ratio "$kf" "$ki")" "$(ratio "$kf" "$kx")" "$(ratio "$oi" "$ki")" \
+      "$(ratio "$of" "$oi")"
   done
   printf '%-13s     bytes fp32 %s int8 %s\n' "$m" "$(stat -c %s "$fp32")" "$(stat -c %s "$int8")"
 done

@@ -52,6 +52,9 @@ typedef struct onenode {
   kiln_tensor in[MAX_IN];
   int n_in, n_out;
   kiln__op fast_only;
+  /* Which packed weight format prepare() must pick: 0 no check, 1 the AVX2 byte format
+     (VPMADDUBSW), 2 the exact int16 one (only differs from the ISA's own under KILN_ISA=avx2). */
+  int expect_fmt;
 } onenode;
 
 static void attr_ints(kiln__node *n, const char *name, const int64_t *v, size_t cnt) {
@@ -142,6 +145,29 @@ static void onenode_free(onenode *o) {
   kiln__graph_free(o->g);
 }
 
+static bool is_conv(const char *op) { return strstr(op, "Conv") != NULL; }
+
+/* The packed format prepare() chose for every weight group against the one expected. */
+static void check_weight_format(const onenode *o, void *state, const char *what) {
+  kiln__qisa isa;
+  kiln_error err = {0};
+  assert_int_equal(kiln__qisa_select(&isa, &err), KILN_OK);
+  kiln__qisa want = isa;
+  if (isa == KILN__QISA_AVX2 && o->expect_fmt == 1)
+    want = is_conv(o->n->op_type) ? KILN__QFMT_AVX2_S8U8 : KILN__QFMT_AVX2_U8S8;
+  const void *ks = kiln__cpu_kernel_state(state);
+  size_t groups = 1;
+  for (int i = 0; i < o->n->n_attrs; i++)
+    if (!strcmp(o->n->attrs[i].name, "group")) groups = (size_t)o->n->attrs[i].i;
+  for (size_t g = 0; g < groups; g++) {
+    kiln__qisa got = kiln__cpu_quant_weight_format(o->n->op_type, ks, g);
+    if (got != want)
+      fail_msg("%s %s (KILN_ISA=%s): weights of group %zu packed as %s, expected %s",
+               o->n->op_type, what, getenv("KILN_ISA"), g, kiln__qisa_name(got),
+               kiln__qisa_name(want));
+  }
+}
+
 /* Runs the node on "cpu" (fast path required unless `fallback_ok`) and on the reference
    kernel, and compares every output byte. */
 static void onenode_check_ex(onenode *o, kiln__pool *pool, bool fallback_ok, const char *what) {
@@ -150,6 +176,7 @@ static void onenode_check_ex(onenode *o, kiln__pool *pool, bool fallback_ok, con
   void *state = NULL;
   kiln_error err = {0};
   assert_int_equal(cpu->prepare(o->n, o->g, &state, &err), KILN_OK);
+  if (o->expect_fmt) check_weight_format(o, state, what);
   const kiln_tensor *ins[MAX_IN];
   for (int i = 0; i < o->n_in; i++) ins[i] = o->in[i].data ? &o->in[i] : NULL;
   kiln_tensor y_cpu[MAX_OUT] = {{0}}, y_ref[MAX_OUT] = {{0}};
@@ -374,6 +401,188 @@ static void qlinearconv_matches_reference(void **st) {
   for_each_isa(qlconv_cases);
 }
 
+/* ---- the AVX2 byte formats (VPMADDUBSW on weights that qualify) ----------------------------- */
+
+/* Stored int8 value (uint8 weights are stored shifted by -128) -> the tensor's value. */
+static void put_w(kiln_tensor *t, size_t i, int v) {
+  if (t->dtype == KILN_DTYPE_INT8) ((int8_t *)t->data)[i] = (int8_t)v;
+  else ((uint8_t *)t->data)[i] = (uint8_t)(v + 128);
+}
+
+/* Rewrites input `wi` (an initializer, the graph's copy too) as weights whose stored values
+   satisfy |v0| + |v1| <= 128 for every k pair: random values in [-64, 63] with every fourth pair
+   at the extreme (-64, -64), and a lone last value up to -128 when k is odd. near_miss: one pair
+   somewhere gets |v0| + |v1| = 129, which must keep the exact int16 format. The k axis is rows
+   of B (k x n) for MatMul, the inner c*kh*kw of each output channel for Conv. */
+static bool qualify_weights(onenode *o, int wi, bool conv, bool near_miss) {
+  kiln_tensor *t = &o->in[wi];
+  size_t rows, k, rs, ks;
+  if (conv) rows = (size_t)t->dims[0], k = kiln_tensor_count(t) / rows, rs = k, ks = 1;
+  else k = (size_t)t->dims[0], rows = (size_t)t->dims[1], rs = 1, ks = rows;
+  for (size_t r = 0; r < rows; r++)
+    for (size_t p = 0; p < k; p += 2) {
+      bool extreme = (p / 2 + r) % 4 == 0;
+      int v0 = extreme ? -64 : (int)(rnd() % 128) - 64, v1 = extreme ? -64 : (int)(rnd() % 128) - 64;
+      if (p + 1 == k) v0 = extreme ? -128 : v0;
+      put_w(t, r * rs + p * ks, v0);
+      if (p + 1 < k) put_w(t, r * rs + (p + 1) * ks, v1);
+    }
+  /* (With k == 1 every value qualifies: |v| <= 128; there is no near miss to make.) */
+  bool missed = near_miss && k >= 2;
+  if (missed) {
+    size_t r = rnd() % rows, p = (rnd() % (k / 2)) * 2;
+    put_w(t, r * rs + p * ks, -65);
+    put_w(t, r * rs + (p + 1) * ks, -64); /* same signs: saturates with 255s */
+  }
+  memcpy(o->g->values[o->n->in[wi]].init.data, t->data, kiln_tensor_nbytes(t));
+  return missed;
+}
+
+/* Activations at the extremes (0 / 255 stored), so a pair sum reaches 255 * 128 = 32640. */
+static void extreme_acts(kiln_tensor *t) {
+  size_t n = kiln_tensor_count(t);
+  for (size_t i = 0; i < n; i++) {
+    bool hi = rnd() % 4 != 0;
+    if (t->dtype == KILN_DTYPE_INT8) ((int8_t *)t->data)[i] = (int8_t)(hi ? 127 : -128);
+    else ((uint8_t *)t->data)[i] = (uint8_t)(hi ? 255 : 0);
+  }
+}
+
+static void byte_mm_cases(kiln__pool *pool) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(mm_shapes); si++)
+    for (int combo = 0; combo < 8; combo++)
+      for (int wmode = 1; wmode <= 2; wmode++) {
+        kiln_dtype at = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+        kiln_dtype bt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+        bool ql = combo & 4;
+        int64_t m = mm_shapes[si].m, k = mm_shapes[si].k, n = mm_shapes[si].n;
+        float sa = 0.02f, sb = 0.004f, sy = 0.02f * 0.004f * 40.0f * sqrtf((float)k);
+        onenode o;
+        if (!ql) {
+          tin ins[4] = {{at, 2, {m, k}}, {bt, 2, {k, n}, true}, {at, 0, {0}, true},
+                        {bt, 1, {n}, true}};
+          if (mm_shapes[si].batch) ins[0] = (tin){at, 3, {mm_shapes[si].batch, m, k}};
+          onenode_make(&o, "MatMulInteger", 4, ins, 1);
+        } else {
+          tin ins[8] = {{at, 2, {m, k}},
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &sa},
+                        {at, 0, {0}, true},
+                        {bt, 2, {k, n}, true},
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &sb},
+                        {bt, 0, {0}, true},
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &sy},
+                        {KILN_DTYPE_UINT8, 0, {0}, true}};
+          if (mm_shapes[si].batch) ins[0] = (tin){at, 3, {mm_shapes[si].batch, m, k}};
+          onenode_make(&o, "QLinearMatMul", 8, ins, 1);
+        }
+        int wi = ql ? 3 : 1;
+        bool missed = qualify_weights(&o, wi, false, wmode == 2);
+        if (si % 2) extreme_acts(&o.in[0]);
+        o.expect_fmt = missed ? 2 : 1;
+        char what[112];
+        snprintf(what, sizeof what, "%lldx%lldx%lld a %s b %s %s weights", (long long)m,
+                 (long long)k, (long long)n, kiln_dtype_name(at), kiln_dtype_name(bt),
+                 wmode == 1 ? "qualifying" : "near-miss");
+        onenode_check(&o, pool, what);
+        onenode_free(&o);
+      }
+}
+
+static void byte_conv_cases(kiln__pool *pool) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(conv_shapes); si++)
+    for (int combo = 0; combo < 8; combo++)
+      for (int wmode = 1; wmode <= 2; wmode++) {
+        kiln_dtype xt = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+        kiln_dtype wt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+        bool ql = combo & 4;
+        int64_t n = conv_shapes[si].n, ch = conv_shapes[si].c, h = conv_shapes[si].h,
+                w = conv_shapes[si].w, m = conv_shapes[si].m, k = conv_shapes[si].k,
+                grp = conv_shapes[si].group;
+        tin x = {xt, 4, {n, ch, h, w}}, wt4 = {wt, 4, {m, ch / grp, k, k}, true};
+        tin xzp = {xt, 0, {0}, true}, wzp = {wt, 1, {m}, true};
+        onenode o;
+        if (!ql) {
+          tin ins[4] = {x, wt4, xzp, wzp};
+          onenode_make(&o, "ConvInteger", 4, ins, 1);
+        } else {
+          float xs = 0.02f, ws = 0.004f;
+          float ys = 0.02f * 0.004f * 30.0f * sqrtf((float)(ch / grp * k * k));
+          tin ins[9] = {x,
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
+                        xzp,
+                        wt4,
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &ws},
+                        {wt, 0, {0}, true},
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
+                        {KILN_DTYPE_INT8, 0, {0}, true},
+                        {KILN_DTYPE_INT32, 1, {m}, true}};
+          onenode_make(&o, "QLinearConv", 9, ins, 1);
+        }
+        bool missed = qualify_weights(&o, ql ? 3 : 1, true, wmode == 2);
+        if (si % 2) extreme_acts(&o.in[0]);
+        int64_t s[2] = {conv_shapes[si].stride, conv_shapes[si].stride};
+        int64_t p[4] = {conv_shapes[si].pad, conv_shapes[si].pad, conv_shapes[si].pad,
+                        conv_shapes[si].pad};
+        attr_ints(o.n, "strides", s, 2);
+        attr_ints(o.n, "pads", p, 4);
+        attr_int(o.n, "group", grp);
+        /* A near miss in one group leaves the other groups on the byte format: checked per
+           group only when there is one group. */
+        o.expect_fmt = !missed ? 1 : grp > 1 ? 0 : 2;
+        char what[112];
+        snprintf(what, sizeof what, "shape %zu x %s w %s %s weights", si, kiln_dtype_name(xt),
+                 kiln_dtype_name(wt), wmode == 1 ? "qualifying" : "near-miss");
+        onenode_check(&o, pool, what);
+        onenode_free(&o);
+      }
+}
+
+static void byte_formats_match_reference(void **st) {
+  (void)st;
+  for_each_isa(byte_mm_cases);
+  for_each_isa(byte_conv_cases);
+}
+
+/* The qualification rule itself, at its boundary, on tiny operands packed directly. */
+static void byte_format_choice(void **st) {
+  (void)st;
+  if (!kiln__qisa_supported(KILN__QISA_AVX2)) {
+    printf("  AVX2 not available: the byte-format choice is not run\n");
+    return;
+  }
+  static const struct {
+    bool sgn;
+    int k, v[3];
+    bool fits;
+  } cases[] = {
+      {true, 2, {-64, -64}, true},    {true, 2, {-64, 63}, true},   {true, 2, {-65, -64}, false},
+      {true, 2, {-65, 63}, true},     {true, 2, {-128, 0}, true},   {true, 2, {-128, 1}, false},
+      {true, 3, {0, 0, -128}, true},  {true, 3, {64, 64, 1}, true}, {true, 3, {64, 65, 0}, false},
+      {false, 2, {192, 192}, true},   {false, 2, {193, 192}, false}, {false, 2, {64, 64}, true},
+      {false, 2, {63, 64}, false},    {false, 1, {0}, true},        {false, 2, {0, 255}, false},
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++)
+    for (int as_b = 0; as_b < 2; as_b++) {
+      uint8_t raw[3];
+      for (int p = 0; p < cases[i].k; p++) raw[p] = (uint8_t)cases[i].v[p];
+      /* One row (A) / one column (B) of k values, contiguous along k either way. */
+      kiln__qsrc src = {raw, cases[i].sgn, (size_t)cases[i].k, 1};
+      if (as_b) src = (kiln__qsrc){raw, cases[i].sgn, 1, 1};
+      kiln__qpacked pk;
+      kiln_error err = {0};
+      assert_int_equal(kiln__qpack_alloc(KILN__QISA_AVX2, !as_b, 1, (size_t)cases[i].k, &src,
+                                         &pk, &err),
+                       KILN_OK);
+      kiln__qisa want = !cases[i].fits ? KILN__QISA_AVX2
+                        : as_b         ? KILN__QFMT_AVX2_U8S8
+                                       : KILN__QFMT_AVX2_S8U8;
+      if (pk.isa != want)
+        fail_msg("case %zu (%s): packed as %s, expected %s", i, as_b ? "B" : "A",
+                 kiln__qisa_name(pk.isa), kiln__qisa_name(want));
+      kiln__qpacked_free(&pk);
+    }
+}
+
 /* ---- QuantizeLinear / DequantizeLinear / DynamicQuantizeLinear ------------------------------- */
 
 static void qdq_cases(kiln__pool *pool) {
@@ -495,6 +704,8 @@ int main(void) {
       cmocka_unit_test(convinteger_matches_reference),
       cmocka_unit_test(qlinearconv_matches_reference),
       cmocka_unit_test(qdq_match_reference),
+      cmocka_unit_test(byte_format_choice),
+      cmocka_unit_test(byte_formats_match_reference),
       cmocka_unit_test(uncovered_forms_fall_back),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

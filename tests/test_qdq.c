@@ -24,6 +24,8 @@
 #include "kiln/passes.h"
 #include "kiln/quant.h"
 #include "core/common.h" /* kiln__alloc_fail_after */
+#include "ir/graph.h"
+#include "onnx/import.h"
 
 static const char *models_dir; /* argv[1]: the repository's models/ */
 static const char *tests_dir;  /* argv[2]: the repository's tests/ */
@@ -285,6 +287,56 @@ static void digits(void **s) {
   unlink(q);
 }
 
+/* The largest |code| over the file's int8 initializers (the quantized weights). */
+static int max_int8_code(const char *path) {
+  kiln__graph *g = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__onnx_import_file(path, &g, &err), KILN_OK);
+  int mx = -1;
+  for (int i = 0; i < g->n_values; i++) {
+    const kiln__value *v = &g->values[i];
+    if (!v->is_initializer || v->init.dtype != KILN_DTYPE_INT8) continue;
+    size_t n = kiln_tensor_count(&v->init);
+    for (size_t j = 0; j < n; j++) {
+      int c = abs(((const int8_t *)v->init.data)[j]);
+      if (c > mx) mx = c;
+    }
+  }
+  kiln__graph_free(g);
+  return mx;
+}
+
+/* int8 and int8-dynamic default to 7-bit weights ([-63, 63], reduce_range: what the AVX2
+   VPMADDUBSW path runs exactly); reduce_range = false gives the full [-127, 127]. Both keep
+   digits at 443 +- 2, run fused. */
+static void weight_range_default(void **s) {
+  (void)s;
+  char src[1024], calib[1024], q[1024];
+  path_of(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  path_of(calib, sizeof calib, tests_dir, "data/digits_calib");
+  snprintf(q, sizeof q, "%s/digits_range.onnx", tmp_dir);
+  assert_true(kiln_quant_opts_default().reduce_range);
+  const kiln_quant_format fmts[] = {KILN_QUANT_INT8, KILN_QUANT_INT8_DYNAMIC};
+  for (int f = 0; f < 2; f++)
+    for (int full = 0; full < 2; full++) {
+      kiln_quant_opts o = kiln_quant_opts_default();
+      o.format = fmts[f];
+      o.calib_dir = fmts[f] == KILN_QUANT_INT8 ? calib : NULL;
+      if (full) o.reduce_range = false;
+      kiln_error err = {0};
+      kiln_status st = kiln_quantize_file_ex(src, q, &o, NULL, &err);
+      if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
+      assert_int_equal(st, KILN_OK);
+      /* per-channel symmetric: each channel's largest weight lands exactly on the bound */
+      assert_int_equal(max_int8_code(q), full ? 127 : 63);
+      int correct = digits_correct(q, 2);
+      fprintf(stderr, "  digits %s %s: %d/450\n", kiln_quant_format_name(fmts[f]),
+              full ? "full-range" : "7-bit", correct);
+      assert_true(abs(correct - 443) <= 2);
+      unlink(q);
+    }
+}
+
 /* Every allocation during a fused load failing in turn: a clean error, never a crash or a leak
    (leaks are caught under KILN_SANITIZE). */
 static void alloc_failures(void **s) {
@@ -327,6 +379,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(wide),
       cmocka_unit_test(chain),
       cmocka_unit_test(digits),
+      cmocka_unit_test(weight_range_default),
       cmocka_unit_test(alloc_failures),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -75,8 +75,9 @@ typedef struct kiln_quant_opts {
   int intra_threads;          /* threads for running the model during calibration; 0 = per core */
   /* int4: per-block min/max with packed zero points instead of symmetric blocks (zero point 8) */
   bool asymmetric;
-  /* int8: weights in [-63, 63] (7 bits), as ONNX Runtime's reduce_range: its AVX2 u8 x s8 kernels
-     saturate int16 pair sums with full-range weights, so only such files run exactly there */
+  /* int8, int8-dynamic: weights in [-63, 63] (7 bits), as ONNX Runtime's reduce_range: u8 x s8
+     pair sums then fit int16, so AVX2's VPMADDUBSW runs them exactly (Kiln's fast int8 path; ORT's
+     kernels saturate on full-range weights). Default true; false: [-127, 127]. */
   bool reduce_range;
 } kiln_quant_opts;
 

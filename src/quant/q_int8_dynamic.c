@@ -8,7 +8,7 @@
 
 /* Symmetric per-column int8 quantization of W viewed as [K, N] (or [N, K] when `trans`): fills
    q [K, N] and scale [N]. A zero column gets scale 1 so the runtime never divides by zero. */
-void kiln__quant_weight_s8(const float *w, size_t k, size_t n, bool trans, int8_t *q,
+void kiln__quant_weight_s8(const float *w, size_t k, size_t n, bool trans, int qmax, int8_t *q,
                            float *scale) {
   for (size_t c = 0; c < n; c++) {
     float amax = 0;
@@ -16,12 +16,12 @@ void kiln__quant_weight_s8(const float *w, size_t k, size_t n, bool trans, int8_
       float x = fabsf(trans ? w[c * k + r] : w[r * n + c]);
       if (x > amax) amax = x;
     }
-    float s = amax > 0 ? amax / 127.0f : 1.0f;
+    float s = amax > 0 ? amax / (float)qmax : 1.0f;
     scale[c] = s;
     for (size_t r = 0; r < k; r++) {
       float x = (trans ? w[c * k + r] : w[r * n + c]) / s;
       long v = lrintf(x);
-      q[r * n + c] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+      q[r * n + c] = (int8_t)(v > qmax ? qmax : v < -qmax ? -qmax : v);
     }
   }
 }
@@ -46,7 +46,8 @@ static kiln_status int8_weight(kiln__qctx *q, int v, bool trans, int *wq, int *w
     kiln_tensor_release(&tq);
     return st;
   }
-  kiln__quant_weight_s8(w->data, k, n, trans, tq.data, ts.data);
+  kiln__quant_weight_s8(w->data, k, n, trans, q->opts->reduce_range ? 63 : 127, tq.data,
+                        ts.data);
   char hint[256];
   snprintf(hint, sizeof hint, "%.200s", q->g->values[v].name);
   int a = kiln__qinit(q, hint, &tq);

@@ -105,9 +105,9 @@ kiln_status kiln__qcache(kiln__qctx *q, int tag, int **out);
 void kiln__qbase(const kiln__qctx *q, int i, char *buf, size_t cap);
 
 /* Symmetric per-column int8 quantization of W viewed as [k, n] (stored [n, k] when `trans`):
-   q [k, n] = round(W / scale) clamped to [-127, 127], scale [n] = max |column| / 127 (1 for an
-   all-zero column). */
-void kiln__quant_weight_s8(const float *w, size_t k, size_t n, bool trans, int8_t *q,
+   q [k, n] = round(W / scale) clamped to [-qmax, qmax], scale [n] = max |column| / qmax (1 for an
+   all-zero column); qmax 127, or 63 for reduce_range (7-bit weights). */
+void kiln__quant_weight_s8(const float *w, size_t k, size_t n, bool trans, int qmax, int8_t *q,
                            float *scale);
 
 /* ---- calibration (calib.c) -------------------------------------------------------------------- */

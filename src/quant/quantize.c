@@ -55,7 +55,10 @@ kiln_quant_opts kiln_quant_opts_default(void) {
                            .format = KILN_QUANT_NONE,
                            .method = KILN_CALIB_MINMAX,
                            .percentile = 99.999,
-                           .block_size = 32};
+                           .block_size = 32,
+                           /* 7-bit int8 weights: they run on the AVX2 VPMADDUBSW path (qgemm.h)
+                              at no measurable accuracy cost (docs/QUANT.md, "7-bit weights") */
+                           .reduce_range = true};
 }
 
 const char *kiln__quant_node_name(const kiln__graph *g, const kiln__node *n) {

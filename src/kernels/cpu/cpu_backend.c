@@ -47,6 +47,10 @@ typedef struct node_state {
 
 static bool cpu_supports(const kiln__node *n, const kiln__graph *g) { return find(n, g) != NULL; }
 
+void *kiln__cpu_kernel_state(void *backend_state) {
+  return backend_state ? ((node_state *)backend_state)->state : NULL;
+}
+
 static kiln_status cpu_prepare(const kiln__node *n, const kiln__graph *g, void **state,
                                kiln_error *err) {
   node_state *ns = kiln__calloc(1, sizeof *ns);

@@ -42,4 +42,7 @@ extern const kiln__cpu_kernel kiln__cpu_nbits_kernels[];  /* com.microsoft MatMu
 
 extern const kiln__backend kiln__backend_cpu;
 
+/* What a kernel's prepare() built, from the backend's per-node state (tests inspect it). */
+void *kiln__cpu_kernel_state(void *backend_state);
+
 #endif

@@ -21,24 +21,30 @@ typedef struct qimpl {
   size_t mr, nr, mc, kp, esz; /* tile, rows per tile, k group, bytes per stored value */
   kiln__qgemm_ukernel uk;
   kiln__qep_fn ep;
+  bool a_s8; /* byte formats: A stored as int8 and B as uint8 (else A uint8, B int8) */
 } qimpl;
 
-static const qimpl impls[KILN__QISA_COUNT] = {
-    [KILN__QISA_GENERIC] = {4, 8, 64, 2, 2, kiln__qgemm_uk_4x8__generic, kiln__qep__generic},
+static const qimpl impls[KILN__QFMT_COUNT] = {
+    [KILN__QISA_GENERIC] = {4, 8, 64, 2, 2, kiln__qgemm_uk_4x8__generic, kiln__qep__generic, 0},
 #ifdef KILN__QGEMM_X86
-    [KILN__QISA_AVX2] = {6, 16, 72, 2, 2, kiln__qgemm_uk_6x16__avx2, kiln__qep__avx2},
+    [KILN__QISA_AVX2] = {6, 16, 72, 2, 2, kiln__qgemm_uk_6x16__avx2, kiln__qep__avx2, 0},
 #ifdef KILN__QGEMM_HAVE_AVXVNNI
-    [KILN__QISA_AVXVNNI] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avxvnni, kiln__qep__avx2},
+    [KILN__QISA_AVXVNNI] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avxvnni, kiln__qep__avx2, 0},
 #endif
     [KILN__QISA_AVX512VNNI] = {6, 32, 72, 4, 1, kiln__qgemm_uk_6x32__avx512vnni,
-                               kiln__qep__avx2},
+                               kiln__qep__avx2, 0},
+    [KILN__QFMT_AVX2_U8S8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_u8s8, kiln__qep__avx2,
+                              0},
+    [KILN__QFMT_AVX2_S8U8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_s8u8, kiln__qep__avx2,
+                              1},
 #endif
 };
 
-static const char *const names[KILN__QISA_COUNT] = {"generic", "avx2", "avxvnni", "avx512vnni"};
+static const char *const names[KILN__QFMT_COUNT] = {"generic",    "avx2",      "avxvnni",
+                                                    "avx512vnni", "avx2-u8s8", "avx2-s8u8"};
 
 const char *kiln__qisa_name(kiln__qisa isa) {
-  return (unsigned)isa < KILN__QISA_COUNT ? names[isa] : "?";
+  return (unsigned)isa < KILN__QFMT_COUNT ? names[isa] : "?";
 }
 
 bool kiln__qisa_supported(kiln__qisa isa) {
@@ -96,7 +102,7 @@ static size_t data_bytes(const qimpl *im, bool is_a, size_t rows, size_t k, bool
 }
 
 size_t kiln__qpack_bytes(kiln__qisa isa, bool is_a, size_t rows, size_t k) {
-  if ((unsigned)isa >= KILN__QISA_COUNT || !impls[isa].uk) return 0;
+  if ((unsigned)isa >= KILN__QFMT_COUNT || !impls[isa].uk) return 0;
   bool ok;
   size_t d = data_bytes(&impls[isa], is_a, rows, k, &ok), s;
   if (!ok || !kiln__mul_ok(rows + 1, sizeof(int32_t), &s)) return 0;
@@ -110,6 +116,8 @@ typedef struct pack_job {
   int32_t shift;
   const kiln__qsrc *src;
   const kiln__qpacked *out;
+  bool fast_b16, stored_signed;
+  uint8_t xor_;
 } pack_job;
 
 /* Stores one value of a panel in the operand's format. */
@@ -126,12 +134,34 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
   size_t R = j->is_a ? im->mr : im->nr, KP = im->kp, esz = im->esz;
   const uint8_t *u8 = s->base;
   const int8_t *s8 = s->base;
+  /* Byte-format B read along contiguous columns (activations, im2col columns): 4 source rows
+     of 16 bytes interleave into one 64-byte quad group, no per-element loop. */
+  bool fast_b = j->fast_b16;
   for (size_t pi = pb; pi < pe; pi++) {
     size_t r0 = pi * R, rn = KILN__MIN(R, j->rows - r0);
     int32_t sums[64] = {0}; /* R <= 32 */
     for (size_t p0 = 0; p0 < j->k; p0 += KC) {
       size_t kc = KILN__MIN((size_t)KC, j->k - p0), kcp = round_up(kc, KP);
       uint8_t *blk = (uint8_t *)j->out->data + (p0 * j->rpad + r0 * kcp) * esz;
+#ifdef KILN__QGEMM_X86
+      if (fast_b && rn == R) {
+        size_t k4 = kc & ~(size_t)3;
+        kiln__qpack_b16_bytes__avx2(u8 + r0 + p0 * s->ks, s->ks, k4, j->xor_,
+                                    j->stored_signed, blk, sums);
+        if (k4 == kc) continue;
+        /* the last partial quad: the generic loop below, zero-filled */
+        memset(blk + k4 * R, 0, (kcp - k4) * R);
+        for (size_t p = k4; p < kc; p++) {
+          const size_t off = r0 + (p0 + p) * s->ks;
+          for (size_t r = 0; r < rn; r++) {
+            int32_t v = (s->is_signed ? (int32_t)s8[off + r] : (int32_t)u8[off + r]) + j->shift;
+            blk[(p / 4) * R * 4 + r * 4 + p % 4] = (uint8_t)v;
+            sums[r] += v;
+          }
+        }
+        continue;
+      }
+#endif
       if (rn < R || kcp != kc) memset(blk, 0, R * kcp * esz);
       for (size_t p = 0; p < kc; p++) {
         size_t base = (p / KP) * R * KP + p % KP;
@@ -160,13 +190,41 @@ void kiln__qpack(struct kiln__pool *pool, kiln__qisa isa, bool is_a, size_t rows
   out->k = k;
   out->data = mem;
   out->sums = (int32_t *)((uint8_t *)mem + d);
-  /* The byte formats hold A as uint8 and B as int8 (VPDPBUSD's operand types). */
-  if (im->esz == 1) out->zp_off = is_a ? (src->is_signed ? 128 : 0) : (src->is_signed ? 0 : -128);
+  /* The byte formats hold one operand as uint8 and the other as int8 (VPDPBUSD's and
+     VPMADDUBSW's operand types): a value of the other type is shifted by +-128. */
+  bool stored_signed = is_a == im->a_s8;
+  if (im->esz == 1)
+    out->zp_off = stored_signed ? (src->is_signed ? 0 : -128) : (src->is_signed ? 128 : 0);
   size_t R = is_a ? im->mr : im->nr;
   pack_job j = {im, is_a, rows, k, round_up(rows, R), out->zp_off, src, out};
+  j.stored_signed = stored_signed;
+  j.xor_ = out->zp_off ? 0x80 : 0; /* +-128 on a byte is flipping its top bit */
+#ifdef KILN__QGEMM_X86
+  j.fast_b16 = !is_a && im->esz == 1 && im->nr == 16 && src->rs == 1 &&
+               (isa == KILN__QISA_AVXVNNI || isa == KILN__QFMT_AVX2_U8S8 ||
+                isa == KILN__QFMT_AVX2_S8U8);
+#endif
   size_t panels = (rows + R - 1) / R;
   if ((double)rows * (double)k < 32768.0) pack_panels(&j, 0, panels);
   else kiln__parallel_for(pool, panels, pack_panels, &j);
+}
+
+/* Whether every k pair of the operand, stored as int8 (a uint8 source shifted by -128), has
+   |v0| + |v1| <= 128: then u8 x s8 pair sums are at most 255 * 128 = 32640 and VPMADDUBSW's int16
+   saturation never happens. Pairs are (2q, 2q + 1) of the whole k, which is how every k block
+   (KC even) groups them; a lone last value pairs with the zero padding. */
+static bool fits_maddubs(const kiln__qsrc *s, size_t rows, size_t k) {
+  const uint8_t *u8 = s->base;
+  const int8_t *s8 = s->base;
+  int32_t shift = s->is_signed ? 0 : -128;
+  for (size_t r = 0; r < rows; r++)
+    for (size_t p = 0; p < k; p += 2) {
+      size_t i = r * s->rs + p * s->ks;
+      int32_t v0 = (s->is_signed ? s8[i] : u8[i]) + shift, v1 = 0;
+      if (p + 1 < k) v1 = (s->is_signed ? s8[i + s->ks] : u8[i + s->ks]) + shift;
+      if (abs(v0) + abs(v1) > 128) return false;
+    }
+  return true;
 }
 
 kiln_status kiln__qpack_alloc(kiln__qisa isa, bool is_a, size_t rows, size_t k,
@@ -178,6 +236,8 @@ kiln_status kiln__qpack_alloc(kiln__qisa isa, bool is_a, size_t rows, size_t k,
                       rows, k);
   void *mem = kiln__aligned_alloc(bytes);
   if (!mem) return kiln__fail(err, KILN_NO_MEMORY, "out of memory packing integer weights");
+  if (isa == KILN__QISA_AVX2 && fits_maddubs(src, rows, k))
+    isa = is_a ? KILN__QFMT_AVX2_S8U8 : KILN__QFMT_AVX2_U8S8; /* never larger than int16 pairs */
   kiln__qpack(NULL, isa, is_a, rows, k, src, mem, out);
   out->owned = mem;
   return KILN_OK;

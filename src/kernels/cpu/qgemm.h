@@ -11,10 +11,15 @@
  *
  * which is exact (int32 wraps identically to the reference's int32 sum).
  *
- * Formats, one per ISA:
+ * Formats, one per ISA, plus the AVX2 byte formats:
  *   GENERIC, AVX2: values widened to int16 and grouped by k pairs; the product is VPMADDWD
  *     (int16 x int16 -> int32, two products summed). |a*b| <= 255*255, so a pair fits int32
- *     exactly: no VPMADDUBSW int16 saturation and no reduce_range. Costs twice the packed bytes.
+ *     exactly for any 8-bit values. Costs twice the packed bytes.
+ *   AVX2_U8S8 / AVX2_S8U8 (AVX2 machines, constant operands that qualify): bytes in k quads,
+ *     VPMADDUBSW (u8 x s8, pairs summed into saturating int16) + VPMADDWD(ones) + VPADDD. Exact
+ *     because the signed, constant operand was checked at pack time: |v0| + |v1| <= 128 for
+ *     every k pair (7-bit weights, the quantizer's default, always pass), so no pair sum exceeds
+ *     255 * 128 = 32640. Half the packed bytes and about twice the MAC rate of AVX2.
  *   AVXVNNI, AVX512VNNI: bytes grouped by k quads, VPDPBUSD (u8 x s8, four products summed into
  *     int32, exact). A is stored as uint8 and B as int8: an int8 A is shifted by +128 and a uint8
  *     B by -128 at pack time, and the operand's zero points by the same offset (zp_off), which the
@@ -49,10 +54,19 @@ typedef enum kiln__qisa {
   KILN__QISA_AVX2,        /* int16 pairs, VPMADDWD, 6x16 tile */
   KILN__QISA_AVXVNNI,     /* u8 x s8 quads, VPDPBUSD on ymm, 6x16 tile */
   KILN__QISA_AVX512VNNI,  /* u8 x s8 quads, VPDPBUSD on zmm, 6x32 tile */
-  KILN__QISA_COUNT
+  KILN__QISA_COUNT,
+  /* Packed formats that are not ISAs of their own (never selected, never named by KILN_ISA):
+     kiln__qpack_alloc picks one for a constant AVX2 operand whose stored int8 values satisfy
+     |v[2q]| + |v[2q+1]| <= 128 for every k pair, e.g. weights in [-64, 63] (reduce_range), so
+     that VPMADDUBSW's saturating int16 pair sum 255 * 128 = 32640 is exact. Bytes in k quads,
+     VPMADDUBSW + VPMADDWD(ones) + VPADDD, 6x16 tile. The other operand is packed per call in the
+     same format (kiln__qpack with the constant operand's `isa`). */
+  KILN__QFMT_AVX2_U8S8 = KILN__QISA_COUNT, /* A u8, B s8 (B is the constant: MatMul weights) */
+  KILN__QFMT_AVX2_S8U8,                    /* A s8, B u8 (A is the constant: conv weights) */
+  KILN__QFMT_COUNT
 } kiln__qisa;
 
-const char *kiln__qisa_name(kiln__qisa isa);
+const char *kiln__qisa_name(kiln__qisa isa); /* also the byte formats: "avx2-u8s8", "avx2-s8u8" */
 /* Whether this build and machine can run `isa` (compiler support, then cpuid). */
 bool kiln__qisa_supported(kiln__qisa isa);
 /* The best ISA this machine runs, or the one KILN_ISA names: generic, avx2, avxvnni, avx512vnni
@@ -86,7 +100,9 @@ size_t kiln__qpack_bytes(kiln__qisa isa, bool is_a, size_t rows, size_t k);
    pool. No allocation: for per-call operands in scratch. */
 void kiln__qpack(struct kiln__pool *pool, kiln__qisa isa, bool is_a, size_t rows, size_t k,
                  const kiln__qsrc *src, void *mem, kiln__qpacked *out);
-/* Packs into a new allocation (weights at load); release with kiln__qpacked_free. */
+/* Packs into a new allocation (weights at load); release with kiln__qpacked_free. With `isa`
+   AVX2, checks the values once and packs in KILN__QFMT_AVX2_U8S8 (B) / _S8U8 (A) when they
+   qualify; out->isa says which format was chosen, and the other operand must use it. */
 kiln_status kiln__qpack_alloc(kiln__qisa isa, bool is_a, size_t rows, size_t k,
                               const kiln__qsrc *src, kiln__qpacked *out, kiln_error *err);
 void kiln__qpacked_free(kiln__qpacked *p);
@@ -120,6 +136,11 @@ typedef struct kiln__qgemm_args {
 
 /* Runs the product. `pool` may be NULL; code inside a kiln__parallel_for job passes NULL. */
 void kiln__qgemm_run(struct kiln__pool *pool, const kiln__qgemm_args *g);
+
+/* Tests: the packed format of a prepared MatMulInteger / QLinearMatMul node's constant B, or of
+   group `group` of a ConvInteger / QLinearConv node's weights (`kstate`: what the quant kernel's
+   prepare() built, kiln__cpu_kernel_state); KILN__QFMT_COUNT when nothing was prepacked. */
+kiln__qisa kiln__cpu_quant_weight_format(const char *op_type, const void *kstate, size_t group);
 
 /* ---- vectorized conversions (quant_kernels.c), exact against the reference kernels ------------ */
 
@@ -165,6 +186,16 @@ void kiln__qep__generic(const kiln__qep_row *r);
 void kiln__qgemm_uk_6x16__avx2(size_t groups, const void *restrict a, const void *restrict b,
                                int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qep__avx2(const kiln__qep_row *r);
+void kiln__qgemm_uk_6x16__avx2_u8s8(size_t groups, const void *restrict a, const void *restrict b,
+                                    int32_t *restrict c, size_t ldc, bool accumulate);
+void kiln__qgemm_uk_6x16__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+                                    int32_t *restrict c, size_t ldc, bool accumulate);
+/* Packs rows [r0, r0 + 16) x k of a byte-format B panel block from a source with rs == 1 (k x n
+   row-major: ks is the row length): 16 columns per k quad, 64 bytes; `xor` (0 or 0x80) applies
+   the +-128 shift. Adds each column's sum of stored values (as int8 when `stored_signed`) to
+   sums[0..16). Full panels only (16 columns, kc a multiple of 4). */
+void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc, uint8_t xor_,
+                                 bool stored_signed, uint8_t *dst, int32_t *sums);
 void kiln__qgemm_uk_6x16__avxvnni(size_t groups, const void *restrict a, const void *restrict b,
                                   int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qgemm_uk_6x32__avx512vnni(size_t groups, const void *restrict a,

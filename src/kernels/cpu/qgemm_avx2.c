@@ -1,11 +1,13 @@
-/* AVX2 integer kernels: the 6 x 16 int16-pair microkernel (VPMADDWD), the requantizing epilogue
- * (also used by the VNNI tiles) and the quantize / dequantize / min-max loops. ISA flags are on
- * the functions, so the library still builds for baseline x86-64.
+/* AVX2 integer kernels: the 6 x 16 int16-pair microkernel (VPMADDWD), the 6 x 16 byte-quad
+ * microkernels (VPMADDUBSW) and their B packing, the requantizing epilogue (also used by the VNNI
+ * tiles) and the quantize / dequantize / min-max loops. ISA flags are on the functions, so the
+ * library still builds for baseline x86-64.
  *
- * Why VPMADDWD and not VPMADDUBSW: VPMADDUBSW multiplies u8 x s8 and adds adjacent pairs into
- * int16 with saturation, and 2 * 255 * 127 > 32767, so full-range weights can silently clip (the
- * reason ONNX Runtime offers reduce_range). Widening both operands to int16 at pack time and
- * using VPMADDWD (int16 x int16, pairs summed into int32) is exact for any 8-bit inputs. */
+ * Two paths: VPMADDUBSW multiplies u8 x s8 and adds adjacent pairs into int16 with saturation,
+ * and 2 * 255 * 127 > 32767, so full-range weights can silently clip (the reason ONNX Runtime
+ * offers reduce_range). Weights whose k pairs pass |w0| + |w1| <= 128 (checked once at pack
+ * time) run the byte kernels, which are exact for them; any other weights are widened to int16
+ * and run VPMADDWD (int16 x int16, pairs summed into int32), exact for any 8-bit inputs. */
 #include "kernels/cpu/qgemm.h"
 
 #ifdef KILN__QGEMM_X86
@@ -60,6 +62,96 @@ TARGET void kiln__qgemm_uk_6x16__avx2(size_t groups, const void *restrict a,
   STORE(4);
   STORE(5);
 #undef STORE
+}
+
+/* The byte formats (qgemm.h, KILN__QFMT_AVX2_*): k quads of bytes. VPMADDUBSW multiplies the
+   unsigned operand's bytes by the signed one's and sums adjacent pairs into int16 with
+   saturation, which never triggers because the constant signed operand was checked at pack time
+   (|v0| + |v1| <= 128, so |pair| <= 32640); VPMADDWD by ones then sums the two pairs of each quad
+   into int32 exactly. U8S8: A (broadcast) unsigned, B signed; S8U8: the reverse. */
+#define BYTE_UK(NAME, MUL)                                                                     \
+  TARGET void NAME(size_t groups, const void *restrict a, const void *restrict b,              \
+                   int32_t *restrict c, size_t ldc, bool accumulate) {                         \
+    const uint8_t *A = a, *B = b;                                                              \
+    const __m256i ones = _mm256_set1_epi16(1);                                                 \
+    __m256i c00 = _mm256_setzero_si256(), c01 = _mm256_setzero_si256();                        \
+    __m256i c10 = _mm256_setzero_si256(), c11 = _mm256_setzero_si256();                        \
+    __m256i c20 = _mm256_setzero_si256(), c21 = _mm256_setzero_si256();                        \
+    __m256i c30 = _mm256_setzero_si256(), c31 = _mm256_setzero_si256();                        \
+    __m256i c40 = _mm256_setzero_si256(), c41 = _mm256_setzero_si256();                        \
+    __m256i c50 = _mm256_setzero_si256(), c51 = _mm256_setzero_si256();                        \
+    for (size_t g = 0; g < groups; g++) {                                                      \
+      __m256i b0 = _mm256_loadu_si256((const __m256i *)B);                                     \
+      __m256i b1 = _mm256_loadu_si256((const __m256i *)(B + 32)), av;                          \
+      BROW(MUL, 0) BROW(MUL, 1) BROW(MUL, 2) BROW(MUL, 3) BROW(MUL, 4) BROW(MUL, 5)            \
+      A += 4 * MR;                                                                             \
+      B += 4 * NR;                                                                             \
+    }                                                                                          \
+    STORE(0);                                                                                  \
+    STORE(1);                                                                                  \
+    STORE(2);                                                                                  \
+    STORE(3);                                                                                  \
+    STORE(4);                                                                                  \
+    STORE(5);                                                                                  \
+  }
+#define BROW(MUL, i)                                                                \
+  av = bcast8x4(A + 4 * i);                                                         \
+  c##i##0 = _mm256_add_epi32(c##i##0, _mm256_madd_epi16(MUL(av, b0), ones));        \
+  c##i##1 = _mm256_add_epi32(c##i##1, _mm256_madd_epi16(MUL(av, b1), ones));
+#define MUL_U8S8(av, bv) _mm256_maddubs_epi16(av, bv)
+#define MUL_S8U8(av, bv) _mm256_maddubs_epi16(bv, av)
+#define STORE(i)                                                                \
+  do {                                                                          \
+    __m256i *p0 = (__m256i *)(c + i * ldc), *p1 = (__m256i *)(c + i * ldc + 8); \
+    if (accumulate) {                                                           \
+      c##i##0 = _mm256_add_epi32(c##i##0, _mm256_loadu_si256(p0));              \
+      c##i##1 = _mm256_add_epi32(c##i##1, _mm256_loadu_si256(p1));              \
+    }                                                                           \
+    _mm256_storeu_si256(p0, c##i##0);                                           \
+    _mm256_storeu_si256(p1, c##i##1);                                           \
+  } while (0)
+
+TARGET static inline __m256i bcast8x4(const uint8_t *p) {
+  int32_t v;
+  memcpy(&v, p, sizeof v);
+  return _mm256_set1_epi32(v);
+}
+
+BYTE_UK(kiln__qgemm_uk_6x16__avx2_u8s8, MUL_U8S8)
+BYTE_UK(kiln__qgemm_uk_6x16__avx2_s8u8, MUL_S8U8)
+#undef BROW
+#undef STORE
+#undef BYTE_UK
+
+TARGET void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc, uint8_t xor_,
+                                        bool stored_signed, uint8_t *dst, int32_t *sums) {
+  const __m128i x = _mm_set1_epi8((char)xor_);
+  /* Column sums: VPMADDUBSW of the quads by ones (u8 x s8 or, with the operands swapped, the
+     stored int8 x u8 ones), then VPMADDWD by ones: one int32 per column per quad, exact. */
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+  for (size_t p = 0; p < kc; p += 4) {
+    __m128i r0 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(src + p * ks)), x);
+    __m128i r1 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(src + (p + 1) * ks)), x);
+    __m128i r2 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(src + (p + 2) * ks)), x);
+    __m128i r3 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(src + (p + 3) * ks)), x);
+    __m128i t0 = _mm_unpacklo_epi8(r0, r1), t1 = _mm_unpackhi_epi8(r0, r1);
+    __m128i t2 = _mm_unpacklo_epi8(r2, r3), t3 = _mm_unpackhi_epi8(r2, r3);
+    /* columns 0-3, 4-7 | 8-11, 12-15: each column's 4 bytes in k order */
+    __m256i q0 = _mm256_set_m128i(_mm_unpackhi_epi16(t0, t2), _mm_unpacklo_epi16(t0, t2));
+    __m256i q1 = _mm256_set_m128i(_mm_unpackhi_epi16(t1, t3), _mm_unpacklo_epi16(t1, t3));
+    _mm256_storeu_si256((__m256i *)dst, q0);
+    _mm256_storeu_si256((__m256i *)(dst + 32), q1);
+    dst += 64;
+    __m256i m0 = stored_signed ? _mm256_maddubs_epi16(ones8, q0) : _mm256_maddubs_epi16(q0, ones8);
+    __m256i m1 = stored_signed ? _mm256_maddubs_epi16(ones8, q1) : _mm256_maddubs_epi16(q1, ones8);
+    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(m0, ones16));
+    s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(m1, ones16));
+  }
+  int32_t t[16];
+  _mm256_storeu_si256((__m256i *)t, s0);
+  _mm256_storeu_si256((__m256i *)(t + 8), s1);
+  for (int i = 0; i < 16; i++) sums[i] += t[i];
 }
 
 /* 8 int32 in [lo, hi] to 8 bytes. */

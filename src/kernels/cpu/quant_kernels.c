@@ -239,8 +239,12 @@ static bool mm_geom_get(const kiln__kctx *c, const mm_io *io, mm_geom *mg) {
 }
 
 /* Scratch: packed A, packed B unless prepacked, the requantization multipliers. */
+/* The format of the per-call operands: the prepacked weights' (a byte format when they qualify
+   for VPMADDUBSW, qgemm.h), else the session's ISA. */
+static kiln__qisa mm_fmt(const qstate *s) { return s->packed ? s->w.isa : s->isa; }
+
 static size_t mm_scratch_for(const qstate *s, const mm_geom *mg, bool qlinear) {
-  size_t bytes = align64(kiln__qpack_bytes(s->isa, true, mg->rows, mg->k));
+  size_t bytes = align64(kiln__qpack_bytes(mm_fmt(s), true, mg->rows, mg->k));
   if (!s->packed) bytes += align64(kiln__qpack_bytes(s->isa, false, mg->n, mg->k));
   if (qlinear) bytes += align64(mg->n * sizeof(float));
   return bytes;
@@ -283,7 +287,7 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
   kiln__qgemm_args g = {.m = mg.rows, .n = mg.n, .k = mg.k, .za = mg.za, .zb = mg.zb,
                         .kind = KILN__QOUT_I32, .c = y->data, .ldc = mg.n};
   uint8_t *mem = c->scratch;
-  size_t abytes = align64(kiln__qpack_bytes(s->isa, true, mg.rows, mg.k));
+  size_t abytes = align64(kiln__qpack_bytes(mm_fmt(s), true, mg.rows, mg.k));
   size_t bbytes = s->packed ? 0 : align64(kiln__qpack_bytes(s->isa, false, mg.n, mg.k));
   if (io.qlinear) {
     const kiln_tensor *yzp = c->in[7];
@@ -298,7 +302,7 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
   const kiln_tensor *a = c->in[io.a], *b = c->in[io.b];
   kiln__qpacked pa, pb;
   kiln__qsrc as = {a->data, a->dtype == KILN_DTYPE_INT8, mg.k, 1};
-  kiln__qpack(c->pool, s->isa, true, mg.rows, mg.k, &as, mem, &pa);
+  kiln__qpack(c->pool, mm_fmt(s), true, mg.rows, mg.k, &as, mem, &pa);
   if (!s->packed) {
     kiln__qsrc bs = {b->data, b->dtype == KILN_DTYPE_INT8, 1, mg.n};
     kiln__qpack(c->pool, s->isa, false, mg.n, mg.k, &bs, mem + abytes, &pb);
@@ -323,6 +327,7 @@ typedef struct qconv_state {
   int64_t sh, sw, dh, dw, pads[4];
   pad_mode pad;
   kiln__qpacked *pw; /* one packed mg x kk weight matrix per group (the GEMM's A) */
+  kiln__qisa bsize_fmt; /* of the groups' formats, the one whose packed columns are largest */
 } qconv_state;
 
 static const kiln_tensor *const_q8(const kiln__value *v) {
@@ -388,6 +393,14 @@ static kiln_status qconv_prepare(const kiln__node *n, const kiln__graph *g, void
                       s->kk, 1};
     st = kiln__qpack_alloc(s->isa, true, s->mg, s->kk, &src, &s->pw[i], err);
   }
+  /* Each group's columns are packed in its weights' format; scratch is sized for the largest
+     (int16 pairs take at least as many bytes as byte quads). */
+  s->bsize_fmt = s->isa;
+  if (st == KILN_OK) {
+    s->bsize_fmt = s->pw[0].isa;
+    for (size_t i = 1; i < s->groups; i++)
+      if (s->pw[i].isa != s->bsize_fmt) s->bsize_fmt = s->isa;
+  }
   if (st != KILN_OK) {
     qconv_release(s);
     return st;
@@ -446,7 +459,7 @@ static bool qconv_geom_get(const kiln__kctx *c, const qconv_state *s, qconv_geom
 /* Scratch: im2col columns (unless pointwise), their packed copy, per-row multipliers and bias. */
 static size_t qconv_scratch_for(const qconv_state *s, const qconv_geom *cg) {
   size_t cols = cg->pointwise ? 0 : align64(s->kk * cg->chunk);
-  return cols + align64(kiln__qpack_bytes(s->isa, false, cg->chunk, s->kk)) +
+  return cols + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg->chunk, s->kk)) +
          align64(s->m * sizeof(float));
 }
 
@@ -514,7 +527,8 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   uint8_t *col = mem;
   size_t colb = cg.pointwise ? 0 : align64(s->kk * cg.chunk);
   uint8_t *bmem = mem + colb;
-  float *mult = (float *)(bmem + align64(kiln__qpack_bytes(s->isa, false, cg.chunk, s->kk)));
+  float *mult =
+      (float *)(bmem + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg.chunk, s->kk)));
   const int32_t *bias = NULL;
   kiln__qout_kind kind = KILN__QOUT_I32;
   int32_t zy = 0;
@@ -559,7 +573,7 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
           src = (kiln__qsrc){col, xs8, 1, q1 - q0};
         }
         kiln__qpacked pb;
-        kiln__qpack(c->pool, s->isa, false, q1 - q0, s->kk, &src, bmem, &pb);
+        kiln__qpack(c->pool, s->pw[gi].isa, false, q1 - q0, s->kk, &src, bmem, &pb);
         g.n = q1 - q0;
         g.b = &pb;
         g.c = (uint8_t *)y->data + (yoff + q0) * out_esz;
@@ -567,6 +581,19 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
       }
     }
   return KILN_OK;
+}
+
+kiln__qisa kiln__cpu_quant_weight_format(const char *op_type, const void *kstate, size_t group) {
+  if (!kstate) return KILN__QFMT_COUNT;
+  if (!strcmp(op_type, "MatMulInteger") || !strcmp(op_type, "QLinearMatMul")) {
+    const qstate *s = kstate;
+    return s->packed ? s->w.isa : KILN__QFMT_COUNT;
+  }
+  if (!strcmp(op_type, "ConvInteger") || !strcmp(op_type, "QLinearConv")) {
+    const qconv_state *s = kstate;
+    return s->pw && group < s->groups ? s->pw[group].isa : KILN__QFMT_COUNT;
+  }
+  return KILN__QFMT_COUNT;
 }
 
 const kiln__cpu_kernel kiln__cpu_quant_kernels[] = {
