@@ -176,7 +176,9 @@ AVX2 static inline __m256 dw_tap(const float *r, size_t kx, size_t S) {
 }
 
 /* Input columns a block reads past c0: the last tap's vector (stride 2: its 16-float pair). */
-static size_t dw_span(size_t kw, size_t s) { return s == 1 ? kw + 7 : ((kw - 1) & ~(size_t)1) + 16; }
+static size_t dw_span(size_t kw, size_t s) {
+  return s == 1 ? kw + 7 : ((kw - 1) & ~(size_t)1) + 16;
+}
 
 /* acc[r] = bias + sum over taps for the DR x 8 block whose input row j (j = r * sh + ky) is
    rows[j], or base + j * ld when rows is NULL (a block inside the plane: no pointer table).
@@ -342,7 +344,8 @@ nc8_body(const kiln__dw_geom *g, size_t hp, size_t wp, const float *x, size_t in
       if (!z) acc = act8(ep, acc);
       _mm256_store_ps(t, acc);
       if (z)
-        for (size_t ch = 0; ch < 8; ch++) y[ch * out_stride + o] = act1(ep, t[ch] + z[ch * out_stride + o]);
+        for (size_t ch = 0; ch < 8; ch++)
+          y[ch * out_stride + o] = act1(ep, t[ch] + z[ch * out_stride + o]);
       else
         for (size_t ch = 0; ch < 8; ch++) y[ch * out_stride + o] = t[ch];
     }
