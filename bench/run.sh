@@ -8,6 +8,7 @@
 # usage: bench/run.sh [BUILD_DIR]      (default build; needs BUILD_DIR/kiln and libkiln.a)
 # env:   MODELS_DIR (~/.cache/kiln-models)  ORT_DIR (~/.cache/kiln-ort)  RUNS (30)  WARMUP (5)
 #        ROUNDS (1)  THREADS ("1 2")  MODELS (the list below)  GEMM_SECONDS (0.3)
+#        GEMM (1; 0 skips the GEMM lines, for quick model-only A/B runs of two builds)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build}
@@ -79,7 +80,9 @@ done
 
 # GEMM efficiency: built here against the library (not part of the CMake build).
 gemm_bin=$build/bench_gemm
-if cc -std=c11 -D_POSIX_C_SOURCE=200809L -O2 ${GEMM_CFLAGS:-} -I"$root/include" -I"$root/src" \
+if [ "${GEMM:-1}" = 0 ]; then
+  echo "bench: GEMM lines skipped (GEMM=0)"
+elif cc -std=c11 -D_POSIX_C_SOURCE=200809L -O2 ${GEMM_CFLAGS:-} -I"$root/include" -I"$root/src" \
      "$root/bench/bench_gemm.c" "$build/libkiln.a" -lprotobuf-c -lm -lpthread -o "$gemm_bin"; then
   for t in $threads_list; do "$gemm_bin" "$t" "${GEMM_SECONDS:-0.3}"; done
 else

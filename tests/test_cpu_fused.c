@@ -217,6 +217,10 @@ static void fconv_cases(kiln__pool *pool) {
       {1, 12, 10, 13, 12, 3, 12, 1, 1, 1, 1, -1}, /* depthwise, direct kernel */
       {2, 8, 15, 15, 8, 3, 8, 2, 1, 1, 0, 3},    /* depthwise strided, Relu6 */
       {1, 6, 9, 9, 6, 5, 6, 1, 2, 0, 1, 9},      /* depthwise 5x5, HardSwish */
+      {1, 16, 9, 9, 16, 5, 16, 1, 2, 1, 1, -1},  /* depthwise 5x5, 8 channels in lanes */
+      {1, 8, 70, 70, 8, 3, 8, 1, 1, 1, 1, -1},   /* depthwise on a wide plane, read in place */
+      {1, 8, 71, 67, 8, 3, 8, 2, 1, 1, 1, 3},    /* ... strided, Relu6 */
+      {1, 8, 40, 40, 8, 3, 8, 1, 1, 0, 1, 2},    /* depthwise on a padded copy (ow > 32) */
       {2, 6, 9, 10, 9, 3, 3, 1, 1, 1, 1, 2},     /* grouped */
       {1, 64, 14, 14, 70, 1, 1, 2, 0, 1, 1, 2},  /* strided 1x1 */
       {1, 40, 60, 60, 20, 3, 1, 1, 1, 1, 1, 13}, /* two im2col column chunks, Silu */

@@ -564,6 +564,24 @@ static void depthwise_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 3, 12, 12, 3, 1, 1, 1, 1, 0, 1, 0, NULL, 1},   /* 3x1: the general tap loop */
       {1, 3, 19, 23, 7, 7, 3, 3, 3, 3, 3, 3, NULL, 1},   /* stride 3: the portable row */
       {1, 2, 40, 200, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},  /* many vectors per row */
+      /* The AVX2 paths: 8 channels in the lanes (ow <= 32; C = 12 and 20 leave a short group
+         that runs plane by plane), a zero-bordered copy of narrow planes, and wide planes read
+         in place with edge blocks through padded segments; rows not a multiple of 4. */
+      {2, 12, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},
+      {1, 20, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1, NULL, 1},
+      {1, 16, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 0},
+      {1, 8, 13, 11, 3, 3, 1, 2, 0, 1, 2, 0, NULL, 1},    /* mixed strides, asymmetric pads */
+      {1, 8, 16, 16, 7, 7, 1, 1, 3, 3, 3, 3, NULL, 1},    /* 49 taps in the lanes */
+      {1, 8, 9, 9, 9, 9, 1, 1, 4, 4, 4, 4, NULL, 1},      /* 81 taps: too many for the lanes */
+      {1, 3, 41, 45, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},    /* padded copy, ow > 32 */
+      {1, 3, 38, 61, 5, 5, 2, 2, 2, 2, 2, 2, NULL, 1},
+      {1, 3, 67, 130, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},   /* read in place */
+      {1, 3, 66, 131, 3, 3, 2, 2, 1, 1, 1, 1, NULL, 1},
+      {1, 2, 70, 97, 5, 5, 2, 2, 2, 2, 2, 2, NULL, 0},
+      {1, 2, 66, 70, 3, 5, 2, 1, 1, 2, 0, 1, NULL, 1},    /* 3x5, sh 2 sw 1 */
+      {1, 2, 30, 70, 4, 4, 4, 2, 1, 1, 2, 2, NULL, 1},    /* sh 4, even kernel */
+      {1, 2, 30, 70, 3, 3, 5, 2, 1, 1, 1, 1, NULL, 1},    /* sh 5: the phase-split path */
+      {1, 2, 17, 9, 3, 3, 2, 2, 0, 0, 0, 0, "SAME_UPPER", 1},
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     int n_in = cases[i].bias ? 3 : 2;

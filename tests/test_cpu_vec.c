@@ -6,7 +6,8 @@
  *     over a dense sweep, for every ISA the machine runs, within the bounds the header states;
  *   - the "cpu" backend's elementwise (Clip included), Softmax and LayerNormalization kernels
  *     against the "ref" backend (the oracle) on single-node models built here with random odd
- *     shapes.
+ *     shapes, and Concat (copy_kernels.c) on random shapes and axes, empty inputs and outputs
+ *     above its threading threshold included.
  * argv[1]: the repository's models/ folder. */
 #include <math.h>
 #include <pthread.h>
@@ -428,7 +429,8 @@ static size_t run_on(const char *backend, const uint8_t *buf, size_t len, const 
     assert_int_equal(kiln_session_output(s, (size_t)i, &t), KILN_OK);
     out[i] = t;
     out[i].data = malloc(kiln_tensor_nbytes(&t) + 1);
-    memcpy(out[i].data, t.data, kiln_tensor_nbytes(&t));
+    /* An empty output's data may be NULL. */
+    if (kiln_tensor_nbytes(&t)) memcpy(out[i].data, t.data, kiln_tensor_nbytes(&t));
   }
   const char *name;
   size_t nodes;
@@ -583,11 +585,42 @@ static void layernorm_body(void) {
   }
 }
 
+/* Concat (copy_kernels.c): axis first, middle, last and negative; 1 to 3 inputs; empty inputs
+   on the axis, an all-empty output and an empty non-axis dimension; and outputs above the
+   kernel's threading threshold (256 KiB), both as one big row per input (outer == 1, SqueezeNet's
+   shape) and as many rows, so the chunks split rows and pieces at odd places. */
+static void concat_body(void) {
+  const struct { int n_in, rank; int64_t d[3][4]; const char *axis; } cases[] = {
+      {2, 2, {{3, 5}, {4, 5}}, "axis=i:0"},
+      {2, 2, {{3, 5}, {3, 7}}, "axis=i:1"},
+      {3, 3, {{2, 3, 5}, {2, 1, 5}, {2, 4, 5}}, "axis=i:1"},
+      {3, 3, {{2, 3, 5}, {2, 3, 1}, {2, 3, 9}}, "axis=i:-1"},
+      {3, 4, {{1, 3, 5, 7}, {1, 0, 5, 7}, {1, 2, 5, 7}}, "axis=i:1"}, /* an empty input */
+      {2, 2, {{0, 5}, {0, 5}}, "axis=i:0"},                           /* empty output */
+      {2, 3, {{2, 0, 3}, {2, 0, 4}}, "axis=i:2"},                     /* empty elsewhere */
+      {1, 3, {{2, 3, 4}}, "axis=i:1"},
+      {2, 4, {{1, 64, 55, 55}, {1, 64, 55, 55}}, "axis=i:1"},           /* threaded, outer 1 */
+      {3, 4, {{3, 7, 33, 29}, {3, 1, 33, 29}, {3, 5, 33, 29}}, "axis=i:1"}, /* threaded rows */
+      {2, 2, {{700, 130}, {700, 3}}, "axis=i:-1"},                    /* threaded, short rows */
+      {2, 3, {{2, 3, 4}, {5, 3, 4}}, "axis=i:-3"},
+  };
+  for (size_t k = 0; k < KILN__ARRAY_LEN(cases); k++) {
+    node_spec sp = {.op = "Concat", .opset = 13, .n_in = cases[k].n_in, .n_out = 1,
+                    .attr = {cases[k].axis}};
+    for (int i = 0; i < cases[k].n_in; i++) {
+      sp.rank[i] = cases[k].rank;
+      memcpy(sp.dims[i], cases[k].d[i], sizeof cases[k].d[i]);
+    }
+    check_node(&sp, true);
+  }
+}
+
 static void kernels_unary(void **state) { (void)state; each_isa(unary_body); }
 static void kernels_binary(void **state) { (void)state; each_isa(binary_body); }
 static void kernels_clip(void **state) { (void)state; each_isa(clip_body); }
 static void kernels_softmax(void **state) { (void)state; each_isa(softmax_body); }
 static void kernels_layernorm(void **state) { (void)state; each_isa(layernorm_body); }
+static void kernels_concat(void **state) { (void)state; each_isa(concat_body); }
 
 int main(int argc, char **argv) {
   if (argc < 2) {
@@ -607,6 +640,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(kernels_clip),
       cmocka_unit_test(kernels_softmax),
       cmocka_unit_test(kernels_layernorm),
+      cmocka_unit_test(kernels_concat),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

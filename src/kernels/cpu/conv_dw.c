@@ -150,11 +150,249 @@ AVX2 static void row_avx2(const kiln__dw_geom *g, size_t plen, const float *cons
   else if (k == 5 && g->sw == 2) row_avx2_k(g, plen, rows, w, bias, z, y, ep, 5, 5, 2);
   else row_avx2_any(g, plen, rows, w, bias, z, y, ep);
 }
+/* ---- the direct AVX2 path (horizontal stride 1 or 2) ------------------------------------------
+
+   No row copies: a block of DR output rows x 8 output columns reads its taps straight from the
+   input plane. Each block names its input rows through a pointer per row (offset to the block's
+   first input column c0 = ox * sw - pl); a row above or below the plane points at zeros, and a
+   block whose columns cross the left or right edge (or the last partial block) reads small
+   zero-padded copies of its rows instead (`seg`), so padding costs nothing in the interior.
+   DR = 4 output rows give 4 independent FMA chains (a 9-tap chain on one accumulator is bound by
+   FMA latency) and let rows shared by neighbouring outputs be loaded once. Stride 2 loads 16
+   input columns and de-interleaves them: even taps take the even lanes of the load at c0 + kx,
+   odd taps the odd lanes of the load at c0 + kx - 1. */
+#define DR 4
+#define SEG 32          /* floats of a padded segment: >= 8 * sw + kw + 7 for kw <= 16 */
+#define MAXROWS 28      /* (DR - 1) * sh + kh for sh <= 4, kh <= 16 */
+#define PADMAX 16384    /* floats of the padded plane copy (64 KiB: 112 x 112 with its border) */
+
+AVX2 static inline __m256 dw_tap(const float *r, size_t kx, size_t S) {
+  if (S == 1) return _mm256_loadu_ps(r + kx);
+  const float *p = r + (kx & ~(size_t)1);
+  __m256 lo = _mm256_loadu_ps(p), hi = _mm256_loadu_ps(p + 8);
+  __m256 v = (kx & 1) ? _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1))
+                      : _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+/* Input columns a block reads past c0: the last tap's vector (stride 2: its 16-float pair). */
+static size_t dw_span(size_t kw, size_t s) {
+  return s == 1 ? kw + 7 : ((kw - 1) & ~(size_t)1) + 16;
+}
+
+/* acc[r] = bias + sum over taps for the DR x 8 block whose input row j (j = r * sh + ky) is
+   rows[j], or base + j * ld when rows is NULL (a block inside the plane: no pointer table).
+   KH, KW and SH are compile-time for the unrolled shapes (0: take g's, weights from memory;
+   wv holds the broadcast weights otherwise). */
+AVX2 static inline __attribute__((always_inline)) void
+dw_block(const kiln__dw_geom *g, const float *const *rows, const float *base, size_t ld,
+         const float *w, const __m256 *wv, float bias, __m256 acc[DR], size_t KH, size_t KW,
+         size_t S, size_t SH) {
+  size_t kh = KH ? KH : g->kh, kw = KW ? KW : g->kw, sh = SH ? SH : g->sh;
+  for (size_t r = 0; r < DR; r++) acc[r] = _mm256_set1_ps(bias);
+#define DW_ROW(j) (rows ? rows[j] : base + (j) * ld)
+  if (KH) {
+    for (size_t ky = 0; ky < KH; ky++)
+      for (size_t kx = 0; kx < KW; kx++)
+        for (size_t r = 0; r < DR; r++)
+          acc[r] = _mm256_fmadd_ps(wv[ky * KW + kx], dw_tap(DW_ROW(r * sh + ky), kx, S), acc[r]);
+    return;
+  }
+  for (size_t ky = 0; ky < kh; ky++)
+    for (size_t kx = 0; kx < kw; kx++) {
+      __m256 wt = _mm256_broadcast_ss(w + ky * kw + kx);
+      for (size_t r = 0; r < DR; r++)
+        acc[r] = _mm256_fmadd_ps(wt, dw_tap(DW_ROW(r * sh + ky), kx, S), acc[r]);
+    }
+#undef DW_ROW
+}
+
+/* Writes the plane into a zero-bordered copy P (hp x wp; input (iy, ix) at (iy + pt, ix + pl)),
+   so that every block of the plane reads inside P. One pass over the input, no libc calls. */
+KILN__NO_LIBCALL_LOOPS static void pad_plane(const kiln__dw_geom *g, const float *x, float *p,
+                                             size_t hp, size_t wp) {
+  size_t right = wp - g->pl - g->w;
+  for (size_t r = 0; r < hp; r++, p += wp) {
+    if (r < g->pt || r >= g->pt + g->h) {
+      kiln__zero_floats(p, wp);
+      continue;
+    }
+    kiln__zero_floats(p, g->pl);
+    kiln__copy_floats(p + g->pl, x + (r - g->pt) * g->w, g->w);
+    kiln__zero_floats(p + g->pl + g->w, right);
+  }
+}
+
+AVX2 static inline __attribute__((always_inline)) void
+plane_direct(const kiln__dw_geom *g, const float *x, const float *w, float bias, const float *z,
+             float *y, const kiln__epilogue *ep, size_t KH, size_t KW, size_t S, size_t SH) {
+  size_t kh = KH ? KH : g->kh, kw = KW ? KW : g->kw, sh = SH ? SH : g->sh;
+  size_t span = dw_span(kw, S), nrows = (DR - 1) * sh + kh;
+  __m256 wv[25];
+  if (KH)
+    for (size_t t = 0; t < KH * KW; t++) wv[t] = _mm256_broadcast_ss(w + t);
+  /* Narrow planes are copied once with their zero border (the last block's last row and column
+     included), so every block reads in bounds: otherwise most of their blocks would cross an
+     edge. Wide planes read the input in place: few blocks cross an edge, and the copy would be
+     one more pass over a plane that is usually not in cache. */
+  size_t wp = (g->ow - 1) / 8 * 8 * S + span, hp = (g->oh - 1) / DR * DR * sh + nrows;
+  wp = KILN__MAX(wp, g->pl + g->w);
+  hp = KILN__MAX(hp, g->pt + g->h);
+  _Alignas(32) float pbuf[PADMAX];
+  bool padded = hp * wp <= PADMAX && g->w < 64;
+  const float *src = x;
+  size_t ld = g->w, top = g->pt, left = g->pl, h = g->h, wd = g->w;
+  if (padded) {
+    pad_plane(g, x, pbuf, hp, wp);
+    src = pbuf, ld = wp, top = 0, left = 0, h = hp, wd = wp;
+  }
+  _Alignas(32) float seg[MAXROWS][SEG];
+  const float *rows[MAXROWS];
+  for (size_t oy = 0; oy < g->oh; oy += DR) {
+    size_t dr = KILN__MIN((size_t)DR, g->oh - oy);
+    int64_t iy0 = (int64_t)(oy * sh) - (int64_t)top;
+    bool rows_in = iy0 >= 0 && iy0 + (int64_t)nrows <= (int64_t)h;
+    for (size_t ox = 0; ox < g->ow; ox += 8) {
+      size_t nx = KILN__MIN((size_t)8, g->ow - ox);
+      int64_t c0 = (int64_t)(ox * S) - (int64_t)left;
+      __m256 acc[DR];
+      if (rows_in && c0 >= 0 && c0 + (int64_t)span <= (int64_t)wd) {
+        dw_block(g, NULL, src + (size_t)iy0 * ld + (size_t)c0, ld, w, wv, bias, acc, KH, KW, S,
+                 SH);
+      } else {
+        /* A block crossing an edge of the unpadded input: rows outside read zeros, and rows
+           crossing a side are copied into zero-padded segments. */
+        for (size_t j = 0; j < nrows; j++) {
+          int64_t iy = iy0 + (int64_t)j;
+          if (iy < 0 || iy >= (int64_t)h) {
+            rows[j] = zeros;
+          } else if (c0 >= 0 && c0 + (int64_t)span <= (int64_t)wd) {
+            rows[j] = src + (size_t)iy * ld + (size_t)c0;
+          } else {
+            const float *xr = src + (size_t)iy * ld;
+            for (size_t i = 0; i < span; i++) {
+              int64_t ix = c0 + (int64_t)i;
+              seg[j][i] = ix >= 0 && ix < (int64_t)wd ? xr[ix] : 0.0f;
+            }
+            rows[j] = seg[j];
+          }
+        }
+        dw_block(g, rows, NULL, 0, w, wv, bias, acc, KH, KW, S, SH);
+      }
+      for (size_t r = 0; r < dr; r++) {
+        size_t o = (oy + r) * g->ow + ox;
+        store8(y + o, z ? z + o : NULL, acc[r], nx, ep);
+      }
+    }
+    if (kiln__act_is_post(ep->act))
+      for (size_t r = 0; r < dr; r++)
+        kiln__act_apply(ep->vm, ep->act, ep->lo, ep->hi, y + (oy + r) * g->ow, g->ow);
+  }
+}
+
+/* ---- small planes, 8 channels in the lanes (AVX2) --------------------------------------------
+
+   A 7x7 or 14x14 plane is too narrow for vectors along its rows (a 7-wide row fills one 8-lane
+   vector badly, and per-plane set-up costs more than its 441 multiply-adds), so 8 channels are
+   run together: their planes are interleaved into a zero-bordered copy with the channel in the
+   lanes (the NCHW8c layout, for this node only), every output position is then kh * kw
+   full-width FMAs, and the results are scattered back to the 8 NCHW planes. */
+#define NC8MAX 16384 /* floats of the interleaved copy (64 KiB) */
+
+static bool nc8_fits(const kiln__dw_geom *g, size_t *hp, size_t *wp) {
+  *hp = (g->oh - 1) * g->sh + g->kh;
+  *wp = (g->ow - 1) * g->sw + g->kw;
+  return g->ow <= 32 && g->kh * g->kw <= 49 && *hp * *wp * 8 <= NC8MAX;
+}
+
+AVX2 static inline __attribute__((always_inline)) void
+nc8_body(const kiln__dw_geom *g, size_t hp, size_t wp, const float *x, size_t in_stride,
+         const float *w, const float *bias, const float *z, float *y, size_t out_stride,
+         const kiln__epilogue *ep, size_t KH, size_t KW) {
+  size_t kh = KH ? KH : g->kh, kw = KW ? KW : g->kw, k = kh * kw;
+  _Alignas(32) float p[NC8MAX];
+  for (size_t i = 0; i < hp * wp * 8; i += 8) _mm256_store_ps(p + i, _mm256_setzero_ps());
+  size_t rows = KILN__MIN(g->h, hp > g->pt ? hp - g->pt : 0);
+  size_t cols = KILN__MIN(g->w, wp > g->pl ? wp - g->pl : 0);
+  for (size_t ch = 0; ch < 8; ch++)
+    for (size_t iy = 0; iy < rows; iy++) {
+      const float *xr = x + ch * in_stride + iy * g->w;
+      float *d = p + ((iy + g->pt) * wp + g->pl) * 8 + ch;
+      for (size_t ix = 0; ix < cols; ix++) d[ix * 8] = xr[ix];
+    }
+  __m256 wv[49];
+  for (size_t t = 0; t < k; t++)
+    wv[t] = _mm256_setr_ps(w[t], w[k + t], w[2 * k + t], w[3 * k + t], w[4 * k + t],
+                           w[5 * k + t], w[6 * k + t], w[7 * k + t]);
+  __m256 b = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+  bool post = kiln__act_is_post(ep->act);
+  for (size_t oy = 0; oy < g->oh; oy++)
+    for (size_t ox = 0; ox < g->ow; ox++) {
+      const float *base = p + (oy * g->sh * wp + ox * g->sw) * 8;
+      __m256 a0 = b, a1 = _mm256_setzero_ps();
+      for (size_t ky = 0; ky < kh; ky++) {
+        const float *r = base + ky * wp * 8;
+        for (size_t kx = 0; kx < kw; kx++) {
+          /* Two chains halve the FMA latency each position waits for. */
+          if (ky & 1) a1 = _mm256_fmadd_ps(wv[ky * kw + kx], _mm256_load_ps(r + kx * 8), a1);
+          else a0 = _mm256_fmadd_ps(wv[ky * kw + kx], _mm256_load_ps(r + kx * 8), a0);
+        }
+      }
+      __m256 acc = _mm256_add_ps(a0, a1);
+      size_t o = oy * g->ow + ox;
+      _Alignas(32) float t[8];
+      if (!z) acc = act8(ep, acc);
+      _mm256_store_ps(t, acc);
+      if (z)
+        for (size_t ch = 0; ch < 8; ch++)
+          y[ch * out_stride + o] = act1(ep, t[ch] + z[ch * out_stride + o]);
+      else
+        for (size_t ch = 0; ch < 8; ch++) y[ch * out_stride + o] = t[ch];
+    }
+  if (post)
+    for (size_t ch = 0; ch < 8; ch++)
+      kiln__act_apply(ep->vm, ep->act, ep->lo, ep->hi, y + ch * out_stride, g->oh * g->ow);
+}
+
+AVX2 static void nc8_avx2(const kiln__dw_geom *g, size_t hp, size_t wp, const float *x,
+                          size_t in_stride, const float *w, const float *bias, const float *z,
+                          float *y, size_t out_stride, const kiln__epilogue *ep) {
+  if (g->kh == 3 && g->kw == 3)
+    nc8_body(g, hp, wp, x, in_stride, w, bias, z, y, out_stride, ep, 3, 3);
+  else
+    nc8_body(g, hp, wp, x, in_stride, w, bias, z, y, out_stride, ep, 0, 0);
+}
+
+AVX2 static void plane_avx2(const kiln__dw_geom *g, const float *x, const float *w, float bias,
+                            const float *z, float *y, const kiln__epilogue *ep) {
+  bool k3 = g->kh == 3 && g->kw == 3, k5 = g->kh == 5 && g->kw == 5;
+  if (g->sw == 1 && g->sh == 1) {
+    if (k3) plane_direct(g, x, w, bias, z, y, ep, 3, 3, 1, 1);
+    else if (k5) plane_direct(g, x, w, bias, z, y, ep, 5, 5, 1, 1);
+    else plane_direct(g, x, w, bias, z, y, ep, 0, 0, 1, 0);
+  } else if (g->sw == 2 && g->sh == 2) {
+    if (k3) plane_direct(g, x, w, bias, z, y, ep, 3, 3, 2, 2);
+    else if (k5) plane_direct(g, x, w, bias, z, y, ep, 5, 5, 2, 2);
+    else plane_direct(g, x, w, bias, z, y, ep, 0, 0, 2, 0);
+  } else if (g->sw == 1) {
+    plane_direct(g, x, w, bias, z, y, ep, 0, 0, 1, 0);
+  } else {
+    plane_direct(g, x, w, bias, z, y, ep, 0, 0, 2, 0);
+  }
+}
 #endif
 
 void kiln__dwconv_plane_f32(kiln__isa isa, const kiln__dw_geom *g, const float *x,
                             const float *w, float bias, const float *z, float *y,
                             const kiln__epilogue *ep) {
+#ifdef DW_X86
+  /* The direct path for the shapes CNNs use; other strides keep the phase-split row ring. */
+  if (isa != KILN__ISA_GENERIC && (g->sw == 1 || g->sw == 2) && g->sh <= 4 && g->kh <= 16 &&
+      g->kw <= 16) {
+    plane_avx2(g, x, w, bias, z, y, ep);
+    return;
+  }
+#endif
   _Alignas(32) float buf[ROWBUF];
   float tmp[ROWBUF / 4];
   size_t plen = phase_len(g), len = g->sw * plen;
@@ -234,14 +472,32 @@ typedef struct dw_job {
   const kiln__epilogue *ep;
 } dw_job;
 
-static void dw_planes(void *arg, size_t q0, size_t q1) {
+/* Work items are groups of 8 channels of one image (the last group of an image may be short). */
+static void dw_groups(void *arg, size_t g0, size_t g1) {
   const dw_job *j = arg;
   size_t in = j->g.h * j->g.w, out = j->g.oh * j->g.ow, k = j->d->kh * j->d->kw;
-  for (size_t q = q0; q < q1; q++) {
-    size_t ch = q % j->d->c;
-    kiln__dwconv_plane_f32(j->d->isa, &j->g, j->x + q * in, j->d->w + ch * k,
-                           j->bias ? j->bias[ch] : 0.0f, j->z ? j->z + q * out : NULL,
-                           j->y + q * out, j->ep);
+  size_t cg = (j->d->c + 7) / 8;
+#ifdef DW_X86
+  size_t hp = 0, wp = 0;
+  bool nc8 = j->d->isa != KILN__ISA_GENERIC && nc8_fits(&j->g, &hp, &wp);
+#endif
+  for (size_t gi = g0; gi < g1; gi++) {
+    size_t c0 = gi % cg * 8, cnt = KILN__MIN((size_t)8, j->d->c - c0);
+    size_t q0 = gi / cg * j->d->c + c0;
+#ifdef DW_X86
+    if (nc8 && cnt == 8) {
+      nc8_avx2(&j->g, hp, wp, j->x + q0 * in, in, j->d->w + c0 * k,
+               j->bias ? j->bias + c0 : NULL, j->z ? j->z + q0 * out : NULL, j->y + q0 * out,
+               out, j->ep);
+      continue;
+    }
+#endif
+    for (size_t q = q0; q < q0 + cnt; q++) {
+      size_t ch = q % j->d->c;
+      kiln__dwconv_plane_f32(j->d->isa, &j->g, j->x + q * in, j->d->w + ch * k,
+                             j->bias ? j->bias[ch] : 0.0f, j->z ? j->z + q * out : NULL,
+                             j->y + q * out, j->ep);
+    }
   }
 }
 
@@ -273,11 +529,11 @@ bool kiln__dw_conv_run(kiln__kctx *c, const kiln__dw_conv *d, const float *z,
   j.g.pt = (size_t)pt;
   j.g.pl = (size_t)pl;
   if (!kiln__dwconv_fits(&j.g)) return false;
-  size_t planes = (size_t)x->dims[0] * d->c;
+  size_t planes = (size_t)x->dims[0] * d->c, groups = (size_t)x->dims[0] * ((d->c + 7) / 8);
   if (planes && j.g.oh && j.g.ow)
     kiln__parallel_for(
-        kiln__pool_for(c->pool, (double)planes * j.g.oh * j.g.ow * j.g.kh * j.g.kw), planes,
-        dw_planes, &j);
+        kiln__pool_for(c->pool, (double)planes * j.g.oh * j.g.ow * j.g.kh * j.g.kw), groups,
+        dw_groups, &j);
   return true;
 }
 

@@ -1,12 +1,15 @@
 /* Depthwise 2-D convolution, float32 NCHW (group == C == M, one filter per channel).
  *
  * The GEMM formulation wastes a depthwise conv (k = kh * kw, a 9-deep product per output), so it
- * runs directly: per plane, each input row is copied once into a zero-padded row buffer (a ring
- * of kh rows on the stack), split by phase of the horizontal stride so that every tap of every
- * stride is a contiguous load; each output row is then a padding-free sweep of kh * kw
- * multiply-adds over 16 (AVX2) output columns at a time, with 3x3 and 5x5 unrolled and their
- * weights held in registers. Any stride and kernel size up to 16 rows are handled; dilation must
- * be 1. Contract: flat arguments, no allocation, no threads, no errors. */
+ * runs directly. With AVX2 there are two paths: planes up to 32 outputs wide run 8 channels at a
+ * time with the channel in the vector lanes (an interleaved, zero-bordered copy of the 8 planes;
+ * each output position is kh * kw full-width FMAs); wider planes run blocks of 4 output rows x 8
+ * columns (4 independent FMA chains) with taps loaded straight from the input (stride 2:
+ * 16-float loads de-interleaved), narrow ones through a zero-bordered copy of the plane, wide
+ * ones in place with only the edge blocks copied into padded segments. Horizontal strides other
+ * than 1 and 2, vertical strides above 4 and the portable build use a row sweep over phase-split
+ * padded row buffers. 3x3 and 5x5 are unrolled with their weights in registers. Dilation must be
+ * 1. Contract: flat arguments, no allocation, no threads, no errors. */
 #ifndef KILN_KERNELS_CPU_CONV_DW_H
 #define KILN_KERNELS_CPU_CONV_DW_H
 

@@ -30,7 +30,7 @@ bool kiln__cpu_ints(const kiln__node *n, const char *name, size_t cnt, int64_t l
 static const kiln__cpu_kernel *const families[] = {
     kiln__cpu_gemm_kernels, kiln__cpu_vec_kernels, kiln__cpu_dwconv_kernels,
     kiln__cpu_pool_kernels, kiln__cpu_fused_kernels, kiln__cpu_quant_kernels,
-    kiln__cpu_nbits_kernels};
+    kiln__cpu_nbits_kernels, kiln__cpu_copy_kernels};
 
 static const kiln__cpu_kernel *find(const kiln__node *n, const kiln__graph *g) {
   for (size_t f = 0; f < KILN__ARRAY_LEN(families); f++)
