@@ -90,3 +90,57 @@ const kiln__backend kiln__backend_cpu = {
     .execute = cpu_execute,
     .scratch = cpu_scratch,
 };
+
+bool kiln__cpu_conv2d_parse(const kiln__node *n, const kiln_tensor *w, kiln__conv2d *cv) {
+  if (!w || w->rank != 4) return false;
+  for (int i = 0; i < 4; i++)
+    if (w->dims[i] < 1) return false;
+  int64_t groups = kiln__attr_int(n, "group", 1);
+  if (groups < 1 || w->dims[0] % groups != 0) return false;
+  cv->m = (size_t)w->dims[0];
+  cv->cg = (size_t)w->dims[1];
+  cv->groups = (size_t)groups;
+  cv->mg = cv->m / cv->groups;
+  cv->kh = (size_t)w->dims[2];
+  cv->kw = (size_t)w->dims[3];
+  cv->kk = cv->cg * cv->kh * cv->kw;
+  const int64_t *ks;
+  size_t nks = kiln__attr_ints(n, "kernel_shape", &ks);
+  if (nks && (nks != 2 || ks[0] != w->dims[2] || ks[1] != w->dims[3])) return false;
+  int64_t st[2], dl[2];
+  if (!kiln__cpu_ints(n, "strides", 2, 1, 1, st) || !kiln__cpu_ints(n, "dilations", 2, 1, 1, dl) ||
+      !kiln__cpu_ints(n, "pads", 4, 0, 0, cv->pads))
+    return false;
+  cv->sh = st[0], cv->sw = st[1], cv->dh = dl[0], cv->dw = dl[1];
+  const char *ap = kiln__attr_str(n, "auto_pad", "NOTSET");
+  if (!strcmp(ap, "NOTSET") || !*ap) cv->pad = KILN__PAD_NOTSET;
+  else if (!strcmp(ap, "SAME_UPPER")) cv->pad = KILN__PAD_SAME_UPPER;
+  else if (!strcmp(ap, "SAME_LOWER")) cv->pad = KILN__PAD_SAME_LOWER;
+  else if (!strcmp(ap, "VALID")) cv->pad = KILN__PAD_VALID;
+  else return false;
+  return true;
+}
+
+static int64_t same_pad(kiln__pad_mode pm, int64_t in, int64_t out, int64_t s, int64_t k,
+                        int64_t d) {
+  int64_t total = (out - 1) * s + (k - 1) * d + 1 - in;
+  if (total < 0) total = 0;
+  return pm == KILN__PAD_SAME_UPPER ? total / 2 : total - total / 2;
+}
+
+void kiln__cpu_conv2d_pads(const kiln__conv2d *cv, size_t h, size_t w, size_t oh, size_t ow,
+                           int64_t *pt, int64_t *pl, bool *pointwise) {
+  if (cv->pad == KILN__PAD_NOTSET) {
+    *pt = cv->pads[0];
+    *pl = cv->pads[1];
+  } else if (cv->pad == KILN__PAD_VALID) {
+    *pt = *pl = 0;
+  } else {
+    *pt = same_pad(cv->pad, (int64_t)h, (int64_t)oh, cv->sh, (int64_t)cv->kh, cv->dh);
+    *pl = same_pad(cv->pad, (int64_t)w, (int64_t)ow, cv->sw, (int64_t)cv->kw, cv->dw);
+  }
+  int64_t pb = cv->pad == KILN__PAD_NOTSET ? cv->pads[2] : 0;
+  int64_t pr = cv->pad == KILN__PAD_NOTSET ? cv->pads[3] : 0;
+  *pointwise = cv->kh == 1 && cv->kw == 1 && cv->sh == 1 && cv->sw == 1 && *pt == 0 &&
+               *pl == 0 && pb == 0 && pr == 0 && oh == h && ow == w;
+}

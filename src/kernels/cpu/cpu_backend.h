@@ -31,6 +31,30 @@ bool kiln__cpu_kiln_domain(const kiln__node *n); /* an ai.kiln fused op */
 bool kiln__cpu_ints(const kiln__node *n, const char *name, size_t cnt, int64_t lo, int64_t def,
                     int64_t *v);
 
+/* 2-D convolution geometry, shared by the float (gemm_kernels.c) and integer (quant_kernels.c)
+   conv kernels. */
+typedef enum kiln__pad_mode {
+  KILN__PAD_NOTSET, KILN__PAD_SAME_UPPER, KILN__PAD_SAME_LOWER, KILN__PAD_VALID
+} kiln__pad_mode;
+
+typedef struct kiln__conv2d {
+  size_t m, cg, groups, mg, kh, kw, kk; /* kk = cg * kh * kw: the GEMM's k */
+  int64_t sh, sw, dh, dw;
+  int64_t pads[4];                      /* top, left, bottom, right (NOTSET) */
+  kiln__pad_mode pad;
+} kiln__conv2d;
+
+/* What the load fixes, from the constant weight W [M, C/group, kh, kw] and the node's
+   attributes; false for what the fast kernels do not run (an empty dim, a group that does not
+   divide M, a kernel_shape that disagrees with W, bad strides/dilations/pads, unknown auto_pad). */
+bool kiln__cpu_conv2d_parse(const kiln__node *n, const kiln_tensor *w, kiln__conv2d *cv);
+
+/* One call's padding before (top, left) for input h x w and output oh x ow (from shape
+   inference), and whether the conv is pointwise: 1x1, stride 1, no padding, the input is the
+   GEMM's operand as it is. */
+void kiln__cpu_conv2d_pads(const kiln__conv2d *cv, size_t h, size_t w, size_t oh, size_t ow,
+                           int64_t *pt, int64_t *pl, bool *pointwise);
+
 /* Kernel families, each terminated by a row with op NULL. */
 extern const kiln__cpu_kernel kiln__cpu_gemm_kernels[];  /* MatMul, Gemm, Conv, ... */
 extern const kiln__cpu_kernel kiln__cpu_vec_kernels[];   /* Softmax, LayerNorm, GELU, ... */

@@ -326,14 +326,9 @@ static size_t gemm_scratch(const kiln__kctx *c, void *state) { return ref_scratc
    Before, im2col wrote a column buffer that the GEMM then copied again into panels: two passes
    over kk x p floats per conv, ~14% of ResNet-50's time in memcpy and im2col. */
 
-typedef enum pad_mode { PAD_NOTSET, PAD_SAME_UPPER, PAD_SAME_LOWER, PAD_VALID } pad_mode;
-
 typedef struct conv_state {
   kiln__isa isa;
-  size_t m, cg, groups, mg, kh, kw, kk; /* kk = cg * kh * kw: the GEMM's k */
-  int64_t sh, sw, dh, dw;
-  int64_t pads[4];                      /* top, left, bottom, right (NOTSET) */
-  pad_mode pad;
+  kiln__conv2d cv;
   bool fused;                           /* FusedConv: Z input and the epilogue's activation */
   kiln__epilogue ep;
   kiln__sgemm_packed *pw;               /* one packed mg x kk weight matrix per group */
@@ -343,37 +338,12 @@ typedef struct conv_state {
 static bool conv_parse(const kiln__node *n, const kiln__graph *g, conv_state *s) {
   const kiln_tensor *w = const_f32(kiln__cpu_input(n, g, 1));
   if (n->n_in < 2 || n->n_in > (kiln__cpu_kiln_domain(n) ? 4 : 3) || !kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0)) ||
-      !w || w->rank != 4)
+      !w)
     return false;
   const kiln__value *b = kiln__cpu_input(n, g, 2), *z = kiln__cpu_input(n, g, 3);
   if ((b && !kiln__cpu_maybe_float(b)) || (z && !kiln__cpu_maybe_float(z))) return false;
-  for (int i = 0; i < 4; i++)
-    if (w->dims[i] < 1) return false;
-  int64_t groups = kiln__attr_int(n, "group", 1);
-  if (groups < 1 || w->dims[0] % groups != 0) return false;
-  s->m = (size_t)w->dims[0];
-  s->cg = (size_t)w->dims[1];
-  s->groups = (size_t)groups;
-  s->mg = s->m / s->groups;
-  s->kh = (size_t)w->dims[2];
-  s->kw = (size_t)w->dims[3];
-  s->kk = s->cg * s->kh * s->kw;
-  if (s->groups > 1 && s->cg == 1) return false; /* depthwise: the reference's direct loop */
-  const int64_t *ks;
-  size_t nks = kiln__attr_ints(n, "kernel_shape", &ks);
-  if (nks && (nks != 2 || ks[0] != w->dims[2] || ks[1] != w->dims[3])) return false;
-  int64_t st[2], dl[2];
-  if (!kiln__cpu_ints(n, "strides", 2, 1, 1, st) || !kiln__cpu_ints(n, "dilations", 2, 1, 1, dl) ||
-      !kiln__cpu_ints(n, "pads", 4, 0, 0, s->pads))
-    return false;
-  s->sh = st[0], s->sw = st[1], s->dh = dl[0], s->dw = dl[1];
-  const char *ap = kiln__attr_str(n, "auto_pad", "NOTSET");
-  if (!strcmp(ap, "NOTSET") || !*ap) s->pad = PAD_NOTSET;
-  else if (!strcmp(ap, "SAME_UPPER")) s->pad = PAD_SAME_UPPER;
-  else if (!strcmp(ap, "SAME_LOWER")) s->pad = PAD_SAME_LOWER;
-  else if (!strcmp(ap, "VALID")) s->pad = PAD_VALID;
-  else return false;
-  return true;
+  if (!kiln__cpu_conv2d_parse(n, w, &s->cv)) return false;
+  return !(s->cv.groups > 1 && s->cv.cg == 1); /* depthwise: conv_dw.c or the reference */
 }
 
 static bool conv_supports(const kiln__node *n, const kiln__graph *g) {
@@ -388,7 +358,7 @@ static bool fconv_supports(const kiln__node *n, const kiln__graph *g) {
 static void conv_release(void *state) {
   conv_state *s = state;
   if (s->pw)
-    for (size_t i = 0; i < s->groups; i++) kiln__sgemm_packed_free(&s->pw[i]);
+    for (size_t i = 0; i < s->cv.groups; i++) kiln__sgemm_packed_free(&s->pw[i]);
   kiln__free(s->pw);
   kiln__free(s);
 }
@@ -403,11 +373,11 @@ static kiln_status conv_prepare(const kiln__node *n, const kiln__graph *g, void 
     s->fused = true;
     st = epilogue_prepare(n, &s->ep, err);
   }
-  if (st == KILN_OK && !(s->pw = kiln__calloc(s->groups, sizeof *s->pw)))
+  if (st == KILN_OK && !(s->pw = kiln__calloc(s->cv.groups, sizeof *s->pw)))
     st = kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing Conv");
   const float *w = const_f32(kiln__cpu_input(n, g, 1))->data;
-  for (size_t i = 0; st == KILN_OK && i < s->groups; i++)
-    st = kiln__sgemm_pack_a(s->isa, false, s->mg, s->kk, w + i * s->mg * s->kk, s->kk, &s->pw[i],
+  for (size_t i = 0; st == KILN_OK && i < s->cv.groups; i++)
+    st = kiln__sgemm_pack_a(s->isa, false, s->cv.mg, s->cv.kk, w + i * s->cv.mg * s->cv.kk, s->cv.kk, &s->pw[i],
                             err);
   if (st != KILN_OK) {
     conv_release(s);
@@ -424,21 +394,15 @@ typedef struct conv_geom {
   bool pointwise;               /* 1x1, stride 1, no padding: the input is the GEMM's B */
 } conv_geom;
 
-static int64_t same_pad(pad_mode pm, int64_t in, int64_t out, int64_t s, int64_t k, int64_t d) {
-  int64_t total = (out - 1) * s + (k - 1) * d + 1 - in;
-  if (total < 0) total = 0;
-  return pm == PAD_SAME_UPPER ? total / 2 : total - total / 2;
-}
-
 /* False when the shapes are not the ones this kernel handles (the reference kernel then runs and
    reports any error). Output dims come from shape inference. */
 static bool conv_geom_get(const kiln__kctx *c, const conv_state *s, conv_geom *cg) {
   const kiln_tensor *x = c->in[0], *w = c->in[1], *y = c->out[0],
                     *b = c->n_in > 2 ? c->in[2] : NULL;
   if (x->dtype != KILN_DTYPE_FLOAT || w->dtype != KILN_DTYPE_FLOAT || x->rank != 4 ||
-      y->rank != 4 || (size_t)x->dims[1] != s->cg * s->groups || (size_t)y->dims[1] != s->m)
+      y->rank != 4 || (size_t)x->dims[1] != s->cv.cg * s->cv.groups || (size_t)y->dims[1] != s->cv.m)
     return false;
-  if (b && (b->dtype != KILN_DTYPE_FLOAT || b->rank != 1 || (size_t)b->dims[0] != s->m))
+  if (b && (b->dtype != KILN_DTYPE_FLOAT || b->rank != 1 || (size_t)b->dims[0] != s->cv.m))
     return false;
   cg->n = (size_t)x->dims[0];
   cg->c = (size_t)x->dims[1];
@@ -447,18 +411,7 @@ static bool conv_geom_get(const kiln__kctx *c, const conv_state *s, conv_geom *c
   cg->oh = (size_t)y->dims[2];
   cg->ow = (size_t)y->dims[3];
   cg->p = cg->oh * cg->ow;
-  if (s->pad == PAD_NOTSET) {
-    cg->pt = s->pads[0];
-    cg->pl = s->pads[1];
-  } else if (s->pad == PAD_VALID) {
-    cg->pt = cg->pl = 0;
-  } else {
-    cg->pt = same_pad(s->pad, (int64_t)cg->h, (int64_t)cg->oh, s->sh, (int64_t)s->kh, s->dh);
-    cg->pl = same_pad(s->pad, (int64_t)cg->w, (int64_t)cg->ow, s->sw, (int64_t)s->kw, s->dw);
-  }
-  int64_t pb = s->pad == PAD_NOTSET ? s->pads[2] : 0, pr = s->pad == PAD_NOTSET ? s->pads[3] : 0;
-  cg->pointwise = s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && cg->pt == 0 &&
-                  cg->pl == 0 && pb == 0 && pr == 0 && cg->oh == cg->h && cg->ow == cg->w;
+  kiln__cpu_conv2d_pads(&s->cv, cg->h, cg->w, cg->oh, cg->ow, &cg->pt, &cg->pl, &cg->pointwise);
   return true;
 }
 
@@ -519,8 +472,8 @@ KILN__NO_LIBCALL_LOOPS static void conv_pack_b(const void *ctx, size_t nr, size_
   const conv_pack_ctx *cp = ctx;
   const conv_state *s = cp->s;
   const conv_geom *g = cp->g;
-  const int64_t h = (int64_t)g->h, w = (int64_t)g->w, sw = s->sw, sh = s->sh;
-  const size_t khw = s->kh * s->kw, plane = g->h * g->w;
+  const int64_t h = (int64_t)g->h, w = (int64_t)g->w, sw = s->cv.sw, sh = s->cv.sh;
+  const size_t khw = s->cv.kh * s->cv.kw, plane = g->h * g->w;
   enum { RUNS_MAX = 512 }; /* >= any GEMM's NC: a run holds at least one column */
   struct { size_t doff, len; int64_t oy, ox; } run[RUNS_MAX];
   size_t nrun = 0, npan = (nc + nr - 1) / nr;
@@ -537,10 +490,10 @@ KILN__NO_LIBCALL_LOOPS static void conv_pack_b(const void *ctx, size_t nr, size_
   }
   size_t tail = npan * nr - nc; /* zero columns of the last panel */
   float *last = dst + (npan - 1) * kc * nr + (nr - tail);
-  size_t ci = p0 / khw, ky = p0 % khw / s->kw, kx = p0 % s->kw;
+  size_t ci = p0 / khw, ky = p0 % khw / s->cv.kw, kx = p0 % s->cv.kw;
   for (size_t p = 0; p < kc; p++) {
     const float *xp = cp->x + ci * plane;
-    const int64_t dx = (int64_t)kx * s->dw, dy = (int64_t)ky * s->dh;
+    const int64_t dx = (int64_t)kx * s->cv.dw, dy = (int64_t)ky * s->cv.dh;
     float *restrict d = dst + p * nr;
     for (size_t r = 0; r < nrun; r++) {
       int64_t iy = run[r].oy + dy, first = run[r].ox + dx;
@@ -553,9 +506,9 @@ KILN__NO_LIBCALL_LOOPS static void conv_pack_b(const void *ctx, size_t nr, size_
       else pack_run(dr, xp + iy * w, first, sw, w, len);
     }
     if (tail) kiln__zero_floats(last + p * nr, tail);
-    if (++kx == s->kw) {
+    if (++kx == s->cv.kw) {
       kx = 0;
-      if (++ky == s->kh) ky = 0, ci++;
+      if (++ky == s->cv.kh) ky = 0, ci++;
     }
   }
 }
@@ -573,12 +526,12 @@ static kiln_status conv_execute(kiln__kctx *c, void *state) {
   const float *z = zt ? zt->data : NULL;
   float *y = c->out[0]->data;
   for (size_t b = 0; b < cg.n; b++)
-    for (size_t gi = 0; gi < s->groups; gi++) {
-      const float *xg = x + (b * cg.c + gi * s->cg) * cg.h * cg.w;
-      size_t yoff = (b * s->m + gi * s->mg) * cg.p;
-      kiln__sgemm_args g = {.m = s->mg, .n = cg.p, .k = s->kk, .pa = &s->pw[gi],
+    for (size_t gi = 0; gi < s->cv.groups; gi++) {
+      const float *xg = x + (b * cg.c + gi * s->cv.cg) * cg.h * cg.w;
+      size_t yoff = (b * s->cv.m + gi * s->cv.mg) * cg.p;
+      kiln__sgemm_args g = {.m = s->cv.mg, .n = cg.p, .k = s->cv.kk, .pa = &s->pw[gi],
                             .c = y + yoff, .ldc = cg.p, .alpha = 1.0f, .ep = s->ep};
-      g.ep.bias = bias ? bias + gi * s->mg : NULL;
+      g.ep.bias = bias ? bias + gi * s->cv.mg : NULL;
       g.ep.bias_per_row = true;
       g.ep.residual = z ? z + yoff : NULL;
       g.ep.ldr = cg.p;

@@ -318,14 +318,10 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
 /* Bound of the 8-bit im2col columns per chunk (the packed copy is twice that in int16 formats). */
 #define COL_BYTES ((size_t)256 << 10)
 
-typedef enum pad_mode { PAD_NOTSET, PAD_SAME_UPPER, PAD_SAME_LOWER, PAD_VALID } pad_mode;
-
 typedef struct qconv_state {
   kiln__qisa isa;
   bool qlinear;
-  size_t m, cg, groups, mg, kh, kw, kk;
-  int64_t sh, sw, dh, dw, pads[4];
-  pad_mode pad;
+  kiln__conv2d cv;
   kiln__qpacked *pw; /* one packed mg x kk weight matrix per group (the GEMM's A) */
   kiln__qisa bsize_fmt; /* of the groups' formats, the one whose packed columns are largest */
 } qconv_state;
@@ -337,33 +333,7 @@ static const kiln_tensor *const_q8(const kiln__value *v) {
 static bool qconv_parse(const kiln__node *n, const kiln__graph *g, qconv_state *s) {
   s->qlinear = !strcmp(n->op_type, "QLinearConv");
   const kiln_tensor *w = const_q8(kiln__cpu_input(n, g, s->qlinear ? 3 : 1));
-  if (!w || w->rank != 4) return false;
-  for (int i = 0; i < 4; i++)
-    if (w->dims[i] < 1) return false;
-  int64_t groups = kiln__attr_int(n, "group", 1);
-  if (groups < 1 || w->dims[0] % groups != 0) return false;
-  s->m = (size_t)w->dims[0];
-  s->cg = (size_t)w->dims[1];
-  s->groups = (size_t)groups;
-  s->mg = s->m / s->groups;
-  s->kh = (size_t)w->dims[2];
-  s->kw = (size_t)w->dims[3];
-  s->kk = s->cg * s->kh * s->kw;
-  const int64_t *ks;
-  size_t nks = kiln__attr_ints(n, "kernel_shape", &ks);
-  if (nks && (nks != 2 || ks[0] != w->dims[2] || ks[1] != w->dims[3])) return false;
-  int64_t st[2], dl[2];
-  if (!kiln__cpu_ints(n, "strides", 2, 1, 1, st) || !kiln__cpu_ints(n, "dilations", 2, 1, 1, dl) ||
-      !kiln__cpu_ints(n, "pads", 4, 0, 0, s->pads))
-    return false;
-  s->sh = st[0], s->sw = st[1], s->dh = dl[0], s->dw = dl[1];
-  const char *ap = kiln__attr_str(n, "auto_pad", "NOTSET");
-  if (!strcmp(ap, "NOTSET") || !*ap) s->pad = PAD_NOTSET;
-  else if (!strcmp(ap, "SAME_UPPER")) s->pad = PAD_SAME_UPPER;
-  else if (!strcmp(ap, "SAME_LOWER")) s->pad = PAD_SAME_LOWER;
-  else if (!strcmp(ap, "VALID")) s->pad = PAD_VALID;
-  else return false;
-  return true;
+  return kiln__cpu_conv2d_parse(n, w, &s->cv);
 }
 
 static bool qconv_supports(const kiln__node *n, const kiln__graph *g) {
@@ -374,7 +344,7 @@ static bool qconv_supports(const kiln__node *n, const kiln__graph *g) {
 static void qconv_release(void *state) {
   qconv_state *s = state;
   if (s->pw)
-    for (size_t i = 0; i < s->groups; i++) kiln__qpacked_free(&s->pw[i]);
+    for (size_t i = 0; i < s->cv.groups; i++) kiln__qpacked_free(&s->pw[i]);
   kiln__free(s->pw);
   kiln__free(s);
 }
@@ -385,20 +355,20 @@ static kiln_status qconv_prepare(const kiln__node *n, const kiln__graph *g, void
   if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
   qconv_parse(n, g, s);
   kiln_status st = kiln__qisa_select(&s->isa, err);
-  if (st == KILN_OK && !(s->pw = kiln__calloc(s->groups, sizeof *s->pw)))
+  if (st == KILN_OK && !(s->pw = kiln__calloc(s->cv.groups, sizeof *s->pw)))
     st = kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
   const kiln_tensor *w = const_q8(kiln__cpu_input(n, g, s->qlinear ? 3 : 1));
-  for (size_t i = 0; st == KILN_OK && i < s->groups; i++) {
-    kiln__qsrc src = {(const uint8_t *)w->data + i * s->mg * s->kk, w->dtype == KILN_DTYPE_INT8,
-                      s->kk, 1};
-    st = kiln__qpack_alloc(s->isa, true, s->mg, s->kk, &src, &s->pw[i], err);
+  for (size_t i = 0; st == KILN_OK && i < s->cv.groups; i++) {
+    kiln__qsrc src = {(const uint8_t *)w->data + i * s->cv.mg * s->cv.kk, w->dtype == KILN_DTYPE_INT8,
+                      s->cv.kk, 1};
+    st = kiln__qpack_alloc(s->isa, true, s->cv.mg, s->cv.kk, &src, &s->pw[i], err);
   }
   /* Each group's columns are packed in its weights' format; scratch is sized for the largest
      (int16 pairs take at least as many bytes as byte quads). */
   s->bsize_fmt = s->isa;
   if (st == KILN_OK) {
     s->bsize_fmt = s->pw[0].isa;
-    for (size_t i = 1; i < s->groups; i++)
+    for (size_t i = 1; i < s->cv.groups; i++)
       if (s->pw[i].isa != s->bsize_fmt) s->bsize_fmt = s->isa;
   }
   if (st != KILN_OK) {
@@ -416,20 +386,14 @@ typedef struct qconv_geom {
   kiln__qzp zx, zw;
 } qconv_geom;
 
-static int64_t same_pad(pad_mode pm, int64_t in, int64_t out, int64_t s, int64_t k, int64_t d) {
-  int64_t total = (out - 1) * s + (k - 1) * d + 1 - in;
-  if (total < 0) total = 0;
-  return pm == PAD_SAME_UPPER ? total / 2 : total - total / 2;
-}
-
 static bool qconv_geom_get(const kiln__kctx *c, const qconv_state *s, qconv_geom *cg) {
   const kiln_tensor *x = c->in[0], *w = c->in[s->qlinear ? 3 : 1], *y = c->out[0];
   if (!is_q8(x->dtype) || !is_q8(w->dtype) || x->rank != 4 || y->rank != 4 ||
-      (size_t)x->dims[1] != s->cg * s->groups || (size_t)y->dims[1] != s->m)
+      (size_t)x->dims[1] != s->cv.cg * s->cv.groups || (size_t)y->dims[1] != s->cv.m)
     return false;
   const kiln_tensor *xzp = opt(c, 2), *wzp = opt(c, s->qlinear ? 5 : 3);
   if ((xzp && (xzp->dtype != x->dtype || kiln_tensor_count(xzp) != 1)) ||
-      (wzp && wzp->dtype != w->dtype) || !zp_get(xzp, 1, &cg->zx) || !zp_get(wzp, s->m, &cg->zw))
+      (wzp && wzp->dtype != w->dtype) || !zp_get(xzp, 1, &cg->zx) || !zp_get(wzp, s->cv.m, &cg->zw))
     return false;
   cg->n = (size_t)x->dims[0];
   cg->c = (size_t)x->dims[1];
@@ -438,19 +402,8 @@ static bool qconv_geom_get(const kiln__kctx *c, const qconv_state *s, qconv_geom
   cg->oh = (size_t)y->dims[2];
   cg->ow = (size_t)y->dims[3];
   cg->p = cg->oh * cg->ow;
-  if (s->pad == PAD_NOTSET) {
-    cg->pt = s->pads[0];
-    cg->pl = s->pads[1];
-  } else if (s->pad == PAD_VALID) {
-    cg->pt = cg->pl = 0;
-  } else {
-    cg->pt = same_pad(s->pad, (int64_t)cg->h, (int64_t)cg->oh, s->sh, (int64_t)s->kh, s->dh);
-    cg->pl = same_pad(s->pad, (int64_t)cg->w, (int64_t)cg->ow, s->sw, (int64_t)s->kw, s->dw);
-  }
-  int64_t pb = s->pad == PAD_NOTSET ? s->pads[2] : 0, pr = s->pad == PAD_NOTSET ? s->pads[3] : 0;
-  cg->pointwise = s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && cg->pt == 0 &&
-                  cg->pl == 0 && pb == 0 && pr == 0 && cg->oh == cg->h && cg->ow == cg->w;
-  size_t chunk = COL_BYTES / s->kk;
+  kiln__cpu_conv2d_pads(&s->cv, cg->h, cg->w, cg->oh, cg->ow, &cg->pt, &cg->pl, &cg->pointwise);
+  size_t chunk = COL_BYTES / s->cv.kk;
   chunk = chunk >= 256 ? chunk / 128 * 128 : KILN__MAX((size_t)32, chunk / 32 * 32);
   cg->chunk = cg->pointwise ? cg->p : KILN__MIN(chunk, cg->p);
   return true;
@@ -458,9 +411,9 @@ static bool qconv_geom_get(const kiln__kctx *c, const qconv_state *s, qconv_geom
 
 /* Scratch: im2col columns (unless pointwise), their packed copy, per-row multipliers and bias. */
 static size_t qconv_scratch_for(const qconv_state *s, const qconv_geom *cg) {
-  size_t cols = cg->pointwise ? 0 : align64(s->kk * cg->chunk);
-  return cols + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg->chunk, s->kk)) +
-         align64(s->m * sizeof(float));
+  size_t cols = cg->pointwise ? 0 : align64(s->cv.kk * cg->chunk);
+  return cols + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg->chunk, s->cv.kk)) +
+         align64(s->cv.m * sizeof(float));
 }
 
 static size_t qconv_scratch(const kiln__kctx *c, void *state) {
@@ -486,19 +439,19 @@ static void im2col_rows(void *arg, size_t r0, size_t r1) {
   const qconv_geom *g = j->g;
   size_t ld = j->q1 - j->q0;
   for (size_t r = r0; r < r1; r++) {
-    size_t ci = r / (s->kh * s->kw), ky = r / s->kw % s->kh, kx = r % s->kw;
+    size_t ci = r / (s->cv.kh * s->cv.kw), ky = r / s->cv.kw % s->cv.kh, kx = r % s->cv.kw;
     const uint8_t *xp = j->x + ci * g->h * g->w;
     uint8_t *dst = j->col + r * ld;
     size_t oy = j->q0 / g->ow, ox = j->q0 % g->ow;
-    int64_t ix0 = (int64_t)kx * s->dw - g->pl;
+    int64_t ix0 = (int64_t)kx * s->cv.dw - g->pl;
     for (size_t q = j->q0; q < j->q1;) {
-      int64_t iy = (int64_t)oy * s->sh - g->pt + (int64_t)ky * s->dh;
+      int64_t iy = (int64_t)oy * s->cv.sh - g->pt + (int64_t)ky * s->cv.dh;
       size_t run = KILN__MIN(g->ow - ox, j->q1 - q);
       if (iy < 0 || iy >= (int64_t)g->h) {
         memset(dst, j->pad, run);
       } else {
         const uint8_t *xrow = xp + (size_t)iy * g->w;
-        int64_t first = (int64_t)ox * s->sw + ix0, sw = s->sw, w = (int64_t)g->w;
+        int64_t first = (int64_t)ox * s->cv.sw + ix0, sw = s->cv.sw, w = (int64_t)g->w;
         int64_t lo = first >= 0 ? 0 : (-first + sw - 1) / sw;
         int64_t hi = first >= w ? 0 : (w - first + sw - 1) / sw;
         lo = KILN__MIN(lo, (int64_t)run);
@@ -525,10 +478,10 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   if (c->scratch_bytes < qconv_scratch_for(s, &cg)) return c->node->op->run(c);
   uint8_t *mem = c->scratch;
   uint8_t *col = mem;
-  size_t colb = cg.pointwise ? 0 : align64(s->kk * cg.chunk);
+  size_t colb = cg.pointwise ? 0 : align64(s->cv.kk * cg.chunk);
   uint8_t *bmem = mem + colb;
   float *mult =
-      (float *)(bmem + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg.chunk, s->kk)));
+      (float *)(bmem + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg.chunk, s->cv.kk)));
   const int32_t *bias = NULL;
   kiln__qout_kind kind = KILN__QOUT_I32;
   int32_t zy = 0;
@@ -538,11 +491,11 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
     const kiln_tensor *ws = c->in[4], *yzp = c->in[7], *b = opt(c, 8);
     size_t wn = kiln_tensor_count(ws);
     if (!scalar_f32(c->in[1], &xs) || !scalar_f32(c->in[6], &ys) ||
-        ws->dtype != KILN_DTYPE_FLOAT || !(wn == 1 || (ws->rank == 1 && wn == s->m)) ||
+        ws->dtype != KILN_DTYPE_FLOAT || !(wn == 1 || (ws->rank == 1 && wn == s->cv.m)) ||
         !is_q8(y->dtype) || yzp->dtype != y->dtype || kiln_tensor_count(yzp) != 1 ||
-        (b && (b->dtype != KILN_DTYPE_INT32 || b->rank != 1 || (size_t)b->dims[0] != s->m)))
+        (b && (b->dtype != KILN_DTYPE_INT32 || b->rank != 1 || (size_t)b->dims[0] != s->cv.m)))
       return c->node->op->run(c);
-    for (size_t o = 0; o < s->m; o++) {
+    for (size_t o = 0; o < s->cv.m; o++) {
       mult[o] = xs * ((const float *)ws->data)[wn == 1 ? 0 : o] / ys;
       if (!isfinite(mult[o])) return c->node->op->run(c);
     }
@@ -555,25 +508,25 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   uint8_t pad = cg.zx.n ? *(const uint8_t *)cg.zx.p : 0;
   size_t out_esz = kind == KILN__QOUT_I32 ? 4 : 1;
   for (size_t b = 0; b < cg.n; b++)
-    for (size_t gi = 0; gi < s->groups; gi++) {
-      const uint8_t *xg = (const uint8_t *)x->data + (b * cg.c + gi * s->cg) * cg.h * cg.w;
-      size_t yoff = (b * s->m + gi * s->mg) * cg.p;
+    for (size_t gi = 0; gi < s->cv.groups; gi++) {
+      const uint8_t *xg = (const uint8_t *)x->data + (b * cg.c + gi * s->cv.cg) * cg.h * cg.w;
+      size_t yoff = (b * s->cv.m + gi * s->cv.mg) * cg.p;
       kiln__qzp zw = cg.zw;
-      if (zw.n > 1) zw.p = (const uint8_t *)zw.p + gi * s->mg;
-      kiln__qgemm_args g = {.m = s->mg, .k = s->kk, .a = &s->pw[gi], .za = zw, .zb = cg.zx,
+      if (zw.n > 1) zw.p = (const uint8_t *)zw.p + gi * s->cv.mg;
+      kiln__qgemm_args g = {.m = s->cv.mg, .k = s->cv.kk, .a = &s->pw[gi], .za = zw, .zb = cg.zx,
                             .kind = kind, .ldc = cg.p, .per_row = true, .zy = zy,
-                            .bias = bias ? bias + gi * s->mg : NULL,
-                            .mult = s->qlinear ? mult + gi * s->mg : NULL};
+                            .bias = bias ? bias + gi * s->cv.mg : NULL,
+                            .mult = s->qlinear ? mult + gi * s->cv.mg : NULL};
       for (size_t q0 = 0; q0 < cg.p; q0 += cg.chunk) {
         size_t q1 = KILN__MIN(cg.p, q0 + cg.chunk);
         kiln__qsrc src = {xg, xs8, 1, cg.p};
         if (!cg.pointwise) {
           im2col_job j = {s, &cg, xg, col, q0, q1, pad};
-          kiln__parallel_for(c->pool, s->kk, im2col_rows, &j);
+          kiln__parallel_for(c->pool, s->cv.kk, im2col_rows, &j);
           src = (kiln__qsrc){col, xs8, 1, q1 - q0};
         }
         kiln__qpacked pb;
-        kiln__qpack(c->pool, s->pw[gi].isa, false, q1 - q0, s->kk, &src, bmem, &pb);
+        kiln__qpack(c->pool, s->pw[gi].isa, false, q1 - q0, s->cv.kk, &src, bmem, &pb);
         g.n = q1 - q0;
         g.b = &pb;
         g.c = (uint8_t *)y->data + (yoff + q0) * out_esz;
@@ -591,7 +544,7 @@ kiln__qisa kiln__cpu_quant_weight_format(const char *op_type, const void *kstate
   }
   if (!strcmp(op_type, "ConvInteger") || !strcmp(op_type, "QLinearConv")) {
     const qconv_state *s = kstate;
-    return s->pw && group < s->groups ? s->pw[group].isa : KILN__QFMT_COUNT;
+    return s->pw && group < s->cv.groups ? s->pw[group].isa : KILN__QFMT_COUNT;
   }
   return KILN__QFMT_COUNT;
 }
