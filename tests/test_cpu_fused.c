@@ -19,6 +19,7 @@
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/sgemm.h"
+#include "kiln_test_ir.h"
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 static uint32_t rnd(void) {
@@ -39,37 +40,10 @@ typedef struct onenode {
   kiln__op fast_only; /* the reference op with run() failing */
 } onenode;
 
-static void attr_ints(kiln__node *n, const char *name, const int64_t *v, size_t cnt) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_INTS;
-  a->n = cnt;
-  a->ints = kiln__malloc(cnt * sizeof *a->ints);
-  memcpy(a->ints, v, cnt * sizeof *a->ints);
-}
-static void attr_int(kiln__node *n, const char *name, int64_t v) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_INT;
-  a->i = v;
-}
-static void attr_float(kiln__node *n, const char *name, float v) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_FLOAT;
-  a->f = v;
-}
-static void attr_str(kiln__node *n, const char *name, const char *v) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_STRING;
-  a->s = kiln__strdup(v);
-  a->s_len = strlen(v);
-}
 /* activation "" / name, with up to two params (np of them). */
 static void attr_act(kiln__node *n, const char *act, int np, float p0, float p1) {
   if (!act) return;
-  attr_str(n, "activation", act);
+  kt_attr_str(n, "activation", act);
   if (!np) return;
   kiln__attr *a = &n->attrs[n->n_attrs++];
   a->name = kiln__strdup("activation_params");
@@ -242,9 +216,9 @@ static void fconv_cases(kiln__pool *pool) {
       onenode_make(&o, "FusedConv", n_in, ranks, dims, 2);
       int64_t s[2] = {cases[i].stride, cases[i].stride};
       int64_t p[4] = {cases[i].pad, cases[i].pad, cases[i].pad, cases[i].pad};
-      attr_ints(o.n, "strides", s, 2);
-      attr_ints(o.n, "pads", p, 4);
-      attr_int(o.n, "group", cases[i].group);
+      kt_attr_ints(o.n, "strides", s, 2);
+      kt_attr_ints(o.n, "pads", p, 4);
+      kt_attr_int(o.n, "group", cases[i].group);
       attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
       onenode_check(&o, pool, 1e-4f);
       onenode_free(&o);
@@ -291,10 +265,10 @@ static void fgemm_cases(kiln__pool *pool) {
     dims[3][1] = cases[i].n;
     onenode o;
     onenode_make(&o, "FusedGemm", n_in, ranks, dims, cases[i].init);
-    attr_int(o.n, "transA", cases[i].ta);
-    attr_int(o.n, "transB", cases[i].tb);
-    attr_float(o.n, "alpha", cases[i].alpha);
-    attr_float(o.n, "beta", cases[i].beta);
+    kt_attr_int(o.n, "transA", cases[i].ta);
+    kt_attr_int(o.n, "transB", cases[i].tb);
+    kt_attr_float(o.n, "alpha", cases[i].alpha);
+    kt_attr_float(o.n, "beta", cases[i].beta);
     const int a = cases[i].act;
     attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
     onenode_check(&o, pool, 1e-4f);
@@ -340,9 +314,9 @@ static void fmatmul_cases(kiln__pool *pool) {
     memcpy(dims[3], cases[i].z, sizeof cases[i].z);
     onenode o;
     onenode_make(&o, "FusedMatMul", n_in, ranks, dims, cases[i].init);
-    attr_int(o.n, "transA", cases[i].ta);
-    attr_int(o.n, "transB", cases[i].tb);
-    attr_float(o.n, "alpha", cases[i].alpha);
+    kt_attr_int(o.n, "transA", cases[i].ta);
+    kt_attr_int(o.n, "transB", cases[i].tb);
+    kt_attr_float(o.n, "alpha", cases[i].alpha);
     const int a = cases[i].act;
     attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
     onenode_check(&o, pool, 1e-4f);
@@ -375,8 +349,8 @@ static void rows_cases(kiln__pool *pool) {
     memcpy(dims[0], cases[i].x, sizeof cases[i].x);
     onenode o;
     onenode_make(&o, cases[i].op, cases[i].n_in, ranks, dims, 6);
-    if (i == 1) attr_float(o.n, "epsilon", 1e-3f);
-    if (i == KILN__ARRAY_LEN(cases) - 1) attr_str(o.n, "approximate", "tanh");
+    if (i == 1) kt_attr_float(o.n, "epsilon", 1e-3f);
+    if (i == KILN__ARRAY_LEN(cases) - 1) kt_attr_str(o.n, "approximate", "tanh");
     onenode_check(&o, pool, 2e-5f);
     onenode_free(&o);
   }
@@ -419,8 +393,8 @@ static void attention_cases(kiln__pool *pool) {
       for (size_t k = 0; k < kiln_tensor_count(&o.in[3]); k++)
         if (rnd() % 5 == 0) m[k] = -1e9f;
     }
-    attr_float(o.n, "scale", 1.0f / sqrtf((float)cases[i].d));
-    attr_int(o.n, "causal", cases[i].causal);
+    kt_attr_float(o.n, "scale", 1.0f / sqrtf((float)cases[i].d));
+    kt_attr_int(o.n, "causal", cases[i].causal);
     onenode_check(&o, pool, 1e-4f);
     onenode_free(&o);
   }
@@ -445,7 +419,7 @@ static void rows_check_domain_and_activation(void **st) {
   assert_false(kiln__backend_cpu.supports(o.n, o.g));
   kiln__free(o.n->domain);
   o.n->domain = kiln__strdup("ai.kiln");
-  attr_str(o.n, "activation", "Softplus");
+  kt_attr_str(o.n, "activation", "Softplus");
   assert_false(kiln__backend_cpu.supports(o.n, o.g));
   onenode_free(&o);
   int r1[1] = {2};

@@ -26,6 +26,7 @@
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/sgemm.h"
+#include "kiln_test_ir.h"
 
 static const char *models_dir; /* argv[1] */
 static const char *tests_dir;  /* argv[2] */
@@ -281,33 +282,6 @@ typedef struct onenode {
   int n_in;
 } onenode;
 
-static void add_attr_ints(kiln__node *n, const char *name, const int64_t *v, size_t cnt) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_INTS;
-  a->n = cnt;
-  a->ints = kiln__malloc(cnt * sizeof *a->ints);
-  memcpy(a->ints, v, cnt * sizeof *a->ints);
-}
-static void add_attr_int(kiln__node *n, const char *name, int64_t v) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_INT;
-  a->i = v;
-}
-static void add_attr_float(kiln__node *n, const char *name, float v) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_FLOAT;
-  a->f = v;
-}
-static void add_attr_str(kiln__node *n, const char *name, const char *v) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_STRING;
-  a->s = kiln__strdup(v);
-  a->s_len = strlen(v);
-}
 
 /* A graph with one node `op` whose inputs have the given shapes; inputs flagged in `init` are
    initializers. Data is random. */
@@ -475,10 +449,10 @@ static void gemm_cases(kiln__isa isa, kiln__pool *pool) {
     dims[2][1] = cases[i].c1;
     onenode o;
     onenode_make(&o, "Gemm", n_in, ranks, dims, cases[i].init);
-    add_attr_int(o.n, "transA", cases[i].ta);
-    add_attr_int(o.n, "transB", cases[i].tb);
-    add_attr_float(o.n, "alpha", cases[i].alpha);
-    add_attr_float(o.n, "beta", cases[i].beta);
+    kt_attr_int(o.n, "transA", cases[i].ta);
+    kt_attr_int(o.n, "transB", cases[i].tb);
+    kt_attr_float(o.n, "alpha", cases[i].alpha);
+    kt_attr_float(o.n, "beta", cases[i].beta);
     onenode_check(&o, pool);
     onenode_free(&o);
   }
@@ -528,11 +502,11 @@ static void conv_cases(kiln__isa isa, kiln__pool *pool) {
     onenode_make(&o, "Conv", n_in, ranks, dims, 2);
     int64_t s[2] = {cases[i].stride, cases[i].stride}, d[2] = {cases[i].dil, cases[i].dil};
     int64_t p[4] = {cases[i].pad, cases[i].pad, cases[i].pad, cases[i].pad};
-    add_attr_ints(o.n, "strides", s, 2);
-    add_attr_ints(o.n, "dilations", d, 2);
-    add_attr_int(o.n, "group", cases[i].group);
-    if (cases[i].auto_pad) add_attr_str(o.n, "auto_pad", cases[i].auto_pad);
-    else add_attr_ints(o.n, "pads", p, 4);
+    kt_attr_ints(o.n, "strides", s, 2);
+    kt_attr_ints(o.n, "dilations", d, 2);
+    kt_attr_int(o.n, "group", cases[i].group);
+    if (cases[i].auto_pad) kt_attr_str(o.n, "auto_pad", cases[i].auto_pad);
+    else kt_attr_ints(o.n, "pads", p, 4);
     onenode_check(&o, pool);
     onenode_free(&o);
   }
@@ -594,10 +568,10 @@ static void depthwise_cases(kiln__isa isa, kiln__pool *pool) {
     onenode_make(&o, "Conv", n_in, ranks, dims, 2);
     int64_t s[2] = {cases[i].sh, cases[i].sw};
     int64_t p[4] = {cases[i].pt, cases[i].pl, cases[i].pb, cases[i].pr};
-    add_attr_ints(o.n, "strides", s, 2);
-    add_attr_int(o.n, "group", cases[i].c);
-    if (cases[i].auto_pad) add_attr_str(o.n, "auto_pad", cases[i].auto_pad);
-    else add_attr_ints(o.n, "pads", p, 4);
+    kt_attr_ints(o.n, "strides", s, 2);
+    kt_attr_int(o.n, "group", cases[i].c);
+    if (cases[i].auto_pad) kt_attr_str(o.n, "auto_pad", cases[i].auto_pad);
+    else kt_attr_ints(o.n, "pads", p, 4);
     onenode_check(&o, pool);
     onenode_free(&o);
   }
@@ -633,11 +607,11 @@ static void pool_cases(kiln__isa isa, kiln__pool *pool) {
     if (i == 0) ((float *)o.in[0].data)[5] = NAN; /* NaN propagates */
     int64_t k[2] = {cases[i].kh, cases[i].kw}, s[2] = {cases[i].s, cases[i].s};
     int64_t p[4] = {cases[i].pt, cases[i].pl, cases[i].pb, cases[i].pr};
-    add_attr_ints(o.n, "kernel_shape", k, 2);
-    add_attr_ints(o.n, "strides", s, 2);
-    add_attr_int(o.n, "ceil_mode", cases[i].ceil);
-    if (cases[i].auto_pad) add_attr_str(o.n, "auto_pad", cases[i].auto_pad);
-    else add_attr_ints(o.n, "pads", p, 4);
+    kt_attr_ints(o.n, "kernel_shape", k, 2);
+    kt_attr_ints(o.n, "strides", s, 2);
+    kt_attr_int(o.n, "ceil_mode", cases[i].ceil);
+    if (cases[i].auto_pad) kt_attr_str(o.n, "auto_pad", cases[i].auto_pad);
+    else kt_attr_ints(o.n, "pads", p, 4);
     onenode_check(&o, pool);
     onenode_free(&o);
   }
@@ -664,9 +638,9 @@ static void conv_rows_decline(void **st) {
   int64_t dims[2][KILN_MAX_RANK] = {{1, 8, 6, 6}, {8, 1, 3, 3}};
   onenode o;
   onenode_make(&o, "Conv", 2, ranks, dims, 2);
-  add_attr_int(o.n, "group", 8);
+  kt_attr_int(o.n, "group", 8);
   int64_t d[2] = {2, 2};
-  add_attr_ints(o.n, "dilations", d, 2);
+  kt_attr_ints(o.n, "dilations", d, 2);
   assert_false(kiln__backend_cpu.supports(o.n, o.g));
   onenode_free(&o);
   /* Weights that are not constants cannot be packed at load. */

@@ -26,6 +26,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/sgemm.h"
 #include "kiln_test.h"
+#include "kiln_test_ir.h"
 
 static const char *tests_dir;
 
@@ -47,13 +48,6 @@ typedef struct nbnode {
   kiln__op fast_only;
   int64_t m, k, nn, block, nb;
 } nbnode;
-
-static void attr_int(kiln__node *n, const char *name, int64_t v) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_INT;
-  a->i = v;
-}
 
 static kiln_status run_fails(kiln__kctx *c) {
   return kiln__fail(c->err, KILN_INTERNAL, "the cpu kernel fell back to the reference");
@@ -119,10 +113,10 @@ static void nb_make(nbnode *o, int64_t m, int64_t k, int64_t n, int64_t block, b
   o->n->out = kiln__malloc(sizeof(int));
   o->n->out[0] = kiln__graph_value(o->g, "out0");
   o->n->attrs = kiln__calloc(8, sizeof(kiln__attr));
-  attr_int(o->n, "K", k);
-  attr_int(o->n, "N", n);
-  attr_int(o->n, "bits", 4);
-  attr_int(o->n, "block_size", block);
+  kt_attr_int(o->n, "K", k);
+  kt_attr_int(o->n, "N", n);
+  kt_attr_int(o->n, "bits", 4);
+  kt_attr_int(o->n, "block_size", block);
   const kiln__op *ref = kiln__op_find("com.microsoft", "MatMulNBits");
   assert_non_null(ref);
   o->n->op = ref;

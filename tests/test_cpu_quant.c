@@ -26,6 +26,7 @@
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/qgemm.h"
+#include "kiln_test_ir.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd(void) {
@@ -57,20 +58,6 @@ typedef struct onenode {
   int expect_fmt;
 } onenode;
 
-static void attr_ints(kiln__node *n, const char *name, const int64_t *v, size_t cnt) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_INTS;
-  a->n = cnt;
-  a->ints = kiln__malloc(cnt * sizeof *a->ints);
-  memcpy(a->ints, v, cnt * sizeof *a->ints);
-}
-static void attr_int(kiln__node *n, const char *name, int64_t v) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_INT;
-  a->i = v;
-}
 
 static kiln_status run_fails(kiln__kctx *c) {
   return kiln__fail(c->err, KILN_INTERNAL, "the cpu kernel fell back to the reference");
@@ -377,9 +364,9 @@ static void conv_cases(kiln__pool *pool, bool qlinear) {
         int64_t s[2] = {conv_shapes[si].stride, conv_shapes[si].stride};
         int64_t p[4] = {conv_shapes[si].pad, conv_shapes[si].pad, conv_shapes[si].pad,
                         conv_shapes[si].pad};
-        attr_ints(o.n, "strides", s, 2);
-        attr_ints(o.n, "pads", p, 4);
-        attr_int(o.n, "group", grp);
+        kt_attr_ints(o.n, "strides", s, 2);
+        kt_attr_ints(o.n, "pads", p, 4);
+        kt_attr_int(o.n, "group", grp);
         char what[96];
         snprintf(what, sizeof what, "shape %zu x %s w %s zp mode %d", si, kiln_dtype_name(xt),
                  kiln_dtype_name(wt), zp);
@@ -523,9 +510,9 @@ static void byte_conv_cases(kiln__pool *pool) {
         int64_t s[2] = {conv_shapes[si].stride, conv_shapes[si].stride};
         int64_t p[4] = {conv_shapes[si].pad, conv_shapes[si].pad, conv_shapes[si].pad,
                         conv_shapes[si].pad};
-        attr_ints(o.n, "strides", s, 2);
-        attr_ints(o.n, "pads", p, 4);
-        attr_int(o.n, "group", grp);
+        kt_attr_ints(o.n, "strides", s, 2);
+        kt_attr_ints(o.n, "pads", p, 4);
+        kt_attr_int(o.n, "group", grp);
         /* A near miss in one group leaves the other groups on the byte format: checked per
            group only when there is one group. */
         o.expect_fmt = !missed ? 1 : grp > 1 ? 0 : 2;
@@ -600,7 +587,7 @@ static void qdq_cases(kiln__pool *pool) {
         onenode o;
         tin qin[3] = {{KILN_DTYPE_FLOAT, 3, {sizes[si][0], sizes[si][1], sizes[si][2]}}, scale, zp};
         onenode_make(&o, "QuantizeLinear", 3, qin, 1);
-        if (axis >= 0) attr_int(o.n, "axis", axis);
+        if (axis >= 0) kt_attr_int(o.n, "axis", axis);
         float *x = o.in[0].data;
         size_t cnt = kiln_tensor_count(&o.in[0]);
         for (size_t i = 0; i < cnt; i += 7) x[i] *= 100.0f;
@@ -609,7 +596,7 @@ static void qdq_cases(kiln__pool *pool) {
         onenode_free(&o);
         tin din[3] = {{qt, 3, {sizes[si][0], sizes[si][1], sizes[si][2]}}, scale, zp};
         onenode_make(&o, "DequantizeLinear", 3, din, 1);
-        if (axis >= 0) attr_int(o.n, "axis", axis);
+        if (axis >= 0) kt_attr_int(o.n, "axis", axis);
         onenode_check(&o, pool, "dequantize");
         onenode_free(&o);
       }
