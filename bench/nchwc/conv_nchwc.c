@@ -103,15 +103,17 @@ static const float zeros[B];
    `last` adds z and applies the activation. */
 INLINE_AVX2 void tile_avx2(const kiln__nchwc_geom *g, const float *x, const float *wp,
                            const float *bias, const float *z, float *y, const kiln__epilogue *ep,
-                           size_t ob0, size_t p0, size_t ib0, size_t ib1, bool first, bool last,
+                           size_t ob0, size_t p0, size_t oy, size_t ox, size_t ib0, size_t ib1,
+                           bool first, bool last,
                            const bool INNER, const int NP, const int NOB) {
   size_t kk = g->kh * g->kw, wob = g->icb * kk * B * B, xs = g->sw * B, plane = g->oh * g->ow;
+  /* (oy, ox) is pixel p0; the others follow along the row and wrap (no divisions). */
   ptrdiff_t iy0[WT], ix0[WT];
 #pragma GCC unroll 6
   for (int j = 0; j < NP; j++) {
-    size_t p = p0 + (size_t)j;
-    iy0[j] = (ptrdiff_t)(p / g->ow * g->sh) - (ptrdiff_t)g->pt;
-    ix0[j] = (ptrdiff_t)(p % g->ow * g->sw) - (ptrdiff_t)g->pl;
+    iy0[j] = (ptrdiff_t)(oy * g->sh) - (ptrdiff_t)g->pt;
+    ix0[j] = (ptrdiff_t)(ox * g->sw) - (ptrdiff_t)g->pl;
+    if (++ox == g->ow) ox = 0, oy++;
   }
   __m256 acc[OBG][WT];
 #pragma GCC unroll 2
@@ -175,16 +177,15 @@ INLINE_AVX2 void tile_avx2(const kiln__nchwc_geom *g, const float *x, const floa
 
 #define TILE_NOB(NP, IN)                                                                      \
   do {                                                                                        \
-    if (nob == 2) tile_avx2(g, x, wp, bias, z, y, ep, ob0, p, IBS, IN, NP, 2);                \
-    else tile_avx2(g, x, wp, bias, z, y, ep, ob0, p, IBS, IN, NP, 1);                         \
+    if (nob == 2) tile_avx2(g, x, wp, bias, z, y, ep, ob0, p, oy, ox, IBS, IN, NP, 2);                \
+    else tile_avx2(g, x, wp, bias, z, y, ep, ob0, p, oy, ox, IBS, IN, NP, 1);                         \
   } while (0)
 #define TILE(NP) \
-  do { if (strip_inner(g, p, NP)) TILE_NOB(NP, true); else TILE_NOB(NP, false); } while (0)
+  do { if (strip_inner(g, oy, ox, NP)) TILE_NOB(NP, true); else TILE_NOB(NP, false); } while (0)
 #define IBS ib0, ib1, first, last
 
 /* Whether pixels [p, p + n) share a row and have all their taps inside the input. */
-static inline bool strip_inner(const kiln__nchwc_geom *g, size_t p, size_t n) {
-  size_t oy = p / g->ow, ox = p % g->ow;
+static inline bool strip_inner(const kiln__nchwc_geom *g, size_t oy, size_t ox, size_t n) {
   return ox + n <= g->ow && inside(g, oy, ox) && inside(g, oy, ox + n - 1);
 }
 
@@ -194,8 +195,11 @@ AVX2 static void strips_avx2(const kiln__nchwc_geom *g, const float *x, const fl
                              const float *bias, const float *z, float *y,
                              const kiln__epilogue *ep, size_t ob0, size_t nob, size_t p0,
                              size_t p1, size_t ib0, size_t ib1, bool first, bool last) {
-  size_t p = p0;
-  for (; p + WT <= p1; p += WT) TILE(6);
+  size_t p = p0, oy = p0 / g->ow, ox = p0 % g->ow;
+  for (; p + WT <= p1; p += WT) {
+    TILE(6);
+    for (ox += WT; ox >= g->ow; ox -= g->ow) oy++;
+  }
   switch (p1 - p) {
     case 5: TILE(5); break;
     case 4: TILE(4); break;
@@ -218,6 +222,15 @@ void kiln__nchwc_conv_f32(kiln__isa isa, const kiln__nchwc_geom *g, const float 
                           const kiln__epilogue *ep, size_t ob0, size_t ob1, size_t oy0,
                           size_t oy1) {
   size_t p0 = oy0 * g->ow, p1 = oy1 * g->ow;
+  /* A pointwise conv reads input pixel p for output pixel p: one long row, so no strip crosses
+     a row and every strip takes the fixed-offset path. */
+  kiln__nchwc_geom flat = *g;
+  if (g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->pt == 0 && g->pl == 0 &&
+      g->h == g->oh && g->w == g->ow) {
+    flat.h = flat.oh = 1;
+    flat.w = flat.ow = g->h * g->w;
+    g = &flat;
+  }
 #ifdef NC_X86
   if (isa != KILN__ISA_GENERIC) {
     size_t pb = KILN__MAX((size_t)WT, BLOCK_BYTES / (OB_TILE * B * sizeof(float)) / WT * WT);
