@@ -18,6 +18,7 @@
  * block). Float zero points, g_idx and computed B are left to the reference kernel. Results
  * differ from the reference only by float summation order (tests/test_cpu_nbits.c bounds it). */
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/nbits_q8.h"
 #include "kernels/cpu/sgemm.h"
 #include "kernels/ref/nbits.h"
 
@@ -31,7 +32,9 @@
 
 typedef struct nb_state {
   kiln__isa isa;
-  int path;               /* 0 auto, 1 GEMV always, 2 SGEMM always (KILN_NBITS_PATH, for bench) */
+  kiln__qisa qisa;        /* the int8-activation path's kernels */
+  int path;               /* 0 auto, 1 GEMV, 2 SGEMM, 3 int8 activations (KILN_NBITS_PATH) */
+  bool q8;                /* accuracy_level 4 (or path 3) and a block the q8 kernels take */
   size_t k, n, block, nb, blob, kp; /* kp: K padded to whole blocks */
   unsigned bshift;        /* log2(block) */
   uint8_t *codes;         /* [N, nb, blob] as in the file */
@@ -66,6 +69,11 @@ static bool nbits_supports(const kiln__node *n, const kiln__graph *g) {
   return kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0));
 }
 
+static kiln__nbits_w weights(const nb_state *s) {
+  return (kiln__nbits_w){.k = s->k, .n = s->n, .block = s->block, .nb = s->nb, .blob = s->blob,
+                         .kp = s->kp, .codes = s->codes, .scales = s->scales, .zps = s->zps};
+}
+
 static void nbits_release(void *state) {
   nb_state *s = state;
   if (!s) return;
@@ -84,8 +92,12 @@ static kiln_status nbits_prepare(const kiln__node *n, const kiln__graph *g, void
     kiln__free(s);
     return st;
   }
+  if ((st = kiln__qisa_select(&s->qisa, err)) != KILN_OK) {
+    kiln__free(s);
+    return st;
+  }
   const char *path = getenv("KILN_NBITS_PATH");
-  s->path = path && !strcmp(path, "gemv") ? 1 : path && !strcmp(path, "sgemm") ? 2 : 0;
+  s->path = !path ? 0 : !strcmp(path, "gemv") ? 1 : !strcmp(path, "sgemm") ? 2 : !strcmp(path, "q8") ? 3 : 0;
   s->k = (size_t)kiln__attr_int(n, "K", -1);
   s->n = (size_t)kiln__attr_int(n, "N", -1);
   s->block = (size_t)kiln__attr_int(n, "block_size", -1);
@@ -112,6 +124,9 @@ static kiln_status nbits_prepare(const kiln__node *n, const kiln__graph *g, void
       uint8_t v = z ? z[c * zrow + j / 2] : 8;
       s->zps[c * s->nb + j] = z ? (uint8_t)(j % 2 ? v >> 4 : v & 15) : 8;
     }
+  kiln__nbits_w w = weights(s);
+  s->q8 = (s->path == 3 || (s->path == 0 && kiln__attr_int(n, "accuracy_level", 0) == 4)) &&
+          kiln__nbits_q8_ok(&w);
   *state = s;
   return KILN_OK;
 }
@@ -327,6 +342,10 @@ static bool use_gemv(const nb_state *s, size_t m) {
 static size_t nbits_scratch(const kiln__kctx *c, void *state) {
   const nb_state *s = state;
   size_t m = kiln_tensor_count(c->in[0]) / s->k;
+  if (s->q8) {
+    kiln__nbits_w w = weights(s);
+    return kiln__nbits_q8_scratch(&w, m);
+  }
   /* GEMV: A padded to whole blocks; SGEMM: A packed once (B's panels come from the stack). */
   return (use_gemv(s, m) ? m * s->kp : kiln__sgemm_pack_a_floats(s->isa, m, s->k)) * sizeof(float);
 }
@@ -343,6 +362,11 @@ static kiln_status nbits_execute(kiln__kctx *c, void *state) {
   const float *bias = g.bias ? g.bias->data : NULL;
   size_t m = g.m;
   if (m == 0) return KILN_OK;
+  if (s->q8) {
+    kiln__nbits_w w = weights(s);
+    kiln__nbits_q8_run(c->pool, s->qisa, &w, A, m, Y, bias, c->scratch);
+    return KILN_OK;
+  }
   nb_job jb = {.s = s, .m = m, .y = Y, .bias = bias};
   if (use_gemv(s, m)) {
     float *ap = c->scratch;
