@@ -34,7 +34,7 @@ typedef struct nb_state {
   kiln__isa isa;
   kiln__qisa qisa;        /* the int8-activation path's kernels */
   int path;               /* 0 auto, 1 GEMV, 2 SGEMM, 3 int8 activations (KILN_NBITS_PATH) */
-  bool q8;                /* accuracy_level 4 (or path 3) and a block the q8 kernels take */
+  kiln__nbits_q8 *q8;     /* accuracy_level 4 (or path 3) and a block the q8 kernels take */
   size_t k, n, block, nb, blob, kp; /* kp: K padded to whole blocks */
   unsigned bshift;        /* log2(block) */
   uint8_t *codes;         /* [N, nb, blob] as in the file */
@@ -80,6 +80,7 @@ static void nbits_release(void *state) {
   kiln__free(s->codes);
   kiln__free(s->scales);
   kiln__free(s->zps);
+  kiln__nbits_q8_free(s->q8);
   kiln__free(s);
 }
 
@@ -125,8 +126,11 @@ static kiln_status nbits_prepare(const kiln__node *n, const kiln__graph *g, void
       s->zps[c * s->nb + j] = z ? (uint8_t)(j % 2 ? v >> 4 : v & 15) : 8;
     }
   kiln__nbits_w w = weights(s);
-  s->q8 = (s->path == 3 || (s->path == 0 && kiln__attr_int(n, "accuracy_level", 0) == 4)) &&
-          kiln__nbits_q8_ok(&w);
+  if ((s->path == 3 || (s->path == 0 && kiln__attr_int(n, "accuracy_level", 0) == 4)) &&
+      kiln__nbits_q8_ok(&w) && (st = kiln__nbits_q8_prepare(&w, s->qisa, &s->q8, err)) != KILN_OK) {
+    nbits_release(s);
+    return st;
+  }
   *state = s;
   return KILN_OK;
 }
@@ -342,10 +346,7 @@ static bool use_gemv(const nb_state *s, size_t m) {
 static size_t nbits_scratch(const kiln__kctx *c, void *state) {
   const nb_state *s = state;
   size_t m = kiln_tensor_count(c->in[0]) / s->k;
-  if (s->q8) {
-    kiln__nbits_w w = weights(s);
-    return kiln__nbits_q8_scratch(&w, m);
-  }
+  if (s->q8) return kiln__nbits_q8_scratch(s->q8, m);
   /* GEMV: A padded to whole blocks; SGEMM: A packed once (B's panels come from the stack). */
   return (use_gemv(s, m) ? m * s->kp : kiln__sgemm_pack_a_floats(s->isa, m, s->k)) * sizeof(float);
 }
@@ -363,8 +364,7 @@ static kiln_status nbits_execute(kiln__kctx *c, void *state) {
   size_t m = g.m;
   if (m == 0) return KILN_OK;
   if (s->q8) {
-    kiln__nbits_w w = weights(s);
-    kiln__nbits_q8_run(c->pool, s->qisa, &w, A, m, Y, bias, c->scratch);
+    kiln__nbits_q8_run(c->pool, s->q8, A, m, Y, bias, c->scratch);
     return KILN_OK;
   }
   nb_job jb = {.s = s, .m = m, .y = Y, .bias = bias};

@@ -1,18 +1,18 @@
-/* MatMulNBits with int8 activations (see nbits_q8.h). Per call: A is quantized once into scratch
- * (per row and block: s_a, the int8 values, their sum), then columns are split over the pool.
- * Each column tile (TILE columns, their codes stay in cache) is walked by groups of up to 4 rows
- * that share one decode of the codes.
+/* MatMulNBits with int8 activations (see nbits_q8.h). Per call A is quantized once into scratch
+ * (per row and block: s_a, the int8 values in k order, their sum), then groups of 8 columns are
+ * split over the pool; a tile of groups (their codes stay in cache) is walked by up to 4 rows at
+ * a time that share each decode.
  *
- * x86 layout: per 32 k, the codes' 16 bytes give the 16 even k (low nibbles) then the 16 odd k
- * (high nibbles), so the quantizer stores A's 32 int8 in that order and a code vector is one
- * load, one shift, one AND. The zero point is subtracted in the codes (w = code - zp in
- * [-15, 15], per column, shared by the rows) and the sign moved onto A (VPSIGNB), so
- * VPMADDUBSW(|w| u8, +-a_q s8) sums pairs into int16 exactly (2 * 15 * 127 < 32767) and
- * VPMADDWD(ones) widens to int32; VNNI's VPDPBUSD does both. The integer block sum is the
- * reference's (sum a_q * code - zp * sum a_q), but each int32 lane is a true partial dot: with
- * zp * sum(a_q) subtracted from one lane instead, the lanes cancel in float after conversion
- * (errors of 1e-5 of sum |a w| measured, beyond float rounding). The lanes are converted to
- * float once per block and FMAed with s_a * s_w. */
+ * x86 layout, made at load: per group of 8 columns and block, per 8 k, 32 bytes whose byte
+ * 4 l + t holds column l's code for k0 + t (low nibble) and k0 + 4 + t (high nibble). One AND and
+ * one shift give two vectors of 4 codes x 8 columns; A's 4 bytes k0..k0+3 broadcast to every
+ * lane, VPMADDUBSW(u8 codes, s8 a) sums pairs into int16 exactly (2 * 15 * 128 < 32767) and
+ * VPMADDWD(ones) the pairs into int32 (VNNI's VPDPBUSD does both). So lane l accumulates column
+ * l's whole integer block sum, exact; less zp_l * sum(a_q) (VPMULLD, still exact), it is
+ * converted to float once per block and FMAed with s_a * s_w[l]: one conversion per 8 columns
+ * and no horizontal sum. (A first kernel kept one column per vector, its lanes partial sums:
+ * 2x slower at 128 rows, and with zp * sum(a_q) in one lane the lanes cancelled after
+ * conversion, errors of 1e-5 of sum |a w|.) */
 #include "kernels/cpu/nbits_q8.h"
 
 #include <math.h>
@@ -20,14 +20,24 @@
 #include "core/threadpool.h"
 #include "kernels/ref/nbits.h"
 
-#define Q8_MR 4    /* rows of A per decode of the codes */
-#define Q8_TILE 16 /* columns whose codes are reused across the row groups */
+#define Q8_MR 4   /* rows of A per decode of the codes */
+#define Q8_TILE 2 /* groups of 8 columns whose codes are reused across the row groups */
+
+struct kiln__nbits_q8 {
+  kiln__nbits_w w;
+  kiln__range_fn fn; /* over column groups (x86) or columns (portable) */
+  bool x86;
+  size_t groups;     /* ceil(N / 8) */
+  uint8_t *codes;    /* x86: [groups, nb, block / 8, 32] */
+  float *scales;     /* x86: [groups, nb, 8] (0 past N) */
+  int32_t *zps;      /* x86: [groups, nb, 8] */
+};
 
 typedef struct q8job {
-  const kiln__nbits_w *w;
-  const int8_t *aq; /* [m, kp] (x86: each 32 k deinterleaved, even k first) */
+  const kiln__nbits_q8 *q;
+  const int8_t *aq; /* [m, kp] */
   const float *sa;  /* [m, nb] */
-  const int32_t *asum; /* [m, nb]: the portable kernel's sums of a_q per block */
+  const int32_t *asum;
   size_t m;
   float *y;
   const float *bias;
@@ -39,15 +49,15 @@ static size_t a_bytes(const kiln__nbits_w *w, size_t m) {
   return (m * w->nb * (sizeof(float) + sizeof(int32_t)) + 63) / 64 * 64;
 }
 
-size_t kiln__nbits_q8_scratch(const kiln__nbits_w *w, size_t m) {
-  return a_bytes(w, m) + m * w->kp;
+size_t kiln__nbits_q8_scratch(const kiln__nbits_q8 *q, size_t m) {
+  return a_bytes(&q->w, m) + m * q->w.kp;
 }
 
 /* ---- portable ------------------------------------------------------------------------------- */
 
 static void q8_generic(void *arg, size_t c0, size_t c1) {
   const q8job *jb = arg;
-  const kiln__nbits_w *w = jb->w;
+  const kiln__nbits_w *w = &jb->q->w;
   for (size_t r = 0; r < jb->m; r++)
     for (size_t c = c0; c < c1; c++) {
       float acc = 0;
@@ -62,6 +72,13 @@ static void q8_generic(void *arg, size_t c0, size_t c1) {
     }
 }
 
+static void quant_a_generic(const kiln__nbits_w *w, const float *A, size_t m, int8_t *aq, float *sa,
+                            int32_t *asum) {
+  for (size_t r = 0; r < m; r++)
+    kiln__nbits_q8_quant_row(A + r * w->k, w->k, w->block, aq + r * w->kp, sa + r * w->nb,
+                             asum + r * w->nb);
+}
+
 /* ---- x86 ------------------------------------------------------------------------------------ */
 
 #ifdef KILN__QGEMM_X86
@@ -70,54 +87,53 @@ static void q8_generic(void *arg, size_t c0, size_t c1) {
 #define AVX2 __attribute__((target("avx2,fma")))
 
 /* kiln__nbits_q8_quant_row's values (same max, same division, cvtps rounds to nearest even as
-   lrintf does), 32 k at a time stored deinterleaved; no block sums (the kernels take the zero
-   point in the codes). */
-AVX2 static void quant_row_avx2(const kiln__nbits_w *w, const float *a, int8_t *aq, float *sa) {
+   lrintf does) and block sums, 32 k at a time. */
+AVX2 static void quant_a_avx2(const kiln__nbits_w *w, const float *A, size_t m, int8_t *aq,
+                              float *sa, int32_t *asum) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  const __m256i deint = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0,
-                                         2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-  for (size_t j = 0; j < w->nb; j++) {
-    const float *ab = a + j * w->block;
-    size_t len = KILN__MIN(w->block, w->k - j * w->block), t = 0;
-    __m256 mx = _mm256_setzero_ps();
-    for (; t + 8 <= len; t += 8) mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(ab + t), absmask));
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_max_ss(h, _mm_movehdup_ps(h));
-    float m = _mm_cvtss_f32(h);
-    for (; t < len; t++) m = fmaxf(m, fabsf(ab[t]));
-    float s = m / 127.0f;
-    __m256 vs = _mm256_set1_ps(s);
-    for (size_t g = 0; g < w->block; g += 32) {
-      float pad[32];
-      const float *src = ab + g;
-      if (g + 32 > len) { /* the block's tail past K: zeros */
-        memset(pad, 0, sizeof pad);
-        if (g < len) memcpy(pad, ab + g, (len - g) * sizeof *pad);
-        src = pad;
+  for (size_t r = 0; r < m; r++)
+    for (size_t j = 0; j < w->nb; j++) {
+      const float *ab = A + r * w->k + j * w->block;
+      size_t len = KILN__MIN(w->block, w->k - j * w->block), t = 0;
+      __m256 mx = _mm256_setzero_ps();
+      for (; t + 8 <= len; t += 8)
+        mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(ab + t), absmask));
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_max_ss(h, _mm_movehdup_ps(h));
+      float mxs = _mm_cvtss_f32(h);
+      for (; t < len; t++) mxs = fmaxf(mxs, fabsf(ab[t]));
+      float s = mxs / 127.0f;
+      __m256 vs = _mm256_set1_ps(s);
+      __m256i sum = _mm256_setzero_si256();
+      for (size_t g = 0; g < w->block; g += 32) {
+        float pad[32];
+        const float *src = ab + g;
+        if (g + 32 > len) { /* the block's tail past K: zeros */
+          memset(pad, 0, sizeof pad);
+          if (g < len) memcpy(pad, ab + g, (len - g) * sizeof *pad);
+          src = pad;
+        }
+        __m256i i[4];
+        for (int v = 0; v < 4; v++)
+          i[v] = s > 0 ? _mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(src + 8 * v), vs))
+                       : _mm256_setzero_si256();
+        sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]),
+                                                     _mm256_add_epi32(i[2], i[3])));
+        __m256i q = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        _mm256_storeu_si256((__m256i *)(aq + r * w->kp + j * w->block + g),
+                            _mm256_permutevar8x32_epi32(q, perm)); /* back to k order */
       }
-      __m256i i[4];
-      for (int v = 0; v < 4; v++)
-        i[v] = s > 0 ? _mm256_cvtps_epi32(_mm256_div_ps(_mm256_loadu_ps(src + 8 * v), vs))
-                     : _mm256_setzero_si256();
-      __m256i q = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-      q = _mm256_permutevar8x32_epi32(q, perm);                                 /* k order */
-      q = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(q, deint), 0xd8);        /* even, odd */
-      _mm256_storeu_si256((__m256i *)(aq + j * w->block + g), q);
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+      sa[r * w->nb + j] = s;
+      asum[r * w->nb + j] = _mm_cvtsi128_si32(s4);
     }
-    sa[j] = s;
-  }
 }
 
-AVX2 static inline float hsum8(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_movehdup_ps(x));
-  return _mm_cvtss_f32(x);
-}
-
-/* The column kernels, one per dot instruction (nbits_q8_gemv.inc). */
+/* The column-group kernels, one per dot instruction (nbits_q8_gemv.inc). */
 #define Q8_NAME q8_avx2
 #define Q8_TARGET AVX2
 #define Q8_DOT(acc, u, s)                                                                         \
@@ -135,43 +151,94 @@ AVX2 static inline float hsum8(__m256 v) {
 #define Q8_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
 #define Q8_DOT(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
 #include "kernels/cpu/nbits_q8_gemv.inc"
+
+/* The interleaved copy of the codes, scales and zero points (layout at the top). */
+static void interleave(kiln__nbits_q8 *q) {
+  const kiln__nbits_w *w = &q->w;
+  size_t steps = w->block / 8;
+  for (size_t g = 0; g < q->groups; g++)
+    for (size_t j = 0; j < w->nb; j++) {
+      size_t gj = g * w->nb + j;
+      for (size_t l = 0; l < 8; l++) {
+        size_t c = g * 8 + l;
+        q->scales[gj * 8 + l] = c < w->n ? w->scales[c * w->nb + j] : 0.0f;
+        q->zps[gj * 8 + l] = c < w->n ? w->zps[c * w->nb + j] : 0;
+      }
+      for (size_t p = 0; p < steps; p++) {
+        uint8_t *d = q->codes + (gj * steps + p) * 32;
+        for (size_t l = 0; l < 8; l++) {
+          size_t c = g * 8 + l;
+          const uint8_t *src = c < w->n ? w->codes + (c * w->nb + j) * w->blob + p * 4 : NULL;
+          for (size_t t = 0; t < 4; t++) /* src[t / 2]: k = 8p + t; src[2 + t / 2]: k + 4 */
+            d[4 * l + t] = !src ? 0
+                                : (uint8_t)((t % 2 ? src[t / 2] >> 4 : src[t / 2] & 15) |
+                                            (t % 2 ? src[2 + t / 2] & 0xf0 : src[2 + t / 2] << 4));
+        }
+      }
+    }
+}
 #endif
 
 /* ---- driver --------------------------------------------------------------------------------- */
 
-static kiln__range_fn pick(kiln__qisa isa) {
+kiln_status kiln__nbits_q8_prepare(const kiln__nbits_w *w, kiln__qisa isa, kiln__nbits_q8 **out,
+                                   kiln_error *err) {
+  kiln__nbits_q8 *q = kiln__calloc(1, sizeof *q);
+  if (!q) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing MatMulNBits (q8)");
+  q->w = *w;
+  q->fn = q8_generic;
 #ifdef KILN__QGEMM_X86
   switch (isa) {
-  case KILN__QISA_AVX2: return q8_avx2;
+  case KILN__QISA_AVX2: q->fn = q8_avx2; break;
 #ifdef KILN__QGEMM_HAVE_AVXVNNI
-  case KILN__QISA_AVXVNNI: return q8_avxvnni;
+  case KILN__QISA_AVXVNNI: q->fn = q8_avxvnni; break;
 #endif
   case KILN__QISA_AVX512VNNI:
     /* the ymm form needs AVX512VL, which every AVX512-VNNI CPU shipped so far has */
-    return __builtin_cpu_supports("avx512vl") ? q8_avx512vnni : q8_avx2;
+    q->fn = __builtin_cpu_supports("avx512vl") ? q8_avx512vnni : q8_avx2;
+    break;
   default: break;
   }
-#endif
+  q->x86 = q->fn != q8_generic;
+  if (q->x86) {
+    q->groups = (w->n + 7) / 8;
+    size_t gb = q->groups * w->nb;
+    q->codes = kiln__malloc(gb * (w->block / 8) * 32);
+    q->scales = kiln__malloc(gb * 8 * sizeof *q->scales);
+    q->zps = kiln__malloc(gb * 8 * sizeof *q->zps);
+    if (!q->codes || !q->scales || !q->zps) {
+      kiln__nbits_q8_free(q);
+      return kiln__fail(err, KILN_NO_MEMORY, "out of memory packing MatMulNBits weights (q8)");
+    }
+    interleave(q);
+  }
+#else
   (void)isa;
-  return q8_generic;
+#endif
+  *out = q;
+  return KILN_OK;
 }
 
-void kiln__nbits_q8_run(struct kiln__pool *pool, kiln__qisa isa, const kiln__nbits_w *w,
-                        const float *A, size_t m, float *Y, const float *bias, void *scratch) {
+void kiln__nbits_q8_free(kiln__nbits_q8 *q) {
+  if (!q) return;
+  kiln__free(q->codes);
+  kiln__free(q->scales);
+  kiln__free(q->zps);
+  kiln__free(q);
+}
+
+void kiln__nbits_q8_run(struct kiln__pool *pool, const kiln__nbits_q8 *q, const float *A, size_t m,
+                        float *Y, const float *bias, void *scratch) {
+  const kiln__nbits_w *w = &q->w;
   float *sa = scratch;
   int32_t *asum = (int32_t *)(sa + m * w->nb);
   int8_t *aq = (int8_t *)scratch + a_bytes(w, m);
-  kiln__range_fn fn = pick(isa);
-  for (size_t r = 0; r < m; r++) {
 #ifdef KILN__QGEMM_X86
-    if (fn != q8_generic) {
-      quant_row_avx2(w, A + r * w->k, aq + r * w->kp, sa + r * w->nb);
-      continue;
-    }
+  if (q->x86) quant_a_avx2(w, A, m, aq, sa, asum);
+  else
 #endif
-    kiln__nbits_q8_quant_row(A + r * w->k, w->k, w->block, aq + r * w->kp, sa + r * w->nb,
-                             asum + r * w->nb);
-  }
-  q8job jb = {.w = w, .aq = aq, .sa = sa, .asum = asum, .m = m, .y = Y, .bias = bias};
-  kiln__parallel_for(kiln__pool_for(pool, (double)m * (double)w->k * (double)w->n), w->n, fn, &jb);
+    quant_a_generic(w, A, m, aq, sa, asum);
+  q8job jb = {.q = q, .aq = aq, .sa = sa, .asum = asum, .m = m, .y = Y, .bias = bias};
+  kiln__parallel_for(kiln__pool_for(pool, (double)m * (double)w->k * (double)w->n),
+                     q->x86 ? q->groups : w->n, q->fn, &jb);
 }

@@ -21,11 +21,18 @@ typedef struct kiln__nbits_w {
 /* Whether the q8 path takes these weights (block a multiple of 32). */
 bool kiln__nbits_q8_ok(const kiln__nbits_w *w);
 
-/* Scratch bytes for m rows: quantized A, its scales and block sums. */
-size_t kiln__nbits_q8_scratch(const kiln__nbits_w *w, size_t m);
+/* The path's state for weights `w` (which must outlive it) on `isa`: the x86 kernels' copy of
+   the codes, 8 columns interleaved (see nbits_q8.c). */
+typedef struct kiln__nbits_q8 kiln__nbits_q8;
+kiln_status kiln__nbits_q8_prepare(const kiln__nbits_w *w, kiln__qisa isa, kiln__nbits_q8 **out,
+                                   kiln_error *err);
+void kiln__nbits_q8_free(kiln__nbits_q8 *q);
 
-/* Y[m, N] = A[m, K] x W (+ bias) on `isa`'s kernels; columns split over `pool`. */
-void kiln__nbits_q8_run(struct kiln__pool *pool, kiln__qisa isa, const kiln__nbits_w *w,
-                        const float *A, size_t m, float *Y, const float *bias, void *scratch);
+/* Scratch bytes for m rows: quantized A, its scales and block sums. */
+size_t kiln__nbits_q8_scratch(const kiln__nbits_q8 *q, size_t m);
+
+/* Y[m, N] = A[m, K] x W (+ bias); columns split over `pool`. */
+void kiln__nbits_q8_run(struct kiln__pool *pool, const kiln__nbits_q8 *q, const float *A, size_t m,
+                        float *Y, const float *bias, void *scratch);
 
 #endif
