@@ -4,7 +4,8 @@
 # SGEMM, the automatic choice, and q8: A quantized to int8, accuracy_level 4's kernels). `kiln
 # bench` on the files alternately, ROUNDS rounds, best p50 (ms) of each. Not part of ctest.
 # usage: bench/run_nbits.sh [BUILD_DIR] [THREADS]  env: ROUNDS (3)  MS ("1 2 4 8 16 64 128")
-#        SHAPES ("256x1024 1024x256 4096x4096")
+#        SHAPES ("256x1024 1024x256 4096x4096")  STAT (p50, or min: kiln bench's min latency,
+#        steadier on a loaded machine)
 set -eu
 build=${1:-build}
 t=${2:-1}
@@ -12,7 +13,8 @@ rounds=${ROUNDS:-3}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 /usr/bin/python3 "$(dirname "$0")/nbits_models.py" "$out"
-p50() { sed -n 's/.*p50 \([0-9.]*\).*/\1/p'; }
+stat=${STAT:-p50}
+p50() { sed -n "s/.* $stat \([0-9.]*\).*/\1/p"; }
 min() { awk "BEGIN{print ($1 < $2) ? $1 : $2}"; }
 printf '%-10s %4s %10s %10s %10s %10s %10s  %s %s\n' "K x N" M fp32 gemv sgemm auto q8 "fp32/auto" "auto/q8"
 for kn in ${SHAPES:-256x1024 1024x256 4096x4096}; do

@@ -550,7 +550,8 @@ static float *node_scales(const kiln__graph *g, int v, bool *was_f16) {
 /* Decodes one MatMulNBits weight (independently of the writer: the contrib op's spec) and checks
    it against the float weight: every weight within half a step of its block, the node's
    attributes and shapes as the spec says. Returns the number of MatMulNBits nodes. */
-static int check_q4_file(const char *path, const char *src, int block, bool asym, bool f16) {
+static int check_q4_file(const char *path, const char *src, int block, bool asym, bool f16,
+                         int acc_level) {
   kiln__graph *g = NULL, *f = NULL;
   kiln_error err = {0};
   assert_int_equal(kiln__onnx_import_file(path, &g, &err), KILN_OK);
@@ -564,6 +565,7 @@ static int check_q4_file(const char *path, const char *src, int block, bool asym
     int64_t K = kiln__attr_int(n, "K", -1), N = kiln__attr_int(n, "N", -1);
     assert_int_equal(kiln__attr_int(n, "bits", -1), 4);
     assert_int_equal(kiln__attr_int(n, "block_size", -1), block);
+    assert_int_equal(kiln__attr_int(n, "accuracy_level", 0), acc_level);
     assert_int_equal(n->n_in, asym ? 4 : 3);
     const kiln_tensor *B = &g->values[n->in[1]].init;
     bool was_f16;
@@ -614,12 +616,13 @@ static void digits_int4(void **state) {
   (void)state;
   char src[1024], q[1024];
   path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
-  for (int k = 0; k < 4; k++) {
+  for (int k = 0; k < 6; k++) {
     kiln_quant_opts o = kiln_quant_opts_default();
     o.format = KILN_QUANT_INT4;
     o.block_size = k == 2 ? 64 : 32;
-    o.asymmetric = k == 1;
+    o.asymmetric = k == 1 || k == 5;
     o.fp32_scales = k == 3; /* the default is float16 scales */
+    o.accuracy_level = k >= 4 ? 4 : 0; /* int8 activations: Kiln's q8 kernels */
     kiln_quant_stats st;
     char tag[32];
     snprintf(tag, sizeof tag, "int4_%d", k);
@@ -631,14 +634,17 @@ static void digits_int4(void **state) {
     size_t zps = o.asymmetric ? 64 * (512 / 32 / 2) + 10 * 1 : 0;
     assert_int_equal(st.weight_bytes_after,
                      blocks * ((size_t)o.block_size / 2) + blocks * (o.fp32_scales ? 4 : 2) + zps);
-    assert_int_equal(check_q4_file(q, src, o.block_size, o.asymmetric, !o.fp32_scales), 2);
+    assert_int_equal(check_q4_file(q, src, o.block_size, o.asymmetric, !o.fp32_scales,
+                                   o.accuracy_level), 2);
     assert_true(file_size(q) < file_size(src) * 30 / 100);
-    /* Kiln runs it (MatMulNBits, cpu kernel: 450 rows take the dequantize + SGEMM path):
-       top-1 within 1 point of FP32's 443/450, i.e. at least 439 */
+    /* Kiln runs it (MatMulNBits, cpu kernel: 450 rows take the dequantize + SGEMM path, or with
+       accuracy_level 4 the int8-activation kernels): top-1 within 1 point of FP32's 443/450,
+       i.e. at least 439 */
     float logits[450 * 10];
     int correct = run_digits(q, logits);
-    fprintf(stderr, "int4 block %d%s %s scales: %d/450\n", o.block_size,
-            o.asymmetric ? " asym" : "", o.fp32_scales ? "fp32" : "fp16", correct);
+    fprintf(stderr, "int4 block %d%s %s scales%s: %d/450\n", o.block_size,
+            o.asymmetric ? " asym" : "", o.fp32_scales ? "fp32" : "fp16",
+            o.accuracy_level ? ", int8 activations" : "", correct);
     assert_true(correct >= 439);
   }
 }
