@@ -83,7 +83,7 @@ typedef struct kiln_quant_opts {
      are quantized against the rounded scales) */
   bool fp32_scales;
   /* int4: MatMulNBits' accuracy_level attribute, 0 (not written: float activations) to 4 (A may be
-     quantized to int8 per block: Kiln's int8-activation kernels) */
+     quantized to int8 per block: Kiln's int8-activation kernels). Default 4. */
   int accuracy_level;
 } kiln_quant_opts;
 
