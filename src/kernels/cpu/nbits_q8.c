@@ -35,9 +35,10 @@ struct kiln__nbits_q8 {
 
 typedef struct q8job {
   const kiln__nbits_q8 *q;
-  const int8_t *aq; /* [m, kp] */
-  const float *sa;  /* [m, nb] */
-  const int32_t *asum;
+  const float *a;   /* A [m, K] */
+  int8_t *aq;       /* [m, kp], quantized from a by quant_rows */
+  float *sa;        /* [m, nb] */
+  int32_t *asum;
   size_t m;
   float *y;
   const float *bias;
@@ -227,18 +228,30 @@ void kiln__nbits_q8_free(kiln__nbits_q8 *q) {
   kiln__free(q);
 }
 
+/* kiln__range_fn over rows of A: quantizes them into the job's scratch. */
+static void quant_rows(void *arg, size_t r0, size_t r1) {
+  const q8job *jb = arg;
+  const kiln__nbits_w *w = &jb->q->w;
+  int8_t *aq = jb->aq + r0 * w->kp;
+  float *sa = jb->sa + r0 * w->nb;
+  int32_t *asum = jb->asum + r0 * w->nb;
+#ifdef KILN__QGEMM_X86
+  if (jb->q->x86) {
+    quant_a_avx2(w, jb->a + r0 * w->k, r1 - r0, aq, sa, asum);
+    return;
+  }
+#endif
+  quant_a_generic(w, jb->a + r0 * w->k, r1 - r0, aq, sa, asum);
+}
+
 void kiln__nbits_q8_run(struct kiln__pool *pool, const kiln__nbits_q8 *q, const float *A, size_t m,
                         float *Y, const float *bias, void *scratch) {
   const kiln__nbits_w *w = &q->w;
   float *sa = scratch;
   int32_t *asum = (int32_t *)(sa + m * w->nb);
   int8_t *aq = (int8_t *)scratch + a_bytes(w, m);
-#ifdef KILN__QGEMM_X86
-  if (q->x86) quant_a_avx2(w, A, m, aq, sa, asum);
-  else
-#endif
-    quant_a_generic(w, A, m, aq, sa, asum);
-  q8job jb = {.q = q, .aq = aq, .sa = sa, .asum = asum, .m = m, .y = Y, .bias = bias};
+  q8job jb = {.q = q, .a = A, .aq = aq, .sa = sa, .asum = asum, .m = m, .y = Y, .bias = bias};
+  kiln__parallel_for(kiln__pool_for(pool, 8.0 * (double)m * (double)w->k), m, quant_rows, &jb);
   kiln__parallel_for(kiln__pool_for(pool, (double)m * (double)w->k * (double)w->n),
                      q->x86 ? q->groups : w->n, q->fn, &jb);
 }
