@@ -1,5 +1,5 @@
 /* The cpu backend's row for com.microsoft MatMulNBits (4-bit weights in blocks along K; layout in
- * kernels/ref/nbits.h), with two paths chosen per call by the number of rows M of A:
+ * kernels/ref/nbits.h). Two float-activation paths, chosen per call by the number of rows M of A:
  *
  *   GEMV (M <= GEMV_MAX_M = 8, LLM decode, small batches): reads the 4-bit codes directly. Per
  *     16 codes (8 bytes): split the nibbles, interleave them back into k order, subtract the
@@ -13,10 +13,14 @@
  *     pack. AVX2 decodes 16 k of 8 columns and transposes them in registers. A is packed once
  *     per call into scratch (else the driver re-packs it for every 128-column tile). The bias
  *     runs in the SGEMM's epilogue. The decode is O(K N) per tile row against O(M K N).
+ *   int8 activations (the node's accuracy_level = 4, or KILN_NBITS_PATH=q8), any M: A quantized
+ *     per row and block, integer block sums on an 8-column interleaved copy of the codes
+ *     (nbits_q8.c); the two paths above are then not used.
  *
  * Weights stay 4-bit in memory (copied at load with the zero points unpacked to one byte per
  * block). Float zero points, g_idx and computed B are left to the reference kernel. Results
- * differ from the reference only by float summation order (tests/test_cpu_nbits.c bounds it). */
+ * differ from the reference only by float summation order (tests/test_cpu_nbits.c bounds it); the
+ * int8-activation path's from the reference q8 arithmetic (kernels/ref/nbits.h) likewise. */
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/nbits_q8.h"
 #include "kernels/cpu/sgemm.h"
@@ -98,7 +102,11 @@ static kiln_status nbits_prepare(const kiln__node *n, const kiln__graph *g, void
     return st;
   }
   const char *path = getenv("KILN_NBITS_PATH");
-  s->path = !path ? 0 : !strcmp(path, "gemv") ? 1 : !strcmp(path, "sgemm") ? 2 : !strcmp(path, "q8") ? 3 : 0;
+  s->path = !path                   ? 0
+            : !strcmp(path, "gemv")  ? 1
+            : !strcmp(path, "sgemm") ? 2
+            : !strcmp(path, "q8")    ? 3
+                                     : 0;
   s->k = (size_t)kiln__attr_int(n, "K", -1);
   s->n = (size_t)kiln__attr_int(n, "N", -1);
   s->block = (size_t)kiln__attr_int(n, "block_size", -1);
