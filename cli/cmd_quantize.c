@@ -13,7 +13,7 @@ static const char usage[] =
     "usage: kiln quantize MODEL --to fp16|bf16|int8|int8-dynamic|int4 -o OUT.onnx\n"
     "         [--calib DIR] [--method minmax|percentile|entropy] [--percentile P]\n"
     "         [--calib-samples N] [--full-range|--reduce-range] [--block 32] [--asymmetric]\n"
-    "         [--threads N] [--node NAME=FORMAT]... [--keep-float NAME]...\n";
+    "         [--scale-type fp16|fp32] [--accuracy-level 0|4] [--threads N] [--node NAME=FORMAT]... [--keep-float NAME]...\n";
 
 static long long file_size(const char *path) {
   struct stat sb;
@@ -66,6 +66,15 @@ int cmd_quantize(int argc, char **argv) {
       if (!parse_long(argv[++i], 1, 1L << 30, &v))
         return bad("--calib-samples '%s': a positive count is needed", argv[i]);
       o.calib_samples = (size_t)v;
+    } else if (!strcmp(a, "--scale-type") && has) {
+      const char *t = argv[++i];
+      if (strcmp(t, "fp16") && strcmp(t, "fp32"))
+        return bad("--scale-type '%s': fp16 or fp32 is needed", t);
+      o.fp32_scales = !strcmp(t, "fp32");
+    } else if (!strcmp(a, "--accuracy-level") && has) {
+      if (!parse_long(argv[++i], 0, 4, &v))
+        return bad("--accuracy-level '%s': 0 to 4 is needed (4: int8 activations)", argv[i]);
+      o.accuracy_level = (int)v;
     } else if (!strcmp(a, "--block") && has) {
       if (!parse_long(argv[++i], 16, 4096, &v) || (v & (v - 1)))
         return bad("--block '%s': a power of two from 16 to 4096 is needed", argv[i]);
@@ -129,8 +138,10 @@ int cmd_quantize(int argc, char **argv) {
     printf("\n");
   }
   if (o.format == KILN_QUANT_INT4)
-    printf("int4: block %d, %s\n", o.block_size ? o.block_size : 32,
-           o.asymmetric ? "asymmetric (packed zero points)" : "symmetric (zero point 8)");
+    printf("int4: block %d, %s, %s scales, accuracy_level %d%s\n", o.block_size ? o.block_size : 32,
+           o.asymmetric ? "asymmetric (packed zero points)" : "symmetric (zero point 8)",
+           o.fp32_scales ? "float32" : "float16", o.accuracy_level,
+           o.accuracy_level == 4 ? " (int8 activations)" : "");
   long long before = file_size(model), after = file_size(out);
   printf("file: %lld -> %lld bytes (%.2fx)\nwrote %s\n", before, after,
          before > 0 ? (double)after / (double)before : 0.0, out);

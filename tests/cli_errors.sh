@@ -51,6 +51,8 @@ q="quantize $model -o $tmp/q.onnx"
 expect "quantize: int8 without --calib" "needs calibration data: --calib DIR" -- $q --to int8
 expect "quantize: unknown method" "unknown --method 'kl'" -- $q --to int8 --calib "$tmp" --method kl
 expect "quantize: bad block" "block '33': a power of two" -- $q --to int4 --block 33
+expect "quantize: bad scale type" "scale-type 'fp8': fp16 or fp32" -- $q --to int4 --scale-type fp8
+expect "quantize: bad accuracy level" "accuracy-level '7': 0 to 4" -- $q --to int4 --accuracy-level 7
 expect "quantize: bad percentile" "percentile '101'" -- $q --to int8 --calib "$tmp" --percentile 101
 expect "quantize: --node without =" "node 'f1': NAME=FORMAT" -- $q --to int8-dynamic --node f1
 expect "quantize: --node bad format" "unknown quantization format 'int3'" -- $q --to fp16 --node /f1/Gemm=int3

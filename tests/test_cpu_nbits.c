@@ -24,7 +24,9 @@
 
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/qgemm.h"
 #include "kernels/cpu/sgemm.h"
+#include "kernels/ref/nbits.h"
 #include "kiln_test.h"
 #include "kiln_test_ir.h"
 
@@ -270,6 +272,195 @@ static void matches_spec_per_isa(void **st) {
   kiln__pool_free(pool);
 }
 
+/* ---- int8 activations (accuracy_level 4) ------------------------------------------------------ */
+
+/* Runs the node on the cpu kernel (fast path required) into a new array of M x N floats. */
+static float *cpu_run(nbnode *o, kiln__pool *pool, const char *what) {
+  const kiln__backend *cpu = &kiln__backend_cpu;
+  assert_true(cpu->supports(o->n, o->g));
+  void *state = NULL;
+  kiln_error err = {0};
+  assert_int_equal(cpu->prepare(o->n, o->g, &state, &err), KILN_OK);
+  const kiln_tensor *ins[N_IN];
+  for (int i = 0; i < N_IN; i++) ins[i] = o->present[i] ? &o->in[i] : NULL;
+  kiln_tensor y = {0};
+  kiln_tensor *outs[1] = {&y};
+  kiln__kctx c = {.node = o->n, .n_in = o->n->n_in, .n_out = 1, .in = ins, .out = outs,
+                  .pool = pool, .err = &err};
+  if (o->n->op->infer(&c) != KILN_OK) fail_msg("infer %s: %s", what, err.message);
+  size_t cnt = kiln_tensor_count(&y);
+  assert_int_equal(cnt, (size_t)(o->m * o->nn));
+  float *yc = malloc(cnt * sizeof *yc);
+  memset(yc, 0xff, cnt * sizeof *yc); /* NaN: every element must be written */
+  y.data = yc;
+  c.scratch_bytes = cpu->scratch(&c, state);
+  c.scratch = c.scratch_bytes ? malloc(c.scratch_bytes) : NULL;
+  o->n->op = &o->fast_only;
+  kiln_status st = cpu->execute(&c, state);
+  o->n->op = kiln__op_find("com.microsoft", "MatMulNBits");
+  if (st != KILN_OK) fail_msg("cpu %s: %s", what, err.message);
+  free(c.scratch);
+  cpu->release(state);
+  return yc;
+}
+
+/* The reference q8 arithmetic (kernels/ref/nbits.h): per row and block the reference quantizer,
+   integer block sums, sum_j (dot - zp * asum) * s_a * s_w in double; and for the tolerance, as
+   for the float path, the sum of |product| over the elements: |a_q (code - zp)| s_a s_w. */
+static void q8_reference(const nbnode *o, double *y, double *absum) {
+  const float *A = o->in[IN_A].data, *S = o->in[IN_S].data;
+  const uint8_t *B = o->in[IN_B].data, *Z = o->present[IN_ZP] ? o->in[IN_ZP].data : NULL;
+  const float *bias = o->present[IN_BIAS] ? o->in[IN_BIAS].data : NULL;
+  size_t nb = (size_t)o->nb, block = (size_t)o->block;
+  int8_t *aq = malloc(nb * block);
+  float *sa = malloc(nb * sizeof *sa);
+  int32_t *asum = malloc(nb * sizeof *asum);
+  for (int64_t r = 0; r < o->m; r++) {
+    kiln__nbits_q8_quant_row(A + r * o->k, (size_t)o->k, block, aq, sa, asum);
+    for (int64_t c = 0; c < o->nn; c++) {
+      double acc = bias ? bias[c] : 0.0, ab = bias ? fabs(bias[c]) : 0.0;
+      for (size_t j = 0; j < nb; j++) {
+        int zp = 8;
+        if (Z) {
+          uint8_t zb = Z[c * ((o->nb + 1) / 2) + (int64_t)j / 2];
+          zp = j % 2 ? zb >> 4 : zb & 15;
+        }
+        const uint8_t *blob = B + (c * o->nb + (int64_t)j) * (o->block / 2);
+        int32_t d = kiln__nbits_q8_block_dot(blob, aq + j * block, block) - zp * asum[j];
+        double sc = (double)sa[j] * S[c * o->nb + (int64_t)j];
+        acc += (double)d * sc;
+        for (size_t t = 0; t < block; t++)
+          ab += fabs((double)aq[j * block + t] * ((t % 2 ? blob[t / 2] >> 4 : blob[t / 2] & 15) - zp) * sc);
+      }
+      y[r * o->nn + c] = acc;
+      absum[r * o->nn + c] = ab;
+    }
+  }
+  free(aq);
+  free(sa);
+  free(asum);
+}
+
+/* Scales rounded to float16 values (what a file with fp16 scales gives the kernel after the
+   planner folds its Cast). */
+static void round_scales_f16(nbnode *o) {
+  float *s = o->in[IN_S].data, *g = o->g->values[o->n->in[IN_S]].init.data;
+  for (size_t i = 0; i < kiln_tensor_count(&o->in[IN_S]); i++)
+    s[i] = g[i] = kiln__f16_to_f32(kiln__f32_to_f16(s[i]));
+}
+
+static const int64_t q8_shapes[][3] = { /* K, N, block; M runs 1..17 over them */
+    {32, 1, 32},  {33, 7, 32},   {100, 13, 32}, {257, 31, 64}, {300, 45, 32},
+    {45, 3, 128}, {512, 17, 128}, {1000, 9, 32}, {64, 65, 64},
+};
+
+static void q8_cases(kiln__pool *pool) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(q8_shapes); si++)
+    for (int64_t m = 1 + (int64_t)si % 3; m <= 17; m += 3)
+      for (int v = 0; v < 4; v++) { /* bit 0: zero points; bit 1: fp16 scales + bias */
+        bool attr = (m + v) % 2; /* accuracy_level=4 on the node, else KILN_NBITS_PATH=q8 */
+        if (attr) unsetenv("KILN_NBITS_PATH");
+        else setenv("KILN_NBITS_PATH", "q8", 1);
+        nbnode o;
+        nb_make(&o, m, q8_shapes[si][0], q8_shapes[si][1], q8_shapes[si][2], v & 1, v & 2, 2);
+        if (attr) kt_attr_int(o.n, "accuracy_level", 4);
+        if (v & 2) round_scales_f16(&o);
+        char what[160];
+        snprintf(what, sizeof what, "q8 M %lld K %lld N %lld block %lld zp %d f16 %d %s %s",
+                 (long long)m, (long long)q8_shapes[si][0], (long long)q8_shapes[si][1],
+                 (long long)q8_shapes[si][2], v & 1, v >> 1, attr ? "attr" : "env",
+                 pool ? "2 threads" : "serial");
+        size_t cnt = (size_t)(m * o.nn);
+        double *want = malloc(cnt * sizeof *want), *absum = malloc(cnt * sizeof *absum);
+        q8_reference(&o, want, absum);
+        float *got = cpu_run(&o, pool, what);
+        check_close(got, want, absum, cnt, "cpu", what);
+        free(got);
+        free(want);
+        free(absum);
+        nb_free(&o);
+      }
+  unsetenv("KILN_NBITS_PATH");
+}
+
+/* Inputs whose q8 arithmetic is exact: every block of A holds +-127 * 2^-6 and integer multiples
+   of 2^-6 (so s_a = 2^-6 and a / s_a is the integer), weight scales 2^-3 or 2^-2. Every term is
+   then a multiple of 2^-9 and every sum below 2^23 of those, so any summation order gives the
+   spec's product (computed here in double) exactly: the integer block sums must be exact. */
+static void q8_exact_cases(kiln__pool *pool) {
+  static const int64_t sh[][4] = {{1, 33, 7, 32}, {5, 300, 19, 32}, {17, 257, 9, 64}, {4, 130, 3, 128}};
+  setenv("KILN_NBITS_PATH", "q8", 1);
+  for (size_t si = 0; si < KILN__ARRAY_LEN(sh); si++)
+    for (int zp = 0; zp < 2; zp++) {
+      nbnode o;
+      nb_make(&o, sh[si][0], sh[si][1], sh[si][2], sh[si][3], zp, false, 2);
+      float *A = o.in[IN_A].data, *S = o.in[IN_S].data;
+      for (int64_t r = 0; r < o.m; r++)
+        for (int64_t k = 0; k < o.k; k++)
+          A[r * o.k + k] = (k % o.block == 0 ? (rnd() % 2 ? 127.0f : -127.0f)
+                                             : (float)((int)(rnd() % 255) - 127)) / 64.0f;
+      float *gs = o.g->values[o.n->in[IN_S]].init.data;
+      for (size_t i = 0; i < kiln_tensor_count(&o.in[IN_S]); i++)
+        S[i] = gs[i] = rnd() % 2 ? 0.125f : 0.25f;
+      char what[128];
+      snprintf(what, sizeof what, "q8 exact M %lld K %lld N %lld block %lld zp %d %s",
+               (long long)o.m, (long long)o.k, (long long)o.nn, (long long)o.block, zp,
+               pool ? "2 threads" : "serial");
+      size_t cnt = (size_t)(o.m * o.nn);
+      double *want = malloc(cnt * sizeof *want), *absum = malloc(cnt * sizeof *absum), *qr = malloc(cnt * sizeof *qr);
+      spec_product(&o, want, absum);
+      q8_reference(&o, qr, absum);
+      float *got = cpu_run(&o, pool, what);
+      for (size_t i = 0; i < cnt; i++) {
+        assert_true(qr[i] == want[i]); /* the reference arithmetic is exact here too */
+        if (got[i] != (float)want[i])
+          fail_msg("%s (KILN_ISA=%s): element %zu is %.9g, exactly %.9g expected", what,
+                   getenv("KILN_ISA"), i, got[i], want[i]);
+      }
+      free(got);
+      free(want);
+      free(absum);
+      free(qr);
+      nb_free(&o);
+    }
+  unsetenv("KILN_NBITS_PATH");
+}
+
+static void q8_per_isa(void **st) {
+  (void)st;
+  kiln__pool *pool = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
+  int ran = 0;
+  for (int isa = 0; isa < KILN__QISA_COUNT; isa++) {
+    if (!kiln__qisa_supported((kiln__qisa)isa)) {
+      printf("  q8 ISA %s: not available on this machine or build, not run\n",
+             kiln__qisa_name((kiln__qisa)isa));
+      continue;
+    }
+    setenv("KILN_ISA", kiln__qisa_name((kiln__qisa)isa), 1);
+    q8_exact_cases(NULL);
+    q8_exact_cases(pool);
+    q8_cases(NULL);
+    q8_cases(pool);
+    ran++;
+  }
+  assert_true(ran >= 1);
+  unsetenv("KILN_ISA");
+  kiln__pool_free(pool);
+}
+
+/* accuracy_level 4 with a block the q8 kernels do not take (16) runs the float path: the spec's
+   product within float rounding. */
+static void q8_block16_float(void **st) {
+  (void)st;
+  nbnode o;
+  nb_make(&o, 3, 45, 37, 16, true, true, 2);
+  kt_attr_int(o.n, "accuracy_level", 4);
+  nb_check(&o, NULL, "accuracy_level 4, block 16");
+  nb_free(&o);
+}
+
 /* infer on a node edited by `edit` must fail with `status` and a message containing `needle`;
    the cpu backend must not claim it (except when only A's shape is wrong, which it cannot see). */
 static void expect_reject(void (*edit)(nbnode *), kiln_status status, const char *needle,
@@ -388,6 +579,8 @@ int main(int argc, char **argv) {
   tests_dir = argv[1];
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(matches_spec_per_isa),
+      cmocka_unit_test(q8_per_isa),
+      cmocka_unit_test(q8_block16_float),
       cmocka_unit_test(bad_input),
       cmocka_unit_test(model_fixture),
   };

@@ -20,6 +20,7 @@
 
 #include "kiln/kiln.h"
 #include "kiln/quant.h"
+#include "onnx/export.h"
 #include "onnx/import.h"
 #include "quant/quant.h"
 
@@ -514,10 +515,43 @@ static void calib_methods(void **state) {
   assert_true(t > 3.0f && t < 4.0f); /* N(0,1): P(|x| > 3.29) = 0.001 */
 }
 
+/* IEEE half -> float, written from the format (not Kiln's converter). */
+static float f16_widen(uint16_t h) {
+  int e = (h >> 10) & 31, m = h & 1023;
+  float v = e == 0 ? ldexpf((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexpf((float)(1024 + m), e - 25);
+  return h >> 15 ? -v : v;
+}
+
+/* The float32 scales a MatMulNBits node reads: its initializer, or (fp16 scales) the float16
+   initializer of the Cast(to=FLOAT) that produces the input, widened here. NULL otherwise; the
+   caller frees. */
+static float *node_scales(const kiln__graph *g, int v, bool *was_f16) {
+  const kiln__value *val = &g->values[v];
+  const kiln_tensor *t = val->is_initializer ? &val->init : NULL;
+  *was_f16 = false;
+  for (int i = 0; i < g->n_nodes && !t; i++) {
+    const kiln__node *n = &g->nodes[i];
+    if (strcmp(n->op_type, "Cast") || n->out[0] != v) continue;
+    assert_int_equal(kiln__attr_int(n, "to", -1), 1); /* FLOAT */
+    t = &g->values[n->in[0]].init;
+    assert_true(g->values[n->in[0]].is_initializer);
+    assert_int_equal(t->dtype, KILN_DTYPE_FLOAT16);
+    *was_f16 = true;
+  }
+  if (!t) return NULL;
+  size_t cnt = kiln_tensor_count(t);
+  float *out = malloc(cnt * sizeof *out);
+  assert_non_null(out);
+  for (size_t i = 0; i < cnt; i++)
+    out[i] = *was_f16 ? f16_widen(((const uint16_t *)t->data)[i]) : ((const float *)t->data)[i];
+  return out;
+}
+
 /* Decodes one MatMulNBits weight (independently of the writer: the contrib op's spec) and checks
    it against the float weight: every weight within half a step of its block, the node's
    attributes and shapes as the spec says. Returns the number of MatMulNBits nodes. */
-static int check_q4_file(const char *path, const char *src, int block, bool asym) {
+static int check_q4_file(const char *path, const char *src, int block, bool asym, bool f16,
+                         int acc_level) {
   kiln__graph *g = NULL, *f = NULL;
   kiln_error err = {0};
   assert_int_equal(kiln__onnx_import_file(path, &g, &err), KILN_OK);
@@ -531,13 +565,17 @@ static int check_q4_file(const char *path, const char *src, int block, bool asym
     int64_t K = kiln__attr_int(n, "K", -1), N = kiln__attr_int(n, "N", -1);
     assert_int_equal(kiln__attr_int(n, "bits", -1), 4);
     assert_int_equal(kiln__attr_int(n, "block_size", -1), block);
+    assert_int_equal(kiln__attr_int(n, "accuracy_level", 0), acc_level);
     assert_int_equal(n->n_in, asym ? 4 : 3);
-    const kiln_tensor *B = &g->values[n->in[1]].init, *S = &g->values[n->in[2]].init;
+    const kiln_tensor *B = &g->values[n->in[1]].init;
+    bool was_f16;
+    float *S = node_scales(g, n->in[2], &was_f16);
+    assert_non_null(S);
+    assert_int_equal(was_f16, f16);
     int64_t nb = (K + block - 1) / block;
     assert_int_equal(B->dtype, KILN_DTYPE_UINT8);
     assert_int_equal(B->rank, 3);
     assert_true(B->dims[0] == N && B->dims[1] == nb && B->dims[2] == block / 2);
-    assert_int_equal(kiln_tensor_count(S), (size_t)(N * nb));
     const uint8_t *Z = asym ? g->values[n->in[3]].init.data : NULL;
     if (asym) assert_int_equal(kiln_tensor_count(&g->values[n->in[3]].init), (size_t)(N * ((nb + 1) / 2)));
     /* the float weight: the digits Gemms are Gemm(transB=1) with W [N, K] named <layer>.weight */
@@ -549,7 +587,7 @@ static int check_q4_file(const char *path, const char *src, int block, bool asym
     }
     assert_non_null(W);
     const uint8_t *b = B->data;
-    const float *s = S->data, *w = W->data;
+    const float *s = S, *w = W->data;
     for (int64_t c = 0; c < N; c++)
       for (int64_t k = 0; k < K; k++) {
         int64_t blk = k / block, at = (c * nb + blk) * (block / 2) + (k % block) / 2;
@@ -560,11 +598,14 @@ static int check_q4_file(const char *path, const char *src, int block, bool asym
           zp = blk % 2 ? zb >> 4 : zb & 15;
         }
         float sc = s[c * nb + blk], dec = (float)(code - zp) * sc;
-        /* round to nearest: half a step; a code clamped at either end (symmetric: +m where the
-           block's largest magnitude is -m; asymmetric: the zero point's own rounding) a step */
+        /* round to nearest against the stored (fp16: rounded) scale: half a step; a code
+           clamped at either end (symmetric: +m where the block's largest magnitude is -m, and
+           -m itself when the rounded scale is below m / 8; asymmetric: the zero point's own
+           rounding) a step */
         float tol = code == 0 || code == 15 ? fabsf(sc) : fabsf(sc) * 0.5f;
         assert_true(fabsf(dec - w[c * K + k]) <= tol * 1.0001f + 1e-7f);
       }
+    free(S);
   }
   kiln__graph_free(g);
   kiln__graph_free(f);
@@ -575,30 +616,83 @@ static void digits_int4(void **state) {
   (void)state;
   char src[1024], q[1024];
   path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
-  for (int k = 0; k < 3; k++) {
+  for (int k = 0; k < 6; k++) {
     kiln_quant_opts o = kiln_quant_opts_default();
     o.format = KILN_QUANT_INT4;
     o.block_size = k == 2 ? 64 : 32;
-    o.asymmetric = k == 1;
+    o.asymmetric = k == 1 || k == 5;
+    o.fp32_scales = k == 3; /* the default is float16 scales */
+    o.accuracy_level = k >= 4 ? 4 : 0; /* int8 activations: Kiln's q8 kernels */
     kiln_quant_stats st;
     char tag[32];
     snprintf(tag, sizeof tag, "int4_%d", k);
     quantize_digits_opts(&o, tag, q, sizeof q, &st);
     assert_int_equal(st.nodes_quantized, 2);  /* the Gemms */
     assert_int_equal(st.nodes_kept_float, 2); /* the Convs */
-    /* 64x512 and 10x64 weights: half a byte each plus one float scale per block */
+    /* 64x512 and 10x64 weights: half a byte each plus one scale (2 or 4 bytes) per block */
     size_t blocks = 64 * (512 / (size_t)o.block_size) + 10 * ((64 + (size_t)o.block_size - 1) / (size_t)o.block_size);
     size_t zps = o.asymmetric ? 64 * (512 / 32 / 2) + 10 * 1 : 0;
-    assert_int_equal(st.weight_bytes_after, blocks * ((size_t)o.block_size / 2) + blocks * 4 + zps);
-    assert_int_equal(check_q4_file(q, src, o.block_size, o.asymmetric), 2);
+    assert_int_equal(st.weight_bytes_after,
+                     blocks * ((size_t)o.block_size / 2) + blocks * (o.fp32_scales ? 4 : 2) + zps);
+    assert_int_equal(check_q4_file(q, src, o.block_size, o.asymmetric, !o.fp32_scales,
+                                   o.accuracy_level), 2);
     assert_true(file_size(q) < file_size(src) * 30 / 100);
-    /* Kiln runs it (MatMulNBits, cpu kernel: 450 rows take the dequantize + SGEMM path):
-       top-1 within 1 point of FP32's 443/450, i.e. at least 439 */
+    /* Kiln runs it (MatMulNBits, cpu kernel: 450 rows take the dequantize + SGEMM path, or with
+       accuracy_level 4 the int8-activation kernels): top-1 within 1 point of FP32's 443/450,
+       i.e. at least 439 */
     float logits[450 * 10];
     int correct = run_digits(q, logits);
-    fprintf(stderr, "int4 block %d%s: %d/450\n", o.block_size, o.asymmetric ? " asym" : "", correct);
+    fprintf(stderr, "int4 block %d%s %s scales%s: %d/450\n", o.block_size,
+            o.asymmetric ? " asym" : "", o.fp32_scales ? "fp32" : "fp16",
+            o.accuracy_level ? ", int8 activations" : "", correct);
     assert_true(correct >= 439);
   }
+}
+
+/* A file with float16 scales (behind Cast) runs exactly as the same codes with float32 scales
+   equal to the rounded values, written here as plain initializers (widened from the file's
+   float16 independently of the Cast kernel): same logits bit for bit. */
+static void int4_fp16_scales_exact(void **state) {
+  (void)state;
+  char q[1024], q2[1024];
+  kiln_quant_opts o = kiln_quant_opts_default();
+  o.format = KILN_QUANT_INT4;
+  o.asymmetric = true;
+  quantize_digits_opts(&o, "int4_f16", q, sizeof q, NULL);
+  kiln__graph *g = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__onnx_import_file(q, &g, &err), KILN_OK);
+  int replaced = 0;
+  for (int i = 0; i < g->n_nodes; i++) {
+    if (strcmp(g->nodes[i].op_type, "MatMulNBits")) continue;
+    bool was_f16;
+    float *S = node_scales(g, g->nodes[i].in[2], &was_f16);
+    assert_true(S && was_f16);
+    char name[64];
+    snprintf(name, sizeof name, "test_scales_%d", i);
+    int v = kiln__graph_value(g, name);
+    assert_true(v >= 0);
+    kiln__value *val = &g->values[v];
+    int64_t cnt = kiln__attr_int(&g->nodes[i], "N", 0) *
+                  ((kiln__attr_int(&g->nodes[i], "K", 0) + 31) / 32);
+    assert_int_equal(kiln_tensor_alloc(&val->init, KILN_DTYPE_FLOAT, 1, &cnt, &err), KILN_OK);
+    memcpy(val->init.data, S, (size_t)cnt * sizeof *S);
+    val->is_initializer = true;
+    val->dtype = KILN_DTYPE_FLOAT;
+    val->rank = 1;
+    val->dims[0] = cnt;
+    g->nodes[i].in[2] = v;
+    free(S);
+    replaced++;
+  }
+  assert_int_equal(replaced, 2);
+  snprintf(q2, sizeof q2, "%s/digits_int4_f32rounded.onnx", tmp_dir);
+  assert_int_equal(kiln__onnx_export(g, "test_quant", q2, &err), KILN_OK);
+  kiln__graph_free(g);
+  static float a[450 * 10], b[450 * 10];
+  int ca = run_digits(q, a), cb = run_digits(q2, b);
+  assert_int_equal(ca, cb);
+  assert_memory_equal(a, b, sizeof a);
 }
 
 /* Static int8 and int4 reject what they cannot do, with the reason. */
@@ -627,6 +721,10 @@ static void int8_int4_bad_input(void **state) {
   o.block_size = 24;
   assert_int_equal(kiln_quantize_file_ex(src, out, &o, NULL, &err), KILN_INVALID_ARGUMENT);
   assert_non_null(strstr(err.message, "block size 24"));
+  o.block_size = 32;
+  o.accuracy_level = 5;
+  assert_int_equal(kiln_quantize_file_ex(src, out, &o, NULL, &err), KILN_INVALID_ARGUMENT);
+  assert_non_null(strstr(err.message, "accuracy level 5"));
   assert_int_not_equal(access(out, F_OK), 0);
 }
 
@@ -650,6 +748,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(digits_int8_static),
       cmocka_unit_test(calib_methods),
       cmocka_unit_test(digits_int4),
+      cmocka_unit_test(int4_fp16_scales_exact),
       cmocka_unit_test(int8_int4_bad_input),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -5,6 +5,7 @@ both files: ONNX Runtime on the int4 file must give what any runtime gives on th
 
   W[k, n] = (code(n, k) - zero_point(n, k // block)) * scale[n * n_blocks + k // block]
   code: B[n, k // block, (k % block) // 2], low nibble for even k, high for odd k
+  scale: float32, or float16 behind a Cast(to=FLOAT) (Kiln's default, --scale-type fp16)
   zero point: 8 without zero_points, else zero_points[n * ceil(n_blocks / 2) + blk // 2],
               low nibble for even blk
 
@@ -32,7 +33,7 @@ def decode(node, inits):
     B = inits[node.input[1]]
     nb = (K + block - 1) // block
     assert B.shape == (N, nb, block // 2), B.shape
-    scales = inits[node.input[2]].reshape(N, nb).astype(np.float32)
+    scales = inits[node.input[2]].reshape(N, nb).astype(np.float32)  # fp16 -> fp32 is exact
     codes = nibbles(B).reshape(N, nb, block).astype(np.float32)
     if len(node.input) > 3 and node.input[3]:
         zp = nibbles(inits[node.input[3]].reshape(N, -1))[:, :nb].astype(np.float32)
@@ -46,6 +47,9 @@ def main():
     m = onnx.load(sys.argv[1])
     g = m.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for node in g.node:  # Cast(float16 initializer, to=FLOAT): the scales as the op reads them
+        if node.op_type == "Cast" and node.input[0] in inits:
+            inits[node.output[0]] = inits[node.input[0]].astype(np.float32)
     nodes, new_inits, n_dec = [], [], 0
     for node in g.node:
         if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
@@ -56,6 +60,8 @@ def main():
         new_inits.append(numpy_helper.from_array(w, wname))
         nodes.append(helper.make_node("MatMul", [node.input[0], wname], list(node.output), node.name))
         n_dec += 1
+    used = {i for n in nodes for i in n.input}
+    nodes = [n for n in nodes if n.op_type != "Cast" or n.output[0] in used]  # the scales' Casts
     used = {i for n in nodes for i in n.input}
     keep = [t for t in g.initializer if t.name in used] + new_inits
     del g.node[:]

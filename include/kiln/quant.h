@@ -35,7 +35,7 @@ typedef enum kiln_quant_format {
      per output channel; biases int32 with scale x_scale * w_scale. Everything else stays float. */
   KILN_QUANT_INT8 = 4,
   /* Weight-only block-wise 4-bit for MatMul and Gemm with a constant 2-D weight, as ONNX Runtime's
-     com.microsoft MatMulNBits (block_size along K, float32 scales, zero point 8 or packed
+     com.microsoft MatMulNBits (block_size along K, float16 or float32 scales, zero point 8 or packed
      per-block zero points with `asymmetric`). */
   KILN_QUANT_INT4 = 5,
 } kiln_quant_format;
@@ -79,6 +79,12 @@ typedef struct kiln_quant_opts {
      pair sums then fit int16, so AVX2's VPMADDUBSW runs them exactly (Kiln's fast int8 path; ORT's
      kernels saturate on full-range weights). Default true; false: [-127, 127]. */
   bool reduce_range;
+  /* int4: scales stored float32 instead of the default float16 (behind a Cast to float32; the codes
+     are quantized against the rounded scales) */
+  bool fp32_scales;
+  /* int4: MatMulNBits' accuracy_level attribute, 0 (not written: float activations) to 4 (A may be
+     quantized to int8 per block: Kiln's int8-activation kernels). Default 4. */
+  int accuracy_level;
 } kiln_quant_opts;
 
 kiln_quant_opts kiln_quant_opts_default(void);

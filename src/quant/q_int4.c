@@ -6,7 +6,10 @@
  *   B            uint8 [N, n_blocks, block_size / 2]: output column n's K weights in blocks
  *                along K, two per byte, the even k in the low nibble (a last partial block is
  *                padded with the zero point);
- *   scales       float32 [N * n_blocks];
+ *   scales       float32 [N * n_blocks]: by default stored float16 behind Cast(to=FLOAT) (ORT
+ *                wants scales of A's type; Kiln's planner folds the Cast at load), the codes
+ *                quantized against the rounded scale so they match what is stored;
+ *                `fp32_scales` writes them float32;
  *   zero_points  uint8 [N * ceil(n_blocks / 2)], two per byte (even block low), only with
  *                `asymmetric`; absent, the zero point is 8.
  *   W[k, n] = (code - zero_point) * scale of its block.
@@ -20,8 +23,21 @@
 
 #include "quant/quant.h"
 
-void kiln__quant_row_q4(const float *w, size_t k, size_t stride, size_t block, bool asym,
-                        uint8_t *packed, float *scales, uint8_t *zps) {
+/* A scale as stored: with `f16`, the nearest float16 of at least its magnitude (one ulp up when
+   the nearest is below), so the block's range still fits the 16 codes and no weight is clamped
+   further than with the float32 scale (a tiny one becomes float16's smallest subnormal); false
+   when it does not fit float16. */
+static bool stored_scale(float *s, bool f16) {
+  if (!f16) return true;
+  uint16_t h = kiln__f32_to_f16(*s);
+  float r = kiln__f16_to_f32(h);
+  if (fabsf(r) < fabsf(*s)) r = kiln__f16_to_f32((uint16_t)(h + 1)); /* sign-magnitude */
+  *s = r;
+  return isfinite(r);
+}
+
+bool kiln__quant_row_q4(const float *w, size_t k, size_t stride, size_t block, bool asym,
+                        bool f16_scales, uint8_t *packed, float *scales, uint8_t *zps) {
   size_t nb = (k + block - 1) / block;
   for (size_t j = 0; j < nb; j++) {
     size_t k0 = j * block, k1 = k0 + block < k ? k0 + block : k;
@@ -35,28 +51,55 @@ void kiln__quant_row_q4(const float *w, size_t k, size_t stride, size_t block, b
     if (asym) {
       s = (hi - lo) / 15.0f;
       if (!(s > 0)) s = 1.0f;
-      float z = roundf(-lo / s);
+      if (!stored_scale(&s, f16_scales)) return false;
+      float z = s > 0 ? roundf(-lo / s) : 8.0f;
       zp = z < 0 ? 0 : z > 15 ? 15 : (int)z;
       zps[j] = (uint8_t)zp;
     } else {
       s = m != 0 ? m / -8.0f : 1.0f;
+      if (!stored_scale(&s, f16_scales)) return false;
     }
     scales[j] = s;
     uint8_t *blob = packed + j * (block / 2);
     memset(blob, 0, block / 2);
     for (size_t t = 0; t < block; t++) {
       int code = zp; /* padding past K dequantizes to 0 */
-      if (k0 + t < k1) {
+      if (k0 + t < k1 && s != 0) {
         long v = lrintf(w[(k0 + t) * stride] / s) + zp;
         code = v < 0 ? 0 : v > 15 ? 15 : (int)v;
       }
       blob[t / 2] |= (uint8_t)(t % 2 ? code << 4 : code);
     }
   }
+  return true;
 }
 
-/* The weight's packed B, scales and zero points (-1 when symmetric), converted once per
-   orientation. */
+/* The scales as the node reads them: float32 `ts` as it is, or stored float16 behind a Cast to
+   float32 (value `*out`); ts is released either way once it is in the graph or converted. */
+static kiln_status q4_scales(kiln__qctx *q, const char *hint, kiln_tensor *ts, int *out) {
+  if (!q->opts->fp32_scales) {
+    kiln_tensor h;
+    kiln_status st = kiln_tensor_alloc(&h, KILN_DTYPE_FLOAT16, ts->rank, ts->dims, q->err);
+    if (st != KILN_OK) return kiln_tensor_release(ts), st;
+    const float *src = ts->data;
+    uint16_t *dst = h.data;
+    for (size_t i = 0, cnt = kiln_tensor_count(ts); i < cnt; i++) dst[i] = kiln__f32_to_f16(src[i]);
+    kiln_tensor_release(ts);
+    *ts = h;
+  }
+  int sv = kiln__qinit(q, hint, ts);
+  if (sv < 0) return kiln_tensor_release(ts), kiln__qoom(q);
+  if (q->opts->fp32_scales) return *out = sv, KILN_OK;
+  int fv = kiln__qvalue(q, hint);
+  if (fv < 0) return kiln__qoom(q);
+  char name[280];
+  snprintf(name, sizeof name, "%.200s/kiln_scales_f32", hint);
+  *out = fv;
+  return kiln__qcast(q, name, sv, fv, KILN_DTYPE_FLOAT);
+}
+
+/* The weight's packed B, scales (float32, or float16 behind a Cast) and zero points (-1 when
+   symmetric), converted once per orientation. */
 static kiln_status q4_weight(kiln__qctx *q, int v, bool trans, size_t block, int out[3]) {
   static const int tags[2][3] = {{KILN__QTAG_Q4_B, KILN__QTAG_Q4_S, KILN__QTAG_Q4_Z},
                                  {KILN__QTAG_Q4T_B, KILN__QTAG_Q4T_S, KILN__QTAG_Q4T_Z}};
@@ -68,7 +111,7 @@ static kiln_status q4_weight(kiln__qctx *q, int v, bool trans, size_t block, int
     for (int c = 0; c < 3; c++) out[c] = cache[c][v];
     return KILN_OK;
   }
-  bool asym = q->opts->asymmetric;
+  bool asym = q->opts->asymmetric, f16 = !q->opts->fp32_scales;
   const kiln_tensor *w = &q->g->values[v].init;
   size_t k = (size_t)(trans ? w->dims[1] : w->dims[0]), n = (size_t)(trans ? w->dims[0] : w->dims[1]);
   size_t nb = (k + block - 1) / block, zrow = (nb + 1) / 2;
@@ -85,10 +128,12 @@ static kiln_status q4_weight(kiln__qctx *q, int v, bool trans, size_t block, int
     return st;
   }
   const float *wf = w->data;
-  for (size_t c = 0; c < n; c++) {
+  bool fits = true;
+  for (size_t c = 0; c < n && fits; c++) {
     const float *row = trans ? wf + c * k : wf + c;
-    kiln__quant_row_q4(row, k, trans ? 1 : n, block, asym, (uint8_t *)tb.data + c * nb * (block / 2),
-                       (float *)ts.data + c * nb, zrow_buf);
+    fits = kiln__quant_row_q4(row, k, trans ? 1 : n, block, asym, f16,
+                              (uint8_t *)tb.data + c * nb * (block / 2), (float *)ts.data + c * nb,
+                              zrow_buf);
     if (!asym) continue;
     uint8_t *zp = (uint8_t *)tz.data + c * zrow;
     memset(zp, 0, zrow);
@@ -97,17 +142,24 @@ static kiln_status q4_weight(kiln__qctx *q, int v, bool trans, size_t block, int
   kiln__free(zrow_buf);
   char hint[256];
   snprintf(hint, sizeof hint, "%.200s", q->g->values[v].name);
+  if (!fits) {
+    kiln_tensor_release(&tb), kiln_tensor_release(&ts), kiln_tensor_release(&tz);
+    return kiln__fail(q->err, KILN_INVALID_ARGUMENT,
+                      "int4: weight '%s' has a block scale beyond float16's range (|w| > 5.2e5); "
+                      "use float32 scales (--scale-type fp32)", hint);
+  }
   out[0] = kiln__qinit(q, hint, &tb);
-  out[1] = kiln__qinit(q, hint, &ts);
-  out[2] = asym ? kiln__qinit(q, hint, &tz) : -1;
-  if (out[0] < 0 || out[1] < 0 || (asym && out[2] < 0)) {
+  if (out[0] < 0) {
     kiln_tensor_release(&tb), kiln_tensor_release(&ts), kiln_tensor_release(&tz);
     return kiln__qoom(q);
   }
+  if ((st = q4_scales(q, hint, &ts, &out[1])) != KILN_OK) return kiln_tensor_release(&tz), st;
+  out[2] = asym ? kiln__qinit(q, hint, &tz) : -1;
+  if (asym && out[2] < 0) return kiln_tensor_release(&tz), kiln__qoom(q);
   for (int c = 0; c < 3; c++) cache[c][v] = out[c];
   q->st.weights_converted++;
   q->st.weight_bytes_before += k * n * 4;
-  q->st.weight_bytes_after += n * nb * (block / 2) + n * nb * 4 + (asym ? n * zrow : 0);
+  q->st.weight_bytes_after += n * nb * (block / 2) + n * nb * (f16 ? 2 : 4) + (asym ? n * zrow : 0);
   return KILN_OK;
 }
 
@@ -122,6 +174,10 @@ static kiln_status block_size(const kiln__qctx *q, size_t *out) {
 
 static kiln_status int4_prepare(kiln__qctx *q) {
   size_t b;
+  if (q->opts->accuracy_level < 0 || q->opts->accuracy_level > 4)
+    return kiln__fail(q->err, KILN_INVALID_ARGUMENT,
+                      "int4 accuracy level %d: 0 (not written) to 4 (int8 activations) is needed",
+                      q->opts->accuracy_level);
   return block_size(q, &b);
 }
 
@@ -227,7 +283,9 @@ static kiln_status int4_node(kiln__qctx *q, int i, kiln__qoutcome *out) {
   if ((st = kiln__qattr_int(q, k, "K", K)) != KILN_OK ||
       (st = kiln__qattr_int(q, k, "N", N)) != KILN_OK ||
       (st = kiln__qattr_int(q, k, "bits", 4)) != KILN_OK ||
-      (st = kiln__qattr_int(q, k, "block_size", (int64_t)block)) != KILN_OK)
+      (st = kiln__qattr_int(q, k, "block_size", (int64_t)block)) != KILN_OK ||
+      (q->opts->accuracy_level &&
+       (st = kiln__qattr_int(q, k, "accuracy_level", q->opts->accuracy_level)) != KILN_OK))
     return st;
   if (bias >= 0) {
     int b_in[2] = {ym, bias};

@@ -137,9 +137,11 @@ void kiln__quant_weight_s8_axis(const float *w, size_t outer, size_t ch, size_t 
 
 /* int4 blocks of one row w[0..k) (stride `stride` between elements): n_blocks blocks of `block`
    values, packed two per byte (low nibble = even k) into `packed` [n_blocks * block / 2],
-   scales[n_blocks]; zero points into zps[n_blocks] (0..15) when `asym`, else 8. */
-void kiln__quant_row_q4(const float *w, size_t k, size_t stride, size_t block, bool asym,
-                        uint8_t *packed, float *scales, uint8_t *zps);
+   scales[n_blocks]; zero points into zps[n_blocks] (0..15) when `asym`, else 8. With
+   `f16_scales` each scale is rounded to float16 first and the codes are quantized against the
+   rounded value; false when a scale does not fit float16. */
+bool kiln__quant_row_q4(const float *w, size_t k, size_t stride, size_t block, bool asym,
+                        bool f16_scales, uint8_t *packed, float *scales, uint8_t *zps);
 
 /* Running comparison of two float outputs, fed one batch at a time. */
 typedef struct kiln__quant_acc {

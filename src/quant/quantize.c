@@ -56,6 +56,9 @@ kiln_quant_opts kiln_quant_opts_default(void) {
                            .method = KILN_CALIB_MINMAX,
                            .percentile = 99.999,
                            .block_size = 32,
+                           /* int4: int8 activations, faster than float activations at every M
+                              measured at no measurable accuracy cost (docs/QUANT.md "int4") */
+                           .accuracy_level = 4,
                            /* 7-bit int8 weights: they run on the AVX2 VPMADDUBSW path (qgemm.h)
                               at no measurable accuracy cost (docs/QUANT.md, "7-bit weights") */
                            .reduce_range = true};

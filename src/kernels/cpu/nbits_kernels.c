@@ -1,5 +1,5 @@
 /* The cpu backend's row for com.microsoft MatMulNBits (4-bit weights in blocks along K; layout in
- * kernels/ref/nbits.h), with two paths chosen per call by the number of rows M of A:
+ * kernels/ref/nbits.h). Two float-activation paths, chosen per call by the number of rows M of A:
  *
  *   GEMV (M <= GEMV_MAX_M = 8, LLM decode, small batches): reads the 4-bit codes directly. Per
  *     16 codes (8 bytes): split the nibbles, interleave them back into k order, subtract the
@@ -13,11 +13,16 @@
  *     pack. AVX2 decodes 16 k of 8 columns and transposes them in registers. A is packed once
  *     per call into scratch (else the driver re-packs it for every 128-column tile). The bias
  *     runs in the SGEMM's epilogue. The decode is O(K N) per tile row against O(M K N).
+ *   int8 activations (the node's accuracy_level = 4, or KILN_NBITS_PATH=q8), any M: A quantized
+ *     per row and block, integer block sums on an 8-column interleaved copy of the codes
+ *     (nbits_q8.c); the two paths above are then not used.
  *
  * Weights stay 4-bit in memory (copied at load with the zero points unpacked to one byte per
  * block). Float zero points, g_idx and computed B are left to the reference kernel. Results
- * differ from the reference only by float summation order (tests/test_cpu_nbits.c bounds it). */
+ * differ from the reference only by float summation order (tests/test_cpu_nbits.c bounds it); the
+ * int8-activation path's from the reference q8 arithmetic (kernels/ref/nbits.h) likewise. */
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/nbits_q8.h"
 #include "kernels/cpu/sgemm.h"
 #include "kernels/ref/nbits.h"
 
@@ -31,7 +36,9 @@
 
 typedef struct nb_state {
   kiln__isa isa;
-  int path;               /* 0 auto, 1 GEMV always, 2 SGEMM always (KILN_NBITS_PATH, for bench) */
+  kiln__qisa qisa;        /* the int8-activation path's kernels */
+  int path;               /* 0 auto, 1 GEMV, 2 SGEMM, 3 int8 activations (KILN_NBITS_PATH) */
+  kiln__nbits_q8 *q8;     /* accuracy_level 4 (or path 3) and a block the q8 kernels take */
   size_t k, n, block, nb, blob, kp; /* kp: K padded to whole blocks */
   unsigned bshift;        /* log2(block) */
   uint8_t *codes;         /* [N, nb, blob] as in the file */
@@ -66,12 +73,18 @@ static bool nbits_supports(const kiln__node *n, const kiln__graph *g) {
   return kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0));
 }
 
+static kiln__nbits_w weights(const nb_state *s) {
+  return (kiln__nbits_w){.k = s->k, .n = s->n, .block = s->block, .nb = s->nb, .blob = s->blob,
+                         .kp = s->kp, .codes = s->codes, .scales = s->scales, .zps = s->zps};
+}
+
 static void nbits_release(void *state) {
   nb_state *s = state;
   if (!s) return;
   kiln__free(s->codes);
   kiln__free(s->scales);
   kiln__free(s->zps);
+  kiln__nbits_q8_free(s->q8);
   kiln__free(s);
 }
 
@@ -84,8 +97,16 @@ static kiln_status nbits_prepare(const kiln__node *n, const kiln__graph *g, void
     kiln__free(s);
     return st;
   }
+  if ((st = kiln__qisa_select(&s->qisa, err)) != KILN_OK) {
+    kiln__free(s);
+    return st;
+  }
   const char *path = getenv("KILN_NBITS_PATH");
-  s->path = path && !strcmp(path, "gemv") ? 1 : path && !strcmp(path, "sgemm") ? 2 : 0;
+  s->path = !path                   ? 0
+            : !strcmp(path, "gemv")  ? 1
+            : !strcmp(path, "sgemm") ? 2
+            : !strcmp(path, "q8")    ? 3
+                                     : 0;
   s->k = (size_t)kiln__attr_int(n, "K", -1);
   s->n = (size_t)kiln__attr_int(n, "N", -1);
   s->block = (size_t)kiln__attr_int(n, "block_size", -1);
@@ -112,6 +133,12 @@ static kiln_status nbits_prepare(const kiln__node *n, const kiln__graph *g, void
       uint8_t v = z ? z[c * zrow + j / 2] : 8;
       s->zps[c * s->nb + j] = z ? (uint8_t)(j % 2 ? v >> 4 : v & 15) : 8;
     }
+  kiln__nbits_w w = weights(s);
+  if ((s->path == 3 || (s->path == 0 && kiln__attr_int(n, "accuracy_level", 0) == 4)) &&
+      kiln__nbits_q8_ok(&w) && (st = kiln__nbits_q8_prepare(&w, s->qisa, &s->q8, err)) != KILN_OK) {
+    nbits_release(s);
+    return st;
+  }
   *state = s;
   return KILN_OK;
 }
@@ -327,6 +354,7 @@ static bool use_gemv(const nb_state *s, size_t m) {
 static size_t nbits_scratch(const kiln__kctx *c, void *state) {
   const nb_state *s = state;
   size_t m = kiln_tensor_count(c->in[0]) / s->k;
+  if (s->q8) return kiln__nbits_q8_scratch(s->q8, m);
   /* GEMV: A padded to whole blocks; SGEMM: A packed once (B's panels come from the stack). */
   return (use_gemv(s, m) ? m * s->kp : kiln__sgemm_pack_a_floats(s->isa, m, s->k)) * sizeof(float);
 }
@@ -343,6 +371,10 @@ static kiln_status nbits_execute(kiln__kctx *c, void *state) {
   const float *bias = g.bias ? g.bias->data : NULL;
   size_t m = g.m;
   if (m == 0) return KILN_OK;
+  if (s->q8) {
+    kiln__nbits_q8_run(c->pool, s->q8, A, m, Y, bias, c->scratch);
+    return KILN_OK;
+  }
   nb_job jb = {.s = s, .m = m, .y = Y, .bias = bias};
   if (use_gemv(s, m)) {
     float *ap = c->scratch;

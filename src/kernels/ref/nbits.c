@@ -1,6 +1,8 @@
 /* Reference kernel: com.microsoft MatMulNBits (see nbits.h for the layout). Each weight is
  * dequantized to float32 as the spec writes it, (code - zero_point) * scale, and the products are
  * summed in double in k order, so this is an oracle at least as accurate as any fast path. */
+#include <math.h>
+
 #include "kernels/ref/nbits.h"
 
 static const kiln_tensor *opt_in(const kiln__kctx *c, int i) {
@@ -65,6 +67,32 @@ kiln_status kiln__nbits_check(const kiln__kctx *c, kiln__nbits *g) {
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "MatMulNBits: bias must be float32 [N=%lld]",
                       (long long)N);
   return KILN_OK;
+}
+
+void kiln__nbits_q8_quant_row(const float *a, size_t k, size_t block, int8_t *aq, float *sa,
+                              int32_t *asum) {
+  size_t nb = (k + block - 1) / block;
+  for (size_t j = 0; j < nb; j++) {
+    size_t k0 = j * block, k1 = k0 + block < k ? k0 + block : k;
+    float m = 0;
+    for (size_t t = k0; t < k1; t++) m = fmaxf(m, fabsf(a[t]));
+    float s = m / 127.0f;
+    int32_t sum = 0;
+    for (size_t t = 0; t < block; t++) {
+      int8_t v = 0;
+      if (k0 + t < k1 && s > 0) v = (int8_t)lrintf(a[k0 + t] / s); /* |a / s| <= 127 */
+      aq[k0 + t] = v;
+      sum += v;
+    }
+    sa[j] = s;
+    asum[j] = sum;
+  }
+}
+
+int32_t kiln__nbits_q8_block_dot(const uint8_t *blob, const int8_t *aq, size_t block) {
+  int32_t sum = 0;
+  for (size_t t = 0; t < block; t++) sum += (t % 2 ? blob[t / 2] >> 4 : blob[t / 2] & 15) * aq[t];
+  return sum;
 }
 
 static kiln_status infer_nbits(kiln__kctx *c) {

@@ -36,4 +36,19 @@ static inline float kiln__nbits_zp(const kiln__nbits *g, size_t n, size_t j) {
   return (float)(j % 2 ? b >> 4 : b & 15);
 }
 
+/* ---- accuracy_level 4: A quantized to int8 (the reference arithmetic of the cpu q8 path) ----
+ * Per row of A and per K block (the weights' block): s_a = max |a| / 127 (llama.cpp's Q8_0
+ * shape), a_q = round_half_even(a / s_a) in int8 (0 where s_a is 0), A padded with zeros to whole
+ * blocks. A block's product is the integer sum of a_q * code (codes unsigned 0..15) less
+ * zp * sum(a_q), times s_a * s_w. */
+
+/* One row a[0..k) into aq[n_blocks * block] (zeros past k), sa[n_blocks] and
+   asum[n_blocks] = the sum of each block's aq. */
+void kiln__nbits_q8_quant_row(const float *a, size_t k, size_t block, int8_t *aq, float *sa,
+                              int32_t *asum);
+
+/* The integer sum over one block: sum_t code(t) * aq[t], code(t) the low nibble of
+   blob[t / 2] for even t, the high one for odd t. */
+int32_t kiln__nbits_q8_block_dot(const uint8_t *blob, const int8_t *aq, size_t block);
+
 #endif
