@@ -12,7 +12,7 @@ static const struct {
     {"bench", cmd_bench, "bench MODEL [--threads N] [--runs N] [--warmup N] [--input NAME=FILE.npy] [--shape NAME=dims] [--opt-level N]"},
     {"conformance", cmd_conformance, "conformance DIR... [--rtol R] [--atol A] [--threads N] [--quiet] [--expect-failures FILE] [--opt-level N]"},
     {"optimize", cmd_optimize, "optimize MODEL -o OUT.onnx [--opt-level N]   the optimized graph as ONNX (Kiln's fused ops in domain ai.kiln)"},
-    {"quantize", cmd_quantize, "quantize MODEL --to fp16|int8-dynamic -o OUT.onnx   weights as float16, or int8 with dynamic activation quantization (standard ONNX ops)"},
+    {"quantize", cmd_quantize, "quantize MODEL --to fp16|bf16|int8|int8-dynamic|int4 -o OUT.onnx   smaller variants: fp16/bf16 weights, int8 QDQ (--calib) or dynamic, int4 MatMulNBits; --auto picks per layer"},
     {"validate", cmd_validate, "validate --reference A.onnx --candidate B.onnx --data DIR [--labels FILE.npy] [--threads N] [--batch N] [--perplexity [--targets FILE.npy]] [--per-layer] [--min-top1-agreement X] [--min-cosine X] [--max-ppl-ratio X] [--max-accuracy-drop POINTS]   top-1 agreement/accuracy, cosine, abs errors, SNR, KL, perplexity, per-layer errors; exit 1 when a budget is missed"},
     {"prune", cmd_prune, "prune MODEL --sparsity S (--structured|--unstructured) -o OUT.onnx   magnitude pruning: whole channels (smaller, faster) or single weights (zeros)"},
     {"serve", cmd_serve, "serve --model-repository DIR [--host 127.0.0.1] [--port 8000] [--workers N] [--threads N]   KServe v2 / Open Inference Protocol server"},
