@@ -17,6 +17,8 @@
  * Weights stay 4-bit in memory (copied at load with the zero points unpacked to one byte per
  * block). Float zero points, g_idx and computed B are left to the reference kernel. Results
  * differ from the reference only by float summation order (tests/test_cpu_nbits.c bounds it). */
+#include <stdlib.h>
+
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/sgemm.h"
 #include "kernels/ref/nbits.h"
