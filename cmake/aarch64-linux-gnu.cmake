@@ -9,5 +9,8 @@ set(CMAKE_LIBRARY_ARCHITECTURE aarch64-linux-gnu)
 # Debian multiarch: the arm64 libraries live in /usr/lib/aarch64-linux-gnu, which find_library
 # searches first for this architecture (and the cross gcc links from); headers are shared.
 
+# No -L /usr/aarch64-linux-gnu: the multiarch libc6:arm64 (installed with the -dev packages)
+# provides /lib/ld-linux-aarch64.so.1, and with the cross sysroot as qemu's prefix instead,
+# pthread_create never returned (qemu 7.2, glibc 2.36): every threaded test hung.
 find_program(KILN_QEMU_AARCH64 NAMES qemu-aarch64-static qemu-aarch64 REQUIRED)
-set(CMAKE_CROSSCOMPILING_EMULATOR ${KILN_QEMU_AARCH64} -L /usr/aarch64-linux-gnu)
+set(CMAKE_CROSSCOMPILING_EMULATOR ${KILN_QEMU_AARCH64})
