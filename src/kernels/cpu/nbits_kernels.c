@@ -21,6 +21,8 @@
  * block). Float zero points, g_idx and computed B are left to the reference kernel. Results
  * differ from the reference only by float summation order (tests/test_cpu_nbits.c bounds it); the
  * int8-activation path's from the reference q8 arithmetic (kernels/ref/nbits.h) likewise. */
+#include <stdlib.h>
+
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/nbits_q8.h"
 #include "kernels/cpu/sgemm.h"

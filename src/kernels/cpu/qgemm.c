@@ -70,6 +70,14 @@ kiln_status kiln__qisa_select(kiln__qisa *out, kiln_error *err) {
   const char *want = getenv("KILN_ISA");
   *out = KILN__QISA_GENERIC;
   int top = KILN__QISA_COUNT - 1;
+  /* "neon" names the float kernels (sgemm.h); with no integer NEON kernel, the best there is. */
+  if (want && !strcmp(want, "neon")) {
+#ifdef __aarch64__
+    want = NULL;
+#else
+    return kiln__fail(err, KILN_UNSUPPORTED, "KILN_ISA=neon: this CPU does not support it");
+#endif
+  }
   if (want && *want && strcmp(want, "avx512") != 0) {
     for (int i = 0; i < KILN__QISA_COUNT; i++) {
       if (strcmp(want, names[i]) != 0) continue;
@@ -137,6 +145,7 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
   /* Byte-format B read along contiguous columns (activations, im2col columns): 4 source rows
      of 16 bytes interleave into one 64-byte quad group, no per-element loop. */
   bool fast_b = j->fast_b16;
+  (void)fast_b; /* only the x86 packer reads it */
   for (size_t pi = pb; pi < pe; pi++) {
     size_t r0 = pi * R, rn = KILN__MIN(R, j->rows - r0);
     int32_t sums[64] = {0}; /* R <= 32 */

@@ -29,9 +29,13 @@ static const impl impls[KILN__ISA_COUNT] = {
     [KILN__ISA_AVX2] = {6, 16, 72, 128, kiln__sgemm_uk_6x16__avx2},
     [KILN__ISA_AVX512] = {8, 32, 64, 128, kiln__sgemm_uk_8x32__avx512},
 #endif
+#ifdef __aarch64__
+    /* nc a multiple of nr (the B slab holds whole panels and must fit NC_MAX). */
+    [KILN__ISA_NEON] = {8, 12, 64, 120, kiln__sgemm_uk_8x12__neon},
+#endif
 };
 
-static const char *const isa_names[KILN__ISA_COUNT] = {"generic", "avx2", "avx512"};
+static const char *const isa_names[KILN__ISA_COUNT] = {"generic", "avx2", "avx512", "neon"};
 
 const char *kiln__isa_name(kiln__isa isa) {
   return (unsigned)isa < KILN__ISA_COUNT ? isa_names[isa] : "?";
@@ -48,6 +52,10 @@ bool kiln__isa_supported(kiln__isa isa) {
   case KILN__ISA_AVX512:
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f");
+#endif
+#ifdef __aarch64__
+  case KILN__ISA_NEON:
+    return true; /* part of the AArch64 base ISA */
 #endif
   default:
     return false;
@@ -69,7 +77,7 @@ kiln_status kiln__isa_select(kiln__isa *out, kiln_error *err) {
       return KILN_OK;
     }
     return kiln__fail(err, KILN_INVALID_ARGUMENT,
-                      "KILN_ISA=%s: expected avx512, avx512vnni, avxvnni, avx2 or generic", want);
+                      "KILN_ISA=%s: expected avx512, avx512vnni, avxvnni, avx2, neon or generic", want);
   }
   *out = KILN__ISA_GENERIC;
   for (int i = KILN__ISA_COUNT - 1; i > 0; i--)
@@ -352,8 +360,9 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
        128 columns (8 times over for 1024^3), and B's panels stream through it. */
     size_t ct = threads <= 1 || blocks_m >= want ? 1 : (want + blocks_m - 1) / blocks_m;
     jb.tn = round_up((g->n + ct - 1) / ct, im->nr);
-    /* ... up to TN_MAX, so the tile of C that each k block reads back stays in L2. */
-    if (jb.tn > TN_MAX) jb.tn = TN_MAX;
+    /* ... up to TN_MAX, so the tile of C that each k block reads back stays in L2 (whole
+       panels: NEON's are 12 wide). */
+    if (jb.tn > TN_MAX) jb.tn = TN_MAX / im->nr * im->nr;
   }
   jb.tiles_n = (g->n + jb.tn - 1) / jb.tn;
   /* A B slab packed per call is shared by every MC block of a tile's rows, so tiles take as many

@@ -19,6 +19,8 @@
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 struct kiln__pool;
@@ -27,6 +29,7 @@ typedef enum kiln__isa {
   KILN__ISA_GENERIC = 0, /* portable C, vectorized by the compiler */
   KILN__ISA_AVX2,        /* AVX2 + FMA, 6x16 microkernel */
   KILN__ISA_AVX512,      /* AVX-512F, 8x32 microkernel */
+  KILN__ISA_NEON,        /* AArch64 NEON (always present there), 8x12 microkernel */
   KILN__ISA_COUNT
 } kiln__isa;
 
@@ -34,8 +37,8 @@ const char *kiln__isa_name(kiln__isa isa);
 /* Whether this machine can run `isa` (cpuid; GENERIC always). */
 bool kiln__isa_supported(kiln__isa isa);
 /* The ISA to use: the best this machine runs, or the one the environment variable KILN_ISA names
-   (avx512, avx2 or generic) when the machine runs it. Read once per prepare(), so tests can force
-   each ISA with setenv(). An unknown or unsupported name fails with INVALID_ARGUMENT/UNSUPPORTED
+   (avx512, avx2, neon or generic) when the machine runs it. Read once per prepare(), so tests can
+   force each ISA with setenv(). An unknown or unsupported name fails with INVALID_ARGUMENT/UNSUPPORTED
    rather than being silently ignored. */
 kiln_status kiln__isa_select(kiln__isa *out, kiln_error *err);
 
@@ -110,7 +113,7 @@ typedef struct kiln__sgemm_args {
 } kiln__sgemm_args;
 
 /* Copy and clear of a few floats (a panel row: 8-32) for the packers. Written out with SSE2 (the
-   x86-64 baseline) and a tail without a loop, because gcc turns plain loops into calls to
+   x86-64 baseline) or NEON and a tail without a loop, because gcc turns plain loops into calls to
    memcpy/memset, which cost more than the work at these lengths (pack_b_block's memcpy calls
    were 3% of ResNet-50's time). */
 /* On packing functions: keep gcc from turning their short copy/clear loops into memcpy/memset
@@ -128,6 +131,11 @@ static inline void kiln__copy_floats(float *restrict d, const float *restrict s,
   if (i < n) d[i] = s[i];
   if (i + 1 < n) d[i + 1] = s[i + 1];
   if (i + 2 < n) d[i + 2] = s[i + 2];
+#elif defined(__aarch64__)
+  for (; i + 4 <= n; i += 4) vst1q_f32(d + i, vld1q_f32(s + i));
+  if (i < n) d[i] = s[i];
+  if (i + 1 < n) d[i + 1] = s[i + 1];
+  if (i + 2 < n) d[i + 2] = s[i + 2];
 #else
   for (; i < n; i++) d[i] = s[i];
 #endif
@@ -137,6 +145,11 @@ static inline void kiln__zero_floats(float *d, size_t n) {
   size_t i = 0;
 #if defined(__SSE2__)
   for (; i + 4 <= n; i += 4) _mm_storeu_ps(d + i, _mm_setzero_ps());
+  if (i < n) d[i] = 0.0f;
+  if (i + 1 < n) d[i + 1] = 0.0f;
+  if (i + 2 < n) d[i + 2] = 0.0f;
+#elif defined(__aarch64__)
+  for (; i + 4 <= n; i += 4) vst1q_f32(d + i, vdupq_n_f32(0.0f));
   if (i < n) d[i] = 0.0f;
   if (i + 1 < n) d[i + 1] = 0.0f;
   if (i + 2 < n) d[i + 2] = 0.0f;
@@ -182,5 +195,8 @@ void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a, const float *
 void kiln__sgemm_uk_8x32__avx512(size_t kc, const float *restrict a, const float *restrict b,
                                  float *restrict c, size_t ldc, size_t mr, size_t nr,
                                  const kiln__uk_store *s);
+void kiln__sgemm_uk_8x12__neon(size_t kc, const float *restrict a, const float *restrict b,
+                               float *restrict c, size_t ldc, size_t mr, size_t nr,
+                               const kiln__uk_store *s);
 
 #endif

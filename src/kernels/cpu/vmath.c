@@ -19,6 +19,7 @@ static bool cpu_has_avx2(void) {
 kiln_status kiln__vmath_select(const kiln__vmath **out, kiln_error *err) {
   const char *want = getenv("KILN_ISA");
   bool avx2 = cpu_has_avx2();
+  (void)avx2; /* read only where there is an AVX2 table */
   /* The integer GEMM's ISA names (qgemm.h): the float tables of the same width. */
   if (want && !strcmp(want, "avxvnni")) want = "avx2";
   if (want && !strcmp(want, "avx512vnni")) want = "avx512";
@@ -31,6 +32,13 @@ kiln_status kiln__vmath_select(const kiln__vmath **out, kiln_error *err) {
     return KILN_OK;
   }
   if (!strcmp(want, "generic")) return KILN_OK;
+  if (!strcmp(want, "neon")) {
+#ifdef __aarch64__
+    return KILN_OK; /* the portable table, which the compiler vectorizes with NEON */
+#else
+    return kiln__fail(err, KILN_UNSUPPORTED, "KILN_ISA=neon: this CPU does not support it");
+#endif
+  }
   if (!strcmp(want, "avx2")) {
 #ifdef KILN__VMATH_HAVE_AVX2
     if (avx2) {
@@ -41,7 +49,7 @@ kiln_status kiln__vmath_select(const kiln__vmath **out, kiln_error *err) {
     return kiln__fail(err, KILN_UNSUPPORTED, "KILN_ISA=avx2, but this CPU has no AVX2 and FMA");
   }
   return kiln__fail(err, KILN_INVALID_ARGUMENT,
-                    "KILN_ISA=%s: expected avx512, avx512vnni, avxvnni, avx2 or generic", want);
+                    "KILN_ISA=%s: expected avx512, avx512vnni, avxvnni, avx2, neon or generic", want);
 }
 
 /* ---- activations of the fused ops ------------------------------------------------------------ */

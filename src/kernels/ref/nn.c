@@ -838,7 +838,12 @@ static kiln_status run_loss(kiln__kctx *c, bool softmax) {
       double lse = 0;
       if (softmax) {
         double mx = -INFINITY, se = 0;
-        for (size_t k = 0; k < g.ch; k++) mx = fmax(mx, ld(x, base + k * g.d));
+        /* Not fmax(): gcc 12.2 for AArch64 dies vectorizing that reduction (internal compiler
+           error). Same result: a NaN element is skipped, as fmax skips it. */
+        for (size_t k = 0; k < g.ch; k++) {
+          double v = ld(x, base + k * g.d);
+          if (v > mx) mx = v;
+        }
         for (size_t k = 0; k < g.ch; k++) se += exp(ld(x, base + k * g.d) - mx);
         lse = mx + log(se);
         if (lp)
