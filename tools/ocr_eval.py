@@ -1,0 +1,73 @@
+#!/usr/bin/python3
+"""PP-OCRv4 recognition scoring for bench/run_ocr_quant.sh (numpy only).
+
+  ocr_eval.py split X.npy DIR LO HI       write DIR/x.npy = lines [LO, HI) of X.npy (a --data or
+                                          --calib folder for kiln: one <input name>.npy)
+  ocr_eval.py score OCR_DIR OUT.npy LO HI score a model's softmax output [HI-LO, T, 6625] of lines
+                                          [LO, HI): exact lines, CER, per-step agreement with
+                                          OCR_DIR/ocr_lines_ref_argmax.npy
+  ocr_eval.py agree A.npy B.npy           per-step argmax agreement of two outputs (Kiln vs ORT)
+
+Decoding as /work/shared/models/README.md says: argmax per step (ties to the lowest class),
+collapse repeats, drop class 0 (blank); class i in 1..6623 is line i-1 of ppocr_keys_v1.txt,
+6624 is a space; leading and trailing spaces stripped. CER = sum of Levenshtein distances / sum
+of ground-truth lengths."""
+import sys
+
+import numpy as np
+
+
+def decode(steps, keys):
+    out, prev = [], -1
+    for c in steps:
+        c = int(c)
+        if c != prev and c != 0:
+            out.append(" " if c == len(keys) + 1 else keys[c - 1])
+        prev = c
+    return "".join(out).strip(" ")
+
+
+def levenshtein(a, b):
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def score(ocr_dir, out_path, lo, hi):
+    keys = open(f"{ocr_dir}/ppocr_keys_v1.txt", encoding="utf-8").read().splitlines()
+    gt = open(f"{ocr_dir}/ocr_lines_gt.txt", encoding="utf-8").read().splitlines()[lo:hi]
+    ref = np.load(f"{ocr_dir}/ocr_lines_ref_argmax.npy")[lo:hi]
+    arg = np.load(out_path, mmap_mode="r").argmax(axis=-1)
+    if arg.shape != ref.shape:
+        sys.exit(f"ocr_eval: output steps {arg.shape} != reference {ref.shape}")
+    pred = [decode(r, keys) for r in arg]
+    exact = sum(p == g for p, g in zip(pred, gt))
+    dist = sum(levenshtein(p, g) for p, g in zip(pred, gt))
+    chars = sum(len(g) for g in gt)
+    agree = float((arg == ref).mean())
+    print(f"exact {exact}/{len(gt)} ({exact / len(gt):.3f}) cer {dist / chars:.4f} "
+          f"({dist}/{chars}) step-agreement {agree:.5f} ({int((arg == ref).sum())}/{ref.size})")
+
+
+def main():
+    a = sys.argv[1:]
+    if len(a) == 5 and a[0] == "split":
+        import os
+        os.makedirs(a[2], exist_ok=True)
+        x = np.load(a[1], mmap_mode="r")[int(a[3]):int(a[4])]
+        np.save(f"{a[2]}/x.npy", np.ascontiguousarray(x))
+    elif len(a) == 5 and a[0] == "score":
+        score(a[1], a[2], int(a[3]), int(a[4]))
+    elif len(a) == 3 and a[0] == "agree":
+        x = np.load(a[1], mmap_mode="r").argmax(axis=-1)
+        y = np.load(a[2], mmap_mode="r").argmax(axis=-1)
+        print(f"step-agreement {float((x == y).mean()):.5f} ({int((x == y).sum())}/{x.size})")
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
