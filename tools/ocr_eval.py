@@ -7,6 +7,7 @@
                                           [LO, HI): exact lines, CER, per-step agreement with
                                           OCR_DIR/ocr_lines_ref_argmax.npy
   ocr_eval.py agree A.npy B.npy           per-step argmax agreement of two outputs (Kiln vs ORT)
+                                          and the mean KL(A || B) of their per-step probabilities
 
 Decoding as /work/shared/models/README.md says: argmax per step (ties to the lowest class),
 collapse repeats, drop class 0 (blank); class i in 1..6623 is line i-1 of ppocr_keys_v1.txt,
@@ -62,9 +63,13 @@ def main():
     elif len(a) == 5 and a[0] == "score":
         score(a[1], a[2], int(a[3]), int(a[4]))
     elif len(a) == 3 and a[0] == "agree":
-        x = np.load(a[1], mmap_mode="r").argmax(axis=-1)
-        y = np.load(a[2], mmap_mode="r").argmax(axis=-1)
-        print(f"step-agreement {float((x == y).mean()):.5f} ({int((x == y).sum())}/{x.size})")
+        p, q = np.load(a[1]), np.load(a[2])
+        x, y = p.argmax(axis=-1), q.argmax(axis=-1)
+        # the outputs are probabilities already (kiln validate's KL softmaxes them again)
+        tiny = np.float32(1e-30)
+        kl = (p * (np.log(np.maximum(p, tiny)) - np.log(np.maximum(q, tiny)))).sum(axis=-1).mean()
+        print(f"step-agreement {float((x == y).mean()):.5f} ({int((x == y).sum())}/{x.size}) "
+              f"prob-kl {float(kl):.3g}")
     else:
         sys.exit(__doc__)
 

@@ -63,9 +63,21 @@ static const char *const unchanged[] = {
     "Where",
 };
 
-static bool is_unchanged(const char *op) {
+/* Ops whose interface is the same from opset `since` up to `until` (Resize-10 had no roi input,
+   ReduceSum and Split take axes/split as inputs from 13, Pad takes pads as inputs from 11). */
+static const struct {
+  const char *op;
+  int since, until;
+} stable[] = {
+    {"Resize", 11, 17}, {"Pad", 11, 17}, {"TopK", 10, 23}, {"Range", 11, 23},
+    {"ReduceSum", 1, 12}, {"Split", 2, 12},
+};
+
+static bool is_unchanged_between(const char *op, int64_t from, int64_t to) {
   for (size_t k = 0; k < sizeof unchanged / sizeof unchanged[0]; k++)
     if (!strcmp(op, unchanged[k])) return true;
+  for (size_t k = 0; k < sizeof stable / sizeof stable[0]; k++)
+    if (!strcmp(op, stable[k].op)) return from >= stable[k].since && to <= stable[k].until;
   return false;
 }
 
@@ -170,10 +182,11 @@ kiln_status kiln__quant_raise_opset(kiln__qctx *q, int64_t to) {
                           "cannot raise opset %lld to %lld: node '%s' (%s) has a subgraph",
                           (long long)from, (long long)to, kiln__quant_node_name(g, n), n->op_type);
     const char *op = n->op_type;
-    bool ok = is_unchanged(op) || !strcmp(op, "Clip") || !strcmp(op, "Slice") ||
-              !strcmp(op, "Squeeze") || !strcmp(op, "Unsqueeze") || !strcmp(op, "Softmax") ||
-              !strcmp(op, "LogSoftmax") || !strcmp(op, "Hardmax");
-    ok = ok && (n->n_out == 1 || is_unchanged(op)) && (n->n_in >= 1 || is_unchanged(op));
+    bool same = is_unchanged_between(op, from, to);
+    bool ok = same || (n->n_in >= 1 && n->n_out == 1 &&
+                       (!strcmp(op, "Clip") || !strcmp(op, "Slice") || !strcmp(op, "Squeeze") ||
+                        !strcmp(op, "Unsqueeze") || !strcmp(op, "Softmax") ||
+                        !strcmp(op, "LogSoftmax") || !strcmp(op, "Hardmax")));
     /* BatchNormalization-7's spatial=0 (per-element statistics) left the op at 9 */
     ok = ok && !(!strcmp(op, "BatchNormalization") && kiln__attr_int(n, "spatial", 1) == 0);
     if (!ok)
@@ -185,7 +198,7 @@ kiln_status kiln__quant_raise_opset(kiln__qctx *q, int64_t to) {
   kiln_status st = KILN_OK;
   for (int i = 0; st == KILN_OK && i < n_nodes; i++) {
     const kiln__node *n = &g->nodes[i];
-    if (n->domain[0] || is_unchanged(n->op_type)) continue;
+    if (n->domain[0] || is_unchanged_between(n->op_type, from, to)) continue;
     char hint[220];
     kiln__qbase(q, i, hint, sizeof hint);
     const char *op = n->op_type;
