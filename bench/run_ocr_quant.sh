@@ -9,7 +9,8 @@
 # probabilities) and by `kiln validate` (cosine, KL, max abs). ONNX Runtime runs the fp32, int8 and
 # int4 files on the same lines (agreement with Kiln's output of the same file, score) and for
 # speed. Latency: `kiln bench` / ortbench p50 on one 48x320 line at 1 and 2 threads, variants
-# measured alternately ROUNDS times, median of the p50s kept. First, FP32 on all 200 lines must
+# measured alternately ROUNDS times, median of the p50s kept. Then the detection model
+# (ppocrv4_det.onnx, no labels) as fp16, bf16, int8: size, speed, validate against FP32. First, FP32 on all 200 lines must
 # reproduce the models README (197/200, CER 0.0014): that checks the decoder. Skips itself (exit
 # 0, with the reason) when the models are absent. Not part of ctest.
 #
@@ -17,6 +18,8 @@
 # env: KILN_MODELS_DIR (/work/shared/models, else ../shared/models from the repo)
 #      ORT_DIR (~/.cache/kiln-ort)  RUNS (10)  ROUNDS (3)  THREADS ("1 2")  OUT (a temp dir)
 #      AUTO_BUDGET (top1=0.995)  AUTO_FORMATS (int8,fp16)  SKIP_AUTO (unset)
+#      SKIP_DET / ONLY_DET (the detection model's part: size, speed, validate against FP32)
+#      AUTO_FILE (use this --auto file, made earlier with the same budget, instead of searching)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build}
@@ -58,6 +61,11 @@ ort_out() { # model outdir data
     mv "$2"/*.npy "$2/y.npy"
 }
 
+kiln_det_p50() { "$kiln" bench "$1" --shape x=1,3,320,320 --threads "$2" --runs "$runs" --warmup 2 2>&1 |
+  sed -n 's/.*p50 \([0-9.]*\).*/\1/p'; }
+med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
+
+if [ -z "${ONLY_DET:-}" ]; then
 # ---- FP32 on all 200 lines: the decoder against the README's reference ------------------------
 run_out "$rec" "$out/fp32_all" "$out/all" || { echo "run_ocr_quant: FP32 failed" >&2; exit 1; }
 echo "kiln fp32, all 200 lines (README: 197/200, CER 0.0014): $(ev score "$ocr" "$out/fp32_all/y.npy" 0 200)"
@@ -80,10 +88,12 @@ add int8 "$out/rec_int8.onnx" --to int8 --calib "$out/calib"
 add "int8 percentile" "$out/rec_int8_pct.onnx" --to int8 --calib "$out/calib" --method percentile
 add int8-dynamic "$out/rec_int8dyn.onnx" --to int8-dynamic
 add int4 "$out/rec_int4.onnx" --to int4
-if [ -z "${SKIP_AUTO:-}" ]; then
+if [ -n "${AUTO_FILE:-}" ]; then # a file an earlier run made (the search takes ~17 min here)
+  names+=("auto $budget") files+=("$AUTO_FILE")
+elif [ -z "${SKIP_AUTO:-}" ]; then
   add "auto $budget" "$out/rec_auto.onnx" --auto --budget "$budget" --calib "$out/auto_calib" \
     --formats "$auto_formats" --threads 2
-  [ -f "$out/auto $budget.qlog" ] && sed -n '/^layer\|^final\|^weights\|^chose\|validated/p' "$out/auto $budget.qlog"
+  [ -f "$out/auto $budget.qlog" ] && sed -n '/^chosen/,$p' "$out/auto $budget.qlog"
 fi
 
 # ---- accuracy on the held-out lines 50-199 ------------------------------------------------------
@@ -115,7 +125,6 @@ kp50() { "$kiln" bench "$1" --shape x=1,3,48,320 --threads "$2" --runs "$runs" -
   sed -n 's/.*p50 \([0-9.]*\).*/\1/p'; }
 op50() { node "$ort_dir/ortbench.js" "$1" --input x=1,3,48,320 --threads "$2" --opt all --warmup 3 \
   --runs "$runs" --min-time 0 --max-time 60 2>&1 | sed -n 's/.* p50=\([0-9.]*\).*/\1/p' | head -1; }
-med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
 declare -A lat olat
 for t in $threads_list; do
   declare -A ks=() os=()
@@ -147,4 +156,41 @@ for i in "${!names[@]}"; do
     "${acc[$n]}" "$l" "$o"
 done
 [ -f "$out/failed.md" ] && cat "$out/failed.md"
+fi # ONLY_DET
+
+# ---- detection (no labels): size, speed, validate against FP32 -----------------------------------
+det=$ocr/ppocrv4_det.onnx
+if [ -n "${SKIP_DET:-}" ] || [ ! -f "$det" ]; then exit 0; fi
+ev det "$ocr/ocr_lines_x.npy" "$out/det_calib" 0 4  # lines 0-23
+ev det "$ocr/ocr_lines_x.npy" "$out/det_eval" 50 8  # lines 50-97
+dn=(fp32) df=("$det")
+for q in fp16 bf16 int8; do
+  c=() && [ $q = int8 ] && c=(--calib "$out/det_calib")
+  if "$kiln" quantize "$det" --to $q "${c[@]}" -o "$out/det_$q.onnx" > "$out/det_$q.qlog" 2>&1; then
+    dn+=("$q") df+=("$out/det_$q.onnx")
+  else
+    echo "det $q: quantize failed: $(tail -1 "$out/det_$q.qlog")"
+  fi
+done
+declare -A dl
+for t in $threads_list; do
+  declare -A ds=()
+  for ((r = 0; r < rounds; r++)); do
+    for i in "${!dn[@]}"; do ds[${dn[$i]}]+="$(kiln_det_p50 "${df[$i]}" "$t") "; done
+  done
+  for n in "${dn[@]}"; do dl[$n,$t]=$(med ${ds[$n]}); done
+done
+det_bytes=$(stat -c %s "$det")
+echo
+echo "| det variant | file bytes (x FP32) | validate cosine | max abs | snr dB | kiln p50 ms 1 / 2 thr (1x3x320x320) |"
+echo "|---|---|---|---|---|---|"
+for i in "${!dn[@]}"; do
+  n=${dn[$i]} b=$(stat -c %s "${df[$i]}")
+  v=$("$kiln" validate --threads 2 --reference "$det" --candidate "${df[$i]}" --data "$out/det_eval" --batch 4)
+  l=""
+  for t in $threads_list; do l+="${l:+ / }${dl[$n,$t]}"; done
+  printf '| %s | %s (%.2fx) | %s | %s | %s | %s |\n' "$n" "$b" "$(awk -v a="$b" -v b="$det_bytes" 'BEGIN{print a/b}')" \
+    "$(sed -n 's/^cosine: *//p' <<<"$v")" "$(sed -n 's/^max abs error: *//p' <<<"$v")" \
+    "$(sed -n 's/^snr: *\([0-9.-]*\).*/\1/p' <<<"$v")" "$l"
+done
 exit 0

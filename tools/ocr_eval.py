@@ -6,6 +6,9 @@
   ocr_eval.py score OCR_DIR OUT.npy LO HI score a model's softmax output [HI-LO, T, 6625] of lines
                                           [LO, HI): exact lines, CER, per-step agreement with
                                           OCR_DIR/ocr_lines_ref_argmax.npy
+  ocr_eval.py det X.npy DIR LO N          write DIR/x.npy: N 320x320 "pages" for the detection model,
+                                          each 6 consecutive lines from LO on stacked on white,
+                                          in PaddleOCR's detection normalization (ImageNet mean/std)
   ocr_eval.py agree A.npy B.npy           per-step argmax agreement of two outputs (Kiln vs ORT)
                                           and the mean KL(A || B) of their per-step probabilities
 
@@ -62,6 +65,18 @@ def main():
         np.save(f"{a[2]}/x.npy", np.ascontiguousarray(x))
     elif len(a) == 5 and a[0] == "score":
         score(a[1], a[2], int(a[3]), int(a[4]))
+    elif len(a) == 5 and a[0] == "det":
+        import os
+        os.makedirs(a[2], exist_ok=True)
+        lines = np.load(a[1], mmap_mode="r")
+        lo, n = int(a[3]), int(a[4])
+        pages = np.ones((n, 3, 320, 320), np.float32)  # white, in the lines' [-1, 1] scale
+        for p in range(n):
+            for k in range(6):
+                pages[p, :, 8 + 50 * k:56 + 50 * k, :] = lines[lo + 6 * p + k]
+        mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
+        std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+        np.save(f"{a[2]}/x.npy", ((pages * 0.5 + 0.5 - mean) / std).astype(np.float32))
     elif len(a) == 3 and a[0] == "agree":
         p, q = np.load(a[1]), np.load(a[2])
         x, y = p.argmax(axis=-1), q.argmax(axis=-1)
