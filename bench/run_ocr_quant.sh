@@ -10,9 +10,9 @@
 # int4 files on the same lines (agreement with Kiln's output of the same file, score) and for
 # speed. Latency: `kiln bench` / ortbench p50 on one 48x320 line at 1 and 2 threads, variants
 # measured alternately ROUNDS times, median of the p50s kept. Then the detection model
-# (ppocrv4_det.onnx, no labels) as fp16, bf16, int8: size, speed, validate against FP32. First, FP32 on all 200 lines must
-# reproduce the models README (197/200, CER 0.0014): that checks the decoder. Skips itself (exit
-# 0, with the reason) when the models are absent. Not part of ctest.
+# (ppocrv4_det.onnx, no labels) as fp16, bf16, int8: size, speed, validate against FP32. First,
+# FP32 on all 200 lines must reproduce the models README (197/200, CER 0.0014): that checks the
+# decoder. Skips itself (exit 0, with the reason) when the models are absent. Not in ctest.
 #
 # usage: bench/run_ocr_quant.sh [BUILD_DIR]
 # env: KILN_MODELS_DIR (/work/shared/models, else ../shared/models from the repo)
