@@ -42,7 +42,8 @@ typedef struct kiln__qctx {
   const char *model_path; /* the file the graph came from (calibration loads it), or NULL */
   unsigned seq;           /* for fresh names */
   int n_orig;             /* values before the rewrite: the caches cover these */
-  const kiln_quant_format *node_format; /* each original node's format, set before prepare() */
+  const kiln_quant_format *node_format; /* each node's format (NONE for nodes the opset raise
+                                          added), set before prepare() */
   int *cache[KILN__QTAG_COUNT];
   void *state[8];         /* per format (indexed by kiln_quant_format), set by its prepare() */
   kiln_quant_stats st;
