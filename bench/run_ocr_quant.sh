@@ -18,7 +18,7 @@
 # env: KILN_MODELS_DIR (/work/shared/models, else ../shared/models from the repo)
 #      ORT_DIR (~/.cache/kiln-ort)  RUNS (10)  ROUNDS (3)  THREADS ("1 2")  OUT (a temp dir)
 #      AUTO_BUDGET (top1=0.995)  AUTO_FORMATS (int8,fp16)  SKIP_AUTO (unset)
-#      SKIP_DET / ONLY_DET (the detection model's part: size, speed, validate against FP32)
+#      SKIP_ORT_ACC (ORT's accuracy runs)  SKIP_DET / ONLY_DET (the detection model's part: size, speed, validate against FP32)
 #      AUTO_FILE (use this --auto file, made earlier with the same budget, instead of searching)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -107,8 +107,10 @@ for i in "${!names[@]}"; do
   v=$("$kiln" validate --threads 2 --reference "$rec" --candidate "$f" --data "$out/eval" --batch 50)
   cos=$(sed -n 's/^cosine: *//p' <<<"$v") mx=$(sed -n 's/^max abs error: *//p' <<<"$v")
   kl=$(sed -n 's/^kl divergence: *\([0-9.e+-]*\).*/\1/p' <<<"$v")
-  acc[$n]="$(sed 's/ step-agreement/ | ref-argmax agreement/; s/^exact //; s/ cer / | /' <<<"$s") | ${a#step-agreement } | $cos | $kl | $mx"
-  if [ $have_ort = 1 ] && [[ $n == fp32 || $n == int8 || $n == int4 || $n == int8-dynamic ]]; then
+  acc[$n]="$(sed 's/ step-agreement/ |/; s/^exact //; s/ cer / | /' <<<"$s") | ${a#step-agreement } | $cos | $kl | $mx"
+  echo "accuracy $n: ${acc[$n]}"
+  if [ $have_ort = 1 ] && [ -z "${SKIP_ORT_ACC:-}" ] &&
+     [[ $n == fp32 || $n == int8 || $n == int4 || $n == int8-dynamic ]]; then
     if ort_out "$f" "$out/o" "$out/eval"; then
       echo "ort $n: $(ev score "$ocr" "$out/o/y.npy" 50 200); vs kiln same file: $(ev agree "$out/k/y.npy" "$out/o/y.npy")"
     else
