@@ -111,7 +111,7 @@ static kiln_status with_inputs(kiln__qctx *q, int i, const int *extra, int n_ext
 
 /* Clip-6: min/max attributes (defaults: the float range) -> Clip-11 inputs. Float32 data is
    assumed (the quantizers handle nothing else); a mismatch fails when the file is loaded. */
-static kiln_status clip_inputs(kiln__qctx *q, int i, char *hint) {
+static kiln_status clip_inputs(kiln__qctx *q, int i, const char *hint) {
   const kiln__node *n = &q->g->nodes[i];
   int b[2] = {const_f32(q, hint, kiln__attr_float(n, "min", -FLT_MAX)),
               const_f32(q, hint, kiln__attr_float(n, "max", FLT_MAX))};
@@ -119,7 +119,7 @@ static kiln_status clip_inputs(kiln__qctx *q, int i, char *hint) {
 }
 
 /* Slice-1: starts/ends/axes attributes -> Slice-10 inputs. */
-static kiln_status slice_inputs(kiln__qctx *q, int i, char *hint) {
+static kiln_status slice_inputs(kiln__qctx *q, int i, const char *hint) {
   const kiln__node *n = &q->g->nodes[i];
   const int64_t *s, *e, *a;
   size_t ns = kiln__attr_ints(n, "starts", &s), ne = kiln__attr_ints(n, "ends", &e);
@@ -133,7 +133,7 @@ static kiln_status slice_inputs(kiln__qctx *q, int i, char *hint) {
 }
 
 /* Squeeze/Unsqueeze-11: axes attribute -> the -13 input (absent stays absent for Squeeze). */
-static kiln_status axes_input(kiln__qctx *q, int i, char *hint) {
+static kiln_status axes_input(kiln__qctx *q, int i, const char *hint) {
   const int64_t *a;
   size_t na = kiln__attr_ints(&q->g->nodes[i], "axes", &a);
   int b = na ? const_i64(q, hint, a, na) : 0;
@@ -143,7 +143,7 @@ static kiln_status axes_input(kiln__qctx *q, int i, char *hint) {
 /* Softmax, LogSoftmax, Hardmax before 13: the input is viewed as 2-D [prod(dims < axis),
    prod(dims >= axis)] (axis default 1). As opset 13 ops: Flatten(axis) -> op(axis=-1) ->
    Reshape(to Shape(x)); node i becomes the Reshape, so the output keeps its value. */
-static kiln_status softmax_2d(kiln__qctx *q, int i, char *hint) {
+static kiln_status softmax_2d(kiln__qctx *q, int i, const char *hint) {
   const kiln__node *n = &q->g->nodes[i];
   int64_t axis = kiln__attr_int(n, "axis", 1);
   int x = n->in[0], y = n->out[0];
