@@ -309,6 +309,7 @@ kiln_status kiln_quantize_auto_file(const char *path, const char *out_path,
   size_t nl = 0;
   kiln_quant_node_format *sel = NULL;
   kiln_status st = kiln__onnx_import_file(path, &g, err);
+  if (st == KILN_OK) kiln__quant_const_to_init(g); /* find weights written as Constant nodes */
   if (st == KILN_OK) st = load_data(&a, err);
   if (st == KILN_OK) {
     size_t cap = 0;

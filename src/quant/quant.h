@@ -42,7 +42,8 @@ typedef struct kiln__qctx {
   const char *model_path; /* the file the graph came from (calibration loads it), or NULL */
   unsigned seq;           /* for fresh names */
   int n_orig;             /* values before the rewrite: the caches cover these */
-  const kiln_quant_format *node_format; /* each original node's format, set before prepare() */
+  const kiln_quant_format *node_format; /* each node's format (NONE for nodes the opset raise
+                                          added), set before prepare() */
   int *cache[KILN__QTAG_COUNT];
   void *state[8];         /* per format (indexed by kiln_quant_format), set by its prepare() */
   kiln_quant_stats st;
@@ -78,6 +79,17 @@ kiln_status kiln__quant_graph(kiln__graph *g, const kiln_quant_opts *opts, const
 
 /* The name overrides match: the node's name, or its first output's name when it has none. */
 const char *kiln__quant_node_name(const kiln__graph *g, const kiln__node *n);
+
+/* ---- preparing imported graphs (qprep.c) ------------------------------------------------------ */
+
+/* Turns every top-level Constant node holding a tensor `value` (not a graph output) into an
+   initializer of its output value, and removes the node: weights written as Constant nodes are
+   weights like any other. Node indices change; values do not. */
+void kiln__quant_const_to_init(kiln__graph *g);
+/* Raises the graph's default-domain opset to `to` (from 7 or later): ops whose interface changed
+   are rewritten to the new form, ops known unchanged relabeled, anything else refused
+   (UNSUPPORTED, naming the node; the graph is then unchanged). Adds nodes and values. */
+kiln_status kiln__quant_raise_opset(kiln__qctx *q, int64_t to);
 
 /* ---- graph editing helpers (qedit.c) ---------------------------------------------------------- */
 

@@ -121,20 +121,31 @@ static kiln_status assign_formats(kiln__qctx *q, kiln_quant_format *fmt) {
   return KILN_OK;
 }
 
-static kiln_status rewrite(kiln__qctx *q, const kiln_quant_format *fmt, int n_nodes) {
+static kiln_status rewrite(kiln__qctx *q, kiln_quant_format **fmtp, int n_nodes) {
   bool used[8] = {false}, prepared[8] = {false};
   kiln_status st = KILN_OK;
+  kiln_quant_format *fmt = *fmtp;
   for (int i = 0; i < n_nodes; i++)
     if (fmt[i] != KILN_QUANT_NONE) used[fmt[i]] = true;
+  /* an older model is raised to the opset the formats need (qprep.c), or refused naming why */
+  const kiln__quant_format_impl *need = NULL;
+  for (size_t k = 0; k < N_FORMATS; k++)
+    if (used[formats[k]->format] && (!need || formats[k]->min_opset > need->min_opset))
+      need = formats[k];
+  if (need && q->g->opset < need->min_opset &&
+      (st = kiln__quant_raise_opset(q, need->min_opset)) != KILN_OK)
+    kiln__err_prefix(q->err, "%s needs opset %lld", need->name, (long long)need->min_opset);
+  q->n_orig = q->g->n_values; /* what the raise added is original to the formats */
+  if (st == KILN_OK && q->g->n_nodes > n_nodes) { /* prepare() reads a format per node: NONE */
+    fmt = kiln__realloc(fmt, (size_t)q->g->n_nodes * sizeof *fmt);
+    if (!fmt) return kiln__qoom(q); /* *fmtp is still the caller's to free */
+    *fmtp = fmt;
+    for (int i = n_nodes; i < q->g->n_nodes; i++) fmt[i] = KILN_QUANT_NONE;
+  }
   q->node_format = fmt;
   for (size_t k = 0; st == KILN_OK && k < N_FORMATS; k++) {
     const kiln__quant_format_impl *fi = formats[k];
-    if (!used[fi->format]) continue;
-    if (q->g->opset < fi->min_opset)
-      st = kiln__fail(q->err, KILN_UNSUPPORTED,
-                      "%s needs opset %lld or later; the model imports opset %lld", fi->name,
-                      (long long)fi->min_opset, (long long)q->g->opset);
-    else if (fi->prepare && (st = fi->prepare(q)) == KILN_OK)
+    if (used[fi->format] && fi->prepare && (st = fi->prepare(q)) == KILN_OK)
       prepared[fi->format] = true;
   }
   /* nodes the rewrites add are not visited: only the original n_nodes */
@@ -161,11 +172,12 @@ kiln_status kiln__quant_graph(kiln__graph *g, const kiln_quant_opts *opts, const
   if (opts) memcpy(&o, opts, opts->struct_size < sizeof o ? opts->struct_size : sizeof o);
   if (o.format != KILN_QUANT_NONE && !impl_of(o.format))
     return kiln__fail(err, KILN_INVALID_ARGUMENT, "unknown quantization format %d", (int)o.format);
+  kiln__quant_const_to_init(g);
   kiln__qctx q = {.g = g, .err = err, .opts = &o, .model_path = model_path, .n_orig = g->n_values};
   int n_nodes = g->n_nodes;
   kiln_quant_format *fmt = kiln__malloc(((size_t)n_nodes + 1) * sizeof *fmt);
   kiln_status st = fmt ? assign_formats(&q, fmt) : kiln__qoom(&q);
-  if (st == KILN_OK) st = rewrite(&q, fmt, n_nodes);
+  if (st == KILN_OK) st = rewrite(&q, &fmt, n_nodes);
   if (st == KILN_OK && q.st.nodes_quantized == 0) {
     const kiln__quant_format_impl *fi = impl_of(o.format);
     st = kiln__fail(err, KILN_UNSUPPORTED, "%s",

@@ -218,6 +218,7 @@ static kiln_status load_probed(vstate *v, const char *const paths[2], const kiln
   for (int k = 0; k < 2 && st == KILN_OK; k++) {
     st = kiln__onnx_import_file(paths[k], &g[k], err);
     if (st != KILN_OK) kiln__err_prefix(err, "%s", paths[k]);
+    else kiln__quant_const_to_init(g[k]); /* weights written as Constant nodes are layers too */
   }
   size_t cap = 0;
   if (st == KILN_OK) {
