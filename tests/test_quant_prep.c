@@ -154,6 +154,27 @@ static void unknown_op_refused(void **state) {
   unlink(path);
 }
 
+/* Pruning sees weights written as Constant nodes too (it found no layer in such models): half
+   of each layer's weights become zero, and the file still runs. */
+static void prune_constant_weights(void **state) {
+  (void)state;
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/kiln_test_qprep_p%d.onnx", (int)getpid());
+  kiln_prune_report rep;
+  kiln_error err = {0};
+  kiln_status st = kiln_prune_file(model9, path, KILN_PRUNE_UNSTRUCTURED, 0.5, &rep, &err);
+  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
+  assert_int_equal(st, KILN_OK);
+  assert_int_equal(rep.n_layers, 2); /* the Conv and the MatMul */
+  for (size_t i = 0; i < rep.n_layers; i++)
+    assert_true(rep.layers[i].weights_zero >= rep.layers[i].weights_before / 2);
+  assert_true(rep.zeros_after >= rep.zeros_before + rep.layers[0].weights_before / 2);
+  kiln_prune_report_free(&rep);
+  float y[20];
+  run_model(path, y);
+  unlink(path);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: test_quant_prep TESTS_DIR\n");
@@ -173,6 +194,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(raise_exact),
       cmocka_unit_test(formats_quantize),
       cmocka_unit_test(unknown_op_refused),
+      cmocka_unit_test(prune_constant_weights),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   kiln_tensor_release(&x);

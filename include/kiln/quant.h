@@ -102,8 +102,9 @@ typedef struct kiln_quant_stats {
 /* Reads the ONNX model at `path`, rewrites it as `opts` say and writes it to `out_path`. Fails
    with UNSUPPORTED when nothing was quantized (no MatMul/Gemm/Conv with a constant float32
    weight for fp16; no such MatMul/Gemm for int8-dynamic; every candidate overridden to NONE) or
-   the model's opset is too old for a format used (int8-dynamic needs 11); nothing is written
-   then. An override naming no node of the graph is INVALID_ARGUMENT. `stats` may be NULL. */
+   the model's opset is older than a format needs (int8-dynamic 11, int8/bf16 13) and holds an op
+   the quantizer cannot raise to it (docs/QUANT.md); nothing is written then. Weights stored as
+   Constant nodes count as initializers. An override naming no node of the graph is INVALID_ARGUMENT. `stats` may be NULL. */
 kiln_status kiln_quantize_file_ex(const char *path, const char *out_path,
                                   const kiln_quant_opts *opts, kiln_quant_stats *stats,
                                   kiln_error *err);

@@ -358,6 +358,7 @@ kiln_status kiln_prune_file(const char *path, const char *out_path, kiln_prune_m
   kiln__graph *g = NULL;
   kiln_status st = kiln__onnx_import_file(path, &g, err);
   if (st == KILN_OK) {
+    kiln__quant_const_to_init(g); /* weights written as Constant nodes (paddle2onnx) are layers */
     count_params(g, &report->params_before, &report->zeros_before);
     size_t cap = 0;
     for (int i = 0; i < g->n_nodes; i++) cap += kiln__is_weight_layer(g, &g->nodes[i]);
