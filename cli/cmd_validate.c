@@ -108,8 +108,8 @@ int cmd_validate(int argc, char **argv) {
   printf("max abs error:   %.6g\n", v->max_abs_err);
   printf("mean abs error:  %.6g\n", v->mean_abs_err);
   printf("snr:             %.2f dB\n", v->snr_db);
-  printf("kl divergence:   %.6g nats (softmax of each row, reference || candidate)\n",
-         r.kl_divergence);
+  printf("kl divergence:   %.6g nats (%s, reference || candidate)\n", r.kl_divergence,
+         r.kl_of_probabilities ? "rows are probabilities already" : "softmax of each row");
   if (r.has_perplexity) {
     printf("perplexity:      reference %.5f (%.6f nats/token), candidate %.5f (%.6f nats/token) "
            "over %zu predictions\n",

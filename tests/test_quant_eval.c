@@ -48,6 +48,21 @@ static void kl_closed_form(void **state) {
   assert_int_equal(b.tokens, 1);
   /* -log softmax(big)[2] = log(1 + e^-1 + e^-2000) + 1 */
   assert_true(fabs(b.ref_nll - (1.0 + log(1.0 + exp(-1.0)))) < 1e-9);
+  assert_int_equal(a.prob_rows + b.prob_rows, 0);
+  /* rows that are distributions already (a model ending in Softmax) are read as they are:
+     KL([1/4, 3/4] || [1/2, 1/2]), not the KL of their softmaxes (0.0156 here) */
+  float p[4] = {0.25f, 0.75f, 0.5f, 0.5f}, q[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+  kiln__lm_acc c = {0};
+  int64_t t2[2] = {1, 0};
+  kiln__lm_acc_add(&c, p, q, 2, 2, t2);
+  assert_int_equal(c.prob_rows, 2);
+  assert_true(fabs(c.kl_sum - kl0) < 1e-7);
+  assert_true(fabs(c.ref_nll - (-log(0.75) - log(0.5))) < 1e-7);
+  /* one row that is not a distribution: the batch is logits */
+  q[3] = 0.6f;
+  kiln__lm_acc d = {0};
+  kiln__lm_acc_add(&d, p, q, 2, 2, NULL);
+  assert_int_equal(d.prob_rows, 0);
 }
 
 /* ---- perplexity on the tiny LM --------------------------------------------------------------- */

@@ -188,7 +188,8 @@ typedef struct kiln_layer_error {
 
 typedef struct kiln_validate_ex_report {
   kiln_validate_report base;
-  /* mean over rows of KL(softmax(reference) || softmax(candidate)), in nats */
+  /* mean over rows of KL(softmax(reference) || softmax(candidate)), in nats; of the rows
+     themselves when every row of both outputs is already a distribution (kl_of_probabilities) */
   double kl_divergence;
   bool has_perplexity;
   size_t tokens;                /* predictions scored */
@@ -197,6 +198,8 @@ typedef struct kiln_validate_ex_report {
   double ref_token_accuracy, cand_token_accuracy; /* argmax == target */
   size_t n_layers;
   kiln_layer_error *layers;     /* sorted by snr_drop_db, descending; unmatched last */
+  bool kl_of_probabilities;     /* outputs were probabilities: no softmax applied (and the
+                                   perplexity reads them as such) */
 } kiln_validate_ex_report;
 
 /* kiln_validate_files with the extras `opts` asks for. Free the report with

@@ -11,11 +11,14 @@
 typedef struct kiln__lm_acc {
   double kl_sum;            /* sum over rows of KL(softmax(ref) || softmax(cand)) */
   size_t kl_rows;
+  size_t prob_rows;         /* of those, rows read as probabilities (see kiln__lm_acc_add) */
   double ref_nll, cand_nll; /* sums of -log softmax(.)[target] */
   size_t tokens, ref_hits, cand_hits;
 } kiln__lm_acc;
 
-/* Adds `rows` rows of `classes` logits. `targets` (may be NULL) gives one class per row, or a
+/* Adds `rows` rows of `classes` logits. When every row of both is already a probability
+   distribution (>= 0, sums to 1 within 1e-3: a model ending in Softmax), the rows are read as
+   probabilities, not logits: a second softmax would shrink the KL towards 0. `targets` (may be NULL) gives one class per row, or a
    negative value to skip that row's prediction. */
 void kiln__lm_acc_add(kiln__lm_acc *a, const float *ref, const float *cand, size_t rows,
                       size_t classes, const int64_t *targets);

@@ -77,22 +77,40 @@ static double logsumexp(const float *x, size_t n) {
   return m + log(s);
 }
 
+static bool is_distribution(const float *x, size_t n) {
+  double s = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!(x[i] >= 0.0f)) return false; /* NaN too */
+    s += x[i];
+  }
+  return fabs(s - 1.0) <= 1e-3;
+}
+
+/* log p of a row read as probabilities; 0 stands for e^-69 so a class the candidate calls
+   impossible costs a large finite KL instead of infinity */
+static double log_prob(float p) { return log(p > 1e-30f ? (double)p : 1e-30); }
+
 void kiln__lm_acc_add(kiln__lm_acc *a, const float *ref, const float *cand, size_t rows,
                       size_t classes, const int64_t *targets) {
+  bool probs = rows > 0 && classes > 1;
+  for (size_t r = 0; probs && r < rows; r++)
+    probs = is_distribution(ref + r * classes, classes) &&
+            is_distribution(cand + r * classes, classes);
   for (size_t r = 0; r < rows; r++) {
     const float *x = ref + r * classes, *y = cand + r * classes;
-    double lx = logsumexp(x, classes), ly = logsumexp(y, classes), kl = 0;
-    /* KL(P || Q) = sum p (log p - log q), with log p = x - lse(x) */
+    double lx = probs ? 0 : logsumexp(x, classes), ly = probs ? 0 : logsumexp(y, classes), kl = 0;
+    /* KL(P || Q) = sum p (log p - log q), with log p = x - lse(x) for logits */
     for (size_t c = 0; c < classes; c++) {
-      double lp = x[c] - lx, lq = y[c] - ly;
-      kl += exp(lp) * (lp - lq);
+      double lp = probs ? log_prob(x[c]) : x[c] - lx, lq = probs ? log_prob(y[c]) : y[c] - ly;
+      if (!probs || x[c] > 0) kl += exp(lp) * (lp - lq);
     }
     a->kl_sum += kl;
     a->kl_rows++;
+    a->prob_rows += probs;
     if (!targets || targets[r] < 0 || (uint64_t)targets[r] >= classes) continue;
     size_t t = (size_t)targets[r];
-    a->ref_nll += lx - x[t];
-    a->cand_nll += ly - y[t];
+    a->ref_nll += probs ? -log_prob(x[t]) : lx - x[t];
+    a->cand_nll += probs ? -log_prob(y[t]) : ly - y[t];
     a->tokens++;
     a->ref_hits += argmax(x, classes) == t;
     a->cand_hits += argmax(y, classes) == t;
@@ -536,6 +554,7 @@ kiln_status kiln_validate_files_ex(const char *reference, const char *candidate,
     out->base.samples = samples;
     out->base.classes = classes;
     out->kl_divergence = v.lm.kl_rows ? v.lm.kl_sum / (double)v.lm.kl_rows : 0;
+    out->kl_of_probabilities = v.lm.kl_rows && v.lm.prob_rows == v.lm.kl_rows;
     if (v.ids >= 0) {
       double t = (double)v.lm.tokens;
       out->has_perplexity = true;
