@@ -388,6 +388,90 @@ static void qlinearconv_matches_reference(void **st) {
   for_each_isa(qlconv_cases);
 }
 
+/* ---- depthwise (qconv_dw.c) ------------------------------------------------------------------ */
+
+/* Odd sizes around the AVX2 kernel's 16-wide blocks, every stride/dilation form it runs (stride 1
+   with dilation, stride 2) and the ones it hands to the portable loop (stride 3, stride 2 with
+   dilation, a row too wide for its stack buffers), asymmetric pads, non-square kernels. */
+static const struct {
+  int64_t n, c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr;
+} dw_shapes[] = {
+    {1, 5, 9, 11, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},    /* 3x3 same, ow 11 (one partial block) */
+    {2, 3, 17, 33, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1},   /* stride 2, batch 2, ow 17 */
+    {1, 7, 20, 37, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0},   /* no padding, ow 35 */
+    {1, 4, 12, 19, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2},   /* 5x5 (an odd tap pair with a zero) */
+    {1, 3, 15, 21, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2},   /* dilation 2, stride 1 */
+    {1, 3, 14, 23, 3, 4, 2, 2, 1, 1, 0, 1, 2, 3},   /* 3x4, asymmetric pads, stride 2 */
+    {1, 2, 10, 13, 2, 1, 1, 1, 1, 1, 1, 0, 0, 0},   /* 2x1 */
+    {1, 3, 13, 16, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1},   /* stride 3: portable loop */
+    {1, 2, 12, 15, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2},   /* stride 2 + dilation: portable loop */
+    {1, 2, 4, 2100, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},  /* ow 2100: too wide for the AVX2 rows */
+    {1, 16, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},    /* 7x7 planes (mobilenet's last stage) */
+    {1, 3, 6, 6, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0},     /* 1x1 depthwise */
+};
+
+static void extreme_acts(kiln_tensor *t);
+
+static void dw_cases(kiln__pool *pool) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(dw_shapes); si++)
+    for (int combo = 0; combo < 8; combo++)
+      for (int zp = 0; zp < 3; zp++) {
+        kiln_dtype xt = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+        kiln_dtype wt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+        bool ql = combo & 4;
+        int64_t n = dw_shapes[si].n, ch = dw_shapes[si].c;
+        tin x = {xt, 4, {n, ch, dw_shapes[si].h, dw_shapes[si].w}},
+            wt4 = {wt, 4, {ch, 1, dw_shapes[si].kh, dw_shapes[si].kw}, true};
+        /* zp 0: none; 1: per-tensor x and w zero points; 2: per-channel w zero points */
+        tin xzp = zp >= 1 ? (tin){xt, 0, {0}, true} : (tin){xt, -1};
+        tin wzp = zp == 2 ? (tin){wt, 1, {ch}, true} : zp == 1 ? (tin){wt, 0, {0}, true}
+                                                              : (tin){wt, -1};
+        onenode o;
+        if (!ql) {
+          tin ins[4] = {x, wt4, xzp, wzp};
+          onenode_make(&o, "ConvInteger", zp ? 4 : 2, ins, 1);
+        } else {
+          static float ws[16];
+          for (int64_t j = 0; j < ch; j++) ws[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
+          float xs = 0.02f;
+          /* zp 1 uses a small y scale: many outputs saturate. */
+          float ys = 0.02f * 0.01f * (zp == 1 ? 0.5f : 6.0f) *
+                     sqrtf((float)(dw_shapes[si].kh * dw_shapes[si].kw));
+          if (xzp.rank < 0) xzp = (tin){xt, 0, {0}, true};
+          if (wzp.rank < 0) wzp = (tin){wt, 0, {0}, true, &zero8};
+          kiln_dtype yt = combo & 1 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+          tin ins[9] = {x,
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
+                        xzp,
+                        wt4,
+                        {KILN_DTYPE_FLOAT, zp == 2 ? 1 : 0, {ch}, true, ws},
+                        wzp,
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
+                        {yt, 0, {0}, true},
+                        {KILN_DTYPE_INT32, 1, {ch}, true}};
+          onenode_make(&o, "QLinearConv", combo & 2 ? 9 : 8, ins, 1);
+        }
+        if (si % 3 == 1) extreme_acts(&o.in[0]);
+        int64_t st[2] = {dw_shapes[si].sh, dw_shapes[si].sw};
+        int64_t dl[2] = {dw_shapes[si].dh, dw_shapes[si].dw};
+        int64_t p[4] = {dw_shapes[si].pt, dw_shapes[si].pl, dw_shapes[si].pb, dw_shapes[si].pr};
+        kt_attr_ints(o.n, "strides", st, 2);
+        kt_attr_ints(o.n, "dilations", dl, 2);
+        kt_attr_ints(o.n, "pads", p, 4);
+        kt_attr_int(o.n, "group", ch);
+        char what[96];
+        snprintf(what, sizeof what, "depthwise shape %zu x %s w %s zp mode %d", si,
+                 kiln_dtype_name(xt), kiln_dtype_name(wt), zp);
+        onenode_check(&o, pool, what);
+        onenode_free(&o);
+      }
+}
+
+static void depthwise_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(dw_cases);
+}
+
 /* ---- the AVX2 byte formats (VPMADDUBSW on weights that qualify) ----------------------------- */
 
 /* Stored int8 value (uint8 weights are stored shifted by -128) -> the tensor's value. */
@@ -516,6 +600,7 @@ static void byte_conv_cases(kiln__pool *pool) {
         /* A near miss in one group leaves the other groups on the byte format: checked per
            group only when there is one group. */
         o.expect_fmt = !missed ? 1 : grp > 1 ? 0 : 2;
+        if (grp == ch && m == ch) o.expect_fmt = 0; /* depthwise: qconv_dw.c, nothing packed */
         char what[112];
         snprintf(what, sizeof what, "shape %zu x %s w %s %s weights", si, kiln_dtype_name(xt),
                  kiln_dtype_name(wt), wmode == 1 ? "qualifying" : "near-miss");
@@ -690,6 +775,7 @@ int main(void) {
       cmocka_unit_test(qlinearmatmul_matches_reference),
       cmocka_unit_test(convinteger_matches_reference),
       cmocka_unit_test(qlinearconv_matches_reference),
+      cmocka_unit_test(depthwise_matches_reference),
       cmocka_unit_test(qdq_match_reference),
       cmocka_unit_test(byte_format_choice),
       cmocka_unit_test(byte_formats_match_reference),

@@ -167,31 +167,32 @@ static void within_one_step(const char *model, const char *output) {
   assert_true(d.equal * 10 >= d.elements * 9);
 }
 
-/* qdq_wide: seven fusions (conv_a, conv_b + Relu, conv_c + Clip, conv_k with a float bias, mm_d,
-   gemm_e with transB, gemm_f), five near misses left float (conv_g, gemm_h, conv_i, conv_j, the
-   depthwise conv_l), none at level 1. */
+/* qdq_wide: nine fusions (conv_a, conv_b + Relu, conv_c + Clip, conv_k with a float bias, mm_d,
+   gemm_e with transB, gemm_f, the depthwise conv_l, the strided depthwise conv_n + Clip), five
+   near misses left float (conv_g, gemm_h, conv_i, conv_j, the grouped conv_m), none at level 1. */
 static void wide(void **s) {
   (void)s;
   char path[1024], where[4096];
   path_of(path, sizeof path, tests_dir, "models/qdq_wide.onnx");
   size_t after;
-  assert_int_equal(qdq_matches(path, 2, where, sizeof where, &after), 7);
+  assert_int_equal(qdq_matches(path, 2, where, sizeof where, &after), 9);
   const char *fused[] = {"conv_a+", "conv_b+conv_b_relu+", "conv_c+conv_c_clip+", "conv_k+",
-                         "mm_d+", "gemm_e+", "gemm_f+"};
+                         "mm_d+",   "gemm_e+",           "gemm_f+",            "conv_l+",
+                         "conv_n+conv_n_clip+"};
   for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++)
     assert_non_null(strstr(where, fused[i]));
-  const char *kept[] = {"conv_g", "gemm_h", "conv_i", "conv_j", "conv_l"};
+  const char *kept[] = {"conv_g", "gemm_h", "conv_i", "conv_j", "conv_m"};
   for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) assert_null(strstr(where, kept[i]));
   assert_int_equal(qdq_matches(path, 1, NULL, 0, &after), 0);
   kiln_model *m = kt_load(path, 1, 2);
-  assert_int_equal(op_count(m, "QLinearConv"), 4);
-  assert_int_equal(op_count(m, "Conv") + op_count(m, "FusedConv"), 4); /* g, i, j, l */
+  assert_int_equal(op_count(m, "QLinearConv"), 6);
+  assert_int_equal(op_count(m, "Conv") + op_count(m, "FusedConv"), 4); /* g, i, j, m */
   assert_int_equal(op_count(m, "QLinearMatMul"), 3);
   kiln_model_free(m);
   const char *outs[] = {"conv_a_yo_dq", "conv_b_yo_dq", "conv_c_yo_dq", "conv_k_yo_dq",
                         "mm_d_yo_dq",   "gemm_e_yo_dq", "gemm_f_yo_dq", "conv_g_yo_dq",
                         "gemm_h_yo_dq", "conv_i_yo_dq", "conv_j_yo_dq", "conv_j_neg",
-                        "conv_l_yo_dq"};
+                        "conv_l_yo_dq", "conv_m_yo_dq", "conv_n_yo_dq"};
   for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) within_one_step("qdq_wide", outs[i]);
 }
 

@@ -10,7 +10,8 @@ qdq_wide: one quantized input read by several ops, each ending in its own graph 
   weight zero point, Relu dropped: y zero point 0), conv_c (Clip(0, 6) dropped: Q(6) is 255), conv_k (float bias), mm_d (N-D activation, per-column int8 output), gemm_e (transB=1,
   per-channel), gemm_f (transB=0, per-tensor). Left float: conv_g (Relu before a zero point of
   20), gemm_h (bias C), conv_i (bias scale not x_scale * w_scale), conv_j (output read twice),
-  conv_l (depthwise: grouped convs stay float).
+  conv_m (grouped, not depthwise). Also fused: conv_l (depthwise), conv_n (depthwise, stride 2,
+  Clip(0, 6) dropped).
 Each model's qdq_NAME.steps lists its outputs with their quantization steps (0: a float output).
 qdq_chain: Q -> conv1 + Relu -> conv2 -> DQ -> Q (same parameters) -> conv3: after fuse-qdq the
   three QLinearConvs follow each other with no Q/DQ between; conv1's output is also a graph
@@ -170,10 +171,21 @@ w, _ = weight("conv_j", (3, 4, 1, 1), 0)
 y = node("Conv", [xd, w], ["conv_j_y"], "conv_j")
 outs.append(out_q(y, "conv_j", -4.0, 4.0)[0])
 outs.append(node("Neg", [y], ["conv_j_neg"], "conv_j_neg"))  # the conv output's second reader
-# conv_l: depthwise (group 4): left float on purpose (no integer depthwise kernel yet).
+# conv_l: depthwise (group 4), fused (the integer depthwise kernel).
 w, ws = weight("conv_l", (4, 1, 3, 3), 0)
 y = node("Conv", [xd, w, bias("conv_l", xs, ws, 4)], ["conv_l_y"], "conv_l", group=4)
 outs.append(out_q(y, "conv_l", -3.0, 3.0)[0])
+# conv_m: grouped but not depthwise (group 2, two input channels per group): left float.
+w, ws = weight("conv_m", (4, 2, 3, 3), 0)
+y = node("Conv", [xd, w, bias("conv_m", xs, ws, 4)], ["conv_m_y"], "conv_m", group=2)
+outs.append(out_q(y, "conv_m", -3.0, 3.0)[0])
+# conv_n: depthwise, stride 2, padded, Clip(0, 6) dropped (mobilenet_v2's form): fused.
+w, ws = weight("conv_n", (4, 1, 3, 3), 0)
+y = node("Conv", [xd, w, bias("conv_n", xs, ws, 4)], ["conv_n_y"], "conv_n", group=4,
+         strides=[2, 2], pads=[1, 1, 1, 1])
+y = node("Clip", [y, const("conv_n_lo", np.array(0.0, np.float32)),
+                  const("conv_n_hi", np.array(6.0, np.float32))], ["conv_n_r"], "conv_n_clip")
+outs.append(out_q(y, "conv_n", 0.0, 6.0)[0])
 save("wide", [vi("x", [1, 4, 9, 9]), vi("x2", [3, 16])], outs)
 
 # ---- qdq_chain -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@
  * when Q(min) is the lowest code and Q(max) the highest. Then Q(act(v)) = Q(v) for every v (Q is
  * monotone and saturates), so the drop itself is exact. Otherwise the node stays float.
  *
- * Left float (documented in docs/PASSES.md): grouped and depthwise Conv (see fuse_one), Gemm
+ * Left float (documented in docs/PASSES.md): grouped Conv other than depthwise (see fuse_one), Gemm
  * with a bias C, transA, or alpha != 1 (there is no QGemm in the standard domain; a MatMul's
  * bias is a separate Add that stays float after the DequantizeLinear anyway); a Conv bias that is int32 with a scale other than xs * ws[c] bit
  * for bit; zero points or scales that are not constants; 16-bit types. A float constant Conv
@@ -290,10 +290,12 @@ static kiln_status fuse_one(kiln__pass_ctx *ctx, int i, bool *done) {
   if (!wt) return KILN_OK;
   int out_axis;
   if (conv) {
-    /* Grouped (depthwise) convs stay float: the integer backend runs them as one tiny GEMM per
-       group with per-call packing, 4x slower than the float depthwise kernel (mobilenet_v2:
-       bench/RESULTS.md). Revisit with an integer depthwise kernel. */
-    if (wt->rank < 3 || kiln__attr_int(n, "group", 1) != 1) return KILN_OK;
+    /* Depthwise convs (one input channel per group, one output each) run on the integer
+       depthwise kernel (qconv_dw.c). Other grouped convs stay float: the integer backend runs
+       them as one small GEMM per group with per-call packing, slower than float. */
+    int64_t group = kiln__attr_int(n, "group", 1);
+    if (wt->rank < 3 || (group != 1 && !(wt->dims[1] == 1 && wt->dims[0] == group)))
+      return KILN_OK;
     out_axis = 0;
   } else {
     if (wt->rank != 2) return KILN_OK;

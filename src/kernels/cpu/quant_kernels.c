@@ -12,6 +12,7 @@
 #include <math.h>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/qconv_dw.h"
 #include "kernels/cpu/qgemm.h"
 #include "kernels/ref/gemm.h"
 
@@ -321,6 +322,7 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
 typedef struct qconv_state {
   kiln__qisa isa;
   bool qlinear;
+  bool dw;           /* depthwise: qconv_dw.c, no packed weights */
   kiln__conv2d cv;
   kiln__qpacked *pw; /* one packed mg x kk weight matrix per group (the GEMM's A) */
   kiln__qisa bsize_fmt; /* of the groups' formats, the one whose packed columns are largest */
@@ -333,7 +335,9 @@ static const kiln_tensor *const_q8(const kiln__value *v) {
 static bool qconv_parse(const kiln__node *n, const kiln__graph *g, qconv_state *s) {
   s->qlinear = !strcmp(n->op_type, "QLinearConv");
   const kiln_tensor *w = const_q8(kiln__cpu_input(n, g, s->qlinear ? 3 : 1));
-  return kiln__cpu_conv2d_parse(n, w, &s->cv);
+  if (!kiln__cpu_conv2d_parse(n, w, &s->cv)) return false;
+  s->dw = s->cv.groups > 1 && s->cv.cg == 1 && s->cv.mg == 1;
+  return true;
 }
 
 static bool qconv_supports(const kiln__node *n, const kiln__graph *g) {
@@ -355,6 +359,10 @@ static kiln_status qconv_prepare(const kiln__node *n, const kiln__graph *g, void
   if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
   qconv_parse(n, g, s);
   kiln_status st = kiln__qisa_select(&s->isa, err);
+  if (st == KILN_OK && s->dw) { /* the depthwise kernel reads the weights as they are */
+    *state = s;
+    return KILN_OK;
+  }
   if (st == KILN_OK && !(s->pw = kiln__calloc(s->cv.groups, sizeof *s->pw)))
     st = kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
   const kiln_tensor *w = const_q8(kiln__cpu_input(n, g, s->qlinear ? 3 : 1));
@@ -411,6 +419,7 @@ static bool qconv_geom_get(const kiln__kctx *c, const qconv_state *s, qconv_geom
 
 /* Scratch: im2col columns (unless pointwise), their packed copy, per-row multipliers and bias. */
 static size_t qconv_scratch_for(const qconv_state *s, const qconv_geom *cg) {
+  if (s->dw) return align64(s->cv.m * sizeof(float));
   size_t cols = cg->pointwise ? 0 : align64(s->cv.kk * cg->chunk);
   return cols + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg->chunk, s->cv.kk)) +
          align64(s->cv.m * sizeof(float));
@@ -478,10 +487,11 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   if (c->scratch_bytes < qconv_scratch_for(s, &cg)) return c->node->op->run(c);
   uint8_t *mem = c->scratch;
   uint8_t *col = mem;
-  size_t colb = cg.pointwise ? 0 : align64(s->cv.kk * cg.chunk);
+  size_t colb = cg.pointwise || s->dw ? 0 : align64(s->cv.kk * cg.chunk);
   uint8_t *bmem = mem + colb;
-  float *mult =
-      (float *)(bmem + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg.chunk, s->cv.kk)));
+  float *mult = s->dw ? (float *)mem
+                      : (float *)(bmem + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg.chunk,
+                                                                   s->cv.kk)));
   const int32_t *bias = NULL;
   kiln__qout_kind kind = KILN__QOUT_I32;
   int32_t zy = 0;
@@ -507,6 +517,18 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   bool xs8 = x->dtype == KILN_DTYPE_INT8;
   uint8_t pad = cg.zx.n ? *(const uint8_t *)cg.zx.p : 0;
   size_t out_esz = kind == KILN__QOUT_I32 ? 4 : 1;
+  if (s->dw) {
+    const kiln_tensor *w = c->in[s->qlinear ? 3 : 1];
+    kiln__qdw_args a = {.x = x->data, .x_signed = xs8, .n = cg.n, .c = cg.c, .h = cg.h, .w = cg.w,
+                        .oh = cg.oh, .ow = cg.ow, .kh = s->cv.kh, .kw = s->cv.kw, .sh = s->cv.sh,
+                        .sw = s->cv.sw, .dh = s->cv.dh, .dw = s->cv.dw, .pt = cg.pt, .pl = cg.pl,
+                        .wt = w->data, .w_signed = w->dtype == KILN_DTYPE_INT8,
+                        .zx = cg.zx.n ? (xs8 ? *(const int8_t *)cg.zx.p : *(const uint8_t *)cg.zx.p) : 0,
+                        .zw = cg.zw, .kind = kind, .bias = bias, .mult = s->qlinear ? mult : NULL,
+                        .zy = zy, .y = y->data};
+    kiln__qconv_dw(c->pool, s->isa, &a);
+    return KILN_OK;
+  }
   for (size_t b = 0; b < cg.n; b++)
     for (size_t gi = 0; gi < s->cv.groups; gi++) {
       const uint8_t *xg = (const uint8_t *)x->data + (b * cg.c + gi * s->cv.cg) * cg.h * cg.w;
