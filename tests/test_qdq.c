@@ -169,25 +169,29 @@ static void within_one_step(const char *model, const char *output) {
 
 /* qdq_wide: nine fusions (conv_a, conv_b + Relu, conv_c + Clip, conv_k with a float bias, mm_d,
    gemm_e with transB, gemm_f, the depthwise conv_l, the strided depthwise conv_n + Clip), five
-   near misses left float (conv_g, gemm_h, conv_i, conv_j, the grouped conv_m), none at level 1. */
+   near misses left float (conv_g, gemm_h, conv_i, conv_j, the grouped conv_m), gemm_h's weight
+   dequantized at load (its output must stay bit-equal), none at level 1. */
 static void wide(void **s) {
   (void)s;
   char path[1024], where[4096];
   path_of(path, sizeof path, tests_dir, "models/qdq_wide.onnx");
   size_t after;
-  assert_int_equal(qdq_matches(path, 2, where, sizeof where, &after), 9);
+  assert_int_equal(qdq_matches(path, 2, where, sizeof where, &after), 10);
+  /* gemm_h stays a float Gemm (bias C) with its weight dequantized once at load. */
+  assert_non_null(strstr(where, "gemm_h weight dequantized at load"));
   const char *fused[] = {"conv_a+", "conv_b+conv_b_relu+", "conv_c+conv_c_clip+", "conv_k+",
                          "mm_d+",   "gemm_e+",           "gemm_f+",            "conv_l+",
                          "conv_n+conv_n_clip+"};
   for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++)
     assert_non_null(strstr(where, fused[i]));
-  const char *kept[] = {"conv_g", "gemm_h", "conv_i", "conv_j", "conv_m"};
+  const char *kept[] = {"conv_g", "gemm_h+", "conv_i", "conv_j", "conv_m"};
   for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) assert_null(strstr(where, kept[i]));
   assert_int_equal(qdq_matches(path, 1, NULL, 0, &after), 0);
   kiln_model *m = kt_load(path, 1, 2);
   assert_int_equal(op_count(m, "QLinearConv"), 6);
   assert_int_equal(op_count(m, "Conv") + op_count(m, "FusedConv"), 4); /* g, i, j, m */
   assert_int_equal(op_count(m, "QLinearMatMul"), 3);
+  assert_int_equal(op_count(m, "Gemm"), 1); /* gemm_h */
   kiln_model_free(m);
   const char *outs[] = {"conv_a_yo_dq", "conv_b_yo_dq", "conv_c_yo_dq", "conv_k_yo_dq",
                         "mm_d_yo_dq",   "gemm_e_yo_dq", "gemm_f_yo_dq", "conv_g_yo_dq",
@@ -278,9 +282,12 @@ static void digits(void **s) {
   assert_true(abs(l2 - 443) <= 2);
   char where[4096];
   size_t after;
-  assert_int_equal(qdq_matches(q, 2, where, sizeof where, &after), 2);
+  /* Both convs fused; both Gemms (bias C) stay float with their weights dequantized at load. */
+  assert_int_equal(qdq_matches(q, 2, where, sizeof where, &after), 4);
   assert_non_null(strstr(where, "/c1/Conv+/Relu+"));
   assert_non_null(strstr(where, "/c2/Conv+/Relu_1+"));
+  assert_non_null(strstr(where, "/f1/Gemm weight dequantized at load"));
+  assert_non_null(strstr(where, "/f2/Gemm weight dequantized at load"));
   kiln_model *m = kt_load(q, 1, 2);
   assert_int_equal(op_count(m, "QLinearConv"), 2);
   assert_int_equal(op_count(m, "Conv"), 0);
