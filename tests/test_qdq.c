@@ -227,6 +227,37 @@ static void chain(void **s) {
   assert_true(d.equal * 10 >= d.elements * 8);
 }
 
+/* qdq_pool: MaxPool and Concat between quantized tensors run on the 8-bit tensors: pool_a
+   (DQ -> MaxPool -> Q, same parameters), cat_b (QLinearConcat), cat_c + pool_c (QLinearConcat ->
+   8-bit MaxPool); pool_d, cat_e, pool_f left float. Every rewrite is exact, so every output of
+   the level-2 graph equals the QDQ graph's bit for bit. */
+static void pool(void **s) {
+  (void)s;
+  char path[1024], steps[1024], where[4096];
+  path_of(path, sizeof path, tests_dir, "models/qdq_pool.onnx");
+  path_of(steps, sizeof steps, tests_dir, "models/qdq_pool.steps");
+  size_t after;
+  assert_int_equal(qdq_matches(path, 2, where, sizeof where, &after), 3);
+  assert_non_null(strstr(where, "pool_a+pool_a_y/Q"));
+  assert_non_null(strstr(where, "cat_b+cat_b_y/Q"));
+  assert_non_null(strstr(where, "cat_c+pool_c+pool_c_y/Q"));
+  const char *kept[] = {"pool_d", "cat_e", "pool_f"};
+  for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) assert_null(strstr(where, kept[i]));
+  kiln_model *m = kt_load(path, 1, 2);
+  assert_int_equal(op_count(m, "QLinearConcat"), 2);
+  assert_int_equal(op_count(m, "Concat"), 1);
+  assert_int_equal(op_count(m, "MaxPool"), 4);
+  kiln_model_free(m);
+  const char *outs[] = {"pool_a_yo_dq", "cat_b_yo_dq", "pool_c_yo_dq",
+                        "pool_d_yo_dq", "cat_e_yo_dq", "pool_f_yo_dq"};
+  for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) {
+    diff_stats d = compare(path, steps, outs[i], 3);
+    fprintf(stderr, "  %-14s %5zu elements, %5.1f%% equal\n", outs[i], d.elements,
+            100.0 * d.equal / d.elements);
+    assert_int_equal(d.equal, d.elements);
+  }
+}
+
 /* Top-1 of a model on the 450 held-out digits. */
 static int digits_correct(const char *path, int level) {
   kiln_model *m = kt_load(path, 2, level);
@@ -386,6 +417,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(wide),
       cmocka_unit_test(chain),
+      cmocka_unit_test(pool),
       cmocka_unit_test(digits),
       cmocka_unit_test(weight_range_default),
       cmocka_unit_test(alloc_failures),

@@ -204,3 +204,35 @@ w, ws = weight("conv3", (4, 8, 1, 1), 0)
 y = node("Conv", [y2b, w, bias("conv3", s2, ws, 4)], ["conv3_y"], "conv3")
 y3 = out_q(y, "conv3", -60.0, 60.0)[0]
 save("chain", [vi("x", [1, 3, 10, 10])], [y3, y1])
+
+# ---- qdq_pool ------------------------------------------------------------------------------
+# Integer chains (squeezenet's fire modules and pools), fed by quantizations of the input so that
+# both levels see the same 8-bit tensors and the rewrites must be bit-exact:
+#   pool_a: DQ -> MaxPool 3x3/2 ceil_mode -> Q with the same parameters: MaxPool on the 8-bit x.
+#   cat_b:  DQ, DQ (different scales and zero points) -> Concat -> Q: QLinearConcat.
+#   cat_c:  DQ, DQ -> Concat -> MaxPool 2x2/2 -> Q: QLinearConcat -> 8-bit MaxPool.
+#   Left float: pool_d (its Q has another scale), cat_e (one input is not dequantized), pool_f
+#   (pads as large as the kernel).
+xs, xz = qparams(-2.0, 2.0)
+xq = q("x", xs, xz, "x")
+xd = dq(xq, xs, xz, "x")
+p = node("MaxPool", [xd], ["pool_a_y"], "pool_a", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
+outs = [out_q(p, "pool_a", 0, 0, s_z=(xs, xz))[0]]
+s1, z1 = qparams(-1.0, 1.5)
+s3, z3 = qparams(-3.0, 2.5)
+e1q, e3q = q("x", s1, z1, "x1"), q("x", s3, z3, "x3")
+d1, d3 = dq(e1q, s1, z1, "e1_b"), dq(e3q, s3, z3, "e3_b")
+c = node("Concat", [d1, d3], ["cat_b_y"], "cat_b", axis=1)
+outs.append(out_q(c, "cat_b", -2.0, 2.0)[0])
+d1, d3 = dq(e1q, s1, z1, "e1_c"), dq(e3q, s3, z3, "e3_c")
+c = node("Concat", [d1, d3], ["cat_c_y"], "cat_c", axis=1)
+p = node("MaxPool", [c], ["pool_c_y"], "pool_c", kernel_shape=[2, 2], strides=[2, 2])
+outs.append(out_q(p, "pool_c", -1.0, 1.0)[0])
+p = node("MaxPool", [dq(e1q, s1, z1, "e1_d")], ["pool_d_y"], "pool_d", kernel_shape=[2, 2])
+outs.append(out_q(p, "pool_d", 0.0, 3.0)[0])
+c = node("Concat", [dq(e1q, s1, z1, "e1_e"), "x"], ["cat_e_y"], "cat_e", axis=1)
+outs.append(out_q(c, "cat_e", -2.0, 6.0)[0])
+p = node("MaxPool", [dq(e1q, s1, z1, "e1_f")], ["pool_f_y"], "pool_f", kernel_shape=[2, 2],
+         pads=[2, 2, 2, 2])
+outs.append(out_q(p, "pool_f", 0, 0, s_z=(s1, z1))[0])
+save("pool", [vi("x", [1, 3, 12, 14])], outs)

@@ -83,6 +83,8 @@ static bool dq_of(const kiln__pass_ctx *ctx, int v, dq *d) {
   return true;
 }
 
+static bool same_const(const kiln_tensor *a, const kiln_tensor *b);
+
 /* A positive, normal float32 scale (a zero, denormal, negative or NaN one is left alone). */
 static bool good_scale(float s) { return isnormal(s) && s > 0; }
 
@@ -391,6 +393,118 @@ static kiln_status fold_float_weight(kiln__pass_ctx *ctx, int i, bool *done) {
   return KILN_OK;
 }
 
+/* ---- integer chains: MaxPool and Concat between fused convs ------------------------------------ */
+
+/* The inputs of Concat node n as DequantizeLinear(x_i, s_i, z_i), per tensor, every x_i (and
+   z_i) of dtype t; false otherwise. */
+static bool concat_dq_inputs(const kiln__pass_ctx *ctx, const kiln__node *n, kiln_dtype t) {
+  if (n->n_in < 1 || !kiln__attr_find(n, "axis")) return false;
+  for (int k = 0; k < n->n_in; k++) {
+    dq d;
+    if (!dq_of(ctx, n->in[k], &d) || !act_params(&d) || d.zt->dtype != t) /* x's type too */
+      return false;
+  }
+  return true;
+}
+
+/* Concat node c becomes com.microsoft QLinearConcat(ys, yz, (x_i, s_i, z_i)...) writing `out`. */
+static kiln_status to_qconcat(kiln__pass_ctx *ctx, int c, int ys, int yz, int out) {
+  kiln__graph *g = ctx->g;
+  const kiln__node *n = &g->nodes[c];
+  int in[2 + 3 * 64];
+  if (n->n_in > 64) return KILN_OK; /* not matched by the callers */
+  in[0] = ys;
+  in[1] = yz;
+  for (int k = 0; k < n->n_in; k++) {
+    const kiln__node *d = &g->nodes[g->values[n->in[k]].producer];
+    in[2 + 3 * k] = d->in[0];
+    in[3 + 3 * k] = d->in[1];
+    in[4 + 3 * k] = d->in[2];
+  }
+  int cnt = 2 + 3 * n->n_in;
+  kiln__node *cn = &g->nodes[c];
+  kiln_status st = kiln__pass_set_op(ctx, cn, "com.microsoft", "QLinearConcat");
+  if (st == KILN_OK) st = kiln__pass_set_inputs(ctx, cn, in, cnt);
+  if (st == KILN_OK) cn->out[0] = out;
+  return st;
+}
+
+/* DequantizeLinear(x_i) ... -> Concat -> QuantizeLinear(ys, yz)  ==>  QLinearConcat, which
+   computes Q(DQ(x_i)) per element in the same float operations: bit-identical. */
+static kiln_status concat_q(kiln__pass_ctx *ctx, int i, bool *done) {
+  kiln__graph *g = ctx->g;
+  *done = false;
+  const kiln__node *n = &g->nodes[i];
+  if (!kiln__pass_is(n, "Concat") || n->n_in > 64 || !kiln__pass_value_private(ctx, n->out[0]))
+    return KILN_OK;
+  const kiln_tensor *ys, *yz;
+  int q = quant_of(ctx, n->out[0], &ys, &yz);
+  if (q < 0 || !concat_dq_inputs(ctx, n, yz->dtype)) return KILN_OK;
+  const kiln__node *qn = &g->nodes[q];
+  int qys = qn->in[1], qyz = qn->in[2], out = qn->out[0];
+  kiln__pass_note(ctx, "%s+%s", n->name, qn->name);
+  kiln__pass_kill(ctx, q);
+  kiln_status st = to_qconcat(ctx, i, qys, qyz, out);
+  *done = st == KILN_OK;
+  return st;
+}
+
+/* MaxPool -> QuantizeLinear(ys, yz) on an 8-bit path:
+     DequantizeLinear(x, ys, yz) -> MaxPool -> Q          ==>  MaxPool(x)
+     DequantizeLinear(x_i)... -> Concat -> MaxPool -> Q   ==>  QLinearConcat(ys, yz) -> MaxPool
+   Exact: DequantizeLinear and QuantizeLinear are monotone (positive scales) and the inputs are
+   dequantized integers (never NaN), so max commutes with both; Q(DQ(x)) = x with the same
+   parameters (fold_pair). Explicit pads must be smaller than the kernel, so every window holds
+   an input element (ceil_mode drops windows that start in the padding). */
+static kiln_status pool_q(kiln__pass_ctx *ctx, int i, bool *done) {
+  kiln__graph *g = ctx->g;
+  *done = false;
+  const kiln__node *n = &g->nodes[i];
+  if (!kiln__pass_is(n, "MaxPool") || n->n_in != 1 || n->in[0] < 0 ||
+      !kiln__pass_value_private(ctx, n->out[0]))
+    return KILN_OK;
+  const int64_t *ks, *pads;
+  size_t nk = kiln__attr_ints(n, "kernel_shape", &ks), np = kiln__attr_ints(n, "pads", &pads);
+  if (!nk || (np && np != 2 * nk)) return KILN_OK;
+  for (size_t d = 0; d < np; d++)
+    if (pads[d] >= ks[d % nk]) return KILN_OK;
+  const kiln_tensor *ys, *yz;
+  int q = quant_of(ctx, n->out[0], &ys, &yz);
+  if (q < 0) return KILN_OK;
+  const kiln__node *qn = &g->nodes[q];
+  int qys = qn->in[1], qyz = qn->in[2], out = qn->out[0];
+  kiln_dtype t = yz->dtype; /* x of a DequantizeLinear has its zero point's type */
+  dq d;
+  if (dq_of(ctx, n->in[0], &d)) {
+    if (!act_params(&d) || !same_const(d.st, ys) || !same_const(d.zt, yz)) return KILN_OK;
+    kiln__pass_note(ctx, "%s+%s", n->name, qn->name);
+    kiln__pass_kill(ctx, q);
+    g->nodes[i].in[0] = d.x;
+    g->nodes[i].out[0] = out;
+    *done = true;
+    return KILN_OK;
+  }
+  int c = producer_is(ctx, n->in[0], "Concat");
+  if (c < 0 || !kiln__pass_value_private(ctx, n->in[0]) || g->nodes[c].n_in > 64 ||
+      !concat_dq_inputs(ctx, &g->nodes[c], t))
+    return KILN_OK;
+  char hint[160];
+  snprintf(hint, sizeof hint, "%.140s/q8", g->nodes[c].name ? g->nodes[c].name : "concat");
+  int v8 = kiln__pass_new_value(ctx, hint);
+  if (v8 < 0) return oom(ctx);
+  g->values[v8].dtype = t;
+  n = &g->nodes[i];
+  qn = &g->nodes[q];
+  kiln__pass_note(ctx, "%s+%s+%s", g->nodes[c].name, n->name, qn->name);
+  kiln__pass_kill(ctx, q);
+  kiln_status st = to_qconcat(ctx, c, qys, qyz, v8);
+  if (st != KILN_OK) return st;
+  g->nodes[i].in[0] = v8;
+  g->nodes[i].out[0] = out;
+  *done = true;
+  return KILN_OK;
+}
+
 static bool same_const(const kiln_tensor *a, const kiln_tensor *b) {
   if (a == b) return true;
   if (a->dtype != b->dtype || kiln_tensor_count(a) != kiln_tensor_count(b)) return false;
@@ -432,6 +546,8 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
     bool done;
     kiln_status st = fuse_one(ctx, i, &done);
     if (st == KILN_OK && !done) st = fold_float_weight(ctx, i, &done);
+    if (st == KILN_OK && !done) st = pool_q(ctx, i, &done);
+    if (st == KILN_OK && !done) st = concat_q(ctx, i, &done);
     if (st != KILN_OK) return st;
     *changed |= done;
   }

@@ -558,6 +558,63 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   return KILN_OK;
 }
 
+/* ---- com.microsoft QLinearConcat -------------------------------------------------------------- */
+
+/* y = Q(DQ(x)) for each of the 256 codes, in the reference kernel's float operations; true when
+   the table is the identity (then the input is copied). */
+static bool requant_table(bool is_signed, float sx, int32_t zx, float sy, int32_t zy, uint8_t *t) {
+  int32_t lo = is_signed ? -128 : 0, hi = is_signed ? 127 : 255;
+  bool same = true;
+  for (int b = 0; b < 256; b++) {
+    int32_t x = is_signed ? (int8_t)b : b;
+    float r = rintf((float)(x - zx) * sx / sy);
+    if (r != r) r = 0.0f;
+    double q = (double)r + zy;
+    int32_t v = q < lo ? lo : q > hi ? hi : (int32_t)q;
+    t[b] = (uint8_t)v;
+    same &= t[b] == (uint8_t)b;
+  }
+  return same;
+}
+
+static kiln_status qconcat_execute(kiln__kctx *c, void *state) {
+  (void)state;
+  kiln_tensor *y = c->out[0];
+  const kiln__attr *at = kiln__attr_find(c->node, "axis");
+  int axis;
+  float sy;
+  if (c->n_in < 5 || (c->n_in - 2) % 3 || !is_q8(y->dtype) || !at ||
+      !kiln__norm_axis(at->i, y->rank, &axis) || !scalar_f32(c->in[0], &sy) ||
+      c->in[1]->dtype != y->dtype || kiln_tensor_count(c->in[1]) != 1)
+    return c->node->op->run(c);
+  for (int i = 2; i < c->n_in; i += 3) {
+    float sx;
+    const kiln_tensor *x = c->in[i], *xz = c->in[i + 2];
+    if (!x || !xz || x->dtype != y->dtype || xz->dtype != y->dtype || kiln_tensor_count(xz) != 1 ||
+        !scalar_f32(c->in[i + 1], &sx) || x->rank != y->rank)
+      return c->node->op->run(c);
+  }
+  bool sgn = y->dtype == KILN_DTYPE_INT8;
+  size_t outer = 1, row = 1, off = 0;
+  for (int d = 0; d < axis; d++) outer *= (size_t)y->dims[d];
+  for (int d = axis; d < y->rank; d++) row *= (size_t)y->dims[d];
+  for (int i = 2; i < c->n_in; i += 3) {
+    const kiln_tensor *x = c->in[i];
+    size_t inner = outer ? kiln_tensor_count(x) / outer : 0;
+    uint8_t t[256];
+    bool copy = requant_table(sgn, *(const float *)c->in[i + 1]->data, zp_val(c->in[i + 2], 0), sy,
+                              zp_val(c->in[1], 0), t);
+    const uint8_t *src = x->data;
+    uint8_t *dst = (uint8_t *)y->data + off;
+    for (size_t o = 0; o < outer; o++, src += inner, dst += row) {
+      if (copy) memcpy(dst, src, inner);
+      else for (size_t e = 0; e < inner; e++) dst[e] = t[src[e]];
+    }
+    off += inner;
+  }
+  return KILN_OK;
+}
+
 kiln__qisa kiln__cpu_quant_weight_format(const char *op_type, const void *kstate, size_t group) {
   if (!kstate) return KILN__QFMT_COUNT;
   if (!strcmp(op_type, "MatMulInteger") || !strcmp(op_type, "QLinearMatMul")) {
@@ -581,5 +638,6 @@ const kiln__cpu_kernel kiln__cpu_quant_kernels[] = {
     {"QLinearMatMul", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch},
     {"ConvInteger", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
     {"QLinearConv", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
+    {"QLinearConcat", any_supports, NULL, NULL, qconcat_execute, NULL},
     {NULL},
 };
