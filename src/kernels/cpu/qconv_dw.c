@@ -39,11 +39,11 @@ static inline int32_t zw_at(const kiln__qzp *z, size_t c) {
 
 static size_t out_esz(const kiln__qdw_args *a) { return a->kind == KILN__QOUT_I32 ? 4 : 1; }
 
-/* acc[0..n) are the exact sums of channel ch: requantize (or copy) them into dst. za = 0 makes
-   the epilogue's zero-point correction vanish (cs is then never weighed). */
+/* acc[0..n) are the exact sums of channel ch: requantize (or copy) them into dst. With za 0, no
+   zb and no row_add the epilogue's zero-point correction vanishes (cs is not read). */
 static void epilogue(const kiln__qdw_args *a, bool avx2, size_t ch, const int32_t *acc, size_t n,
                      void *dst) {
-  kiln__qep_row r = {.acc = acc, .n = n, .cs = acc, .kind = a->kind, .dst = dst};
+  kiln__qep_row r = {.acc = acc, .n = n, .kind = a->kind, .dst = dst};
   if (a->kind != KILN__QOUT_I32) {
     r.bias_row = a->bias ? a->bias[ch] : 0;
     r.mult_row = a->mult[ch];

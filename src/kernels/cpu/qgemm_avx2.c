@@ -173,14 +173,16 @@ TARGET static inline __m256i round_clamp(__m256 f, float lo_z, float hi_z, __m25
 TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
   size_t n8 = r->n & ~(size_t)7;
   __m256i za = _mm256_set1_epi32(r->za), rt = _mm256_set1_epi32(r->rowterm);
+  __m256i radd = _mm256_set1_epi32(r->row_add);
   __m256i zy = _mm256_set1_epi32(r->zy), brow = _mm256_set1_epi32(r->bias_row);
   __m256 mrow = _mm256_set1_ps(r->mult_row);
   float lo_z = (float)(r->lo - r->zy), hi_z = (float)(r->hi - r->zy);
   bool to_signed = r->kind == KILN__QOUT_S8;
   for (size_t j = 0; j < n8; j += 8) {
-    __m256i v = _mm256_loadu_si256((const __m256i *)(r->acc + j));
-    v = _mm256_sub_epi32(
-        v, _mm256_mullo_epi32(za, _mm256_loadu_si256((const __m256i *)(r->cs + j))));
+    __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(r->acc + j)), radd);
+    if (r->za)
+      v = _mm256_sub_epi32(
+          v, _mm256_mullo_epi32(za, _mm256_loadu_si256((const __m256i *)(r->cs + j))));
     if (r->zb)
       v = _mm256_sub_epi32(
           v, _mm256_mullo_epi32(rt, _mm256_loadu_si256((const __m256i *)(r->zb + j))));
@@ -196,7 +198,7 @@ TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
   kiln__qep_row t = *r;
   t.acc += n8;
   t.n -= n8;
-  t.cs += n8;
+  if (t.cs) t.cs += n8;
   if (t.zb) t.zb += n8;
   if (t.bias) t.bias += n8;
   if (t.mult) t.mult += n8;
