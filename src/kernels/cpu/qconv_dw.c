@@ -1,16 +1,15 @@
 /* Integer depthwise convolution (see qconv_dw.h): a portable loop for any geometry and an AVX2
- * row kernel for strides 1 and 2.
+ * row kernel for strides 1 and 2 without horizontal dilation.
  *
  * AVX2 scheme: each input row is widened once per channel to int16 (x - zx), zero-padded (so the
  * padding contributes (zx - zx) = 0, as in the reference), and kept in a small ring of the rows
- * the kernel's height spans. Products go through VPMADDWD, two taps per instruction: the int32
- * lane of output ox holds the int16 pair (tap kx, tap kx + 1) and the weight register the pair
+ * the kernel's height spans. Products go through VPMADDWD, two taps per instruction: an int32
+ * lane holds the int16 pair (tap kx, tap kx + 1) of one output and the weight register the pair
  * (w[kx] - zw, w[kx + 1] - zw), so one VPMADDWD gives 8 outputs x 2 taps, exact (|x - zx| and
- * |w - zw| <= 255, a pair sum < 2^17). With stride 2 the pair is adjacent in the padded row and
- * is loaded as it is; with stride 1 the row is stored as pairs (P[i], P[i + dilation]). An odd
- * kernel width pairs its last tap with a zero weight. The int32 sums of a row are then
- * requantized by qgemm's epilogue (the reference's float operations), so results are
- * byte-identical to src/kernels/ref/quant.c. */
+ * |w - zw| <= 255, a pair sum < 2^17). Both strides load the pairs straight from the padded row
+ * (see sums16). An odd kernel width pairs its last tap with a zero weight. The int32 sums are
+ * requantized in registers with the float operations of qgemm's epilogue (the reference's), so
+ * results are byte-identical to src/kernels/ref/quant.c. */
 #include "kernels/cpu/qconv_dw.h"
 
 #include "core/threadpool.h"
@@ -23,8 +22,7 @@
 
 #define GEN_ROW 256     /* accumulators per chunk of the portable loop */
 #define ACC_MAX 2048    /* AVX2: int32 accumulators of one output row (ow rounded up to 16) */
-#define P_MAX 4096      /* AVX2: int16 of one padded input row */
-#define RING_MAX 8192   /* AVX2: int32 of the cached rows */
+#define RING_MAX 16384  /* AVX2: int16 of the cached padded rows */
 #define SLOTS_MAX 16
 #define WPAIRS_MAX 64
 
@@ -89,40 +87,31 @@ static void channel_generic(const kiln__qdw_args *a, bool avx2, size_t b, size_t
     }
 }
 
-/* AVX2 row layout (see the top): rl int32 per cached row, ns rows in the ring, plen int16 of the
-   padded row, np tap pairs per kernel row. */
+/* AVX2 row layout (see the top): plen int16 per padded row, ns rows in the ring, np tap pairs per
+   kernel row. */
 typedef struct dw_plan {
-  size_t ow16, np, rl, ns, plen;
+  size_t ow16, np, ns, plen;
 } dw_plan;
 
 static size_t round_up(size_t x, size_t r) { return (x + r - 1) / r * r; }
 
 static bool avx2_plan(const kiln__qdw_args *a, dw_plan *p) {
-  if (!(a->sw == 1 || (a->sw == 2 && a->dw == 1)) || a->pt < 0 || a->pl < 0 || a->dh < 1 ||
-      a->dw < 1 || a->kh > SLOTS_MAX || a->kw > 2 * WPAIRS_MAX)
+  if ((a->sw != 1 && a->sw != 2) || a->dw != 1 || a->pt < 0 || a->pl < 0 || a->dh < 1 ||
+      a->kh > SLOTS_MAX || a->kw > 2 * WPAIRS_MAX)
     return false;
   p->ow16 = round_up(a->ow, 16);
   p->np = (a->kw + 1) / 2;
-  if (a->sw == 1) {
-    /* Pair i = (P[i], P[i + dw]); the last load of pair pi starts at ow16 - 8 + 2 pi dw. */
-    p->rl = round_up(p->ow16 + (2 * p->np - 2) * (size_t)a->dw, 8);
-    p->plen = p->rl + (size_t)a->dw + 8;
-  } else {
-    /* The last 16 int16 loaded start at 2 (ow16 - 8) + 2 (np - 1). */
-    p->plen = round_up(2 * p->ow16 + 2 * p->np - 2, 16);
-    p->rl = p->plen / 2;
-  }
+  /* The last 16 int16 loaded start at sw (ow16 - 16) + (sw == 1 ? 1 : 16) + 2 (np - 1). */
+  p->plen = round_up((size_t)a->sw * p->ow16 + 2 * p->np, 16);
   p->ns = (a->kh - 1) * (size_t)a->dh + 1;
-  return p->ns <= SLOTS_MAX && p->ns * p->rl <= RING_MAX && p->plen <= P_MAX &&
-         p->ow16 <= ACC_MAX && a->kh * p->np <= WPAIRS_MAX;
+  return p->ns <= SLOTS_MAX && p->ns * p->plen <= RING_MAX && p->ow16 <= ACC_MAX &&
+         a->kh * p->np <= WPAIRS_MAX;
 }
 
 #ifdef KILN__QGEMM_X86
-/* Input row xrow as int16 (x - zx), padded with zeros, into the ring slot (as pairs when the
-   stride is 1; `tmp` holds the padded row then). */
+/* Input row xrow as int16 (x - zx), padded with zeros, into d (plen values). */
 TARGET static void fill_row(const kiln__qdw_args *a, const dw_plan *p, const uint8_t *xrow,
-                            int16_t *tmp, int32_t *slot) {
-  int16_t *d = a->sw == 1 ? tmp : (int16_t *)slot;
+                            int16_t *d) {
   size_t lead = KILN__MIN((size_t)a->pl, p->plen), n = KILN__MIN(a->w, p->plen - lead), t = 0;
   memset(d, 0, lead * sizeof *d);
   __m256i z = _mm256_set1_epi16((int16_t)a->zx);
@@ -137,19 +126,12 @@ TARGET static void fill_row(const kiln__qdw_args *a, const dw_plan *p, const uin
                           _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(xrow + t))), z));
   for (; t < n; t++) o[t] = (int16_t)(ld8(xrow, a->x_signed, t) - a->zx);
   memset(o + n, 0, (p->plen - lead - n) * sizeof *d);
-  if (a->sw != 1) return;
-  size_t dw = (size_t)a->dw;
-  for (size_t i = 0; i < p->rl; i += 8) {
-    __m128i lo = _mm_loadu_si128((const __m128i *)(tmp + i));
-    __m128i hi = _mm_loadu_si128((const __m128i *)(tmp + i + dw));
-    _mm_storeu_si128((__m128i *)(slot + i), _mm_unpacklo_epi16(lo, hi));
-    _mm_storeu_si128((__m128i *)(slot + i + 4), _mm_unpackhi_epi16(lo, hi));
-  }
 }
 
 /* The requantization of kiln__qep__avx2 (qgemm_avx2.c) for one channel, fused into the row loop:
    y = clamp(rint((float)(acc + bias) * mult) + zy), the clamp on the integer-valued float before
-   the zero point is added (the bounds are exact in float), NaN to 0 first. */
+   the zero point is added (the bounds are exact in float). The epilogue's NaN test is left out:
+   the multiplier is finite (checked by the caller), so the product never is NaN. */
 typedef struct rq_consts {
   __m256i bias, zy;
   __m256 mult, lo_z, hi_z;
@@ -167,7 +149,6 @@ TARGET static rq_consts rq_init(const kiln__qdw_args *a, size_t ch) {
 TARGET static inline __m256i rq8(__m256i v, const rq_consts *r) {
   __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(v, r->bias)), r->mult);
   f = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  f = _mm256_and_ps(f, _mm256_cmp_ps(f, f, _CMP_ORD_Q));
   f = _mm256_min_ps(_mm256_max_ps(f, r->lo_z), r->hi_z);
   return _mm256_add_epi32(_mm256_cvtps_epi32(f), r->zy);
 }
@@ -179,28 +160,35 @@ TARGET static inline __m128i requant16(__m256i a0, __m256i a1, const rq_consts *
   return r->to_signed ? _mm_packs_epi16(lo, hi) : _mm_packus_epi16(lo, hi);
 }
 
-/* The int32 sums of outputs ox .. ox + 15 of a row: nr input rows (phase-split as the stride
-   says), np tap pairs each. */
+/* The int32 sums of outputs ox .. ox + 15 of a row from nr padded rows, np tap pairs each. The
+   int32 lane of a 16-value load from P + i holds (P[i + 2l], P[i + 2l + 1]): with stride 2 that
+   is tap pair pi of output ox + l at i = 2 ox + 2 pi (and ox + 8 + l at 16 further); with stride
+   1 it is the pair of output ox + 2l at i = ox + 2 pi, and of ox + 2l + 1 at one further, so the
+   stride-1 sums come out as even and odd outputs and are interleaved at the end. */
 TARGET static inline __attribute__((always_inline)) void sums16(
-    const int32_t *const *rows, const uint32_t *const *wr, size_t ox, size_t nr, size_t np,
-    size_t sw, size_t dw, __m256i *s0, __m256i *s1) {
+    const int16_t *const *rows, const uint32_t *const *wr, size_t ox, size_t nr, size_t np,
+    size_t sw, __m256i *s0, __m256i *s1) {
   __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+  size_t next = sw == 1 ? 1 : 16;
   for (size_t r = 0; r < nr; r++) {
-    /* stride 1: pairs (P[i], P[i + dw]) as int32 from rows[r] + ox; stride 2: int16 P. */
-    const int16_t *q = sw == 1 ? (const int16_t *)(rows[r] + ox) : (const int16_t *)rows[r] + 2 * ox;
-    size_t step = sw == 1 ? 4 * dw : 2, next = 16; /* int16 between pairs, between registers */
-    for (size_t pi = 0; pi < np; pi++, q += step) {
+    const int16_t *q = rows[r] + sw * ox;
+    for (size_t pi = 0; pi < np; pi++, q += 2) {
       __m256i wv = _mm256_set1_epi32((int32_t)wr[r][pi]);
       a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)q), wv));
       a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(q + next)), wv));
     }
+  }
+  if (sw == 1) { /* even and odd outputs -> ox .. ox + 7 and ox + 8 .. ox + 15 */
+    __m256i lo = _mm256_unpacklo_epi32(a0, a1), hi = _mm256_unpackhi_epi32(a0, a1);
+    a0 = _mm256_permute2x128_si256(lo, hi, 0x20);
+    a1 = _mm256_permute2x128_si256(lo, hi, 0x31);
   }
   *s0 = a0;
   *s1 = a1;
 }
 
 TARGET static void channel_avx2(const kiln__qdw_args *a, const dw_plan *p, size_t b, size_t ch,
-                                int32_t *ring, int16_t *tmp, int32_t *acc) {
+                                int16_t *ring, int32_t *acc) {
   const uint8_t *x = (const uint8_t *)a->x + (b * a->c + ch) * a->h * a->w;
   const uint8_t *w = (const uint8_t *)a->wt + ch * a->kh * a->kw;
   int32_t zw = zw_at(&a->zw, ch);
@@ -219,16 +207,16 @@ TARGET static void channel_avx2(const kiln__qdw_args *a, const dw_plan *p, size_
   rq_consts rq = {0};
   if (a->kind != KILN__QOUT_I32) rq = rq_init(a, ch);
   for (size_t oy = 0; oy < a->oh; oy++) {
-    const int32_t *rows[SLOTS_MAX];
+    const int16_t *rows[SLOTS_MAX];
     const uint32_t *wr[SLOTS_MAX];
     size_t nr = 0;
     for (size_t ky = 0; ky < a->kh; ky++) {
       int64_t iy = (int64_t)oy * a->sh - a->pt + (int64_t)ky * a->dh;
       if (iy < 0 || iy >= (int64_t)a->h) continue; /* a padding row: all zeros */
       size_t slot = (size_t)iy % p->ns;
-      int32_t *r = ring + slot * p->rl;
+      int16_t *r = ring + slot * p->plen;
       if (tag[slot] != iy) {
-        fill_row(a, p, x + (size_t)iy * a->w, tmp, r);
+        fill_row(a, p, x + (size_t)iy * a->w, r);
         tag[slot] = iy;
       }
       rows[nr] = r;
@@ -237,12 +225,12 @@ TARGET static void channel_avx2(const kiln__qdw_args *a, const dw_plan *p, size_
     for (size_t ox = 0; ox < a->ow; ox += 16) {
       __m256i a0, a1;
       /* Constant trip counts for the common 3-wide kernels (3 rows inside, 2 pairs) unroll. */
-      if (nr == 3 && np == 2 && a->sw == 1 && a->dw == 1)
-        sums16(rows, wr, ox, 3, 2, 1, 1, &a0, &a1);
-      else if (nr == 3 && np == 2 && a->sw == 2)
-        sums16(rows, wr, ox, 3, 2, 2, 1, &a0, &a1);
+      if (nr == 3 && np == 2 && a->sw == 1)
+        sums16(rows, wr, ox, 3, 2, 1, &a0, &a1);
+      else if (nr == 3 && np == 2)
+        sums16(rows, wr, ox, 3, 2, 2, &a0, &a1);
       else
-        sums16(rows, wr, ox, nr, np, (size_t)a->sw, (size_t)a->dw, &a0, &a1);
+        sums16(rows, wr, ox, nr, np, (size_t)a->sw, &a0, &a1);
       size_t cnt = KILN__MIN((size_t)16, a->ow - ox);
       uint8_t *dst = y + (oy * a->ow + ox) * esz;
       if (a->kind == KILN__QOUT_I32) {
@@ -273,10 +261,10 @@ typedef struct dw_job {
 
 #ifdef KILN__QGEMM_X86
 TARGET static void planes_avx2(const dw_job *j, size_t i0, size_t i1) {
-  _Alignas(32) int32_t ring[RING_MAX];
-  _Alignas(32) int16_t tmp[P_MAX];
+  _Alignas(32) int16_t ring[RING_MAX];
   _Alignas(32) int32_t acc[ACC_MAX];
-  for (size_t i = i0; i < i1; i++) channel_avx2(j->a, &j->plan, i / j->a->c, i % j->a->c, ring, tmp, acc);
+  for (size_t i = i0; i < i1; i++)
+    channel_avx2(j->a, &j->plan, i / j->a->c, i % j->a->c, ring, acc);
 }
 #endif
 
