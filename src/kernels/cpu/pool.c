@@ -168,7 +168,15 @@ AVX2 static void qvmax_avx2(uint8_t *restrict acc, const uint8_t *restrict x, si
     _mm256_storeu_si256((__m256i *)(acc + i),
                         _mm256_max_epu8(v, _mm256_loadu_si256((const __m256i *)(acc + i))));
   }
-  qvmax_generic(acc + i, x + i, n - i, f);
+  if (i == n) return;
+  /* The tail as one more step: bytes past it read as the lowest code (f ^ f = 0) and leave acc
+     as it is; the row buffer has 32 bytes of room past every row. */
+  uint8_t t[32];
+  memset(t, f, sizeof t);
+  memcpy(t, x + i, n - i);
+  __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)t), fl);
+  _mm256_storeu_si256((__m256i *)(acc + i),
+                      _mm256_max_epu8(v, _mm256_loadu_si256((const __m256i *)(acc + i))));
 }
 
 /* Stride 1: 32 outputs per step. Stride 2: the max over the taps of 32 consecutive bytes, then
