@@ -494,7 +494,8 @@ static void mp8_cases(kiln__pool *pool) {
       onenode o;
       onenode_make(&o, "MaxPool", 1, &x, 1);
       if (si % 2) extreme_acts(&o.in[0]);
-      int64_t k[2] = {mp8_shapes[si].kh, mp8_shapes[si].kw}, st[2] = {mp8_shapes[si].s, mp8_shapes[si].s};
+      int64_t k[2] = {mp8_shapes[si].kh, mp8_shapes[si].kw};
+      int64_t st[2] = {mp8_shapes[si].s, mp8_shapes[si].s};
       int64_t p[4] = {mp8_shapes[si].pt, mp8_shapes[si].pl, mp8_shapes[si].pb, mp8_shapes[si].pr};
       kt_attr_ints(o.n, "kernel_shape", k, 2);
       kt_attr_ints(o.n, "strides", st, 2);
@@ -535,7 +536,8 @@ static void qconcat_cases(kiln__pool *pool) {
           dims[axis] += i; /* inputs of different lengths along the axis */
           ins[2 + 3 * i] = (tin){t, 4, {dims[0], dims[1], dims[2], dims[3]}};
           ins[3 + 3 * i] = (tin){KILN_DTYPE_FLOAT, 0, {0}, true, &xs[i]};
-          ins[4 + 3 * i] = (tin){t, 0, {0}, true, s8 ? (const void *)&xz_s[i] : (const void *)&xz_u[i]};
+          const void *xz = s8 ? (const void *)&xz_s[i] : (const void *)&xz_u[i];
+          ins[4 + 3 * i] = (tin){t, 0, {0}, true, xz};
         }
         onenode o;
         onenode_make(&o, "QLinearConcat", 2 + 3 * nin, ins, 1);

@@ -365,7 +365,8 @@ static kiln_status fold_float_weight(kiln__pass_ctx *ctx, int i, bool *done) {
   dq w;
   if (!dq_of(ctx, n->in[1], &w) || !good_scales(w.st)) return KILN_OK;
   const kiln_tensor *wt = const_init(ctx, w.x);
-  if (!wt || !is_q8(wt->dtype) || wt->rank != 2 || (w.zt && w.zt->dtype != wt->dtype)) return KILN_OK;
+  if (!wt || !is_q8(wt->dtype) || wt->rank != 2 || (w.zt && w.zt->dtype != wt->dtype))
+    return KILN_OK;
   size_t sc = kiln_tensor_count(w.st), cnt = kiln_tensor_count(wt);
   int ax = 0;
   if (sc != 1 && (w.st->rank != 1 || !kiln__norm_axis(w.axis, 2, &ax) ||
@@ -393,7 +394,7 @@ static kiln_status fold_float_weight(kiln__pass_ctx *ctx, int i, bool *done) {
   return KILN_OK;
 }
 
-/* ---- integer chains: MaxPool and Concat between fused convs ------------------------------------ */
+/* ---- integer chains: MaxPool and Concat between fused convs -------------------------------- */
 
 /* The inputs of Concat node n as DequantizeLinear(x_i, s_i, z_i), per tensor, every x_i (and
    z_i) of dtype t; false otherwise. */

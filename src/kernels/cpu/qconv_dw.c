@@ -116,14 +116,11 @@ TARGET static void fill_row(const kiln__qdw_args *a, const dw_plan *p, const uin
   memset(d, 0, lead * sizeof *d);
   __m256i z = _mm256_set1_epi16((int16_t)a->zx);
   int16_t *o = d + lead;
-  if (a->x_signed)
-    for (; t + 16 <= n; t += 16)
-      _mm256_storeu_si256((__m256i *)(o + t),
-                          _mm256_sub_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(xrow + t))), z));
-  else
-    for (; t + 16 <= n; t += 16)
-      _mm256_storeu_si256((__m256i *)(o + t),
-                          _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(xrow + t))), z));
+  for (; t + 16 <= n; t += 16) {
+    __m128i b = _mm_loadu_si128((const __m128i *)(xrow + t));
+    __m256i v = a->x_signed ? _mm256_cvtepi8_epi16(b) : _mm256_cvtepu8_epi16(b);
+    _mm256_storeu_si256((__m256i *)(o + t), _mm256_sub_epi16(v, z));
+  }
   for (; t < n; t++) o[t] = (int16_t)(ld8(xrow, a->x_signed, t) - a->zx);
   memset(o + n, 0, (p->plen - lead - n) * sizeof *d);
 }
@@ -174,8 +171,10 @@ TARGET static inline __attribute__((always_inline)) void sums16(
     const int16_t *q = rows[r] + sw * ox;
     for (size_t pi = 0; pi < np; pi++, q += 2) {
       __m256i wv = _mm256_set1_epi32((int32_t)wr[r][pi]);
-      a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)q), wv));
-      a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(q + next)), wv));
+      __m256i v0 = _mm256_loadu_si256((const __m256i *)q);
+      __m256i v1 = _mm256_loadu_si256((const __m256i *)(q + next));
+      a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(v0, wv));
+      a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(v1, wv));
     }
   }
   if (sw == 1) { /* even and odd outputs -> ox .. ox + 7 and ox + 8 .. ox + 15 */

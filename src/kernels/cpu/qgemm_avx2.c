@@ -184,7 +184,8 @@ TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
   __m256i radd = _mm256_set1_epi32(r->row_add);
   __m256i zy = _mm256_set1_epi32(r->zy), brow = _mm256_set1_epi32(r->bias_row);
   __m256 mrow = _mm256_set1_ps(r->mult_row);
-  __m256 lo_v = _mm256_set1_ps((float)(r->lo - r->zy)), hi_v = _mm256_set1_ps((float)(r->hi - r->zy));
+  __m256 lo_v = _mm256_set1_ps((float)(r->lo - r->zy));
+  __m256 hi_v = _mm256_set1_ps((float)(r->hi - r->zy));
   bool to_signed = r->kind == KILN__QOUT_S8;
   for (size_t j = 0; j < n8; j += 8) {
     __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(r->acc + j)), radd);

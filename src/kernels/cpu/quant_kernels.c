@@ -523,9 +523,8 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
                         .oh = cg.oh, .ow = cg.ow, .kh = s->cv.kh, .kw = s->cv.kw, .sh = s->cv.sh,
                         .sw = s->cv.sw, .dh = s->cv.dh, .dw = s->cv.dw, .pt = cg.pt, .pl = cg.pl,
                         .wt = w->data, .w_signed = w->dtype == KILN_DTYPE_INT8,
-                        .zx = cg.zx.n ? (xs8 ? *(const int8_t *)cg.zx.p : *(const uint8_t *)cg.zx.p) : 0,
-                        .zw = cg.zw, .kind = kind, .bias = bias, .mult = s->qlinear ? mult : NULL,
-                        .zy = zy, .y = y->data};
+                        .zx = zp_val(opt(c, 2), 0), .zw = cg.zw, .kind = kind, .bias = bias,
+                        .mult = s->qlinear ? mult : NULL, .zy = zy, .y = y->data};
     kiln__qconv_dw(c->pool, s->isa, &a);
     return KILN_OK;
   }
@@ -558,7 +557,7 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   return KILN_OK;
 }
 
-/* ---- com.microsoft QLinearConcat -------------------------------------------------------------- */
+/* ---- com.microsoft QLinearConcat ------------------------------------------------------------- */
 
 /* y = Q(DQ(x)) for each of the 256 codes, in the reference kernel's float operations; true when
    the table is the identity (then the input is copied). */

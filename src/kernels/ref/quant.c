@@ -605,13 +605,15 @@ static kiln_status run_qlinearconv(kiln__kctx *c) {
 static kiln_status qconcat_check(const kiln__kctx *c, int *axis) {
   if (c->n_in < 5 || (c->n_in - 2) % 3)
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
-                      "QLinearConcat takes Y_scale, Y_zero_point and (X, scale, zero point) triples");
+                      "QLinearConcat takes Y_scale, Y_zero_point and (X, scale, zero point) "
+                      "triples");
   const kiln_tensor *ys = c->in[0], *yz = c->in[1], *x0 = c->in[2];
   size_t cnt;
   kiln_status st;
   if ((st = need_scale(c, ys, "Y_scale")) != KILN_OK) return st;
   if (kiln_tensor_count(ys) != 1 || kiln_tensor_count(yz) != 1 || !is_q8(yz->dtype))
-    return kiln__fail(c->err, KILN_UNSUPPORTED, "QLinearConcat: per-tensor 8-bit Y parameters only");
+    return kiln__fail(c->err, KILN_UNSUPPORTED,
+                      "QLinearConcat: per-tensor 8-bit Y parameters only");
   const kiln__attr *at = kiln__attr_find(c->node, "axis");
   if (!at || !kiln__norm_axis(at->i, x0->rank, axis))
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "QLinearConcat: bad or missing axis");
@@ -656,7 +658,7 @@ static kiln_status run_qlinearconcat(kiln__kctx *c) {
   qrange(y->dtype, &lo, &hi);
   size_t outer = 1, row = 0;
   for (int d = 0; d < axis; d++) outer *= (size_t)y->dims[d];
-  for (int d = axis; d < y->rank; d++) row = d == axis ? (size_t)y->dims[d] : row * (size_t)y->dims[d];
+  for (int d = axis; d < y->rank; d++) row = (d == axis ? 1 : row) * (size_t)y->dims[d];
   size_t off = 0;
   for (int i = 2; i < c->n_in; i += 3) {
     const kiln_tensor *x = c->in[i];
