@@ -35,7 +35,7 @@ static uint32_t rnd(void) {
 }
 static float rnd_f(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; }
 
-#define MAX_IN 9
+#define MAX_IN 14
 #define MAX_OUT 3
 
 /* One input: dtype, shape, whether it is an initializer, and fixed values (NULL: random). */
@@ -106,7 +106,9 @@ static void onenode_make(onenode *o, const char *op, int n_in, const tin *ins, i
   }
   o->n = kiln__graph_add_node(o->g);
   o->n->op_type = kiln__strdup(op);
-  o->n->domain = kiln__strdup("");
+  /* the default domain, or com.microsoft for its quantized ops (QLinearConcat) */
+  const char *domain = kiln__op_find("", op) ? "" : "com.microsoft";
+  o->n->domain = kiln__strdup(domain);
   o->n->name = kiln__strdup("node");
   o->n->opset = 13;
   o->n->n_in = n_in;
@@ -120,7 +122,7 @@ static void onenode_make(onenode *o, const char *op, int n_in, const tin *ins, i
     o->n->out[i] = kiln__graph_value(o->g, name);
   }
   o->n->attrs = kiln__calloc(8, sizeof(kiln__attr));
-  const kiln__op *ref = kiln__op_find("", op);
+  const kiln__op *ref = kiln__op_find(domain, op);
   assert_non_null(ref);
   o->n->op = ref;
   o->fast_only = *ref;
@@ -184,7 +186,7 @@ static void onenode_check_ex(onenode *o, kiln__pool *pool, bool fallback_ok, con
   c.scratch = c.scratch_bytes ? malloc(c.scratch_bytes) : NULL;
   if (!fallback_ok) o->n->op = &o->fast_only;
   st = cpu->execute(&c, state);
-  o->n->op = kiln__op_find("", o->n->op_type);
+  o->n->op = kiln__op_find(o->n->domain, o->n->op_type);
   if (st != KILN_OK) fail_msg("%s %s: %s", o->n->op_type, what, err.message);
   free(c.scratch);
   for (int i = 0; i < o->n_out; i++) outs[i] = &y_ref[i];
@@ -388,6 +390,170 @@ static void qlinearconv_matches_reference(void **st) {
   for_each_isa(qlconv_cases);
 }
 
+/* ---- depthwise (qconv_dw.c) ------------------------------------------------------------------ */
+
+/* Odd sizes around the AVX2 kernel's 16-wide blocks, every stride/dilation form it runs (stride 1
+   with dilation, stride 2) and the ones it hands to the portable loop (stride 3, stride 2 with
+   dilation, a row too wide for its stack buffers), asymmetric pads, non-square kernels. */
+static const struct {
+  int64_t n, c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr;
+} dw_shapes[] = {
+    {1, 5, 9, 11, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},    /* 3x3 same, ow 11 (one partial block) */
+    {2, 3, 17, 33, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1},   /* stride 2, batch 2, ow 17 */
+    {1, 7, 20, 37, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0},   /* no padding, ow 35 */
+    {1, 4, 12, 19, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2},   /* 5x5 (an odd tap pair with a zero) */
+    {1, 3, 15, 21, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2},   /* dilation 2, stride 1 */
+    {1, 3, 14, 23, 3, 4, 2, 2, 1, 1, 0, 1, 2, 3},   /* 3x4, asymmetric pads, stride 2 */
+    {1, 2, 10, 13, 2, 1, 1, 1, 1, 1, 1, 0, 0, 0},   /* 2x1 */
+    {1, 3, 13, 16, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1},   /* stride 3: portable loop */
+    {1, 2, 12, 15, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2},   /* stride 2 + dilation: portable loop */
+    {1, 2, 4, 2100, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},  /* ow 2100: too wide for the AVX2 rows */
+    {1, 16, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},    /* 7x7 planes (mobilenet's last stage) */
+    {1, 3, 6, 6, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0},     /* 1x1 depthwise */
+};
+
+static void extreme_acts(kiln_tensor *t);
+
+static void dw_cases(kiln__pool *pool) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(dw_shapes); si++)
+    for (int combo = 0; combo < 8; combo++)
+      for (int zp = 0; zp < 3; zp++) {
+        kiln_dtype xt = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+        kiln_dtype wt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+        bool ql = combo & 4;
+        int64_t n = dw_shapes[si].n, ch = dw_shapes[si].c;
+        tin x = {xt, 4, {n, ch, dw_shapes[si].h, dw_shapes[si].w}},
+            wt4 = {wt, 4, {ch, 1, dw_shapes[si].kh, dw_shapes[si].kw}, true};
+        /* zp 0: none; 1: per-tensor x and w zero points; 2: per-channel w zero points */
+        tin xzp = zp >= 1 ? (tin){xt, 0, {0}, true} : (tin){xt, -1};
+        tin wzp = zp == 2 ? (tin){wt, 1, {ch}, true} : zp == 1 ? (tin){wt, 0, {0}, true}
+                                                              : (tin){wt, -1};
+        onenode o;
+        if (!ql) {
+          tin ins[4] = {x, wt4, xzp, wzp};
+          onenode_make(&o, "ConvInteger", zp ? 4 : 2, ins, 1);
+        } else {
+          static float ws[16];
+          for (int64_t j = 0; j < ch; j++) ws[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
+          float xs = 0.02f;
+          /* zp 1 uses a small y scale: many outputs saturate. */
+          float ys = 0.02f * 0.01f * (zp == 1 ? 0.5f : 6.0f) *
+                     sqrtf((float)(dw_shapes[si].kh * dw_shapes[si].kw));
+          if (xzp.rank < 0) xzp = (tin){xt, 0, {0}, true};
+          if (wzp.rank < 0) wzp = (tin){wt, 0, {0}, true, &zero8};
+          kiln_dtype yt = combo & 1 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+          tin ins[9] = {x,
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
+                        xzp,
+                        wt4,
+                        {KILN_DTYPE_FLOAT, zp == 2 ? 1 : 0, {ch}, true, ws},
+                        wzp,
+                        {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
+                        {yt, 0, {0}, true},
+                        {KILN_DTYPE_INT32, 1, {ch}, true}};
+          onenode_make(&o, "QLinearConv", combo & 2 ? 9 : 8, ins, 1);
+        }
+        if (si % 3 == 1) extreme_acts(&o.in[0]);
+        int64_t st[2] = {dw_shapes[si].sh, dw_shapes[si].sw};
+        int64_t dl[2] = {dw_shapes[si].dh, dw_shapes[si].dw};
+        int64_t p[4] = {dw_shapes[si].pt, dw_shapes[si].pl, dw_shapes[si].pb, dw_shapes[si].pr};
+        kt_attr_ints(o.n, "strides", st, 2);
+        kt_attr_ints(o.n, "dilations", dl, 2);
+        kt_attr_ints(o.n, "pads", p, 4);
+        kt_attr_int(o.n, "group", ch);
+        char what[96];
+        snprintf(what, sizeof what, "depthwise shape %zu x %s w %s zp mode %d", si,
+                 kiln_dtype_name(xt), kiln_dtype_name(wt), zp);
+        onenode_check(&o, pool, what);
+        onenode_free(&o);
+      }
+}
+
+static void depthwise_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(dw_cases);
+}
+
+/* ---- 8-bit MaxPool (pool.c's byte path) ------------------------------------------------------ */
+
+static const struct {
+  int64_t n, c, h, w, kh, kw, s, pt, pl, pb, pr, ceil;
+} mp8_shapes[] = {
+    {1, 3, 13, 111, 3, 3, 2, 0, 0, 0, 0, 1}, /* squeezenet's 3x3/2 ceil_mode, odd width */
+    {2, 2, 9, 70, 3, 3, 1, 1, 1, 1, 1, 0},   /* stride 1, padded, two 32-byte steps + tail */
+    {1, 4, 8, 8, 2, 2, 2, 0, 0, 0, 0, 0},    /* 2x2/2 */
+    {1, 2, 11, 37, 3, 2, 3, 1, 1, 0, 0, 0},  /* stride 3: the portable row loop */
+    {1, 3, 112, 112, 3, 3, 2, 1, 1, 1, 1, 0}, /* resnet50's stem pool */
+};
+
+static void mp8_cases(kiln__pool *pool) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(mp8_shapes); si++)
+    for (int s8 = 0; s8 < 2; s8++) {
+      kiln_dtype t = s8 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+      tin x = {t, 4, {mp8_shapes[si].n, mp8_shapes[si].c, mp8_shapes[si].h, mp8_shapes[si].w}};
+      onenode o;
+      onenode_make(&o, "MaxPool", 1, &x, 1);
+      if (si % 2) extreme_acts(&o.in[0]);
+      int64_t k[2] = {mp8_shapes[si].kh, mp8_shapes[si].kw};
+      int64_t st[2] = {mp8_shapes[si].s, mp8_shapes[si].s};
+      int64_t p[4] = {mp8_shapes[si].pt, mp8_shapes[si].pl, mp8_shapes[si].pb, mp8_shapes[si].pr};
+      kt_attr_ints(o.n, "kernel_shape", k, 2);
+      kt_attr_ints(o.n, "strides", st, 2);
+      kt_attr_ints(o.n, "pads", p, 4);
+      kt_attr_int(o.n, "ceil_mode", mp8_shapes[si].ceil);
+      char what[64];
+      snprintf(what, sizeof what, "shape %zu %s", si, kiln_dtype_name(t));
+      onenode_check(&o, pool, what);
+      onenode_free(&o);
+    }
+}
+
+static void maxpool8_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(mp8_cases);
+}
+
+/* ---- com.microsoft QLinearConcat ------------------------------------------------------------- */
+
+static void qconcat_cases(kiln__pool *pool) {
+  /* Y (0.05, zero point 10 / -3); per input: the same parameters (a plain copy), a coarser and a
+     finer scale (the finer one saturates), another zero point. */
+  static const float xs[4] = {0.05f, 0.11f, 0.013f, 0.05f};
+  static const uint8_t xz_u[4] = {10, 0, 200, 128};
+  static const int8_t xz_s[4] = {-3, 0, 100, -128};
+  static const float ys = 0.05f;
+  static const uint8_t yz_u = 10;
+  static const int8_t yz_s = -3;
+  for (int s8 = 0; s8 < 2; s8++)
+    for (int axis = 0; axis < 4; axis++)
+      for (int nin = 1; nin <= 4; nin++) {
+        kiln_dtype t = s8 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+        tin ins[2 + 3 * 4];
+        ins[0] = (tin){KILN_DTYPE_FLOAT, 0, {0}, true, &ys};
+        ins[1] = (tin){t, 0, {0}, true, s8 ? (const void *)&yz_s : (const void *)&yz_u};
+        for (int i = 0; i < nin; i++) {
+          int64_t dims[4] = {2, 3, 5, 7};
+          dims[axis] += i; /* inputs of different lengths along the axis */
+          ins[2 + 3 * i] = (tin){t, 4, {dims[0], dims[1], dims[2], dims[3]}};
+          ins[3 + 3 * i] = (tin){KILN_DTYPE_FLOAT, 0, {0}, true, &xs[i]};
+          const void *xz = s8 ? (const void *)&xz_s[i] : (const void *)&xz_u[i];
+          ins[4 + 3 * i] = (tin){t, 0, {0}, true, xz};
+        }
+        onenode o;
+        onenode_make(&o, "QLinearConcat", 2 + 3 * nin, ins, 1);
+        kt_attr_int(o.n, "axis", axis - (axis == 3 ? 4 : 0)); /* a negative axis too */
+        char what[64];
+        snprintf(what, sizeof what, "%s axis %d, %d inputs", kiln_dtype_name(t), axis, nin);
+        onenode_check(&o, pool, what);
+        onenode_free(&o);
+      }
+}
+
+static void qlinearconcat_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(qconcat_cases);
+}
+
 /* ---- the AVX2 byte formats (VPMADDUBSW on weights that qualify) ----------------------------- */
 
 /* Stored int8 value (uint8 weights are stored shifted by -128) -> the tensor's value. */
@@ -516,6 +682,7 @@ static void byte_conv_cases(kiln__pool *pool) {
         /* A near miss in one group leaves the other groups on the byte format: checked per
            group only when there is one group. */
         o.expect_fmt = !missed ? 1 : grp > 1 ? 0 : 2;
+        if (grp == ch && m == ch) o.expect_fmt = 0; /* depthwise: qconv_dw.c, nothing packed */
         char what[112];
         snprintf(what, sizeof what, "shape %zu x %s w %s %s weights", si, kiln_dtype_name(xt),
                  kiln_dtype_name(wt), wmode == 1 ? "qualifying" : "near-miss");
@@ -690,6 +857,9 @@ int main(void) {
       cmocka_unit_test(qlinearmatmul_matches_reference),
       cmocka_unit_test(convinteger_matches_reference),
       cmocka_unit_test(qlinearconv_matches_reference),
+      cmocka_unit_test(depthwise_matches_reference),
+      cmocka_unit_test(maxpool8_matches_reference),
+      cmocka_unit_test(qlinearconcat_matches_reference),
       cmocka_unit_test(qdq_match_reference),
       cmocka_unit_test(byte_format_choice),
       cmocka_unit_test(byte_formats_match_reference),

@@ -167,31 +167,36 @@ static void within_one_step(const char *model, const char *output) {
   assert_true(d.equal * 10 >= d.elements * 9);
 }
 
-/* qdq_wide: seven fusions (conv_a, conv_b + Relu, conv_c + Clip, conv_k with a float bias, mm_d,
-   gemm_e with transB, gemm_f), five near misses left float (conv_g, gemm_h, conv_i, conv_j, the
-   depthwise conv_l), none at level 1. */
+/* qdq_wide: nine fusions (conv_a, conv_b + Relu, conv_c + Clip, conv_k with a float bias, mm_d,
+   gemm_e with transB, gemm_f, the depthwise conv_l, the strided depthwise conv_n + Clip), five
+   near misses left float (conv_g, gemm_h, conv_i, conv_j, the grouped conv_m), gemm_h's weight
+   dequantized at load (its output must stay bit-equal), none at level 1. */
 static void wide(void **s) {
   (void)s;
   char path[1024], where[4096];
   path_of(path, sizeof path, tests_dir, "models/qdq_wide.onnx");
   size_t after;
-  assert_int_equal(qdq_matches(path, 2, where, sizeof where, &after), 7);
+  assert_int_equal(qdq_matches(path, 2, where, sizeof where, &after), 10);
+  /* gemm_h stays a float Gemm (bias C) with its weight dequantized once at load. */
+  assert_non_null(strstr(where, "gemm_h weight dequantized at load"));
   const char *fused[] = {"conv_a+", "conv_b+conv_b_relu+", "conv_c+conv_c_clip+", "conv_k+",
-                         "mm_d+", "gemm_e+", "gemm_f+"};
+                         "mm_d+",   "gemm_e+",           "gemm_f+",            "conv_l+",
+                         "conv_n+conv_n_clip+"};
   for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++)
     assert_non_null(strstr(where, fused[i]));
-  const char *kept[] = {"conv_g", "gemm_h", "conv_i", "conv_j", "conv_l"};
+  const char *kept[] = {"conv_g", "gemm_h+", "conv_i", "conv_j", "conv_m"};
   for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) assert_null(strstr(where, kept[i]));
   assert_int_equal(qdq_matches(path, 1, NULL, 0, &after), 0);
   kiln_model *m = kt_load(path, 1, 2);
-  assert_int_equal(op_count(m, "QLinearConv"), 4);
-  assert_int_equal(op_count(m, "Conv") + op_count(m, "FusedConv"), 4); /* g, i, j, l */
+  assert_int_equal(op_count(m, "QLinearConv"), 6);
+  assert_int_equal(op_count(m, "Conv") + op_count(m, "FusedConv"), 4); /* g, i, j, m */
   assert_int_equal(op_count(m, "QLinearMatMul"), 3);
+  assert_int_equal(op_count(m, "Gemm"), 1); /* gemm_h */
   kiln_model_free(m);
   const char *outs[] = {"conv_a_yo_dq", "conv_b_yo_dq", "conv_c_yo_dq", "conv_k_yo_dq",
                         "mm_d_yo_dq",   "gemm_e_yo_dq", "gemm_f_yo_dq", "conv_g_yo_dq",
                         "gemm_h_yo_dq", "conv_i_yo_dq", "conv_j_yo_dq", "conv_j_neg",
-                        "conv_l_yo_dq"};
+                        "conv_l_yo_dq", "conv_m_yo_dq", "conv_n_yo_dq"};
   for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) within_one_step("qdq_wide", outs[i]);
 }
 
@@ -220,6 +225,37 @@ static void chain(void **s) {
           100.0 * d.equal / d.elements, d.worst_steps);
   assert_true(d.worst_steps <= 2.0001);
   assert_true(d.equal * 10 >= d.elements * 8);
+}
+
+/* qdq_pool: MaxPool and Concat between quantized tensors run on the 8-bit tensors: pool_a
+   (DQ -> MaxPool -> Q, same parameters), cat_b (QLinearConcat), cat_c + pool_c (QLinearConcat ->
+   8-bit MaxPool); pool_d, cat_e, pool_f left float. Every rewrite is exact, so every output of
+   the level-2 graph equals the QDQ graph's bit for bit. */
+static void pool(void **s) {
+  (void)s;
+  char path[1024], steps[1024], where[4096];
+  path_of(path, sizeof path, tests_dir, "models/qdq_pool.onnx");
+  path_of(steps, sizeof steps, tests_dir, "models/qdq_pool.steps");
+  size_t after;
+  assert_int_equal(qdq_matches(path, 2, where, sizeof where, &after), 3);
+  assert_non_null(strstr(where, "pool_a+pool_a_y/Q"));
+  assert_non_null(strstr(where, "cat_b+cat_b_y/Q"));
+  assert_non_null(strstr(where, "cat_c+pool_c+pool_c_y/Q"));
+  const char *kept[] = {"pool_d", "cat_e", "pool_f"};
+  for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) assert_null(strstr(where, kept[i]));
+  kiln_model *m = kt_load(path, 1, 2);
+  assert_int_equal(op_count(m, "QLinearConcat"), 2);
+  assert_int_equal(op_count(m, "Concat"), 1);
+  assert_int_equal(op_count(m, "MaxPool"), 4);
+  kiln_model_free(m);
+  const char *outs[] = {"pool_a_yo_dq", "cat_b_yo_dq", "pool_c_yo_dq",
+                        "pool_d_yo_dq", "cat_e_yo_dq", "pool_f_yo_dq"};
+  for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) {
+    diff_stats d = compare(path, steps, outs[i], 3);
+    fprintf(stderr, "  %-14s %5zu elements, %5.1f%% equal\n", outs[i], d.elements,
+            100.0 * d.equal / d.elements);
+    assert_int_equal(d.equal, d.elements);
+  }
 }
 
 /* Top-1 of a model on the 450 held-out digits. */
@@ -277,9 +313,12 @@ static void digits(void **s) {
   assert_true(abs(l2 - 443) <= 2);
   char where[4096];
   size_t after;
-  assert_int_equal(qdq_matches(q, 2, where, sizeof where, &after), 2);
+  /* Both convs fused; both Gemms (bias C) stay float with their weights dequantized at load. */
+  assert_int_equal(qdq_matches(q, 2, where, sizeof where, &after), 4);
   assert_non_null(strstr(where, "/c1/Conv+/Relu+"));
   assert_non_null(strstr(where, "/c2/Conv+/Relu_1+"));
+  assert_non_null(strstr(where, "/f1/Gemm weight dequantized at load"));
+  assert_non_null(strstr(where, "/f2/Gemm weight dequantized at load"));
   kiln_model *m = kt_load(q, 1, 2);
   assert_int_equal(op_count(m, "QLinearConv"), 2);
   assert_int_equal(op_count(m, "Conv"), 0);
@@ -378,6 +417,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(wide),
       cmocka_unit_test(chain),
+      cmocka_unit_test(pool),
       cmocka_unit_test(digits),
       cmocka_unit_test(weight_range_default),
       cmocka_unit_test(alloc_failures),

@@ -10,7 +10,8 @@ qdq_wide: one quantized input read by several ops, each ending in its own graph 
   weight zero point, Relu dropped: y zero point 0), conv_c (Clip(0, 6) dropped: Q(6) is 255), conv_k (float bias), mm_d (N-D activation, per-column int8 output), gemm_e (transB=1,
   per-channel), gemm_f (transB=0, per-tensor). Left float: conv_g (Relu before a zero point of
   20), gemm_h (bias C), conv_i (bias scale not x_scale * w_scale), conv_j (output read twice),
-  conv_l (depthwise: grouped convs stay float).
+  conv_m (grouped, not depthwise). Also fused: conv_l (depthwise), conv_n (depthwise, stride 2,
+  Clip(0, 6) dropped).
 Each model's qdq_NAME.steps lists its outputs with their quantization steps (0: a float output).
 qdq_chain: Q -> conv1 + Relu -> conv2 -> DQ -> Q (same parameters) -> conv3: after fuse-qdq the
   three QLinearConvs follow each other with no Q/DQ between; conv1's output is also a graph
@@ -170,10 +171,21 @@ w, _ = weight("conv_j", (3, 4, 1, 1), 0)
 y = node("Conv", [xd, w], ["conv_j_y"], "conv_j")
 outs.append(out_q(y, "conv_j", -4.0, 4.0)[0])
 outs.append(node("Neg", [y], ["conv_j_neg"], "conv_j_neg"))  # the conv output's second reader
-# conv_l: depthwise (group 4): left float on purpose (no integer depthwise kernel yet).
+# conv_l: depthwise (group 4), fused (the integer depthwise kernel).
 w, ws = weight("conv_l", (4, 1, 3, 3), 0)
 y = node("Conv", [xd, w, bias("conv_l", xs, ws, 4)], ["conv_l_y"], "conv_l", group=4)
 outs.append(out_q(y, "conv_l", -3.0, 3.0)[0])
+# conv_m: grouped but not depthwise (group 2, two input channels per group): left float.
+w, ws = weight("conv_m", (4, 2, 3, 3), 0)
+y = node("Conv", [xd, w, bias("conv_m", xs, ws, 4)], ["conv_m_y"], "conv_m", group=2)
+outs.append(out_q(y, "conv_m", -3.0, 3.0)[0])
+# conv_n: depthwise, stride 2, padded, Clip(0, 6) dropped (mobilenet_v2's form): fused.
+w, ws = weight("conv_n", (4, 1, 3, 3), 0)
+y = node("Conv", [xd, w, bias("conv_n", xs, ws, 4)], ["conv_n_y"], "conv_n", group=4,
+         strides=[2, 2], pads=[1, 1, 1, 1])
+y = node("Clip", [y, const("conv_n_lo", np.array(0.0, np.float32)),
+                  const("conv_n_hi", np.array(6.0, np.float32))], ["conv_n_r"], "conv_n_clip")
+outs.append(out_q(y, "conv_n", 0.0, 6.0)[0])
 save("wide", [vi("x", [1, 4, 9, 9]), vi("x2", [3, 16])], outs)
 
 # ---- qdq_chain -----------------------------------------------------------------------------
@@ -192,3 +204,35 @@ w, ws = weight("conv3", (4, 8, 1, 1), 0)
 y = node("Conv", [y2b, w, bias("conv3", s2, ws, 4)], ["conv3_y"], "conv3")
 y3 = out_q(y, "conv3", -60.0, 60.0)[0]
 save("chain", [vi("x", [1, 3, 10, 10])], [y3, y1])
+
+# ---- qdq_pool ------------------------------------------------------------------------------
+# Integer chains (squeezenet's fire modules and pools), fed by quantizations of the input so that
+# both levels see the same 8-bit tensors and the rewrites must be bit-exact:
+#   pool_a: DQ -> MaxPool 3x3/2 ceil_mode -> Q with the same parameters: MaxPool on the 8-bit x.
+#   cat_b:  DQ, DQ (different scales and zero points) -> Concat -> Q: QLinearConcat.
+#   cat_c:  DQ, DQ -> Concat -> MaxPool 2x2/2 -> Q: QLinearConcat -> 8-bit MaxPool.
+#   Left float: pool_d (its Q has another scale), cat_e (one input is not dequantized), pool_f
+#   (pads as large as the kernel).
+xs, xz = qparams(-2.0, 2.0)
+xq = q("x", xs, xz, "x")
+xd = dq(xq, xs, xz, "x")
+p = node("MaxPool", [xd], ["pool_a_y"], "pool_a", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
+outs = [out_q(p, "pool_a", 0, 0, s_z=(xs, xz))[0]]
+s1, z1 = qparams(-1.0, 1.5)
+s3, z3 = qparams(-3.0, 2.5)
+e1q, e3q = q("x", s1, z1, "x1"), q("x", s3, z3, "x3")
+d1, d3 = dq(e1q, s1, z1, "e1_b"), dq(e3q, s3, z3, "e3_b")
+c = node("Concat", [d1, d3], ["cat_b_y"], "cat_b", axis=1)
+outs.append(out_q(c, "cat_b", -2.0, 2.0)[0])
+d1, d3 = dq(e1q, s1, z1, "e1_c"), dq(e3q, s3, z3, "e3_c")
+c = node("Concat", [d1, d3], ["cat_c_y"], "cat_c", axis=1)
+p = node("MaxPool", [c], ["pool_c_y"], "pool_c", kernel_shape=[2, 2], strides=[2, 2])
+outs.append(out_q(p, "pool_c", -1.0, 1.0)[0])
+p = node("MaxPool", [dq(e1q, s1, z1, "e1_d")], ["pool_d_y"], "pool_d", kernel_shape=[2, 2])
+outs.append(out_q(p, "pool_d", 0.0, 3.0)[0])
+c = node("Concat", [dq(e1q, s1, z1, "e1_e"), "x"], ["cat_e_y"], "cat_e", axis=1)
+outs.append(out_q(c, "cat_e", -2.0, 6.0)[0])
+p = node("MaxPool", [dq(e1q, s1, z1, "e1_f")], ["pool_f_y"], "pool_f", kernel_shape=[2, 2],
+         pads=[2, 2, 2, 2])
+outs.append(out_q(p, "pool_f", 0, 0, s_z=(s1, z1))[0])
+save("pool", [vi("x", [1, 3, 12, 14])], outs)

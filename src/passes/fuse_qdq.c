@@ -19,7 +19,7 @@
  * when Q(min) is the lowest code and Q(max) the highest. Then Q(act(v)) = Q(v) for every v (Q is
  * monotone and saturates), so the drop itself is exact. Otherwise the node stays float.
  *
- * Left float (documented in docs/PASSES.md): grouped and depthwise Conv (see fuse_one), Gemm
+ * Left float (documented in docs/PASSES.md): grouped Conv other than depthwise (see fuse_one), Gemm
  * with a bias C, transA, or alpha != 1 (there is no QGemm in the standard domain; a MatMul's
  * bias is a separate Add that stays float after the DequantizeLinear anyway); a Conv bias that is int32 with a scale other than xs * ws[c] bit
  * for bit; zero points or scales that are not constants; 16-bit types. A float constant Conv
@@ -82,6 +82,8 @@ static bool dq_of(const kiln__pass_ctx *ctx, int v, dq *d) {
   if (d->z >= 0 && (!d->zt || kiln_tensor_count(d->zt) != kiln_tensor_count(d->st))) return false;
   return true;
 }
+
+static bool same_const(const kiln_tensor *a, const kiln_tensor *b);
 
 /* A positive, normal float32 scale (a zero, denormal, negative or NaN one is left alone). */
 static bool good_scale(float s) { return isnormal(s) && s > 0; }
@@ -290,10 +292,12 @@ static kiln_status fuse_one(kiln__pass_ctx *ctx, int i, bool *done) {
   if (!wt) return KILN_OK;
   int out_axis;
   if (conv) {
-    /* Grouped (depthwise) convs stay float: the integer backend runs them as one tiny GEMM per
-       group with per-call packing, 4x slower than the float depthwise kernel (mobilenet_v2:
-       bench/RESULTS.md). Revisit with an integer depthwise kernel. */
-    if (wt->rank < 3 || kiln__attr_int(n, "group", 1) != 1) return KILN_OK;
+    /* Depthwise convs (one input channel per group, one output each) run on the integer
+       depthwise kernel (qconv_dw.c). Other grouped convs stay float: the integer backend runs
+       them as one small GEMM per group with per-call packing, slower than float. */
+    int64_t group = kiln__attr_int(n, "group", 1);
+    if (wt->rank < 3 || (group != 1 && !(wt->dims[1] == 1 && wt->dims[0] == group)))
+      return KILN_OK;
     out_axis = 0;
   } else {
     if (wt->rank != 2) return KILN_OK;
@@ -342,6 +346,166 @@ static kiln_status fuse_one(kiln__pass_ctx *ctx, int i, bool *done) {
   return KILN_OK;
 }
 
+/* A float Gemm / MatMul whose output is not quantized (a classifier producing the graph's logits,
+   a Gemm with a bias C) cannot fuse, and its weight DequantizeLinear(W_q constant) would run on
+   every call, followed by the SGEMM packing the computed B again (10% of mobilenet_v2 int8).
+   The weight is replaced by the float initializer DequantizeLinear computes,
+   (float)(q - z) * s per element as the reference kernel does: bit-identical values, 4 bytes per
+   weight instead of 1 for the layers left float. */
+static kiln_status fold_float_weight(kiln__pass_ctx *ctx, int i, bool *done) {
+  kiln__graph *g = ctx->g;
+  *done = false;
+  const kiln__node *n = &g->nodes[i];
+  bool gemm = kiln__pass_is(n, "Gemm");
+  if ((!gemm && !kiln__pass_is(n, "MatMul")) || n->n_in < 2 || n->in[1] < 0) return KILN_OK;
+  int act;
+  const kiln_tensor *ys, *yz;
+  bool bias_c = gemm && n->n_in > 2 && n->in[2] >= 0;
+  if (!bias_c && output_quant(ctx, n->out[0], &act, &ys, &yz) >= 0) return KILN_OK; /* fusable */
+  dq w;
+  if (!dq_of(ctx, n->in[1], &w) || !good_scales(w.st)) return KILN_OK;
+  const kiln_tensor *wt = const_init(ctx, w.x);
+  if (!wt || !is_q8(wt->dtype) || wt->rank != 2 || (w.zt && w.zt->dtype != wt->dtype))
+    return KILN_OK;
+  size_t sc = kiln_tensor_count(w.st), cnt = kiln_tensor_count(wt);
+  int ax = 0;
+  if (sc != 1 && (w.st->rank != 1 || !kiln__norm_axis(w.axis, 2, &ax) ||
+                  (int64_t)sc != wt->dims[ax]))
+    return KILN_OK;
+  kiln_tensor t = {0};
+  kiln_error local = {0};
+  if (kiln_tensor_alloc(&t, KILN_DTYPE_FLOAT, 2, wt->dims, &local) != KILN_OK) return oom(ctx);
+  const float *sp = w.st->data;
+  float *dst = t.data;
+  size_t cols = (size_t)wt->dims[1];
+  for (size_t e = 0; e < cnt; e++) {
+    size_t k = sc == 1 ? 0 : ax == 0 ? e / cols : e % cols;
+    int32_t z = w.zt ? q8_at(w.zt, k) : 0;
+    dst[e] = (float)(q8_at(wt, e) - z) * sp[k];
+  }
+  char hint[160];
+  snprintf(hint, sizeof hint, "%.150s", n->name ? n->name : "qdq");
+  int v = kiln__pass_add_init(ctx, hint, &t);
+  if (v < 0) return oom(ctx);
+  n = &g->nodes[i];
+  kiln__pass_note(ctx, "%s weight dequantized at load", n->name);
+  g->nodes[i].in[1] = v;
+  *done = true;
+  return KILN_OK;
+}
+
+/* ---- integer chains: MaxPool and Concat between fused convs -------------------------------- */
+
+/* The inputs of Concat node n as DequantizeLinear(x_i, s_i, z_i), per tensor, every x_i (and
+   z_i) of dtype t; false otherwise. */
+static bool concat_dq_inputs(const kiln__pass_ctx *ctx, const kiln__node *n, kiln_dtype t) {
+  if (n->n_in < 1 || !kiln__attr_find(n, "axis")) return false;
+  for (int k = 0; k < n->n_in; k++) {
+    dq d;
+    if (!dq_of(ctx, n->in[k], &d) || !act_params(&d) || d.zt->dtype != t) /* x's type too */
+      return false;
+  }
+  return true;
+}
+
+/* Concat node c becomes com.microsoft QLinearConcat(ys, yz, (x_i, s_i, z_i)...) writing `out`. */
+static kiln_status to_qconcat(kiln__pass_ctx *ctx, int c, int ys, int yz, int out) {
+  kiln__graph *g = ctx->g;
+  const kiln__node *n = &g->nodes[c];
+  int in[2 + 3 * 64];
+  if (n->n_in > 64) return KILN_OK; /* not matched by the callers */
+  in[0] = ys;
+  in[1] = yz;
+  for (int k = 0; k < n->n_in; k++) {
+    const kiln__node *d = &g->nodes[g->values[n->in[k]].producer];
+    in[2 + 3 * k] = d->in[0];
+    in[3 + 3 * k] = d->in[1];
+    in[4 + 3 * k] = d->in[2];
+  }
+  int cnt = 2 + 3 * n->n_in;
+  kiln__node *cn = &g->nodes[c];
+  kiln_status st = kiln__pass_set_op(ctx, cn, "com.microsoft", "QLinearConcat");
+  if (st == KILN_OK) st = kiln__pass_set_inputs(ctx, cn, in, cnt);
+  if (st == KILN_OK) cn->out[0] = out;
+  return st;
+}
+
+/* DequantizeLinear(x_i) ... -> Concat -> QuantizeLinear(ys, yz)  ==>  QLinearConcat, which
+   computes Q(DQ(x_i)) per element in the same float operations: bit-identical. */
+static kiln_status concat_q(kiln__pass_ctx *ctx, int i, bool *done) {
+  kiln__graph *g = ctx->g;
+  *done = false;
+  const kiln__node *n = &g->nodes[i];
+  if (!kiln__pass_is(n, "Concat") || n->n_in > 64 || !kiln__pass_value_private(ctx, n->out[0]))
+    return KILN_OK;
+  const kiln_tensor *ys, *yz;
+  int q = quant_of(ctx, n->out[0], &ys, &yz);
+  if (q < 0 || !concat_dq_inputs(ctx, n, yz->dtype)) return KILN_OK;
+  const kiln__node *qn = &g->nodes[q];
+  int qys = qn->in[1], qyz = qn->in[2], out = qn->out[0];
+  kiln__pass_note(ctx, "%s+%s", n->name, qn->name);
+  kiln__pass_kill(ctx, q);
+  kiln_status st = to_qconcat(ctx, i, qys, qyz, out);
+  *done = st == KILN_OK;
+  return st;
+}
+
+/* MaxPool -> QuantizeLinear(ys, yz) on an 8-bit path:
+     DequantizeLinear(x, ys, yz) -> MaxPool -> Q          ==>  MaxPool(x)
+     DequantizeLinear(x_i)... -> Concat -> MaxPool -> Q   ==>  QLinearConcat(ys, yz) -> MaxPool
+   Exact: DequantizeLinear and QuantizeLinear are monotone (positive scales) and the inputs are
+   dequantized integers (never NaN), so max commutes with both; Q(DQ(x)) = x with the same
+   parameters (fold_pair). Explicit pads must be smaller than the kernel, so every window holds
+   an input element (ceil_mode drops windows that start in the padding). */
+static kiln_status pool_q(kiln__pass_ctx *ctx, int i, bool *done) {
+  kiln__graph *g = ctx->g;
+  *done = false;
+  const kiln__node *n = &g->nodes[i];
+  if (!kiln__pass_is(n, "MaxPool") || n->n_in != 1 || n->in[0] < 0 ||
+      !kiln__pass_value_private(ctx, n->out[0]))
+    return KILN_OK;
+  const int64_t *ks, *pads;
+  size_t nk = kiln__attr_ints(n, "kernel_shape", &ks), np = kiln__attr_ints(n, "pads", &pads);
+  if (!nk || (np && np != 2 * nk)) return KILN_OK;
+  for (size_t d = 0; d < np; d++)
+    if (pads[d] >= ks[d % nk]) return KILN_OK;
+  const kiln_tensor *ys, *yz;
+  int q = quant_of(ctx, n->out[0], &ys, &yz);
+  if (q < 0) return KILN_OK;
+  const kiln__node *qn = &g->nodes[q];
+  int qys = qn->in[1], qyz = qn->in[2], out = qn->out[0];
+  kiln_dtype t = yz->dtype; /* x of a DequantizeLinear has its zero point's type */
+  dq d;
+  if (dq_of(ctx, n->in[0], &d)) {
+    if (!act_params(&d) || !same_const(d.st, ys) || !same_const(d.zt, yz)) return KILN_OK;
+    kiln__pass_note(ctx, "%s+%s", n->name, qn->name);
+    kiln__pass_kill(ctx, q);
+    g->nodes[i].in[0] = d.x;
+    g->nodes[i].out[0] = out;
+    *done = true;
+    return KILN_OK;
+  }
+  int c = producer_is(ctx, n->in[0], "Concat");
+  if (c < 0 || !kiln__pass_value_private(ctx, n->in[0]) || g->nodes[c].n_in > 64 ||
+      !concat_dq_inputs(ctx, &g->nodes[c], t))
+    return KILN_OK;
+  char hint[160];
+  snprintf(hint, sizeof hint, "%.140s/q8", g->nodes[c].name ? g->nodes[c].name : "concat");
+  int v8 = kiln__pass_new_value(ctx, hint);
+  if (v8 < 0) return oom(ctx);
+  g->values[v8].dtype = t;
+  n = &g->nodes[i];
+  qn = &g->nodes[q];
+  kiln__pass_note(ctx, "%s+%s+%s", g->nodes[c].name, n->name, qn->name);
+  kiln__pass_kill(ctx, q);
+  kiln_status st = to_qconcat(ctx, c, qys, qyz, v8);
+  if (st != KILN_OK) return st;
+  g->nodes[i].in[0] = v8;
+  g->nodes[i].out[0] = out;
+  *done = true;
+  return KILN_OK;
+}
+
 static bool same_const(const kiln_tensor *a, const kiln_tensor *b) {
   if (a == b) return true;
   if (a->dtype != b->dtype || kiln_tensor_count(a) != kiln_tensor_count(b)) return false;
@@ -382,6 +546,9 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
     }
     bool done;
     kiln_status st = fuse_one(ctx, i, &done);
+    if (st == KILN_OK && !done) st = fold_float_weight(ctx, i, &done);
+    if (st == KILN_OK && !done) st = pool_q(ctx, i, &done);
+    if (st == KILN_OK && !done) st = concat_q(ctx, i, &done);
     if (st != KILN_OK) return st;
     *changed |= done;
   }

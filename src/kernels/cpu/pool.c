@@ -1,10 +1,13 @@
-/* Optimized CPU kernels: MaxPool (2-D, float32, NCHW, no Indices output, dilation 1) and
- * GlobalAveragePool (float32).
+/* Optimized CPU kernels: MaxPool (2-D, float32, uint8 or int8, NCHW, no Indices output, dilation
+ * 1) and GlobalAveragePool (float32).
  *
  * MaxPool is separable: per output row, the max over the window's input rows (clipped to the
  * image, so padding and ceil_mode need no special case) goes into a row buffer padded with -inf,
  * and the output row is the max over kw taps of that buffer at the stride, 8 outputs per AVX2
- * step. NaN propagates as in the reference kernel. Anything else (other ranks and dtypes,
+ * step. NaN propagates as in the reference kernel. 8-bit tensors (the integer chains fuse-qdq
+ * builds) take the same route on bytes, 32 outputs per AVX2 step (int8 flipped to unsigned order
+ * by its top bit, so one unsigned max serves both), with the padding at the lowest code; a window
+ * entirely in the padding runs the reference kernel. Anything else (other ranks and dtypes,
  * Indices, dilation, wide rows) runs the reference kernel. */
 #include <math.h>
 
@@ -52,6 +55,7 @@ typedef struct mp_job {
   float *y;
   size_t h, w, oh, ow, kh, kw, sh, sw, len;
   int64_t pt, pl;
+  uint8_t flip; /* 8-bit: 0x80 for int8 (its order as unsigned bytes), 0 for uint8 */
 } mp_job;
 
 static inline float max_nan(float a, float b) { return a > b || a != a ? a : b; }
@@ -138,19 +142,111 @@ static void mp_planes(void *arg, size_t q0, size_t q1) {
   }
 }
 
+/* 8-bit rows: v[] holds (x ^ flip), unsigned order; max over kw taps at the stride. */
+static void qmp_row_generic(const mp_job *j, const uint8_t *v, uint8_t *y) {
+  for (size_t ox = 0; ox < j->ow; ox++) {
+    const uint8_t *r = v + ox * j->sw;
+    uint8_t m = r[0];
+    for (size_t kx = 1; kx < j->kw; kx++) m = r[kx] > m ? r[kx] : m;
+    y[ox] = m ^ j->flip;
+  }
+}
+
+static void qvmax_generic(uint8_t *restrict acc, const uint8_t *restrict x, size_t n, uint8_t f) {
+  for (size_t i = 0; i < n; i++) {
+    uint8_t v = x[i] ^ f;
+    acc[i] = v > acc[i] ? v : acc[i];
+  }
+}
+
+#ifdef POOL_X86
+AVX2 static void qvmax_avx2(uint8_t *restrict acc, const uint8_t *restrict x, size_t n, uint8_t f) {
+  __m256i fl = _mm256_set1_epi8((char)f);
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + i)), fl);
+    _mm256_storeu_si256((__m256i *)(acc + i),
+                        _mm256_max_epu8(v, _mm256_loadu_si256((const __m256i *)(acc + i))));
+  }
+  if (i == n) return;
+  /* The tail as one more step: bytes past it read as the lowest code (f ^ f = 0) and leave acc
+     as it is; the row buffer has 32 bytes of room past every row. */
+  uint8_t t[32];
+  memset(t, f, sizeof t);
+  memcpy(t, x + i, n - i);
+  __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)t), fl);
+  _mm256_storeu_si256((__m256i *)(acc + i),
+                      _mm256_max_epu8(v, _mm256_loadu_si256((const __m256i *)(acc + i))));
+}
+
+/* Stride 1: 32 outputs per step. Stride 2: the max over the taps of 32 consecutive bytes, then
+   its even bytes (max commutes with taking every other byte): 16 outputs per step. */
+AVX2 static void qmp_row_avx2(const mp_job *j, const uint8_t *v, uint8_t *y) {
+  if (j->sw > 2) {
+    qmp_row_generic(j, v, y);
+    return;
+  }
+  __m256i fl = _mm256_set1_epi8((char)j->flip), lo8 = _mm256_set1_epi16(0xff);
+  size_t step = j->sw == 1 ? 32 : 16;
+  for (size_t ox = 0; ox < j->ow; ox += step) {
+    const uint8_t *r = v + ox * j->sw;
+    __m256i m = _mm256_loadu_si256((const __m256i *)r);
+    for (size_t kx = 1; kx < j->kw; kx++)
+      m = _mm256_max_epu8(m, _mm256_loadu_si256((const __m256i *)(r + kx)));
+    if (j->sw == 2) {
+      __m256i e = _mm256_and_si256(m, lo8);
+      m = _mm256_permute4x64_epi64(_mm256_packus_epi16(e, e), 0xD8);
+    }
+    m = _mm256_xor_si256(m, fl);
+    uint8_t t[32];
+    _mm256_storeu_si256((__m256i *)t, m);
+    memcpy(y + ox, t, KILN__MIN(step, j->ow - ox));
+  }
+}
+#endif
+
+static void qmp_planes(void *arg, size_t q0, size_t q1) {
+  const mp_job *j = arg;
+  uint8_t buf[ROWBUF];
+  void (*row)(const mp_job *, const uint8_t *, uint8_t *) = qmp_row_generic;
+  void (*vmax)(uint8_t *restrict, const uint8_t *restrict, size_t, uint8_t) = qvmax_generic;
+#ifdef POOL_X86
+  if (j->isa != KILN__ISA_GENERIC) row = qmp_row_avx2, vmax = qvmax_avx2;
+#endif
+  memset(buf, 0, j->len); /* the lowest code in unsigned order */
+  uint8_t *v = buf + j->pl;
+  const uint8_t *xb = (const void *)j->x;
+  uint8_t *yb = (void *)j->y;
+  for (size_t q = q0; q < q1; q++) {
+    const uint8_t *x = xb + q * j->h * j->w;
+    uint8_t *y = yb + q * j->oh * j->ow;
+    for (size_t oy = 0; oy < j->oh; oy++) {
+      int64_t y0 = (int64_t)(oy * j->sh) - j->pt;
+      int64_t lo = KILN__MAX(y0, (int64_t)0), hi = KILN__MIN(y0 + (int64_t)j->kh, (int64_t)j->h);
+      memset(v, 0, j->w);
+      for (int64_t iy = lo; iy < hi; iy++) vmax(v, x + (size_t)iy * j->w, j->w, j->flip);
+      row(j, buf, y + oy * j->ow);
+    }
+  }
+}
+
+static bool is_q8(kiln_dtype t) { return t == KILN_DTYPE_UINT8 || t == KILN_DTYPE_INT8; }
+
 static bool mp_supports(const kiln__node *n, const kiln__graph *g) {
   const int64_t *ks, *d;
   size_t nd = kiln__attr_ints(n, "dilations", &d);
   for (size_t i = 0; i < nd; i++)
     if (d[i] != 1) return false;
-  return default_domain(n) && maybe_f32(n, g) && n->n_out == 1 &&
+  bool q8 = n->n_in > 0 && n->in[0] >= 0 && is_q8(g->values[n->in[0]].dtype);
+  return default_domain(n) && (maybe_f32(n, g) || q8) && n->n_out == 1 &&
          kiln__attr_ints(n, "kernel_shape", &ks) == 2;
 }
 
 static kiln_status mp_execute(kiln__kctx *c, void *state) {
   const kiln_tensor *x = c->in[0], *y = c->out[0];
   const int64_t *ks, *st, *pads;
-  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != 4 || y->rank != 4 ||
+  bool q8 = is_q8(x->dtype) && y->dtype == x->dtype;
+  if ((x->dtype != KILN_DTYPE_FLOAT && !q8) || x->rank != 4 || y->rank != 4 ||
       kiln__attr_ints(c->node, "kernel_shape", &ks) != 2 || ks[0] < 1 || ks[1] < 1 ||
       ks[0] > 64 || ks[1] > 64)
     return c->node->op->run(c);
@@ -178,11 +274,18 @@ static kiln_status mp_execute(kiln__kctx *c, void *state) {
       j.pl >= (int64_t)j.kw || x->dims[0] != y->dims[0] || x->dims[1] != y->dims[1])
     return c->node->op->run(c);
   j.len = KILN__MAX(j.sw * ((j.ow + 7) / 8 * 8) + j.kw + 16, (size_t)j.pl + j.w + 8);
+  if (q8) { /* 32-byte steps; a window past the image (ceil_mode) would be all padding */
+    j.len = KILN__MAX(j.sw * ((j.ow + 31) / 32 * 32) + j.kw + 32, (size_t)j.pl + j.w + 32);
+    j.flip = x->dtype == KILN_DTYPE_INT8 ? 0x80 : 0;
+    if (j.oh && j.ow && ((int64_t)((j.oh - 1) * j.sh) - j.pt >= (int64_t)j.h ||
+                         (int64_t)((j.ow - 1) * j.sw) - j.pl >= (int64_t)j.w))
+      return c->node->op->run(c);
+  }
   if (j.len > ROWBUF) return c->node->op->run(c);
   size_t planes = (size_t)x->dims[0] * (size_t)x->dims[1];
   if (planes && j.oh && j.ow)
     kiln__parallel_for(kiln__pool_for(c->pool, (double)planes * j.oh * j.ow * j.kh * j.kw),
-                       planes, mp_planes, &j);
+                       planes, q8 ? qmp_planes : mp_planes, &j);
   return KILN_OK;
 }
 

@@ -172,6 +172,31 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
       }
 #endif
       if (rn < R || kcp != kc) memset(blk, 0, R * kcp * esz);
+      if (esz == 1 && s->ks == 1 && KP == 4) {
+        /* Byte quads from rows contiguous along k (MatMul activations): each quad of a row is 4
+           consecutive source bytes, moved as one word (the +-128 shift flips the top bits);
+           the row sums in a separate loop the compiler vectorizes. */
+        uint32_t flip = j->xor_ * 0x01010101u;
+        size_t k4 = kc & ~(size_t)3;
+        for (size_t r = 0; r < rn; r++) {
+          const uint8_t *src = u8 + (r0 + r) * s->rs + p0;
+          uint8_t *dst = blk + r * 4;
+          for (size_t p = 0; p < k4; p += 4, dst += R * 4) {
+            uint32_t w;
+            memcpy(&w, src + p, 4);
+            w ^= flip;
+            memcpy(dst, &w, 4);
+          }
+          for (size_t p = k4; p < kc; p++) dst[p - k4] = src[p] ^ j->xor_;
+          int32_t sum = 0;
+          if (j->stored_signed)
+            for (size_t p = 0; p < kc; p++) sum += (int8_t)(src[p] ^ j->xor_);
+          else
+            for (size_t p = 0; p < kc; p++) sum += (uint8_t)(src[p] ^ j->xor_);
+          sums[r] += sum;
+        }
+        continue;
+      }
       for (size_t p = 0; p < kc; p++) {
         size_t base = (p / KP) * R * KP + p % KP;
         const size_t off = r0 * s->rs + (p0 + p) * s->ks;
@@ -285,7 +310,8 @@ static inline int32_t requant(int32_t v, float mult, int32_t zy, int32_t lo, int
 void kiln__qep__generic(const kiln__qep_row *r) {
   for (size_t j = 0; j < r->n; j++) {
     /* Unsigned arithmetic: int32 wrap-around without undefined behaviour. */
-    uint32_t v = (uint32_t)r->acc[j] - (uint32_t)r->za * (uint32_t)r->cs[j];
+    uint32_t v = (uint32_t)r->acc[j] + (uint32_t)r->row_add;
+    if (r->za) v -= (uint32_t)r->za * (uint32_t)r->cs[j];
     if (r->zb) v -= (uint32_t)r->zb[j] * (uint32_t)r->rowterm;
     if (r->kind == KILN__QOUT_I32) {
       ((int32_t *)r->dst)[j] = (int32_t)v;
@@ -334,9 +360,12 @@ static void qtiles(void *arg, size_t begin, size_t end) {
           im->uk(kcp / im->kp, ab + ip * kcp * im->esz, bb + jp * kcp * im->esz,
                  acc + ip * NC + jp, NC, p0 > 0);
     }
-    /* Per-column zero points with the packing offset; NULL when all are zero. */
+    /* Per-column zero points with the packing offset; NULL when all are zero. A uniform one
+       (per tensor) makes zb * rowterm a constant of the row, folded into row_add below. */
     const int32_t *zb = NULL;
-    if (g->zb.n || B->zp_off) {
+    bool zb_uniform = g->zb.n <= 1;
+    int32_t zbu = zp_at(&g->zb, 0) + B->zp_off;
+    if (!zb_uniform) {
       for (size_t j = 0; j < nc; j++) zbv[j] = zp_at(&g->zb, j0 + j) + B->zp_off;
       zb = zbv;
     }
@@ -352,6 +381,7 @@ static void qtiles(void *arg, size_t begin, size_t end) {
       r.acc = acc + i * NC;
       r.za = zp_at(&g->za, gi) + A->zp_off;
       r.rowterm = (int32_t)((uint32_t)A->sums[gi] - (uint32_t)g->k * (uint32_t)r.za);
+      r.row_add = zb_uniform ? (int32_t)(0u - (uint32_t)zbu * (uint32_t)r.rowterm) : 0;
       if (g->per_row) {
         r.bias_row = g->bias ? g->bias[gi] : 0;
         r.mult_row = g->mult ? g->mult[gi] : 1.0f;

@@ -166,8 +166,10 @@ typedef struct kiln__qep_row {
   const int32_t *acc;      /* raw sums */
   size_t n;
   int32_t za, rowterm;     /* za of this row (with offset), rowsum - k * za */
-  const int32_t *cs;       /* column sums of B (n) */
+  const int32_t *cs;       /* column sums of B (n); not read when za is 0 */
   const int32_t *zb;       /* per-column zb with offset (n), or NULL when all zero */
+  int32_t row_add;         /* added to every sum of the row (mod 2^32): a uniform zb's
+                              -zb * rowterm, folded by the driver */
   /* requantization: */
   const int32_t *bias;     /* n values, or NULL */
   int32_t bias_row;        /* the per-row bias (0 if none) */

@@ -170,17 +170,28 @@ TARGET static inline __m256i round_clamp(__m256 f, float lo_z, float hi_z, __m25
   return _mm256_add_epi32(_mm256_cvtps_epi32(r), zp);
 }
 
+/* round_clamp for the epilogue: (float)int32 times a finite multiplier is never NaN (the
+   multipliers are checked finite before any GEMM runs), so the NaN test is left out. */
+TARGET static inline __m256i round_clamp_finite(__m256 f, __m256 lo_z, __m256 hi_z, __m256i zp) {
+  __m256 r = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  r = _mm256_min_ps(_mm256_max_ps(r, lo_z), hi_z);
+  return _mm256_add_epi32(_mm256_cvtps_epi32(r), zp);
+}
+
 TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
   size_t n8 = r->n & ~(size_t)7;
   __m256i za = _mm256_set1_epi32(r->za), rt = _mm256_set1_epi32(r->rowterm);
+  __m256i radd = _mm256_set1_epi32(r->row_add);
   __m256i zy = _mm256_set1_epi32(r->zy), brow = _mm256_set1_epi32(r->bias_row);
   __m256 mrow = _mm256_set1_ps(r->mult_row);
-  float lo_z = (float)(r->lo - r->zy), hi_z = (float)(r->hi - r->zy);
+  __m256 lo_v = _mm256_set1_ps((float)(r->lo - r->zy));
+  __m256 hi_v = _mm256_set1_ps((float)(r->hi - r->zy));
   bool to_signed = r->kind == KILN__QOUT_S8;
   for (size_t j = 0; j < n8; j += 8) {
-    __m256i v = _mm256_loadu_si256((const __m256i *)(r->acc + j));
-    v = _mm256_sub_epi32(
-        v, _mm256_mullo_epi32(za, _mm256_loadu_si256((const __m256i *)(r->cs + j))));
+    __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(r->acc + j)), radd);
+    if (r->za)
+      v = _mm256_sub_epi32(
+          v, _mm256_mullo_epi32(za, _mm256_loadu_si256((const __m256i *)(r->cs + j))));
     if (r->zb)
       v = _mm256_sub_epi32(
           v, _mm256_mullo_epi32(rt, _mm256_loadu_si256((const __m256i *)(r->zb + j))));
@@ -190,13 +201,13 @@ TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
     }
     v = _mm256_add_epi32(v, r->bias ? _mm256_loadu_si256((const __m256i *)(r->bias + j)) : brow);
     __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), r->mult ? _mm256_loadu_ps(r->mult + j) : mrow);
-    store8((uint8_t *)r->dst + j, round_clamp(f, lo_z, hi_z, zy), to_signed);
+    store8((uint8_t *)r->dst + j, round_clamp_finite(f, lo_v, hi_v, zy), to_signed);
   }
   if (n8 == r->n) return;
   kiln__qep_row t = *r;
   t.acc += n8;
   t.n -= n8;
-  t.cs += n8;
+  if (t.cs) t.cs += n8;
   if (t.zb) t.zb += n8;
   if (t.bias) t.bias += n8;
   if (t.mult) t.mult += n8;

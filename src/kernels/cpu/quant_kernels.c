@@ -12,6 +12,7 @@
 #include <math.h>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/qconv_dw.h"
 #include "kernels/cpu/qgemm.h"
 #include "kernels/ref/gemm.h"
 
@@ -321,6 +322,7 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
 typedef struct qconv_state {
   kiln__qisa isa;
   bool qlinear;
+  bool dw;           /* depthwise: qconv_dw.c, no packed weights */
   kiln__conv2d cv;
   kiln__qpacked *pw; /* one packed mg x kk weight matrix per group (the GEMM's A) */
   kiln__qisa bsize_fmt; /* of the groups' formats, the one whose packed columns are largest */
@@ -333,7 +335,9 @@ static const kiln_tensor *const_q8(const kiln__value *v) {
 static bool qconv_parse(const kiln__node *n, const kiln__graph *g, qconv_state *s) {
   s->qlinear = !strcmp(n->op_type, "QLinearConv");
   const kiln_tensor *w = const_q8(kiln__cpu_input(n, g, s->qlinear ? 3 : 1));
-  return kiln__cpu_conv2d_parse(n, w, &s->cv);
+  if (!kiln__cpu_conv2d_parse(n, w, &s->cv)) return false;
+  s->dw = s->cv.groups > 1 && s->cv.cg == 1 && s->cv.mg == 1;
+  return true;
 }
 
 static bool qconv_supports(const kiln__node *n, const kiln__graph *g) {
@@ -355,6 +359,10 @@ static kiln_status qconv_prepare(const kiln__node *n, const kiln__graph *g, void
   if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
   qconv_parse(n, g, s);
   kiln_status st = kiln__qisa_select(&s->isa, err);
+  if (st == KILN_OK && s->dw) { /* the depthwise kernel reads the weights as they are */
+    *state = s;
+    return KILN_OK;
+  }
   if (st == KILN_OK && !(s->pw = kiln__calloc(s->cv.groups, sizeof *s->pw)))
     st = kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
   const kiln_tensor *w = const_q8(kiln__cpu_input(n, g, s->qlinear ? 3 : 1));
@@ -411,6 +419,7 @@ static bool qconv_geom_get(const kiln__kctx *c, const qconv_state *s, qconv_geom
 
 /* Scratch: im2col columns (unless pointwise), their packed copy, per-row multipliers and bias. */
 static size_t qconv_scratch_for(const qconv_state *s, const qconv_geom *cg) {
+  if (s->dw) return align64(s->cv.m * sizeof(float));
   size_t cols = cg->pointwise ? 0 : align64(s->cv.kk * cg->chunk);
   return cols + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg->chunk, s->cv.kk)) +
          align64(s->cv.m * sizeof(float));
@@ -478,10 +487,11 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   if (c->scratch_bytes < qconv_scratch_for(s, &cg)) return c->node->op->run(c);
   uint8_t *mem = c->scratch;
   uint8_t *col = mem;
-  size_t colb = cg.pointwise ? 0 : align64(s->cv.kk * cg.chunk);
+  size_t colb = cg.pointwise || s->dw ? 0 : align64(s->cv.kk * cg.chunk);
   uint8_t *bmem = mem + colb;
-  float *mult =
-      (float *)(bmem + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg.chunk, s->cv.kk)));
+  float *mult = s->dw ? (float *)mem
+                      : (float *)(bmem + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg.chunk,
+                                                                   s->cv.kk)));
   const int32_t *bias = NULL;
   kiln__qout_kind kind = KILN__QOUT_I32;
   int32_t zy = 0;
@@ -507,6 +517,17 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   bool xs8 = x->dtype == KILN_DTYPE_INT8;
   uint8_t pad = cg.zx.n ? *(const uint8_t *)cg.zx.p : 0;
   size_t out_esz = kind == KILN__QOUT_I32 ? 4 : 1;
+  if (s->dw) {
+    const kiln_tensor *w = c->in[s->qlinear ? 3 : 1];
+    kiln__qdw_args a = {.x = x->data, .x_signed = xs8, .n = cg.n, .c = cg.c, .h = cg.h, .w = cg.w,
+                        .oh = cg.oh, .ow = cg.ow, .kh = s->cv.kh, .kw = s->cv.kw, .sh = s->cv.sh,
+                        .sw = s->cv.sw, .dh = s->cv.dh, .dw = s->cv.dw, .pt = cg.pt, .pl = cg.pl,
+                        .wt = w->data, .w_signed = w->dtype == KILN_DTYPE_INT8,
+                        .zx = zp_val(opt(c, 2), 0), .zw = cg.zw, .kind = kind, .bias = bias,
+                        .mult = s->qlinear ? mult : NULL, .zy = zy, .y = y->data};
+    kiln__qconv_dw(c->pool, s->isa, &a);
+    return KILN_OK;
+  }
   for (size_t b = 0; b < cg.n; b++)
     for (size_t gi = 0; gi < s->cv.groups; gi++) {
       const uint8_t *xg = (const uint8_t *)x->data + (b * cg.c + gi * s->cv.cg) * cg.h * cg.w;
@@ -536,6 +557,63 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   return KILN_OK;
 }
 
+/* ---- com.microsoft QLinearConcat ------------------------------------------------------------- */
+
+/* y = Q(DQ(x)) for each of the 256 codes, in the reference kernel's float operations; true when
+   the table is the identity (then the input is copied). */
+static bool requant_table(bool is_signed, float sx, int32_t zx, float sy, int32_t zy, uint8_t *t) {
+  int32_t lo = is_signed ? -128 : 0, hi = is_signed ? 127 : 255;
+  bool same = true;
+  for (int b = 0; b < 256; b++) {
+    int32_t x = is_signed ? (int8_t)b : b;
+    float r = rintf((float)(x - zx) * sx / sy);
+    if (r != r) r = 0.0f;
+    double q = (double)r + zy;
+    int32_t v = q < lo ? lo : q > hi ? hi : (int32_t)q;
+    t[b] = (uint8_t)v;
+    same &= t[b] == (uint8_t)b;
+  }
+  return same;
+}
+
+static kiln_status qconcat_execute(kiln__kctx *c, void *state) {
+  (void)state;
+  kiln_tensor *y = c->out[0];
+  const kiln__attr *at = kiln__attr_find(c->node, "axis");
+  int axis;
+  float sy;
+  if (c->n_in < 5 || (c->n_in - 2) % 3 || !is_q8(y->dtype) || !at ||
+      !kiln__norm_axis(at->i, y->rank, &axis) || !scalar_f32(c->in[0], &sy) ||
+      c->in[1]->dtype != y->dtype || kiln_tensor_count(c->in[1]) != 1)
+    return c->node->op->run(c);
+  for (int i = 2; i < c->n_in; i += 3) {
+    float sx;
+    const kiln_tensor *x = c->in[i], *xz = c->in[i + 2];
+    if (!x || !xz || x->dtype != y->dtype || xz->dtype != y->dtype || kiln_tensor_count(xz) != 1 ||
+        !scalar_f32(c->in[i + 1], &sx) || x->rank != y->rank)
+      return c->node->op->run(c);
+  }
+  bool sgn = y->dtype == KILN_DTYPE_INT8;
+  size_t outer = 1, row = 1, off = 0;
+  for (int d = 0; d < axis; d++) outer *= (size_t)y->dims[d];
+  for (int d = axis; d < y->rank; d++) row *= (size_t)y->dims[d];
+  for (int i = 2; i < c->n_in; i += 3) {
+    const kiln_tensor *x = c->in[i];
+    size_t inner = outer ? kiln_tensor_count(x) / outer : 0;
+    uint8_t t[256];
+    bool copy = requant_table(sgn, *(const float *)c->in[i + 1]->data, zp_val(c->in[i + 2], 0), sy,
+                              zp_val(c->in[1], 0), t);
+    const uint8_t *src = x->data;
+    uint8_t *dst = (uint8_t *)y->data + off;
+    for (size_t o = 0; o < outer; o++, src += inner, dst += row) {
+      if (copy) memcpy(dst, src, inner);
+      else for (size_t e = 0; e < inner; e++) dst[e] = t[src[e]];
+    }
+    off += inner;
+  }
+  return KILN_OK;
+}
+
 kiln__qisa kiln__cpu_quant_weight_format(const char *op_type, const void *kstate, size_t group) {
   if (!kstate) return KILN__QFMT_COUNT;
   if (!strcmp(op_type, "MatMulInteger") || !strcmp(op_type, "QLinearMatMul")) {
@@ -559,5 +637,6 @@ const kiln__cpu_kernel kiln__cpu_quant_kernels[] = {
     {"QLinearMatMul", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch},
     {"ConvInteger", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
     {"QLinearConv", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
+    {"QLinearConcat", any_supports, NULL, NULL, qconcat_execute, NULL},
     {NULL},
 };

@@ -595,6 +595,86 @@ static kiln_status run_qlinearconv(kiln__kctx *c) {
   return KILN_OK;
 }
 
+/* ---- com.microsoft QLinearConcat ------------------------------------------------------------- */
+
+/* Inputs: Y_scale, Y_zero_point, then (X, X_scale, X_zero_point) per input; attribute axis.
+   Each element is y = Q(DQ(x)): (float)(x - zx) * sx, then quantized with Y's scale and zero
+   point, the float operations of DequantizeLinear followed by QuantizeLinear, so the op equals
+   DequantizeLinear -> Concat -> QuantizeLinear bit for bit (ONNX Runtime's kernel requantizes
+   the same way through a table). Per-tensor parameters, every X of Y's 8-bit type. */
+static kiln_status qconcat_check(const kiln__kctx *c, int *axis) {
+  if (c->n_in < 5 || (c->n_in - 2) % 3)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "QLinearConcat takes Y_scale, Y_zero_point and (X, scale, zero point) "
+                      "triples");
+  const kiln_tensor *ys = c->in[0], *yz = c->in[1], *x0 = c->in[2];
+  size_t cnt;
+  kiln_status st;
+  if ((st = need_scale(c, ys, "Y_scale")) != KILN_OK) return st;
+  if (kiln_tensor_count(ys) != 1 || kiln_tensor_count(yz) != 1 || !is_q8(yz->dtype))
+    return kiln__fail(c->err, KILN_UNSUPPORTED,
+                      "QLinearConcat: per-tensor 8-bit Y parameters only");
+  const kiln__attr *at = kiln__attr_find(c->node, "axis");
+  if (!at || !kiln__norm_axis(at->i, x0->rank, axis))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "QLinearConcat: bad or missing axis");
+  for (int i = 2; i < c->n_in; i += 3) {
+    const kiln_tensor *x = c->in[i], *xs = c->in[i + 1], *xz = c->in[i + 2];
+    if (!x || !xs || !xz || x->dtype != yz->dtype || xz->dtype != yz->dtype)
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                        "QLinearConcat: every X and zero point must be %s",
+                        kiln_dtype_name(yz->dtype));
+    if ((st = check_qparam(c, xs, 1, "X_scale", &cnt)) != KILN_OK) return st;
+    if ((st = check_qparam(c, xz, 1, "X_zero_point", &cnt)) != KILN_OK) return st;
+    if ((st = need_scale(c, xs, "X_scale")) != KILN_OK) return st;
+    if (x->rank != x0->rank)
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "QLinearConcat: ranks differ");
+    for (int d = 0; d < x->rank; d++)
+      if (d != *axis && x->dims[d] != x0->dims[d])
+        return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "QLinearConcat: dim %d differs", d);
+  }
+  return KILN_OK;
+}
+
+static kiln_status infer_qlinearconcat(kiln__kctx *c) {
+  int axis;
+  kiln_status st = qconcat_check(c, &axis);
+  if (st != KILN_OK) return st;
+  int64_t dims[KILN_MAX_RANK];
+  const kiln_tensor *x0 = c->in[2];
+  for (int d = 0; d < x0->rank; d++) dims[d] = x0->dims[d];
+  dims[axis] = 0;
+  for (int i = 2; i < c->n_in; i += 3) dims[axis] += c->in[i]->dims[axis];
+  kiln__set_shape(c->out[0], c->in[1]->dtype, x0->rank, dims);
+  return KILN_OK;
+}
+
+static kiln_status run_qlinearconcat(kiln__kctx *c) {
+  int axis;
+  kiln_status st = qconcat_check(c, &axis);
+  if (st != KILN_OK) return st;
+  kiln_tensor *y = c->out[0];
+  float sy = ldf(c->in[0], 0);
+  int32_t zy = ldq(c->in[1], 0), lo, hi;
+  qrange(y->dtype, &lo, &hi);
+  size_t outer = 1, row = 0;
+  for (int d = 0; d < axis; d++) outer *= (size_t)y->dims[d];
+  for (int d = axis; d < y->rank; d++) row = (d == axis ? 1 : row) * (size_t)y->dims[d];
+  size_t off = 0;
+  for (int i = 2; i < c->n_in; i += 3) {
+    const kiln_tensor *x = c->in[i];
+    float sx = ldf(c->in[i + 1], 0);
+    int32_t zx = ldq(c->in[i + 2], 0);
+    size_t inner = outer ? kiln_tensor_count(x) / outer : 0;
+    for (size_t o = 0; o < outer; o++)
+      for (size_t e = 0; e < inner; e++) {
+        float v = (float)(ldq(x, o * inner + e) - zx) * sx;
+        stq(y, o * row + off + e, saturate(v / sy, zy, lo, hi));
+      }
+    off += inner;
+  }
+  return KILN_OK;
+}
+
 const kiln__op kiln__ops_quant[] = {
     {"", "QuantizeLinear", infer_quantize, run_quantize, NULL, 0, 2, 3},
     {"", "DequantizeLinear", infer_dequantize, run_dequantize, NULL, 0, 2, 3},
@@ -603,5 +683,6 @@ const kiln__op kiln__ops_quant[] = {
     {"", "QLinearMatMul", infer_qlinearmatmul, run_qlinearmatmul, scratch_qlinearmatmul, 0, 8, 8},
     {"", "ConvInteger", infer_convint, run_convint, NULL, 0, 2, 4},
     {"", "QLinearConv", infer_qlinearconv, run_qlinearconv, NULL, 0, 8, 9},
+    {"com.microsoft", "QLinearConcat", infer_qlinearconcat, run_qlinearconcat, NULL, 0, 5, -1},
     {0},
 };

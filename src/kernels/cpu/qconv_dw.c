@@ -1,0 +1,292 @@
+/* Integer depthwise convolution (see qconv_dw.h): a portable loop for any geometry and an AVX2
+ * row kernel for strides 1 and 2 without horizontal dilation.
+ *
+ * AVX2 scheme: each input row is widened once per channel to int16 (x - zx), zero-padded (so the
+ * padding contributes (zx - zx) = 0, as in the reference), and kept in a small ring of the rows
+ * the kernel's height spans. Products go through VPMADDWD, two taps per instruction: an int32
+ * lane holds the int16 pair (tap kx, tap kx + 1) of one output and the weight register the pair
+ * (w[kx] - zw, w[kx + 1] - zw), so one VPMADDWD gives 8 outputs x 2 taps, exact (|x - zx| and
+ * |w - zw| <= 255, a pair sum < 2^17). Both strides load the pairs straight from the padded row
+ * (see sums16). An odd kernel width pairs its last tap with a zero weight. The int32 sums are
+ * requantized in registers with the float operations of qgemm's epilogue (the reference's), so
+ * results are byte-identical to src/kernels/ref/quant.c. */
+#include "kernels/cpu/qconv_dw.h"
+
+#include "core/threadpool.h"
+#include "ir/op.h"
+
+#ifdef KILN__QGEMM_X86
+#include <immintrin.h>
+#define TARGET __attribute__((target("avx2,fma")))
+#endif
+
+#define GEN_ROW 256     /* accumulators per chunk of the portable loop */
+#define ACC_MAX 2048    /* AVX2: int32 accumulators of one output row (ow rounded up to 16) */
+#define RING_MAX 16384  /* AVX2: int16 of the cached padded rows */
+#define SLOTS_MAX 16
+#define WPAIRS_MAX 64
+
+static inline int32_t ld8(const void *p, bool is_signed, size_t i) {
+  return is_signed ? ((const int8_t *)p)[i] : ((const uint8_t *)p)[i];
+}
+
+static inline int32_t zw_at(const kiln__qzp *z, size_t c) {
+  if (!z->n) return 0;
+  return ld8(z->p, z->is_signed, z->n == 1 ? 0 : c);
+}
+
+static size_t out_esz(const kiln__qdw_args *a) { return a->kind == KILN__QOUT_I32 ? 4 : 1; }
+
+/* acc[0..n) are the exact sums of channel ch: requantize (or copy) them into dst. With za 0, no
+   zb and no row_add the epilogue's zero-point correction vanishes (cs is not read). */
+static void epilogue(const kiln__qdw_args *a, bool avx2, size_t ch, const int32_t *acc, size_t n,
+                     void *dst) {
+  kiln__qep_row r = {.acc = acc, .n = n, .kind = a->kind, .dst = dst};
+  if (a->kind != KILN__QOUT_I32) {
+    r.bias_row = a->bias ? a->bias[ch] : 0;
+    r.mult_row = a->mult[ch];
+    r.zy = a->zy;
+    r.lo = a->kind == KILN__QOUT_U8 ? 0 : -128;
+    r.hi = a->kind == KILN__QOUT_U8 ? 255 : 127;
+  }
+#ifdef KILN__QGEMM_X86
+  if (avx2) {
+    kiln__qep__avx2(&r);
+    return;
+  }
+#endif
+  (void)avx2;
+  kiln__qep__generic(&r);
+}
+
+static void channel_generic(const kiln__qdw_args *a, bool avx2, size_t b, size_t ch) {
+  const uint8_t *x = (const uint8_t *)a->x + (b * a->c + ch) * a->h * a->w;
+  const uint8_t *w = (const uint8_t *)a->wt + ch * a->kh * a->kw;
+  int32_t zw = zw_at(&a->zw, ch), acc[GEN_ROW];
+  size_t esz = out_esz(a);
+  uint8_t *y = (uint8_t *)a->y + (b * a->c + ch) * a->oh * a->ow * esz;
+  for (size_t oy = 0; oy < a->oh; oy++)
+    for (size_t ox0 = 0; ox0 < a->ow; ox0 += GEN_ROW) {
+      size_t cnt = KILN__MIN((size_t)GEN_ROW, a->ow - ox0);
+      for (size_t t = 0; t < cnt; t++) {
+        uint32_t s = 0; /* wraps as the reference's int32 sum */
+        for (size_t ky = 0; ky < a->kh; ky++) {
+          int64_t iy = (int64_t)oy * a->sh - a->pt + (int64_t)ky * a->dh;
+          if (iy < 0 || iy >= (int64_t)a->h) continue;
+          for (size_t kx = 0; kx < a->kw; kx++) {
+            int64_t ix = (int64_t)(ox0 + t) * a->sw - a->pl + (int64_t)kx * a->dw;
+            if (ix < 0 || ix >= (int64_t)a->w) continue;
+            int32_t xv = ld8(x, a->x_signed, (size_t)iy * a->w + (size_t)ix) - a->zx;
+            int32_t wv = ld8(w, a->w_signed, ky * a->kw + kx) - zw;
+            s += (uint32_t)(xv * wv);
+          }
+        }
+        acc[t] = (int32_t)s;
+      }
+      epilogue(a, avx2, ch, acc, cnt, y + (oy * a->ow + ox0) * esz);
+    }
+}
+
+/* AVX2 row layout (see the top): plen int16 per padded row, ns rows in the ring, np tap pairs per
+   kernel row. */
+typedef struct dw_plan {
+  size_t ow16, np, ns, plen;
+} dw_plan;
+
+static size_t round_up(size_t x, size_t r) { return (x + r - 1) / r * r; }
+
+static bool avx2_plan(const kiln__qdw_args *a, dw_plan *p) {
+  if ((a->sw != 1 && a->sw != 2) || a->dw != 1 || a->pt < 0 || a->pl < 0 || a->dh < 1 ||
+      a->kh > SLOTS_MAX || a->kw > 2 * WPAIRS_MAX)
+    return false;
+  p->ow16 = round_up(a->ow, 16);
+  p->np = (a->kw + 1) / 2;
+  /* The last 16 int16 loaded start at sw (ow16 - 16) + (sw == 1 ? 1 : 16) + 2 (np - 1). */
+  p->plen = round_up((size_t)a->sw * p->ow16 + 2 * p->np, 16);
+  p->ns = (a->kh - 1) * (size_t)a->dh + 1;
+  return p->ns <= SLOTS_MAX && p->ns * p->plen <= RING_MAX && p->ow16 <= ACC_MAX &&
+         a->kh * p->np <= WPAIRS_MAX;
+}
+
+#ifdef KILN__QGEMM_X86
+/* Input row xrow as int16 (x - zx), padded with zeros, into d (plen values). */
+TARGET static void fill_row(const kiln__qdw_args *a, const dw_plan *p, const uint8_t *xrow,
+                            int16_t *d) {
+  size_t lead = KILN__MIN((size_t)a->pl, p->plen), n = KILN__MIN(a->w, p->plen - lead), t = 0;
+  memset(d, 0, lead * sizeof *d);
+  __m256i z = _mm256_set1_epi16((int16_t)a->zx);
+  int16_t *o = d + lead;
+  for (; t + 16 <= n; t += 16) {
+    __m128i b = _mm_loadu_si128((const __m128i *)(xrow + t));
+    __m256i v = a->x_signed ? _mm256_cvtepi8_epi16(b) : _mm256_cvtepu8_epi16(b);
+    _mm256_storeu_si256((__m256i *)(o + t), _mm256_sub_epi16(v, z));
+  }
+  for (; t < n; t++) o[t] = (int16_t)(ld8(xrow, a->x_signed, t) - a->zx);
+  memset(o + n, 0, (p->plen - lead - n) * sizeof *d);
+}
+
+/* The requantization of kiln__qep__avx2 (qgemm_avx2.c) for one channel, fused into the row loop:
+   y = clamp(rint((float)(acc + bias) * mult) + zy), the clamp on the integer-valued float before
+   the zero point is added (the bounds are exact in float). The epilogue's NaN test is left out:
+   the multiplier is finite (checked by the caller), so the product never is NaN. */
+typedef struct rq_consts {
+  __m256i bias, zy;
+  __m256 mult, lo_z, hi_z;
+  bool to_signed;
+} rq_consts;
+
+TARGET static rq_consts rq_init(const kiln__qdw_args *a, size_t ch) {
+  int32_t lo = a->kind == KILN__QOUT_U8 ? 0 : -128, hi = a->kind == KILN__QOUT_U8 ? 255 : 127;
+  rq_consts r = {_mm256_set1_epi32(a->bias ? a->bias[ch] : 0), _mm256_set1_epi32(a->zy),
+                 _mm256_set1_ps(a->mult[ch]), _mm256_set1_ps((float)(lo - a->zy)),
+                 _mm256_set1_ps((float)(hi - a->zy)), a->kind == KILN__QOUT_S8};
+  return r;
+}
+
+TARGET static inline __m256i rq8(__m256i v, const rq_consts *r) {
+  __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(v, r->bias)), r->mult);
+  f = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  f = _mm256_min_ps(_mm256_max_ps(f, r->lo_z), r->hi_z);
+  return _mm256_add_epi32(_mm256_cvtps_epi32(f), r->zy);
+}
+
+/* 16 sums (8 in each register, in order) to 16 bytes in order. */
+TARGET static inline __m128i requant16(__m256i a0, __m256i a1, const rq_consts *r) {
+  __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(rq8(a0, r), rq8(a1, r)), 0xD8);
+  __m128i lo = _mm256_castsi256_si128(w), hi = _mm256_extracti128_si256(w, 1);
+  return r->to_signed ? _mm_packs_epi16(lo, hi) : _mm_packus_epi16(lo, hi);
+}
+
+/* The int32 sums of outputs ox .. ox + 15 of a row from nr padded rows, np tap pairs each. The
+   int32 lane of a 16-value load from P + i holds (P[i + 2l], P[i + 2l + 1]): with stride 2 that
+   is tap pair pi of output ox + l at i = 2 ox + 2 pi (and ox + 8 + l at 16 further); with stride
+   1 it is the pair of output ox + 2l at i = ox + 2 pi, and of ox + 2l + 1 at one further, so the
+   stride-1 sums come out as even and odd outputs and are interleaved at the end. */
+TARGET static inline __attribute__((always_inline)) void sums16(
+    const int16_t *const *rows, const uint32_t *const *wr, size_t ox, size_t nr, size_t np,
+    size_t sw, __m256i *s0, __m256i *s1) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+  size_t next = sw == 1 ? 1 : 16;
+  for (size_t r = 0; r < nr; r++) {
+    const int16_t *q = rows[r] + sw * ox;
+    for (size_t pi = 0; pi < np; pi++, q += 2) {
+      __m256i wv = _mm256_set1_epi32((int32_t)wr[r][pi]);
+      __m256i v0 = _mm256_loadu_si256((const __m256i *)q);
+      __m256i v1 = _mm256_loadu_si256((const __m256i *)(q + next));
+      a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(v0, wv));
+      a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(v1, wv));
+    }
+  }
+  if (sw == 1) { /* even and odd outputs -> ox .. ox + 7 and ox + 8 .. ox + 15 */
+    __m256i lo = _mm256_unpacklo_epi32(a0, a1), hi = _mm256_unpackhi_epi32(a0, a1);
+    a0 = _mm256_permute2x128_si256(lo, hi, 0x20);
+    a1 = _mm256_permute2x128_si256(lo, hi, 0x31);
+  }
+  *s0 = a0;
+  *s1 = a1;
+}
+
+TARGET static void channel_avx2(const kiln__qdw_args *a, const dw_plan *p, size_t b, size_t ch,
+                                int16_t *ring, int32_t *acc) {
+  const uint8_t *x = (const uint8_t *)a->x + (b * a->c + ch) * a->h * a->w;
+  const uint8_t *w = (const uint8_t *)a->wt + ch * a->kh * a->kw;
+  int32_t zw = zw_at(&a->zw, ch);
+  size_t esz = out_esz(a), np = p->np;
+  uint8_t *y = (uint8_t *)a->y + (b * a->c + ch) * a->oh * a->ow * esz;
+  uint32_t wp[WPAIRS_MAX]; /* (w[2pi] - zw) low, (w[2pi + 1] - zw) high; 0 past the width */
+  for (size_t ky = 0; ky < a->kh; ky++)
+    for (size_t pi = 0; pi < np; pi++) {
+      size_t k0 = 2 * pi, k1 = k0 + 1;
+      int32_t w0 = ld8(w, a->w_signed, ky * a->kw + k0) - zw;
+      int32_t w1 = k1 < a->kw ? ld8(w, a->w_signed, ky * a->kw + k1) - zw : 0;
+      wp[ky * np + pi] = (uint16_t)w0 | (uint32_t)(uint16_t)w1 << 16;
+    }
+  int64_t tag[SLOTS_MAX];
+  for (size_t i = 0; i < p->ns; i++) tag[i] = -1;
+  rq_consts rq = {0};
+  if (a->kind != KILN__QOUT_I32) rq = rq_init(a, ch);
+  for (size_t oy = 0; oy < a->oh; oy++) {
+    const int16_t *rows[SLOTS_MAX];
+    const uint32_t *wr[SLOTS_MAX];
+    size_t nr = 0;
+    for (size_t ky = 0; ky < a->kh; ky++) {
+      int64_t iy = (int64_t)oy * a->sh - a->pt + (int64_t)ky * a->dh;
+      if (iy < 0 || iy >= (int64_t)a->h) continue; /* a padding row: all zeros */
+      size_t slot = (size_t)iy % p->ns;
+      int16_t *r = ring + slot * p->plen;
+      if (tag[slot] != iy) {
+        fill_row(a, p, x + (size_t)iy * a->w, r);
+        tag[slot] = iy;
+      }
+      rows[nr] = r;
+      wr[nr++] = wp + ky * np;
+    }
+    for (size_t ox = 0; ox < a->ow; ox += 16) {
+      __m256i a0, a1;
+      /* Constant trip counts for the common 3-wide kernels (3 rows inside, 2 pairs) unroll. */
+      if (nr == 3 && np == 2 && a->sw == 1)
+        sums16(rows, wr, ox, 3, 2, 1, &a0, &a1);
+      else if (nr == 3 && np == 2)
+        sums16(rows, wr, ox, 3, 2, 2, &a0, &a1);
+      else
+        sums16(rows, wr, ox, nr, np, (size_t)a->sw, &a0, &a1);
+      size_t cnt = KILN__MIN((size_t)16, a->ow - ox);
+      uint8_t *dst = y + (oy * a->ow + ox) * esz;
+      if (a->kind == KILN__QOUT_I32) {
+        _mm256_storeu_si256((__m256i *)(acc + ox), a0);
+        _mm256_storeu_si256((__m256i *)(acc + ox + 8), a1);
+        memcpy(dst, acc + ox, cnt * sizeof *acc);
+        continue;
+      }
+      __m128i q = requant16(a0, a1, &rq);
+      if (cnt == 16) {
+        _mm_storeu_si128((__m128i *)dst, q);
+      } else {
+        uint8_t t[16];
+        _mm_storeu_si128((__m128i *)t, q);
+        memcpy(dst, t, cnt);
+      }
+    }
+  }
+}
+#endif
+
+typedef struct dw_job {
+  const kiln__qdw_args *a;
+  dw_plan plan;
+  bool vec;  /* the AVX2 row kernel */
+  bool avx2; /* the AVX2 epilogue */
+} dw_job;
+
+#ifdef KILN__QGEMM_X86
+TARGET static void planes_avx2(const dw_job *j, size_t i0, size_t i1) {
+  _Alignas(32) int16_t ring[RING_MAX];
+  _Alignas(32) int32_t acc[ACC_MAX];
+  for (size_t i = i0; i < i1; i++)
+    channel_avx2(j->a, &j->plan, i / j->a->c, i % j->a->c, ring, acc);
+}
+#endif
+
+static void planes(void *arg, size_t i0, size_t i1) {
+  const dw_job *j = arg;
+#ifdef KILN__QGEMM_X86
+  if (j->vec) {
+    planes_avx2(j, i0, i1);
+    return;
+  }
+#endif
+  for (size_t i = i0; i < i1; i++) channel_generic(j->a, j->avx2, i / j->a->c, i % j->a->c);
+}
+
+void kiln__qconv_dw(kiln__pool *pool, kiln__qisa isa, const kiln__qdw_args *a) {
+  dw_job j = {a, {0}, false, false};
+#ifdef KILN__QGEMM_X86
+  j.avx2 = isa != KILN__QISA_GENERIC;
+  j.vec = j.avx2 && avx2_plan(a, &j.plan);
+#else
+  (void)isa;
+#endif
+  size_t planes_n = a->n * a->c;
+  double work = (double)planes_n * (double)(a->oh * a->ow) * (double)(a->kh * a->kw);
+  kiln__parallel_for(kiln__pool_for(pool, work), planes_n, planes, &j);
+}

@@ -1,0 +1,32 @@
+/* Integer depthwise convolution (QLinearConv / ConvInteger with group == channels, one input and
+ * one output channel per group): y[b, c] = epilogue(sum (x - zx)(w[c] - zw[c])) per plane, exact
+ * int32 sums and the requantization of qgemm.h's epilogue, so the result is byte-identical to
+ * the reference kernel. The GEMM path would run it as one M = 1 GEMM per channel with im2col and
+ * per-call packing; this walks each plane once instead. */
+#ifndef KILN_KERNELS_CPU_QCONV_DW_H
+#define KILN_KERNELS_CPU_QCONV_DW_H
+
+#include "kernels/cpu/qgemm.h"
+
+typedef struct kiln__qdw_args {
+  const void *x;        /* [n, c, h, w], uint8 or int8 */
+  bool x_signed;
+  size_t n, c, h, w, oh, ow;
+  size_t kh, kw;
+  int64_t sh, sw, dh, dw, pt, pl; /* strides, dilations, padding before (>= 0) */
+  const void *wt;       /* [c, 1, kh, kw], uint8 or int8 */
+  bool w_signed;
+  int32_t zx;
+  kiln__qzp zw;         /* per tensor or per channel */
+  kiln__qout_kind kind; /* int32 (ConvInteger) or requantized */
+  const int32_t *bias;  /* per channel, or NULL */
+  const float *mult;    /* per channel (requantization only) */
+  int32_t zy;
+  void *y;              /* [n, c, oh, ow] */
+} kiln__qdw_args;
+
+/* Runs the convolution over the pool (channels split). `isa` picks the AVX2 row kernel (strides
+   1 and 2) where the machine has it; other geometries run a portable loop. */
+void kiln__qconv_dw(struct kiln__pool *pool, kiln__qisa isa, const kiln__qdw_args *a);
+
+#endif
