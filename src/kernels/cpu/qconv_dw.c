@@ -93,6 +93,7 @@ typedef struct dw_plan {
   size_t ow16, np, ns, plen;
 } dw_plan;
 
+#ifdef KILN__QGEMM_X86
 static size_t round_up(size_t x, size_t r) { return (x + r - 1) / r * r; }
 
 static bool avx2_plan(const kiln__qdw_args *a, dw_plan *p) {
@@ -108,7 +109,6 @@ static bool avx2_plan(const kiln__qdw_args *a, dw_plan *p) {
          a->kh * p->np <= WPAIRS_MAX;
 }
 
-#ifdef KILN__QGEMM_X86
 /* Input row xrow as int16 (x - zx), padded with zeros, into d (plen values). */
 TARGET static void fill_row(const kiln__qdw_args *a, const dw_plan *p, const uint8_t *xrow,
                             int16_t *d) {
