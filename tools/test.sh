@@ -40,3 +40,7 @@ mkdir -p build-fuzz/corpus_request
 build-fuzz/fuzz/fuzz_request -max_total_time="${KILN_FUZZ_SECONDS:-60}" -max_len=65536 \
   -rss_limit_mb=2048 build-fuzz/corpus_request 2>&1 | tail -n 3
 echo "fuzz: no crash, leak or sanitizer report"
+
+echo "== aarch64: cross build (-Werror) and the kernel suites under qemu (NEON SGEMM, portable rest)"
+# The whole suite under qemu takes ~20 min here; the kernel suites are what differs per ISA.
+tools/cross_aarch64.sh '^(cpu_gemm|cpu_vec|cpu_fused|cpu_quant|cpu_nbits|session|passes)$'
