@@ -54,9 +54,9 @@ store_row(float *restrict c, size_t r, __m256 v0, __m256 v1, const kiln__uk_stor
 
 /* An edge panel with at most 8 live columns (ResNet's 7x7 stage: 49 = 3 x 16 + 1) computes only
    the left half of the 16-wide panel: half the FMAs of the full tile. */
-TARGET static void uk_6x8(size_t kc, const float *restrict a, const float *restrict b,
-                          float *restrict c, size_t ldc, size_t mr, size_t nr,
-                          const kiln__uk_store *s) {
+TARGET static inline __attribute__((always_inline)) void
+uk_6x8(size_t kc, const float *restrict a, const float *restrict b, size_t ldb, float *restrict c,
+       size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s) {
   __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
   for (size_t p = 0; p < kc; p++) {
     __m256 b0 = _mm256_loadu_ps(b);
@@ -67,7 +67,7 @@ TARGET static void uk_6x8(size_t kc, const float *restrict a, const float *restr
     c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4), b0, c4);
     c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 5), b0, c5);
     a += MR;
-    b += NR;
+    b += ldb;
   }
   _Alignas(32) float t[MR * 8];
   _mm256_store_ps(t + 0, c0), _mm256_store_ps(t + 8, c1), _mm256_store_ps(t + 16, c2);
@@ -75,11 +75,14 @@ TARGET static void uk_6x8(size_t kc, const float *restrict a, const float *restr
   kiln__uk_store_tile(t, 8, c, ldc, mr, nr, s);
 }
 
-TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
-                                      const float *restrict b, float *restrict c, size_t ldc,
-                                      size_t mr, size_t nr, const kiln__uk_store *s) {
+/* b's rows are ldb floats apart: NR in a packed panel, or a row of an unpacked B (a pointwise
+   conv's input planes, read in place). Inlined into both entry points, so the packed one keeps a
+   constant stride. */
+TARGET static inline __attribute__((always_inline)) void
+uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
+        float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s) {
   if (nr <= 8) {
-    uk_6x8(kc, a, b, c, ldc, mr, nr, s);
+    uk_6x8(kc, a, b, ldb, c, ldc, mr, nr, s);
     return;
   }
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
@@ -97,7 +100,7 @@ TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
     ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)
 #undef ROW
     a += MR;
-    b += NR;
+    b += ldb;
   }
   if (nr == NR) {
     /* Full-width rows store from registers, also in the last row tile of an m that is not a
@@ -118,6 +121,19 @@ TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
   _mm256_store_ps(t + 4 * NR, c40), _mm256_store_ps(t + 4 * NR + 8, c41);
   _mm256_store_ps(t + 5 * NR, c50), _mm256_store_ps(t + 5 * NR + 8, c51);
   kiln__uk_store_tile(t, NR, c, ldc, mr, nr, s);
+}
+
+TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
+                                      const float *restrict b, float *restrict c, size_t ldc,
+                                      size_t mr, size_t nr, const kiln__uk_store *s) {
+  uk_6x16(kc, a, b, NR, c, ldc, mr, nr, s);
+}
+
+TARGET void kiln__sgemm_uk_6x16s__avx2(size_t kc, const float *restrict a,
+                                       const float *restrict b, size_t ldb, float *restrict c,
+                                       size_t ldc, size_t mr, size_t nr,
+                                       const kiln__uk_store *s) {
+  uk_6x16(kc, a, b, ldb, c, ldc, mr, nr, s);
 }
 
 #endif
