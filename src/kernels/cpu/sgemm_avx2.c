@@ -75,14 +75,62 @@ uk_6x8(size_t kc, const float *restrict a, const float *restrict b, size_t ldb, 
   kiln__uk_store_tile(t, 8, c, ldc, mr, nr, s);
 }
 
+/* An edge panel of one or two live columns (7x7 planes: 49 = 3 x 16 + 1; 55x55: 3025 = 189 x 16
+   + 1) as a column of A times a scalar of B: one FMA per column and k instead of uk_6x8's six.
+   The six rows are one masked load of the packed A panel; four partial sums per column hide the
+   FMA latency (summed at the end: float reordering only). */
+TARGET static inline __attribute__((always_inline)) void
+uk_6xnarrow(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
+            float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s,
+            const int ncol) {
+  const __m256i mask = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+  __m256 x00 = _mm256_setzero_ps(), x01 = x00, x02 = x00, x03 = x00;
+  __m256 x10 = x00, x11 = x00, x12 = x00, x13 = x00;
+  size_t p = 0;
+  for (; p + 4 <= kc; p += 4) {
+    const float *ap = a + p * MR, *bp = b + p * ldb;
+#define STEP(u)                                                                             \
+  {                                                                                         \
+    __m256 av = _mm256_maskload_ps(ap + (u)*MR, mask);                                      \
+    x0##u = _mm256_fmadd_ps(av, _mm256_broadcast_ss(bp + (u)*ldb), x0##u);                  \
+    if (ncol > 1) x1##u = _mm256_fmadd_ps(av, _mm256_broadcast_ss(bp + (u)*ldb + 1), x1##u); \
+  }
+    STEP(0) STEP(1) STEP(2) STEP(3)
+#undef STEP
+  }
+  for (; p < kc; p++) {
+    __m256 av = _mm256_maskload_ps(a + p * MR, mask);
+    x00 = _mm256_fmadd_ps(av, _mm256_broadcast_ss(b + p * ldb), x00);
+    if (ncol > 1) x10 = _mm256_fmadd_ps(av, _mm256_broadcast_ss(b + p * ldb + 1), x10);
+  }
+  _Alignas(32) float col[2][8], t[MR * 2];
+  _mm256_store_ps(col[0], _mm256_add_ps(_mm256_add_ps(x00, x01), _mm256_add_ps(x02, x03)));
+  _mm256_store_ps(col[1], _mm256_add_ps(_mm256_add_ps(x10, x11), _mm256_add_ps(x12, x13)));
+  for (int r = 0; r < MR; r++) t[r * 2] = col[0][r], t[r * 2 + 1] = col[1][r];
+  kiln__uk_store_tile(t, 2, c, ldc, mr, nr, s);
+}
+
 /* b's rows are ldb floats apart: NR in a packed panel, or a row of an unpacked B (a pointwise
    conv's input planes, read in place). Inlined into both entry points, so the packed one keeps a
    constant stride. */
 TARGET static inline __attribute__((always_inline)) void
 uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
         float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s) {
+  if (nr <= 2) {
+    if (nr == 1) uk_6xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 1);
+    else uk_6xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 2);
+    return;
+  }
   if (nr <= 8) {
     uk_6x8(kc, a, b, ldb, c, ldc, mr, nr, s);
+    return;
+  }
+  if (nr <= 10) { /* 13x13 and 27x27 planes: 8 + 1 columns */
+    kiln__uk_store s8 = *s;
+    s8.col0 += 8;
+    uk_6x8(kc, a, b, ldb, c, ldc, mr, 8, s);
+    if (nr == 9) uk_6xnarrow(kc, a, b + 8, ldb, c + 8, ldc, mr, 1, &s8, 1);
+    else uk_6xnarrow(kc, a, b + 8, ldb, c + 8, ldc, mr, 2, &s8, 2);
     return;
   }
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
