@@ -189,10 +189,12 @@ int main(int argc, char **argv) {
   one("sq 3x3 64->256@13", 64, 13, 256, 3, 1, 1, reps);
   one("sq 1x1 512->1000@13", 512, 13, 1000, 1, 1, 0, reps);
   /* mobilenet_v2 pointwise convs (its depthwise ones run in conv_dw.c) */
+  one("mb 1x1 32->16@112", 32, 112, 16, 1, 1, 0, reps);
   one("mb 1x1 16->96@112", 16, 112, 96, 1, 1, 0, reps);
   one("mb 1x1 96->24@56", 96, 56, 24, 1, 1, 0, reps);
   one("mb 1x1 24->144@56", 24, 56, 144, 1, 1, 0, reps);
   one("mb 1x1 144->32@28", 144, 28, 32, 1, 1, 0, reps);
+  one("mb 1x1 192->64@14", 192, 14, 64, 1, 1, 0, reps);
   one("mb 1x1 64->384@14", 64, 14, 384, 1, 1, 0, reps);
   one("mb 1x1 384->64@14", 384, 14, 64, 1, 1, 0, reps);
   one("mb 1x1 960->160@7", 960, 7, 160, 1, 1, 0, reps);
