@@ -125,14 +125,6 @@ uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
     uk_6x8(kc, a, b, ldb, c, ldc, mr, nr, s);
     return;
   }
-  if (nr <= 10) { /* 13x13 and 27x27 planes: 8 + 1 columns */
-    kiln__uk_store s8 = *s;
-    s8.col0 += 8;
-    uk_6x8(kc, a, b, ldb, c, ldc, mr, 8, s);
-    if (nr == 9) uk_6xnarrow(kc, a, b + 8, ldb, c + 8, ldc, mr, 1, &s8, 1);
-    else uk_6xnarrow(kc, a, b + 8, ldb, c + 8, ldc, mr, 2, &s8, 2);
-    return;
-  }
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
   __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
