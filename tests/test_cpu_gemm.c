@@ -148,6 +148,7 @@ static void pool_tolerates_concurrent_callers(void **st) {
 typedef struct gemm_case {
   size_t m, n, k;
   bool ta, tb, pack_a, pack_b, accumulate;
+  bool in_place;              /* b_in_place: B may be read unpacked */
   size_t pad_a, pad_b, pad_c; /* extra row stride */
   float alpha;
   int ep; /* 0 none, 1 bias per column, 2 bias per row, 3 residual, 4 relu + bias, 5 clip */
@@ -168,7 +169,8 @@ static void check_case(kiln__isa isa, kiln__pool *pool, const gemm_case *t) {
   memcpy(c, c0, t->m * ldc * sizeof *c);
   kiln__sgemm_args g = {.m = t->m, .n = t->n, .k = t->k, .a = a, .lda = lda, .trans_a = t->ta,
                         .b = b, .ldb = ldb, .trans_b = t->tb, .c = c, .ldc = ldc,
-                        .alpha = t->alpha, .accumulate = t->accumulate};
+                        .alpha = t->alpha, .accumulate = t->accumulate,
+                        .b_in_place = t->in_place};
   if (t->ep == 1 || t->ep == 4) g.ep.bias = bias;
   if (t->ep == 2) g.ep.bias = bias, g.ep.bias_per_row = true;
   if (t->ep == 3) g.ep.residual = res, g.ep.ldr = t->n;
@@ -204,10 +206,10 @@ static void check_case(kiln__isa isa, kiln__pool *pool, const gemm_case *t) {
       if (t->ep == 5) v = v < -0.5 ? -0.5 : (v > 0.25 ? 0.25 : v);
       double got = c[i * ldc + j];
       if (!(fabs(got - v) <= 1e-5 * mag + 1e-6)) {
-        fail_msg("%s m=%zu n=%zu k=%zu ta=%d tb=%d pa=%d pb=%d acc=%d ep=%d: C[%zu][%zu] = %.7g, "
-                 "expected %.7g",
-                 kiln__isa_name(isa), t->m, t->n, t->k, t->ta, t->tb, t->pack_a, t->pack_b,
-                 t->accumulate, t->ep, i, j, got, v);
+        fail_msg("%s m=%zu n=%zu k=%zu ldb=%zu ta=%d tb=%d pa=%d pb=%d inplace=%d acc=%d ep=%d: "
+                 "C[%zu][%zu] = %.7g, expected %.7g",
+                 kiln__isa_name(isa), t->m, t->n, t->k, ldb, t->ta, t->tb, t->pack_a, t->pack_b,
+                 t->in_place, t->accumulate, t->ep, i, j, got, v);
       }
     }
     /* The padding between rows is never written. */
@@ -248,8 +250,37 @@ static void sgemm_matches_double_reference(void **st) {
       t.pad_c = rnd() % 3 ? 0 : rnd_in(1, 9);
       t.alpha = rnd() % 4 ? 1.0f : rnd_f() * 2.0f;
       t.ep = (int)(rnd() % 6);
+      t.in_place = rnd() & 1;
       check_case((kiln__isa)isa, r & 1 ? pool : NULL, &t);
     }
+  }
+  kiln__pool_free(pool);
+}
+
+/* B read in place (a pointwise conv's input planes): the shapes where the driver takes it (m <=
+   64, rows that spread over L1's sets or a short k) and those where it packs after all (m > 64,
+   rows a multiple of 256 bytes apart with k past what L1's ways hold), with edge panels (n not a
+   multiple of 16), k across KC blocks, every epilogue, serially and on 2 threads. */
+static void sgemm_b_in_place_matches_double_reference(void **st) {
+  (void)st;
+  kiln__pool *pool = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
+  /* m, n, k, pad_b */
+  static const size_t shapes[][4] = {
+      {16, 3025, 128, 0}, {24, 49, 96, 0},  {32, 729, 300, 0},  {64, 169, 512, 0},
+      {5, 33, 7, 0},      {64, 64, 40, 0},  {20, 128, 100, 0},  {20, 128, 200, 0},
+      {6, 16, 1, 0},      {7, 17, 257, 5},  {65, 200, 70, 0},   {100, 49, 600, 0},
+      {1, 1000, 64, 0},   {64, 192, 130, 0}, {13, 256, 260, 0}, {40, 15, 33, 3}};
+  for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
+    if (!kiln__isa_supported((kiln__isa)isa)) continue;
+    for (size_t e = 0; e < KILN__ARRAY_LEN(shapes); e++)
+      for (int v = 0; v < 6; v++) {
+        gemm_case t = {shapes[e][0], shapes[e][1], shapes[e][2], .in_place = true,
+                       .pad_b = shapes[e][3], .alpha = 1.0f, .ep = v};
+        t.pack_a = v != 3, t.accumulate = v == 5;
+        check_case((kiln__isa)isa, v & 1 ? pool : NULL, &t);
+      }
   }
   kiln__pool_free(pool);
 }
@@ -496,6 +527,13 @@ static void conv_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 4, 6, 1, 6, 3, 3, 1, 1, 1, 1, NULL, 1},     /* one column: a run per output position */
       {1, 2, 9, 40, 7, 3, 3, 1, 3, 1, 2, NULL, 0},    /* stride 3 */
       {1, 6, 7, 7, 13, 3, 3, 1, 1, 1, 1, NULL, 1},    /* 7x7: 49 columns, a 1-column panel */
+      /* pointwise with few outputs: B read in place where L1 allows (odd planes, short k),
+         packed otherwise (planes a multiple of 256 bytes with k = 130) */
+      {1, 300, 5, 13, 20, 1, 1, 1, 1, 1, 0, NULL, 1},
+      {2, 40, 9, 9, 64, 1, 1, 1, 1, 1, 0, NULL, 1},
+      {1, 20, 8, 16, 6, 1, 1, 1, 1, 1, 0, NULL, 1},
+      {1, 130, 8, 16, 6, 1, 1, 1, 1, 1, 0, NULL, 0},
+      {1, 24, 7, 7, 70, 1, 1, 1, 1, 1, 0, NULL, 1},
       {2, 3, 33, 33, 5, 3, 3, 1, 1, 2, 0, NULL, 1},   /* dilation 2, no padding, batch 2 */
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
@@ -756,6 +794,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(sgemm_matches_double_reference),
       cmocka_unit_test(matmul_matches_reference),
       cmocka_unit_test(gemm_matches_reference),
+      cmocka_unit_test(sgemm_b_in_place_matches_double_reference),
       cmocka_unit_test(conv_matches_reference),
       cmocka_unit_test(depthwise_conv_matches_reference),
       cmocka_unit_test(conv_rows_decline),

@@ -7,7 +7,8 @@
  * Not a test and not part of the library: the kernel was measured slower than the GEMM path on
  * most of these shapes and was not landed (bench/RESULTS.md, NCHWc section).
  * Build and run: see bench/README.md.
- * usage: bench_nchwc [REPS] */
+ * usage: bench_nchwc [REPS [gemm [FILTER]]]: "gemm" times only the cpu backend's conv (no direct
+ * kernel, no check against it), on the shapes whose name contains FILTER. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,11 +38,15 @@ static void attr_ints(kiln__node *n, const char *name, const int64_t *v, size_t 
   memcpy(a->ints, v, cnt * sizeof *a->ints);
 }
 
+static bool gemm_only; /* set once by main before any shape runs */
+static const char *filter;
+
 static float frand(void) { return (float)rand() / (float)RAND_MAX - 0.5f; }
 
 /* Leaks its buffers: a one-shot benchmark. */
 static void one(const char *name, size_t c, size_t h, size_t m, size_t k, size_t s, size_t p,
                 int reps) {
+  if (filter && !strstr(name, filter)) return;
   size_t oh = (h + 2 * p - k) / s + 1, hw = h * h, ohw = oh * oh;
   kiln_error err = {0};
   kiln__graph *g = kiln__graph_new();
@@ -116,12 +121,24 @@ static void one(const char *name, size_t c, size_t h, size_t m, size_t k, size_t
     double t0 = now();
     cpu->execute(&kc, state);
     double t1 = now();
+    if (gemm_only) {
+      if (r >= 0) ta[r] = t1 - t0;
+      continue;
+    }
     kiln__nchwc_conv_f32(isa, &ng, xb, wp, bp, NULL, yb, &ep, 0, ng.ocb, 0, oh);
     double t2 = now();
     kiln__nchwc_from_nchw(x, c, hw, xb);
     kiln__nchwc_to_nchw(yb, m, ohw, yr);
     double t3 = now();
     if (r >= 0) ta[r] = t1 - t0, tbk[r] = t2 - t1, tr[r] = t3 - t2;
+  }
+  double gf = 2.0 * (double)(m * ohw * c * k * k) * 1e-9;
+  if (gemm_only) {
+    qsort(ta, (size_t)reps, sizeof *ta, cmpd);
+    printf("%-26s gemm min %8.1f med %8.1f us (%5.1f GF/s)\n", name, ta[0] * 1e6,
+           ta[reps / 2] * 1e6, gf / ta[0]);
+    cpu->release(state);
+    return;
   }
   double maxd = 0, maxr = 0;
   for (size_t i = 0; i < m * ohw; i++) {
@@ -132,7 +149,6 @@ static void one(const char *name, size_t c, size_t h, size_t m, size_t k, size_t
   qsort(ta, (size_t)reps, sizeof *ta, cmpd);
   qsort(tbk, (size_t)reps, sizeof *tbk, cmpd);
   qsort(tr, (size_t)reps, sizeof *tr, cmpd);
-  double gf = 2.0 * (double)(m * ohw * c * k * k) * 1e-9;
   printf("%-22s gemm min %8.1f med %8.1f us (%5.1f GF/s) | nchwc min %8.1f med %8.1f us (%5.1f "
          "GF/s) | min ratio %.2f | reorders %7.1f us | maxdiff %.1e\n",
          name, ta[0] * 1e6, ta[reps / 2] * 1e6, gf / ta[0], tbk[0] * 1e6, tbk[reps / 2] * 1e6,
@@ -146,6 +162,8 @@ static void one(const char *name, size_t c, size_t h, size_t m, size_t k, size_t
 
 int main(int argc, char **argv) {
   int reps = argc > 1 ? atoi(argv[1]) : 20;
+  gemm_only = argc > 2 && !strcmp(argv[2], "gemm");
+  filter = argc > 3 ? argv[3] : NULL;
   /* resnet50 */
   one("r50 3x3 64@56", 64, 56, 64, 3, 1, 1, reps);
   one("r50 3x3 128@28", 128, 28, 128, 3, 1, 1, reps);
@@ -170,5 +188,16 @@ int main(int argc, char **argv) {
   one("sq 1x1 512->64@13", 512, 13, 64, 1, 1, 0, reps);
   one("sq 3x3 64->256@13", 64, 13, 256, 3, 1, 1, reps);
   one("sq 1x1 512->1000@13", 512, 13, 1000, 1, 1, 0, reps);
+  /* mobilenet_v2 pointwise convs (its depthwise ones run in conv_dw.c) */
+  one("mb 1x1 32->16@112", 32, 112, 16, 1, 1, 0, reps);
+  one("mb 1x1 16->96@112", 16, 112, 96, 1, 1, 0, reps);
+  one("mb 1x1 96->24@56", 96, 56, 24, 1, 1, 0, reps);
+  one("mb 1x1 24->144@56", 24, 56, 144, 1, 1, 0, reps);
+  one("mb 1x1 144->32@28", 144, 28, 32, 1, 1, 0, reps);
+  one("mb 1x1 192->64@14", 192, 14, 64, 1, 1, 0, reps);
+  one("mb 1x1 64->384@14", 64, 14, 384, 1, 1, 0, reps);
+  one("mb 1x1 384->64@14", 384, 14, 64, 1, 1, 0, reps);
+  one("mb 1x1 960->160@7", 960, 7, 160, 1, 1, 0, reps);
+  one("mb 1x1 320->1280@7", 320, 7, 1280, 1, 1, 0, reps);
   return 0;
 }

@@ -537,8 +537,9 @@ static kiln_status conv_execute(kiln__kctx *c, void *state) {
       g.ep.ldr = cg.p;
       conv_pack_ctx pc = {s, &cg, xg};
       if (cg.pointwise) {
-        g.b = xg; /* the input planes are cols already */
+        g.b = xg; /* the input planes are cols already: read in place */
         g.ldb = cg.p;
+        g.b_in_place = true;
       } else {
         g.pack_b = conv_pack_b;
         g.pack_b_ctx = &pc;

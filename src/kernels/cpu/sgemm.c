@@ -35,6 +35,13 @@ static const impl impls[KILN__ISA_COUNT] = {
 #endif
 };
 
+/* Microkernels that read an unpacked B (kiln__sgemm_args.b_in_place); NULL: B is packed. */
+static const kiln__sgemm_ukernel_strided strided_uks[KILN__ISA_COUNT] = {
+#ifdef KILN_X86
+    [KILN__ISA_AVX2] = kiln__sgemm_uk_6x16s__avx2,
+#endif
+};
+
 static const char *const isa_names[KILN__ISA_COUNT] = {"generic", "avx2", "avx512", "neon"};
 
 const char *kiln__isa_name(kiln__isa isa) {
@@ -266,6 +273,7 @@ void kiln__sgemm_uk_4x8__generic(size_t kc, const float *restrict a, const float
 typedef struct job {
   const kiln__sgemm_args *g;
   const impl *im;
+  kiln__sgemm_ukernel_strided uks; /* set when B is read in place */
   size_t tiles_n;
   size_t tm; /* rows per tile: a multiple of mc */
   size_t tn; /* columns per tile: nc, or with pre-packed B any multiple of nr */
@@ -284,7 +292,15 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
     for (size_t p0 = 0; p0 < g->k; p0 += KC) {
       size_t kc = KILN__MIN((size_t)KC, g->k - p0);
       const float *bp;
-      if (g->pb) {
+      /* B read in place: columns [0, edge) of the tile are full panels read where they lie, the
+         rest one packed edge panel at bbuf. Otherwise edge is 0 and all panels are at bp. */
+      size_t edge = 0;
+      if (jb->uks) {
+        edge = nc / im->nr * im->nr;
+        bp = bbuf;
+        if (edge < nc)
+          pack_b_block(im->nr, false, g->b, g->ldb, p0, kc, j0 + edge, nc - edge, bbuf);
+      } else if (g->pb) {
         bp = g->pb->data + p0 * npad + j0 * kc;
       } else if (g->pack_b) {
         g->pack_b(g->pack_b_ctx, im->nr, p0, kc, j0, nc, bbuf);
@@ -314,7 +330,11 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
             size_t mr = KILN__MIN(im->mr, mc - ip);
             st.row0 = i1 + ip;
             float *ct = g->c + st.row0 * g->ldc + st.col0;
-            im->uk(kc, ap + ip * kc, bp + jp * kc, ct, g->ldc, mr, nr, &st);
+            if (jp < edge)
+              jb->uks(kc, ap + ip * kc, g->b + p0 * g->ldb + j0 + jp, g->ldb, ct, g->ldc, mr, nr,
+                      &st);
+            else
+              im->uk(kc, ap + ip * kc, bp + (jp - edge) * kc, ct, g->ldc, mr, nr, &st);
             if (post)
               for (size_t r = 0; r < mr; r++)
                 kiln__act_apply(g->ep.vm, g->ep.act, g->ep.lo, g->ep.hi, ct + r * g->ldc, nr);
@@ -323,6 +343,22 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
       }
     }
   }
+}
+
+/* Whether reading B in place beats packing it (measured on pointwise convs, bench/RESULTS.md).
+   Packing copies B once per call and the copy is shared by every MR-row panel of A, so it pays
+   when m is large (ResNet's 512->2048: in place was ~15% slower); in place wins when m <= 64,
+   where the copy is a sizeable share of the work (MobileNet/SqueezeNet's 96->24, 144->32,
+   128->16: 20-40% faster), unless B's rows collide in L1: with rows a multiple of 256 bytes
+   apart (ResNet's 56x56 planes) a panel's kc rows map to at most 16 of a 32 KiB 8-way L1's 64
+   sets, 128 lines, and a longer panel is re-read from L2 by every A panel. */
+static bool in_place_pays(const kiln__sgemm_args *g) {
+  if (g->m > 64) return false;
+  size_t bytes = g->ldb * sizeof(float), kc = KILN__MIN(g->k, (size_t)KC);
+  if (bytes % 64 != 0) return true; /* rows land on shifting sets */
+  size_t lines = bytes / 64, sets = 64;
+  while (sets > 1 && lines % 2 == 0) lines /= 2, sets /= 2;
+  return kc <= 8 * sets;
 }
 
 /* k == 0: the product is zero, but the store (accumulate, epilogue) still applies. */
@@ -352,6 +388,9 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
   else if (g->pb) isa = g->pb->isa;
   const impl *im = &impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0];
   job jb = {.g = g, .im = im, .tn = im->nc};
+  if (g->b_in_place && !g->pb && !g->pack_b && !g->trans_b && im == &impls[isa] &&
+      in_place_pays(g))
+    jb.uks = strided_uks[isa];
   size_t threads = pool ? (size_t)kiln__pool_threads(pool) : 1, want = 3 * threads;
   size_t blocks_m = (g->m + im->mc - 1) / im->mc, rb = 1;
   if (g->pb) {

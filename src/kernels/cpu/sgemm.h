@@ -104,6 +104,8 @@ typedef struct kiln__sgemm_args {
   bool trans_b;
   const kiln__sgemm_packed *pb;
   kiln__sgemm_pack_fn pack_b;      /* NULL, or B's packer (b, ldb and trans_b are then ignored) */
+  bool b_in_place;                 /* with b, !trans_b: full-width panels read b where it lies
+                                      (ISAs with a strided kernel; the others pack) */
   const void *pack_b_ctx;
   float *c;
   size_t ldc;
@@ -192,6 +194,16 @@ void kiln__sgemm_uk_4x8__generic(size_t kc, const float *restrict a, const float
 void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a, const float *restrict b,
                                float *restrict c, size_t ldc, size_t mr, size_t nr,
                                const kiln__uk_store *s);
+/* The same product with b's rows ldb floats apart instead of packed: B read in place, no
+   per-call packing. Reads NR floats of each row, so the driver calls it only for full-width
+   panels and packs an edge panel. */
+typedef void (*kiln__sgemm_ukernel_strided)(size_t kc, const float *restrict a,
+                                            const float *restrict b, size_t ldb,
+                                            float *restrict c, size_t ldc, size_t mr, size_t nr,
+                                            const kiln__uk_store *s);
+void kiln__sgemm_uk_6x16s__avx2(size_t kc, const float *restrict a, const float *restrict b,
+                                size_t ldb, float *restrict c, size_t ldc, size_t mr, size_t nr,
+                                const kiln__uk_store *s);
 void kiln__sgemm_uk_8x32__avx512(size_t kc, const float *restrict a, const float *restrict b,
                                  float *restrict c, size_t ldc, size_t mr, size_t nr,
                                  const kiln__uk_store *s);

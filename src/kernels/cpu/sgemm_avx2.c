@@ -54,9 +54,9 @@ store_row(float *restrict c, size_t r, __m256 v0, __m256 v1, const kiln__uk_stor
 
 /* An edge panel with at most 8 live columns (ResNet's 7x7 stage: 49 = 3 x 16 + 1) computes only
    the left half of the 16-wide panel: half the FMAs of the full tile. */
-TARGET static void uk_6x8(size_t kc, const float *restrict a, const float *restrict b,
-                          float *restrict c, size_t ldc, size_t mr, size_t nr,
-                          const kiln__uk_store *s) {
+TARGET static inline __attribute__((always_inline)) void
+uk_6x8(size_t kc, const float *restrict a, const float *restrict b, size_t ldb, float *restrict c,
+       size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s) {
   __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
   for (size_t p = 0; p < kc; p++) {
     __m256 b0 = _mm256_loadu_ps(b);
@@ -67,7 +67,7 @@ TARGET static void uk_6x8(size_t kc, const float *restrict a, const float *restr
     c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 4), b0, c4);
     c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 5), b0, c5);
     a += MR;
-    b += NR;
+    b += ldb;
   }
   _Alignas(32) float t[MR * 8];
   _mm256_store_ps(t + 0, c0), _mm256_store_ps(t + 8, c1), _mm256_store_ps(t + 16, c2);
@@ -75,11 +75,54 @@ TARGET static void uk_6x8(size_t kc, const float *restrict a, const float *restr
   kiln__uk_store_tile(t, 8, c, ldc, mr, nr, s);
 }
 
-TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
-                                      const float *restrict b, float *restrict c, size_t ldc,
-                                      size_t mr, size_t nr, const kiln__uk_store *s) {
+/* An edge panel of one or two live columns (7x7 planes: 49 = 3 x 16 + 1; 55x55: 3025 = 189 x 16
+   + 1) as a column of A times a scalar of B: one FMA per column and k instead of uk_6x8's six.
+   The six rows are one masked load of the packed A panel; four partial sums per column hide the
+   FMA latency (summed at the end: float reordering only). */
+TARGET static inline __attribute__((always_inline)) void
+uk_6xnarrow(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
+            float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s,
+            const int ncol) {
+  const __m256i mask = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+  __m256 x00 = _mm256_setzero_ps(), x01 = x00, x02 = x00, x03 = x00;
+  __m256 x10 = x00, x11 = x00, x12 = x00, x13 = x00;
+  size_t p = 0;
+  for (; p + 4 <= kc; p += 4) {
+    const float *ap = a + p * MR, *bp = b + p * ldb;
+#define STEP(u)                                                                             \
+  {                                                                                         \
+    __m256 av = _mm256_maskload_ps(ap + (u)*MR, mask);                                      \
+    x0##u = _mm256_fmadd_ps(av, _mm256_broadcast_ss(bp + (u)*ldb), x0##u);                  \
+    if (ncol > 1) x1##u = _mm256_fmadd_ps(av, _mm256_broadcast_ss(bp + (u)*ldb + 1), x1##u); \
+  }
+    STEP(0) STEP(1) STEP(2) STEP(3)
+#undef STEP
+  }
+  for (; p < kc; p++) {
+    __m256 av = _mm256_maskload_ps(a + p * MR, mask);
+    x00 = _mm256_fmadd_ps(av, _mm256_broadcast_ss(b + p * ldb), x00);
+    if (ncol > 1) x10 = _mm256_fmadd_ps(av, _mm256_broadcast_ss(b + p * ldb + 1), x10);
+  }
+  _Alignas(32) float col[2][8], t[MR * 2];
+  _mm256_store_ps(col[0], _mm256_add_ps(_mm256_add_ps(x00, x01), _mm256_add_ps(x02, x03)));
+  _mm256_store_ps(col[1], _mm256_add_ps(_mm256_add_ps(x10, x11), _mm256_add_ps(x12, x13)));
+  for (int r = 0; r < MR; r++) t[r * 2] = col[0][r], t[r * 2 + 1] = col[1][r];
+  kiln__uk_store_tile(t, 2, c, ldc, mr, nr, s);
+}
+
+/* b's rows are ldb floats apart: NR in a packed panel, or a row of an unpacked B (a pointwise
+   conv's input planes, read in place). Inlined into both entry points, so the packed one keeps a
+   constant stride. */
+TARGET static inline __attribute__((always_inline)) void
+uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
+        float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s) {
+  if (nr <= 2) {
+    if (nr == 1) uk_6xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 1);
+    else uk_6xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 2);
+    return;
+  }
   if (nr <= 8) {
-    uk_6x8(kc, a, b, c, ldc, mr, nr, s);
+    uk_6x8(kc, a, b, ldb, c, ldc, mr, nr, s);
     return;
   }
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
@@ -97,7 +140,7 @@ TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
     ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)
 #undef ROW
     a += MR;
-    b += NR;
+    b += ldb;
   }
   if (nr == NR) {
     /* Full-width rows store from registers, also in the last row tile of an m that is not a
@@ -118,6 +161,19 @@ TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
   _mm256_store_ps(t + 4 * NR, c40), _mm256_store_ps(t + 4 * NR + 8, c41);
   _mm256_store_ps(t + 5 * NR, c50), _mm256_store_ps(t + 5 * NR + 8, c51);
   kiln__uk_store_tile(t, NR, c, ldc, mr, nr, s);
+}
+
+TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
+                                      const float *restrict b, float *restrict c, size_t ldc,
+                                      size_t mr, size_t nr, const kiln__uk_store *s) {
+  uk_6x16(kc, a, b, NR, c, ldc, mr, nr, s);
+}
+
+TARGET void kiln__sgemm_uk_6x16s__avx2(size_t kc, const float *restrict a,
+                                       const float *restrict b, size_t ldb, float *restrict c,
+                                       size_t ldc, size_t mr, size_t nr,
+                                       const kiln__uk_store *s) {
+  uk_6x16(kc, a, b, ldb, c, ldc, mr, nr, s);
 }
 
 #endif
