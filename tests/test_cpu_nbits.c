@@ -168,29 +168,33 @@ static void check_close(const float *got, const double *want, const double *absu
   }
 }
 
-/* Runs the node on the cpu kernel (fast path required) and the reference kernel; both must be
-   within tolerance of the spec product. */
-static void nb_check(nbnode *o, kiln__pool *pool, const char *what) {
+/* The kernel context for one run of the node: inputs as present, output y shaped by infer(). */
+static kiln__kctx node_ctx(nbnode *o, const kiln_tensor **ins, kiln_tensor *y, kiln_tensor **outs,
+                           kiln__pool *pool, kiln_error *err, const char *what) {
+  for (int i = 0; i < N_IN; i++) ins[i] = o->present[i] ? &o->in[i] : NULL;
+  *y = (kiln_tensor){0};
+  outs[0] = y;
+  kiln__kctx c = {.node = o->n, .n_in = o->n->n_in, .n_out = 1, .in = ins, .out = outs,
+                  .pool = pool, .err = err};
+  if (o->n->op->infer(&c) != KILN_OK) fail_msg("infer %s: %s", what, err->message);
+  assert_int_equal(kiln_tensor_count(y), (size_t)(o->m * o->nn));
+  assert_int_equal(y->dims[y->rank - 1], o->nn);
+  return c;
+}
+
+/* Runs the node on the cpu kernel (fast path required) into a new array of M x N floats. */
+static float *cpu_run(nbnode *o, kiln__pool *pool, const char *what) {
   const kiln__backend *cpu = &kiln__backend_cpu;
   assert_true(cpu->supports(o->n, o->g));
   void *state = NULL;
   kiln_error err = {0};
   assert_int_equal(cpu->prepare(o->n, o->g, &state, &err), KILN_OK);
   const kiln_tensor *ins[N_IN];
-  for (int i = 0; i < N_IN; i++) ins[i] = o->present[i] ? &o->in[i] : NULL;
-  kiln_tensor y = {0};
-  kiln_tensor *outs[1] = {&y};
-  kiln__kctx c = {.node = o->n, .n_in = o->n->n_in, .n_out = 1, .in = ins, .out = outs,
-                  .pool = pool, .err = &err};
-  if (o->n->op->infer(&c) != KILN_OK) fail_msg("infer %s: %s", what, err.message);
+  kiln_tensor y, *outs[1];
+  kiln__kctx c = node_ctx(o, ins, &y, outs, pool, &err, what);
   size_t cnt = kiln_tensor_count(&y);
-  assert_int_equal(cnt, (size_t)(o->m * o->nn));
-  assert_int_equal(y.dims[y.rank - 1], o->nn);
-  double *want = malloc(cnt * sizeof *want), *absum = malloc(cnt * sizeof *absum);
-  spec_product(o, want, absum);
-  float *yc = malloc(cnt * sizeof *yc), *yr = malloc(cnt * sizeof *yr);
+  float *yc = malloc(cnt * sizeof *yc);
   memset(yc, 0xff, cnt * sizeof *yc); /* NaN: every element must be written */
-  memset(yr, 0xff, cnt * sizeof *yr);
   y.data = yc;
   c.scratch_bytes = cpu->scratch(&c, state);
   c.scratch = c.scratch_bytes ? malloc(c.scratch_bytes) : NULL;
@@ -199,18 +203,31 @@ static void nb_check(nbnode *o, kiln__pool *pool, const char *what) {
   o->n->op = kiln__op_find("com.microsoft", "MatMulNBits");
   if (st != KILN_OK) fail_msg("cpu %s: %s", what, err.message);
   free(c.scratch);
+  cpu->release(state);
+  return yc;
+}
+
+/* Runs the node on the cpu kernel (fast path required) and the reference kernel; both must be
+   within tolerance of the spec product. */
+static void nb_check(nbnode *o, kiln__pool *pool, const char *what) {
+  float *yc = cpu_run(o, pool, what);
+  const kiln_tensor *ins[N_IN];
+  kiln_tensor y, *outs[1];
+  kiln_error err = {0};
+  kiln__kctx c = node_ctx(o, ins, &y, outs, NULL, &err, what);
+  size_t cnt = kiln_tensor_count(&y);
+  float *yr = malloc(cnt * sizeof *yr);
+  memset(yr, 0xff, cnt * sizeof *yr);
   y.data = yr;
-  c.pool = NULL;
-  c.scratch = NULL;
-  c.scratch_bytes = 0;
   assert_int_equal(o->n->op->run(&c), KILN_OK);
+  double *want = malloc(cnt * sizeof *want), *absum = malloc(cnt * sizeof *absum);
+  spec_product(o, want, absum);
   check_close(yc, want, absum, cnt, "cpu", what);
   check_close(yr, want, absum, cnt, "ref", what);
   free(yc);
   free(yr);
   free(want);
   free(absum);
-  cpu->release(state);
 }
 
 static const struct {
@@ -274,35 +291,6 @@ static void matches_spec_per_isa(void **st) {
 
 /* ---- int8 activations (accuracy_level 4) ------------------------------------------------------ */
 
-/* Runs the node on the cpu kernel (fast path required) into a new array of M x N floats. */
-static float *cpu_run(nbnode *o, kiln__pool *pool, const char *what) {
-  const kiln__backend *cpu = &kiln__backend_cpu;
-  assert_true(cpu->supports(o->n, o->g));
-  void *state = NULL;
-  kiln_error err = {0};
-  assert_int_equal(cpu->prepare(o->n, o->g, &state, &err), KILN_OK);
-  const kiln_tensor *ins[N_IN];
-  for (int i = 0; i < N_IN; i++) ins[i] = o->present[i] ? &o->in[i] : NULL;
-  kiln_tensor y = {0};
-  kiln_tensor *outs[1] = {&y};
-  kiln__kctx c = {.node = o->n, .n_in = o->n->n_in, .n_out = 1, .in = ins, .out = outs,
-                  .pool = pool, .err = &err};
-  if (o->n->op->infer(&c) != KILN_OK) fail_msg("infer %s: %s", what, err.message);
-  size_t cnt = kiln_tensor_count(&y);
-  assert_int_equal(cnt, (size_t)(o->m * o->nn));
-  float *yc = malloc(cnt * sizeof *yc);
-  memset(yc, 0xff, cnt * sizeof *yc); /* NaN: every element must be written */
-  y.data = yc;
-  c.scratch_bytes = cpu->scratch(&c, state);
-  c.scratch = c.scratch_bytes ? malloc(c.scratch_bytes) : NULL;
-  o->n->op = &o->fast_only;
-  kiln_status st = cpu->execute(&c, state);
-  o->n->op = kiln__op_find("com.microsoft", "MatMulNBits");
-  if (st != KILN_OK) fail_msg("cpu %s: %s", what, err.message);
-  free(c.scratch);
-  cpu->release(state);
-  return yc;
-}
 
 /* The reference q8 arithmetic (kernels/ref/nbits.h): per row and block the reference quantizer,
    integer block sums, sum_j (dot - zp * asum) * s_a * s_w in double; and for the tolerance, as
