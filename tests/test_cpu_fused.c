@@ -405,8 +405,8 @@ static void attention_matches_reference(void **st) {
   for_each_isa(attention_cases);
 }
 
-/* Rows match on op name: a node of another domain with a fused op's name is not taken, and an
-   unknown activation is left to the reference kernel (which reports it). */
+/* Rows match on op name and domain: a node of another domain with a row's name is not taken, and
+   an unknown activation is left to the reference kernel (which reports it). */
 static void rows_check_domain_and_activation(void **st) {
   (void)st;
   int ranks[2] = {2, 2};
@@ -428,6 +428,22 @@ static void rows_check_domain_and_activation(void **st) {
   o.n->domain = kiln__strdup("");
   assert_false(kiln__backend_cpu.supports(o.n, o.g));
   onenode_free(&o);
+  /* The default domain's rows take "" and "ai.onnx" only (MatMul's supports() never looked). */
+  static const char *const plain[][2] = {{"FusedMatMul", "MatMul"}, {"Gelu", "Relu"}};
+  for (int i = 0; i < 2; i++) {
+    onenode_make(&o, plain[i][0], i == 0 ? 2 : 1, ranks, dims, 0);
+    kiln__free(o.n->op_type);
+    o.n->op_type = kiln__strdup(plain[i][1]);
+    o.n->op = kiln__op_find("", plain[i][1]);
+    assert_non_null(o.n->op);
+    static const char *const domains[] = {"", "ai.onnx", "com.example", "ai.kiln"};
+    for (int d = 0; d < 4; d++) {
+      kiln__free(o.n->domain);
+      o.n->domain = kiln__strdup(domains[d]);
+      assert_int_equal(kiln__backend_cpu.supports(o.n, o.g), d < 2);
+    }
+    onenode_free(&o);
+  }
 }
 
 int main(void) {

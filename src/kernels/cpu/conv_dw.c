@@ -541,8 +541,7 @@ bool kiln__dw_conv_run(kiln__kctx *c, const kiln__dw_conv *d, const float *z,
 
 static bool conv_supports(const kiln__node *n, const kiln__graph *g) {
   kiln__dw_conv d;
-  return (!n->domain[0] || !strcmp(n->domain, "ai.onnx")) && n->n_in <= 3 &&
-         kiln__dw_conv_parse(n, g, &d);
+  return n->n_in <= 3 && kiln__dw_conv_parse(n, g, &d);
 }
 
 static kiln_status conv_prepare(const kiln__node *n, const kiln__graph *g, void **state,
@@ -577,7 +576,7 @@ static bool fconv_supports(const kiln__node *n, const kiln__graph *g) {
   kiln__act a;
   float p0, p1;
   const kiln__value *z = n->n_in > 3 && n->in[3] >= 0 ? &g->values[n->in[3]] : NULL;
-  return n->domain && !strcmp(n->domain, "ai.kiln") && n->n_in <= 4 &&
+  return n->n_in <= 4 &&
          kiln__act_from_node(n, &a, &p0, &p1) && (!z || kiln__cpu_maybe_float(z)) &&
          kiln__dw_conv_parse(n, g, &d);
 }
@@ -608,6 +607,6 @@ static kiln_status fconv_execute(kiln__kctx *c, void *state) {
 
 const kiln__cpu_kernel kiln__cpu_dwconv_kernels[] = {
     {"Conv", conv_supports, conv_prepare, conv_release, conv_execute, NULL},
-    {"FusedConv", fconv_supports, fconv_prepare, conv_release, fconv_execute, NULL},
+    {"FusedConv", fconv_supports, fconv_prepare, conv_release, fconv_execute, NULL, "ai.kiln"},
     {0},
 };

@@ -32,10 +32,17 @@ static const kiln__cpu_kernel *const families[] = {
     kiln__cpu_pool_kernels, kiln__cpu_fused_kernels, kiln__cpu_quant_kernels,
     kiln__cpu_nbits_kernels, kiln__cpu_copy_kernels};
 
+static bool same_domain(const char *row, const char *node) {
+  if (!node || !strcmp(node, "ai.onnx")) node = "";
+  return !strcmp(row ? row : "", node);
+}
+
 static const kiln__cpu_kernel *find(const kiln__node *n, const kiln__graph *g) {
   for (size_t f = 0; f < KILN__ARRAY_LEN(families); f++)
     for (const kiln__cpu_kernel *k = families[f]; k->op; k++)
-      if (!strcmp(k->op, n->op_type) && (!k->supports || k->supports(n, g))) return k;
+      if (!strcmp(k->op, n->op_type) && same_domain(k->domain, n->domain) &&
+          (!k->supports || k->supports(n, g)))
+        return k;
   return NULL;
 }
 

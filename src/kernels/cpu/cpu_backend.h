@@ -13,12 +13,14 @@
 #include "runtime/backend.h"
 
 typedef struct kiln__cpu_kernel {
-  const char *op;    /* ONNX op type (default domain) or a fused op of domain ai.kiln */
+  const char *op;    /* op type in `domain` */
   bool (*supports)(const kiln__node *n, const kiln__graph *g);
   kiln_status (*prepare)(const kiln__node *n, const kiln__graph *g, void **state, kiln_error *err);
   void (*release)(void *state);
   kiln_status (*execute)(kiln__kctx *c, void *state);
   size_t (*scratch)(const kiln__kctx *c, void *state); /* NULL: the reference op's scratch() */
+  const char *domain; /* the op's domain; NULL: the default ONNX domain. Matched with the name
+                         before supports() is asked, so a row never sees another domain's op */
 } kiln__cpu_kernel;
 
 /* Helpers for supports()/prepare(): what the graph says about a node at load. */

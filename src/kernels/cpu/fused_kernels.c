@@ -44,11 +44,6 @@ static kiln_status prepare_vm(const kiln__node *n, const kiln__graph *g, void **
 
 static void release_vm(void *state) { kiln__free(state); }
 
-static bool supports_kiln(const kiln__node *n, const kiln__graph *g) {
-  (void)g;
-  return kiln__cpu_kiln_domain(n);
-}
-
 /* ---- Gelu ------------------------------------------------------------------------------------ */
 
 typedef struct unary_job {
@@ -278,7 +273,7 @@ static kiln_status exec_attention(kiln__kctx *c, void *state) {
   return KILN_OK;
 }
 
-#define ROW(op, exec) {op, supports_kiln, prepare_vm, release_vm, exec, NULL}
+#define ROW(op, exec) {op, NULL, prepare_vm, release_vm, exec, NULL, "ai.kiln"}
 
 const kiln__cpu_kernel kiln__cpu_fused_kernels[] = {
     ROW("LayerNorm", exec_layernorm),

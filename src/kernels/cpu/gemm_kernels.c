@@ -42,7 +42,7 @@ static size_t ref_scratch(const kiln__kctx *c) {
 static bool fused_ok(const kiln__node *n) {
   kiln__act a;
   float p0, p1;
-  return kiln__cpu_kiln_domain(n) && n->n_in <= 4 && kiln__act_from_node(n, &a, &p0, &p1);
+  return n->n_in <= 4 && kiln__act_from_node(n, &a, &p0, &p1);
 }
 
 static kiln_status epilogue_prepare(const kiln__node *n, kiln__epilogue *ep, kiln_error *err) {
@@ -554,8 +554,10 @@ const kiln__cpu_kernel kiln__cpu_gemm_kernels[] = {
     {"Gemm", gemm_supports, gemm_prepare, gemm_release, gemm_execute, gemm_scratch},
     {"Conv", conv_supports, conv_prepare, conv_release, conv_execute, conv_scratch},
     {"FusedMatMul", fmatmul_supports, matmul_prepare, matmul_release, matmul_execute,
-     matmul_scratch},
-    {"FusedGemm", fgemm_supports, gemm_prepare, gemm_release, gemm_execute, gemm_scratch},
-    {"FusedConv", fconv_supports, conv_prepare, conv_release, conv_execute, conv_scratch},
+     matmul_scratch, "ai.kiln"},
+    {"FusedGemm", fgemm_supports, gemm_prepare, gemm_release, gemm_execute, gemm_scratch,
+     "ai.kiln"},
+    {"FusedConv", fconv_supports, conv_prepare, conv_release, conv_execute, conv_scratch,
+     "ai.kiln"},
     {0},
 };

@@ -54,7 +54,7 @@ static const kiln_tensor *init_of(const kiln__node *n, const kiln__graph *g, int
 }
 
 static bool nbits_supports(const kiln__node *n, const kiln__graph *g) {
-  if (!n->domain || strcmp(n->domain, "com.microsoft") || n->n_in < 3 || n->n_in > 6) return false;
+  if (n->n_in < 3 || n->n_in > 6) return false;
   int64_t K = kiln__attr_int(n, "K", -1), N = kiln__attr_int(n, "N", -1);
   int64_t block = kiln__attr_int(n, "block_size", -1);
   if (kiln__attr_int(n, "bits", 4) != 4 || K < 1 || N < 1 || K > ((int64_t)1 << 30) ||
@@ -402,6 +402,7 @@ static kiln_status nbits_execute(kiln__kctx *c, void *state) {
 }
 
 const kiln__cpu_kernel kiln__cpu_nbits_kernels[] = {
-    {"MatMulNBits", nbits_supports, nbits_prepare, nbits_release, nbits_execute, nbits_scratch},
+    {"MatMulNBits", nbits_supports, nbits_prepare, nbits_release, nbits_execute, nbits_scratch,
+     "com.microsoft"},
     {0},
 };

@@ -22,10 +22,6 @@
 
 #define ROWBUF 8192
 
-static bool default_domain(const kiln__node *n) {
-  return !n->domain[0] || !strcmp(n->domain, "ai.onnx");
-}
-
 static bool maybe_f32(const kiln__node *n, const kiln__graph *g) {
   kiln_dtype t = n->n_in > 0 && n->in[0] >= 0 ? g->values[n->in[0]].dtype : KILN_DTYPE_UNDEFINED;
   return t == KILN_DTYPE_UNDEFINED || t == KILN_DTYPE_FLOAT;
@@ -238,7 +234,7 @@ static bool mp_supports(const kiln__node *n, const kiln__graph *g) {
   for (size_t i = 0; i < nd; i++)
     if (d[i] != 1) return false;
   bool q8 = n->n_in > 0 && n->in[0] >= 0 && is_q8(g->values[n->in[0]].dtype);
-  return default_domain(n) && (maybe_f32(n, g) || q8) && n->n_out == 1 &&
+  return (maybe_f32(n, g) || q8) && n->n_out == 1 &&
          kiln__attr_ints(n, "kernel_shape", &ks) == 2;
 }
 
@@ -314,7 +310,7 @@ static void gap_planes(void *arg, size_t q0, size_t q1) {
 }
 
 static bool gap_supports(const kiln__node *n, const kiln__graph *g) {
-  return default_domain(n) && maybe_f32(n, g);
+  return maybe_f32(n, g);
 }
 
 static kiln_status gap_execute(kiln__kctx *c, void *state) {

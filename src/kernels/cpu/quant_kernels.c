@@ -637,6 +637,6 @@ const kiln__cpu_kernel kiln__cpu_quant_kernels[] = {
     {"QLinearMatMul", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch},
     {"ConvInteger", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
     {"QLinearConv", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
-    {"QLinearConcat", any_supports, NULL, NULL, qconcat_execute, NULL},
+    {"QLinearConcat", any_supports, NULL, NULL, qconcat_execute, NULL, "com.microsoft"},
     {NULL},
 };

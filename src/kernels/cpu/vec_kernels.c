@@ -14,9 +14,6 @@
 /* Elements per task: below this the pool's hand-off costs more than the work. */
 #define GRAIN ((size_t)16384)
 
-static bool default_domain(const kiln__node *n) {
-  return !n->domain[0] || !strcmp(n->domain, "ai.onnx");
-}
 
 /* Float32 or not known yet: anything else goes to ref at load. */
 static bool maybe_f32(const kiln__node *n, const kiln__graph *g, int i) {
@@ -70,7 +67,7 @@ static kiln_status run_unary(kiln__kctx *c, kiln__vmath_unary f) {
 }
 
 static bool supports_unary(const kiln__node *n, const kiln__graph *g) {
-  return default_domain(n) && maybe_f32(n, g, 0);
+  return maybe_f32(n, g, 0);
 }
 
 /* Gelu entered the default domain at opset 20. */
@@ -195,7 +192,7 @@ static kiln_status run_binary(kiln__kctx *c, void *state, int op) {
 }
 
 static bool supports_binary(const kiln__node *n, const kiln__graph *g) {
-  return default_domain(n) && maybe_f32(n, g, 0) && maybe_f32(n, g, 1);
+  return maybe_f32(n, g, 0) && maybe_f32(n, g, 1);
 }
 
 static kiln_status exec_add(kiln__kctx *c, void *s) { return run_binary(c, s, KILN__VBIN_ADD); }
@@ -249,7 +246,7 @@ static kiln_status exec_softmax(kiln__kctx *c, void *state) {
 }
 
 static bool supports_softmax(const kiln__node *n, const kiln__graph *g) {
-  return default_domain(n) && maybe_f32(n, g, 0);
+  return maybe_f32(n, g, 0);
 }
 
 /* ---- LayerNormalization --------------------------------------------------------------------- */
@@ -299,7 +296,7 @@ static kiln_status exec_layernorm(kiln__kctx *c, void *state) {
 }
 
 static bool supports_layernorm(const kiln__node *n, const kiln__graph *g) {
-  return default_domain(n) && maybe_f32(n, g, 0) && maybe_f32(n, g, 1) && maybe_f32(n, g, 2);
+  return maybe_f32(n, g, 0) && maybe_f32(n, g, 1) && maybe_f32(n, g, 2);
 }
 
 #define ROW(op, sup, exec) {op, sup, prepare_vmath, NULL, exec, NULL}
