@@ -29,6 +29,7 @@
 #include "kernels/ref/nbits.h"
 #include "kiln_test.h"
 #include "kiln_test_ir.h"
+#include "kiln_test_qisa.h"
 
 static const char *tests_dir;
 
@@ -414,28 +415,14 @@ static void q8_exact_cases(kiln__pool *pool) {
   unsetenv("KILN_NBITS_PATH");
 }
 
+static void q8_all_cases(kiln__pool *pool) {
+  q8_exact_cases(pool);
+  q8_cases(pool);
+}
+
 static void q8_per_isa(void **st) {
   (void)st;
-  kiln__pool *pool = NULL;
-  kiln_error err = {0};
-  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
-  int ran = 0;
-  for (int isa = 0; isa < KILN__QISA_COUNT; isa++) {
-    if (!kiln__qisa_supported((kiln__qisa)isa)) {
-      printf("  q8 ISA %s: not available on this machine or build, not run\n",
-             kiln__qisa_name((kiln__qisa)isa));
-      continue;
-    }
-    setenv("KILN_ISA", kiln__qisa_name((kiln__qisa)isa), 1);
-    q8_exact_cases(NULL);
-    q8_exact_cases(pool);
-    q8_cases(NULL);
-    q8_cases(pool);
-    ran++;
-  }
-  assert_true(ran >= 1);
-  unsetenv("KILN_ISA");
-  kiln__pool_free(pool);
+  kt_for_each_qisa(q8_all_cases);
 }
 
 /* accuracy_level 4 with a block the q8 kernels do not take (16) runs the float path: the spec's

@@ -27,6 +27,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/qgemm.h"
 #include "kiln_test_ir.h"
+#include "kiln_test_qisa.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd(void) {
@@ -213,27 +214,6 @@ static void onenode_check(onenode *o, kiln__pool *pool, const char *what) {
   onenode_check_ex(o, pool, false, what);
 }
 
-static void for_each_isa(void (*fn)(kiln__pool *)) {
-  kiln__pool *pool = NULL;
-  kiln_error err = {0};
-  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
-  int ran = 0;
-  for (int isa = 0; isa < KILN__QISA_COUNT; isa++) {
-    if (!kiln__qisa_supported((kiln__qisa)isa)) {
-      printf("  integer ISA %s: not available on this machine or build, not run\n",
-             kiln__qisa_name((kiln__qisa)isa));
-      continue;
-    }
-    setenv("KILN_ISA", kiln__qisa_name((kiln__qisa)isa), 1);
-    fn(NULL);
-    fn(pool);
-    ran++;
-  }
-  assert_true(ran >= 1);
-  unsetenv("KILN_ISA");
-  kiln__pool_free(pool);
-}
-
 static const uint8_t zero8 = 0; /* a zero point of 0, as uint8 or int8 */
 
 /* ---- MatMulInteger / QLinearMatMul ----------------------------------------------------------- */
@@ -273,7 +253,7 @@ static void mm_cases(kiln__pool *pool) {
 
 static void matmulinteger_matches_reference(void **st) {
   (void)st;
-  for_each_isa(mm_cases);
+  kt_for_each_qisa(mm_cases);
 }
 
 static void qlmm_cases(kiln__pool *pool) {
@@ -310,7 +290,7 @@ static void qlmm_cases(kiln__pool *pool) {
 
 static void qlinearmatmul_matches_reference(void **st) {
   (void)st;
-  for_each_isa(qlmm_cases);
+  kt_for_each_qisa(qlmm_cases);
 }
 
 /* ---- ConvInteger / QLinearConv --------------------------------------------------------------- */
@@ -382,12 +362,12 @@ static void qlconv_cases(kiln__pool *pool) { conv_cases(pool, true); }
 
 static void convinteger_matches_reference(void **st) {
   (void)st;
-  for_each_isa(convint_cases);
+  kt_for_each_qisa(convint_cases);
 }
 
 static void qlinearconv_matches_reference(void **st) {
   (void)st;
-  for_each_isa(qlconv_cases);
+  kt_for_each_qisa(qlconv_cases);
 }
 
 /* ---- depthwise (qconv_dw.c) ------------------------------------------------------------------ */
@@ -471,7 +451,7 @@ static void dw_cases(kiln__pool *pool) {
 
 static void depthwise_matches_reference(void **st) {
   (void)st;
-  for_each_isa(dw_cases);
+  kt_for_each_qisa(dw_cases);
 }
 
 /* ---- 8-bit MaxPool (pool.c's byte path) ------------------------------------------------------ */
@@ -510,7 +490,7 @@ static void mp8_cases(kiln__pool *pool) {
 
 static void maxpool8_matches_reference(void **st) {
   (void)st;
-  for_each_isa(mp8_cases);
+  kt_for_each_qisa(mp8_cases);
 }
 
 /* ---- com.microsoft QLinearConcat ------------------------------------------------------------- */
@@ -551,7 +531,7 @@ static void qconcat_cases(kiln__pool *pool) {
 
 static void qlinearconcat_matches_reference(void **st) {
   (void)st;
-  for_each_isa(qconcat_cases);
+  kt_for_each_qisa(qconcat_cases);
 }
 
 /* ---- the AVX2 byte formats (VPMADDUBSW on weights that qualify) ----------------------------- */
@@ -693,8 +673,8 @@ static void byte_conv_cases(kiln__pool *pool) {
 
 static void byte_formats_match_reference(void **st) {
   (void)st;
-  for_each_isa(byte_mm_cases);
-  for_each_isa(byte_conv_cases);
+  kt_for_each_qisa(byte_mm_cases);
+  kt_for_each_qisa(byte_conv_cases);
 }
 
 /* The qualification rule itself, at its boundary, on tiny operands packed directly. */
@@ -787,7 +767,7 @@ static void qdq_cases(kiln__pool *pool) {
 
 static void qdq_match_reference(void **st) {
   (void)st;
-  for_each_isa(qdq_cases);
+  kt_for_each_qisa(qdq_cases);
 }
 
 /* ---- fallbacks, errors, ISA selection -------------------------------------------------------- */

@@ -23,6 +23,18 @@ TARGET static inline __m256i bcast32(const int16_t *p) {
   return _mm256_set1_epi32(v);
 }
 
+/* Adds C when accumulating, then stores the row pair of 16 int32 (both kernels below). */
+#define STORE(i)                                                                \
+  do {                                                                          \
+    __m256i *p0 = (__m256i *)(c + i * ldc), *p1 = (__m256i *)(c + i * ldc + 8); \
+    if (accumulate) {                                                           \
+      c##i##0 = _mm256_add_epi32(c##i##0, _mm256_loadu_si256(p0));              \
+      c##i##1 = _mm256_add_epi32(c##i##1, _mm256_loadu_si256(p1));              \
+    }                                                                           \
+    _mm256_storeu_si256(p0, c##i##0);                                           \
+    _mm256_storeu_si256(p1, c##i##1);                                           \
+  } while (0)
+
 TARGET void kiln__qgemm_uk_6x16__avx2(size_t groups, const void *restrict a,
                                       const void *restrict b, int32_t *restrict c, size_t ldc,
                                       bool accumulate) {
@@ -45,23 +57,12 @@ TARGET void kiln__qgemm_uk_6x16__avx2(size_t groups, const void *restrict a,
     A += 2 * MR;
     B += 2 * NR;
   }
-#define STORE(i)                                                                        \
-  do {                                                                                  \
-    __m256i *p0 = (__m256i *)(c + i * ldc), *p1 = (__m256i *)(c + i * ldc + 8);         \
-    if (accumulate) {                                                                   \
-      c##i##0 = _mm256_add_epi32(c##i##0, _mm256_loadu_si256(p0));                      \
-      c##i##1 = _mm256_add_epi32(c##i##1, _mm256_loadu_si256(p1));                      \
-    }                                                                                   \
-    _mm256_storeu_si256(p0, c##i##0);                                                   \
-    _mm256_storeu_si256(p1, c##i##1);                                                   \
-  } while (0)
   STORE(0);
   STORE(1);
   STORE(2);
   STORE(3);
   STORE(4);
   STORE(5);
-#undef STORE
 }
 
 /* The byte formats (qgemm.h, KILN__QFMT_AVX2_*): k quads of bytes. VPMADDUBSW multiplies the
@@ -100,16 +101,6 @@ TARGET void kiln__qgemm_uk_6x16__avx2(size_t groups, const void *restrict a,
   c##i##1 = _mm256_add_epi32(c##i##1, _mm256_madd_epi16(MUL(av, b1), ones));
 #define MUL_U8S8(av, bv) _mm256_maddubs_epi16(av, bv)
 #define MUL_S8U8(av, bv) _mm256_maddubs_epi16(bv, av)
-#define STORE(i)                                                                \
-  do {                                                                          \
-    __m256i *p0 = (__m256i *)(c + i * ldc), *p1 = (__m256i *)(c + i * ldc + 8); \
-    if (accumulate) {                                                           \
-      c##i##0 = _mm256_add_epi32(c##i##0, _mm256_loadu_si256(p0));              \
-      c##i##1 = _mm256_add_epi32(c##i##1, _mm256_loadu_si256(p1));              \
-    }                                                                           \
-    _mm256_storeu_si256(p0, c##i##0);                                           \
-    _mm256_storeu_si256(p1, c##i##1);                                           \
-  } while (0)
 
 TARGET static inline __m256i bcast8x4(const uint8_t *p) {
   int32_t v;
