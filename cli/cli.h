@@ -47,4 +47,17 @@ kiln_model *cli_load_model(const char *path, int threads, int opt_level);
 int cli_parse_opt_level(const char *arg, int *level);
 void cli_print_shape(FILE *f, int rank, const int64_t *dims);
 
+/* --profile, --profile-json FILE (implies --profile), --profile-top N (nodes listed, 20). */
+typedef struct cli_profile_opts {
+  bool on;
+  const char *json;
+  size_t top;
+} cli_profile_opts;
+
+/* argv[*i] is a profile flag: consumes it (and its value) and returns 1; 0 when it is not one;
+   -1 (after printing why) when its value is missing or bad. */
+int cli_profile_arg(cli_profile_opts *o, int argc, char **argv, int *i);
+/* Prints the per-op-type and per-node tables and writes --profile-json; 0 or 1 (failed). */
+int cli_profile_report(const kiln_model *m, const kiln_profile *p, const cli_profile_opts *o);
+
 #endif

@@ -26,8 +26,13 @@ int cmd_bench(int argc, char **argv) {
   int threads = 0, runs = 100, warmup = 10, opt_level = -1;
   cli_inputs in = {0};
   cli_shapes sh = {0};
+  cli_profile_opts po = {0};
+  kiln_profile *prof = NULL;
   int rc = 2;
   for (int i = 0; i < argc; i++) {
+    int pa = cli_profile_arg(&po, argc, argv, &i);
+    if (pa < 0) goto out;
+    if (pa > 0) continue;
     if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = atoi(argv[++i]);
@@ -42,7 +47,8 @@ int cmd_bench(int argc, char **argv) {
   }
   if (!path || runs < 1 || warmup < 0) {
     fprintf(stderr, "usage: kiln bench MODEL [--threads N] [--runs N] [--warmup N] "
-                    "[--input NAME=FILE.npy] [--shape NAME=d0,d1,...] [--opt-level N]\n");
+                    "[--input NAME=FILE.npy] [--shape NAME=d0,d1,...] [--opt-level N] "
+                    "[--profile] [--profile-json FILE] [--profile-top N]\n");
     goto out;
   }
   rc = 1;
@@ -56,9 +62,15 @@ int cmd_bench(int argc, char **argv) {
     cli_fail("session", &err);
     goto done;
   }
+  if (po.on && kiln_profile_create(m, (size_t)runs, &prof, &err) != KILN_OK) {
+    cli_fail("profile", &err);
+    goto done;
+  }
+  kiln_run_opts ro = kiln_run_opts_default();
   for (int i = 0; i < warmup + runs; i++) {
+    ro.profile = i >= warmup ? prof : NULL; /* the timed runs only */
     double t0 = now_ms();
-    if (kiln_session_run(s, in.names, in.tensors, in.n, &err) != KILN_OK) {
+    if (kiln_session_run_ex(s, in.names, in.tensors, in.n, &ro, &err) != KILN_OK) {
       cli_fail("run failed", &err);
       goto done;
     }
@@ -72,9 +84,9 @@ int cmd_bench(int argc, char **argv) {
   kiln_model_stats_get(m, &ms);
   char lvl[16];
   snprintf(lvl, sizeof lvl, "%d", opt_level);
-  printf("model: %s  threads: %d  runs: %d  warmup: %d  cpu: %s  opt-level: %s  nodes: %zu\n",
+  printf("model: %s  threads: %d  runs: %d  warmup: %d  cpu: %s  opt-level: %s  nodes: %zu%s\n",
          path, threads > 0 ? threads : 0, runs, warmup, kiln_cpu_name(),
-         opt_level < 0 ? "max" : lvl, ms.node_count);
+         opt_level < 0 ? "max" : lvl, ms.node_count, prof ? "  (profiled runs)" : "");
   printf("latency ms: min %.3f  p50 %.3f  p95 %.3f  p99 %.3f  max %.3f\n", t[0], pct(t, n, 50),
          pct(t, n, 95), pct(t, n, 99), t[n - 1]);
   printf("throughput: %.1f inferences/s\n", total > 0 ? 1000.0 * runs / total : 0.0);
@@ -85,8 +97,9 @@ int cmd_bench(int argc, char **argv) {
          ss.arena_bytes / 1048576.0, ss.intermediate_bytes / 1048576.0,
          ss.dynamic_bytes / 1048576.0, ss.plan_hits, ss.plan_misses, ss.pool_hits,
          ss.pool_misses);
-  rc = 0;
+  rc = prof ? cli_profile_report(m, prof, &po) : 0;
 done:
+  kiln_profile_free(prof);
   free(t);
   kiln_session_free(s);
   kiln_model_free(m);

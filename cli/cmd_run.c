@@ -9,7 +9,8 @@
 static void usage(void) {
   fprintf(stderr,
           "usage: kiln run MODEL [--input NAME=FILE.npy]... [--shape NAME=d0,d1,...] "
-          "[--output DIR] [--labels FILE.npy] [--threads N] [--seed N] [--opt-level N]\n");
+          "[--output DIR] [--labels FILE.npy] [--threads N] [--seed N] [--opt-level N] "
+          "[--profile] [--profile-json FILE] [--profile-top N]\n");
 }
 
 static void print_values(const kiln_tensor *t) {
@@ -71,8 +72,13 @@ int cmd_run(int argc, char **argv) {
   uint64_t seed = 0;
   cli_inputs in = {0};
   cli_shapes sh = {0};
+  cli_profile_opts po = {0};
+  kiln_profile *prof = NULL;
   int rc = 2;
   for (int i = 0; i < argc; i++) {
+    int pa = cli_profile_arg(&po, argc, argv, &i);
+    if (pa < 0) goto out;
+    if (pa > 0) continue;
     if (!strcmp(argv[i], "--input") && i + 1 < argc) {
       if (cli_load_input(&in, argv[++i])) goto out;
     } else if (!strcmp(argv[i], "--shape") && i + 1 < argc) {
@@ -108,7 +114,13 @@ int cmd_run(int argc, char **argv) {
     cli_fail("session", &err);
     goto free_model;
   }
-  if (kiln_session_run(s, in.names, in.tensors, in.n, &err) != KILN_OK) {
+  if (po.on && kiln_profile_create(m, 1, &prof, &err) != KILN_OK) {
+    cli_fail("profile", &err);
+    goto free_session;
+  }
+  kiln_run_opts ro = kiln_run_opts_default();
+  ro.profile = prof;
+  if (kiln_session_run_ex(s, in.names, in.tensors, in.n, &ro, &err) != KILN_OK) {
     cli_fail("run failed", &err);
     goto free_session;
   }
@@ -130,7 +142,9 @@ int cmd_run(int argc, char **argv) {
     }
     if (i == 0 && labels && report_labels(&t, labels)) rc = 1;
   }
+  if (prof && cli_profile_report(m, prof, &po)) rc = 1;
 free_session:
+  kiln_profile_free(prof);
   kiln_session_free(s);
 free_model:
   kiln_model_free(m);

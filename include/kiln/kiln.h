@@ -184,10 +184,15 @@ kiln_status kiln_session_run(kiln_session *s, const char *const *names, const ki
 /* Options for one run. `interrupt`, when set, is called between nodes (never inside a kernel);
    a status other than KILN_OK stops the run, which returns that status (e.g. KILN_CANCELLED or
    KILN_DEADLINE_EXCEEDED). It runs on the calling thread and must be cheap. */
+typedef struct kiln_profile kiln_profile;
+
 typedef struct kiln_run_opts {
   size_t struct_size; /* sizeof(kiln_run_opts), set by kiln_run_opts_default() */
   kiln_status (*interrupt)(void *user);
   void *user;
+  /* When set, the run records one event per executed node into this profile (made for the
+     session's model; see "profiling" below). NULL: nothing is recorded and nothing is timed. */
+  kiln_profile *profile;
 } kiln_run_opts;
 
 kiln_run_opts kiln_run_opts_default(void);
@@ -218,6 +223,54 @@ void kiln_session_stats_get(const kiln_session *s, kiln_session_stats *st);
    may be NULL. */
 kiln_status kiln_session_plan(kiln_session *s, const char *const *names,
                               const kiln_tensor *inputs, size_t n_inputs, kiln_error *err);
+
+/* ---- profiling -------------------------------------------------------------------------------- */
+
+/* A per-node profile of runs, like ONNX Runtime's enable_profiling: pass it in kiln_run_opts and
+   every node the run executes (not those folded at planning time; a subgraph's nodes count as
+   their If/Loop/Scan node) gets an event with its wall time (CLOCK_MONOTONIC), what ran it and
+   the shapes it produced. All memory is allocated by kiln_profile_create, so recording never
+   allocates; runs past `max_runs` are counted but not kept. A profile borrows strings from its
+   model: free it before the model. One run at a time may record into a profile. */
+kiln_status kiln_profile_create(const kiln_model *m, size_t max_runs, kiln_profile **out,
+                                kiln_error *err);
+void kiln_profile_free(kiln_profile *p);  /* NULL is a no-op */
+void kiln_profile_clear(kiln_profile *p); /* forgets every run; capacity stays */
+
+#define KILN_PROFILE_MAX_OUTPUTS 4
+
+typedef struct kiln_profile_event {
+  size_t run;             /* which recorded run, from 0 */
+  size_t node;            /* the node's index in the model's (optimized) graph */
+  const char *name;       /* the node's name ("" when it has none) */
+  const char *op_type;
+  const char *domain;     /* "" for the default ONNX domain */
+  const char *backend;    /* "cpu", "ref", ... */
+  const char *kernel;     /* the backend's kernel family ("gemm", "dwconv", ...) or its name */
+  double start_us;        /* from the start of the first recorded run */
+  double dur_us;
+  /* Multiply-accumulates of a Conv, ConvTranspose, MatMul, Gemm, their ai.kiln fused forms and
+     integer/quantized forms (ConvInteger, QLinearConv, MatMulInteger, QLinearMatMul,
+     MatMulNBits) and ai.kiln Attention; 0 for every other op. FLOPs = 2 * macs. */
+  uint64_t macs;
+  int n_outputs;          /* the node's outputs; the first KILN_PROFILE_MAX_OUTPUTS are below */
+  kiln_tensor outputs[KILN_PROFILE_MAX_OUTPUTS]; /* dtype and shape; data NULL (rank -1: absent) */
+} kiln_profile_event;
+
+/* Events in the order they were recorded (run by run, node order within a run). */
+size_t kiln_profile_event_count(const kiln_profile *p);
+kiln_status kiln_profile_event_get(const kiln_profile *p, size_t i, kiln_profile_event *ev);
+/* Recorded runs, and runs that did not fit. A run that failed records the nodes it ran. */
+size_t kiln_profile_run_count(const kiln_profile *p);
+size_t kiln_profile_dropped_runs(const kiln_profile *p);
+/* The wall time of recorded run r, from its first node to its last (binding inputs and finding
+   the plan excluded), on the same clock as the events. */
+kiln_status kiln_profile_run_get(const kiln_profile *p, size_t r, double *start_us,
+                                 double *dur_us);
+/* Writes the profile as Chrome trace events (a JSON array, as ONNX Runtime's profile files;
+   chrome://tracing and Perfetto load it): one "Node" event per node per run and one "Session"
+   event per run, times in microseconds. */
+kiln_status kiln_profile_write_json(const kiln_profile *p, const char *path, kiln_error *err);
 
 /* ---- process-wide hooks (for tests) ---------------------------------------------------------- */
 

@@ -18,6 +18,9 @@ typedef struct kiln__backend {
   kiln_status (*execute)(kiln__kctx *c, void *state);
   /* Optional: scratch bytes execute() needs for these shapes; absent = the op's own scratch(). */
   size_t (*scratch)(const kiln__kctx *c, void *state);
+  /* Optional: which of its kernels the node got, for profiles (a static string); absent = the
+     backend's name. */
+  const char *(*kernel_name)(const void *state);
 } kiln__backend;
 
 /* All compiled-in backends, best first. */

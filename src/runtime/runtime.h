@@ -98,4 +98,14 @@ void kiln__plan_free(const kiln__graph *g, kiln__plan *p);
 kiln_status kiln__run_node_dynamic(kiln__frame *f, const kiln__node *n, const kiln_tensor **in,
                                    kiln_tensor **out, const kiln__backend *be, void *state);
 
+/* Profiling (profile.c). run_begin fails for a profile of another model, and sets *recording
+   false once the profile is full (the run is counted as dropped and is not timed). Times are
+   kiln__now_ns(). */
+kiln_status kiln__profile_run_begin(kiln_profile *p, const kiln_model *m, int64_t now,
+                                    bool *recording, kiln_error *err);
+void kiln__profile_run_end(kiln_profile *p, int64_t now);
+void kiln__profile_node(kiln_profile *p, size_t node, const kiln__node *n,
+                        const kiln_tensor *const *in, kiln_tensor *const *out, int64_t t0,
+                        int64_t t1);
+
 #endif

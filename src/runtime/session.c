@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "runtime/runtime.h"
+#include "sched/sched.h" /* kiln__now_ns */
 
 /* ---- the dynamic arena ------------------------------------------------------------------- */
 
@@ -384,11 +385,33 @@ kiln_status kiln_session_run(kiln_session *s, const char *const *names, const ki
   return kiln_session_run_ex(s, names, inputs, n_inputs, NULL, err);
 }
 
+/* One node of the main graph that is not folded: straight into the arena when its shapes were
+   planned, else shaped now. */
+static inline kiln_status run_node(kiln_session *s, kiln__frame *f, int i, const kiln_tensor **in,
+                                   kiln_tensor **out, kiln_error *err) {
+  const kiln_model *m = s->m;
+  const kiln__plan *p = s->plan;
+  const kiln__node *n = &m->g->nodes[i];
+  const kiln__backend *be = m->backends[m->node_backend[i]];
+  if (p->mode[i] == KILN__NODE_DYNAMIC)
+    return kiln__run_node_dynamic(f, n, in, out, be, m->node_state[i]);
+  kiln__kctx c = {.node = n, .n_in = n->n_in, .n_out = n->n_out, .in = in, .out = out,
+                  .pool = s->pool, .frame = f, .err = err};
+  if (p->scratch_bytes[i]) {
+    c.scratch = s->arena + p->scratch_off[i];
+    c.scratch_bytes = p->scratch_bytes[i];
+  }
+  kiln_status st = be->execute(&c, m->node_state[i]);
+  if (st != KILN_OK) kiln__err_prefix(err, "node '%s' (%s)", n->name, n->op_type);
+  return st;
+}
+
 kiln_status kiln_session_run_ex(kiln_session *s, const char *const *names,
                                 const kiln_tensor *inputs, size_t n_inputs,
                                 const kiln_run_opts *opts, kiln_error *err) {
   kiln_run_opts o = kiln_run_opts_default();
   if (opts) {
+    /* older callers' structs end at `user` */
     if (opts->struct_size < offsetof(kiln_run_opts, user) + sizeof(void *) ||
         opts->struct_size > sizeof o)
       return kiln__fail(err, KILN_INVALID_ARGUMENT, "kiln_run_opts.struct_size is wrong");
@@ -414,6 +437,13 @@ kiln_status kiln_session_run_ex(kiln_session *s, const char *const *names,
         s->vals[v].rank = -1;
     }
   }
+  kiln_profile *prof = o.profile;
+  if (prof) {
+    bool recording;
+    st = kiln__profile_run_begin(prof, m, kiln__now_ns(), &recording, err);
+    if (st != KILN_OK) return st;
+    if (!recording) prof = NULL;
+  }
   kiln__dyn_reset(&s->dyn);
   kiln__frame f = {.g = g, .vals = s->vals, .dyn = &s->dyn, .pool = s->pool, .err = err};
   for (int i = 0; i < g->n_nodes; i++) {
@@ -421,27 +451,19 @@ kiln_status kiln_session_run_ex(kiln_session *s, const char *const *names,
     if (o.interrupt && (st = o.interrupt(o.user)) != KILN_OK)
       return kiln__fail(err, st, "run stopped before node '%s' (%s): %s", n->name, n->op_type,
                         kiln_status_str(st));
+    if (p->mode[i] == KILN__NODE_FOLDED) continue;
     const kiln_tensor **in = s->in_ptrs + s->in_start[i];
     kiln_tensor **out = s->out_ptrs + s->out_start[i];
-    const kiln__backend *be = m->backends[m->node_backend[i]];
-    switch (p->mode[i]) {
-      case KILN__NODE_FOLDED: continue;
-      case KILN__NODE_DYNAMIC:
-        st = kiln__run_node_dynamic(&f, n, in, out, be, m->node_state[i]);
-        break;
-      default: {
-        kiln__kctx c = {.node = n, .n_in = n->n_in, .n_out = n->n_out, .in = in, .out = out,
-                        .pool = s->pool, .frame = &f, .err = err};
-        if (p->scratch_bytes[i]) {
-          c.scratch = s->arena + p->scratch_off[i];
-          c.scratch_bytes = p->scratch_bytes[i];
-        }
-        st = be->execute(&c, m->node_state[i]);
-        if (st != KILN_OK) kiln__err_prefix(err, "node '%s' (%s)", n->name, n->op_type);
-      }
+    if (prof) { /* the only cost of profiling when it is off: this branch */
+      int64_t t0 = kiln__now_ns();
+      st = run_node(s, &f, i, in, out, err);
+      if (st == KILN_OK) kiln__profile_node(prof, (size_t)i, n, in, out, t0, kiln__now_ns());
+    } else {
+      st = run_node(s, &f, i, in, out, err);
     }
     if (st != KILN_OK) return st;
   }
+  if (prof) kiln__profile_run_end(prof, kiln__now_ns());
   for (int i = 0; i < g->n_outputs; i++)
     if (s->vals[g->outputs[i]].rank < 0)
       return kiln__fail(err, KILN_INTERNAL, "output '%s' was not computed",

@@ -32,6 +32,12 @@ static const kiln__cpu_kernel *const families[] = {
     kiln__cpu_pool_kernels, kiln__cpu_fused_kernels, kiln__cpu_quant_kernels,
     kiln__cpu_nbits_kernels, kiln__cpu_copy_kernels};
 
+/* The families by name, for profiles (kiln_profile_event.kernel). */
+static const char *const family_names[] = {"gemm",  "vec",   "dwconv", "pool",
+                                           "fused", "quant", "nbits",  "copy"};
+_Static_assert(KILN__ARRAY_LEN(family_names) == KILN__ARRAY_LEN(families),
+               "one name per kernel family");
+
 static bool same_domain(const char *row, const char *node) {
   if (!node || !strcmp(node, "ai.onnx")) node = "";
   return !strcmp(row ? row : "", node);
@@ -83,6 +89,14 @@ static kiln_status cpu_execute(kiln__kctx *c, void *state) {
   return ns->k->execute(c, ns->state);
 }
 
+static const char *cpu_kernel_name(const void *state) {
+  const node_state *ns = state;
+  for (size_t f = 0; ns && f < KILN__ARRAY_LEN(families); f++)
+    for (const kiln__cpu_kernel *k = families[f]; k->op; k++)
+      if (k == ns->k) return family_names[f];
+  return "cpu";
+}
+
 static size_t cpu_scratch(const kiln__kctx *c, void *state) {
   node_state *ns = state;
   if (ns->k->scratch) return ns->k->scratch(c, ns->state);
@@ -96,6 +110,7 @@ const kiln__backend kiln__backend_cpu = {
     .release = cpu_release,
     .execute = cpu_execute,
     .scratch = cpu_scratch,
+    .kernel_name = cpu_kernel_name,
 };
 
 bool kiln__cpu_conv2d_parse(const kiln__node *n, const kiln_tensor *w, kiln__conv2d *cv) {
