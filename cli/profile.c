@@ -20,6 +20,14 @@ int cli_profile_arg(cli_profile_opts *o, int argc, char **argv, int *i) {
   const char *v = argv[++*i];
   o->on = true;
   if (!strcmp(a, "--profile-json")) {
+    /* find out now, not after a long benchmark, that the file cannot be written */
+    FILE *f = fopen(v, "w");
+    if (!f) {
+      fprintf(stderr, "kiln: --profile-json: cannot open '%s' for writing: %s\n", v,
+              strerror(errno));
+      return -1;
+    }
+    fclose(f);
     o->json = v;
     return 1;
   }

@@ -47,6 +47,10 @@ expect "missing npy" "cannot open|No such" -- run "$model" --input "input=$tmp/n
 expect "bad --shape" "shape" -- run "$model" --shape input=1,x
 expect "unknown command" "unknown command" -- frobnicate
 expect "conformance on a missing folder" "no such folder" -- conformance "$tmp/none"
+expect "--profile-top 0" "profile-top wants a count of nodes .* not '0'" -- bench "$model" --runs 1 --profile-top 0
+expect "--profile-top not a number" "not 'x'" -- run "$model" --profile-top x
+expect "--profile-json without a file" "profile-json wants a value" -- bench "$model" --profile-json
+expect "--profile-json into a missing folder" "cannot open '$tmp/none/p.json'" -- run "$model" --profile-json "$tmp/none/p.json"
 q="quantize $model -o $tmp/q.onnx"
 expect "quantize: int8 without --calib" "needs calibration data: --calib DIR" -- $q --to int8
 expect "quantize: unknown method" "unknown --method 'kl'" -- $q --to int8 --calib "$tmp" --method kl

@@ -27,7 +27,7 @@ echo "== thread sanitizer: the tests that run threads"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_WERROR=ON -DKILN_TSAN=ON >/dev/null
 cmake --build build-tsan -j"$jobs" >/dev/null
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 \
-  ctest --output-on-failure --timeout 900 -j"$jobs" -R '^(session|runtime|cpu_vec|cpu_gemm)$')
+  ctest --output-on-failure --timeout 900 -j"$jobs" -R '^(session|profile|runtime|cpu_vec|cpu_gemm)$')
 
 echo "== fuzzing the model loader and the server's request decoder, ${KILN_FUZZ_SECONDS:-60} s each"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_FUZZ=ON >/dev/null
