@@ -60,19 +60,30 @@ static void print_rate(const agg *a) {
   else printf("  %8s", "-");
 }
 
-static void print_op_types(agg *ops, size_t n_ops, double run_us) {
+/* Rows keyed by two strings: (domain, op type) or (backend, kernel). */
+static void print_groups(const char *title, char sep, agg *ops, size_t n_ops, double run_us) {
   qsort(ops, n_ops, sizeof *ops, cmp_us_desc);
-  printf("\nby op type:\n  %-28s %7s %10s %10s %7s %9s\n", "op type", "calls", "total ms",
+  printf("\nby %s:\n  %-28s %7s %10s %10s %7s %9s\n", title, title, "calls", "total ms",
          "mean us", "share", "GFLOP/s");
   for (size_t k = 0; k < n_ops; k++) {
     char name[96];
-    snprintf(name, sizeof name, "%s%s%s", ops[k].domain, *ops[k].domain ? ":" : "",
-             ops[k].op_type);
+    if (!*ops[k].domain || !strcmp(ops[k].domain, ops[k].op_type))
+      snprintf(name, sizeof name, "%s", ops[k].op_type);
+    else snprintf(name, sizeof name, "%s%c%s", ops[k].domain, sep, ops[k].op_type);
     printf("  %-28s %7zu %10.3f %10.1f %6.1f%%", name, ops[k].calls, ops[k].us / 1e3,
            ops[k].us / (double)ops[k].calls, run_us > 0 ? 100.0 * ops[k].us / run_us : 0.0);
     print_rate(&ops[k]);
     printf("\n");
   }
+}
+
+/* Adds an event to the row keyed (a, b), appending the row when new. */
+static void add_to_group(agg *rows, size_t *n, const char *a, const char *b,
+                         const kiln_profile_event *e) {
+  size_t k = 0;
+  while (k < *n && (strcmp(rows[k].op_type, a) || strcmp(rows[k].domain, b))) k++;
+  if (k == *n) rows[(*n)++] = (agg){.op_type = a, .domain = b};
+  rows[k].calls++, rows[k].us += e->dur_us, rows[k].macs += (double)e->macs;
 }
 
 static void print_nodes(agg *nodes, size_t n_nodes, size_t top, double run_us) {
@@ -108,13 +119,15 @@ int cli_profile_report(const kiln_model *m, const kiln_profile *p, const cli_pro
   size_t n_ev = kiln_profile_event_count(p), runs = kiln_profile_run_count(p);
   agg *nodes = calloc(ms.node_count + 1, sizeof *nodes);
   agg *ops = calloc(ms.node_count + 1, sizeof *ops);
-  if (!nodes || !ops) {
+  agg *kernels = calloc(ms.node_count + 1, sizeof *kernels);
+  if (!nodes || !ops || !kernels) {
     free(nodes);
     free(ops);
+    free(kernels);
     fprintf(stderr, "kiln: out of memory for the profile\n");
     return 1;
   }
-  size_t n_ops = 0;
+  size_t n_ops = 0, n_kernels = 0;
   double node_us = 0, run_us = 0;
   for (size_t r = 0; r < runs; r++) {
     double ts, dur;
@@ -127,20 +140,19 @@ int cli_profile_report(const kiln_model *m, const kiln_profile *p, const cli_pro
     agg *a = &nodes[e.node];
     if (!a->calls) a->first = e;
     a->calls++, a->us += e.dur_us, a->macs += (double)e.macs;
-    size_t k = 0;
-    while (k < n_ops && (strcmp(ops[k].op_type, e.op_type) || strcmp(ops[k].domain, e.domain)))
-      k++;
-    if (k == n_ops) ops[n_ops++] = (agg){.op_type = e.op_type, .domain = e.domain};
-    ops[k].calls++, ops[k].us += e.dur_us, ops[k].macs += (double)e.macs;
+    add_to_group(ops, &n_ops, e.op_type, e.domain, &e);
+    add_to_group(kernels, &n_kernels, e.kernel, e.backend, &e);
     node_us += e.dur_us;
   }
   printf("\nprofile: %zu runs recorded, %zu node events; run wall time mean %.3f ms, of which "
          "nodes %.1f%%\n", runs, n_ev, runs ? run_us / (double)runs / 1e3 : 0.0,
          run_us > 0 ? 100.0 * node_us / run_us : 0.0);
-  print_op_types(ops, n_ops, run_us);
+  print_groups("op type", ':', ops, n_ops, run_us);
+  print_groups("kernel", '/', kernels, n_kernels, run_us);
   print_nodes(nodes, ms.node_count, o->top ? o->top : 20, run_us);
   free(nodes);
   free(ops);
+  free(kernels);
   if (o->json) {
     kiln_error err = {0};
     if (kiln_profile_write_json(p, o->json, &err) != KILN_OK) return cli_fail("--profile-json", &err);
