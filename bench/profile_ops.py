@@ -8,7 +8,8 @@ ORT, MACs computed from the input/output shapes its events carry.
 Per node, STAT (median by default, or min, mean) of its durations over the runs is taken, then
 summed per op type: on a shared machine the median and min are steadier than the mean. Shares
 are of the sum of the nodes' figures.
-usage: profile_ops.py RUNS [--stat median|min|mean] NAME=TRACE.json...      (stdlib only)"""
+Several files for one engine (NAME=A.json,B.json: rounds of the same benchmark) are pooled.
+usage: profile_ops.py RUNS [--stat median|min|mean] NAME=TRACE.json[,...]...   (stdlib only)"""
 import json
 import sys
 from collections import defaultdict
@@ -34,15 +35,23 @@ def shape_macs(op, args):
     return 0
 
 
-def load(path, runs, stat):
-    ev = json.load(open(path))
-    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in ev
-                   if e.get("cat") == "Session" and e.get("name") == "model_run")[-runs:]
+def events(paths, runs):
+    """The node events inside the last `runs` model_run spans of each file, and the spans."""
+    out, all_spans = [], []
+    for path in paths:
+        ev = json.load(open(path))
+        spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in ev
+                       if e.get("cat") == "Session" and e.get("name") == "model_run")[-runs:]
+        all_spans += spans
+        out += [e for e in ev if e.get("cat") == "Node" and any(a <= e["ts"] <= b for a, b in spans)]
+    return out, all_spans
+
+
+def load(paths, runs, stat):
+    ev, spans = events(paths, runs)
     nodes = defaultdict(lambda: [None, [], 0])  # per node: op, durations, macs per call
     for e in ev:
-        if e.get("cat") != "Node" or "op_name" not in e.get("args", {}):
-            continue
-        if not any(a <= e["ts"] <= b for a, b in spans):
+        if "op_name" not in e.get("args", {}):
             continue
         if e["name"].endswith(("_fence_before", "_fence_after")):
             continue
@@ -82,7 +91,8 @@ def main():
     if args and args[0] == "--stat":
         stat = args[1]
         args = args[2:]
-    data = {name: load(path, runs, stat) for name, path in (a.split("=", 1) for a in args)}
+    data = {name: load(paths.split(","), runs, stat)
+            for name, paths in (a.split("=", 1) for a in args)}
     for name, (_, wall, total, n) in data.items():
         print("%s: %d runs, wall %.3f ms/run (mean), nodes %.3f ms/run (%s per node)"
               % (name, n, wall / 1e3, total / 1e3, stat))

@@ -64,6 +64,7 @@ void kiln_profile_free(kiln_profile *p) {
 }
 
 void kiln_profile_clear(kiln_profile *p) {
+  if (!p) return;
   p->n_runs = p->n_events = p->dropped = 0;
   p->has_base = p->recording = false;
 }
