@@ -260,7 +260,7 @@ typedef struct kiln_profile_event {
 /* Events in the order they were recorded (run by run, node order within a run). */
 size_t kiln_profile_event_count(const kiln_profile *p);
 kiln_status kiln_profile_event_get(const kiln_profile *p, size_t i, kiln_profile_event *ev);
-/* Recorded runs, and runs that did not fit. A run that failed records the nodes it ran. */
+/* Recorded runs, and runs that did not fit. A run that failed keeps the nodes that completed. */
 size_t kiln_profile_run_count(const kiln_profile *p);
 size_t kiln_profile_dropped_runs(const kiln_profile *p);
 /* The wall time of recorded run r, from its first node to its last (binding inputs and finding
