@@ -1,8 +1,8 @@
 /* The AVX2 depthwise 3x3 kernel for stride 1 and 2 (MobileNet's every depthwise layer), one
- * plane at a time. Blocks of 4 output rows x 8 output columns read their taps straight from the
- * input rows: no padded copy of the plane, no row buffers. Each input row a block touches is
- * loaded once and feeds every output row that uses it (4 rows at stride 1 read 6 input rows, not
- * 12). Padding costs nothing in the interior: a row above or below the plane is a pointer to
+ * plane at a time. Blocks of 8 output rows (6 at stride 2) x 8 output columns read their taps
+ * straight from the input rows: no padded copy of the plane, no row buffers. Each input row a
+ * block touches is loaded once and feeds every output row that uses it (8 rows at stride 1 read
+ * 10 input rows, not 24), and the rows are independent FMA chains. Padding costs nothing in the interior: a row above or below the plane is a pointer to
  * zeros, and the blocks that cross the left or right edge (or end past the last column) load
  * with lane masks, which read nothing outside the plane. Stride 2 loads 16 columns and splits
  * even and odd lanes with one in-lane shuffle per tap; the lanes come out in the order
@@ -14,7 +14,7 @@
 #include <immintrin.h>
 
 #define AVX2 __attribute__((target("avx2,fma")))
-#define R 4        /* output rows per block */
+#define RMAX 8     /* output rows per block, at most (stride 1: 8, stride 2: 6) */
 #define ZW 2112    /* floats of the zero row */
 #define ZOFF 32    /* the zero row starts here, so that edge columns before 0 stay inside it */
 
@@ -44,8 +44,8 @@ AVX2 static inline __m256 ld(const float *r, int c, int w, bool edge) {
 /* acc[r] = bias + sum of taps for output rows r < R of the block whose first input column is c0
    (ox * S - pl); rows[j] is input row j of the block (row r, tap ky reads rows[r * S + ky]). */
 AVX2 static inline __attribute__((always_inline)) void
-block(const float *const *rows, int c0, int w, const __m256 *wv, __m256 b, __m256 acc[R],
-      size_t S, bool edge) {
+block(const float *const *rows, int c0, int w, const __m256 *wv, __m256 b, __m256 acc[RMAX],
+      size_t S, size_t R, bool edge) {
   /* Unrolled, so that the accumulators and taps stay in registers (gcc keeps the loops and the
      accumulators in memory otherwise). */
 #pragma GCC unroll 16
@@ -102,11 +102,11 @@ AVX2 static inline void put(float *y, const float *z, __m256 v, size_t nx,
 
 AVX2 static inline __attribute__((always_inline)) void
 plane(const kiln__dw_geom *g, const float *x, const float *w, float bias, const float *z,
-      float *y, const kiln__epilogue *ep, size_t S) {
+      float *y, const kiln__epilogue *ep, size_t S, size_t R) {
   __m256 wv[9], b = _mm256_set1_ps(bias);
   for (size_t t = 0; t < 9; t++) wv[t] = _mm256_broadcast_ss(w + t);
   const int wd = (int)g->w, span = S == 1 ? 10 : 18; /* columns an interior block reads */
-  const float *rows[(R - 1) * 2 + 3];
+  const float *rows[(RMAX - 1) * 2 + 3];
   bool post = kiln__act_is_post(ep->act);
   for (size_t oy = 0; oy < g->oh; oy += R) {
     size_t dr = KILN__MIN((size_t)R, g->oh - oy);
@@ -121,9 +121,9 @@ plane(const kiln__dw_geom *g, const float *x, const float *w, float bias, const 
       if (ox + 8 > g->ow && g->ow >= 8 && z != y) ox = g->ow - 8;
       size_t nx = KILN__MIN((size_t)8, g->ow - ox);
       int c0 = (int)(ox * S) - (int)g->pl;
-      __m256 acc[R];
-      if (c0 >= 0 && c0 + span <= wd) block(rows, c0, wd, wv, b, acc, S, false);
-      else block(rows, c0, wd, wv, b, acc, S, true);
+      __m256 acc[RMAX];
+      if (c0 >= 0 && c0 + span <= wd) block(rows, c0, wd, wv, b, acc, S, R, false);
+      else block(rows, c0, wd, wv, b, acc, S, R, true);
       for (size_t r = 0; r < dr; r++) {
         size_t o = (oy + r) * g->ow + ox;
         put(y + o, z ? z + o : NULL, acc[r], nx, ep);
@@ -138,8 +138,11 @@ plane(const kiln__dw_geom *g, const float *x, const float *w, float bias, const 
 AVX2 void kiln__dw3x3_plane_avx2(const kiln__dw_geom *g, const float *x, const float *w,
                                  float bias, const float *z, float *y,
                                  const kiln__epilogue *ep) {
-  if (g->sw == 1) plane(g, x, w, bias, z, y, ep, 1);
-  else plane(g, x, w, bias, z, y, ep, 2);
+  /* Rows per block, measured on MobileNet's planes: 8 independent FMA chains at stride 1 (4
+     left the FMAs waiting on their latency: 112x112 and 56x56 10-15% slower), 6 at stride 2,
+     whose 4 loads and 3 shuffles per input row leave fewer registers. */
+  if (g->sw == 1) plane(g, x, w, bias, z, y, ep, 1, 8);
+  else plane(g, x, w, bias, z, y, ep, 2, 6);
 }
 
 #endif
