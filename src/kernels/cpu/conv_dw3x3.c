@@ -22,7 +22,8 @@ static const float zrow[ZW];
 
 bool kiln__dw3x3_fits(const kiln__dw_geom *g) {
   return g->kh == 3 && g->kw == 3 && g->sh == g->sw && (g->sw == 1 || g->sw == 2) &&
-         g->pl <= 2 && g->w + 24 <= ZW - ZOFF && g->ow >= 1 && g->oh >= 1;
+         g->pl <= 2 && g->w + 24 <= ZW - ZOFF && g->ow >= 1 && g->oh >= 1 &&
+         g->ow <= ZW; /* column indices stay small ints whatever the right padding */
 }
 
 /* Lanes whose column c + i lies in [0, w). */
