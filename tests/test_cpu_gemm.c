@@ -527,12 +527,15 @@ static void conv_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 4, 6, 1, 6, 3, 3, 1, 1, 1, 1, NULL, 1},     /* one column: a run per output position */
       {1, 2, 9, 40, 7, 3, 3, 1, 3, 1, 2, NULL, 0},    /* stride 3 */
       {1, 6, 7, 7, 13, 3, 3, 1, 1, 1, 1, NULL, 1},    /* 7x7: 49 columns, a 1-column panel */
-      /* pointwise with few outputs: B read in place where L1 allows (odd planes, short k),
-         packed otherwise (planes a multiple of 256 bytes with k = 130) */
+      /* pointwise with few outputs: B read in place where L1 allows (odd planes, short k) or
+         m <= 32, packed otherwise (planes a multiple of 256 bytes with k = 130, m 33-96) */
       {1, 300, 5, 13, 20, 1, 1, 1, 1, 1, 0, NULL, 1},
       {2, 40, 9, 9, 64, 1, 1, 1, 1, 1, 0, NULL, 1},
       {1, 20, 8, 16, 6, 1, 1, 1, 1, 1, 0, NULL, 1},
       {1, 130, 8, 16, 6, 1, 1, 1, 1, 1, 0, NULL, 0},
+      {1, 130, 8, 16, 40, 1, 1, 1, 1, 1, 0, NULL, 1},
+      {1, 130, 8, 16, 90, 1, 1, 1, 1, 1, 0, NULL, 1},
+      {1, 300, 9, 11, 90, 1, 1, 1, 1, 1, 0, NULL, 1},  /* m 65-96 in place, k over KC */
       {1, 24, 7, 7, 70, 1, 1, 1, 1, 1, 0, NULL, 1},
       {2, 3, 33, 33, 5, 3, 3, 1, 1, 2, 0, NULL, 1},   /* dilation 2, no padding, batch 2 */
   };

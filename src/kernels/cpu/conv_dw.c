@@ -67,16 +67,21 @@ static inline float act1(const kiln__epilogue *ep, float v) {
 static void row_generic(const kiln__dw_geom *g, size_t plen, const float *const *rows,
                         const float *w, float bias, const float *z, float *y,
                         const kiln__epilogue *ep) {
-  size_t ow = g->ow, s = g->sw;
-  for (size_t ox = 0; ox < ow; ox++) y[ox] = bias;
-  for (size_t ky = 0; ky < g->kh; ky++)
-    for (size_t kx = 0; kx < g->kw; kx++) {
-      const float *restrict r = rows[ky] + (kx % s) * plen + kx / s;
-      float wv = w[ky * g->kw + kx];
-      float *restrict yy = y;
-      for (size_t ox = 0; ox < ow; ox++) yy[ox] += wv * r[ox];
-    }
-  for (size_t ox = 0; ox < ow; ox++) y[ox] = act1(ep, y[ox] + (z ? z[ox] : 0.0f));
+  size_t s = g->sw;
+  /* Sums in a local chunk, not in y: z may be y. */
+  for (size_t o0 = 0; o0 < g->ow; o0 += 64) {
+    size_t ow = KILN__MIN((size_t)64, g->ow - o0);
+    float acc[64];
+    for (size_t ox = 0; ox < ow; ox++) acc[ox] = bias;
+    for (size_t ky = 0; ky < g->kh; ky++)
+      for (size_t kx = 0; kx < g->kw; kx++) {
+        const float *restrict r = rows[ky] + (kx % s) * plen + kx / s + o0;
+        float wv = w[ky * g->kw + kx];
+        for (size_t ox = 0; ox < ow; ox++) acc[ox] += wv * r[ox];
+      }
+    for (size_t ox = 0; ox < ow; ox++)
+      y[o0 + ox] = act1(ep, acc[ox] + (z ? z[o0 + ox] : 0.0f));
+  }
 }
 
 #ifdef DW_X86
@@ -386,7 +391,12 @@ void kiln__dwconv_plane_f32(kiln__isa isa, const kiln__dw_geom *g, const float *
                             const float *w, float bias, const float *z, float *y,
                             const kiln__epilogue *ep) {
 #ifdef DW_X86
-  /* The direct path for the shapes CNNs use; other strides keep the phase-split row ring. */
+  /* 3x3 at stride 1 or 2 (conv_dw3x3.c), then the direct path for the other shapes CNNs use;
+     other strides keep the phase-split row ring. */
+  if (isa != KILN__ISA_GENERIC && kiln__dw3x3_fits(g)) {
+    kiln__dw3x3_plane_avx2(g, x, w, bias, z, y, ep);
+    return;
+  }
   if (isa != KILN__ISA_GENERIC && (g->sw == 1 || g->sw == 2) && g->sh <= 4 && g->kh <= 16 &&
       g->kw <= 16) {
     plane_avx2(g, x, w, bias, z, y, ep);
@@ -479,7 +489,9 @@ static void dw_groups(void *arg, size_t g0, size_t g1) {
   size_t cg = (j->d->c + 7) / 8;
 #ifdef DW_X86
   size_t hp = 0, wp = 0;
-  bool nc8 = j->d->isa != KILN__ISA_GENERIC && nc8_fits(&j->g, &hp, &wp);
+  /* The 3x3 kernel is faster from 8 columns up; a 7x7 plane fills its vectors badly. */
+  bool nc8 = j->d->isa != KILN__ISA_GENERIC && nc8_fits(&j->g, &hp, &wp) &&
+             (!kiln__dw3x3_fits(&j->g) || j->g.ow < 8);
 #endif
   for (size_t gi = g0; gi < g1; gi++) {
     size_t c0 = gi % cg * 8, cnt = KILN__MIN((size_t)8, j->d->c - c0);

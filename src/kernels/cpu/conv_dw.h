@@ -1,7 +1,9 @@
 /* Depthwise 2-D convolution, float32 NCHW (group == C == M, one filter per channel).
  *
  * The GEMM formulation wastes a depthwise conv (k = kh * kw, a 9-deep product per output), so it
- * runs directly. With AVX2 there are two paths: planes up to 32 outputs wide run 8 channels at a
+ * runs directly. With AVX2, 3x3 at stride 1 or 2 on planes 8 or more outputs wide runs the
+ * kernel of conv_dw3x3.c (taps read in place, edges through lane masks). Otherwise there are two
+ * paths: planes up to 32 outputs wide run 8 channels at a
  * time with the channel in the vector lanes (an interleaved, zero-bordered copy of the 8 planes;
  * each output position is kh * kw full-width FMAs); wider planes run blocks of 4 output rows x 8
  * columns (4 independent FMA chains) with taps loaded straight from the input (stride 2:
@@ -30,6 +32,13 @@ bool kiln__dwconv_fits(const kiln__dw_geom *g);
 void kiln__dwconv_plane_f32(kiln__isa isa, const kiln__dw_geom *g, const float *x,
                             const float *w, float bias, const float *z, float *y,
                             const kiln__epilogue *ep);
+
+/* The AVX2 3x3 kernel of conv_dw3x3.c (x86 only): whether it takes the geometry (3x3, stride 1
+   or 2 both ways, left padding <= 2, planes up to 2056 wide), and one plane with the contract of
+   kiln__dwconv_plane_f32. */
+bool kiln__dw3x3_fits(const kiln__dw_geom *g);
+void kiln__dw3x3_plane_avx2(const kiln__dw_geom *g, const float *x, const float *w, float bias,
+                            const float *z, float *y, const kiln__epilogue *ep);
 
 #endif
 

@@ -351,9 +351,13 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
    where the copy is a sizeable share of the work (MobileNet/SqueezeNet's 96->24, 144->32,
    128->16: 20-40% faster), unless B's rows collide in L1: with rows a multiple of 256 bytes
    apart (ResNet's 56x56 planes) a panel's kc rows map to at most 16 of a 32 KiB 8-way L1's 64
-   sets, 128 lines, and a longer panel is re-read from L2 by every A panel. */
+   sets, 128 lines, and a longer panel is re-read from L2 by every A panel. Two measured
+   exceptions (MobileNet-v2, bench/RESULTS.md): with m <= 32 the copy is shared by so few A
+   panels that it costs more than those L2 re-reads (144->24@56: 26% faster in place), and up to
+   m = 96 in place still wins without the conflict (384->96 and 576->96@14: 5-6%). */
 static bool in_place_pays(const kiln__sgemm_args *g) {
-  if (g->m > 64) return false;
+  if (g->m > 96) return false;
+  if (g->m <= 32) return true;
   size_t bytes = g->ldb * sizeof(float), kc = KILN__MIN(g->k, (size_t)KC);
   if (bytes % 64 != 0) return true; /* rows land on shifting sets */
   size_t lines = bytes / 64, sets = 64;

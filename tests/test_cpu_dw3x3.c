@@ -1,0 +1,135 @@
+/* The depthwise 3x3 plane kernels (conv_dw3x3.c and the paths of conv_dw.c) against a direct
+ * double-precision sum written here: every plane size from 1x1 to 20 wide and MobileNet's, both
+ * strides, left/top pads 0-2 with any bottom/right pad, each epilogue (none, ReLU, Clip, a post
+ * activation) with and without a residual, the residual aliasing the output, and inputs whose
+ * rows end at the end of their buffer (read past the plane: ASan). Every ISA this machine runs. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "kernels/cpu/conv_dw.h"
+
+static float frand(unsigned *s) {
+  *s = *s * 1103515245u + 12345u;
+  return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+/* y[oy][ox] = act(bias + sum w[ky][kx] x[oy*s - pt + ky][ox*s - pl + kx] + z), zero outside. */
+static float oracle(const kiln__dw_geom *g, const float *x, const float *w, float bias,
+                    const float *z, size_t oy, size_t ox, const kiln__epilogue *ep) {
+  double acc = bias;
+  for (size_t ky = 0; ky < 3; ky++)
+    for (size_t kx = 0; kx < 3; kx++) {
+      int64_t iy = (int64_t)(oy * g->sh + ky) - (int64_t)g->pt;
+      int64_t ix = (int64_t)(ox * g->sw + kx) - (int64_t)g->pl;
+      if (iy >= 0 && iy < (int64_t)g->h && ix >= 0 && ix < (int64_t)g->w)
+        acc += (double)w[ky * 3 + kx] * x[iy * (int64_t)g->w + ix];
+    }
+  if (z) acc += z[oy * g->ow + ox];
+  float v = (float)acc;
+  if (ep->act == KILN__ACT_RELU) v = v > 0 ? v : 0;
+  if (ep->act == KILN__ACT_CLIP) v = v < ep->lo ? ep->lo : v > ep->hi ? ep->hi : v;
+  if (ep->act == KILN__ACT_LEAKYRELU) v = v < 0 ? v * ep->lo : v;
+  return v;
+}
+
+/* One plane with each epilogue; mode 0 no residual, 1 a separate residual, 2 residual == y. */
+static void check(kiln__isa isa, size_t h, size_t w, size_t s, size_t pt, size_t pl, size_t pb,
+                  size_t pr) {
+  kiln__dw_geom g = {.h = h, .w = w, .kh = 3, .kw = 3, .sh = s, .sw = s, .pt = pt, .pl = pl};
+  if (h + pt + pb < 3 || w + pl + pr < 3) return;
+  g.oh = (h + pt + pb - 3) / s + 1;
+  g.ow = (w + pl + pr - 3) / s + 1;
+  if (!kiln__dwconv_fits(&g)) return;
+  size_t in = h * w, out = g.oh * g.ow;
+  /* Exactly sized buffers: a read or write past the plane is an ASan error. */
+  float *x = malloc(in * sizeof *x), *y = malloc(out * sizeof *y), *z = malloc(out * sizeof *z);
+  float *want = malloc(out * sizeof *want);
+  assert_non_null(x), assert_non_null(y), assert_non_null(z), assert_non_null(want);
+  unsigned seed = (unsigned)(h * 131 + w * 7 + s * 3 + pt + pl * 5 + pb * 11 + pr * 13);
+  float wt[9];
+  for (size_t i = 0; i < in; i++) x[i] = frand(&seed) * 3.0f;
+  for (size_t i = 0; i < 9; i++) wt[i] = frand(&seed);
+  float bias = frand(&seed);
+  const kiln__vmath *vm = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__vmath_select(&vm, &err), KILN_OK);
+  const kiln__epilogue eps[] = {{.act = KILN__ACT_NONE},
+                                {.act = KILN__ACT_RELU},
+                                {.act = KILN__ACT_CLIP, .lo = 0.0f, .hi = 0.5f},
+                                {.act = KILN__ACT_LEAKYRELU, .lo = 0.1f, .vm = vm}};
+  for (size_t e = 0; e < sizeof eps / sizeof eps[0]; e++)
+    for (int mode = 0; mode < 3; mode++) {
+      for (size_t i = 0; i < out; i++) z[i] = frand(&seed);
+      const float *zz = mode == 0 ? NULL : z;
+      for (size_t oy = 0; oy < g.oh; oy++)
+        for (size_t ox = 0; ox < g.ow; ox++)
+          want[oy * g.ow + ox] = oracle(&g, x, wt, bias, zz, oy, ox, &eps[e]);
+      float *dst = y;
+      if (mode == 2) dst = z; /* y = act(conv + y) */
+      else
+        for (size_t i = 0; i < out; i++) y[i] = NAN;
+      kiln__dwconv_plane_f32(isa, &g, x, wt, bias, zz, dst, &eps[e]);
+      for (size_t i = 0; i < out; i++)
+        if (!(fabsf(dst[i] - want[i]) <= 1e-5f * (1.0f + fabsf(want[i])))) {
+          fail_msg("isa %s h %zu w %zu s %zu pads %zu %zu %zu %zu act %zu mode %d: y[%zu] = %g, "
+                   "want %g", kiln__isa_name(isa), h, w, s, pt, pl, pb, pr, e, mode, i,
+                   (double)dst[i], (double)want[i]);
+        }
+    }
+  free(x), free(y), free(z), free(want);
+}
+
+static void each_isa(void (*fn)(kiln__isa)) {
+  for (int i = 0; i < KILN__ISA_COUNT; i++)
+    if (kiln__isa_supported((kiln__isa)i)) fn((kiln__isa)i);
+}
+
+static void small_planes(kiln__isa isa) {
+  for (size_t s = 1; s <= 2; s++)
+    for (size_t h = 1; h <= 10; h++)
+      for (size_t w = 1; w <= 20; w++)
+        for (size_t p = 0; p <= 2; p++) {
+          check(isa, h, w, s, p, p, p, p);
+          check(isa, h, w, s, p, p, 0, 0);
+          check(isa, h, w, s, 0, p, 2 - p, 1);
+        }
+}
+
+static void every_small_plane(void **st) {
+  (void)st;
+  each_isa(small_planes);
+}
+
+static void large_planes(kiln__isa isa) {
+  /* MobileNet's planes and their odd neighbours; a plane wider than the kernel takes. */
+  static const size_t sides[][2] = {{7, 7}, {14, 14}, {28, 28}, {29, 27}, {56, 56}, {57, 55},
+                                    {112, 112}, {113, 111}, {9, 64}, {6, 65}, {5, 2100}};
+  for (size_t i = 0; i < sizeof sides / sizeof sides[0]; i++)
+    for (size_t s = 1; s <= 2; s++) {
+      check(isa, sides[i][0], sides[i][1], s, 1, 1, 1, 1);
+      check(isa, sides[i][0], sides[i][1], s, 0, 0, 1, 1);
+      check(isa, sides[i][0], sides[i][1], s, 2, 2, 0, 0);
+      check(isa, sides[i][0], sides[i][1], s, 1, 0, 0, 2);
+    }
+}
+
+static void mobilenet_planes(void **st) {
+  (void)st;
+  each_isa(large_planes);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(every_small_plane),
+      cmocka_unit_test(mobilenet_planes),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
