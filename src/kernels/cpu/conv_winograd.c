@@ -1,0 +1,257 @@
+/* Winograd FusedConv (ai.kiln, algorithm="winograd", set by the level-3 pass winograd): 3x3,
+ * stride 1, dilation 1, group 1, float32 (conv_winograd.h for the scheme).
+ *
+ * prepare() transforms the weights once and packs each of the a^2 matrices U_xi [K x C] as the
+ * SGEMM's A. execute() cuts the tiles of all images (in order: image, tile row, tile column) into
+ * blocks of ~64, the work items of the pool; a block's input transform is written straight into
+ * the SGEMM's packed-B panels in scratch (V_xi [C x tiles], no copy), its a^2 products M_xi
+ * [K x tiles] land next to it, and its output transform writes y with the fused epilogue (bias,
+ * residual, activation). A block's V and M are ~a^2 (C + K) 64 floats, so they are still in L2 when
+ * the GEMMs and the output transform read them back. Scratch holds every block's V and M (the
+ * plan sizes scratch without knowing the thread count), so no call allocates. */
+#include <stdlib.h>
+
+#include "kernels/cpu/conv_winograd.h"
+#include "core/threadpool.h"
+#include "kernels/cpu/cpu_backend.h"
+
+/* Tiles per block: enough columns for the microkernel to reuse each weight panel, few enough for
+   V and M to stay in L2 at ResNet's channel counts. */
+#define BLOCK_TILES 32
+
+typedef struct wino_state {
+  kiln__isa isa;
+  const kiln__wino_tf *tf;
+  int m, a;                     /* F(m x m, 3x3); patch side a = m + 2 */
+  size_t nr;                    /* the SGEMM's B panel width */
+  size_t c, k;                  /* input and output channels */
+  kiln__conv2d cv;
+  kiln__epilogue ep;            /* the activation and vector math */
+  kiln__sgemm_packed u[KILN__WINO_A * KILN__WINO_A];
+} wino_state;
+
+static const kiln_tensor *weight(const kiln__node *n, const kiln__graph *g) {
+  const kiln__value *v = kiln__cpu_input(n, g, 1);
+  return v && v->is_initializer && v->init.dtype == KILN_DTYPE_FLOAT && v->init.data ? &v->init
+                                                                                      : NULL;
+}
+
+static bool wino_parse(const kiln__node *n, const kiln__graph *g, kiln__conv2d *cv) {
+  kiln__act act;
+  float p0, p1;
+  if (strcmp(kiln__attr_str(n, "algorithm", ""), "winograd") != 0 || n->n_in < 2 ||
+      n->n_in > 4 || !kiln__act_from_node(n, &act, &p0, &p1))
+    return false;
+  for (int i = 0; i < n->n_in; i++) {
+    const kiln__value *v = kiln__cpu_input(n, g, i);
+    if ((v || i < 2) && !kiln__cpu_maybe_float(v)) return false;
+  }
+  const kiln_tensor *w = weight(n, g);
+  return w && kiln__cpu_conv2d_parse(n, w, cv) && cv->groups == 1 && cv->kh == 3 &&
+         cv->kw == 3 && cv->sh == 1 && cv->sw == 1 && cv->dh == 1 && cv->dw == 1;
+}
+
+static bool wino_supports(const kiln__node *n, const kiln__graph *g) {
+  kiln__conv2d cv;
+  return wino_parse(n, g, &cv);
+}
+
+static void wino_release(void *state) {
+  wino_state *s = state;
+  for (size_t i = 0; i < KILN__WINO_A * KILN__WINO_A; i++) kiln__sgemm_packed_free(&s->u[i]);
+  kiln__free(s);
+}
+
+/* F(2x2) unless KILN_WINO_TILE=4 asks for F(4x4) (to measure it: its error fails the engine's
+   1e-5 bound, docs/CPU_BACKEND.md). */
+static int tile_size(void) {
+  const char *e = getenv("KILN_WINO_TILE");
+  return e && !strcmp(e, "4") ? 4 : 2;
+}
+
+static kiln_status wino_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                                kiln_error *err) {
+  wino_state *s = kiln__calloc(1, sizeof *s);
+  if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing Winograd FusedConv");
+  wino_parse(n, g, &s->cv);
+  s->m = tile_size();
+  s->a = s->m + 2;
+  s->c = s->cv.cg;
+  s->k = s->cv.m;
+  kiln__act_from_node(n, &s->ep.act, &s->ep.lo, &s->ep.hi);
+  kiln_status st = kiln__isa_select(&s->isa, err);
+  if (st == KILN_OK) st = kiln__vmath_select(&s->ep.vm, err);
+  size_t a2 = (size_t)(s->a * s->a), kc = s->k * s->c, bytes;
+  float *tmp = NULL;
+  if (st == KILN_OK && (!kiln__mul_ok(a2 * sizeof(float), kc, &bytes) ||
+                        !(tmp = kiln__aligned_alloc(bytes ? bytes : sizeof(float)))))
+    st = kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing Winograd FusedConv");
+  if (st == KILN_OK) {
+    s->tf = kiln__wino_tf_get(s->isa);
+    s->nr = kiln__sgemm_nr(s->isa);
+    const float *w = weight(n, g)->data;
+    for (size_t o = 0; o < kc; o++) kiln__wino_weight(s->m, w + o * 9, tmp + o, kc);
+  }
+  for (size_t i = 0; st == KILN_OK && i < a2; i++)
+    st = kiln__sgemm_pack_a(s->isa, false, s->k, s->c, tmp + i * kc, s->c, &s->u[i], err);
+  kiln__aligned_free(tmp);
+  if (st != KILN_OK) {
+    wino_release(s);
+    return st;
+  }
+  *state = s;
+  return KILN_OK;
+}
+
+/* One call's geometry; false for shapes left to the reference kernel. */
+typedef struct wino_geom {
+  size_t n, h, w, oh, ow;
+  int64_t pt, pl;
+  size_t th, tw, tiles; /* tile rows and columns per image; tiles of all images */
+  size_t padded;        /* tiles rounded up to the B panel width */
+} wino_geom;
+
+static bool wino_geom_get(const kiln__kctx *c, const wino_state *s, wino_geom *g) {
+  const kiln_tensor *x = c->in[0], *y = c->out[0], *b = c->n_in > 2 ? c->in[2] : NULL,
+                    *z = c->n_in > 3 ? c->in[3] : NULL;
+  if (x->dtype != KILN_DTYPE_FLOAT || c->in[1]->dtype != KILN_DTYPE_FLOAT || x->rank != 4 ||
+      y->rank != 4 || (size_t)x->dims[1] != s->c || (size_t)y->dims[1] != s->k)
+    return false;
+  if (b && (b->dtype != KILN_DTYPE_FLOAT || b->rank != 1 || (size_t)b->dims[0] != s->k))
+    return false;
+  if (z && (z->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(z) != kiln_tensor_count(y)))
+    return false;
+  g->n = (size_t)x->dims[0];
+  g->h = (size_t)x->dims[2];
+  g->w = (size_t)x->dims[3];
+  g->oh = (size_t)y->dims[2];
+  g->ow = (size_t)y->dims[3];
+  bool pw;
+  kiln__cpu_conv2d_pads(&s->cv, g->h, g->w, g->oh, g->ow, &g->pt, &g->pl, &pw);
+  size_t m = (size_t)s->m, a2 = (size_t)(s->a * s->a);
+  g->th = (g->oh + m - 1) / m;
+  g->tw = (g->ow + m - 1) / m;
+  g->tiles = g->n * g->th * g->tw;
+  g->padded = (g->tiles + s->nr - 1) / s->nr * s->nr;
+  (void)a2;
+  return true;
+}
+
+/* Floats of scratch: V and M of every tile. Blocks hold whole panels except the last, so a block
+   starting at tile q0 finds its V at a^2 C q0 and its M at a^2 K q0 whatever the block size. */
+static bool wino_floats(const wino_state *s, const wino_geom *g, size_t *out) {
+  size_t a2 = (size_t)(s->a * s->a), per;
+  return kiln__mul_ok(a2, s->c + s->k, &per) && kiln__mul_ok(per, g->padded, out);
+}
+
+static size_t wino_scratch(const kiln__kctx *c, void *state) {
+  const kiln__op *op = c->node->op;
+  size_t ref = op->scratch ? op->scratch(c) : 0;
+  wino_geom g;
+  if (!wino_geom_get(c, state, &g)) return ref;
+  size_t floats;
+  if (!wino_floats(state, &g, &floats) || floats > SIZE_MAX / sizeof(float)) return SIZE_MAX;
+  return KILN__MAX(ref, floats * sizeof(float));
+}
+
+typedef struct wino_job {
+  const wino_state *s;
+  const wino_geom *g;
+  size_t block; /* tiles per block, a multiple of nr */
+  const float *x, *bias, *z;
+  float *y, *scratch;
+} wino_job;
+
+/* A run: adjacent tiles of one tile row inside one B panel, at most KILN__WINO_RUN. */
+typedef struct wino_run {
+  size_t j, len;          /* first tile's column in the block's GEMMs, and the count */
+  size_t img, ty, tx;
+} wino_run;
+
+static size_t block_runs(const wino_state *s, const wino_geom *g, size_t q0, size_t nt,
+                         wino_run *run) {
+  size_t nrun = 0, tpi = g->th * g->tw;
+  for (size_t j = 0; j < nt;) {
+    size_t q = q0 + j, r = q % tpi, ty = r / g->tw, tx = r % g->tw;
+    size_t len = KILN__MIN(g->tw - tx, s->nr - j % s->nr);
+    len = KILN__MIN(KILN__MIN(len, (size_t)KILN__WINO_RUN), nt - j);
+    run[nrun++] = (wino_run){j, len, q / tpi, ty, tx};
+    j += len;
+  }
+  return nrun;
+}
+
+static void wino_block(const wino_job *jb, size_t b) {
+  const wino_state *s = jb->s;
+  const wino_geom *g = jb->g;
+  const size_t m = (size_t)s->m, a2 = (size_t)(s->a * s->a), q0 = b * jb->block;
+  const size_t nt = KILN__MIN(jb->block, g->tiles - q0), plane = g->h * g->w;
+  const size_t oplane = g->oh * g->ow, ntp = (nt + s->nr - 1) / s->nr * s->nr;
+  float *v = jb->scratch + a2 * s->c * q0, *mm = jb->scratch + a2 * s->c * g->padded + a2 * s->k * q0;
+  size_t vs = kiln__sgemm_pb_floats(s->nr, s->c, nt); /* one V_xi of this block */
+  wino_run run[BLOCK_TILES];
+  size_t nrun = block_runs(s, g, q0, nt, run);
+  /* Input transform, plane by plane, into the packed panels of each V_xi. */
+  for (size_t ci = 0; ci < s->c; ci++)
+    for (size_t r = 0; r < nrun; r++) {
+      const wino_run *ru = &run[r];
+      const float *xp = jb->x + (ru->img * s->c + ci) * plane;
+      float *dst = v + kiln__sgemm_pb_offset(s->nr, s->c, nt, ci, ru->j);
+      s->tf->in[s->m == 4](xp, g->h, g->w, (int64_t)(ru->ty * m) - g->pt,
+                           (int64_t)(ru->tx * m) - g->pl, ru->len, dst, vs);
+    }
+  /* M_xi [K x nt] = U_xi [K x C] V_xi [C x nt]. */
+  for (size_t i = 0; i < a2; i++) {
+    kiln__sgemm_packed pv = {.isa = s->u[i].isa, .is_a = false, .rows = nt, .k = s->c,
+                             .data = v + i * vs};
+    kiln__sgemm_args ga = {.m = s->k, .n = nt, .k = s->c, .pa = &s->u[i], .pb = &pv,
+                           .c = mm + i * s->k * ntp, .ldc = ntp, .alpha = 1.0f};
+    kiln__sgemm_run(NULL, s->isa, &ga);
+  }
+  /* Output transform with the epilogue, channel by channel. */
+  bool post = kiln__act_is_post(s->ep.act);
+  kiln__wino_ep ep = {.act = post ? KILN__ACT_NONE : s->ep.act, .lo = s->ep.lo, .hi = s->ep.hi};
+  for (size_t ko = 0; ko < s->k; ko++) {
+    ep.bias = jb->bias ? jb->bias[ko] : 0.0f;
+    for (size_t r = 0; r < nrun; r++) {
+      const wino_run *ru = &run[r];
+      size_t y0 = ru->ty * m, x0 = ru->tx * m, off = (ru->img * s->k + ko) * oplane + y0 * g->ow + x0;
+      size_t rows = KILN__MIN(m, g->oh - y0), cols = KILN__MIN(ru->len * m, g->ow - x0);
+      ep.z = jb->z ? jb->z + off : NULL;
+      s->tf->out[s->m == 4](mm + ko * ntp + ru->j, s->k * ntp, jb->y + off, g->ow, rows,
+                            cols, &ep);
+      if (post)
+        for (size_t p = 0; p < rows; p++)
+          kiln__act_apply(s->ep.vm, s->ep.act, s->ep.lo, s->ep.hi, jb->y + off + p * g->ow, cols);
+    }
+  }
+}
+
+static void wino_range(void *arg, size_t begin, size_t end) {
+  for (size_t b = begin; b < end; b++) wino_block(arg, b);
+}
+
+static kiln_status wino_execute(kiln__kctx *c, void *state) {
+  const wino_state *s = state;
+  wino_geom g;
+  size_t floats;
+  if (!wino_geom_get(c, s, &g) || !wino_floats(s, &g, &floats) ||
+      c->scratch_bytes / sizeof(float) < floats)
+    return c->node->op->run(c);
+  if (g.tiles == 0) return KILN_OK;
+  /* BLOCK_TILES, or smaller blocks (whole panels) that give each thread two. */
+  size_t threads = (size_t)kiln__pool_threads(c->pool), per = (g.tiles + 2 * threads - 1) / (2 * threads);
+  size_t block = KILN__MIN((size_t)BLOCK_TILES / s->nr * s->nr, (per + s->nr - 1) / s->nr * s->nr);
+  block = KILN__MAX(block, s->nr);
+  wino_job jb = {s, &g, block, c->in[0]->data, c->n_in > 2 && c->in[2] ? c->in[2]->data : NULL,
+                 c->n_in > 3 && c->in[3] ? c->in[3]->data : NULL, c->out[0]->data, c->scratch};
+  double work = (double)g.tiles * (double)(s->a * s->a) * (double)s->c * (double)s->k;
+  kiln__parallel_for(kiln__pool_for(c->pool, work), (g.tiles + block - 1) / block, wino_range, &jb);
+  return KILN_OK;
+}
+
+const kiln__cpu_kernel kiln__cpu_winograd_kernels[] = {
+    {"FusedConv", wino_supports, wino_prepare, wino_release, wino_execute, wino_scratch,
+     "ai.kiln"},
+    {0},
+};
