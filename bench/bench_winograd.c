@@ -1,6 +1,6 @@
 /* Per-node timing and accuracy of the cpu backend's 3x3 stride-1 convs: the GEMM conv (implicit
- * im2col) against Winograd F(2x2, 3x3) and F(4x4, 3x3) (conv_winograd.c), on the 3x3 convs of
- * ResNet-18/50 and SqueezeNet-1.1. The three kernels alternate per repetition; min and median in
+ * im2col) against Winograd F(2x2, 3x3) (conv_winograd.c), on the 3x3 convs of ResNet-18/50 and
+ * SqueezeNet-1.1. The two kernels alternate per repetition; min and median in
  * thread CPU time, one thread. Accuracy: each output against a direct conv in double precision,
  * as max |error| and max |error| / max |reference|.
  * Not a test. Build and run: see bench/README.md.
@@ -43,8 +43,8 @@ static void attr_str(kiln__node *n, const char *name, const char *s) {
 
 static float frand(void) { return (float)rand() / (float)RAND_MAX - 0.5f; }
 
-enum { GEMM, F2, F4, NK };
-static const char *const kname[NK] = {"gemm", "F2", "F4"};
+enum { GEMM, F2, NK };
+static const char *const kname[NK] = {"gemm", "F2"};
 
 /* Leaks its buffers: a one-shot benchmark. */
 static void one(const char *name, size_t c, size_t h, size_t m, int reps, const char *filter) {
@@ -52,7 +52,8 @@ static void one(const char *name, size_t c, size_t h, size_t m, int reps, const 
   size_t oh = h, hw = h * h;
   kiln_error err = {0};
   kiln__graph *g = kiln__graph_new();
-  int ix = kiln__graph_value(g, "x"), iw = kiln__graph_value(g, "w"), ib = kiln__graph_value(g, "b");
+  int ix = kiln__graph_value(g, "x"), iw = kiln__graph_value(g, "w");
+  int ib = kiln__graph_value(g, "b");
   int iy = kiln__graph_value(g, "y");
   kiln_tensor tx = {0}, ty = {0};
   int64_t dx[4] = {1, (int64_t)c, (int64_t)h, (int64_t)h}, dw[4] = {(int64_t)m, (int64_t)c, 3, 3};
@@ -92,7 +93,6 @@ static void one(const char *name, size_t c, size_t h, size_t m, int reps, const 
   float *y[NK];
   for (int k = 0; k < NK; k++) {
     if (k == F2) attr_str(n, "algorithm", "winograd");
-    setenv("KILN_WINO_TILE", k == F4 ? "4" : "2", 1);
     if (!cpu->supports(n, g) || cpu->prepare(n, g, &state[k], &err) != KILN_OK) {
       printf("%s: cpu backend does not take it\n", name);
       return;
@@ -103,7 +103,6 @@ static void one(const char *name, size_t c, size_t h, size_t m, int reps, const 
     kc[k].scratch = kc[k].scratch_bytes ? malloc(kc[k].scratch_bytes) : NULL;
     y[k] = malloc(m * oh * oh * sizeof(float));
   }
-  unsetenv("KILN_WINO_TILE");
   double *t[NK];
   for (int k = 0; k < NK; k++) t[k] = malloc((size_t)reps * sizeof(double));
   for (int r = -2; r < reps; r++)
@@ -138,7 +137,7 @@ static void one(const char *name, size_t c, size_t h, size_t m, int reps, const 
     printf(" | %s %7.1f/%7.1f us %5.1f GF/s err %.1e rel %.1e", kname[k], t[k][0] * 1e6,
            t[k][reps / 2] * 1e6, gf / t[k][0], maxe[k], maxe[k] / maxr);
   }
-  printf(" | F2/gemm %.2f F4/gemm %.2f\n", t[F2][0] / t[GEMM][0], t[F4][0] / t[GEMM][0]);
+  printf(" | F2/gemm %.2f\n", t[F2][0] / t[GEMM][0]);
   for (int k = 0; k < NK; k++) cpu->release(state[k]);
 }
 

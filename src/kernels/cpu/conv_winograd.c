@@ -1,28 +1,26 @@
 /* Winograd FusedConv (ai.kiln, algorithm="winograd", set by the level-3 pass winograd): 3x3,
- * stride 1, dilation 1, group 1, float32 (conv_winograd.h for the scheme).
+ * stride 1, dilation 1, group 1, float32; F(2x2, 3x3) (conv_winograd.h for the scheme).
  *
- * prepare() transforms the weights once and packs each of the a^2 matrices U_xi [K x C] as the
- * SGEMM's A. execute() cuts the tiles of all images (in order: image, tile row, tile column) into
- * blocks of ~64, the work items of the pool; a block's input transform is written straight into
- * the SGEMM's packed-B panels in scratch (V_xi [C x tiles], no copy), its a^2 products M_xi
- * [K x tiles] land next to it, and its output transform writes y with the fused epilogue (bias,
- * residual, activation). A block's V and M are ~a^2 (C + K) 64 floats, so they are still in L2 when
- * the GEMMs and the output transform read them back. Scratch holds every block's V and M (the
- * plan sizes scratch without knowing the thread count), so no call allocates. */
-#include <stdlib.h>
-
+ * prepare() transforms the weights once and packs each of the 16 matrices U_xi [K x C] as the
+ * SGEMM's A. execute() cuts the 2x2 tiles of all images (in order: image, tile row, tile column)
+ * into blocks of 32, the work items of the pool; a block's input transform is written straight
+ * into the SGEMM's packed-B panels in scratch (V_xi [C x tiles], no copy), its 16 products M_xi
+ * [K x tiles] go to scratch too, and its output transform writes y with the fused epilogue (bias,
+ * residual, activation). A block's V and M are 16 (C + K) 32 floats (256 KiB at C = K = 64), so
+ * they are still in L2 when the GEMMs and the output transform read them back. Scratch holds every
+ * block's V and M (the plan sizes scratch without knowing the thread count), so no call
+ * allocates. */
 #include "kernels/cpu/conv_winograd.h"
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
 
-/* Tiles per block: enough columns for the microkernel to reuse each weight panel, few enough for
-   V and M to stay in L2 at ResNet's channel counts. */
+/* Tiles per block: measured over 16-256 on ResNet's 3x3 shapes (bench/bench_winograd.c), 32 was
+   fastest; larger blocks reuse each packed weight panel more but spill V and M out of L2. */
 #define BLOCK_TILES 32
 
 typedef struct wino_state {
   kiln__isa isa;
   const kiln__wino_tf *tf;
-  int m, a;                     /* F(m x m, 3x3); patch side a = m + 2 */
   size_t nr;                    /* the SGEMM's B panel width */
   size_t c, k;                  /* input and output channels */
   kiln__conv2d cv;
@@ -62,26 +60,17 @@ static void wino_release(void *state) {
   kiln__free(s);
 }
 
-/* F(2x2) unless KILN_WINO_TILE=4 asks for F(4x4) (to measure it: its error fails the engine's
-   1e-5 bound, docs/CPU_BACKEND.md). */
-static int tile_size(void) {
-  const char *e = getenv("KILN_WINO_TILE");
-  return e && !strcmp(e, "4") ? 4 : 2;
-}
-
 static kiln_status wino_prepare(const kiln__node *n, const kiln__graph *g, void **state,
                                 kiln_error *err) {
   wino_state *s = kiln__calloc(1, sizeof *s);
   if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing Winograd FusedConv");
   wino_parse(n, g, &s->cv);
-  s->m = tile_size();
-  s->a = s->m + 2;
   s->c = s->cv.cg;
   s->k = s->cv.m;
   kiln__act_from_node(n, &s->ep.act, &s->ep.lo, &s->ep.hi);
   kiln_status st = kiln__isa_select(&s->isa, err);
   if (st == KILN_OK) st = kiln__vmath_select(&s->ep.vm, err);
-  size_t a2 = (size_t)(s->a * s->a), kc = s->k * s->c, bytes;
+  size_t a2 = KILN__WINO_A * KILN__WINO_A, kc = s->k * s->c, bytes;
   float *tmp = NULL;
   if (st == KILN_OK && (!kiln__mul_ok(a2 * sizeof(float), kc, &bytes) ||
                         !(tmp = kiln__aligned_alloc(bytes ? bytes : sizeof(float)))))
@@ -90,7 +79,7 @@ static kiln_status wino_prepare(const kiln__node *n, const kiln__graph *g, void 
     s->tf = kiln__wino_tf_get(s->isa);
     s->nr = kiln__sgemm_nr(s->isa);
     const float *w = weight(n, g)->data;
-    for (size_t o = 0; o < kc; o++) kiln__wino_weight(s->m, w + o * 9, tmp + o, kc);
+    for (size_t o = 0; o < kc; o++) kiln__wino_weight(w + o * 9, tmp + o, kc);
   }
   for (size_t i = 0; st == KILN_OK && i < a2; i++)
     st = kiln__sgemm_pack_a(s->isa, false, s->k, s->c, tmp + i * kc, s->c, &s->u[i], err);
@@ -128,19 +117,18 @@ static bool wino_geom_get(const kiln__kctx *c, const wino_state *s, wino_geom *g
   g->ow = (size_t)y->dims[3];
   bool pw;
   kiln__cpu_conv2d_pads(&s->cv, g->h, g->w, g->oh, g->ow, &g->pt, &g->pl, &pw);
-  size_t m = (size_t)s->m, a2 = (size_t)(s->a * s->a);
+  const size_t m = KILN__WINO_M;
   g->th = (g->oh + m - 1) / m;
   g->tw = (g->ow + m - 1) / m;
   g->tiles = g->n * g->th * g->tw;
   g->padded = (g->tiles + s->nr - 1) / s->nr * s->nr;
-  (void)a2;
   return true;
 }
 
 /* Floats of scratch: V and M of every tile. Blocks hold whole panels except the last, so a block
    starting at tile q0 finds its V at a^2 C q0 and its M at a^2 K q0 whatever the block size. */
 static bool wino_floats(const wino_state *s, const wino_geom *g, size_t *out) {
-  size_t a2 = (size_t)(s->a * s->a), per;
+  size_t a2 = KILN__WINO_A * KILN__WINO_A, per;
   return kiln__mul_ok(a2, s->c + s->k, &per) && kiln__mul_ok(per, g->padded, out);
 }
 
@@ -184,10 +172,11 @@ static size_t block_runs(const wino_state *s, const wino_geom *g, size_t q0, siz
 static void wino_block(const wino_job *jb, size_t b) {
   const wino_state *s = jb->s;
   const wino_geom *g = jb->g;
-  const size_t m = (size_t)s->m, a2 = (size_t)(s->a * s->a), q0 = b * jb->block;
+  const size_t m = KILN__WINO_M, a2 = KILN__WINO_A * KILN__WINO_A, q0 = b * jb->block;
   const size_t nt = KILN__MIN(jb->block, g->tiles - q0), plane = g->h * g->w;
   const size_t oplane = g->oh * g->ow, ntp = (nt + s->nr - 1) / s->nr * s->nr;
-  float *v = jb->scratch + a2 * s->c * q0, *mm = jb->scratch + a2 * s->c * g->padded + a2 * s->k * q0;
+  float *v = jb->scratch + a2 * s->c * q0;
+  float *mm = jb->scratch + a2 * s->c * g->padded + a2 * s->k * q0;
   size_t vs = kiln__sgemm_pb_floats(s->nr, s->c, nt); /* one V_xi of this block */
   wino_run run[BLOCK_TILES];
   size_t nrun = block_runs(s, g, q0, nt, run);
@@ -197,8 +186,8 @@ static void wino_block(const wino_job *jb, size_t b) {
       const wino_run *ru = &run[r];
       const float *xp = jb->x + (ru->img * s->c + ci) * plane;
       float *dst = v + kiln__sgemm_pb_offset(s->nr, s->c, nt, ci, ru->j);
-      s->tf->in[s->m == 4](xp, g->h, g->w, (int64_t)(ru->ty * m) - g->pt,
-                           (int64_t)(ru->tx * m) - g->pl, ru->len, dst, vs);
+      s->tf->in(xp, g->h, g->w, (int64_t)(ru->ty * m) - g->pt, (int64_t)(ru->tx * m) - g->pl,
+                ru->len, dst, vs);
     }
   /* M_xi [K x nt] = U_xi [K x C] V_xi [C x nt]. */
   for (size_t i = 0; i < a2; i++) {
@@ -215,11 +204,11 @@ static void wino_block(const wino_job *jb, size_t b) {
     ep.bias = jb->bias ? jb->bias[ko] : 0.0f;
     for (size_t r = 0; r < nrun; r++) {
       const wino_run *ru = &run[r];
-      size_t y0 = ru->ty * m, x0 = ru->tx * m, off = (ru->img * s->k + ko) * oplane + y0 * g->ow + x0;
+      size_t y0 = ru->ty * m, x0 = ru->tx * m;
+      size_t off = (ru->img * s->k + ko) * oplane + y0 * g->ow + x0;
       size_t rows = KILN__MIN(m, g->oh - y0), cols = KILN__MIN(ru->len * m, g->ow - x0);
       ep.z = jb->z ? jb->z + off : NULL;
-      s->tf->out[s->m == 4](mm + ko * ntp + ru->j, s->k * ntp, jb->y + off, g->ow, rows,
-                            cols, &ep);
+      s->tf->out(mm + ko * ntp + ru->j, s->k * ntp, jb->y + off, g->ow, rows, cols, &ep);
       if (post)
         for (size_t p = 0; p < rows; p++)
           kiln__act_apply(s->ep.vm, s->ep.act, s->ep.lo, s->ep.hi, jb->y + off + p * g->ow, cols);
@@ -240,13 +229,15 @@ static kiln_status wino_execute(kiln__kctx *c, void *state) {
     return c->node->op->run(c);
   if (g.tiles == 0) return KILN_OK;
   /* BLOCK_TILES, or smaller blocks (whole panels) that give each thread two. */
-  size_t threads = (size_t)kiln__pool_threads(c->pool), per = (g.tiles + 2 * threads - 1) / (2 * threads);
+  size_t threads = (size_t)kiln__pool_threads(c->pool);
+  size_t per = (g.tiles + 2 * threads - 1) / (2 * threads);
   size_t block = KILN__MIN((size_t)BLOCK_TILES / s->nr * s->nr, (per + s->nr - 1) / s->nr * s->nr);
   block = KILN__MAX(block, s->nr);
   wino_job jb = {s, &g, block, c->in[0]->data, c->n_in > 2 && c->in[2] ? c->in[2]->data : NULL,
                  c->n_in > 3 && c->in[3] ? c->in[3]->data : NULL, c->out[0]->data, c->scratch};
-  double work = (double)g.tiles * (double)(s->a * s->a) * (double)s->c * (double)s->k;
-  kiln__parallel_for(kiln__pool_for(c->pool, work), (g.tiles + block - 1) / block, wino_range, &jb);
+  double work = (double)g.tiles * 16.0 * (double)s->c * (double)s->k;
+  kiln__parallel_for(kiln__pool_for(c->pool, work), (g.tiles + block - 1) / block, wino_range,
+                     &jb);
   return KILN_OK;
 }
 

@@ -8,7 +8,7 @@
 #undef TF_ATTR
 #undef TF
 
-static const kiln__wino_tf tf_generic = {{in2_generic, in4_generic}, {out2_generic, out4_generic}};
+static const kiln__wino_tf tf_generic = {in_generic, out_generic};
 
 #if defined(__x86_64__) || defined(__i386__)
 #define TF_ATTR __attribute__((target("avx2,fma"))) KILN__NO_LIBCALL_LOOPS
@@ -17,7 +17,7 @@ static const kiln__wino_tf tf_generic = {{in2_generic, in4_generic}, {out2_gener
 #undef TF_ATTR
 #undef TF
 
-static const kiln__wino_tf tf_avx2 = {{in2_avx2, in4_avx2}, {out2_avx2, out4_avx2}};
+static const kiln__wino_tf tf_avx2 = {in_avx2, out_avx2};
 #endif
 
 const kiln__wino_tf *kiln__wino_tf_get(kiln__isa isa) {
@@ -28,23 +28,16 @@ const kiln__wino_tf *kiln__wino_tf_get(kiln__isa isa) {
   return &tf_generic;
 }
 
-/* G for F(2x2) (4 x 3) and F(4x4) (6 x 3). */
-static const double g2[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
-static const double g4[6][3] = {{0.25, 0, 0},
-                                {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                                {0, 0, 1}};
+/* G, 4 x 3. */
+static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
 
-void kiln__wino_weight(int m, const float g[9], float *u, size_t us) {
-  int a = m + 2;
-  const double(*G)[3] = m == 2 ? g2 : g4;
-  double t[KILN__WINO_A][3];
-  for (int i = 0; i < a; i++)
+void kiln__wino_weight(const float g[9], float *u, size_t us) {
+  double t[4][3];
+  for (int i = 0; i < 4; i++)
     for (int c = 0; c < 3; c++)
       t[i][c] = G[i][0] * g[c] + G[i][1] * g[3 + c] + G[i][2] * g[6 + c];
-  for (int i = 0; i < a; i++)
-    for (int k = 0; k < a; k++)
-      u[(size_t)(i * a + k) * us] = (float)(t[i][0] * G[k][0] + t[i][1] * G[k][1] + t[i][2] * G[k][2]);
+  for (int i = 0; i < 4; i++)
+    for (int k = 0; k < 4; k++)
+      u[(size_t)(i * 4 + k) * us] =
+          (float)(t[i][0] * G[k][0] + t[i][1] * G[k][1] + t[i][2] * G[k][2]);
 }

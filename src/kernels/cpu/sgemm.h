@@ -72,14 +72,15 @@ typedef struct kiln__sgemm_packed {
 /* The k block of the packed layout: a packed operand is its KC-row blocks back to back. */
 #define KILN__SGEMM_KC 256
 
-/* The microkernel's panel width for B (NR) of `isa` (the generic kernel's for an ISA without one). */
+/* The microkernel's B panel width (NR) for `isa` (the generic kernel's for an ISA without one). */
 size_t kiln__sgemm_nr(kiln__isa isa);
 
 /* Where element (p, j) of a k x n operand packed as B (panels of nr columns) lies: lets a caller
    write B's panels itself (Winograd's input transform) and run on them as a packed view
    (kiln__sgemm_packed with data pointing at its own memory, never freed). */
 static inline size_t kiln__sgemm_pb_offset(size_t nr, size_t k, size_t n, size_t p, size_t j) {
-  size_t p0 = p / KILN__SGEMM_KC * KILN__SGEMM_KC, kc = KILN__MIN((size_t)KILN__SGEMM_KC, k - p0);
+  size_t p0 = p / KILN__SGEMM_KC * KILN__SGEMM_KC;
+  size_t kc = KILN__MIN((size_t)KILN__SGEMM_KC, k - p0);
   return p0 * ((n + nr - 1) / nr * nr) + j / nr * nr * kc + (p - p0) * nr + j % nr;
 }
 /* Floats of a k x n operand packed as B. */
