@@ -4,8 +4,9 @@
  * activation; and the Winograd kernel of algorithm="winograd" on odd planes, padding 0-2 and
  * asymmetric, C and K off the vector widths, C over one k block, batch 2-3), FusedGemm (C
  * forms with Z), FusedMatMul (transposes, batches, Bias, full and broadcast Z), LayerNorm,
- * RMSNorm, Gelu and Attention (masks, causal, long T over several key blocks, S = 1). While the cpu kernel runs, the node's reference run() is replaced by one that
- * fails, so a test passes only if the fast path really computed the output. */
+ * RMSNorm, Gelu and Attention (masks, causal, long T over several key blocks, S = 1). While the
+ * cpu kernel runs, the node's reference run() is replaced by one that fails, so a test passes only
+ * if the fast path really computed the output. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
