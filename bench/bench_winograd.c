@@ -4,8 +4,10 @@
  * thread CPU time, one thread. Accuracy: each output against a direct conv in double precision,
  * as max |error| and max |error| / max |reference|.
  * Not a test. Build and run: see bench/README.md.
- * usage: bench_winograd [REPS [FILTER]] */
+ * usage: bench_winograd [REPS [FILTER [wino]]]: "wino" runs only the Winograd kernel (to profile
+ * it) and skips the accuracy check. */
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +49,8 @@ enum { GEMM, F2, NK };
 static const char *const kname[NK] = {"gemm", "F2"};
 
 /* Leaks its buffers: a one-shot benchmark. */
+static bool wino_only; /* set once by main */
+
 static void one(const char *name, size_t c, size_t h, size_t m, int reps, const char *filter) {
   if (filter && !strstr(name, filter)) return;
   size_t oh = h, hw = h * h;
@@ -106,12 +110,17 @@ static void one(const char *name, size_t c, size_t h, size_t m, int reps, const 
   double *t[NK];
   for (int k = 0; k < NK; k++) t[k] = malloc((size_t)reps * sizeof(double));
   for (int r = -2; r < reps; r++)
-    for (int k = 0; k < NK; k++) {
+    for (int k = wino_only ? F2 : 0; k < NK; k++) {
       ty.data = y[k];
       double t0 = now();
       cpu->execute(&kc[k], state[k]);
       if (r >= 0) t[k][r] = now() - t0;
     }
+  if (wino_only) {
+    qsort(t[F2], (size_t)reps, sizeof(double), cmpd);
+    printf("%-18s F2 %7.1f/%7.1f us\n", name, t[F2][0] * 1e6, t[F2][reps / 2] * 1e6);
+    return;
+  }
   /* direct conv in double */
   double maxe[NK] = {0}, maxr = 0;
   for (size_t o = 0; o < m; o++)
@@ -143,7 +152,8 @@ static void one(const char *name, size_t c, size_t h, size_t m, int reps, const 
 
 int main(int argc, char **argv) {
   int reps = argc > 1 ? atoi(argv[1]) : 20;
-  const char *filter = argc > 2 ? argv[2] : NULL;
+  const char *filter = argc > 2 && argv[2][0] ? argv[2] : NULL;
+  wino_only = argc > 3 && !strcmp(argv[3], "wino");
   /* ResNet-18 and -50's stride-1 3x3 convs (same shapes, C = K) */
   one("r 3x3 64@56", 64, 56, 64, reps, filter);
   one("r 3x3 128@28", 128, 28, 128, reps, filter);
