@@ -152,8 +152,8 @@ static size_t wino_scratch(const kiln__kctx *c, void *state) {
   size_t ref = op->scratch ? op->scratch(c) : 0;
   wino_geom g;
   if (!wino_geom_get(c, state, &g)) return ref;
-  size_t floats;
-  if (!wino_floats(state, &g, &floats) || floats > SIZE_MAX / sizeof(float)) return SIZE_MAX;
+  size_t floats; /* too large: execute() finds it short and runs the reference kernel */
+  if (!wino_floats(state, &g, &floats) || floats > SIZE_MAX / sizeof(float)) return ref;
   return KILN__MAX(ref, floats * sizeof(float));
 }
 
