@@ -5,7 +5,8 @@
  * as max |error| and max |error| / max |reference|.
  * Not a test. Build and run: see bench/README.md.
  * usage: bench_winograd [REPS [FILTER [wino]]]: "wino" runs only the Winograd kernel (to profile
- * it) and skips the accuracy check. */
+ * it) and skips the accuracy check. THREADS=N in the environment runs both on an N-thread pool and
+ * times wall-clock instead. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -13,11 +14,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
+
+static kiln__pool *pool; /* set once by main: THREADS > 1 */
 
 static double now(void) {
   struct timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  clock_gettime(pool ? CLOCK_MONOTONIC : CLOCK_THREAD_CPUTIME_ID, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -101,7 +105,8 @@ static void one(const char *name, size_t c, size_t h, size_t m, int reps, const 
       printf("%s: cpu backend does not take it\n", name);
       return;
     }
-    kc[k] = (kiln__kctx){.node = n, .n_in = 3, .n_out = 1, .in = ins, .out = outs, .err = &err};
+    kc[k] = (kiln__kctx){.node = n, .n_in = 3, .n_out = 1, .in = ins, .out = outs,
+                         .pool = pool, .err = &err};
     n->op->infer(&kc[k]);
     kc[k].scratch_bytes = cpu->scratch(&kc[k], state[k]);
     kc[k].scratch = kc[k].scratch_bytes ? malloc(kc[k].scratch_bytes) : NULL;
@@ -154,6 +159,9 @@ int main(int argc, char **argv) {
   int reps = argc > 1 ? atoi(argv[1]) : 20;
   const char *filter = argc > 2 && argv[2][0] ? argv[2] : NULL;
   wino_only = argc > 3 && !strcmp(argv[3], "wino");
+  int threads = getenv("THREADS") ? atoi(getenv("THREADS")) : 1;
+  kiln_error err = {0};
+  if (threads > 1 && kiln__pool_create(threads, &pool, &err) != KILN_OK) return 1;
   /* ResNet-18 and -50's stride-1 3x3 convs (same shapes, C = K) */
   one("r 3x3 64@56", 64, 56, 64, reps, filter);
   one("r 3x3 128@28", 128, 28, 128, reps, filter);

@@ -2,9 +2,9 @@
  * the reference kernels of src/kernels/ref/fused.c, for every ISA this machine runs, serially and
  * on a 2-thread pool: FusedConv (dense, pointwise, grouped, depthwise, with Z and each
  * activation; and the Winograd kernel of algorithm="winograd" on odd planes, padding 0-2 and
- * asymmetric, C and K off the vector widths, C over one k block, batch 2-3), FusedGemm (C
- * forms with Z), FusedMatMul (transposes, batches, Bias, full and broadcast Z), LayerNorm,
- * RMSNorm, Gelu and Attention (masks, causal, long T over several key blocks, S = 1). While the
+ * asymmetric, C and K off the vector widths, C over one k block, batch 2-3, K in two parts),
+ * FusedGemm (C forms with Z), FusedMatMul (transposes, batches, Bias, full and broadcast Z),
+ * LayerNorm, RMSNorm, Gelu and Attention (masks, causal, long T over several key blocks, S = 1). While the
  * cpu kernel runs, the node's reference run() is replaced by one that fails, so a test passes only
  * if the fast path really computed the output. */
 #include <math.h>
@@ -250,6 +250,8 @@ static void wino_cases(kiln__pool *pool) {
       {1, 300, 6, 6, 7, {1, 1, 1, 1}, 0, 0, 0},     /* C over one packed k block (256) */
       {1, 16, 12, 9, 16, {0, 2, 1, 0}, 1, 1, 2},    /* asymmetric padding */
       {3, 8, 5, 30, 9, {2, 2, 2, 2}, 1, 1, 4},      /* padding 2, a long tile row */
+      {1, 20, 4, 5, 130, {1, 1, 1, 1}, 1, 1, 2},    /* K in two parts, one block: split over K */
+      {1, 8, 40, 40, 128, {1, 1, 1, 1}, 1, 1, 5},   /* K in two parts, many blocks */
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     size_t a0 = cases[i].act < 0 ? 0 : (size_t)cases[i].act;

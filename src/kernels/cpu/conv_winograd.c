@@ -27,8 +27,13 @@ typedef struct wino_state {
   size_t c, k;                  /* input and output channels */
   kiln__conv2d cv;
   kiln__epilogue ep;            /* the activation and vector math */
-  kiln__sgemm_packed u[KILN__WINO_A * KILN__WINO_A];
+  /* U_xi packed in `parts` row ranges [kp[p], kp[p + 1]) of K: two when K >= 2 KSPLIT_MIN, so a
+     plane with fewer tile blocks than threads (7x7: one block) splits its GEMMs over K. */
+  size_t parts, kp[3];
+  kiln__sgemm_packed u[KILN__WINO_A * KILN__WINO_A][2];
 } wino_state;
+
+#define KSPLIT_MIN 64
 
 static const kiln_tensor *weight(const kiln__node *n, const kiln__graph *g) {
   const kiln__value *v = kiln__cpu_input(n, g, 1);
@@ -58,7 +63,8 @@ static bool wino_supports(const kiln__node *n, const kiln__graph *g) {
 
 static void wino_release(void *state) {
   wino_state *s = state;
-  for (size_t i = 0; i < KILN__WINO_A * KILN__WINO_A; i++) kiln__sgemm_packed_free(&s->u[i]);
+  for (size_t i = 0; i < KILN__WINO_A * KILN__WINO_A; i++)
+    for (size_t p = 0; p < 2; p++) kiln__sgemm_packed_free(&s->u[i][p]);
   kiln__free(s);
 }
 
@@ -69,6 +75,9 @@ static kiln_status wino_prepare(const kiln__node *n, const kiln__graph *g, void 
   wino_parse(n, g, &s->cv);
   s->c = s->cv.cg;
   s->k = s->cv.m;
+  s->parts = s->k >= 2 * KSPLIT_MIN ? 2 : 1;
+  s->kp[1] = s->parts == 2 ? s->k / 2 : s->k;
+  s->kp[2] = s->k;
   kiln__act_from_node(n, &s->ep.act, &s->ep.lo, &s->ep.hi);
   kiln_status st = kiln__isa_select(&s->isa, err);
   if (st == KILN_OK) st = kiln__vmath_select(&s->ep.vm, err);
@@ -84,7 +93,9 @@ static kiln_status wino_prepare(const kiln__node *n, const kiln__graph *g, void 
     for (size_t o = 0; o < kc; o++) kiln__wino_weight(w + o * 9, tmp + o, kc);
   }
   for (size_t i = 0; st == KILN_OK && i < a2; i++)
-    st = kiln__sgemm_pack_a(s->isa, false, s->k, s->c, tmp + i * kc, s->c, &s->u[i], err);
+    for (size_t p = 0; st == KILN_OK && p < s->parts; p++)
+      st = kiln__sgemm_pack_a(s->isa, false, s->kp[p + 1] - s->kp[p], s->c,
+                              tmp + i * kc + s->kp[p] * s->c, s->c, &s->u[i][p], err);
   kiln__aligned_free(tmp);
   if (st != KILN_OK) {
     wino_release(s);
@@ -141,9 +152,9 @@ static size_t slot_floats(const wino_state *s) {
   return KILN__WINO_A * KILN__WINO_A * ((s->c + s->k) * bt + 2 * XI_PAD);
 }
 
-/* Floats of scratch: a slot per block, up to SLOTS_MAX. */
+/* Floats of scratch: a slot per work unit (block, or block x part of K), up to SLOTS_MAX. */
 static bool wino_floats(const wino_state *s, const wino_geom *g, size_t *out) {
-  size_t slots = KILN__MIN((size_t)SLOTS_MAX, g->padded / s->nr);
+  size_t slots = KILN__MIN((size_t)SLOTS_MAX, g->padded / s->nr * s->parts);
   return kiln__mul_ok(slot_floats(s), slots, out);
 }
 
@@ -161,6 +172,7 @@ typedef struct wino_job {
   const wino_state *s;
   const wino_geom *g;
   size_t block, blocks;    /* tiles per block (a multiple of nr), and blocks */
+  size_t split;            /* 1, or parts: a work unit is a block (all of K) or a block x part */
   const float *x, *bias, *z;
   float *y, *scratch;
   atomic_size_t next;      /* the next block to claim */
@@ -185,9 +197,10 @@ static size_t block_runs(const wino_state *s, const wino_geom *g, size_t q0, siz
   return nrun;
 }
 
-/* Block b with the V and M of the slot at `slot` (scratch the same thread reuses block after
-   block, so it stays in L2: per-block regions were written back to memory between uses). */
-static void wino_block(const wino_job *jb, size_t b, float *slot) {
+/* Block b, output channels of parts [p0, p1), with the V and M of the slot at `slot` (scratch the
+   same thread reuses block after block, so it stays in L2: per-block regions were written back
+   to memory between uses). */
+static void wino_block(const wino_job *jb, size_t b, size_t p0, size_t p1, float *slot) {
   const wino_state *s = jb->s;
   const wino_geom *g = jb->g;
   const size_t m = KILN__WINO_M, a2 = KILN__WINO_A * KILN__WINO_A, q0 = b * jb->block;
@@ -207,18 +220,20 @@ static void wino_block(const wino_job *jb, size_t b, float *slot) {
       s->tf->in(xp, g->h, g->w, (int64_t)(ru->ty * m) - g->pt, (int64_t)(ru->tx * m) - g->pl,
                 ru->len, dst, vs);
     }
-  /* M_xi [K x nt] = U_xi [K x C] V_xi [C x nt]. */
-  for (size_t i = 0; i < a2; i++) {
-    kiln__sgemm_packed pv = {.isa = s->u[i].isa, .is_a = false, .rows = nt, .k = s->c,
-                             .data = v + i * vs};
-    kiln__sgemm_args ga = {.m = s->k, .n = nt, .k = s->c, .pa = &s->u[i], .pb = &pv,
-                           .c = mm + i * ms, .ldc = ntp, .alpha = 1.0f};
-    kiln__sgemm_run(NULL, s->isa, &ga);
-  }
+  /* M_xi [K x nt] = U_xi [K x C] V_xi [C x nt], for the parts' rows of K. */
+  for (size_t i = 0; i < a2; i++)
+    for (size_t p = p0; p < p1; p++) {
+      kiln__sgemm_packed pv = {.isa = s->u[i][p].isa, .is_a = false, .rows = nt, .k = s->c,
+                               .data = v + i * vs};
+      kiln__sgemm_args ga = {.m = s->kp[p + 1] - s->kp[p], .n = nt, .k = s->c, .pa = &s->u[i][p],
+                             .pb = &pv, .c = mm + i * ms + s->kp[p] * ntp, .ldc = ntp,
+                             .alpha = 1.0f};
+      kiln__sgemm_run(NULL, s->isa, &ga);
+    }
   /* Output transform with the epilogue, channel by channel. */
   bool post = kiln__act_is_post(s->ep.act);
   kiln__wino_ep ep = {.act = post ? KILN__ACT_NONE : s->ep.act, .lo = s->ep.lo, .hi = s->ep.hi};
-  for (size_t ko = 0; ko < s->k; ko++) {
+  for (size_t ko = s->kp[p0]; ko < s->kp[p1]; ko++) {
     ep.bias = jb->bias ? jb->bias[ko] : 0.0f;
     for (size_t r = 0; r < nrun; r++) {
       const wino_run *ru = &run[r];
@@ -234,12 +249,17 @@ static void wino_block(const wino_job *jb, size_t b, float *slot) {
   }
 }
 
-/* Slots [begin, end): each claims blocks until none is left. */
+/* Slots [begin, end): each claims work units until none is left. */
 static void wino_range(void *arg, size_t begin, size_t end) {
   wino_job *jb = arg;
+  size_t units = jb->blocks * jb->split;
   for (size_t i = begin; i < end; i++) {
     float *slot = jb->scratch + i * slot_floats(jb->s);
-    for (size_t b; (b = atomic_fetch_add(&jb->next, 1)) < jb->blocks;) wino_block(jb, b, slot);
+    for (size_t u; (u = atomic_fetch_add(&jb->next, 1)) < units;) {
+      size_t p = u % jb->split;
+      if (jb->split == 1) wino_block(jb, u, 0, jb->s->parts, slot);
+      else wino_block(jb, u / jb->split, p, p + 1, slot);
+    }
   }
 }
 
@@ -252,17 +272,21 @@ static kiln_status wino_execute(kiln__kctx *c, void *state) {
     return c->node->op->run(c);
   if (g.tiles == 0) return KILN_OK;
   /* BLOCK_TILES, or smaller blocks (whole panels) that give each thread two. */
-  size_t threads = (size_t)kiln__pool_threads(c->pool);
+  double work = (double)g.tiles * 16.0 * (double)s->c * (double)s->k;
+  struct kiln__pool *pool = kiln__pool_for(c->pool, work);
+  size_t threads = (size_t)kiln__pool_threads(pool);
   size_t per = (g.tiles + 2 * threads - 1) / (2 * threads);
   size_t block = KILN__MIN((size_t)BLOCK_TILES / s->nr * s->nr, (per + s->nr - 1) / s->nr * s->nr);
   block = KILN__MAX(block, s->nr);
-  wino_job jb = {s, &g, block, (g.tiles + block - 1) / block, c->in[0]->data,
+  size_t blocks = (g.tiles + block - 1) / block;
+  /* Fewer blocks than threads: each block's GEMMs and output transform split over K too (its
+     input transform is then done once per part). */
+  wino_job jb = {s, &g, block, blocks, blocks < threads ? s->parts : 1, c->in[0]->data,
                  c->n_in > 2 && c->in[2] ? c->in[2]->data : NULL,
                  c->n_in > 3 && c->in[3] ? c->in[3]->data : NULL, c->out[0]->data, c->scratch};
   atomic_init(&jb.next, 0);
-  size_t slots = KILN__MIN(KILN__MIN(threads, jb.blocks), floats / slot_floats(s));
-  double work = (double)g.tiles * 16.0 * (double)s->c * (double)s->k;
-  kiln__parallel_for(kiln__pool_for(c->pool, work), slots, wino_range, &jb);
+  size_t slots = KILN__MIN(KILN__MIN(threads, blocks * jb.split), floats / slot_floats(s));
+  kiln__parallel_for(pool, slots, wino_range, &jb);
   return KILN_OK;
 }
 
