@@ -8,8 +8,9 @@
  * [K x tiles] go to scratch too, and its output transform writes y with the fused epilogue (bias,
  * residual, activation). A block's V and M are 16 (C + K) 32 floats (256 KiB at C = K = 64), so
  * they are still in L2 when the GEMMs and the output transform read them back. Scratch is one
- * such slot per thread (up to SLOTS_MAX: the plan sizes scratch without knowing the thread
- * count), reused block after block, so no call allocates. */
+ * such slot per thread at work (up to SLOTS_MAX: the plan sizes scratch without knowing the
+ * thread count), reused block after block, so no call allocates. With fewer blocks than threads
+ * a block's GEMMs and output transform are split over two halves of K. */
 #include <stdatomic.h>
 
 #include "kernels/cpu/conv_winograd.h"
