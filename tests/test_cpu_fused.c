@@ -1,10 +1,12 @@
 /* The "cpu" backend's kernels for Kiln's fused ops (domain ai.kiln, docs/FUSED_OPS.md) against
  * the reference kernels of src/kernels/ref/fused.c, for every ISA this machine runs, serially and
  * on a 2-thread pool: FusedConv (dense, pointwise, grouped, depthwise, with Z and each
- * activation), FusedGemm (C forms with Z), FusedMatMul (transposes, batches, Bias, full and
- * broadcast Z), LayerNorm, RMSNorm, Gelu and Attention (masks, causal, long T over several key
- * blocks, S = 1). While the cpu kernel runs, the node's reference run() is replaced by one that
- * fails, so a test passes only if the fast path really computed the output. */
+ * activation; and the Winograd kernel of algorithm="winograd" on odd planes, padding 0-2 and
+ * asymmetric, C and K off the vector widths, C over one k block, batch 2-3, K in two parts),
+ * FusedGemm (C forms with Z), FusedMatMul (transposes, batches, Bias, full and broadcast Z),
+ * LayerNorm, RMSNorm, Gelu and Attention (masks, causal, long T over several key blocks, S = 1). While the
+ * cpu kernel runs, the node's reference run() is replaced by one that fails, so a test passes only
+ * if the fast path really computed the output. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -231,6 +233,70 @@ static void fused_conv_matches_reference(void **st) {
   for_each_isa(fconv_cases);
 }
 
+/* ---- FusedConv, algorithm="winograd" (conv_winograd.c) --------------------------------------- */
+
+static void wino_cases(kiln__pool *pool) {
+  /* N, C, H, W, M, pads (top, left, bottom, right), bias, Z, activation index (-1: every one) */
+  static const struct {
+    int64_t n, c, h, w, m, pads[4];
+    int bias, z, act;
+  } cases[] = {
+      {1, 3, 9, 11, 8, {1, 1, 1, 1}, 1, 1, -1},     /* odd plane, edge tiles, every epilogue */
+      {2, 17, 13, 10, 19, {1, 1, 1, 1}, 1, 1, 2},   /* batch 2, C and K not multiples of 8 */
+      {1, 64, 17, 17, 64, {0, 0, 0, 0}, 0, 1, 3},   /* no padding, Relu6 */
+      {2, 33, 7, 5, 40, {1, 1, 1, 1}, 1, 0, 13},    /* Silu (after the store) */
+      {1, 70, 40, 40, 24, {1, 1, 1, 1}, 1, 1, 2},   /* many blocks of tiles */
+      {1, 5, 2, 3, 6, {1, 1, 1, 1}, 1, 1, 0},       /* a plane smaller than a tile */
+      {1, 300, 6, 6, 7, {1, 1, 1, 1}, 0, 0, 0},     /* C over one packed k block (256) */
+      {1, 16, 12, 9, 16, {0, 2, 1, 0}, 1, 1, 2},    /* asymmetric padding */
+      {3, 8, 5, 30, 9, {2, 2, 2, 2}, 1, 1, 4},      /* padding 2, a long tile row */
+      {1, 20, 4, 5, 130, {1, 1, 1, 1}, 1, 1, 2},    /* K in two parts, one block: split over K */
+      {1, 8, 40, 40, 128, {1, 1, 1, 1}, 1, 1, 5},   /* K in two parts, many blocks */
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    size_t a0 = cases[i].act < 0 ? 0 : (size_t)cases[i].act;
+    size_t a1 = cases[i].act < 0 ? KILN__ARRAY_LEN(acts) : a0 + 1;
+    for (size_t a = a0; a < a1; a++) {
+      const int64_t *p = cases[i].pads;
+      int64_t oh = cases[i].h + p[0] + p[2] - 2, ow = cases[i].w + p[1] + p[3] - 2;
+      int n_in = cases[i].z ? 4 : cases[i].bias ? 3 : 2;
+      int ranks[4] = {4, 4, cases[i].bias ? 1 : -1, 4};
+      int64_t dims[4][KILN_MAX_RANK] = {{cases[i].n, cases[i].c, cases[i].h, cases[i].w},
+                                        {cases[i].m, cases[i].c, 3, 3},
+                                        {cases[i].m},
+                                        {cases[i].n, cases[i].m, oh, ow}};
+      onenode o;
+      onenode_make(&o, "FusedConv", n_in, ranks, dims, 2);
+      kt_attr_ints(o.n, "pads", p, 4);
+      kt_attr_str(o.n, "algorithm", "winograd");
+      attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
+      assert_true(kiln__cpu_winograd_kernels[0].supports(o.n, o.g));
+      onenode_check(&o, pool, 1e-4f);
+      onenode_free(&o);
+    }
+  }
+}
+
+/* The Winograd row against the reference conv; it takes only 3x3, stride 1, dilation 1, group 1
+   convs marked algorithm="winograd". */
+static void winograd_conv_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(wino_cases);
+  static const struct { const char *attr; int64_t v[2]; } misses[] = {
+      {"strides", {2, 2}}, {"dilations", {2, 2}}, {"group", {2, 0}}, {"algorithm", {0, 0}}};
+  for (size_t i = 0; i < KILN__ARRAY_LEN(misses); i++) {
+    int ranks[2] = {4, 4};
+    int64_t dims[2][KILN_MAX_RANK] = {{1, 8, 9, 9}, {8, 4 << (i != 2), 3, 3}};
+    onenode o;
+    onenode_make(&o, "FusedConv", 2, ranks, dims, 2);
+    if (i != 3) kt_attr_str(o.n, "algorithm", "winograd");
+    if (i == 2) kt_attr_int(o.n, "group", 2);
+    else if (i < 2) kt_attr_ints(o.n, misses[i].attr, misses[i].v, 2);
+    assert_false(kiln__cpu_winograd_kernels[0].supports(o.n, o.g));
+    onenode_free(&o);
+  }
+}
+
 /* ---- FusedGemm ------------------------------------------------------------------------------- */
 
 static void fgemm_cases(kiln__pool *pool) {
@@ -449,6 +515,7 @@ static void rows_check_domain_and_activation(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(fused_conv_matches_reference),
+      cmocka_unit_test(winograd_conv_matches_reference),
       cmocka_unit_test(fused_gemm_matches_reference),
       cmocka_unit_test(fused_matmul_matches_reference),
       cmocka_unit_test(norms_and_gelu_match_reference),

@@ -247,7 +247,8 @@ static void attention_causal(void **s) {
 static void optimize_roundtrip(void **s) {
   (void)s;
   const char *files[] = {"models/transformer_block.onnx", "models/pass_linear.onnx",
-                         "models/pass_attention.onnx", "models/pass_rmsnorm.onnx"};
+                         "models/pass_attention.onnx", "models/pass_rmsnorm.onnx",
+                         "models/pass_winograd.onnx"};
   const char *out = "test_passes_optimized.onnx";
   for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
     char path[1024];
@@ -313,7 +314,8 @@ static void alloc_failures(void **s) {
                          "models/pass_layernorm.onnx", "models/pass_gelu.onnx",
                          "models/pass_gelu_tanh.onnx",
                          "models/pass_linear.onnx", "models/pass_attention.onnx",
-                         "models/pass_rmsnorm.onnx", "models/pass_chain.onnx"};
+                         "models/pass_rmsnorm.onnx", "models/pass_chain.onnx",
+                         "models/pass_winograd.onnx"};
   for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
     char path[1024];
     path_of(path, sizeof path, tests_dir, files[f]);
@@ -349,6 +351,20 @@ static void fuse_chain(void **s) {
   assert_int_equal(after, 13);
 }
 
+/* winograd (level 3): conv_w1, conv_w2 and conv_w7 (their Relu, residual Add and Sigmoid fused
+   first) and conv_p7 (a 7x7 output) are marked; the stride-2, 32-channel, dilated and grouped
+   convs and conv_p5 (5x5) are not; the cpu backend's Winograd kernel then runs them within 1e-5
+   of level 0's direct conv. Level 2 marks nothing. */
+static void winograd(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_winograd.onnx", "winograd", 3, 4, 13, 10, false});
+  char path[1024];
+  path_of(path, sizeof path, tests_dir, "models/pass_winograd.onnx");
+  size_t before, after;
+  assert_int_equal(pass_matches(path, 2, "winograd", &before, &after), 0);
+  assert_int_equal(after, 10);
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: test_passes MODELS_DIR TESTS_DIR\n");
@@ -364,7 +380,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(fuse_gelu_tanh),
       cmocka_unit_test(fuse_linear),    cmocka_unit_test(fuse_attention),
       cmocka_unit_test(fuse_rmsnorm),   cmocka_unit_test(attention_causal),
-      cmocka_unit_test(fuse_chain),
+      cmocka_unit_test(fuse_chain),     cmocka_unit_test(winograd),
       cmocka_unit_test(optimize_roundtrip),
       cmocka_unit_test(levels),         cmocka_unit_test(shipped_models),
       cmocka_unit_test(alloc_failures),

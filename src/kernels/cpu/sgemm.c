@@ -12,7 +12,7 @@
 
 /* KC x NC slab of B and MC x KC slab of A per tile; the largest MC and NC of any ISA size the
    stack blocks (A: 72 KiB, B: 128 KiB). */
-#define KC 256
+#define KC KILN__SGEMM_KC
 #define MC_MAX 72
 #define NC_MAX 128
 /* Widest tile over a pre-packed B: 72 x 1024 floats of C is 288 KiB. */
@@ -187,6 +187,10 @@ kiln_status kiln__sgemm_pack_a(kiln__isa isa, bool trans_a, size_t m, size_t k, 
 kiln_status kiln__sgemm_pack_b(kiln__isa isa, bool trans_b, size_t k, size_t n, const float *b,
                                size_t ldb, kiln__sgemm_packed *out, kiln_error *err) {
   return pack_whole(isa, false, trans_b, n, k, b, ldb, out, err);
+}
+
+size_t kiln__sgemm_nr(kiln__isa isa) {
+  return impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0].nr;
 }
 
 size_t kiln__sgemm_pack_a_floats(kiln__isa isa, size_t m, size_t k) {

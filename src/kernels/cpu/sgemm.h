@@ -69,6 +69,25 @@ typedef struct kiln__sgemm_packed {
   float *data;      /* owned; kiln__aligned_alloc */
 } kiln__sgemm_packed;
 
+/* The k block of the packed layout: a packed operand is its KC-row blocks back to back. */
+#define KILN__SGEMM_KC 256
+
+/* The microkernel's B panel width (NR) for `isa` (the generic kernel's for an ISA without one). */
+size_t kiln__sgemm_nr(kiln__isa isa);
+
+/* Where element (p, j) of a k x n operand packed as B (panels of nr columns) lies: lets a caller
+   write B's panels itself (Winograd's input transform) and run on them as a packed view
+   (kiln__sgemm_packed with data pointing at its own memory, never freed). */
+static inline size_t kiln__sgemm_pb_offset(size_t nr, size_t k, size_t n, size_t p, size_t j) {
+  size_t p0 = p / KILN__SGEMM_KC * KILN__SGEMM_KC;
+  size_t kc = KILN__MIN((size_t)KILN__SGEMM_KC, k - p0);
+  return p0 * ((n + nr - 1) / nr * nr) + j / nr * nr * kc + (p - p0) * nr + j % nr;
+}
+/* Floats of a k x n operand packed as B. */
+static inline size_t kiln__sgemm_pb_floats(size_t nr, size_t k, size_t n) {
+  return k * ((n + nr - 1) / nr * nr);
+}
+
 /* Packs op(A) (m x k) or op(B) (k x n) for `isa`. Release with kiln__sgemm_packed_free. */
 kiln_status kiln__sgemm_pack_a(kiln__isa isa, bool trans_a, size_t m, size_t k, const float *a,
                                size_t lda, kiln__sgemm_packed *out, kiln_error *err);
