@@ -27,16 +27,17 @@ bool kiln__cpu_ints(const kiln__node *n, const char *name, size_t cnt, int64_t l
   return true;
 }
 
-static const kiln__cpu_kernel *const families[] = {
-    kiln__cpu_winograd_kernels, kiln__cpu_gemm_kernels, kiln__cpu_vec_kernels,
-    kiln__cpu_dwconv_kernels, kiln__cpu_pool_kernels, kiln__cpu_fused_kernels, kiln__cpu_quant_kernels,
-    kiln__cpu_nbits_kernels, kiln__cpu_copy_kernels};
-
-/* The families by name, for profiles (kiln_profile_event.kernel). */
-static const char *const family_names[] = {"gemm",  "vec",   "dwconv", "pool",
-                                           "fused", "quant", "nbits",  "copy"};
-_Static_assert(KILN__ARRAY_LEN(family_names) == KILN__ARRAY_LEN(families),
-               "one name per kernel family");
+/* The kernel families, searched in order, and their names for profiles
+   (kiln_profile_event.kernel). */
+static const struct {
+  const char *name;
+  const kiln__cpu_kernel *rows;
+} families[] = {
+    {"winograd", kiln__cpu_winograd_kernels}, {"gemm", kiln__cpu_gemm_kernels},
+    {"vec", kiln__cpu_vec_kernels},           {"dwconv", kiln__cpu_dwconv_kernels},
+    {"pool", kiln__cpu_pool_kernels},         {"fused", kiln__cpu_fused_kernels},
+    {"quant", kiln__cpu_quant_kernels},       {"nbits", kiln__cpu_nbits_kernels},
+    {"copy", kiln__cpu_copy_kernels}};
 
 static bool same_domain(const char *row, const char *node) {
   if (!node || !strcmp(node, "ai.onnx")) node = "";
@@ -45,7 +46,7 @@ static bool same_domain(const char *row, const char *node) {
 
 static const kiln__cpu_kernel *find(const kiln__node *n, const kiln__graph *g) {
   for (size_t f = 0; f < KILN__ARRAY_LEN(families); f++)
-    for (const kiln__cpu_kernel *k = families[f]; k->op; k++)
+    for (const kiln__cpu_kernel *k = families[f].rows; k->op; k++)
       if (!strcmp(k->op, n->op_type) && same_domain(k->domain, n->domain) &&
           (!k->supports || k->supports(n, g)))
         return k;
@@ -92,8 +93,8 @@ static kiln_status cpu_execute(kiln__kctx *c, void *state) {
 static const char *cpu_kernel_name(const void *state) {
   const node_state *ns = state;
   for (size_t f = 0; ns && f < KILN__ARRAY_LEN(families); f++)
-    for (const kiln__cpu_kernel *k = families[f]; k->op; k++)
-      if (k == ns->k) return family_names[f];
+    for (const kiln__cpu_kernel *k = families[f].rows; k->op; k++)
+      if (k == ns->k) return families[f].name;
   return "cpu";
 }
 
