@@ -30,7 +30,7 @@ bool kiln__cpu_ints(const kiln__node *n, const char *name, size_t cnt, int64_t l
 static const kiln__cpu_kernel *const families[] = {
     kiln__cpu_gemm_kernels, kiln__cpu_vec_kernels, kiln__cpu_dwconv_kernels,
     kiln__cpu_pool_kernels, kiln__cpu_fused_kernels, kiln__cpu_quant_kernels,
-    kiln__cpu_nbits_kernels, kiln__cpu_copy_kernels};
+    kiln__cpu_nbits_kernels, kiln__cpu_copy_kernels, kiln__cpu_qadd_kernels};
 
 static bool same_domain(const char *row, const char *node) {
   if (!node || !strcmp(node, "ai.onnx")) node = "";
