@@ -5,7 +5,8 @@
    (its output scale, listed in qdq_NAME.steps) and by no more; most elements must be equal. The
    report must show exactly the fusions each model was built for. Also: the digits CNN quantized
    with `kiln quantize --to int8 --calib` keeps its top-1 at levels 0 and 2, with both convs
-   fused, and allocation failures during a fused load fail cleanly. */
+   fused; a miniature ResNet (tests/models/resnet_tiny.onnx) quantized so runs every Conv, residual
+   Add and the pool in integers; and allocation failures during a fused load fail cleanly. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
