@@ -113,8 +113,8 @@ static int act_after(const kiln__qctx *q, int y) {
   return reader;
 }
 
-/* An Add of two float activations or a GlobalAveragePool: kept in the integer chain when all its
-   inputs are quantized anyway (chain_ok). */
+/* An Add of two activations or a GlobalAveragePool: int8_prepare() puts it in the integer chain
+   when all its inputs are quantized anyway. */
 static bool chain_op(const kiln__qctx *q, const kiln__node *n) {
   if (n->n_out != 1 || n->out[0] < 0 || n->out[0] >= q->n_orig) return false;
   if (kiln__qis_op(n, "Add")) return n->n_in == 2 && n->in[0] >= 0 && n->in[1] >= 0;
