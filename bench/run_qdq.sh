@@ -8,7 +8,7 @@
 # ratios. Not part of ctest.
 # usage: bench/run_qdq.sh [BUILD_DIR]
 # env:   MODELS_DIR (~/.cache/kiln-models)  ORT_DIR (~/.cache/kiln-ort)  ROUNDS (3)  THREADS ("1 2")
-#        MODELS ("squeezenet1_1 mobilenet_v2 resnet50 bert_tiny")  OUT_DIR (temporary)
+#        MODELS ("squeezenet1_1 mobilenet_v2 resnet18 resnet50 bert_tiny")  OUT_DIR (temporary)
 #        BASE_KILN: another kiln binary (e.g. a main build) that also runs the same int8 file in
 #        every round, alternating with this build ("base int8" column, base / this ratio)
 #        STAT (p50): the per-run statistic, p50 or min (min is the steadier one on a shared,
@@ -20,7 +20,7 @@ models_dir=${MODELS_DIR:-$HOME/.cache/kiln-models}
 ort_dir=${ORT_DIR:-$HOME/.cache/kiln-ort}
 rounds=${ROUNDS:-3}
 threads=${THREADS:-"1 2"}
-models=${MODELS:-"squeezenet1_1 mobilenet_v2 resnet50 bert_tiny"}
+models=${MODELS:-"squeezenet1_1 mobilenet_v2 resnet18 resnet50 bert_tiny"}
 out=${OUT_DIR:-$(mktemp -d)}
 here=$(cd "$(dirname "$0")/.." && pwd)
 base=${BASE_KILN:-}
@@ -56,7 +56,7 @@ for m in $models; do
   "$kiln" quantize "$fp32" --to int8 --calib "$out/calib_$m" -o "$int8" >/dev/null
   full=$out/${m}_int8_full.onnx
   "$kiln" quantize "$fp32" --to int8 --full-range --calib "$out/calib_$m" -o "$full" >/dev/null
-  case $m in resnet50) runs=8 ;; mobilenet_v2|squeezenet1_1) runs=15 ;; *) runs=30 ;; esac
+  case $m in resnet50) runs=8 ;; resnet18|mobilenet_v2|squeezenet1_1) runs=15 ;; *) runs=30 ;; esac
   for t in $threads; do
     kf="" ki="" kx="" of="" oi="" bi=""
     for _ in $(seq "$rounds"); do

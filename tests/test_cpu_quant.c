@@ -534,6 +534,104 @@ static void qlinearconcat_matches_reference(void **st) {
   kt_for_each_qisa(qconcat_cases);
 }
 
+/* ---- com.microsoft QLinearAdd and QLinearGlobalAveragePool (qadd_kernels.c) ---------------- */
+
+/* Whether the selected integer ISA is the portable one (QLinearAdd then runs the reference). */
+static bool qisa_generic(void) {
+  kiln__qisa isa;
+  kiln_error err = {0};
+  assert_int_equal(kiln__qisa_select(&isa, &err), KILN_OK);
+  return isa == KILN__QISA_GENERIC;
+}
+
+static void qadd_cases(kiln__pool *pool) {
+  /* A and B shapes (rank -1 ends the list): same shapes around the 32-element block and the
+     16384-element chunk, per-channel and scalar operands on either side, two-sided broadcasts,
+     rows of 1 */
+  static const struct { int ra; int64_t a[4]; int rb; int64_t b[4]; } shapes[] = {
+      {1, {1}, 1, {1}},           {1, {31}, 1, {31}},          {1, {32}, 1, {32}},
+      {1, {33}, 1, {33}},         {2, {3, 95}, 2, {3, 95}},    {4, {2, 3, 5, 7}, 4, {2, 3, 5, 7}},
+      {4, {1, 32, 56, 56}, 4, {1, 32, 56, 56}},               {4, {1, 16, 9, 9}, 4, {1, 16, 1, 1}},
+      {3, {16, 1, 1}, 4, {2, 16, 9, 9}},                      {2, {100, 3}, 0, {0}},
+      {0, {0}, 2, {7, 70}},       {3, {3, 1, 40}, 2, {5, 1}},  {2, {5, 33}, 2, {5, 1}},
+      {3, {1, 4, 1}, 3, {6, 1, 5}}, {4, {2, 1, 3, 1}, 4, {1, 4, 1, 65}},
+  };
+  /* (sa, za), (sb, zb), (sc, zc) per parameter set; the last saturates both ways */
+  static const float sc_[4][3] = {{0.02f, 0.05f, 0.04f}, {0.5f, 0.25f, 1.0f},
+                                  {0.013f, 0.2f, 0.11f}, {0.05f, 0.05f, 0.001f}};
+  static const uint8_t zu[4][3] = {{128, 3, 100}, {0, 0, 0}, {255, 17, 1}, {0, 250, 3}};
+  static const int8_t zs[4][3] = {{0, -3, 10}, {0, 0, 0}, {-128, 127, -1}, {5, -7, 3}};
+  bool fallback_ok = qisa_generic();
+  for (int s8 = 0; s8 < 2; s8++)
+    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
+      for (int ps = 0; ps < 4; ps++)
+        for (int omit = 0; omit < 2; omit++) { /* omit: no zero point for A and C */
+          if (omit && ps != 1) continue;
+          kiln_dtype t = s8 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+          const void *z0 = s8 ? (const void *)&zs[ps][0] : (const void *)&zu[ps][0];
+          const void *z1 = s8 ? (const void *)&zs[ps][1] : (const void *)&zu[ps][1];
+          const void *z2 = s8 ? (const void *)&zs[ps][2] : (const void *)&zu[ps][2];
+          tin ins[8] = {
+              {t, shapes[sh].ra, {shapes[sh].a[0], shapes[sh].a[1], shapes[sh].a[2], shapes[sh].a[3]}},
+              {KILN_DTYPE_FLOAT, 0, {0}, true, &sc_[ps][0]},
+              {t, omit ? -1 : 0, {0}, true, z0},
+              {t, shapes[sh].rb, {shapes[sh].b[0], shapes[sh].b[1], shapes[sh].b[2], shapes[sh].b[3]}},
+              {KILN_DTYPE_FLOAT, 0, {0}, true, &sc_[ps][1]},
+              {t, 0, {0}, true, z1},
+              {KILN_DTYPE_FLOAT, 0, {0}, true, &sc_[ps][2]},
+              {t, 0, {0}, true, z2},
+          };
+          onenode o;
+          onenode_make(&o, "QLinearAdd", omit ? 7 : 8, ins, 1);
+          char what[64];
+          snprintf(what, sizeof what, "%s shapes %zu params %d%s", kiln_dtype_name(t), sh, ps,
+                   omit ? " no zero points" : "");
+          onenode_check_ex(&o, pool, fallback_ok, what);
+          onenode_free(&o);
+        }
+}
+
+static void qlinearadd_matches_reference(void **st) {
+  (void)st;
+  kt_for_each_qisa(qadd_cases);
+}
+
+static void qgap_cases(kiln__pool *pool) {
+  /* NCHW and channels_last (3-D images: tests/test_qlinear.c); images of 1, under and over 32 codes, 49, 1600 */
+  static const struct { int rank; int64_t d[4]; int last; } shapes[] = {
+      {4, {1, 5, 1, 1}, 0},  {4, {2, 3, 5, 7}, 0},      {4, {1, 64, 7, 7}, 0},
+      {4, {1, 512, 7, 7}, 0}, {4, {1, 16, 40, 40}, 0},  {4, {2, 3, 4, 12}, 0},
+      {4, {2, 7, 7, 64}, 1},  {4, {1, 3, 3, 5}, 1},     {3, {2, 33, 9}, 1},
+  };
+  static const float sx[3] = {0.02f, 0.1f, 0.5f}, sy[3] = {0.01f, 0.002f, 0.5f};
+  static const uint8_t zxu[3] = {128, 0, 7}, zyu[3] = {5, 10, 250};
+  static const int8_t zxs[3] = {0, -128, 3}, zys[3] = {-3, 4, 127};
+  for (int s8 = 0; s8 < 2; s8++)
+    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
+      for (int ps = 0; ps < 3; ps++) {
+        kiln_dtype t = s8 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+        tin ins[5] = {
+            {t, shapes[sh].rank, {shapes[sh].d[0], shapes[sh].d[1], shapes[sh].d[2], shapes[sh].d[3]}},
+            {KILN_DTYPE_FLOAT, 0, {0}, true, &sx[ps]},
+            {t, 0, {0}, true, s8 ? (const void *)&zxs[ps] : (const void *)&zxu[ps]},
+            {KILN_DTYPE_FLOAT, 0, {0}, true, &sy[ps]},
+            {t, 0, {0}, true, s8 ? (const void *)&zys[ps] : (const void *)&zyu[ps]},
+        };
+        onenode o;
+        onenode_make(&o, "QLinearGlobalAveragePool", 5, ins, 1);
+        if (shapes[sh].last) kt_attr_int(o.n, "channels_last", 1);
+        char what[64];
+        snprintf(what, sizeof what, "%s shape %zu params %d", kiln_dtype_name(t), sh, ps);
+        onenode_check(&o, pool, what);
+        onenode_free(&o);
+      }
+}
+
+static void qlinearglobalavgpool_matches_reference(void **st) {
+  (void)st;
+  kt_for_each_qisa(qgap_cases);
+}
+
 /* ---- the AVX2 byte formats (VPMADDUBSW on weights that qualify) ----------------------------- */
 
 /* Stored int8 value (uint8 weights are stored shifted by -128) -> the tensor's value. */
@@ -840,6 +938,8 @@ int main(void) {
       cmocka_unit_test(depthwise_matches_reference),
       cmocka_unit_test(maxpool8_matches_reference),
       cmocka_unit_test(qlinearconcat_matches_reference),
+      cmocka_unit_test(qlinearadd_matches_reference),
+      cmocka_unit_test(qlinearglobalavgpool_matches_reference),
       cmocka_unit_test(qdq_match_reference),
       cmocka_unit_test(byte_format_choice),
       cmocka_unit_test(byte_formats_match_reference),

@@ -5,7 +5,8 @@
    (its output scale, listed in qdq_NAME.steps) and by no more; most elements must be equal. The
    report must show exactly the fusions each model was built for. Also: the digits CNN quantized
    with `kiln quantize --to int8 --calib` keeps its top-1 at levels 0 and 2, with both convs
-   fused, and allocation failures during a fused load fail cleanly. */
+   fused; a miniature ResNet (tests/models/resnet_tiny.onnx) quantized so runs every Conv, residual
+   Add and the pool in integers; and allocation failures during a fused load fail cleanly. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -258,6 +259,147 @@ static void pool(void **s) {
   }
 }
 
+/* qdq_resid: residual Adds and a GlobalAveragePool between quantized tensors (issue 7): add_a,
+   add_b (+ Relu dropped), add_c (broadcast constant), add_d (int8) become QLinearAdd, gap_e
+   QLinearGlobalAveragePool; add_f (Relu before a zero point of 40), add_g (a float input), add_h
+   (mixed 8-bit types), gap_i (int8 output of a uint8 input) stay float. QLinearAdd performs the
+   QDQ graph's float operations, so its outputs (and those left float) are equal bit for bit; the
+   pool sums in int32 and requantizes once: within one step. */
+static void resid(void **s) {
+  (void)s;
+  char path[1024], steps[1024], where[4096];
+  path_of(path, sizeof path, tests_dir, "models/qdq_resid.onnx");
+  path_of(steps, sizeof steps, tests_dir, "models/qdq_resid.steps");
+  size_t after;
+  assert_int_equal(qdq_matches(path, 2, where, sizeof where, &after), 5);
+  const char *fused[] = {"add_a+add_a_y/Q", "add_b+add_b_relu+add_b_y/Q", "add_c+add_c_y/Q",
+                         "add_d+add_d_y/Q", "gap_e+gap_e_y/Q"};
+  for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++)
+    assert_non_null(strstr(where, fused[i]));
+  const char *kept[] = {"add_f", "add_g", "add_h", "gap_i"};
+  for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) assert_null(strstr(where, kept[i]));
+  kiln_model *m = kt_load(path, 1, 2);
+  assert_int_equal(op_count(m, "QLinearAdd"), 4);
+  assert_int_equal(op_count(m, "QLinearGlobalAveragePool"), 1);
+  assert_int_equal(op_count(m, "Add"), 3);
+  assert_int_equal(op_count(m, "GlobalAveragePool"), 1);
+  kiln_model_free(m);
+  const char *exact[] = {"add_a_yo_dq", "add_b_yo_dq", "add_c_yo_dq", "add_d_yo_dq",
+                         "add_f_yo_dq", "add_g_yo_dq", "add_h_yo_dq", "gap_i_yo_dq"};
+  for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++) {
+    diff_stats d = compare(path, steps, exact[i], 3);
+    fprintf(stderr, "  %-12s %5zu elements, %5.1f%% equal\n", exact[i], d.elements,
+            100.0 * d.equal / d.elements);
+    assert_int_equal(d.equal, d.elements);
+  }
+  diff_stats d = compare(path, steps, "gap_e_yo_dq", 8);
+  fprintf(stderr, "  gap_e_yo_dq  %5zu elements, %5.1f%% equal, worst %.4f steps\n", d.elements,
+          100.0 * d.equal / d.elements, d.worst_steps);
+  assert_true(d.worst_steps <= 1.0001);
+}
+
+/* resnet_tiny's logits on its 16 test inputs at `level` into out[16 * 10]. */
+static void tiny_logits(const char *path, int level, float *out) {
+  kiln_model *m = kt_load(path, 1, level);
+  kiln_tensor x, y;
+  char dir[1024];
+  path_of(dir, sizeof dir, tests_dir, "data/resnet_tiny_test");
+  kt_read_npy(dir, "input.npy", &x);
+  kiln_session *s = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  const char *names[] = {"input"};
+  assert_int_equal(kiln_session_run(s, names, &x, 1, &err), KILN_OK);
+  assert_int_equal(kiln_session_output(s, 0, &y), KILN_OK);
+  assert_int_equal(kiln_tensor_count(&y), 160);
+  memcpy(out, y.data, 160 * sizeof *out);
+  kiln_session_free(s);
+  kiln_model_free(m);
+  kiln_tensor_release(&x);
+}
+
+static double cosine(const float *a, const float *b, size_t n) {
+  double ab = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
+  return ab / sqrt(aa * bb);
+}
+
+static int argmax10(const float *v) {
+  int best = 0;
+  for (int c = 1; c < 10; c++)
+    if (v[c] > v[best]) best = c;
+  return best;
+}
+
+/* A miniature float ResNet (tools/make_resnet_tiny.py) quantized with --to int8 --calib: the file
+   keeps ONNX Runtime's QDQ layout in the default domain only (the op set ORT's quantizer writes;
+   bench/RESULTS.md has ORT running such files), with pairs on both residual Adds' and the pool's
+   outputs as well as on the convs'; at level 2 every Conv, Add (its Relu dropped) and the pool run
+   in integers, nothing float between them. The integer graph stays close to the QDQ graph read op
+   by op (each QLinearConv may move an output by a step and the moves add up through the blocks)
+   and to the float model. A per-node override keeps the last Add float: no pair on its output,
+   so it and the pool after it stay float. (An Add kept float between two quantized convs, like
+   b1add, still reads two dequantized tensors and feeds a QuantizeLinear that the next convs
+   need, so fuse-qdq runs it as a QLinearAdd: bit-identical to the float Add in the file.) */
+static void resnet_tiny(void **s) {
+  (void)s;
+  char src[1024], calib[1024], q[1024];
+  path_of(src, sizeof src, tests_dir, "models/resnet_tiny.onnx");
+  path_of(calib, sizeof calib, tests_dir, "data/resnet_tiny_calib");
+  snprintf(q, sizeof q, "%s/resnet_tiny_int8.onnx", tmp_dir);
+  for (int override = 0; override < 2; override++) {
+    kiln_quant_opts o = kiln_quant_opts_default();
+    o.format = KILN_QUANT_INT8;
+    o.calib_dir = calib;
+    kiln_quant_node_format keep = {"b2add", KILN_QUANT_NONE};
+    if (override) o.nodes = &keep, o.n_nodes = 1;
+    kiln_error err = {0};
+    kiln_status st = kiln_quantize_file_ex(src, q, &o, NULL, &err);
+    if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
+    assert_int_equal(st, KILN_OK);
+    kiln_model *m = kt_load(q, 1, 0);
+    const char *types[32];
+    size_t counts[32], n = kiln_model_op_histogram(m, types, counts, 32);
+    static const char *const ort_ops[] = {"QuantizeLinear", "DequantizeLinear", "Conv", "Relu",
+                                          "Add", "GlobalAveragePool", "Flatten", "Gemm"};
+    for (size_t i = 0; i < n; i++) {
+      bool known = false;
+      for (size_t k = 0; k < sizeof ort_ops / sizeof ort_ops[0]; k++) known |= !strcmp(types[i], ort_ops[k]);
+      if (!known) fail_msg("unexpected op %s in the int8 file", types[i]);
+    }
+    /* the input, stem, b1c1, b1c2, b1add, b2c1, b2c2, b2down, b2add, pool, flatten; with b2add
+       kept float, neither its output nor the pool's (whose input is then float) */
+    assert_int_equal(op_count(m, "QuantizeLinear"), override ? 9 : 11);
+    assert_int_equal(op_count(m, "Add"), 2);
+    assert_int_equal(op_count(m, "GlobalAveragePool"), 1);
+    kiln_model_free(m);
+    m = kt_load(q, 1, 2);
+    assert_int_equal(op_count(m, "QLinearConv"), 6);
+    assert_int_equal(op_count(m, "QLinearAdd"), override ? 1 : 2);
+    assert_int_equal(op_count(m, "Add"), override ? 1 : 0);
+    assert_int_equal(op_count(m, "Relu"), override ? 1 : 0);
+    assert_int_equal(op_count(m, "QLinearGlobalAveragePool"), override ? 0 : 1);
+    assert_int_equal(op_count(m, "GlobalAveragePool"), override ? 1 : 0);
+    kiln_model_free(m);
+    float f32[160], l0[160], l2[160];
+    tiny_logits(src, 0, f32);
+    tiny_logits(q, 0, l0);
+    tiny_logits(q, 2, l2);
+    int agree0 = 0, agree_f = 0;
+    for (int r = 0; r < 16; r++) {
+      agree0 += argmax10(l2 + 10 * r) == argmax10(l0 + 10 * r);
+      agree_f += argmax10(l2 + 10 * r) == argmax10(f32 + 10 * r);
+    }
+    double c0 = cosine(l0, l2, 160), cf = cosine(f32, l2, 160);
+    fprintf(stderr, "  resnet_tiny int8%s: cosine %.5f to level 0, %.5f to fp32; top-1 %d/16 and "
+            "%d/16\n", override ? " (b2add float)" : "", c0, cf, agree0, agree_f);
+    assert_true(c0 >= 0.999);
+    assert_true(cf >= 0.99);
+    assert_true(agree0 >= 15 && agree_f >= 14);
+  }
+  unlink(q);
+}
+
 /* Top-1 of a model on the 450 held-out digits. */
 static int digits_correct(const char *path, int level) {
   kiln_model *m = kt_load(path, 2, level);
@@ -378,9 +520,37 @@ static void weight_range_default(void **s) {
 
 /* Every allocation during a fused load failing in turn: a clean error, never a crash or a leak
    (leaks are caught under KILN_SANITIZE). */
+/* Allocation failures while quantizing resnet_tiny (calibration, the QDQ rewrite of its convs,
+   residual Adds and pool): a clean error with a message, never a crash (leaks: the sanitizer
+   build). Sampled: the nth allocation for n growing by ~6% up to the first success. */
+static void quantize_alloc_failures(void **s) {
+  (void)s;
+  char src[1024], calib[1024], q[1024];
+  path_of(src, sizeof src, tests_dir, "models/resnet_tiny.onnx");
+  path_of(calib, sizeof calib, tests_dir, "data/resnet_tiny_calib");
+  snprintf(q, sizeof q, "%s/resnet_tiny_fail.onnx", tmp_dir);
+  kiln_quant_opts o = kiln_quant_opts_default();
+  o.format = KILN_QUANT_INT8;
+  o.calib_dir = calib;
+  o.intra_threads = 1;
+  bool done = false;
+  size_t tries = 0;
+  for (uint64_t n = 1; n < 100000000 && !done; n += n / 16 + 1, tries++) {
+    kiln_error err = {0};
+    kiln__alloc_fail_after(n);
+    kiln_status st = kiln_quantize_file_ex(src, q, &o, NULL, &err);
+    kiln__alloc_fail_after(0);
+    if (st == KILN_OK) done = true;
+    else assert_true(err.message[0] != 0);
+  }
+  fprintf(stderr, "  quantize: %zu failure points tried\n", tries);
+  assert_true(done);
+  unlink(q);
+}
+
 static void alloc_failures(void **s) {
   (void)s;
-  const char *files[] = {"models/qdq_wide.onnx", "models/qdq_chain.onnx"};
+  const char *files[] = {"models/qdq_wide.onnx", "models/qdq_chain.onnx", "models/qdq_resid.onnx"};
   for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
     char path[1024];
     path_of(path, sizeof path, tests_dir, files[f]);
@@ -394,7 +564,7 @@ static void alloc_failures(void **s) {
       kiln__alloc_fail_after(0);
       if (st == KILN_OK) {
         loaded = true;
-        assert_int_equal(op_count(m, "QLinearConv") > 0, true);
+        assert_int_equal(op_count(m, "QLinearConv") + op_count(m, "QLinearAdd") > 0, true);
         kiln_model_free(m);
       } else {
         assert_null(m);
@@ -418,9 +588,12 @@ int main(int argc, char **argv) {
       cmocka_unit_test(wide),
       cmocka_unit_test(chain),
       cmocka_unit_test(pool),
+      cmocka_unit_test(resid),
+      cmocka_unit_test(resnet_tiny),
       cmocka_unit_test(digits),
       cmocka_unit_test(weight_range_default),
       cmocka_unit_test(alloc_failures),
+      cmocka_unit_test(quantize_alloc_failures),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   rmdir(tmp_dir);

@@ -236,3 +236,44 @@ p = node("MaxPool", [dq(e1q, s1, z1, "e1_f")], ["pool_f_y"], "pool_f", kernel_sh
          pads=[2, 2, 2, 2])
 outs.append(out_q(p, "pool_f", 0, 0, s_z=(s1, z1))[0])
 save("pool", [vi("x", [1, 3, 12, 14])], outs)
+
+# ---- qdq_resid -----------------------------------------------------------------------------
+# ResNet's residual adds and final pool (issue 7), fed by quantizations of the input so that both
+# levels see the same 8-bit tensors:
+#   add_a: DQ, DQ (different scales and zero points) -> Add -> Q: QLinearAdd, bit-exact.
+#   add_b: DQ, DQ -> Add -> Relu -> Q (zero point 0): QLinearAdd, the Relu dropped, bit-exact.
+#   add_c: DQ(x), DQ(constant [3, 1, 1]) -> Add -> Q: QLinearAdd broadcasting, bit-exact.
+#   add_d: int8 throughout: QLinearAdd on int8, bit-exact.
+#   gap_e: DQ -> GlobalAveragePool -> Q: QLinearGlobalAveragePool, within one step.
+#   Left float: add_f (Relu before a zero point of 40), add_g (one input is not dequantized),
+#   add_h (uint8 and int8 inputs), gap_i (int8 output of a uint8 input).
+s1, z1 = qparams(-1.0, 1.5)
+s3, z3 = qparams(-3.0, 2.5)
+e1q, e3q = q("x", s1, z1, "r1"), q("x", s3, z3, "r3")
+a = node("Add", [dq(e1q, s1, z1, "r1_a"), dq(e3q, s3, z3, "r3_a")], ["add_a_y"], "add_a")
+outs = [out_q(a, "add_a", -4.0, 4.0)[0]]
+a = node("Add", [dq(e1q, s1, z1, "r1_b"), dq(e3q, s3, z3, "r3_b")], ["add_b_s"], "add_b")
+r = node("Relu", [a], ["add_b_y"], "add_b_relu")
+outs.append(out_q(r, "add_b", 0.0, 3.0)[0])
+cq = rng.integers(0, 256, size=(3, 1, 1)).astype(np.uint8)
+cs, cz = qparams(-0.5, 0.7)
+a = node("Add", [dq(e1q, s1, z1, "r1_c"), dq(const("add_c_cq", cq), cs, cz, "add_c_c")], ["add_c_y"],
+         "add_c")
+outs.append(out_q(a, "add_c", -2.0, 2.5)[0])
+t1, u1 = qparams(-1.5, 1.0, np.int8)
+t3, u3 = qparams(-2.0, 2.0, np.int8)
+i1, i3 = q("x", t1, u1, "ri1"), q("x", t3, u3, "ri3")
+a = node("Add", [dq(i1, t1, u1, "ri1_d"), dq(i3, t3, u3, "ri3_d")], ["add_d_y"], "add_d")
+outs.append(out_q(a, "add_d", -3.0, 3.5, np.int8)[0])
+p = node("GlobalAveragePool", [dq(e1q, s1, z1, "r1_e")], ["gap_e_y"], "gap_e")
+outs.append(out_q(p, "gap_e", -0.3, 0.4)[0])
+a = node("Add", [dq(e1q, s1, z1, "r1_f"), dq(e3q, s3, z3, "r3_f")], ["add_f_s"], "add_f")
+r = node("Relu", [a], ["add_f_y"], "add_f_relu")
+outs.append(out_q(r, "add_f", 0, 0, s_z=(np.float32(0.02), np.array(40, np.uint8)))[0])
+a = node("Add", [dq(e1q, s1, z1, "r1_g"), "x"], ["add_g_y"], "add_g")
+outs.append(out_q(a, "add_g", -3.0, 3.5)[0])
+a = node("Add", [dq(e1q, s1, z1, "r1_h"), dq(i3, t3, u3, "ri3_h")], ["add_h_y"], "add_h")
+outs.append(out_q(a, "add_h", -3.0, 3.5)[0])
+p = node("GlobalAveragePool", [dq(e1q, s1, z1, "r1_i")], ["gap_i_y"], "gap_i")
+outs.append(out_q(p, "gap_i", -0.3, 0.4, np.int8)[0])
+save("resid", [vi("x", [1, 3, 12, 14])], outs)

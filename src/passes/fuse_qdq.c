@@ -25,6 +25,10 @@
  * for bit; zero points or scales that are not constants; 16-bit types. A float constant Conv
  * bias is rounded onto the int32 grid (int32_bias below: not within the QDQ graph's rounding).
  *
+ * Residual nets (issue 7): DQ, DQ -> Add -> [Relu | Clip] -> Q becomes com.microsoft QLinearAdd
+ * (bit-exact), DQ -> GlobalAveragePool -> Q becomes com.microsoft QLinearGlobalAveragePool
+ * (within one step), so a ResNet runs QLinearConv -> QLinearAdd -> QLinearConv with no float.
+ *
  * A second rewrite folds DequantizeLinear(x_q, s, z) -> QuantizeLinear(s, z) (the same scale and
  * zero point, 8-bit) into x_q: (x - z) * s / s rounds back to x exactly for |x - z| <= 255 and a
  * normal s, so the pair is an identity. With the fusion this leaves QLinearConv -> QLinearConv
@@ -506,6 +510,73 @@ static kiln_status pool_q(kiln__pass_ctx *ctx, int i, bool *done) {
   return KILN_OK;
 }
 
+/* ---- integer chains: residual Add and GlobalAveragePool -------------------------------------- */
+
+/* DequantizeLinear(a_q, sa, za), DequantizeLinear(b_q, sb, zb) -> Add -> [Relu | Clip] ->
+   QuantizeLinear(sc, zc)  ==>  com.microsoft QLinearAdd(a_q, sa, za, b_q, sb, zb, sc, zc), which
+   computes Q(DQ(a) + DQ(b)) per element in the same float operations (with broadcasting):
+   bit-identical. The activation is dropped under output_quant's rule (exact too). */
+static kiln_status add_q(kiln__pass_ctx *ctx, int i, bool *done) {
+  kiln__graph *g = ctx->g;
+  *done = false;
+  const kiln__node *n = &g->nodes[i];
+  if (!kiln__pass_is(n, "Add") || n->n_in != 2 || n->in[0] < 0 || n->in[1] < 0 ||
+      !kiln__pass_value_private(ctx, n->out[0]))
+    return KILN_OK;
+  dq a, b;
+  if (!dq_of(ctx, n->in[0], &a) || !act_params(&a) || !dq_of(ctx, n->in[1], &b) ||
+      !act_params(&b) || a.zt->dtype != b.zt->dtype)
+    return KILN_OK;
+  int act;
+  const kiln_tensor *ys, *yz;
+  int q = output_quant(ctx, n->out[0], &act, &ys, &yz);
+  if (q < 0 || yz->dtype != a.zt->dtype) return KILN_OK;
+  const kiln__node *qn = &g->nodes[q];
+  int in[8] = {a.x, a.s, a.z, b.x, b.s, b.z, qn->in[1], qn->in[2]}, out = qn->out[0];
+  if (act >= 0)
+    kiln__pass_note(ctx, "%s+%s+%s", n->name, g->nodes[act].name, qn->name);
+  else
+    kiln__pass_note(ctx, "%s+%s", n->name, qn->name);
+  kiln__pass_kill(ctx, q);
+  if (act >= 0) kiln__pass_kill(ctx, act);
+  kiln__node *an = &g->nodes[i];
+  kiln_status st = kiln__pass_set_op(ctx, an, "com.microsoft", "QLinearAdd");
+  if (st == KILN_OK) st = kiln__pass_set_inputs(ctx, an, in, 8);
+  if (st != KILN_OK) return st;
+  an->out[0] = out;
+  *done = true;
+  return KILN_OK;
+}
+
+/* DequantizeLinear(x_q, xs, xz) -> GlobalAveragePool -> QuantizeLinear(ys, yz)  ==>
+   com.microsoft QLinearGlobalAveragePool(x_q, xs, xz, ys, yz): the exact int32 sum requantized
+   once, where the QDQ graph sums dequantized floats, divides and quantizes; an output may move by
+   one step of ys (level 2, like QLinearConv). */
+static kiln_status gap_q(kiln__pass_ctx *ctx, int i, bool *done) {
+  kiln__graph *g = ctx->g;
+  *done = false;
+  const kiln__node *n = &g->nodes[i];
+  if (!kiln__pass_is(n, "GlobalAveragePool") || n->n_in != 1 || n->in[0] < 0 ||
+      !kiln__pass_value_private(ctx, n->out[0]))
+    return KILN_OK;
+  dq x;
+  const kiln_tensor *ys, *yz;
+  if (!dq_of(ctx, n->in[0], &x) || !act_params(&x)) return KILN_OK;
+  int q = quant_of(ctx, n->out[0], &ys, &yz);
+  if (q < 0 || yz->dtype != x.zt->dtype) return KILN_OK;
+  const kiln__node *qn = &g->nodes[q];
+  int in[5] = {x.x, x.s, x.z, qn->in[1], qn->in[2]}, out = qn->out[0];
+  kiln__pass_note(ctx, "%s+%s", n->name, qn->name);
+  kiln__pass_kill(ctx, q);
+  kiln__node *pn = &g->nodes[i];
+  kiln_status st = kiln__pass_set_op(ctx, pn, "com.microsoft", "QLinearGlobalAveragePool");
+  if (st == KILN_OK) st = kiln__pass_set_inputs(ctx, pn, in, 5);
+  if (st != KILN_OK) return st;
+  pn->out[0] = out;
+  *done = true;
+  return KILN_OK;
+}
+
 static bool same_const(const kiln_tensor *a, const kiln_tensor *b) {
   if (a == b) return true;
   if (a->dtype != b->dtype || kiln_tensor_count(a) != kiln_tensor_count(b)) return false;
@@ -549,6 +620,8 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
     if (st == KILN_OK && !done) st = fold_float_weight(ctx, i, &done);
     if (st == KILN_OK && !done) st = pool_q(ctx, i, &done);
     if (st == KILN_OK && !done) st = concat_q(ctx, i, &done);
+    if (st == KILN_OK && !done) st = add_q(ctx, i, &done);
+    if (st == KILN_OK && !done) st = gap_q(ctx, i, &done);
     if (st != KILN_OK) return st;
     *changed |= done;
   }

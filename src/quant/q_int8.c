@@ -8,7 +8,9 @@
  *
  * Each activation tensor is quantized once, whatever reads it; a node's output gets its pair
  * unless it is a graph output (the final logits stay float), or after the Relu / Clip(0, .) that
- * alone reads it (act_after). Every other op (Softmax, LayerNorm,
+ * alone reads it (act_after). An Add whose two inputs are quantized so, and a GlobalAveragePool
+ * whose input is, get the pairs on their inputs and output too (ResNet's residual adds and final
+ * pool: chain_node), so that the integer chain does not break. Every other op (Softmax, LayerNorm,
  * attention's products of two activations) reads float as before. The arithmetic is still
  * float32 in the file; a runtime that recognises the pattern runs it in integers. */
 #include <math.h>
@@ -21,6 +23,7 @@ typedef struct i8state {
   bool *has;        /* a range was calibrated */
   int *w_scale;     /* a converted weight's scale initializer (value index) */
   int *w_axis;      /* and the axis it was quantized along */
+  bool *chain;      /* per node: an Add / GlobalAveragePool that joins the integer chain */
 } i8state;
 
 void kiln__quant_weight_s8_axis(const float *w, size_t outer, size_t ch, size_t inner, int qmax,
@@ -110,6 +113,14 @@ static int act_after(const kiln__qctx *q, int y) {
   return reader;
 }
 
+/* An Add of two activations or a GlobalAveragePool: int8_prepare() puts it in the integer chain
+   when all its inputs are quantized anyway. */
+static bool chain_op(const kiln__qctx *q, const kiln__node *n) {
+  if (n->n_out != 1 || n->out[0] < 0 || n->out[0] >= q->n_orig) return false;
+  if (kiln__qis_op(n, "Add")) return n->n_in == 2 && n->in[0] >= 0 && n->in[1] >= 0;
+  return kiln__qis_op(n, "GlobalAveragePool") && n->n_in == 1 && n->in[0] >= 0;
+}
+
 static void int8_release(kiln__qctx *q);
 
 static kiln_status int8_prepare(kiln__qctx *q) {
@@ -123,12 +134,14 @@ static kiln_status int8_prepare(kiln__qctx *q) {
   s->has = kiln__calloc(nv, sizeof *s->has);
   s->w_scale = kiln__malloc(nv * sizeof *s->w_scale);
   s->w_axis = kiln__malloc(nv * sizeof *s->w_axis);
+  s->chain = kiln__calloc((size_t)g->n_nodes + 1, sizeof *s->chain);
   int *vals = kiln__malloc(2 * ((size_t)g->n_nodes + 1) * sizeof *vals);
   bool *want = kiln__calloc(nv, sizeof *want);
   float *lo = kiln__malloc(2 * ((size_t)g->n_nodes + 1) * sizeof *lo);
   float *hi = kiln__malloc(2 * ((size_t)g->n_nodes + 1) * sizeof *hi);
   kiln_status st = KILN_OK;
-  if (!s->lo || !s->hi || !s->has || !s->w_scale || !s->w_axis || !vals || !want || !lo || !hi)
+  if (!s->lo || !s->hi || !s->has || !s->w_scale || !s->w_axis || !s->chain || !vals || !want ||
+      !lo || !hi)
     st = kiln__qoom(q);
   size_t n = 0;
   /* the inputs of the nodes this format converts, and their outputs but graph outputs */
@@ -140,6 +153,23 @@ static kiln_status int8_prepare(kiln__qctx *q) {
     if (r >= 0) y = g->nodes[r].out[0];
     if (!want[a]) want[a] = true, vals[n++] = a;
     if (y >= 0 && !g->values[y].is_output && !want[y]) want[y] = true, vals[n++] = y;
+  }
+  /* Residual Adds and the final GlobalAveragePool whose inputs are all quantized already (conv
+     outputs, conv inputs, earlier such nodes' outputs: graph order is topological) get QDQ on
+     their output too, calibrated, so that fuse-qdq runs them as QLinearAdd /
+     QLinearGlobalAveragePool and the integer chain goes on. An Add with one float input (a
+     transformer's bias or residual Add beside LayerNorm) stays float: quantizing it would add
+     QuantizeLinear steps and nothing would read the result in integers. */
+  for (int i = 0; st == KILN_OK && i < g->n_nodes; i++) {
+    const kiln__node *nd = &g->nodes[i];
+    if (q->node_format[i] != KILN_QUANT_INT8 || !chain_op(q, nd)) continue;
+    bool all = true;
+    for (int k = 0; k < nd->n_in; k++) all &= nd->in[k] < q->n_orig && want[nd->in[k]];
+    if (!all) continue;
+    s->chain[i] = true;
+    int y = nd->out[0], r = kiln__qis_op(nd, "Add") ? act_after(q, y) : -1;
+    if (r >= 0) y = g->nodes[r].out[0];
+    if (!g->values[y].is_output && !want[y]) want[y] = true, vals[n++] = y;
   }
   for (int v = 0; st == KILN_OK && v < q->n_orig; v++) s->w_scale[v] = s->w_axis[v] = -1;
   if (st == KILN_OK && n > 0) st = kiln__calibrate(q, vals, n, lo, hi);
@@ -156,7 +186,7 @@ static void int8_release(kiln__qctx *q) {
   i8state *s = q->state[KILN_QUANT_INT8];
   if (!s) return;
   kiln__free(s->lo), kiln__free(s->hi), kiln__free(s->has);
-  kiln__free(s->w_scale), kiln__free(s->w_axis);
+  kiln__free(s->w_scale), kiln__free(s->w_axis), kiln__free(s->chain);
   kiln__free(s);
   q->state[KILN_QUANT_INT8] = NULL;
 }
@@ -304,10 +334,47 @@ static kiln_status bias_dq(kiln__qctx *q, i8state *s, int b, int w, float x_scal
   return KILN_OK;
 }
 
+/* Node i's output y (or activation node r's, when r >= 0: the pair goes after a Relu /
+   Clip(0, .) that alone reads y, act_after) through a calibrated QuantizeLinear ->
+   DequantizeLinear pair; nothing when y was not calibrated (a graph output). */
+static kiln_status output_pair(kiln__qctx *q, i8state *s, int i, int r) {
+  int y = q->g->nodes[r >= 0 ? r : i].out[0];
+  if (y < 0 || !s->has[y]) return KILN_OK;
+  int *cache;
+  kiln_status st = kiln__qcache(q, KILN__QTAG_QDQ_A, &cache);
+  if (st != KILN_OK) return st;
+  int yf = kiln__qvalue(q, q->g->values[y].name);
+  if (yf < 0) return kiln__qoom(q);
+  q->g->nodes[r >= 0 ? r : i].out[0] = yf;
+  float ys;
+  uint8_t yz;
+  kiln__calib_qparams(s->lo[y], s->hi[y], &ys, &yz);
+  if ((st = qdq_pair(q, yf, y, ys, yz)) != KILN_OK) return st;
+  cache[y] = y; /* readers of y get the dequantized tensor already */
+  return KILN_OK;
+}
+
+/* An Add / GlobalAveragePool of the integer chain: its inputs read their dequantized views, its
+   output gets its own calibrated pair (after a Relu that alone reads an Add's output). The
+   pool's output parameters are calibrated, not copied from its input as ONNX Runtime's
+   quantizer does: the average of a 7x7 image spans a narrower range than its pixels. */
+static kiln_status chain_node(kiln__qctx *q, i8state *s, int i) {
+  int in[2], nin = q->g->nodes[i].n_in;
+  for (int k = 0; k < nin; k++) {
+    float scale;
+    kiln_status st = act_qdq(q, s, q->g->nodes[i].in[k], &in[k], &scale);
+    if (st != KILN_OK) return st;
+  }
+  kiln__node *n = &q->g->nodes[i]; /* the adds above may have moved the nodes */
+  for (int k = 0; k < nin; k++) n->in[k] = in[k];
+  return output_pair(q, s, i, kiln__qis_op(n, "Add") ? act_after(q, n->out[0]) : -1);
+}
+
 static kiln_status int8_node(kiln__qctx *q, int i, kiln__qoutcome *out) {
   i8state *s = q->state[KILN_QUANT_INT8];
   const kiln__node *n = &q->g->nodes[i];
   int axis = 0, bias = -1;
+  if (s->chain[i]) return chain_node(q, s, i); /* not counted: no weights */
   bool cand = candidate(q, n, &axis, &bias);
   *out = kiln__qis_op(n, "Conv") || kiln__qis_op(n, "MatMul") || kiln__qis_op(n, "Gemm")
              ? KILN__Q_KEPT_FLOAT
@@ -326,21 +393,7 @@ static kiln_status int8_node(kiln__qctx *q, int i, kiln__qoutcome *out) {
   nn->in[0] = adq;
   nn->in[1] = wdq;
   if (bdq >= 0) nn->in[2] = bdq;
-  /* the output pair goes after a Relu / Clip(0, .) that alone reads y (act_after) */
-  int r = act_after(q, y);
-  if (r >= 0) y = q->g->nodes[r].out[0];
-  if (y >= 0 && s->has[y]) {
-    int *cache;
-    if ((st = kiln__qcache(q, KILN__QTAG_QDQ_A, &cache)) != KILN_OK) return st;
-    int yf = kiln__qvalue(q, q->g->values[y].name);
-    if (yf < 0) return kiln__qoom(q);
-    q->g->nodes[r >= 0 ? r : i].out[0] = yf;
-    float ys;
-    uint8_t yz;
-    kiln__calib_qparams(s->lo[y], s->hi[y], &ys, &yz);
-    if ((st = qdq_pair(q, yf, y, ys, yz)) != KILN_OK) return st;
-    cache[y] = y; /* readers of y get the dequantized tensor already */
-  }
+  if ((st = output_pair(q, s, i, act_after(q, y))) != KILN_OK) return st;
   *out = KILN__Q_QUANTIZED;
   return KILN_OK;
 }

@@ -67,6 +67,8 @@ extern const kiln__cpu_kernel kiln__cpu_quant_kernels[];  /* QLinear*, *Integer,
 extern const kiln__cpu_kernel kiln__cpu_nbits_kernels[];  /* com.microsoft MatMulNBits */
 extern const kiln__cpu_kernel kiln__cpu_copy_kernels[];   /* Concat (copy_kernels.c) */
 extern const kiln__cpu_kernel kiln__cpu_winograd_kernels[]; /* FusedConv algorithm=winograd */
+/* com.microsoft QLinearAdd, QLinearGlobalAveragePool (qadd_kernels.c) */
+extern const kiln__cpu_kernel kiln__cpu_qadd_kernels[];
 
 extern const kiln__backend kiln__backend_cpu;
 

@@ -1,6 +1,6 @@
 /* Reference kernels: linear quantization (QuantizeLinear, DequantizeLinear,
  * DynamicQuantizeLinear) and the integer products (MatMulInteger, QLinearMatMul, ConvInteger,
- * QLinearConv).
+ * QLinearConv), and the com.microsoft QLinearConcat, QLinearAdd and QLinearGlobalAveragePool.
  *
  * Rounding is to nearest, ties to even (rint under the default rounding mode), as ONNX specifies.
  * Requantization multiplies in float32, like the reference implementations the tests come from.
@@ -675,6 +675,145 @@ static kiln_status run_qlinearconcat(kiln__kctx *c) {
   return KILN_OK;
 }
 
+/* ---- com.microsoft QLinearAdd ---------------------------------------------------------------- */
+
+/* Inputs: A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale[, C_zero_point]; the zero
+   points may be omitted (0). C = Q(DQ(A) + DQ(B)) with numpy broadcasting, per element
+     (float)(a - za) * sa + (float)(b - zb) * sb, divided by sc, rounded half to even, + zc,
+   saturated: ONNX Runtime's scalar kernel (MlasQLinearAddKernelRawHelper) and the float
+   operations of DequantizeLinear, Add and QuantizeLinear in that order, so the op equals the QDQ
+   graph it replaces bit for bit. (ORT's AVX2 kernel uses fixed-point multipliers and may differ
+   from its own scalar kernel by a step.) Per-tensor parameters, A, B and C of one 8-bit type. */
+static kiln_status qadd_check(const kiln__kctx *c) {
+  const kiln_tensor *a = c->in[0], *b = in_at(c, 3);
+  if (!a || !b || !in_at(c, 1) || !in_at(c, 4) || !in_at(c, 6))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "QLinearAdd takes A, A_scale, [A_zero_point], B, B_scale, [B_zero_point], "
+                      "C_scale[, C_zero_point]");
+  if (!is_q8(a->dtype) || b->dtype != a->dtype)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "QLinearAdd: A and B must both be uint8 or "
+                      "both int8");
+  static const int scales[3] = {1, 4, 6}, zps[3] = {2, 5, 7};
+  for (int k = 0; k < 3; k++) {
+    const kiln_tensor *s = c->in[scales[k]], *z = in_at(c, zps[k]);
+    kiln_status st = need_scale(c, s, "QLinearAdd scale");
+    if (st != KILN_OK) return st;
+    if (kiln_tensor_count(s) != 1 || (z && kiln_tensor_count(z) != 1))
+      return kiln__fail(c->err, KILN_UNSUPPORTED, "QLinearAdd: per-tensor parameters only");
+    if (z && z->dtype != a->dtype)
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "QLinearAdd: zero points must be %s",
+                        kiln_dtype_name(a->dtype));
+  }
+  return KILN_OK;
+}
+
+static kiln_status infer_qlinearadd(kiln__kctx *c) {
+  kiln_status st = qadd_check(c);
+  if (st != KILN_OK) return st;
+  const kiln_tensor *a = c->in[0], *b = c->in[3];
+  int rank;
+  int64_t dims[KILN_MAX_RANK];
+  if ((st = kiln__broadcast(a->rank, a->dims, b->rank, b->dims, &rank, dims, c->err)) != KILN_OK)
+    return st;
+  kiln__set_shape(c->out[0], a->dtype, rank, dims);
+  return KILN_OK;
+}
+
+static int32_t zp_or0(const kiln__kctx *c, int i) {
+  const kiln_tensor *z = in_at(c, i);
+  return z ? ldq(z, 0) : 0;
+}
+
+static kiln_status run_qlinearadd(kiln__kctx *c) {
+  kiln_status st = qadd_check(c);
+  if (st != KILN_OK) return st;
+  const kiln_tensor *a = c->in[0], *b = c->in[3];
+  kiln_tensor *y = c->out[0];
+  float sa = ldf(c->in[1], 0), sb = ldf(c->in[4], 0), sc = ldf(c->in[6], 0);
+  int32_t za = zp_or0(c, 2), zb = zp_or0(c, 5), zc = zp_or0(c, 7), lo, hi;
+  qrange(y->dtype, &lo, &hi);
+  int rank = y->rank;
+  int64_t as[KILN_MAX_RANK], bs[KILN_MAX_RANK], idx[KILN_MAX_RANK] = {0};
+  kiln__bcast_strides(a, rank, y->dims, as);
+  kiln__bcast_strides(b, rank, y->dims, bs);
+  size_t n = kiln_tensor_count(y);
+  int64_t ao = 0, bo = 0;
+  for (size_t e = 0; e < n; e++) {
+    float va = (float)(ldq(a, (size_t)ao) - za) * sa, vb = (float)(ldq(b, (size_t)bo) - zb) * sb;
+    stq(y, e, saturate((va + vb) / sc, zc, lo, hi));
+    for (int d = rank - 1; d >= 0; d--) { /* odometer over y's dims */
+      ao += as[d], bo += bs[d];
+      if (++idx[d] < y->dims[d]) break;
+      ao -= as[d] * y->dims[d], bo -= bs[d] * y->dims[d];
+      idx[d] = 0;
+    }
+  }
+  return KILN_OK;
+}
+
+/* ---- com.microsoft QLinearGlobalAveragePool -------------------------------------------------- */
+
+/* Inputs X, x_scale, x_zero_point, y_scale, y_zero_point; attribute channels_last (0: [N, C,
+   spatial...], 1: [N, spatial..., C]). Y keeps X's rank with every spatial dim 1. As ONNX
+   Runtime's MLAS kernel: the exact int32 sum over the image of size m, less zx * m, times the
+   float multiplier xs / (ys * (float)m), rounded half to even, + zy, saturated. */
+static kiln_status qgap_check(const kiln__kctx *c, bool *last) {
+  const kiln_tensor *x = c->in[0];
+  if (!is_q8(x->dtype) || x->rank < 3)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "QLinearGlobalAveragePool: X must be 8-bit of rank >= 3");
+  for (int k = 1; k < 5; k++) {
+    const kiln_tensor *t = c->in[k];
+    if (kiln_tensor_count(t) != 1)
+      return kiln__fail(c->err, KILN_UNSUPPORTED,
+                        "QLinearGlobalAveragePool: per-tensor parameters only");
+    if (k % 2 == 1) {
+      kiln_status st = need_scale(c, t, "QLinearGlobalAveragePool scale");
+      if (st != KILN_OK) return st;
+    } else if (t->dtype != x->dtype) {
+      return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                        "QLinearGlobalAveragePool: zero points must be %s",
+                        kiln_dtype_name(x->dtype));
+    }
+  }
+  *last = kiln__attr_int(c->node, "channels_last", 0) != 0;
+  return KILN_OK;
+}
+
+static kiln_status infer_qlinearglobalavgpool(kiln__kctx *c) {
+  bool last;
+  kiln_status st = qgap_check(c, &last);
+  if (st != KILN_OK) return st;
+  const kiln_tensor *x = c->in[0];
+  int64_t dims[KILN_MAX_RANK];
+  int ch = last ? x->rank - 1 : 1;
+  for (int d = 0; d < x->rank; d++) dims[d] = d == 0 || d == ch ? x->dims[d] : 1;
+  kiln__set_shape(c->out[0], x->dtype, x->rank, dims);
+  return KILN_OK;
+}
+
+static kiln_status run_qlinearglobalavgpool(kiln__kctx *c) {
+  bool last;
+  kiln_status st = qgap_check(c, &last);
+  if (st != KILN_OK) return st;
+  const kiln_tensor *x = c->in[0];
+  kiln_tensor *y = c->out[0];
+  size_t n = (size_t)x->dims[0], ch = (size_t)x->dims[last ? x->rank - 1 : 1], m = 1;
+  for (int d = 2; d < x->rank; d++) m *= (size_t)x->dims[last ? d - 1 : d];
+  int32_t zx = ldq(c->in[2], 0), zy = ldq(c->in[4], 0), lo, hi;
+  float mult = ldf(c->in[1], 0) / (ldf(c->in[3], 0) * (float)m);
+  qrange(y->dtype, &lo, &hi);
+  for (size_t b = 0; b < n; b++)
+    for (size_t k = 0; k < ch; k++) {
+      int32_t acc = 0;
+      for (size_t e = 0; e < m; e++)
+        acc += ldq(x, last ? (b * m + e) * ch + k : (b * ch + k) * m + e);
+      acc -= zx * (int32_t)m;
+      stq(y, b * ch + k, saturate((float)acc * mult, zy, lo, hi));
+    }
+  return KILN_OK;
+}
+
 const kiln__op kiln__ops_quant[] = {
     {"", "QuantizeLinear", infer_quantize, run_quantize, NULL, 0, 2, 3},
     {"", "DequantizeLinear", infer_dequantize, run_dequantize, NULL, 0, 2, 3},
@@ -684,5 +823,8 @@ const kiln__op kiln__ops_quant[] = {
     {"", "ConvInteger", infer_convint, run_convint, NULL, 0, 2, 4},
     {"", "QLinearConv", infer_qlinearconv, run_qlinearconv, NULL, 0, 8, 9},
     {"com.microsoft", "QLinearConcat", infer_qlinearconcat, run_qlinearconcat, NULL, 0, 5, -1},
+    {"com.microsoft", "QLinearAdd", infer_qlinearadd, run_qlinearadd, NULL, KILN__OPF_INPLACE, 7, 8},
+    {"com.microsoft", "QLinearGlobalAveragePool", infer_qlinearglobalavgpool,
+     run_qlinearglobalavgpool, NULL, 0, 5, 5},
     {0},
 };

@@ -1,0 +1,336 @@
+/* com.microsoft QLinearAdd and QLinearGlobalAveragePool on the cpu backend: ResNet's residual
+ * adds and final pool on the 8-bit tensors, so a static int8 ResNet has no float step between
+ * its QLinearConvs.
+ *
+ * QLinearAdd: y = sat(rint(((float)(a - za) * sa + (float)(b - zb) * sb) / sc) + zc), the
+ * reference kernel's float operations in the same order, eight lanes at a time (VCVTDQ2PS, VMULPS,
+ * VADDPS, VDIVPS, VROUNDPS nearest-even): every operation is correctly rounded IEEE float32, so
+ * the result is byte-identical to src/kernels/ref/quant.c. The function is built for AVX2 without
+ * FMA so that the compiler cannot contract the multiply-add. Broadcasting: the output is walked
+ * as rows over the largest trailing block in which each operand is either contiguous or one
+ * repeated element (a scalar operand's dequantized value is computed once, the same float); tails
+ * go through the same vector code on a padded copy. Without AVX2 the reference kernel runs.
+ *
+ * QLinearGlobalAveragePool: exact int32 sums per channel (NCHW: one contiguous image per
+ * channel; channels_last: rows of channels added up), then the reference's requantization
+ * (sum - zx * m) * (xs / (ys * m)) in float, so byte-identical too. */
+#include <math.h>
+
+#include "core/threadpool.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/qgemm.h"
+
+#ifdef KILN__QGEMM_X86
+#include <immintrin.h>
+#define TARGET_NOFMA __attribute__((target("avx2")))
+#endif
+
+static bool is_q8(kiln_dtype t) { return t == KILN_DTYPE_UINT8 || t == KILN_DTYPE_INT8; }
+
+static bool scalar_f32(const kiln_tensor *t, float *v) {
+  if (!t || t->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(t) != 1) return false;
+  *v = *(const float *)t->data;
+  return true;
+}
+
+/* A present per-tensor zero point of dtype `dt` (or an absent one: 0). */
+static bool zp_scalar(const kiln_tensor *t, kiln_dtype dt, int32_t *z) {
+  *z = 0;
+  if (!t) return true;
+  if (t->dtype != dt || kiln_tensor_count(t) != 1) return false;
+  *z = dt == KILN_DTYPE_INT8 ? *(const int8_t *)t->data : *(const uint8_t *)t->data;
+  return true;
+}
+
+static const kiln_tensor *opt_in(const kiln__kctx *c, int i) {
+  return i < c->n_in ? c->in[i] : NULL;
+}
+
+typedef struct isa_state {
+  kiln__qisa isa;
+} isa_state;
+
+static void isa_release(void *state) { kiln__free(state); }
+
+static kiln_status isa_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                               kiln_error *err) {
+  (void)g;
+  isa_state *s = kiln__calloc(1, sizeof *s);
+  if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
+  kiln_status st = kiln__qisa_select(&s->isa, err);
+  if (st != KILN_OK) {
+    kiln__free(s);
+    return st;
+  }
+  *state = s;
+  return KILN_OK;
+}
+
+static bool any_supports(const kiln__node *n, const kiln__graph *g) {
+  (void)n, (void)g;
+  return true;
+}
+
+/* ---- QLinearAdd ------------------------------------------------------------------------------ */
+
+typedef struct qadd_params {
+  float sa, sb, sc;
+  int32_t za, zb, zc;
+  bool sgn;
+} qadd_params;
+
+#ifdef KILN__QGEMM_X86
+/* 8 codes at p (uint8 or int8) -> (float)(code - z) * s. */
+TARGET_NOFMA static inline __m256 deq8(const uint8_t *p, bool sgn, __m256i z, __m256 s) {
+  __m128i b = _mm_loadl_epi64((const __m128i *)p);
+  __m256i v = sgn ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b);
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, z)), s);
+}
+
+/* y[0..n) for n a multiple of 32; a (b) is one repeated element when a_step (b_step) is 0. */
+TARGET_NOFMA static void qadd_avx2(const qadd_params *p, const uint8_t *a, size_t a_step,
+                                   const uint8_t *b, size_t b_step, uint8_t *y, size_t n) {
+  const __m256i za = _mm256_set1_epi32(p->za), zb = _mm256_set1_epi32(p->zb);
+  const __m256i zc = _mm256_set1_epi32(p->zc);
+  const __m256 sa = _mm256_set1_ps(p->sa), sb = _mm256_set1_ps(p->sb), sc = _mm256_set1_ps(p->sc);
+  const int32_t lo = p->sgn ? -128 : 0, hi = p->sgn ? 127 : 255;
+  /* clamping r before adding zc is clamping r + zc: r and the bounds are integers */
+  const __m256 flo = _mm256_set1_ps((float)(lo - p->zc)), fhi = _mm256_set1_ps((float)(hi - p->zc));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256 ca = _mm256_setzero_ps(), cb = _mm256_setzero_ps();
+  if (!a_step) ca = _mm256_set1_ps((float)((p->sgn ? (int32_t)(int8_t)a[0] : a[0]) - p->za) * p->sa);
+  if (!b_step) cb = _mm256_set1_ps((float)((p->sgn ? (int32_t)(int8_t)b[0] : b[0]) - p->zb) * p->sb);
+  for (size_t i = 0; i < n; i += 32) {
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) {
+      size_t e = i + 8 * (size_t)k;
+      __m256 va = a_step ? deq8(a + e, p->sgn, za, sa) : ca;
+      __m256 vb = b_step ? deq8(b + e, p->sgn, zb, sb) : cb;
+      __m256 r = _mm256_round_ps(_mm256_div_ps(_mm256_add_ps(va, vb), sc),
+                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      r = _mm256_and_ps(r, _mm256_cmp_ps(r, r, _CMP_ORD_Q)); /* NaN -> 0, as the reference */
+      r = _mm256_min_ps(_mm256_max_ps(r, flo), fhi);
+      q[k] = _mm256_add_epi32(_mm256_cvtps_epi32(r), zc);
+    }
+    /* in range already, so the saturating packs only narrow */
+    __m256i w01 = _mm256_packs_epi32(q[0], q[1]), w23 = _mm256_packs_epi32(q[2], q[3]);
+    __m256i bytes = p->sgn ? _mm256_packs_epi16(w01, w23) : _mm256_packus_epi16(w01, w23);
+    _mm256_storeu_si256((__m256i *)(y + i), _mm256_permutevar8x32_epi32(bytes, order));
+  }
+}
+
+/* Any n: whole blocks of 32 in place, the tail through a padded copy. */
+static void qadd_row(const qadd_params *p, const uint8_t *a, size_t a_step, const uint8_t *b,
+                     size_t b_step, uint8_t *y, size_t n) {
+  size_t body = n / 32 * 32, tail = n - body;
+  if (body) qadd_avx2(p, a, a_step, b, b_step, y, body);
+  if (!tail) return;
+  uint8_t ta[32] = {0}, tb[32] = {0}, ty[32];
+  memcpy(ta, a_step ? a + body : a, a_step ? tail : 1);
+  memcpy(tb, b_step ? b + body : b, b_step ? tail : 1);
+  qadd_avx2(p, ta, a_step, tb, b_step, ty, 32);
+  memcpy(y + body, ty, tail);
+}
+#endif
+
+/* y viewed as rows x inner, with a's and b's element strides (0 where broadcast) per outer dim. */
+typedef struct qadd_job {
+  const qadd_params *p;
+  const uint8_t *a, *b;
+  uint8_t *y;
+  int outer_rank;
+  const int64_t *dims;       /* y's dims */
+  const int64_t *as, *bs;    /* broadcast strides */
+  size_t inner, a_step, b_step, chunk;
+} qadd_job;
+
+static void qadd_rows(void *arg, size_t r0, size_t r1) {
+  const qadd_job *j = arg;
+#ifdef KILN__QGEMM_X86
+  for (size_t r = r0; r < r1; r++) {
+    if (j->outer_rank == 0) { /* one row split in chunks */
+      size_t e0 = r * j->chunk, n = KILN__MIN(j->chunk, j->inner - e0);
+      qadd_row(j->p, j->a + e0 * j->a_step, j->a_step, j->b + e0 * j->b_step, j->b_step,
+               j->y + e0, n);
+      continue;
+    }
+    size_t rem = r;
+    int64_t ao = 0, bo = 0;
+    for (int d = j->outer_rank - 1; d >= 0; d--) {
+      size_t i = rem % (size_t)j->dims[d];
+      rem /= (size_t)j->dims[d];
+      ao += (int64_t)i * j->as[d], bo += (int64_t)i * j->bs[d];
+    }
+    qadd_row(j->p, j->a + ao, j->a_step, j->b + bo, j->b_step, j->y + r * j->inner, j->inner);
+  }
+#else
+  (void)j, (void)r0, (void)r1;
+#endif
+}
+
+static kiln_status qadd_execute(kiln__kctx *c, void *state) {
+  const isa_state *s = state;
+  const kiln_tensor *a = c->in[0], *b = opt_in(c, 3);
+  kiln_tensor *y = c->out[0];
+  qadd_params p;
+#ifndef KILN__QGEMM_X86
+  (void)s, (void)p;
+  return c->node->op->run(c);
+#endif
+  if (s->isa == KILN__QISA_GENERIC || !a || !b || !is_q8(a->dtype) || b->dtype != a->dtype ||
+      y->dtype != a->dtype || !scalar_f32(c->in[1], &p.sa) || !scalar_f32(opt_in(c, 4), &p.sb) ||
+      !scalar_f32(opt_in(c, 6), &p.sc) || !zp_scalar(opt_in(c, 2), a->dtype, &p.za) ||
+      !zp_scalar(opt_in(c, 5), a->dtype, &p.zb) || !zp_scalar(opt_in(c, 7), a->dtype, &p.zc))
+    return c->node->op->run(c);
+  p.sgn = a->dtype == KILN_DTYPE_INT8;
+  int rank = y->rank;
+  int64_t as[KILN_MAX_RANK], bs[KILN_MAX_RANK], ra[KILN_MAX_RANK];
+  kiln__bcast_strides(a, rank, y->dims, as);
+  kiln__bcast_strides(b, rank, y->dims, bs);
+  kiln__strides(rank, y->dims, ra);
+  /* the trailing dims where each operand is contiguous (stride = y's) or constant (0) */
+  int split = rank;
+  bool a_cont = true, b_cont = true, a_zero = true, b_zero = true;
+  while (split > 0) {
+    int d = split - 1;
+    if (y->dims[d] == 1) {
+      split--;
+      continue;
+    }
+    bool ac = a_cont && as[d] == ra[d], az = a_zero && as[d] == 0;
+    bool bc = b_cont && bs[d] == ra[d], bz = b_zero && bs[d] == 0;
+    if (!(ac || az) || !(bc || bz)) break;
+    a_cont = ac, a_zero = az, b_cont = bc, b_zero = bz;
+    split--;
+  }
+  size_t inner = 1, rows = 1;
+  for (int d = split; d < rank; d++) inner *= (size_t)y->dims[d];
+  for (int d = 0; d < split; d++) rows *= (size_t)y->dims[d];
+  if (!kiln_tensor_count(y)) return KILN_OK;
+  qadd_job j = {&p,   a->data, b->data, y->data, split,       y->dims,
+                as,   bs,      inner,   a_cont ? 1 : 0, b_cont ? 1 : 0, 0};
+  size_t jobs = rows;
+  if (rows == 1) { /* one contiguous block: chunks of it */
+    j.outer_rank = 0;
+    j.chunk = 16384;
+    jobs = (inner + j.chunk - 1) / j.chunk;
+  }
+  kiln__parallel_for(kiln__pool_for(c->pool, 4.0 * (double)kiln_tensor_count(y)), jobs, qadd_rows,
+                     &j);
+  return KILN_OK;
+}
+
+/* ---- QLinearGlobalAveragePool ---------------------------------------------------------------- */
+
+typedef struct qgap_job {
+  const uint8_t *x;
+  uint8_t *y;
+  bool sgn, last;
+  size_t ch, m;
+  int32_t zx, zy, lo, hi;
+  float mult;
+} qgap_job;
+
+static inline uint8_t requant(const qgap_job *j, int32_t acc) {
+  float r = rintf((float)(acc - j->zx * (int32_t)j->m) * j->mult);
+  if (r != r) r = 0.0f;
+  double q = (double)r + j->zy;
+  return (uint8_t)(q < j->lo ? j->lo : q > j->hi ? j->hi : (int32_t)q);
+}
+
+#ifdef KILN__QGEMM_X86
+/* The sum of n codes; exact in int32 for n < 2^23. */
+TARGET_NOFMA static int32_t sum8_avx2(const uint8_t *p, size_t n, bool sgn) {
+  __m256i acc = _mm256_setzero_si256();
+  size_t i = 0;
+  const __m256i bias = _mm256_set1_epi8((char)0x80);
+  for (; i + 32 <= n; i += 32) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)(p + i));
+    if (sgn) v = _mm256_xor_si256(v, bias); /* s8 + 128 as u8; the 128s come off below */
+    __m256i w = _mm256_sad_epu8(v, _mm256_setzero_si256()); /* 4 x u64 sums of 8 bytes */
+    acc = _mm256_add_epi64(acc, w);
+  }
+  int64_t lanes[4];
+  _mm256_storeu_si256((__m256i *)lanes, acc);
+  int64_t s = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+  if (sgn) s -= 128 * (int64_t)i;
+  for (; i < n; i++) s += sgn ? (int8_t)p[i] : p[i];
+  return (int32_t)s;
+}
+#endif
+
+static int32_t sum8(const uint8_t *p, size_t n, bool sgn, bool avx2) {
+#ifdef KILN__QGEMM_X86
+  if (avx2) return sum8_avx2(p, n, sgn);
+#endif
+  (void)avx2;
+  int32_t s = 0;
+  for (size_t i = 0; i < n; i++) s += sgn ? (int8_t)p[i] : p[i];
+  return s;
+}
+
+typedef struct qgap_args {
+  const qgap_job *j;
+  bool avx2;
+} qgap_args;
+
+/* NCHW: planes [p0, p1) of (batch, channel), each contiguous. */
+static void qgap_planes(void *arg, size_t p0, size_t p1) {
+  const qgap_args *ga = arg;
+  const qgap_job *j = ga->j;
+  for (size_t pl = p0; pl < p1; pl++) j->y[pl] = requant(j, sum8(j->x + pl * j->m, j->m, j->sgn, ga->avx2));
+}
+
+static kiln_status qgap_execute(kiln__kctx *c, void *state) {
+  const isa_state *s = state;
+  const kiln_tensor *x = c->in[0];
+  kiln_tensor *y = c->out[0];
+  float xs, ys;
+  qgap_job j = {0};
+  if (!is_q8(x->dtype) || x->rank < 3 || y->dtype != x->dtype || c->n_in != 5 ||
+      !scalar_f32(c->in[1], &xs) || !scalar_f32(c->in[3], &ys) ||
+      !zp_scalar(c->in[2], x->dtype, &j.zx) || !zp_scalar(c->in[4], x->dtype, &j.zy) ||
+      !c->in[2] || !c->in[4])
+    return c->node->op->run(c);
+  j.last = kiln__attr_int(c->node, "channels_last", 0) != 0;
+  j.sgn = x->dtype == KILN_DTYPE_INT8;
+  j.x = x->data, j.y = y->data;
+  size_t n = (size_t)x->dims[0];
+  j.ch = (size_t)x->dims[j.last ? x->rank - 1 : 1];
+  j.m = 1;
+  for (int d = 2; d < x->rank; d++) j.m *= (size_t)x->dims[j.last ? d - 1 : d];
+  if (j.m >= (1u << 23)) return c->node->op->run(c); /* int32 sums of the reference */
+  j.mult = xs / (ys * (float)j.m);
+  j.lo = j.sgn ? -128 : 0, j.hi = j.sgn ? 127 : 255;
+  bool avx2 = s->isa != KILN__QISA_GENERIC;
+  if (!j.last) {
+    qgap_args ga = {&j, avx2};
+    kiln__parallel_for(kiln__pool_for(c->pool, (double)kiln_tensor_count(x)), n * j.ch,
+                       qgap_planes, &ga);
+    return KILN_OK;
+  }
+  /* channels_last: rows of ch codes added up (int32 per channel in the scratch) */
+  int32_t *acc = c->scratch;
+  for (size_t b = 0; b < n; b++) {
+    memset(acc, 0, j.ch * sizeof *acc);
+    const uint8_t *xb = j.x + b * j.m * j.ch;
+    for (size_t e = 0; e < j.m; e++)
+      for (size_t k = 0; k < j.ch; k++)
+        acc[k] += j.sgn ? (int8_t)xb[e * j.ch + k] : xb[e * j.ch + k];
+    for (size_t k = 0; k < j.ch; k++) j.y[b * j.ch + k] = requant(&j, acc[k]);
+  }
+  return KILN_OK;
+}
+
+static size_t qgap_scratch(const kiln__kctx *c, void *state) {
+  (void)state;
+  const kiln_tensor *x = c->in[0];
+  return x->rank >= 3 ? (size_t)x->dims[x->rank - 1] * sizeof(int32_t) : 0;
+}
+
+const kiln__cpu_kernel kiln__cpu_qadd_kernels[] = {
+    {"QLinearAdd", any_supports, isa_prepare, isa_release, qadd_execute, NULL, "com.microsoft"},
+    {"QLinearGlobalAveragePool", any_supports, isa_prepare, isa_release, qgap_execute,
+     qgap_scratch, "com.microsoft"},
+    {NULL},
+};
