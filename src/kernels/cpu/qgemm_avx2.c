@@ -161,49 +161,83 @@ TARGET static inline __m256i round_clamp(__m256 f, float lo_z, float hi_z, __m25
   return _mm256_add_epi32(_mm256_cvtps_epi32(r), zp);
 }
 
-/* round_clamp for the epilogue: (float)int32 times a finite multiplier is never NaN (the
-   multipliers are checked finite before any GEMM runs), so the NaN test is left out. */
-TARGET static inline __m256i round_clamp_finite(__m256 f, __m256 lo_z, __m256 hi_z, __m256i zp) {
-  __m256 r = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  r = _mm256_min_ps(_mm256_max_ps(r, lo_z), hi_z);
-  return _mm256_add_epi32(_mm256_cvtps_epi32(r), zp);
+/* The tile epilogue (qgemm.h): per row, the row's constants are broadcast once and its columns
+   run 16 at a time (two vectors packed to 16 bytes in one store), then 8, then the scalar tail.
+   Requantization is v -> clamp((float)v * mult) -> VCVTPS2DQ + zy: the clamp to the
+   integer-valued bounds [lo - zy, hi - zy] commutes with rounding, and the conversion rounds
+   to nearest even (the default MXCSR mode, which rintf uses too), so no separate VROUNDPS. The
+   product of an int32 and a finite multiplier is never NaN. */
+TARGET static inline __m256i ep_sum8(const kiln__qep_tile *t, size_t i, size_t j, __m256i radd) {
+  __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(t->acc + i * t->ldacc + j)),
+                               radd);
+  if (t->za)
+    v = _mm256_sub_epi32(v, _mm256_mullo_epi32(_mm256_set1_epi32(t->za[i]),
+                                               _mm256_loadu_si256((const __m256i *)(t->cs + j))));
+  if (t->zb)
+    v = _mm256_sub_epi32(v, _mm256_mullo_epi32(_mm256_set1_epi32(t->rowterm[i]),
+                                               _mm256_loadu_si256((const __m256i *)(t->zb + j))));
+  if (t->bias) v = _mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(t->bias + j)));
+  return v;
 }
 
-TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
-  size_t n8 = r->n & ~(size_t)7;
-  __m256i za = _mm256_set1_epi32(r->za), rt = _mm256_set1_epi32(r->rowterm);
-  __m256i radd = _mm256_set1_epi32(r->row_add);
-  __m256i zy = _mm256_set1_epi32(r->zy), brow = _mm256_set1_epi32(r->bias_row);
-  __m256 mrow = _mm256_set1_ps(r->mult_row);
-  __m256 lo_v = _mm256_set1_ps((float)(r->lo - r->zy));
-  __m256 hi_v = _mm256_set1_ps((float)(r->hi - r->zy));
-  bool to_signed = r->kind == KILN__QOUT_S8;
-  for (size_t j = 0; j < n8; j += 8) {
-    __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(r->acc + j)), radd);
-    if (r->za)
-      v = _mm256_sub_epi32(
-          v, _mm256_mullo_epi32(za, _mm256_loadu_si256((const __m256i *)(r->cs + j))));
-    if (r->zb)
-      v = _mm256_sub_epi32(
-          v, _mm256_mullo_epi32(rt, _mm256_loadu_si256((const __m256i *)(r->zb + j))));
-    if (r->kind == KILN__QOUT_I32) {
-      _mm256_storeu_si256((__m256i *)((int32_t *)r->dst + j), v);
-      continue;
+TARGET static inline __m256i ep_req8(const kiln__qep_tile *t, size_t j, __m256i v, __m256 mrow,
+                                     __m256 lo, __m256 hi, __m256i zy) {
+  __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), t->mult ? _mm256_loadu_ps(t->mult + j) : mrow);
+  f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
+  return _mm256_add_epi32(_mm256_cvtps_epi32(f), zy);
+}
+
+TARGET void kiln__qep_tile__avx2(const kiln__qep_tile *t) {
+  size_t n8 = t->n & ~(size_t)7, n16 = t->n & ~(size_t)15;
+  bool i32 = t->kind == KILN__QOUT_I32, to_signed = t->kind == KILN__QOUT_S8;
+  __m256 lo = _mm256_set1_ps((float)(t->lo - t->zy)), hi = _mm256_set1_ps((float)(t->hi - t->zy));
+  __m256i zy = _mm256_set1_epi32(t->zy);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (size_t i = 0; i < t->rows; i++) {
+    __m256i radd = _mm256_set1_epi32(t->radd[i]);
+    __m256 mrow = _mm256_set1_ps(t->mult_row ? t->mult_row[i] : 0.0f);
+    size_t j = 0;
+    if (i32) {
+      int32_t *d = (int32_t *)t->dst + i * t->ldd;
+      for (; j < n8; j += 8) _mm256_storeu_si256((__m256i *)(d + j), ep_sum8(t, i, j, radd));
+    } else {
+      uint8_t *d = (uint8_t *)t->dst + i * t->ldd;
+      for (; j < n16; j += 16) {
+        __m256i q0 = ep_req8(t, j, ep_sum8(t, i, j, radd), mrow, lo, hi, zy);
+        __m256i q1 = ep_req8(t, j + 8, ep_sum8(t, i, j + 8, radd), mrow, lo, hi, zy);
+        /* int16 per lane: q0[0-3] q1[0-3] | q0[4-7] q1[4-7]; bytes the same, dwords reordered */
+        __m256i w = _mm256_packs_epi32(q0, q1);
+        w = to_signed ? _mm256_packs_epi16(w, w) : _mm256_packus_epi16(w, w);
+        w = _mm256_permutevar8x32_epi32(w, order);
+        _mm_storeu_si128((__m128i *)(d + j), _mm256_castsi256_si128(w));
+      }
+      if (j < n8) {
+        store8(d + j, ep_req8(t, j, ep_sum8(t, i, j, radd), mrow, lo, hi, zy), to_signed);
+        j += 8;
+      }
     }
-    v = _mm256_add_epi32(v, r->bias ? _mm256_loadu_si256((const __m256i *)(r->bias + j)) : brow);
-    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), r->mult ? _mm256_loadu_ps(r->mult + j) : mrow);
-    store8((uint8_t *)r->dst + j, round_clamp_finite(f, lo_v, hi_v, zy), to_signed);
+    if (j == t->n) continue;
+    kiln__qep_row r = {.acc = t->acc + i * t->ldacc + j, .n = t->n - j,
+                       .za = t->za ? t->za[i] : 0, .rowterm = t->rowterm[i], .cs = t->cs + j,
+                       .zb = t->zb ? t->zb + j : NULL, .row_add = t->radd[i],
+                       .bias = t->bias ? t->bias + j : NULL, .mult = t->mult ? t->mult + j : NULL,
+                       .mult_row = t->mult_row ? t->mult_row[i] : 0.0f, .zy = t->zy,
+                       .lo = t->lo, .hi = t->hi, .kind = t->kind,
+                       .dst = (uint8_t *)t->dst + (i * t->ldd + j) * (i32 ? 4 : 1)};
+    kiln__qep__generic(&r);
   }
-  if (n8 == r->n) return;
-  kiln__qep_row t = *r;
-  t.acc += n8;
-  t.n -= n8;
-  if (t.cs) t.cs += n8;
-  if (t.zb) t.zb += n8;
-  if (t.bias) t.bias += n8;
-  if (t.mult) t.mult += n8;
-  t.dst = (uint8_t *)t.dst + n8 * (r->kind == KILN__QOUT_I32 ? 4 : 1);
-  kiln__qep__generic(&t);
+}
+
+/* One row (qconv_dw.c): the tile epilogue with one row. */
+TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
+  int32_t radd = (int32_t)((uint32_t)r->row_add +
+                           (uint32_t)(r->kind == KILN__QOUT_I32 || r->bias ? 0 : r->bias_row));
+  kiln__qep_tile t = {.acc = r->acc, .rows = 1, .n = r->n, .radd = &radd,
+                      .za = r->za ? &r->za : NULL, .rowterm = &r->rowterm,
+                      .mult_row = r->mult ? NULL : &r->mult_row, .cs = r->cs, .zb = r->zb,
+                      .bias = r->kind == KILN__QOUT_I32 ? NULL : r->bias, .mult = r->mult,
+                      .zy = r->zy, .lo = r->lo, .hi = r->hi, .kind = r->kind, .dst = r->dst};
+  kiln__qep_tile__avx2(&t);
 }
 
 TARGET void kiln__q_quantize__avx2(const float *x, size_t n, float scale, int32_t zp,
