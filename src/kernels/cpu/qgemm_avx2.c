@@ -167,63 +167,92 @@ TARGET static inline __m256i round_clamp(__m256 f, float lo_z, float hi_z, __m25
    integer-valued bounds [lo - zy, hi - zy] commutes with rounding, and the conversion rounds
    to nearest even (the default MXCSR mode, which rintf uses too), so no separate VROUNDPS. The
    product of an int32 and a finite multiplier is never NaN. */
-TARGET static inline __m256i ep_sum8(const kiln__qep_tile *t, size_t i, size_t j, __m256i radd) {
-  __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(t->acc + i * t->ldacc + j)),
-                               radd);
-  if (t->za)
-    v = _mm256_sub_epi32(v, _mm256_mullo_epi32(_mm256_set1_epi32(t->za[i]),
-                                               _mm256_loadu_si256((const __m256i *)(t->cs + j))));
-  if (t->zb)
-    v = _mm256_sub_epi32(v, _mm256_mullo_epi32(_mm256_set1_epi32(t->rowterm[i]),
-                                               _mm256_loadu_si256((const __m256i *)(t->zb + j))));
-  if (t->bias) v = _mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(t->bias + j)));
+typedef struct ep_cols {
+  const int32_t *cs, *zb, *bias;
+  const float *mult;
+} ep_cols;
+
+#define EP_INLINE __attribute__((always_inline)) TARGET static inline
+
+/* The corrected sums of columns j .. j + 8 of a row (its acc, za and rowterm broadcast). has_cs
+   and has_cmult are constants in each instance of ep_rows (below); the rarer per-column zb and
+   bias are tested, expected absent. */
+EP_INLINE __m256i ep_sum8(const ep_cols *c, const int32_t *acc, size_t j, __m256i radd,
+                          __m256i za, __m256i rt, const bool has_cs) {
+  __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + j)), radd);
+  if (has_cs)
+    v = _mm256_sub_epi32(v, _mm256_mullo_epi32(za, _mm256_loadu_si256((const __m256i *)(c->cs + j))));
+  if (__builtin_expect(c->zb != NULL, 0))
+    v = _mm256_sub_epi32(v, _mm256_mullo_epi32(rt, _mm256_loadu_si256((const __m256i *)(c->zb + j))));
+  if (__builtin_expect(c->bias != NULL, 0))
+    v = _mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(c->bias + j)));
   return v;
 }
 
-TARGET static inline __m256i ep_req8(const kiln__qep_tile *t, size_t j, __m256i v, __m256 mrow,
-                                     __m256 lo, __m256 hi, __m256i zy) {
-  __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), t->mult ? _mm256_loadu_ps(t->mult + j) : mrow);
+EP_INLINE __m256i ep_req8(const ep_cols *c, size_t j, __m256i v, __m256 mrow, __m256 lo, __m256 hi,
+                          __m256i zy, const bool has_cmult) {
+  __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), has_cmult ? _mm256_loadu_ps(c->mult + j) : mrow);
   f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
   return _mm256_add_epi32(_mm256_cvtps_epi32(f), zy);
 }
+#define EP_SUM8(j) ep_sum8(&c, acc, j, radd, za, rt, has_cs)
+#define EP_REQ8(j, v) ep_req8(&c, j, v, mrow, lo, hi, zy, has_cmult)
 
-TARGET void kiln__qep_tile__avx2(const kiln__qep_tile *t) {
-  size_t n8 = t->n & ~(size_t)7, n16 = t->n & ~(size_t)15;
-  bool i32 = t->kind == KILN__QOUT_I32, to_signed = t->kind == KILN__QOUT_S8;
-  __m256 lo = _mm256_set1_ps((float)(t->lo - t->zy)), hi = _mm256_set1_ps((float)(t->hi - t->zy));
-  __m256i zy = _mm256_set1_epi32(t->zy);
+/* The vector part of every row (columns 0 .. n & ~7); returns n & ~7. */
+EP_INLINE size_t ep_rows(const kiln__qep_tile *t, const bool has_cs, const bool has_cmult) {
+  const size_t n = t->n, n8 = n & ~(size_t)7, n16 = n & ~(size_t)15;
+  const bool i32 = t->kind == KILN__QOUT_I32, to_signed = t->kind == KILN__QOUT_S8;
+  /* Locals, so that the byte stores (which may alias anything) do not force reloads. */
+  const ep_cols c = {t->cs, t->zb, t->bias, t->mult};
+  const __m256 lo = _mm256_set1_ps((float)(t->lo - t->zy)), hi = _mm256_set1_ps((float)(t->hi - t->zy));
+  const __m256i zy = _mm256_set1_epi32(t->zy);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (size_t i = 0; i < t->rows; i++) {
-    __m256i radd = _mm256_set1_epi32(t->radd[i]);
-    __m256 mrow = _mm256_set1_ps(t->mult_row ? t->mult_row[i] : 0.0f);
+    const int32_t *acc = t->acc + i * t->ldacc;
+    const __m256i radd = _mm256_set1_epi32(t->radd[i]);
+    const __m256i za = _mm256_set1_epi32(has_cs ? t->za[i] : 0);
+    const __m256i rt = _mm256_set1_epi32(t->zb ? t->rowterm[i] : 0);
+    const __m256 mrow = _mm256_set1_ps(has_cmult || !t->mult_row ? 0.0f : t->mult_row[i]);
     size_t j = 0;
     if (i32) {
       int32_t *d = (int32_t *)t->dst + i * t->ldd;
-      for (; j < n8; j += 8) _mm256_storeu_si256((__m256i *)(d + j), ep_sum8(t, i, j, radd));
-    } else {
-      uint8_t *d = (uint8_t *)t->dst + i * t->ldd;
-      for (; j < n16; j += 16) {
-        __m256i q0 = ep_req8(t, j, ep_sum8(t, i, j, radd), mrow, lo, hi, zy);
-        __m256i q1 = ep_req8(t, j + 8, ep_sum8(t, i, j + 8, radd), mrow, lo, hi, zy);
-        /* int16 per lane: q0[0-3] q1[0-3] | q0[4-7] q1[4-7]; bytes the same, dwords reordered */
-        __m256i w = _mm256_packs_epi32(q0, q1);
-        w = to_signed ? _mm256_packs_epi16(w, w) : _mm256_packus_epi16(w, w);
-        w = _mm256_permutevar8x32_epi32(w, order);
-        _mm_storeu_si128((__m128i *)(d + j), _mm256_castsi256_si128(w));
-      }
-      if (j < n8) {
-        store8(d + j, ep_req8(t, j, ep_sum8(t, i, j, radd), mrow, lo, hi, zy), to_signed);
-        j += 8;
-      }
+      for (; j < n8; j += 8) _mm256_storeu_si256((__m256i *)(d + j), EP_SUM8(j));
+      continue;
     }
-    if (j == t->n) continue;
-    kiln__qep_row r = {.acc = t->acc + i * t->ldacc + j, .n = t->n - j,
-                       .za = t->za ? t->za[i] : 0, .rowterm = t->rowterm[i], .cs = t->cs + j,
-                       .zb = t->zb ? t->zb + j : NULL, .row_add = t->radd[i],
-                       .bias = t->bias ? t->bias + j : NULL, .mult = t->mult ? t->mult + j : NULL,
-                       .mult_row = t->mult_row ? t->mult_row[i] : 0.0f, .zy = t->zy,
-                       .lo = t->lo, .hi = t->hi, .kind = t->kind,
-                       .dst = (uint8_t *)t->dst + (i * t->ldd + j) * (i32 ? 4 : 1)};
+    uint8_t *d = (uint8_t *)t->dst + i * t->ldd;
+    for (; j < n16; j += 16) {
+      __m256i q0 = EP_REQ8(j, EP_SUM8(j)), q1 = EP_REQ8(j + 8, EP_SUM8(j + 8));
+      /* int16 per lane: q0[0-3] q1[0-3] | q0[4-7] q1[4-7]; bytes the same, dwords reordered */
+      __m256i w = _mm256_packs_epi32(q0, q1);
+      w = to_signed ? _mm256_packs_epi16(w, w) : _mm256_packus_epi16(w, w);
+      w = _mm256_permutevar8x32_epi32(w, order);
+      _mm_storeu_si128((__m128i *)(d + j), _mm256_castsi256_si128(w));
+    }
+    if (j < n8) store8(d + j, EP_REQ8(j, EP_SUM8(j)), to_signed);
+  }
+  return n8;
+}
+#undef EP_SUM8
+#undef EP_REQ8
+#undef EP_INLINE
+
+TARGET void kiln__qep_tile__avx2(const kiln__qep_tile *t) {
+  /* Instances for the common cases: conv (per-row multiplier, weights' za 0) and MatMul
+     (per-column multiplier, with or without the activations' za). */
+  bool cs = t->za != NULL, cmult = t->mult != NULL;
+  size_t n8 = cs ? (cmult ? ep_rows(t, true, true) : ep_rows(t, true, false))
+                 : (cmult ? ep_rows(t, false, true) : ep_rows(t, false, false));
+  if (n8 == t->n) return;
+  bool i32 = t->kind == KILN__QOUT_I32;
+  for (size_t i = 0; i < t->rows; i++) {
+    kiln__qep_row r = {.acc = t->acc + i * t->ldacc + n8, .n = t->n - n8,
+                       .za = t->za ? t->za[i] : 0, .rowterm = t->rowterm[i], .cs = t->cs + n8,
+                       .zb = t->zb ? t->zb + n8 : NULL, .row_add = t->radd[i],
+                       .bias = t->bias ? t->bias + n8 : NULL,
+                       .mult = t->mult ? t->mult + n8 : NULL,
+                       .mult_row = t->mult_row ? t->mult_row[i] : 0.0f, .zy = t->zy, .lo = t->lo,
+                       .hi = t->hi, .kind = t->kind,
+                       .dst = (uint8_t *)t->dst + (i * t->ldd + n8) * (i32 ? 4 : 1)};
     kiln__qep__generic(&r);
   }
 }
