@@ -442,33 +442,65 @@ typedef struct im2col_job {
   uint8_t pad;      /* the input zero point: padding contributes (zx - zx) = 0 */
 } im2col_job;
 
+/* Short copies and fills (rows of 7-56 bytes, pads of 1-3) inline: a libc call per run cost more
+   than the bytes. Constant-size memcpy compiles to plain moves. */
+static inline void copy_short(uint8_t *d, const uint8_t *s, size_t n) {
+  for (; n >= 8; n -= 8, d += 8, s += 8) memcpy(d, s, 8);
+  if (n & 4) memcpy(d, s, 4), d += 4, s += 4;
+  if (n & 2) memcpy(d, s, 2), d += 2, s += 2;
+  if (n & 1) *d = *s;
+}
+
+static inline void fill_short(uint8_t *d, uint8_t v, size_t n) {
+  uint64_t w = v * 0x0101010101010101u;
+  for (; n >= 8; n -= 8, d += 8) memcpy(d, &w, 8);
+  if (n & 4) memcpy(d, &w, 4), d += 4;
+  if (n & 2) memcpy(d, &w, 2), d += 2;
+  if (n & 1) *d = v;
+}
+
+/* The run of output columns [ox, ox + run) of a kernel tap whose first input column is
+   first = ox * sw + kx * dw - pl: columns [lo, hi) of the run read the input, the rest pad. */
+static void tap_span(int64_t first, int64_t sw, int64_t w, int64_t run, int64_t *lo, int64_t *hi) {
+  int64_t l = first >= 0 ? 0 : (-first + sw - 1) / sw;
+  int64_t h = first >= w ? 0 : (w - first + sw - 1) / sw;
+  *lo = KILN__MIN(l, run);
+  *hi = KILN__MAX(*lo, KILN__MIN(h, run));
+}
+
 static void im2col_rows(void *arg, size_t r0, size_t r1) {
   const im2col_job *j = arg;
   const qconv_state *s = j->s;
   const qconv_geom *g = j->g;
   size_t ld = j->q1 - j->q0;
+  int64_t sw = s->cv.sw, w = (int64_t)g->w;
   for (size_t r = r0; r < r1; r++) {
     size_t ci = r / (s->cv.kh * s->cv.kw), ky = r / s->cv.kw % s->cv.kh, kx = r % s->cv.kw;
     const uint8_t *xp = j->x + ci * g->h * g->w;
     uint8_t *dst = j->col + r * ld;
     size_t oy = j->q0 / g->ow, ox = j->q0 % g->ow;
     int64_t ix0 = (int64_t)kx * s->cv.dw - g->pl;
+    /* The span of a whole output row (ox 0), the same for every row: computed once. */
+    int64_t lo_row, hi_row;
+    tap_span(ix0, sw, w, (int64_t)g->ow, &lo_row, &hi_row);
     for (size_t q = j->q0; q < j->q1;) {
       int64_t iy = (int64_t)oy * s->cv.sh - g->pt + (int64_t)ky * s->cv.dh;
       size_t run = KILN__MIN(g->ow - ox, j->q1 - q);
       if (iy < 0 || iy >= (int64_t)g->h) {
-        memset(dst, j->pad, run);
+        fill_short(dst, j->pad, run);
       } else {
         const uint8_t *xrow = xp + (size_t)iy * g->w;
-        int64_t first = (int64_t)ox * s->cv.sw + ix0, sw = s->cv.sw, w = (int64_t)g->w;
-        int64_t lo = first >= 0 ? 0 : (-first + sw - 1) / sw;
-        int64_t hi = first >= w ? 0 : (w - first + sw - 1) / sw;
-        lo = KILN__MIN(lo, (int64_t)run);
-        hi = KILN__MAX(lo, KILN__MIN(hi, (int64_t)run));
-        memset(dst, j->pad, (size_t)lo);
-        if (sw == 1) memcpy(dst + lo, xrow + first + lo, (size_t)(hi - lo));
+        int64_t first = (int64_t)ox * sw + ix0, lo, hi;
+        if (ox == 0) {
+          lo = KILN__MIN(lo_row, (int64_t)run);
+          hi = KILN__MAX(lo, KILN__MIN(hi_row, (int64_t)run));
+        } else {
+          tap_span(first, sw, w, (int64_t)run, &lo, &hi);
+        }
+        if (lo) fill_short(dst, j->pad, (size_t)lo);
+        if (sw == 1) copy_short(dst + lo, xrow + first + lo, (size_t)(hi - lo));
         else for (int64_t t = lo; t < hi; t++) dst[t] = xrow[first + t * sw];
-        memset(dst + hi, j->pad, (size_t)((int64_t)run - hi));
+        if ((int64_t)run > hi) fill_short(dst + hi, j->pad, (size_t)((int64_t)run - hi));
       }
       dst += run;
       q += run;
