@@ -10,6 +10,9 @@
  * zero points, batched B, depthwise or non-2-D convolutions, other attributes) and every
  * malformed input to the reference kernel, which runs or reports the error. */
 #include <math.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/qconv_dw.h"
@@ -459,6 +462,24 @@ static inline void fill_short(uint8_t *d, uint8_t v, size_t n) {
   if (n & 1) *d = v;
 }
 
+/* dst[t] = src[t * sw] for t in [lo, hi); src[0 .. avail) is readable. Stride 2 (the strided
+   3x3 and 7x7 convs of ResNets) takes the even bytes of 32 at a time with SSE2. */
+static inline void copy_strided(uint8_t *dst, const uint8_t *src, int64_t sw, int64_t lo,
+                                int64_t hi, int64_t avail) {
+  int64_t t = lo;
+#ifdef __SSE2__
+  if (sw == 2) {
+    const __m128i even = _mm_set1_epi16(0xFF);
+    for (; t + 16 <= hi && 2 * t + 32 <= avail; t += 16) {
+      __m128i a = _mm_and_si128(_mm_loadu_si128((const __m128i *)(src + 2 * t)), even);
+      __m128i b = _mm_and_si128(_mm_loadu_si128((const __m128i *)(src + 2 * t + 16)), even);
+      _mm_storeu_si128((__m128i *)(dst + t), _mm_packus_epi16(a, b));
+    }
+  }
+#endif
+  for (; t < hi; t++) dst[t] = src[t * sw];
+}
+
 /* The run of output columns [ox, ox + run) of a kernel tap whose first input column is
    first = ox * sw + kx * dw - pl: columns [lo, hi) of the run read the input, the rest pad. */
 static void tap_span(int64_t first, int64_t sw, int64_t w, int64_t run, int64_t *lo, int64_t *hi) {
@@ -499,7 +520,7 @@ static void im2col_rows(void *arg, size_t r0, size_t r1) {
         }
         if (lo) fill_short(dst, j->pad, (size_t)lo);
         if (sw == 1) copy_short(dst + lo, xrow + first + lo, (size_t)(hi - lo));
-        else for (int64_t t = lo; t < hi; t++) dst[t] = xrow[first + t * sw];
+        else copy_strided(dst, xrow + first, sw, lo, hi, w - first);
         if ((int64_t)run > hi) fill_short(dst + hi, j->pad, (size_t)((int64_t)run - hi));
       }
       dst += run;
