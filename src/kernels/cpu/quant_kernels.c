@@ -414,8 +414,12 @@ static bool qconv_geom_get(const kiln__kctx *c, const qconv_state *s, qconv_geom
   cg->ow = (size_t)y->dims[3];
   cg->p = cg->oh * cg->ow;
   kiln__cpu_conv2d_pads(&s->cv, cg->h, cg->w, cg->oh, cg->ow, &cg->pt, &cg->pl, &cg->pointwise);
-  size_t chunk = COL_BYTES / s->cv.kk;
-  chunk = chunk >= 256 ? chunk / 128 * 128 : KILN__MAX((size_t)32, chunk / 32 * 32);
+  /* As few chunks as COL_BYTES allows, of equal width rounded up to the GEMM's 16-column panels:
+     a remainder chunk (ResNet-50's 3x3 on 14x14: 96 + 96 + 4 columns) re-streamed every weight
+     for a mostly padded panel. */
+  size_t bound = KILN__MAX((size_t)32, COL_BYTES / s->cv.kk);
+  size_t nch = KILN__MAX((size_t)1, (cg->p + bound - 1) / bound); /* p may be 0 */
+  size_t chunk = ((cg->p + nch - 1) / nch + 15) / 16 * 16;
   cg->chunk = cg->pointwise ? cg->p : KILN__MIN(chunk, cg->p);
   return true;
 }
