@@ -22,6 +22,9 @@ typedef struct qimpl {
   kiln__qgemm_ukernel uk;
   kiln__qep_tile_fn ep;
   bool a_s8; /* byte formats: A stored as int8 and B as uint8 (else A uint8, B int8) */
+  /* MR x NR/2 kernel for a last B panel of at most NR/2 columns, which is then packed NR/2 wide
+     (NULL: none, every panel NR wide) */
+  kiln__qgemm_ukernel uk_edge;
 } qimpl;
 
 static const qimpl impls[KILN__QFMT_COUNT] = {
@@ -34,9 +37,9 @@ static const qimpl impls[KILN__QFMT_COUNT] = {
     [KILN__QISA_AVX512VNNI] = {6, 32, 72, 4, 1, kiln__qgemm_uk_6x32__avx512vnni,
                                kiln__qep_tile__avx2, 0},
     [KILN__QFMT_AVX2_U8S8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_u8s8,
-                              kiln__qep_tile__avx2, 0},
+                              kiln__qep_tile__avx2, 0, kiln__qgemm_uk_6x8__avx2_u8s8},
     [KILN__QFMT_AVX2_S8U8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_s8u8,
-                              kiln__qep_tile__avx2, 1},
+                              kiln__qep_tile__avx2, 1, kiln__qgemm_uk_6x8__avx2_s8u8},
 #endif
 };
 
@@ -148,6 +151,8 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
   (void)fast_b; /* only the x86 packer reads it */
   for (size_t pi = pb; pi < pe; pi++) {
     size_t r0 = pi * R, rn = KILN__MIN(R, j->rows - r0);
+    /* Stored width of this panel: a narrow last B panel for the edge kernel. */
+    size_t W = !j->is_a && im->uk_edge && rn <= R / 2 ? R / 2 : R;
     int32_t sums[64] = {0}; /* R <= 32 */
     for (size_t p0 = 0; p0 < j->k; p0 += KC) {
       size_t kc = KILN__MIN((size_t)KC, j->k - p0), kcp = round_up(kc, KP);
@@ -171,7 +176,7 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
         continue;
       }
 #endif
-      if (rn < R || kcp != kc) memset(blk, 0, R * kcp * esz);
+      if (rn < W || kcp != kc) memset(blk, 0, W * kcp * esz);
       if (esz == 1 && s->ks == 1 && KP == 4) {
         /* Byte quads from rows contiguous along k (MatMul activations): each quad of a row is 4
            consecutive source bytes, moved as one word (the +-128 shift flips the top bits);
@@ -181,7 +186,7 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
         for (size_t r = 0; r < rn; r++) {
           const uint8_t *src = u8 + (r0 + r) * s->rs + p0;
           uint8_t *dst = blk + r * 4;
-          for (size_t p = 0; p < k4; p += 4, dst += R * 4) {
+          for (size_t p = 0; p < k4; p += 4, dst += W * 4) {
             uint32_t w;
             memcpy(&w, src + p, 4);
             w ^= flip;
@@ -198,7 +203,7 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
         continue;
       }
       for (size_t p = 0; p < kc; p++) {
-        size_t base = (p / KP) * R * KP + p % KP;
+        size_t base = (p / KP) * W * KP + p % KP;
         const size_t off = r0 * s->rs + (p0 + p) * s->ks;
         for (size_t r = 0; r < rn; r++) {
           size_t si = off + r * s->rs;
@@ -395,10 +400,13 @@ static void qtiles(void *arg, size_t begin, size_t end) {
       size_t kcp = round_up(KILN__MIN((size_t)KC, g->k - p0), im->kp);
       const uint8_t *ab = (const uint8_t *)A->data + (p0 * arpad + i0 * kcp) * im->esz;
       const uint8_t *bb = (const uint8_t *)B->data + (p0 * brpad + j0 * kcp) * im->esz;
-      for (size_t jp = 0; jp < npad; jp += im->nr)
+      for (size_t jp = 0; jp < npad; jp += im->nr) {
+        /* B's last panel, packed narrow when it has at most nr / 2 columns (pack_panels) */
+        kiln__qgemm_ukernel uk = im->uk_edge && g->n - (j0 + jp) <= im->nr / 2 ? im->uk_edge : im->uk;
         for (size_t ip = 0; ip < mpad; ip += im->mr)
-          im->uk(kcp / im->kp, ab + ip * kcp * im->esz, bb + jp * kcp * im->esz,
-                 acc + ip * NC + jp, NC, p0 > 0);
+          uk(kcp / im->kp, ab + ip * kcp * im->esz, bb + jp * kcp * im->esz, acc + ip * NC + jp,
+             NC, p0 > 0);
+      }
     }
     et.acc = acc;
     et.rows = mc;

@@ -218,6 +218,12 @@ void kiln__qgemm_uk_6x16__avx2_u8s8(size_t groups, const void *restrict a, const
                                     int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qgemm_uk_6x16__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
                                     int32_t *restrict c, size_t ldc, bool accumulate);
+/* The byte formats' edge tiles: 6 x 8, for a last B panel of 1-8 columns packed 8 wide (32 bytes
+   per k quad), so that e.g. 49 columns cost 56, not 64. */
+void kiln__qgemm_uk_6x8__avx2_u8s8(size_t groups, const void *restrict a, const void *restrict b,
+                                   int32_t *restrict c, size_t ldc, bool accumulate);
+void kiln__qgemm_uk_6x8__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+                                   int32_t *restrict c, size_t ldc, bool accumulate);
 /* Packs rows [r0, r0 + 16) x k of a byte-format B panel block from a source with rs == 1 (k x n
    row-major: ks is the row length): 16 columns per k quad, 64 bytes; `xor` (0 or 0x80) applies
    the +-128 shift. Adds each column's sum of stored values (as int8 when `stored_signed`) to

@@ -110,6 +110,42 @@ TARGET static inline __m256i bcast8x4(const uint8_t *p) {
 
 BYTE_UK(kiln__qgemm_uk_6x16__avx2_u8s8, MUL_U8S8)
 BYTE_UK(kiln__qgemm_uk_6x16__avx2_s8u8, MUL_S8U8)
+
+/* The 6 x 8 edge tile of the same formats: one B vector of 8 columns per k quad. */
+#define BROW8(MUL, i)                                                                         \
+  c##i = _mm256_add_epi32(c##i, _mm256_madd_epi16(MUL(bcast8x4(A + 4 * i), b0), ones));
+#define STORE8(i)                                                                             \
+  do {                                                                                        \
+    __m256i *p_ = (__m256i *)(c + i * ldc);                                                   \
+    _mm256_storeu_si256(p_, accumulate ? _mm256_add_epi32(c##i, _mm256_loadu_si256(p_)) : c##i); \
+  } while (0)
+#define BYTE_UK8(NAME, MUL)                                                                   \
+  TARGET void NAME(size_t groups, const void *restrict a, const void *restrict b,             \
+                   int32_t *restrict c, size_t ldc, bool accumulate) {                        \
+    const uint8_t *A = a, *B = b;                                                             \
+    const __m256i ones = _mm256_set1_epi16(1);                                                \
+    __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();                         \
+    __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();                         \
+    __m256i c4 = _mm256_setzero_si256(), c5 = _mm256_setzero_si256();                         \
+    for (size_t g = 0; g < groups; g++) {                                                     \
+      __m256i b0 = _mm256_loadu_si256((const __m256i *)B);                                    \
+      BROW8(MUL, 0) BROW8(MUL, 1) BROW8(MUL, 2) BROW8(MUL, 3) BROW8(MUL, 4) BROW8(MUL, 5)     \
+      A += 4 * MR;                                                                            \
+      B += 4 * NR / 2;                                                                        \
+    }                                                                                         \
+    STORE8(0);                                                                                \
+    STORE8(1);                                                                                \
+    STORE8(2);                                                                                \
+    STORE8(3);                                                                                \
+    STORE8(4);                                                                                \
+    STORE8(5);                                                                                \
+  }
+
+BYTE_UK8(kiln__qgemm_uk_6x8__avx2_u8s8, MUL_U8S8)
+BYTE_UK8(kiln__qgemm_uk_6x8__avx2_s8u8, MUL_S8U8)
+#undef BROW8
+#undef STORE8
+#undef BYTE_UK8
 #undef BROW
 #undef STORE
 #undef BYTE_UK
