@@ -28,11 +28,13 @@ typedef struct qimpl {
 } qimpl;
 
 static const qimpl impls[KILN__QFMT_COUNT] = {
-    [KILN__QISA_GENERIC] = {4, 8, 64, 2, 2, kiln__qgemm_uk_4x8__generic, kiln__qep_tile__generic, 0},
+    [KILN__QISA_GENERIC] = {4, 8, 64, 2, 2, kiln__qgemm_uk_4x8__generic, kiln__qep_tile__generic,
+                            0},
 #ifdef KILN__QGEMM_X86
     [KILN__QISA_AVX2] = {6, 16, 72, 2, 2, kiln__qgemm_uk_6x16__avx2, kiln__qep_tile__avx2, 0},
 #ifdef KILN__QGEMM_HAVE_AVXVNNI
-    [KILN__QISA_AVXVNNI] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avxvnni, kiln__qep_tile__avx2, 0},
+    [KILN__QISA_AVXVNNI] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avxvnni, kiln__qep_tile__avx2,
+                            0},
 #endif
     [KILN__QISA_AVX512VNNI] = {6, 32, 72, 4, 1, kiln__qgemm_uk_6x32__avx512vnni,
                                kiln__qep_tile__avx2, 0},
@@ -402,7 +404,8 @@ static void qtiles(void *arg, size_t begin, size_t end) {
       const uint8_t *bb = (const uint8_t *)B->data + (p0 * brpad + j0 * kcp) * im->esz;
       for (size_t jp = 0; jp < npad; jp += im->nr) {
         /* B's last panel, packed narrow when it has at most nr / 2 columns (pack_panels) */
-        kiln__qgemm_ukernel uk = im->uk_edge && g->n - (j0 + jp) <= im->nr / 2 ? im->uk_edge : im->uk;
+        bool edge = im->uk_edge && g->n - (j0 + jp) <= im->nr / 2;
+        kiln__qgemm_ukernel uk = edge ? im->uk_edge : im->uk;
         for (size_t ip = 0; ip < mpad; ip += im->mr)
           uk(kcp / im->kp, ab + ip * kcp * im->esz, bb + jp * kcp * im->esz, acc + ip * NC + jp,
              NC, p0 > 0);

@@ -217,9 +217,11 @@ EP_INLINE __m256i ep_sum8(const ep_cols *c, const int32_t *acc, size_t j, __m256
                           __m256i za, __m256i rt, const bool has_cs) {
   __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + j)), radd);
   if (has_cs)
-    v = _mm256_sub_epi32(v, _mm256_mullo_epi32(za, _mm256_loadu_si256((const __m256i *)(c->cs + j))));
+    v = _mm256_sub_epi32(
+        v, _mm256_mullo_epi32(za, _mm256_loadu_si256((const __m256i *)(c->cs + j))));
   if (__builtin_expect(c->zb != NULL, 0))
-    v = _mm256_sub_epi32(v, _mm256_mullo_epi32(rt, _mm256_loadu_si256((const __m256i *)(c->zb + j))));
+    v = _mm256_sub_epi32(
+        v, _mm256_mullo_epi32(rt, _mm256_loadu_si256((const __m256i *)(c->zb + j))));
   if (__builtin_expect(c->bias != NULL, 0))
     v = _mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(c->bias + j)));
   return v;
@@ -240,7 +242,8 @@ EP_INLINE size_t ep_rows(const kiln__qep_tile *t, const bool has_cs, const bool 
   const bool i32 = t->kind == KILN__QOUT_I32, to_signed = t->kind == KILN__QOUT_S8;
   /* Locals, so that the byte stores (which may alias anything) do not force reloads. */
   const ep_cols c = {t->cs, t->zb, t->bias, t->mult};
-  const __m256 lo = _mm256_set1_ps((float)(t->lo - t->zy)), hi = _mm256_set1_ps((float)(t->hi - t->zy));
+  const __m256 lo = _mm256_set1_ps((float)(t->lo - t->zy));
+  const __m256 hi = _mm256_set1_ps((float)(t->hi - t->zy));
   const __m256i zy = _mm256_set1_epi32(t->zy);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (size_t i = 0; i < t->rows; i++) {
