@@ -304,7 +304,9 @@ static const struct {
     {2, 6, 9, 10, 9, 3, 3, 1, 1},    /* grouped, batch 2 */
     {1, 64, 14, 14, 70, 1, 1, 2, 0}, /* strided 1x1 */
     {1, 40, 60, 60, 20, 3, 1, 1, 1}, /* several im2col column chunks */
+    {1, 40, 61, 61, 9, 3, 1, 1, 1},  /* chunks that start inside an output row */
     {1, 5, 17, 17, 7, 5, 1, 2, 2},   /* 5x5 strided */
+    {1, 2, 9, 75, 6, 3, 1, 2, 1},    /* 3x3 stride 2, rows long enough for the 16-wide copy */
 };
 
 static void conv_cases(kiln__pool *pool, bool qlinear) {

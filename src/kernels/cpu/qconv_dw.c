@@ -125,10 +125,11 @@ TARGET static void fill_row(const kiln__qdw_args *a, const dw_plan *p, const uin
   memset(o + n, 0, (p->plen - lead - n) * sizeof *d);
 }
 
-/* The requantization of kiln__qep__avx2 (qgemm_avx2.c) for one channel, fused into the row loop:
-   y = clamp(rint((float)(acc + bias) * mult) + zy), the clamp on the integer-valued float before
-   the zero point is added (the bounds are exact in float). The epilogue's NaN test is left out:
-   the multiplier is finite (checked by the caller), so the product never is NaN. */
+/* The requantization of kiln__qep_tile__avx2 (qgemm_avx2.c) for one channel, fused into the row
+   loop: y = clamp(rint((float)(acc + bias) * mult) + zy), the clamp on the float before the
+   zero point is added (the bounds are integers, so clamping commutes with rounding) and the
+   rounding done by VCVTPS2DQ (nearest even, the default MXCSR mode rintf uses). The NaN test is
+   left out: the multiplier is finite (checked by the caller), so the product never is NaN. */
 typedef struct rq_consts {
   __m256i bias, zy;
   __m256 mult, lo_z, hi_z;
@@ -145,7 +146,6 @@ TARGET static rq_consts rq_init(const kiln__qdw_args *a, size_t ch) {
 
 TARGET static inline __m256i rq8(__m256i v, const rq_consts *r) {
   __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(v, r->bias)), r->mult);
-  f = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   f = _mm256_min_ps(_mm256_max_ps(f, r->lo_z), r->hi_z);
   return _mm256_add_epi32(_mm256_cvtps_epi32(f), r->zy);
 }

@@ -20,23 +20,28 @@
 typedef struct qimpl {
   size_t mr, nr, mc, kp, esz; /* tile, rows per tile, k group, bytes per stored value */
   kiln__qgemm_ukernel uk;
-  kiln__qep_fn ep;
+  kiln__qep_tile_fn ep;
   bool a_s8; /* byte formats: A stored as int8 and B as uint8 (else A uint8, B int8) */
+  /* MR x NR/2 kernel for a last B panel of at most NR/2 columns, which is then packed NR/2 wide
+     (NULL: none, every panel NR wide) */
+  kiln__qgemm_ukernel uk_edge;
 } qimpl;
 
 static const qimpl impls[KILN__QFMT_COUNT] = {
-    [KILN__QISA_GENERIC] = {4, 8, 64, 2, 2, kiln__qgemm_uk_4x8__generic, kiln__qep__generic, 0},
+    [KILN__QISA_GENERIC] = {4, 8, 64, 2, 2, kiln__qgemm_uk_4x8__generic, kiln__qep_tile__generic,
+                            0},
 #ifdef KILN__QGEMM_X86
-    [KILN__QISA_AVX2] = {6, 16, 72, 2, 2, kiln__qgemm_uk_6x16__avx2, kiln__qep__avx2, 0},
+    [KILN__QISA_AVX2] = {6, 16, 72, 2, 2, kiln__qgemm_uk_6x16__avx2, kiln__qep_tile__avx2, 0},
 #ifdef KILN__QGEMM_HAVE_AVXVNNI
-    [KILN__QISA_AVXVNNI] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avxvnni, kiln__qep__avx2, 0},
+    [KILN__QISA_AVXVNNI] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avxvnni, kiln__qep_tile__avx2,
+                            0},
 #endif
     [KILN__QISA_AVX512VNNI] = {6, 32, 72, 4, 1, kiln__qgemm_uk_6x32__avx512vnni,
-                               kiln__qep__avx2, 0},
-    [KILN__QFMT_AVX2_U8S8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_u8s8, kiln__qep__avx2,
-                              0},
-    [KILN__QFMT_AVX2_S8U8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_s8u8, kiln__qep__avx2,
-                              1},
+                               kiln__qep_tile__avx2, 0},
+    [KILN__QFMT_AVX2_U8S8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_u8s8,
+                              kiln__qep_tile__avx2, 0, kiln__qgemm_uk_6x8__avx2_u8s8},
+    [KILN__QFMT_AVX2_S8U8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_s8u8,
+                              kiln__qep_tile__avx2, 1, kiln__qgemm_uk_6x8__avx2_s8u8},
 #endif
 };
 
@@ -148,6 +153,8 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
   (void)fast_b; /* only the x86 packer reads it */
   for (size_t pi = pb; pi < pe; pi++) {
     size_t r0 = pi * R, rn = KILN__MIN(R, j->rows - r0);
+    /* Stored width of this panel: a narrow last B panel for the edge kernel. */
+    size_t W = !j->is_a && im->uk_edge && rn <= R / 2 ? R / 2 : R;
     int32_t sums[64] = {0}; /* R <= 32 */
     for (size_t p0 = 0; p0 < j->k; p0 += KC) {
       size_t kc = KILN__MIN((size_t)KC, j->k - p0), kcp = round_up(kc, KP);
@@ -171,7 +178,7 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
         continue;
       }
 #endif
-      if (rn < R || kcp != kc) memset(blk, 0, R * kcp * esz);
+      if (rn < W || kcp != kc) memset(blk, 0, W * kcp * esz);
       if (esz == 1 && s->ks == 1 && KP == 4) {
         /* Byte quads from rows contiguous along k (MatMul activations): each quad of a row is 4
            consecutive source bytes, moved as one word (the +-128 shift flips the top bits);
@@ -181,7 +188,7 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
         for (size_t r = 0; r < rn; r++) {
           const uint8_t *src = u8 + (r0 + r) * s->rs + p0;
           uint8_t *dst = blk + r * 4;
-          for (size_t p = 0; p < k4; p += 4, dst += R * 4) {
+          for (size_t p = 0; p < k4; p += 4, dst += W * 4) {
             uint32_t w;
             memcpy(&w, src + p, 4);
             w ^= flip;
@@ -198,7 +205,7 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
         continue;
       }
       for (size_t p = 0; p < kc; p++) {
-        size_t base = (p / KP) * R * KP + p % KP;
+        size_t base = (p / KP) * W * KP + p % KP;
         const size_t off = r0 * s->rs + (p0 + p) * s->ks;
         for (size_t r = 0; r < rn; r++) {
           size_t si = off + r * s->rs;
@@ -324,6 +331,21 @@ void kiln__qep__generic(const kiln__qep_row *r) {
   }
 }
 
+void kiln__qep_tile__generic(const kiln__qep_tile *t) {
+  size_t esz = t->kind == KILN__QOUT_I32 ? 4 : 1;
+  kiln__qep_row r = {.n = t->n, .cs = t->cs, .zb = t->zb, .bias = t->bias, .mult = t->mult,
+                     .zy = t->zy, .lo = t->lo, .hi = t->hi, .kind = t->kind};
+  for (size_t i = 0; i < t->rows; i++) {
+    r.acc = t->acc + i * t->ldacc;
+    r.za = t->za ? t->za[i] : 0;
+    r.rowterm = t->rowterm[i];
+    r.row_add = t->radd[i];
+    r.mult_row = t->mult_row ? t->mult_row[i] : 0.0f;
+    r.dst = (uint8_t *)t->dst + i * t->ldd * esz;
+    kiln__qep__generic(&r);
+  }
+}
+
 /* ---- the driver ------------------------------------------------------------------------------ */
 
 static inline int32_t zp_at(const kiln__qzp *z, size_t i) {
@@ -344,51 +366,62 @@ static void qtiles(void *arg, size_t begin, size_t end) {
   const qimpl *im = jb->im;
   const kiln__qpacked *A = g->a, *B = g->b;
   _Alignas(64) int32_t acc[MC_MAX * NC];
-  int32_t zbv[NC];
+  int32_t zbv[NC], zar[MC_MAX], rtr[MC_MAX], raddr[MC_MAX];
+  float multr[MC_MAX];
   size_t arpad = round_up(g->m, im->mr), brpad = round_up(g->n, im->nr);
   size_t out_esz = g->kind == KILN__QOUT_I32 ? 4 : 1;
+  bool req = g->kind != KILN__QOUT_I32;
+  /* Per-column zero points with the packing offset (zbv, per tile); a uniform one (per tensor)
+     makes zb * rowterm a constant of the row, folded into radd with a per-row bias. */
+  bool zb_uniform = g->zb.n <= 1;
+  int32_t zbu = zp_at(&g->zb, 0) + B->zp_off;
+  kiln__qep_tile et = {.ldacc = NC, .rowterm = rtr, .radd = raddr, .zy = g->zy,
+                       .lo = g->kind == KILN__QOUT_U8 ? 0 : -128,
+                       .hi = g->kind == KILN__QOUT_U8 ? 255 : 127, .kind = g->kind,
+                       .ldd = g->ldc};
   for (size_t t = begin; t < end; t++) {
     size_t i0 = (t / jb->tiles_n) * im->mc, j0 = (t % jb->tiles_n) * NC;
     size_t mc = KILN__MIN(im->mc, g->m - i0), nc = KILN__MIN((size_t)NC, g->n - j0);
     size_t mpad = round_up(mc, im->mr), npad = round_up(nc, im->nr);
+    bool any_za = false;
+    for (size_t i = 0; i < mc; i++) {
+      size_t gi = i0 + i;
+      zar[i] = zp_at(&g->za, gi) + A->zp_off;
+      any_za |= zar[i] != 0;
+      rtr[i] = (int32_t)((uint32_t)A->sums[gi] - (uint32_t)g->k * (uint32_t)zar[i]);
+      uint32_t add = zb_uniform ? 0u - (uint32_t)zbu * (uint32_t)rtr[i] : 0u;
+      if (req && g->per_row && g->bias) add += (uint32_t)g->bias[gi];
+      raddr[i] = (int32_t)add;
+      multr[i] = g->per_row ? (g->mult ? g->mult[gi] : 1.0f) : 0.0f;
+    }
+    if (!zb_uniform)
+      for (size_t j = 0; j < nc; j++) zbv[j] = zp_at(&g->zb, j0 + j) + B->zp_off;
+    const int32_t *cbias = req && !g->per_row && g->bias ? g->bias + j0 : NULL;
+    const float *cmult = !g->per_row && g->mult ? g->mult + j0 : NULL;
     for (size_t p0 = 0; p0 < g->k; p0 += KC) {
       size_t kcp = round_up(KILN__MIN((size_t)KC, g->k - p0), im->kp);
       const uint8_t *ab = (const uint8_t *)A->data + (p0 * arpad + i0 * kcp) * im->esz;
       const uint8_t *bb = (const uint8_t *)B->data + (p0 * brpad + j0 * kcp) * im->esz;
-      for (size_t jp = 0; jp < npad; jp += im->nr)
+      for (size_t jp = 0; jp < npad; jp += im->nr) {
+        /* B's last panel, packed narrow when it has at most nr / 2 columns (pack_panels) */
+        bool edge = im->uk_edge && g->n - (j0 + jp) <= im->nr / 2;
+        kiln__qgemm_ukernel uk = edge ? im->uk_edge : im->uk;
         for (size_t ip = 0; ip < mpad; ip += im->mr)
-          im->uk(kcp / im->kp, ab + ip * kcp * im->esz, bb + jp * kcp * im->esz,
-                 acc + ip * NC + jp, NC, p0 > 0);
-    }
-    /* Per-column zero points with the packing offset; NULL when all are zero. A uniform one
-       (per tensor) makes zb * rowterm a constant of the row, folded into row_add below. */
-    const int32_t *zb = NULL;
-    bool zb_uniform = g->zb.n <= 1;
-    int32_t zbu = zp_at(&g->zb, 0) + B->zp_off;
-    if (!zb_uniform) {
-      for (size_t j = 0; j < nc; j++) zbv[j] = zp_at(&g->zb, j0 + j) + B->zp_off;
-      zb = zbv;
-    }
-    kiln__qep_row r = {.n = nc, .cs = B->sums + j0, .zb = zb, .kind = g->kind, .zy = g->zy,
-                       .lo = g->kind == KILN__QOUT_U8 ? 0 : -128,
-                       .hi = g->kind == KILN__QOUT_U8 ? 255 : 127};
-    if (!g->per_row) {
-      r.bias = g->bias ? g->bias + j0 : NULL;
-      r.mult = g->mult ? g->mult + j0 : NULL;
-    }
-    for (size_t i = 0; i < mc; i++) {
-      size_t gi = i0 + i;
-      r.acc = acc + i * NC;
-      r.za = zp_at(&g->za, gi) + A->zp_off;
-      r.rowterm = (int32_t)((uint32_t)A->sums[gi] - (uint32_t)g->k * (uint32_t)r.za);
-      r.row_add = zb_uniform ? (int32_t)(0u - (uint32_t)zbu * (uint32_t)r.rowterm) : 0;
-      if (g->per_row) {
-        r.bias_row = g->bias ? g->bias[gi] : 0;
-        r.mult_row = g->mult ? g->mult[gi] : 1.0f;
+          uk(kcp / im->kp, ab + ip * kcp * im->esz, bb + jp * kcp * im->esz, acc + ip * NC + jp,
+             NC, p0 > 0);
       }
-      r.dst = (uint8_t *)g->c + (gi * g->ldc + j0) * out_esz;
-      im->ep(&r);
     }
+    et.acc = acc;
+    et.rows = mc;
+    et.n = nc;
+    et.za = any_za ? zar : NULL;
+    et.mult_row = g->per_row ? multr : NULL;
+    et.cs = B->sums + j0;
+    et.zb = zb_uniform ? NULL : zbv;
+    et.bias = cbias;
+    et.mult = cmult;
+    et.dst = (uint8_t *)g->c + (i0 * g->ldc + j0) * out_esz;
+    im->ep(&et);
   }
 }
 

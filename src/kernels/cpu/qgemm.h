@@ -182,6 +182,32 @@ typedef struct kiln__qep_row {
 
 typedef void (*kiln__qep_fn)(const kiln__qep_row *r);
 
+/* The epilogue of one driver tile (rows x n sums at acc, row stride ldacc), run once its last k
+   block is done. Row i's values come from the driver's per-row arrays of the tile, column j's
+   from the operands' arrays:
+     v = acc + radd[i] - za[i] * cs[j] - zb[j] * rowterm[i] + bias[j]       (mod 2^32)
+   then int32 out, or requantization with mult_row[i] (per row) or mult[j]. radd folds a uniform
+   zb's -zb * rowterm and a per-row bias. */
+typedef struct kiln__qep_tile {
+  const int32_t *acc;
+  size_t ldacc, rows, n;
+  const int32_t *radd;      /* rows values */
+  const int32_t *za;        /* rows values, or NULL when every za is 0 (cs is then not read) */
+  const int32_t *rowterm;   /* rows values; read only with zb */
+  const float *mult_row;    /* rows values, or NULL: mult per column */
+  const int32_t *cs, *zb;   /* n values; zb NULL when none */
+  const int32_t *bias;      /* n values, or NULL */
+  const float *mult;        /* n values, or NULL (int32 out, or per-row mult) */
+  int32_t zy, lo, hi;
+  kiln__qout_kind kind;
+  void *dst;
+  size_t ldd;               /* row stride of dst, elements */
+} kiln__qep_tile;
+
+typedef void (*kiln__qep_tile_fn)(const kiln__qep_tile *t);
+void kiln__qep_tile__generic(const kiln__qep_tile *t);
+void kiln__qep_tile__avx2(const kiln__qep_tile *t);
+
 void kiln__qgemm_uk_4x8__generic(size_t groups, const void *restrict a, const void *restrict b,
                                  int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qep__generic(const kiln__qep_row *r);
@@ -192,6 +218,12 @@ void kiln__qgemm_uk_6x16__avx2_u8s8(size_t groups, const void *restrict a, const
                                     int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qgemm_uk_6x16__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
                                     int32_t *restrict c, size_t ldc, bool accumulate);
+/* The byte formats' edge tiles: 6 x 8, for a last B panel of 1-8 columns packed 8 wide (32 bytes
+   per k quad), so that e.g. 49 columns cost 56, not 64. */
+void kiln__qgemm_uk_6x8__avx2_u8s8(size_t groups, const void *restrict a, const void *restrict b,
+                                   int32_t *restrict c, size_t ldc, bool accumulate);
+void kiln__qgemm_uk_6x8__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+                                   int32_t *restrict c, size_t ldc, bool accumulate);
 /* Packs rows [r0, r0 + 16) x k of a byte-format B panel block from a source with rs == 1 (k x n
    row-major: ks is the row length): 16 columns per k quad, 64 bytes; `xor` (0 or 0x80) applies
    the +-128 shift. Adds each column's sum of stored values (as int8 when `stored_signed`) to

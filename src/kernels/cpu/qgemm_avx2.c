@@ -110,6 +110,42 @@ TARGET static inline __m256i bcast8x4(const uint8_t *p) {
 
 BYTE_UK(kiln__qgemm_uk_6x16__avx2_u8s8, MUL_U8S8)
 BYTE_UK(kiln__qgemm_uk_6x16__avx2_s8u8, MUL_S8U8)
+
+/* The 6 x 8 edge tile of the same formats: one B vector of 8 columns per k quad. */
+#define BROW8(MUL, i)                                                                         \
+  c##i = _mm256_add_epi32(c##i, _mm256_madd_epi16(MUL(bcast8x4(A + 4 * i), b0), ones));
+#define STORE8(i)                                                                             \
+  do {                                                                                        \
+    __m256i *p_ = (__m256i *)(c + i * ldc);                                                   \
+    _mm256_storeu_si256(p_, accumulate ? _mm256_add_epi32(c##i, _mm256_loadu_si256(p_)) : c##i); \
+  } while (0)
+#define BYTE_UK8(NAME, MUL)                                                                   \
+  TARGET void NAME(size_t groups, const void *restrict a, const void *restrict b,             \
+                   int32_t *restrict c, size_t ldc, bool accumulate) {                        \
+    const uint8_t *A = a, *B = b;                                                             \
+    const __m256i ones = _mm256_set1_epi16(1);                                                \
+    __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();                         \
+    __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();                         \
+    __m256i c4 = _mm256_setzero_si256(), c5 = _mm256_setzero_si256();                         \
+    for (size_t g = 0; g < groups; g++) {                                                     \
+      __m256i b0 = _mm256_loadu_si256((const __m256i *)B);                                    \
+      BROW8(MUL, 0) BROW8(MUL, 1) BROW8(MUL, 2) BROW8(MUL, 3) BROW8(MUL, 4) BROW8(MUL, 5)     \
+      A += 4 * MR;                                                                            \
+      B += 4 * NR / 2;                                                                        \
+    }                                                                                         \
+    STORE8(0);                                                                                \
+    STORE8(1);                                                                                \
+    STORE8(2);                                                                                \
+    STORE8(3);                                                                                \
+    STORE8(4);                                                                                \
+    STORE8(5);                                                                                \
+  }
+
+BYTE_UK8(kiln__qgemm_uk_6x8__avx2_u8s8, MUL_U8S8)
+BYTE_UK8(kiln__qgemm_uk_6x8__avx2_s8u8, MUL_S8U8)
+#undef BROW8
+#undef STORE8
+#undef BYTE_UK8
 #undef BROW
 #undef STORE
 #undef BYTE_UK
@@ -161,49 +197,115 @@ TARGET static inline __m256i round_clamp(__m256 f, float lo_z, float hi_z, __m25
   return _mm256_add_epi32(_mm256_cvtps_epi32(r), zp);
 }
 
-/* round_clamp for the epilogue: (float)int32 times a finite multiplier is never NaN (the
-   multipliers are checked finite before any GEMM runs), so the NaN test is left out. */
-TARGET static inline __m256i round_clamp_finite(__m256 f, __m256 lo_z, __m256 hi_z, __m256i zp) {
-  __m256 r = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  r = _mm256_min_ps(_mm256_max_ps(r, lo_z), hi_z);
-  return _mm256_add_epi32(_mm256_cvtps_epi32(r), zp);
+/* The tile epilogue (qgemm.h): per row, the row's constants are broadcast once and its columns
+   run 16 at a time (two vectors packed to 16 bytes in one store), then 8, then the scalar tail.
+   Requantization is v -> clamp((float)v * mult) -> VCVTPS2DQ + zy: the clamp to the
+   integer-valued bounds [lo - zy, hi - zy] commutes with rounding, and the conversion rounds
+   to nearest even (the default MXCSR mode, which rintf uses too), so no separate VROUNDPS. The
+   product of an int32 and a finite multiplier is never NaN. */
+typedef struct ep_cols {
+  const int32_t *cs, *zb, *bias;
+  const float *mult;
+} ep_cols;
+
+#define EP_INLINE __attribute__((always_inline)) TARGET static inline
+
+/* The corrected sums of columns j .. j + 8 of a row (its acc, za and rowterm broadcast). has_cs
+   and has_cmult are constants in each instance of ep_rows (below); the rarer per-column zb and
+   bias are tested, expected absent. */
+EP_INLINE __m256i ep_sum8(const ep_cols *c, const int32_t *acc, size_t j, __m256i radd,
+                          __m256i za, __m256i rt, const bool has_cs) {
+  __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + j)), radd);
+  if (has_cs)
+    v = _mm256_sub_epi32(
+        v, _mm256_mullo_epi32(za, _mm256_loadu_si256((const __m256i *)(c->cs + j))));
+  if (__builtin_expect(c->zb != NULL, 0))
+    v = _mm256_sub_epi32(
+        v, _mm256_mullo_epi32(rt, _mm256_loadu_si256((const __m256i *)(c->zb + j))));
+  if (__builtin_expect(c->bias != NULL, 0))
+    v = _mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(c->bias + j)));
+  return v;
 }
 
-TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
-  size_t n8 = r->n & ~(size_t)7;
-  __m256i za = _mm256_set1_epi32(r->za), rt = _mm256_set1_epi32(r->rowterm);
-  __m256i radd = _mm256_set1_epi32(r->row_add);
-  __m256i zy = _mm256_set1_epi32(r->zy), brow = _mm256_set1_epi32(r->bias_row);
-  __m256 mrow = _mm256_set1_ps(r->mult_row);
-  __m256 lo_v = _mm256_set1_ps((float)(r->lo - r->zy));
-  __m256 hi_v = _mm256_set1_ps((float)(r->hi - r->zy));
-  bool to_signed = r->kind == KILN__QOUT_S8;
-  for (size_t j = 0; j < n8; j += 8) {
-    __m256i v = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(r->acc + j)), radd);
-    if (r->za)
-      v = _mm256_sub_epi32(
-          v, _mm256_mullo_epi32(za, _mm256_loadu_si256((const __m256i *)(r->cs + j))));
-    if (r->zb)
-      v = _mm256_sub_epi32(
-          v, _mm256_mullo_epi32(rt, _mm256_loadu_si256((const __m256i *)(r->zb + j))));
-    if (r->kind == KILN__QOUT_I32) {
-      _mm256_storeu_si256((__m256i *)((int32_t *)r->dst + j), v);
+EP_INLINE __m256i ep_req8(const ep_cols *c, size_t j, __m256i v, __m256 mrow, __m256 lo, __m256 hi,
+                          __m256i zy, const bool has_cmult) {
+  __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), has_cmult ? _mm256_loadu_ps(c->mult + j) : mrow);
+  f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
+  return _mm256_add_epi32(_mm256_cvtps_epi32(f), zy);
+}
+#define EP_SUM8(j) ep_sum8(&c, acc, j, radd, za, rt, has_cs)
+#define EP_REQ8(j, v) ep_req8(&c, j, v, mrow, lo, hi, zy, has_cmult)
+
+/* The vector part of every row (columns 0 .. n & ~7); returns n & ~7. */
+EP_INLINE size_t ep_rows(const kiln__qep_tile *t, const bool has_cs, const bool has_cmult) {
+  const size_t n = t->n, n8 = n & ~(size_t)7, n16 = n & ~(size_t)15;
+  const bool i32 = t->kind == KILN__QOUT_I32, to_signed = t->kind == KILN__QOUT_S8;
+  /* Locals, so that the byte stores (which may alias anything) do not force reloads. */
+  const ep_cols c = {t->cs, t->zb, t->bias, t->mult};
+  const __m256 lo = _mm256_set1_ps((float)(t->lo - t->zy));
+  const __m256 hi = _mm256_set1_ps((float)(t->hi - t->zy));
+  const __m256i zy = _mm256_set1_epi32(t->zy);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (size_t i = 0; i < t->rows; i++) {
+    const int32_t *acc = t->acc + i * t->ldacc;
+    const __m256i radd = _mm256_set1_epi32(t->radd[i]);
+    const __m256i za = _mm256_set1_epi32(has_cs ? t->za[i] : 0);
+    const __m256i rt = _mm256_set1_epi32(t->zb ? t->rowterm[i] : 0);
+    const __m256 mrow = _mm256_set1_ps(has_cmult || !t->mult_row ? 0.0f : t->mult_row[i]);
+    size_t j = 0;
+    if (i32) {
+      int32_t *d = (int32_t *)t->dst + i * t->ldd;
+      for (; j < n8; j += 8) _mm256_storeu_si256((__m256i *)(d + j), EP_SUM8(j));
       continue;
     }
-    v = _mm256_add_epi32(v, r->bias ? _mm256_loadu_si256((const __m256i *)(r->bias + j)) : brow);
-    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), r->mult ? _mm256_loadu_ps(r->mult + j) : mrow);
-    store8((uint8_t *)r->dst + j, round_clamp_finite(f, lo_v, hi_v, zy), to_signed);
+    uint8_t *d = (uint8_t *)t->dst + i * t->ldd;
+    for (; j < n16; j += 16) {
+      __m256i q0 = EP_REQ8(j, EP_SUM8(j)), q1 = EP_REQ8(j + 8, EP_SUM8(j + 8));
+      /* int16 per lane: q0[0-3] q1[0-3] | q0[4-7] q1[4-7]; bytes the same, dwords reordered */
+      __m256i w = _mm256_packs_epi32(q0, q1);
+      w = to_signed ? _mm256_packs_epi16(w, w) : _mm256_packus_epi16(w, w);
+      w = _mm256_permutevar8x32_epi32(w, order);
+      _mm_storeu_si128((__m128i *)(d + j), _mm256_castsi256_si128(w));
+    }
+    if (j < n8) store8(d + j, EP_REQ8(j, EP_SUM8(j)), to_signed);
   }
-  if (n8 == r->n) return;
-  kiln__qep_row t = *r;
-  t.acc += n8;
-  t.n -= n8;
-  if (t.cs) t.cs += n8;
-  if (t.zb) t.zb += n8;
-  if (t.bias) t.bias += n8;
-  if (t.mult) t.mult += n8;
-  t.dst = (uint8_t *)t.dst + n8 * (r->kind == KILN__QOUT_I32 ? 4 : 1);
-  kiln__qep__generic(&t);
+  return n8;
+}
+#undef EP_SUM8
+#undef EP_REQ8
+#undef EP_INLINE
+
+TARGET void kiln__qep_tile__avx2(const kiln__qep_tile *t) {
+  /* Instances for the common cases: conv (per-row multiplier, weights' za 0) and MatMul
+     (per-column multiplier, with or without the activations' za). */
+  bool cs = t->za != NULL, cmult = t->mult != NULL;
+  size_t n8 = cs ? (cmult ? ep_rows(t, true, true) : ep_rows(t, true, false))
+                 : (cmult ? ep_rows(t, false, true) : ep_rows(t, false, false));
+  if (n8 == t->n) return;
+  bool i32 = t->kind == KILN__QOUT_I32;
+  for (size_t i = 0; i < t->rows; i++) {
+    kiln__qep_row r = {.acc = t->acc + i * t->ldacc + n8, .n = t->n - n8,
+                       .za = t->za ? t->za[i] : 0, .rowterm = t->rowterm[i], .cs = t->cs + n8,
+                       .zb = t->zb ? t->zb + n8 : NULL, .row_add = t->radd[i],
+                       .bias = t->bias ? t->bias + n8 : NULL,
+                       .mult = t->mult ? t->mult + n8 : NULL,
+                       .mult_row = t->mult_row ? t->mult_row[i] : 0.0f, .zy = t->zy, .lo = t->lo,
+                       .hi = t->hi, .kind = t->kind,
+                       .dst = (uint8_t *)t->dst + (i * t->ldd + n8) * (i32 ? 4 : 1)};
+    kiln__qep__generic(&r);
+  }
+}
+
+/* One row (qconv_dw.c): the tile epilogue with one row. */
+TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
+  int32_t radd = (int32_t)((uint32_t)r->row_add +
+                           (uint32_t)(r->kind == KILN__QOUT_I32 || r->bias ? 0 : r->bias_row));
+  kiln__qep_tile t = {.acc = r->acc, .rows = 1, .n = r->n, .radd = &radd,
+                      .za = r->za ? &r->za : NULL, .rowterm = &r->rowterm,
+                      .mult_row = r->mult ? NULL : &r->mult_row, .cs = r->cs, .zb = r->zb,
+                      .bias = r->kind == KILN__QOUT_I32 ? NULL : r->bias, .mult = r->mult,
+                      .zy = r->zy, .lo = r->lo, .hi = r->hi, .kind = r->kind, .dst = r->dst};
+  kiln__qep_tile__avx2(&t);
 }
 
 TARGET void kiln__q_quantize__avx2(const float *x, size_t n, float scale, int32_t zp,

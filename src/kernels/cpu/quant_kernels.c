@@ -10,6 +10,9 @@
  * zero points, batched B, depthwise or non-2-D convolutions, other attributes) and every
  * malformed input to the reference kernel, which runs or reports the error. */
 #include <math.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/qconv_dw.h"
@@ -411,8 +414,12 @@ static bool qconv_geom_get(const kiln__kctx *c, const qconv_state *s, qconv_geom
   cg->ow = (size_t)y->dims[3];
   cg->p = cg->oh * cg->ow;
   kiln__cpu_conv2d_pads(&s->cv, cg->h, cg->w, cg->oh, cg->ow, &cg->pt, &cg->pl, &cg->pointwise);
-  size_t chunk = COL_BYTES / s->cv.kk;
-  chunk = chunk >= 256 ? chunk / 128 * 128 : KILN__MAX((size_t)32, chunk / 32 * 32);
+  /* As few chunks as COL_BYTES allows, of equal width rounded up to the GEMM's 16-column panels:
+     a remainder chunk (ResNet-50's 3x3 on 14x14: 96 + 96 + 4 columns) re-streamed every weight
+     for a mostly padded panel. */
+  size_t bound = KILN__MAX((size_t)32, COL_BYTES / s->cv.kk);
+  size_t nch = KILN__MAX((size_t)1, (cg->p + bound - 1) / bound); /* p may be 0 */
+  size_t chunk = ((cg->p + nch - 1) / nch + 15) / 16 * 16;
   cg->chunk = cg->pointwise ? cg->p : KILN__MIN(chunk, cg->p);
   return true;
 }
@@ -442,33 +449,83 @@ typedef struct im2col_job {
   uint8_t pad;      /* the input zero point: padding contributes (zx - zx) = 0 */
 } im2col_job;
 
+/* Short copies and fills (rows of 7-56 bytes, pads of 1-3) inline: a libc call per run cost more
+   than the bytes. Constant-size memcpy compiles to plain moves. */
+static inline void copy_short(uint8_t *d, const uint8_t *s, size_t n) {
+  for (; n >= 8; n -= 8, d += 8, s += 8) memcpy(d, s, 8);
+  if (n & 4) memcpy(d, s, 4), d += 4, s += 4;
+  if (n & 2) memcpy(d, s, 2), d += 2, s += 2;
+  if (n & 1) *d = *s;
+}
+
+static inline void fill_short(uint8_t *d, uint8_t v, size_t n) {
+  uint64_t w = v * 0x0101010101010101u;
+  for (; n >= 8; n -= 8, d += 8) memcpy(d, &w, 8);
+  if (n & 4) memcpy(d, &w, 4), d += 4;
+  if (n & 2) memcpy(d, &w, 2), d += 2;
+  if (n & 1) *d = v;
+}
+
+/* dst[t] = src[t * sw] for t in [lo, hi); src[0 .. avail) is readable. Stride 2 (the strided
+   3x3 and 7x7 convs of ResNets) takes the even bytes of 32 at a time with SSE2. */
+static inline void copy_strided(uint8_t *dst, const uint8_t *src, int64_t sw, int64_t lo,
+                                int64_t hi, int64_t avail) {
+  int64_t t = lo;
+#ifdef __SSE2__
+  if (sw == 2) {
+    const __m128i even = _mm_set1_epi16(0xFF);
+    for (; t + 16 <= hi && 2 * t + 32 <= avail; t += 16) {
+      __m128i a = _mm_and_si128(_mm_loadu_si128((const __m128i *)(src + 2 * t)), even);
+      __m128i b = _mm_and_si128(_mm_loadu_si128((const __m128i *)(src + 2 * t + 16)), even);
+      _mm_storeu_si128((__m128i *)(dst + t), _mm_packus_epi16(a, b));
+    }
+  }
+#endif
+  for (; t < hi; t++) dst[t] = src[t * sw];
+}
+
+/* The run of output columns [ox, ox + run) of a kernel tap whose first input column is
+   first = ox * sw + kx * dw - pl: columns [lo, hi) of the run read the input, the rest pad. */
+static void tap_span(int64_t first, int64_t sw, int64_t w, int64_t run, int64_t *lo, int64_t *hi) {
+  int64_t l = first >= 0 ? 0 : (-first + sw - 1) / sw;
+  int64_t h = first >= w ? 0 : (w - first + sw - 1) / sw;
+  *lo = KILN__MIN(l, run);
+  *hi = KILN__MAX(*lo, KILN__MIN(h, run));
+}
+
 static void im2col_rows(void *arg, size_t r0, size_t r1) {
   const im2col_job *j = arg;
   const qconv_state *s = j->s;
   const qconv_geom *g = j->g;
   size_t ld = j->q1 - j->q0;
+  int64_t sw = s->cv.sw, w = (int64_t)g->w;
   for (size_t r = r0; r < r1; r++) {
     size_t ci = r / (s->cv.kh * s->cv.kw), ky = r / s->cv.kw % s->cv.kh, kx = r % s->cv.kw;
     const uint8_t *xp = j->x + ci * g->h * g->w;
     uint8_t *dst = j->col + r * ld;
     size_t oy = j->q0 / g->ow, ox = j->q0 % g->ow;
     int64_t ix0 = (int64_t)kx * s->cv.dw - g->pl;
+    /* The span of a whole output row (ox 0), the same for every row: computed once. */
+    int64_t lo_row, hi_row;
+    tap_span(ix0, sw, w, (int64_t)g->ow, &lo_row, &hi_row);
     for (size_t q = j->q0; q < j->q1;) {
       int64_t iy = (int64_t)oy * s->cv.sh - g->pt + (int64_t)ky * s->cv.dh;
       size_t run = KILN__MIN(g->ow - ox, j->q1 - q);
       if (iy < 0 || iy >= (int64_t)g->h) {
-        memset(dst, j->pad, run);
+        fill_short(dst, j->pad, run);
       } else {
         const uint8_t *xrow = xp + (size_t)iy * g->w;
-        int64_t first = (int64_t)ox * s->cv.sw + ix0, sw = s->cv.sw, w = (int64_t)g->w;
-        int64_t lo = first >= 0 ? 0 : (-first + sw - 1) / sw;
-        int64_t hi = first >= w ? 0 : (w - first + sw - 1) / sw;
-        lo = KILN__MIN(lo, (int64_t)run);
-        hi = KILN__MAX(lo, KILN__MIN(hi, (int64_t)run));
-        memset(dst, j->pad, (size_t)lo);
-        if (sw == 1) memcpy(dst + lo, xrow + first + lo, (size_t)(hi - lo));
-        else for (int64_t t = lo; t < hi; t++) dst[t] = xrow[first + t * sw];
-        memset(dst + hi, j->pad, (size_t)((int64_t)run - hi));
+        int64_t first = (int64_t)ox * sw + ix0, lo, hi;
+        if (ox == 0) {
+          lo = KILN__MIN(lo_row, (int64_t)run);
+          hi = KILN__MAX(lo, KILN__MIN(hi_row, (int64_t)run));
+        } else {
+          tap_span(first, sw, w, (int64_t)run, &lo, &hi);
+        }
+        if (lo) fill_short(dst, j->pad, (size_t)lo);
+        if (sw == 1) copy_short(dst + lo, xrow + first + lo, (size_t)(hi - lo));
+        else copy_strided(dst, xrow + first, sw, lo, hi, w - first);
+        if ((int64_t)run > hi) fill_short(dst + hi, j->pad, (size_t)((int64_t)run - hi));
       }
       dst += run;
       q += run;
