@@ -4,6 +4,8 @@
  * supports() checks the domain. As elsewhere in the backend, execute() hands shapes it does not
  * handle to the reference kernel (src/kernels/ref/fused.c), which reports any error. */
 #include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
 
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -147,117 +149,141 @@ static kiln_status exec_rmsnorm(kiln__kctx *c, void *state) {
 
 /* ---- Attention ------------------------------------------------------------------------------- */
 
-/* Query rows and keys per block: the block's scores (SB x TB) and the running output (SB x Dv)
-   live on the stack, so no [S, T] matrix exists. */
+/* A task is one head's block of up to SB query rows; it walks the keys in blocks of TB. Per block
+   the SB x TB score tile is one SGEMM (Q packed once per task, the mask added in the GEMM's
+   epilogue), the online-softmax step runs over each row in place (vmath softmax_step), and P V is
+   a second SGEMM accumulating straight into the task's rows of Y (V read in place where the ISA
+   can). So no [S, T] matrix exists: a slot of scratch holds Q's panels and one score tile. Tasks
+   are claimed from an atomic counter by one slot per thread, so a slot's memory is never shared. */
 #define SB 64
 #define TB 128
-#define DV_MAX 256
+#define ATT_SLOTS_MAX 64
 
 typedef struct att_job {
   const vm_state *st;
   const float *q, *k, *v, *mask;
-  float *y;
-  size_t B, H, S, T, D, Dv, s_blocks;
+  float *y, *scratch;
+  size_t B, H, S, T, D, Dv, s_blocks, tasks, slot_floats, qpack_floats;
   int64_t ms[4]; /* the mask's strides in [B, H, S, T] (0 where broadcast) */
   float scale;
   bool causal;
+  atomic_size_t next; /* the next task to claim */
 } att_job;
 
-/* Max and sum of a row in 8 lanes, a shape the compiler vectorizes without -ffast-math. */
-static float row_max(const float *x, size_t n) {
-  float m[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
-                -INFINITY, -INFINITY, -INFINITY, -INFINITY};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; l++) m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
-  for (; i < n; i++) m[0] = x[i] > m[0] ? x[i] : m[0];
-  for (int l = 1; l < 8; l++) m[0] = m[l] > m[0] ? m[l] : m[0];
-  return m[0];
+/* Per slot: Q's packed panels, then the score tile (64-byte aligned). */
+static size_t att_qpack_floats(kiln__isa isa, size_t D) {
+  return (kiln__sgemm_pack_a_floats(isa, SB, D) + 15) / 16 * 16;
 }
 
-static float row_sum(const float *x, size_t n) {
-  float s[8] = {0};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; l++) s[l] += x[i + l];
-  for (; i < n; i++) s[0] += x[i];
-  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-}
+static size_t att_tasks(size_t B, size_t H, size_t S) { return B * H * ((S + SB - 1) / SB); }
 
-static void att_block(const att_job *j, size_t task) {
+static void att_task(const att_job *j, size_t task, float *mem) {
   size_t bh = task / j->s_blocks, s0 = task % j->s_blocks * SB;
   size_t b = bh / j->H, h = bh % j->H, ns = KILN__MIN((size_t)SB, j->S - s0);
-  size_t D = j->D, Dv = j->Dv, T = j->T;
-  const float *q = j->q + (bh * j->S + s0) * D, *k = j->k + bh * T * D, *v = j->v + bh * T * Dv;
-  _Alignas(32) float sc[SB * TB], acc[SB * DV_MAX];
+  size_t D = j->D, Dv = j->Dv, T = j->T, S = j->S;
+  kiln__isa isa = j->st->isa;
+  const float *k = j->k + bh * T * D, *v = j->v + bh * T * Dv;
+  float *y = j->y + (bh * S + s0) * Dv, *sc = mem + j->qpack_floats;
   float run_max[SB], run_sum[SB];
   for (size_t r = 0; r < ns; r++) {
     run_max[r] = -INFINITY;
     run_sum[r] = 0.0f;
   }
-  memset(acc, 0, ns * Dv * sizeof *acc);
-  /* Causal: row s sees keys t <= s + (T - S); the block's last row sees the most. */
+  /* Causal: row s sees keys t < s + 1 + (T - S); the block's last row sees the most. */
   size_t t_end = T;
-  if (j->causal) {
-    size_t last = s0 + ns - 1 + T;
-    t_end = last < j->S ? 0 : KILN__MIN(T, last - j->S + 1);
+  if (j->causal) t_end = s0 + ns + T <= S ? 0 : KILN__MIN(T, s0 + ns + T - S);
+  if (t_end == 0) { /* every key masked: 0 / 0, the NaN the unfused Softmax gives */
+    for (size_t i = 0; i < ns * Dv; i++) y[i] = NAN;
+    return;
   }
+  kiln__sgemm_packed pq;
+  kiln__sgemm_pack_a_into(NULL, isa, false, ns, D, j->q + (bh * S + s0) * D, D, mem, &pq);
+  const float *mrow = NULL; /* the mask at (b, h, s0, 0) */
+  if (j->mask) mrow = j->mask + (int64_t)b * j->ms[0] + (int64_t)h * j->ms[1] +
+                      (int64_t)s0 * j->ms[2];
+  bool mask_in_gemm = mrow && j->ms[3] == 1;
   for (size_t t0 = 0; t0 < t_end; t0 += TB) {
     size_t nt = KILN__MIN((size_t)TB, t_end - t0);
-    kiln__sgemm_args g = {.m = ns, .n = nt, .k = D, .a = q, .lda = D, .b = k + t0 * D, .ldb = D,
+    kiln__sgemm_args g = {.m = ns, .n = nt, .k = D, .pa = &pq, .b = k + t0 * D, .ldb = D,
                           .trans_b = true, .c = sc, .ldc = TB, .alpha = j->scale};
-    kiln__sgemm_run(NULL, j->st->isa, &g);
+    if (mask_in_gemm) g.ep = (kiln__epilogue){.residual = mrow + t0, .ldr = (size_t)j->ms[2]};
+    kiln__sgemm_run(NULL, isa, &g);
     for (size_t r = 0; r < ns; r++) {
       float *row = sc + r * TB;
-      size_t s = s0 + r;
-      if (j->mask) {
-        const float *m = j->mask + (int64_t)b * j->ms[0] + (int64_t)h * j->ms[1] +
-                         (int64_t)s * j->ms[2] + (int64_t)t0 * j->ms[3];
-        if (j->ms[3]) for (size_t t = 0; t < nt; t++) row[t] += m[t];
-        else for (size_t t = 0; t < nt; t++) row[t] += m[0];
+      if (mrow && !mask_in_gemm) { /* a mask broadcast along T: one value per row */
+        const float *m = mrow + (int64_t)r * j->ms[2] + (int64_t)t0 * j->ms[3];
+        for (size_t t = 0; t < nt; t++) row[t] += m[(int64_t)t * j->ms[3]];
       }
-      if (j->causal) {
-        size_t lim = s + T < j->S ? 0 : s + T - j->S + 1; /* keys [0, lim) visible */
-        for (size_t t = 0; t < nt; t++)
-          if (t0 + t >= lim) row[t] = -INFINITY;
+      if (j->causal) { /* keys [0, lim) visible to row s */
+        size_t s = s0 + r, lim = s + 1 + T <= S ? 0 : s + 1 + T - S;
+        for (size_t t = lim > t0 ? lim - t0 : 0; t < nt; t++) row[t] = -INFINITY;
       }
-      float bmax = row_max(row, nt);
-      if (bmax == -INFINITY) { /* nothing visible in this block: it adds nothing */
-        memset(row, 0, nt * sizeof *row);
-        continue;
+      float old = run_max[r];
+      float sum = j->st->v->softmax_step(row, nt, &run_max[r]);
+      if (t0 == 0) {
+        run_sum[r] = sum;
+      } else if (run_max[r] != old) { /* rescale what earlier blocks added */
+        float corr = old == -INFINITY ? 0.0f : expf(old - run_max[r]);
+        run_sum[r] = run_sum[r] * corr + sum;
+        for (size_t e = 0; e < Dv; e++) y[r * Dv + e] *= corr;
+      } else {
+        run_sum[r] += sum;
       }
-      float new_max = bmax > run_max[r] ? bmax : run_max[r];
-      float corr = expf(run_max[r] - new_max); /* 0 on the first block */
-      for (size_t t = 0; t < nt; t++) row[t] -= new_max;
-      j->st->v->exp(row, row, nt);
-      float sum = row_sum(row, nt);
-      run_sum[r] = run_sum[r] * corr + sum;
-      run_max[r] = new_max;
-      if (corr != 1.0f)
-        for (size_t e = 0; e < Dv; e++) acc[r * Dv + e] *= corr;
     }
+    /* The first block writes Y's rows, later ones add to them. */
     kiln__sgemm_args pv = {.m = ns, .n = Dv, .k = nt, .a = sc, .lda = TB, .b = v + t0 * Dv,
-                           .ldb = Dv, .c = acc, .ldc = Dv, .alpha = 1.0f, .accumulate = true};
-    kiln__sgemm_run(NULL, j->st->isa, &pv);
+                           .ldb = Dv, .b_in_place = true, .c = y, .ldc = Dv, .alpha = 1.0f,
+                           .accumulate = t0 > 0};
+    kiln__sgemm_run(NULL, isa, &pv);
   }
-  float *y = j->y + (bh * j->S + s0) * Dv;
   for (size_t r = 0; r < ns; r++) {
     float inv = 1.0f / run_sum[r]; /* every key masked: 1/0, and 0 * inf = NaN as unfused */
-    for (size_t e = 0; e < Dv; e++) y[r * Dv + e] = acc[r * Dv + e] * inv;
+    for (size_t e = 0; e < Dv; e++) y[r * Dv + e] *= inv;
   }
 }
 
-static void att_range(void *arg, size_t b, size_t e) {
-  for (size_t t = b; t < e; t++) att_block(arg, t);
+static void att_slots(void *arg, size_t b, size_t e) {
+  att_job *j = arg;
+  for (size_t slot = b; slot < e; slot++) {
+    float *mem = j->scratch + slot * j->slot_floats;
+    for (size_t t; (t = atomic_fetch_add(&j->next, 1)) < j->tasks;) att_task(j, t, mem);
+  }
+}
+
+static size_t att_slot_floats(kiln__isa isa, size_t D) {
+  return att_qpack_floats(isa, D) + (size_t)SB * TB;
+}
+
+/* Whether the fast kernel runs these inputs (else the reference does, and reports errors). */
+static bool att_fast(const kiln__kctx *c) {
+  const kiln_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
+  const kiln_tensor *mask = c->n_in > 3 ? c->in[3] : NULL;
+  return f32(q) && f32(k) && f32(v) && (!mask || f32(mask)) && q->rank == 4 && k->rank == 4 &&
+         v->rank == 4 && (!mask || mask->rank <= 4) && q->dims[3] == k->dims[3] &&
+         k->dims[2] == v->dims[2];
+}
+
+static size_t att_slot_count(const kiln__kctx *c) {
+  const kiln_tensor *q = c->in[0];
+  return KILN__MIN((size_t)ATT_SLOTS_MAX,
+                   att_tasks((size_t)q->dims[0], (size_t)q->dims[1], (size_t)q->dims[2]));
+}
+
+static size_t scratch_attention(const kiln__kctx *c, void *state) {
+  const vm_state *s = state;
+  size_t ref = c->node->op->scratch ? c->node->op->scratch(c) : 0;
+  if (!att_fast(c)) return ref;
+  size_t fast = att_slot_count(c) * att_slot_floats(s->isa, (size_t)c->in[0]->dims[3]) *
+                sizeof(float) + 64;
+  return KILN__MAX(ref, fast);
 }
 
 static kiln_status exec_attention(kiln__kctx *c, void *state) {
+  const vm_state *s = state;
+  if (!att_fast(c)) return ref_run(c);
   const kiln_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
   const kiln_tensor *mask = c->n_in > 3 ? c->in[3] : NULL;
-  if (!f32(q) || !f32(k) || !f32(v) || (mask && !f32(mask)) || q->rank != 4 || k->rank != 4 ||
-      v->rank != 4 || v->dims[3] > DV_MAX || (mask && mask->rank > 4))
-    return ref_run(c);
-  att_job j = {.st = state, .q = q->data, .k = k->data, .v = v->data,
+  att_job j = {.st = s, .q = q->data, .k = k->data, .v = v->data,
                .mask = mask ? mask->data : NULL, .y = c->out[0]->data,
                .B = (size_t)q->dims[0], .H = (size_t)q->dims[1], .S = (size_t)q->dims[2],
                .T = (size_t)k->dims[2], .D = (size_t)q->dims[3], .Dv = (size_t)v->dims[3],
@@ -268,8 +294,17 @@ static kiln_status exec_attention(kiln__kctx *c, void *state) {
     kiln__bcast_strides(mask, 4, sd, j.ms);
   }
   if (j.B * j.H * j.S == 0 || j.Dv == 0) return KILN_OK;
+  size_t slots = att_slot_count(c);
+  j.qpack_floats = att_qpack_floats(s->isa, j.D);
+  j.slot_floats = att_slot_floats(s->isa, j.D);
+  if (c->scratch_bytes < slots * j.slot_floats * sizeof(float) + 64) return ref_run(c);
+  j.scratch = (float *)(((uintptr_t)c->scratch + 63) & ~(uintptr_t)63);
   j.s_blocks = (j.S + SB - 1) / SB;
-  kiln__parallel_for(c->pool, j.B * j.H * j.s_blocks, att_range, &j);
+  j.tasks = j.B * j.H * j.s_blocks;
+  atomic_init(&j.next, 0);
+  slots = KILN__MIN(slots, (size_t)kiln__pool_threads(c->pool));
+  double work = (double)j.B * j.H * j.S * j.T * (double)(j.D + j.Dv);
+  kiln__parallel_for(kiln__pool_for(c->pool, work), slots, att_slots, &j);
   return KILN_OK;
 }
 
@@ -279,6 +314,6 @@ const kiln__cpu_kernel kiln__cpu_fused_kernels[] = {
     ROW("LayerNorm", exec_layernorm),
     ROW("RMSNorm", exec_rmsnorm),
     ROW("Gelu", exec_gelu),
-    ROW("Attention", exec_attention),
+    {"Attention", NULL, prepare_vm, release_vm, exec_attention, scratch_attention, "ai.kiln"},
     {0},
 };
