@@ -158,6 +158,9 @@ static kiln_status exec_rmsnorm(kiln__kctx *c, void *state) {
 #define SB 64
 #define TB 128
 #define ATT_SLOTS_MAX 64
+/* Row stride of K's transposed block: not a multiple of 256 bytes, so the GEMM can read it in
+   place without its rows colliding in L1 (sgemm.c, in_place_pays). */
+#define KT_LD (TB + 16)
 
 typedef struct att_job {
   const vm_state *st;
@@ -170,9 +173,55 @@ typedef struct att_job {
   atomic_size_t next; /* the next task to claim */
 } att_job;
 
-/* Per slot: Q's packed panels, then the score tile (64-byte aligned). */
+/* dst[c * ldd + r] = src[r * lds + c] for rows x cols: K's block as the score GEMM's B, which
+   the GEMM then reads in place instead of gathering K^T's columns element by element. */
+KILN__NO_LIBCALL_LOOPS static void transpose(const float *restrict src, size_t lds, size_t rows,
+                                             size_t cols, float *restrict dst, size_t ldd) {
+  size_t r = 0;
+#if defined(__SSE2__)
+  for (; r + 4 <= rows; r += 4) {
+    size_t c = 0;
+    for (; c + 4 <= cols; c += 4) {
+      __m128 a = _mm_loadu_ps(src + r * lds + c), b = _mm_loadu_ps(src + (r + 1) * lds + c);
+      __m128 x = _mm_loadu_ps(src + (r + 2) * lds + c), y = _mm_loadu_ps(src + (r + 3) * lds + c);
+      _MM_TRANSPOSE4_PS(a, b, x, y);
+      _mm_storeu_ps(dst + c * ldd + r, a);
+      _mm_storeu_ps(dst + (c + 1) * ldd + r, b);
+      _mm_storeu_ps(dst + (c + 2) * ldd + r, x);
+      _mm_storeu_ps(dst + (c + 3) * ldd + r, y);
+    }
+    for (; c < cols; c++)
+      for (size_t i = r; i < r + 4; i++) dst[c * ldd + i] = src[i * lds + c];
+  }
+#endif
+  for (; r < rows; r++)
+    for (size_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
+}
+
+/* Rows x k of a row-major matrix as a GEMM's packed A (sgemm.h: ceil(rows/mr) panels of k x mr,
+   rows past `rows` zero; k <= TB, one k block of the driver), each panel by the transpose above
+   instead of the GEMM's element-by-element packer: Q once per task, P once per key block. */
+static void pack_rows(const float *a, size_t lda, size_t rows, size_t k, size_t mr,
+                      float *restrict dst) {
+  for (size_t i = 0; i < rows; i += mr, dst += k * mr) {
+    size_t n = KILN__MIN(mr, rows - i);
+    transpose(a + i * lda, lda, n, k, dst, mr);
+    if (n < mr)
+      for (size_t t = 0; t < k; t++)
+        for (size_t r = n; r < mr; r++) dst[t * mr + r] = 0.0f;
+  }
+}
+
+/* Per slot: Q's packed panels, P's packed panels, the score tile, then K's transposed block,
+   each a whole number of 64-byte lines. */
+static size_t round16(size_t n) { return (n + 15) / 16 * 16; }
+
 static size_t att_qpack_floats(kiln__isa isa, size_t D) {
-  return (kiln__sgemm_pack_a_floats(isa, SB, D) + 15) / 16 * 16;
+  return round16(kiln__sgemm_pack_a_floats(isa, SB, D));
+}
+
+static size_t att_ppack_floats(kiln__isa isa) {
+  return round16(kiln__sgemm_pack_a_floats(isa, SB, TB));
 }
 
 static size_t att_tasks(size_t B, size_t H, size_t S) { return B * H * ((S + SB - 1) / SB); }
@@ -183,7 +232,11 @@ static void att_task(const att_job *j, size_t task, float *mem) {
   size_t D = j->D, Dv = j->Dv, T = j->T, S = j->S;
   kiln__isa isa = j->st->isa;
   const float *k = j->k + bh * T * D, *v = j->v + bh * T * Dv;
-  float *y = j->y + (bh * S + s0) * Dv, *sc = mem + j->qpack_floats;
+  float *y = j->y + (bh * S + s0) * Dv, *pp = mem + j->qpack_floats;
+  float *sc = pp + att_ppack_floats(isa), *kt = sc + SB * TB;
+  /* The microkernel's rows: floats for one row of k = 1 (0 when the ISA has no kernel, and
+     the GEMM then packs P itself). */
+  size_t mr = kiln__sgemm_pack_a_floats(isa, 1, 1);
   float run_max[SB], run_sum[SB];
   for (size_t r = 0; r < ns; r++) {
     run_max[r] = -INFINITY;
@@ -196,16 +249,19 @@ static void att_task(const att_job *j, size_t task, float *mem) {
     for (size_t i = 0; i < ns * Dv; i++) y[i] = NAN;
     return;
   }
-  kiln__sgemm_packed pq;
-  kiln__sgemm_pack_a_into(NULL, isa, false, ns, D, j->q + (bh * S + s0) * D, D, mem, &pq);
+  kiln__sgemm_packed pq = {.isa = isa, .is_a = true, .rows = ns, .k = D, .data = mem};
+  const float *q = j->q + (bh * S + s0) * D;
+  if (mr && D <= TB) pack_rows(q, D, ns, D, mr, mem);
+  else kiln__sgemm_pack_a_into(NULL, isa, false, ns, D, q, D, mem, &pq);
   const float *mrow = NULL; /* the mask at (b, h, s0, 0) */
   if (j->mask) mrow = j->mask + (int64_t)b * j->ms[0] + (int64_t)h * j->ms[1] +
                       (int64_t)s0 * j->ms[2];
   bool mask_in_gemm = mrow && j->ms[3] == 1;
   for (size_t t0 = 0; t0 < t_end; t0 += TB) {
     size_t nt = KILN__MIN((size_t)TB, t_end - t0);
-    kiln__sgemm_args g = {.m = ns, .n = nt, .k = D, .pa = &pq, .b = k + t0 * D, .ldb = D,
-                          .trans_b = true, .c = sc, .ldc = TB, .alpha = j->scale};
+    transpose(k + t0 * D, D, nt, D, kt, KT_LD);
+    kiln__sgemm_args g = {.m = ns, .n = nt, .k = D, .pa = &pq, .b = kt, .ldb = KT_LD,
+                          .b_in_place = true, .c = sc, .ldc = TB, .alpha = j->scale};
     if (mask_in_gemm) g.ep = (kiln__epilogue){.residual = mrow + t0, .ldr = (size_t)j->ms[2]};
     kiln__sgemm_run(NULL, isa, &g);
     for (size_t r = 0; r < ns; r++) {
@@ -234,6 +290,11 @@ static void att_task(const att_job *j, size_t task, float *mem) {
     kiln__sgemm_args pv = {.m = ns, .n = Dv, .k = nt, .a = sc, .lda = TB, .b = v + t0 * Dv,
                            .ldb = Dv, .b_in_place = true, .c = y, .ldc = Dv, .alpha = 1.0f,
                            .accumulate = t0 > 0};
+    kiln__sgemm_packed ppk = {.isa = isa, .is_a = true, .rows = ns, .k = nt, .data = pp};
+    if (mr) {
+      pack_rows(sc, TB, ns, nt, mr, pp);
+      pv.pa = &ppk;
+    }
     kiln__sgemm_run(NULL, isa, &pv);
   }
   for (size_t r = 0; r < ns; r++) {
@@ -251,7 +312,7 @@ static void att_slots(void *arg, size_t b, size_t e) {
 }
 
 static size_t att_slot_floats(kiln__isa isa, size_t D) {
-  return att_qpack_floats(isa, D) + (size_t)SB * TB;
+  return att_qpack_floats(isa, D) + att_ppack_floats(isa) + (size_t)SB * TB + D * KT_LD;
 }
 
 /* Whether the fast kernel runs these inputs (else the reference does, and reports errors). */
