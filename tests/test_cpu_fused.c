@@ -393,7 +393,7 @@ static void attention_cases(kiln__pool *pool) {
       {1, 2, 30, 200, 16, 16, 4, {1, 1, 30, 200}, 0, MASK_FIRST_BLOCK}, /* max from -inf */
       {1, 1, 20, 140, 8, 8, 2, {20, 140}, 0, MASK_ALL_KEYS}, /* NaN rows */
       {1, 1, 10, 20, 130, 300, 0, {0}, 0, 0},           /* D over one block, Dv > 256 */
-      {3, 12, 70, 40, 4, 4, 1, {40}, 0, 0},             /* more tasks (72) than slots (64) */
+      {3, 12, 70, 40, 4, 4, 1, {40}, 0, 0},             /* 72 tasks, more than slots */
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     int n_in = cases[i].mask_rank ? 4 : 3;

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <unistd.h>
 
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -27,6 +28,7 @@ static size_t tasks_for(size_t rows, size_t cols) {
 typedef struct vm_state {
   const kiln__vmath *v;
   kiln__isa isa;
+  size_t cpus; /* online CPUs at prepare (Attention's scratch slots) */
 } vm_state;
 
 static kiln_status prepare_vm(const kiln__node *n, const kiln__graph *g, void **state,
@@ -34,6 +36,8 @@ static kiln_status prepare_vm(const kiln__node *n, const kiln__graph *g, void **
   (void)n, (void)g;
   vm_state *s = kiln__calloc(1, sizeof *s);
   if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  s->cpus = cpus > 1 ? (size_t)cpus : 1;
   kiln_status st = kiln__vmath_select(&s->v, err);
   if (st == KILN_OK) st = kiln__isa_select(&s->isa, err);
   if (st != KILN_OK) {
@@ -212,8 +216,8 @@ static void pack_rows(const float *a, size_t lda, size_t rows, size_t k, size_t 
   }
 }
 
-/* Per slot: Q's packed panels, P's packed panels, the score tile, then K's transposed block,
-   each a whole number of 64-byte lines. */
+/* Per slot: Q's packed panels, the score tile, then K's transposed block, whose memory P's
+   packed panels reuse once the score GEMM has read it; each a whole number of 64-byte lines. */
 static size_t round16(size_t n) { return (n + 15) / 16 * 16; }
 
 static size_t att_qpack_floats(kiln__isa isa, size_t D) {
@@ -232,8 +236,8 @@ static void att_task(const att_job *j, size_t task, float *mem) {
   size_t D = j->D, Dv = j->Dv, T = j->T, S = j->S;
   kiln__isa isa = j->st->isa;
   const float *k = j->k + bh * T * D, *v = j->v + bh * T * Dv;
-  float *y = j->y + (bh * S + s0) * Dv, *pp = mem + j->qpack_floats;
-  float *sc = pp + att_ppack_floats(isa), *kt = sc + SB * TB;
+  float *y = j->y + (bh * S + s0) * Dv;
+  float *sc = mem + j->qpack_floats, *kt = sc + SB * TB, *pp = kt;
   /* The microkernel's rows: floats for one row of k = 1 (0 when the ISA has no kernel, and
      the GEMM then packs P itself). */
   size_t mr = kiln__sgemm_pack_a_floats(isa, 1, 1);
@@ -312,7 +316,7 @@ static void att_slots(void *arg, size_t b, size_t e) {
 }
 
 static size_t att_slot_floats(kiln__isa isa, size_t D) {
-  return att_qpack_floats(isa, D) + att_ppack_floats(isa) + (size_t)SB * TB + D * KT_LD;
+  return att_qpack_floats(isa, D) + (size_t)SB * TB + KILN__MAX(att_ppack_floats(isa), D * KT_LD);
 }
 
 /* Whether the fast kernel runs these inputs (else the reference does, and reports errors). */
@@ -324,17 +328,19 @@ static bool att_fast(const kiln__kctx *c) {
          k->dims[2] == v->dims[2];
 }
 
-static size_t att_slot_count(const kiln__kctx *c) {
+/* Slots the scratch holds: one per task up to one per online CPU (the plan does not know the
+   session's thread count; a pool of more threads than CPUs gains nothing here). */
+static size_t att_slot_count(const kiln__kctx *c, const vm_state *s) {
   const kiln_tensor *q = c->in[0];
-  return KILN__MIN((size_t)ATT_SLOTS_MAX,
-                   att_tasks((size_t)q->dims[0], (size_t)q->dims[1], (size_t)q->dims[2]));
+  size_t n = KILN__MIN((size_t)ATT_SLOTS_MAX, s->cpus);
+  return KILN__MIN(n, att_tasks((size_t)q->dims[0], (size_t)q->dims[1], (size_t)q->dims[2]));
 }
 
 static size_t scratch_attention(const kiln__kctx *c, void *state) {
   const vm_state *s = state;
   size_t ref = c->node->op->scratch ? c->node->op->scratch(c) : 0;
   if (!att_fast(c)) return ref;
-  size_t fast = att_slot_count(c) * att_slot_floats(s->isa, (size_t)c->in[0]->dims[3]) *
+  size_t fast = att_slot_count(c, s) * att_slot_floats(s->isa, (size_t)c->in[0]->dims[3]) *
                 sizeof(float) + 64;
   return KILN__MAX(ref, fast);
 }
@@ -355,15 +361,17 @@ static kiln_status exec_attention(kiln__kctx *c, void *state) {
     kiln__bcast_strides(mask, 4, sd, j.ms);
   }
   if (j.B * j.H * j.S == 0 || j.Dv == 0) return KILN_OK;
-  size_t slots = att_slot_count(c);
   j.qpack_floats = att_qpack_floats(s->isa, j.D);
   j.slot_floats = att_slot_floats(s->isa, j.D);
-  if (c->scratch_bytes < slots * j.slot_floats * sizeof(float) + 64) return ref_run(c);
+  /* As many slots as the scratch holds (the count scratch() asked for), at most one per thread. */
+  size_t slots =
+      c->scratch_bytes < 64 ? 0 : (c->scratch_bytes - 64) / sizeof(float) / j.slot_floats;
+  if (slots == 0) return ref_run(c);
   j.scratch = (float *)(((uintptr_t)c->scratch + 63) & ~(uintptr_t)63);
   j.s_blocks = (j.S + SB - 1) / SB;
   j.tasks = j.B * j.H * j.s_blocks;
   atomic_init(&j.next, 0);
-  slots = KILN__MIN(slots, (size_t)kiln__pool_threads(c->pool));
+  slots = KILN__MIN(KILN__MIN(slots, j.tasks), (size_t)kiln__pool_threads(c->pool));
   double work = (double)j.B * j.H * j.S * j.T * (double)(j.D + j.Dv);
   kiln__parallel_for(kiln__pool_for(c->pool, work), slots, att_slots, &j);
   return KILN_OK;
