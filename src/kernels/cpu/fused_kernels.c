@@ -157,8 +157,9 @@ static kiln_status exec_rmsnorm(kiln__kctx *c, void *state) {
    the SB x TB score tile is one SGEMM (Q packed once per task, the mask added in the GEMM's
    epilogue), the online-softmax step runs over each row in place (vmath softmax_step), and P V is
    a second SGEMM accumulating straight into the task's rows of Y (V read in place where the ISA
-   can). So no [S, T] matrix exists: a slot of scratch holds Q's panels and one score tile. Tasks
-   are claimed from an atomic counter by one slot per thread, so a slot's memory is never shared. */
+   can). So no [S, T] matrix exists: a slot of scratch holds Q's panels, one score tile and one
+   transposed K block. Tasks are claimed from an atomic counter by one slot per thread, so a
+   slot's memory is never shared. */
 #define SB 64
 #define TB 128
 #define ATT_SLOTS_MAX 64
