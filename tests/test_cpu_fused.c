@@ -4,8 +4,9 @@
  * activation; and the Winograd kernel of algorithm="winograd" on odd planes, padding 0-2 and
  * asymmetric, C and K off the vector widths, C over one k block, batch 2-3, K in two parts),
  * FusedGemm (C forms with Z), FusedMatMul (transposes, batches, Bias, full and broadcast Z),
- * LayerNorm, RMSNorm, Gelu and Attention (masks, causal, long T over several key blocks, S = 1). While the
- * cpu kernel runs, the node's reference run() is replaced by one that fails, so a test passes only
+ * LayerNorm, RMSNorm, Gelu and Attention (2-D/4-D and broadcast additive masks, -inf masks,
+ * causal, odd lengths, key blocks with a partial tail, S = 1, large D and Dv). While the cpu
+ * kernel runs, the node's reference run() is replaced by one that fails, so a test passes only
  * if the fast path really computed the output. */
 #include <math.h>
 #include <setjmp.h>
@@ -429,20 +430,37 @@ static void norms_and_gelu_match_reference(void **st) {
 
 /* ---- Attention ------------------------------------------------------------------------------- */
 
+/* Mask patterns: random padding (-1e9 on a fifth of the entries; never key 0, which every causal
+   row sees: a row whose visible keys all carry -1e9 is decided by the reference's double sums
+   that float cannot hold, scores like -1e9 + 0.3), or -inf on every key of the
+   first 130 (the whole first key block and a bit of the next) for even query rows, or -inf on
+   every key for every third query row (the output row is NaN in both kernels, as unfused). */
+enum { MASK_RANDOM, MASK_FIRST_BLOCK, MASK_ALL_KEYS };
+
 static void attention_cases(kiln__pool *pool) {
   static const struct {
     int64_t b, h, s, t, d, dv;
     int mask_rank;
     int64_t mask[4];
-    int causal;
+    int causal, pattern;
   } cases[] = {
-      {2, 3, 17, 150, 16, 24, 0, {0}, 0},               /* three key blocks, no mask */
-      {2, 3, 17, 150, 16, 24, 4, {2, 1, 1, 150}, 0},    /* a padding mask, broadcast */
-      {1, 2, 40, 40, 32, 32, 4, {1, 2, 40, 40}, 0},     /* a full mask, two query blocks */
-      {1, 2, 70, 70, 8, 8, 0, {0}, 1},                  /* causal, S = T */
-      {1, 1, 5, 100, 8, 16, 2, {5, 100}, 1},            /* causal with a KV cache, mask */
-      {2, 2, 1, 33, 64, 64, 1, {33}, 0},                /* one query row */
-      {1, 1, 9, 3, 4, 4, 0, {0}, 1},                    /* causal T < S: early rows see nothing */
+      {2, 3, 17, 150, 16, 24, 0, {0}, 0, 0},            /* two key blocks, no mask */
+      {2, 3, 17, 150, 16, 24, 4, {2, 1, 1, 150}, 0, 0}, /* a padding mask, broadcast */
+      {1, 2, 40, 40, 32, 32, 4, {1, 2, 40, 40}, 0, 0},  /* a full mask */
+      {1, 2, 70, 70, 8, 8, 0, {0}, 1, 0},               /* causal, S = T, two query blocks */
+      {1, 1, 5, 100, 8, 16, 2, {5, 100}, 1, 0},         /* causal with a KV cache, mask */
+      {2, 2, 1, 33, 64, 64, 1, {33}, 0, 0},             /* one query row */
+      {1, 1, 9, 3, 4, 4, 0, {0}, 1, 0},                 /* causal T < S: early rows see nothing */
+      /* odd lengths and key blocks with a partial tail (blocks of 128 keys, 64 query rows) */
+      {1, 3, 131, 131, 13, 7, 0, {0}, 0, 0},            /* odd D, Dv; tail of 3 keys */
+      {2, 1, 65, 257, 24, 40, 2, {65, 257}, 0, 0},      /* three key blocks, 2-D mask */
+      {1, 2, 200, 200, 32, 32, 4, {1, 2, 200, 200}, 1, 0}, /* causal over key blocks, 4-D mask */
+      {1, 1, 77, 300, 16, 16, 4, {1, 1, 77, 1}, 0, 0},  /* a mask broadcast along T */
+      {2, 2, 66, 129, 8, 8, 4, {2, 1, 1, 129}, 1, 0},   /* causal with T > S, padding mask */
+      {1, 2, 30, 200, 16, 16, 4, {1, 1, 30, 200}, 0, MASK_FIRST_BLOCK}, /* max from -inf */
+      {1, 1, 20, 140, 8, 8, 2, {20, 140}, 0, MASK_ALL_KEYS}, /* NaN rows */
+      {1, 1, 10, 20, 130, 300, 0, {0}, 0, 0},           /* D over one block, Dv > 256 */
+      {3, 12, 70, 40, 4, 4, 1, {40}, 0, 0},             /* 72 tasks, more than slots */
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     int n_in = cases[i].mask_rank ? 4 : 3;
@@ -454,10 +472,17 @@ static void attention_cases(kiln__pool *pool) {
     memcpy(dims[3], cases[i].mask, sizeof cases[i].mask);
     onenode o;
     onenode_make(&o, "Attention", n_in, ranks, dims, 0);
-    if (cases[i].mask_rank) { /* masked-out keys, as a padding mask writes them */
-      float *m = o.in[3].data;
-      for (size_t k = 0; k < kiln_tensor_count(&o.in[3]); k++)
-        if (rnd() % 5 == 0) m[k] = -1e9f;
+    if (cases[i].mask_rank) {
+      const kiln_tensor *mt = &o.in[3];
+      float *m = mt->data;
+      size_t cols = (size_t)mt->dims[mt->rank - 1];
+      size_t rows_ = (size_t)cases[i].s; /* the mask's query axis (when it has one) */
+      for (size_t k = 0; k < kiln_tensor_count(mt); k++) {
+        size_t t = k % cols, srow = mt->rank >= 2 ? k / cols % rows_ : 0;
+        if (cases[i].pattern == MASK_RANDOM && t > 0 && rnd() % 5 == 0) m[k] = -1e9f;
+        if (cases[i].pattern == MASK_FIRST_BLOCK && srow % 2 == 0 && t < 130) m[k] = -INFINITY;
+        if (cases[i].pattern == MASK_ALL_KEYS && srow % 3 == 0) m[k] = -INFINITY;
+      }
     }
     kt_attr_float(o.n, "scale", 1.0f / sqrtf((float)cases[i].d));
     kt_attr_int(o.n, "causal", cases[i].causal);

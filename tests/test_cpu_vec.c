@@ -504,6 +504,61 @@ static void each_isa(void (*body)(void)) {
   unsetenv("KILN_ISA");
 }
 
+/* softmax_step (the online-softmax step of the fused Attention kernel), both ISAs: the new running
+   max is exactly max(old, max(x)); each x becomes exp(x - m) of the float difference within exp's
+   bound (exactly 0 for -inf and below exp's range, NaN for NaN); the sum matches a double sum of
+   the outputs; a row with nothing visible (m = -inf) becomes zeros. Lengths cover the masked
+   tails and the 16-wide body. */
+static void vmath_softmax_step(void **state) {
+  (void)state;
+  find_isas();
+  static const size_t lens[] = {1, 3, 7, 8, 9, 16, 17, 31, 128, 131};
+  static const float inits[] = {-INFINITY, -5.0f, 40.0f};
+  float x[131], y[131];
+  for (size_t k = 0; k < n_isas; k++) {
+    const kiln__vmath *v = isas[k];
+    for (size_t li = 0; li < KILN__ARRAY_LEN(lens); li++)
+      for (size_t ii = 0; ii < KILN__ARRAY_LEN(inits); ii++) {
+        size_t n = lens[li];
+        float mx = inits[ii];
+        for (size_t i = 0; i < n; i++) {
+          x[i] = urand(-30.0f, 30.0f);
+          if (i % 5 == 3) x[i] = -INFINITY;     /* masked keys */
+          if (i % 11 == 7) x[i] = -200.0f;      /* below exp's range once shifted */
+        }
+        for (size_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+        memcpy(y, x, n * sizeof *x);
+        float run = inits[ii];
+        float sum = v->softmax_step(y, n, &run);
+        assert_true(run == mx);
+        double ref_sum = 0.0;
+        for (size_t i = 0; i < n; i++) {
+          ref_sum += y[i];
+          if (mx == -INFINITY) {
+            assert_true(y[i] == 0.0f);
+            continue;
+          }
+          double r = exp((double)(x[i] - mx));
+          if (r < 1.2e-38) assert_true(y[i] == 0.0f);
+          else if (fabs(y[i] - r) > 1.5e-7 * r)
+            fail_msg("%s n %zu: exp(%g - %g) = %.9g, expected %.9g", v->isa, n, x[i], mx, y[i], r);
+        }
+        assert_true(fabs(sum - ref_sum) <= 1e-6 * (ref_sum + 1e-30) || (sum == 0 && ref_sum == 0));
+      }
+    /* Nothing visible: -inf everywhere, max stays -inf, zeros out. */
+    for (size_t i = 0; i < 19; i++) x[i] = -INFINITY;
+    float run = -INFINITY;
+    assert_true(v->softmax_step(x, 19, &run) == 0.0f && run == -INFINITY);
+    for (size_t i = 0; i < 19; i++) assert_true(x[i] == 0.0f);
+    /* A NaN score stays NaN. */
+    for (size_t i = 0; i < 19; i++) x[i] = (float)i - 10.0f;
+    x[12] = NAN;
+    run = -INFINITY;
+    (void)v->softmax_step(x, 19, &run);
+    assert_true(isnan(x[12]));
+  }
+}
+
 static void unary_body(void) {
   const char *ops[] = {"Relu", "Sigmoid", "Tanh", "Erf"};
   const int64_t shapes[][3] = {{1, 1, 1}, {1, 1, 7}, {3, 5, 1}, {2, 3, 37}, {4, 129, 67}};
@@ -644,6 +699,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(pool_concurrent_callers),
       cmocka_unit_test(pool_idle_burns_no_cpu),
       cmocka_unit_test(vmath_error_bounds),
+      cmocka_unit_test(vmath_softmax_step),
       cmocka_unit_test(vmath_select_honours_env),
       cmocka_unit_test(kernels_unary),
       cmocka_unit_test(kernels_binary),

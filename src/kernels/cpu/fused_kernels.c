@@ -4,6 +4,9 @@
  * supports() checks the domain. As elsewhere in the backend, execute() hands shapes it does not
  * handle to the reference kernel (src/kernels/ref/fused.c), which reports any error. */
 #include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <unistd.h>
 
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -25,6 +28,7 @@ static size_t tasks_for(size_t rows, size_t cols) {
 typedef struct vm_state {
   const kiln__vmath *v;
   kiln__isa isa;
+  size_t cpus; /* online CPUs at prepare (Attention's scratch slots) */
 } vm_state;
 
 static kiln_status prepare_vm(const kiln__node *n, const kiln__graph *g, void **state,
@@ -32,6 +36,8 @@ static kiln_status prepare_vm(const kiln__node *n, const kiln__graph *g, void **
   (void)n, (void)g;
   vm_state *s = kiln__calloc(1, sizeof *s);
   if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  s->cpus = cpus > 1 ? (size_t)cpus : 1;
   kiln_status st = kiln__vmath_select(&s->v, err);
   if (st == KILN_OK) st = kiln__isa_select(&s->isa, err);
   if (st != KILN_OK) {
@@ -147,117 +153,205 @@ static kiln_status exec_rmsnorm(kiln__kctx *c, void *state) {
 
 /* ---- Attention ------------------------------------------------------------------------------- */
 
-/* Query rows and keys per block: the block's scores (SB x TB) and the running output (SB x Dv)
-   live on the stack, so no [S, T] matrix exists. */
+/* A task is one head's block of up to SB query rows; it walks the keys in blocks of TB. Per block
+   the SB x TB score tile is one SGEMM (Q packed once per task, the mask added in the GEMM's
+   epilogue), the online-softmax step runs over each row in place (vmath softmax_step), and P V is
+   a second SGEMM accumulating straight into the task's rows of Y (V read in place where the ISA
+   can). So no [S, T] matrix exists: a slot of scratch holds Q's panels, one score tile and one
+   transposed K block. Tasks are claimed from an atomic counter by one slot per thread, so a
+   slot's memory is never shared. */
 #define SB 64
 #define TB 128
-#define DV_MAX 256
+#define ATT_SLOTS_MAX 64
+/* Row stride of K's transposed block: not a multiple of 256 bytes, so the GEMM can read it in
+   place without its rows colliding in L1 (sgemm.c, in_place_pays). */
+#define KT_LD (TB + 16)
 
 typedef struct att_job {
   const vm_state *st;
   const float *q, *k, *v, *mask;
-  float *y;
-  size_t B, H, S, T, D, Dv, s_blocks;
+  float *y, *scratch;
+  size_t B, H, S, T, D, Dv, s_blocks, tasks, slot_floats, qpack_floats;
   int64_t ms[4]; /* the mask's strides in [B, H, S, T] (0 where broadcast) */
   float scale;
   bool causal;
+  atomic_size_t next; /* the next task to claim */
 } att_job;
 
-/* Max and sum of a row in 8 lanes, a shape the compiler vectorizes without -ffast-math. */
-static float row_max(const float *x, size_t n) {
-  float m[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
-                -INFINITY, -INFINITY, -INFINITY, -INFINITY};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; l++) m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
-  for (; i < n; i++) m[0] = x[i] > m[0] ? x[i] : m[0];
-  for (int l = 1; l < 8; l++) m[0] = m[l] > m[0] ? m[l] : m[0];
-  return m[0];
+/* dst[c * ldd + r] = src[r * lds + c] for rows x cols: K's block as the score GEMM's B, which
+   the GEMM then reads in place instead of gathering K^T's columns element by element. */
+KILN__NO_LIBCALL_LOOPS static void transpose(const float *restrict src, size_t lds, size_t rows,
+                                             size_t cols, float *restrict dst, size_t ldd) {
+  size_t r = 0;
+#if defined(__SSE2__)
+  for (; r + 4 <= rows; r += 4) {
+    size_t c = 0;
+    for (; c + 4 <= cols; c += 4) {
+      __m128 a = _mm_loadu_ps(src + r * lds + c), b = _mm_loadu_ps(src + (r + 1) * lds + c);
+      __m128 x = _mm_loadu_ps(src + (r + 2) * lds + c), y = _mm_loadu_ps(src + (r + 3) * lds + c);
+      _MM_TRANSPOSE4_PS(a, b, x, y);
+      _mm_storeu_ps(dst + c * ldd + r, a);
+      _mm_storeu_ps(dst + (c + 1) * ldd + r, b);
+      _mm_storeu_ps(dst + (c + 2) * ldd + r, x);
+      _mm_storeu_ps(dst + (c + 3) * ldd + r, y);
+    }
+    for (; c < cols; c++)
+      for (size_t i = r; i < r + 4; i++) dst[c * ldd + i] = src[i * lds + c];
+  }
+#endif
+  for (; r < rows; r++)
+    for (size_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
 }
 
-static float row_sum(const float *x, size_t n) {
-  float s[8] = {0};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; l++) s[l] += x[i + l];
-  for (; i < n; i++) s[0] += x[i];
-  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+/* Rows x k of a row-major matrix as a GEMM's packed A (sgemm.h: ceil(rows/mr) panels of k x mr,
+   rows past `rows` zero; k <= TB, one k block of the driver), each panel by the transpose above
+   instead of the GEMM's element-by-element packer: Q once per task, P once per key block. */
+static void pack_rows(const float *a, size_t lda, size_t rows, size_t k, size_t mr,
+                      float *restrict dst) {
+  for (size_t i = 0; i < rows; i += mr, dst += k * mr) {
+    size_t n = KILN__MIN(mr, rows - i);
+    transpose(a + i * lda, lda, n, k, dst, mr);
+    if (n < mr)
+      for (size_t t = 0; t < k; t++)
+        for (size_t r = n; r < mr; r++) dst[t * mr + r] = 0.0f;
+  }
 }
 
-static void att_block(const att_job *j, size_t task) {
+/* Per slot: Q's packed panels, the score tile, then K's transposed block, whose memory P's
+   packed panels reuse once the score GEMM has read it; each a whole number of 64-byte lines. */
+static size_t round16(size_t n) { return (n + 15) / 16 * 16; }
+
+static size_t att_qpack_floats(kiln__isa isa, size_t D) {
+  return round16(kiln__sgemm_pack_a_floats(isa, SB, D));
+}
+
+static size_t att_ppack_floats(kiln__isa isa) {
+  return round16(kiln__sgemm_pack_a_floats(isa, SB, TB));
+}
+
+static size_t att_tasks(size_t B, size_t H, size_t S) { return B * H * ((S + SB - 1) / SB); }
+
+static void att_task(const att_job *j, size_t task, float *mem) {
   size_t bh = task / j->s_blocks, s0 = task % j->s_blocks * SB;
   size_t b = bh / j->H, h = bh % j->H, ns = KILN__MIN((size_t)SB, j->S - s0);
-  size_t D = j->D, Dv = j->Dv, T = j->T;
-  const float *q = j->q + (bh * j->S + s0) * D, *k = j->k + bh * T * D, *v = j->v + bh * T * Dv;
-  _Alignas(32) float sc[SB * TB], acc[SB * DV_MAX];
+  size_t D = j->D, Dv = j->Dv, T = j->T, S = j->S;
+  kiln__isa isa = j->st->isa;
+  const float *k = j->k + bh * T * D, *v = j->v + bh * T * Dv;
+  float *y = j->y + (bh * S + s0) * Dv;
+  float *sc = mem + j->qpack_floats, *kt = sc + SB * TB, *pp = kt;
+  /* The microkernel's rows: floats for one row of k = 1 (0 when the ISA has no kernel, and
+     the GEMM then packs P itself). */
+  size_t mr = kiln__sgemm_pack_a_floats(isa, 1, 1);
   float run_max[SB], run_sum[SB];
   for (size_t r = 0; r < ns; r++) {
     run_max[r] = -INFINITY;
     run_sum[r] = 0.0f;
   }
-  memset(acc, 0, ns * Dv * sizeof *acc);
-  /* Causal: row s sees keys t <= s + (T - S); the block's last row sees the most. */
+  /* Causal: row s sees keys t < s + 1 + (T - S); the block's last row sees the most. */
   size_t t_end = T;
-  if (j->causal) {
-    size_t last = s0 + ns - 1 + T;
-    t_end = last < j->S ? 0 : KILN__MIN(T, last - j->S + 1);
+  if (j->causal) t_end = s0 + ns + T <= S ? 0 : KILN__MIN(T, s0 + ns + T - S);
+  if (t_end == 0) { /* every key masked: 0 / 0, the NaN the unfused Softmax gives */
+    for (size_t i = 0; i < ns * Dv; i++) y[i] = NAN;
+    return;
   }
+  kiln__sgemm_packed pq = {.isa = isa, .is_a = true, .rows = ns, .k = D, .data = mem};
+  const float *q = j->q + (bh * S + s0) * D;
+  if (mr && D <= TB) pack_rows(q, D, ns, D, mr, mem);
+  else kiln__sgemm_pack_a_into(NULL, isa, false, ns, D, q, D, mem, &pq);
+  const float *mrow = NULL; /* the mask at (b, h, s0, 0) */
+  if (j->mask) mrow = j->mask + (int64_t)b * j->ms[0] + (int64_t)h * j->ms[1] +
+                      (int64_t)s0 * j->ms[2];
+  bool mask_in_gemm = mrow && j->ms[3] == 1;
   for (size_t t0 = 0; t0 < t_end; t0 += TB) {
     size_t nt = KILN__MIN((size_t)TB, t_end - t0);
-    kiln__sgemm_args g = {.m = ns, .n = nt, .k = D, .a = q, .lda = D, .b = k + t0 * D, .ldb = D,
-                          .trans_b = true, .c = sc, .ldc = TB, .alpha = j->scale};
-    kiln__sgemm_run(NULL, j->st->isa, &g);
+    transpose(k + t0 * D, D, nt, D, kt, KT_LD);
+    kiln__sgemm_args g = {.m = ns, .n = nt, .k = D, .pa = &pq, .b = kt, .ldb = KT_LD,
+                          .b_in_place = true, .c = sc, .ldc = TB, .alpha = j->scale};
+    if (mask_in_gemm) g.ep = (kiln__epilogue){.residual = mrow + t0, .ldr = (size_t)j->ms[2]};
+    kiln__sgemm_run(NULL, isa, &g);
     for (size_t r = 0; r < ns; r++) {
       float *row = sc + r * TB;
-      size_t s = s0 + r;
-      if (j->mask) {
-        const float *m = j->mask + (int64_t)b * j->ms[0] + (int64_t)h * j->ms[1] +
-                         (int64_t)s * j->ms[2] + (int64_t)t0 * j->ms[3];
-        if (j->ms[3]) for (size_t t = 0; t < nt; t++) row[t] += m[t];
-        else for (size_t t = 0; t < nt; t++) row[t] += m[0];
+      if (mrow && !mask_in_gemm) { /* a mask broadcast along T: one value per row */
+        const float *m = mrow + (int64_t)r * j->ms[2] + (int64_t)t0 * j->ms[3];
+        for (size_t t = 0; t < nt; t++) row[t] += m[(int64_t)t * j->ms[3]];
       }
-      if (j->causal) {
-        size_t lim = s + T < j->S ? 0 : s + T - j->S + 1; /* keys [0, lim) visible */
-        for (size_t t = 0; t < nt; t++)
-          if (t0 + t >= lim) row[t] = -INFINITY;
+      if (j->causal) { /* keys [0, lim) visible to row s */
+        size_t s = s0 + r, lim = s + 1 + T <= S ? 0 : s + 1 + T - S;
+        for (size_t t = lim > t0 ? lim - t0 : 0; t < nt; t++) row[t] = -INFINITY;
       }
-      float bmax = row_max(row, nt);
-      if (bmax == -INFINITY) { /* nothing visible in this block: it adds nothing */
-        memset(row, 0, nt * sizeof *row);
-        continue;
+      float old = run_max[r];
+      float sum = j->st->v->softmax_step(row, nt, &run_max[r]);
+      if (t0 == 0) {
+        run_sum[r] = sum;
+      } else if (run_max[r] != old) { /* rescale what earlier blocks added */
+        float corr = old == -INFINITY ? 0.0f : expf(old - run_max[r]);
+        run_sum[r] = run_sum[r] * corr + sum;
+        for (size_t e = 0; e < Dv; e++) y[r * Dv + e] *= corr;
+      } else {
+        run_sum[r] += sum;
       }
-      float new_max = bmax > run_max[r] ? bmax : run_max[r];
-      float corr = expf(run_max[r] - new_max); /* 0 on the first block */
-      for (size_t t = 0; t < nt; t++) row[t] -= new_max;
-      j->st->v->exp(row, row, nt);
-      float sum = row_sum(row, nt);
-      run_sum[r] = run_sum[r] * corr + sum;
-      run_max[r] = new_max;
-      if (corr != 1.0f)
-        for (size_t e = 0; e < Dv; e++) acc[r * Dv + e] *= corr;
     }
+    /* The first block writes Y's rows, later ones add to them. */
     kiln__sgemm_args pv = {.m = ns, .n = Dv, .k = nt, .a = sc, .lda = TB, .b = v + t0 * Dv,
-                           .ldb = Dv, .c = acc, .ldc = Dv, .alpha = 1.0f, .accumulate = true};
-    kiln__sgemm_run(NULL, j->st->isa, &pv);
+                           .ldb = Dv, .b_in_place = true, .c = y, .ldc = Dv, .alpha = 1.0f,
+                           .accumulate = t0 > 0};
+    kiln__sgemm_packed ppk = {.isa = isa, .is_a = true, .rows = ns, .k = nt, .data = pp};
+    if (mr) {
+      pack_rows(sc, TB, ns, nt, mr, pp);
+      pv.pa = &ppk;
+    }
+    kiln__sgemm_run(NULL, isa, &pv);
   }
-  float *y = j->y + (bh * j->S + s0) * Dv;
   for (size_t r = 0; r < ns; r++) {
     float inv = 1.0f / run_sum[r]; /* every key masked: 1/0, and 0 * inf = NaN as unfused */
-    for (size_t e = 0; e < Dv; e++) y[r * Dv + e] = acc[r * Dv + e] * inv;
+    for (size_t e = 0; e < Dv; e++) y[r * Dv + e] *= inv;
   }
 }
 
-static void att_range(void *arg, size_t b, size_t e) {
-  for (size_t t = b; t < e; t++) att_block(arg, t);
+static void att_slots(void *arg, size_t b, size_t e) {
+  att_job *j = arg;
+  for (size_t slot = b; slot < e; slot++) {
+    float *mem = j->scratch + slot * j->slot_floats;
+    for (size_t t; (t = atomic_fetch_add(&j->next, 1)) < j->tasks;) att_task(j, t, mem);
+  }
+}
+
+static size_t att_slot_floats(kiln__isa isa, size_t D) {
+  return att_qpack_floats(isa, D) + (size_t)SB * TB + KILN__MAX(att_ppack_floats(isa), D * KT_LD);
+}
+
+/* Whether the fast kernel runs these inputs (else the reference does, and reports errors). */
+static bool att_fast(const kiln__kctx *c) {
+  const kiln_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
+  const kiln_tensor *mask = c->n_in > 3 ? c->in[3] : NULL;
+  return f32(q) && f32(k) && f32(v) && (!mask || f32(mask)) && q->rank == 4 && k->rank == 4 &&
+         v->rank == 4 && (!mask || mask->rank <= 4) && q->dims[3] == k->dims[3] &&
+         k->dims[2] == v->dims[2];
+}
+
+/* Slots the scratch holds: one per task up to one per online CPU (the plan does not know the
+   session's thread count; a pool of more threads than CPUs gains nothing here). */
+static size_t att_slot_count(const kiln__kctx *c, const vm_state *s) {
+  const kiln_tensor *q = c->in[0];
+  size_t n = KILN__MIN((size_t)ATT_SLOTS_MAX, s->cpus);
+  return KILN__MIN(n, att_tasks((size_t)q->dims[0], (size_t)q->dims[1], (size_t)q->dims[2]));
+}
+
+static size_t scratch_attention(const kiln__kctx *c, void *state) {
+  const vm_state *s = state;
+  size_t ref = c->node->op->scratch ? c->node->op->scratch(c) : 0;
+  if (!att_fast(c)) return ref;
+  size_t fast = att_slot_count(c, s) * att_slot_floats(s->isa, (size_t)c->in[0]->dims[3]) *
+                sizeof(float) + 64;
+  return KILN__MAX(ref, fast);
 }
 
 static kiln_status exec_attention(kiln__kctx *c, void *state) {
+  const vm_state *s = state;
+  if (!att_fast(c)) return ref_run(c);
   const kiln_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
   const kiln_tensor *mask = c->n_in > 3 ? c->in[3] : NULL;
-  if (!f32(q) || !f32(k) || !f32(v) || (mask && !f32(mask)) || q->rank != 4 || k->rank != 4 ||
-      v->rank != 4 || v->dims[3] > DV_MAX || (mask && mask->rank > 4))
-    return ref_run(c);
-  att_job j = {.st = state, .q = q->data, .k = k->data, .v = v->data,
+  att_job j = {.st = s, .q = q->data, .k = k->data, .v = v->data,
                .mask = mask ? mask->data : NULL, .y = c->out[0]->data,
                .B = (size_t)q->dims[0], .H = (size_t)q->dims[1], .S = (size_t)q->dims[2],
                .T = (size_t)k->dims[2], .D = (size_t)q->dims[3], .Dv = (size_t)v->dims[3],
@@ -268,8 +362,19 @@ static kiln_status exec_attention(kiln__kctx *c, void *state) {
     kiln__bcast_strides(mask, 4, sd, j.ms);
   }
   if (j.B * j.H * j.S == 0 || j.Dv == 0) return KILN_OK;
+  j.qpack_floats = att_qpack_floats(s->isa, j.D);
+  j.slot_floats = att_slot_floats(s->isa, j.D);
+  /* As many slots as the scratch holds (the count scratch() asked for), at most one per thread. */
+  size_t slots =
+      c->scratch_bytes < 64 ? 0 : (c->scratch_bytes - 64) / sizeof(float) / j.slot_floats;
+  if (slots == 0) return ref_run(c);
+  j.scratch = (float *)(((uintptr_t)c->scratch + 63) & ~(uintptr_t)63);
   j.s_blocks = (j.S + SB - 1) / SB;
-  kiln__parallel_for(c->pool, j.B * j.H * j.s_blocks, att_range, &j);
+  j.tasks = j.B * j.H * j.s_blocks;
+  atomic_init(&j.next, 0);
+  slots = KILN__MIN(KILN__MIN(slots, j.tasks), (size_t)kiln__pool_threads(c->pool));
+  double work = (double)j.B * j.H * j.S * j.T * (double)(j.D + j.Dv);
+  kiln__parallel_for(kiln__pool_for(c->pool, work), slots, att_slots, &j);
   return KILN_OK;
 }
 
@@ -279,6 +384,6 @@ const kiln__cpu_kernel kiln__cpu_fused_kernels[] = {
     ROW("LayerNorm", exec_layernorm),
     ROW("RMSNorm", exec_rmsnorm),
     ROW("Gelu", exec_gelu),
-    ROW("Attention", exec_attention),
+    {"Attention", NULL, prepare_vm, release_vm, exec_attention, scratch_attention, "ai.kiln"},
     {0},
 };

@@ -21,7 +21,7 @@
  *            1 + erf cancels, |error| <= 2.5e-7 |x| [2.24e-7 |x|].
  *   gelu_tanh 0.5 x (1 + tanh(0.79788456 (x + 0.044715 x^3))): x >= 0 relative error <= 2e-7
  *            [1.38e-7]; x < 0, |error| <= 1e-7 |x| [5.86e-8 |x|].
- *   softmax_row, layernorm_row: float accumulation in 8 or 16 lanes; checked against the
+ *   softmax_row, softmax_step, layernorm_row: float accumulation in 8 or 16 lanes; checked against the
  *            reference backend (double accumulation) with rtol 1e-5 in the tests. */
 #ifndef KILN_KERNELS_CPU_VMATH_H
 #define KILN_KERNELS_CPU_VMATH_H
@@ -41,6 +41,10 @@ typedef struct kiln__vmath {
   kiln__vmath_binary binary[KILN__VBIN_COUNT];
   /* y = softmax(x) over one contiguous row of n > 0 elements (x == y allowed). */
   void (*softmax_row)(const float *x, float *y, size_t n);
+  /* One key block of an online softmax (fused Attention), in place over n > 0 scores:
+     m = max(*run_max, max(x)); x[i] = exp(x[i] - m); *run_max = m; returns the sum of the new x.
+     While m is -inf (every score so far masked) x becomes zeros and the sum is 0. */
+  float (*softmax_step)(float *x, size_t n, float *run_max);
   /* y = (x - mean) / sqrt(var + eps) * scale + bias over one row of n > 0 elements; bias may be
      NULL (zero). Writes the row's mean and 1/sqrt(var + eps) to *mean and *inv. */
   void (*layernorm_row)(const float *x, float *y, size_t n, const float *scale, const float *bias,

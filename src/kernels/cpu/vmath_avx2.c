@@ -190,6 +190,65 @@ AVX2 static void softmax_row(const float *x, float *y, size_t n) {
   if (rem) _mm256_maskstore_ps(y + body, tm, _mm256_mul_ps(_mm256_maskload_ps(y + body, tm), r));
 }
 
+/* exp8 for x <= 0 (a score minus its row's max): nothing overflows and n >= -126, so 2^n is one
+   factor, and max(LO, x) passes NaN through to the result without the blend. */
+AVX2 static inline __m256 exp8_nonpos(__m256 x) {
+  __m256 xc = _mm256_max_ps(S(KILN__EXP_LO), x);
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, S(KILN__LOG2E)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, S(KILN__LN2_HI), xc);
+  r = _mm256_fnmadd_ps(n, S(KILN__LN2_LO), r);
+  __m256 p = S(KILN__EXP_P0);
+  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P1));
+  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P2));
+  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P3));
+  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P4));
+  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P5));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, S(1.0f)));
+  __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, S(KILN__EXP_LO), _CMP_LT_OQ), y);
+}
+
+AVX2 static float softmax_step(float *x, size_t n, float *run_max) {
+  __m256 vm = S(*run_max);
+  size_t i = 0, rem = n % 8, body = n - rem;
+  __m256i tm = tail_mask(rem);
+  for (; i < body; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+  if (rem)
+    vm = _mm256_max_ps(vm, _mm256_blendv_ps(S(-INFINITY), _mm256_maskload_ps(x + body, tm),
+                                            _mm256_castsi256_ps(tm)));
+  float m = hmax(vm);
+  *run_max = m;
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  if (m == -INFINITY) {
+    for (i = 0; i < body; i += 8) _mm256_storeu_ps(x + i, s0);
+    if (rem) _mm256_maskstore_ps(x + body, tm, s0);
+    return 0.0f;
+  }
+  __m256 mv = S(m);
+  for (i = 0; i + 16 <= body; i += 16) {
+    __m256 e0 = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+    __m256 e1 = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mv));
+    _mm256_storeu_ps(x + i, e0);
+    _mm256_storeu_ps(x + i + 8, e1);
+    s0 = _mm256_add_ps(s0, e0);
+    s1 = _mm256_add_ps(s1, e1);
+  }
+  for (; i < body; i += 8) {
+    __m256 e = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+    _mm256_storeu_ps(x + i, e);
+    s0 = _mm256_add_ps(s0, e);
+  }
+  if (rem) {
+    __m256 e = exp8_nonpos(_mm256_sub_ps(_mm256_maskload_ps(x + body, tm), mv));
+    e = _mm256_and_ps(e, _mm256_castsi256_ps(tm));
+    _mm256_maskstore_ps(x + body, tm, e);
+    s0 = _mm256_add_ps(s0, e);
+  }
+  return hsum(_mm256_add_ps(s0, s1));
+}
+
 AVX2 static void layernorm_row(const float *x, float *y, size_t n, const float *scale,
                                const float *bias, float eps, float *mean, float *inv) {
   size_t i, rem = n % 8, body = n - rem;
@@ -249,6 +308,7 @@ const kiln__vmath kiln__vmath_avx2 = {
     .relu = v_relu,
     .binary = {v_add, v_sub, v_mul, v_div},
     .softmax_row = softmax_row,
+    .softmax_step = softmax_step,
     .layernorm_row = layernorm_row,
 };
 #else

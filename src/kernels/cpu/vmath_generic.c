@@ -75,6 +75,30 @@ static void softmax_row(const float *x, float *y, size_t n) {
   for (k = 0; k < n; k++) y[k] *= r;
 }
 
+static float softmax_step(float *x, size_t n, float *run_max) {
+  float m = max8(x, n);
+  m = m > *run_max ? m : *run_max;
+  *run_max = m;
+  float l[8] = {0};
+  if (m == -INFINITY) {
+    for (size_t k = 0; k < n; k++) x[k] = 0.0f;
+    return 0.0f;
+  }
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int q = 0; q < 8; q++) {
+      float e = kiln__exp1(x[k + q] - m);
+      x[k + q] = e;
+      l[q] += e;
+    }
+  for (; k < n; k++) {
+    float e = kiln__exp1(x[k] - m);
+    x[k] = e;
+    l[0] += e;
+  }
+  return sum8(l);
+}
+
 static void layernorm_row(const float *x, float *y, size_t n, const float *scale, const float *bias,
                           float eps, float *mean, float *inv) {
   float l[8] = {0};
@@ -107,5 +131,6 @@ const kiln__vmath kiln__vmath_generic = {
     .relu = v_relu,
     .binary = {v_add, v_sub, v_mul, v_div},
     .softmax_row = softmax_row,
+    .softmax_step = softmax_step,
     .layernorm_row = layernorm_row,
 };
