@@ -51,18 +51,15 @@ AVX2 static inline void in8(const in_src *s, size_t n, float *dst, size_t xs) {
     u[r][2] = _mm256_sub_ps(d2, d1);
     u[r][3] = _mm256_sub_ps(d1, d3);
   }
-  __m256 v[16];
-  for (int k = 0; k < 4; k++) { /* B^T (d B), column k */
-    v[0 + k] = _mm256_sub_ps(u[0][k], u[2][k]);
-    v[4 + k] = _mm256_add_ps(u[1][k], u[2][k]);
-    v[8 + k] = _mm256_sub_ps(u[2][k], u[1][k]);
-    v[12 + k] = _mm256_sub_ps(u[1][k], u[3][k]);
-  }
-  if (n == 8) {
-    for (int i = 0; i < 16; i++) _mm256_storeu_ps(dst + (size_t)i * xs, v[i]);
-  } else { /* the run's last tiles: lanes past n belong to the next run or the next panel row */
-    __m256i m = lanes(n);
-    for (int i = 0; i < 16; i++) _mm256_maskstore_ps(dst + (size_t)i * xs, m, v[i]);
+  __m256i m = lanes(n);
+  for (int k = 0; k < 4; k++) { /* B^T (d B), column k, stored at once (fewer live registers) */
+    __m256 v[4] = {_mm256_sub_ps(u[0][k], u[2][k]), _mm256_add_ps(u[1][k], u[2][k]),
+                   _mm256_sub_ps(u[2][k], u[1][k]), _mm256_sub_ps(u[1][k], u[3][k])};
+    for (int i = 0; i < 4; i++) {
+      float *d = dst + (size_t)(4 * i + k) * xs;
+      if (n == 8) _mm256_storeu_ps(d, v[i]);
+      else _mm256_maskstore_ps(d, m, v[i]); /* lanes past n: the next run's or panel row's */
+    }
   }
 }
 
