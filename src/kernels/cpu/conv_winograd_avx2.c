@@ -104,8 +104,10 @@ AVX2 static inline void out_row(__m256 o0, __m256 o1, float *y, const float *z, 
     size_t c = KILN__MIN(n - (size_t)hf * 8, (size_t)8);
     __m256i m = lanes(c);
     __m256 b = o[hf];
-    if (z)
-      b = _mm256_add_ps(b, c == 8 ? _mm256_loadu_ps(z + hf * 8) : _mm256_maskload_ps(z + hf * 8, m));
+    if (z) {
+      const float *zh = z + hf * 8;
+      b = _mm256_add_ps(b, c == 8 ? _mm256_loadu_ps(zh) : _mm256_maskload_ps(zh, m));
+    }
     if (ep->act == KILN__ACT_RELU) { /* b > 0 ? b : 0 (NaN and -0 give 0, as max's 2nd operand) */
       b = _mm256_max_ps(b, _mm256_setzero_ps());
     } else if (ep->act == KILN__ACT_CLIP) { /* b < lo ? lo : (b > hi ? hi : b) */
