@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "core/threadpool.h"
+#include "kernels/cpu/conv_winograd.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/sgemm.h"
 #include "kiln_test_ir.h"
@@ -253,6 +254,8 @@ static void wino_cases(kiln__pool *pool) {
       {3, 8, 5, 30, 9, {2, 2, 2, 2}, 1, 1, 4},      /* padding 2, a long tile row */
       {1, 20, 4, 5, 130, {1, 1, 1, 1}, 1, 1, 2},    /* K in two parts, one block: split over K */
       {1, 8, 40, 40, 128, {1, 1, 1, 1}, 1, 1, 5},   /* K in two parts, many blocks */
+      {1, 9, 7, 75, 11, {0, 0, 0, 0}, 1, 1, -1},    /* reads in place, 37 tiles a row, width 73 */
+      {2, 4, 11, 57, 6, {1, 1, 1, 1}, 1, 1, -1},    /* odd plane, 29 tiles a row (not 8 k) */
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     size_t a0 = cases[i].act < 0 ? 0 : (size_t)cases[i].act;
@@ -296,6 +299,45 @@ static void winograd_conv_matches_reference(void **st) {
     assert_false(kiln__cpu_winograd_kernels[0].supports(o.n, o.g));
     onenode_free(&o);
   }
+}
+
+/* The AVX2 transforms (intrinsics) against the portable ones (the .inc) on every edge a run can
+   have: padding on any side, runs of 1-16 tiles, odd widths, one or two rows, residual, Relu and
+   Clip, NaN inputs. The two do the same operations in the same order: bit-identical. */
+static void winograd_transforms_match_portable(void **st) {
+  (void)st;
+  const kiln__wino_tf *g = kiln__wino_tf_get(KILN__ISA_GENERIC);
+  const kiln__wino_tf *v = kiln__wino_tf_get(KILN__ISA_AVX2);
+  if (!kiln__isa_supported(KILN__ISA_AVX2)) return; /* one implementation there: nothing to pair */
+  assert_ptr_not_equal(g, v);
+  enum { H = 7, W = 45, XS = 40 };
+  static float x[H * W], a[16 * XS], b[16 * XS], z[2 * 64], ya[2 * 64], yb[2 * 64];
+  for (size_t i = 0; i < H * W; i++) x[i] = (float)(rnd() % 2001) / 1000.0f - 1.0f;
+  x[3 * W + 20] = NAN;
+  for (int64_t iy0 = -2; iy0 < H; iy0++)
+    for (int64_t ix0 = -3; ix0 < W; ix0 += 2)
+      for (size_t nt = 1; nt <= KILN__WINO_RUN; nt++) {
+        memset(a, 0, sizeof a);
+        memset(b, 0, sizeof b);
+        g->in(x, H, W, iy0, ix0, nt, a, XS);
+        v->in(x, H, W, iy0, ix0, nt, b, XS);
+        assert_memory_equal(a, b, sizeof a);
+      }
+  for (size_t i = 0; i < 16 * XS; i++) a[i] = (float)(rnd() % 2001) / 100.0f - 10.0f;
+  a[5 * XS + 3] = NAN;
+  for (size_t i = 0; i < 2 * 64; i++) z[i] = (float)(rnd() % 2001) / 100.0f - 10.0f;
+  kiln__act acts3[3] = {KILN__ACT_NONE, KILN__ACT_RELU, KILN__ACT_CLIP};
+  for (int ac = 0; ac < 3; ac++)
+    for (int zi = 0; zi < 2; zi++)
+      for (size_t rows = 1; rows <= 2; rows++)
+        for (size_t cols = 1; cols <= 2 * KILN__WINO_RUN; cols++) {
+          kiln__wino_ep ep = {.bias = 0.25f, .z = zi ? z : NULL, .act = acts3[ac], .lo = -3.0f,
+                              .hi = 6.0f};
+          for (size_t i = 0; i < 2 * 64; i++) ya[i] = yb[i] = -99.0f;
+          g->out(a, XS, ya, 64, rows, cols, &ep);
+          v->out(a, XS, yb, 64, rows, cols, &ep);
+          assert_memory_equal(ya, yb, sizeof ya);
+        }
 }
 
 /* ---- FusedGemm ------------------------------------------------------------------------------- */
@@ -541,6 +583,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(fused_conv_matches_reference),
       cmocka_unit_test(winograd_conv_matches_reference),
+      cmocka_unit_test(winograd_transforms_match_portable),
       cmocka_unit_test(fused_gemm_matches_reference),
       cmocka_unit_test(fused_matmul_matches_reference),
       cmocka_unit_test(norms_and_gelu_match_reference),

@@ -44,9 +44,13 @@ typedef struct kiln__wino_tf {
   kiln__wino_out_fn out;
 } kiln__wino_tf;
 
-/* The transforms for `isa`: AVX2 builds of the same code where the machine has it, the portable
-   build otherwise (the compiler's vectorization for the target: SSE2, NEON). */
+/* The transforms for `isa`: AVX2 intrinsics (conv_winograd_avx2.c, bit-identical results) where
+   the machine has it, the portable build otherwise (the compiler's vectorization for the target:
+   SSE2, NEON). */
 const kiln__wino_tf *kiln__wino_tf_get(kiln__isa isa);
+#if defined(__x86_64__) || defined(__i386__)
+const kiln__wino_tf *kiln__wino_tf_avx2(void);
+#endif
 
 /* The weight transform G g G^T of one 3x3 filter into u[(i * 4 + k) * us], in double then
    rounded. */

@@ -1,5 +1,5 @@
-/* The Winograd transforms, built once portable and once for AVX2 + FMA from the same source
- * (conv_winograd_tf.inc). */
+/* The Winograd transforms: the portable build of conv_winograd_tf.inc, and the AVX2 intrinsics of
+ * conv_winograd_avx2.c where the machine has AVX2. */
 #include "kernels/cpu/conv_winograd.h"
 
 #define TF_ATTR KILN__NO_LIBCALL_LOOPS
@@ -10,19 +10,9 @@
 
 static const kiln__wino_tf tf_generic = {in_generic, out_generic};
 
-#if defined(__x86_64__) || defined(__i386__)
-#define TF_ATTR __attribute__((target("avx2,fma"))) KILN__NO_LIBCALL_LOOPS
-#define TF(name) name##_avx2
-#include "kernels/cpu/conv_winograd_tf.inc"
-#undef TF_ATTR
-#undef TF
-
-static const kiln__wino_tf tf_avx2 = {in_avx2, out_avx2};
-#endif
-
 const kiln__wino_tf *kiln__wino_tf_get(kiln__isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (isa == KILN__ISA_AVX2 || isa == KILN__ISA_AVX512) return &tf_avx2;
+  if (isa == KILN__ISA_AVX2 || isa == KILN__ISA_AVX512) return kiln__wino_tf_avx2();
 #endif
   (void)isa;
   return &tf_generic;
