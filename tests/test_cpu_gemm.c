@@ -2,6 +2,7 @@
  *   - the packed SGEMM against a double-precision product over many shapes (odd sizes, edge
  *     tiles, k = 0 and 1, k across several cache blocks), transposes, row strides, pre-packed
  *     operands, alpha, accumulation and each epilogue, serially and on a 2-thread pool;
+ *   - A packed at run time against its documented layout, with exact-size buffers (ASan);
  *   - the MatMul, Gemm and Conv kernel rows against the reference kernels on one-node graphs
  *     (batched broadcasting, Gemm's C forms, strides, padding, dilation, groups, auto_pad), and
  *     the direct depthwise Conv (3x3, 5x5, other kernels, strides 1-3, pads, auto_pad), MaxPool
@@ -281,6 +282,53 @@ static void sgemm_b_in_place_matches_double_reference(void **st) {
         t.pack_a = v != 3, t.accumulate = v == 5;
         check_case((kiln__isa)isa, v & 1 ? pool : NULL, &t);
       }
+  }
+  kiln__pool_free(pool);
+}
+
+/* A packed at run time (an activation, untransposed): the layout sgemm.h documents, checked
+   element by element against A itself, for m around the panel height (full panels and a zero-
+   padded last one), k below, at and past the vector packers' width and across KC blocks, and
+   lda > k (a strided view). A and the packed memory are exactly as large as they must be, so
+   ASan catches a read past A's last element or a write past the last panel. Then the same shapes
+   through the whole SGEMM against doubles. */
+static void sgemm_packs_a_exactly(void **st) {
+  (void)st;
+  kiln__pool *pool = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
+  static const size_t ms[] = {1, 5, 6, 7, 8, 12, 13, 17, 72, 75};
+  static const size_t ks[] = {1, 3, 4, 5, 7, 8, 9, 13, 255, 256, 259, 517};
+  for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
+    if (!kiln__isa_supported((kiln__isa)isa)) continue;
+    size_t mr = kiln__sgemm_pack_a_floats((kiln__isa)isa, 1, 1); /* one padded row */
+    assert_true(mr >= 4);
+    for (size_t im = 0; im < KILN__ARRAY_LEN(ms); im++)
+      for (size_t ik = 0; ik < KILN__ARRAY_LEN(ks); ik++)
+        for (size_t pad = 0; pad < 7; pad += 3) {
+          size_t m = ms[im], k = ks[ik], lda = k + pad, mpad = (m + mr - 1) / mr * mr;
+          size_t na = (m - 1) * lda + k, nmem = kiln__sgemm_pack_a_floats((kiln__isa)isa, m, k);
+          assert_int_equal(nmem, mpad * k);
+          float *a = malloc(na * sizeof *a), *mem = malloc(nmem * sizeof *mem);
+          fill(a, na);
+          for (size_t i = 0; i < nmem; i++) mem[i] = NAN;
+          kiln__sgemm_packed out;
+          kiln__sgemm_pack_a_into(ik & 1 ? pool : NULL, (kiln__isa)isa, false, m, k, a, lda, mem,
+                                  &out);
+          for (size_t i = 0; i < mpad; i++)
+            for (size_t p = 0; p < k; p++) {
+              size_t p0 = p / KILN__SGEMM_KC * KILN__SGEMM_KC;
+              size_t kc = k - p0 < KILN__SGEMM_KC ? k - p0 : KILN__SGEMM_KC;
+              float want = i < m ? a[i * lda + p] : 0.0f;
+              float got = mem[p0 * mpad + i / mr * mr * kc + (p - p0) * mr + i % mr];
+              if (!(got == want))
+                fail_msg("%s m=%zu k=%zu lda=%zu: A[%zu][%zu] packed as %g, expected %g",
+                         kiln__isa_name((kiln__isa)isa), m, k, lda, i, p, got, want);
+            }
+          free(a), free(mem);
+          gemm_case t = {m, 1 + (m * 7 + k) % 40, k, .pad_a = pad, .alpha = 1.0f};
+          check_case((kiln__isa)isa, ik & 1 ? pool : NULL, &t);
+        }
   }
   kiln__pool_free(pool);
 }
@@ -795,6 +843,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(pool_runs_each_index_once),
       cmocka_unit_test(pool_tolerates_concurrent_callers),
       cmocka_unit_test(sgemm_matches_double_reference),
+      cmocka_unit_test(sgemm_packs_a_exactly),
       cmocka_unit_test(matmul_matches_reference),
       cmocka_unit_test(gemm_matches_reference),
       cmocka_unit_test(sgemm_b_in_place_matches_double_reference),

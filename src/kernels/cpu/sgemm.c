@@ -21,12 +21,14 @@
 typedef struct impl {
   size_t mr, nr, mc, nc;
   kiln__sgemm_ukernel uk;
+  kiln__sgemm_pack_a_panel pack_a; /* NULL: the scalar loop packs A's full panels */
 } impl;
 
 static const impl impls[KILN__ISA_COUNT] = {
     [KILN__ISA_GENERIC] = {4, 8, 64, 128, kiln__sgemm_uk_4x8__generic},
 #ifdef KILN_X86
-    [KILN__ISA_AVX2] = {6, 16, 72, 128, kiln__sgemm_uk_6x16__avx2},
+    [KILN__ISA_AVX2] = {6, 16, 72, 128, kiln__sgemm_uk_6x16__avx2,
+                         kiln__sgemm_pack_a_6__avx2},
     [KILN__ISA_AVX512] = {8, 32, 64, 128, kiln__sgemm_uk_8x32__avx512},
 #endif
 #ifdef __aarch64__
@@ -99,13 +101,17 @@ kiln_status kiln__isa_select(kiln__isa *out, kiln_error *err) {
 
 static size_t round_up(size_t x, size_t r) { return (x + r - 1) / r * r; }
 
-/* Packs op(A)[i0:i0+mc, p0:p0+kc] as ceil(mc/mr) panels of kc x mr, zero-padded. */
-KILN__NO_LIBCALL_LOOPS static void pack_a_block(size_t mr, bool trans, const float *a,
+/* Packs op(A)[i0:i0+mc, p0:p0+kc] as ceil(mc/mr) panels of kc x mr, zero-padded; the ISA's
+   panel packer (im->pack_a) takes the full panels of an untransposed A. */
+KILN__NO_LIBCALL_LOOPS static void pack_a_block(const impl *im, bool trans, const float *a,
                                                 size_t lda, size_t i0, size_t mc, size_t p0,
                                                 size_t kc, float *restrict dst) {
+  size_t mr = im->mr;
   for (size_t ip = 0; ip < mc; ip += mr) {
     size_t rows = KILN__MIN(mr, mc - ip);
-    if (!trans) {
+    if (!trans && rows == mr && im->pack_a) {
+      im->pack_a(a + (i0 + ip) * lda + p0, lda, kc, dst);
+    } else if (!trans) {
       for (size_t r = 0; r < rows; r++) {
         const float *src = a + (i0 + ip + r) * lda + p0;
         for (size_t p = 0; p < kc; p++) dst[p * mr + r] = src[p];
@@ -173,7 +179,7 @@ static kiln_status pack_whole(kiln__isa isa, bool is_a, bool trans, size_t rows,
   for (size_t p0 = 0; p0 < k; p0 += KC) {
     size_t kc = KILN__MIN((size_t)KC, k - p0);
     float *dst = out->data + p0 * padded;
-    if (is_a) pack_a_block(r, trans, src, ld, 0, rows, p0, kc, dst);
+    if (is_a) pack_a_block(im, trans, src, ld, 0, rows, p0, kc, dst);
     else pack_b_block(r, trans, src, ld, p0, kc, 0, rows, dst);
   }
   return KILN_OK;
@@ -199,7 +205,8 @@ size_t kiln__sgemm_pack_a_floats(kiln__isa isa, size_t m, size_t k) {
 }
 
 typedef struct pack_a_job {
-  size_t mr, m, k, lda;
+  const impl *im;
+  size_t m, k, lda;
   bool trans;
   const float *a;
   float *mem;
@@ -209,8 +216,8 @@ static void pack_a_range(void *arg, size_t b0, size_t b1) {
   const pack_a_job *j = arg;
   for (size_t b = b0; b < b1; b++) {
     size_t p0 = b * KC, kc = KILN__MIN((size_t)KC, j->k - p0);
-    pack_a_block(j->mr, j->trans, j->a, j->lda, 0, j->m, p0, kc,
-                 j->mem + p0 * round_up(j->m, j->mr));
+    pack_a_block(j->im, j->trans, j->a, j->lda, 0, j->m, p0, kc,
+                 j->mem + p0 * round_up(j->m, j->im->mr));
   }
 }
 
@@ -219,7 +226,7 @@ void kiln__sgemm_pack_a_into(struct kiln__pool *pool, kiln__isa isa, bool trans_
                              kiln__sgemm_packed *out) {
   if ((unsigned)isa >= KILN__ISA_COUNT || !impls[isa].uk) isa = KILN__ISA_GENERIC;
   *out = (kiln__sgemm_packed){.isa = isa, .is_a = true, .rows = m, .k = k, .data = mem};
-  pack_a_job j = {impls[isa].mr, m, k, lda, trans_a, a, mem};
+  pack_a_job j = {&impls[isa], m, k, lda, trans_a, a, mem};
   size_t blocks = (k + KC - 1) / KC;
   kiln__parallel_for(kiln__pool_for(pool, (double)m * (double)k), blocks, pack_a_range, &j);
 }
@@ -324,7 +331,7 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
         if (g->pa) {
           ap = g->pa->data + p0 * mpad + i1 * kc;
         } else {
-          pack_a_block(im->mr, g->trans_a, g->a, g->lda, i1, mc, p0, kc, abuf);
+          pack_a_block(im, g->trans_a, g->a, g->lda, i1, mc, p0, kc, abuf);
           ap = abuf;
         }
         for (size_t jp = 0; jp < nc; jp += im->nr) {

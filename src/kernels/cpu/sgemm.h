@@ -226,6 +226,14 @@ void kiln__sgemm_uk_6x16s__avx2(size_t kc, const float *restrict a, const float 
 void kiln__sgemm_uk_8x32__avx512(size_t kc, const float *restrict a, const float *restrict b,
                                  float *restrict c, size_t ldc, size_t mr, size_t nr,
                                  const kiln__uk_store *s);
+/* Packs one full MR-row panel of a row-major A (MR rows lda floats apart, kc columns each) as
+   kc x MR, the layout above: the driver's per-call A packer, vectorized where an ISA has one (the
+   scalar loop stores one float at a time, a column of the panel per row). Reads only a[r * lda
+   + p] for r < MR, p < kc and writes only dst[0 : kc * MR]. */
+typedef void (*kiln__sgemm_pack_a_panel)(const float *restrict a, size_t lda, size_t kc,
+                                         float *restrict dst);
+void kiln__sgemm_pack_a_6__avx2(const float *restrict a, size_t lda, size_t kc,
+                                float *restrict dst);
 void kiln__sgemm_uk_8x12__neon(size_t kc, const float *restrict a, const float *restrict b,
                                float *restrict c, size_t ldc, size_t mr, size_t nr,
                                const kiln__uk_store *s);

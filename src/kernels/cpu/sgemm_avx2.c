@@ -163,6 +163,35 @@ uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
   kiln__uk_store_tile(t, NR, c, ldc, mr, nr, s);
 }
 
+/* Four columns of the six rows at a time: a 4x4 transpose of rows 0-3 and an interleave of rows
+   4-5, shuffled into the six whole 16-byte vectors that the panel's 24 floats of those columns
+   are, so every store is a full one and none passes the panel's end (no masked stores: they are
+   slow on AMD). */
+TARGET void kiln__sgemm_pack_a_6__avx2(const float *restrict a, size_t lda, size_t kc,
+                                       float *restrict dst) {
+  const float *r0 = a, *r1 = a + lda, *r2 = a + 2 * lda, *r3 = a + 3 * lda;
+  const float *r4 = a + 4 * lda, *r5 = a + 5 * lda;
+  size_t p = 0;
+  for (; p + 4 <= kc; p += 4, dst += 4 * MR) {
+    __m128 x0 = _mm_loadu_ps(r0 + p), x1 = _mm_loadu_ps(r1 + p);
+    __m128 x2 = _mm_loadu_ps(r2 + p), x3 = _mm_loadu_ps(r3 + p);
+    __m128 y4 = _mm_loadu_ps(r4 + p), y5 = _mm_loadu_ps(r5 + p);
+    _MM_TRANSPOSE4_PS(x0, x1, x2, x3); /* x_i: rows 0-3 of column p + i */
+    /* rows 4-5 of columns p, p + 1 and of p + 2, p + 3 */
+    __m128 lo = _mm_unpacklo_ps(y4, y5), hi = _mm_unpackhi_ps(y4, y5);
+    _mm_storeu_ps(dst, x0);
+    _mm_storeu_ps(dst + 4, _mm_shuffle_ps(lo, x1, _MM_SHUFFLE(1, 0, 1, 0)));
+    _mm_storeu_ps(dst + 8, _mm_shuffle_ps(x1, lo, _MM_SHUFFLE(3, 2, 3, 2)));
+    _mm_storeu_ps(dst + 12, x2);
+    _mm_storeu_ps(dst + 16, _mm_shuffle_ps(hi, x3, _MM_SHUFFLE(1, 0, 1, 0)));
+    _mm_storeu_ps(dst + 20, _mm_shuffle_ps(x3, hi, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  for (; p < kc; p++, dst += MR) {
+    dst[0] = r0[p], dst[1] = r1[p], dst[2] = r2[p];
+    dst[3] = r3[p], dst[4] = r4[p], dst[5] = r5[p];
+  }
+}
+
 TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
                                       const float *restrict b, float *restrict c, size_t ldc,
                                       size_t mr, size_t nr, const kiln__uk_store *s) {
