@@ -1,5 +1,6 @@
-/* Integer depthwise convolution (see qconv_dw.h): a portable loop for any geometry and an AVX2
- * row kernel for strides 1 and 2 without horizontal dilation.
+/* Integer depthwise convolution (see qconv_dw.h): a portable loop for any geometry, an AVX2
+ * row kernel for strides 1 and 2 without horizontal dilation, and an AVX2 3x3 kernel for the
+ * small planes (up to DW3_WMAX wide; see its section below).
  *
  * AVX2 scheme: each input row is widened once per channel to int16 (x - zx), zero-padded (so the
  * padding contributes (zx - zx) = 0, as in the reference), and kept in a small ring of the rows
@@ -250,16 +251,18 @@ TARGET static void channel_avx2(const kiln__qdw_args *a, const dw_plan *p, size_
   }
 }
 
-/* ---- 3x3, strides 1 and 2, read in place ------------------------------------------------------
-   Each output row is cut into blocks of 8 outputs, one int32 lane each, whose taps are loaded
-   straight from the input bytes: no widened or padded row copies. The zero point is folded out
-   of the inner loop, sum (x - zx) w' = sum x w' - zx sum w' (w' = w - zw, exact mod 2^32 like the
-   reference's int32 sum), which holds when every padding tap reads zx: a row above or below the
-   plane is a row of zx bytes, and a block that crosses the left or right edge (or ends past the
-   last column) reads its three rows from a small zx-filled copy of the bytes it covers. The 9
-   taps go in 5 VPMADDWD pairs, (r0k0, r0k1) (r0k2, r1k0) (r1k1, r1k2) (r2k0, r2k1) (r2k2, 0): an
-   int16 pair holds the two bytes of one output, |x| <= 255, |w'| <= 255, so a pair sum < 2^17. */
-#define DW3_ZW 4096 /* widest input row of the 3x3 kernel (its zx row) */
+/* ---- 3x3, strides 1 and 2, small planes ------------------------------------------------------
+   Each output row is cut into blocks of 8 outputs, one int32 lane each. The zero point is folded
+   out of the inner loop, sum (x - zx) w' = sum x w' - zx sum w' (w' = w - zw, exact mod 2^32 like
+   the reference's int32 sum), which holds when every padding tap reads zx: input rows are kept
+   as bytes (not widened) in a ring of 3 rows padded with zx, and a row above or below the plane
+   is a row of zx bytes. The 9 taps go in 5 VPMADDWD pairs, (r0k0, r0k1) (r0k2, r1k0)
+   (r1k1, r1k2) (r2k0, r2k1) (r2k2, 0), built from the bytes by an unpack and a widening: an int16
+   pair holds two bytes of one output, |x| <= 255, |w'| <= 255, so a pair sum < 2^17. No lanes are
+   wasted on a 7-wide row (the row kernel computes 16), and no per-row widening. An in-place
+   version (edge blocks from a small zx-filled copy) was 2x slower: the byte stores of each edge
+   copy stalled the wide loads after them (store forwarding). */
+#define DW3_ZW 4096 /* bytes of a padded row of the 3x3 kernel (and of its zx row) */
 /* Planes up to this wide: measured (bench/RESULTS.md, 2026-11-27) 15-27% faster than the row
    kernel on MobileNetV2's 28-, 14- and 7-wide planes, but equal at 56 and 12-18% slower at 112,
    where the row kernel's one widening per input row beats this one's per-tap widening. */
@@ -277,7 +280,8 @@ TARGET static inline __m256i wid(__m128i b, bool sgn) {
 }
 
 /* The raw sums sum x w' of 8 outputs from rows r[0..3), each pointing at the byte of the block's
-   first tap (column ox * sw - pl); p[0..5) the weight pairs. */
+   first tap (column ox * sw - pl) and readable 10 (stride 1) or 18 (stride 2) bytes on;
+   p[0..5) the weight pairs. */
 TARGET static inline __attribute__((always_inline)) __m256i dw3_sums(const uint8_t *const *r,
                                                                     const __m256i *p, int sw,
                                                                     bool sgn) {
@@ -317,7 +321,8 @@ TARGET static inline __attribute__((always_inline)) __m256i dw3_sums(const uint8
 }
 
 
-/* One plane of the 3x3 kernel; zrow: DW3_ZW bytes of zx. */
+/* One plane of the 3x3 kernel; zrow: DW3_ZW bytes of zx, ring: 3 x DW3_ZW bytes. Padded row
+   byte i is input column i - 2. */
 TARGET static void channel_dw3(const kiln__qdw_args *a, size_t b, size_t ch, const uint8_t *zrow,
                                uint8_t *ring) {
   const uint8_t *x = (const uint8_t *)a->x + (b * a->c + ch) * a->h * a->w;
