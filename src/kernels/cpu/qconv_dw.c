@@ -336,7 +336,8 @@ TARGET static void channel_dw3(const kiln__qdw_args *a, size_t b, size_t ch, con
   wq[9] = 0;
   __m256i p[5];
   for (size_t i = 0; i < 5; i++)
-    p[i] = _mm256_set1_epi32((int32_t)((uint16_t)wq[2 * i] | (uint32_t)(uint16_t)wq[2 * i + 1] << 16));
+    p[i] = _mm256_set1_epi32(
+        (int32_t)((uint16_t)wq[2 * i] | (uint32_t)(uint16_t)wq[2 * i + 1] << 16));
   uint32_t corr = (uint32_t)a->zx * wsum; /* the sum's zx term, subtracted mod 2^32 */
   size_t esz = out_esz(a);
   uint8_t *y = (uint8_t *)a->y + (b * a->c + ch) * a->oh * a->ow * esz;
