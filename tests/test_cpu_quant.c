@@ -12,6 +12,7 @@
  * uint8/int8 outputs of QLinear* and the float outputs of DequantizeLinear must be identical.
  * While the cpu kernel runs, the reference run() is replaced by one that fails, so a case passes
  * only if the fast path computed it. */
+#include <inttypes.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -377,9 +378,11 @@ static void qlinearconv_matches_reference(void **st) {
 /* Odd sizes around the AVX2 kernel's 16-wide blocks, every stride/dilation form it runs (stride 1
    with dilation, stride 2) and the ones it hands to the portable loop (stride 3, stride 2 with
    dilation, a row too wide for its stack buffers), asymmetric pads, non-square kernels. */
-static const struct {
+typedef struct dw_shape {
   int64_t n, c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr;
-} dw_shapes[] = {
+} dw_shape;
+
+static const dw_shape dw_shapes[] = {
     {1, 5, 9, 11, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},    /* 3x3 same, ow 11 (one partial block) */
     {2, 3, 17, 33, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1},   /* stride 2, batch 2, ow 17 */
     {1, 7, 20, 37, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0},   /* no padding, ow 35 */
@@ -396,64 +399,98 @@ static const struct {
 
 static void extreme_acts(kiln_tensor *t);
 
+/* One depthwise node of shape sh against the reference, byte for byte. combo: bit 0 int8 x,
+   bit 1 uint8 w, bit 2 QLinearConv (else ConvInteger); zp: 0 none, 1 per tensor, 2 per-channel w
+   zero points (and, for QLinearConv, per-channel w scales). */
+static void dw_case(kiln__pool *pool, const dw_shape *dws, int combo, int zp, bool extreme,
+                    const char *label) {
+  kiln_dtype xt = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+  kiln_dtype wt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+  bool ql = combo & 4;
+  int64_t n = dws->n, ch = dws->c;
+  tin x = {xt, 4, {n, ch, dws->h, dws->w}}, wt4 = {wt, 4, {ch, 1, dws->kh, dws->kw}, true};
+  /* zp 0: none; 1: per-tensor x and w zero points; 2: per-channel w zero points */
+  tin xzp = zp >= 1 ? (tin){xt, 0, {0}, true} : (tin){xt, -1};
+  tin wzp = zp == 2 ? (tin){wt, 1, {ch}, true} : zp == 1 ? (tin){wt, 0, {0}, true}
+                                                        : (tin){wt, -1};
+  onenode o;
+  if (!ql) {
+    tin ins[4] = {x, wt4, xzp, wzp};
+    onenode_make(&o, "ConvInteger", zp ? 4 : 2, ins, 1);
+  } else {
+    static float ws[16];
+    for (int64_t j = 0; j < ch; j++) ws[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
+    float xs = 0.02f;
+    /* zp 1 uses a small y scale: many outputs saturate. */
+    float ys = 0.02f * 0.01f * (zp == 1 ? 0.5f : 6.0f) * sqrtf((float)(dws->kh * dws->kw));
+    if (xzp.rank < 0) xzp = (tin){xt, 0, {0}, true};
+    if (wzp.rank < 0) wzp = (tin){wt, 0, {0}, true, &zero8};
+    kiln_dtype yt = combo & 1 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+    tin ins[9] = {x,
+                  {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
+                  xzp,
+                  wt4,
+                  {KILN_DTYPE_FLOAT, zp == 2 ? 1 : 0, {ch}, true, ws},
+                  wzp,
+                  {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
+                  {yt, 0, {0}, true},
+                  {KILN_DTYPE_INT32, 1, {ch}, true}};
+    onenode_make(&o, "QLinearConv", combo & 2 ? 9 : 8, ins, 1);
+  }
+  if (extreme) extreme_acts(&o.in[0]);
+  int64_t st[2] = {dws->sh, dws->sw};
+  int64_t dl[2] = {dws->dh, dws->dw};
+  int64_t p[4] = {dws->pt, dws->pl, dws->pb, dws->pr};
+  kt_attr_ints(o.n, "strides", st, 2);
+  kt_attr_ints(o.n, "dilations", dl, 2);
+  kt_attr_ints(o.n, "pads", p, 4);
+  kt_attr_int(o.n, "group", ch);
+  char what[160];
+  snprintf(what, sizeof what, "depthwise %s x %s w %s zp mode %d", label,
+           kiln_dtype_name(xt), kiln_dtype_name(wt), zp);
+  onenode_check(&o, pool, what);
+  onenode_free(&o);
+}
+
 static void dw_cases(kiln__pool *pool) {
   for (size_t si = 0; si < KILN__ARRAY_LEN(dw_shapes); si++)
     for (int combo = 0; combo < 8; combo++)
       for (int zp = 0; zp < 3; zp++) {
-        kiln_dtype xt = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
-        kiln_dtype wt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
-        bool ql = combo & 4;
-        int64_t n = dw_shapes[si].n, ch = dw_shapes[si].c;
-        tin x = {xt, 4, {n, ch, dw_shapes[si].h, dw_shapes[si].w}},
-            wt4 = {wt, 4, {ch, 1, dw_shapes[si].kh, dw_shapes[si].kw}, true};
-        /* zp 0: none; 1: per-tensor x and w zero points; 2: per-channel w zero points */
-        tin xzp = zp >= 1 ? (tin){xt, 0, {0}, true} : (tin){xt, -1};
-        tin wzp = zp == 2 ? (tin){wt, 1, {ch}, true} : zp == 1 ? (tin){wt, 0, {0}, true}
-                                                              : (tin){wt, -1};
-        onenode o;
-        if (!ql) {
-          tin ins[4] = {x, wt4, xzp, wzp};
-          onenode_make(&o, "ConvInteger", zp ? 4 : 2, ins, 1);
-        } else {
-          static float ws[16];
-          for (int64_t j = 0; j < ch; j++) ws[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
-          float xs = 0.02f;
-          /* zp 1 uses a small y scale: many outputs saturate. */
-          float ys = 0.02f * 0.01f * (zp == 1 ? 0.5f : 6.0f) *
-                     sqrtf((float)(dw_shapes[si].kh * dw_shapes[si].kw));
-          if (xzp.rank < 0) xzp = (tin){xt, 0, {0}, true};
-          if (wzp.rank < 0) wzp = (tin){wt, 0, {0}, true, &zero8};
-          kiln_dtype yt = combo & 1 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
-          tin ins[9] = {x,
-                        {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
-                        xzp,
-                        wt4,
-                        {KILN_DTYPE_FLOAT, zp == 2 ? 1 : 0, {ch}, true, ws},
-                        wzp,
-                        {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
-                        {yt, 0, {0}, true},
-                        {KILN_DTYPE_INT32, 1, {ch}, true}};
-          onenode_make(&o, "QLinearConv", combo & 2 ? 9 : 8, ins, 1);
-        }
-        if (si % 3 == 1) extreme_acts(&o.in[0]);
-        int64_t st[2] = {dw_shapes[si].sh, dw_shapes[si].sw};
-        int64_t dl[2] = {dw_shapes[si].dh, dw_shapes[si].dw};
-        int64_t p[4] = {dw_shapes[si].pt, dw_shapes[si].pl, dw_shapes[si].pb, dw_shapes[si].pr};
-        kt_attr_ints(o.n, "strides", st, 2);
-        kt_attr_ints(o.n, "dilations", dl, 2);
-        kt_attr_ints(o.n, "pads", p, 4);
-        kt_attr_int(o.n, "group", ch);
-        char what[96];
-        snprintf(what, sizeof what, "depthwise shape %zu x %s w %s zp mode %d", si,
-                 kiln_dtype_name(xt), kiln_dtype_name(wt), zp);
-        onenode_check(&o, pool, what);
-        onenode_free(&o);
+        char label[32];
+        snprintf(label, sizeof label, "shape %zu", si);
+        dw_case(pool, &dw_shapes[si], combo, zp, si % 3 == 1, label);
+      }
+}
+
+/* Every small 3x3 plane, 1..10 rows x 1..20 columns, strides 1 and 2, each pad 0-2 (cycled
+   independently over the sizes, so every pad value meets every side and stride): all blocks of
+   qconv_dw.c's 3x3 kernel are edge blocks here, and the inputs are exact-size allocations, so an
+   out-of-bounds read shows under ASan. The dtypes, ConvInteger / QLinearConv and zero-point
+   modes rotate with the case; saturating extreme inputs on every fourth. */
+static void dw3_small_cases(kiln__pool *pool) {
+  size_t k = 0;
+  for (int64_t s = 1; s <= 2; s++)
+    for (int64_t h = 1; h <= 10; h++)
+      for (int64_t w = 1; w <= 20; w++, k++) {
+        dw_shape sh = {1, 3, h, w, 3, 3, s, s, 1, 1, (int64_t)(k % 3), (int64_t)(k / 3 % 3),
+                       (int64_t)(k / 9 % 3), (int64_t)(k / 27 % 3)};
+        if (h + sh.pt + sh.pb < 3) sh.pb = 3 - h - sh.pt; /* at least one output row */
+        if (w + sh.pl + sh.pr < 3) sh.pr = 3 - w - sh.pl;
+        char label[64];
+        snprintf(label, sizeof label, "3x3 %" PRId64 "x%" PRId64 " s%" PRId64 " pads %" PRId64
+                 " %" PRId64 " %" PRId64 " %" PRId64, h, w, s, sh.pt, sh.pl, sh.pb, sh.pr);
+        dw_case(pool, &sh, (int)(k % 8), (int)(k / 8 % 3), k % 4 == 3, label);
       }
 }
 
 static void depthwise_matches_reference(void **st) {
   (void)st;
   kt_for_each_qisa(dw_cases);
+}
+
+static void depthwise_3x3_small_planes(void **st) {
+  (void)st;
+  kt_for_each_qisa(dw3_small_cases);
 }
 
 /* ---- 8-bit MaxPool (pool.c's byte path) ------------------------------------------------------ */
@@ -938,6 +975,7 @@ int main(void) {
       cmocka_unit_test(convinteger_matches_reference),
       cmocka_unit_test(qlinearconv_matches_reference),
       cmocka_unit_test(depthwise_matches_reference),
+      cmocka_unit_test(depthwise_3x3_small_planes),
       cmocka_unit_test(maxpool8_matches_reference),
       cmocka_unit_test(qlinearconcat_matches_reference),
       cmocka_unit_test(qlinearadd_matches_reference),

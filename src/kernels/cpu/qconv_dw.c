@@ -1,5 +1,6 @@
-/* Integer depthwise convolution (see qconv_dw.h): a portable loop for any geometry and an AVX2
- * row kernel for strides 1 and 2 without horizontal dilation.
+/* Integer depthwise convolution (see qconv_dw.h): a portable loop for any geometry, an AVX2
+ * row kernel for strides 1 and 2 without horizontal dilation, and an AVX2 3x3 kernel for the
+ * small planes (up to DW3_WMAX wide; see its section below).
  *
  * AVX2 scheme: each input row is widened once per channel to int16 (x - zx), zero-padded (so the
  * padding contributes (zx - zx) = 0, as in the reference), and kept in a small ring of the rows
@@ -249,17 +250,173 @@ TARGET static void channel_avx2(const kiln__qdw_args *a, const dw_plan *p, size_
     }
   }
 }
+
+/* ---- 3x3, strides 1 and 2, small planes ------------------------------------------------------
+   Each output row is cut into blocks of 8 outputs, one int32 lane each. The zero point is folded
+   out of the inner loop, sum (x - zx) w' = sum x w' - zx sum w' (w' = w - zw, exact mod 2^32 like
+   the reference's int32 sum), which holds when every padding tap reads zx: input rows are kept
+   as bytes (not widened) in a ring of 3 rows padded with zx, and a row above or below the plane
+   is a row of zx bytes. The 9 taps go in 5 VPMADDWD pairs, (r0k0, r0k1) (r0k2, r1k0)
+   (r1k1, r1k2) (r2k0, r2k1) (r2k2, 0), built from the bytes by an unpack and a widening: an int16
+   pair holds two bytes of one output, |x| <= 255, |w'| <= 255, so a pair sum < 2^17. No lanes are
+   wasted on a 7-wide row (the row kernel computes 16), and no per-row widening. An in-place
+   version (edge blocks from a small zx-filled copy) was 2x slower: the byte stores of each edge
+   copy stalled the wide loads after them (store forwarding). */
+#define DW3_ZW 4096 /* bytes of a padded row of the 3x3 kernel (and of its zx row) */
+/* Planes up to this wide: measured (bench/RESULTS.md, 2026-11-27) 15-27% faster than the row
+   kernel on MobileNetV2's 28-, 14- and 7-wide planes, but equal at 56 and 12-18% slower at 112,
+   where the row kernel's one widening per input row beats this one's per-tap widening. */
+#define DW3_WMAX 32
+
+static bool dw3_fits(const kiln__qdw_args *a) {
+  return a->kh == 3 && a->kw == 3 && a->dh == 1 && a->dw == 1 && a->sh == a->sw &&
+         (a->sw == 1 || a->sw == 2) && a->pt >= 0 && a->pt <= 2 && a->pl >= 0 && a->pl <= 2 &&
+         a->w <= DW3_WMAX && a->w + 2 + (a->ow + 15) / 16 * 16 * (size_t)a->sw + 20 <= DW3_ZW;
+}
+
+/* Bytes b[0..16) of a row as int16, signed or not. */
+TARGET static inline __m256i wid(__m128i b, bool sgn) {
+  return sgn ? _mm256_cvtepi8_epi16(b) : _mm256_cvtepu8_epi16(b);
+}
+
+/* The raw sums sum x w' of 8 outputs from rows r[0..3), each pointing at the byte of the block's
+   first tap (column ox * sw - pl) and readable 10 (stride 1) or 18 (stride 2) bytes on;
+   p[0..5) the weight pairs. */
+TARGET static inline __attribute__((always_inline)) __m256i dw3_sums(const uint8_t *const *r,
+                                                                    const __m256i *p, int sw,
+                                                                    bool sgn) {
+  __m256i s;
+  if (sw == 1) { /* pairs of bytes c + l and c + l + 1 (or the next row's c + l) */
+    __m128i k0[3], k1[3], k2[3];
+    for (int i = 0; i < 3; i++) {
+      k0[i] = _mm_loadl_epi64((const __m128i *)r[i]);
+      k1[i] = _mm_loadl_epi64((const __m128i *)(r[i] + 1));
+      k2[i] = _mm_loadl_epi64((const __m128i *)(r[i] + 2));
+    }
+    s = _mm256_madd_epi16(wid(_mm_unpacklo_epi8(k0[0], k1[0]), sgn), p[0]);
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(wid(_mm_unpacklo_epi8(k2[0], k0[1]), sgn), p[1]));
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(wid(_mm_unpacklo_epi8(k1[1], k2[1]), sgn), p[2]));
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(wid(_mm_unpacklo_epi8(k0[2], k1[2]), sgn), p[3]));
+    __m256i l2 = sgn ? _mm256_cvtepi8_epi32(k2[2]) : _mm256_cvtepu8_epi32(k2[2]); /* x (w22, 0) */
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(l2, p[4]));
+  } else { /* 16 bytes from c hold the pairs (k0, k1) of the 8 outputs; from c + 2, k2 evenly */
+    __m256i a[3], c[3];
+    for (int i = 0; i < 3; i++) {
+      a[i] = wid(_mm_loadu_si128((const __m128i *)r[i]), sgn);
+      c[i] = wid(_mm_loadu_si128((const __m128i *)(r[i] + 2)), sgn);
+    }
+    /* (k2 of row i, k0 of row i + 1): the low int16 of c[i]'s lane, the low of a[i + 1]'s. */
+    __m256i m01 = _mm256_blend_epi16(c[0], _mm256_slli_epi32(a[1], 16), 0xAA);
+    s = _mm256_madd_epi16(a[0], p[0]);
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(m01, p[1]));
+    /* (k1, k2) of row 1: shift a[1] right by one int16 across its pairs is c[1] shifted back by
+       one: lane l of (a[1] >> 16) | (c[1] << 16) is (x[c + 2l + 1], x[c + 2l + 2]). */
+    __m256i r1 = _mm256_blend_epi16(_mm256_srli_epi32(a[1], 16), _mm256_slli_epi32(c[1], 16),
+                                    0xAA);
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(r1, p[2]));
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(a[2], p[3]));
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(c[2], p[4])); /* (k2, k3) x (w22, 0) */
+  }
+  return s;
+}
+
+
+/* One plane of the 3x3 kernel; zrow: DW3_ZW bytes of zx, ring: 3 x DW3_ZW bytes. Padded row
+   byte i is input column i - 2. */
+TARGET static void channel_dw3(const kiln__qdw_args *a, size_t b, size_t ch, const uint8_t *zrow,
+                               uint8_t *ring) {
+  const uint8_t *x = (const uint8_t *)a->x + (b * a->c + ch) * a->h * a->w;
+  const uint8_t *w = (const uint8_t *)a->wt + ch * 9;
+  int32_t zw = zw_at(&a->zw, ch), wq[10];
+  uint32_t wsum = 0;
+  for (size_t k = 0; k < 9; k++) {
+    wq[k] = ld8(w, a->w_signed, k) - zw;
+    wsum += (uint32_t)wq[k];
+  }
+  wq[9] = 0;
+  __m256i p[5];
+  for (size_t i = 0; i < 5; i++)
+    p[i] = _mm256_set1_epi32(
+        (int32_t)((uint16_t)wq[2 * i] | (uint32_t)(uint16_t)wq[2 * i + 1] << 16));
+  uint32_t corr = (uint32_t)a->zx * wsum; /* the sum's zx term, subtracted mod 2^32 */
+  size_t esz = out_esz(a);
+  uint8_t *y = (uint8_t *)a->y + (b * a->c + ch) * a->oh * a->ow * esz;
+  rq_consts rq = {0};
+  __m256i neg = _mm256_set1_epi32((int32_t)(0u - corr));
+  if (a->kind != KILN__QOUT_I32) {
+    rq = rq_init(a, ch);
+    rq.bias = _mm256_add_epi32(rq.bias, neg);
+  }
+  int sw = (int)a->sw;
+  bool sgn = a->x_signed;
+  size_t len = a->w + 2 + ((a->ow + 15) / 16 * 16) * (size_t)sw + 20; /* padded row bytes */
+  int64_t tag[3] = {-1, -1, -1};
+  for (size_t oy = 0; oy < a->oh; oy++) {
+    const uint8_t *row[3];
+    for (int k = 0; k < 3; k++) {
+      int64_t iy = (int64_t)oy * sw - a->pt + k;
+      if (iy < 0 || iy >= (int64_t)a->h) {
+        row[k] = zrow;
+        continue;
+      }
+      uint8_t *d = ring + (size_t)(iy % 3) * DW3_ZW;
+      if (tag[iy % 3] != iy) {
+        memset(d, (uint8_t)a->zx, 2);
+        memcpy(d + 2, x + (size_t)iy * a->w, a->w);
+        memset(d + 2 + a->w, (uint8_t)a->zx, len - 2 - a->w);
+        tag[iy % 3] = iy;
+      }
+      row[k] = d;
+    }
+    for (size_t ox = 0; ox < a->ow; ox += 16) {
+      __m256i v[2];
+      size_t cnt = KILN__MIN((size_t)16, a->ow - ox);
+      for (size_t h = 0; h < 2; h++) {
+        if (h && cnt <= 8) {
+          v[1] = v[0];
+          break;
+        }
+        int c = (int)(ox + 8 * h) * sw - (int)a->pl + 2;
+        const uint8_t *r[3] = {row[0] + c, row[1] + c, row[2] + c};
+        v[h] = sw == 1 ? dw3_sums(r, p, 1, sgn) : dw3_sums(r, p, 2, sgn);
+      }
+      uint8_t *dst = y + (oy * a->ow + ox) * esz;
+      if (a->kind == KILN__QOUT_I32) {
+        int32_t t[16];
+        _mm256_storeu_si256((__m256i *)t, _mm256_add_epi32(v[0], neg));
+        _mm256_storeu_si256((__m256i *)(t + 8), _mm256_add_epi32(v[1], neg));
+        memcpy(dst, t, cnt * sizeof *t);
+        continue;
+      }
+      __m128i q = requant16(v[0], v[1], &rq);
+      if (cnt == 16) {
+        _mm_storeu_si128((__m128i *)dst, q);
+      } else {
+        uint8_t t[16];
+        _mm_storeu_si128((__m128i *)t, q);
+        memcpy(dst, t, cnt);
+      }
+    }
+  }
+}
 #endif
 
 typedef struct dw_job {
   const kiln__qdw_args *a;
   dw_plan plan;
+  bool dw3;  /* the AVX2 3x3 kernel */
   bool vec;  /* the AVX2 row kernel */
   bool avx2; /* the AVX2 epilogue */
 } dw_job;
 
 #ifdef KILN__QGEMM_X86
 TARGET static void planes_avx2(const dw_job *j, size_t i0, size_t i1) {
+  if (j->dw3) {
+    uint8_t zrow[DW3_ZW], ring[3 * DW3_ZW];
+    memset(zrow, (uint8_t)j->a->zx, sizeof zrow);
+    for (size_t i = i0; i < i1; i++) channel_dw3(j->a, i / j->a->c, i % j->a->c, zrow, ring);
+    return;
+  }
   _Alignas(32) int16_t ring[RING_MAX];
   _Alignas(32) int32_t acc[ACC_MAX];
   for (size_t i = i0; i < i1; i++)
@@ -279,10 +436,11 @@ static void planes(void *arg, size_t i0, size_t i1) {
 }
 
 void kiln__qconv_dw(kiln__pool *pool, kiln__qisa isa, const kiln__qdw_args *a) {
-  dw_job j = {a, {0}, false, false};
+  dw_job j = {a, {0}, false, false, false};
 #ifdef KILN__QGEMM_X86
   j.avx2 = isa != KILN__QISA_GENERIC;
-  j.vec = j.avx2 && avx2_plan(a, &j.plan);
+  j.dw3 = j.avx2 && dw3_fits(a);
+  j.vec = j.dw3 || (j.avx2 && avx2_plan(a, &j.plan));
 #else
   (void)isa;
 #endif
