@@ -29,6 +29,7 @@
 #include "kernels/cpu/qgemm.h"
 #include "kiln_test_ir.h"
 #include "kiln_test_qisa.h"
+#include "kiln_test_select.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd(void) {
@@ -967,8 +968,8 @@ static void isa_selection(void **st) {
   assert_true(kiln__qisa_supported(isa));
 }
 
-int main(void) {
-  const struct CMUnitTest tests[] = {
+int main(int argc, char **argv) {
+  struct CMUnitTest tests[] = {
       cmocka_unit_test(isa_selection),
       cmocka_unit_test(matmulinteger_matches_reference),
       cmocka_unit_test(qlinearmatmul_matches_reference),
@@ -985,5 +986,5 @@ int main(void) {
       cmocka_unit_test(byte_formats_match_reference),
       cmocka_unit_test(uncovered_forms_fall_back),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_run_selected("cpu_quant", tests, sizeof tests / sizeof tests[0], argc, argv);
 }
