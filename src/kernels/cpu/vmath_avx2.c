@@ -155,41 +155,6 @@ AVX2 static inline float hmax(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-AVX2 static void softmax_row(const float *x, float *y, size_t n) {
-  __m256 vm = S(-INFINITY);
-  size_t i = 0, rem = n % 8, body = n - rem;
-  __m256i tm = tail_mask(rem);
-  for (; i < body; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
-  if (rem)
-    vm = _mm256_max_ps(vm, _mm256_blendv_ps(S(-INFINITY), _mm256_maskload_ps(x + body, tm),
-                                            _mm256_castsi256_ps(tm)));
-  float m = hmax(vm);
-  if (m == -INFINITY) m = 0; /* an all -inf row gives NaN, as the reference does */
-  __m256 mv = S(m), s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  for (i = 0; i + 16 <= body; i += 16) {
-    __m256 e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
-    __m256 e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mv));
-    _mm256_storeu_ps(y + i, e0);
-    _mm256_storeu_ps(y + i + 8, e1);
-    s0 = _mm256_add_ps(s0, e0);
-    s1 = _mm256_add_ps(s1, e1);
-  }
-  for (; i < body; i += 8) {
-    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
-    _mm256_storeu_ps(y + i, e);
-    s0 = _mm256_add_ps(s0, e);
-  }
-  if (rem) {
-    __m256 e = exp8(_mm256_sub_ps(_mm256_maskload_ps(x + body, tm), mv));
-    e = _mm256_and_ps(e, _mm256_castsi256_ps(tm));
-    _mm256_maskstore_ps(y + body, tm, e);
-    s0 = _mm256_add_ps(s0, e);
-  }
-  __m256 r = S(1.0f / hsum(_mm256_add_ps(s0, s1)));
-  for (i = 0; i < body; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), r));
-  if (rem) _mm256_maskstore_ps(y + body, tm, _mm256_mul_ps(_mm256_maskload_ps(y + body, tm), r));
-}
-
 /* exp8 for x <= 0 (a score minus its row's max): nothing overflows and n >= -126, so 2^n is one
    factor, and max(LO, x) passes NaN through to the result without the blend. */
 AVX2 static inline __m256 exp8_nonpos(__m256 x) {
@@ -210,43 +175,71 @@ AVX2 static inline __m256 exp8_nonpos(__m256 x) {
   return _mm256_andnot_ps(_mm256_cmp_ps(x, S(KILN__EXP_LO), _CMP_LT_OQ), y);
 }
 
-AVX2 static float softmax_step(float *x, size_t n, float *run_max) {
-  __m256 vm = S(*run_max);
+/* The largest of init and x[0:n]. */
+AVX2 static inline float row_max(const float *x, size_t n, float init) {
+  __m256 vm = S(init);
   size_t i = 0, rem = n % 8, body = n - rem;
-  __m256i tm = tail_mask(rem);
   for (; i < body; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
-  if (rem)
+  if (rem) {
+    __m256i tm = tail_mask(rem);
     vm = _mm256_max_ps(vm, _mm256_blendv_ps(S(-INFINITY), _mm256_maskload_ps(x + body, tm),
                                             _mm256_castsi256_ps(tm)));
-  float m = hmax(vm);
-  *run_max = m;
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  if (m == -INFINITY) {
-    for (i = 0; i < body; i += 8) _mm256_storeu_ps(x + i, s0);
-    if (rem) _mm256_maskstore_ps(x + body, tm, s0);
-    return 0.0f;
   }
-  __m256 mv = S(m);
-  for (i = 0; i + 16 <= body; i += 16) {
-    __m256 e0 = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
-    __m256 e1 = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mv));
-    _mm256_storeu_ps(x + i, e0);
-    _mm256_storeu_ps(x + i + 8, e1);
+  return hmax(vm);
+}
+
+/* y = exp(x - m) and its sum; nonpos picks exp8_nonpos (the caller knows x - m <= 0). y may be
+   x. Inlined with a constant nonpos, so each caller gets one loop. */
+AVX2 static inline float exp_sub_sum(const float *x, float *y, size_t n, float m, bool nonpos) {
+  size_t i = 0, rem = n % 8, body = n - rem;
+  __m256 mv = S(m), s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+#define EXP8(v) (nonpos ? exp8_nonpos(v) : exp8(v))
+  for (; i + 16 <= body; i += 16) {
+    __m256 e0 = EXP8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+    __m256 e1 = EXP8(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mv));
+    _mm256_storeu_ps(y + i, e0);
+    _mm256_storeu_ps(y + i + 8, e1);
     s0 = _mm256_add_ps(s0, e0);
     s1 = _mm256_add_ps(s1, e1);
   }
   for (; i < body; i += 8) {
-    __m256 e = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
-    _mm256_storeu_ps(x + i, e);
+    __m256 e = EXP8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+    _mm256_storeu_ps(y + i, e);
     s0 = _mm256_add_ps(s0, e);
   }
   if (rem) {
-    __m256 e = exp8_nonpos(_mm256_sub_ps(_mm256_maskload_ps(x + body, tm), mv));
+    __m256i tm = tail_mask(rem);
+    __m256 e = EXP8(_mm256_sub_ps(_mm256_maskload_ps(x + body, tm), mv));
     e = _mm256_and_ps(e, _mm256_castsi256_ps(tm));
-    _mm256_maskstore_ps(x + body, tm, e);
+    _mm256_maskstore_ps(y + body, tm, e);
     s0 = _mm256_add_ps(s0, e);
   }
+#undef EXP8
   return hsum(_mm256_add_ps(s0, s1));
+}
+
+AVX2 static void softmax_row(const float *x, float *y, size_t n) {
+  float m = row_max(x, n, -INFINITY);
+  if (m == -INFINITY) m = 0; /* an all -inf row gives NaN, as the reference does */
+  __m256 r = S(1.0f / exp_sub_sum(x, y, n, m, false));
+  size_t i, rem = n % 8, body = n - rem;
+  for (i = 0; i < body; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), r));
+  if (rem) {
+    __m256i tm = tail_mask(rem);
+    _mm256_maskstore_ps(y + body, tm, _mm256_mul_ps(_mm256_maskload_ps(y + body, tm), r));
+  }
+}
+
+AVX2 static float softmax_step(float *x, size_t n, float *run_max) {
+  float m = row_max(x, n, *run_max);
+  *run_max = m;
+  if (m == -INFINITY) {
+    size_t rem = n % 8, body = n - rem;
+    for (size_t i = 0; i < body; i += 8) _mm256_storeu_ps(x + i, _mm256_setzero_ps());
+    if (rem) _mm256_maskstore_ps(x + body, tail_mask(rem), _mm256_setzero_ps());
+    return 0.0f;
+  }
+  return exp_sub_sum(x, x, n, m, true);
 }
 
 AVX2 static void layernorm_row(const float *x, float *y, size_t n, const float *scale,
