@@ -118,6 +118,8 @@ int cmd_info(int argc, char **argv) {
                ? 100.0 * (1.0 - (double)ss.arena_bytes / (double)ss.intermediate_bytes)
                : 0.0);
     printf("  folded nodes:   %zu\n", ss.folded_nodes);
+    printf("  concat in place: %zu (inputs written inside the output, no copy)\n",
+           ss.concat_in_place);
   } else {
     printf("memory plan: not available (%s)\n", err.message[0] ? err.message : "inputs");
   }

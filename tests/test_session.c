@@ -346,6 +346,73 @@ static void allocation_failures_are_clean(void **state) {
   assert_true(failures > 50); /* the loop really walked through the allocations */
 }
 
+/* The planner computes a Concat in place (its inputs' producers write inside its output) only
+   where that cannot change a result: see tools/make_test_models.py for plan_concat.onnx's cases.
+   Every op in it is exact, so outputs must equal the arithmetic here bit for bit, at batch 1
+   (two Concats in place, one nested in the other) and batch 2 (none), on the reference and the
+   cpu backend, warm runs included. */
+static void concat_planned_in_place(void **state) {
+  (void)state;
+  char path[1024];
+  snprintf(path, sizeof path, "%s/models/plan_concat.onnx", tests_dir);
+  static const char *const ref_only[] = {"ref", NULL};
+  for (int be = 0; be < 2; be++) {
+    kiln_model_opts o = kiln_model_opts_default();
+    o.opt_level = 0; /* the graph as written: no pass merges its nodes */
+    o.backends = be ? NULL : ref_only;
+    kiln_model *m = NULL;
+    kiln_error err = {0};
+    assert_int_equal(kiln_model_load(path, &o, &m, &err), KILN_OK);
+    kiln_session *s = NULL;
+    assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+    for (int round = 0; round < 4; round++) {
+      int64_t nb = round < 2 ? 1 : 2;
+      static float xb[2 * 256], yb[2 * 15];
+      for (int i = 0; i < 2 * 256; i++) xb[i] = (float)((i * 37 + round) % 23) * 0.25f - 2.75f;
+      for (int i = 0; i < 2 * 15; i++) yb[i] = (float)((i * 11 + round) % 7) - 3.0f;
+      kiln_tensor in[2] = {
+          {.dtype = KILN_DTYPE_FLOAT, .rank = 4, .dims = {nb, 4, 8, 8}, .data = xb},
+          {.dtype = KILN_DTYPE_FLOAT, .rank = 4, .dims = {nb, 3, 5, 1}, .data = yb}};
+      const char *names[] = {"x", "y"};
+      assert_int_equal(kiln_session_run(s, names, in, 2, &err), KILN_OK);
+      kiln_session_stats st;
+      kiln_session_stats_get(s, &st);
+      assert_int_equal(st.concat_in_place, nb == 1 ? 2 : 0);
+      kiln_tensor c3, c2, d, c4, c5;
+      assert_int_equal(kiln_session_output(s, 0, &c3), KILN_OK);
+      assert_int_equal(kiln_session_output(s, 1, &c2), KILN_OK);
+      assert_int_equal(kiln_session_output(s, 2, &d), KILN_OK);
+      assert_int_equal(kiln_session_output(s, 3, &c4), KILN_OK);
+      assert_int_equal(kiln_session_output(s, 4, &c5), KILN_OK);
+      const float *o3 = c3.data, *o2 = c2.data, *od = d.data, *o4 = c4.data, *o5 = c5.data;
+      for (int64_t b = 0; b < nb; b++)
+        for (int ch = 0; ch < 4; ch++)
+          for (int i = 0; i < 64; i++) {
+            float v = xb[b * 256 + ch * 64 + i];
+            const float *p3 = o3 + b * 12 * 64, *p2 = o2 + b * 8 * 64;
+            assert_true(p3[ch * 64 + i] == (v > 0 ? v : 0.0f));
+            assert_true(p3[(4 + ch) * 64 + i] == (-v > 0 ? -v : 0.0f));
+            assert_true(p3[(8 + ch) * 64 + i] == v * v);
+            assert_true(p2[ch * 64 + i] == fabsf(v));
+            assert_true(p2[(4 + ch) * 64 + i] == -fabsf(v));
+            assert_true(od[b * 256 + ch * 64 + i] == fabsf(v) + v);
+            /* c5 = concat on axis 2: rows 0-7 |x|, rows 8-15 -x */
+            const float *p5 = o5 + b * 4 * 128 + ch * 128;
+            assert_true(p5[i] == fabsf(v));
+            assert_true(p5[64 + i] == -v);
+          }
+      for (int64_t b = 0; b < nb; b++)
+        for (int i = 0; i < 15; i++) {
+          float v = yb[b * 15 + i];
+          assert_true(o4[b * 30 + i] == (v > 0 ? v : 0.0f));
+          assert_true(o4[b * 30 + 15 + i] == -v);
+        }
+    }
+    kiln_session_free(s);
+    kiln_model_free(m);
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: test_session MODELS_DIR TESTS_DIR\n");
@@ -357,6 +424,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(digits_accuracy_and_logits),
       cmocka_unit_test(bad_inputs_are_errors),
       cmocka_unit_test(plans_are_cached_per_shape),
+      cmocka_unit_test(concat_planned_in_place),
       cmocka_unit_test(zero_alloc_conv_net),
       cmocka_unit_test(zero_alloc_transformer_block),
       cmocka_unit_test(subgraph_captures_stay_alive),

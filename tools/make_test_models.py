@@ -119,3 +119,35 @@ save(helper.make_graph(
     "strings",
     [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
     [helper.make_tensor_value_info("normalized", TensorProto.STRING, ["m"])]), "strings.onnx")
+
+# plan_concat.onnx: Concats the planner may or may not compute in place (plan.c), x float32
+# [batch, 4, 8, 8] and y float32 [batch, 3, 5, 1]; every op exact, so the test's oracle is its own
+# arithmetic. At batch 1: c1 = [relu(x), relu(-x)] and c3 = [c1, x*x] (nested) are in place; c2
+# is not (abs_x has a second reader), nor c4 (60-byte slices are not arena-aligned), nor c5
+# (axis 2: the inputs interleave in the output). At batch 2 none is.
+save(helper.make_graph(
+    [helper.make_node("Relu", ["x"], ["rx"]),
+     helper.make_node("Neg", ["x"], ["nx"]),
+     helper.make_node("Relu", ["nx"], ["rnx"]),
+     helper.make_node("Concat", ["rx", "rnx"], ["c1"], axis=1),
+     helper.make_node("Mul", ["x", "x"], ["xx"]),
+     helper.make_node("Concat", ["c1", "xx"], ["c3"], axis=1),
+     helper.make_node("Abs", ["x"], ["abs_x"]),
+     helper.make_node("Neg", ["abs_x"], ["nabs"]),
+     helper.make_node("Concat", ["abs_x", "nabs"], ["c2"], axis=1),
+     helper.make_node("Add", ["abs_x", "x"], ["d"]),
+     helper.make_node("Relu", ["y"], ["ry"]),
+     helper.make_node("Neg", ["y"], ["ny"]),
+     helper.make_node("Concat", ["ry", "ny"], ["c4"], axis=1),
+     helper.make_node("Abs", ["x"], ["ax2"]),
+     helper.make_node("Neg", ["x"], ["nx2"]),
+     helper.make_node("Concat", ["ax2", "nx2"], ["c5"], axis=2)],
+    "plan_concat",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8]),
+     helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 5, 1])],
+    [helper.make_tensor_value_info("c3", TensorProto.FLOAT, ["batch", 12, 8, 8]),
+     helper.make_tensor_value_info("c2", TensorProto.FLOAT, ["batch", 8, 8, 8]),
+     helper.make_tensor_value_info("d", TensorProto.FLOAT, ["batch", 4, 8, 8]),
+     helper.make_tensor_value_info("c4", TensorProto.FLOAT, ["batch", 6, 5, 1]),
+     helper.make_tensor_value_info("c5", TensorProto.FLOAT, ["batch", 4, 16, 8])]),
+    "plan_concat.onnx")

@@ -215,6 +215,8 @@ typedef struct kiln_session_stats {
   size_t pool_hits;            /* runs served from the existing arena */
   size_t pool_misses;          /* runs that had to grow the arena */
   size_t folded_nodes;         /* nodes computed once at planning time (constant inputs) */
+  size_t concat_in_place;      /* Concat nodes whose inputs are planned inside their output, so
+                                  their producers write there and the Concat copies nothing */
 } kiln_session_stats;
 
 void kiln_session_stats_get(const kiln_session *s, kiln_session_stats *st);

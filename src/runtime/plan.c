@@ -5,15 +5,18 @@
  * collapses the Shape -> Gather -> Concat -> Reshape chains of exported models. A node whose output
  * shape depends on data not known yet is left dynamic, and so is everything downstream of it.
  * Every other value gets an offset in one arena, assigned greedily by size over value lifetimes,
- * with elementwise ops writing in place over an input that dies at that node. */
+ * with elementwise ops writing in place over an input that dies at that node. A Concat whose
+ * output is its inputs back to back (nothing before the axis but ones) has its inputs planned
+ * inside its output, so their producers write there and the Concat copies nothing. */
 #include <stdlib.h>
 
 #include "runtime/runtime.h"
 
 typedef struct buffer {
   size_t size;
-  int first, last; /* node index range during which it is live */
-  size_t offset;
+  int first, last; /* node index range during which it is live (a parent's covers its children) */
+  size_t offset;   /* placed: in the arena; a child: within its parent */
+  int parent;      /* -1, or the buffer this one is a slice of (a Concat's output) */
 } buffer;
 
 static size_t align_up(size_t n) { return (n + KILN__ALIGN - 1) / KILN__ALIGN * KILN__ALIGN; }
@@ -48,11 +51,13 @@ static kiln_status place_buffers(buffer *bufs, int nb, size_t *arena, kiln_error
     st = kiln__fail(err, KILN_NO_MEMORY, "out of memory planning the arena");
     goto done;
   }
-  for (int i = 0; i < nb; i++) order[i] = &bufs[i];
-  qsort(order, (size_t)nb, sizeof *order, cmp_size_desc);
+  int nr = 0; /* children are placed with their parent */
+  for (int i = 0; i < nb; i++)
+    if (bufs[i].parent < 0) order[nr++] = &bufs[i];
+  qsort(order, (size_t)nr, sizeof *order, cmp_size_desc);
   int np = 0;
   size_t total = 0;
-  for (int i = 0; i < nb; i++) {
+  for (int i = 0; i < nr; i++) {
     buffer *b = order[i];
     size_t off = 0;
     /* placed[] is kept sorted by offset, so one sweep finds the first gap */
@@ -106,13 +111,52 @@ static kiln_status fold_node(kiln__plan *p, const kiln__node *n,
   return KILN_OK;
 }
 
+static size_t buffer_offset(const buffer *bufs, int b) {
+  size_t off = 0;
+  for (; bufs[b].parent >= 0; b = bufs[b].parent) off += bufs[b].offset;
+  return off + bufs[b].offset;
+}
+
+/* Plans Concat node i's inputs as slices of its output buffer `out` when that is safe: the
+   output is the inputs back to back (dims before the axis all 1), each input is an arena value
+   of its own buffer read only by this Concat, and every slice starts on an arena alignment
+   boundary (kernels may assume aligned outputs). True when it did. */
+static bool concat_in_place(const kiln__graph *g, const kiln__plan *p, int i, const int *uses,
+                            const int *buf_of, buffer *bufs, int out) {
+  const kiln__node *n = &g->nodes[i];
+  if (strcmp(n->op_type, "Concat") || n->domain[0] || n->n_out != 1 || n->n_in < 1) return false;
+  const kiln_tensor *y = &p->vals[n->out[0]];
+  int axis;
+  if (y->dtype == KILN_DTYPE_STRING || !kiln__norm_axis(kiln__attr_int(n, "axis", 1), y->rank, &axis))
+    return false;
+  for (int d = 0; d < axis; d++)
+    if (y->dims[d] != 1) return false;
+  size_t off = 0;
+  for (int k = 0; k < n->n_in; k++) {
+    int v = n->in[k];
+    if (v < 0 || p->where[v] != KILN__AT_ARENA || buf_of[v] < 0 || uses[v] != 1 ||
+        g->values[v].is_output || bufs[buf_of[v]].parent >= 0 || off % KILN__ALIGN)
+      return false;
+    off += kiln_tensor_nbytes(&p->vals[v]);
+  }
+  off = 0;
+  for (int k = 0; k < n->n_in; k++) {
+    buffer *b = &bufs[buf_of[n->in[k]]];
+    b->parent = out;
+    b->offset = off;
+    bufs[out].first = KILN__MIN(bufs[out].first, b->first);
+    off += kiln_tensor_nbytes(&p->vals[n->in[k]]);
+  }
+  return true;
+}
+
 kiln_status kiln__plan_build(const kiln_model *m, const kiln_tensor *sig, int n_inputs,
                              kiln__plan **out, kiln_error *err) {
   const kiln__graph *g = m->g;
   int nv = g->n_values, nn = g->n_nodes;
   kiln_status st = KILN_OK;
   buffer *bufs = NULL;
-  int *buf_of = NULL, *last_use = NULL;
+  int *buf_of = NULL, *last_use = NULL, *uses = NULL;
   const kiln_tensor **ins = NULL;
   kiln_tensor **outs = NULL;
   kiln__plan *p = kiln__calloc(1, sizeof *p);
@@ -129,10 +173,11 @@ kiln_status kiln__plan_build(const kiln_model *m, const kiln_tensor *sig, int n_
   bufs = kiln__calloc((size_t)(nv + nn) + 1, sizeof *bufs);
   buf_of = kiln__calloc((size_t)nv + 1, sizeof *buf_of);
   last_use = kiln__calloc((size_t)nv + 1, sizeof *last_use);
+  uses = kiln__calloc((size_t)nv + 1, sizeof *uses);
   ins = kiln__calloc(64, sizeof *ins);
   outs = kiln__calloc(64, sizeof *outs);
   if (!p->sig || !p->vals || !p->where || !p->offset || !p->folded || !p->mode ||
-      !p->scratch_off || !p->scratch_bytes || !bufs || !buf_of || !last_use || !ins || !outs) {
+      !p->scratch_off || !p->scratch_bytes || !bufs || !buf_of || !last_use || !uses || !ins || !outs) {
     st = kiln__fail(err, KILN_NO_MEMORY, "out of memory planning");
     goto fail;
   }
@@ -171,8 +216,9 @@ kiln_status kiln__plan_build(const kiln_model *m, const kiln_tensor *sig, int n_
       if (p->where[v] == KILN__AT_DYNAMIC || kiln__is_container(p->vals[v].dtype)) known = false;
       if (p->where[v] != KILN__AT_CONST) all_const = false;
       last_use[v] = i;
+      uses[v]++;
     }
-    for (int k = 0; k < n->n_captures; k++) last_use[n->captures[k]] = i;
+    for (int k = 0; k < n->n_captures; k++) last_use[n->captures[k]] = i, uses[n->captures[k]]++;
     for (int o = 0; o < n->n_out; o++) outs[o] = n->out[o] >= 0 ? &p->vals[n->out[o]] : NULL;
     p->mode[i] = KILN__NODE_DYNAMIC;
     if (!known) continue;
@@ -237,12 +283,13 @@ kiln_status kiln__plan_build(const kiln_model *m, const kiln_tensor *sig, int n_
         buf_of[v] = buf_of[src];
         continue;
       }
-      bufs[nb] = (buffer){.size = bytes, .first = i, .last = last};
+      bufs[nb] = (buffer){.size = bytes, .first = i, .last = last, .parent = -1};
       buf_of[v] = nb++;
+      if (concat_in_place(g, p, i, uses, buf_of, bufs, nb - 1)) p->concat_in_place++;
     }
     if (p->scratch_bytes[i]) {
       p->intermediate_bytes += align_up(p->scratch_bytes[i]);
-      bufs[nb] = (buffer){.size = align_up(p->scratch_bytes[i]), .first = i, .last = i};
+      bufs[nb] = (buffer){.size = align_up(p->scratch_bytes[i]), .first = i, .last = i, .parent = -1};
       p->scratch_off[i] = (size_t)nb++; /* buffer index until placed */
     } else {
       p->scratch_off[i] = SIZE_MAX;
@@ -251,13 +298,14 @@ kiln_status kiln__plan_build(const kiln_model *m, const kiln_tensor *sig, int n_
   st = place_buffers(bufs, nb, &p->arena_bytes, err);
   if (st != KILN_OK) goto fail;
   for (int v = 0; v < nv; v++)
-    if (buf_of[v] >= 0) p->offset[v] = bufs[buf_of[v]].offset;
+    if (buf_of[v] >= 0) p->offset[v] = buffer_offset(bufs, buf_of[v]);
   for (int i = 0; i < nn; i++)
     if (p->mode[i] == KILN__NODE_STATIC && p->scratch_off[i] != SIZE_MAX)
       p->scratch_off[i] = bufs[p->scratch_off[i]].offset;
   kiln__free(bufs);
   kiln__free(buf_of);
   kiln__free(last_use);
+  kiln__free(uses);
   kiln__free(ins);
   kiln__free(outs);
   *out = p;
@@ -266,6 +314,7 @@ fail:
   kiln__free(bufs);
   kiln__free(buf_of);
   kiln__free(last_use);
+  kiln__free(uses);
   kiln__free(ins);
   kiln__free(outs);
   kiln__plan_free(g, p);

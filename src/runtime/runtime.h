@@ -35,6 +35,7 @@ typedef struct kiln__plan {
   size_t *scratch_bytes;   /* per node */
   void **folded;           /* data owned by the plan, one per folded output value */
   size_t arena_bytes, intermediate_bytes, folded_nodes;
+  size_t concat_in_place;  /* Concat nodes whose inputs were planned inside the output */
 } kiln__plan;
 
 struct kiln_model {

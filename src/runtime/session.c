@@ -486,5 +486,6 @@ void kiln_session_stats_get(const kiln_session *s, kiln_session_stats *st) {
     st->arena_bytes = s->plan->arena_bytes;
     st->intermediate_bytes = s->plan->intermediate_bytes;
     st->folded_nodes = s->plan->folded_nodes;
+    st->concat_in_place = s->plan->concat_in_place;
   }
 }

@@ -583,8 +583,8 @@ static kiln_status concat_run(kiln__kctx *c) {
   for (size_t o = 0; o < outer; o++)
     for (int k = 0; k < c->n_in; k++) {
       size_t n = (size_t)c->in[k]->dims[axis] * inner;
-      if (!n) continue;
-      memcpy(d, (const char *)c->in[k]->data + o * n, n);
+      const char *src = (const char *)c->in[k]->data + o * n;
+      if (n && src != d) memcpy(d, src, n); /* equal: planned in place (plan.c) */
       d += n;
     }
   return KILN_OK;
