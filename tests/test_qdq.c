@@ -298,12 +298,14 @@ static void resid(void **s) {
   assert_true(d.worst_steps <= 1.0001);
 }
 
-/* resnet_tiny's logits on its 16 test inputs at `level` into out[16 * 10]. */
-static void tiny_logits(const char *path, int level, float *out) {
+/* A tiny model's logits on its 16 test inputs (tests/data/DATA/input.npy) at `level` into
+   out[16 * 10]. */
+static void tiny_logits(const char *path, int level, const char *data, float *out) {
   kiln_model *m = kt_load(path, 1, level);
   kiln_tensor x, y;
-  char dir[1024];
-  path_of(dir, sizeof dir, tests_dir, "data/resnet_tiny_test");
+  char dir[1024], sub[256];
+  snprintf(sub, sizeof sub, "data/%s", data);
+  path_of(dir, sizeof dir, tests_dir, sub);
   kt_read_npy(dir, "input.npy", &x);
   kiln_session *s = NULL;
   kiln_error err = {0};
@@ -382,9 +384,9 @@ static void resnet_tiny(void **s) {
     assert_int_equal(op_count(m, "GlobalAveragePool"), override ? 1 : 0);
     kiln_model_free(m);
     float f32[160], l0[160], l2[160];
-    tiny_logits(src, 0, f32);
-    tiny_logits(q, 0, l0);
-    tiny_logits(q, 2, l2);
+    tiny_logits(src, 0, "resnet_tiny_test", f32);
+    tiny_logits(q, 0, "resnet_tiny_test", l0);
+    tiny_logits(q, 2, "resnet_tiny_test", l2);
     int agree0 = 0, agree_f = 0;
     for (int r = 0; r < 16; r++) {
       agree0 += argmax10(l2 + 10 * r) == argmax10(l0 + 10 * r);
@@ -397,6 +399,49 @@ static void resnet_tiny(void **s) {
     assert_true(cf >= 0.99);
     assert_true(agree0 >= 15 && agree_f >= 14);
   }
+  unlink(q);
+}
+
+/* Two fire modules in miniature (tools/make_resnet_tiny.py) quantized with --to int8 --calib: each
+   Concat's inputs get the Concat's range (the union of theirs), so their scales and zero points
+   equal the output's (the MaxPool's after fire1) and at level 2 both Concats run as plain Concats
+   of the 8-bit tensors: no QLinearConcat, and no QuantizeLinear but the input's. The logits stay
+   as close to the QDQ graph and to the float model as resnet_tiny's. */
+static void fire_tiny(void **s) {
+  (void)s;
+  char src[1024], calib[1024], q[1024];
+  path_of(src, sizeof src, tests_dir, "models/fire_tiny.onnx");
+  path_of(calib, sizeof calib, tests_dir, "data/fire_tiny_calib");
+  snprintf(q, sizeof q, "%s/fire_tiny_int8.onnx", tmp_dir);
+  kiln_quant_opts o = kiln_quant_opts_default();
+  o.format = KILN_QUANT_INT8;
+  o.calib_dir = calib;
+  kiln_error err = {0};
+  kiln_status st = kiln_quantize_file_ex(src, q, &o, NULL, &err);
+  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
+  assert_int_equal(st, KILN_OK);
+  kiln_model *m = kt_load(q, 1, 2);
+  assert_int_equal(op_count(m, "QLinearConv"), 8);
+  assert_int_equal(op_count(m, "QLinearConcat"), 0);
+  assert_int_equal(op_count(m, "Concat"), 2);
+  assert_int_equal(op_count(m, "MaxPool"), 1);
+  assert_int_equal(op_count(m, "QuantizeLinear"), 1);
+  kiln_model_free(m);
+  float f32[160], l0[160], l2[160];
+  tiny_logits(src, 0, "fire_tiny_test", f32);
+  tiny_logits(q, 0, "fire_tiny_test", l0);
+  tiny_logits(q, 2, "fire_tiny_test", l2);
+  int agree0 = 0, agree_f = 0;
+  for (int r = 0; r < 16; r++) {
+    agree0 += argmax10(l2 + 10 * r) == argmax10(l0 + 10 * r);
+    agree_f += argmax10(l2 + 10 * r) == argmax10(f32 + 10 * r);
+  }
+  double c0 = cosine(l0, l2, 160), cf = cosine(f32, l2, 160);
+  fprintf(stderr, "  fire_tiny int8: cosine %.5f to level 0, %.5f to fp32; top-1 %d/16 and %d/16\n",
+          c0, cf, agree0, agree_f);
+  assert_true(c0 >= 0.999);
+  assert_true(cf >= 0.99);
+  assert_true(agree0 >= 15 && agree_f >= 14);
   unlink(q);
 }
 
@@ -590,6 +635,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(pool),
       cmocka_unit_test(resid),
       cmocka_unit_test(resnet_tiny),
+      cmocka_unit_test(fire_tiny),
       cmocka_unit_test(digits),
       cmocka_unit_test(weight_range_default),
       cmocka_unit_test(alloc_failures),

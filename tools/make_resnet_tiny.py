@@ -6,6 +6,10 @@ Add -> Relu, then GlobalAveragePool -> Flatten -> Gemm), and its calibration and
 tests/test_qdq.c quantizes it with `kiln quantize --to int8` and checks that the residual Adds
 and the pool join the integer chain. Run from anywhere:
     /usr/bin/python3 tools/make_resnet_tiny.py
+It also writes tests/models/fire_tiny.onnx, two SqueezeNet fire modules in miniature (squeeze 1x1,
+expand 1x1 and 3x3, Concat; a MaxPool after the first), with its own calibration and test inputs
+(tests/data/fire_tiny_calib, tests/data/fire_tiny_test: [N, 3, 12, 12]): the Concats the int8
+quantizer gives one range.
 Needs python3-numpy and python3-onnx (1.12). Deterministic (fixed seed)."""
 import os
 
@@ -65,3 +69,36 @@ for sub, n in (("resnet_tiny_calib", 8), ("resnet_tiny_test", 16)):
     os.makedirs(os.path.join(HERE, "data", sub), exist_ok=True)
     np.save(os.path.join(HERE, "data", sub, "input.npy"),
             rng.standard_normal((n, 3, 16, 16)).astype(np.float32))
+
+# ---- fire_tiny --------------------------------------------------------------------------------
+inits, nodes = [], []
+
+
+def fire(x, cin, sq, ex, name):
+    s = conv(x, cin, sq, 1, 1, name + "_sq")
+    e1 = conv(s, sq, ex, 1, 1, name + "_e1")
+    e3 = conv(s, sq, ex, 3, 1, name + "_e3")
+    nodes.append(helper.make_node("Concat", [e1, e3], [name + "_cat"], name=name + "_cat", axis=1))
+    return name + "_cat"
+
+
+x0 = conv("input", 3, 8, 3, 1, "stem")
+f1 = fire(x0, 8, 4, 8, "fire1")
+nodes.append(helper.make_node("MaxPool", [f1], ["pool1"], name="pool1", kernel_shape=[3, 3],
+                              strides=[2, 2], ceil_mode=1))
+f2 = fire("pool1", 16, 4, 8, "fire2")
+h = conv(f2, 16, 10, 1, 1, "head")
+nodes.append(helper.make_node("GlobalAveragePool", [h], ["gap"], name="gap"))
+nodes.append(helper.make_node("Flatten", ["gap"], ["logits"], name="flatten"))
+g = helper.make_graph(nodes, "fire_tiny",
+                      [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 12, 12])],
+                      [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)],
+                      producer_name="kiln make_resnet_tiny.py")
+m.ir_version = 7
+onnx.checker.check_model(m, full_check=True)
+onnx.save(m, os.path.join(HERE, "models", "fire_tiny.onnx"))
+for sub, n in (("fire_tiny_calib", 8), ("fire_tiny_test", 16)):
+    os.makedirs(os.path.join(HERE, "data", sub), exist_ok=True)
+    np.save(os.path.join(HERE, "data", sub, "input.npy"),
+            rng.standard_normal((n, 3, 12, 12)).astype(np.float32))

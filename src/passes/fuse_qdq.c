@@ -412,7 +412,10 @@ static bool concat_dq_inputs(const kiln__pass_ctx *ctx, const kiln__node *n, kil
   return true;
 }
 
-/* Concat node c becomes com.microsoft QLinearConcat(ys, yz, (x_i, s_i, z_i)...) writing `out`. */
+/* Concat node c becomes com.microsoft QLinearConcat(ys, yz, (x_i, s_i, z_i)...) writing `out`;
+   or, when every input already has the output's scale and zero point (the int8 quantizer gives
+   a Concat's inputs its range), a Concat of the 8-bit x_i: Q(DQ(x)) = x with equal parameters
+   (fold_pair), so that is exact, and the planner can then compute it in place (no copy). */
 static kiln_status to_qconcat(kiln__pass_ctx *ctx, int c, int ys, int yz, int out) {
   kiln__graph *g = ctx->g;
   const kiln__node *n = &g->nodes[c];
@@ -420,14 +423,24 @@ static kiln_status to_qconcat(kiln__pass_ctx *ctx, int c, int ys, int yz, int ou
   if (n->n_in > 64) return KILN_OK; /* not matched by the callers */
   in[0] = ys;
   in[1] = yz;
+  bool same = const_init(ctx, ys) && const_init(ctx, yz);
   for (int k = 0; k < n->n_in; k++) {
     const kiln__node *d = &g->nodes[g->values[n->in[k]].producer];
     in[2 + 3 * k] = d->in[0];
     in[3 + 3 * k] = d->in[1];
     in[4 + 3 * k] = d->in[2];
+    same = same && const_init(ctx, d->in[1]) && const_init(ctx, d->in[2]) &&
+           same_const(const_init(ctx, d->in[1]), const_init(ctx, ys)) &&
+           same_const(const_init(ctx, d->in[2]), const_init(ctx, yz));
+  }
+  kiln__node *cn = &g->nodes[c];
+  if (same) {
+    for (int k = 0; k < n->n_in; k++) in[k] = in[2 + 3 * k];
+    kiln_status st = kiln__pass_set_inputs(ctx, cn, in, n->n_in);
+    if (st == KILN_OK) cn->out[0] = out;
+    return st;
   }
   int cnt = 2 + 3 * n->n_in;
-  kiln__node *cn = &g->nodes[c];
   kiln_status st = kiln__pass_set_op(ctx, cn, "com.microsoft", "QLinearConcat");
   if (st == KILN_OK) st = kiln__pass_set_inputs(ctx, cn, in, cnt);
   if (st == KILN_OK) cn->out[0] = out;

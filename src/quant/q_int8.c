@@ -121,6 +121,48 @@ static bool chain_op(const kiln__qctx *q, const kiln__node *n) {
   return kiln__qis_op(n, "GlobalAveragePool") && n->n_in == 1 && n->in[0] >= 0;
 }
 
+/* The only reader of v when it is a MaxPool, or -1. */
+static int maxpool_reader(const kiln__graph *g, int v) {
+  int reader = -1;
+  for (int i = 0; i < g->n_nodes; i++)
+    for (int k = 0; k < g->nodes[i].n_in; k++)
+      if (g->nodes[i].in[k] == v) {
+        if (reader >= 0) return -1;
+        reader = i;
+      }
+  return reader >= 0 && kiln__qis_op(&g->nodes[reader], "MaxPool") ? reader : -1;
+}
+
+/* A Concat whose inputs are all quantized gets one range, the union of its inputs' (which is
+   the calibrated range of its output), on every input, on its output and on a MaxPool's output
+   that alone reads it. Each input then carries the output's scale and zero point, so fuse-qdq
+   turns DQ..DQ -> Concat -> Q into a plain Concat of the 8-bit tensors rather than a
+   QLinearConcat that requantizes every element, and the planner computes it in place (no copy
+   at all; SqueezeNet's fire modules). The cost: an input with a narrower range than its
+   siblings is quantized with the coarser step of the union. */
+static void share_concat_ranges(kiln__qctx *q, i8state *s) {
+  const kiln__graph *g = q->g;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const kiln__node *n = &g->nodes[i];
+    if (!kiln__qis_op(n, "Concat") || n->n_out != 1 || n->out[0] < 0 || n->out[0] >= q->n_orig)
+      continue;
+    bool all = n->n_in > 0;
+    float lo = INFINITY, hi = -INFINITY;
+    for (int k = 0; all && k < n->n_in; k++) {
+      int v = n->in[k];
+      all = v >= 0 && v < q->n_orig && s->has[v];
+      if (all) lo = fminf(lo, s->lo[v]), hi = fmaxf(hi, s->hi[v]);
+    }
+    if (!all) continue;
+    for (int k = 0; k < n->n_in; k++) s->lo[n->in[k]] = lo, s->hi[n->in[k]] = hi;
+    int y = n->out[0], p = maxpool_reader(g, y);
+    if (s->has[y]) s->lo[y] = lo, s->hi[y] = hi;
+    if (p >= 0 && g->nodes[p].out[0] >= 0 && g->nodes[p].out[0] < q->n_orig &&
+        s->has[g->nodes[p].out[0]])
+      s->lo[g->nodes[p].out[0]] = lo, s->hi[g->nodes[p].out[0]] = hi;
+  }
+}
+
 static void int8_release(kiln__qctx *q);
 
 static kiln_status int8_prepare(kiln__qctx *q) {
@@ -177,6 +219,7 @@ static kiln_status int8_prepare(kiln__qctx *q) {
     s->lo[vals[k]] = lo[k], s->hi[vals[k]] = hi[k];
     s->has[vals[k]] = true;
   }
+  if (st == KILN_OK) share_concat_ranges(q, s);
   kiln__free(vals), kiln__free(want), kiln__free(lo), kiln__free(hi);
   if (st != KILN_OK) int8_release(q); /* the driver releases only what prepared */
   return st;
