@@ -217,6 +217,14 @@ static void fuse_linear(void **s) {
   check_case(&(pass_case){"models/pass_linear.onnx", "fuse-linear", 2, 11, 29, 11, false});
 }
 
+/* HardSwish as PaddlePaddle writes it, x * Clip(x + 3, 0, 6) / 6 (conv_a) or with the operands
+   swapped and * (1/6) (conv_b), fused into the conv; the near-misses (+2.5, Clip to 5) keep their
+   4 nodes each. Not bit-equal: the kernel computes x * clip(x / 6 + 1/2, 0, 1). */
+static void fuse_hardswish(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_hswish.onnx", "fuse-linear", 2, 2, 20, 12, false});
+}
+
 /* Two attention blocks (K^T by Transpose(0,2,3,1) with Div scale and a mask input; by
    Transpose(0,1,3,2) of K with Mul scale, no mask), T = 80 over two blocks of the online
    softmax; symbolic batch. Each block's 5 nodes become one (the 0,2,3,1 Transpose is kept with
@@ -377,7 +385,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(cse),            cmocka_unit_test(dead_code),
       cmocka_unit_test(conv_bn_fold),   cmocka_unit_test(affine_fold),
       cmocka_unit_test(fuse_layernorm), cmocka_unit_test(fuse_gelu),
-      cmocka_unit_test(fuse_gelu_tanh),
+      cmocka_unit_test(fuse_gelu_tanh), cmocka_unit_test(fuse_hardswish),
       cmocka_unit_test(fuse_linear),    cmocka_unit_test(fuse_attention),
       cmocka_unit_test(fuse_rmsnorm),   cmocka_unit_test(attention_causal),
       cmocka_unit_test(fuse_chain),     cmocka_unit_test(winograd),

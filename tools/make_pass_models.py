@@ -404,4 +404,34 @@ save("winograd", [
     init("ww6", rand(64, 32, 3, 3)), init("ww8", rand(64, 64, 3, 3, lo=-0.1, hi=0.1)),
     init("ww9", rand(64, 64, 3, 3, lo=-0.1, hi=0.1)),
 ])
+# fuse-linear, HardSwish as PaddlePaddle exports it (PP-OCR): hs_a: x * Clip(x + 3, 0, 6) / 6;
+# hs_b: the same with operands swapped and * (1/6); near-misses that stay: hs_c adds 2.5, hs_d
+# clips at 5. Opset 11 (Clip bounds as inputs, no HardSwish op yet), as paddle2onnx writes.
+def hswish(p, x, add=3.0, hi="six", swap=False, div=True):
+    a = [x, "k3" if add == 3.0 else "k25"]
+    m = [p + "cl", x]
+    return [
+        helper.make_node("Add", a[::-1] if swap else a, [p + "ad"], name=p + "add"),
+        helper.make_node("Clip", [p + "ad", "zero", hi], [p + "cl"], name=p + "clip"),
+        helper.make_node("Mul", m if swap else m[::-1], [p + "mu"], name=p + "mul"),
+        helper.make_node("Div", [p + "mu", "six"], [p + "y"], name=p + "div") if div else
+        helper.make_node("Mul", ["sixth", p + "mu"], [p + "y"], name=p + "div"),
+    ]
+
+
+save("hswish", [
+    helper.make_node("Conv", ["x", "hw1", "hb1"], ["ha"], name="conv_a", pads=[1, 1, 1, 1]),
+] + hswish("hs_a_", "ha") + [
+    helper.make_node("Conv", ["hs_a_y", "hw2", "hb2"], ["hb"], name="conv_b"),
+] + hswish("hs_b_", "hb", swap=True, div=False) + [
+    helper.make_node("Conv", ["hs_b_y", "hw3"], ["hc"], name="conv_c"),
+] + hswish("hs_c_", "hc", add=2.5) + [
+    helper.make_node("Conv", ["hs_c_y", "hw4"], ["hd"], name="conv_d"),
+] + hswish("hs_d_", "hd", hi="five"), [vi("x", ["batch", 4, 6, 6])], [vi("hs_d_y", ["batch", 4, 6, 6])], [
+    init("hw1", rand(4, 4, 3, 3)), init("hb1", rand(4)), init("hw2", rand(4, 4, 1, 1)),
+    init("hb2", rand(4)), init("hw3", rand(4, 4, 1, 1)), init("hw4", rand(4, 4, 1, 1)),
+    init("k3", np.array(3.0, np.float32)), init("k25", np.array(2.5, np.float32)),
+    init("zero", np.array(0.0, np.float32)), init("six", np.array(6.0, np.float32)),
+    init("five", np.array(5.0, np.float32)), init("sixth", np.array(1.0 / 6, np.float32)),
+], opset=11)
 print("wrote pass_*.onnx to", os.path.normpath(OUT))

@@ -5,9 +5,11 @@
      op + Add(Z), Z of the output's shape (FusedMatMul: broadcasting to it) -> the residual Z
      op + activation                                      -> activation (ends the chain)
    Activations: Relu, Clip (constant bounds), Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu,
-   ai.kiln Gelu (fuse-gelu runs first), x * Sigmoid(x) (SiLU) and x * HardSigmoid(x; 1/6, 1/2)
-   (HardSwish). The fused kernels compute in the unfused order, so results are bit-equal except
-   for x * HardSigmoid(x), which rounds x / 6 instead of x * (float)(1/6).
+   ai.kiln Gelu (fuse-gelu runs first), x * Sigmoid(x) (SiLU), and HardSwish written as
+   x * HardSigmoid(x; 1/6, 1/2) or as x * Clip(x + 3, 0, 6) / 6 (or * 1/6: PaddlePaddle's
+   hard_swish, every conv of PP-OCR). The fused kernels compute in the unfused order, so results
+   are bit-equal except for the two HardSwish forms: the kernel's x * clip(x / 6 + 1/2, 0, 1)
+   rounds differently (a few ulp).
    The epilogue order is bias, Z, activation: an Add after the activation is not a residual. */
 #include <float.h>
 #include <math.h>
@@ -47,12 +49,13 @@ static kiln_status set_input(kiln__pass_ctx *ctx, kiln__node *n, int slot, int v
   return kiln__pass_set_inputs(ctx, n, in, cnt);
 }
 
-/* The node now writes what `last` wrote; `last` (and `extra`, when >= 0) die. */
-static void absorb(kiln__pass_ctx *ctx, int i, int last, int extra) {
+/* The node now writes what `last` wrote; `last` (and each of `extra` >= 0) die. */
+static void absorb(kiln__pass_ctx *ctx, int i, int last, const int *extra, int n_extra) {
   kiln__graph *g = ctx->g;
   g->nodes[i].out[0] = g->nodes[last].out[0];
   kiln__pass_kill(ctx, last);
-  if (extra >= 0) kiln__pass_kill(ctx, extra);
+  for (int k = 0; k < n_extra; k++)
+    if (extra[k] >= 0) kiln__pass_kill(ctx, extra[k]);
 }
 
 static bool has_activation(const kiln__node *n) {
@@ -97,8 +100,8 @@ typedef struct act_match {
   const char *name;
   float p[2];
   int n_params;
-  int last;   /* the node whose output the fused op takes over */
-  int extra;  /* a second node that dies (Sigmoid / HardSigmoid of x * f(x)), or -1 */
+  int last;     /* the node whose output the fused op takes over */
+  int extra[3]; /* other nodes that die (Sigmoid / HardSigmoid of x * f(x), ...), or -1 */
 } act_match;
 
 /* Activation node a reading the linear op's output `y`. */
@@ -107,7 +110,7 @@ static bool match_act(const kiln__pass_ctx *ctx, int ia, int y, act_match *m) {
   const kiln__node *a = &g->nodes[ia];
   m->n_params = 0;
   m->last = ia;
-  m->extra = -1;
+  m->extra[0] = m->extra[1] = m->extra[2] = -1;
   if (a->in[0] != y) return false;
   if (kiln__pass_is(a, "Relu") || kiln__pass_is(a, "Sigmoid") || kiln__pass_is(a, "Tanh") ||
       kiln__pass_is(a, "HardSwish")) {
@@ -180,7 +183,60 @@ static bool match_gated(const kiln__pass_ctx *ctx, int y, act_match *m) {
   }
   m->n_params = 0;
   m->last = i_mul;
-  m->extra = i_f;
+  m->extra[0] = i_f;
+  m->extra[1] = m->extra[2] = -1;
+  return true;
+}
+
+/* The scalar constant operand of binary node n other than `x` is `want` (within tol); false when
+   n is not a binary op reading x or the other operand is not such a constant. */
+static bool other_is(const kiln__pass_ctx *ctx, const kiln__node *n, int x, double want,
+                     double tol, bool either_side) {
+  double c;
+  if (n->n_in != 2) return false;
+  for (int side = 0; side < (either_side ? 2 : 1); side++)
+    if (n->in[side] == x && kiln__pass_const_scalar(ctx, n->in[1 - side], &c) &&
+        fabs(c - want) <= tol)
+      return true;
+  return false;
+}
+
+/* y read by exactly Add(y, 3) and Mul(y, .) in x * Clip(x + 3, 0, 6) / 6 (Div by 6 or Mul by
+   1/6): HardSwish as PaddlePaddle exports it. */
+static bool match_hswish6(const kiln__pass_ctx *ctx, int y, act_match *m) {
+  const kiln__graph *g = ctx->g;
+  if (ctx->uses[y] != 2 || !kiln__pass_value_private(ctx, y)) return false;
+  int i_add = -1, i_mul = -1, slot;
+  for (int j = 0; j < g->n_nodes; j++) {
+    if (ctx->dead[j]) continue;
+    const kiln__node *n = &g->nodes[j];
+    for (int k = 0; k < n->n_in; k++)
+      if (n->in[k] == y) {
+        if (kiln__pass_is(n, "Add")) i_add = j;
+        else if (kiln__pass_is(n, "Mul")) i_mul = j;
+      }
+  }
+  if (i_add < 0 || i_mul < 0 || !other_is(ctx, &g->nodes[i_add], y, 3.0, 0, true)) return false;
+  int i_clip = kiln__pass_sole_user(ctx, g->nodes[i_add].out[0], &slot);
+  if (i_clip < 0 || slot != 0) return false;
+  act_match c;
+  if (!match_act(ctx, i_clip, g->nodes[i_add].out[0], &c) || strcmp(c.name, "Clip") ||
+      c.p[0] != 0.0f || c.p[1] != 6.0f)
+    return false;
+  const kiln__node *mul = &g->nodes[i_mul];
+  if (kiln__pass_sole_user(ctx, g->nodes[i_clip].out[0], &slot) != i_mul || mul->n_in != 2 ||
+      mul->in[1 - slot] != y)
+    return false;
+  int i_div = kiln__pass_sole_user(ctx, mul->out[0], &slot);
+  if (i_div < 0) return false;
+  const kiln__node *d = &g->nodes[i_div];
+  if (!(kiln__pass_is(d, "Div") && slot == 0 && other_is(ctx, d, mul->out[0], 6.0, 0, false)) &&
+      !(kiln__pass_is(d, "Mul") && other_is(ctx, d, mul->out[0], 1.0 / 6, 1e-7, true)))
+    return false;
+  m->name = "HardSwish";
+  m->n_params = 0;
+  m->last = i_div;
+  m->extra[0] = i_add, m->extra[1] = i_clip, m->extra[2] = i_mul;
   return true;
 }
 
@@ -212,7 +268,7 @@ static kiln_status step(kiln__pass_ctx *ctx, int i, family f, bool *did) {
       if ((st = make_fused(ctx, n, f)) != KILN_OK || (st = set_input(ctx, n, 2, other)) != KILN_OK)
         return st;
       kiln__pass_note(ctx, "%s+%s (bias)", n->name, g->nodes[u].name);
-      absorb(ctx, i, u, -1);
+      absorb(ctx, i, u, NULL, 0);
       *did = true;
       return KILN_OK;
     }
@@ -221,12 +277,13 @@ static kiln_status step(kiln__pass_ctx *ctx, int i, family f, bool *did) {
       if ((st = make_fused(ctx, n, f)) != KILN_OK || (st = set_input(ctx, n, 3, other)) != KILN_OK)
         return st;
       kiln__pass_note(ctx, "%s+%s (residual)", n->name, g->nodes[u].name);
-      absorb(ctx, i, u, -1);
+      absorb(ctx, i, u, NULL, 0);
       *did = true;
     }
     return KILN_OK;
   }
-  bool found = (u >= 0 && match_act(ctx, u, y, &m)) || match_gated(ctx, y, &m);
+  bool found = (u >= 0 && match_act(ctx, u, y, &m)) || match_gated(ctx, y, &m) ||
+               match_hswish6(ctx, y, &m);
   if (!found) return KILN_OK;
   if ((st = make_fused(ctx, n, f)) != KILN_OK) return st;
   n = &g->nodes[i];
@@ -236,7 +293,7 @@ static kiln_status step(kiln__pass_ctx *ctx, int i, family f, bool *did) {
           KILN_OK)
     return st;
   kiln__pass_note(ctx, "%s+%s (%s)", n->name, g->nodes[m.last].name, m.name);
-  absorb(ctx, i, m.last, m.extra);
+  absorb(ctx, i, m.last, m.extra, 3);
   *did = true;
   return KILN_OK;
 }

@@ -5,6 +5,10 @@
 #include <float.h>
 #include <stdlib.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "ir/graph.h"
 
 static bool cpu_has_avx2(void) {
@@ -71,6 +75,31 @@ bool kiln__act_parse(const char *name, kiln__act *out) {
   return false;
 }
 
+/* y = clamp(p0 y + p1, 0, 1) (HardSigmoid) or y clamp(y / 6 + 1/2, 0, 1) (HardSwish), NaN kept.
+   Written out with SSE2 because gcc leaves the plain loop scalar: with trapping math it will not
+   if-convert two clamps in a row, and the scalar compares and branches were 28% of PP-OCR rec's
+   time once its HardSwish was fused into the convs. Same operations, same results. */
+static void hard_act(bool swish, float p0, float p1, float *y, size_t n) {
+  size_t i = 0;
+#if defined(__SSE2__)
+  const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.0f), six = _mm_set1_ps(6.0f),
+               half = _mm_set1_ps(0.5f), a = _mm_set1_ps(p0), b = _mm_set1_ps(p1);
+  for (; i + 4 <= n; i += 4) {
+    __m128 x = _mm_loadu_ps(y + i);
+    __m128 t = swish ? _mm_add_ps(_mm_div_ps(x, six), half) : _mm_add_ps(_mm_mul_ps(a, x), b);
+    t = _mm_andnot_ps(_mm_cmplt_ps(t, zero), t); /* t < 0 -> 0; NaN compares false */
+    __m128 hi = _mm_cmpgt_ps(t, one);
+    t = _mm_or_ps(_mm_and_ps(hi, one), _mm_andnot_ps(hi, t));
+    _mm_storeu_ps(y + i, swish ? _mm_mul_ps(x, t) : t);
+  }
+#endif
+  for (; i < n; i++) {
+    float t = swish ? y[i] / 6.0f + 0.5f : p0 * y[i] + p1;
+    t = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+    y[i] = swish ? y[i] * t : t;
+  }
+}
+
 /* The simple ones are plain loops the compiler vectorizes; comparisons are written so that NaN
    propagates, as in the reference kernels. */
 void kiln__act_apply(const kiln__vmath *v, kiln__act act, float p0, float p1, float *y,
@@ -88,16 +117,8 @@ void kiln__act_apply(const kiln__vmath *v, kiln__act act, float p0, float p1, fl
     }
     return;
   case KILN__ACT_HARDSIGMOID:
-    for (size_t i = 0; i < n; i++) {
-      float t = p0 * y[i] + p1;
-      y[i] = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
-    }
-    return;
   case KILN__ACT_HARDSWISH:
-    for (size_t i = 0; i < n; i++) {
-      float t = y[i] / 6.0f + 0.5f;
-      y[i] *= t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
-    }
+    hard_act(act == KILN__ACT_HARDSWISH, p0, p1, y, n);
     return;
   case KILN__ACT_LEAKYRELU:
     for (size_t i = 0; i < n; i++) y[i] = y[i] < 0.0f ? p0 * y[i] : y[i];
