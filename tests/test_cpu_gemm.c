@@ -678,6 +678,60 @@ static void depthwise_conv_matches_reference(void **st) {
   for_each_isa(depthwise_cases);
 }
 
+static void convt_cases(kiln__isa isa, kiln__pool *pool) {
+  (void)isa;
+  /* N, C, H, W, M/group, kh, kw, group, stride, dilation, pad, output_padding, bias; then
+     auto_pad or output_shape (oh, ow; 0 = none) */
+  static const struct {
+    int64_t n, c, h, w, mg, kh, kw, group, stride, dil, pad, opad;
+    int bias;
+    const char *auto_pad;
+    int64_t oh, ow;
+  } cases[] = {
+      {1, 24, 20, 20, 24, 2, 2, 1, 2, 1, 0, 0, 1, NULL, 0, 0}, /* PP-OCR det's upsampling */
+      {1, 24, 40, 40, 1, 2, 2, 1, 2, 1, 0, 0, 1, NULL, 0, 0},  /* ... down to one channel */
+      {2, 6, 7, 9, 5, 3, 3, 1, 1, 1, 1, 0, 1, NULL, 0, 0},     /* stride 1: kernel overlaps */
+      {1, 8, 9, 7, 3, 3, 3, 2, 2, 1, 1, 1, 0, NULL, 0, 0},     /* grouped, output_padding */
+      {1, 5, 6, 6, 4, 4, 4, 1, 2, 1, 1, 0, 1, NULL, 0, 0},     /* the DCGAN shape */
+      {1, 3, 5, 8, 2, 3, 2, 1, 3, 2, 2, 0, 1, NULL, 0, 0},     /* stride 3, dilation 2 */
+      {1, 4, 6, 5, 3, 3, 3, 1, 2, 1, 0, 0, 1, "SAME_UPPER", 0, 0},
+      {1, 4, 6, 5, 3, 2, 3, 1, 2, 1, 0, 0, 0, "SAME_LOWER", 0, 0},
+      {1, 4, 6, 5, 3, 3, 3, 1, 2, 1, 0, 0, 1, "VALID", 0, 0},
+      {1, 4, 6, 5, 3, 3, 3, 1, 2, 1, 0, 0, 1, NULL, 12, 11},  /* output_shape: implied pads */
+      {1, 16, 50, 60, 12, 3, 3, 1, 1, 1, 1, 0, 1, NULL, 0, 0}, /* several chunks of columns */
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    int n_in = cases[i].bias ? 3 : 2;
+    int ranks[3] = {4, 4, 1};
+    int64_t dims[3][KILN_MAX_RANK] = {
+        {cases[i].n, cases[i].c, cases[i].h, cases[i].w},
+        {cases[i].c, cases[i].mg, cases[i].kh, cases[i].kw},
+        {cases[i].mg * cases[i].group}};
+    onenode o;
+    onenode_make(&o, "ConvTranspose", n_in, ranks, dims, 2);
+    int64_t s[2] = {cases[i].stride, cases[i].stride}, d[2] = {cases[i].dil, cases[i].dil};
+    int64_t p[4] = {cases[i].pad, cases[i].pad, cases[i].pad, cases[i].pad};
+    int64_t op[2] = {cases[i].opad, cases[i].opad}, os[2] = {cases[i].oh, cases[i].ow};
+    kt_attr_ints(o.n, "strides", s, 2);
+    kt_attr_ints(o.n, "dilations", d, 2);
+    kt_attr_int(o.n, "group", cases[i].group);
+    if (cases[i].opad) kt_attr_ints(o.n, "output_padding", op, 2);
+    if (cases[i].auto_pad) kt_attr_str(o.n, "auto_pad", cases[i].auto_pad);
+    else if (cases[i].oh) kt_attr_ints(o.n, "output_shape", os, 2);
+    else kt_attr_ints(o.n, "pads", p, 4);
+    onenode_check(&o, pool);
+    onenode_free(&o);
+  }
+}
+
+/* ConvTranspose on the packed SGEMM and col2im against the reference kernel: every output
+   element written (NaN-filled), strides 1-3, overlapping and disjoint kernels, groups, pads
+   from attributes, auto_pad or output_shape, a column count over one chunk. */
+static void conv_transpose_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(convt_cases);
+}
+
 static void pool_cases(kiln__isa isa, kiln__pool *pool) {
   (void)isa;
   /* N, C, H, W, kh, kw, stride, pads (t l b r), ceil_mode, auto_pad */
@@ -849,6 +903,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(sgemm_b_in_place_matches_double_reference),
       cmocka_unit_test(conv_matches_reference),
       cmocka_unit_test(depthwise_conv_matches_reference),
+      cmocka_unit_test(conv_transpose_matches_reference),
       cmocka_unit_test(conv_rows_decline),
       cmocka_unit_test(pools_match_reference),
       cmocka_unit_test(models_match_ref),

@@ -66,6 +66,7 @@ extern const kiln__cpu_kernel kiln__cpu_fused_kernels[];  /* domain ai.kiln (fus
 extern const kiln__cpu_kernel kiln__cpu_quant_kernels[];  /* QLinear*, *Integer, Q/DQ (qgemm.h) */
 extern const kiln__cpu_kernel kiln__cpu_nbits_kernels[];  /* com.microsoft MatMulNBits */
 extern const kiln__cpu_kernel kiln__cpu_copy_kernels[];   /* Concat (copy_kernels.c) */
+extern const kiln__cpu_kernel kiln__cpu_convt_kernels[];  /* ConvTranspose (convt_kernels.c) */
 extern const kiln__cpu_kernel kiln__cpu_winograd_kernels[]; /* FusedConv algorithm=winograd */
 /* com.microsoft QLinearAdd, QLinearGlobalAveragePool (qadd_kernels.c) */
 extern const kiln__cpu_kernel kiln__cpu_qadd_kernels[];
