@@ -359,6 +359,8 @@ static void fgemm_cases(kiln__pool *pool) {
       {33, 20, 17, 1, 1, 2, 33, 20, 0.5f, 1.0f, 1, 2, 10},    /* full C and Z, LeakyRelu */
       {8, 40, 300, 0, 1, 2, 1, 40, 2.0f, 0.25f, 1, 2, 13},    /* scaled C, Silu */
       {70, 130, 90, 0, 0, 1, 130, 0, 1.0f, 1.0f, 1, 2, 7},    /* HardSigmoid */
+      /* bias, Gelu over 37500 outputs: the activation's pass after the GEMM in 3 chunks */
+      {150, 250, 40, 0, 1, 1, 250, 0, 1.0f, 1.0f, 0, 2, 12},
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     int n_in = cases[i].z ? 4 : cases[i].rc ? 3 : 2;
@@ -409,6 +411,10 @@ static void fmatmul_cases(kiln__pool *pool) {
       {3, 3, 1, {3, 16, 9}, {1, 16, 7}, {7}, 1, 0, 1, 1.0f, 0, 5},
       /* transB on a constant B, no Z */
       {2, 2, -1, {30, 40}, {50, 40}, {0}, 0, 1, 1, 1.0f, 2, 3},
+      /* a BERT FFN1: one tall product on a packed B, Bias, Gelu after the GEMM over 78000
+         outputs in 5 chunks (and GeluTanh below, over a residual) */
+      {3, 2, -1, {2, 130, 64}, {64, 300}, {0}, 0, 0, 1, 1.0f, 2, 12},
+      {3, 2, 3, {2, 130, 64}, {64, 300}, {2, 130, 300}, 0, 0, 1, 1.0f, 2, 14},
       /* large enough for the pool, per-batch products, full Z, Silu */
       {3, 3, 3, {3, 70, 80}, {3, 80, 90}, {3, 70, 90}, 0, 0, 1, 1.0f, 0, 13},
   };

@@ -8,6 +8,7 @@
  * only at run time (dtypes of computed values, channel counts) is checked in execute(), which
  * hands anything else to the reference kernel. So scratch() asks for the larger of the two
  * kernels' needs. */
+#include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/sgemm.h"
 #include "kernels/ref/gemm.h"
@@ -55,6 +56,31 @@ static const kiln_tensor *opt_in(const kiln__kctx *c, int i, bool *ok) {
   const kiln_tensor *t = i < c->n_in ? c->in[i] : NULL;
   if (t && t->dtype != KILN_DTYPE_FLOAT) *ok = false;
   return t;
+}
+
+/* An activation outside the microkernel's registers (kiln__act_is_post: Gelu, Sigmoid, Tanh...)
+   over the whole output after the product, in chunks of GRAIN elements spread over the pool,
+   rather than by the GEMM per 6x16 tile: there each call gets 16 floats a row, too few for the
+   out-of-order core to overlap the polynomials' latency (Gelu's erf), and that ran at a third of
+   the speed of one pass (bert_tiny's FFN, bench/RESULTS.md). Same values: the same vmath
+   function on the same stored sums. */
+#define ACT_GRAIN ((size_t)16384)
+
+typedef struct act_job {
+  const kiln__epilogue *ep;
+  float *y;
+  size_t n, tasks;
+} act_job;
+
+static void act_range(void *arg, size_t b, size_t e) {
+  const act_job *j = arg;
+  size_t lo = j->n * b / j->tasks, hi = j->n * e / j->tasks;
+  kiln__act_apply(j->ep->vm, j->ep->act, j->ep->lo, j->ep->hi, j->y + lo, hi - lo);
+}
+
+static void act_after(struct kiln__pool *pool, const kiln__epilogue *ep, float *y, size_t n) {
+  act_job j = {ep, y, n, KILN__MAX((size_t)1, (n + ACT_GRAIN - 1) / ACT_GRAIN)};
+  kiln__parallel_for(kiln__pool_for(pool, (double)n), j.tasks, act_range, &j);
 }
 
 /* ---- MatMul, FusedMatMul --------------------------------------------------------------------- */
@@ -203,7 +229,10 @@ static kiln_status matmul_execute(kiln__kctx *c, void *state) {
       g.ep.residual = p.z;
       g.ep.ldr = s.n;
     }
+    bool post = kiln__act_is_post(g.ep.act);
+    if (post) g.ep.act = KILN__ACT_NONE;
     kiln__sgemm_run(c->pool, st->isa, &g);
+    if (post) act_after(c->pool, &ep, p.y, s.batch * s.m * s.n);
   } else if ((double)s.m * (double)s.n * (double)s.k < 262144.0) {
     kiln__parallel_for(c->pool, s.batch, matmul_batch_range, &p);
   } else {
@@ -312,7 +341,10 @@ static kiln_status gemm_execute(kiln__kctx *c, void *state) {
     g.ep.residual = z->data;
     g.ep.ldr = n;
   }
+  bool post = kiln__act_is_post(g.ep.act);
+  if (post) g.ep.act = KILN__ACT_NONE;
   kiln__sgemm_run(c->pool, st->isa, &g);
+  if (post) act_after(c->pool, &st->ep, y, m * n);
   return KILN_OK;
 }
 
