@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes one-node ONNX models of MobileNet-v2's depthwise convs, SqueezeNet's Concats and the
 3x3 stride-2 MaxPools (SqueezeNet's, ResNet's), for timing one kernel with
-`kiln bench FILE --threads 1 --runs 300` (bench/RESULTS.md, depthwise section). Needs numpy and onnx (Debian: python3-numpy, python3-onnx or pip).
+`kiln bench FILE --threads 1 --runs 300` (bench/RESULTS.md, depthwise section). Needs numpy and onnx (Debian: python3-numpy,
+python3-onnx or pip).
 
 usage: bench/make_node_models.py OUT_DIR"""
 import os
