@@ -121,7 +121,9 @@ INLINE_AVX2 void vcol_body(float *restrict v, const float *restrict x, size_t w,
     const float *p = x + i;
     __m256 a = _mm256_maskload_ps(p, k);
     for (size_t r = 1; r < nr; r++) p += w, a = max8(_mm256_maskload_ps(p, k), a);
-    _mm256_maskstore_ps(v + i, k, a);
+    /* lanes past n back to the padding's -inf, then a whole store (the buffer has room): the
+       row step's loads cannot be forwarded from a masked store */
+    _mm256_storeu_ps(v + i, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), a, _mm256_castsi256_ps(k)));
   }
 }
 AVX2 static void vcol_avx2(float *restrict v, const float *restrict x, size_t w, size_t nr,
