@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Writes one-node ONNX models of MobileNet-v2's depthwise convs and SqueezeNet's Concats, for
-timing one kernel with `kiln bench FILE --threads 1 --runs 300` (bench/RESULTS.md, depthwise
-section). Needs numpy and onnx (Debian: python3-numpy, python3-onnx or pip).
+"""Writes one-node ONNX models of MobileNet-v2's depthwise convs, SqueezeNet's Concats and the
+3x3 stride-2 MaxPools (SqueezeNet's, ResNet's), for timing one kernel with
+`kiln bench FILE --threads 1 --runs 300` (bench/RESULTS.md, depthwise section). Needs numpy and onnx (Debian: python3-numpy,
+python3-onnx or pip).
 
 usage: bench/make_node_models.py OUT_DIR"""
 import os
@@ -16,6 +17,9 @@ DW = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (192
       (384, 14, 1), (576, 14, 2), (960, 7, 1)]
 # (channels per input, side) of SqueezeNet-1.1's fire-module Concats (axis 1, two inputs).
 CAT = [(64, 55), (128, 27), (256, 13)]
+# (channels, input side, pads, ceil_mode) of the 3x3 stride-2 MaxPools: SqueezeNet-1.1's three,
+# ResNet's stem.
+POOL = [(64, 111, 0, 1), (128, 55, 0, 1), (256, 27, 0, 1), (64, 112, 1, 0)]
 
 
 def save(graph, path):
@@ -46,6 +50,13 @@ def main():
         g = helper.make_graph([n], "cat", ins,
                               [helper.make_tensor_value_info("y", f32, [1, 2 * c, h, h])])
         save(g, os.path.join(out, f"cat_{c}_{h}.onnx"))
+    for c, h, p, ceil in POOL:
+        oh = -(-(h + 2 * p - 3) // 2) + 1 if ceil else (h + 2 * p - 3) // 2 + 1
+        n = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                             pads=[p] * 4, ceil_mode=ceil)
+        g = helper.make_graph([n], "pool", [helper.make_tensor_value_info("x", f32, [1, c, h, h])],
+                              [helper.make_tensor_value_info("y", f32, [1, c, oh, oh])])
+        save(g, os.path.join(out, f"maxpool_{c}_{h}.onnx"))
 
 
 if __name__ == "__main__":

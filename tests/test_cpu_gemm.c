@@ -366,6 +366,7 @@ typedef struct onenode {
   kiln__node *n;
   kiln_tensor in[3];
   int n_in;
+  bool exact; /* outputs must equal the reference's exactly (NaN: any NaN; +0 == -0) */
 } onenode;
 
 
@@ -457,7 +458,9 @@ static void onenode_check(onenode *o, kiln__pool *pool) {
   free(c.scratch);
   const float *a = y_cpu.data, *b = y_ref.data;
   for (size_t i = 0; i < count; i++)
-    if (!(fabsf(a[i] - b[i]) <= 1e-4f * (1.0f + fabsf(b[i]))) && !(isnan(a[i]) && isnan(b[i])))
+    if (o->exact ? !(isnan(a[i]) ? isnan(b[i]) : a[i] == b[i])
+                 : !(fabsf(a[i] - b[i]) <= 1e-4f * (1.0f + fabsf(b[i]))) &&
+                       !(isnan(a[i]) && isnan(b[i])))
       fail_msg("%s: element %zu is %.7g, reference %.7g", o->n->op_type, i, a[i], b[i]);
   free(y_cpu.data);
   free(y_ref.data);
@@ -755,6 +758,7 @@ static void pool_cases(kiln__isa isa, kiln__pool *pool) {
     onenode o;
     onenode_make(&o, "MaxPool", 1, ranks, dims, 0);
     if (i == 0) ((float *)o.in[0].data)[5] = NAN; /* NaN propagates */
+    o.exact = true;
     int64_t k[2] = {cases[i].kh, cases[i].kw}, s[2] = {cases[i].s, cases[i].s};
     int64_t p[4] = {cases[i].pt, cases[i].pl, cases[i].pb, cases[i].pr};
     kt_attr_ints(o.n, "kernel_shape", k, 2);
@@ -762,6 +766,33 @@ static void pool_cases(kiln__isa isa, kiln__pool *pool) {
     kt_attr_int(o.n, "ceil_mode", cases[i].ceil);
     if (cases[i].auto_pad) kt_attr_str(o.n, "auto_pad", cases[i].auto_pad);
     else kt_attr_ints(o.n, "pads", p, 4);
+    onenode_check(&o, pool);
+    onenode_free(&o);
+  }
+  /* Random shapes: odd and tiny widths (the masked tails), kernels 1-5, strides 1-3, pads below
+     the kernel, ceil_mode, NaN, many zeros of both signs (ties); max is exact (but for the sign of
+     a zero maximum held by both zeros: pool.c says why). */
+  for (int t = 0; t < 60; t++) {
+    int64_t kh = (int64_t)rnd_in(1, 5), kw = (int64_t)rnd_in(1, 5);
+    int64_t sh = (int64_t)rnd_in(1, 3), sw = t % 3 ? (int64_t)rnd_in(1, 2) : (int64_t)rnd_in(1, 3);
+    int64_t p[4] = {(int64_t)rnd_in(0, (size_t)kh - 1), (int64_t)rnd_in(0, (size_t)kw - 1),
+                    (int64_t)rnd_in(0, (size_t)kh - 1), (int64_t)rnd_in(0, (size_t)kw - 1)};
+    int ranks[1] = {4};
+    int64_t dims[1][KILN_MAX_RANK] = {{(int64_t)rnd_in(1, 2), (int64_t)rnd_in(1, 3),
+                                       kh + (int64_t)rnd_in(0, 20), kw + (int64_t)rnd_in(0, 40)}};
+    onenode o;
+    onenode_make(&o, "MaxPool", 1, ranks, dims, 0);
+    float *x = o.in[0].data;
+    size_t cnt = kiln_tensor_count(&o.in[0]);
+    for (size_t e = 0; e < cnt; e++)
+      if (rnd() % 8 == 0) x[e] = rnd() % 2 ? 0.0f : -0.0f;
+    if (t % 4 == 0) x[rnd() % cnt] = NAN;
+    int64_t k[2] = {kh, kw}, s[2] = {sh, sw};
+    kt_attr_ints(o.n, "kernel_shape", k, 2);
+    kt_attr_ints(o.n, "strides", s, 2);
+    kt_attr_int(o.n, "ceil_mode", t % 2);
+    kt_attr_ints(o.n, "pads", p, 4);
+    o.exact = true;
     onenode_check(&o, pool);
     onenode_free(&o);
   }

@@ -372,10 +372,11 @@ save_raw("causal_ref", [
 ], qkv, [vi("y", [1, 2, S, D])], [init("sc", np.array(0.3, np.float32)), init("cm", cm)], False)
 
 
-# winograd (level 3): 3x3 stride-1 convs with >= 64 channels in and out on a >= 7x7 output plane
-# are marked: conv_w1 (bias, then Relu), conv_w2 (no bias, residual x), conv_w7 (no padding,
-# 15x15, Sigmoid), all on an odd 17x17 plane with batch 2 (edge tiles), and conv_p7 (9x9 -> 7x7).
-# Near misses: stride 2, 32 input channels (after a 1x1), dilation 2, group 2, a 5x5 output.
+# winograd (level 3): 3x3 stride-1 convs with >= 16 channels in and >= 64 out on a >= 7x7 output
+# plane are marked: conv_w1 (bias, then Relu), conv_w2 (no bias, residual x), conv_w7 (no
+# padding, 15x15, Sigmoid), all on an odd 17x17 plane with batch 2 (edge tiles), conv_c16 (16
+# input channels, after a 1x1) and conv_p7 (9x9 -> 7x7). Near misses: stride 2, 8 input channels
+# (after a 1x1), 32 output channels, dilation 2, group 2, a 5x5 output.
 save("winograd", [
     helper.make_node("Conv", ["x", "ww1", "wb1"], ["w1"], name="conv_w1", pads=[1, 1, 1, 1]),
     helper.make_node("Relu", ["w1"], ["a1"], name="relu_w1"),
@@ -386,7 +387,10 @@ save("winograd", [
     helper.make_node("Conv", ["x", "ww3"], ["y3"], name="conv_s2", pads=[1, 1, 1, 1],
                      strides=[2, 2]),
     helper.make_node("Conv", ["x", "wp1"], ["p1"], name="conv_1x1"),
-    helper.make_node("Conv", ["p1", "ww4"], ["y4"], name="conv_c32", pads=[1, 1, 1, 1]),
+    helper.make_node("Conv", ["p1", "ww4"], ["y4"], name="conv_c16", pads=[1, 1, 1, 1]),
+    helper.make_node("Conv", ["x", "wq1"], ["q1"], name="conv_1x1b"),
+    helper.make_node("Conv", ["q1", "wq4"], ["y8"], name="conv_c8", pads=[1, 1, 1, 1]),
+    helper.make_node("Conv", ["x", "wk4"], ["y9"], name="conv_k32", pads=[1, 1, 1, 1]),
     helper.make_node("Conv", ["x", "ww5"], ["y5"], name="conv_dil", pads=[2, 2, 2, 2],
                      dilations=[2, 2]),
     helper.make_node("Conv", ["x", "ww6"], ["y6"], name="conv_g2", pads=[1, 1, 1, 1], group=2),
@@ -395,14 +399,16 @@ save("winograd", [
 ], [vi("x", [2, 64, 17, 17])],
    [vi("y1", [2, 64, 17, 17]), vi("y2", [2, 64, 15, 15]), vi("y3", [2, 64, 9, 9]),
     vi("y4", [2, 64, 17, 17]), vi("y5", [2, 64, 17, 17]), vi("y6", [2, 64, 17, 17]),
-    vi("y7", [2, 64, 5, 5])], [
+    vi("y7", [2, 64, 5, 5]), vi("y8", [2, 64, 17, 17]), vi("y9", [2, 32, 17, 17])], [
     init("ww1", rand(64, 64, 3, 3, lo=-0.1, hi=0.1)), init("wb1", rand(64)),
     init("ww2", rand(64, 64, 3, 3, lo=-0.1, hi=0.1)),
     init("ww7", rand(64, 64, 3, 3, lo=-0.1, hi=0.1)), init("wb7", rand(64)),
-    init("ww3", rand(64, 64, 3, 3, lo=-0.1, hi=0.1)), init("wp1", rand(32, 64, 1, 1)),
-    init("ww4", rand(64, 32, 3, 3, lo=-0.1, hi=0.1)), init("ww5", rand(64, 64, 3, 3)),
+    init("ww3", rand(64, 64, 3, 3, lo=-0.1, hi=0.1)), init("wp1", rand(16, 64, 1, 1)),
+    init("ww4", rand(64, 16, 3, 3, lo=-0.1, hi=0.1)), init("ww5", rand(64, 64, 3, 3)),
     init("ww6", rand(64, 32, 3, 3)), init("ww8", rand(64, 64, 3, 3, lo=-0.1, hi=0.1)),
-    init("ww9", rand(64, 64, 3, 3, lo=-0.1, hi=0.1)),
+    init("ww9", rand(64, 64, 3, 3, lo=-0.1, hi=0.1)), init("wq1", rand(8, 64, 1, 1)),
+    init("wq4", rand(64, 8, 3, 3, lo=-0.1, hi=0.1)),
+    init("wk4", rand(32, 64, 3, 3, lo=-0.1, hi=0.1)),
 ])
 # fuse-linear, HardSwish as PaddlePaddle exports it (PP-OCR): hs_a: x * Clip(x + 3, 0, 6) / 6;
 # hs_b: the same with operands swapped and * (1/6); near-misses that stay: hs_c adds 2.5, hs_d

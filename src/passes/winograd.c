@@ -4,14 +4,14 @@
    algorithm="winograd" (a plain Conv first becomes a FusedConv without activation, which
    fuse-linear can still extend). Other backends ignore the attribute: the reference kernel
    computes the direct conv. The rule is the per-node measurement (bench/bench_winograd.c,
-   bench/RESULTS.md): Winograd took 0.6-0.8 of the GEMM conv's time on ResNet's 3x3 convs
-   (C = K = 64-512, planes 56x56 to 7x7, one and two threads) and SqueezeNet's 64->256@13, and
-   lost where the GEMM's k = C is small (SqueezeNet's 16-48 input channels: 1.0-1.2x), so:
-   C >= 64, K >= 64 and a static output plane of at least 7x7 (smaller planes were not
+   bench/RESULTS.md): Winograd took 0.5-0.8 of the GEMM conv's time on ResNet's 3x3 convs
+   (C = K = 64-512, planes 56x56 to 7x7) and 0.8-0.9 on all of SqueezeNet's (C = 16-64,
+   K = 64-256, planes 55x55 to 13x13; an earlier build lost at C = 16-48, since fixed), so:
+   C >= 16, K >= 64 and a static output plane of at least 7x7 (smaller shapes were not
    measured). */
 #include "passes/pass.h"
 
-enum { MIN_CHANNELS = 64, MIN_PLANE = 7 * 7 };
+enum { MIN_IN = 16, MIN_OUT = 64, MIN_PLANE = 7 * 7 };
 
 /* The value's dims when static (the same in both shape probes) and of rank 4. */
 static bool static4(const kiln__pass_ctx *ctx, int v, int64_t dims[4]) {
@@ -47,7 +47,7 @@ static bool eligible(const kiln__pass_ctx *ctx, const kiln__node *n) {
   if (kiln__attr_int(n, "group", 1) != 1 || !ints_all(n, "strides", 2, 1) ||
       !ints_all(n, "dilations", 2, 1) || !ints_all(n, "kernel_shape", 2, 3))
     return false;
-  return x[1] == w->dims[1] && w->dims[1] >= MIN_CHANNELS && w->dims[0] >= MIN_CHANNELS &&
+  return x[1] == w->dims[1] && w->dims[1] >= MIN_IN && w->dims[0] >= MIN_OUT &&
          y[2] * y[3] >= MIN_PLANE;
 }
 

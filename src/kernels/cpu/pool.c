@@ -2,9 +2,13 @@
  * 1) and GlobalAveragePool (float32).
  *
  * MaxPool is separable: per output row, the max over the window's input rows (clipped to the
- * image, so padding and ceil_mode need no special case) goes into a row buffer padded with -inf,
- * and the output row is the max over kw taps of that buffer at the stride, 8 outputs per AVX2
- * step. NaN propagates as in the reference kernel. 8-bit tensors (the integer chains fuse-qdq
+ * image, so padding and ceil_mode need no special case; one pass, one store) goes into a row
+ * buffer padded with -inf, and the output row is the max over kw taps of that buffer at the
+ * stride, 8 outputs per AVX2 step (stride 2: one in-lane shuffle per tap, one permute per step);
+ * the row ends are masked vector steps. NaN propagates as in the reference kernel, and the values
+ * are the reference's exactly, but where a window's maximum is a zero held by both +0 and -0 the
+ * sign may differ: the reference takes the first in row-major order, this kernel the first down
+ * the columns (taking rows first, so as to match, ran 1.5-3x slower: bench/RESULTS.md). 8-bit tensors (the integer chains fuse-qdq
  * builds) take the same route on bytes, 32 outputs per AVX2 step (int8 flipped to unsigned order
  * by its top bit, so one unsigned max serves both), with the padding at the lowest code; a window
  * entirely in the padding runs the reference kernel. Anything else (other ranks and dtypes,
@@ -65,8 +69,14 @@ static void mp_row_generic(const mp_job *j, const float *v, float *y) {
   }
 }
 
-static void vmax_generic(float *restrict acc, const float *restrict x, size_t n) {
-  for (size_t i = 0; i < n; i++) acc[i] = max_nan(x[i], acc[i]);
+/* v[i] = the max over the nr rows x, x + w, ... at column i (the earlier row winning ties). */
+static void vcol_generic(float *restrict v, const float *restrict x, size_t w, size_t nr,
+                         size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    float m = x[i];
+    for (size_t r = 1; r < nr; r++) m = max_nan(x[r * w + i], m);
+    v[i] = m;
+  }
 }
 
 #ifdef POOL_X86
@@ -77,37 +87,74 @@ AVX2 static inline __m256 max8(__m256 a, __m256 b) {
   return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
 }
 
-AVX2 static inline __m256 taps8(const float *r, size_t sw) {
-  if (sw == 1) return _mm256_loadu_ps(r);
-  __m256 a = _mm256_loadu_ps(r), b = _mm256_loadu_ps(r + 8);
-  __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
-  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
+#define INLINE_AVX2 AVX2 static inline __attribute__((always_inline))
+
+/* Lanes i < n (n <= 8) set: a row's tail is one masked step (a scalar tail's data-dependent
+   compares mispredicted, and cost more than the vector body on 111-wide rows). */
+INLINE_AVX2 __m256i tail8(size_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-AVX2 static void vmax_avx2(float *restrict acc, const float *restrict x, size_t n) {
+/* Stride 2: the even columns of r[0..15] in the order 0 2 8 10 4 6 12 14 (one in-lane shuffle);
+   the taps are maxed in that order and put right by one permute per 8 outputs. */
+INLINE_AVX2 __m256 even8(const float *r) {
+  return _mm256_shuffle_ps(_mm256_loadu_ps(r), _mm256_loadu_ps(r + 8), _MM_SHUFFLE(2, 0, 2, 0));
+}
+
+/* The bodies take nr and kw as arguments so that the common 2 and 3 inline as constants. */
+INLINE_AVX2 void vcol_body(float *restrict v, const float *restrict x, size_t w, size_t nr,
+                           size_t n) {
   size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(acc + i, max8(_mm256_loadu_ps(x + i), _mm256_loadu_ps(acc + i)));
-  for (; i < n; i++) acc[i] = max_nan(x[i], acc[i]);
+  for (; i + 16 <= n; i += 16) { /* two independent chains */
+    const float *p = x + i;
+    __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+    for (size_t r = 1; r < nr; r++) {
+      p += w;
+      a = max8(_mm256_loadu_ps(p), a);
+      b = max8(_mm256_loadu_ps(p + 8), b);
+    }
+    _mm256_storeu_ps(v + i, a);
+    _mm256_storeu_ps(v + i + 8, b);
+  }
+  for (; i < n; i += 8) {
+    __m256i k = tail8(KILN__MIN(n - i, (size_t)8));
+    const float *p = x + i;
+    __m256 a = _mm256_maskload_ps(p, k);
+    for (size_t r = 1; r < nr; r++) p += w, a = max8(_mm256_maskload_ps(p, k), a);
+    /* lanes past n back to the padding's -inf, then a whole store (the buffer has room): the
+       row step's loads cannot be forwarded from a masked store */
+    _mm256_storeu_ps(v + i, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), a, _mm256_castsi256_ps(k)));
+  }
+}
+AVX2 static void vcol_avx2(float *restrict v, const float *restrict x, size_t w, size_t nr,
+                           size_t n) {
+  if (nr == 3) vcol_body(v, x, w, 3, n);
+  else if (nr == 2) vcol_body(v, x, w, 2, n);
+  else vcol_body(v, x, w, nr, n);
+}
+
+INLINE_AVX2 void row_body(const float *v, float *y, size_t ow, size_t sw, size_t kw) {
+  for (size_t ox = 0; ox < ow; ox += 8) {
+    const float *r = v + ox * sw;
+    __m256 m;
+    if (sw == 1) {
+      m = _mm256_loadu_ps(r);
+      for (size_t kx = 1; kx < kw; kx++) m = max8(_mm256_loadu_ps(r + kx), m);
+    } else {
+      m = even8(r);
+      for (size_t kx = 1; kx < kw; kx++) m = max8(even8(r + kx), m);
+      m = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(m), _MM_SHUFFLE(3, 1, 2, 0)));
+    }
+    if (ow - ox >= 8) _mm256_storeu_ps(y + ox, m);
+    else _mm256_maskstore_ps(y + ox, tail8(ow - ox), m);
+  }
 }
 
 AVX2 static void mp_row_avx2(const mp_job *j, const float *v, float *y) {
-  if (j->sw > 2) {
-    mp_row_generic(j, v, y);
-    return;
-  }
-  for (size_t ox = 0; ox < j->ow; ox += 8) {
-    const float *r = v + ox * j->sw;
-    __m256 m = taps8(r, j->sw);
-    for (size_t kx = 1; kx < j->kw; kx++) m = max8(taps8(r + kx, j->sw), m);
-    if (j->ow - ox >= 8) {
-      _mm256_storeu_ps(y + ox, m);
-    } else {
-      float t[8];
-      _mm256_storeu_ps(t, m);
-      memcpy(y + ox, t, (j->ow - ox) * sizeof *t);
-    }
-  }
+  if (j->sw == 2 && j->kw == 3) row_body(v, y, j->ow, 2, 3);
+  else if (j->sw == 1 && j->kw == 3) row_body(v, y, j->ow, 1, 3);
+  else if (j->sw <= 2) row_body(v, y, j->ow, j->sw, j->kw);
+  else mp_row_generic(j, v, y);
 }
 #endif
 
@@ -115,9 +162,9 @@ static void mp_planes(void *arg, size_t q0, size_t q1) {
   const mp_job *j = arg;
   float buf[ROWBUF];
   void (*row)(const mp_job *, const float *, float *) = mp_row_generic;
-  void (*vmax)(float *restrict, const float *restrict, size_t) = vmax_generic;
+  void (*vcol)(float *restrict, const float *restrict, size_t, size_t, size_t) = vcol_generic;
 #ifdef POOL_X86
-  if (j->isa != KILN__ISA_GENERIC) row = mp_row_avx2, vmax = vmax_avx2;
+  if (j->isa != KILN__ISA_GENERIC) row = mp_row_avx2, vcol = vcol_avx2;
 #endif
   for (size_t i = 0; i < j->len; i++) buf[i] = -INFINITY;
   float *v = buf + j->pl; /* v[ix] for input column ix; -inf outside */
@@ -131,8 +178,7 @@ static void mp_planes(void *arg, size_t q0, size_t q1) {
         for (size_t ox = 0; ox < j->ow; ox++) y[oy * j->ow + ox] = -INFINITY;
         continue;
       }
-      memcpy(v, x + (size_t)lo * j->w, j->w * sizeof *v);
-      for (int64_t iy = lo + 1; iy < hi; iy++) vmax(v, x + (size_t)iy * j->w, j->w);
+      vcol(v, x + (size_t)lo * j->w, j->w, (size_t)(hi - lo), j->w);
       row(j, buf, y + oy * j->ow);
     }
   }
