@@ -124,7 +124,12 @@ band(const kiln__dw_geom *g, const float *x, const __m256 *wv, __m256 b, const f
     else block(rows, c0, wd, wv, b, acc, S, R, true);
     for (size_t r = 0; r < R; r++) {
       size_t o = (oy + r) * g->ow + ox;
-      put(y + o, z ? z + o : NULL, acc[r], nx, ep);
+      /* Rows narrower than 8 (7x7 planes) are contiguous: a plain 8-wide store runs into the
+         next rows, which are stored after it, and only a store that would pass the plane's
+         end is masked (masked stores are slow on AMD). Not when Z is y: the lanes past the
+         row would overwrite Z before it is added. */
+      bool full = nx == 8 || (g->ow < 8 && z != y && o + 8 <= g->oh * g->ow);
+      put(y + o, z ? z + o : NULL, acc[r], full ? 8 : nx, ep);
     }
   }
   if (kiln__act_is_post(ep->act))
