@@ -260,7 +260,8 @@ static void sgemm_matches_double_reference(void **st) {
 
 /* B read in place (a pointwise conv's input planes): the shapes where the driver takes it (m <=
    64, rows that spread over L1's sets or a short k) and those where it packs after all (m > 64,
-   rows a multiple of 256 bytes apart with k past what L1's ways hold), with edge panels (n not a
+   rows a multiple of 256 bytes apart with k past what L1's ways hold), the short products over
+   rows pages apart that prefetch (m <= 32, k <= 64, ldb >= 1024), with edge panels (n not a
    multiple of 16), k across KC blocks, every epilogue, serially and on 2 threads. */
 static void sgemm_b_in_place_matches_double_reference(void **st) {
   (void)st;
@@ -272,7 +273,10 @@ static void sgemm_b_in_place_matches_double_reference(void **st) {
       {16, 3025, 128, 0}, {24, 49, 96, 0},  {32, 729, 300, 0},  {64, 169, 512, 0},
       {5, 33, 7, 0},      {64, 64, 40, 0},  {20, 128, 100, 0},  {20, 128, 200, 0},
       {6, 16, 1, 0},      {7, 17, 257, 5},  {65, 200, 70, 0},   {100, 49, 600, 0},
-      {1, 1000, 64, 0},   {64, 192, 130, 0}, {13, 256, 260, 0}, {40, 15, 33, 3}};
+      {1, 1000, 64, 0},   {64, 192, 130, 0}, {13, 256, 260, 0}, {40, 15, 33, 3},
+      /* rows 4 KiB or more apart with m <= 32, k <= 64: the prefetching kernels */
+      {16, 1030, 32, 0},  {32, 3136, 64, 0}, {3, 1024, 16, 0},  {17, 2000, 1, 0},
+      {8, 1000, 40, 30},  {31, 1040, 65, 0}};
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(shapes); e++)
