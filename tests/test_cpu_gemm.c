@@ -226,12 +226,13 @@ static void sgemm_matches_double_reference(void **st) {
   kiln__pool *pool = NULL;
   kiln_error err = {0};
   assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
-  /* The last: a pre-packed B (serial) wider than a tile's 1024-column cap (NEON: 1020, whole
-     12-wide panels) */
+  /* {3, 1100, 20}: a pre-packed B (serial) wider than a tile's 1024-column cap (NEON: 1020,
+     whole 12-wide panels) */
   static const size_t edge[][3] = {
       {1, 1, 1},    {1, 1000, 64}, {6, 16, 1},   {7, 17, 3},     {5, 15, 256},  {12, 32, 257},
       {72, 128, 256}, {73, 129, 513}, {8, 32, 0}, {3, 5, 0},     {128, 256, 256}, {150, 3, 40},
-      {2, 300, 700}, {64, 64, 64},  {13, 31, 129}, {200, 140, 30}, {3, 1100, 20}};
+      {2, 300, 700}, {64, 64, 64},  {13, 31, 129}, {200, 140, 30}, {3, 1100, 20},
+      {1, 1000, 1280}, {1, 25, 257}}; /* m = 1: a classifier's Gemm, the one-row kernel */
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(edge); e++)

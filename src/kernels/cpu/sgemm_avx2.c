@@ -110,6 +110,37 @@ uk_6xnarrow(size_t kc, const float *restrict a, const float *restrict b, size_t 
   kiln__uk_store_tile(t, 2, c, ldc, mr, nr, s);
 }
 
+/* One row of A (a classifier's Gemm on one image, m = 1): the 6-row tile would run 6 FMAs per
+   B vector for 1 used. Two k steps per iteration on separate accumulators keep 4 FMA chains
+   going; the loads of B are the bound. */
+TARGET static inline __attribute__((always_inline)) void
+uk_1x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb, float *restrict c,
+        size_t nr, const kiln__uk_store *s) {
+  __m256 x0 = _mm256_setzero_ps(), x1 = x0, y0 = x0, y1 = x0;
+  size_t p = 0;
+  for (; p + 2 <= kc; p += 2, a += 2 * MR, b += 2 * ldb) {
+    __m256 a0 = _mm256_broadcast_ss(a), a1 = _mm256_broadcast_ss(a + MR);
+    x0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b), x0);
+    x1 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 8), x1);
+    y0 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b + ldb), y0);
+    y1 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b + ldb + 8), y1);
+  }
+  if (p < kc) {
+    __m256 a0 = _mm256_broadcast_ss(a);
+    x0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b), x0);
+    x1 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 8), x1);
+  }
+  x0 = _mm256_add_ps(x0, y0);
+  x1 = _mm256_add_ps(x1, y1);
+  if (nr == NR) {
+    store_row(c, 0, x0, x1, s);
+    return;
+  }
+  _Alignas(32) float t[NR];
+  _mm256_store_ps(t, x0), _mm256_store_ps(t + 8, x1);
+  kiln__uk_store_tile(t, NR, c, 0, 1, nr, s);
+}
+
 /* Software prefetch of an unpacked B and of C, PF_AHEAD floats (4 panels) to the right of the
    tile: 2 and 8 panels ahead were slower (MobileNet-v2's 32->16 at 112x112). */
 #define PF_AHEAD 64
@@ -131,6 +162,10 @@ uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
   if (nr <= 2) {
     if (nr == 1) uk_6xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 1);
     else uk_6xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 2);
+    return;
+  }
+  if (mr == 1 && nr > 8) {
+    uk_1x16(kc, a, b, ldb, c, nr, s);
     return;
   }
   if (nr <= 8) {
