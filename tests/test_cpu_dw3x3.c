@@ -1,7 +1,7 @@
 /* The depthwise 3x3 plane kernels (conv_dw3x3.c and the paths of conv_dw.c) against a direct
  * double-precision sum written here: every plane size from 1x1 to 20 wide and MobileNet's, both
  * strides, left/top pads 0-2 with any bottom/right pad, stride 2 at every output height from 6
- * to 15 (each remainder of its bands of 6 rows), each epilogue (none, ReLU, Clip, a post
+ * to 15 (each remainder of its bands of 7 rows), each epilogue (none, ReLU, Clip, a post
  * activation) with and without a residual, the residual aliasing the output, and inputs whose
  * rows end at the end of their buffer (read past the plane: ASan). Every ISA this machine runs. */
 #include <math.h>
@@ -110,9 +110,8 @@ static void every_small_plane(void **st) {
 }
 
 static void stride2_heights(kiln__isa isa) {
-  /* Stride 2 runs bands of 6 output rows and a last band of the rows left (7 rows: one band):
-     output heights 6 to 15, so every band remainder 0-5 and the single band of 7, on narrow,
-     one-vector, and multi-vector rows. */
+  /* Stride 2 runs bands of 7 output rows and a last band of the rows left: output heights 6
+     to 15, so every band remainder 0-6, on narrow, one-vector, and multi-vector rows. */
   static const size_t ws[] = {1, 2, 7, 8, 9, 15, 16, 17, 33};
   for (size_t h = 11; h <= 30; h++)
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)

@@ -1,5 +1,5 @@
 /* The AVX2 depthwise 3x3 kernel for stride 1 and 2 (MobileNet's every depthwise layer), one
- * plane at a time. Blocks of 8 output rows (6 at stride 2) x 8 output columns read their taps
+ * plane at a time. Blocks of 8 output rows (7 at stride 2) x 8 output columns read their taps
  * straight from the input rows: no padded copy of the plane, no row buffers. Each input row a
  * block touches is loaded once and feeds every output row that uses it (8 rows at stride 1 read
  * 10 input rows, not 24), and the rows are independent FMA chains; a plane's last band (or
@@ -15,7 +15,7 @@
 #include <immintrin.h>
 
 #define AVX2 __attribute__((target("avx2,fma")))
-#define RMAX 8     /* output rows per block, at most (stride 1: 8, stride 2: 6 or 7) */
+#define RMAX 8     /* output rows per block, at most (stride 1: 8, stride 2: 7) */
 #define ZW 2112    /* floats of the zero row */
 #define ZOFF 32    /* the zero row starts here, so that edge columns before 0 stay inside it */
 
@@ -138,17 +138,15 @@ band(const kiln__dw_geom *g, const float *x, const __m256 *wv, __m256 b, const f
 }
 
 /* Bands of R rows, then one band of the rows left with its own unrolled block, so a plane whose
-   height is not a multiple of R computes no rows past its end (28 rows at stride 2 were 5
-   bands of 6: 2 rows wasted; 14 rows: 4 of 18). A plane of up to 7 rows is one band (7x7
-   outputs at stride 2: a band of 7 rather than 6 and 1, ~15% faster). */
+   height is not a multiple of R computes no rows past its end (with bands of 6 at stride 2, 28
+   rows wasted 2 and 14 rows 4 of 18, and 7x7 outputs ran a band of 6 and another for 1 row). */
 AVX2 static inline __attribute__((always_inline)) void
 plane(const kiln__dw_geom *g, const float *x, const float *w, float bias, const float *z,
       float *y, const kiln__epilogue *ep, size_t S, size_t R) {
   __m256 wv[9], b = _mm256_set1_ps(bias);
   for (size_t t = 0; t < 9; t++) wv[t] = _mm256_broadcast_ss(w + t);
   size_t oy = 0;
-  if (g->oh > 7)
-    for (; oy + R <= g->oh; oy += R) band(g, x, wv, b, z, y, ep, oy, S, R);
+  for (; oy + R <= g->oh; oy += R) band(g, x, wv, b, z, y, ep, oy, S, R);
   switch (g->oh - oy) {
   case 0: break;
   case 1: band(g, x, wv, b, z, y, ep, oy, S, 1); break;
@@ -165,10 +163,12 @@ AVX2 void kiln__dw3x3_plane_avx2(const kiln__dw_geom *g, const float *x, const f
                                  float bias, const float *z, float *y,
                                  const kiln__epilogue *ep) {
   /* Rows per block, measured on MobileNet's planes: 8 independent FMA chains at stride 1 (4
-     left the FMAs waiting on their latency: 112x112 and 56x56 10-15% slower), 6 at stride 2,
-     whose 4 loads and 3 shuffles per input row leave fewer registers. */
+     left the FMAs waiting on their latency: 112x112 and 56x56 10-15% slower), 7 at stride 2,
+     whose 4 loads and 3 shuffles per input row leave fewer registers (the weights are then
+     read from memory): MobileNet's stride-2 outputs (56, 28, 14, 7 rows) are whole bands of
+     7, where bands of 6 left a short band (28x28 and 14x14 in the model 1-9% faster). */
   if (g->sw == 1) plane(g, x, w, bias, z, y, ep, 1, 8);
-  else plane(g, x, w, bias, z, y, ep, 2, 6);
+  else plane(g, x, w, bias, z, y, ep, 2, 7);
 }
 
 #endif
