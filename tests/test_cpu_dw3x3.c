@@ -1,6 +1,7 @@
 /* The depthwise 3x3 plane kernels (conv_dw3x3.c and the paths of conv_dw.c) against a direct
  * double-precision sum written here: every plane size from 1x1 to 20 wide and MobileNet's, both
- * strides, left/top pads 0-2 with any bottom/right pad, each epilogue (none, ReLU, Clip, a post
+ * strides, left/top pads 0-2 with any bottom/right pad, stride 2 at every output height from 6
+ * to 15 (each remainder of its bands of 7 rows), each epilogue (none, ReLU, Clip, a post
  * activation) with and without a residual, the residual aliasing the output, and inputs whose
  * rows end at the end of their buffer (read past the plane: ASan). Every ISA this machine runs. */
 #include <math.h>
@@ -108,6 +109,23 @@ static void every_small_plane(void **st) {
   each_isa(small_planes);
 }
 
+static void stride2_heights(kiln__isa isa) {
+  /* Stride 2 runs bands of 7 output rows and a last band of the rows left: output heights 6
+     to 15, so every band remainder 0-6, on narrow, one-vector, and multi-vector rows. */
+  static const size_t ws[] = {1, 2, 7, 8, 9, 15, 16, 17, 33};
+  for (size_t h = 11; h <= 30; h++)
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+      for (size_t p = 0; p <= 2; p++) {
+        check(isa, h, ws[i], 2, p, p, p, p);
+        check(isa, h, ws[i], 2, 0, p, 2 - p, 1);
+      }
+}
+
+static void stride2_band_tails(void **st) {
+  (void)st;
+  each_isa(stride2_heights);
+}
+
 static void large_planes(kiln__isa isa) {
   /* MobileNet's planes and their odd neighbours; a plane wider than the kernel takes. */
   static const size_t sides[][2] = {{7, 7}, {14, 14}, {28, 28}, {29, 27}, {56, 56}, {57, 55},
@@ -129,6 +147,7 @@ static void mobilenet_planes(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(every_small_plane),
+      cmocka_unit_test(stride2_band_tails),
       cmocka_unit_test(mobilenet_planes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

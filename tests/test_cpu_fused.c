@@ -196,6 +196,8 @@ static void fconv_cases(kiln__pool *pool) {
       {2, 8, 15, 15, 8, 3, 8, 2, 1, 1, 0, 3},    /* depthwise strided, Relu6 */
       {1, 6, 9, 9, 6, 5, 6, 1, 2, 0, 1, 9},      /* depthwise 5x5, HardSwish */
       {1, 16, 9, 9, 16, 5, 16, 1, 2, 1, 1, -1},  /* depthwise 5x5, 8 channels in lanes */
+      {1, 16, 7, 7, 16, 3, 16, 1, 1, 1, 1, -1},  /* 3x3 at 7x7: 8 channels in lanes, Z */
+      {2, 8, 5, 6, 8, 3, 8, 1, 1, 1, 1, 2},      /* ... rows of 6: 30 outputs, 6 past 8s */
       {1, 8, 70, 70, 8, 3, 8, 1, 1, 1, 1, -1},   /* depthwise on a wide plane, read in place */
       {1, 8, 71, 67, 8, 3, 8, 2, 1, 1, 1, 3},    /* ... strided, Relu6 */
       {1, 8, 40, 40, 8, 3, 8, 1, 1, 0, 1, 2},    /* depthwise on a padded copy (ow > 32) */

@@ -226,12 +226,13 @@ static void sgemm_matches_double_reference(void **st) {
   kiln__pool *pool = NULL;
   kiln_error err = {0};
   assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
-  /* The last: a pre-packed B (serial) wider than a tile's 1024-column cap (NEON: 1020, whole
-     12-wide panels) */
+  /* {3, 1100, 20}: a pre-packed B (serial) wider than a tile's 1024-column cap (NEON: 1020,
+     whole 12-wide panels) */
   static const size_t edge[][3] = {
       {1, 1, 1},    {1, 1000, 64}, {6, 16, 1},   {7, 17, 3},     {5, 15, 256},  {12, 32, 257},
       {72, 128, 256}, {73, 129, 513}, {8, 32, 0}, {3, 5, 0},     {128, 256, 256}, {150, 3, 40},
-      {2, 300, 700}, {64, 64, 64},  {13, 31, 129}, {200, 140, 30}, {3, 1100, 20}};
+      {2, 300, 700}, {64, 64, 64},  {13, 31, 129}, {200, 140, 30}, {3, 1100, 20},
+      {1, 1000, 1280}, {1, 25, 257}}; /* m = 1: a classifier's Gemm, the one-row kernel */
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(edge); e++)
@@ -260,7 +261,8 @@ static void sgemm_matches_double_reference(void **st) {
 
 /* B read in place (a pointwise conv's input planes): the shapes where the driver takes it (m <=
    64, rows that spread over L1's sets or a short k) and those where it packs after all (m > 64,
-   rows a multiple of 256 bytes apart with k past what L1's ways hold), with edge panels (n not a
+   rows a multiple of 256 bytes apart with k past what L1's ways hold), the short products over
+   rows pages apart that prefetch (m <= 32, k <= 64, ldb >= 1024), with edge panels (n not a
    multiple of 16), k across KC blocks, every epilogue, serially and on 2 threads. */
 static void sgemm_b_in_place_matches_double_reference(void **st) {
   (void)st;
@@ -272,7 +274,10 @@ static void sgemm_b_in_place_matches_double_reference(void **st) {
       {16, 3025, 128, 0}, {24, 49, 96, 0},  {32, 729, 300, 0},  {64, 169, 512, 0},
       {5, 33, 7, 0},      {64, 64, 40, 0},  {20, 128, 100, 0},  {20, 128, 200, 0},
       {6, 16, 1, 0},      {7, 17, 257, 5},  {65, 200, 70, 0},   {100, 49, 600, 0},
-      {1, 1000, 64, 0},   {64, 192, 130, 0}, {13, 256, 260, 0}, {40, 15, 33, 3}};
+      {1, 1000, 64, 0},   {64, 192, 130, 0}, {13, 256, 260, 0}, {40, 15, 33, 3},
+      /* rows 4 KiB or more apart with m <= 32, k <= 64: the prefetching kernels */
+      {16, 1030, 32, 0},  {32, 3136, 64, 0}, {3, 1024, 16, 0},  {17, 2000, 1, 0},
+      {8, 1000, 40, 30},  {31, 1040, 65, 0}};
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(shapes); e++)
@@ -641,6 +646,8 @@ static void depthwise_cases(kiln__isa isa, kiln__pool *pool) {
          that runs plane by plane), a zero-bordered copy of narrow planes, and wide planes read
          in place with edge blocks through padded segments; rows not a multiple of 4. */
       {2, 12, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},
+      {1, 16, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},   /* rows of 3: a load spans 3 rows */
+      {1, 8, 5, 6, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 0},
       {1, 20, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1, NULL, 1},
       {1, 16, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 0},
       {1, 8, 13, 11, 3, 3, 1, 2, 0, 1, 2, 0, NULL, 1},    /* mixed strides, asymmetric pads */

@@ -1,10 +1,11 @@
 /* The AVX2 depthwise 3x3 kernel for stride 1 and 2 (MobileNet's every depthwise layer), one
- * plane at a time. Blocks of 8 output rows (6 at stride 2) x 8 output columns read their taps
+ * plane at a time. Blocks of 8 output rows (7 at stride 2) x 8 output columns read their taps
  * straight from the input rows: no padded copy of the plane, no row buffers. Each input row a
  * block touches is loaded once and feeds every output row that uses it (8 rows at stride 1 read
- * 10 input rows, not 24), and the rows are independent FMA chains. Padding costs nothing in the interior: a row above or below the plane is a pointer to
- * zeros, and the blocks that cross the left or right edge (or end past the last column) load
- * with lane masks, which read nothing outside the plane. Stride 2 loads 16 columns and splits
+ * 10 input rows, not 24), and the rows are independent FMA chains; at stride 2 a plane's
+ * last band is a block of exactly the rows left. Padding costs nothing in
+ * the interior: a row above or below the plane is a pointer to zeros, and the blocks that
+ * cross the left or right edge (or end past the last column) load with lane masks, which read nothing outside the plane. Stride 2 loads 16 columns and splits
  * even and odd lanes with one in-lane shuffle per tap; the lanes come out in the order
  * 0 1 4 5 2 3 6 7 for every tap, so one cross-lane permute per accumulator puts them back.
  * Bias, ReLU/Clip and a residual are applied in registers before the one store. */
@@ -14,7 +15,7 @@
 #include <immintrin.h>
 
 #define AVX2 __attribute__((target("avx2,fma")))
-#define RMAX 8     /* output rows per block, at most (stride 1: 8, stride 2: 6) */
+#define RMAX 8     /* output rows per block, at most (stride 1: 8, stride 2: 7) */
 #define ZW 2112    /* floats of the zero row */
 #define ZOFF 32    /* the zero row starts here, so that edge columns before 0 stay inside it */
 
@@ -101,38 +102,67 @@ AVX2 static inline void put(float *y, const float *z, __m256 v, size_t nx,
   _mm256_maskstore_ps(y, m, v);
 }
 
+/* Output rows oy .. oy + R - 1, every column; the first `keep` of them (inside the plane) are
+   stored. */
+AVX2 static inline __attribute__((always_inline)) void
+band(const kiln__dw_geom *g, const float *x, const __m256 *wv, __m256 b, const float *z, float *y,
+     const kiln__epilogue *ep, size_t oy, size_t S, size_t R, size_t keep) {
+  const int wd = (int)g->w, span = S == 1 ? 10 : 18; /* columns an interior block reads */
+  const float *rows[(RMAX - 1) * 2 + 3];
+  for (size_t j = 0; j < (R - 1) * S + 3; j++) {
+    int64_t iy = (int64_t)(oy * S + j) - (int64_t)g->pt;
+    rows[j] = iy >= 0 && iy < (int64_t)g->h ? x + (size_t)iy * g->w : zrow + ZOFF;
+  }
+  for (size_t ox = 0; ox < g->ow; ox += 8) {
+    /* A short last block moves left to end at the last column when the row has 8: a plain
+       store that rewrites a few outputs with the same values, where a masked store costs
+       more than the block (not when Z is y: the rewritten outputs would add Z twice). */
+    if (ox + 8 > g->ow && g->ow >= 8 && z != y) ox = g->ow - 8;
+    size_t nx = KILN__MIN((size_t)8, g->ow - ox);
+    int c0 = (int)(ox * S) - (int)g->pl;
+    __m256 acc[RMAX];
+    if (c0 >= 0 && c0 + span <= wd) block(rows, c0, wd, wv, b, acc, S, R, false);
+    else block(rows, c0, wd, wv, b, acc, S, R, true);
+    for (size_t r = 0; r < keep; r++) {
+      size_t o = (oy + r) * g->ow + ox;
+      /* Rows narrower than 8 (7x7 planes) are contiguous: a plain 8-wide store runs into the
+         next rows, which are stored after it, and only a store that would pass the plane's
+         end is masked (masked stores are slow on AMD). Not when Z is y: the lanes past the
+         row would overwrite Z before it is added. */
+      bool full = nx == 8 || (g->ow < 8 && z != y && o + 8 <= g->oh * g->ow);
+      put(y + o, z ? z + o : NULL, acc[r], full ? 8 : nx, ep);
+    }
+  }
+  if (kiln__act_is_post(ep->act))
+    for (size_t r = 0; r < keep; r++)
+      kiln__act_apply(ep->vm, ep->act, ep->lo, ep->hi, y + (oy + r) * g->ow, g->ow);
+}
+
+/* Bands of R rows, then the rows left. At stride 2 they are one band with its own unrolled
+   block, so no row past the plane's end is computed (with bands of 6, 28 rows wasted 2 and 14
+   rows 4 of 18, and 7x7 outputs ran a band of 6 and another for 1 row). At stride 1 the last
+   band stays a whole band of 8 that stores only the rows left: the short bands measured 3-4%
+   slower on 14x14 planes in MobileNet-v2 (and 4 bands of 7 there 5% slower on 28x28). */
 AVX2 static inline __attribute__((always_inline)) void
 plane(const kiln__dw_geom *g, const float *x, const float *w, float bias, const float *z,
       float *y, const kiln__epilogue *ep, size_t S, size_t R) {
   __m256 wv[9], b = _mm256_set1_ps(bias);
   for (size_t t = 0; t < 9; t++) wv[t] = _mm256_broadcast_ss(w + t);
-  const int wd = (int)g->w, span = S == 1 ? 10 : 18; /* columns an interior block reads */
-  const float *rows[(RMAX - 1) * 2 + 3];
-  bool post = kiln__act_is_post(ep->act);
-  for (size_t oy = 0; oy < g->oh; oy += R) {
-    size_t dr = KILN__MIN((size_t)R, g->oh - oy);
-    for (size_t j = 0; j < (R - 1) * S + 3; j++) {
-      int64_t iy = (int64_t)(oy * S + j) - (int64_t)g->pt;
-      rows[j] = iy >= 0 && iy < (int64_t)g->h ? x + (size_t)iy * g->w : zrow + ZOFF;
-    }
-    for (size_t ox = 0; ox < g->ow; ox += 8) {
-      /* A short last block moves left to end at the last column when the row has 8: a plain
-         store that rewrites a few outputs with the same values, where a masked store costs
-         more than the block (not when Z is y: the rewritten outputs would add Z twice). */
-      if (ox + 8 > g->ow && g->ow >= 8 && z != y) ox = g->ow - 8;
-      size_t nx = KILN__MIN((size_t)8, g->ow - ox);
-      int c0 = (int)(ox * S) - (int)g->pl;
-      __m256 acc[RMAX];
-      if (c0 >= 0 && c0 + span <= wd) block(rows, c0, wd, wv, b, acc, S, R, false);
-      else block(rows, c0, wd, wv, b, acc, S, R, true);
-      for (size_t r = 0; r < dr; r++) {
-        size_t o = (oy + r) * g->ow + ox;
-        put(y + o, z ? z + o : NULL, acc[r], nx, ep);
-      }
-    }
-    if (post)
-      for (size_t r = 0; r < dr; r++)
-        kiln__act_apply(ep->vm, ep->act, ep->lo, ep->hi, y + (oy + r) * g->ow, g->ow);
+  size_t oy = 0;
+  for (; oy + R <= g->oh; oy += R) band(g, x, wv, b, z, y, ep, oy, S, R, R);
+  size_t left = g->oh - oy;
+  if (left == 0) return;
+  if (S == 1) {
+    band(g, x, wv, b, z, y, ep, oy, S, R, left);
+    return;
+  }
+  switch (left) {
+  case 1: band(g, x, wv, b, z, y, ep, oy, S, 1, 1); break;
+  case 2: band(g, x, wv, b, z, y, ep, oy, S, 2, 2); break;
+  case 3: band(g, x, wv, b, z, y, ep, oy, S, 3, 3); break;
+  case 4: band(g, x, wv, b, z, y, ep, oy, S, 4, 4); break;
+  case 5: band(g, x, wv, b, z, y, ep, oy, S, 5, 5); break;
+  default: band(g, x, wv, b, z, y, ep, oy, S, 6, 6); break;
   }
 }
 
@@ -140,10 +170,12 @@ AVX2 void kiln__dw3x3_plane_avx2(const kiln__dw_geom *g, const float *x, const f
                                  float bias, const float *z, float *y,
                                  const kiln__epilogue *ep) {
   /* Rows per block, measured on MobileNet's planes: 8 independent FMA chains at stride 1 (4
-     left the FMAs waiting on their latency: 112x112 and 56x56 10-15% slower), 6 at stride 2,
-     whose 4 loads and 3 shuffles per input row leave fewer registers. */
+     left the FMAs waiting on their latency: 112x112 and 56x56 10-15% slower), 7 at stride 2,
+     whose 4 loads and 3 shuffles per input row leave fewer registers (the weights are then
+     read from memory): MobileNet's stride-2 outputs (56, 28, 14, 7 rows) are whole bands of
+     7, where bands of 6 left a short band (28x28 and 14x14 in the model 1-9% faster). */
   if (g->sw == 1) plane(g, x, w, bias, z, y, ep, 1, 8);
-  else plane(g, x, w, bias, z, y, ep, 2, 6);
+  else plane(g, x, w, bias, z, y, ep, 2, 7);
 }
 
 #endif

@@ -44,6 +44,13 @@ static const kiln__sgemm_ukernel_strided strided_uks[KILN__ISA_COUNT] = {
 #endif
 };
 
+/* The same with software prefetch: [0] of B and C (a panel's first row tile), [1] of C only. */
+static const kiln__sgemm_ukernel_strided strided_pf_uks[KILN__ISA_COUNT][2] = {
+#ifdef KILN_X86
+    [KILN__ISA_AVX2] = {kiln__sgemm_uk_6x16sbc__avx2, kiln__sgemm_uk_6x16sc__avx2},
+#endif
+};
+
 static const char *const isa_names[KILN__ISA_COUNT] = {"generic", "avx2", "avx512", "neon"};
 
 const char *kiln__isa_name(kiln__isa isa) {
@@ -285,6 +292,7 @@ typedef struct job {
   const kiln__sgemm_args *g;
   const impl *im;
   kiln__sgemm_ukernel_strided uks; /* set when B is read in place */
+  const kiln__sgemm_ukernel_strided *uks_pf; /* NULL, or uks with prefetch ([0] B and C) */
   size_t tiles_n;
   size_t tm; /* rows per tile: a multiple of mc */
   size_t tn; /* columns per tile: nc, or with pre-packed B any multiple of nr */
@@ -341,11 +349,12 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
             size_t mr = KILN__MIN(im->mr, mc - ip);
             st.row0 = i1 + ip;
             float *ct = g->c + st.row0 * g->ldc + st.col0;
-            if (jp < edge)
-              jb->uks(kc, ap + ip * kc, g->b + p0 * g->ldb + j0 + jp, g->ldb, ct, g->ldc, mr, nr,
-                      &st);
-            else
+            if (jp < edge) {
+              kiln__sgemm_ukernel_strided uks = jb->uks_pf ? jb->uks_pf[ip == 0 ? 0 : 1] : jb->uks;
+              uks(kc, ap + ip * kc, g->b + p0 * g->ldb + j0 + jp, g->ldb, ct, g->ldc, mr, nr, &st);
+            } else {
               im->uk(kc, ap + ip * kc, bp + (jp - edge) * kc, ct, g->ldc, mr, nr, &st);
+            }
             if (post)
               for (size_t r = 0; r < mr; r++)
                 kiln__act_apply(g->ep.vm, g->ep.act, g->ep.lo, g->ep.hi, ct + r * g->ldc, nr);
@@ -376,6 +385,17 @@ static bool in_place_pays(const kiln__sgemm_args *g) {
   return kc <= 8 * sets;
 }
 
+/* Whether the in-place kernel should prefetch: a short product (k <= 64: a 32->16 pointwise
+   conv) over few rows of A, with B's rows 4 KiB or more apart (planes of 32x32 and up). Each
+   panel then reads k rows on k pages and writes m rows of C on m more, more streams than the
+   hardware prefetcher follows, and the FMAs per panel are too few to hide the misses: in
+   MobileNet-v2, where the planes come from L3 or memory, 32->16 at 112x112 ran at half its
+   speed on data in L2. With k = 96 or 144 (96->24, 144->24 at 56x56) the prefetches cost more
+   than they saved (up to 14% slower), and m = 96 (16->96 at 112x112) gained nothing. */
+static bool prefetch_pays(const kiln__sgemm_args *g) {
+  return g->m <= 32 && g->k <= 64 && g->ldb >= 1024;
+}
+
 /* k == 0: the product is zero, but the store (accumulate, epilogue) still applies. */
 static void run_k0(const kiln__sgemm_args *g) {
   static const float zeros[64];
@@ -404,8 +424,10 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
   const impl *im = &impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0];
   job jb = {.g = g, .im = im, .tn = im->nc};
   if (g->b_in_place && !g->pb && !g->pack_b && !g->trans_b && im == &impls[isa] &&
-      in_place_pays(g))
+      in_place_pays(g)) {
     jb.uks = strided_uks[isa];
+    if (strided_pf_uks[isa][0] && prefetch_pays(g)) jb.uks_pf = strided_pf_uks[isa];
+  }
   size_t threads = pool ? (size_t)kiln__pool_threads(pool) : 1, want = 3 * threads;
   size_t blocks_m = (g->m + im->mc - 1) / im->mc, rb = 1;
   if (g->pb) {

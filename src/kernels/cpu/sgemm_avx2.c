@@ -110,15 +110,62 @@ uk_6xnarrow(size_t kc, const float *restrict a, const float *restrict b, size_t 
   kiln__uk_store_tile(t, 2, c, ldc, mr, nr, s);
 }
 
+/* One row of A (a classifier's Gemm on one image, m = 1): the 6-row tile would run 6 FMAs per
+   B vector for 1 used. Two k steps per iteration on separate accumulators keep 4 FMA chains
+   going; the loads of B are the bound. */
+TARGET static inline __attribute__((always_inline)) void
+uk_1x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb, float *restrict c,
+        size_t nr, const kiln__uk_store *s) {
+  __m256 x0 = _mm256_setzero_ps(), x1 = x0, y0 = x0, y1 = x0;
+  size_t p = 0;
+  for (; p + 2 <= kc; p += 2, a += 2 * MR, b += 2 * ldb) {
+    __m256 a0 = _mm256_broadcast_ss(a), a1 = _mm256_broadcast_ss(a + MR);
+    x0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b), x0);
+    x1 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 8), x1);
+    y0 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b + ldb), y0);
+    y1 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b + ldb + 8), y1);
+  }
+  if (p < kc) {
+    __m256 a0 = _mm256_broadcast_ss(a);
+    x0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b), x0);
+    x1 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + 8), x1);
+  }
+  x0 = _mm256_add_ps(x0, y0);
+  x1 = _mm256_add_ps(x1, y1);
+  if (nr == NR) {
+    store_row(c, 0, x0, x1, s);
+    return;
+  }
+  _Alignas(32) float t[NR];
+  _mm256_store_ps(t, x0), _mm256_store_ps(t + 8, x1);
+  kiln__uk_store_tile(t, NR, c, 0, 1, nr, s);
+}
+
+/* Software prefetch of an unpacked B and of C, PF_AHEAD floats (4 panels) to the right of the
+   tile: 2 and 8 panels ahead were slower (MobileNet-v2's 32->16 at 112x112). */
+#define PF_AHEAD 64
+enum { PF_NONE, PF_C, PF_BC };
+
+/* The address n floats past p, as an integer: a prefetch may point past the end of an array,
+   and a pointer there must not be formed. */
+static inline const char *ahead(const float *p, size_t n) {
+  return (const char *)((uintptr_t)p + n * sizeof *p);
+}
+
 /* b's rows are ldb floats apart: NR in a packed panel, or a row of an unpacked B (a pointwise
-   conv's input planes, read in place). Inlined into both entry points, so the packed one keeps a
-   constant stride. */
+   conv's input planes, read in place). Inlined into every entry point, so the packed one keeps
+   a constant stride. pf (compile-time) prefetches C's rows (PF_C), and B's rows (PF_BC). */
 TARGET static inline __attribute__((always_inline)) void
 uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
-        float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s) {
+        float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s,
+        const int pf) {
   if (nr <= 2) {
     if (nr == 1) uk_6xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 1);
     else uk_6xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 2);
+    return;
+  }
+  if (mr == 1 && nr > 8) {
+    uk_1x16(kc, a, b, ldb, c, nr, s);
     return;
   }
   if (nr <= 8) {
@@ -131,8 +178,11 @@ uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
   __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
   __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
   __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  if (pf != PF_NONE)
+    for (size_t r = 0; r < mr; r++) _mm_prefetch(ahead(c + r * ldc, PF_AHEAD), _MM_HINT_T0);
   for (size_t p = 0; p < kc; p++) {
     __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), av;
+    if (pf == PF_BC) _mm_prefetch(ahead(b, PF_AHEAD), _MM_HINT_T0);
 #define ROW(i)                                  \
   av = _mm256_broadcast_ss(a + i);              \
   c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0);   \
@@ -195,14 +245,28 @@ TARGET void kiln__sgemm_pack_a_6__avx2(const float *restrict a, size_t lda, size
 TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
                                       const float *restrict b, float *restrict c, size_t ldc,
                                       size_t mr, size_t nr, const kiln__uk_store *s) {
-  uk_6x16(kc, a, b, NR, c, ldc, mr, nr, s);
+  uk_6x16(kc, a, b, NR, c, ldc, mr, nr, s, PF_NONE);
 }
 
 TARGET void kiln__sgemm_uk_6x16s__avx2(size_t kc, const float *restrict a,
                                        const float *restrict b, size_t ldb, float *restrict c,
                                        size_t ldc, size_t mr, size_t nr,
                                        const kiln__uk_store *s) {
-  uk_6x16(kc, a, b, ldb, c, ldc, mr, nr, s);
+  uk_6x16(kc, a, b, ldb, c, ldc, mr, nr, s, PF_NONE);
+}
+
+TARGET void kiln__sgemm_uk_6x16sc__avx2(size_t kc, const float *restrict a,
+                                        const float *restrict b, size_t ldb, float *restrict c,
+                                        size_t ldc, size_t mr, size_t nr,
+                                        const kiln__uk_store *s) {
+  uk_6x16(kc, a, b, ldb, c, ldc, mr, nr, s, PF_C);
+}
+
+TARGET void kiln__sgemm_uk_6x16sbc__avx2(size_t kc, const float *restrict a,
+                                         const float *restrict b, size_t ldb, float *restrict c,
+                                         size_t ldc, size_t mr, size_t nr,
+                                         const kiln__uk_store *s) {
+  uk_6x16(kc, a, b, ldb, c, ldc, mr, nr, s, PF_BC);
 }
 
 #endif
