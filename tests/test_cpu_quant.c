@@ -463,18 +463,22 @@ static void dw_cases(kiln__pool *pool) {
       }
 }
 
-/* Every small 3x3 plane, 1..10 rows x 1..20 columns, strides 1 and 2, each pad 0-2 (cycled
-   independently over the sizes, so every pad value meets every side and stride): all blocks of
-   qconv_dw.c's 3x3 kernel are edge blocks here, and the inputs are exact-size allocations, so an
-   out-of-bounds read shows under ASan. The dtypes, ConvInteger / QLinearConv and zero-point
-   modes rotate with the case; saturating extreme inputs on every fourth. */
+/* Every small 3x3 plane, 1..10 rows x 1..20 columns, then 1, 2 and 5 rows x 21..33 columns
+   (the 32-byte row copy, and 33: past the kernel's width limit), strides 1 and 2, each pad 0-2
+   (cycled independently over the sizes, so every pad value meets every side and stride): all
+   blocks of qconv_dw.c's 3x3 kernel are edge blocks here, and the inputs and outputs are
+   exact-size allocations, so an out-of-bounds read or write shows under ASan. 3 or 5 channels:
+   the last plane's rows take the exact copies. The dtypes, ConvInteger / QLinearConv and
+   zero-point modes rotate with the case; saturating extreme inputs on every fourth. */
 static void dw3_small_cases(kiln__pool *pool) {
   size_t k = 0;
+  static const int64_t wide_h[] = {1, 2, 5};
   for (int64_t s = 1; s <= 2; s++)
-    for (int64_t h = 1; h <= 10; h++)
-      for (int64_t w = 1; w <= 20; w++, k++) {
-        dw_shape sh = {1, 3, h, w, 3, 3, s, s, 1, 1, (int64_t)(k % 3), (int64_t)(k / 3 % 3),
-                       (int64_t)(k / 9 % 3), (int64_t)(k / 27 % 3)};
+    for (int64_t hi = 0; hi < 13; hi++)
+      for (int64_t w = hi < 10 ? 1 : 21; w <= (hi < 10 ? 20 : 33); w++, k++) {
+        int64_t h = hi < 10 ? hi + 1 : wide_h[hi - 10];
+        dw_shape sh = {1, k % 5 == 2 ? 5 : 3, h, w, 3, 3, s, s, 1, 1, (int64_t)(k % 3),
+                       (int64_t)(k / 3 % 3), (int64_t)(k / 9 % 3), (int64_t)(k / 27 % 3)};
         if (h + sh.pt + sh.pb < 3) sh.pb = 3 - h - sh.pt; /* at least one output row */
         if (w + sh.pl + sh.pr < 3) sh.pr = 3 - w - sh.pl;
         char label[64];
