@@ -333,6 +333,9 @@ static void conv_cases(kiln__pool *pool, bool qlinear) {
           for (int64_t j = 0; j < m; j++) ws[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
           float xs = 0.02f;
           float ys = 0.02f * 0.01f * 6.0f * sqrtf((float)(ch / grp * k * k));
+          /* a tiny y scale on odd shapes without zero points: multipliers ~2e5, products past
+             +-2^31 (the epilogue's float-to-int conversion overflows there), all saturated */
+          if (zp == 0 && si % 2 == 1) ys = 1e-9f;
           if (xzp.rank < 0) xzp = (tin){xt, 0, {0}, true};
           if (wzp.rank < 0) wzp = (tin){wt, 0, {0}, true, &zero8};
           kiln_dtype yt = zp == 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
@@ -424,6 +427,7 @@ static void dw_case(kiln__pool *pool, const dw_shape *dws, int combo, int zp, bo
     float xs = 0.02f;
     /* zp 1 uses a small y scale: many outputs saturate. */
     float ys = 0.02f * 0.01f * (zp == 1 ? 0.5f : 6.0f) * sqrtf((float)(dws->kh * dws->kw));
+    if (zp == 0 && combo == 5) ys = 1e-9f; /* products past +-2^31, all saturated */
     if (xzp.rank < 0) xzp = (tin){xt, 0, {0}, true};
     if (wzp.rank < 0) wzp = (tin){wt, 0, {0}, true, &zero8};
     kiln_dtype yt = combo & 1 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
@@ -463,18 +467,22 @@ static void dw_cases(kiln__pool *pool) {
       }
 }
 
-/* Every small 3x3 plane, 1..10 rows x 1..20 columns, strides 1 and 2, each pad 0-2 (cycled
-   independently over the sizes, so every pad value meets every side and stride): all blocks of
-   qconv_dw.c's 3x3 kernel are edge blocks here, and the inputs are exact-size allocations, so an
-   out-of-bounds read shows under ASan. The dtypes, ConvInteger / QLinearConv and zero-point
-   modes rotate with the case; saturating extreme inputs on every fourth. */
+/* Every small 3x3 plane, 1..10 rows x 1..20 columns, then 1, 2 and 5 rows x 21..33 columns
+   (the 32-byte row copy, and 33: past the kernel's width limit), strides 1 and 2, each pad 0-2
+   (cycled independently over the sizes, so every pad value meets every side and stride): all
+   blocks of qconv_dw.c's 3x3 kernel are edge blocks here, and the inputs and outputs are
+   exact-size allocations, so an out-of-bounds read or write shows under ASan. 3 or 5 channels:
+   the last plane's rows take the exact copies. The dtypes, ConvInteger / QLinearConv and
+   zero-point modes rotate with the case; saturating extreme inputs on every fourth. */
 static void dw3_small_cases(kiln__pool *pool) {
   size_t k = 0;
+  static const int64_t wide_h[] = {1, 2, 5};
   for (int64_t s = 1; s <= 2; s++)
-    for (int64_t h = 1; h <= 10; h++)
-      for (int64_t w = 1; w <= 20; w++, k++) {
-        dw_shape sh = {1, 3, h, w, 3, 3, s, s, 1, 1, (int64_t)(k % 3), (int64_t)(k / 3 % 3),
-                       (int64_t)(k / 9 % 3), (int64_t)(k / 27 % 3)};
+    for (int64_t hi = 0; hi < 13; hi++)
+      for (int64_t w = hi < 10 ? 1 : 21; w <= (hi < 10 ? 20 : 33); w++, k++) {
+        int64_t h = hi < 10 ? hi + 1 : wide_h[hi - 10];
+        dw_shape sh = {1, k % 5 == 2 ? 5 : 3, h, w, 3, 3, s, s, 1, 1, (int64_t)(k % 3),
+                       (int64_t)(k / 3 % 3), (int64_t)(k / 9 % 3), (int64_t)(k / 27 % 3)};
         if (h + sh.pt + sh.pb < 3) sh.pb = 3 - h - sh.pt; /* at least one output row */
         if (w + sh.pl + sh.pr < 3) sh.pr = 3 - w - sh.pl;
         char label[64];

@@ -277,3 +277,27 @@ outs.append(out_q(a, "add_h", -3.0, 3.5)[0])
 p = node("GlobalAveragePool", [dq(e1q, s1, z1, "r1_i")], ["gap_i_y"], "gap_i")
 outs.append(out_q(p, "gap_i", -0.3, 0.4, np.int8)[0])
 save("resid", [vi("x", [1, 3, 12, 14])], outs)
+
+# ---- qdq_fc ----------------------------------------------------------------------------------
+# Float outputs on integer products (a classifier's logits, issue 7): integer_float_out in
+# fuse_qdq.c runs them as MatMulInteger -> [Add bias] -> Cast -> Mul(xs * ws):
+#   fc_a: Gemm transB=1, per-channel int8 weight, int32 bias on the xs * ws grid, int8 input.
+#   fc_b: MatMul on a 3-D uint8 input (zero point 131), per-tensor weight with zero point 3.
+#   fc_c: Gemm transB=0, per-column weight, no bias.
+#   Left float (weight dequantized at load): fc_d (bias scale not xs * ws).
+f1s, f1z = qparams(-2.0, 2.0, np.int8)
+f1 = q("x", f1s, f1z, "f1")
+w, ws = weight("fc_a", (10, 48), 0)
+outs = [node("Gemm", [dq(f1, f1s, f1z, "f1_a"), w, bias("fc_a", f1s, ws, 10)], ["fc_a_y"], "fc_a",
+             transB=1)]
+f2s, f2z = np.float32(4.5 / 255), np.array(131, np.uint8)
+f2 = q("x3", f2s, f2z, "f2")
+wq = rng.integers(-127, 128, size=(48, 5)).astype(np.int8)
+wd = dq(const("fc_b_wq", wq), np.float32(0.011), np.array(3, np.int8), "fc_b_w")
+outs.append(node("MatMul", [dq(f2, f2s, f2z, "f2_b"), wd], ["fc_b_y"], "fc_b"))
+w, ws = weight("fc_c", (48, 6), 1)
+outs.append(node("Gemm", [dq(f1, f1s, f1z, "f1_c"), w], ["fc_c_y"], "fc_c"))
+w, ws = weight("fc_d", (4, 48), 0)
+outs.append(node("Gemm", [dq(f1, f1s, f1z, "f1_d"), w, bias("fc_d", f1s, ws, 4, 1.001)],
+                 ["fc_d_y"], "fc_d", transB=1))
+save("fc", [vi("x", [3, 48]), vi("x3", [2, 3, 48])], outs)

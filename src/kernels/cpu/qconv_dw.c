@@ -321,10 +321,34 @@ TARGET static inline __attribute__((always_inline)) __m256i dw3_sums(const uint8
 }
 
 
-/* One plane of the 3x3 kernel; zrow: DW3_ZW bytes of zx, ring: 3 x DW3_ZW bytes. Padded row
-   byte i is input column i - 2. */
+/* Input row xrow (w <= DW3_WMAX bytes) into padded ring row d at byte 2. The ring's padding is
+   zx from the start (planes_avx2) and stays so: only bytes 0 .. 32 are written, zx but on the
+   row's bytes 2 .. 2 + w (keep2: 0xFF there, from planes_avx2). Rows up to 30 wide are built in
+   a register and stored as one 32-byte store from d, so that the taps' loads right after it
+   (within its 32 bytes) are forwarded from it; a libc memset/memcpy per row, several stores the
+   loads straddled, was most of the cost of the 7- and 14-wide planes. A row whose 16- or
+   32-byte load would pass the input's end (xend) takes memcpy. */
+TARGET static inline void dw3_fill(uint8_t *d, const uint8_t *xrow, size_t w, const uint8_t *xend,
+                                   __m256i zx, __m256i keep2) {
+  size_t left = (size_t)(xend - xrow);
+  if (w <= 14 && left >= 16) {
+    __m128i v = _mm_slli_si128(_mm_loadu_si128((const __m128i *)xrow), 2);
+    __m256i r = _mm256_inserti128_si256(zx, v, 0);
+    _mm256_storeu_si256((__m256i *)d, _mm256_blendv_epi8(zx, r, keep2));
+  } else if (w <= 30 && left >= 32) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)xrow);
+    /* v << 2 bytes across the lanes: the high lane takes the low lane's last two bytes */
+    v = _mm256_alignr_epi8(v, _mm256_permute2x128_si256(v, v, 0x08), 14);
+    _mm256_storeu_si256((__m256i *)d, _mm256_blendv_epi8(zx, v, keep2));
+  } else {
+    memcpy(d + 2, xrow, w);
+  }
+}
+
+/* One plane of the 3x3 kernel; zrow: DW3_ZW bytes of zx, ring: 3 x DW3_ZW bytes, zx everywhere
+   but the rows' bytes (dw3_fill). Padded row byte i is input column i - 2. */
 TARGET static void channel_dw3(const kiln__qdw_args *a, size_t b, size_t ch, const uint8_t *zrow,
-                               uint8_t *ring) {
+                               uint8_t *ring, __m256i zxv, __m256i keep2) {
   const uint8_t *x = (const uint8_t *)a->x + (b * a->c + ch) * a->h * a->w;
   const uint8_t *w = (const uint8_t *)a->wt + ch * 9;
   int32_t zw = zw_at(&a->zw, ch), wq[10];
@@ -349,7 +373,10 @@ TARGET static void channel_dw3(const kiln__qdw_args *a, size_t b, size_t ch, con
   }
   int sw = (int)a->sw;
   bool sgn = a->x_signed;
-  size_t len = a->w + 2 + ((a->ow + 15) / 16 * 16) * (size_t)sw + 20; /* padded row bytes */
+  const uint8_t *xend = (const uint8_t *)a->x + a->n * a->c * a->h * a->w;
+  /* Output bytes past a row's end may be stored whole (16 or 8): the next row rewrites them. The
+     plane's last row, whose next bytes are another plane's, stores exactly. */
+  uint8_t *yend = y + a->oh * a->ow * esz;
   int64_t tag[3] = {-1, -1, -1};
   for (size_t oy = 0; oy < a->oh; oy++) {
     const uint8_t *row[3];
@@ -361,9 +388,7 @@ TARGET static void channel_dw3(const kiln__qdw_args *a, size_t b, size_t ch, con
       }
       uint8_t *d = ring + (size_t)(iy % 3) * DW3_ZW;
       if (tag[iy % 3] != iy) {
-        memset(d, (uint8_t)a->zx, 2);
-        memcpy(d + 2, x + (size_t)iy * a->w, a->w);
-        memset(d + 2 + a->w, (uint8_t)a->zx, len - 2 - a->w);
+        dw3_fill(d, x + (size_t)iy * a->w, a->w, xend, zxv, keep2);
         tag[iy % 3] = iy;
       }
       row[k] = d;
@@ -388,8 +413,22 @@ TARGET static void channel_dw3(const kiln__qdw_args *a, size_t b, size_t ch, con
         memcpy(dst, t, cnt * sizeof *t);
         continue;
       }
+      size_t room = (size_t)(yend - dst);
+      if (cnt <= 8) { /* one requantized vector (requant16 would do this one twice) */
+        __m256i q8 = rq8(v[0], &rq);
+        __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q8), _mm256_extracti128_si256(q8, 1));
+        w = rq.to_signed ? _mm_packs_epi16(w, w) : _mm_packus_epi16(w, w);
+        if (room >= 8) {
+          _mm_storel_epi64((__m128i *)dst, w);
+        } else {
+          uint8_t t[16];
+          _mm_storeu_si128((__m128i *)t, w);
+          memcpy(dst, t, cnt);
+        }
+        continue;
+      }
       __m128i q = requant16(v[0], v[1], &rq);
-      if (cnt == 16) {
+      if (room >= 16) {
         _mm_storeu_si128((__m128i *)dst, q);
       } else {
         uint8_t t[16];
@@ -414,7 +453,17 @@ TARGET static void planes_avx2(const dw_job *j, size_t i0, size_t i1) {
   if (j->dw3) {
     uint8_t zrow[DW3_ZW], ring[3 * DW3_ZW];
     memset(zrow, (uint8_t)j->a->zx, sizeof zrow);
-    for (size_t i = i0; i < i1; i++) channel_dw3(j->a, i / j->a->c, i % j->a->c, zrow, ring);
+    memset(ring, (uint8_t)j->a->zx, sizeof ring);
+    static const int8_t iota[32] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10,
+                                    11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                                    22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+    /* bytes 2 .. 2 + w: iota - 2 in [0, w) */
+    __m256i i2 = _mm256_sub_epi8(_mm256_loadu_si256((const __m256i *)iota), _mm256_set1_epi8(2));
+    __m256i keep2 = _mm256_andnot_si256(_mm256_cmpgt_epi8(_mm256_setzero_si256(), i2),
+                                        _mm256_cmpgt_epi8(_mm256_set1_epi8((int8_t)j->a->w), i2));
+    __m256i zxv = _mm256_set1_epi8((int8_t)j->a->zx);
+    for (size_t i = i0; i < i1; i++)
+      channel_dw3(j->a, i / j->a->c, i % j->a->c, zrow, ring, zxv, keep2);
     return;
   }
   _Alignas(32) int16_t ring[RING_MAX];
