@@ -53,7 +53,7 @@ typedef struct mp_job {
   kiln__isa isa;
   const float *x;
   float *y;
-  size_t h, w, oh, ow, kh, kw, sh, sw, len;
+  size_t h, w, oh, ow, kh, kw, sh, sw, len, planes;
   int64_t pt, pl;
   uint8_t flip; /* 8-bit: 0x80 for int8 (its order as unsigned bytes), 0 for uint8 */
 } mp_job;
@@ -194,35 +194,51 @@ static void qmp_row_generic(const mp_job *j, const uint8_t *v, uint8_t *y) {
   }
 }
 
-static void qvmax_generic(uint8_t *restrict acc, const uint8_t *restrict x, size_t n, uint8_t f) {
+/* v[i] = the max over the nr rows x, x + w, ... at column i, in unsigned order (x ^ f). */
+static void qvcol_generic(uint8_t *restrict v, const uint8_t *restrict x, size_t w, size_t nr,
+                          size_t n, uint8_t f, const uint8_t *end) {
+  (void)end;
   for (size_t i = 0; i < n; i++) {
-    uint8_t v = x[i] ^ f;
-    acc[i] = v > acc[i] ? v : acc[i];
+    uint8_t m = x[i] ^ f;
+    for (size_t r = 1; r < nr; r++) {
+      uint8_t t = x[r * w + i] ^ f;
+      m = t > m ? t : m;
+    }
+    v[i] = m;
   }
 }
 
 #ifdef POOL_X86
-AVX2 static void qvmax_avx2(uint8_t *restrict acc, const uint8_t *restrict x, size_t n, uint8_t f) {
+/* One vertical pass, one store per 32 bytes (it was a clear of the row buffer, then a
+   read-modify-write per row, each row's tail through memset + memcpy into a 32-byte copy: libc
+   calls and a store-forwarding stall per row). The last step reads whole 32 bytes past the row
+   (into the next row: rows of one plane are contiguous) wherever that stays before `end`, the
+   end of the input, and the bytes it wrote past n are then cleared back to the padding's 0; a
+   scalar loop, whose data-dependent compares mispredict, is left only for the plane rows at the
+   very end of the tensor (13- and 27-wide planes were all tail). */
+AVX2 static void qvcol_avx2(uint8_t *restrict v, const uint8_t *restrict x, size_t w, size_t nr,
+                            size_t n, uint8_t f, const uint8_t *end) {
   __m256i fl = _mm256_set1_epi8((char)f);
   size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + i)), fl);
-    _mm256_storeu_si256((__m256i *)(acc + i),
-                        _mm256_max_epu8(v, _mm256_loadu_si256((const __m256i *)(acc + i))));
+  for (; i < n && (size_t)(end - x) >= (nr - 1) * w + i + 32; i += 32) {
+    const uint8_t *p = x + i;
+    __m256i a = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), fl);
+    for (size_t r = 1; r < nr; r++) {
+      p += w;
+      a = _mm256_max_epu8(a, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), fl));
+    }
+    _mm256_storeu_si256((__m256i *)(v + i), a);
   }
-  if (i == n) return;
-  /* The tail as one more step: bytes past it read as the lowest code (f ^ f = 0) and leave acc
-     as it is; the row buffer has 32 bytes of room past every row. */
-  uint8_t t[32];
-  memset(t, f, sizeof t);
-  memcpy(t, x + i, n - i);
-  __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)t), fl);
-  _mm256_storeu_si256((__m256i *)(acc + i),
-                      _mm256_max_epu8(v, _mm256_loadu_si256((const __m256i *)(acc + i))));
+  if (i >= n) { /* the row buffer has 32 bytes of room past n */
+    _mm256_storeu_si256((__m256i *)(v + n), _mm256_setzero_si256());
+    return;
+  }
+  qvcol_generic(v + i, x + i, w, nr, n - i, f, end);
 }
 
 /* Stride 1: 32 outputs per step. Stride 2: the max over the taps of 32 consecutive bytes, then
-   its even bytes (max commutes with taking every other byte): 16 outputs per step. */
+   its even bytes (max commutes with taking every other byte): 16 outputs per step. Whole steps
+   store directly; only the row's last partial step goes through a copy. */
 AVX2 static void qmp_row_avx2(const mp_job *j, const uint8_t *v, uint8_t *y) {
   if (j->sw > 2) {
     qmp_row_generic(j, v, y);
@@ -240,9 +256,16 @@ AVX2 static void qmp_row_avx2(const mp_job *j, const uint8_t *v, uint8_t *y) {
       m = _mm256_permute4x64_epi64(_mm256_packus_epi16(e, e), 0xD8);
     }
     m = _mm256_xor_si256(m, fl);
-    uint8_t t[32];
-    _mm256_storeu_si256((__m256i *)t, m);
-    memcpy(y + ox, t, KILN__MIN(step, j->ow - ox));
+    size_t left = j->ow - ox;
+    if (left >= 32) {
+      _mm256_storeu_si256((__m256i *)(y + ox), m);
+    } else if (left >= 16 && step == 16) {
+      _mm_storeu_si128((__m128i *)(y + ox), _mm256_castsi256_si128(m));
+    } else {
+      uint8_t t[32];
+      _mm256_storeu_si256((__m256i *)t, m);
+      for (size_t i = 0; i < KILN__MIN(step, left); i++) y[ox + i] = t[i];
+    }
   }
 }
 #endif
@@ -251,13 +274,14 @@ static void qmp_planes(void *arg, size_t q0, size_t q1) {
   const mp_job *j = arg;
   uint8_t buf[ROWBUF];
   void (*row)(const mp_job *, const uint8_t *, uint8_t *) = qmp_row_generic;
-  void (*vmax)(uint8_t *restrict, const uint8_t *restrict, size_t, uint8_t) = qvmax_generic;
+  void (*vcol)(uint8_t *restrict, const uint8_t *restrict, size_t, size_t, size_t, uint8_t,
+               const uint8_t *) = qvcol_generic;
 #ifdef POOL_X86
-  if (j->isa != KILN__ISA_GENERIC) row = qmp_row_avx2, vmax = qvmax_avx2;
+  if (j->isa != KILN__ISA_GENERIC) row = qmp_row_avx2, vcol = qvcol_avx2;
 #endif
-  memset(buf, 0, j->len); /* the lowest code in unsigned order */
+  memset(buf, 0, j->len); /* the lowest code in unsigned order: the padding */
   uint8_t *v = buf + j->pl;
-  const uint8_t *xb = (const void *)j->x;
+  const uint8_t *xb = (const void *)j->x, *end = xb + j->planes * j->h * j->w;
   uint8_t *yb = (void *)j->y;
   for (size_t q = q0; q < q1; q++) {
     const uint8_t *x = xb + q * j->h * j->w;
@@ -265,8 +289,7 @@ static void qmp_planes(void *arg, size_t q0, size_t q1) {
     for (size_t oy = 0; oy < j->oh; oy++) {
       int64_t y0 = (int64_t)(oy * j->sh) - j->pt;
       int64_t lo = KILN__MAX(y0, (int64_t)0), hi = KILN__MIN(y0 + (int64_t)j->kh, (int64_t)j->h);
-      memset(v, 0, j->w);
-      for (int64_t iy = lo; iy < hi; iy++) vmax(v, x + (size_t)iy * j->w, j->w, j->flip);
+      vcol(v, x + (size_t)lo * j->w, j->w, (size_t)(hi - lo), j->w, j->flip, end);
       row(j, buf, y + oy * j->ow);
     }
   }
@@ -325,6 +348,7 @@ static kiln_status mp_execute(kiln__kctx *c, void *state) {
   }
   if (j.len > ROWBUF) return c->node->op->run(c);
   size_t planes = (size_t)x->dims[0] * (size_t)x->dims[1];
+  j.planes = planes;
   if (planes && j.oh && j.ow)
     kiln__parallel_for(kiln__pool_for(c->pool, (double)planes * j.oh * j.ow * j.kh * j.kw),
                        planes, q8 ? qmp_planes : mp_planes, &j);
