@@ -594,6 +594,14 @@ static void conv_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 300, 9, 11, 90, 1, 1, 1, 1, 1, 0, NULL, 1},  /* m 65-96 in place, k over KC */
       {1, 24, 7, 7, 70, 1, 1, 1, 1, 1, 0, NULL, 1},
       {2, 3, 33, 33, 5, 3, 3, 1, 1, 2, 0, NULL, 1},   /* dilation 2, no padding, batch 2 */
+      /* m > 72 on small planes: with the pool the rows are split, and B is packed once for
+         both threads (b_scratch): one column chunk, several k blocks, several column chunks,
+         a packed pointwise B, grouped */
+      {1, 32, 7, 7, 150, 3, 3, 1, 1, 1, 1, NULL, 1},
+      {1, 64, 9, 9, 100, 3, 3, 1, 1, 1, 1, NULL, 1},
+      {1, 16, 20, 20, 150, 3, 3, 1, 1, 1, 1, NULL, 0},
+      {1, 300, 7, 7, 200, 1, 1, 1, 1, 1, 0, NULL, 1},
+      {2, 32, 8, 8, 300, 3, 3, 2, 2, 1, 1, NULL, 1},
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     int n_in = cases[i].bias ? 3 : 2;

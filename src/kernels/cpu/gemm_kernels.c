@@ -447,9 +447,21 @@ static bool conv_geom_get(const kiln__kctx *c, const conv_state *s, conv_geom *c
   return true;
 }
 
+/* Output planes of at most this many positions get room for their B packed whole: with two
+   threads the GEMM then packs it once instead of once per row tile (kiln__sgemm_args.b_scratch);
+   wider planes give every thread column tiles of its own. */
+#define SHARED_B_MAX_P 640
+
+static size_t shared_b_floats(const conv_state *s, size_t p) {
+  return p <= SHARED_B_MAX_P ? kiln__sgemm_pb_floats(kiln__sgemm_nr(s->isa), s->cv.kk, p) : 0;
+}
+
 static size_t conv_scratch(const kiln__kctx *c, void *state) {
-  (void)state;
-  return ref_scratch(c); /* the fallback's; implicit im2col needs none */
+  const conv_state *s = state;
+  size_t ref = ref_scratch(c); /* the fallback's; implicit im2col needs none */
+  conv_geom cg;
+  if (!s || !conv_geom_get(c, s, &cg)) return ref;
+  return KILN__MAX(ref, shared_b_floats(s, cg.p) * sizeof(float));
 }
 
 typedef struct conv_pack_ctx {
@@ -575,6 +587,11 @@ static kiln_status conv_execute(kiln__kctx *c, void *state) {
       } else {
         g.pack_b = conv_pack_b;
         g.pack_b_ctx = &pc;
+      }
+      if (c->scratch && shared_b_floats(s, cg.p) &&
+          c->scratch_bytes >= shared_b_floats(s, cg.p) * sizeof(float)) {
+        g.b_scratch = c->scratch;
+        g.b_scratch_floats = c->scratch_bytes / sizeof(float);
       }
       kiln__sgemm_run(c->pool, s->isa, &g);
     }

@@ -126,6 +126,11 @@ typedef struct kiln__sgemm_args {
   bool b_in_place;                 /* with b, !trans_b: full-width panels read b where it lies
                                       (ISAs with a strided kernel; the others pack) */
   const void *pack_b_ctx;
+  float *b_scratch;                /* NULL, or room for B packed whole (b_scratch_floats >=
+                                      kiln__sgemm_pb_floats(nr, k, n)): when the threads would
+                                      split the rows of C and each pack the same B slabs, the
+                                      driver packs B once, across the threads, into it */
+  size_t b_scratch_floats;
   float *c;
   size_t ldc;
   float alpha;
