@@ -379,6 +379,35 @@ static int argmax10(const float *v) {
   return best;
 }
 
+/* Quantizes src into out with o; the test fails with the quantizer's message otherwise. */
+static void quantize_ok(const char *src, const char *out, const kiln_quant_opts *o) {
+  kiln_error err = {0};
+  kiln_status st = kiln_quantize_file_ex(src, out, o, NULL, &err);
+  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
+  assert_int_equal(st, KILN_OK);
+}
+
+/* A tiny model's int8 file q at level 2 stays close to the same file read op by op (level 0)
+   and to the float model src, on the 16 inputs of tests/data/DATA: cosine of the logits and
+   top-1 agreement. */
+static void tiny_int8_close(const char *src, const char *q, const char *data, const char *tag) {
+  float f32[160], l0[160], l2[160];
+  tiny_logits(src, 0, data, f32);
+  tiny_logits(q, 0, data, l0);
+  tiny_logits(q, 2, data, l2);
+  int agree0 = 0, agree_f = 0;
+  for (int r = 0; r < 16; r++) {
+    agree0 += argmax10(l2 + 10 * r) == argmax10(l0 + 10 * r);
+    agree_f += argmax10(l2 + 10 * r) == argmax10(f32 + 10 * r);
+  }
+  double c0 = cosine(l0, l2, 160), cf = cosine(f32, l2, 160);
+  fprintf(stderr, "  %s: cosine %.5f to level 0, %.5f to fp32; top-1 %d/16 and %d/16\n", tag, c0,
+          cf, agree0, agree_f);
+  assert_true(c0 >= 0.999);
+  assert_true(cf >= 0.99);
+  assert_true(agree0 >= 15 && agree_f >= 14);
+}
+
 /* A miniature float ResNet (tools/make_resnet_tiny.py) quantized with --to int8 --calib: the file
    keeps ONNX Runtime's QDQ layout in the default domain only (the op set ORT's quantizer writes;
    bench/RESULTS.md has ORT running such files), with pairs on both residual Adds' and the pool's
@@ -401,10 +430,7 @@ static void resnet_tiny(void **s) {
     o.calib_dir = calib;
     kiln_quant_node_format keep = {"b2add", KILN_QUANT_NONE};
     if (override) o.nodes = &keep, o.n_nodes = 1;
-    kiln_error err = {0};
-    kiln_status st = kiln_quantize_file_ex(src, q, &o, NULL, &err);
-    if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
-    assert_int_equal(st, KILN_OK);
+    quantize_ok(src, q, &o);
     kiln_model *m = kt_load(q, 1, 0);
     const char *types[32];
     size_t counts[32], n = kiln_model_op_histogram(m, types, counts, 32);
@@ -433,21 +459,8 @@ static void resnet_tiny(void **s) {
     assert_int_equal(op_count(m, "QLinearGlobalAveragePool"), override ? 0 : 1);
     assert_int_equal(op_count(m, "GlobalAveragePool"), override ? 1 : 0);
     kiln_model_free(m);
-    float f32[160], l0[160], l2[160];
-    tiny_logits(src, 0, "resnet_tiny_test", f32);
-    tiny_logits(q, 0, "resnet_tiny_test", l0);
-    tiny_logits(q, 2, "resnet_tiny_test", l2);
-    int agree0 = 0, agree_f = 0;
-    for (int r = 0; r < 16; r++) {
-      agree0 += argmax10(l2 + 10 * r) == argmax10(l0 + 10 * r);
-      agree_f += argmax10(l2 + 10 * r) == argmax10(f32 + 10 * r);
-    }
-    double c0 = cosine(l0, l2, 160), cf = cosine(f32, l2, 160);
-    fprintf(stderr, "  resnet_tiny int8%s: cosine %.5f to level 0, %.5f to fp32; top-1 %d/16 and "
-            "%d/16\n", override ? " (b2add float)" : "", c0, cf, agree0, agree_f);
-    assert_true(c0 >= 0.999);
-    assert_true(cf >= 0.99);
-    assert_true(agree0 >= 15 && agree_f >= 14);
+    tiny_int8_close(src, q, "resnet_tiny_test",
+                    override ? "resnet_tiny int8 (b2add float)" : "resnet_tiny int8");
   }
   unlink(q);
 }
@@ -466,10 +479,7 @@ static void fire_tiny(void **s) {
   kiln_quant_opts o = kiln_quant_opts_default();
   o.format = KILN_QUANT_INT8;
   o.calib_dir = calib;
-  kiln_error err = {0};
-  kiln_status st = kiln_quantize_file_ex(src, q, &o, NULL, &err);
-  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
-  assert_int_equal(st, KILN_OK);
+  quantize_ok(src, q, &o);
   kiln_model *m = kt_load(q, 1, 2);
   assert_int_equal(op_count(m, "QLinearConv"), 8);
   assert_int_equal(op_count(m, "QLinearConcat"), 0);
@@ -477,21 +487,7 @@ static void fire_tiny(void **s) {
   assert_int_equal(op_count(m, "MaxPool"), 1);
   assert_int_equal(op_count(m, "QuantizeLinear"), 1);
   kiln_model_free(m);
-  float f32[160], l0[160], l2[160];
-  tiny_logits(src, 0, "fire_tiny_test", f32);
-  tiny_logits(q, 0, "fire_tiny_test", l0);
-  tiny_logits(q, 2, "fire_tiny_test", l2);
-  int agree0 = 0, agree_f = 0;
-  for (int r = 0; r < 16; r++) {
-    agree0 += argmax10(l2 + 10 * r) == argmax10(l0 + 10 * r);
-    agree_f += argmax10(l2 + 10 * r) == argmax10(f32 + 10 * r);
-  }
-  double c0 = cosine(l0, l2, 160), cf = cosine(f32, l2, 160);
-  fprintf(stderr, "  fire_tiny int8: cosine %.5f to level 0, %.5f to fp32; top-1 %d/16 and %d/16\n",
-          c0, cf, agree0, agree_f);
-  assert_true(c0 >= 0.999);
-  assert_true(cf >= 0.99);
-  assert_true(agree0 >= 15 && agree_f >= 14);
+  tiny_int8_close(src, q, "fire_tiny_test", "fire_tiny int8");
   unlink(q);
 }
 
@@ -539,10 +535,7 @@ static void digits(void **s) {
   kiln_quant_opts o = kiln_quant_opts_default();
   o.format = KILN_QUANT_INT8;
   o.calib_dir = calib;
-  kiln_error err = {0};
-  kiln_status st = kiln_quantize_file_ex(src, q, &o, NULL, &err);
-  if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
-  assert_int_equal(st, KILN_OK);
+  quantize_ok(src, q, &o);
   assert_int_equal(digits_correct(src, 0), 443);
   int l0 = digits_correct(q, 0), l2 = digits_correct(q, 2);
   fprintf(stderr, "  digits int8: %d/450 at level 0, %d/450 at level 2\n", l0, l2);
@@ -599,10 +592,7 @@ static void weight_range_default(void **s) {
       o.format = fmts[f];
       o.calib_dir = fmts[f] == KILN_QUANT_INT8 ? calib : NULL;
       if (full) o.reduce_range = false;
-      kiln_error err = {0};
-      kiln_status st = kiln_quantize_file_ex(src, q, &o, NULL, &err);
-      if (st != KILN_OK) fprintf(stderr, "%s\n", err.message);
-      assert_int_equal(st, KILN_OK);
+      quantize_ok(src, q, &o);
       /* per-channel symmetric: each channel's largest weight lands exactly on the bound */
       assert_int_equal(max_int8_code(q), full ? 127 : 63);
       int correct = digits_correct(q, 2);

@@ -43,6 +43,25 @@ def add_relu(a, b, name):
     return name + "_r"
 
 
+def save(name, side):
+    """Writes tests/models/NAME.onnx (input [N, 3, side, side] -> logits [N, 10]) from the nodes
+    and initializers built so far, and its calibration (8) and test (16) inputs."""
+    g = helper.make_graph(nodes, name,
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                         ["N", 3, side, side])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+                          inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)],
+                          producer_name="kiln make_resnet_tiny.py")
+    m.ir_version = 7
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(HERE, "models", name + ".onnx"))
+    for sub, n in ((name + "_calib", 8), (name + "_test", 16)):
+        os.makedirs(os.path.join(HERE, "data", sub), exist_ok=True)
+        np.save(os.path.join(HERE, "data", sub, "input.npy"),
+                rng.standard_normal((n, 3, side, side)).astype(np.float32))
+
+
 x0 = conv("input", 3, 8, 3, 1, "stem")
 h = conv(x0, 8, 8, 3, 1, "b1c1")
 h = conv(h, 8, 8, 3, 1, "b1c2", relu=False)
@@ -57,18 +76,7 @@ w = (rng.standard_normal((10, 16)) * 0.3).astype(np.float32)
 inits.extend([numpy_helper.from_array(w, "fc.w"),
               numpy_helper.from_array(np.zeros(10, np.float32), "fc.b")])
 nodes.append(helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1))
-g = helper.make_graph(nodes, "resnet_tiny",
-                      [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
-                      [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
-m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)],
-                      producer_name="kiln make_resnet_tiny.py")
-m.ir_version = 7
-onnx.checker.check_model(m, full_check=True)
-onnx.save(m, os.path.join(HERE, "models", "resnet_tiny.onnx"))
-for sub, n in (("resnet_tiny_calib", 8), ("resnet_tiny_test", 16)):
-    os.makedirs(os.path.join(HERE, "data", sub), exist_ok=True)
-    np.save(os.path.join(HERE, "data", sub, "input.npy"),
-            rng.standard_normal((n, 3, 16, 16)).astype(np.float32))
+save("resnet_tiny", 16)
 
 # ---- fire_tiny --------------------------------------------------------------------------------
 inits, nodes = [], []
@@ -90,15 +98,4 @@ f2 = fire("pool1", 16, 4, 8, "fire2")
 h = conv(f2, 16, 10, 1, 1, "head")
 nodes.append(helper.make_node("GlobalAveragePool", [h], ["gap"], name="gap"))
 nodes.append(helper.make_node("Flatten", ["gap"], ["logits"], name="flatten"))
-g = helper.make_graph(nodes, "fire_tiny",
-                      [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 12, 12])],
-                      [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
-m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)],
-                      producer_name="kiln make_resnet_tiny.py")
-m.ir_version = 7
-onnx.checker.check_model(m, full_check=True)
-onnx.save(m, os.path.join(HERE, "models", "fire_tiny.onnx"))
-for sub, n in (("fire_tiny_calib", 8), ("fire_tiny_test", 16)):
-    os.makedirs(os.path.join(HERE, "data", sub), exist_ok=True)
-    np.save(os.path.join(HERE, "data", sub, "input.npy"),
-            rng.standard_normal((n, 3, 12, 12)).astype(np.float32))
+save("fire_tiny", 12)
