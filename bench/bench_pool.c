@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kiln_test_ir.h" /* tests/: attributes of hand-built nodes */
 
 #ifdef POOL_B
 extern const kiln__cpu_kernel pool_b_kernels[];
@@ -31,21 +32,6 @@ static int cmpd(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static void attr_ints(kiln__node *n, const char *name, const int64_t *v, size_t cnt) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_INTS;
-  a->n = cnt;
-  a->ints = kiln__malloc(cnt * sizeof *a->ints);
-  memcpy(a->ints, v, cnt * sizeof *a->ints);
-}
-
-static void attr_int(kiln__node *n, const char *name, int64_t v) {
-  kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup(name);
-  a->type = KILN__ATTR_INT;
-  a->i = v;
-}
 
 /* Leaks its buffers: a one-shot benchmark. */
 static void one(const char *name, int64_t c, int64_t h, int64_t pad, int64_t ceil, int reps) {
@@ -71,10 +57,10 @@ static void one(const char *name, int64_t c, int64_t h, int64_t pad, int64_t cei
   n->out[0] = iy;
   n->attrs = kiln__calloc(4, sizeof(kiln__attr));
   int64_t k[2] = {3, 3}, st[2] = {2, 2}, pd[4] = {pad, pad, pad, pad};
-  attr_ints(n, "kernel_shape", k, 2);
-  attr_ints(n, "strides", st, 2);
-  attr_ints(n, "pads", pd, 4);
-  attr_int(n, "ceil_mode", ceil);
+  kt_attr_ints(n, "kernel_shape", k, 2);
+  kt_attr_ints(n, "strides", st, 2);
+  kt_attr_ints(n, "pads", pd, 4);
+  kt_attr_int(n, "ceil_mode", ceil);
   n->op = kiln__op_find("", "MaxPool");
   const kiln_tensor *ins[1] = {&tx};
   kiln_tensor *outs[1] = {&ty};
