@@ -18,13 +18,9 @@ AVX2 static inline __m256i tail_mask(size_t rem) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* Lanes below LO compute exp(0) before the blend gives them 0: clamped to LO they made a
-   subnormal product (a microcode assist per element: every key a -1e4 mask hides in Softmax). */
-AVX2 static inline __m256 exp8(__m256 x) {
-  __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-  __m256 below = _mm256_cmp_ps(x, S(KILN__EXP_LO), _CMP_LT_OQ);
-  __m256 xc = _mm256_min_ps(_mm256_max_ps(x, S(KILN__EXP_LO)), S(KILN__EXP_HI));
-  xc = _mm256_andnot_ps(below, xc);
+/* exp(xc) = p * 2^n for xc in [LO, HI]: n = round(xc / ln 2), p the polynomial of the remainder
+   (shared by exp8 and exp8_nonpos, which differ in how they clamp and scale). */
+AVX2 static inline __m256 exp_poly(__m256 xc, __m256 *n_out) {
   __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, S(KILN__LOG2E)),
                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, S(KILN__LN2_HI), xc);
@@ -36,6 +32,18 @@ AVX2 static inline __m256 exp8(__m256 x) {
   p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P4));
   p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P5));
   p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, S(1.0f)));
+  *n_out = n;
+  return p;
+}
+
+/* Lanes below LO compute exp(0) before the blend gives them 0: clamped to LO they made a
+   subnormal product (a microcode assist per element: every key a -1e4 mask hides in Softmax). */
+AVX2 static inline __m256 exp8(__m256 x) {
+  __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  __m256 below = _mm256_cmp_ps(x, S(KILN__EXP_LO), _CMP_LT_OQ);
+  __m256 xc = _mm256_min_ps(_mm256_max_ps(x, S(KILN__EXP_LO)), S(KILN__EXP_HI));
+  xc = _mm256_andnot_ps(below, xc);
+  __m256 n, p = exp_poly(xc, &n);
   /* 2^n as two factors, so n = 128 does not overflow the exponent field. */
   __m256i ni = _mm256_cvtps_epi32(n), h = _mm256_srai_epi32(ni, 1);
   __m256i b = _mm256_set1_epi32(127);
@@ -167,17 +175,7 @@ AVX2 static inline float hmax(__m256 v) {
 AVX2 static inline __m256 exp8_nonpos(__m256 x) {
   __m256 below = _mm256_cmp_ps(x, S(KILN__EXP_LO), _CMP_LT_OQ);
   __m256 xc = _mm256_andnot_ps(below, _mm256_max_ps(S(KILN__EXP_LO), x));
-  __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, S(KILN__LOG2E)),
-                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, S(KILN__LN2_HI), xc);
-  r = _mm256_fnmadd_ps(n, S(KILN__LN2_LO), r);
-  __m256 p = S(KILN__EXP_P0);
-  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P1));
-  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P2));
-  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P3));
-  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P4));
-  p = _mm256_fmadd_ps(p, r, S(KILN__EXP_P5));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, S(1.0f)));
+  __m256 n, p = exp_poly(xc, &n);
   __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
   __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
   return _mm256_andnot_ps(below, y);
