@@ -153,22 +153,30 @@ static bool match_act(const kiln__pass_ctx *ctx, int ia, int y, act_match *m) {
   return false;
 }
 
-/* y read by exactly f(y) and Mul(y, f(y)): SiLU (f = Sigmoid) or HardSwish (f = HardSigmoid with
-   alpha 1/6, beta 1/2). */
-static bool match_gated(const kiln__pass_ctx *ctx, int y, act_match *m) {
+/* y (private) read by exactly two nodes: a binary Mul (the gate's product) and another (the
+   gate's first step); false otherwise. */
+static bool gate_readers(const kiln__pass_ctx *ctx, int y, int *i_mul, int *i_other) {
   const kiln__graph *g = ctx->g;
   if (ctx->uses[y] != 2 || !kiln__pass_value_private(ctx, y)) return false;
-  int i_f = -1, i_mul = -1;
+  *i_mul = *i_other = -1;
   for (int j = 0; j < g->n_nodes; j++) {
     if (ctx->dead[j]) continue;
     const kiln__node *n = &g->nodes[j];
     for (int k = 0; k < n->n_in; k++)
       if (n->in[k] == y) {
-        if (kiln__pass_is(n, "Mul") && n->n_in == 2) i_mul = j;
-        else i_f = j;
+        if (kiln__pass_is(n, "Mul") && n->n_in == 2) *i_mul = j;
+        else *i_other = j;
       }
   }
-  if (i_f < 0 || i_mul < 0) return false;
+  return *i_mul >= 0 && *i_other >= 0;
+}
+
+/* y read by exactly f(y) and Mul(y, f(y)): SiLU (f = Sigmoid) or HardSwish (f = HardSigmoid with
+   alpha 1/6, beta 1/2). */
+static bool match_gated(const kiln__pass_ctx *ctx, int y, act_match *m) {
+  const kiln__graph *g = ctx->g;
+  int i_f, i_mul;
+  if (!gate_readers(ctx, y, &i_mul, &i_f)) return false;
   const kiln__node *f = &g->nodes[i_f], *mul = &g->nodes[i_mul];
   int fy = f->out[0], slot;
   if (kiln__pass_sole_user(ctx, fy, &slot) != i_mul || mul->in[1 - slot] != y) return false;
@@ -205,18 +213,10 @@ static bool other_is(const kiln__pass_ctx *ctx, const kiln__node *n, int x, doub
    1/6): HardSwish as PaddlePaddle exports it. */
 static bool match_hswish6(const kiln__pass_ctx *ctx, int y, act_match *m) {
   const kiln__graph *g = ctx->g;
-  if (ctx->uses[y] != 2 || !kiln__pass_value_private(ctx, y)) return false;
-  int i_add = -1, i_mul = -1, slot;
-  for (int j = 0; j < g->n_nodes; j++) {
-    if (ctx->dead[j]) continue;
-    const kiln__node *n = &g->nodes[j];
-    for (int k = 0; k < n->n_in; k++)
-      if (n->in[k] == y) {
-        if (kiln__pass_is(n, "Add")) i_add = j;
-        else if (kiln__pass_is(n, "Mul")) i_mul = j;
-      }
-  }
-  if (i_add < 0 || i_mul < 0 || !other_is(ctx, &g->nodes[i_add], y, 3.0, 0, true)) return false;
+  int i_add, i_mul, slot;
+  if (!gate_readers(ctx, y, &i_mul, &i_add) || !kiln__pass_is(&g->nodes[i_add], "Add") ||
+      !other_is(ctx, &g->nodes[i_add], y, 3.0, 0, true))
+    return false;
   int i_clip = kiln__pass_sole_user(ctx, g->nodes[i_add].out[0], &slot);
   if (i_clip < 0 || slot != 0) return false;
   act_match c;

@@ -37,9 +37,7 @@ typedef struct wino_state {
 #define KSPLIT_MIN 64
 
 static const kiln_tensor *weight(const kiln__node *n, const kiln__graph *g) {
-  const kiln__value *v = kiln__cpu_input(n, g, 1);
-  return v && v->is_initializer && v->init.dtype == KILN_DTYPE_FLOAT && v->init.data ? &v->init
-                                                                                      : NULL;
+  return kiln__cpu_const_f32(kiln__cpu_input(n, g, 1));
 }
 
 static bool wino_parse(const kiln__node *n, const kiln__graph *g, kiln__conv2d *cv) {

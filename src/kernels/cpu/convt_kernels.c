@@ -26,15 +26,8 @@ typedef struct convt_state {
   kiln__sgemm_packed *pw;                /* W_g^T per group */
 } convt_state;
 
-static const kiln_tensor *const_f32(const kiln__value *v) {
-  return v && v->is_initializer && !v->is_input && v->init.dtype == KILN_DTYPE_FLOAT &&
-                 v->init.data
-             ? &v->init
-             : NULL;
-}
-
 static bool convt_parse(const kiln__node *n, const kiln__graph *g, convt_state *s) {
-  const kiln_tensor *w = const_f32(kiln__cpu_input(n, g, 1));
+  const kiln_tensor *w = kiln__cpu_const_f32(kiln__cpu_input(n, g, 1));
   if (n->n_in < 2 || n->n_in > 3 || n->n_out != 1 || !w || w->rank != 4 ||
       !kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0)))
     return false;
@@ -94,7 +87,7 @@ static kiln_status convt_prepare(const kiln__node *n, const kiln__graph *g, void
   if (st == KILN_OK && !(s->pw = kiln__calloc(s->groups, sizeof *s->pw)))
     st = kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing ConvTranspose");
   /* W is [C, mg, kh, kw]: group g's cg x rows block, transposed, is the GEMM's A. */
-  const float *w = const_f32(kiln__cpu_input(n, g, 1))->data;
+  const float *w = kiln__cpu_const_f32(kiln__cpu_input(n, g, 1))->data;
   for (size_t i = 0; st == KILN_OK && i < s->groups; i++)
     st = kiln__sgemm_pack_a(s->isa, true, s->rows, s->cg, w + i * s->cg * s->rows, s->rows,
                             &s->pw[i], err);

@@ -9,6 +9,11 @@ bool kiln__cpu_maybe_float(const kiln__value *v) {
   return v && (v->dtype == KILN_DTYPE_FLOAT || v->dtype == KILN_DTYPE_UNDEFINED);
 }
 
+const kiln_tensor *kiln__cpu_const_f32(const kiln__value *v) {
+  return v && v->is_initializer && v->init.dtype == KILN_DTYPE_FLOAT && v->init.data ? &v->init
+                                                                                      : NULL;
+}
+
 bool kiln__cpu_kiln_domain(const kiln__node *n) {
   return n->domain && !strcmp(n->domain, "ai.kiln");
 }

@@ -27,6 +27,8 @@ typedef struct kiln__cpu_kernel {
 const kiln__value *kiln__cpu_input(const kiln__node *n, const kiln__graph *g, int i); /* or NULL */
 /* float32, or not known until planning (execute() must check it then). */
 bool kiln__cpu_maybe_float(const kiln__value *v);
+/* A float32 initializer's tensor (weights packed at load), or NULL. */
+const kiln_tensor *kiln__cpu_const_f32(const kiln__value *v);
 bool kiln__cpu_kiln_domain(const kiln__node *n); /* an ai.kiln fused op */
 /* An INTS attribute of exactly `cnt` values in [lo, 2^24] into v, or `def` everywhere when the
    attribute is absent; false otherwise. */

@@ -15,16 +15,11 @@
 
 /* ---- shared helpers -------------------------------------------------------------------------- */
 
-static const kiln_tensor *const_f32(const kiln__value *v) {
-  return v && v->is_initializer && v->init.dtype == KILN_DTYPE_FLOAT && v->init.data ? &v->init
-                                                                                      : NULL;
-}
-
 /* Packs input 1 at load when it is a constant 2-D float32 matrix (weights); leaves *packed false
    otherwise, and execute() packs per call. */
 static kiln_status pack_const_b(const kiln__node *n, const kiln__graph *g, kiln__isa isa, bool tb,
                                 kiln__sgemm_packed *pb, bool *packed, kiln_error *err) {
-  const kiln_tensor *b = const_f32(kiln__cpu_input(n, g, 1));
+  const kiln_tensor *b = kiln__cpu_const_f32(kiln__cpu_input(n, g, 1));
   if (!b || b->rank != 2 || b->dims[0] <= 0 || b->dims[1] <= 0) return KILN_OK;
   size_t k = (size_t)b->dims[tb ? 1 : 0], nn = (size_t)b->dims[tb ? 0 : 1];
   kiln_status st = kiln__sgemm_pack_b(isa, tb, k, nn, b->data, (size_t)b->dims[1], pb, err);
@@ -368,7 +363,7 @@ typedef struct conv_state {
 
 /* Parses everything the load fixes; false for what this kernel does not run. */
 static bool conv_parse(const kiln__node *n, const kiln__graph *g, conv_state *s) {
-  const kiln_tensor *w = const_f32(kiln__cpu_input(n, g, 1));
+  const kiln_tensor *w = kiln__cpu_const_f32(kiln__cpu_input(n, g, 1));
   if (n->n_in < 2 || n->n_in > (kiln__cpu_kiln_domain(n) ? 4 : 3) || !kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0)) ||
       !w)
     return false;
@@ -407,7 +402,7 @@ static kiln_status conv_prepare(const kiln__node *n, const kiln__graph *g, void 
   }
   if (st == KILN_OK && !(s->pw = kiln__calloc(s->cv.groups, sizeof *s->pw)))
     st = kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing Conv");
-  const float *w = const_f32(kiln__cpu_input(n, g, 1))->data;
+  const float *w = kiln__cpu_const_f32(kiln__cpu_input(n, g, 1))->data;
   for (size_t i = 0; st == KILN_OK && i < s->cv.groups; i++)
     st = kiln__sgemm_pack_a(s->isa, false, s->cv.mg, s->cv.kk, w + i * s->cv.mg * s->cv.kk, s->cv.kk, &s->pw[i],
                             err);
