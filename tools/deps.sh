@@ -7,8 +7,11 @@ if [ "${1:-}" = "--test" ]; then
   pkgs+=(libcmocka-dev clang libclang-rt-14-dev prometheus curl)
 fi
 missing=()
+arch=$(dpkg --print-architecture)
 for p in "${pkgs[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  # With the AArch64 cross stage's arm64 libraries installed too, a bare name is ambiguous to
+  # dpkg (two instances), so ask for this machine's architecture as well.
+  dpkg -s "$p" >/dev/null 2>&1 || dpkg -s "$p:$arch" >/dev/null 2>&1 || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
