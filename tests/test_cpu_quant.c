@@ -422,7 +422,7 @@ static void dw_case(kiln__pool *pool, const dw_shape *dws, int combo, int zp, bo
     tin ins[4] = {x, wt4, xzp, wzp};
     onenode_make(&o, "ConvInteger", zp ? 4 : 2, ins, 1);
   } else {
-    static float ws[16];
+    static float ws[64];
     for (int64_t j = 0; j < ch; j++) ws[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
     float xs = 0.02f;
     /* zp 1 uses a small y scale: many outputs saturate. */
@@ -490,6 +490,40 @@ static void dw3_small_cases(kiln__pool *pool) {
                  " %" PRId64 " %" PRId64 " %" PRId64, h, w, s, sh.pt, sh.pl, sh.pb, sh.pr);
         dw_case(pool, &sh, (int)(k % 8), (int)(k / 8 % 3), k % 4 == 3, label);
       }
+}
+
+/* qconv_dwc.c's channel blocks: 16 channels and more (a partial last block: 17, 33), widths
+   around its 16-column transposes (1, 7, 15-17, 31-33, 56), MobileNetV2's planes, 112-wide
+   planes cut into bands of rows (40 rows: 7 bands at stride 1), batch 2 (the input's last rows take the exact copies), every
+   pad 0-3 on each side, strides 1 and 2; dtypes, node kinds and zero-point modes rotate. */
+static void dw3_channel_block_cases(kiln__pool *pool) {
+  static const int64_t hw[][2] = {{1, 1}, {7, 7}, {3, 15}, {14, 16}, {5, 17}, {9, 31},
+                                  {4, 32}, {28, 33}, {11, 56}, {40, 112}, {2, 300}};
+  static const int64_t chs[] = {16, 17, 33, 48};
+  size_t k = 0;
+  for (size_t i = 0; i < KILN__ARRAY_LEN(hw); i++)
+    for (int64_t s = 1; s <= 2; s++, k++) {
+      int64_t h = hw[i][0], w = hw[i][1];
+      dw_shape sh = {1 + (int64_t)(k % 3 == 1), chs[k % 4], h, w, 3, 3, s, s, 1, 1,
+                     (int64_t)(k % 4), (int64_t)(k / 2 % 4), (int64_t)((k + 1) % 4),
+                     (int64_t)(k / 3 % 4)};
+      if (h + sh.pt + sh.pb < 3) sh.pb = 3 - h - sh.pt; /* at least one output row */
+      if (w + sh.pl + sh.pr < 3) sh.pr = 3 - w - sh.pl;
+      if (h * w > 1000) sh.n = 1, sh.c = 17; /* the reference's time */
+      for (int combo = 4; combo < 8; combo++) { /* QLinearConv: the kernel's requantization */
+        char label[96];
+        snprintf(label, sizeof label, "3x3 c%" PRId64 " n%" PRId64 " %" PRId64 "x%" PRId64
+                 " s%" PRId64 " pads %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64, sh.c, sh.n,
+                 h, w, s, sh.pt, sh.pl, sh.pb, sh.pr);
+        dw_case(pool, &sh, combo, (int)((k + (size_t)combo) % 3), (k + (size_t)combo) % 4 == 3,
+                label);
+      }
+    }
+}
+
+static void depthwise_3x3_channel_blocks(void **st) {
+  (void)st;
+  kt_for_each_qisa(dw3_channel_block_cases);
 }
 
 static void depthwise_matches_reference(void **st) {
@@ -985,6 +1019,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(qlinearconv_matches_reference),
       cmocka_unit_test(depthwise_matches_reference),
       cmocka_unit_test(depthwise_3x3_small_planes),
+      cmocka_unit_test(depthwise_3x3_channel_blocks),
       cmocka_unit_test(maxpool8_matches_reference),
       cmocka_unit_test(qlinearconcat_matches_reference),
       cmocka_unit_test(qlinearadd_matches_reference),

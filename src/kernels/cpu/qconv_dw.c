@@ -1,6 +1,7 @@
 /* Integer depthwise convolution (see qconv_dw.h): a portable loop for any geometry, an AVX2
  * row kernel for strides 1 and 2 without horizontal dilation, and an AVX2 3x3 kernel for the
- * small planes (up to DW3_WMAX wide; see its section below).
+ * small planes (up to DW3_WMAX wide; see its section below). 3x3 strides 1 and 2 with 16 or more
+ * channels go to the channels-in-lanes kernel of qconv_dwc.c instead.
  *
  * AVX2 scheme: each input row is widened once per channel to int16 (x - zx), zero-padded (so the
  * padding contributes (zx - zx) = 0, as in the reference), and kept in a small ring of the rows
@@ -487,6 +488,10 @@ static void planes(void *arg, size_t i0, size_t i1) {
 void kiln__qconv_dw(kiln__pool *pool, kiln__qisa isa, const kiln__qdw_args *a) {
   dw_job j = {a, {0}, false, false, false};
 #ifdef KILN__QGEMM_X86
+  if (isa != KILN__QISA_GENERIC && kiln__qdwc_fits(a)) { /* channels in lanes */
+    kiln__qdwc(pool, a);
+    return;
+  }
   j.avx2 = isa != KILN__QISA_GENERIC;
   j.dw3 = j.avx2 && dw3_fits(a);
   j.vec = j.dw3 || (j.avx2 && avx2_plan(a, &j.plan));

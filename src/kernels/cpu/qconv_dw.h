@@ -29,4 +29,8 @@ typedef struct kiln__qdw_args {
    1 and 2) where the machine has it; other geometries run a portable loop. */
 void kiln__qconv_dw(struct kiln__pool *pool, kiln__qisa isa, const kiln__qdw_args *a);
 
+/* The channels-in-lanes 3x3 kernel (qconv_dwc.c, AVX2): whether it runs `a`, and running it. */
+bool kiln__qdwc_fits(const kiln__qdw_args *a);
+void kiln__qdwc(struct kiln__pool *pool, const kiln__qdw_args *a);
+
 #endif
