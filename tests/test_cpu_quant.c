@@ -546,6 +546,11 @@ static const struct {
     {1, 4, 8, 8, 2, 2, 2, 0, 0, 0, 0, 0},    /* 2x2/2 */
     {1, 2, 11, 37, 3, 2, 3, 1, 1, 0, 0, 0},  /* stride 3: the portable row loop */
     {1, 3, 112, 112, 3, 3, 2, 1, 1, 1, 1, 0}, /* resnet50's stem pool */
+    /* rows shorter than a step: whole-step stores into the job's next rows, an exact last row */
+    {1, 9, 27, 27, 3, 3, 2, 0, 0, 0, 0, 1},  /* squeezenet's 27 -> 13 */
+    {2, 5, 7, 13, 3, 3, 1, 1, 1, 1, 1, 0},   /* stride 1, ow 13 */
+    {1, 7, 6, 20, 2, 2, 1, 0, 0, 0, 0, 0},   /* stride 1, ow 19 */
+    {1, 6, 5, 5, 3, 3, 2, 1, 1, 1, 1, 1},    /* ow 3 */
 };
 
 static void mp8_cases(kiln__pool *pool) {

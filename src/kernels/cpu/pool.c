@@ -185,7 +185,8 @@ static void mp_planes(void *arg, size_t q0, size_t q1) {
 }
 
 /* 8-bit rows: v[] holds (x ^ flip), unsigned order; max over kw taps at the stride. */
-static void qmp_row_generic(const mp_job *j, const uint8_t *v, uint8_t *y) {
+static void qmp_row_generic(const mp_job *j, const uint8_t *v, uint8_t *y, size_t room) {
+  (void)room;
   for (size_t ox = 0; ox < j->ow; ox++) {
     const uint8_t *r = v + ox * j->sw;
     uint8_t m = r[0];
@@ -237,11 +238,13 @@ AVX2 static void qvcol_avx2(uint8_t *restrict v, const uint8_t *restrict x, size
 }
 
 /* Stride 1: 32 outputs per step. Stride 2: the max over the taps of 32 consecutive bytes, then
-   its even bytes (max commutes with taking every other byte): 16 outputs per step. Whole steps
-   store directly; only the row's last partial step goes through a copy. */
-AVX2 static void qmp_row_avx2(const mp_job *j, const uint8_t *v, uint8_t *y) {
+   its even bytes (max commutes with taking every other byte): 16 outputs per step. Steps store
+   whole where `room` (bytes this job may write from y: the rows after this one are its own and
+   written later) allows; only the job's last row ends through a copy (on 13- and 27-wide planes
+   that byte loop was every row's end). */
+AVX2 static void qmp_row_avx2(const mp_job *j, const uint8_t *v, uint8_t *y, size_t room) {
   if (j->sw > 2) {
-    qmp_row_generic(j, v, y);
+    qmp_row_generic(j, v, y, room);
     return;
   }
   __m256i fl = _mm256_set1_epi8((char)j->flip), lo8 = _mm256_set1_epi16(0xff);
@@ -256,15 +259,15 @@ AVX2 static void qmp_row_avx2(const mp_job *j, const uint8_t *v, uint8_t *y) {
       m = _mm256_permute4x64_epi64(_mm256_packus_epi16(e, e), 0xD8);
     }
     m = _mm256_xor_si256(m, fl);
-    size_t left = j->ow - ox;
-    if (left >= 32) {
+    size_t valid = KILN__MIN(step, j->ow - ox), left = room - ox;
+    if (step == 32 && left >= 32) {
       _mm256_storeu_si256((__m256i *)(y + ox), m);
-    } else if (left >= 16 && step == 16) {
+    } else if (valid <= 16 && left >= 16) {
       _mm_storeu_si128((__m128i *)(y + ox), _mm256_castsi256_si128(m));
     } else {
       uint8_t t[32];
       _mm256_storeu_si256((__m256i *)t, m);
-      for (size_t i = 0; i < KILN__MIN(step, left); i++) y[ox + i] = t[i];
+      for (size_t i = 0; i < valid; i++) y[ox + i] = t[i];
     }
   }
 }
@@ -273,7 +276,7 @@ AVX2 static void qmp_row_avx2(const mp_job *j, const uint8_t *v, uint8_t *y) {
 static void qmp_planes(void *arg, size_t q0, size_t q1) {
   const mp_job *j = arg;
   uint8_t buf[ROWBUF];
-  void (*row)(const mp_job *, const uint8_t *, uint8_t *) = qmp_row_generic;
+  void (*row)(const mp_job *, const uint8_t *, uint8_t *, size_t) = qmp_row_generic;
   void (*vcol)(uint8_t *restrict, const uint8_t *restrict, size_t, size_t, size_t, uint8_t,
                const uint8_t *) = qvcol_generic;
 #ifdef POOL_X86
@@ -282,7 +285,7 @@ static void qmp_planes(void *arg, size_t q0, size_t q1) {
   memset(buf, 0, j->len); /* the lowest code in unsigned order: the padding */
   uint8_t *v = buf + j->pl;
   const uint8_t *xb = (const void *)j->x, *end = xb + j->planes * j->h * j->w;
-  uint8_t *yb = (void *)j->y;
+  uint8_t *yb = (void *)j->y, *yend = yb + q1 * j->oh * j->ow;
   for (size_t q = q0; q < q1; q++) {
     const uint8_t *x = xb + q * j->h * j->w;
     uint8_t *y = yb + q * j->oh * j->ow;
@@ -290,7 +293,7 @@ static void qmp_planes(void *arg, size_t q0, size_t q1) {
       int64_t y0 = (int64_t)(oy * j->sh) - j->pt;
       int64_t lo = KILN__MAX(y0, (int64_t)0), hi = KILN__MIN(y0 + (int64_t)j->kh, (int64_t)j->h);
       vcol(v, x + (size_t)lo * j->w, j->w, (size_t)(hi - lo), j->w, j->flip, end);
-      row(j, buf, y + oy * j->ow);
+      row(j, buf, y + oy * j->ow, (size_t)(yend - (y + oy * j->ow)));
     }
   }
 }
