@@ -41,10 +41,13 @@ static float oracle(const kiln__dw_geom *g, const float *x, const float *w, floa
   return v;
 }
 
-/* One plane with each epilogue; mode 0 no residual, 1 a separate residual, 2 residual == y. */
-static void check(kiln__isa isa, size_t h, size_t w, size_t s, size_t pt, size_t pl, size_t pb,
-                  size_t pr) {
-  kiln__dw_geom g = {.h = h, .w = w, .kh = 3, .kw = 3, .sh = s, .sw = s, .pt = pt, .pl = pl};
+/* One plane with each epilogue; mode 0 no residual, 1 a separate residual, 2 residual == y. pf:
+   the geometry's prefetch hint (stride 2 prefetches one band ahead, past the plane's end in its
+   last band: the addresses are never read). */
+static void check_pf(kiln__isa isa, size_t h, size_t w, size_t s, size_t pt, size_t pl, size_t pb,
+                     size_t pr, bool pf) {
+  kiln__dw_geom g = {.h = h, .w = w, .kh = 3, .kw = 3, .sh = s, .sw = s, .pt = pt, .pl = pl,
+                     .prefetch = pf};
   if (h + pt + pb < 3 || w + pl + pr < 3) return;
   g.oh = (h + pt + pb - 3) / s + 1;
   g.ow = (w + pl + pr - 3) / s + 1;
@@ -88,6 +91,11 @@ static void check(kiln__isa isa, size_t h, size_t w, size_t s, size_t pt, size_t
   free(x), free(y), free(z), free(want);
 }
 
+static void check(kiln__isa isa, size_t h, size_t w, size_t s, size_t pt, size_t pl, size_t pb,
+                  size_t pr) {
+  check_pf(isa, h, w, s, pt, pl, pb, pr, false);
+}
+
 static void each_isa(void (*fn)(kiln__isa)) {
   for (int i = 0; i < KILN__ISA_COUNT; i++)
     if (kiln__isa_supported((kiln__isa)i)) fn((kiln__isa)i);
@@ -118,6 +126,7 @@ static void stride2_heights(kiln__isa isa) {
       for (size_t p = 0; p <= 2; p++) {
         check(isa, h, ws[i], 2, p, p, p, p);
         check(isa, h, ws[i], 2, 0, p, 2 - p, 1);
+        check_pf(isa, h, ws[i], 2, p, p, p, p, true);
       }
 }
 
@@ -131,12 +140,13 @@ static void large_planes(kiln__isa isa) {
   static const size_t sides[][2] = {{7, 7}, {14, 14}, {28, 28}, {29, 27}, {56, 56}, {57, 55},
                                     {112, 112}, {113, 111}, {9, 64}, {6, 65}, {5, 2100}};
   for (size_t i = 0; i < sizeof sides / sizeof sides[0]; i++)
-    for (size_t s = 1; s <= 2; s++) {
-      check(isa, sides[i][0], sides[i][1], s, 1, 1, 1, 1);
-      check(isa, sides[i][0], sides[i][1], s, 0, 0, 1, 1);
-      check(isa, sides[i][0], sides[i][1], s, 2, 2, 0, 0);
-      check(isa, sides[i][0], sides[i][1], s, 1, 0, 0, 2);
-    }
+    for (size_t s = 1; s <= 2; s++)
+      for (int pf = 0; pf < 2; pf++) {
+        check_pf(isa, sides[i][0], sides[i][1], s, 1, 1, 1, 1, pf);
+        check_pf(isa, sides[i][0], sides[i][1], s, 0, 0, 1, 1, pf);
+        check_pf(isa, sides[i][0], sides[i][1], s, 2, 2, 0, 0, pf);
+        check_pf(isa, sides[i][0], sides[i][1], s, 1, 0, 0, 2, pf);
+      }
 }
 
 static void mobilenet_planes(void **st) {

@@ -697,6 +697,8 @@ static void depthwise_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 2, 66, 70, 3, 5, 2, 1, 1, 2, 0, 1, NULL, 1},    /* 3x5, sh 2 sw 1 */
       {1, 2, 30, 70, 4, 4, 4, 2, 1, 1, 2, 2, NULL, 1},    /* sh 4, even kernel */
       {1, 2, 30, 70, 3, 3, 5, 2, 1, 1, 1, 1, NULL, 1},    /* sh 5: the phase-split path */
+      {1, 37, 121, 119, 3, 3, 2, 2, 1, 1, 1, 1, NULL, 1}, /* over 2 MiB in: the 3x3 kernel
+                                                             prefetches a band ahead */
       {1, 2, 17, 9, 3, 3, 2, 2, 0, 0, 0, 0, "SAME_UPPER", 1},
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {

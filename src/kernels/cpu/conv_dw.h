@@ -21,6 +21,8 @@ typedef struct kiln__dw_geom {
   size_t h, w, oh, ow;   /* input and output plane */
   size_t kh, kw, sh, sw; /* kernel and strides (>= 1) */
   size_t pt, pl;         /* leading padding, top and left */
+  bool prefetch;         /* the input is far larger than L2: the 3x3 kernel at stride 2 prefetches
+                            the input rows one band ahead (a hint only; results do not change) */
 } kiln__dw_geom;
 
 /* Whether the row buffers for this geometry fit the kernel's stack block. */
