@@ -401,7 +401,7 @@ static bool in_place_pays(const kiln__sgemm_args *g) {
    speed on data in L2. With k = 96 or 144 (96->24, 144->24 at 56x56) the prefetches cost more
    than they saved (up to 14% slower), and m = 96 (16->96 at 112x112) gained nothing. */
 static bool prefetch_pays(const kiln__sgemm_args *g) {
-  return g->m <= 32 && ((g->k <= 64 && g->ldb >= 1024) || (g->k <= 256 && g->ldb >= 512 && g->ldb < 1024));
+  return g->m <= 32 && g->k <= 64 && g->ldb >= 1024;
 }
 
 /* Whether the packed kernel should prefetch C: a short product (k <= 32: a stem conv's 27)
