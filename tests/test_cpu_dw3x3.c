@@ -3,7 +3,8 @@
  * strides, left/top pads 0-2 with any bottom/right pad, stride 2 at every output height from 6
  * to 15 (each remainder of its bands of 7 rows), each epilogue (none, ReLU, Clip, a post
  * activation) with and without a residual, the residual aliasing the output, and inputs whose
- * rows end at the end of their buffer (read past the plane: ASan). Every ISA this machine runs. */
+ * rows end at the end of their buffer (read past the plane: ASan). Every ISA this machine runs.
+ * The flat kernel for planes narrower than 8 (7x7) on every such plane up to 64 outputs. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -154,8 +155,79 @@ static void mobilenet_planes(void **st) {
   each_isa(large_planes);
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+/* The flat kernel for planes narrower than 8 at stride 1 (kiln__dw3x3_flat_avx2): `count`
+   planes at once, exactly sized buffers (the last plane ends at its buffer's end), with and
+   without bias, each epilogue, no residual / a separate one / the residual being y. */
+static void check_flat(size_t h, size_t w, size_t count, bool with_bias) {
+  kiln__dw_geom g = {.h = h, .w = w, .oh = h, .ow = w, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                     .pt = 1, .pl = 1};
+  if (!kiln__dw3x3_flat_fits(&g)) return;
+  size_t p = h * w, n = p * count;
+  float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *z = malloc(n * sizeof *z);
+  float *want = malloc(n * sizeof *want), *wt = malloc(9 * count * sizeof *wt);
+  float *bias = malloc(count * sizeof *bias);
+  unsigned seed = (unsigned)(h * 31 + w * 7 + count * 3 + with_bias);
+  for (size_t i = 0; i < n; i++) x[i] = frand(&seed) * 3.0f;
+  for (size_t i = 0; i < 9 * count; i++) wt[i] = frand(&seed);
+  for (size_t i = 0; i < count; i++) bias[i] = frand(&seed);
+  const kiln__vmath *vm = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__vmath_select(&vm, &err), KILN_OK);
+  const kiln__epilogue eps[] = {{.act = KILN__ACT_NONE},
+                                {.act = KILN__ACT_RELU},
+                                {.act = KILN__ACT_CLIP, .lo = 0.0f, .hi = 0.5f},
+                                {.act = KILN__ACT_LEAKYRELU, .lo = 0.1f, .vm = vm}};
+  for (size_t e = 0; e < sizeof eps / sizeof eps[0]; e++)
+    for (int mode = 0; mode < 3; mode++) {
+      for (size_t i = 0; i < n; i++) z[i] = frand(&seed);
+      const float *zz = mode == 0 ? NULL : z;
+      for (size_t c = 0; c < count; c++)
+        for (size_t oy = 0; oy < h; oy++)
+          for (size_t ox = 0; ox < w; ox++)
+            want[c * p + oy * w + ox] =
+                oracle(&g, x + c * p, wt + 9 * c, with_bias ? bias[c] : 0.0f,
+                       zz ? zz + c * p : NULL, oy, ox, &eps[e]);
+      float *dst = mode == 2 ? z : y;
+      if (mode != 2)
+        for (size_t i = 0; i < n; i++) y[i] = NAN;
+      kiln__dw3x3_flat_avx2(&g, count, x, p, wt, with_bias ? bias : NULL, zz, dst, p, &eps[e]);
+      for (size_t i = 0; i < n; i++)
+        if (!(fabsf(dst[i] - want[i]) <= 1e-5f * (1.0f + fabsf(want[i]))))
+          fail_msg("flat h %zu w %zu count %zu bias %d act %zu mode %d: y[%zu] = %g, want %g", h,
+                   w, count, with_bias, e, mode, i, (double)dst[i], (double)want[i]);
+    }
+  free(x), free(y), free(z), free(want), free(wt), free(bias);
+}
+
+static void flat_small_planes(void **st) {
+  (void)st;
+  if (!kiln__isa_supported(KILN__ISA_AVX2)) return;
+  for (size_t h = 1; h <= 12; h++)
+    for (size_t w = 1; w <= 7; w++)
+      for (size_t count = 1; count <= 8; count += 3) check_flat(h, w, count, count != 4);
+  /* and the geometries it declines: stride 2, other pads, 8 wide, over 64 outputs */
+  kiln__dw_geom g = {.h = 7, .w = 7, .oh = 7, .ow = 7, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                     .pt = 1, .pl = 1};
+  assert_true(kiln__dw3x3_flat_fits(&g));
+  g.sh = g.sw = 2, g.oh = g.ow = 4;
+  assert_false(kiln__dw3x3_flat_fits(&g));
+  g = (kiln__dw_geom){.h = 7, .w = 7, .oh = 5, .ow = 5, .kh = 3, .kw = 3, .sh = 1, .sw = 1};
+  assert_false(kiln__dw3x3_flat_fits(&g));
+  g = (kiln__dw_geom){.h = 8, .w = 8, .oh = 8, .ow = 8, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                      .pt = 1, .pl = 1};
+  assert_false(kiln__dw3x3_flat_fits(&g));
+  g = (kiln__dw_geom){.h = 10, .w = 7, .oh = 10, .ow = 7, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                      .pt = 1, .pl = 1};
+  assert_false(kiln__dw3x3_flat_fits(&g));
+}
+#endif
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+#if defined(__x86_64__) || defined(__i386__)
+      cmocka_unit_test(flat_small_planes),
+#endif
       cmocka_unit_test(every_small_plane),
       cmocka_unit_test(stride2_band_tails),
       cmocka_unit_test(mobilenet_planes),

@@ -682,6 +682,8 @@ static void depthwise_cases(kiln__isa isa, kiln__pool *pool) {
          that runs plane by plane), a zero-bordered copy of narrow planes, and wide planes read
          in place with edge blocks through padded segments; rows not a multiple of 4. */
       {2, 12, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},
+      {1, 9, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 0},    /* flat kernel, odd plane, short group */
+      {1, 16, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},   /* flat kernel, two whole groups */
       {1, 16, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},   /* rows of 3: a load spans 3 rows */
       {1, 8, 5, 6, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 0},
       {1, 20, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1, NULL, 1},

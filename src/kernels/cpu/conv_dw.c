@@ -494,11 +494,19 @@ static void dw_groups(void *arg, size_t g0, size_t g1) {
      input row loaded once, where the interleaved copy moves each input float by itself. */
   bool nc8 = j->d->isa != KILN__ISA_GENERIC && nc8_fits(&j->g, &hp, &wp) &&
              (!kiln__dw3x3_fits(&j->g) || (j->g.ow < 8 && j->g.sw == 1));
+  /* 7x7 at stride 1: the flat kernel (conv_dw3x3.c) rather than the interleaved copy. */
+  bool flat = j->d->isa != KILN__ISA_GENERIC && kiln__dw3x3_flat_fits(&j->g);
 #endif
   for (size_t gi = g0; gi < g1; gi++) {
     size_t c0 = gi % cg * 8, cnt = KILN__MIN((size_t)8, j->d->c - c0);
     size_t q0 = gi / cg * j->d->c + c0;
 #ifdef DW_X86
+    if (flat) {
+      kiln__dw3x3_flat_avx2(&j->g, cnt, j->x + q0 * in, in, j->d->w + c0 * k,
+                            j->bias ? j->bias + c0 : NULL, j->z ? j->z + q0 * out : NULL,
+                            j->y + q0 * out, out, j->ep);
+      continue;
+    }
     if (nc8 && cnt == 8) {
       nc8_avx2(&j->g, hp, wp, j->x + q0 * in, in, j->d->w + c0 * k,
                j->bias ? j->bias + c0 : NULL, j->z ? j->z + q0 * out : NULL, j->y + q0 * out,

@@ -41,6 +41,13 @@ void kiln__dwconv_plane_f32(kiln__isa isa, const kiln__dw_geom *g, const float *
 bool kiln__dw3x3_fits(const kiln__dw_geom *g);
 void kiln__dw3x3_plane_avx2(const kiln__dw_geom *g, const float *x, const float *w, float bias,
                             const float *z, float *y, const kiln__epilogue *ep);
+/* Planes narrower than 8 at stride 1 with pads 1 (MobileNet's 7x7), h * w <= 64: `count`
+   planes in_stride / out_stride floats apart, weights w + 9 c, bias NULL or bias[c], z NULL,
+   separate or y; otherwise the contract of kiln__dwconv_plane_f32 (x86 only). */
+bool kiln__dw3x3_flat_fits(const kiln__dw_geom *g);
+void kiln__dw3x3_flat_avx2(const kiln__dw_geom *g, size_t count, const float *x,
+                           size_t in_stride, const float *w, const float *bias, const float *z,
+                           float *y, size_t out_stride, const kiln__epilogue *ep);
 
 #endif
 
