@@ -2,7 +2,9 @@
  *
  * The GEMM formulation wastes a depthwise conv (k = kh * kw, a 9-deep product per output), so it
  * runs directly. With AVX2, 3x3 at stride 1 or 2 on planes 8 or more outputs wide runs the
- * kernel of conv_dw3x3.c (taps read in place, edges through lane masks). Otherwise there are two
+ * kernel of conv_dw3x3.c (taps read in place, edges through lane masks), and 3x3 stride 1 on
+ * planes narrower than 8 (7x7) its flat kernel (the plane as one zero-bordered row, the left
+ * and right taps' wrap-around masked). Otherwise there are two
  * paths: planes up to 32 outputs wide run 8 channels at a
  * time with the channel in the vector lanes (an interleaved, zero-bordered copy of the 8 planes;
  * each output position is kh * kw full-width FMAs); wider planes run blocks of 4 output rows x 8
