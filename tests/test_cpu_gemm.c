@@ -792,6 +792,9 @@ static void pool_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 4, 112, 112, 3, 3, 2, 1, 1, 1, 1, 0, NULL}, /* ResNet's stem pool */
       {1, 3, 111, 111, 3, 3, 2, 0, 0, 0, 0, 1, NULL}, /* SqueezeNet's, ceil_mode */
       {2, 3, 13, 13, 3, 3, 2, 0, 0, 0, 0, 1, NULL},
+      {1, 3, 55, 55, 3, 3, 2, 0, 0, 0, 0, 1, NULL},   /* 27 and 13 outputs a row: the last */
+      {2, 3, 27, 27, 3, 3, 2, 0, 0, 0, 0, 1, NULL},   /* step moves left, overlapping */
+      {1, 2, 17, 19, 3, 3, 1, 1, 1, 1, 1, 0, NULL},   /* stride 1, 19 outputs a row */
       {1, 5, 9, 17, 2, 2, 2, 0, 0, 0, 0, 0, NULL},
       {1, 2, 7, 7, 3, 3, 1, 1, 1, 1, 1, 0, NULL},
       {1, 2, 10, 11, 3, 2, 3, 0, 1, 0, 0, 0, NULL},   /* stride 3: the portable row */
