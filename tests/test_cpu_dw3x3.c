@@ -3,7 +3,8 @@
  * strides, left/top pads 0-2 with any bottom/right pad, stride 2 at every output height from 6
  * to 15 (each remainder of its bands of 7 rows), each epilogue (none, ReLU, Clip, a post
  * activation) with and without a residual, the residual aliasing the output, and inputs whose
- * rows end at the end of their buffer (read past the plane: ASan). Every ISA this machine runs. */
+ * rows end at the end of their buffer (read past the plane: ASan). Every ISA this machine runs.
+ * The flat kernel for planes narrower than 8 (7x7) on every such plane up to 64 outputs. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -41,10 +42,13 @@ static float oracle(const kiln__dw_geom *g, const float *x, const float *w, floa
   return v;
 }
 
-/* One plane with each epilogue; mode 0 no residual, 1 a separate residual, 2 residual == y. */
-static void check(kiln__isa isa, size_t h, size_t w, size_t s, size_t pt, size_t pl, size_t pb,
-                  size_t pr) {
-  kiln__dw_geom g = {.h = h, .w = w, .kh = 3, .kw = 3, .sh = s, .sw = s, .pt = pt, .pl = pl};
+/* One plane with each epilogue; mode 0 no residual, 1 a separate residual, 2 residual == y. pf:
+   the geometry's prefetch hint (stride 2 prefetches one band ahead, past the plane's end in its
+   last band: the addresses are never read). */
+static void check_pf(kiln__isa isa, size_t h, size_t w, size_t s, size_t pt, size_t pl, size_t pb,
+                     size_t pr, bool pf) {
+  kiln__dw_geom g = {.h = h, .w = w, .kh = 3, .kw = 3, .sh = s, .sw = s, .pt = pt, .pl = pl,
+                     .prefetch = pf};
   if (h + pt + pb < 3 || w + pl + pr < 3) return;
   g.oh = (h + pt + pb - 3) / s + 1;
   g.ow = (w + pl + pr - 3) / s + 1;
@@ -88,6 +92,11 @@ static void check(kiln__isa isa, size_t h, size_t w, size_t s, size_t pt, size_t
   free(x), free(y), free(z), free(want);
 }
 
+static void check(kiln__isa isa, size_t h, size_t w, size_t s, size_t pt, size_t pl, size_t pb,
+                  size_t pr) {
+  check_pf(isa, h, w, s, pt, pl, pb, pr, false);
+}
+
 static void each_isa(void (*fn)(kiln__isa)) {
   for (int i = 0; i < KILN__ISA_COUNT; i++)
     if (kiln__isa_supported((kiln__isa)i)) fn((kiln__isa)i);
@@ -118,6 +127,7 @@ static void stride2_heights(kiln__isa isa) {
       for (size_t p = 0; p <= 2; p++) {
         check(isa, h, ws[i], 2, p, p, p, p);
         check(isa, h, ws[i], 2, 0, p, 2 - p, 1);
+        check_pf(isa, h, ws[i], 2, p, p, p, p, true);
       }
 }
 
@@ -131,12 +141,13 @@ static void large_planes(kiln__isa isa) {
   static const size_t sides[][2] = {{7, 7}, {14, 14}, {28, 28}, {29, 27}, {56, 56}, {57, 55},
                                     {112, 112}, {113, 111}, {9, 64}, {6, 65}, {5, 2100}};
   for (size_t i = 0; i < sizeof sides / sizeof sides[0]; i++)
-    for (size_t s = 1; s <= 2; s++) {
-      check(isa, sides[i][0], sides[i][1], s, 1, 1, 1, 1);
-      check(isa, sides[i][0], sides[i][1], s, 0, 0, 1, 1);
-      check(isa, sides[i][0], sides[i][1], s, 2, 2, 0, 0);
-      check(isa, sides[i][0], sides[i][1], s, 1, 0, 0, 2);
-    }
+    for (size_t s = 1; s <= 2; s++)
+      for (int pf = 0; pf < 2; pf++) {
+        check_pf(isa, sides[i][0], sides[i][1], s, 1, 1, 1, 1, pf);
+        check_pf(isa, sides[i][0], sides[i][1], s, 0, 0, 1, 1, pf);
+        check_pf(isa, sides[i][0], sides[i][1], s, 2, 2, 0, 0, pf);
+        check_pf(isa, sides[i][0], sides[i][1], s, 1, 0, 0, 2, pf);
+      }
 }
 
 static void mobilenet_planes(void **st) {
@@ -144,8 +155,79 @@ static void mobilenet_planes(void **st) {
   each_isa(large_planes);
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+/* The flat kernel for planes narrower than 8 at stride 1 (kiln__dw3x3_flat_avx2): `count`
+   planes at once, exactly sized buffers (the last plane ends at its buffer's end), with and
+   without bias, each epilogue, no residual / a separate one / the residual being y. */
+static void check_flat(size_t h, size_t w, size_t count, bool with_bias) {
+  kiln__dw_geom g = {.h = h, .w = w, .oh = h, .ow = w, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                     .pt = 1, .pl = 1};
+  if (!kiln__dw3x3_flat_fits(&g)) return;
+  size_t p = h * w, n = p * count;
+  float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *z = malloc(n * sizeof *z);
+  float *want = malloc(n * sizeof *want), *wt = malloc(9 * count * sizeof *wt);
+  float *bias = malloc(count * sizeof *bias);
+  unsigned seed = (unsigned)(h * 31 + w * 7 + count * 3 + with_bias);
+  for (size_t i = 0; i < n; i++) x[i] = frand(&seed) * 3.0f;
+  for (size_t i = 0; i < 9 * count; i++) wt[i] = frand(&seed);
+  for (size_t i = 0; i < count; i++) bias[i] = frand(&seed);
+  const kiln__vmath *vm = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__vmath_select(&vm, &err), KILN_OK);
+  const kiln__epilogue eps[] = {{.act = KILN__ACT_NONE},
+                                {.act = KILN__ACT_RELU},
+                                {.act = KILN__ACT_CLIP, .lo = 0.0f, .hi = 0.5f},
+                                {.act = KILN__ACT_LEAKYRELU, .lo = 0.1f, .vm = vm}};
+  for (size_t e = 0; e < sizeof eps / sizeof eps[0]; e++)
+    for (int mode = 0; mode < 3; mode++) {
+      for (size_t i = 0; i < n; i++) z[i] = frand(&seed);
+      const float *zz = mode == 0 ? NULL : z;
+      for (size_t c = 0; c < count; c++)
+        for (size_t oy = 0; oy < h; oy++)
+          for (size_t ox = 0; ox < w; ox++)
+            want[c * p + oy * w + ox] =
+                oracle(&g, x + c * p, wt + 9 * c, with_bias ? bias[c] : 0.0f,
+                       zz ? zz + c * p : NULL, oy, ox, &eps[e]);
+      float *dst = mode == 2 ? z : y;
+      if (mode != 2)
+        for (size_t i = 0; i < n; i++) y[i] = NAN;
+      kiln__dw3x3_flat_avx2(&g, count, x, p, wt, with_bias ? bias : NULL, zz, dst, p, &eps[e]);
+      for (size_t i = 0; i < n; i++)
+        if (!(fabsf(dst[i] - want[i]) <= 1e-5f * (1.0f + fabsf(want[i]))))
+          fail_msg("flat h %zu w %zu count %zu bias %d act %zu mode %d: y[%zu] = %g, want %g", h,
+                   w, count, with_bias, e, mode, i, (double)dst[i], (double)want[i]);
+    }
+  free(x), free(y), free(z), free(want), free(wt), free(bias);
+}
+
+static void flat_small_planes(void **st) {
+  (void)st;
+  if (!kiln__isa_supported(KILN__ISA_AVX2)) return;
+  for (size_t h = 1; h <= 12; h++)
+    for (size_t w = 1; w <= 7; w++)
+      for (size_t count = 1; count <= 8; count += 3) check_flat(h, w, count, count != 4);
+  /* and the geometries it declines: stride 2, other pads, 8 wide, over 64 outputs */
+  kiln__dw_geom g = {.h = 7, .w = 7, .oh = 7, .ow = 7, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                     .pt = 1, .pl = 1};
+  assert_true(kiln__dw3x3_flat_fits(&g));
+  g.sh = g.sw = 2, g.oh = g.ow = 4;
+  assert_false(kiln__dw3x3_flat_fits(&g));
+  g = (kiln__dw_geom){.h = 7, .w = 7, .oh = 5, .ow = 5, .kh = 3, .kw = 3, .sh = 1, .sw = 1};
+  assert_false(kiln__dw3x3_flat_fits(&g));
+  g = (kiln__dw_geom){.h = 8, .w = 8, .oh = 8, .ow = 8, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                      .pt = 1, .pl = 1};
+  assert_false(kiln__dw3x3_flat_fits(&g));
+  g = (kiln__dw_geom){.h = 10, .w = 7, .oh = 10, .ow = 7, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                      .pt = 1, .pl = 1};
+  assert_false(kiln__dw3x3_flat_fits(&g));
+}
+#endif
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+#if defined(__x86_64__) || defined(__i386__)
+      cmocka_unit_test(flat_small_planes),
+#endif
       cmocka_unit_test(every_small_plane),
       cmocka_unit_test(stride2_band_tails),
       cmocka_unit_test(mobilenet_planes),

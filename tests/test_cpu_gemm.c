@@ -291,6 +291,32 @@ static void sgemm_b_in_place_matches_double_reference(void **st) {
   kiln__pool_free(pool);
 }
 
+/* A short product writing a large C (k <= 32, rows 4 KiB or more apart, 256 Ki floats or more:
+   a stem conv's shape), where the packed kernel prefetches C's rows: edge panels, a last row
+   tile under 6 rows, padded C rows, k at and around the bound, every epilogue, accumulating,
+   serially and on 2 threads; and the shapes just outside the rule, which do not prefetch. */
+static void sgemm_c_prefetch_matches_double_reference(void **st) {
+  (void)st;
+  kiln__pool *pool = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
+  /* m, n, k, pad_c */
+  static const size_t shapes[][4] = {
+      {64, 4100, 27, 0}, {32, 8193, 27, 3}, {13, 20171, 32, 0}, {70, 4097, 9, 0},
+      {5, 60000, 1, 0},  {64, 4100, 33, 0}, {8, 2000, 27, 0}};
+  for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
+    if (!kiln__isa_supported((kiln__isa)isa)) continue;
+    for (size_t e = 0; e < KILN__ARRAY_LEN(shapes); e++)
+      for (int v = 0; v < 6; v++) {
+        gemm_case t = {shapes[e][0], shapes[e][1], shapes[e][2], .pad_c = shapes[e][3],
+                       .alpha = 1.0f, .ep = v};
+        t.pack_a = v != 3, t.pack_b = v == 4, t.accumulate = v == 5;
+        check_case((kiln__isa)isa, v & 1 ? pool : NULL, &t);
+      }
+  }
+  kiln__pool_free(pool);
+}
+
 /* A packed at run time (an activation, untransposed): the layout sgemm.h documents, checked
    element by element against A itself, for m around the panel height (full panels and a zero-
    padded last one), k below, at and past the vector packers' width and across KC blocks, and
@@ -580,6 +606,8 @@ static void conv_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 8, 70, 70, 8, 3, 3, 1, 2, 1, 1, NULL, 1},   /* stride 2, interior runs of 16 (SSE
                                                          gather) up to the tensor's last float */
       {1, 3, 71, 69, 9, 7, 7, 1, 2, 1, 3, NULL, 1},   /* odd stem: border runs at stride 2 */
+      {1, 3, 227, 229, 24, 3, 3, 1, 2, 1, 1, NULL, 1}, /* 3x3 stem, C over 256 Ki floats: the
+                                                          C-prefetching kernel */
       {1, 4, 6, 1, 6, 3, 3, 1, 1, 1, 1, NULL, 1},     /* one column: a run per output position */
       {1, 2, 9, 40, 7, 3, 3, 1, 3, 1, 2, NULL, 0},    /* stride 3 */
       {1, 6, 7, 7, 13, 3, 3, 1, 1, 1, 1, NULL, 1},    /* 7x7: 49 columns, a 1-column panel */
@@ -654,6 +682,8 @@ static void depthwise_cases(kiln__isa isa, kiln__pool *pool) {
          that runs plane by plane), a zero-bordered copy of narrow planes, and wide planes read
          in place with edge blocks through padded segments; rows not a multiple of 4. */
       {2, 12, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},
+      {1, 9, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 0},    /* flat kernel, odd plane, short group */
+      {1, 16, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},   /* flat kernel, two whole groups */
       {1, 16, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 1},   /* rows of 3: a load spans 3 rows */
       {1, 8, 5, 6, 3, 3, 1, 1, 1, 1, 1, 1, NULL, 0},
       {1, 20, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1, NULL, 1},
@@ -669,6 +699,8 @@ static void depthwise_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 2, 66, 70, 3, 5, 2, 1, 1, 2, 0, 1, NULL, 1},    /* 3x5, sh 2 sw 1 */
       {1, 2, 30, 70, 4, 4, 4, 2, 1, 1, 2, 2, NULL, 1},    /* sh 4, even kernel */
       {1, 2, 30, 70, 3, 3, 5, 2, 1, 1, 1, 1, NULL, 1},    /* sh 5: the phase-split path */
+      {1, 37, 121, 119, 3, 3, 2, 2, 1, 1, 1, 1, NULL, 1}, /* over 2 MiB in: the 3x3 kernel
+                                                             prefetches a band ahead */
       {1, 2, 17, 9, 3, 3, 2, 2, 0, 0, 0, 0, "SAME_UPPER", 1},
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
@@ -760,6 +792,9 @@ static void pool_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 4, 112, 112, 3, 3, 2, 1, 1, 1, 1, 0, NULL}, /* ResNet's stem pool */
       {1, 3, 111, 111, 3, 3, 2, 0, 0, 0, 0, 1, NULL}, /* SqueezeNet's, ceil_mode */
       {2, 3, 13, 13, 3, 3, 2, 0, 0, 0, 0, 1, NULL},
+      {1, 3, 55, 55, 3, 3, 2, 0, 0, 0, 0, 1, NULL},   /* 27 and 13 outputs a row: the last */
+      {2, 3, 27, 27, 3, 3, 2, 0, 0, 0, 0, 1, NULL},   /* step moves left, overlapping */
+      {1, 2, 17, 19, 3, 3, 1, 1, 1, 1, 1, 0, NULL},   /* stride 1, 19 outputs a row */
       {1, 5, 9, 17, 2, 2, 2, 0, 0, 0, 0, 0, NULL},
       {1, 2, 7, 7, 3, 3, 1, 1, 1, 1, 1, 0, NULL},
       {1, 2, 10, 11, 3, 2, 3, 0, 1, 0, 0, 0, NULL},   /* stride 3: the portable row */
@@ -947,6 +982,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(matmul_matches_reference),
       cmocka_unit_test(gemm_matches_reference),
       cmocka_unit_test(sgemm_b_in_place_matches_double_reference),
+      cmocka_unit_test(sgemm_c_prefetch_matches_double_reference),
       cmocka_unit_test(conv_matches_reference),
       cmocka_unit_test(depthwise_conv_matches_reference),
       cmocka_unit_test(conv_transpose_matches_reference),

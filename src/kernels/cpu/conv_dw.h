@@ -2,7 +2,9 @@
  *
  * The GEMM formulation wastes a depthwise conv (k = kh * kw, a 9-deep product per output), so it
  * runs directly. With AVX2, 3x3 at stride 1 or 2 on planes 8 or more outputs wide runs the
- * kernel of conv_dw3x3.c (taps read in place, edges through lane masks). Otherwise there are two
+ * kernel of conv_dw3x3.c (taps read in place, edges through lane masks), and 3x3 stride 1 on
+ * planes narrower than 8 (7x7) its flat kernel (the plane as one zero-bordered row, the left
+ * and right taps' wrap-around masked). Otherwise there are two
  * paths: planes up to 32 outputs wide run 8 channels at a
  * time with the channel in the vector lanes (an interleaved, zero-bordered copy of the 8 planes;
  * each output position is kh * kw full-width FMAs); wider planes run blocks of 4 output rows x 8
@@ -21,6 +23,8 @@ typedef struct kiln__dw_geom {
   size_t h, w, oh, ow;   /* input and output plane */
   size_t kh, kw, sh, sw; /* kernel and strides (>= 1) */
   size_t pt, pl;         /* leading padding, top and left */
+  bool prefetch;         /* the input is far larger than L2: the 3x3 kernel at stride 2 prefetches
+                            the input rows one band ahead (a hint only; results do not change) */
 } kiln__dw_geom;
 
 /* Whether the row buffers for this geometry fit the kernel's stack block. */
@@ -39,6 +43,13 @@ void kiln__dwconv_plane_f32(kiln__isa isa, const kiln__dw_geom *g, const float *
 bool kiln__dw3x3_fits(const kiln__dw_geom *g);
 void kiln__dw3x3_plane_avx2(const kiln__dw_geom *g, const float *x, const float *w, float bias,
                             const float *z, float *y, const kiln__epilogue *ep);
+/* Planes narrower than 8 at stride 1 with pads 1 (MobileNet's 7x7), h * w <= 64: `count`
+   planes in_stride / out_stride floats apart, weights w + 9 c, bias NULL or bias[c], z NULL,
+   separate or y; otherwise the contract of kiln__dwconv_plane_f32 (x86 only). */
+bool kiln__dw3x3_flat_fits(const kiln__dw_geom *g);
+void kiln__dw3x3_flat_avx2(const kiln__dw_geom *g, size_t count, const float *x,
+                           size_t in_stride, const float *w, const float *bias, const float *z,
+                           float *y, size_t out_stride, const kiln__epilogue *ep);
 
 #endif
 

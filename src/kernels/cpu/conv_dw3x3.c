@@ -113,7 +113,23 @@ band(const kiln__dw_geom *g, const float *x, const __m256 *wv, __m256 b, const f
     int64_t iy = (int64_t)(oy * S + j) - (int64_t)g->pt;
     rows[j] = iy >= 0 && iy < (int64_t)g->h ? x + (size_t)iy * g->w : zrow + ZOFF;
   }
+  /* Prefetch: the input bytes after this band's rows, as many as the band advances by (the next
+     band's new rows, or the next plane's first when this is the last band), cut evenly over
+     the band's blocks. A band of 7 rows at stride 2 reads 15 input rows of 8 columns at a time:
+     15 short streams the hardware prefetcher does not learn, from L3 when the input was
+     written as a whole tensor larger than L2 (MobileNet's 96 x 112 x 112). */
+  const size_t line = 64 / sizeof(float);
+  size_t pf_next = 0, pf_per_block = 0;
+  uintptr_t pf_base = 0;
+  if (g->prefetch && S == 2) {
+    size_t nb = (g->ow + 7) / 8, lines = (R * S * g->w + line - 1) / line;
+    int64_t iy_end = (int64_t)(oy * S + (R - 1) * S + 3) - (int64_t)g->pt;
+    pf_base = (uintptr_t)x + (uintptr_t)(KILN__MAX(iy_end, (int64_t)0) * (int64_t)g->w * 4);
+    pf_per_block = (lines + nb - 1) / nb;
+  }
   for (size_t ox = 0; ox < g->ow; ox += 8) {
+    for (size_t i = 0; i < pf_per_block; i++, pf_next++)
+      _mm_prefetch((const char *)(pf_base + pf_next * 64), _MM_HINT_T0);
     /* A short last block moves left to end at the last column when the row has 8: a plain
        store that rewrites a few outputs with the same values, where a masked store costs
        more than the block (not when Z is y: the rewritten outputs would add Z twice). */
@@ -163,6 +179,65 @@ plane(const kiln__dw_geom *g, const float *x, const float *w, float bias, const 
   case 4: band(g, x, wv, b, z, y, ep, oy, S, 4, 4); break;
   case 5: band(g, x, wv, b, z, y, ep, oy, S, 5, 5); break;
   default: band(g, x, wv, b, z, y, ep, oy, S, 6, 6); break;
+  }
+}
+
+/* ---- planes narrower than 8 at stride 1 (7x7), run flat -------------------------------------- */
+
+#define FLAT_MAX 64   /* outputs of a plane: 8 vectors */
+#define FLAT_BUF 96   /* (w + 1) zeros, the plane, (w + 1) + 8 zeros: at most 8 + 64 + 16 */
+
+bool kiln__dw3x3_flat_fits(const kiln__dw_geom *g) {
+  return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->pt == 1 && g->pl == 1 &&
+         g->oh == g->h && g->ow == g->w && g->w < 8 && g->h * g->w <= FLAT_MAX;
+}
+
+/* The plane as one row of h * w floats between w + 1 zeros on each side: tap (ky, kx) of output
+   i is buf[i + (ky - 1) * w + kx - 1], a row above or below the plane reads zeros, and only the
+   left and right columns' wrap-around (a tap of column 0 reading the previous row's last float)
+   is masked off: the kx = 0 and kx = 2 taps sum on their own and go through a per-lane mask.
+   Where the interleaved path (conv_dw.c, nc8) moves every float in and out by itself, this
+   loads the plane with a few vectors and stores whole vectors. */
+AVX2 void kiln__dw3x3_flat_avx2(const kiln__dw_geom *g, size_t count, const float *x,
+                                size_t in_stride, const float *w, const float *bias,
+                                const float *z, float *y, size_t out_stride,
+                                const kiln__epilogue *ep) {
+  const size_t W = g->w, P = g->h * W, nv = (P + 7) / 8, off = W + 1;
+  _Alignas(32) float buf[FLAT_BUF] = {0};
+  _Alignas(32) int32_t lm[FLAT_MAX], rm[FLAT_MAX];
+  for (size_t i = 0; i < nv * 8; i++) {
+    lm[i] = i % W != 0 ? -1 : 0;
+    rm[i] = i % W != W - 1 ? -1 : 0;
+  }
+  const size_t tail = P - (nv - 1) * 8; /* live lanes of the last vector */
+  const __m256i tmask = cols_in(0, (int)tail);
+  const bool post = kiln__act_is_post(ep->act);
+  for (size_t c = 0; c < count; c++) {
+    const float *xp = x + c * in_stride;
+    size_t i = 0;
+    for (; i + 8 <= P; i += 8) _mm256_storeu_ps(buf + off + i, _mm256_loadu_ps(xp + i));
+    /* the masked lanes load as zeros, so the floats past the plane stay zero */
+    if (i < P) _mm256_storeu_ps(buf + off + i, _mm256_maskload_ps(xp + i, tmask));
+    __m256 wv[9];
+    for (size_t t = 0; t < 9; t++) wv[t] = _mm256_broadcast_ss(w + c * 9 + t);
+    const __m256 b = _mm256_set1_ps(bias ? bias[c] : 0.0f);
+    float *yp = y + c * out_stride;
+    const float *zp = z ? z + c * out_stride : NULL;
+    for (size_t v = 0; v < nv; v++) {
+      const float *q = buf + off + v * 8;
+      __m256 ac = b, al = _mm256_setzero_ps(), ar = _mm256_setzero_ps();
+      for (size_t ky = 0; ky < 3; ky++) {
+        const float *r = q + ((ptrdiff_t)ky - 1) * (ptrdiff_t)W;
+        al = _mm256_fmadd_ps(wv[ky * 3 + 0], _mm256_loadu_ps(r - 1), al);
+        ac = _mm256_fmadd_ps(wv[ky * 3 + 1], _mm256_loadu_ps(r), ac);
+        ar = _mm256_fmadd_ps(wv[ky * 3 + 2], _mm256_loadu_ps(r + 1), ar);
+      }
+      al = _mm256_and_ps(al, _mm256_castsi256_ps(_mm256_load_si256((const __m256i *)(lm + v * 8))));
+      ar = _mm256_and_ps(ar, _mm256_castsi256_ps(_mm256_load_si256((const __m256i *)(rm + v * 8))));
+      __m256 acc = _mm256_add_ps(ac, _mm256_add_ps(al, ar));
+      put(yp + v * 8, zp ? zp + v * 8 : NULL, acc, v + 1 < nv ? 8 : tail, ep);
+    }
+    if (post) kiln__act_apply(ep->vm, ep->act, ep->lo, ep->hi, yp, P);
   }
 }
 

@@ -51,6 +51,13 @@ static const kiln__sgemm_ukernel_strided strided_pf_uks[KILN__ISA_COUNT][2] = {
 #endif
 };
 
+/* The packed kernel with software prefetch of C (c_prefetch_pays); NULL: none. */
+static const kiln__sgemm_ukernel packed_pf_uks[KILN__ISA_COUNT] = {
+#ifdef KILN_X86
+    [KILN__ISA_AVX2] = kiln__sgemm_uk_6x16c__avx2,
+#endif
+};
+
 static const char *const isa_names[KILN__ISA_COUNT] = {"generic", "avx2", "avx512", "neon"};
 
 const char *kiln__isa_name(kiln__isa isa) {
@@ -293,6 +300,7 @@ typedef struct job {
   const impl *im;
   kiln__sgemm_ukernel_strided uks; /* set when B is read in place */
   const kiln__sgemm_ukernel_strided *uks_pf; /* NULL, or uks with prefetch ([0] B and C) */
+  kiln__sgemm_ukernel uk; /* for packed B panels: im->uk, or its C-prefetching twin */
   size_t tiles_n;
   size_t tm; /* rows per tile: a multiple of mc */
   size_t tn; /* columns per tile: nc, or with pre-packed B any multiple of nr */
@@ -353,7 +361,7 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
               kiln__sgemm_ukernel_strided uks = jb->uks_pf ? jb->uks_pf[ip == 0 ? 0 : 1] : jb->uks;
               uks(kc, ap + ip * kc, g->b + p0 * g->ldb + j0 + jp, g->ldb, ct, g->ldc, mr, nr, &st);
             } else {
-              im->uk(kc, ap + ip * kc, bp + (jp - edge) * kc, ct, g->ldc, mr, nr, &st);
+              jb->uk(kc, ap + ip * kc, bp + (jp - edge) * kc, ct, g->ldc, mr, nr, &st);
             }
             if (post)
               for (size_t r = 0; r < mr; r++)
@@ -394,6 +402,15 @@ static bool in_place_pays(const kiln__sgemm_args *g) {
    than they saved (up to 14% slower), and m = 96 (16->96 at 112x112) gained nothing. */
 static bool prefetch_pays(const kiln__sgemm_args *g) {
   return g->m <= 32 && g->k <= 64 && g->ldb >= 1024;
+}
+
+/* Whether the packed kernel should prefetch C: a short product (k <= 32: a stem conv's 27)
+   writing a C larger than L2 (1 MiB or more, rows 4 KiB or more apart). The tile loop runs
+   down a column panel, row tile after row tile, so C is written as m streams a line at a time,
+   and 27 k steps hide no store miss: SqueezeNet's stem (3.2 MB out) ran at ~1.6x its
+   standalone time in the model, where its output lines come from L3 or memory. */
+static bool c_prefetch_pays(const kiln__sgemm_args *g) {
+  return g->k <= 32 && g->ldc >= 1024 && (double)g->m * (double)g->n >= 256.0 * 1024.0;
 }
 
 /* k == 0: the product is zero, but the store (accumulate, epilogue) still applies. */
@@ -460,7 +477,8 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
   if (g->pa) isa = g->pa->isa;
   else if (g->pb) isa = g->pb->isa;
   const impl *im = &impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0];
-  job jb = {.g = g, .im = im, .tn = im->nc};
+  job jb = {.g = g, .im = im, .tn = im->nc, .uk = im->uk};
+  if (im == &impls[isa] && packed_pf_uks[isa] && c_prefetch_pays(g)) jb.uk = packed_pf_uks[isa];
   if (g->b_in_place && !g->pb && !g->pack_b && !g->trans_b && im == &impls[isa] &&
       in_place_pays(g)) {
     jb.uks = strided_uks[isa];

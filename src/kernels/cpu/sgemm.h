@@ -218,6 +218,12 @@ void kiln__sgemm_uk_4x8__generic(size_t kc, const float *restrict a, const float
 void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a, const float *restrict b,
                                float *restrict c, size_t ldc, size_t mr, size_t nr,
                                const kiln__uk_store *s);
+/* The packed kernel with software prefetch of C's rows a few panels ahead: a short product (a
+   stem conv's k = 27) writing a large C cold, row tile after row tile down one column panel,
+   more streams than the hardware prefetcher follows. */
+void kiln__sgemm_uk_6x16c__avx2(size_t kc, const float *restrict a, const float *restrict b,
+                                float *restrict c, size_t ldc, size_t mr, size_t nr,
+                                const kiln__uk_store *s);
 /* The same product with b's rows ldb floats apart instead of packed: B read in place, no
    per-call packing. Reads NR floats of each row, so the driver calls it only for full-width
    panels and packs an edge panel. */

@@ -248,6 +248,12 @@ TARGET void kiln__sgemm_uk_6x16__avx2(size_t kc, const float *restrict a,
   uk_6x16(kc, a, b, NR, c, ldc, mr, nr, s, PF_NONE);
 }
 
+TARGET void kiln__sgemm_uk_6x16c__avx2(size_t kc, const float *restrict a,
+                                       const float *restrict b, float *restrict c, size_t ldc,
+                                       size_t mr, size_t nr, const kiln__uk_store *s) {
+  uk_6x16(kc, a, b, NR, c, ldc, mr, nr, s, PF_C);
+}
+
 TARGET void kiln__sgemm_uk_6x16s__avx2(size_t kc, const float *restrict a,
                                        const float *restrict b, size_t ldb, float *restrict c,
                                        size_t ldc, size_t mr, size_t nr,
