@@ -82,11 +82,16 @@ TARGET static void fill_row(const kiln__qdw_args *a, size_t b, size_t c0, int64_
   for (size_t ix = 0; ix < w; ix += CB) {
     size_t cnt = KILN__MIN((size_t)CB, w - ix);
     __m128i in[16], out[16];
-    for (size_t c = 0; c < CB; c++) {
-      const uint8_t *p = c < nc ? x + c * plane + ix : NULL;
-      if (p && (size_t)(xend - p) >= 16) { /* past the row's end: other bytes, overwritten */
-        in[c] = _mm_loadu_si128((const __m128i *)p);
-      } else {
+    /* 16 bytes of each channel (past the row's end: other bytes, overwritten later) */
+    if (nc == CB && (size_t)(xend - (x + (CB - 1) * plane + ix)) >= 16) {
+      for (size_t c = 0; c < CB; c++) in[c] = _mm_loadu_si128((const __m128i *)(x + c * plane + ix));
+    } else {
+      for (size_t c = 0; c < CB; c++) {
+        const uint8_t *p = c < nc ? x + c * plane + ix : NULL;
+        if (p && (size_t)(xend - p) >= 16) {
+          in[c] = _mm_loadu_si128((const __m128i *)p);
+          continue;
+        }
         uint8_t t[16];
         memset(t, (uint8_t)a->zx, sizeof t);
         if (p) memcpy(t, p, cnt);
@@ -94,11 +99,11 @@ TARGET static void fill_row(const kiln__qdw_args *a, size_t b, size_t c0, int64_
       }
     }
     transpose16(in, out);
-    int16_t *o = d + (pl + ix) * CB;
-    for (size_t k = 0; k < 16; k++, o += CB) {
-      __m256i v = a->x_signed ? _mm256_cvtepi8_epi16(out[k]) : _mm256_cvtepu8_epi16(out[k]);
-      _mm256_storeu_si256((__m256i *)o, _mm256_sub_epi16(v, zx));
-    }
+    __m256i *o = (__m256i *)(d + (pl + ix) * CB);
+    if (a->x_signed)
+      for (size_t k = 0; k < 16; k++) _mm256_storeu_si256(o + k, _mm256_sub_epi16(_mm256_cvtepi8_epi16(out[k]), zx));
+    else
+      for (size_t k = 0; k < 16; k++) _mm256_storeu_si256(o + k, _mm256_sub_epi16(_mm256_cvtepu8_epi16(out[k]), zx));
   }
   if (pl + w < wp) memset(d + (pl + w) * CB, 0, (wp - pl - w) * PIX);
 }
