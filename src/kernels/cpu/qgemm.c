@@ -38,10 +38,10 @@ static const qimpl impls[KILN__QFMT_COUNT] = {
 #endif
     [KILN__QISA_AVX512VNNI] = {6, 32, 72, 4, 1, kiln__qgemm_uk_6x32__avx512vnni,
                                kiln__qep_tile__avx2, 0},
-    [KILN__QFMT_AVX2_U8S8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_u8s8,
-                              kiln__qep_tile__avx2, 0, kiln__qgemm_uk_6x8__avx2_u8s8},
-    [KILN__QFMT_AVX2_S8U8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_s8u8,
-                              kiln__qep_tile__avx2, 1, kiln__qgemm_uk_6x8__avx2_s8u8},
+    [KILN__QFMT_AVX2_U8S8] = {4, 16, 72, 4, 1, kiln__qgemm_uk_4x16__avx2_u8s8,
+                              kiln__qep_tile__avx2, 0, kiln__qgemm_uk_4x8__avx2_u8s8},
+    [KILN__QFMT_AVX2_S8U8] = {4, 16, 72, 4, 1, kiln__qgemm_uk_4x16__avx2_s8u8,
+                              kiln__qep_tile__avx2, 1, kiln__qgemm_uk_4x8__avx2_s8u8},
 #endif
 };
 

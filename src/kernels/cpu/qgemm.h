@@ -59,7 +59,7 @@ typedef enum kiln__qisa {
      kiln__qpack_alloc picks one for a constant AVX2 operand whose stored int8 values satisfy
      |v[2q]| + |v[2q+1]| <= 128 for every k pair, e.g. weights in [-64, 63] (reduce_range), so
      that VPMADDUBSW's saturating int16 pair sum 255 * 128 = 32640 is exact. Bytes in k quads,
-     VPMADDUBSW + VPMADDWD(ones) + VPADDD, 6x16 tile. The other operand is packed per call in the
+     VPMADDUBSW + VPMADDWD(ones) + VPADDD, 4x16 tile. The other operand is packed per call in the
      same format (kiln__qpack with the constant operand's `isa`). */
   KILN__QFMT_AVX2_U8S8 = KILN__QISA_COUNT, /* A u8, B s8 (B is the constant: MatMul weights) */
   KILN__QFMT_AVX2_S8U8,                    /* A s8, B u8 (A is the constant: conv weights) */
@@ -214,15 +214,15 @@ void kiln__qep__generic(const kiln__qep_row *r);
 void kiln__qgemm_uk_6x16__avx2(size_t groups, const void *restrict a, const void *restrict b,
                                int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qep__avx2(const kiln__qep_row *r);
-void kiln__qgemm_uk_6x16__avx2_u8s8(size_t groups, const void *restrict a, const void *restrict b,
+void kiln__qgemm_uk_4x16__avx2_u8s8(size_t groups, const void *restrict a, const void *restrict b,
                                     int32_t *restrict c, size_t ldc, bool accumulate);
-void kiln__qgemm_uk_6x16__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+void kiln__qgemm_uk_4x16__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
                                     int32_t *restrict c, size_t ldc, bool accumulate);
-/* The byte formats' edge tiles: 6 x 8, for a last B panel of 1-8 columns packed 8 wide (32 bytes
+/* The byte formats' edge tiles: 4 x 8, for a last B panel of 1-8 columns packed 8 wide (32 bytes
    per k quad), so that e.g. 49 columns cost 56, not 64. */
-void kiln__qgemm_uk_6x8__avx2_u8s8(size_t groups, const void *restrict a, const void *restrict b,
+void kiln__qgemm_uk_4x8__avx2_u8s8(size_t groups, const void *restrict a, const void *restrict b,
                                    int32_t *restrict c, size_t ldc, bool accumulate);
-void kiln__qgemm_uk_6x8__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+void kiln__qgemm_uk_4x8__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
                                    int32_t *restrict c, size_t ldc, bool accumulate);
 /* Packs rows [r0, r0 + 16) x k of a byte-format B panel block from a source with rs == 1 (k x n
    row-major: ks is the row length): 16 columns per k quad, 64 bytes; `xor` (0 or 0x80) applies
