@@ -107,6 +107,21 @@ kiln_status kiln__qpack_alloc(kiln__qisa isa, bool is_a, size_t rows, size_t k,
                               const kiln__qsrc *src, kiln__qpacked *out, kiln_error *err);
 void kiln__qpacked_free(kiln__qpacked *p);
 
+/* A B operand (k x n) gathered rather than read from a matrix: im2col columns packed straight
+   from the input planes, with no im2col buffer and no second pass over one. The callback writes
+   the values at k indices [p0, p0 + kc) (kc <= 64) of the columns [c0, c0 + cn) (cn <= 512)
+   to dst, row p at dst + p * ld; kiln__qpack_gather interleaves them into the panels while
+   they are in L1. */
+typedef void (*kiln__qgather_fn)(const void *ctx, size_t c0, size_t cn, size_t p0, size_t kc,
+                                 uint8_t *dst, size_t ld);
+/* Whether kiln__qpack_gather packs B for `isa` (the constant operand's format): the 16-column
+   byte formats on x86 (AVX2_U8S8 / _S8U8, AVXVNNI). */
+bool kiln__qpack_gather_ok(kiln__qisa isa);
+/* kiln__qpack of B (n columns) through `fn`; values uint8, or int8 when `is_signed`. */
+void kiln__qpack_gather(struct kiln__pool *pool, kiln__qisa isa, size_t n, size_t k,
+                        bool is_signed, kiln__qgather_fn fn, const void *ctx, void *mem,
+                        kiln__qpacked *out);
+
 /* Zero points: none (n 0), one, or one per row of A / column of B. */
 typedef struct kiln__qzp {
   const void *p;
