@@ -862,6 +862,78 @@ static void byte_formats_match_reference(void **st) {
   kt_for_each_qisa(byte_conv_cases);
 }
 
+/* Convolutions whose im2col columns are packed straight from the input (kiln__qpack_gather,
+   the byte formats) against the reference kernel, with qualifying weights (the gathered path on
+   AVX2) and full-range ones (im2col + pack): kernels 3x3 / 5x5 / 7x7 / 1x3, strides, dilation,
+   asymmetric pads, groups, odd channel counts (partial k quads, edge tiles), k past one 256 block,
+   planes from 1x1 to several 512-column blocks per chunk, batch 2. */
+static const struct {
+  int64_t n, c, h, w, m, kh, kw, sh, sw, dh, dw, pads[4], group;
+} gather_shapes[] = {
+    {1, 8, 9, 11, 7, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},     /* small, odd m */
+    {1, 3, 64, 64, 16, 7, 7, 2, 2, 1, 1, {3, 3, 3, 3}, 1},   /* ResNet stem: k 147 */
+    {1, 5, 23, 29, 9, 5, 5, 1, 1, 1, 1, {2, 2, 2, 2}, 1},    /* 5x5 */
+    {1, 6, 12, 40, 10, 1, 3, 1, 1, 1, 1, {0, 1, 0, 1}, 1},   /* 1x3 */
+    {2, 4, 15, 17, 12, 3, 3, 2, 1, 2, 2, {2, 1, 0, 3}, 2},   /* dilated, grouped, batch 2 */
+    {1, 31, 20, 21, 33, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},  /* k 279: two k blocks */
+    {1, 2, 1, 1, 5, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},      /* 1x1 plane */
+    {1, 3, 2, 3, 4, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},      /* 2x3 plane */
+    {1, 16, 70, 70, 20, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},  /* 4900 columns, 3 chunks */
+    {1, 24, 30, 30, 17, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}, 1},  /* strided 3x3 */
+    {1, 64, 7, 7, 18, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},    /* 49 columns: the 8-wide edge */
+    {1, 7, 30, 33, 6, 3, 3, 1, 1, 1, 1, {0, 0, 0, 0}, 1},    /* unpadded: direct rows */
+};
+
+static void gather_cases(kiln__pool *pool) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(gather_shapes); si++)
+    for (int combo = 0; combo < 8; combo++) {
+      kiln_dtype xt = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+      kiln_dtype wt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+      bool ql = combo & 4, full = (combo + si) % 3 == 0;
+      __typeof__(gather_shapes[0]) sh = gather_shapes[si];
+      tin x = {xt, 4, {sh.n, sh.c, sh.h, sh.w}};
+      tin wt4 = {wt, 4, {sh.m, sh.c / sh.group, sh.kh, sh.kw}, true};
+      tin xzp = {xt, 0, {0}, true}, wzp = {wt, 1, {sh.m}, true};
+      onenode o;
+      if (!ql) {
+        tin ins[4] = {x, wt4, xzp, wzp};
+        onenode_make(&o, "ConvInteger", 4, ins, 1);
+      } else {
+        float xs = 0.02f, ws = 0.004f;
+        float ys = 0.02f * 0.004f * 30.0f * sqrtf((float)(sh.c / sh.group * sh.kh * sh.kw));
+        tin ins[9] = {x,
+                      {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
+                      xzp,
+                      wt4,
+                      {KILN_DTYPE_FLOAT, 0, {0}, true, &ws},
+                      {wt, 0, {0}, true},
+                      {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
+                      {combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8, 0, {0}, true},
+                      {KILN_DTYPE_INT32, 1, {sh.m}, true}};
+        onenode_make(&o, "QLinearConv", 9, ins, 1);
+      }
+      if (!full) qualify_weights(&o, ql ? 3 : 1, true, false);
+      if (si % 2) extreme_acts(&o.in[0]);
+      int64_t st[2] = {sh.sh, sh.sw}, dl[2] = {sh.dh, sh.dw};
+      kt_attr_ints(o.n, "strides", st, 2);
+      kt_attr_ints(o.n, "dilations", dl, 2);
+      kt_attr_ints(o.n, "pads", sh.pads, 4);
+      kt_attr_int(o.n, "group", sh.group);
+      /* full-range weights take whatever format they fit: not checked */
+      o.expect_fmt = full ? 0 : 1;
+      char what[112];
+      snprintf(what, sizeof what, "gather shape %zu x %s w %s %s weights", si,
+               kiln_dtype_name(xt), kiln_dtype_name(wt), full ? "random" : "qualifying");
+      onenode_check(&o, pool, what);
+      onenode_free(&o);
+    }
+}
+
+static void gathered_columns_match_reference(void **st) {
+  (void)st;
+  kt_for_each_qisa(gather_cases);
+}
+
 /* The qualification rule itself, at its boundary, on tiny operands packed directly. */
 static void byte_format_choice(void **st) {
   (void)st;
@@ -1022,6 +1094,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(qlinearmatmul_matches_reference),
       cmocka_unit_test(convinteger_matches_reference),
       cmocka_unit_test(qlinearconv_matches_reference),
+      cmocka_unit_test(gathered_columns_match_reference),
       cmocka_unit_test(depthwise_matches_reference),
       cmocka_unit_test(depthwise_3x3_small_planes),
       cmocka_unit_test(depthwise_3x3_channel_blocks),

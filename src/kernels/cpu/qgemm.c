@@ -38,10 +38,10 @@ static const qimpl impls[KILN__QFMT_COUNT] = {
 #endif
     [KILN__QISA_AVX512VNNI] = {6, 32, 72, 4, 1, kiln__qgemm_uk_6x32__avx512vnni,
                                kiln__qep_tile__avx2, 0},
-    [KILN__QFMT_AVX2_U8S8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_u8s8,
-                              kiln__qep_tile__avx2, 0, kiln__qgemm_uk_6x8__avx2_u8s8},
-    [KILN__QFMT_AVX2_S8U8] = {6, 16, 72, 4, 1, kiln__qgemm_uk_6x16__avx2_s8u8,
-                              kiln__qep_tile__avx2, 1, kiln__qgemm_uk_6x8__avx2_s8u8},
+    [KILN__QFMT_AVX2_U8S8] = {4, 16, 72, 4, 1, kiln__qgemm_uk_4x16__avx2_u8s8,
+                              kiln__qep_tile__avx2, 0, kiln__qgemm_uk_4x8__avx2_u8s8},
+    [KILN__QFMT_AVX2_S8U8] = {4, 16, 72, 4, 1, kiln__qgemm_uk_4x16__avx2_s8u8,
+                              kiln__qep_tile__avx2, 1, kiln__qgemm_uk_4x8__avx2_s8u8},
 #endif
 };
 
@@ -131,6 +131,9 @@ typedef struct pack_job {
   const kiln__qpacked *out;
   bool fast_b16, stored_signed;
   uint8_t xor_;
+  kiln__qgather_fn gather; /* kiln__qpack_gather's source, else NULL */
+  const void *gctx;
+  size_t gb;               /* columns per gathered block */
 } pack_job;
 
 /* Stores one value of a panel in the operand's format. */
@@ -219,8 +222,9 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
   }
 }
 
-void kiln__qpack(struct kiln__pool *pool, kiln__qisa isa, bool is_a, size_t rows, size_t k,
-                 const kiln__qsrc *src, void *mem, kiln__qpacked *out) {
+/* The packed operand's header and the job that fills it (kiln__qpack, kiln__qpack_gather). */
+static pack_job pack_setup(kiln__qisa isa, bool is_a, size_t rows, size_t k, bool src_signed,
+                           void *mem, kiln__qpacked *out) {
   const qimpl *im = &impls[isa];
   bool ok;
   size_t d = data_bytes(im, is_a, rows, k, &ok);
@@ -235,19 +239,105 @@ void kiln__qpack(struct kiln__pool *pool, kiln__qisa isa, bool is_a, size_t rows
      VPMADDUBSW's operand types): a value of the other type is shifted by +-128. */
   bool stored_signed = is_a == im->a_s8;
   if (im->esz == 1)
-    out->zp_off = stored_signed ? (src->is_signed ? 0 : -128) : (src->is_signed ? 128 : 0);
+    out->zp_off = stored_signed ? (src_signed ? 0 : -128) : (src_signed ? 128 : 0);
   size_t R = is_a ? im->mr : im->nr;
-  pack_job j = {im, is_a, rows, k, round_up(rows, R), out->zp_off, src, out};
+  pack_job j = {im, is_a, rows, k, round_up(rows, R), out->zp_off, NULL, out};
   j.stored_signed = stored_signed;
   j.xor_ = out->zp_off ? 0x80 : 0; /* +-128 on a byte is flipping its top bit */
+  return j;
+}
+
+static void pack_run(struct kiln__pool *pool, pack_job *j, void (*fn)(void *, size_t, size_t)) {
+  size_t R = j->is_a ? j->im->mr : j->im->nr, panels = (j->rows + R - 1) / R;
+  if ((double)j->rows * (double)j->k < 32768.0) fn(j, 0, panels);
+  else kiln__parallel_for(pool, panels, fn, j);
+}
+
+void kiln__qpack(struct kiln__pool *pool, kiln__qisa isa, bool is_a, size_t rows, size_t k,
+                 const kiln__qsrc *src, void *mem, kiln__qpacked *out) {
+  pack_job j = pack_setup(isa, is_a, rows, k, src->is_signed, mem, out);
+  j.src = src;
 #ifdef KILN__QGEMM_X86
-  j.fast_b16 = !is_a && im->esz == 1 && im->nr == 16 && src->rs == 1 &&
-               (isa == KILN__QISA_AVXVNNI || isa == KILN__QFMT_AVX2_U8S8 ||
-                isa == KILN__QFMT_AVX2_S8U8);
+  j.fast_b16 = !is_a && j.im->esz == 1 && j.im->nr == 16 && src->rs == 1 &&
+               kiln__qpack_gather_ok(isa);
 #endif
-  size_t panels = (rows + R - 1) / R;
-  if ((double)rows * (double)k < 32768.0) pack_panels(&j, 0, panels);
-  else kiln__parallel_for(pool, panels, pack_panels, &j);
+  pack_run(pool, &j, pack_panels);
+}
+
+bool kiln__qpack_gather_ok(kiln__qisa isa) {
+#ifdef KILN__QGEMM_X86
+  return isa == KILN__QISA_AVXVNNI || isa == KILN__QFMT_AVX2_U8S8 || isa == KILN__QFMT_AVX2_S8U8;
+#else
+  (void)isa;
+  return false;
+#endif
+}
+
+/* B from the gather callback, by blocks of j->gb columns (job items [bb, be), one per thread
+   unless the chunk is wider than GB_MAX): per GK k values the callback writes the block's
+   values into an L1-sized buffer, and its 16-column panels are interleaved from there. Blocks
+   span whole output rows of a conv, so im2col's per-call work is not repeated per panel.
+   A short or narrow panel (the edge kernel's 8 columns) and a partial last quad take the element
+   loop, with zeros stored past the values as pack_panels does. */
+#define GB_MAX 512
+#define GK 64
+static void gather_blocks(void *arg, size_t bb, size_t be) {
+#ifdef KILN__QGEMM_X86
+  const pack_job *j = arg;
+  const size_t R = 16, gb = j->gb;
+  _Alignas(64) uint8_t tmp[GK * GB_MAX];
+  int32_t sums[GB_MAX];
+  for (size_t b = bb; b < be; b++) {
+    size_t c0 = b * gb, cn = KILN__MIN(gb, j->rows - c0);
+    memset(sums, 0, cn * sizeof *sums);
+    for (size_t p0 = 0; p0 < j->k; p0 += KC) {
+      size_t kc = KILN__MIN((size_t)KC, j->k - p0), kcp = round_up(kc, 4);
+      for (size_t s0 = 0; s0 < kc; s0 += GK) {
+        size_t sk = KILN__MIN((size_t)GK, kc - s0), k4 = sk & ~(size_t)3;
+        j->gather(j->gctx, c0, cn, p0 + s0, sk, tmp, gb);
+        for (size_t i = 0; i < cn; i += R) {
+          size_t rn = KILN__MIN(R, cn - i), r0 = c0 + i;
+          size_t W = j->im->uk_edge && rn <= R / 2 ? R / 2 : R;
+          uint8_t *blk = (uint8_t *)j->out->data + p0 * j->rpad + r0 * kcp + s0 * W;
+          size_t pe = 0;
+          if (rn == R) {
+            kiln__qpack_b16_bytes__avx2(tmp + i, gb, k4, j->xor_, j->stored_signed, blk,
+                                        sums + i);
+            pe = k4;
+          }
+          if (pe == sk) continue;
+          /* the rest of this k block's quads, zero-filled (only the last sub-block is partial) */
+          size_t end = s0 + sk == kc ? kcp - s0 : sk;
+          memset(blk + pe * W, 0, (end - pe) * W);
+          for (size_t p = pe; p < sk; p++)
+            for (size_t r = 0; r < rn; r++) {
+              uint8_t v = tmp[p * gb + i + r] ^ j->xor_;
+              blk[(p / 4) * W * 4 + r * 4 + p % 4] = v;
+              sums[i + r] += j->stored_signed ? (int32_t)(int8_t)v : (int32_t)v;
+            }
+        }
+      }
+    }
+    for (size_t r = 0; r < cn; r++) j->out->sums[c0 + r] = sums[r];
+  }
+#else
+  (void)arg, (void)bb, (void)be;
+#endif
+}
+
+void kiln__qpack_gather(struct kiln__pool *pool, kiln__qisa isa, size_t n, size_t k,
+                        bool is_signed, kiln__qgather_fn fn, const void *ctx, void *mem,
+                        kiln__qpacked *out) {
+  pack_job j = pack_setup(isa, false, n, k, is_signed, mem, out);
+  j.gather = fn;
+  j.gctx = ctx;
+  bool serial = (double)n * (double)k < 32768.0;
+  size_t threads = serial || !pool ? 1 : (size_t)kiln__pool_threads(pool);
+  size_t blocks = KILN__MAX(threads, (n + GB_MAX - 1) / GB_MAX);
+  j.gb = KILN__MIN((size_t)GB_MAX, round_up((n + blocks - 1) / blocks, 16));
+  blocks = (n + j.gb - 1) / j.gb;
+  if (serial || blocks == 1) gather_blocks(&j, 0, blocks);
+  else kiln__parallel_for(pool, blocks, gather_blocks, &j);
 }
 
 /* Whether every k pair of the operand, stored as int8 (a uint8 source shifted by -128), has

@@ -59,7 +59,7 @@ typedef enum kiln__qisa {
      kiln__qpack_alloc picks one for a constant AVX2 operand whose stored int8 values satisfy
      |v[2q]| + |v[2q+1]| <= 128 for every k pair, e.g. weights in [-64, 63] (reduce_range), so
      that VPMADDUBSW's saturating int16 pair sum 255 * 128 = 32640 is exact. Bytes in k quads,
-     VPMADDUBSW + VPMADDWD(ones) + VPADDD, 6x16 tile. The other operand is packed per call in the
+     VPMADDUBSW + VPMADDWD(ones) + VPADDD, 4x16 tile. The other operand is packed per call in the
      same format (kiln__qpack with the constant operand's `isa`). */
   KILN__QFMT_AVX2_U8S8 = KILN__QISA_COUNT, /* A u8, B s8 (B is the constant: MatMul weights) */
   KILN__QFMT_AVX2_S8U8,                    /* A s8, B u8 (A is the constant: conv weights) */
@@ -106,6 +106,21 @@ void kiln__qpack(struct kiln__pool *pool, kiln__qisa isa, bool is_a, size_t rows
 kiln_status kiln__qpack_alloc(kiln__qisa isa, bool is_a, size_t rows, size_t k,
                               const kiln__qsrc *src, kiln__qpacked *out, kiln_error *err);
 void kiln__qpacked_free(kiln__qpacked *p);
+
+/* A B operand (k x n) gathered rather than read from a matrix: im2col columns packed straight
+   from the input planes, with no im2col buffer and no second pass over one. The callback writes
+   the values at k indices [p0, p0 + kc) (kc <= 64) of the columns [c0, c0 + cn) (cn <= 512)
+   to dst, row p at dst + p * ld; kiln__qpack_gather interleaves them into the panels while
+   they are in L1. */
+typedef void (*kiln__qgather_fn)(const void *ctx, size_t c0, size_t cn, size_t p0, size_t kc,
+                                 uint8_t *dst, size_t ld);
+/* Whether kiln__qpack_gather packs B for `isa` (the constant operand's format): the 16-column
+   byte formats on x86 (AVX2_U8S8 / _S8U8, AVXVNNI). */
+bool kiln__qpack_gather_ok(kiln__qisa isa);
+/* kiln__qpack of B (n columns) through `fn`; values uint8, or int8 when `is_signed`. */
+void kiln__qpack_gather(struct kiln__pool *pool, kiln__qisa isa, size_t n, size_t k,
+                        bool is_signed, kiln__qgather_fn fn, const void *ctx, void *mem,
+                        kiln__qpacked *out);
 
 /* Zero points: none (n 0), one, or one per row of A / column of B. */
 typedef struct kiln__qzp {
@@ -214,15 +229,15 @@ void kiln__qep__generic(const kiln__qep_row *r);
 void kiln__qgemm_uk_6x16__avx2(size_t groups, const void *restrict a, const void *restrict b,
                                int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qep__avx2(const kiln__qep_row *r);
-void kiln__qgemm_uk_6x16__avx2_u8s8(size_t groups, const void *restrict a, const void *restrict b,
+void kiln__qgemm_uk_4x16__avx2_u8s8(size_t groups, const void *restrict a, const void *restrict b,
                                     int32_t *restrict c, size_t ldc, bool accumulate);
-void kiln__qgemm_uk_6x16__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+void kiln__qgemm_uk_4x16__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
                                     int32_t *restrict c, size_t ldc, bool accumulate);
-/* The byte formats' edge tiles: 6 x 8, for a last B panel of 1-8 columns packed 8 wide (32 bytes
+/* The byte formats' edge tiles: 4 x 8, for a last B panel of 1-8 columns packed 8 wide (32 bytes
    per k quad), so that e.g. 49 columns cost 56, not 64. */
-void kiln__qgemm_uk_6x8__avx2_u8s8(size_t groups, const void *restrict a, const void *restrict b,
+void kiln__qgemm_uk_4x8__avx2_u8s8(size_t groups, const void *restrict a, const void *restrict b,
                                    int32_t *restrict c, size_t ldc, bool accumulate);
-void kiln__qgemm_uk_6x8__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+void kiln__qgemm_uk_4x8__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
                                    int32_t *restrict c, size_t ldc, bool accumulate);
 /* Packs rows [r0, r0 + 16) x k of a byte-format B panel block from a source with rs == 1 (k x n
    row-major: ks is the row length): 16 columns per k quad, 64 bytes; `xor` (0 or 0x80) applies

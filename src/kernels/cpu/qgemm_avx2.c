@@ -69,32 +69,13 @@ TARGET void kiln__qgemm_uk_6x16__avx2(size_t groups, const void *restrict a,
    unsigned operand's bytes by the signed one's and sums adjacent pairs into int16 with
    saturation, which never triggers because the constant signed operand was checked at pack time
    (|v0| + |v1| <= 128, so |pair| <= 32640); VPMADDWD by ones then sums the two pairs of each quad
-   into int32 exactly. U8S8: A (broadcast) unsigned, B signed; S8U8: the reverse. */
-#define BYTE_UK(NAME, MUL)                                                                     \
-  TARGET void NAME(size_t groups, const void *restrict a, const void *restrict b,              \
-                   int32_t *restrict c, size_t ldc, bool accumulate) {                         \
-    const uint8_t *A = a, *B = b;                                                              \
-    const __m256i ones = _mm256_set1_epi16(1);                                                 \
-    __m256i c00 = _mm256_setzero_si256(), c01 = _mm256_setzero_si256();                        \
-    __m256i c10 = _mm256_setzero_si256(), c11 = _mm256_setzero_si256();                        \
-    __m256i c20 = _mm256_setzero_si256(), c21 = _mm256_setzero_si256();                        \
-    __m256i c30 = _mm256_setzero_si256(), c31 = _mm256_setzero_si256();                        \
-    __m256i c40 = _mm256_setzero_si256(), c41 = _mm256_setzero_si256();                        \
-    __m256i c50 = _mm256_setzero_si256(), c51 = _mm256_setzero_si256();                        \
-    for (size_t g = 0; g < groups; g++) {                                                      \
-      __m256i b0 = _mm256_loadu_si256((const __m256i *)B);                                     \
-      __m256i b1 = _mm256_loadu_si256((const __m256i *)(B + 32)), av;                          \
-      BROW(MUL, 0) BROW(MUL, 1) BROW(MUL, 2) BROW(MUL, 3) BROW(MUL, 4) BROW(MUL, 5)            \
-      A += 4 * MR;                                                                             \
-      B += 4 * NR;                                                                             \
-    }                                                                                          \
-    STORE(0);                                                                                  \
-    STORE(1);                                                                                  \
-    STORE(2);                                                                                  \
-    STORE(3);                                                                                  \
-    STORE(4);                                                                                  \
-    STORE(5);                                                                                  \
-  }
+   into int32 exactly. U8S8: A (broadcast) unsigned, B signed; S8U8: the reverse.
+   4 x 16 tiles, not 6 x 16: each product takes two multiplies (VPMADDUBSW, VPMADDWD) and a
+   temporary, so 6 rows need 12 accumulators + 2 B + ones + broadcast + temporary = 17 ymm, and
+   gcc 12 spilled and reloaded 8 accumulators every k quad. 4 rows need 13 registers; the
+   multiply ports bound both alike, so nothing is lost per product (and a 16-channel conv pads
+   its 16 output channels to 16 rows, not 18). */
+#define BMR 4
 #define BROW(MUL, i)                                                                \
   av = bcast8x4(A + 4 * i);                                                         \
   c##i##0 = _mm256_add_epi32(c##i##0, _mm256_madd_epi16(MUL(av, b0), ones));        \
@@ -108,10 +89,32 @@ TARGET static inline __m256i bcast8x4(const uint8_t *p) {
   return _mm256_set1_epi32(v);
 }
 
-BYTE_UK(kiln__qgemm_uk_6x16__avx2_u8s8, MUL_U8S8)
-BYTE_UK(kiln__qgemm_uk_6x16__avx2_s8u8, MUL_S8U8)
+#define BYTE_UK(NAME, MUL)                                                                     \
+  TARGET void NAME(size_t groups, const void *restrict a, const void *restrict b,              \
+                   int32_t *restrict c, size_t ldc, bool accumulate) {                         \
+    const uint8_t *A = a, *B = b;                                                              \
+    const __m256i ones = _mm256_set1_epi16(1);                                                 \
+    __m256i c00 = _mm256_setzero_si256(), c01 = _mm256_setzero_si256();                        \
+    __m256i c10 = _mm256_setzero_si256(), c11 = _mm256_setzero_si256();                        \
+    __m256i c20 = _mm256_setzero_si256(), c21 = _mm256_setzero_si256();                        \
+    __m256i c30 = _mm256_setzero_si256(), c31 = _mm256_setzero_si256();                        \
+    for (size_t g = 0; g < groups; g++) {                                                      \
+      __m256i b0 = _mm256_loadu_si256((const __m256i *)B);                                     \
+      __m256i b1 = _mm256_loadu_si256((const __m256i *)(B + 32)), av;                          \
+      BROW(MUL, 0) BROW(MUL, 1) BROW(MUL, 2) BROW(MUL, 3)                                      \
+      A += 4 * BMR;                                                                            \
+      B += 4 * NR;                                                                             \
+    }                                                                                          \
+    STORE(0);                                                                                  \
+    STORE(1);                                                                                  \
+    STORE(2);                                                                                  \
+    STORE(3);                                                                                  \
+  }
 
-/* The 6 x 8 edge tile of the same formats: one B vector of 8 columns per k quad. */
+BYTE_UK(kiln__qgemm_uk_4x16__avx2_u8s8, MUL_U8S8)
+BYTE_UK(kiln__qgemm_uk_4x16__avx2_s8u8, MUL_S8U8)
+
+/* The 4 x 8 edge tile of the same formats: one B vector of 8 columns per k quad. */
 #define BROW8(MUL, i)                                                                         \
   c##i = _mm256_add_epi32(c##i, _mm256_madd_epi16(MUL(bcast8x4(A + 4 * i), b0), ones));
 #define STORE8(i)                                                                             \
@@ -126,28 +129,26 @@ BYTE_UK(kiln__qgemm_uk_6x16__avx2_s8u8, MUL_S8U8)
     const __m256i ones = _mm256_set1_epi16(1);                                                \
     __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();                         \
     __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();                         \
-    __m256i c4 = _mm256_setzero_si256(), c5 = _mm256_setzero_si256();                         \
     for (size_t g = 0; g < groups; g++) {                                                     \
       __m256i b0 = _mm256_loadu_si256((const __m256i *)B);                                    \
-      BROW8(MUL, 0) BROW8(MUL, 1) BROW8(MUL, 2) BROW8(MUL, 3) BROW8(MUL, 4) BROW8(MUL, 5)     \
-      A += 4 * MR;                                                                            \
+      BROW8(MUL, 0) BROW8(MUL, 1) BROW8(MUL, 2) BROW8(MUL, 3)                                 \
+      A += 4 * BMR;                                                                           \
       B += 4 * NR / 2;                                                                        \
     }                                                                                         \
     STORE8(0);                                                                                \
     STORE8(1);                                                                                \
     STORE8(2);                                                                                \
     STORE8(3);                                                                                \
-    STORE8(4);                                                                                \
-    STORE8(5);                                                                                \
   }
 
-BYTE_UK8(kiln__qgemm_uk_6x8__avx2_u8s8, MUL_U8S8)
-BYTE_UK8(kiln__qgemm_uk_6x8__avx2_s8u8, MUL_S8U8)
+BYTE_UK8(kiln__qgemm_uk_4x8__avx2_u8s8, MUL_U8S8)
+BYTE_UK8(kiln__qgemm_uk_4x8__avx2_s8u8, MUL_S8U8)
 #undef BROW8
 #undef STORE8
 #undef BYTE_UK8
 #undef BROW
 #undef STORE
+#undef BMR
 #undef BYTE_UK
 
 TARGET void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc, uint8_t xor_,

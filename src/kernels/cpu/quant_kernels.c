@@ -1,7 +1,8 @@
 /* Optimized CPU kernels for the quantization ops: QuantizeLinear, DequantizeLinear,
  * DynamicQuantizeLinear (vectorized conversions), MatMulInteger and QLinearMatMul (the integer
- * GEMM of qgemm.h), ConvInteger and QLinearConv (im2col into 8-bit columns + the integer GEMM;
- * 1x1 convolutions read the input directly).
+ * GEMM of qgemm.h), ConvInteger and QLinearConv (im2col columns + the integer GEMM; 1x1
+ * convolutions read the input directly; with byte-format weights the columns are packed
+ * straight from the input, kiln__qpack_gather, with no im2col buffer).
  *
  * Every row computes exactly what the reference kernel (src/kernels/ref/quant.c) computes, bit
  * for bit: integer sums are exact, and requantization performs the same float operations in the
@@ -329,6 +330,8 @@ typedef struct qconv_state {
   kiln__conv2d cv;
   kiln__qpacked *pw; /* one packed mg x kk weight matrix per group (the GEMM's A) */
   kiln__qisa bsize_fmt; /* of the groups' formats, the one whose packed columns are largest */
+  bool gather;       /* every group's format packs its columns straight from the input
+                        (kiln__qpack_gather): no im2col buffer */
 } qconv_state;
 
 static const kiln_tensor *const_q8(const kiln__value *v) {
@@ -381,6 +384,8 @@ static kiln_status qconv_prepare(const kiln__node *n, const kiln__graph *g, void
     s->bsize_fmt = s->pw[0].isa;
     for (size_t i = 1; i < s->cv.groups; i++)
       if (s->pw[i].isa != s->bsize_fmt) s->bsize_fmt = s->isa;
+    s->gather = true;
+    for (size_t i = 0; i < s->cv.groups; i++) s->gather &= kiln__qpack_gather_ok(s->pw[i].isa);
   }
   if (st != KILN_OK) {
     qconv_release(s);
@@ -424,10 +429,11 @@ static bool qconv_geom_get(const kiln__kctx *c, const qconv_state *s, qconv_geom
   return true;
 }
 
-/* Scratch: im2col columns (unless pointwise), their packed copy, per-row multipliers and bias. */
+/* Scratch: im2col columns (unless pointwise or gathered), their packed copy, per-row multipliers
+   and bias. */
 static size_t qconv_scratch_for(const qconv_state *s, const qconv_geom *cg) {
   if (s->dw) return align64(s->cv.m * sizeof(float));
-  size_t cols = cg->pointwise ? 0 : align64(s->cv.kk * cg->chunk);
+  size_t cols = cg->pointwise || s->gather ? 0 : align64(s->cv.kk * cg->chunk);
   return cols + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg->chunk, s->cv.kk)) +
          align64(s->cv.m * sizeof(float));
 }
@@ -493,46 +499,54 @@ static void tap_span(int64_t first, int64_t sw, int64_t w, int64_t run, int64_t 
   *hi = KILN__MAX(*lo, KILN__MIN(h, run));
 }
 
-static void im2col_rows(void *arg, size_t r0, size_t r1) {
-  const im2col_job *j = arg;
+/* Row r (kernel tap) of the columns [qa, qb) into dst. */
+static void im2col_tap(const im2col_job *j, size_t r, size_t qa, size_t qb, uint8_t *dst) {
   const qconv_state *s = j->s;
   const qconv_geom *g = j->g;
-  size_t ld = j->q1 - j->q0;
   int64_t sw = s->cv.sw, w = (int64_t)g->w;
-  for (size_t r = r0; r < r1; r++) {
-    size_t ci = r / (s->cv.kh * s->cv.kw), ky = r / s->cv.kw % s->cv.kh, kx = r % s->cv.kw;
-    const uint8_t *xp = j->x + ci * g->h * g->w;
-    uint8_t *dst = j->col + r * ld;
-    size_t oy = j->q0 / g->ow, ox = j->q0 % g->ow;
-    int64_t ix0 = (int64_t)kx * s->cv.dw - g->pl;
-    /* The span of a whole output row (ox 0), the same for every row: computed once. */
-    int64_t lo_row, hi_row;
-    tap_span(ix0, sw, w, (int64_t)g->ow, &lo_row, &hi_row);
-    for (size_t q = j->q0; q < j->q1;) {
-      int64_t iy = (int64_t)oy * s->cv.sh - g->pt + (int64_t)ky * s->cv.dh;
-      size_t run = KILN__MIN(g->ow - ox, j->q1 - q);
-      if (iy < 0 || iy >= (int64_t)g->h) {
-        fill_short(dst, j->pad, run);
+  size_t ci = r / (s->cv.kh * s->cv.kw), ky = r / s->cv.kw % s->cv.kh, kx = r % s->cv.kw;
+  const uint8_t *xp = j->x + ci * g->h * g->w;
+  size_t oy = qa / g->ow, ox = qa % g->ow;
+  int64_t ix0 = (int64_t)kx * s->cv.dw - g->pl;
+  /* The span of a whole output row (ox 0), the same for every row: computed once. */
+  int64_t lo_row, hi_row;
+  tap_span(ix0, sw, w, (int64_t)g->ow, &lo_row, &hi_row);
+  for (size_t q = qa; q < qb;) {
+    int64_t iy = (int64_t)oy * s->cv.sh - g->pt + (int64_t)ky * s->cv.dh;
+    size_t run = KILN__MIN(g->ow - ox, qb - q);
+    if (iy < 0 || iy >= (int64_t)g->h) {
+      fill_short(dst, j->pad, run);
+    } else {
+      const uint8_t *xrow = xp + (size_t)iy * g->w;
+      int64_t first = (int64_t)ox * sw + ix0, lo, hi;
+      if (ox == 0) {
+        lo = KILN__MIN(lo_row, (int64_t)run);
+        hi = KILN__MAX(lo, KILN__MIN(hi_row, (int64_t)run));
       } else {
-        const uint8_t *xrow = xp + (size_t)iy * g->w;
-        int64_t first = (int64_t)ox * sw + ix0, lo, hi;
-        if (ox == 0) {
-          lo = KILN__MIN(lo_row, (int64_t)run);
-          hi = KILN__MAX(lo, KILN__MIN(hi_row, (int64_t)run));
-        } else {
-          tap_span(first, sw, w, (int64_t)run, &lo, &hi);
-        }
-        if (lo) fill_short(dst, j->pad, (size_t)lo);
-        if (sw == 1) copy_short(dst + lo, xrow + first + lo, (size_t)(hi - lo));
-        else copy_strided(dst, xrow + first, sw, lo, hi, w - first);
-        if ((int64_t)run > hi) fill_short(dst + hi, j->pad, (size_t)((int64_t)run - hi));
+        tap_span(first, sw, w, (int64_t)run, &lo, &hi);
       }
-      dst += run;
-      q += run;
-      ox = 0;
-      oy++;
+      if (lo) fill_short(dst, j->pad, (size_t)lo);
+      if (sw == 1) copy_short(dst + lo, xrow + first + lo, (size_t)(hi - lo));
+      else copy_strided(dst, xrow + first, sw, lo, hi, w - first);
+      if ((int64_t)run > hi) fill_short(dst + hi, j->pad, (size_t)((int64_t)run - hi));
     }
+    dst += run;
+    q += run;
+    ox = 0;
+    oy++;
   }
+}
+
+static void im2col_rows(void *arg, size_t r0, size_t r1) {
+  const im2col_job *j = arg;
+  for (size_t r = r0; r < r1; r++) im2col_tap(j, r, j->q0, j->q1, j->col + r * (j->q1 - j->q0));
+}
+
+/* kiln__qgather_fn of the chunk [q0, q1): rows of im2col, a block of columns at a time. */
+static void im2col_gather(const void *ctx, size_t c0, size_t cn, size_t p0, size_t kc,
+                          uint8_t *dst, size_t ld) {
+  const im2col_job *j = ctx;
+  for (size_t p = 0; p < kc; p++) im2col_tap(j, p0 + p, j->q0 + c0, j->q0 + c0 + cn, dst + p * ld);
 }
 
 static kiln_status qconv_execute(kiln__kctx *c, void *state) {
@@ -544,7 +558,7 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   if (c->scratch_bytes < qconv_scratch_for(s, &cg)) return c->node->op->run(c);
   uint8_t *mem = c->scratch;
   uint8_t *col = mem;
-  size_t colb = cg.pointwise || s->dw ? 0 : align64(s->cv.kk * cg.chunk);
+  size_t colb = cg.pointwise || s->dw || s->gather ? 0 : align64(s->cv.kk * cg.chunk);
   uint8_t *bmem = mem + colb;
   float *mult = s->dw ? (float *)mem
                       : (float *)(bmem + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg.chunk,
@@ -598,13 +612,18 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
       for (size_t q0 = 0; q0 < cg.p; q0 += cg.chunk) {
         size_t q1 = KILN__MIN(cg.p, q0 + cg.chunk);
         kiln__qsrc src = {xg, xs8, 1, cg.p};
-        if (!cg.pointwise) {
-          im2col_job j = {s, &cg, xg, col, q0, q1, pad};
-          kiln__parallel_for(c->pool, s->cv.kk, im2col_rows, &j);
-          src = (kiln__qsrc){col, xs8, 1, q1 - q0};
-        }
         kiln__qpacked pb;
-        kiln__qpack(c->pool, s->pw[gi].isa, false, q1 - q0, s->cv.kk, &src, bmem, &pb);
+        im2col_job j = {s, &cg, xg, col, q0, q1, pad};
+        if (!cg.pointwise && s->gather) {
+          kiln__qpack_gather(c->pool, s->pw[gi].isa, q1 - q0, s->cv.kk, xs8, im2col_gather, &j,
+                             bmem, &pb);
+        } else {
+          if (!cg.pointwise) {
+            kiln__parallel_for(c->pool, s->cv.kk, im2col_rows, &j);
+            src = (kiln__qsrc){col, xs8, 1, q1 - q0};
+          }
+          kiln__qpack(c->pool, s->pw[gi].isa, false, q1 - q0, s->cv.kk, &src, bmem, &pb);
+        }
         g.n = q1 - q0;
         g.b = &pb;
         g.c = (uint8_t *)y->data + (yoff + q0) * out_esz;
