@@ -42,6 +42,20 @@ static float oracle(const kiln__dw_geom *g, const float *x, const float *w, floa
   return v;
 }
 
+/* The epilogues every case runs: none, Relu, Clip, LeakyRelu (which reads the vector math). */
+#define N_EPS 4
+static void test_epilogues(kiln__epilogue eps[N_EPS]) {
+  const kiln__vmath *vm = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__vmath_select(&vm, &err), KILN_OK);
+  eps[0] = (kiln__epilogue){.act = KILN__ACT_NONE};
+  eps[1] = (kiln__epilogue){.act = KILN__ACT_RELU};
+  eps[2] = (kiln__epilogue){.act = KILN__ACT_CLIP, .lo = 0.0f, .hi = 0.5f};
+  eps[3] = (kiln__epilogue){.act = KILN__ACT_LEAKYRELU, .lo = 0.1f, .vm = vm};
+}
+
+static bool close_to(float y, float want) { return fabsf(y - want) <= 1e-5f * (1.0f + fabsf(want)); }
+
 /* One plane with each epilogue; mode 0 no residual, 1 a separate residual, 2 residual == y. pf:
    the geometry's prefetch hint (stride 2 prefetches one band ahead, past the plane's end in its
    last band: the addresses are never read). */
@@ -63,14 +77,9 @@ static void check_pf(kiln__isa isa, size_t h, size_t w, size_t s, size_t pt, siz
   for (size_t i = 0; i < in; i++) x[i] = frand(&seed) * 3.0f;
   for (size_t i = 0; i < 9; i++) wt[i] = frand(&seed);
   float bias = frand(&seed);
-  const kiln__vmath *vm = NULL;
-  kiln_error err = {0};
-  assert_int_equal(kiln__vmath_select(&vm, &err), KILN_OK);
-  const kiln__epilogue eps[] = {{.act = KILN__ACT_NONE},
-                                {.act = KILN__ACT_RELU},
-                                {.act = KILN__ACT_CLIP, .lo = 0.0f, .hi = 0.5f},
-                                {.act = KILN__ACT_LEAKYRELU, .lo = 0.1f, .vm = vm}};
-  for (size_t e = 0; e < sizeof eps / sizeof eps[0]; e++)
+  kiln__epilogue eps[N_EPS];
+  test_epilogues(eps);
+  for (size_t e = 0; e < N_EPS; e++)
     for (int mode = 0; mode < 3; mode++) {
       for (size_t i = 0; i < out; i++) z[i] = frand(&seed);
       const float *zz = mode == 0 ? NULL : z;
@@ -83,7 +92,7 @@ static void check_pf(kiln__isa isa, size_t h, size_t w, size_t s, size_t pt, siz
         for (size_t i = 0; i < out; i++) y[i] = NAN;
       kiln__dwconv_plane_f32(isa, &g, x, wt, bias, zz, dst, &eps[e]);
       for (size_t i = 0; i < out; i++)
-        if (!(fabsf(dst[i] - want[i]) <= 1e-5f * (1.0f + fabsf(want[i])))) {
+        if (!close_to(dst[i], want[i])) {
           fail_msg("isa %s h %zu w %zu s %zu pads %zu %zu %zu %zu act %zu mode %d: y[%zu] = %g, "
                    "want %g", kiln__isa_name(isa), h, w, s, pt, pl, pb, pr, e, mode, i,
                    (double)dst[i], (double)want[i]);
@@ -171,14 +180,9 @@ static void check_flat(size_t h, size_t w, size_t count, bool with_bias) {
   for (size_t i = 0; i < n; i++) x[i] = frand(&seed) * 3.0f;
   for (size_t i = 0; i < 9 * count; i++) wt[i] = frand(&seed);
   for (size_t i = 0; i < count; i++) bias[i] = frand(&seed);
-  const kiln__vmath *vm = NULL;
-  kiln_error err = {0};
-  assert_int_equal(kiln__vmath_select(&vm, &err), KILN_OK);
-  const kiln__epilogue eps[] = {{.act = KILN__ACT_NONE},
-                                {.act = KILN__ACT_RELU},
-                                {.act = KILN__ACT_CLIP, .lo = 0.0f, .hi = 0.5f},
-                                {.act = KILN__ACT_LEAKYRELU, .lo = 0.1f, .vm = vm}};
-  for (size_t e = 0; e < sizeof eps / sizeof eps[0]; e++)
+  kiln__epilogue eps[N_EPS];
+  test_epilogues(eps);
+  for (size_t e = 0; e < N_EPS; e++)
     for (int mode = 0; mode < 3; mode++) {
       for (size_t i = 0; i < n; i++) z[i] = frand(&seed);
       const float *zz = mode == 0 ? NULL : z;
@@ -193,7 +197,7 @@ static void check_flat(size_t h, size_t w, size_t count, bool with_bias) {
         for (size_t i = 0; i < n; i++) y[i] = NAN;
       kiln__dw3x3_flat_avx2(&g, count, x, p, wt, with_bias ? bias : NULL, zz, dst, p, &eps[e]);
       for (size_t i = 0; i < n; i++)
-        if (!(fabsf(dst[i] - want[i]) <= 1e-5f * (1.0f + fabsf(want[i]))))
+        if (!close_to(dst[i], want[i]))
           fail_msg("flat h %zu w %zu count %zu bias %d act %zu mode %d: y[%zu] = %g, want %g", h,
                    w, count, with_bias, e, mode, i, (double)dst[i], (double)want[i]);
     }
