@@ -54,7 +54,9 @@ static void test_epilogues(kiln__epilogue eps[N_EPS]) {
   eps[3] = (kiln__epilogue){.act = KILN__ACT_LEAKYRELU, .lo = 0.1f, .vm = vm};
 }
 
-static bool close_to(float y, float want) { return fabsf(y - want) <= 1e-5f * (1.0f + fabsf(want)); }
+static bool close_to(float y, float want) {
+  return fabsf(y - want) <= 1e-5f * (1.0f + fabsf(want));
+}
 
 /* One plane with each epilogue; mode 0 no residual, 1 a separate residual, 2 residual == y. pf:
    the geometry's prefetch hint (stride 2 prefetches one band ahead, past the plane's end in its

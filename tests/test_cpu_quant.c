@@ -494,8 +494,9 @@ static void dw3_small_cases(kiln__pool *pool) {
 
 /* qconv_dwc.c's channel blocks: 16 channels and more (a partial last block: 17, 33), widths
    around its 16-column transposes (1, 7, 15-17, 31-33, 56), MobileNetV2's planes, 112-wide
-   planes cut into bands of rows (40 rows: 7 bands at stride 1), batch 2 (the input's last rows take the exact copies), every
-   pad 0-3 on each side, strides 1 and 2; dtypes, node kinds and zero-point modes rotate. */
+   planes cut into bands of rows (40 rows: 7 bands at stride 1), batch 2 (the input's last rows
+   take the exact copies), every pad 0-3 on each side, strides 1 and 2; dtypes, node kinds and
+   zero-point modes rotate. */
 static void dw3_channel_block_cases(kiln__pool *pool) {
   static const int64_t hw[][2] = {{1, 1}, {7, 7}, {3, 15}, {14, 16}, {5, 17}, {9, 31},
                                   {4, 32}, {28, 33}, {11, 56}, {40, 112}, {2, 300}};

@@ -84,7 +84,8 @@ TARGET static void fill_row(const kiln__qdw_args *a, size_t b, size_t c0, int64_
     __m128i in[16], out[16];
     /* 16 bytes of each channel (past the row's end: other bytes, overwritten later) */
     if (nc == CB && (size_t)(xend - (x + (CB - 1) * plane + ix)) >= 16) {
-      for (size_t c = 0; c < CB; c++) in[c] = _mm_loadu_si128((const __m128i *)(x + c * plane + ix));
+      for (size_t c = 0; c < CB; c++)
+        in[c] = _mm_loadu_si128((const __m128i *)(x + c * plane + ix));
     } else {
       for (size_t c = 0; c < CB; c++) {
         const uint8_t *p = c < nc ? x + c * plane + ix : NULL;
@@ -101,9 +102,11 @@ TARGET static void fill_row(const kiln__qdw_args *a, size_t b, size_t c0, int64_
     transpose16(in, out);
     __m256i *o = (__m256i *)(d + (pl + ix) * CB);
     if (a->x_signed)
-      for (size_t k = 0; k < 16; k++) _mm256_storeu_si256(o + k, _mm256_sub_epi16(_mm256_cvtepi8_epi16(out[k]), zx));
+      for (size_t k = 0; k < 16; k++)
+        _mm256_storeu_si256(o + k, _mm256_sub_epi16(_mm256_cvtepi8_epi16(out[k]), zx));
     else
-      for (size_t k = 0; k < 16; k++) _mm256_storeu_si256(o + k, _mm256_sub_epi16(_mm256_cvtepu8_epi16(out[k]), zx));
+      for (size_t k = 0; k < 16; k++)
+        _mm256_storeu_si256(o + k, _mm256_sub_epi16(_mm256_cvtepu8_epi16(out[k]), zx));
   }
   if (pl + w < wp) memset(d + (pl + w) * CB, 0, (wp - pl - w) * PIX);
 }
@@ -236,7 +239,8 @@ TARGET static void bands(void *arg, size_t i0, size_t i1) {
     size_t oy0 = band * j->band_rows, oy1 = KILN__MIN(oy0 + j->band_rows, a->oh);
     size_t rows = (oy1 - oy0 - 1) * s + 3;
     int64_t iy0 = (int64_t)(oy0 * s) - a->pt;
-    for (size_t r = 0; r < rows; r++) fill_row(a, b, c0, iy0 + (int64_t)r, j->wp, tile + r * j->wp * CB);
+    for (size_t r = 0; r < rows; r++)
+      fill_row(a, b, c0, iy0 + (int64_t)r, j->wp, tile + r * j->wp * CB);
     if (s == 1) band_body(j, b, c0, oy0, oy1, tile, &k, 1); /* a constant stride inlined */
     else band_body(j, b, c0, oy0, oy1, tile, &k, 2);
   }
