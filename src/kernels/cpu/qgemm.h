@@ -239,6 +239,25 @@ void kiln__qgemm_uk_4x8__avx2_u8s8(size_t groups, const void *restrict a, const 
                                    int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qgemm_uk_4x8__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
                                    int32_t *restrict c, size_t ldc, bool accumulate);
+/* The requantization of whole rows of a tile in the microkernel's registers (the conv case:
+   per-row multiplier, weights' za 0, uniform zb, no per-column bias), for a k that fits one k
+   block: no int32 tile is stored and read back. Row i's sums become
+   clamp((float)(acc + radd[i]) * mult[i]) + zy, in the tile epilogue's exact operations. */
+typedef struct kiln__qreq_rows {
+  const int32_t *radd; /* per row: the folded zb term and bias */
+  const float *mult;   /* per row */
+  int32_t zy, lo, hi;
+  bool to_signed;
+} kiln__qreq_rows;
+
+/* rows (1..MR) rows of the full 16 columns of a 4 x 16 byte-format tile over `groups` k quads,
+   requantized to dst (row stride ldd bytes). */
+typedef void (*kiln__qgemm_ukernel_req)(size_t groups, const void *restrict a,
+                                        const void *restrict b, const kiln__qreq_rows *q,
+                                        size_t rows, uint8_t *restrict dst, size_t ldd);
+void kiln__qgemm_ukq_4x16__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+                                     const kiln__qreq_rows *q, size_t rows, uint8_t *restrict dst,
+                                     size_t ldd);
 /* Packs rows [r0, r0 + 16) x k of a byte-format B panel block from a source with rs == 1 (k x n
    row-major: ks is the row length): 16 columns per k quad, 64 bytes; `xor` (0 or 0x80) applies
    the +-128 shift. Adds each column's sum of stored values (as int8 when `stored_signed`) to
