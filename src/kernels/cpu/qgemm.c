@@ -161,7 +161,8 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
     size_t r0 = pi * R, rn = KILN__MIN(R, j->rows - r0);
     /* Stored width of this panel: a narrow last B panel for the edge kernel. */
     size_t W = !j->is_a && im->uk_edge && rn <= R / 2 ? R / 2 : R;
-    int32_t sums[64] = {0}; /* R <= 32 */
+    int32_t sums[32]; /* R <= 32 */
+    memset(sums, 0, R * sizeof *sums);
     for (size_t p0 = 0; p0 < j->k; p0 += KC) {
       size_t kc = KILN__MIN((size_t)KC, j->k - p0), kcp = round_up(kc, KP);
       uint8_t *blk = (uint8_t *)j->out->data + (p0 * j->rpad + r0 * kcp) * esz;
