@@ -170,7 +170,7 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
       if (fast_b && rn == R) {
         size_t k4 = kc & ~(size_t)3;
         kiln__qpack_b16_bytes__avx2(u8 + r0 + p0 * s->ks, s->ks, k4, j->xor_,
-                                    j->stored_signed, blk, sums);
+                                    j->stored_signed, blk, s->no_sums ? NULL : sums);
         if (k4 == kc) continue;
         /* the last partial quad: the generic loop below, zero-filled */
         memset(blk + k4 * R, 0, (kcp - k4) * R);

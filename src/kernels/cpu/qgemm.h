@@ -92,6 +92,9 @@ typedef struct kiln__qsrc {
   const void *base;
   bool is_signed;  /* int8, else uint8 */
   size_t rs, ks;
+  /* B only: the caller's A has every za (with its zp_off) 0, so the column sums are never read;
+     the 16-column byte packer then skips them (the stored sums are unspecified). */
+  bool no_sums;
 } kiln__qsrc;
 
 /* Bytes of packed storage (data and sums) for an operand; 0 on overflow. */
@@ -261,7 +264,7 @@ void kiln__qgemm_ukq_4x16__avx2_s8u8(size_t groups, const void *restrict a, cons
 /* Packs rows [r0, r0 + 16) x k of a byte-format B panel block from a source with rs == 1 (k x n
    row-major: ks is the row length): 16 columns per k quad, 64 bytes; `xor` (0 or 0x80) applies
    the +-128 shift. Adds each column's sum of stored values (as int8 when `stored_signed`) to
-   sums[0..16). Full panels only (16 columns, kc a multiple of 4). */
+   sums[0..16), unless sums is NULL. Full panels only (16 columns, kc a multiple of 4). */
 void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc, uint8_t xor_,
                                  bool stored_signed, uint8_t *dst, int32_t *sums);
 void kiln__qgemm_uk_6x16__avxvnni(size_t groups, const void *restrict a, const void *restrict b,

@@ -199,8 +199,12 @@ BYTE_UK8(kiln__qgemm_uk_4x8__avx2_s8u8, MUL_S8U8)
 #undef BMR
 #undef BYTE_UK
 
-TARGET void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc, uint8_t xor_,
-                                        bool stored_signed, uint8_t *dst, int32_t *sums) {
+/* with_sums is a constant in each instance (below). */
+__attribute__((always_inline)) TARGET static inline void pack_b16(const uint8_t *src, size_t ks,
+                                                                  size_t kc, uint8_t xor_,
+                                                                  bool stored_signed, uint8_t *dst,
+                                                                  int32_t *sums,
+                                                                  const bool with_sums) {
   const __m128i x = _mm_set1_epi8((char)xor_);
   /* Column sums: VPMADDUBSW of the quads by ones (u8 x s8 or, with the operands swapped, the
      stored int8 x u8 ones), then VPMADDWD by ones: one int32 per column per quad, exact. */
@@ -219,15 +223,23 @@ TARGET void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc
     _mm256_storeu_si256((__m256i *)dst, q0);
     _mm256_storeu_si256((__m256i *)(dst + 32), q1);
     dst += 64;
+    if (!with_sums) continue;
     __m256i m0 = stored_signed ? _mm256_maddubs_epi16(ones8, q0) : _mm256_maddubs_epi16(q0, ones8);
     __m256i m1 = stored_signed ? _mm256_maddubs_epi16(ones8, q1) : _mm256_maddubs_epi16(q1, ones8);
     s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(m0, ones16));
     s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(m1, ones16));
   }
+  if (!with_sums) return;
   int32_t t[16];
   _mm256_storeu_si256((__m256i *)t, s0);
   _mm256_storeu_si256((__m256i *)(t + 8), s1);
   for (int i = 0; i < 16; i++) sums[i] += t[i];
+}
+
+TARGET void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc, uint8_t xor_,
+                                        bool stored_signed, uint8_t *dst, int32_t *sums) {
+  if (sums) pack_b16(src, ks, kc, xor_, stored_signed, dst, sums, true);
+  else pack_b16(src, ks, kc, xor_, stored_signed, dst, NULL, false);
 }
 
 /* 8 int32 in [lo, hi] to 8 bytes. */
