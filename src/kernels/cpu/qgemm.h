@@ -28,7 +28,9 @@
  * int32 accumulator block on the stack, walks k in KC blocks, then runs the epilogue: int32 out
  * (MatMulInteger, ConvInteger) or requantization to uint8/int8 (QLinear*), which is
  *   y = clamp(rint((float)(acc + bias) * mult) + zy)
- * in exactly the reference kernel's float operations, so its results are bit-identical. */
+ * in exactly the reference kernel's float operations, so its results are bit-identical. In the
+ * conv case with k <= KC the AVX2 S8U8 format requantizes full 16-column panels in the
+ * microkernel's registers instead (kiln__qgemm_ukernel_req), with the same operations. */
 #ifndef KILN_KERNELS_CPU_QGEMM_H
 #define KILN_KERNELS_CPU_QGEMM_H
 
