@@ -936,6 +936,58 @@ static void gathered_columns_match_reference(void **st) {
 }
 
 /* The qualification rule itself, at its boundary, on tiny operands packed directly. */
+/* Pointwise QLinearConvs on the byte format with the weights' zero point at 0 after the format's
+   offset (int8 weights with zp 0, uint8 ones with zp 128): the tiles whose whole k fits one k
+   block are requantized in the microkernel's registers (kiln__qgemm_ukq_*), the partial last
+   panels through the int32 tile and the epilogue. k = 1 .. 40 (odd k: a partial last quad), row
+   counts that are not multiples of 4 and one past a 72-row tile, planes whose column counts
+   leave full panels only, a 9-15 column panel and an edge panel of 1-8, uint8 / int8 inputs and
+   outputs, per-channel weight scales, with and without bias, and a tiny output scale on some
+   (every output saturated at one end or the other). */
+static void pointwise_small_k_cases(kiln__pool *pool) {
+  static const uint8_t w_zp128 = 128;
+  static const int64_t planes[][2] = {{4, 8}, {5, 7}, {6, 9}, {11, 13}, {1, 1}, {7, 7}};
+  for (int64_t k = 1; k <= 40; k++)
+    for (int combo = 0; combo < 4; combo++) {
+      kiln_dtype xt = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+      kiln_dtype wt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+      kiln_dtype yt = (k + combo) % 3 == 0 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+      int64_t m = k == 17 ? 75 : 1 + (k * 7 + combo * 5) % 23;
+      const int64_t *pl = planes[(size_t)(k + combo) % KILN__ARRAY_LEN(planes)];
+      static float ws[128];
+      for (int64_t j = 0; j < m; j++) ws[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
+      float xs = 0.02f, ys = 0.02f * 0.01f * 3.0f * sqrtf((float)k);
+      if ((k + combo) % 5 == 0) ys = 1e-7f; /* saturating */
+      bool has_bias = (k + combo) % 2 == 0;
+      tin ins[9] = {{xt, 4, {1, k, pl[0], pl[1]}},
+                    {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
+                    {xt, 0, {0}, true},
+                    {wt, 4, {m, k, 1, 1}, true},
+                    {KILN_DTYPE_FLOAT, 1, {m}, true, ws},
+                    {wt, 0, {0}, true, wt == KILN_DTYPE_UINT8 ? &w_zp128 : &zero8},
+                    {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
+                    {yt, 0, {0}, true},
+                    {KILN_DTYPE_INT32, 1, {m}, true}};
+      onenode o;
+      onenode_make(&o, "QLinearConv", has_bias ? 9 : 8, ins, 1);
+      qualify_weights(&o, 3, true, false);
+      if (k % 4 == 1) extreme_acts(&o.in[0]);
+      o.expect_fmt = 1;
+      char what[112];
+      snprintf(what, sizeof what, "1x1 k %lld m %lld plane %lldx%lld x %s w %s y %s%s",
+               (long long)k, (long long)m, (long long)pl[0], (long long)pl[1],
+               kiln_dtype_name(xt), kiln_dtype_name(wt), kiln_dtype_name(yt),
+               has_bias ? " bias" : "");
+      onenode_check(&o, pool, what);
+      onenode_free(&o);
+    }
+}
+
+static void pointwise_small_k_match_reference(void **st) {
+  (void)st;
+  kt_for_each_qisa(pointwise_small_k_cases);
+}
+
 static void byte_format_choice(void **st) {
   (void)st;
   if (!kiln__qisa_supported(KILN__QISA_AVX2)) {
@@ -1104,6 +1156,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(qlinearadd_matches_reference),
       cmocka_unit_test(qlinearglobalavgpool_matches_reference),
       cmocka_unit_test(qdq_match_reference),
+      cmocka_unit_test(pointwise_small_k_match_reference),
       cmocka_unit_test(byte_format_choice),
       cmocka_unit_test(byte_formats_match_reference),
       cmocka_unit_test(uncovered_forms_fall_back),

@@ -25,6 +25,8 @@ typedef struct qimpl {
   /* MR x NR/2 kernel for a last B panel of at most NR/2 columns, which is then packed NR/2 wide
      (NULL: none, every panel NR wide) */
   kiln__qgemm_ukernel uk_edge;
+  /* MR x NR kernel that requantizes in registers (the conv case with k <= KC), or NULL */
+  kiln__qgemm_ukernel_req ukq;
 } qimpl;
 
 static const qimpl impls[KILN__QFMT_COUNT] = {
@@ -41,7 +43,8 @@ static const qimpl impls[KILN__QFMT_COUNT] = {
     [KILN__QFMT_AVX2_U8S8] = {4, 16, 72, 4, 1, kiln__qgemm_uk_4x16__avx2_u8s8,
                               kiln__qep_tile__avx2, 0, kiln__qgemm_uk_4x8__avx2_u8s8},
     [KILN__QFMT_AVX2_S8U8] = {4, 16, 72, 4, 1, kiln__qgemm_uk_4x16__avx2_s8u8,
-                              kiln__qep_tile__avx2, 1, kiln__qgemm_uk_4x8__avx2_s8u8},
+                              kiln__qep_tile__avx2, 1, kiln__qgemm_uk_4x8__avx2_s8u8,
+                              kiln__qgemm_ukq_4x16__avx2_s8u8},
 #endif
 };
 
@@ -158,7 +161,8 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
     size_t r0 = pi * R, rn = KILN__MIN(R, j->rows - r0);
     /* Stored width of this panel: a narrow last B panel for the edge kernel. */
     size_t W = !j->is_a && im->uk_edge && rn <= R / 2 ? R / 2 : R;
-    int32_t sums[64] = {0}; /* R <= 32 */
+    int32_t sums[32]; /* R <= 32 */
+    memset(sums, 0, R * sizeof *sums);
     for (size_t p0 = 0; p0 < j->k; p0 += KC) {
       size_t kc = KILN__MIN((size_t)KC, j->k - p0), kcp = round_up(kc, KP);
       uint8_t *blk = (uint8_t *)j->out->data + (p0 * j->rpad + r0 * kcp) * esz;
@@ -166,7 +170,7 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
       if (fast_b && rn == R) {
         size_t k4 = kc & ~(size_t)3;
         kiln__qpack_b16_bytes__avx2(u8 + r0 + p0 * s->ks, s->ks, k4, j->xor_,
-                                    j->stored_signed, blk, sums);
+                                    j->stored_signed, blk, s->no_sums ? NULL : sums);
         if (k4 == kc) continue;
         /* the last partial quad: the generic loop below, zero-filled */
         memset(blk + k4 * R, 0, (kcp - k4) * R);
@@ -465,6 +469,8 @@ static void qtiles(void *arg, size_t begin, size_t end) {
      makes zb * rowterm a constant of the row, folded into radd with a per-row bias. */
   bool zb_uniform = g->zb.n <= 1;
   int32_t zbu = zp_at(&g->zb, 0) + B->zp_off;
+  /* The requantizing microkernel's case (kiln__qreq_rows); za is checked per tile. */
+  const bool fuse = im->ukq && req && g->per_row && zb_uniform && g->k <= KC;
   kiln__qep_tile et = {.ldacc = NC, .rowterm = rtr, .radd = raddr, .zy = g->zy,
                        .lo = g->kind == KILN__QOUT_U8 ? 0 : -128,
                        .hi = g->kind == KILN__QOUT_U8 ? 255 : 127, .kind = g->kind,
@@ -488,11 +494,31 @@ static void qtiles(void *arg, size_t begin, size_t end) {
       for (size_t j = 0; j < nc; j++) zbv[j] = zp_at(&g->zb, j0 + j) + B->zp_off;
     const int32_t *cbias = req && !g->per_row && g->bias ? g->bias + j0 : NULL;
     const float *cmult = !g->per_row && g->mult ? g->mult + j0 : NULL;
+    /* Columns [0, jq) of the tile are requantized by im->ukq (full panels only); the rest (an
+       edge or short last panel) through acc and the epilogue. */
+    size_t jq = 0;
+    if (fuse && !any_za) {
+      jq = nc & ~(im->nr - 1);
+      size_t kcp = round_up(g->k, im->kp);
+      const uint8_t *ab = (const uint8_t *)A->data + i0 * kcp * im->esz;
+      const uint8_t *bb = (const uint8_t *)B->data + j0 * kcp * im->esz;
+      kiln__qreq_rows q = {.mult = multr, .zy = g->zy, .lo = et.lo, .hi = et.hi,
+                           .to_signed = g->kind == KILN__QOUT_S8};
+      uint8_t *d0 = (uint8_t *)g->c + i0 * g->ldc + j0;
+      for (size_t jp = 0; jp < jq; jp += im->nr)
+        for (size_t ip = 0; ip < mpad; ip += im->mr) {
+          q.radd = raddr + ip;
+          q.mult = multr + ip;
+          im->ukq(kcp / im->kp, ab + ip * kcp * im->esz, bb + jp * kcp * im->esz, &q,
+                  KILN__MIN(im->mr, mc - ip), d0 + ip * g->ldc + jp, g->ldc);
+        }
+      if (jq == nc) continue;
+    }
     for (size_t p0 = 0; p0 < g->k; p0 += KC) {
       size_t kcp = round_up(KILN__MIN((size_t)KC, g->k - p0), im->kp);
       const uint8_t *ab = (const uint8_t *)A->data + (p0 * arpad + i0 * kcp) * im->esz;
       const uint8_t *bb = (const uint8_t *)B->data + (p0 * brpad + j0 * kcp) * im->esz;
-      for (size_t jp = 0; jp < npad; jp += im->nr) {
+      for (size_t jp = jq; jp < npad; jp += im->nr) {
         /* B's last panel, packed narrow when it has at most nr / 2 columns (pack_panels) */
         bool edge = im->uk_edge && g->n - (j0 + jp) <= im->nr / 2;
         kiln__qgemm_ukernel uk = edge ? im->uk_edge : im->uk;
@@ -501,16 +527,16 @@ static void qtiles(void *arg, size_t begin, size_t end) {
              NC, p0 > 0);
       }
     }
-    et.acc = acc;
+    et.acc = acc + jq;
     et.rows = mc;
-    et.n = nc;
+    et.n = nc - jq;
     et.za = any_za ? zar : NULL;
     et.mult_row = g->per_row ? multr : NULL;
-    et.cs = B->sums + j0;
-    et.zb = zb_uniform ? NULL : zbv;
-    et.bias = cbias;
-    et.mult = cmult;
-    et.dst = (uint8_t *)g->c + (i0 * g->ldc + j0) * out_esz;
+    et.cs = B->sums + j0 + jq;
+    et.zb = zb_uniform ? NULL : zbv + jq;
+    et.bias = cbias ? cbias + jq : NULL;
+    et.mult = cmult ? cmult + jq : NULL;
+    et.dst = (uint8_t *)g->c + (i0 * g->ldc + j0 + jq) * out_esz;
     im->ep(&et);
   }
 }

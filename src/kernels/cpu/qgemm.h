@@ -28,7 +28,9 @@
  * int32 accumulator block on the stack, walks k in KC blocks, then runs the epilogue: int32 out
  * (MatMulInteger, ConvInteger) or requantization to uint8/int8 (QLinear*), which is
  *   y = clamp(rint((float)(acc + bias) * mult) + zy)
- * in exactly the reference kernel's float operations, so its results are bit-identical. */
+ * in exactly the reference kernel's float operations, so its results are bit-identical. In the
+ * conv case with k <= KC the AVX2 S8U8 format requantizes full 16-column panels in the
+ * microkernel's registers instead (kiln__qgemm_ukernel_req), with the same operations. */
 #ifndef KILN_KERNELS_CPU_QGEMM_H
 #define KILN_KERNELS_CPU_QGEMM_H
 
@@ -92,6 +94,9 @@ typedef struct kiln__qsrc {
   const void *base;
   bool is_signed;  /* int8, else uint8 */
   size_t rs, ks;
+  /* B only: the caller's A has every za (with its zp_off) 0, so the column sums are never read;
+     the 16-column byte packer then skips them (the stored sums are unspecified). */
+  bool no_sums;
 } kiln__qsrc;
 
 /* Bytes of packed storage (data and sums) for an operand; 0 on overflow. */
@@ -239,10 +244,29 @@ void kiln__qgemm_uk_4x8__avx2_u8s8(size_t groups, const void *restrict a, const 
                                    int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qgemm_uk_4x8__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
                                    int32_t *restrict c, size_t ldc, bool accumulate);
+/* The requantization of whole rows of a tile in the microkernel's registers (the conv case:
+   per-row multiplier, weights' za 0, uniform zb, no per-column bias), for a k that fits one k
+   block: no int32 tile is stored and read back. Row i's sums become
+   clamp((float)(acc + radd[i]) * mult[i]) + zy, in the tile epilogue's exact operations. */
+typedef struct kiln__qreq_rows {
+  const int32_t *radd; /* per row: the folded zb term and bias */
+  const float *mult;   /* per row */
+  int32_t zy, lo, hi;
+  bool to_signed;
+} kiln__qreq_rows;
+
+/* rows (1..MR) rows of the full 16 columns of a 4 x 16 byte-format tile over `groups` k quads,
+   requantized to dst (row stride ldd bytes). */
+typedef void (*kiln__qgemm_ukernel_req)(size_t groups, const void *restrict a,
+                                        const void *restrict b, const kiln__qreq_rows *q,
+                                        size_t rows, uint8_t *restrict dst, size_t ldd);
+void kiln__qgemm_ukq_4x16__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+                                     const kiln__qreq_rows *q, size_t rows, uint8_t *restrict dst,
+                                     size_t ldd);
 /* Packs rows [r0, r0 + 16) x k of a byte-format B panel block from a source with rs == 1 (k x n
    row-major: ks is the row length): 16 columns per k quad, 64 bytes; `xor` (0 or 0x80) applies
    the +-128 shift. Adds each column's sum of stored values (as int8 when `stored_signed`) to
-   sums[0..16). Full panels only (16 columns, kc a multiple of 4). */
+   sums[0..16), unless sums is NULL. Full panels only (16 columns, kc a multiple of 4). */
 void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc, uint8_t xor_,
                                  bool stored_signed, uint8_t *dst, int32_t *sums);
 void kiln__qgemm_uk_6x16__avxvnni(size_t groups, const void *restrict a, const void *restrict b,

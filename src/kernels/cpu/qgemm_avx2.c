@@ -114,6 +114,54 @@ TARGET static inline __m256i bcast8x4(const uint8_t *p) {
 BYTE_UK(kiln__qgemm_uk_4x16__avx2_u8s8, MUL_U8S8)
 BYTE_UK(kiln__qgemm_uk_4x16__avx2_s8u8, MUL_S8U8)
 
+/* One row of 16 sums requantized as ep_rows does it (no column terms): + radd, * mult, clamp to
+   the integer-valued [lo - zy, hi - zy], VCVTPS2DQ (round to nearest even) + zy, then packed to
+   16 bytes. */
+TARGET static inline void req_row16(__m256i v0, __m256i v1, const kiln__qreq_rows *q, size_t i,
+                                    __m256 lo, __m256 hi, __m256i zy, __m256i order,
+                                    uint8_t *d) {
+  const __m256i r = _mm256_set1_epi32(q->radd[i]);
+  const __m256 m = _mm256_set1_ps(q->mult[i]);
+  __m256 f0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(v0, r)), m);
+  __m256 f1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(v1, r)), m);
+  f0 = _mm256_min_ps(_mm256_max_ps(f0, lo), hi);
+  f1 = _mm256_min_ps(_mm256_max_ps(f1, lo), hi);
+  __m256i w = _mm256_packs_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(f0), zy),
+                                 _mm256_add_epi32(_mm256_cvtps_epi32(f1), zy));
+  w = q->to_signed ? _mm256_packs_epi16(w, w) : _mm256_packus_epi16(w, w);
+  w = _mm256_permutevar8x32_epi32(w, order);
+  _mm_storeu_si128((__m128i *)d, _mm256_castsi256_si128(w));
+}
+
+/* The S8U8 4 x 16 tile with its requantization in registers (qgemm.h): for small k (a 16-channel
+   pointwise conv runs 4 quads per tile) the int32 store and the epilogue's reload cost as much
+   as the products. */
+TARGET void kiln__qgemm_ukq_4x16__avx2_s8u8(size_t groups, const void *restrict a,
+                                            const void *restrict b, const kiln__qreq_rows *q,
+                                            size_t rows, uint8_t *restrict dst, size_t ldd) {
+  const uint8_t *A = a, *B = b;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i c00 = _mm256_setzero_si256(), c01 = _mm256_setzero_si256();
+  __m256i c10 = _mm256_setzero_si256(), c11 = _mm256_setzero_si256();
+  __m256i c20 = _mm256_setzero_si256(), c21 = _mm256_setzero_si256();
+  __m256i c30 = _mm256_setzero_si256(), c31 = _mm256_setzero_si256();
+  for (size_t g = 0; g < groups; g++) {
+    __m256i b0 = _mm256_loadu_si256((const __m256i *)B);
+    __m256i b1 = _mm256_loadu_si256((const __m256i *)(B + 32)), av;
+    BROW(MUL_S8U8, 0) BROW(MUL_S8U8, 1) BROW(MUL_S8U8, 2) BROW(MUL_S8U8, 3)
+    A += 4 * BMR;
+    B += 4 * NR;
+  }
+  const __m256 lo = _mm256_set1_ps((float)(q->lo - q->zy));
+  const __m256 hi = _mm256_set1_ps((float)(q->hi - q->zy));
+  const __m256i zy = _mm256_set1_epi32(q->zy);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  req_row16(c00, c01, q, 0, lo, hi, zy, order, dst);
+  if (rows > 1) req_row16(c10, c11, q, 1, lo, hi, zy, order, dst + ldd);
+  if (rows > 2) req_row16(c20, c21, q, 2, lo, hi, zy, order, dst + 2 * ldd);
+  if (rows > 3) req_row16(c30, c31, q, 3, lo, hi, zy, order, dst + 3 * ldd);
+}
+
 /* The 4 x 8 edge tile of the same formats: one B vector of 8 columns per k quad. */
 #define BROW8(MUL, i)                                                                         \
   c##i = _mm256_add_epi32(c##i, _mm256_madd_epi16(MUL(bcast8x4(A + 4 * i), b0), ones));
@@ -151,8 +199,12 @@ BYTE_UK8(kiln__qgemm_uk_4x8__avx2_s8u8, MUL_S8U8)
 #undef BMR
 #undef BYTE_UK
 
-TARGET void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc, uint8_t xor_,
-                                        bool stored_signed, uint8_t *dst, int32_t *sums) {
+/* with_sums is a constant in each instance (below). */
+__attribute__((always_inline)) TARGET static inline void pack_b16(const uint8_t *src, size_t ks,
+                                                                  size_t kc, uint8_t xor_,
+                                                                  bool stored_signed, uint8_t *dst,
+                                                                  int32_t *sums,
+                                                                  const bool with_sums) {
   const __m128i x = _mm_set1_epi8((char)xor_);
   /* Column sums: VPMADDUBSW of the quads by ones (u8 x s8 or, with the operands swapped, the
      stored int8 x u8 ones), then VPMADDWD by ones: one int32 per column per quad, exact. */
@@ -171,15 +223,23 @@ TARGET void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc
     _mm256_storeu_si256((__m256i *)dst, q0);
     _mm256_storeu_si256((__m256i *)(dst + 32), q1);
     dst += 64;
+    if (!with_sums) continue;
     __m256i m0 = stored_signed ? _mm256_maddubs_epi16(ones8, q0) : _mm256_maddubs_epi16(q0, ones8);
     __m256i m1 = stored_signed ? _mm256_maddubs_epi16(ones8, q1) : _mm256_maddubs_epi16(q1, ones8);
     s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(m0, ones16));
     s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(m1, ones16));
   }
+  if (!with_sums) return;
   int32_t t[16];
   _mm256_storeu_si256((__m256i *)t, s0);
   _mm256_storeu_si256((__m256i *)(t + 8), s1);
   for (int i = 0; i < 16; i++) sums[i] += t[i];
+}
+
+TARGET void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc, uint8_t xor_,
+                                        bool stored_signed, uint8_t *dst, int32_t *sums) {
+  if (sums) pack_b16(src, ks, kc, xor_, stored_signed, dst, sums, true);
+  else pack_b16(src, ks, kc, xor_, stored_signed, dst, NULL, false);
 }
 
 /* 8 int32 in [lo, hi] to 8 bytes. */

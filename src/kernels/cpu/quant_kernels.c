@@ -549,6 +549,18 @@ static void im2col_gather(const void *ctx, size_t c0, size_t cn, size_t p0, size
   for (size_t p = 0; p < kc; p++) im2col_tap(j, p0 + p, j->q0 + c0, j->q0 + c0 + cn, dst + p * ld);
 }
 
+/* Whether every row's za of the packed weights (zero point plus the format's offset) is 0: then
+   the GEMM never reads B's column sums (qgemm.h). */
+static bool za_all_zero(const kiln__qzp *z, size_t m, int32_t off) {
+  size_t n = z->n == 0 ? 0 : z->n == 1 ? 1 : m;
+  if (n == 0) return off == 0;
+  for (size_t i = 0; i < n; i++) {
+    int32_t v = z->is_signed ? ((const int8_t *)z->p)[i] : ((const uint8_t *)z->p)[i];
+    if (v + off != 0) return false;
+  }
+  return true;
+}
+
 static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   const qconv_state *s = state;
   qconv_geom cg;
@@ -605,6 +617,7 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
       size_t yoff = (b * s->cv.m + gi * s->cv.mg) * cg.p;
       kiln__qzp zw = cg.zw;
       if (zw.n > 1) zw.p = (const uint8_t *)zw.p + gi * s->cv.mg;
+      bool za0 = za_all_zero(&zw, s->cv.mg, s->pw[gi].zp_off);
       kiln__qgemm_args g = {.m = s->cv.mg, .k = s->cv.kk, .a = &s->pw[gi], .za = zw, .zb = cg.zx,
                             .kind = kind, .ldc = cg.p, .per_row = true, .zy = zy,
                             .bias = bias ? bias + gi * s->cv.mg : NULL,
@@ -622,6 +635,7 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
             kiln__parallel_for(c->pool, s->cv.kk, im2col_rows, &j);
             src = (kiln__qsrc){col, xs8, 1, q1 - q0};
           }
+          src.no_sums = za0;
           kiln__qpack(c->pool, s->pw[gi].isa, false, q1 - q0, s->cv.kk, &src, bmem, &pb);
         }
         g.n = q1 - q0;
