@@ -807,6 +807,30 @@ static void byte_mm_cases(kiln__pool *pool) {
       }
 }
 
+/* A ConvInteger node on x and the weights wt4 (m = wt4's dim 0) with random per-tensor x and
+   per-channel w zero points, or with ql a QLinearConv whose y scale (y of type yt) suits fan_in
+   products per output. */
+static void qconv_node(onenode *o, bool ql, tin x, tin wt4, int64_t fan_in, kiln_dtype yt) {
+  int64_t m = wt4.dims[0];
+  tin xzp = {x.dt, 0, {0}, true}, wzp = {wt4.dt, 1, {m}, true};
+  if (!ql) {
+    tin ins[4] = {x, wt4, xzp, wzp};
+    onenode_make(o, "ConvInteger", 4, ins, 1);
+    return;
+  }
+  float xs = 0.02f, ws = 0.004f, ys = 0.02f * 0.004f * 30.0f * sqrtf((float)fan_in);
+  tin ins[9] = {x,
+                {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
+                xzp,
+                wt4,
+                {KILN_DTYPE_FLOAT, 0, {0}, true, &ws},
+                {wt4.dt, 0, {0}, true},
+                {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
+                {yt, 0, {0}, true},
+                {KILN_DTYPE_INT32, 1, {m}, true}};
+  onenode_make(o, "QLinearConv", 9, ins, 1);
+}
+
 static void byte_conv_cases(kiln__pool *pool) {
   for (size_t si = 0; si < KILN__ARRAY_LEN(conv_shapes); si++)
     for (int combo = 0; combo < 8; combo++)
@@ -818,25 +842,8 @@ static void byte_conv_cases(kiln__pool *pool) {
                 w = conv_shapes[si].w, m = conv_shapes[si].m, k = conv_shapes[si].k,
                 grp = conv_shapes[si].group;
         tin x = {xt, 4, {n, ch, h, w}}, wt4 = {wt, 4, {m, ch / grp, k, k}, true};
-        tin xzp = {xt, 0, {0}, true}, wzp = {wt, 1, {m}, true};
         onenode o;
-        if (!ql) {
-          tin ins[4] = {x, wt4, xzp, wzp};
-          onenode_make(&o, "ConvInteger", 4, ins, 1);
-        } else {
-          float xs = 0.02f, ws = 0.004f;
-          float ys = 0.02f * 0.004f * 30.0f * sqrtf((float)(ch / grp * k * k));
-          tin ins[9] = {x,
-                        {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
-                        xzp,
-                        wt4,
-                        {KILN_DTYPE_FLOAT, 0, {0}, true, &ws},
-                        {wt, 0, {0}, true},
-                        {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
-                        {KILN_DTYPE_INT8, 0, {0}, true},
-                        {KILN_DTYPE_INT32, 1, {m}, true}};
-          onenode_make(&o, "QLinearConv", 9, ins, 1);
-        }
+        qconv_node(&o, ql, x, wt4, ch / grp * k * k, KILN_DTYPE_INT8);
         bool missed = qualify_weights(&o, ql ? 3 : 1, true, wmode == 2);
         if (si % 2) extreme_acts(&o.in[0]);
         int64_t s[2] = {conv_shapes[si].stride, conv_shapes[si].stride};
@@ -894,25 +901,9 @@ static void gather_cases(kiln__pool *pool) {
       __typeof__(gather_shapes[0]) sh = gather_shapes[si];
       tin x = {xt, 4, {sh.n, sh.c, sh.h, sh.w}};
       tin wt4 = {wt, 4, {sh.m, sh.c / sh.group, sh.kh, sh.kw}, true};
-      tin xzp = {xt, 0, {0}, true}, wzp = {wt, 1, {sh.m}, true};
       onenode o;
-      if (!ql) {
-        tin ins[4] = {x, wt4, xzp, wzp};
-        onenode_make(&o, "ConvInteger", 4, ins, 1);
-      } else {
-        float xs = 0.02f, ws = 0.004f;
-        float ys = 0.02f * 0.004f * 30.0f * sqrtf((float)(sh.c / sh.group * sh.kh * sh.kw));
-        tin ins[9] = {x,
-                      {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
-                      xzp,
-                      wt4,
-                      {KILN_DTYPE_FLOAT, 0, {0}, true, &ws},
-                      {wt, 0, {0}, true},
-                      {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
-                      {combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8, 0, {0}, true},
-                      {KILN_DTYPE_INT32, 1, {sh.m}, true}};
-        onenode_make(&o, "QLinearConv", 9, ins, 1);
-      }
+      qconv_node(&o, ql, x, wt4, sh.c / sh.group * sh.kh * sh.kw,
+                 combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8);
       if (!full) qualify_weights(&o, ql ? 3 : 1, true, false);
       if (si % 2) extreme_acts(&o.in[0]);
       int64_t st[2] = {sh.sh, sh.sw}, dl[2] = {sh.dh, sh.dw};
