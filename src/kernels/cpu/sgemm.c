@@ -497,6 +497,12 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
     if (jb.tn > TN_MAX) jb.tn = TN_MAX / im->nr * im->nr;
   }
   jb.tiles_n = (g->n + jb.tn - 1) / jb.tn;
+  /* With threads, column tiles of even width (whole panels): n = 169 (a 13x13 plane) was cut
+     into 128 + 41, so two threads ran 8 panels against 3; 96 + 73 is 6 against 5. */
+  if (!g->pb && threads > 1 && jb.tiles_n > 1) {
+    jb.tn = round_up((g->n + jb.tiles_n - 1) / jb.tiles_n, im->nr);
+    jb.tiles_n = (g->n + jb.tn - 1) / jb.tn;
+  }
   /* A B slab packed per call is shared by every MC block of a tile's rows, so tiles take as many
      rows as the threads leave them: all of them when serial or when the columns alone give each
      thread 3 tiles; otherwise about 3 tiles per thread (enough for the dynamic claiming to even
