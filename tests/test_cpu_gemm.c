@@ -253,7 +253,9 @@ static void sgemm_matches_double_reference(void **st) {
       {2, 300, 700}, {64, 64, 64},  {13, 31, 129}, {200, 140, 30}, {3, 1100, 20},
       {1, 1000, 1280}, {1, 25, 257}, /* m = 1: a classifier's Gemm, the one-row kernel */
       /* 2 or 3 column tiles evened out on 2 threads (a 13x13 plane: 169 = 96 + 73) */
-      {100, 169, 70}, {7, 385, 33}, {150, 300, 20}};
+      {100, 169, 70}, {7, 385, 33}, {150, 300, 20},
+      /* A blocks evened out on 2 threads (128 rows: 66 + 62; 145: 54 + 54 + 37) */
+      {128, 384, 100}, {145, 64, 33}};
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(edge); e++)
