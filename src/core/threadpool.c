@@ -17,9 +17,10 @@
  *
  * Between jobs a worker spins on the ticket for SPIN_NS with a pause instruction, then sleeps on a
  * condition variable, so the back-to-back parallel_for calls of one inference find it awake and
- * an idle pool burns no core after ~50 us. The caller does not spin: once no chunk is left to
- * claim it sleeps until the claimed ones are done, which leaves the core to the worker still
- * running one. */
+ * an idle pool burns no core after ~50 us. Once no chunk is left to claim, the caller polls for
+ * the claimed ones for up to CALLER_SPIN_NS, then sleeps until they are done: waking a sleeping
+ * caller cost a few microseconds per job on the 2-vCPU VM, but a worker descheduled mid-chunk
+ * must not keep the caller burning a core. */
 #include "core/threadpool.h"
 
 #include <pthread.h>
@@ -29,6 +30,8 @@
 /* How long a worker keeps polling for the next job before it sleeps. A node of a small model
    takes a few microseconds, so this covers the gaps inside one inference, not between runs. */
 #define SPIN_NS 50000
+/* How long the caller polls for the worker's last chunk before it sleeps. */
+#define CALLER_SPIN_NS 30000
 /* Pauses between clock reads while spinning. */
 #define SPIN_CHECK 32
 /* Chunks per job are capped so they fit the ticket's 16-bit fields. */
@@ -101,6 +104,18 @@ static bool spin_gen(kiln__pool *p, uint64_t seen) {
       cpu_relax();
     }
     if (now_ns() - start > SPIN_NS) return false;
+  }
+}
+
+/* Polls for the job's last chunk to finish for up to CALLER_SPIN_NS; true when it did. */
+static bool spin_done(kiln__pool *p) {
+  uint64_t start = now_ns();
+  for (;;) {
+    for (int i = 0; i < SPIN_CHECK; i++) {
+      if (atomic_load_explicit(&p->left, memory_order_acquire) == 0) return true;
+      cpu_relax();
+    }
+    if (now_ns() - start > CALLER_SPIN_NS) return false;
   }
 }
 
@@ -193,7 +208,7 @@ void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
   if (p->sleepers > 0) pthread_cond_broadcast(&p->wake);
   pthread_mutex_unlock(&p->mu);
   run_chunks(p);
-  if (atomic_load_explicit(&p->left, memory_order_acquire) > 0) {
+  if (atomic_load_explicit(&p->left, memory_order_acquire) > 0 && !spin_done(p)) {
     pthread_mutex_lock(&p->mu);
     p->caller_waits = true;
     while (atomic_load_explicit(&p->left, memory_order_acquire) > 0)
