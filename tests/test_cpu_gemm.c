@@ -53,6 +53,7 @@ typedef struct count_job {
   size_t n;
   bool nest;      /* each range also runs a nested parallel_for, which must run inline */
   unsigned *inner;
+  size_t lo, hi;  /* the shortest and longest range seen (only without nesting) */
 } count_job;
 
 static void inner_range(void *arg, size_t b, size_t e) {
@@ -60,10 +61,22 @@ static void inner_range(void *arg, size_t b, size_t e) {
   for (size_t i = b; i < e; i++) __atomic_fetch_add(&c[i], 1u, __ATOMIC_RELAXED);
 }
 
+/* *p = min or max (*p, v), for ranges run on several threads at once. */
+static void atomic_bound(size_t *p, size_t v, bool max) {
+  size_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+  while ((max ? v > cur : v < cur) &&
+         !__atomic_compare_exchange_n(p, &cur, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+}
+
 static void count_range(void *arg, size_t b, size_t e) {
   count_job *j = arg;
   for (size_t i = b; i < e; i++) __atomic_fetch_add(&j->hits[i], 1u, __ATOMIC_RELAXED);
   if (j->nest) kiln__parallel_for(j->pool, 3, inner_range, j->inner + 3 * b);
+  else {
+    atomic_bound(&j->lo, e - b, false);
+    atomic_bound(&j->hi, e - b, true);
+  }
 }
 
 /* Every index of every job runs exactly once, for job sizes around the chunking boundaries,
@@ -79,11 +92,17 @@ static void pool_runs_each_index_once(void **st) {
     unsigned *hits = calloc(NMAX, sizeof *hits), *inner = calloc(3 * NMAX, sizeof *inner);
     for (int it = 0; it < 3000; it++) {
       count_job j = {pool, hits, 1 + (size_t)(it * 7919) % (it % 3 ? 40 : NMAX), it % 7 == 0,
-                     inner};
+                     inner, SIZE_MAX, 0};
       kiln__parallel_for(pool, j.n, count_range, &j);
       for (size_t i = 0; i < j.n; i++) {
         if (hits[i] != 1) fail_msg("job %d (n=%zu): index %zu ran %u times", it, j.n, i, hits[i]);
         hits[i] = 0;
+      }
+      /* Chunks differ by one index at most (equal-cost units split evenly between threads),
+         and up to 8 indices per thread each index is its own chunk. */
+      if (!j.nest) {
+        if (j.hi > j.lo + 1) fail_msg("job %d (n=%zu): ranges of %zu to %zu", it, j.n, j.lo, j.hi);
+        if (j.n <= 8 * (size_t)threads) assert_int_equal(j.hi, 1);
       }
       if (j.nest) {
         /* A range starting at b ran a complete nested job over inner[3b .. 3b+2] (the pool was
@@ -115,7 +134,7 @@ static void *caller_main(void *arg) {
   caller_arg *a = arg;
   for (int it = 0; it < 2000; it++) {
     size_t n = 1 + (size_t)it % 300;
-    count_job j = {a->pool, a->hits, n, false, NULL};
+    count_job j = {a->pool, a->hits, n, false, NULL, SIZE_MAX, 0};
     kiln__parallel_for(a->pool, n, count_range, &j);
     for (size_t i = 0; i < n; i++) {
       if (a->hits[i] != 1) a->bad++;
@@ -232,7 +251,11 @@ static void sgemm_matches_double_reference(void **st) {
       {1, 1, 1},    {1, 1000, 64}, {6, 16, 1},   {7, 17, 3},     {5, 15, 256},  {12, 32, 257},
       {72, 128, 256}, {73, 129, 513}, {8, 32, 0}, {3, 5, 0},     {128, 256, 256}, {150, 3, 40},
       {2, 300, 700}, {64, 64, 64},  {13, 31, 129}, {200, 140, 30}, {3, 1100, 20},
-      {1, 1000, 1280}, {1, 25, 257}}; /* m = 1: a classifier's Gemm, the one-row kernel */
+      {1, 1000, 1280}, {1, 25, 257}, /* m = 1: a classifier's Gemm, the one-row kernel */
+      /* 2 or 3 column tiles evened out on 2 threads (a 13x13 plane: 169 = 96 + 73) */
+      {100, 169, 70}, {7, 385, 33}, {150, 300, 20},
+      /* A blocks evened out on 2 threads (128 rows: 66 + 62; 145: 54 + 54 + 37) */
+      {128, 384, 100}, {145, 64, 33}};
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(edge); e++)
@@ -277,7 +300,9 @@ static void sgemm_b_in_place_matches_double_reference(void **st) {
       {1, 1000, 64, 0},   {64, 192, 130, 0}, {13, 256, 260, 0}, {40, 15, 33, 3},
       /* rows 4 KiB or more apart with m <= 32, k <= 64: the prefetching kernels */
       {16, 1030, 32, 0},  {32, 3136, 64, 0}, {3, 1024, 16, 0},  {17, 2000, 1, 0},
-      {8, 1000, 40, 30},  {31, 1040, 65, 0}};
+      {8, 1000, 40, 30},  {31, 1040, 65, 0},
+      /* column tiles evened out on 2 threads: 2 and 3 tiles with an edge panel */
+      {48, 169, 384, 0},  {16, 300, 48, 7}};
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(shapes); e++)

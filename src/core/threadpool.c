@@ -2,7 +2,7 @@
  *
  * A job is a number of chunks. Its state lives in one 64-bit `ticket`: the job's generation (high
  * 32 bits), its chunk count (16 bits) and the next unclaimed chunk (low 16 bits). The caller writes
- * the job fields (fn, arg, total, chunk_size) and then publishes the job by storing a new ticket
+ * the job fields (fn, arg, total, chunks) and then publishes the job by storing a new ticket
  * (release). Anyone claims a chunk with a compare-and-swap that bumps `next` in the ticket it read
  * (acquire): success means the chunk belongs to that job, and since the caller cannot return
  * before every chunk is done, the job fields stay valid while the claimer reads them and runs the
@@ -17,9 +17,10 @@
  *
  * Between jobs a worker spins on the ticket for SPIN_NS with a pause instruction, then sleeps on a
  * condition variable, so the back-to-back parallel_for calls of one inference find it awake and
- * an idle pool burns no core after ~50 us. The caller does not spin: once no chunk is left to
- * claim it sleeps until the claimed ones are done, which leaves the core to the worker still
- * running one. */
+ * an idle pool burns no core after ~50 us. Once no chunk is left to claim, the caller polls for
+ * the claimed ones for up to CALLER_SPIN_NS, then sleeps until they are done: waking a sleeping
+ * caller cost a few microseconds per job on the 2-vCPU VM, but a worker descheduled mid-chunk
+ * must not keep the caller burning a core. */
 #include "core/threadpool.h"
 
 #include <pthread.h>
@@ -29,6 +30,8 @@
 /* How long a worker keeps polling for the next job before it sleeps. A node of a small model
    takes a few microseconds, so this covers the gaps inside one inference, not between runs. */
 #define SPIN_NS 50000
+/* How long the caller polls for the worker's last chunk before it sleeps. */
+#define CALLER_SPIN_NS 30000
 /* Pauses between clock reads while spinning. */
 #define SPIN_CHECK 32
 /* Chunks per job are capped so they fit the ticket's 16-bit fields. */
@@ -46,7 +49,7 @@ struct kiln__pool {
   /* the current job: written by the caller before the ticket that publishes it */
   kiln__range_fn fn;
   void *arg;
-  size_t total, chunk_size;
+  size_t total, chunks;   /* chunk i is [i q + min(i, r), ...) with q, r = total / chunks, % */
   atomic_size_t left;    /* chunks not yet finished */
   atomic_bool busy;      /* a job is running: a nested or concurrent parallel_for runs inline */
 };
@@ -77,8 +80,9 @@ static void run_chunks(kiln__pool *p) {
     if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1, memory_order_acquire,
                                                memory_order_acquire))
       continue; /* t now holds the current ticket */
-    size_t b = (size_t)t_next(t) * p->chunk_size, e = KILN__MIN(p->total, b + p->chunk_size);
-    p->fn(p->arg, b, e);
+    size_t i = (size_t)t_next(t), q = p->total / p->chunks, r = p->total % p->chunks;
+    size_t b = i * q + KILN__MIN(i, r);
+    p->fn(p->arg, b, b + q + (i < r));
     if (atomic_fetch_sub_explicit(&p->left, 1, memory_order_acq_rel) == 1) {
       /* The last chunk done wakes the caller if it went to sleep. */
       pthread_mutex_lock(&p->mu);
@@ -100,6 +104,18 @@ static bool spin_gen(kiln__pool *p, uint64_t seen) {
       cpu_relax();
     }
     if (now_ns() - start > SPIN_NS) return false;
+  }
+}
+
+/* Polls for the job's last chunk to finish for up to CALLER_SPIN_NS; true when it did. */
+static bool spin_done(kiln__pool *p) {
+  uint64_t start = now_ns();
+  for (;;) {
+    for (int i = 0; i < SPIN_CHECK; i++) {
+      if (atomic_load_explicit(&p->left, memory_order_acquire) == 0) return true;
+      cpu_relax();
+    }
+    if (now_ns() - start > CALLER_SPIN_NS) return false;
   }
 }
 
@@ -171,14 +187,17 @@ void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
     fn(arg, 0, n);
     return;
   }
-  /* A few chunks per thread balance uneven work without much claiming traffic. */
-  size_t chunks = KILN__MIN(n, (size_t)p->n * 4);
+  /* A few chunks per thread balance uneven work without much claiming traffic. Their sizes
+     differ by at most one unit and their count is a multiple of the threads where n allows: a
+     job's units usually cost the same (GEMM tiles, rows), and rounding the size up instead
+     (14 tiles -> 7 chunks of 2) left one thread a chunk more, 4 against 3 (SqueezeNet's
+     classifier GEMM). Up to 8 units per thread each unit is a chunk. */
+  size_t chunks = n <= (size_t)p->n * 8 ? n : (size_t)p->n * 4;
   chunks = KILN__MIN(chunks, (size_t)CHUNKS_MAX);
   p->fn = fn;
   p->arg = arg;
   p->total = n;
-  p->chunk_size = (n + chunks - 1) / chunks;
-  chunks = (n + p->chunk_size - 1) / p->chunk_size;
+  p->chunks = chunks;
   atomic_store_explicit(&p->left, chunks, memory_order_relaxed);
   uint64_t gen = t_gen(atomic_load_explicit(&p->ticket, memory_order_relaxed)) + 1;
   atomic_store_explicit(&p->ticket, (gen & 0xffffffffu) << 32 | (uint64_t)chunks << 16,
@@ -189,7 +208,7 @@ void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
   if (p->sleepers > 0) pthread_cond_broadcast(&p->wake);
   pthread_mutex_unlock(&p->mu);
   run_chunks(p);
-  if (atomic_load_explicit(&p->left, memory_order_acquire) > 0) {
+  if (atomic_load_explicit(&p->left, memory_order_acquire) > 0 && !spin_done(p)) {
     pthread_mutex_lock(&p->mu);
     p->caller_waits = true;
     while (atomic_load_explicit(&p->left, memory_order_acquire) > 0)

@@ -115,7 +115,8 @@ kiln_status kiln__value_copy(kiln__kctx *c, const kiln_tensor *src, kiln_tensor 
 kiln_status kiln__subgraph_run(kiln__kctx *c, const kiln__graph *g, const kiln_tensor *inputs,
                                int n_inputs, kiln_tensor *outputs, int n_outputs);
 
-/* Splits [0, n) over the pool's threads: fn(arg, begin, end). Runs inline without a pool. */
+/* Splits [0, n) over the pool's threads: fn(arg, begin, end). Runs inline without a pool. The
+   ranges' lengths differ by one at most (one index each up to 8 per thread). */
 typedef void (*kiln__range_fn)(void *arg, size_t begin, size_t end);
 void kiln__parallel_for(struct kiln__pool *pool, size_t n, kiln__range_fn fn, void *arg);
 

@@ -302,6 +302,7 @@ typedef struct job {
   const kiln__sgemm_ukernel_strided *uks_pf; /* NULL, or uks with prefetch ([0] B and C) */
   kiln__sgemm_ukernel uk; /* for packed B panels: im->uk, or its C-prefetching twin */
   size_t tiles_n;
+  size_t mc; /* rows per A block: im->mc, or with threads the blocks' even share (whole panels) */
   size_t tm; /* rows per tile: a multiple of mc */
   size_t tn; /* columns per tile: nc, or with pre-packed B any multiple of nr */
 } job;
@@ -341,8 +342,8 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
                            .ep = p0 + kc >= g->k ? &g->ep : NULL};
       /* Activations outside the microkernel's registers run on the tile just stored. */
       bool post = st.ep && kiln__act_is_post(g->ep.act);
-      for (size_t i1 = i0; i1 < i_end; i1 += im->mc) {
-        size_t mc = KILN__MIN(im->mc, i_end - i1);
+      for (size_t i1 = i0; i1 < i_end; i1 += jb->mc) {
+        size_t mc = KILN__MIN(jb->mc, i_end - i1);
         const float *ap;
         if (g->pa) {
           ap = g->pa->data + p0 * mpad + i1 * kc;
@@ -477,7 +478,7 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
   if (g->pa) isa = g->pa->isa;
   else if (g->pb) isa = g->pb->isa;
   const impl *im = &impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0];
-  job jb = {.g = g, .im = im, .tn = im->nc, .uk = im->uk};
+  job jb = {.g = g, .im = im, .mc = im->mc, .tn = im->nc, .uk = im->uk};
   if (im == &impls[isa] && packed_pf_uks[isa] && c_prefetch_pays(g)) jb.uk = packed_pf_uks[isa];
   if (g->b_in_place && !g->pb && !g->pack_b && !g->trans_b && im == &impls[isa] &&
       in_place_pays(g)) {
@@ -486,6 +487,9 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
   }
   size_t threads = pool ? (size_t)kiln__pool_threads(pool) : 1, want = 3 * threads;
   size_t blocks_m = (g->m + im->mc - 1) / im->mc, rb = 1;
+  /* With threads, A blocks of even height (whole panels): m = 128 (a transformer's tokens) was
+     cut into 72 + 56 rows, so the two threads' row tiles differed by a quarter; 66 + 62 now. */
+  if (threads > 1 && blocks_m > 1) jb.mc = round_up((g->m + blocks_m - 1) / blocks_m, im->mr);
   if (g->pb) {
     /* Pre-packed B costs nothing to walk, so a tile spans as many columns as the threads leave
        it (all of n when serial): its A block is then packed once per tile instead of once per
@@ -497,6 +501,12 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
     if (jb.tn > TN_MAX) jb.tn = TN_MAX / im->nr * im->nr;
   }
   jb.tiles_n = (g->n + jb.tn - 1) / jb.tn;
+  /* With threads, column tiles of even width (whole panels): n = 169 (a 13x13 plane) was cut
+     into 128 + 41, so two threads ran 8 panels against 3; 96 + 73 is 6 against 5. */
+  if (!g->pb && threads > 1 && jb.tiles_n > 1) {
+    jb.tn = round_up((g->n + jb.tiles_n - 1) / jb.tiles_n, im->nr);
+    jb.tiles_n = (g->n + jb.tn - 1) / jb.tn;
+  }
   /* A B slab packed per call is shared by every MC block of a tile's rows, so tiles take as many
      rows as the threads leave them: all of them when serial or when the columns alone give each
      thread 3 tiles; otherwise about 3 tiles per thread (enough for the dynamic claiming to even
@@ -513,7 +523,7 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
     run_shared_b(pool, isa, im, g);
     return;
   }
-  jb.tm = rb * im->mc;
+  jb.tm = rb * jb.mc;
   size_t tiles = (blocks_m + rb - 1) / rb * jb.tiles_n;
   /* Below ~64k multiply-adds the pool's hand-off costs more than the work. */
   if (tiles == 1 || (double)g->m * (double)g->n * (double)g->k < 65536.0)
