@@ -358,6 +358,19 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
             size_t mr = KILN__MIN(im->mr, mc - ip);
             st.row0 = i1 + ip;
             float *ct = g->c + st.row0 * g->ldc + st.col0;
+            if (st.ep && g->ep.residual) {
+              /* The next tile's residual rows, fetched while this tile's products run: read in
+                 the store, they came from L3 or memory as mr short streams and stalled it. */
+              bool down = ip + im->mr < mc;
+              size_t ni = down ? st.row0 + im->mr : i1, nj = down ? st.col0 : st.col0 + im->nr;
+              size_t last = nj < j0 + nc ? KILN__MIN(im->nr, j0 + nc - nj) - 1 : 0;
+              if (nj < j0 + nc)
+                for (size_t r = ni; r < KILN__MIN(ni + im->mr, i_end); r++) {
+                  const float *z = g->ep.residual + r * g->ep.ldr + nj;
+                  __builtin_prefetch(z, 0, 3);
+                  __builtin_prefetch(z + last, 0, 3);
+                }
+            }
             if (jp < edge) {
               kiln__sgemm_ukernel_strided uks = jb->uks_pf ? jb->uks_pf[ip == 0 ? 0 : 1] : jb->uks;
               uks(kc, ap + ip * kc, g->b + p0 * g->ldb + j0 + jp, g->ldb, ct, g->ldc, mr, nr, &st);
