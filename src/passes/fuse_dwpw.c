@@ -1,14 +1,16 @@
-/* fuse-dwpw (level 3): a depthwise 3x3 conv (Conv or FusedConv, group == C, stride 1 or 2,
+/* fuse-dwpw (level 3): a depthwise 3x3 conv (Conv or FusedConv, group == C, stride 1,
    dilation 1, its bias and activation) whose only reader is a pointwise conv (1x1, stride 1, no
    padding, group 1, its bias, residual and activation) becomes one ai.kiln DwPwConv(X, W, B, W2,
    B2, Z) (docs/FUSED_OPS.md). The cpu backend (src/kernels/cpu/conv_dwpw.c) then runs the pair
    band of output rows by band, the depthwise result of a band staying in L2 for the pointwise
-   GEMM instead of going to memory and back (MobileNet-v2: 144 x 56 x 56 floats, 1.8 MB, per
-   block). The rule is the per-node measurement (bench/RESULTS.md, 2026-11-28): the pair is
-   fused only where the depthwise output plane is at least MIN_PLANE positions. */
+   GEMM instead of going out to L3 and back. The rule is the per-node measurement in
+   MobileNet-v2 (bench/RESULTS.md, 2026-11-28): fused pairs were faster or even where a band of
+   the kernel's 8-row block (its input rows and its result: C (8 OW + 10 W) floats) fits the
+   512 KiB L2, and 6-45% slower where it did not (144 x 56 x 56) and at stride 2 (every stride-2
+   pair from a 56x56 or 112x112 plane lost, the 28x28 and 14x14 ones were even). */
 #include "passes/pass.h"
 
-enum { MIN_PLANE = 1 };
+enum { BAND_ROWS = 8, BAND_MAX_FLOATS = 131072 };
 
 /* The value's dims when static (the same in both shape probes) and of rank 4. */
 static bool static4(const kiln__pass_ctx *ctx, int v, int64_t dims[4]) {
@@ -51,10 +53,9 @@ static bool dw_ok(const kiln__pass_ctx *ctx, const kiln__node *n) {
       !static4(ctx, n->in[0], x) || !static4(ctx, n->out[0], y) || x[1] != w->dims[0])
     return false;
   if (!ints_all(n, "dilations", 2, 1) || !ints_all(n, "kernel_shape", 2, 3)) return false;
-  const int64_t *s;
-  size_t ns = kiln__attr_ints(n, "strides", &s);
-  bool stride = !ns || (ns == 2 && s[0] == s[1] && (s[0] == 1 || s[0] == 2));
-  return stride && y[2] * y[3] >= MIN_PLANE;
+  if (!ints_all(n, "strides", 2, 1)) return false;
+  int64_t r = y[2] < BAND_ROWS ? y[2] : BAND_ROWS, in_rows = r + 2 < x[2] ? r + 2 : x[2];
+  return x[1] * (r * y[3] + in_rows * x[3]) <= BAND_MAX_FLOATS;
 }
 
 static bool pw_ok(const kiln__pass_ctx *ctx, const kiln__node *n, int64_t c) {

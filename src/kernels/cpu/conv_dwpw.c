@@ -13,15 +13,15 @@
  * to SLOTS_MAX), so no call allocates. */
 #include <stdatomic.h>
 #include <unistd.h>
-#include <stdlib.h>
 
 #include "core/threadpool.h"
 #include "kernels/cpu/conv_dw.h"
 #include "kernels/cpu/cpu_backend.h"
 
-/* Floats of one band's depthwise result: 256 KiB, half of Zen 3's L2, so the GEMM's packed
-   weights and the output rows fit beside it; 8 rows of MobileNet-v2's 144 x 56 x 56 (252 KiB). */
-#define BAND_FLOATS 65536
+/* Floats a band touches (its input rows and its depthwise result), at most: Zen 3's L2 (512
+   KiB). Bands that touched more measured slower than the unfused pair (bench/RESULTS.md,
+   2026-11-28); the pass fuses only where a band of the kernel's row block fits. */
+#define BAND_FLOATS 131072
 #define SLOTS_MAX 16
 
 typedef struct dwpw_state {
@@ -90,7 +90,7 @@ static kiln_status dwpw_prepare(const kiln__node *n, const kiln__graph *g, void 
 
 /* One call's geometry; false for what the reference kernel runs instead. */
 typedef struct dwpw_geom {
-  size_t n, oh, ow, rows_max; /* rows_max: the largest band that fits BAND_FLOATS */
+  size_t n, oh, ow, rows_max; /* rows_max: the largest band within BAND_FLOATS (or step) */
   size_t step;                /* bands are a multiple of this many rows where they can be */
   kiln__dw_geom dw;
 } dwpw_geom;
@@ -99,6 +99,12 @@ typedef struct dwpw_geom {
    band of 4 rows would still compute 8), so bands are cut at its multiples. */
 static size_t step_rows(const kiln__dw_geom *g) {
   return kiln__dw3x3_fits(g) ? (g->sh == 1 ? 8 : 7) : 1;
+}
+
+/* Floats a band of `rows` output rows touches: its depthwise result and its input rows. */
+static size_t band_floats(const dwpw_state *s, const dwpw_geom *g, size_t rows) {
+  size_t in_rows = KILN__MIN(g->dw.h, (rows - 1) * g->dw.sh + g->dw.kh);
+  return s->d.c * (rows * g->ow + in_rows * g->dw.w);
 }
 
 static bool dwpw_geom_get(const kiln__kctx *c, const dwpw_state *s, dwpw_geom *g) {
@@ -116,10 +122,10 @@ static bool dwpw_geom_get(const kiln__kctx *c, const dwpw_state *s, dwpw_geom *g
   g->ow = (size_t)y->dims[3];
   if (!kiln__dw_conv_geom(&s->d, (size_t)x->dims[2], (size_t)x->dims[3], g->oh, g->ow, &g->dw))
     return false;
-  size_t bf = getenv("DWPW_BAND") ? (size_t)atoi(getenv("DWPW_BAND")) : BAND_FLOATS; /* EXPERIMENT */
-  size_t row = s->d.c * g->ow, fit = row ? bf / row : g->oh;
   g->step = step_rows(&g->dw);
-  g->rows_max = fit >= g->oh ? g->oh : KILN__MAX((size_t)1, fit >= g->step ? fit / g->step * g->step : fit);
+  g->rows_max = g->oh;
+  while (g->rows_max > g->step && band_floats(s, g, g->rows_max) > BAND_FLOATS)
+    g->rows_max = g->rows_max % g->step ? g->rows_max / g->step * g->step : g->rows_max - g->step;
   return true;
 }
 
