@@ -442,7 +442,7 @@ save("hswish", [
 ], opset=11)
 # fuse-dwpw (level 3): a depthwise 3x3 (stride 1) whose only reader is a 1x1 conv becomes one
 # DwPwConv: dwa (bias, Relu6) -> pwa (bias, residual x, Relu), dwb (no bias, no activation) ->
-# pwb (no bias, Sigmoid), on an odd 13x13 plane, batch 2, 20 channels. Near misses that stay:
+# pwb (no bias, Sigmoid), on a 7x7 plane (one band: the rule), batch 2, 20 channels. Near misses that stay:
 # dws (stride 2), dwr (its output is also a graph output), dwk (read by a 3x3 conv), dw5 (5x5),
 # dwg (group 2: not depthwise).
 save("dwpw", [
@@ -465,10 +465,10 @@ save("dwpw", [
     helper.make_node("Conv", ["t5", "pb"], ["y7"], name="pw5"),
     helper.make_node("Conv", ["x", "dg"], ["tg"], name="dwg", group=2, pads=[1, 1, 1, 1]),
     helper.make_node("Conv", ["tg", "pg"], ["y8"], name="pwg"),
-], [vi("x", [2, 20, 13, 13])],
-   [vi("y1", [2, 20, 13, 13]), vi("y2", [2, 12, 13, 13]), vi("y3", [2, 12, 7, 7]),
-    vi("y4", [2, 20, 13, 13]), vi("y5", [2, 12, 13, 13]), vi("y6", [2, 12, 13, 13]),
-    vi("y7", [2, 12, 13, 13]), vi("y8", [2, 12, 13, 13])], [
+], [vi("x", [2, 20, 7, 7])],
+   [vi("y1", [2, 20, 7, 7]), vi("y2", [2, 12, 7, 7]), vi("y3", [2, 12, 4, 4]),
+    vi("y4", [2, 20, 7, 7]), vi("y5", [2, 12, 7, 7]), vi("y6", [2, 12, 7, 7]),
+    vi("y7", [2, 12, 7, 7]), vi("y8", [2, 12, 7, 7])], [
     init("da", rand(20, 1, 3, 3)), init("dab", rand(20)), init("pa", rand(20, 20, 1, 1)),
     init("pab", rand(20)), init("db", rand(20, 1, 3, 3)), init("pb", rand(12, 20, 1, 1)),
     init("dr", rand(20, 1, 3, 3)), init("dk", rand(20, 1, 3, 3)),

@@ -8,9 +8,10 @@
    the kernel's 8-row block (its input rows and its result: C (8 OW + 10 W) floats) fits the
    512 KiB L2, and 6-45% slower where it did not (144 x 56 x 56) and at stride 2 (every stride-2
    pair from a 56x56 or 112x112 plane lost, the 28x28 and 14x14 ones were even). Of the pairs
-   that fit, those with at most two bands (output height <= 16: 384 x 14 x 14, 960 x 7 x 7) and
-   the one whose depthwise output is over 1 MiB (32 x 112 x 112: its pointwise GEMM, K = 16, is
-   memory-bound) gained; 192 x 28 x 28 (four bands, 0.6 MB) ran 0-3% slower in every round. */
+   that fit, those of one band (output height <= 8: 960 x 7 x 7, 0.84-0.94) and the one whose
+   depthwise output is over 1 MiB (32 x 112 x 112: its pointwise GEMM, K = 16, is memory-bound;
+   0.69-0.95) gained; 384 x 14 x 14 (two bands) was even (0.97-1.05), 192 x 28 x 28 (four) 0-8%
+   slower. */
 #include "passes/pass.h"
 
 enum { BAND_ROWS = 8, BAND_MAX_FLOATS = 131072, BIG_FLOATS = 262144 };
@@ -60,7 +61,7 @@ static bool dw_ok(const kiln__pass_ctx *ctx, const kiln__node *n) {
   int64_t r = y[2] < BAND_ROWS ? y[2] : BAND_ROWS, in_rows = r + 2 < x[2] ? r + 2 : x[2];
   bool big = x[1] * y[2] * y[3] > BIG_FLOATS;
   return x[1] * (r * y[3] + in_rows * x[3]) <= BAND_MAX_FLOATS &&
-         (y[2] <= 2 * BAND_ROWS || big);
+         (y[2] <= BAND_ROWS || big);
 }
 
 static bool pw_ok(const kiln__pass_ctx *ctx, const kiln__node *n, int64_t c) {
