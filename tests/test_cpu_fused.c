@@ -34,7 +34,7 @@ static float rnd_f(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; 
 
 /* ---- one-node graphs ------------------------------------------------------------------------- */
 
-#define MAX_IN 4
+#define MAX_IN 6
 
 typedef struct onenode {
   kiln__graph *g;
@@ -44,18 +44,26 @@ typedef struct onenode {
   kiln__op fast_only; /* the reference op with run() failing */
 } onenode;
 
-/* activation "" / name, with up to two params (np of them). */
-static void attr_act(kiln__node *n, const char *act, int np, float p0, float p1) {
+/* `prefix`activation "" / name, with up to two params (np of them). */
+static void attr_act_named(kiln__node *n, const char *prefix, const char *act, int np, float p0,
+                           float p1) {
   if (!act) return;
-  kt_attr_str(n, "activation", act);
+  char name[64];
+  snprintf(name, sizeof name, "%sactivation", prefix);
+  kt_attr_str(n, name, act);
   if (!np) return;
   kiln__attr *a = &n->attrs[n->n_attrs++];
-  a->name = kiln__strdup("activation_params");
+  snprintf(name, sizeof name, "%sactivation_params", prefix);
+  a->name = kiln__strdup(name);
   a->type = KILN__ATTR_FLOATS;
   a->n = (size_t)np;
   a->floats = kiln__malloc(2 * sizeof *a->floats);
   a->floats[0] = p0;
   a->floats[1] = p1;
+}
+
+static void attr_act(kiln__node *n, const char *act, int np, float p0, float p1) {
+  attr_act_named(n, "", act, np, p0, p1);
 }
 
 static kiln_status run_fails(kiln__kctx *c) {
@@ -68,7 +76,7 @@ static void onenode_make(onenode *o, const char *op, int n_in, const int *ranks,
   memset(o, 0, sizeof *o);
   o->g = kiln__graph_new();
   o->n_in = n_in;
-  static const char *names[MAX_IN] = {"in0", "in1", "in2", "in3"};
+  static const char *names[MAX_IN] = {"in0", "in1", "in2", "in3", "in4", "in5"};
   int idx[MAX_IN];
   kiln_error err = {0};
   for (int i = 0; i < n_in; i++) {
@@ -299,6 +307,73 @@ static void winograd_conv_matches_reference(void **st) {
     if (i == 2) kt_attr_int(o.n, "group", 2);
     else if (i < 2) kt_attr_ints(o.n, misses[i].attr, misses[i].v, 2);
     assert_false(kiln__cpu_winograd_kernels[0].supports(o.n, o.g));
+    onenode_free(&o);
+  }
+}
+
+/* ---- DwPwConv (conv_dwpw.c) ------------------------------------------------------------------ */
+
+static void dwpw_cases(kiln__pool *pool) {
+  /* N, C, H, W, K, stride, bias, bias2, Z, depthwise and pointwise activation indexes (-1: every
+     one) */
+  static const struct {
+    int64_t n, c, h, w, k, stride;
+    int bias, bias2, z, dw_act, pw_act;
+  } cases[] = {
+      {1, 20, 13, 13, 12, 1, 1, 1, 1, 3, -1},  /* Relu6 then every pointwise epilogue */
+      {2, 20, 13, 13, 12, 2, 1, 1, 1, -1, 0},  /* every depthwise activation, stride 2, batch 2 */
+      {1, 9, 1, 1, 5, 1, 1, 0, 1, 2, 2},       /* a 1x1 plane */
+      {2, 17, 2, 3, 30, 1, 0, 1, 0, 3, 5},     /* 2x3, K in two parts */
+      {1, 24, 3, 7, 13, 2, 1, 1, 1, 3, 0},     /* 3x7 at stride 2 */
+      {1, 300, 7, 7, 40, 1, 1, 1, 1, 3, 2},    /* 7x7 (the flat kernel), C over one k block */
+      {2, 70, 57, 57, 24, 1, 1, 1, 1, 3, 0},   /* bands of 8 rows, the last one short */
+      {1, 33, 57, 41, 10, 2, 1, 1, 1, 4, 13},  /* stride 2, bands of 7 rows, Silu after */
+      {1, 64, 1, 40, 48, 1, 1, 1, 1, 3, 2},    /* one band: split over K on 2 threads */
+      {1, 16, 29, 29, 8, 2, 0, 0, 0, 0, 0},    /* no bias, no Z, no activation */
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    size_t d0 = cases[i].dw_act < 0 ? 0 : (size_t)cases[i].dw_act;
+    size_t d1 = cases[i].dw_act < 0 ? KILN__ARRAY_LEN(acts) : d0 + 1;
+    size_t p0 = cases[i].pw_act < 0 ? 0 : (size_t)cases[i].pw_act;
+    size_t p1 = cases[i].pw_act < 0 ? KILN__ARRAY_LEN(acts) : p0 + 1;
+    for (size_t da = d0; da < d1; da++)
+      for (size_t pa = p0; pa < p1; pa++) {
+        int64_t s = cases[i].stride, c = cases[i].c, k = cases[i].k;
+        int64_t oh = (cases[i].h - 1) / s + 1, ow = (cases[i].w - 1) / s + 1;
+        int n_in = cases[i].z ? 6 : cases[i].bias2 ? 5 : 4;
+        int ranks[6] = {4, 4, cases[i].bias ? 1 : -1, 4, cases[i].bias2 ? 1 : -1, 4};
+        int64_t dims[6][KILN_MAX_RANK] = {{cases[i].n, c, cases[i].h, cases[i].w},
+                                          {c, 1, 3, 3}, {c}, {k, c, 1, 1}, {k},
+                                          {cases[i].n, k, oh, ow}};
+        onenode o;
+        onenode_make(&o, "DwPwConv", n_in, ranks, dims, (1u << 1) | (1u << 3));
+        const int64_t pads[4] = {1, 1, 1, 1}, strides[2] = {s, s};
+        kt_attr_int(o.n, "group", c);
+        kt_attr_ints(o.n, "pads", pads, 4);
+        kt_attr_ints(o.n, "strides", strides, 2);
+        attr_act(o.n, acts[da].name, acts[da].np, acts[da].p0, acts[da].p1);
+        attr_act_named(o.n, "pw_", acts[pa].name, acts[pa].np, acts[pa].p0, acts[pa].p1);
+        assert_true(kiln__cpu_dwpw_kernels[0].supports(o.n, o.g));
+        onenode_check(&o, pool, 1e-4f);
+        onenode_free(&o);
+      }
+  }
+}
+
+/* The band kernel against the reference (the depthwise FusedConv, then the 1x1 product in
+   double); it does not take a pointwise weight that is not [K, C, 1, 1] or an unknown
+   pw_activation. */
+static void dwpw_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(dwpw_cases);
+  for (int i = 0; i < 2; i++) {
+    int ranks[4] = {4, 4, -1, 4};
+    int64_t dims[4][KILN_MAX_RANK] = {{1, 8, 9, 9}, {8, 1, 3, 3}, {8}, {4, 8, 1 + 2 * (i == 0), 1}};
+    onenode o;
+    onenode_make(&o, "DwPwConv", 4, ranks, dims, (1u << 1) | (1u << 3));
+    kt_attr_int(o.n, "group", 8);
+    if (i == 1) kt_attr_str(o.n, "pw_activation", "Softplus");
+    assert_false(kiln__cpu_dwpw_kernels[0].supports(o.n, o.g));
     onenode_free(&o);
   }
 }
@@ -592,6 +667,7 @@ int main(void) {
       cmocka_unit_test(fused_conv_matches_reference),
       cmocka_unit_test(winograd_conv_matches_reference),
       cmocka_unit_test(winograd_transforms_match_portable),
+      cmocka_unit_test(dwpw_matches_reference),
       cmocka_unit_test(fused_gemm_matches_reference),
       cmocka_unit_test(fused_matmul_matches_reference),
       cmocka_unit_test(norms_and_gelu_match_reference),

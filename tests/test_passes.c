@@ -256,7 +256,7 @@ static void optimize_roundtrip(void **s) {
   (void)s;
   const char *files[] = {"models/transformer_block.onnx", "models/pass_linear.onnx",
                          "models/pass_attention.onnx", "models/pass_rmsnorm.onnx",
-                         "models/pass_winograd.onnx"};
+                         "models/pass_winograd.onnx", "models/pass_dwpw.onnx"};
   const char *out = "test_passes_optimized.onnx";
   for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
     char path[1024];
@@ -323,7 +323,7 @@ static void alloc_failures(void **s) {
                          "models/pass_gelu_tanh.onnx",
                          "models/pass_linear.onnx", "models/pass_attention.onnx",
                          "models/pass_rmsnorm.onnx", "models/pass_chain.onnx",
-                         "models/pass_winograd.onnx"};
+                         "models/pass_winograd.onnx", "models/pass_dwpw.onnx"};
   for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
     char path[1024];
     path_of(path, sizeof path, tests_dir, files[f]);
@@ -374,6 +374,20 @@ static void winograd(void **s) {
   assert_int_equal(after, 13);
 }
 
+/* fuse-dwpw (level 3): dwa+pwa (Relu6 between; bias, residual and Relu after) and dwb+pwb (no
+   bias, Sigmoid) become DwPwConv; the stride-2 pair, the depthwise output that is also a graph
+   output, the 3x3 reader, the 5x5 and the group-2 conv stay. The cpu backend's band kernel then
+   computes them within 1e-5 of level 0's unfused graph. Level 2 fuses none. */
+static void fuse_dwpw(void **s) {
+  (void)s;
+  check_case(&(pass_case){"models/pass_dwpw.onnx", "fuse-dwpw", 3, 2, 18, 12, false});
+  char path[1024];
+  path_of(path, sizeof path, tests_dir, "models/pass_dwpw.onnx");
+  size_t before, after;
+  assert_int_equal(pass_matches(path, 2, "fuse-dwpw", &before, &after), 0);
+  assert_int_equal(after, 14);
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: test_passes MODELS_DIR TESTS_DIR\n");
@@ -390,6 +404,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(fuse_linear),    cmocka_unit_test(fuse_attention),
       cmocka_unit_test(fuse_rmsnorm),   cmocka_unit_test(attention_causal),
       cmocka_unit_test(fuse_chain),     cmocka_unit_test(winograd),
+      cmocka_unit_test(fuse_dwpw),
       cmocka_unit_test(optimize_roundtrip),
       cmocka_unit_test(levels),         cmocka_unit_test(shipped_models),
       cmocka_unit_test(alloc_failures),

@@ -1,7 +1,8 @@
 /* The per-node profiler (kiln_profile): one event per executed node with the graph's names and op
    types, MACs from the shapes the ONNX file declares, times that fit inside the run, nothing
    recorded when it is off, no allocation while recording, a Chrome trace that parses (jansson),
-   argument errors, and sessions profiling concurrently on one model. */
+   argument errors, sessions profiling concurrently on one model, and the MACs of a fused
+   DwPwConv. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -347,6 +348,44 @@ typedef struct worker {
   size_t events, runs;
 } worker;
 
+/* DwPwConv (tests/models/pass_dwpw.onnx at level 3): its MACs are the depthwise conv's (9 per
+   element of T [2, 20, 7, 7]) plus the 1x1 conv's (C = 20 per output element): dwa+pwa
+   (K = 20) and dwb+pwb (K = 12). */
+static void fused_dwpw_macs(void **state) {
+  (void)state;
+  char path[1024];
+  snprintf(path, sizeof path, "%s/models/pass_dwpw.onnx", tests_dir);
+  kiln_model *m = kt_load(path, 1, 3);
+  kiln_session *s = NULL;
+  kiln_profile *p = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  assert_int_equal(kiln_profile_create(m, 1, &p, &err), KILN_OK);
+  int64_t dims[4] = {2, 20, 7, 7};
+  kiln_tensor x;
+  assert_int_equal(kiln_tensor_alloc(&x, KILN_DTYPE_FLOAT, 4, dims, &err), KILN_OK);
+  memset(x.data, 0, kiln_tensor_nbytes(&x));
+  kiln_run_opts o = kiln_run_opts_default();
+  o.profile = p;
+  const char *names[] = {"x"};
+  assert_int_equal(kiln_session_run_ex(s, names, &x, 1, &o, &err), KILN_OK);
+  const uint64_t t = 2 * 20 * 7 * 7, want[2] = {t * 9 + t * 20, t * 9 + 2 * 12 * 49 * 20};
+  size_t seen = 0;
+  for (size_t i = 0; i < kiln_profile_event_count(p); i++) {
+    kiln_profile_event e;
+    assert_int_equal(kiln_profile_event_get(p, i, &e), KILN_OK);
+    if (strcmp(e.op_type, "DwPwConv")) continue;
+    assert_string_equal(e.domain, "ai.kiln");
+    assert_int_equal(e.macs, want[!strcmp(e.name, "dwb")]);
+    seen++;
+  }
+  assert_int_equal(seen, 2);
+  kiln_tensor_release(&x);
+  kiln_profile_free(p);
+  kiln_session_free(s);
+  kiln_model_free(m);
+}
+
 static void *worker_main(void *arg) {
   worker *w = arg;
   kiln_session *s = NULL;
@@ -402,6 +441,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(chrome_trace_parses),
       cmocka_unit_test(bad_arguments_are_errors),
       cmocka_unit_test(concurrent_sessions_profile),
+      cmocka_unit_test(fused_dwpw_macs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -440,4 +440,40 @@ save("hswish", [
     init("zero", np.array(0.0, np.float32)), init("six", np.array(6.0, np.float32)),
     init("five", np.array(5.0, np.float32)), init("sixth", np.array(1.0 / 6, np.float32)),
 ], opset=11)
+# fuse-dwpw (level 3): a depthwise 3x3 (stride 1) whose only reader is a 1x1 conv becomes one
+# DwPwConv: dwa (bias, Relu6) -> pwa (bias, residual x, Relu), dwb (no bias, no activation) ->
+# pwb (no bias, Sigmoid), on a 7x7 plane (one band: the rule), batch 2, 20 channels. Near misses that stay:
+# dws (stride 2), dwr (its output is also a graph output), dwk (read by a 3x3 conv), dw5 (5x5),
+# dwg (group 2: not depthwise).
+save("dwpw", [
+    helper.make_node("Conv", ["x", "da", "dab"], ["ta"], name="dwa", group=20, pads=[1, 1, 1, 1]),
+    helper.make_node("Clip", ["ta", "zero", "six"], ["ua"], name="clip_a"),
+    helper.make_node("Conv", ["ua", "pa", "pab"], ["va"], name="pwa"),
+    helper.make_node("Add", ["va", "x"], ["wa"], name="res_a"),
+    helper.make_node("Relu", ["wa"], ["y1"], name="relu_a"),
+    helper.make_node("Conv", ["x", "db"], ["tb"], name="dwb", group=20, pads=[1, 1, 1, 1]),
+    helper.make_node("Conv", ["tb", "pb"], ["vb"], name="pwb"),
+    helper.make_node("Sigmoid", ["vb"], ["y2"], name="sig_b"),
+    helper.make_node("Conv", ["x", "db"], ["ts"], name="dws", group=20, pads=[1, 1, 1, 1],
+                     strides=[2, 2]),
+    helper.make_node("Conv", ["ts", "pb"], ["y3"], name="pws"),
+    helper.make_node("Conv", ["x", "dr"], ["y4"], name="dwr", group=20, pads=[1, 1, 1, 1]),
+    helper.make_node("Conv", ["y4", "pb"], ["y5"], name="pwr"),
+    helper.make_node("Conv", ["x", "dk"], ["tk"], name="dwk", group=20, pads=[1, 1, 1, 1]),
+    helper.make_node("Conv", ["tk", "pk"], ["y6"], name="pwk", pads=[1, 1, 1, 1]),
+    helper.make_node("Conv", ["x", "d5"], ["t5"], name="dw5", group=20, pads=[2, 2, 2, 2]),
+    helper.make_node("Conv", ["t5", "pb"], ["y7"], name="pw5"),
+    helper.make_node("Conv", ["x", "dg"], ["tg"], name="dwg", group=2, pads=[1, 1, 1, 1]),
+    helper.make_node("Conv", ["tg", "pg"], ["y8"], name="pwg"),
+], [vi("x", [2, 20, 7, 7])],
+   [vi("y1", [2, 20, 7, 7]), vi("y2", [2, 12, 7, 7]), vi("y3", [2, 12, 4, 4]),
+    vi("y4", [2, 20, 7, 7]), vi("y5", [2, 12, 7, 7]), vi("y6", [2, 12, 7, 7]),
+    vi("y7", [2, 12, 7, 7]), vi("y8", [2, 12, 7, 7])], [
+    init("da", rand(20, 1, 3, 3)), init("dab", rand(20)), init("pa", rand(20, 20, 1, 1)),
+    init("pab", rand(20)), init("db", rand(20, 1, 3, 3)), init("pb", rand(12, 20, 1, 1)),
+    init("dr", rand(20, 1, 3, 3)), init("dk", rand(20, 1, 3, 3)),
+    init("pk", rand(12, 20, 3, 3)), init("d5", rand(20, 1, 5, 5)),
+    init("dg", rand(20, 10, 3, 3)), init("pg", rand(12, 20, 1, 1)),
+    init("zero", np.array(0.0, np.float32)), init("six", np.array(6.0, np.float32)),
+])
 print("wrote pass_*.onnx to", os.path.normpath(OUT))

@@ -118,6 +118,13 @@ static uint64_t node_macs(const kiln__node *n, const kiln_tensor *const *in, int
       (kiln && !strcmp(op, "FusedConv")))
     return n_in > 1 ? conv_macs(y, in[1]) : 0;
   if (onnx && !strcmp(op, "QLinearConv")) return n_in > 3 ? conv_macs(y, in[3]) : 0;
+  if (kiln && !strcmp(op, "DwPwConv") && n_in > 3) {
+    /* the depthwise conv's (T [N, C, OH, OW], kh kw each), then C per output of the 1x1 */
+    int64_t k = dim_or0(in[3], 0), c = dim_or0(in[3], 1);
+    if (k <= 0 || c <= 0) return 0;
+    uint64_t t = count_of(y) / (uint64_t)k * (uint64_t)c;
+    return t * (count_of(in[1]) / (uint64_t)c) + count_of(y) * (uint64_t)c;
+  }
   if (onnx && !strcmp(op, "ConvTranspose")) return n_in > 1 ? conv_macs(a, in[1]) : 0;
   if ((onnx && (!strcmp(op, "MatMul") || !strcmp(op, "MatMulInteger") ||
                 !strcmp(op, "QLinearMatMul"))) ||

@@ -528,6 +528,23 @@ static int64_t same_pad(int mode, int64_t in, int64_t out, int64_t s, int64_t k)
   return mode == 1 ? total / 2 : total - total / 2;
 }
 
+bool kiln__dw_conv_geom(const kiln__dw_conv *d, size_t h, size_t w, size_t oh, size_t ow,
+                        kiln__dw_geom *g) {
+  *g = (kiln__dw_geom){.h = h, .w = w, .oh = oh, .ow = ow, .kh = d->kh, .kw = d->kw,
+                       .sh = d->sh, .sw = d->sw};
+  int64_t pt = 0, pl = 0;
+  if (d->auto_pad == 0) {
+    pt = d->pads[0];
+    pl = d->pads[1];
+  } else if (d->auto_pad != 3) {
+    pt = same_pad(d->auto_pad, (int64_t)h, (int64_t)oh, (int64_t)d->sh, (int64_t)d->kh);
+    pl = same_pad(d->auto_pad, (int64_t)w, (int64_t)ow, (int64_t)d->sw, (int64_t)d->kw);
+  }
+  g->pt = (size_t)pt;
+  g->pl = (size_t)pl;
+  return kiln__dwconv_fits(g);
+}
+
 bool kiln__dw_conv_run(kiln__kctx *c, const kiln__dw_conv *d, const float *z,
                        const kiln__epilogue *ep) {
   const kiln_tensor *x = c->in[0], *y = c->out[0];
@@ -537,20 +554,9 @@ bool kiln__dw_conv_run(kiln__kctx *c, const kiln__dw_conv *d, const float *z,
     return false;
   if (b && (b->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(b) != d->c)) return false;
   dw_job j = {.d = d, .x = x->data, .bias = b ? b->data : NULL, .z = z, .y = y->data, .ep = ep};
-  j.g = (kiln__dw_geom){.h = (size_t)x->dims[2], .w = (size_t)x->dims[3],
-                        .oh = (size_t)y->dims[2], .ow = (size_t)y->dims[3], .kh = d->kh,
-                        .kw = d->kw, .sh = d->sh, .sw = d->sw};
-  int64_t pt = 0, pl = 0;
-  if (d->auto_pad == 0) {
-    pt = d->pads[0];
-    pl = d->pads[1];
-  } else if (d->auto_pad != 3) {
-    pt = same_pad(d->auto_pad, x->dims[2], y->dims[2], (int64_t)d->sh, (int64_t)d->kh);
-    pl = same_pad(d->auto_pad, x->dims[3], y->dims[3], (int64_t)d->sw, (int64_t)d->kw);
-  }
-  j.g.pt = (size_t)pt;
-  j.g.pl = (size_t)pl;
-  if (!kiln__dwconv_fits(&j.g)) return false;
+  if (!kiln__dw_conv_geom(d, (size_t)x->dims[2], (size_t)x->dims[3], (size_t)y->dims[2],
+                          (size_t)y->dims[3], &j.g))
+    return false;
   size_t planes = (size_t)x->dims[0] * d->c, groups = (size_t)x->dims[0] * ((d->c + 7) / 8);
   /* 2 MiB and more: an input the previous node wrote well past L2 (conv_dw3x3.c prefetches;
      MobileNet-v2 in the model: 96 x 112 x 112, 4.8 MB, median 385 -> 331 us; 144 x 56 x 56,

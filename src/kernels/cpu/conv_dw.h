@@ -72,6 +72,10 @@ typedef struct kiln__dw_conv {
    isa) when it is. */
 bool kiln__dw_conv_parse(const struct kiln__node *n, const struct kiln__graph *g,
                          kiln__dw_conv *d);
+/* The plane geometry of one call (input h x w, output oh x ow from shape inference: pads from
+   the attributes or auto_pad); false when the row buffers do not fit (kiln__dwconv_fits). */
+bool kiln__dw_conv_geom(const kiln__dw_conv *d, size_t h, size_t w, size_t oh, size_t ow,
+                        kiln__dw_geom *g);
 /* Runs it for the context's tensors, with y = act(conv + bias + z); z NULL or y's shape. Returns
    false, having done nothing, when the run's shapes are not ones it handles (the caller then runs
    the reference kernel). */

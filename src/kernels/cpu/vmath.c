@@ -3,6 +3,7 @@
 #include "kernels/cpu/vmath.h"
 
 #include <float.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #if defined(__SSE2__)
@@ -148,9 +149,17 @@ void kiln__act_apply(const kiln__vmath *v, kiln__act act, float p0, float p1, fl
 }
 
 bool kiln__act_from_node(const kiln__node *n, kiln__act *act, float *p0, float *p1) {
-  if (!kiln__act_parse(kiln__attr_str(n, "activation", ""), act)) return false;
+  return kiln__act_from_attrs(n, "", act, p0, p1);
+}
+
+bool kiln__act_from_attrs(const kiln__node *n, const char *prefix, kiln__act *act, float *p0,
+                          float *p1) {
+  char name[64], params[64];
+  snprintf(name, sizeof name, "%sactivation", prefix);
+  snprintf(params, sizeof params, "%sactivation_params", prefix);
+  if (!kiln__act_parse(kiln__attr_str(n, name, ""), act)) return false;
   const float *p = NULL;
-  size_t np = kiln__attr_floats(n, "activation_params", &p);
+  size_t np = kiln__attr_floats(n, params, &p);
   float def[2] = {0.0f, 0.0f};
   size_t used = 0;
   if (*act == KILN__ACT_CLIP) def[0] = -FLT_MAX, def[1] = FLT_MAX, used = 2;

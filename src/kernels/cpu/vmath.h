@@ -86,6 +86,10 @@ void kiln__act_apply(const kiln__vmath *v, kiln__act act, float p0, float p1, fl
    name. */
 struct kiln__node;
 bool kiln__act_from_node(const struct kiln__node *n, kiln__act *act, float *p0, float *p1);
+/* The same from the attributes `prefix`activation and `prefix`activation_params (DwPwConv's
+   second activation is pw_activation). */
+bool kiln__act_from_attrs(const struct kiln__node *n, const char *prefix, kiln__act *act,
+                          float *p0, float *p1);
 
 /* The table for this machine, or the one KILN_ISA asks for. Fails (UNSUPPORTED or
    INVALID_ARGUMENT) when KILN_ISA names an ISA this CPU cannot run or an unknown one. */

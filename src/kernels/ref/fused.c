@@ -10,6 +10,7 @@
    so those fusions are bit-equal) and Attention (online softmax over blocks of K/V). */
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 
 #include "ir/op.h"
 #include "kernels/ref/gemm.h"
@@ -154,19 +155,25 @@ static const struct {
     {"GeluTanh", ACT_GELU_TANH, 0, {0, 0}}, /* ai.kiln Gelu with approximate="tanh" */
 };
 
-static kiln_status act_get(const kiln__kctx *c, act *a) {
-  const char *name = kiln__attr_str(c->node, "activation", "");
+/* The node's `prefix`activation and `prefix`activation_params. */
+static kiln_status act_get_named(const kiln__kctx *c, const char *prefix, act *a) {
+  char attr[64], params[64];
+  snprintf(attr, sizeof attr, "%sactivation", prefix);
+  snprintf(params, sizeof params, "%sactivation_params", prefix);
+  const char *name = kiln__attr_str(c->node, attr, "");
   const float *p = NULL;
-  size_t np = kiln__attr_floats(c->node, "activation_params", &p);
+  size_t np = kiln__attr_floats(c->node, params, &p);
   for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
     if (strcmp(name, acts[i].name)) continue;
     a->kind = acts[i].kind;
     for (int k = 0; k < 2; k++) a->p[k] = k < (int)np && k < acts[i].n_params ? p[k] : acts[i].def[k];
     return KILN_OK;
   }
-  return kiln__fail(c->err, KILN_UNSUPPORTED, "%s: unknown activation '%s'", c->node->op_type,
+  return kiln__fail(c->err, KILN_UNSUPPORTED, "%s: unknown %s '%s'", c->node->op_type, attr,
                     name);
 }
+
+static kiln_status act_get(const kiln__kctx *c, act *a) { return act_get_named(c, "", a); }
 
 /* The formulas and roundings of the reference elementwise kernels, so a fusion is bit-equal to the
    op it absorbed (Gelu as ai.kiln.Gelu, SiLU as Sigmoid then Mul). */
@@ -271,6 +278,94 @@ static kiln_status run_fconv(kiln__kctx *c) {
   if (st == KILN_OK) st = plain("Conv")->run(&s);
   if (st == KILN_OK) epilogue(&a, c->out[0], NULL, 0, c->n_in > 3 ? c->in[3] : NULL);
   return st;
+}
+
+/* ---- DwPwConv -------------------------------------------------------------------------------- */
+/* Inputs X, W, B? (the depthwise conv), W2, B2? (the pointwise one), Z?. The node's conv
+   attributes and activation are the depthwise conv's; pw_activation the pointwise one's. The
+   depthwise result T = FusedConv(X, W, B) goes to scratch (after the plain Conv's own scratch);
+   Y = pw_act(W2 T + B2 + Z), the product summed in double. */
+
+/* The depthwise part's context: X, W, B in, T out (shape only: data set by the caller). */
+static kiln__kctx dw_ctx(const kiln__kctx *c, kiln_tensor *const *out) {
+  kiln__kctx s = sub_ctx(c, 3);
+  s.out = out;
+  s.n_out = 1;
+  return s;
+}
+
+static kiln_status infer_dwpw(kiln__kctx *c) {
+  act a, a2;
+  kiln_tensor t = {0}, *tp = &t;
+  kiln__kctx s = dw_ctx(c, &tp);
+  kiln_status st = act_get(c, &a);
+  if (st == KILN_OK) st = act_get_named(c, "pw_", &a2);
+  if (st == KILN_OK) st = plain("Conv")->infer(&s);
+  const kiln_tensor *x = c->in[0], *w2 = c->in[3], *b2 = c->n_in > 4 ? c->in[4] : NULL;
+  if (st == KILN_OK && (x->dtype != KILN_DTYPE_FLOAT || !w2 || w2->dtype != KILN_DTYPE_FLOAT))
+    st = kiln__fail(c->err, KILN_UNSUPPORTED, "DwPwConv takes float32");
+  if (st == KILN_OK && (t.rank != 4 || w2->rank != 4 || w2->dims[1] != t.dims[1] ||
+                        w2->dims[2] != 1 || w2->dims[3] != 1))
+    st = kiln__fail(c->err, KILN_INVALID_ARGUMENT, "DwPwConv: W2 must be [K, C, 1, 1]");
+  if (st == KILN_OK && b2 && (b2->dtype != KILN_DTYPE_FLOAT || b2->rank != 1 ||
+                              b2->dims[0] != w2->dims[0]))
+    st = kiln__fail(c->err, KILN_INVALID_ARGUMENT, "DwPwConv: B2 must be float32 [K]");
+  if (st != KILN_OK) return st;
+  int64_t dims[4] = {t.dims[0], w2->dims[0], t.dims[2], t.dims[3]};
+  kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, 4, dims);
+  return c->n_in > 5 ? check_residual(c, c->in[5], 4, dims, true) : KILN_OK;
+}
+
+/* T's shape (from the output's), and the plain Conv's scratch for the depthwise part. */
+static size_t dwpw_conv_scratch(const kiln__kctx *c, kiln_tensor *t) {
+  const kiln_tensor *y = c->out[0];
+  int64_t dims[4] = {y->dims[0], c->in[1]->dims[0], y->dims[2], y->dims[3]};
+  kiln__set_shape(t, KILN_DTYPE_FLOAT, 4, dims);
+  kiln_tensor *tp = t;
+  kiln__kctx s = dw_ctx(c, &tp);
+  const kiln__op *op = plain("Conv");
+  size_t b = op->scratch ? op->scratch(&s) : 0;
+  return (b + 63) / 64 * 64;
+}
+
+static size_t scratch_dwpw(const kiln__kctx *c) {
+  kiln_tensor t = {0};
+  size_t b = dwpw_conv_scratch(c, &t);
+  return b + kiln_tensor_count(&t) * sizeof(float);
+}
+
+static kiln_status run_dwpw(kiln__kctx *c) {
+  act a, a2;
+  kiln_status st = act_get(c, &a);
+  if (st == KILN_OK) st = act_get_named(c, "pw_", &a2);
+  if (st != KILN_OK) return st;
+  kiln_tensor t = {0}, *tp = &t;
+  size_t off = dwpw_conv_scratch(c, &t);
+  if (c->scratch_bytes < off + kiln_tensor_count(&t) * sizeof(float))
+    return kiln__fail(c->err, KILN_INTERNAL, "DwPwConv: scratch too small");
+  t.data = (char *)c->scratch + off;
+  kiln__kctx s = dw_ctx(c, &tp);
+  s.scratch_bytes = off;
+  if ((st = plain("Conv")->run(&s)) != KILN_OK) return st;
+  epilogue(&a, &t, NULL, 0, NULL);
+  const kiln_tensor *y = c->out[0], *b2 = c->n_in > 4 ? c->in[4] : NULL,
+                    *z = c->n_in > 5 ? c->in[5] : NULL;
+  size_t n = (size_t)y->dims[0], k = (size_t)y->dims[1], ch = (size_t)t.dims[1];
+  size_t p = (size_t)(y->dims[2] * y->dims[3]);
+  const float *T = t.data, *W2 = c->in[3]->data;
+  float *Y = y->data;
+  for (size_t b = 0; b < n; b++)
+    for (size_t o = 0; o < k; o++)
+      for (size_t q = 0; q < p; q++) {
+        double acc = 0;
+        for (size_t i = 0; i < ch; i++) acc += (double)W2[o * ch + i] * T[(b * ch + i) * p + q];
+        float v = (float)acc;
+        if (b2) v += ((const float *)b2->data)[o];
+        size_t at = (b * k + o) * p + q;
+        if (z) v += ((const float *)z->data)[at];
+        Y[at] = act_apply(&a2, v);
+      }
+  return KILN_OK;
 }
 
 /* ---- FusedGemm ------------------------------------------------------------------------------- */
@@ -471,6 +566,7 @@ const kiln__op kiln__ops_fused[] = {
     {"ai.kiln", "Gelu", infer_float_same, run_gelu, NULL, KILN__OPF_INPLACE, 1, 1},
     {"ai.kiln", "RMSNorm", infer_rmsnorm, run_rmsnorm, NULL, 0, 2, 2},
     {"ai.kiln", "FusedConv", infer_fconv, run_fconv, scratch_fconv, 0, 2, 4},
+    {"ai.kiln", "DwPwConv", infer_dwpw, run_dwpw, scratch_dwpw, 0, 4, 6},
     {"ai.kiln", "FusedGemm", infer_fgemm, run_fgemm, NULL, 0, 2, 4},
     {"ai.kiln", "FusedMatMul", infer_fmatmul, run_fmatmul, NULL, 0, 2, 4},
     {"ai.kiln", "Attention", infer_attention, run_attention, scratch_attention, 0, 3, 4},
