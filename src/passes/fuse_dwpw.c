@@ -16,27 +16,6 @@
 
 enum { BAND_ROWS = 8, BAND_MAX_FLOATS = 131072, BIG_FLOATS = 262144 };
 
-/* The value's dims when static (the same in both shape probes) and of rank 4. */
-static bool static4(const kiln__pass_ctx *ctx, int v, int64_t dims[4]) {
-  const kiln_tensor *a = kiln__pass_shape(ctx, v, 0), *b = kiln__pass_shape(ctx, v, 1);
-  if (!a || !b || a->rank != 4 || b->rank != 4) return false;
-  for (int d = 0; d < 4; d++) {
-    if (a->dims[d] <= 0 || a->dims[d] != b->dims[d]) return false;
-    dims[d] = a->dims[d];
-  }
-  return true;
-}
-
-static bool ints_all(const kiln__node *n, const char *name, size_t cnt, int64_t want) {
-  const int64_t *v;
-  size_t k = kiln__attr_ints(n, name, &v);
-  if (!k) return true;
-  if (k != cnt) return false;
-  for (size_t i = 0; i < k; i++)
-    if (v[i] != want) return false;
-  return true;
-}
-
 /* A float Conv or FusedConv with one output and a constant [rows, cols, kh, kw] weight, not
    already given to a special algorithm; its weight, or NULL. */
 static const kiln_tensor *conv_weight(const kiln__pass_ctx *ctx, const kiln__node *n) {
@@ -54,10 +33,12 @@ static bool dw_ok(const kiln__pass_ctx *ctx, const kiln__node *n) {
   int64_t x[4], y[4];
   if (!w || n->n_in > 3 || w->dims[1] != 1 || w->dims[2] != 3 || w->dims[3] != 3 ||
       kiln__attr_int(n, "group", 1) != w->dims[0] || w->dims[0] < 2 ||
-      !static4(ctx, n->in[0], x) || !static4(ctx, n->out[0], y) || x[1] != w->dims[0])
+      !kiln__pass_static4(ctx, n->in[0], x) || !kiln__pass_static4(ctx, n->out[0], y) ||
+      x[1] != w->dims[0])
     return false;
-  if (!ints_all(n, "dilations", 2, 1) || !ints_all(n, "kernel_shape", 2, 3)) return false;
-  if (!ints_all(n, "strides", 2, 1)) return false;
+  if (!kiln__pass_ints_all(n, "dilations", 2, 1) || !kiln__pass_ints_all(n, "kernel_shape", 2, 3))
+    return false;
+  if (!kiln__pass_ints_all(n, "strides", 2, 1)) return false;
   int64_t r = y[2] < BAND_ROWS ? y[2] : BAND_ROWS, in_rows = r + 2 < x[2] ? r + 2 : x[2];
   bool big = x[1] * y[2] * y[3] > BIG_FLOATS;
   return x[1] * (r * y[3] + in_rows * x[3]) <= BAND_MAX_FLOATS &&
@@ -68,8 +49,9 @@ static bool pw_ok(const kiln__pass_ctx *ctx, const kiln__node *n, int64_t c) {
   const kiln_tensor *w = conv_weight(ctx, n);
   const char *ap = kiln__attr_str(n, "auto_pad", "NOTSET");
   return w && w->dims[1] == c && w->dims[2] == 1 && w->dims[3] == 1 &&
-         kiln__attr_int(n, "group", 1) == 1 && ints_all(n, "strides", 2, 1) &&
-         ints_all(n, "pads", 4, 0) && (!*ap || !strcmp(ap, "NOTSET") || !strcmp(ap, "VALID"));
+         kiln__attr_int(n, "group", 1) == 1 && kiln__pass_ints_all(n, "strides", 2, 1) &&
+         kiln__pass_ints_all(n, "pads", 4, 0) &&
+         (!*ap || !strcmp(ap, "NOTSET") || !strcmp(ap, "VALID"));
 }
 
 /* Copies the pointwise conv's activation onto the fused node as pw_activation(_params). */

@@ -96,6 +96,8 @@ int kiln__pass_add_node(kiln__pass_ctx *ctx, const char *name, const char *domai
                         const char *op_type, const int *in, int n_in, const int *out, int n_out);
 /* True when node n is op `op` of the default domain with one output. */
 bool kiln__pass_is(const kiln__node *n, const char *op);
+/* True when n's ints attribute `name` is absent or holds `cnt` values, all `want`. */
+bool kiln__pass_ints_all(const kiln__node *n, const char *name, size_t cnt, int64_t want);
 
 /* Shapes (shapes.c): infers every value's dtype and shape from the graph inputs and initializers
    with the ops' infer(), twice, each time substituting different sizes for the symbolic dims, so
@@ -106,6 +108,8 @@ const kiln_tensor *kiln__pass_shape(const kiln__pass_ctx *ctx, int v, int probe)
 /* v's rank when known in both probes, else -1; the dtype likewise (UNDEFINED). */
 int kiln__pass_rank(const kiln__pass_ctx *ctx, int v);
 kiln_dtype kiln__pass_dtype(const kiln__pass_ctx *ctx, int v);
+/* v's dims when static (the same in both probes, all positive) and of rank 4. */
+bool kiln__pass_static4(const kiln__pass_ctx *ctx, int v, int64_t dims[4]);
 /* True when a's shape broadcasts to b's without widening it (every dim of a equal to b's, or 1
    when `allow_ones`), in both probes. */
 bool kiln__pass_fits(const kiln__pass_ctx *ctx, int a, int b, bool allow_ones);

@@ -306,6 +306,16 @@ int kiln__pass_add_node(kiln__pass_ctx *ctx, const char *name, const char *domai
   return idx;
 }
 
+bool kiln__pass_ints_all(const kiln__node *n, const char *name, size_t cnt, int64_t want) {
+  const int64_t *v;
+  size_t k = kiln__attr_ints(n, name, &v);
+  if (!k) return true;
+  if (k != cnt) return false;
+  for (size_t i = 0; i < k; i++)
+    if (v[i] != want) return false;
+  return true;
+}
+
 bool kiln__pass_is(const kiln__node *n, const char *op) {
   return !n->domain[0] && !strcmp(n->op_type, op) && n->n_out == 1;
 }

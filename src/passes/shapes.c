@@ -177,6 +177,16 @@ kiln_dtype kiln__pass_dtype(const kiln__pass_ctx *ctx, int v) {
   return a && b && a->dtype == b->dtype ? a->dtype : KILN_DTYPE_UNDEFINED;
 }
 
+bool kiln__pass_static4(const kiln__pass_ctx *ctx, int v, int64_t dims[4]) {
+  const kiln_tensor *a = kiln__pass_shape(ctx, v, 0), *b = kiln__pass_shape(ctx, v, 1);
+  if (!a || !b || a->rank != 4 || b->rank != 4) return false;
+  for (int d = 0; d < 4; d++) {
+    if (a->dims[d] <= 0 || a->dims[d] != b->dims[d]) return false;
+    dims[d] = a->dims[d];
+  }
+  return true;
+}
+
 bool kiln__pass_fits(const kiln__pass_ctx *ctx, int a, int b, bool allow_ones) {
   for (int p = 0; p < 2; p++) {
     const kiln_tensor *x = kiln__pass_shape(ctx, a, p), *y = kiln__pass_shape(ctx, b, p);

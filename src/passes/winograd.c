@@ -13,27 +13,6 @@
 
 enum { MIN_IN = 16, MIN_OUT = 64, MIN_PLANE = 7 * 7 };
 
-/* The value's dims when static (the same in both shape probes) and of rank 4. */
-static bool static4(const kiln__pass_ctx *ctx, int v, int64_t dims[4]) {
-  const kiln_tensor *a = kiln__pass_shape(ctx, v, 0), *b = kiln__pass_shape(ctx, v, 1);
-  if (!a || !b || a->rank != 4 || b->rank != 4) return false;
-  for (int d = 0; d < 4; d++) {
-    if (a->dims[d] <= 0 || a->dims[d] != b->dims[d]) return false;
-    dims[d] = a->dims[d];
-  }
-  return true;
-}
-
-static bool ints_all(const kiln__node *n, const char *name, size_t cnt, int64_t want) {
-  const int64_t *v;
-  size_t k = kiln__attr_ints(n, name, &v);
-  if (!k) return true;
-  if (k != cnt) return false;
-  for (size_t i = 0; i < k; i++)
-    if (v[i] != want) return false;
-  return true;
-}
-
 static bool eligible(const kiln__pass_ctx *ctx, const kiln__node *n) {
   bool plain = !n->domain[0] && !strcmp(n->op_type, "Conv");
   bool fused = !strcmp(n->domain, "ai.kiln") && !strcmp(n->op_type, "FusedConv");
@@ -41,11 +20,12 @@ static bool eligible(const kiln__pass_ctx *ctx, const kiln__node *n) {
   if (kiln__attr_find(n, "algorithm")) return false; /* already decided */
   const kiln_tensor *w = kiln__pass_const_f32(ctx, n->in[1]);
   int64_t x[4], y[4];
-  if (!w || w->rank != 4 || w->dims[2] != 3 || w->dims[3] != 3 || !static4(ctx, n->in[0], x) ||
-      !static4(ctx, n->out[0], y) || kiln__pass_dtype(ctx, n->in[0]) != KILN_DTYPE_FLOAT)
+  if (!w || w->rank != 4 || w->dims[2] != 3 || w->dims[3] != 3 ||
+      !kiln__pass_static4(ctx, n->in[0], x) ||
+      !kiln__pass_static4(ctx, n->out[0], y) || kiln__pass_dtype(ctx, n->in[0]) != KILN_DTYPE_FLOAT)
     return false;
-  if (kiln__attr_int(n, "group", 1) != 1 || !ints_all(n, "strides", 2, 1) ||
-      !ints_all(n, "dilations", 2, 1) || !ints_all(n, "kernel_shape", 2, 3))
+  if (kiln__attr_int(n, "group", 1) != 1 || !kiln__pass_ints_all(n, "strides", 2, 1) ||
+      !kiln__pass_ints_all(n, "dilations", 2, 1) || !kiln__pass_ints_all(n, "kernel_shape", 2, 3))
     return false;
   return x[1] == w->dims[1] && w->dims[1] >= MIN_IN && w->dims[0] >= MIN_OUT &&
          y[2] * y[3] >= MIN_PLANE;
