@@ -96,10 +96,16 @@ typedef struct dwpw_geom {
   kiln__dw_geom dw;
 } dwpw_geom;
 
-/* The depthwise kernel's row block (conv_dw3x3.c: 8 output rows at stride 1, 7 at stride 2; a
-   band of 4 rows would still compute 8), so bands are cut at its multiples. */
-static size_t step_rows(const kiln__dw_geom *g) {
-  return kiln__dw3x3_fits(g) ? (g->sh == 1 ? 8 : 7) : 1;
+/* The depthwise kernel's row block (the AVX2 kernel of conv_dw3x3.c: 8 output rows at stride 1,
+   7 at stride 2; a band of 4 rows would still compute 8), so bands are cut at its multiples.
+   The other kernels work row by row. */
+static size_t step_rows(kiln__isa isa, const kiln__dw_geom *g) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa != KILN__ISA_GENERIC && kiln__dw3x3_fits(g)) return g->sh == 1 ? 8 : 7;
+#else
+  (void)isa, (void)g;
+#endif
+  return 1;
 }
 
 /* Floats a band of `rows` output rows touches: its depthwise result and its input rows. */
@@ -123,7 +129,7 @@ static bool dwpw_geom_get(const kiln__kctx *c, const dwpw_state *s, dwpw_geom *g
   g->ow = (size_t)y->dims[3];
   if (!kiln__dw_conv_geom(&s->d, (size_t)x->dims[2], (size_t)x->dims[3], g->oh, g->ow, &g->dw))
     return false;
-  g->step = step_rows(&g->dw);
+  g->step = step_rows(s->d.isa, &g->dw);
   g->rows_max = g->oh;
   while (g->rows_max > g->step && band_floats(s, g, g->rows_max) > BAND_FLOATS)
     g->rows_max = g->rows_max % g->step ? g->rows_max / g->step * g->step : g->rows_max - g->step;
