@@ -336,6 +336,24 @@ metric() { # metric REASON: the slow model's failure counter for that reason
 successes() {
   curl -s -m 30 "$base/metrics" | sed -n 's/^kiln_request_success_total{model="slow",version="1"} //p'
 }
+runs_started() { # runs of the slow model that have taken a session, i.e. started
+  curl -s -m 30 "$base/metrics" |
+    sed -n 's/^kiln_context_pool_\(hits\|misses\|waits\)_total{model="slow",version="1"} //p' |
+    awk '{s += $1} END {print s + 0}'
+}
+# start_busy OUT: posts the busy request in the background (pid in bpid) and returns once its
+# run has started (bounded, 10 s), so what follows finds the one worker busy however loaded the
+# machine is (a fixed 0.3 s sleep was not always enough beside other tests under ctest -j).
+start_busy() {
+  local n0
+  n0=$(runs_started)
+  post "$tmp/busy" "$1" &
+  bpid=$!
+  for _ in $(seq 1 200); do
+    [ "$(runs_started)" -gt "$n0" ] && return
+    sleep 0.05
+  done
+}
 # Calibrate: rows for a run of about 2 s on this machine and build (ASan is far slower); the
 # first request also creates the session, so the second one is timed.
 slow_req 256 "$tmp/cal"
@@ -352,9 +370,7 @@ slow_req 1 "$tmp/low_long" '{"priority": 4, "timeout": 60000000}'
 
 # Overload: while the busy request runs, six more arrive at once; one may queue, the others are
 # refused at once with 503 and Retry-After, and the server stays healthy.
-post "$tmp/busy" "$tmp/b0" &
-bpid=$!
-sleep 0.3
+start_busy "$tmp/b0"
 kids=()
 for k in 1 2 3 4 5 6; do post "$tmp/small" "$tmp/o$k" & kids+=($!); done
 wait "${kids[@]}" "$bpid"
@@ -377,9 +393,7 @@ r=$(metric rejected)
 
 # Deadlines: behind the busy request, a 100 ms timeout expires in the queue (503, Retry-After);
 # at level 4 the policy's 100 ms applies although the request asks for 60 s (no override).
-post "$tmp/busy" "$tmp/b1" &
-bpid=$!
-sleep 0.3
+start_busy "$tmp/b1"
 post "$tmp/small_t" "$tmp/d1" & # levels 3 and 4: one queue place each
 d1=$!
 post "$tmp/low_long" "$tmp/d2"
@@ -395,9 +409,7 @@ r=$(metric deadline_exceeded)
 # Disconnects: a client that gives up while its request is queued, and one that gives up while
 # its request runs; both requests are cancelled (counted as such, not served).
 succ0=$(successes)
-post "$tmp/busy" "$tmp/b2" &
-bpid=$!
-sleep 0.3
+start_busy "$tmp/b2"
 post "$tmp/small" "$tmp/q" --max-time 0.3 # queued behind the busy one, then gone
 wait "$bpid"
 post "$tmp/busy" "$tmp/r" --max-time 0.3 # running, then gone
