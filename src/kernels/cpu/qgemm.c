@@ -10,6 +10,9 @@
 #ifdef KILN__QGEMM_X86
 #include <cpuid.h>
 #endif
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* k block; a multiple of every format's k group (2, 4). MC x NC int32 accumulators per tile live
    on the stack (36 KiB). */
@@ -342,6 +345,57 @@ void kiln__qpack_gather(struct kiln__pool *pool, kiln__qisa isa, size_t n, size_
   blocks = (n + j.gb - 1) / j.gb;
   if (serial || blocks == 1) gather_blocks(&j, 0, blocks);
   else kiln__parallel_for(pool, blocks, gather_blocks, &j);
+}
+
+/* kiln__qpack_taps: panels [pb, pe) of 16 columns; within a panel, each 16 k values (one tap's
+   16 channels) of 4 columns are a 4 x 4 transpose of 32-bit words, which is exactly the k-quad
+   layout (quad q holds word q of each column). Columns past n (the panel's padding) are 0. */
+static void taps_panels(void *arg, size_t pb, size_t pe) {
+  const pack_job *j = arg;
+  const uint8_t *const *ptrs = j->gctx;
+  const size_t R = 16, taps = j->gb, kt = j->k / taps;
+  for (size_t pi = pb; pi < pe; pi++) {
+    size_t r0 = pi * R, rn = KILN__MIN(R, j->rows - r0);
+    size_t W = j->im->uk_edge && rn <= R / 2 ? R / 2 : R;
+    for (size_t p0 = 0; p0 < j->k; p0 += KC) {
+      size_t kc = KILN__MIN((size_t)KC, j->k - p0); /* a multiple of 16 */
+      uint8_t *blk = (uint8_t *)j->out->data + p0 * j->rpad + r0 * kc;
+      for (size_t p = 0; p < kc; p += 16) {
+        size_t t = (p0 + p) / kt, c = (p0 + p) % kt;
+        uint8_t *dst = blk + p * W; /* quad p / 4 of a W-wide panel */
+        for (size_t g = 0; g < W; g += 4) {
+#ifdef __SSE2__
+          const __m128i flip = _mm_set1_epi8((char)j->xor_);
+          __m128i v[4];
+          for (size_t i = 0; i < 4; i++)
+            v[i] = g + i < rn ? _mm_xor_si128(_mm_loadu_si128((const __m128i *)(
+                                                  ptrs[(r0 + g + i) * taps + t] + c)),
+                                              flip)
+                              : _mm_setzero_si128();
+          __m128i t0 = _mm_unpacklo_epi32(v[0], v[1]), t1 = _mm_unpacklo_epi32(v[2], v[3]);
+          __m128i t2 = _mm_unpackhi_epi32(v[0], v[1]), t3 = _mm_unpackhi_epi32(v[2], v[3]);
+          _mm_storeu_si128((__m128i *)(dst + g * 4), _mm_unpacklo_epi64(t0, t1));
+          _mm_storeu_si128((__m128i *)(dst + W * 4 + g * 4), _mm_unpackhi_epi64(t0, t1));
+          _mm_storeu_si128((__m128i *)(dst + W * 8 + g * 4), _mm_unpacklo_epi64(t2, t3));
+          _mm_storeu_si128((__m128i *)(dst + W * 12 + g * 4), _mm_unpackhi_epi64(t2, t3));
+#else
+          for (size_t i = 0; i < 4; i++)
+            for (size_t b = 0; b < 16; b++)
+              dst[(b / 4) * W * 4 + (g + i) * 4 + b % 4] =
+                  g + i < rn ? ptrs[(r0 + g + i) * taps + t][c + b] ^ j->xor_ : 0;
+#endif
+        }
+      }
+    }
+  }
+}
+
+void kiln__qpack_taps(struct kiln__pool *pool, kiln__qisa isa, size_t n, size_t taps, size_t kt,
+                      bool is_signed, const uint8_t *const *ptrs, void *mem, kiln__qpacked *out) {
+  pack_job j = pack_setup(isa, false, n, taps * kt, is_signed, mem, out);
+  j.gctx = ptrs;
+  j.gb = taps;
+  pack_run(pool, &j, taps_panels);
 }
 
 /* Whether every k pair of the operand, stored as int8 (a uint8 source shifted by -128), has
