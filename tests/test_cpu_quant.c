@@ -232,7 +232,7 @@ static const struct {
 } mm_shapes[] = {
     {0, 1, 1, 1},    {0, 3, 5, 7},     {0, 6, 16, 16},   {0, 7, 17, 33},  {0, 13, 64, 9},
     {0, 72, 256, 128}, {0, 73, 257, 129}, {0, 100, 300, 200}, {2, 5, 19, 23}, {0, 1, 768, 50},
-    {3, 50, 130, 70}, {0, 4, 600, 8},
+    {3, 50, 130, 70}, {0, 4, 600, 8}, {0, 9, 4700, 21}, /* k past one 4608 block */
 };
 
 /* zero-point modes: 0 none, 1 za only, 2 za and per-column zb, 3 za and scalar zb */
@@ -880,7 +880,7 @@ static void byte_formats_match_reference(void **st) {
 /* Convolutions whose im2col columns are packed straight from the input (kiln__qpack_gather,
    the byte formats) against the reference kernel, with qualifying weights (the gathered path on
    AVX2) and full-range ones (im2col + pack): kernels 3x3 / 5x5 / 7x7 / 1x3, strides, dilation,
-   asymmetric pads, groups, odd channel counts (partial k quads, edge tiles), k past one 256 block,
+   asymmetric pads, groups, odd channel counts (partial k quads, edge tiles), k past one k block,
    planes from 1x1 to several 512-column blocks per chunk, batch 2. */
 static const struct {
   int64_t n, c, h, w, m, kh, kw, sh, sw, dh, dw, pads[4], group;
@@ -897,6 +897,7 @@ static const struct {
     {1, 24, 30, 30, 17, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}, 1},  /* strided 3x3 */
     {1, 64, 7, 7, 18, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},    /* 49 columns: the 8-wide edge */
     {1, 7, 30, 33, 6, 3, 3, 1, 1, 1, 1, {0, 0, 0, 0}, 1},    /* unpadded: direct rows */
+    {1, 530, 4, 4, 6, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},    /* k 4770: two k blocks */
 };
 
 static void gather_cases(kiln__pool *pool) {
@@ -936,8 +937,8 @@ static void gathered_columns_match_reference(void **st) {
 /* Convolutions on the NHWC columns (kiln__qpack_taps: one group, channels a multiple of 16,
    S8U8 weights whose zero point makes every za 0, i.e. int8 weights with zp 0 or uint8 ones with
    zp 128, on AVX2) against the reference kernel: 3x3 / 5x5 / 1x3 / strided 1x1 kernels, strides 1
-   and 2, dilation, asymmetric pads, planes from 1x1 to several chunks, k blocks that end inside a
-   tap (c 48: 256 = 5 * 48 + 16), output channel counts off the 4-row tiles and past one 72-row
+   and 2, dilation, asymmetric pads, planes from 1x1 to several chunks, a k block that ends inside
+   a tap (c 544: 4608 = 8 * 544 + 256), output channel counts off the 4-row tiles and past one 72-row
    tile, batch 2, per-tensor and per-channel weight scales and zero points, ConvInteger, uint8 /
    int8 inputs and outputs, activations at the extremes. Weights with a za that is not 0 (a
    uint8 zero point other than 128) must keep the im2col path and still match. */
@@ -945,8 +946,8 @@ static const struct {
   int64_t n, c, h, w, m, kh, kw, sh, sw, dh, dw, pads[4];
 } nhwc_shapes[] = {
     {1, 16, 9, 11, 7, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* odd plane, odd m */
-    {1, 32, 14, 14, 33, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},  /* k 288: two k blocks */
-    {1, 48, 7, 7, 16, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* a k block ends inside a tap */
+    {1, 32, 14, 14, 33, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},  /* k 288 */
+    {1, 48, 7, 7, 16, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* c 48: three 16-channel groups a tap */
     {2, 16, 15, 17, 12, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}},  /* strided, batch 2 */
     {1, 16, 1, 1, 5, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},     /* 1x1 plane: all but one tap pad */
     {1, 32, 12, 13, 20, 5, 5, 1, 1, 1, 1, {2, 1, 0, 3}},  /* 5x5, asymmetric pads */
@@ -956,6 +957,7 @@ static const struct {
     {1, 16, 50, 50, 8, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},   /* 2500 columns: two chunks */
     {1, 64, 7, 7, 18, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* 49 columns: the 8-wide edge */
     {1, 16, 6, 7, 4, 3, 3, 1, 1, 1, 1, {0, 0, 0, 0}},     /* unpadded */
+    {1, 544, 5, 5, 9, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* k 4896: the 4608 block ends in a tap */
 };
 
 static void nhwc_cases(kiln__pool *pool) {

@@ -14,9 +14,13 @@
 #include <emmintrin.h>
 #endif
 
-/* k block; a multiple of every format's k group (2, 4). MC x NC int32 accumulators per tile live
-   on the stack (36 KiB). */
-#define KC 256
+/* k block; a multiple of every format's k group (2, 4) and of 16 (kiln__qpack_taps). MC x NC
+   int32 accumulators per tile live on the stack (36 KiB). Large enough for a whole 3x3 conv over
+   512 channels: the requantizing microkernel (k <= KC) then covers every conv, with no int32 tile
+   stored per k block and no epilogue pass, and the panels stream from L2 well enough (bench_qgemm
+   conv table, best of 3 alternating rounds, KC 256 -> 4608: l2 3x3 159 -> 184 GOPS, l4 3x3 177 ->
+   191, l4 1x1 139 -> 157, the k <= 256 shapes unchanged). */
+#define KC 4608
 #define MC_MAX 72
 #define NC 128
 
