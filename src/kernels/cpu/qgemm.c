@@ -510,6 +510,7 @@ typedef struct qjob {
   const kiln__qgemm_args *g;
   const qimpl *im;
   size_t tiles_n;
+  size_t mc, nc; /* tile size: at most im->mc x NC, multiples of the microkernel's */
 } qjob;
 
 static void qtiles(void *arg, size_t begin, size_t end) {
@@ -534,8 +535,8 @@ static void qtiles(void *arg, size_t begin, size_t end) {
                        .hi = g->kind == KILN__QOUT_U8 ? 255 : 127, .kind = g->kind,
                        .ldd = g->ldc};
   for (size_t t = begin; t < end; t++) {
-    size_t i0 = (t / jb->tiles_n) * im->mc, j0 = (t % jb->tiles_n) * NC;
-    size_t mc = KILN__MIN(im->mc, g->m - i0), nc = KILN__MIN((size_t)NC, g->n - j0);
+    size_t i0 = (t / jb->tiles_n) * jb->mc, j0 = (t % jb->tiles_n) * jb->nc;
+    size_t mc = KILN__MIN(jb->mc, g->m - i0), nc = KILN__MIN(jb->nc, g->n - j0);
     size_t mpad = round_up(mc, im->mr), npad = round_up(nc, im->nr);
     bool any_za = false;
     for (size_t i = 0; i < mc; i++) {
@@ -625,8 +626,23 @@ void kiln__qgemm_run(struct kiln__pool *pool, const kiln__qgemm_args *g) {
     return;
   }
   const qimpl *im = &impls[g->a->isa];
-  qjob jb = {.g = g, .im = im, .tiles_n = (g->n + NC - 1) / NC};
-  size_t tiles = (g->m + im->mc - 1) / im->mc * jb.tiles_n;
+  /* Tiles of even size: 208 columns as 112 + 96, not 128 + 80. With threads and few tiles, more
+     row tiles until the count is a multiple of the threads: ResNet-18's 64 x 352 conv chunk was
+     3 column tiles, so of 2 threads one waited a third of the node; now 2 x 3 tiles of 32 rows. */
+  size_t T = pool ? (size_t)kiln__pool_threads(pool) : 1;
+  size_t tm = (g->m + im->mc - 1) / im->mc, tn = (g->n + NC - 1) / NC;
+  if (T > 1 && (tm * tn) % T && tm * tn < 4 * T) {
+    size_t most = KILN__MIN((g->m + im->mr - 1) / im->mr, tm * T);
+    for (size_t t2 = tm + 1; t2 <= most; t2++)
+      if (t2 * tn % T == 0) {
+        tm = t2;
+        break;
+      }
+  }
+  qjob jb = {.g = g, .im = im, .mc = round_up((g->m + tm - 1) / tm, im->mr),
+             .nc = round_up((g->n + tn - 1) / tn, im->nr)};
+  jb.tiles_n = (g->n + jb.nc - 1) / jb.nc;
+  size_t tiles = (g->m + jb.mc - 1) / jb.mc * jb.tiles_n;
   /* Below ~64k multiply-adds the pool's hand-off costs more than the work. */
   if (tiles == 1 || (double)g->m * (double)g->n * (double)g->k < 65536.0) qtiles(&jb, 0, tiles);
   else kiln__parallel_for(pool, tiles, qtiles, &jb);
