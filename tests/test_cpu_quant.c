@@ -897,7 +897,7 @@ static const struct {
     {1, 24, 30, 30, 17, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}, 1},  /* strided 3x3 */
     {1, 64, 7, 7, 18, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},    /* 49 columns: the 8-wide edge */
     {1, 7, 30, 33, 6, 3, 3, 1, 1, 1, 1, {0, 0, 0, 0}, 1},    /* unpadded: direct rows */
-    {1, 530, 4, 4, 6, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},    /* k 4770: two k blocks */
+    {1, 530, 4, 5, 6, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},    /* k 4770: two k blocks */
 };
 
 static void gather_cases(kiln__pool *pool) {
@@ -938,10 +938,11 @@ static void gathered_columns_match_reference(void **st) {
    S8U8 weights whose zero point makes every za 0, i.e. int8 weights with zp 0 or uint8 ones with
    zp 128, on AVX2) against the reference kernel: 3x3 / 5x5 / 1x3 / strided 1x1 kernels, strides 1
    and 2, dilation, asymmetric pads, planes from 1x1 to several chunks, a k block that ends inside
-   a tap (c 544: 4608 = 8 * 544 + 256), output channel counts off the 4-row tiles and past one 72-row
-   tile, batch 2, per-tensor and per-channel weight scales and zero points, ConvInteger, uint8 /
-   int8 inputs and outputs, activations at the extremes. Weights with a za that is not 0 (a
-   uint8 zero point other than 128) must keep the im2col path and still match. */
+   a tap (c 544: 4608 = 8 * 544 + 256), output channel counts off the 4-row tiles and past one
+   72-row tile, edge panels of 1-4 columns (the rows-in-lanes kernel, also across two k blocks),
+   batch 2, per-tensor and per-channel weight scales and zero points, ConvInteger, uint8 / int8
+   inputs and outputs, activations at the extremes. Weights with a za that is not 0 (a uint8
+   zero point other than 128) must keep the im2col path and still match. */
 static const struct {
   int64_t n, c, h, w, m, kh, kw, sh, sw, dh, dw, pads[4];
 } nhwc_shapes[] = {
@@ -957,7 +958,7 @@ static const struct {
     {1, 16, 50, 50, 8, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},   /* 2500 columns: two chunks */
     {1, 64, 7, 7, 18, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* 49 columns: the 8-wide edge */
     {1, 16, 6, 7, 4, 3, 3, 1, 1, 1, 1, {0, 0, 0, 0}},     /* unpadded */
-    {1, 544, 5, 5, 9, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* k 4896: the 4608 block ends in a tap */
+    {1, 544, 5, 4, 9, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* k 4896, block ends in a tap */
 };
 
 static void nhwc_cases(kiln__pool *pool) {

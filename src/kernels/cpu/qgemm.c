@@ -34,6 +34,9 @@ typedef struct qimpl {
   kiln__qgemm_ukernel uk_edge;
   /* MR x NR kernel that requantizes in registers (the conv case with k <= KC), or NULL */
   kiln__qgemm_ukernel_req ukq;
+  /* rows-in-lanes kernel for an edge panel of at most 4 columns (kiln__qgemm_ukc_*), or NULL */
+  void (*ukc)(size_t, const uint8_t *, size_t, size_t, const uint8_t *, size_t, size_t, int32_t *,
+              size_t, bool);
 } qimpl;
 
 static const qimpl impls[KILN__QFMT_COUNT] = {
@@ -51,7 +54,7 @@ static const qimpl impls[KILN__QFMT_COUNT] = {
                               kiln__qep_tile__avx2, 0, kiln__qgemm_uk_4x8__avx2_u8s8},
     [KILN__QFMT_AVX2_S8U8] = {4, 16, 72, 4, 1, kiln__qgemm_uk_4x16__avx2_s8u8,
                               kiln__qep_tile__avx2, 1, kiln__qgemm_uk_4x8__avx2_s8u8,
-                              kiln__qgemm_ukq_4x16__avx2_s8u8},
+                              kiln__qgemm_ukq_4x16__avx2_s8u8, kiln__qgemm_ukc_avx2_s8u8},
 #endif
 };
 
@@ -580,6 +583,11 @@ static void qtiles(void *arg, size_t begin, size_t end) {
       for (size_t jp = jq; jp < npad; jp += im->nr) {
         /* B's last panel, packed narrow when it has at most nr / 2 columns (pack_panels) */
         bool edge = im->uk_edge && g->n - (j0 + jp) <= im->nr / 2;
+        if (edge && im->ukc && g->n - (j0 + jp) <= 4) {
+          im->ukc(kcp / im->kp, ab, im->mr * kcp, mpad, bb + jp * kcp, 4 * im->nr / 2,
+                  g->n - (j0 + jp), acc + jp, NC, p0 > 0);
+          continue;
+        }
         kiln__qgemm_ukernel uk = edge ? im->uk_edge : im->uk;
         for (size_t ip = 0; ip < mpad; ip += im->mr)
           uk(kcp / im->kp, ab + ip * kcp * im->esz, bb + jp * kcp * im->esz, acc + ip * NC + jp,

@@ -256,6 +256,12 @@ void kiln__qgemm_uk_4x8__avx2_u8s8(size_t groups, const void *restrict a, const 
                                    int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qgemm_uk_4x8__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
                                    int32_t *restrict c, size_t ldc, bool accumulate);
+/* The S8U8 edge panel's first cols (1-4) columns for rows (a multiple of 4) rows of A's 4-row
+   panels (a_ps bytes apart), rows in lanes: c[i * ldc + j] = (accumulate ? c : 0) + sum. b is the
+   edge panel (bw bytes per k quad). */
+void kiln__qgemm_ukc_avx2_s8u8(size_t groups, const uint8_t *a, size_t a_ps, size_t rows,
+                               const uint8_t *b, size_t bw, size_t cols, int32_t *c, size_t ldc,
+                               bool accumulate);
 /* The requantization of whole rows of a tile in the microkernel's registers (the conv case:
    per-row multiplier, weights' za 0, uniform zb, no per-column bias), for a k that fits one k
    block: no int32 tile is stored and read back. Row i's sums become

@@ -184,6 +184,41 @@ TARGET void kiln__qgemm_ukq_4x16__avx2_s8u8(size_t groups, const void *restrict 
     STORE8(3);                                                                                \
   }
 
+/* The S8U8 edge of 1-4 columns (ResNet's 7x7 planes: 49 = 3 x 16 + 1), rows in lanes: per k
+   quad, 8 rows of weights (two 4-row panels) times each column's broadcast quad. Four columns
+   always (the 8-wide edge panel is zero past its columns), 3 ops each per 8 rows, where the 4 x 8
+   tile spent 24 on 8 rows whatever the column count. Writes c[i * ldc + j], i < rows (a multiple
+   of 4), j < cols. */
+TARGET void kiln__qgemm_ukc_avx2_s8u8(size_t groups, const uint8_t *a, size_t a_ps, size_t rows,
+                                      const uint8_t *b, size_t bw, size_t cols, int32_t *c,
+                                      size_t ldc, bool accumulate) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (size_t r0 = 0; r0 < rows; r0 += 8) {
+    bool two = r0 + 8 <= rows;
+    const uint8_t *a0 = a + (r0 / 4) * a_ps, *a1 = two ? a0 + a_ps : a0, *B = b;
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
+    for (size_t g = 0; g < groups; g++, a0 += 16, a1 += 16, B += bw) {
+      __m256i av = _mm256_inserti128_si256(
+          _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a0)),
+          _mm_loadu_si128((const __m128i *)a1), 1);
+#define COL(j) \
+  c##j = _mm256_add_epi32(c##j, _mm256_madd_epi16(MUL_S8U8(av, bcast8x4(B + 4 * j)), ones));
+      COL(0) COL(1) COL(2) COL(3)
+#undef COL
+    }
+    _Alignas(32) int32_t t[4][8];
+    _mm256_store_si256((__m256i *)t[0], c0);
+    _mm256_store_si256((__m256i *)t[1], c1);
+    _mm256_store_si256((__m256i *)t[2], c2);
+    _mm256_store_si256((__m256i *)t[3], c3);
+    for (size_t i = 0; i < (two ? 8u : 4u); i++)
+      for (size_t j = 0; j < cols; j++) {
+        int32_t *d = c + (r0 + i) * ldc + j;
+        *d = (int32_t)((accumulate ? (uint32_t)*d : 0u) + (uint32_t)t[j][i]);
+      }
+  }
+}
+
 BYTE_UK8(kiln__qgemm_uk_4x8__avx2_u8s8, MUL_U8S8)
 BYTE_UK8(kiln__qgemm_uk_4x8__avx2_s8u8, MUL_S8U8)
 #undef BROW8

@@ -15,6 +15,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/qconv_dw.h"
 #include "kernels/cpu/qgemm.h"
@@ -486,11 +487,34 @@ static size_t nhwc_bytes(const qconv_state *s, const qconv_geom *cg) {
          align64(cg->chunk * s->cv.kh * s->cv.kw * sizeof(const uint8_t *));
 }
 
+/* The NHWC form's per-thread bands (qconv_nhwc): `bands` standalone packed operands of equal
+   whole panels covering `cols` columns; bytes of one. At most NHWC_BANDS_MAX bands (threads): the
+   plan does not know the session's thread count, so scratch covers every count up to it. */
+#define NHWC_BANDS_MAX 8
+static size_t nhwc_band_bytes(const qconv_state *s, size_t cols, size_t bands) {
+  size_t panels = (cols + 15) / 16;
+  return align64(kiln__qpack_bytes(s->pw[0].isa, false, (panels + bands - 1) / bands * 16,
+                                   s->cv.kk));
+}
+
+/* Whether the NHWC form splits a chunk into per-thread bands: its columns outweigh the weights. */
+static bool nhwc_banded(const qconv_state *s, const qconv_geom *cg) {
+  return s->nhwc && !cg->pointwise && cg->chunk >= s->cv.m;
+}
+
+/* Bytes of the packed columns of one chunk, as one operand or as bands for any thread count. */
+static size_t qconv_bregion(const qconv_state *s, const qconv_geom *cg) {
+  size_t b = align64(kiln__qpack_bytes(s->bsize_fmt, false, cg->chunk, s->cv.kk));
+  if (nhwc_banded(s, cg))
+    for (size_t t = 2; t <= NHWC_BANDS_MAX; t++)
+      b = KILN__MAX(b, t * nhwc_band_bytes(s, cg->chunk, t));
+  return b;
+}
+
 static size_t qconv_scratch_for(const qconv_state *s, const qconv_geom *cg) {
   if (s->dw) return align64(s->cv.m * sizeof(float));
   size_t cols = cg->pointwise || s->gather ? nhwc_bytes(s, cg) : align64(s->cv.kk * cg->chunk);
-  return cols + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg->chunk, s->cv.kk)) +
-         align64(s->cv.m * sizeof(float));
+  return cols + qconv_bregion(s, cg) + align64(s->cv.m * sizeof(float));
 }
 
 static size_t qconv_scratch(const kiln__kctx *c, void *state) {
@@ -650,9 +674,66 @@ static void nhwc_blocks(void *arg, size_t b0, size_t b1) {
     }
 }
 
+/* One chunk of the NHWC form: items are column bands, each packed and multiplied by one thread
+   (band_cols columns, standalone packed operands of band_bytes each in bmem). */
+typedef struct nhwc_chunk {
+  const qconv_state *s;
+  const qconv_geom *cg;
+  const uint8_t *xh, *padrow;
+  const uint8_t **ptrs; /* one per (column of the chunk, tap) */
+  uint8_t *bmem;
+  size_t q0, q1, band_cols, band_bytes;
+  bool xs8;
+  kiln__qgemm_args g;   /* n, b, c set per band */
+  uint8_t *y;           /* the output image */
+  size_t out_esz;
+} nhwc_chunk;
+
+/* Pointers of the chunk's columns [a, b): tap t of column q at ptrs[(q - q0) * taps + t]. */
+static void nhwc_ptrs(const nhwc_chunk *h, size_t a, size_t b) {
+  const kiln__conv2d *cv = &h->s->cv;
+  const qconv_geom *cg = h->cg;
+  const uint8_t **pp = h->ptrs + (a - h->q0) * cv->kh * cv->kw;
+  for (size_t q = a; q < b; q++) {
+    int64_t oy = (int64_t)(q / cg->ow), ox = (int64_t)(q % cg->ow);
+    for (size_t ky = 0; ky < cv->kh; ky++) {
+      int64_t iy = oy * cv->sh - cg->pt + (int64_t)ky * cv->dh;
+      bool row_in = iy >= 0 && iy < (int64_t)cg->h;
+      for (size_t kx = 0; kx < cv->kw; kx++) {
+        int64_t ix = ox * cv->sw - cg->pl + (int64_t)kx * cv->dw;
+        *pp++ = row_in && ix >= 0 && ix < (int64_t)cg->w
+                    ? h->xh + ((size_t)iy * cg->w + (size_t)ix) * cg->c
+                    : h->padrow;
+      }
+    }
+  }
+}
+
+static void nhwc_bands(void *arg, size_t b0, size_t b1) {
+  const nhwc_chunk *h = arg;
+  size_t taps = h->s->cv.kh * h->s->cv.kw;
+  for (size_t b = b0; b < b1; b++) {
+    size_t a = h->q0 + b * h->band_cols, e = KILN__MIN(h->q1, a + h->band_cols);
+    if (a >= e) continue;
+    nhwc_ptrs(h, a, e);
+    kiln__qpacked pb;
+    uint8_t *mem = h->bmem + b * h->band_bytes;
+    kiln__qpack_taps(NULL, h->s->pw[0].isa, e - a, taps, h->cg->c, h->xs8,
+                     h->ptrs + (a - h->q0) * taps, mem, &pb);
+    kiln__qgemm_args g = h->g;
+    g.n = e - a;
+    g.b = &pb;
+    g.c = h->y + a * h->out_esz;
+    kiln__qgemm_run(NULL, &g);
+  }
+}
+
 /* The NHWC form of the conv (qconv_state.nhwc, a kernel larger than 1x1 or strided / padded):
    per image, the input in NHWC; per chunk of output pixels, one pointer per (pixel, tap) to the
-   tap's c input bytes (or to the zero-point row), the columns packed from them, the GEMM. */
+   tap's c input bytes (or to the zero-point row), the columns packed from them, the GEMM. When a
+   chunk's columns outweigh the weights (chunk >= m: ResNet's 56x56 and 28x28 layers), each thread
+   packs and multiplies its own band of columns (one hand-off per chunk, and its columns stay in
+   its own cache); else the packing and the GEMM's tiles are each split over the pool. */
 static void qconv_nhwc(kiln__kctx *c, const qconv_state *s, const qconv_geom *cg, uint8_t *mem,
                        uint8_t pad, uint8_t *bmem, kiln__qout_kind kind, const int32_t *bias,
                        const float *mult, int32_t zy) {
@@ -660,39 +741,41 @@ static void qconv_nhwc(kiln__kctx *c, const qconv_state *s, const qconv_geom *cg
   const kiln_tensor *x = c->in[0];
   size_t taps = cv->kh * cv->kw, hw = cg->h * cg->w;
   uint8_t *xh = mem, *padrow = xh + align64(cg->c * hw);
-  const uint8_t **ptrs = (const uint8_t **)(padrow + align64(cg->c));
   memset(padrow, pad, cg->c);
-  size_t out_esz = kind == KILN__QOUT_I32 ? 4 : 1;
-  kiln__qgemm_args g = {.m = cv->m, .k = cv->kk, .a = &s->pw[0], .za = cg->zw, .zb = cg->zx,
-                        .kind = kind, .ldc = cg->p, .per_row = true, .zy = zy, .bias = bias,
-                        .mult = s->qlinear ? mult : NULL};
+  size_t threads =
+      c->pool ? KILN__MIN((size_t)kiln__pool_threads(c->pool), (size_t)NHWC_BANDS_MAX) : 1;
+  nhwc_chunk h = {.s = s, .cg = cg, .xh = xh, .padrow = padrow,
+                  .ptrs = (const uint8_t **)(padrow + align64(cg->c)), .bmem = bmem,
+                  .xs8 = x->dtype == KILN_DTYPE_INT8,
+                  .out_esz = kind == KILN__QOUT_I32 ? 4 : 1};
+  h.g = (kiln__qgemm_args){.m = cv->m, .k = cv->kk, .a = &s->pw[0], .za = cg->zw, .zb = cg->zx,
+                           .kind = kind, .ldc = cg->p, .per_row = true, .zy = zy, .bias = bias,
+                           .mult = s->qlinear ? mult : NULL};
+  bool bands = threads > 1 && nhwc_banded(s, cg);
   for (size_t b = 0; b < cg->n; b++) {
     nhwc_job nj = {(const uint8_t *)x->data + b * cg->c * hw, xh, cg->c, hw};
     size_t blocks = (hw + 15) / 16;
     if ((double)cg->c * (double)hw < 32768.0) nhwc_blocks(&nj, 0, blocks);
     else kiln__parallel_for(c->pool, blocks, nhwc_blocks, &nj);
-    for (size_t q0 = 0; q0 < cg->p; q0 += cg->chunk) {
-      size_t q1 = KILN__MIN(cg->p, q0 + cg->chunk);
-      const uint8_t **pp = ptrs;
-      for (size_t q = q0; q < q1; q++) {
-        int64_t oy = (int64_t)(q / cg->ow), ox = (int64_t)(q % cg->ow);
-        for (size_t ky = 0; ky < cv->kh; ky++) {
-          int64_t iy = oy * cv->sh - cg->pt + (int64_t)ky * cv->dh;
-          bool row_in = iy >= 0 && iy < (int64_t)cg->h;
-          for (size_t kx = 0; kx < cv->kw; kx++) {
-            int64_t ix = ox * cv->sw - cg->pl + (int64_t)kx * cv->dw;
-            *pp++ = row_in && ix >= 0 && ix < (int64_t)cg->w
-                        ? xh + ((size_t)iy * cg->w + (size_t)ix) * cg->c
-                        : padrow;
-          }
-        }
+    h.y = (uint8_t *)c->out[0]->data + b * cv->m * cg->p * h.out_esz;
+    for (h.q0 = 0; h.q0 < cg->p; h.q0 += cg->chunk) {
+      h.q1 = KILN__MIN(cg->p, h.q0 + cg->chunk);
+      size_t cols = h.q1 - h.q0;
+      if (bands) {
+        /* equal bands of whole 16-column panels, one per thread */
+        size_t panels = (cols + 15) / 16;
+        h.band_cols = (panels + threads - 1) / threads * 16;
+        h.band_bytes = nhwc_band_bytes(s, cols, threads);
+        kiln__parallel_for(c->pool, threads, nhwc_bands, &h);
+        continue;
       }
+      nhwc_ptrs(&h, h.q0, h.q1);
       kiln__qpacked pb;
-      kiln__qpack_taps(c->pool, s->pw[0].isa, q1 - q0, taps, cg->c,
-                       x->dtype == KILN_DTYPE_INT8, ptrs, bmem, &pb);
-      g.n = q1 - q0;
+      kiln__qpack_taps(c->pool, s->pw[0].isa, cols, taps, cg->c, h.xs8, h.ptrs, bmem, &pb);
+      kiln__qgemm_args g = h.g;
+      g.n = cols;
       g.b = &pb;
-      g.c = (uint8_t *)c->out[0]->data + (b * cv->m * cg->p + q0) * out_esz;
+      g.c = h.y + h.q0 * h.out_esz;
       kiln__qgemm_run(c->pool, &g);
     }
   }
@@ -710,9 +793,7 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   size_t colb = s->dw ? 0 : cg.pointwise || s->gather ? nhwc_bytes(s, &cg)
                                                       : align64(s->cv.kk * cg.chunk);
   uint8_t *bmem = mem + colb;
-  float *mult = s->dw ? (float *)mem
-                      : (float *)(bmem + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg.chunk,
-                                                                   s->cv.kk)));
+  float *mult = s->dw ? (float *)mem : (float *)(bmem + qconv_bregion(s, &cg));
   const int32_t *bias = NULL;
   kiln__qout_kind kind = KILN__QOUT_I32;
   int32_t zy = 0;
