@@ -59,6 +59,9 @@ typedef struct onenode {
   /* Which packed weight format prepare() must pick: 0 no check, 1 the AVX2 byte format
      (VPMADDUBSW), 2 the exact int16 one (only differs from the ISA's own under KILN_ISA=avx2). */
   int expect_fmt;
+  /* Conv only: 1 the columns must come from an NHWC copy (kiln__qpack_taps), -1 they must not,
+     0 no check. */
+  int expect_nhwc;
 } onenode;
 
 
@@ -169,6 +172,10 @@ static void onenode_check_ex(onenode *o, kiln__pool *pool, bool fallback_ok, con
   kiln_error err = {0};
   assert_int_equal(cpu->prepare(o->n, o->g, &state, &err), KILN_OK);
   if (o->expect_fmt) check_weight_format(o, state, what);
+  if (o->expect_nhwc &&
+      kiln__cpu_qconv_nhwc(o->n->op_type, kiln__cpu_kernel_state(state)) != (o->expect_nhwc > 0))
+    fail_msg("%s %s (KILN_ISA=%s): NHWC columns %s", o->n->op_type, what, getenv("KILN_ISA"),
+             o->expect_nhwc > 0 ? "not taken" : "taken");
   const kiln_tensor *ins[MAX_IN];
   for (int i = 0; i < o->n_in; i++) ins[i] = o->in[i].data ? &o->in[i] : NULL;
   kiln_tensor y_cpu[MAX_OUT] = {{0}}, y_ref[MAX_OUT] = {{0}};
@@ -225,7 +232,7 @@ static const struct {
 } mm_shapes[] = {
     {0, 1, 1, 1},    {0, 3, 5, 7},     {0, 6, 16, 16},   {0, 7, 17, 33},  {0, 13, 64, 9},
     {0, 72, 256, 128}, {0, 73, 257, 129}, {0, 100, 300, 200}, {2, 5, 19, 23}, {0, 1, 768, 50},
-    {3, 50, 130, 70}, {0, 4, 600, 8},
+    {3, 50, 130, 70}, {0, 4, 600, 8}, {0, 9, 4700, 21}, /* k past one 4608 block */
 };
 
 /* zero-point modes: 0 none, 1 za only, 2 za and per-column zb, 3 za and scalar zb */
@@ -873,7 +880,7 @@ static void byte_formats_match_reference(void **st) {
 /* Convolutions whose im2col columns are packed straight from the input (kiln__qpack_gather,
    the byte formats) against the reference kernel, with qualifying weights (the gathered path on
    AVX2) and full-range ones (im2col + pack): kernels 3x3 / 5x5 / 7x7 / 1x3, strides, dilation,
-   asymmetric pads, groups, odd channel counts (partial k quads, edge tiles), k past one 256 block,
+   asymmetric pads, groups, odd channel counts (partial k quads, edge tiles), k past one k block,
    planes from 1x1 to several 512-column blocks per chunk, batch 2. */
 static const struct {
   int64_t n, c, h, w, m, kh, kw, sh, sw, dh, dw, pads[4], group;
@@ -890,6 +897,7 @@ static const struct {
     {1, 24, 30, 30, 17, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}, 1},  /* strided 3x3 */
     {1, 64, 7, 7, 18, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},    /* 49 columns: the 8-wide edge */
     {1, 7, 30, 33, 6, 3, 3, 1, 1, 1, 1, {0, 0, 0, 0}, 1},    /* unpadded: direct rows */
+    {1, 530, 4, 5, 6, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},    /* k 4770: two k blocks */
 };
 
 static void gather_cases(kiln__pool *pool) {
@@ -924,6 +932,94 @@ static void gather_cases(kiln__pool *pool) {
 static void gathered_columns_match_reference(void **st) {
   (void)st;
   kt_for_each_qisa(gather_cases);
+}
+
+/* Convolutions on the NHWC columns (kiln__qpack_taps: one group, channels a multiple of 16,
+   S8U8 weights whose zero point makes every za 0, i.e. int8 weights with zp 0 or uint8 ones with
+   zp 128, on AVX2) against the reference kernel: 3x3 / 5x5 / 1x3 / strided 1x1 kernels, strides 1
+   and 2, dilation, asymmetric pads, planes from 1x1 to several chunks, a k block that ends inside
+   a tap (c 544: 4608 = 8 * 544 + 256), output channel counts off the 4-row tiles and past one
+   72-row tile, edge panels of 1-4 columns (the rows-in-lanes kernel, also across two k blocks),
+   batch 2, per-tensor and per-channel weight scales and zero points, ConvInteger, uint8 / int8
+   inputs and outputs, activations at the extremes. Weights with a za that is not 0 (a uint8
+   zero point other than 128) must keep the im2col path and still match. */
+static const struct {
+  int64_t n, c, h, w, m, kh, kw, sh, sw, dh, dw, pads[4];
+} nhwc_shapes[] = {
+    {1, 16, 9, 11, 7, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* odd plane, odd m */
+    {1, 32, 14, 14, 33, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},  /* k 288 */
+    {1, 48, 7, 7, 16, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* c 48: three 16-channel groups a tap */
+    {2, 16, 15, 17, 12, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}},  /* strided, batch 2 */
+    {1, 16, 1, 1, 5, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},     /* 1x1 plane: all but one tap pad */
+    {1, 32, 12, 13, 20, 5, 5, 1, 1, 1, 1, {2, 1, 0, 3}},  /* 5x5, asymmetric pads */
+    {1, 16, 12, 20, 9, 1, 3, 1, 1, 1, 1, {0, 1, 0, 1}},   /* 1x3 */
+    {1, 16, 15, 13, 10, 3, 3, 1, 2, 2, 2, {2, 1, 0, 2}},  /* dilated, mixed strides */
+    {1, 64, 14, 14, 75, 1, 1, 2, 2, 1, 1, {0, 0, 0, 0}},  /* ResNet downsample 1x1 / 2 */
+    {1, 16, 50, 50, 8, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},   /* 2500 columns: two chunks */
+    {1, 64, 7, 7, 18, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* 49 columns: the 8-wide edge */
+    {1, 16, 6, 7, 4, 3, 3, 1, 1, 1, 1, {0, 0, 0, 0}},     /* unpadded */
+    {1, 544, 5, 4, 9, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},    /* k 4896, block ends in a tap */
+};
+
+static void nhwc_cases(kiln__pool *pool) {
+  static const uint8_t w_zp128 = 128, w_zp3 = 3;
+  static uint8_t zps[128];
+  static float ws[128];
+  kiln__qisa isa;
+  kiln_error err = {0};
+  assert_int_equal(kiln__qisa_select(&isa, &err), KILN_OK);
+  for (size_t si = 0; si < KILN__ARRAY_LEN(nhwc_shapes); si++)
+    for (int combo = 0; combo < 16; combo++) {
+      __typeof__(nhwc_shapes[0]) sh = nhwc_shapes[si];
+      kiln_dtype xt = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+      kiln_dtype wt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+      kiln_dtype yt = (combo + si) % 3 == 0 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+      bool ql = !(combo & 4), per_ch = combo & 8;
+      /* uint8 weights with zp 3 (za -125): the im2col path */
+      bool za0 = !(wt == KILN_DTYPE_UINT8 && (combo + si) % 4 == 1);
+      uint8_t zfill = wt == KILN_DTYPE_UINT8 ? (za0 ? 128 : 3) : 0;
+      memset(zps, zfill, sizeof zps);
+      for (int64_t j = 0; j < sh.m; j++) ws[j] = 0.004f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
+      int64_t fan = sh.c * sh.kh * sh.kw;
+      float xs = 0.02f, ys = 0.02f * 0.004f * 30.0f * sqrtf((float)fan);
+      tin x = {xt, 4, {sh.n, sh.c, sh.h, sh.w}}, w = {wt, 4, {sh.m, sh.c, sh.kh, sh.kw}, true};
+      tin wz = per_ch ? (tin){wt, 1, {sh.m}, true, zps}
+                      : (tin){wt, 0, {0}, true,
+                              wt == KILN_DTYPE_UINT8 ? (za0 ? &w_zp128 : &w_zp3) : &zero8};
+      onenode o;
+      if (ql) {
+        tin ins[9] = {x,  {KILN_DTYPE_FLOAT, 0, {0}, true, &xs},
+                      {xt, 0, {0}, true},
+                      w,  per_ch ? (tin){KILN_DTYPE_FLOAT, 1, {sh.m}, true, ws}
+                                 : (tin){KILN_DTYPE_FLOAT, 0, {0}, true, ws},
+                      wz, {KILN_DTYPE_FLOAT, 0, {0}, true, &ys},
+                      {yt, 0, {0}, true}, {KILN_DTYPE_INT32, 1, {sh.m}, true}};
+        onenode_make(&o, "QLinearConv", (combo + si) % 2 ? 9 : 8, ins, 1);
+      } else {
+        tin ins[4] = {x, w, {xt, 0, {0}, true}, wz};
+        onenode_make(&o, "ConvInteger", 4, ins, 1);
+      }
+      qualify_weights(&o, ql ? 3 : 1, true, false);
+      if (si % 2) extreme_acts(&o.in[0]);
+      int64_t st[2] = {sh.sh, sh.sw}, dl[2] = {sh.dh, sh.dw};
+      kt_attr_ints(o.n, "strides", st, 2);
+      kt_attr_ints(o.n, "dilations", dl, 2);
+      kt_attr_ints(o.n, "pads", sh.pads, 4);
+      o.expect_fmt = 1;
+      if (isa == KILN__QISA_AVX2) o.expect_nhwc = za0 ? 1 : -1;
+      else o.expect_nhwc = -1;
+      char what[128];
+      snprintf(what, sizeof what, "nhwc shape %zu x %s w %s zp %u y %s%s", si,
+               kiln_dtype_name(xt), kiln_dtype_name(wt), zfill, kiln_dtype_name(yt),
+               per_ch ? " per-channel" : "");
+      onenode_check(&o, pool, what);
+      onenode_free(&o);
+    }
+}
+
+static void nhwc_columns_match_reference(void **st) {
+  (void)st;
+  kt_for_each_qisa(nhwc_cases);
 }
 
 /* The qualification rule itself, at its boundary, on tiny operands packed directly. */
@@ -1139,6 +1235,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(convinteger_matches_reference),
       cmocka_unit_test(qlinearconv_matches_reference),
       cmocka_unit_test(gathered_columns_match_reference),
+      cmocka_unit_test(nhwc_columns_match_reference),
       cmocka_unit_test(depthwise_matches_reference),
       cmocka_unit_test(depthwise_3x3_small_planes),
       cmocka_unit_test(depthwise_3x3_channel_blocks),

@@ -10,10 +10,17 @@
 #ifdef KILN__QGEMM_X86
 #include <cpuid.h>
 #endif
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
-/* k block; a multiple of every format's k group (2, 4). MC x NC int32 accumulators per tile live
-   on the stack (36 KiB). */
-#define KC 256
+/* k block; a multiple of every format's k group (2, 4) and of 16 (kiln__qpack_taps). MC x NC
+   int32 accumulators per tile live on the stack (36 KiB). Large enough for a whole 3x3 conv over
+   512 channels: the requantizing microkernel (k <= KC) then covers every conv, with no int32 tile
+   stored per k block and no epilogue pass, and the panels stream from L2 well enough (bench_qgemm
+   conv table, best of 3 alternating rounds, KC 256 -> 4608: l2 3x3 159 -> 184 GOPS, l4 3x3 177 ->
+   191, l4 1x1 139 -> 157, the k <= 256 shapes unchanged). */
+#define KC 4608
 #define MC_MAX 72
 #define NC 128
 
@@ -27,6 +34,9 @@ typedef struct qimpl {
   kiln__qgemm_ukernel uk_edge;
   /* MR x NR kernel that requantizes in registers (the conv case with k <= KC), or NULL */
   kiln__qgemm_ukernel_req ukq;
+  /* rows-in-lanes kernel for an edge panel of at most 4 columns (kiln__qgemm_ukc_*), or NULL */
+  void (*ukc)(size_t, const uint8_t *, size_t, size_t, const uint8_t *, size_t, size_t, int32_t *,
+              size_t, bool);
 } qimpl;
 
 static const qimpl impls[KILN__QFMT_COUNT] = {
@@ -44,7 +54,7 @@ static const qimpl impls[KILN__QFMT_COUNT] = {
                               kiln__qep_tile__avx2, 0, kiln__qgemm_uk_4x8__avx2_u8s8},
     [KILN__QFMT_AVX2_S8U8] = {4, 16, 72, 4, 1, kiln__qgemm_uk_4x16__avx2_s8u8,
                               kiln__qep_tile__avx2, 1, kiln__qgemm_uk_4x8__avx2_s8u8,
-                              kiln__qgemm_ukq_4x16__avx2_s8u8},
+                              kiln__qgemm_ukq_4x16__avx2_s8u8, kiln__qgemm_ukc_avx2_s8u8},
 #endif
 };
 
@@ -344,6 +354,57 @@ void kiln__qpack_gather(struct kiln__pool *pool, kiln__qisa isa, size_t n, size_
   else kiln__parallel_for(pool, blocks, gather_blocks, &j);
 }
 
+/* kiln__qpack_taps: panels [pb, pe) of 16 columns; within a panel, each 16 k values (one tap's
+   16 channels) of 4 columns are a 4 x 4 transpose of 32-bit words, which is exactly the k-quad
+   layout (quad q holds word q of each column). Columns past n (the panel's padding) are 0. */
+static void taps_panels(void *arg, size_t pb, size_t pe) {
+  const pack_job *j = arg;
+  const uint8_t *const *ptrs = j->gctx;
+  const size_t R = 16, taps = j->gb, kt = j->k / taps;
+  for (size_t pi = pb; pi < pe; pi++) {
+    size_t r0 = pi * R, rn = KILN__MIN(R, j->rows - r0);
+    size_t W = j->im->uk_edge && rn <= R / 2 ? R / 2 : R;
+    for (size_t p0 = 0; p0 < j->k; p0 += KC) {
+      size_t kc = KILN__MIN((size_t)KC, j->k - p0); /* a multiple of 16 */
+      uint8_t *blk = (uint8_t *)j->out->data + p0 * j->rpad + r0 * kc;
+      for (size_t p = 0; p < kc; p += 16) {
+        size_t t = (p0 + p) / kt, c = (p0 + p) % kt;
+        uint8_t *dst = blk + p * W; /* quad p / 4 of a W-wide panel */
+        for (size_t g = 0; g < W; g += 4) {
+#ifdef __SSE2__
+          const __m128i flip = _mm_set1_epi8((char)j->xor_);
+          __m128i v[4];
+          for (size_t i = 0; i < 4; i++)
+            v[i] = g + i < rn ? _mm_xor_si128(_mm_loadu_si128((const __m128i *)(
+                                                  ptrs[(r0 + g + i) * taps + t] + c)),
+                                              flip)
+                              : _mm_setzero_si128();
+          __m128i t0 = _mm_unpacklo_epi32(v[0], v[1]), t1 = _mm_unpacklo_epi32(v[2], v[3]);
+          __m128i t2 = _mm_unpackhi_epi32(v[0], v[1]), t3 = _mm_unpackhi_epi32(v[2], v[3]);
+          _mm_storeu_si128((__m128i *)(dst + g * 4), _mm_unpacklo_epi64(t0, t1));
+          _mm_storeu_si128((__m128i *)(dst + W * 4 + g * 4), _mm_unpackhi_epi64(t0, t1));
+          _mm_storeu_si128((__m128i *)(dst + W * 8 + g * 4), _mm_unpacklo_epi64(t2, t3));
+          _mm_storeu_si128((__m128i *)(dst + W * 12 + g * 4), _mm_unpackhi_epi64(t2, t3));
+#else
+          for (size_t i = 0; i < 4; i++)
+            for (size_t b = 0; b < 16; b++)
+              dst[(b / 4) * W * 4 + (g + i) * 4 + b % 4] =
+                  g + i < rn ? ptrs[(r0 + g + i) * taps + t][c + b] ^ j->xor_ : 0;
+#endif
+        }
+      }
+    }
+  }
+}
+
+void kiln__qpack_taps(struct kiln__pool *pool, kiln__qisa isa, size_t n, size_t taps, size_t kt,
+                      bool is_signed, const uint8_t *const *ptrs, void *mem, kiln__qpacked *out) {
+  pack_job j = pack_setup(isa, false, n, taps * kt, is_signed, mem, out);
+  j.gctx = ptrs;
+  j.gb = taps;
+  pack_run(pool, &j, taps_panels);
+}
+
 /* Whether every k pair of the operand, stored as int8 (a uint8 source shifted by -128), has
    |v0| + |v1| <= 128: then u8 x s8 pair sums are at most 255 * 128 = 32640 and VPMADDUBSW's int16
    saturation never happens. Pairs are (2q, 2q + 1) of the whole k, which is how every k block
@@ -452,6 +513,7 @@ typedef struct qjob {
   const kiln__qgemm_args *g;
   const qimpl *im;
   size_t tiles_n;
+  size_t mc, nc; /* tile size: at most im->mc x NC, multiples of the microkernel's */
 } qjob;
 
 static void qtiles(void *arg, size_t begin, size_t end) {
@@ -476,8 +538,8 @@ static void qtiles(void *arg, size_t begin, size_t end) {
                        .hi = g->kind == KILN__QOUT_U8 ? 255 : 127, .kind = g->kind,
                        .ldd = g->ldc};
   for (size_t t = begin; t < end; t++) {
-    size_t i0 = (t / jb->tiles_n) * im->mc, j0 = (t % jb->tiles_n) * NC;
-    size_t mc = KILN__MIN(im->mc, g->m - i0), nc = KILN__MIN((size_t)NC, g->n - j0);
+    size_t i0 = (t / jb->tiles_n) * jb->mc, j0 = (t % jb->tiles_n) * jb->nc;
+    size_t mc = KILN__MIN(jb->mc, g->m - i0), nc = KILN__MIN(jb->nc, g->n - j0);
     size_t mpad = round_up(mc, im->mr), npad = round_up(nc, im->nr);
     bool any_za = false;
     for (size_t i = 0; i < mc; i++) {
@@ -521,6 +583,11 @@ static void qtiles(void *arg, size_t begin, size_t end) {
       for (size_t jp = jq; jp < npad; jp += im->nr) {
         /* B's last panel, packed narrow when it has at most nr / 2 columns (pack_panels) */
         bool edge = im->uk_edge && g->n - (j0 + jp) <= im->nr / 2;
+        if (edge && im->ukc && g->n - (j0 + jp) <= 4) {
+          im->ukc(kcp / im->kp, ab, im->mr * kcp, mpad, bb + jp * kcp, 4 * im->nr / 2,
+                  g->n - (j0 + jp), acc + jp, NC, p0 > 0);
+          continue;
+        }
         kiln__qgemm_ukernel uk = edge ? im->uk_edge : im->uk;
         for (size_t ip = 0; ip < mpad; ip += im->mr)
           uk(kcp / im->kp, ab + ip * kcp * im->esz, bb + jp * kcp * im->esz, acc + ip * NC + jp,
@@ -567,8 +634,23 @@ void kiln__qgemm_run(struct kiln__pool *pool, const kiln__qgemm_args *g) {
     return;
   }
   const qimpl *im = &impls[g->a->isa];
-  qjob jb = {.g = g, .im = im, .tiles_n = (g->n + NC - 1) / NC};
-  size_t tiles = (g->m + im->mc - 1) / im->mc * jb.tiles_n;
+  /* Tiles of even size: 208 columns as 112 + 96, not 128 + 80. With threads and few tiles, more
+     row tiles until the count is a multiple of the threads: ResNet-18's 64 x 352 conv chunk was
+     3 column tiles, so of 2 threads one waited a third of the node; now 2 x 3 tiles of 32 rows. */
+  size_t T = pool ? (size_t)kiln__pool_threads(pool) : 1;
+  size_t tm = (g->m + im->mc - 1) / im->mc, tn = (g->n + NC - 1) / NC;
+  if (T > 1 && (tm * tn) % T && tm * tn < 4 * T) {
+    size_t most = KILN__MIN((g->m + im->mr - 1) / im->mr, tm * T);
+    for (size_t t2 = tm + 1; t2 <= most; t2++)
+      if (t2 * tn % T == 0) {
+        tm = t2;
+        break;
+      }
+  }
+  qjob jb = {.g = g, .im = im, .mc = round_up((g->m + tm - 1) / tm, im->mr),
+             .nc = round_up((g->n + tn - 1) / tn, im->nr)};
+  jb.tiles_n = (g->n + jb.nc - 1) / jb.nc;
+  size_t tiles = (g->m + jb.mc - 1) / jb.mc * jb.tiles_n;
   /* Below ~64k multiply-adds the pool's hand-off costs more than the work. */
   if (tiles == 1 || (double)g->m * (double)g->n * (double)g->k < 65536.0) qtiles(&jb, 0, tiles);
   else kiln__parallel_for(pool, tiles, qtiles, &jb);

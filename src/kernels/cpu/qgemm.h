@@ -127,6 +127,15 @@ void kiln__qpack_gather(struct kiln__pool *pool, kiln__qisa isa, size_t n, size_
                         bool is_signed, kiln__qgather_fn fn, const void *ctx, void *mem,
                         kiln__qpacked *out);
 
+/* B (k x n) of a convolution whose input is in NHWC bytes: k = taps * kt ordered tap-major (the
+   weights' k must be packed in the same (ky, kx, c) order), kt a multiple of 16, and column j's kt
+   values of tap t are the bytes at ptrs[j * taps + t] (the tap's input pixel, or a row of zero
+   points for padding). Every 16 k values of 16 columns are one 16 x 16 byte transpose, with no
+   im2col rows in between. Values uint8, or int8 when `is_signed`. No column sums: the caller's A
+   has every za (with its zp_off) 0. The AVX2 S8U8 byte format only. */
+void kiln__qpack_taps(struct kiln__pool *pool, kiln__qisa isa, size_t n, size_t taps, size_t kt,
+                      bool is_signed, const uint8_t *const *ptrs, void *mem, kiln__qpacked *out);
+
 /* Zero points: none (n 0), one, or one per row of A / column of B. */
 typedef struct kiln__qzp {
   const void *p;
@@ -161,6 +170,9 @@ void kiln__qgemm_run(struct kiln__pool *pool, const kiln__qgemm_args *g);
    group `group` of a ConvInteger / QLinearConv node's weights (`kstate`: what the quant kernel's
    prepare() built, kiln__cpu_kernel_state); KILN__QFMT_COUNT when nothing was prepacked. */
 kiln__qisa kiln__cpu_quant_weight_format(const char *op_type, const void *kstate, size_t group);
+/* Tests: whether a prepared ConvInteger / QLinearConv node takes its columns from an NHWC copy
+   of the input (kiln__qpack_taps) when it is not pointwise. */
+bool kiln__cpu_qconv_nhwc(const char *op_type, const void *kstate);
 
 /* ---- vectorized conversions (quant_kernels.c), exact against the reference kernels ------------ */
 
@@ -244,6 +256,12 @@ void kiln__qgemm_uk_4x8__avx2_u8s8(size_t groups, const void *restrict a, const 
                                    int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qgemm_uk_4x8__avx2_s8u8(size_t groups, const void *restrict a, const void *restrict b,
                                    int32_t *restrict c, size_t ldc, bool accumulate);
+/* The S8U8 edge panel's first cols (1-4) columns for rows (a multiple of 4) rows of A's 4-row
+   panels (a_ps bytes apart), rows in lanes: c[i * ldc + j] = (accumulate ? c : 0) + sum. b is the
+   edge panel (bw bytes per k quad). */
+void kiln__qgemm_ukc_avx2_s8u8(size_t groups, const uint8_t *a, size_t a_ps, size_t rows,
+                               const uint8_t *b, size_t bw, size_t cols, int32_t *c, size_t ldc,
+                               bool accumulate);
 /* The requantization of whole rows of a tile in the microkernel's registers (the conv case:
    per-row multiplier, weights' za 0, uniform zb, no per-column bias), for a k that fits one k
    block: no int32 tile is stored and read back. Row i's sums become

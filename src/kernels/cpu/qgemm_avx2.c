@@ -23,28 +23,28 @@ TARGET static inline __m256i bcast32(const int16_t *p) {
   return _mm256_set1_epi32(v);
 }
 
-/* Adds C when accumulating, then stores the row pair of 16 int32 (both kernels below). */
-#define STORE(i)                                                                \
-  do {                                                                          \
-    __m256i *p0 = (__m256i *)(c + i * ldc), *p1 = (__m256i *)(c + i * ldc + 8); \
-    if (accumulate) {                                                           \
-      c##i##0 = _mm256_add_epi32(c##i##0, _mm256_loadu_si256(p0));              \
-      c##i##1 = _mm256_add_epi32(c##i##1, _mm256_loadu_si256(p1));              \
-    }                                                                           \
-    _mm256_storeu_si256(p0, c##i##0);                                           \
-    _mm256_storeu_si256(p1, c##i##1);                                           \
+/* Row pair i of 16 int32 accumulators: started from C when accumulating (else 0), stored after
+   the loop (the kernels below). Loading C before the loop, not adding it after: with the add
+   after the loop, gcc 12 -O3 (partial PRE) kept copies of accumulators on the stack and moved
+   registers every k group, about 50 instructions per 4 x 16 quad instead of 33, which made the
+   byte kernels dispatch-bound rather than multiplier-bound (clang and gcc -O2 were clean). */
+#define LOAD(i)                                                                   \
+  __m256i c##i##0 = _mm256_setzero_si256(), c##i##1 = _mm256_setzero_si256();     \
+  if (accumulate) {                                                               \
+    c##i##0 = _mm256_loadu_si256((const __m256i *)(c + i * ldc));                 \
+    c##i##1 = _mm256_loadu_si256((const __m256i *)(c + i * ldc + 8));             \
+  }
+#define STORE(i)                                                                  \
+  do {                                                                            \
+    _mm256_storeu_si256((__m256i *)(c + i * ldc), c##i##0);                       \
+    _mm256_storeu_si256((__m256i *)(c + i * ldc + 8), c##i##1);                   \
   } while (0)
 
 TARGET void kiln__qgemm_uk_6x16__avx2(size_t groups, const void *restrict a,
                                       const void *restrict b, int32_t *restrict c, size_t ldc,
                                       bool accumulate) {
   const int16_t *A = a, *B = b;
-  __m256i c00 = _mm256_setzero_si256(), c01 = _mm256_setzero_si256();
-  __m256i c10 = _mm256_setzero_si256(), c11 = _mm256_setzero_si256();
-  __m256i c20 = _mm256_setzero_si256(), c21 = _mm256_setzero_si256();
-  __m256i c30 = _mm256_setzero_si256(), c31 = _mm256_setzero_si256();
-  __m256i c40 = _mm256_setzero_si256(), c41 = _mm256_setzero_si256();
-  __m256i c50 = _mm256_setzero_si256(), c51 = _mm256_setzero_si256();
+  LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
   for (size_t g = 0; g < groups; g++) {
     __m256i b0 = _mm256_loadu_si256((const __m256i *)B);
     __m256i b1 = _mm256_loadu_si256((const __m256i *)(B + 16)), av;
@@ -94,10 +94,7 @@ TARGET static inline __m256i bcast8x4(const uint8_t *p) {
                    int32_t *restrict c, size_t ldc, bool accumulate) {                         \
     const uint8_t *A = a, *B = b;                                                              \
     const __m256i ones = _mm256_set1_epi16(1);                                                 \
-    __m256i c00 = _mm256_setzero_si256(), c01 = _mm256_setzero_si256();                        \
-    __m256i c10 = _mm256_setzero_si256(), c11 = _mm256_setzero_si256();                        \
-    __m256i c20 = _mm256_setzero_si256(), c21 = _mm256_setzero_si256();                        \
-    __m256i c30 = _mm256_setzero_si256(), c31 = _mm256_setzero_si256();                        \
+    LOAD(0) LOAD(1) LOAD(2) LOAD(3)                                                            \
     for (size_t g = 0; g < groups; g++) {                                                      \
       __m256i b0 = _mm256_loadu_si256((const __m256i *)B);                                     \
       __m256i b1 = _mm256_loadu_si256((const __m256i *)(B + 32)), av;                          \
@@ -165,18 +162,16 @@ TARGET void kiln__qgemm_ukq_4x16__avx2_s8u8(size_t groups, const void *restrict 
 /* The 4 x 8 edge tile of the same formats: one B vector of 8 columns per k quad. */
 #define BROW8(MUL, i)                                                                         \
   c##i = _mm256_add_epi32(c##i, _mm256_madd_epi16(MUL(bcast8x4(A + 4 * i), b0), ones));
-#define STORE8(i)                                                                             \
-  do {                                                                                        \
-    __m256i *p_ = (__m256i *)(c + i * ldc);                                                   \
-    _mm256_storeu_si256(p_, accumulate ? _mm256_add_epi32(c##i, _mm256_loadu_si256(p_)) : c##i); \
-  } while (0)
+#define LOAD8(i)                                                                              \
+  __m256i c##i = accumulate ? _mm256_loadu_si256((const __m256i *)(c + i * ldc))              \
+                            : _mm256_setzero_si256();
+#define STORE8(i) _mm256_storeu_si256((__m256i *)(c + i * ldc), c##i)
 #define BYTE_UK8(NAME, MUL)                                                                   \
   TARGET void NAME(size_t groups, const void *restrict a, const void *restrict b,             \
                    int32_t *restrict c, size_t ldc, bool accumulate) {                        \
     const uint8_t *A = a, *B = b;                                                             \
     const __m256i ones = _mm256_set1_epi16(1);                                                \
-    __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();                         \
-    __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();                         \
+    LOAD8(0) LOAD8(1) LOAD8(2) LOAD8(3)                                                       \
     for (size_t g = 0; g < groups; g++) {                                                     \
       __m256i b0 = _mm256_loadu_si256((const __m256i *)B);                                    \
       BROW8(MUL, 0) BROW8(MUL, 1) BROW8(MUL, 2) BROW8(MUL, 3)                                 \
@@ -189,13 +184,50 @@ TARGET void kiln__qgemm_ukq_4x16__avx2_s8u8(size_t groups, const void *restrict 
     STORE8(3);                                                                                \
   }
 
+/* The S8U8 edge of 1-4 columns (ResNet's 7x7 planes: 49 = 3 x 16 + 1), rows in lanes: per k
+   quad, 8 rows of weights (two 4-row panels) times each column's broadcast quad. Four columns
+   always (the 8-wide edge panel is zero past its columns), 3 ops each per 8 rows, where the 4 x 8
+   tile spent 24 on 8 rows whatever the column count. Writes c[i * ldc + j], i < rows (a multiple
+   of 4), j < cols. */
+TARGET void kiln__qgemm_ukc_avx2_s8u8(size_t groups, const uint8_t *a, size_t a_ps, size_t rows,
+                                      const uint8_t *b, size_t bw, size_t cols, int32_t *c,
+                                      size_t ldc, bool accumulate) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (size_t r0 = 0; r0 < rows; r0 += 8) {
+    bool two = r0 + 8 <= rows;
+    const uint8_t *a0 = a + (r0 / 4) * a_ps, *a1 = two ? a0 + a_ps : a0, *B = b;
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0;
+    for (size_t g = 0; g < groups; g++, a0 += 16, a1 += 16, B += bw) {
+      __m256i av = _mm256_inserti128_si256(
+          _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a0)),
+          _mm_loadu_si128((const __m128i *)a1), 1);
+#define COL(j) \
+  c##j = _mm256_add_epi32(c##j, _mm256_madd_epi16(MUL_S8U8(av, bcast8x4(B + 4 * j)), ones));
+      COL(0) COL(1) COL(2) COL(3)
+#undef COL
+    }
+    _Alignas(32) int32_t t[4][8];
+    _mm256_store_si256((__m256i *)t[0], c0);
+    _mm256_store_si256((__m256i *)t[1], c1);
+    _mm256_store_si256((__m256i *)t[2], c2);
+    _mm256_store_si256((__m256i *)t[3], c3);
+    for (size_t i = 0; i < (two ? 8u : 4u); i++)
+      for (size_t j = 0; j < cols; j++) {
+        int32_t *d = c + (r0 + i) * ldc + j;
+        *d = (int32_t)((accumulate ? (uint32_t)*d : 0u) + (uint32_t)t[j][i]);
+      }
+  }
+}
+
 BYTE_UK8(kiln__qgemm_uk_4x8__avx2_u8s8, MUL_U8S8)
 BYTE_UK8(kiln__qgemm_uk_4x8__avx2_s8u8, MUL_S8U8)
 #undef BROW8
 #undef STORE8
+#undef LOAD8
 #undef BYTE_UK8
 #undef BROW
 #undef STORE
+#undef LOAD
 #undef BMR
 #undef BYTE_UK
 

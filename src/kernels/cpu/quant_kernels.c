@@ -15,6 +15,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/qconv_dw.h"
 #include "kernels/cpu/qgemm.h"
@@ -332,6 +333,9 @@ typedef struct qconv_state {
   kiln__qisa bsize_fmt; /* of the groups' formats, the one whose packed columns are largest */
   bool gather;       /* every group's format packs its columns straight from the input
                         (kiln__qpack_gather): no im2col buffer */
+  bool nhwc;         /* one group of c a multiple of 16, S8U8 weights with za 0, packed with k
+                        in (ky, kx, c) order: the columns come from an NHWC copy of the input
+                        (kiln__qpack_taps); a 1x1 kernel's order is the same either way */
 } qconv_state;
 
 static const kiln_tensor *const_q8(const kiln__value *v) {
@@ -359,6 +363,49 @@ static void qconv_release(void *state) {
   kiln__free(s);
 }
 
+/* Whether every row's za of the packed weights (zero point plus the format's offset) is 0: then
+   the GEMM never reads B's column sums (qgemm.h). */
+static bool za_all_zero(const kiln__qzp *z, size_t m, int32_t off) {
+  size_t n = z->n == 0 ? 0 : z->n == 1 ? 1 : m;
+  if (n == 0) return off == 0;
+  for (size_t i = 0; i < n; i++) {
+    int32_t v = z->is_signed ? ((const int8_t *)z->p)[i] : ((const uint8_t *)z->p)[i];
+    if (v + off != 0) return false;
+  }
+  return true;
+}
+
+/* The NHWC-column form (qconv_state.nhwc) when the node qualifies: the weights' k reordered to
+   (ky, kx, c) and packed; kept only if they pack as AVX2 S8U8 (whose pair check is on the new
+   order) with a constant zero point that makes every za 0, else the usual packing follows. */
+static kiln_status qconv_prepare_nhwc(const kiln__node *n, const kiln__graph *g,
+                                      const kiln_tensor *w, qconv_state *s, kiln_error *err) {
+  const kiln__conv2d *cv = &s->cv;
+  if (cv->groups != 1 || cv->cg % 16 || s->isa != KILN__QISA_AVX2) return KILN_OK;
+  int zi = s->qlinear ? 5 : 3;
+  const kiln__value *zv = zi < n->n_in ? kiln__cpu_input(n, g, zi) : NULL;
+  const kiln_tensor *zt = zv ? const_q8(zv) : NULL;
+  kiln__qzp zw;
+  if ((zv && !zt) || (zt && zt->dtype != w->dtype) || !zp_get(zt, cv->m, &zw)) return KILN_OK;
+  size_t taps = cv->kh * cv->kw;
+  uint8_t *tw = kiln__malloc(cv->m * cv->kk);
+  if (!tw) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
+  const uint8_t *src = w->data;
+  for (size_t o = 0; o < cv->m; o++)
+    for (size_t c = 0; c < cv->cg; c++)
+      for (size_t t = 0; t < taps; t++)
+        tw[o * cv->kk + t * cv->cg + c] = src[o * cv->kk + c * taps + t];
+  kiln__qsrc ts = {tw, w->dtype == KILN_DTYPE_INT8, cv->kk, 1};
+  kiln_status st = kiln__qpack_alloc(s->isa, true, cv->m, cv->kk, &ts, &s->pw[0], err);
+  kiln__free(tw);
+  if (st != KILN_OK) return st;
+  if (s->pw[0].isa == KILN__QFMT_AVX2_S8U8 && za_all_zero(&zw, cv->m, s->pw[0].zp_off))
+    s->nhwc = true;
+  else
+    kiln__qpacked_free(&s->pw[0]);
+  return KILN_OK;
+}
+
 static kiln_status qconv_prepare(const kiln__node *n, const kiln__graph *g, void **state,
                                  kiln_error *err) {
   qconv_state *s = kiln__calloc(1, sizeof *s);
@@ -372,7 +419,8 @@ static kiln_status qconv_prepare(const kiln__node *n, const kiln__graph *g, void
   if (st == KILN_OK && !(s->pw = kiln__calloc(s->cv.groups, sizeof *s->pw)))
     st = kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing %s", n->op_type);
   const kiln_tensor *w = const_q8(kiln__cpu_input(n, g, s->qlinear ? 3 : 1));
-  for (size_t i = 0; st == KILN_OK && i < s->cv.groups; i++) {
+  if (st == KILN_OK) st = qconv_prepare_nhwc(n, g, w, s, err);
+  for (size_t i = 0; st == KILN_OK && !s->nhwc && i < s->cv.groups; i++) {
     kiln__qsrc src = {(const uint8_t *)w->data + i * s->cv.mg * s->cv.kk, w->dtype == KILN_DTYPE_INT8,
                       s->cv.kk, 1};
     st = kiln__qpack_alloc(s->isa, true, s->cv.mg, s->cv.kk, &src, &s->pw[i], err);
@@ -431,11 +479,42 @@ static bool qconv_geom_get(const kiln__kctx *c, const qconv_state *s, qconv_geom
 
 /* Scratch: im2col columns (unless pointwise or gathered), their packed copy, per-row multipliers
    and bias. */
+/* The NHWC form's scratch ahead of the packed columns: the input image in NHWC, a row of zero
+   points for padding, and the chunk's tap pointers. */
+static size_t nhwc_bytes(const qconv_state *s, const qconv_geom *cg) {
+  if (!s->nhwc || cg->pointwise) return 0;
+  return align64(cg->c * cg->h * cg->w) + align64(cg->c) +
+         align64(cg->chunk * s->cv.kh * s->cv.kw * sizeof(const uint8_t *));
+}
+
+/* The NHWC form's per-thread bands (qconv_nhwc): `bands` standalone packed operands of equal
+   whole panels covering `cols` columns; bytes of one. At most NHWC_BANDS_MAX bands (threads): the
+   plan does not know the session's thread count, so scratch covers every count up to it. */
+#define NHWC_BANDS_MAX 8
+static size_t nhwc_band_bytes(const qconv_state *s, size_t cols, size_t bands) {
+  size_t panels = (cols + 15) / 16;
+  return align64(kiln__qpack_bytes(s->pw[0].isa, false, (panels + bands - 1) / bands * 16,
+                                   s->cv.kk));
+}
+
+/* Whether the NHWC form splits a chunk into per-thread bands: its columns outweigh the weights. */
+static bool nhwc_banded(const qconv_state *s, const qconv_geom *cg) {
+  return s->nhwc && !cg->pointwise && cg->chunk >= s->cv.m;
+}
+
+/* Bytes of the packed columns of one chunk, as one operand or as bands for any thread count. */
+static size_t qconv_bregion(const qconv_state *s, const qconv_geom *cg) {
+  size_t b = align64(kiln__qpack_bytes(s->bsize_fmt, false, cg->chunk, s->cv.kk));
+  if (nhwc_banded(s, cg))
+    for (size_t t = 2; t <= NHWC_BANDS_MAX; t++)
+      b = KILN__MAX(b, t * nhwc_band_bytes(s, cg->chunk, t));
+  return b;
+}
+
 static size_t qconv_scratch_for(const qconv_state *s, const qconv_geom *cg) {
   if (s->dw) return align64(s->cv.m * sizeof(float));
-  size_t cols = cg->pointwise || s->gather ? 0 : align64(s->cv.kk * cg->chunk);
-  return cols + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg->chunk, s->cv.kk)) +
-         align64(s->cv.m * sizeof(float));
+  size_t cols = cg->pointwise || s->gather ? nhwc_bytes(s, cg) : align64(s->cv.kk * cg->chunk);
+  return cols + qconv_bregion(s, cg) + align64(s->cv.m * sizeof(float));
 }
 
 static size_t qconv_scratch(const kiln__kctx *c, void *state) {
@@ -549,16 +628,157 @@ static void im2col_gather(const void *ctx, size_t c0, size_t cn, size_t p0, size
   for (size_t p = 0; p < kc; p++) im2col_tap(j, p0 + p, j->q0 + c0, j->q0 + c0 + cn, dst + p * ld);
 }
 
-/* Whether every row's za of the packed weights (zero point plus the format's offset) is 0: then
-   the GEMM never reads B's column sums (qgemm.h). */
-static bool za_all_zero(const kiln__qzp *z, size_t m, int32_t off) {
-  size_t n = z->n == 0 ? 0 : z->n == 1 ? 1 : m;
-  if (n == 0) return off == 0;
-  for (size_t i = 0; i < n; i++) {
-    int32_t v = z->is_signed ? ((const int8_t *)z->p)[i] : ((const uint8_t *)z->p)[i];
-    if (v + off != 0) return false;
+/* x (c planes of hw bytes) to xh (hw pixels of c bytes), c a multiple of 16: 16 x 16 byte
+   transposes with SSE2 (four rounds of unpacks), pixels [p0, p1) of the job's share. */
+typedef struct nhwc_job {
+  const uint8_t *x;
+  uint8_t *xh;
+  size_t c, hw;
+} nhwc_job;
+
+static void nhwc_blocks(void *arg, size_t b0, size_t b1) {
+  const nhwc_job *j = arg;
+  size_t p1 = KILN__MIN(j->hw, b1 * 16);
+  for (size_t p0 = b0 * 16; p0 < p1; p0 += 16)
+    for (size_t c0 = 0; c0 < j->c; c0 += 16) {
+      const uint8_t *src = j->x + c0 * j->hw + p0;
+      uint8_t *dst = j->xh + p0 * j->c + c0;
+#ifdef __SSE2__
+      if (p0 + 16 <= j->hw) {
+        __m128i a[16], b[16];
+        for (int i = 0; i < 16; i++) a[i] = _mm_loadu_si128((const __m128i *)(src + i * j->hw));
+        for (int k = 0; k < 8; k++) { /* channel pairs: 16-bit pixels */
+          b[2 * k] = _mm_unpacklo_epi8(a[2 * k], a[2 * k + 1]);
+          b[2 * k + 1] = _mm_unpackhi_epi8(a[2 * k], a[2 * k + 1]);
+        }
+        for (int k = 0; k < 4; k++) /* channel quads: 32-bit pixels, groups of 4 */
+          for (int h = 0; h < 2; h++) {
+            a[4 * k + 2 * h] = _mm_unpacklo_epi16(b[4 * k + h], b[4 * k + 2 + h]);
+            a[4 * k + 2 * h + 1] = _mm_unpackhi_epi16(b[4 * k + h], b[4 * k + 2 + h]);
+          }
+        for (int m = 0; m < 2; m++) /* channel octets: 64-bit pixels, pairs */
+          for (int g = 0; g < 4; g++) {
+            b[8 * m + 2 * g] = _mm_unpacklo_epi32(a[8 * m + g], a[8 * m + 4 + g]);
+            b[8 * m + 2 * g + 1] = _mm_unpackhi_epi32(a[8 * m + g], a[8 * m + 4 + g]);
+          }
+        for (int i = 0; i < 8; i++) {
+          _mm_storeu_si128((__m128i *)(dst + 2 * i * j->c), _mm_unpacklo_epi64(b[i], b[8 + i]));
+          _mm_storeu_si128((__m128i *)(dst + (2 * i + 1) * j->c),
+                           _mm_unpackhi_epi64(b[i], b[8 + i]));
+        }
+        continue;
+      }
+#endif
+      for (size_t p = 0; p < KILN__MIN((size_t)16, j->hw - p0); p++)
+        for (size_t i = 0; i < 16; i++) dst[p * j->c + i] = src[i * j->hw + p];
+    }
+}
+
+/* One chunk of the NHWC form: items are column bands, each packed and multiplied by one thread
+   (band_cols columns, standalone packed operands of band_bytes each in bmem). */
+typedef struct nhwc_chunk {
+  const qconv_state *s;
+  const qconv_geom *cg;
+  const uint8_t *xh, *padrow;
+  const uint8_t **ptrs; /* one per (column of the chunk, tap) */
+  uint8_t *bmem;
+  size_t q0, q1, band_cols, band_bytes;
+  bool xs8;
+  kiln__qgemm_args g;   /* n, b, c set per band */
+  uint8_t *y;           /* the output image */
+  size_t out_esz;
+} nhwc_chunk;
+
+/* Pointers of the chunk's columns [a, b): tap t of column q at ptrs[(q - q0) * taps + t]. */
+static void nhwc_ptrs(const nhwc_chunk *h, size_t a, size_t b) {
+  const kiln__conv2d *cv = &h->s->cv;
+  const qconv_geom *cg = h->cg;
+  const uint8_t **pp = h->ptrs + (a - h->q0) * cv->kh * cv->kw;
+  for (size_t q = a; q < b; q++) {
+    int64_t oy = (int64_t)(q / cg->ow), ox = (int64_t)(q % cg->ow);
+    for (size_t ky = 0; ky < cv->kh; ky++) {
+      int64_t iy = oy * cv->sh - cg->pt + (int64_t)ky * cv->dh;
+      bool row_in = iy >= 0 && iy < (int64_t)cg->h;
+      for (size_t kx = 0; kx < cv->kw; kx++) {
+        int64_t ix = ox * cv->sw - cg->pl + (int64_t)kx * cv->dw;
+        *pp++ = row_in && ix >= 0 && ix < (int64_t)cg->w
+                    ? h->xh + ((size_t)iy * cg->w + (size_t)ix) * cg->c
+                    : h->padrow;
+      }
+    }
   }
-  return true;
+}
+
+static void nhwc_bands(void *arg, size_t b0, size_t b1) {
+  const nhwc_chunk *h = arg;
+  size_t taps = h->s->cv.kh * h->s->cv.kw;
+  for (size_t b = b0; b < b1; b++) {
+    size_t a = h->q0 + b * h->band_cols, e = KILN__MIN(h->q1, a + h->band_cols);
+    if (a >= e) continue;
+    nhwc_ptrs(h, a, e);
+    kiln__qpacked pb;
+    uint8_t *mem = h->bmem + b * h->band_bytes;
+    kiln__qpack_taps(NULL, h->s->pw[0].isa, e - a, taps, h->cg->c, h->xs8,
+                     h->ptrs + (a - h->q0) * taps, mem, &pb);
+    kiln__qgemm_args g = h->g;
+    g.n = e - a;
+    g.b = &pb;
+    g.c = h->y + a * h->out_esz;
+    kiln__qgemm_run(NULL, &g);
+  }
+}
+
+/* The NHWC form of the conv (qconv_state.nhwc, a kernel larger than 1x1 or strided / padded):
+   per image, the input in NHWC; per chunk of output pixels, one pointer per (pixel, tap) to the
+   tap's c input bytes (or to the zero-point row), the columns packed from them, the GEMM. When a
+   chunk's columns outweigh the weights (chunk >= m: ResNet's 56x56 and 28x28 layers), each thread
+   packs and multiplies its own band of columns (one hand-off per chunk, and its columns stay in
+   its own cache); else the packing and the GEMM's tiles are each split over the pool. */
+static void qconv_nhwc(kiln__kctx *c, const qconv_state *s, const qconv_geom *cg, uint8_t *mem,
+                       uint8_t pad, uint8_t *bmem, kiln__qout_kind kind, const int32_t *bias,
+                       const float *mult, int32_t zy) {
+  const kiln__conv2d *cv = &s->cv;
+  const kiln_tensor *x = c->in[0];
+  size_t taps = cv->kh * cv->kw, hw = cg->h * cg->w;
+  uint8_t *xh = mem, *padrow = xh + align64(cg->c * hw);
+  memset(padrow, pad, cg->c);
+  size_t threads =
+      c->pool ? KILN__MIN((size_t)kiln__pool_threads(c->pool), (size_t)NHWC_BANDS_MAX) : 1;
+  nhwc_chunk h = {.s = s, .cg = cg, .xh = xh, .padrow = padrow,
+                  .ptrs = (const uint8_t **)(padrow + align64(cg->c)), .bmem = bmem,
+                  .xs8 = x->dtype == KILN_DTYPE_INT8,
+                  .out_esz = kind == KILN__QOUT_I32 ? 4 : 1};
+  h.g = (kiln__qgemm_args){.m = cv->m, .k = cv->kk, .a = &s->pw[0], .za = cg->zw, .zb = cg->zx,
+                           .kind = kind, .ldc = cg->p, .per_row = true, .zy = zy, .bias = bias,
+                           .mult = s->qlinear ? mult : NULL};
+  bool bands = threads > 1 && nhwc_banded(s, cg);
+  for (size_t b = 0; b < cg->n; b++) {
+    nhwc_job nj = {(const uint8_t *)x->data + b * cg->c * hw, xh, cg->c, hw};
+    size_t blocks = (hw + 15) / 16;
+    if ((double)cg->c * (double)hw < 32768.0) nhwc_blocks(&nj, 0, blocks);
+    else kiln__parallel_for(c->pool, blocks, nhwc_blocks, &nj);
+    h.y = (uint8_t *)c->out[0]->data + b * cv->m * cg->p * h.out_esz;
+    for (h.q0 = 0; h.q0 < cg->p; h.q0 += cg->chunk) {
+      h.q1 = KILN__MIN(cg->p, h.q0 + cg->chunk);
+      size_t cols = h.q1 - h.q0;
+      if (bands) {
+        /* equal bands of whole 16-column panels, one per thread */
+        size_t panels = (cols + 15) / 16;
+        h.band_cols = (panels + threads - 1) / threads * 16;
+        h.band_bytes = nhwc_band_bytes(s, cols, threads);
+        kiln__parallel_for(c->pool, threads, nhwc_bands, &h);
+        continue;
+      }
+      nhwc_ptrs(&h, h.q0, h.q1);
+      kiln__qpacked pb;
+      kiln__qpack_taps(c->pool, s->pw[0].isa, cols, taps, cg->c, h.xs8, h.ptrs, bmem, &pb);
+      kiln__qgemm_args g = h.g;
+      g.n = cols;
+      g.b = &pb;
+      g.c = h.y + h.q0 * h.out_esz;
+      kiln__qgemm_run(c->pool, &g);
+    }
+  }
 }
 
 static kiln_status qconv_execute(kiln__kctx *c, void *state) {
@@ -570,11 +790,10 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
   if (c->scratch_bytes < qconv_scratch_for(s, &cg)) return c->node->op->run(c);
   uint8_t *mem = c->scratch;
   uint8_t *col = mem;
-  size_t colb = cg.pointwise || s->dw || s->gather ? 0 : align64(s->cv.kk * cg.chunk);
+  size_t colb = s->dw ? 0 : cg.pointwise || s->gather ? nhwc_bytes(s, &cg)
+                                                      : align64(s->cv.kk * cg.chunk);
   uint8_t *bmem = mem + colb;
-  float *mult = s->dw ? (float *)mem
-                      : (float *)(bmem + align64(kiln__qpack_bytes(s->bsize_fmt, false, cg.chunk,
-                                                                   s->cv.kk)));
+  float *mult = s->dw ? (float *)mem : (float *)(bmem + qconv_bregion(s, &cg));
   const int32_t *bias = NULL;
   kiln__qout_kind kind = KILN__QOUT_I32;
   int32_t zy = 0;
@@ -609,6 +828,12 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
                         .zx = zp_val(opt(c, 2), 0), .zw = cg.zw, .kind = kind, .bias = bias,
                         .mult = s->qlinear ? mult : NULL, .zy = zy, .y = y->data};
     kiln__qconv_dw(c->pool, s->isa, &a);
+    return KILN_OK;
+  }
+  if (s->nhwc && !cg.pointwise) {
+    /* The packed weights assume za 0 (checked at load on the constant zero point). */
+    if (!za_all_zero(&cg.zw, s->cv.m, s->pw[0].zp_off)) return c->node->op->run(c);
+    qconv_nhwc(c, s, &cg, col, pad, bmem, kind, bias, mult, zy);
     return KILN_OK;
   }
   for (size_t b = 0; b < cg.n; b++)
@@ -715,6 +940,11 @@ kiln__qisa kiln__cpu_quant_weight_format(const char *op_type, const void *kstate
     return s->pw && group < s->cv.groups ? s->pw[group].isa : KILN__QFMT_COUNT;
   }
   return KILN__QFMT_COUNT;
+}
+
+bool kiln__cpu_qconv_nhwc(const char *op_type, const void *kstate) {
+  if (!kstate || (strcmp(op_type, "ConvInteger") && strcmp(op_type, "QLinearConv"))) return false;
+  return ((const qconv_state *)kstate)->nhwc;
 }
 
 const kiln__cpu_kernel kiln__cpu_quant_kernels[] = {
