@@ -651,15 +651,21 @@ static void qadd_cases(kiln__pool *pool) {
       {0, {0}, 2, {7, 70}},       {3, {3, 1, 40}, 2, {5, 1}},  {2, {5, 33}, 2, {5, 1}},
       {3, {1, 4, 1}, 3, {6, 1, 5}}, {4, {2, 1, 3, 1}, 4, {1, 4, 1, 65}},
   };
-  /* (sa, za), (sb, zb), (sc, zc) per parameter set; the last saturates both ways */
-  static const float sc_[4][3] = {{0.02f, 0.05f, 0.04f}, {0.5f, 0.25f, 1.0f},
-                                  {0.013f, 0.2f, 0.11f}, {0.05f, 0.05f, 0.001f}};
-  static const uint8_t zu[4][3] = {{128, 3, 100}, {0, 0, 0}, {255, 17, 1}, {0, 250, 3}};
-  static const int8_t zs[4][3] = {{0, -3, 10}, {0, 0, 0}, {-128, 127, -1}, {5, -7, 3}};
+  /* (sa, za), (sb, zb), (sc, zc) per parameter set; the fourth saturates both ways. The last
+     two are outside the lean loop's bounds (quotients of 2^30 or more): the fifth's products
+     overflow to infinities of both signs, whose sums are NaN (-> zc), the sixth's quotients
+     reach 5e9 and saturate. */
+  static const float sc_[6][3] = {{0.02f, 0.05f, 0.04f}, {0.5f, 0.25f, 1.0f},
+                                  {0.013f, 0.2f, 0.11f}, {0.05f, 0.05f, 0.001f},
+                                  {3e38f, 3e38f, 1.0f},  {1.0f, 1.0f, 1e-7f}};
+  static const uint8_t zu[6][3] = {{128, 3, 100}, {0, 0, 0}, {255, 17, 1}, {0, 250, 3},
+                                   {0, 255, 7},   {0, 0, 9}};
+  static const int8_t zs[6][3] = {{0, -3, 10}, {0, 0, 0}, {-128, 127, -1}, {5, -7, 3},
+                                  {-128, 127, 7}, {0, 0, -9}};
   bool fallback_ok = qisa_generic();
   for (int s8 = 0; s8 < 2; s8++)
     for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
-      for (int ps = 0; ps < 4; ps++)
+      for (int ps = 0; ps < 6; ps++)
         for (int omit = 0; omit < 2; omit++) { /* omit: no zero point for A and C */
           if (omit && ps != 1) continue;
           kiln_dtype t = s8 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
@@ -686,9 +692,43 @@ static void qadd_cases(kiln__pool *pool) {
         }
 }
 
+/* Every pair of codes (A [256, 1] holds all 256, B [1, 256] too, so C holds all 65536 sums),
+   under 40 random parameter sets per type, scales spread over 2^-20 .. 2^4: the lean loop's
+   conversion and saturating packs against the reference's rint and clamp wherever they could
+   part. */
+static void qadd_pair_cases(kiln__pool *pool) {
+  bool fallback_ok = qisa_generic();
+  uint8_t codes[256];
+  for (int i = 0; i < 256; i++) codes[i] = (uint8_t)i;
+  for (int s8 = 0; s8 < 2; s8++)
+    for (int ps = 0; ps < 40; ps++) {
+      kiln_dtype t = s8 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+      float sc[3];
+      uint8_t z[3];
+      for (int k = 0; k < 3; k++) {
+        sc[k] = ldexpf(1.0f + 0.5f * rnd_f(), (int)(rnd() % 25) - 20); /* [0.5, 1.5] x 2^e */
+        z[k] = (uint8_t)rnd();
+      }
+      tin ins[8] = {
+          {t, 2, {256, 1}, false, codes},  {KILN_DTYPE_FLOAT, 0, {0}, true, &sc[0]},
+          {t, 0, {0}, true, &z[0]},        {t, 2, {1, 256}, false, codes},
+          {KILN_DTYPE_FLOAT, 0, {0}, true, &sc[1]}, {t, 0, {0}, true, &z[1]},
+          {KILN_DTYPE_FLOAT, 0, {0}, true, &sc[2]}, {t, 0, {0}, true, &z[2]},
+      };
+      onenode o;
+      onenode_make(&o, "QLinearAdd", 8, ins, 1);
+      char what[96];
+      snprintf(what, sizeof what, "%s all pairs, scales %g %g %g", kiln_dtype_name(t),
+               (double)sc[0], (double)sc[1], (double)sc[2]);
+      onenode_check_ex(&o, pool, fallback_ok, what);
+      onenode_free(&o);
+    }
+}
+
 static void qlinearadd_matches_reference(void **st) {
   (void)st;
   kt_for_each_qisa(qadd_cases);
+  kt_for_each_qisa(qadd_pair_cases);
 }
 
 static void qgap_cases(kiln__pool *pool) {
