@@ -106,35 +106,56 @@ static inline float deq1(const uint8_t *p, bool sgn, int32_t z, float s) {
   return (float)((sgn ? (int32_t)(int8_t)p[0] : p[0]) - z) * s;
 }
 
+/* The loops' constants: zero points and scales in lanes, and a broadcast operand's value. */
+typedef struct qadd_vec {
+  __m256i za, zb;
+  __m256 sa, sb, sc, ca, cb;
+} qadd_vec;
+
+TARGET_NOFMA static inline qadd_vec qadd_vec_of(const qadd_params *p, const uint8_t *a,
+                                                size_t a_step, const uint8_t *b, size_t b_step) {
+  qadd_vec v = {_mm256_set1_epi32(p->za), _mm256_set1_epi32(p->zb), _mm256_set1_ps(p->sa),
+                _mm256_set1_ps(p->sb),    _mm256_set1_ps(p->sc),    _mm256_setzero_ps(),
+                _mm256_setzero_ps()};
+  if (!a_step) v.ca = _mm256_set1_ps(deq1(a, p->sgn, p->za, p->sa));
+  if (!b_step) v.cb = _mm256_set1_ps(deq1(b, p->sgn, p->zb, p->sb));
+  return v;
+}
+
+/* Codes e .. e + 8: (DQ(a) + DQ(b)) / sc, the reference's operations in its order. */
+TARGET_NOFMA static inline __m256 quot8(const qadd_vec *v, bool sgn, const uint8_t *a,
+                                        size_t a_step, const uint8_t *b, size_t b_step, size_t e) {
+  __m256 va = a_step ? deq8(a + e, sgn, v->za, v->sa) : v->ca;
+  __m256 vb = b_step ? deq8(b + e, sgn, v->zb, v->sb) : v->cb;
+  return _mm256_div_ps(_mm256_add_ps(va, vb), v->sc);
+}
+
+/* 32 codes from four vectors of 8 int16-range values, in order. */
+TARGET_NOFMA static inline void store32(uint8_t *y, __m256i w01, __m256i w23, bool sgn) {
+  __m256i bytes = sgn ? _mm256_packs_epi16(w01, w23) : _mm256_packus_epi16(w01, w23);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  _mm256_storeu_si256((__m256i *)y, _mm256_permutevar8x32_epi32(bytes, order));
+}
+
 /* y[0..n) for n a multiple of 32; a (b) is one repeated element when a_step (b_step) is 0. */
 TARGET_NOFMA static void qadd_avx2(const qadd_params *p, const uint8_t *a, size_t a_step,
                                    const uint8_t *b, size_t b_step, uint8_t *y, size_t n) {
-  const __m256i za = _mm256_set1_epi32(p->za), zb = _mm256_set1_epi32(p->zb);
+  const qadd_vec v = qadd_vec_of(p, a, a_step, b, b_step);
   const __m256i zc = _mm256_set1_epi32(p->zc);
-  const __m256 sa = _mm256_set1_ps(p->sa), sb = _mm256_set1_ps(p->sb), sc = _mm256_set1_ps(p->sc);
   const int32_t lo = p->sgn ? -128 : 0, hi = p->sgn ? 127 : 255;
   /* clamping r before adding zc is clamping r + zc: r and the bounds are integers */
   const __m256 flo = _mm256_set1_ps((float)(lo - p->zc)), fhi = _mm256_set1_ps((float)(hi - p->zc));
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  __m256 ca = _mm256_setzero_ps(), cb = _mm256_setzero_ps();
-  if (!a_step) ca = _mm256_set1_ps(deq1(a, p->sgn, p->za, p->sa));
-  if (!b_step) cb = _mm256_set1_ps(deq1(b, p->sgn, p->zb, p->sb));
   for (size_t i = 0; i < n; i += 32) {
     __m256i q[4];
     for (int k = 0; k < 4; k++) {
-      size_t e = i + 8 * (size_t)k;
-      __m256 va = a_step ? deq8(a + e, p->sgn, za, sa) : ca;
-      __m256 vb = b_step ? deq8(b + e, p->sgn, zb, sb) : cb;
-      __m256 r = _mm256_round_ps(_mm256_div_ps(_mm256_add_ps(va, vb), sc),
+      __m256 r = _mm256_round_ps(quot8(&v, p->sgn, a, a_step, b, b_step, i + 8 * (size_t)k),
                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       r = _mm256_and_ps(r, _mm256_cmp_ps(r, r, _CMP_ORD_Q)); /* NaN -> 0, as the reference */
       r = _mm256_min_ps(_mm256_max_ps(r, flo), fhi);
       q[k] = _mm256_add_epi32(_mm256_cvtps_epi32(r), zc);
     }
     /* in range already, so the saturating packs only narrow */
-    __m256i w01 = _mm256_packs_epi32(q[0], q[1]), w23 = _mm256_packs_epi32(q[2], q[3]);
-    __m256i bytes = p->sgn ? _mm256_packs_epi16(w01, w23) : _mm256_packus_epi16(w01, w23);
-    _mm256_storeu_si256((__m256i *)(y + i), _mm256_permutevar8x32_epi32(bytes, order));
+    store32(y + i, _mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]), p->sgn);
   }
 }
 
@@ -144,25 +165,14 @@ TARGET_NOFMA static void qadd_avx2(const qadd_params *p, const uint8_t *a, size_
    that is the reference's rint, clamp and + zc, byte for byte. */
 TARGET_NOFMA static void qadd_lean(const qadd_params *p, const uint8_t *a, size_t a_step,
                                    const uint8_t *b, size_t b_step, uint8_t *y, size_t n) {
-  const __m256i za = _mm256_set1_epi32(p->za), zb = _mm256_set1_epi32(p->zb);
+  const qadd_vec v = qadd_vec_of(p, a, a_step, b, b_step);
   const __m256i zc = _mm256_set1_epi16((int16_t)p->zc);
-  const __m256 sa = _mm256_set1_ps(p->sa), sb = _mm256_set1_ps(p->sb), sc = _mm256_set1_ps(p->sc);
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  __m256 ca = _mm256_setzero_ps(), cb = _mm256_setzero_ps();
-  if (!a_step) ca = _mm256_set1_ps(deq1(a, p->sgn, p->za, p->sa));
-  if (!b_step) cb = _mm256_set1_ps(deq1(b, p->sgn, p->zb, p->sb));
   for (size_t i = 0; i < n; i += 32) {
     __m256i q[4];
-    for (int k = 0; k < 4; k++) {
-      size_t e = i + 8 * (size_t)k;
-      __m256 va = a_step ? deq8(a + e, p->sgn, za, sa) : ca;
-      __m256 vb = b_step ? deq8(b + e, p->sgn, zb, sb) : cb;
-      q[k] = _mm256_cvtps_epi32(_mm256_div_ps(_mm256_add_ps(va, vb), sc));
-    }
-    __m256i w01 = _mm256_adds_epi16(_mm256_packs_epi32(q[0], q[1]), zc);
-    __m256i w23 = _mm256_adds_epi16(_mm256_packs_epi32(q[2], q[3]), zc);
-    __m256i bytes = p->sgn ? _mm256_packs_epi16(w01, w23) : _mm256_packus_epi16(w01, w23);
-    _mm256_storeu_si256((__m256i *)(y + i), _mm256_permutevar8x32_epi32(bytes, order));
+    for (int k = 0; k < 4; k++)
+      q[k] = _mm256_cvtps_epi32(quot8(&v, p->sgn, a, a_step, b, b_step, i + 8 * (size_t)k));
+    store32(y + i, _mm256_adds_epi16(_mm256_packs_epi32(q[0], q[1]), zc),
+            _mm256_adds_epi16(_mm256_packs_epi32(q[2], q[3]), zc), p->sgn);
   }
 }
 
