@@ -495,8 +495,7 @@ KILN__NO_LIBCALL_LOOPS static inline void pack_run(float *restrict d, const floa
   hi = KILN__MAX(lo, KILN__MIN(hi, n));
   kiln__zero_floats(d, (size_t)lo);
   if (sw == 1) kiln__copy_floats(d + lo, xrow + first + lo, (size_t)(hi - lo));
-  else
-    for (int64_t t = lo; t < hi; t++) d[t] = xrow[first + t * sw];
+  else gather_floats(d + lo, xrow + first + lo * sw, sw, (size_t)(hi - lo));
   kiln__zero_floats(d + hi, (size_t)(n - hi));
 }
 
