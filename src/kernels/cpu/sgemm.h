@@ -72,6 +72,13 @@ typedef struct kiln__sgemm_packed {
 /* The k block of the packed layout: a packed operand is its KC-row blocks back to back. */
 #define KILN__SGEMM_KC 256
 
+/* How far ahead (floats) the microkernels prefetch their packed A panel. Conv weights are A, and
+   on small planes (ResNet's 7x7 and 14x14, MobileNet's 7x7) each weight meets only a few B
+   panels, so A streams from memory at the speed of the hardware prefetcher: cold A ran 30-40%
+   under hot A on 49-column products (bench/RESULTS.md, 2026-11-28 ninth session). 4 KiB ahead
+   made cold as fast as hot on a Zen 5 core; 1 and 2 KiB recovered half of it. */
+#define KILN__SGEMM_A_PF 1024
+
 /* The microkernel's B panel width (NR) for `isa` (the generic kernel's for an ISA without one). */
 size_t kiln__sgemm_nr(kiln__isa isa);
 

@@ -183,6 +183,8 @@ uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
   for (size_t p = 0; p < kc; p++) {
     __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), av;
     if (pf == PF_BC) _mm_prefetch(ahead(b, PF_AHEAD), _MM_HINT_T0);
+    /* A's panel, A_PF floats ahead (sgemm.h: weights stream from memory on small planes). */
+    if (p % 2 == 0) _mm_prefetch(ahead(a, KILN__SGEMM_A_PF), _MM_HINT_T0);
 #define ROW(i)                                  \
   av = _mm256_broadcast_ss(a + i);              \
   c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0);   \

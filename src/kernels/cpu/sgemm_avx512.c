@@ -64,6 +64,9 @@ TARGET void kiln__sgemm_uk_8x32__avx512(size_t kc, const float *restrict a,
   __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
   __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
   for (size_t p = 0; p < kc; p++) {
+    /* A's panel a line (two k steps) at a time, A_PF floats ahead (sgemm.h). */
+    if (p % 2 == 0)
+      _mm_prefetch((const char *)((uintptr_t)a + KILN__SGEMM_A_PF * sizeof *a), _MM_HINT_T0);
     __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), av;
 #define ROW(i)                                  \
   av = _mm512_set1_ps(a[i]);                    \
