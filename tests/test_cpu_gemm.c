@@ -316,6 +316,25 @@ static void sgemm_b_in_place_matches_double_reference(void **st) {
   kiln__pool_free(pool);
 }
 
+/* Every live width of an edge panel, for each ISA: the AVX-512 kernel computes 1-4 columns as
+   rows-in-lanes, 5-16 as a half tile, 17-20 as a half tile and 1-4 more, 21-31 as the full tile;
+   AVX2's 16-wide panel has its own narrow cases. m = 8 and 11 (a full and a short row tile),
+   k within one KC block and across two, every epilogue, B packed and read in place. */
+static void sgemm_edge_panels_match_double_reference(void **st) {
+  (void)st;
+  static const size_t ns[] = {49, 52, 196, 785};
+  for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
+    if (!kiln__isa_supported((kiln__isa)isa)) continue;
+    for (size_t n = 1; n <= 40 + KILN__ARRAY_LEN(ns); n++)
+      for (int v = 0; v < 12; v++) {
+        size_t nn = n <= 40 ? n : ns[n - 41];
+        gemm_case t = {v % 2 ? 11 : 8, nn, v % 4 < 2 ? 37 : 260, .pack_a = true,
+                       .in_place = v >= 6, .alpha = 1.0f, .ep = v % 6};
+        check_case((kiln__isa)isa, NULL, &t);
+      }
+  }
+}
+
 /* A short product writing a large C (k <= 32, rows 4 KiB or more apart, 256 Ki floats or more:
    a stem conv's shape), where the packed kernel prefetches C's rows: edge panels, a last row
    tile under 6 rows, padded C rows, k at and around the bound, every epilogue, accumulating,
@@ -1007,6 +1026,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(matmul_matches_reference),
       cmocka_unit_test(gemm_matches_reference),
       cmocka_unit_test(sgemm_b_in_place_matches_double_reference),
+      cmocka_unit_test(sgemm_edge_panels_match_double_reference),
       cmocka_unit_test(sgemm_c_prefetch_matches_double_reference),
       cmocka_unit_test(conv_matches_reference),
       cmocka_unit_test(depthwise_conv_matches_reference),

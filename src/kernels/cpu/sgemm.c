@@ -41,6 +41,7 @@ static const impl impls[KILN__ISA_COUNT] = {
 static const kiln__sgemm_ukernel_strided strided_uks[KILN__ISA_COUNT] = {
 #ifdef KILN_X86
     [KILN__ISA_AVX2] = kiln__sgemm_uk_6x16s__avx2,
+    [KILN__ISA_AVX512] = kiln__sgemm_uk_8x32s__avx512,
 #endif
 };
 

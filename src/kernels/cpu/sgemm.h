@@ -241,6 +241,9 @@ typedef void (*kiln__sgemm_ukernel_strided)(size_t kc, const float *restrict a,
 void kiln__sgemm_uk_6x16s__avx2(size_t kc, const float *restrict a, const float *restrict b,
                                 size_t ldb, float *restrict c, size_t ldc, size_t mr, size_t nr,
                                 const kiln__uk_store *s);
+void kiln__sgemm_uk_8x32s__avx512(size_t kc, const float *restrict a, const float *restrict b,
+                                  size_t ldb, float *restrict c, size_t ldc, size_t mr,
+                                  size_t nr, const kiln__uk_store *s);
 /* The strided kernel with software prefetch a few panels ahead, of C's rows (sc) or of C's and
    B's rows (sbc: the first row tile of a panel, which brings B in for the others): for a short
    product over a B whose rows are pages apart, too many streams for the hardware prefetcher. */

@@ -1,12 +1,13 @@
 /* The AVX-512F SGEMM microkernel: an 8 x 32 register tile (16 zmm accumulators, 2 B vectors and
- * one broadcast of A: 19 of the 32 zmm registers). Compiled for every x86-64 build through the
+ * one broadcast of A: 19 of the 32 zmm registers), narrower kernels for edge panels, and a twin
+ * that reads an unpacked B in place. Compiled for every x86-64 build through the
  * target attribute; it only runs where cpuid reports AVX-512F. */
 #include "kernels/cpu/sgemm.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#define TARGET __attribute__((target("avx512f")))
+#define TARGET __attribute__((target("avx512f,avx2,fma")))
 #define MR 8
 #define NR 32
 
@@ -52,9 +53,108 @@ store_row(float *restrict c, size_t r, __m512 v0, __m512 v1, const kiln__uk_stor
   _mm512_storeu_ps(c + 16, v1);
 }
 
-TARGET void kiln__sgemm_uk_8x32__avx512(size_t kc, const float *restrict a,
-                                        const float *restrict b, float *restrict c, size_t ldc,
-                                        size_t mr, size_t nr, const kiln__uk_store *s) {
+/* An edge panel with at most 16 live columns (a 14x14 plane: 196 = 6 x 32 + 4; 7x7: 49 = 32 +
+   17) computes the left half of the panel only: half the FMAs of the full tile, and 8
+   accumulators are still enough chains for two FMA pipes of latency 4. */
+TARGET static inline __attribute__((always_inline)) void
+uk_8x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb, float *restrict c,
+        size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s) {
+  __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+  for (size_t p = 0; p < kc; p++) {
+    if (p % 2 == 0)
+      _mm_prefetch((const char *)((uintptr_t)a + KILN__SGEMM_A_PF * sizeof *a), _MM_HINT_T0);
+    __m512 b0 = _mm512_loadu_ps(b);
+    c0 = _mm512_fmadd_ps(_mm512_set1_ps(a[0]), b0, c0);
+    c1 = _mm512_fmadd_ps(_mm512_set1_ps(a[1]), b0, c1);
+    c2 = _mm512_fmadd_ps(_mm512_set1_ps(a[2]), b0, c2);
+    c3 = _mm512_fmadd_ps(_mm512_set1_ps(a[3]), b0, c3);
+    c4 = _mm512_fmadd_ps(_mm512_set1_ps(a[4]), b0, c4);
+    c5 = _mm512_fmadd_ps(_mm512_set1_ps(a[5]), b0, c5);
+    c6 = _mm512_fmadd_ps(_mm512_set1_ps(a[6]), b0, c6);
+    c7 = _mm512_fmadd_ps(_mm512_set1_ps(a[7]), b0, c7);
+    a += MR;
+    b += ldb;
+  }
+  _Alignas(64) float t[MR * 16];
+  _mm512_store_ps(t + 0 * 16, c0), _mm512_store_ps(t + 1 * 16, c1);
+  _mm512_store_ps(t + 2 * 16, c2), _mm512_store_ps(t + 3 * 16, c3);
+  _mm512_store_ps(t + 4 * 16, c4), _mm512_store_ps(t + 5 * 16, c5);
+  _mm512_store_ps(t + 6 * 16, c6), _mm512_store_ps(t + 7 * 16, c7);
+  kiln__uk_store_tile(t, 16, c, ldc, mr, nr, s);
+}
+
+/* An edge of one to four live columns as the panel's 8 rows of A (one ymm per k step) times a
+   scalar of B: ncol FMAs per k instead of the full tile's 16. Two partial sums per column (four
+   for one or two columns) hide the FMA latency; they are added at the end (float reordering
+   only). ncol is a compile-time constant in each call. */
+TARGET static inline __attribute__((always_inline)) void
+uk_8xnarrow(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
+            float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s,
+            const int ncol) {
+  enum { U = 4 };
+  __m256 x[4][U];
+  for (int j = 0; j < 4; j++)
+    for (int u = 0; u < U; u++) x[j][u] = _mm256_setzero_ps();
+  size_t p = 0;
+  for (; p + U <= kc; p += U) {
+    _mm_prefetch((const char *)((uintptr_t)a + KILN__SGEMM_A_PF * sizeof *a), _MM_HINT_T0);
+    for (int u = 0; u < U; u++) {
+      __m256 av = _mm256_loadu_ps(a + u * MR);
+      for (int j = 0; j < ncol; j++)
+        x[j][u] = _mm256_fmadd_ps(av, _mm256_broadcast_ss(b + u * ldb + j), x[j][u]);
+    }
+    a += U * MR;
+    b += U * ldb;
+  }
+  for (; p < kc; p++) {
+    __m256 av = _mm256_loadu_ps(a);
+    for (int j = 0; j < ncol; j++)
+      x[j][0] = _mm256_fmadd_ps(av, _mm256_broadcast_ss(b + j), x[j][0]);
+    a += MR;
+    b += ldb;
+  }
+  _Alignas(32) float col[4][MR], t[MR * 4];
+  for (int j = 0; j < ncol; j++)
+    _mm256_store_ps(col[j], _mm256_add_ps(_mm256_add_ps(x[j][0], x[j][1]),
+                                          _mm256_add_ps(x[j][2], x[j][3])));
+  for (int r = 0; r < MR; r++)
+    for (int j = 0; j < ncol; j++) t[r * 4 + j] = col[j][r];
+  kiln__uk_store_tile(t, 4, c, ldc, mr, nr, s);
+}
+
+TARGET static inline __attribute__((always_inline)) void
+uk_narrow(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
+          float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s) {
+  switch (nr) {
+  case 1: uk_8xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 1); break;
+  case 2: uk_8xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 2); break;
+  case 3: uk_8xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 3); break;
+  default: uk_8xnarrow(kc, a, b, ldb, c, ldc, mr, nr, s, 4); break;
+  }
+}
+
+/* b's rows are ldb floats apart: NR in a packed panel, or a row of an unpacked B (a pointwise
+   conv's input planes, read in place; the driver then calls it for full-width panels only).
+   Inlined into both entry points, so the packed one keeps a constant stride. */
+TARGET static inline __attribute__((always_inline)) void
+uk_8x32(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
+        float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s) {
+  if (nr <= 4) {
+    uk_narrow(kc, a, b, ldb, c, ldc, mr, nr, s);
+    return;
+  }
+  if (nr <= 16) {
+    uk_8x16(kc, a, b, ldb, c, ldc, mr, nr, s);
+    return;
+  }
+  if (nr <= 20) {
+    /* 16 columns, then the last one to four (49 = 32 + 16 + 1). */
+    uk_8x16(kc, a, b, ldb, c, ldc, mr, 16, s);
+    kiln__uk_store s2 = *s;
+    s2.col0 += 16;
+    uk_narrow(kc, a, b + 16, ldb, c + 16, ldc, mr, nr - 16, &s2);
+    return;
+  }
   __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
   __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
   __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
@@ -75,17 +175,18 @@ TARGET void kiln__sgemm_uk_8x32__avx512(size_t kc, const float *restrict a,
     ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6) ROW(7)
 #undef ROW
     a += MR;
-    b += NR;
+    b += ldb;
   }
-  if (mr == MR && nr == NR) {
+  if (nr == NR) {
+    /* Full-width rows store from registers, also in the last row tile (mr < 8). */
     store_row(c, 0, c00, c01, s);
-    store_row(c + ldc, 1, c10, c11, s);
-    store_row(c + 2 * ldc, 2, c20, c21, s);
-    store_row(c + 3 * ldc, 3, c30, c31, s);
-    store_row(c + 4 * ldc, 4, c40, c41, s);
-    store_row(c + 5 * ldc, 5, c50, c51, s);
-    store_row(c + 6 * ldc, 6, c60, c61, s);
-    store_row(c + 7 * ldc, 7, c70, c71, s);
+    if (mr > 1) store_row(c + ldc, 1, c10, c11, s);
+    if (mr > 2) store_row(c + 2 * ldc, 2, c20, c21, s);
+    if (mr > 3) store_row(c + 3 * ldc, 3, c30, c31, s);
+    if (mr > 4) store_row(c + 4 * ldc, 4, c40, c41, s);
+    if (mr > 5) store_row(c + 5 * ldc, 5, c50, c51, s);
+    if (mr > 6) store_row(c + 6 * ldc, 6, c60, c61, s);
+    if (mr > 7) store_row(c + 7 * ldc, 7, c70, c71, s);
     return;
   }
   _Alignas(64) float t[MR * NR];
@@ -98,6 +199,19 @@ TARGET void kiln__sgemm_uk_8x32__avx512(size_t kc, const float *restrict a,
   _mm512_store_ps(t + 6 * NR, c60), _mm512_store_ps(t + 6 * NR + 16, c61);
   _mm512_store_ps(t + 7 * NR, c70), _mm512_store_ps(t + 7 * NR + 16, c71);
   kiln__uk_store_tile(t, NR, c, ldc, mr, nr, s);
+}
+
+TARGET void kiln__sgemm_uk_8x32__avx512(size_t kc, const float *restrict a,
+                                        const float *restrict b, float *restrict c, size_t ldc,
+                                        size_t mr, size_t nr, const kiln__uk_store *s) {
+  uk_8x32(kc, a, b, NR, c, ldc, mr, nr, s);
+}
+
+TARGET void kiln__sgemm_uk_8x32s__avx512(size_t kc, const float *restrict a,
+                                         const float *restrict b, size_t ldb, float *restrict c,
+                                         size_t ldc, size_t mr, size_t nr,
+                                         const kiln__uk_store *s) {
+  uk_8x32(kc, a, b, ldb, c, ldc, mr, nr, s);
 }
 
 #endif
