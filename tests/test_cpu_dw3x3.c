@@ -1,9 +1,10 @@
 /* The depthwise 3x3 plane kernels (conv_dw3x3.c and the paths of conv_dw.c) against a direct
- * double-precision sum written here: every plane size from 1x1 to 20 wide and MobileNet's, both
+ * double-precision sum written here: every plane size from 1x1 to 36 wide and MobileNet's, both
  * strides, left/top pads 0-2 with any bottom/right pad, stride 2 at every output height from 6
  * to 15 (each remainder of its bands of 7 rows), each epilogue (none, ReLU, Clip, a post
  * activation) with and without a residual, the residual aliasing the output, and inputs whose
- * rows end at the end of their buffer (read past the plane: ASan). Every ISA this machine runs.
+ * rows end at the end of their buffer (read past the plane: ASan). Every ISA this machine runs
+ * (the AVX-512 kernel's 16-column blocks: widths past 16 and 32, at both strides).
  * The flat kernel for planes narrower than 8 (7x7) on every such plane up to 64 outputs. */
 #include <math.h>
 #include <setjmp.h>
@@ -116,7 +117,7 @@ static void each_isa(void (*fn)(kiln__isa)) {
 static void small_planes(kiln__isa isa) {
   for (size_t s = 1; s <= 2; s++)
     for (size_t h = 1; h <= 10; h++)
-      for (size_t w = 1; w <= 20; w++)
+      for (size_t w = 1; w <= 36; w++)
         for (size_t p = 0; p <= 2; p++) {
           check(isa, h, w, s, p, p, p, p);
           check(isa, h, w, s, p, p, 0, 0);
@@ -132,7 +133,7 @@ static void every_small_plane(void **st) {
 static void stride2_heights(kiln__isa isa) {
   /* Stride 2 runs bands of 7 output rows and a last band of the rows left: output heights 6
      to 15, so every band remainder 0-6, on narrow, one-vector, and multi-vector rows. */
-  static const size_t ws[] = {1, 2, 7, 8, 9, 15, 16, 17, 33};
+  static const size_t ws[] = {1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 34, 35, 48, 67};
   for (size_t h = 11; h <= 30; h++)
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
       for (size_t p = 0; p <= 2; p++) {

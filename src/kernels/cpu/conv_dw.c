@@ -394,7 +394,8 @@ void kiln__dwconv_plane_f32(kiln__isa isa, const kiln__dw_geom *g, const float *
   /* 3x3 at stride 1 or 2 (conv_dw3x3.c), then the direct path for the other shapes CNNs use;
      other strides keep the phase-split row ring. */
   if (isa != KILN__ISA_GENERIC && kiln__dw3x3_fits(g)) {
-    kiln__dw3x3_plane_avx2(g, x, w, bias, z, y, ep);
+    if (isa == KILN__ISA_AVX512 && g->ow > 8) kiln__dw3x3_plane_avx512(g, x, w, bias, z, y, ep);
+    else kiln__dw3x3_plane_avx2(g, x, w, bias, z, y, ep);
     return;
   }
   if (isa != KILN__ISA_GENERIC && (g->sw == 1 || g->sw == 2) && g->sh <= 4 && g->kh <= 16 &&

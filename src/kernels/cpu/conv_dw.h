@@ -50,6 +50,10 @@ bool kiln__dw3x3_flat_fits(const kiln__dw_geom *g);
 void kiln__dw3x3_flat_avx2(const kiln__dw_geom *g, size_t count, const float *x,
                            size_t in_stride, const float *w, const float *bias, const float *z,
                            float *y, size_t out_stride, const kiln__epilogue *ep);
+/* The plane kernel with 16 columns per vector (conv_dw3x3_avx512.c), for CPUs with AVX-512F and
+   outputs wider than 8; the same contract. */
+void kiln__dw3x3_plane_avx512(const kiln__dw_geom *g, const float *x, const float *w, float bias,
+                              const float *z, float *y, const kiln__epilogue *ep);
 
 #endif
 
