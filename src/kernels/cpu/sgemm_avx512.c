@@ -11,9 +11,18 @@
 #define MR 8
 #define NR 32
 
-/* Stores one full 32-wide row with the epilogue, while it is still in registers. */
+/* Loads and stores of a row's two 16-lane halves: whole vectors, or the lanes of m0 and m1 (an
+   edge panel's live columns; masked lanes are never accessed). */
+TARGET static inline __attribute__((always_inline)) __m512 ldm(const float *p, __mmask16 m,
+                                                               bool full) {
+  return full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
+}
+
+/* Stores one row of the tile with the epilogue, while it is still in registers: all 32 columns
+   (full), or the lanes of m0 and m1. */
 TARGET static inline __attribute__((always_inline)) void
-store_row(float *restrict c, size_t r, __m512 v0, __m512 v1, const kiln__uk_store *s) {
+store_rowm(float *restrict c, size_t r, __m512 v0, __m512 v1, __mmask16 m0, __mmask16 m1,
+           const bool full, const kiln__uk_store *s) {
   const kiln__epilogue *ep = s->ep;
   if (s->alpha != 1.0f) {
     __m512 alpha = _mm512_set1_ps(s->alpha);
@@ -21,8 +30,8 @@ store_row(float *restrict c, size_t r, __m512 v0, __m512 v1, const kiln__uk_stor
     v1 = _mm512_mul_ps(v1, alpha);
   }
   if (s->load_c) {
-    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(c));
-    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(c + 16));
+    v0 = _mm512_add_ps(v0, ldm(c, m0, full));
+    v1 = _mm512_add_ps(v1, ldm(c + 16, m1, full));
   }
   if (ep) {
     if (ep->bias) {
@@ -31,14 +40,14 @@ store_row(float *restrict c, size_t r, __m512 v0, __m512 v1, const kiln__uk_stor
         v0 = _mm512_add_ps(v0, b);
         v1 = _mm512_add_ps(v1, b);
       } else {
-        v0 = _mm512_add_ps(v0, _mm512_loadu_ps(ep->bias + s->col0));
-        v1 = _mm512_add_ps(v1, _mm512_loadu_ps(ep->bias + s->col0 + 16));
+        v0 = _mm512_add_ps(v0, ldm(ep->bias + s->col0, m0, full));
+        v1 = _mm512_add_ps(v1, ldm(ep->bias + s->col0 + 16, m1, full));
       }
     }
     if (ep->residual) {
       const float *res = ep->residual + (s->row0 + r) * ep->ldr + s->col0;
-      v0 = _mm512_add_ps(v0, _mm512_loadu_ps(res));
-      v1 = _mm512_add_ps(v1, _mm512_loadu_ps(res + 16));
+      v0 = _mm512_add_ps(v0, ldm(res, m0, full));
+      v1 = _mm512_add_ps(v1, ldm(res + 16, m1, full));
     }
     if (ep->act == KILN__ACT_RELU) {
       v0 = _mm512_max_ps(v0, _mm512_setzero_ps());
@@ -49,8 +58,26 @@ store_row(float *restrict c, size_t r, __m512 v0, __m512 v1, const kiln__uk_stor
       v1 = _mm512_min_ps(_mm512_max_ps(v1, lo), hi);
     }
   }
-  _mm512_storeu_ps(c, v0);
-  _mm512_storeu_ps(c + 16, v1);
+  if (full) {
+    _mm512_storeu_ps(c, v0);
+    _mm512_storeu_ps(c + 16, v1);
+  } else {
+    _mm512_mask_storeu_ps(c, m0, v0);
+    _mm512_mask_storeu_ps(c + 16, m1, v1);
+  }
+}
+
+TARGET static inline __attribute__((always_inline)) void
+store_row(float *restrict c, size_t r, __m512 v0, __m512 v1, const kiln__uk_store *s) {
+  store_rowm(c, r, v0, v1, 0xFFFF, 0xFFFF, true, s);
+}
+
+/* The lane masks of nr <= 32 live columns. */
+static inline __mmask16 lanes_lo(size_t nr) {
+  return (__mmask16)(nr >= 16 ? 0xFFFFu : (1u << nr) - 1);
+}
+static inline __mmask16 lanes_hi(size_t nr) {
+  return (__mmask16)(nr <= 16 ? 0u : nr >= 32 ? 0xFFFFu : (1u << (nr - 16)) - 1);
 }
 
 /* An edge panel with at most 16 live columns (a 14x14 plane: 196 = 6 x 32 + 4; 7x7: 49 = 32 +
@@ -75,12 +102,16 @@ uk_8x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
     a += MR;
     b += ldb;
   }
-  _Alignas(64) float t[MR * 16];
-  _mm512_store_ps(t + 0 * 16, c0), _mm512_store_ps(t + 1 * 16, c1);
-  _mm512_store_ps(t + 2 * 16, c2), _mm512_store_ps(t + 3 * 16, c3);
-  _mm512_store_ps(t + 4 * 16, c4), _mm512_store_ps(t + 5 * 16, c5);
-  _mm512_store_ps(t + 6 * 16, c6), _mm512_store_ps(t + 7 * 16, c7);
-  kiln__uk_store_tile(t, 16, c, ldc, mr, nr, s);
+  const __mmask16 m = lanes_lo(nr);
+  const __m512 z = _mm512_setzero_ps();
+  store_rowm(c, 0, c0, z, m, 0, false, s);
+  if (mr > 1) store_rowm(c + ldc, 1, c1, z, m, 0, false, s);
+  if (mr > 2) store_rowm(c + 2 * ldc, 2, c2, z, m, 0, false, s);
+  if (mr > 3) store_rowm(c + 3 * ldc, 3, c3, z, m, 0, false, s);
+  if (mr > 4) store_rowm(c + 4 * ldc, 4, c4, z, m, 0, false, s);
+  if (mr > 5) store_rowm(c + 5 * ldc, 5, c5, z, m, 0, false, s);
+  if (mr > 6) store_rowm(c + 6 * ldc, 6, c6, z, m, 0, false, s);
+  if (mr > 7) store_rowm(c + 7 * ldc, 7, c7, z, m, 0, false, s);
 }
 
 /* An edge of one to four live columns as the panel's 8 rows of A (one ymm per k step) times a
@@ -119,7 +150,10 @@ uk_8xnarrow(size_t kc, const float *restrict a, const float *restrict b, size_t 
                                           _mm256_add_ps(x[j][2], x[j][3])));
   for (int r = 0; r < MR; r++)
     for (int j = 0; j < ncol; j++) t[r * 4 + j] = col[j][r];
-  kiln__uk_store_tile(t, 4, c, ldc, mr, nr, s);
+  const __mmask16 m = lanes_lo(nr);
+  for (size_t r = 0; r < mr; r++)
+    store_rowm(c + r * ldc, r, _mm512_maskz_loadu_ps(m, t + r * 4), _mm512_setzero_ps(), m, 0,
+               false, s);
 }
 
 TARGET static inline __attribute__((always_inline)) void
@@ -189,16 +223,15 @@ uk_8x32(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
     if (mr > 7) store_row(c + 7 * ldc, 7, c70, c71, s);
     return;
   }
-  _Alignas(64) float t[MR * NR];
-  _mm512_store_ps(t + 0 * NR, c00), _mm512_store_ps(t + 0 * NR + 16, c01);
-  _mm512_store_ps(t + 1 * NR, c10), _mm512_store_ps(t + 1 * NR + 16, c11);
-  _mm512_store_ps(t + 2 * NR, c20), _mm512_store_ps(t + 2 * NR + 16, c21);
-  _mm512_store_ps(t + 3 * NR, c30), _mm512_store_ps(t + 3 * NR + 16, c31);
-  _mm512_store_ps(t + 4 * NR, c40), _mm512_store_ps(t + 4 * NR + 16, c41);
-  _mm512_store_ps(t + 5 * NR, c50), _mm512_store_ps(t + 5 * NR + 16, c51);
-  _mm512_store_ps(t + 6 * NR, c60), _mm512_store_ps(t + 6 * NR + 16, c61);
-  _mm512_store_ps(t + 7 * NR, c70), _mm512_store_ps(t + 7 * NR + 16, c71);
-  kiln__uk_store_tile(t, NR, c, ldc, mr, nr, s);
+  const __mmask16 m0 = lanes_lo(nr), m1 = lanes_hi(nr);
+  store_rowm(c, 0, c00, c01, m0, m1, false, s);
+  if (mr > 1) store_rowm(c + ldc, 1, c10, c11, m0, m1, false, s);
+  if (mr > 2) store_rowm(c + 2 * ldc, 2, c20, c21, m0, m1, false, s);
+  if (mr > 3) store_rowm(c + 3 * ldc, 3, c30, c31, m0, m1, false, s);
+  if (mr > 4) store_rowm(c + 4 * ldc, 4, c40, c41, m0, m1, false, s);
+  if (mr > 5) store_rowm(c + 5 * ldc, 5, c50, c51, m0, m1, false, s);
+  if (mr > 6) store_rowm(c + 6 * ldc, 6, c60, c61, m0, m1, false, s);
+  if (mr > 7) store_rowm(c + 7 * ldc, 7, c70, c71, m0, m1, false, s);
 }
 
 TARGET void kiln__sgemm_uk_8x32__avx512(size_t kc, const float *restrict a,
