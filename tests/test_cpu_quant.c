@@ -57,7 +57,8 @@ typedef struct onenode {
   int n_in, n_out;
   kiln__op fast_only;
   /* Which packed weight format prepare() must pick: 0 no check, 1 the AVX2 byte format
-     (VPMADDUBSW), 2 the exact int16 one (only differs from the ISA's own under KILN_ISA=avx2). */
+     (VPMADDUBSW), 2 the exact int16 one (only differs from the ISA's own under KILN_ISA=avx2;
+     under avx512vnni a conv's are both the VNNI byte format). */
   int expect_fmt;
   /* Conv only: 1 the columns must come from an NHWC copy (kiln__qpack_taps), -1 they must not,
      0 no check. */
@@ -150,6 +151,10 @@ static void check_weight_format(const onenode *o, void *state, const char *what)
   kiln__qisa want = isa;
   if (isa == KILN__QISA_AVX2 && o->expect_fmt == 1)
     want = is_conv(o->n->op_type) ? KILN__QFMT_AVX2_S8U8 : KILN__QFMT_AVX2_U8S8;
+  /* AVX512-VNNI: conv weights in the byte layout whatever the values (VPDPBUSD is exact) */
+  if (isa == KILN__QISA_AVX512VNNI && o->expect_fmt && is_conv(o->n->op_type) &&
+      kiln__qisa_supported(KILN__QFMT_VNNI_S8U8))
+    want = KILN__QFMT_VNNI_S8U8;
   const void *ks = kiln__cpu_kernel_state(state);
   size_t groups = 1;
   for (int i = 0; i < o->n->n_attrs; i++)
@@ -1046,7 +1051,9 @@ static void nhwc_cases(kiln__pool *pool) {
       kt_attr_ints(o.n, "dilations", dl, 2);
       kt_attr_ints(o.n, "pads", sh.pads, 4);
       o.expect_fmt = 1;
-      if (isa == KILN__QISA_AVX2) o.expect_nhwc = za0 ? 1 : -1;
+      if (isa == KILN__QISA_AVX2 ||
+          (isa == KILN__QISA_AVX512VNNI && kiln__qisa_supported(KILN__QFMT_VNNI_S8U8)))
+        o.expect_nhwc = za0 ? 1 : -1;
       else o.expect_nhwc = -1;
       char what[128];
       snprintf(what, sizeof what, "nhwc shape %zu x %s w %s zp %u y %s%s", si,

@@ -55,17 +55,25 @@ static const qimpl impls[KILN__QFMT_COUNT] = {
     [KILN__QFMT_AVX2_S8U8] = {4, 16, 72, 4, 1, kiln__qgemm_uk_4x16__avx2_s8u8,
                               kiln__qep_tile__avx2, 1, kiln__qgemm_uk_4x8__avx2_s8u8,
                               kiln__qgemm_ukq_4x16__avx2_s8u8, kiln__qgemm_ukc_avx2_s8u8},
+    [KILN__QFMT_VNNI_S8U8] = {4, 16, 72, 4, 1, kiln__qgemm_uk_4x16__vnni_s8u8,
+                              kiln__qep_tile__avx2, 1, kiln__qgemm_uk_4x8__vnni_s8u8,
+                              kiln__qgemm_ukq_4x16__vnni_s8u8, kiln__qgemm_ukc_vnni_s8u8},
 #endif
 };
 
-static const char *const names[KILN__QFMT_COUNT] = {"generic",    "avx2",      "avxvnni",
-                                                    "avx512vnni", "avx2-u8s8", "avx2-s8u8"};
+static const char *const names[KILN__QFMT_COUNT] = {
+    "generic", "avx2", "avxvnni", "avx512vnni", "avx2-u8s8", "avx2-s8u8", "vnni-s8u8"};
 
 const char *kiln__qisa_name(kiln__qisa isa) {
   return (unsigned)isa < KILN__QFMT_COUNT ? names[isa] : "?";
 }
 
 bool kiln__qisa_supported(kiln__qisa isa) {
+#ifdef KILN__QGEMM_X86
+  /* The VNNI byte format's edge kernel uses VPDPBUSD on ymm (AVX512VL). */
+  if (isa == KILN__QFMT_VNNI_S8U8)
+    return kiln__qisa_supported(KILN__QISA_AVX512VNNI) && __builtin_cpu_supports("avx512vl");
+#endif
   if ((unsigned)isa >= KILN__QISA_COUNT || !impls[isa].uk) return false;
   if (isa == KILN__QISA_GENERIC) return true;
 #ifdef KILN__QGEMM_X86
@@ -280,7 +288,8 @@ void kiln__qpack(struct kiln__pool *pool, kiln__qisa isa, bool is_a, size_t rows
 
 bool kiln__qpack_gather_ok(kiln__qisa isa) {
 #ifdef KILN__QGEMM_X86
-  return isa == KILN__QISA_AVXVNNI || isa == KILN__QFMT_AVX2_U8S8 || isa == KILN__QFMT_AVX2_S8U8;
+  return isa == KILN__QISA_AVXVNNI || isa == KILN__QFMT_AVX2_U8S8 || isa == KILN__QFMT_AVX2_S8U8 ||
+         isa == KILN__QFMT_VNNI_S8U8;
 #else
   (void)isa;
   return false;
@@ -426,14 +435,16 @@ static bool fits_maddubs(const kiln__qsrc *s, size_t rows, size_t k) {
 kiln_status kiln__qpack_alloc(kiln__qisa isa, bool is_a, size_t rows, size_t k,
                               const kiln__qsrc *src, kiln__qpacked *out, kiln_error *err) {
   memset(out, 0, sizeof *out);
+  if (isa == KILN__QISA_AVX2 && fits_maddubs(src, rows, k))
+    isa = is_a ? KILN__QFMT_AVX2_S8U8 : KILN__QFMT_AVX2_U8S8;
+  else if (isa == KILN__QISA_AVX512VNNI && is_a && kiln__qisa_supported(KILN__QFMT_VNNI_S8U8))
+    isa = KILN__QFMT_VNNI_S8U8;
   size_t bytes = kiln__qpack_bytes(isa, is_a, rows, k);
   if (!bytes)
     return kiln__fail(err, KILN_INVALID_ARGUMENT, "integer GEMM operand of %zu x %zu is too large",
                       rows, k);
   void *mem = kiln__aligned_alloc(bytes);
   if (!mem) return kiln__fail(err, KILN_NO_MEMORY, "out of memory packing integer weights");
-  if (isa == KILN__QISA_AVX2 && fits_maddubs(src, rows, k))
-    isa = is_a ? KILN__QFMT_AVX2_S8U8 : KILN__QFMT_AVX2_U8S8; /* never larger than int16 pairs */
   kiln__qpack(NULL, isa, is_a, rows, k, src, mem, out);
   out->owned = mem;
   return KILN_OK;

@@ -65,10 +65,15 @@ typedef enum kiln__qisa {
      same format (kiln__qpack with the constant operand's `isa`). */
   KILN__QFMT_AVX2_U8S8 = KILN__QISA_COUNT, /* A u8, B s8 (B is the constant: MatMul weights) */
   KILN__QFMT_AVX2_S8U8,                    /* A s8, B u8 (A is the constant: conv weights) */
+  /* The S8U8 layout on an AVX512-VNNI CPU, multiplied by VPDPBUSD (a 16-column k quad is one
+     zmm): exact for any values, so kiln__qpack_alloc takes it for all conv weights there, and
+     the paths built on that layout (NHWC conv columns, gathered im2col, the requantizing tile)
+     run with a quarter of the AVX2 instructions. MatMul weights keep the 6 x 32 tile. */
+  KILN__QFMT_VNNI_S8U8,
   KILN__QFMT_COUNT
 } kiln__qisa;
 
-const char *kiln__qisa_name(kiln__qisa isa); /* also the byte formats: "avx2-u8s8", "avx2-s8u8" */
+const char *kiln__qisa_name(kiln__qisa isa); /* also the byte formats: "avx2-u8s8", ... */
 /* Whether this build and machine can run `isa` (compiler support, then cpuid). */
 bool kiln__qisa_supported(kiln__qisa isa);
 /* The best ISA this machine runs, or the one KILN_ISA names: generic, avx2, avxvnni, avx512vnni
@@ -287,6 +292,16 @@ void kiln__qgemm_ukq_4x16__avx2_s8u8(size_t groups, const void *restrict a, cons
    sums[0..16), unless sums is NULL. Full panels only (16 columns, kc a multiple of 4). */
 void kiln__qpack_b16_bytes__avx2(const uint8_t *src, size_t ks, size_t kc, uint8_t xor_,
                                  bool stored_signed, uint8_t *dst, int32_t *sums);
+void kiln__qgemm_uk_4x16__vnni_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+                                    int32_t *restrict c, size_t ldc, bool accumulate);
+void kiln__qgemm_uk_4x8__vnni_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+                                   int32_t *restrict c, size_t ldc, bool accumulate);
+void kiln__qgemm_ukq_4x16__vnni_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+                                     const kiln__qreq_rows *q, size_t rows, uint8_t *restrict dst,
+                                     size_t ldd);
+void kiln__qgemm_ukc_vnni_s8u8(size_t groups, const uint8_t *a, size_t a_ps, size_t rows,
+                               const uint8_t *b, size_t bw, size_t cols, int32_t *c, size_t ldc,
+                               bool accumulate);
 void kiln__qgemm_uk_6x16__avxvnni(size_t groups, const void *restrict a, const void *restrict b,
                                   int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qgemm_uk_6x32__avx512vnni(size_t groups, const void *restrict a,

@@ -3,8 +3,8 @@
  * into int32, exact: 4 * 255 * 128 < 2^31). AVX-VNNI uses ymm (same 6 x 16 tile); AVX512-VNNI
  * uses zmm, 6 x 32. The packing (qgemm.c) stores A as uint8 and B as int8 for these formats.
  *
- * Selected by cpuid; the development machine has neither extension, so these are compiled and
- * reviewed but not executed in its tests (they run on a machine with VNNI via the same test). */
+ * Selected by cpuid; the tests run each one the machine supports (a Zen 5 development VM has
+ * both extensions). */
 #include "kernels/cpu/qgemm.h"
 
 #ifdef KILN__QGEMM_X86
@@ -71,6 +71,144 @@ TARGET_512 void kiln__qgemm_uk_6x32__avx512vnni(size_t groups, const void *restr
       __m512i v = accumulate ? _mm512_add_epi32(acc[i][h], _mm512_loadu_si512(p)) : acc[i][h];
       _mm512_storeu_si512(p, v);
     }
+}
+
+/* ---- the byte format KILN__QFMT_VNNI_S8U8 (conv weights) ---------------------------------------
+   The AVX2 S8U8 format's packing (qgemm_avx2.c): A (weights, int8) in 4-row panels of k quads
+   (16 bytes per quad), B (activations, uint8) in 16-column panels (64 bytes per quad: one zmm,
+   column j's 4 bytes in lane j) or an 8-column edge panel (32 bytes: one ymm). VPDPBUSD takes
+   its first operand as uint8 (B) and its second as int8 (A). Four rows give four dependent
+   chains per k quad, too few for VPDPBUSD's latency, so even and odd quads sum into separate
+   accumulators (added at the end: integer sums, exact). */
+#define TARGET_BYTES __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni")))
+#define BMR 4
+
+TARGET_BYTES static inline __m512i bcast512(const uint8_t *p) {
+  return _mm512_set1_epi32(ld32(p));
+}
+TARGET_BYTES static inline __m256i bcast256(const uint8_t *p) {
+  return _mm256_set1_epi32(ld32(p));
+}
+
+/* acc[i] = row i of the 4 x 16 tile over `groups` quads. */
+TARGET_BYTES static inline __attribute__((always_inline)) void
+tile4x16(size_t groups, const uint8_t *A, const uint8_t *B, __m512i acc[BMR]) {
+  __m512i x[2][BMR];
+  for (int i = 0; i < BMR; i++) x[0][i] = x[1][i] = _mm512_setzero_si512();
+  size_t g = 0;
+  for (; g + 2 <= groups; g += 2, A += 8 * BMR, B += 128) {
+    for (int u = 0; u < 2; u++) {
+      __m512i bv = _mm512_loadu_si512(B + 64 * u);
+      for (int i = 0; i < BMR; i++) {
+        __m512i av = bcast512(A + 4 * BMR * u + 4 * i);
+        x[u][i] = _mm512_dpbusd_epi32(x[u][i], bv, av);
+      }
+    }
+  }
+  if (g < groups) {
+    __m512i bv = _mm512_loadu_si512(B);
+    for (int i = 0; i < BMR; i++) {
+      __m512i av = bcast512(A + 4 * i);
+      x[0][i] = _mm512_dpbusd_epi32(x[0][i], bv, av);
+    }
+  }
+  for (int i = 0; i < BMR; i++) acc[i] = _mm512_add_epi32(x[0][i], x[1][i]);
+}
+
+TARGET_BYTES void kiln__qgemm_uk_4x16__vnni_s8u8(size_t groups, const void *restrict a,
+                                                 const void *restrict b, int32_t *restrict c,
+                                                 size_t ldc, bool accumulate) {
+  __m512i acc[BMR];
+  tile4x16(groups, a, b, acc);
+  for (int i = 0; i < BMR; i++) {
+    int32_t *p = c + i * ldc;
+    _mm512_storeu_si512(p, accumulate ? _mm512_add_epi32(acc[i], _mm512_loadu_si512(p)) : acc[i]);
+  }
+}
+
+/* The 4 x 8 edge tile: one ymm of B per quad. */
+TARGET_BYTES void kiln__qgemm_uk_4x8__vnni_s8u8(size_t groups, const void *restrict a,
+                                                const void *restrict b, int32_t *restrict c,
+                                                size_t ldc, bool accumulate) {
+  const uint8_t *A = a, *B = b;
+  __m256i x[2][BMR];
+  for (int i = 0; i < BMR; i++) x[0][i] = x[1][i] = _mm256_setzero_si256();
+  size_t g = 0;
+  for (; g + 2 <= groups; g += 2, A += 8 * BMR, B += 64)
+    for (int u = 0; u < 2; u++) {
+      __m256i bv = _mm256_loadu_si256((const __m256i *)(B + 32 * u));
+      for (int i = 0; i < BMR; i++)
+        x[u][i] = _mm256_dpbusd_epi32(x[u][i], bv, bcast256(A + 4 * BMR * u + 4 * i));
+    }
+  if (g < groups) {
+    __m256i bv = _mm256_loadu_si256((const __m256i *)B);
+    for (int i = 0; i < BMR; i++)
+      x[0][i] = _mm256_dpbusd_epi32(x[0][i], bv, bcast256(A + 4 * i));
+  }
+  for (int i = 0; i < BMR; i++) {
+    __m256i v = _mm256_add_epi32(x[0][i], x[1][i]);
+    __m256i *p = (__m256i *)(c + i * ldc);
+    _mm256_storeu_si256(p, accumulate ? _mm256_add_epi32(v, _mm256_loadu_si256(p)) : v);
+  }
+}
+
+/* The S8U8 tile requantized in registers (qgemm.h, kiln__qreq_rows), in the AVX2 kernel's exact
+   operations: + radd, to float, * mult, clamp to the integer-valued [lo - zy, hi - zy], VCVTPS2DQ
+   (nearest even) + zy. The result is inside [lo, hi], so its low byte is the stored value. */
+TARGET_BYTES void kiln__qgemm_ukq_4x16__vnni_s8u8(size_t groups, const void *restrict a,
+                                                  const void *restrict b, const kiln__qreq_rows *q,
+                                                  size_t rows, uint8_t *restrict dst,
+                                                  size_t ldd) {
+  __m512i acc[BMR];
+  tile4x16(groups, a, b, acc);
+  const __m512 lo = _mm512_set1_ps((float)(q->lo - q->zy));
+  const __m512 hi = _mm512_set1_ps((float)(q->hi - q->zy));
+  const __m512i zy = _mm512_set1_epi32(q->zy);
+  for (size_t i = 0; i < rows; i++) {
+    __m512 f = _mm512_cvtepi32_ps(_mm512_add_epi32(acc[i], _mm512_set1_epi32(q->radd[i])));
+    f = _mm512_mul_ps(f, _mm512_set1_ps(q->mult[i]));
+    f = _mm512_min_ps(_mm512_max_ps(f, lo), hi);
+    __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(f), zy);
+    _mm_storeu_si128((__m128i *)(dst + i * ldd), _mm512_cvtepi32_epi8(v));
+  }
+}
+
+/* The S8U8 edge of 1-4 columns, rows in lanes (qgemm_avx2.c's kiln__qgemm_ukc_avx2_s8u8): per k
+   quad, 16 rows of weights (four 4-row panels, 64 bytes) times each column's broadcast quad.
+   rows is a multiple of 4; a last group of 4, 8 or 12 rows reads only its panels. */
+TARGET_BYTES void kiln__qgemm_ukc_vnni_s8u8(size_t groups, const uint8_t *a, size_t a_ps,
+                                            size_t rows, const uint8_t *b, size_t bw, size_t cols,
+                                            int32_t *c, size_t ldc, bool accumulate) {
+  for (size_t r0 = 0; r0 < rows; r0 += 16) {
+    size_t np = KILN__MIN((size_t)4, (rows - r0) / 4); /* 4-row panels in this group */
+    const uint8_t *ap[4], *B = b;
+    for (size_t p = 0; p < 4; p++) ap[p] = a + (r0 / 4 + KILN__MIN(p, np - 1)) * a_ps;
+    __m512i x0 = _mm512_setzero_si512(), x1 = x0, x2 = x0, x3 = x0;
+    for (size_t g = 0; g < groups; g++, B += bw) {
+      __m512i av = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_inserti128_si256(
+              _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(ap[0] + 16 * g))),
+              _mm_loadu_si128((const __m128i *)(ap[1] + 16 * g)), 1)),
+          _mm256_inserti128_si256(
+              _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(ap[2] + 16 * g))),
+              _mm_loadu_si128((const __m128i *)(ap[3] + 16 * g)), 1),
+          1);
+      x0 = _mm512_dpbusd_epi32(x0, bcast512(B), av);
+      x1 = _mm512_dpbusd_epi32(x1, bcast512(B + 4), av);
+      x2 = _mm512_dpbusd_epi32(x2, bcast512(B + 8), av);
+      x3 = _mm512_dpbusd_epi32(x3, bcast512(B + 12), av);
+    }
+    _Alignas(64) int32_t t[4][16];
+    _mm512_store_si512(t[0], x0);
+    _mm512_store_si512(t[1], x1);
+    _mm512_store_si512(t[2], x2);
+    _mm512_store_si512(t[3], x3);
+    for (size_t i = 0; i < np * 4; i++)
+      for (size_t j = 0; j < cols; j++) {
+        int32_t *d = c + (r0 + i) * ldc + j;
+        *d = (int32_t)((accumulate ? (uint32_t)*d : 0u) + (uint32_t)t[j][i]);
+      }
+  }
 }
 
 #endif

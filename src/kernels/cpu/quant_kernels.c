@@ -376,12 +376,14 @@ static bool za_all_zero(const kiln__qzp *z, size_t m, int32_t off) {
 }
 
 /* The NHWC-column form (qconv_state.nhwc) when the node qualifies: the weights' k reordered to
-   (ky, kx, c) and packed; kept only if they pack as AVX2 S8U8 (whose pair check is on the new
+   (ky, kx, c) and packed; kept only if they pack as S8U8, AVX2's (whose pair check is on the new
    order) with a constant zero point that makes every za 0, else the usual packing follows. */
 static kiln_status qconv_prepare_nhwc(const kiln__node *n, const kiln__graph *g,
                                       const kiln_tensor *w, qconv_state *s, kiln_error *err) {
   const kiln__conv2d *cv = &s->cv;
-  if (cv->groups != 1 || cv->cg % 16 || s->isa != KILN__QISA_AVX2) return KILN_OK;
+  if (cv->groups != 1 || cv->cg % 16 ||
+      (s->isa != KILN__QISA_AVX2 && s->isa != KILN__QISA_AVX512VNNI))
+    return KILN_OK;
   int zi = s->qlinear ? 5 : 3;
   const kiln__value *zv = zi < n->n_in ? kiln__cpu_input(n, g, zi) : NULL;
   const kiln_tensor *zt = zv ? const_q8(zv) : NULL;
@@ -399,7 +401,8 @@ static kiln_status qconv_prepare_nhwc(const kiln__node *n, const kiln__graph *g,
   kiln_status st = kiln__qpack_alloc(s->isa, true, cv->m, cv->kk, &ts, &s->pw[0], err);
   kiln__free(tw);
   if (st != KILN_OK) return st;
-  if (s->pw[0].isa == KILN__QFMT_AVX2_S8U8 && za_all_zero(&zw, cv->m, s->pw[0].zp_off))
+  if ((s->pw[0].isa == KILN__QFMT_AVX2_S8U8 || s->pw[0].isa == KILN__QFMT_VNNI_S8U8) &&
+      za_all_zero(&zw, cv->m, s->pw[0].zp_off))
     s->nhwc = true;
   else
     kiln__qpacked_free(&s->pw[0]);
