@@ -32,11 +32,14 @@ typedef struct qimpl {
   /* MR x NR/2 kernel for a last B panel of at most NR/2 columns, which is then packed NR/2 wide
      (NULL: none, every panel NR wide) */
   kiln__qgemm_ukernel uk_edge;
-  /* MR x NR kernel that requantizes in registers (the conv case with k <= KC), or NULL */
+  /* MR x NR kernel that requantizes in registers (the conv case with k <= KC), or NULL (then
+     ukqn, when set, does) */
   kiln__qgemm_ukernel_req ukq;
   /* rows-in-lanes kernel for an edge panel of at most 4 columns (kiln__qgemm_ukc_*), or NULL */
   void (*ukc)(size_t, const uint8_t *, size_t, size_t, const uint8_t *, size_t, size_t, int32_t *,
               size_t, bool);
+  /* ukq over up to 4 adjacent panels at once (fewer loads per product), or NULL */
+  kiln__qgemm_ukernel_reqn ukqn;
 } qimpl;
 
 static const qimpl impls[KILN__QFMT_COUNT] = {
@@ -57,7 +60,7 @@ static const qimpl impls[KILN__QFMT_COUNT] = {
                               kiln__qgemm_ukq_4x16__avx2_s8u8, kiln__qgemm_ukc_avx2_s8u8},
     [KILN__QFMT_VNNI_S8U8] = {4, 16, 72, 4, 1, kiln__qgemm_uk_4x16__vnni_s8u8,
                               kiln__qep_tile__avx2, 1, kiln__qgemm_uk_4x8__vnni_s8u8,
-                              kiln__qgemm_ukq_4x16__vnni_s8u8, kiln__qgemm_ukc_vnni_s8u8},
+                              NULL, kiln__qgemm_ukc_vnni_s8u8, kiln__qgemm_ukqn_vnni_s8u8},
 #endif
 };
 
@@ -543,7 +546,7 @@ static void qtiles(void *arg, size_t begin, size_t end) {
   bool zb_uniform = g->zb.n <= 1;
   int32_t zbu = zp_at(&g->zb, 0) + B->zp_off;
   /* The requantizing microkernel's case (kiln__qreq_rows); za is checked per tile. */
-  const bool fuse = im->ukq && req && g->per_row && zb_uniform && g->k <= KC;
+  const bool fuse = (im->ukq || im->ukqn) && req && g->per_row && zb_uniform && g->k <= KC;
   kiln__qep_tile et = {.ldacc = NC, .rowterm = rtr, .radd = raddr, .zy = g->zy,
                        .lo = g->kind == KILN__QOUT_U8 ? 0 : -128,
                        .hi = g->kind == KILN__QOUT_U8 ? 255 : 127, .kind = g->kind,
@@ -567,8 +570,8 @@ static void qtiles(void *arg, size_t begin, size_t end) {
       for (size_t j = 0; j < nc; j++) zbv[j] = zp_at(&g->zb, j0 + j) + B->zp_off;
     const int32_t *cbias = req && !g->per_row && g->bias ? g->bias + j0 : NULL;
     const float *cmult = !g->per_row && g->mult ? g->mult + j0 : NULL;
-    /* Columns [0, jq) of the tile are requantized by im->ukq (full panels only); the rest (an
-       edge or short last panel) through acc and the epilogue. */
+    /* Columns [0, jq) of the tile are requantized by im->ukq or ukqn (full panels only); the rest
+       (an edge or short last panel) through acc and the epilogue. */
     size_t jq = 0;
     if (fuse && !any_za) {
       jq = nc & ~(im->nr - 1);
@@ -578,13 +581,19 @@ static void qtiles(void *arg, size_t begin, size_t end) {
       kiln__qreq_rows q = {.mult = multr, .zy = g->zy, .lo = et.lo, .hi = et.hi,
                            .to_signed = g->kind == KILN__QOUT_S8};
       uint8_t *d0 = (uint8_t *)g->c + i0 * g->ldc + j0;
-      for (size_t jp = 0; jp < jq; jp += im->nr)
+      for (size_t jp = 0, np; jp < jq; jp += np * im->nr) {
+        np = im->ukqn ? KILN__MIN((size_t)4, (jq - jp) / im->nr) : 1;
         for (size_t ip = 0; ip < mpad; ip += im->mr) {
+          const uint8_t *ap = ab + ip * kcp * im->esz, *bp = bb + jp * kcp * im->esz;
+          uint8_t *dp = d0 + ip * g->ldc + jp;
+          size_t rows = KILN__MIN(im->mr, mc - ip);
           q.radd = raddr + ip;
           q.mult = multr + ip;
-          im->ukq(kcp / im->kp, ab + ip * kcp * im->esz, bb + jp * kcp * im->esz, &q,
-                  KILN__MIN(im->mr, mc - ip), d0 + ip * g->ldc + jp, g->ldc);
+          if (im->ukqn)
+            im->ukqn(kcp / im->kp, ap, bp, im->nr * kcp * im->esz, np, &q, rows, dp, g->ldc);
+          else im->ukq(kcp / im->kp, ap, bp, &q, rows, dp, g->ldc);
         }
+      }
       if (jq == nc) continue;
     }
     for (size_t p0 = 0; p0 < g->k; p0 += KC) {

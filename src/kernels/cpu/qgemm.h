@@ -296,9 +296,15 @@ void kiln__qgemm_uk_4x16__vnni_s8u8(size_t groups, const void *restrict a, const
                                     int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qgemm_uk_4x8__vnni_s8u8(size_t groups, const void *restrict a, const void *restrict b,
                                    int32_t *restrict c, size_t ldc, bool accumulate);
-void kiln__qgemm_ukq_4x16__vnni_s8u8(size_t groups, const void *restrict a, const void *restrict b,
-                                     const kiln__qreq_rows *q, size_t rows, uint8_t *restrict dst,
-                                     size_t ldd);
+/* The requantizing tile over np (1-4) adjacent full 16-column B panels, pstride bytes apart (a
+   4 x 16 np tile; dst columns 16 np). */
+typedef void (*kiln__qgemm_ukernel_reqn)(size_t groups, const void *restrict a,
+                                         const void *restrict b, size_t pstride, size_t np,
+                                         const kiln__qreq_rows *q, size_t rows,
+                                         uint8_t *restrict dst, size_t ldd);
+void kiln__qgemm_ukqn_vnni_s8u8(size_t groups, const void *restrict a, const void *restrict b,
+                                size_t pstride, size_t np, const kiln__qreq_rows *q, size_t rows,
+                                uint8_t *restrict dst, size_t ldd);
 void kiln__qgemm_ukc_vnni_s8u8(size_t groups, const uint8_t *a, size_t a_ps, size_t rows,
                                const uint8_t *b, size_t bw, size_t cols, int32_t *c, size_t ldc,
                                bool accumulate);
