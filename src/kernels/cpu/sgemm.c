@@ -29,7 +29,8 @@ static const impl impls[KILN__ISA_COUNT] = {
 #ifdef KILN_X86
     [KILN__ISA_AVX2] = {6, 16, 72, 128, kiln__sgemm_uk_6x16__avx2,
                          kiln__sgemm_pack_a_6__avx2},
-    [KILN__ISA_AVX512] = {8, 32, 64, 128, kiln__sgemm_uk_8x32__avx512},
+    [KILN__ISA_AVX512] = {8, 32, 64, 128, kiln__sgemm_uk_8x32__avx512,
+                           kiln__sgemm_pack_a_8__avx512},
 #endif
 #ifdef __aarch64__
     /* nc a multiple of nr (the B slab holds whole panels and must fit NC_MAX). */

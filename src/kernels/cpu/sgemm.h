@@ -264,6 +264,8 @@ typedef void (*kiln__sgemm_pack_a_panel)(const float *restrict a, size_t lda, si
                                          float *restrict dst);
 void kiln__sgemm_pack_a_6__avx2(const float *restrict a, size_t lda, size_t kc,
                                 float *restrict dst);
+void kiln__sgemm_pack_a_8__avx512(const float *restrict a, size_t lda, size_t kc,
+                                  float *restrict dst);
 void kiln__sgemm_uk_8x12__neon(size_t kc, const float *restrict a, const float *restrict b,
                                float *restrict c, size_t ldc, size_t mr, size_t nr,
                                const kiln__uk_store *s);
