@@ -167,12 +167,42 @@ uk_narrow(size_t kc, const float *restrict a, const float *restrict b, size_t ld
   }
 }
 
+/* One row of A (a classifier's Gemm on one image, m = 1): the 8-row tile would run 16 FMAs per k
+   for 2 used. Two k steps per iteration on separate accumulators keep 4 FMA chains going; the
+   loads of B are the bound. */
+TARGET static inline __attribute__((always_inline)) void
+uk_1x32(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
+        float *restrict c, size_t nr, const kiln__uk_store *s) {
+  __m512 x0 = _mm512_setzero_ps(), x1 = x0, y0 = x0, y1 = x0;
+  size_t p = 0;
+  for (; p + 2 <= kc; p += 2, a += 2 * MR, b += 2 * ldb) {
+    __m512 a0 = _mm512_set1_ps(a[0]), a1 = _mm512_set1_ps(a[MR]);
+    x0 = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b), x0);
+    x1 = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b + 16), x1);
+    y0 = _mm512_fmadd_ps(a1, _mm512_loadu_ps(b + ldb), y0);
+    y1 = _mm512_fmadd_ps(a1, _mm512_loadu_ps(b + ldb + 16), y1);
+  }
+  if (p < kc) {
+    __m512 a0 = _mm512_set1_ps(a[0]);
+    x0 = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b), x0);
+    x1 = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b + 16), x1);
+  }
+  x0 = _mm512_add_ps(x0, y0);
+  x1 = _mm512_add_ps(x1, y1);
+  if (nr == NR) store_row(c, 0, x0, x1, s);
+  else store_rowm(c, 0, x0, x1, lanes_lo(nr), lanes_hi(nr), false, s);
+}
+
 /* b's rows are ldb floats apart: NR in a packed panel, or a row of an unpacked B (a pointwise
    conv's input planes, read in place; the driver then calls it for full-width panels only).
    Inlined into both entry points, so the packed one keeps a constant stride. */
 TARGET static inline __attribute__((always_inline)) void
 uk_8x32(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
         float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s) {
+  if (mr == 1 && nr > 4) {
+    uk_1x32(kc, a, b, ldb, c, nr, s);
+    return;
+  }
   if (nr <= 4) {
     uk_narrow(kc, a, b, ldb, c, ldc, mr, nr, s);
     return;
