@@ -4,7 +4,11 @@
  * uses zmm, 6 x 32. The packing (qgemm.c) stores A as uint8 and B as int8 for these formats.
  *
  * Selected by cpuid; the tests run each one the machine supports (a Zen 5 development VM has
- * both extensions). */
+ * both extensions).
+ *
+ * Accumulators are named variables, not arrays: with arrays of VPDPBUSD accumulators (a tied
+ * operand) gcc 12 copied every accumulator to another register and back at each k step, and
+ * loaded B vectors twice (docs/QUANT.md, ResNet-18 int8 6.7 -> 5.3 ms). */
 #include "kernels/cpu/qgemm.h"
 
 #ifdef KILN__QGEMM_X86
@@ -25,19 +29,23 @@ TARGET_AVXVNNI void kiln__qgemm_uk_6x16__avxvnni(size_t groups, const void *rest
                                                  const void *restrict b, int32_t *restrict c,
                                                  size_t ldc, bool accumulate) {
   const uint8_t *A = a, *B = b;
-  __m256i acc[MR][2];
-  for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
-  for (size_t g = 0; g < groups; g++) {
-    __m256i b0 = _mm256_loadu_si256((const __m256i *)B);
-    __m256i b1 = _mm256_loadu_si256((const __m256i *)(B + 32));
-    for (int i = 0; i < MR; i++) {
-      __m256i av = _mm256_set1_epi32(ld32(A + 4 * i));
-      acc[i][0] = _mm256_dpbusd_avx_epi32(acc[i][0], av, b0);
-      acc[i][1] = _mm256_dpbusd_avx_epi32(acc[i][1], av, b1);
-    }
-    A += 4 * MR;
-    B += 4 * 16;
+  const __m256i z = _mm256_setzero_si256();
+  __m256i c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z;
+  __m256i c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
+  for (size_t g = 0; g < groups; g++, A += 4 * MR, B += 4 * 16) {
+    const __m256i b0 = _mm256_loadu_si256((const __m256i *)B);
+    const __m256i b1 = _mm256_loadu_si256((const __m256i *)(B + 32));
+#define ROW(i)                                                                                     \
+  {                                                                                                \
+    const __m256i av = _mm256_set1_epi32(ld32(A + 4 * i));                                         \
+    c##i##0 = _mm256_dpbusd_avx_epi32(c##i##0, av, b0);                                            \
+    c##i##1 = _mm256_dpbusd_avx_epi32(c##i##1, av, b1);                                            \
   }
+    ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)
+#undef ROW
+  }
+  const __m256i acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                              {c30, c31}, {c40, c41}, {c50, c51}};
   for (int i = 0; i < MR; i++)
     for (int h = 0; h < 2; h++) {
       __m256i *p = (__m256i *)(c + i * ldc + 8 * h);
@@ -53,18 +61,22 @@ TARGET_512 void kiln__qgemm_uk_6x32__avx512vnni(size_t groups, const void *restr
                                                 const void *restrict b, int32_t *restrict c,
                                                 size_t ldc, bool accumulate) {
   const uint8_t *A = a, *B = b;
-  __m512i acc[MR][2];
-  for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
-  for (size_t g = 0; g < groups; g++) {
-    __m512i b0 = _mm512_loadu_si512(B), b1 = _mm512_loadu_si512(B + 64);
-    for (int i = 0; i < MR; i++) {
-      __m512i av = _mm512_set1_epi32(ld32(A + 4 * i));
-      acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], av, b0);
-      acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], av, b1);
-    }
-    A += 4 * MR;
-    B += 4 * 32;
+  const __m512i z = _mm512_setzero_si512();
+  __m512i c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z;
+  __m512i c30 = z, c31 = z, c40 = z, c41 = z, c50 = z, c51 = z;
+  for (size_t g = 0; g < groups; g++, A += 4 * MR, B += 4 * 32) {
+    const __m512i b0 = _mm512_loadu_si512(B), b1 = _mm512_loadu_si512(B + 64);
+#define ROW(i)                                                                                     \
+  {                                                                                                \
+    const __m512i av = _mm512_set1_epi32(ld32(A + 4 * i));                                         \
+    c##i##0 = _mm512_dpbusd_epi32(c##i##0, av, b0);                                                \
+    c##i##1 = _mm512_dpbusd_epi32(c##i##1, av, b1);                                                \
   }
+    ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)
+#undef ROW
+  }
+  const __m512i acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                              {c30, c31}, {c40, c41}, {c50, c51}};
   for (int i = 0; i < MR; i++)
     for (int h = 0; h < 2; h++) {
       int32_t *p = c + i * ldc + 16 * h;
@@ -161,17 +173,29 @@ TARGET_BYTES void kiln__qgemm_uk_4x8__vnni_s8u8(size_t groups, const void *restr
 TARGET_BYTES static inline __attribute__((always_inline)) void
 reqn(size_t groups, const uint8_t *A, const uint8_t *B, size_t pstride, const kiln__qreq_rows *q,
      size_t rows, uint8_t *restrict dst, size_t ldd, const int np) {
-  __m512i x[4][BMR];
-  for (int p = 0; p < np; p++)
-    for (int i = 0; i < BMR; i++) x[p][i] = _mm512_setzero_si512();
+  const __m512i z = _mm512_setzero_si512();
+  __m512i x00 = z, x01 = z, x02 = z, x03 = z, x10 = z, x11 = z, x12 = z, x13 = z;
+  __m512i x20 = z, x21 = z, x22 = z, x23 = z, x30 = z, x31 = z, x32 = z, x33 = z;
   for (size_t g = 0; g < groups; g++, A += 4 * BMR, B += 64) {
-    __m512i bv[4];
-    for (int p = 0; p < np; p++) bv[p] = _mm512_loadu_si512(B + p * pstride);
-    for (int i = 0; i < BMR; i++) {
-      __m512i av = bcast512(A + 4 * i);
-      for (int p = 0; p < np; p++) x[p][i] = _mm512_dpbusd_epi32(x[p][i], bv[p], av);
-    }
+    /* np is a constant here (the caller's switch): the unused panels compile
+     * away */
+    const __m512i b0 = _mm512_loadu_si512(B);
+    const __m512i b1 = np > 1 ? _mm512_loadu_si512(B + pstride) : z;
+    const __m512i b2 = np > 2 ? _mm512_loadu_si512(B + 2 * pstride) : z;
+    const __m512i b3 = np > 3 ? _mm512_loadu_si512(B + 3 * pstride) : z;
+#define ROW(i)                                                                                     \
+  {                                                                                                \
+    const __m512i av = bcast512(A + 4 * i);                                                        \
+    x0##i = _mm512_dpbusd_epi32(x0##i, b0, av);                                                    \
+    if (np > 1) x1##i = _mm512_dpbusd_epi32(x1##i, b1, av);                                        \
+    if (np > 2) x2##i = _mm512_dpbusd_epi32(x2##i, b2, av);                                        \
+    if (np > 3) x3##i = _mm512_dpbusd_epi32(x3##i, b3, av);                                        \
   }
+    ROW(0) ROW(1) ROW(2) ROW(3)
+#undef ROW
+  }
+  const __m512i x[4][BMR] = {
+      {x00, x01, x02, x03}, {x10, x11, x12, x13}, {x20, x21, x22, x23}, {x30, x31, x32, x33}};
   const __m512 lo = _mm512_set1_ps((float)(q->lo - q->zy));
   const __m512 hi = _mm512_set1_ps((float)(q->hi - q->zy));
   const __m512i zy = _mm512_set1_epi32(q->zy);
