@@ -489,7 +489,7 @@ void kiln__qconv_dw(kiln__pool *pool, kiln__qisa isa, const kiln__qdw_args *a) {
   dw_job j = {a, {0}, false, false, false};
 #ifdef KILN__QGEMM_X86
   if (isa != KILN__QISA_GENERIC && kiln__qdwc_fits(a)) { /* channels in lanes */
-    kiln__qdwc(pool, a);
+    kiln__qdwc(pool, isa, a);
     return;
   }
   j.avx2 = isa != KILN__QISA_GENERIC;

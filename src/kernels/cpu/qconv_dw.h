@@ -31,6 +31,6 @@ void kiln__qconv_dw(struct kiln__pool *pool, kiln__qisa isa, const kiln__qdw_arg
 
 /* The channels-in-lanes 3x3 kernel (qconv_dwc.c, AVX2): whether it runs `a`, and running it. */
 bool kiln__qdwc_fits(const kiln__qdw_args *a);
-void kiln__qdwc(struct kiln__pool *pool, const kiln__qdw_args *a);
+void kiln__qdwc(struct kiln__pool *pool, kiln__qisa isa, const kiln__qdw_args *a);
 
 #endif

@@ -13,7 +13,13 @@
  * The in-lane unpacks leave channels 0-3, 8-11 in one accumulator and 4-7, 12-15 in the other,
  * which VPACKSSDW puts back in order; the weights and requantization constants are laid out to
  * match. Requantization is qgemm's epilogue's float operations, so the result is byte-identical
- * to src/kernels/ref/quant.c. */
+ * to src/kernels/ref/quant.c.
+ *
+ * With AVX512-VNNI (and BW, VL) step 2 takes two output positions per zmm: the same 16 channels
+ * of positions i and i + 1 in its two halves (at stride 1 within a row their taps are adjacent
+ * columns of the tile, one 64-byte load; otherwise two 32-byte loads), VPDPWSSD for VPMADDWD +
+ * VPADDD, and VPMOVWB for the final pack (the clamp already bounds every value to the output
+ * type). */
 #include "kernels/cpu/qconv_dw.h"
 
 #include "core/threadpool.h"
@@ -30,6 +36,7 @@
 typedef struct dwc_job {
   const kiln__qdw_args *a;
   size_t ncb, bands, band_rows, wp; /* channel blocks, bands per plane, rows per band, tile cols */
+  bool wide;                        /* two positions per zmm (AVX512-VNNI) */
 } dwc_job;
 
 bool kiln__qdwc_fits(const kiln__qdw_args *a) {
@@ -225,6 +232,104 @@ INLINE void band_body(const dwc_job *j, size_t b, size_t c0, size_t oy0, size_t 
   }
 }
 
+TARGET static void body_avx2(const dwc_job *j, size_t b, size_t c0, size_t oy0, size_t oy1,
+                             const int16_t *tile, const dwc_consts *k) {
+  if (j->a->sw == 1) band_body(j, b, c0, oy0, oy1, tile, k, 1); /* a constant stride inlined */
+  else band_body(j, b, c0, oy0, oy1, tile, k, 2);
+}
+
+/* ---- two positions per zmm (AVX512-VNNI) ---------------------------------------------------- */
+#define TARGET512 __attribute__((target("avx2,avx512f,avx512vl,avx512bw,avx512vnni")))
+#define INLINE512 TARGET512 static inline __attribute__((always_inline))
+
+typedef struct dwc_consts512 { /* dwc_consts, the same 8 lanes in both halves */
+  __m512i w[5][2], bias[2], zy;
+  __m512 mult[2], lo_z, hi_z;
+} dwc_consts512;
+
+INLINE512 __m512i dup(__m256i v) {
+  return _mm512_broadcast_i64x4(v);
+}
+
+/* The tap at offset t of positions a and b: one load when b's taps follow a's in the tile. */
+INLINE512 __m512i ld2(const int16_t *ta, const int16_t *tb, size_t t, const bool adjacent) {
+  if (adjacent) return _mm512_loadu_si512(ta + t);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(ta + t))),
+                            _mm256_loadu_si256((const __m256i *)(tb + t)), 1);
+}
+
+/* position() for the outputs whose taps start at ta and tb (rows `row` int16 apart): their 16
+   channels' bytes in the low and high 16 bytes. Named accumulators (a gcc array would be copied
+   at each VPDPWSSD, qgemm_vnni.c). */
+INLINE512 __m256i position2(const int16_t *ta, const int16_t *tb, size_t row,
+                            const dwc_consts512 *k, const bool adjacent) {
+  __m512i a0 = k->bias[0], a1 = k->bias[1];
+#define PAIR(t0, t1, wv)                                                                           \
+  {                                                                                                \
+    const __m512i x = ld2(ta, tb, t0, adjacent), y = ld2(ta, tb, t1, adjacent);                   \
+    a0 = _mm512_dpwssd_epi32(a0, _mm512_unpacklo_epi16(x, y), (wv)[0]);                           \
+    a1 = _mm512_dpwssd_epi32(a1, _mm512_unpackhi_epi16(x, y), (wv)[1]);                           \
+  }
+  PAIR(0, CB, k->w[0])
+  PAIR(2 * CB, row, k->w[1])
+  PAIR(row + CB, row + 2 * CB, k->w[2])
+  PAIR(2 * row, 2 * row + CB, k->w[3])
+  PAIR(2 * row + 2 * CB, 2 * row + 2 * CB, k->w[4])
+#undef PAIR
+  __m512 f0 = _mm512_mul_ps(_mm512_cvtepi32_ps(a0), k->mult[0]);
+  __m512 f1 = _mm512_mul_ps(_mm512_cvtepi32_ps(a1), k->mult[1]);
+  __m512i q0 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(f0, k->lo_z), k->hi_z));
+  __m512i q1 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(f1, k->lo_z), k->hi_z));
+  __m512i w16 = _mm512_add_epi16(_mm512_packs_epi32(q0, q1), k->zy); /* channels in order */
+  return _mm512_cvtepi16_epi8(w16); /* each value is in the output type's range: exact */
+}
+
+INLINE512 void band_body2(const dwc_job *j, size_t b, size_t c0, size_t oy0, size_t oy1,
+                          const int16_t *tile, const dwc_consts *k, const dwc_consts512 *kz,
+                          size_t s) {
+  const kiln__qdw_args *a = j->a;
+  size_t row = j->wp * CB, ow = a->ow;
+  size_t p = oy0 * ow, pend = oy1 * ow, oy = oy0, ox = 0;
+  while (p < pend) {
+    size_t cnt = KILN__MIN((size_t)16, pend - p), i = 0;
+    __m128i q[16];
+    for (; i + 2 <= cnt; i += 2) {
+      const int16_t *ta = tile + (oy - oy0) * s * row + ox * s * CB;
+      bool same_row = ++ox < ow; /* (oy, ox) is now the second position */
+      if (!same_row) ox = 0, oy++;
+      const int16_t *tb = tile + (oy - oy0) * s * row + ox * s * CB;
+      if (++ox == ow) ox = 0, oy++;
+      __m256i v = s == 1 && same_row ? position2(ta, tb, row, kz, true)
+                                     : position2(ta, tb, row, kz, false);
+      q[i] = _mm256_castsi256_si128(v);
+      q[i + 1] = _mm256_extracti128_si256(v, 1);
+    }
+    if (i < cnt) { /* the band's odd last position */
+      const int16_t *t0 = tile + (oy - oy0) * s * row + ox * s * CB;
+      const int16_t *r[3] = {t0, t0 + row, t0 + 2 * row};
+      q[i] = position(r, k);
+      if (++ox == ow) ox = 0, oy++;
+    }
+    store16(a, b, c0, p, cnt, q);
+    p += cnt;
+  }
+}
+
+TARGET512 static void body_512(const dwc_job *j, size_t b, size_t c0, size_t oy0, size_t oy1,
+                               const int16_t *tile, const dwc_consts *k) {
+  dwc_consts512 kz;
+  for (int h = 0; h < 2; h++) {
+    for (int p = 0; p < 5; p++) kz.w[p][h] = dup(k->w[p][h]);
+    kz.bias[h] = dup(k->bias[h]);
+    kz.mult[h] = _mm512_castsi512_ps(dup(_mm256_castps_si256(k->mult[h])));
+  }
+  kz.lo_z = _mm512_castsi512_ps(dup(_mm256_castps_si256(k->lo_z)));
+  kz.hi_z = _mm512_castsi512_ps(dup(_mm256_castps_si256(k->hi_z)));
+  kz.zy = dup(k->zy);
+  if (j->a->sw == 1) band_body2(j, b, c0, oy0, oy1, tile, k, &kz, 1);
+  else band_body2(j, b, c0, oy0, oy1, tile, k, &kz, 2);
+}
+
 TARGET static void bands(void *arg, size_t i0, size_t i1) {
   const dwc_job *j = arg;
   const kiln__qdw_args *a = j->a;
@@ -241,13 +346,14 @@ TARGET static void bands(void *arg, size_t i0, size_t i1) {
     int64_t iy0 = (int64_t)(oy0 * s) - a->pt;
     for (size_t r = 0; r < rows; r++)
       fill_row(a, b, c0, iy0 + (int64_t)r, j->wp, tile + r * j->wp * CB);
-    if (s == 1) band_body(j, b, c0, oy0, oy1, tile, &k, 1); /* a constant stride inlined */
-    else band_body(j, b, c0, oy0, oy1, tile, &k, 2);
+    (j->wide ? body_512 : body_avx2)(j, b, c0, oy0, oy1, tile, &k);
   }
 }
 
-void kiln__qdwc(struct kiln__pool *pool, const kiln__qdw_args *a) {
-  dwc_job j = {a, (a->c + CB - 1) / CB, 0, 0, (a->ow - 1) * (size_t)a->sw + 3};
+void kiln__qdwc(struct kiln__pool *pool, kiln__qisa isa, const kiln__qdw_args *a) {
+  dwc_job j = {a, (a->c + CB - 1) / CB, 0, 0, (a->ow - 1) * (size_t)a->sw + 3, false};
+  j.wide = isa == KILN__QISA_AVX512VNNI && kiln__qisa_supported(KILN__QFMT_VNNI_S8U8) &&
+           __builtin_cpu_supports("avx512bw");
   size_t s = (size_t)a->sw, max_rows = TILE_MAX / (j.wp * PIX); /* >= 3 (kiln__qdwc_fits) */
   j.band_rows = KILN__MIN(a->oh, (max_rows - 3) / s + 1);
   j.bands = (a->oh + j.band_rows - 1) / j.band_rows;
