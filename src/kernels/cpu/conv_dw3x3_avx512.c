@@ -13,7 +13,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#define AVX512 __attribute__((target("avx512f,avx2,fma")))
+#define AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #define RMAX 8   /* output rows per block, at most (stride 1: 8, stride 2: 7) */
 #define ZW 2112  /* floats of the zero row (kiln__dw3x3_fits bounds the plane's width by it) */
 #define ZOFF 32  /* the zero row starts here, so that edge columns before 0 stay inside it */

@@ -76,7 +76,7 @@ bool kiln__isa_supported(kiln__isa isa) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   case KILN__ISA_AVX512:
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
 #endif
 #ifdef __aarch64__
   case KILN__ISA_NEON:

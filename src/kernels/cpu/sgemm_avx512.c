@@ -1,13 +1,14 @@
 /* The AVX-512F SGEMM microkernel: an 8 x 32 register tile (16 zmm accumulators, 2 B vectors and
  * one broadcast of A: 19 of the 32 zmm registers), narrower kernels for edge panels, and a twin
  * that reads an unpacked B in place. Compiled for every x86-64 build through the
- * target attribute; it only runs where cpuid reports AVX-512F. */
+ * target attribute; it only runs where cpuid reports AVX-512F and VL (VL gives the ymm edge
+ * kernels all 32 registers). */
 #include "kernels/cpu/sgemm.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#define TARGET __attribute__((target("avx512f,avx2,fma")))
+#define TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #define MR 8
 #define NR 32
 
@@ -122,28 +123,31 @@ TARGET static inline __attribute__((always_inline)) void
 uk_8xnarrow(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
             float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s,
             const int ncol) {
-  enum { U = 4 };
-  __m256 x[4][U];
-  for (int j = 0; j < 4; j++)
-    for (int u = 0; u < U; u++) x[j][u] = _mm256_setzero_ps();
+  /* x<column><u>: named, not an array (an array of accumulators stayed in memory, stored at
+     every FMA: qgemm_vnni.c) */
+  const __m256 z = _mm256_setzero_ps();
+  __m256 x00 = z, x01 = z, x02 = z, x03 = z, x10 = z, x11 = z, x12 = z, x13 = z;
+  __m256 x20 = z, x21 = z, x22 = z, x23 = z, x30 = z, x31 = z, x32 = z, x33 = z;
+#define STEP(u, a, b)                                                                              \
+  {                                                                                                \
+    const __m256 av = _mm256_loadu_ps(a);                                                          \
+    x0##u = _mm256_fmadd_ps(av, _mm256_broadcast_ss(b), x0##u);                                    \
+    if (ncol > 1) x1##u = _mm256_fmadd_ps(av, _mm256_broadcast_ss((b) + 1), x1##u);                \
+    if (ncol > 2) x2##u = _mm256_fmadd_ps(av, _mm256_broadcast_ss((b) + 2), x2##u);                \
+    if (ncol > 3) x3##u = _mm256_fmadd_ps(av, _mm256_broadcast_ss((b) + 3), x3##u);                \
+  }
   size_t p = 0;
-  for (; p + U <= kc; p += U) {
+  for (; p + 4 <= kc; p += 4, a += 4 * MR, b += 4 * ldb) {
     _mm_prefetch((const char *)((uintptr_t)a + KILN__SGEMM_A_PF * sizeof *a), _MM_HINT_T0);
-    for (int u = 0; u < U; u++) {
-      __m256 av = _mm256_loadu_ps(a + u * MR);
-      for (int j = 0; j < ncol; j++)
-        x[j][u] = _mm256_fmadd_ps(av, _mm256_broadcast_ss(b + u * ldb + j), x[j][u]);
-    }
-    a += U * MR;
-    b += U * ldb;
+    STEP(0, a, b)
+    STEP(1, a + MR, b + ldb)
+    STEP(2, a + 2 * MR, b + 2 * ldb)
+    STEP(3, a + 3 * MR, b + 3 * ldb)
   }
-  for (; p < kc; p++) {
-    __m256 av = _mm256_loadu_ps(a);
-    for (int j = 0; j < ncol; j++)
-      x[j][0] = _mm256_fmadd_ps(av, _mm256_broadcast_ss(b + j), x[j][0]);
-    a += MR;
-    b += ldb;
-  }
+  for (; p < kc; p++, a += MR, b += ldb) STEP(0, a, b)
+#undef STEP
+  const __m256 x[4][4] = {
+      {x00, x01, x02, x03}, {x10, x11, x12, x13}, {x20, x21, x22, x23}, {x30, x31, x32, x33}};
   _Alignas(32) float col[4][MR], t[MR * 4];
   for (int j = 0; j < ncol; j++)
     _mm256_store_ps(col[j], _mm256_add_ps(_mm256_add_ps(x[j][0], x[j][1]),
