@@ -94,6 +94,10 @@ TARGET_512 void kiln__qgemm_uk_6x32__avx512vnni(size_t groups, const void *restr
    accumulators (added at the end: integer sums, exact). */
 #define TARGET_BYTES __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni")))
 #define BMR 4
+/* The requantizing tile prefetches its A panel (the weights) 4 KiB ahead: a conv's weights come
+   from L3 or memory once per inference (ResNet-50 int8 12.3 -> 11.2 ms; 1 KiB ahead gained 2/3
+   of that, 8 KiB the same as 4), as the SGEMM's (KILN__SGEMM_A_PF). */
+#define QPF 4096
 
 TARGET_BYTES static inline __m512i bcast512(const uint8_t *p) {
   return _mm512_set1_epi32(ld32(p));
@@ -177,8 +181,8 @@ reqn(size_t groups, const uint8_t *A, const uint8_t *B, size_t pstride, const ki
   __m512i x00 = z, x01 = z, x02 = z, x03 = z, x10 = z, x11 = z, x12 = z, x13 = z;
   __m512i x20 = z, x21 = z, x22 = z, x23 = z, x30 = z, x31 = z, x32 = z, x33 = z;
   for (size_t g = 0; g < groups; g++, A += 4 * BMR, B += 64) {
-    /* np is a constant here (the caller's switch): the unused panels compile
-     * away */
+    _mm_prefetch((const char *)A + QPF, _MM_HINT_T0);
+    /* np is a constant here (the caller's switch): the unused panels compile away */
     const __m512i b0 = _mm512_loadu_si512(B);
     const __m512i b1 = np > 1 ? _mm512_loadu_si512(B + pstride) : z;
     const __m512i b2 = np > 2 ? _mm512_loadu_si512(B + 2 * pstride) : z;
