@@ -564,6 +564,10 @@ static const struct {
     {2, 5, 7, 13, 3, 3, 1, 1, 1, 1, 1, 0},   /* stride 1, ow 13 */
     {1, 7, 6, 20, 2, 2, 1, 0, 0, 0, 0, 0},   /* stride 1, ow 19 */
     {1, 6, 5, 5, 3, 3, 2, 1, 1, 1, 1, 1},    /* ow 3 */
+    /* 3x3/2 with every window inside the plane: pool.c's direct kernel (16 outputs per step) */
+    {2, 5, 9, 67, 3, 3, 2, 0, 0, 0, 0, 0},   /* ow 33: 16 + 16 + 1, batch 2 */
+    {1, 3, 12, 28, 3, 3, 2, 0, 0, 0, 0, 1},  /* ceil_mode's last window past the edge: not it */
+    {1, 4, 3, 3, 3, 3, 2, 0, 0, 0, 0, 0},    /* one output per plane */
 };
 
 static void mp8_cases(kiln__pool *pool) {

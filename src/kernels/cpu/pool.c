@@ -275,6 +275,56 @@ AVX2 static void qmp_row_avx2(const mp_job *j, const uint8_t *v, uint8_t *y, siz
     }
   }
 }
+
+/* 3x3 windows at stride 2 that all lie inside the plane (SqueezeNet's pools): 16 outputs at a
+   time straight from the input, the max of three rows at column offsets 0, 1 and 2 (nine 32-byte
+   loads) whose even bytes are the outputs. No row buffer and no per-row calls: on 27- and 55-wide
+   planes vcol + row cost ~40 cycles per output row, 2-4x ONNX Runtime's NHWC pool. */
+AVX2 static inline __m256i qmax8(__m256i a, __m256i b, bool sgn) {
+  return sgn ? _mm256_max_epi8(a, b) : _mm256_max_epu8(a, b);
+}
+
+AVX2 static void qmp_s2k3_avx2(void *arg, size_t q0, size_t q1) {
+  const mp_job *j = arg;
+  const bool sgn = j->flip != 0;
+  const size_t w = j->w, ow = j->ow;
+  const uint8_t *xb = (const void *)j->x, *end = xb + j->planes * j->h * w;
+  uint8_t *yb = (void *)j->y, *yend = yb + q1 * j->oh * ow;
+  const __m256i lo8 = _mm256_set1_epi16(0xff);
+  for (size_t q = q0; q < q1; q++)
+    for (size_t oy = 0; oy < j->oh; oy++) {
+      const uint8_t *r = xb + (q * j->h + 2 * oy) * w;
+      uint8_t *y = yb + (q * j->oh + oy) * ow;
+      for (size_t ox = 0; ox < ow; ox += 16) {
+        const uint8_t *p = r + 2 * ox;
+        size_t valid = KILN__MIN((size_t)16, ow - ox);
+        if ((size_t)(end - p) < 2 * w + 34) { /* the tensor's last row: bytes, in bounds */
+          for (size_t i = 0; i < valid; i++) {
+            uint8_t m = p[2 * i] ^ j->flip;
+            for (size_t t = 0; t < 9; t++) {
+              uint8_t v = p[2 * i + t / 3 * w + t % 3] ^ j->flip;
+              m = v > m ? v : m;
+            }
+            y[ox + i] = m ^ j->flip;
+          }
+          continue;
+        }
+        __m256i m = _mm256_loadu_si256((const __m256i *)p);
+        for (size_t t = 1; t < 9; t++)
+          m = qmax8(m, _mm256_loadu_si256((const __m256i *)(p + t / 3 * w + t % 3)), sgn);
+        __m256i e = _mm256_and_si256(m, lo8);
+        e = _mm256_permute4x64_epi64(_mm256_packus_epi16(e, e), 0xD8);
+        __m128i o = _mm256_castsi256_si128(e);
+        if ((size_t)(yend - (y + ox)) >= 16) {
+          _mm_storeu_si128((__m128i *)(y + ox), o);
+        } else {
+          uint8_t t[16];
+          _mm_storeu_si128((__m128i *)t, o);
+          memcpy(y + ox, t, valid);
+        }
+      }
+    }
+}
 #endif
 
 static void qmp_planes(void *arg, size_t q0, size_t q1) {
@@ -356,9 +406,15 @@ static kiln_status mp_execute(kiln__kctx *c, void *state) {
   if (j.len > ROWBUF) return c->node->op->run(c);
   size_t planes = (size_t)x->dims[0] * (size_t)x->dims[1];
   j.planes = planes;
+  void (*fn)(void *, size_t, size_t) = q8 ? qmp_planes : mp_planes;
+#ifdef POOL_X86
+  if (q8 && j.isa != KILN__ISA_GENERIC && j.kh == 3 && j.kw == 3 && j.sh == 2 && j.sw == 2 &&
+      !j.pt && !j.pl && j.oh && j.ow && 2 * (j.oh - 1) + 3 <= j.h && 2 * (j.ow - 1) + 3 <= j.w)
+    fn = qmp_s2k3_avx2;
+#endif
   if (planes && j.oh && j.ow)
     kiln__parallel_for(kiln__pool_for(c->pool, (double)planes * j.oh * j.ow * j.kh * j.kw),
-                       planes, q8 ? qmp_planes : mp_planes, &j);
+                       planes, fn, &j);
   return KILN_OK;
 }
 
