@@ -212,6 +212,7 @@ static void fconv_cases(kiln__pool *pool) {
       {2, 6, 9, 10, 9, 3, 3, 1, 1, 1, 1, 2},     /* grouped */
       {1, 64, 14, 14, 70, 1, 1, 2, 0, 1, 1, 2},  /* strided 1x1 */
       {1, 40, 60, 60, 20, 3, 1, 1, 1, 1, 1, 13}, /* two im2col column chunks, Silu */
+      {2, 3, 30, 27, 7, 3, 1, 2, 1, 1, 0, -1},   /* a stem without Z: conv_stem (Relu, Clip) */
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     size_t a0 = cases[i].act < 0 ? 0 : (size_t)cases[i].act;

@@ -674,6 +674,10 @@ static void conv_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 16, 20, 20, 150, 3, 3, 1, 1, 1, 1, NULL, 0},
       {1, 300, 7, 7, 200, 1, 1, 1, 1, 1, 0, NULL, 1},
       {2, 32, 8, 8, 300, 3, 3, 2, 2, 1, 1, NULL, 1},
+      /* the direct stem kernel (conv_stem.h, AVX-512): three column blocks (ow 250) at stride
+         1, m = 3 + 2, batch 2, no bias; four channels, 5x5 at stride 2, asymmetric SAME pads */
+      {2, 3, 19, 250, 5, 3, 3, 1, 1, 1, 1, NULL, 0},
+      {1, 4, 23, 30, 7, 5, 5, 1, 2, 1, 0, "SAME_UPPER", 1},
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     int n_in = cases[i].bias ? 3 : 2;

@@ -10,6 +10,7 @@
  * kernels' needs. */
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/conv_stem.h"
 #include "kernels/cpu/sgemm.h"
 #include "kernels/ref/gemm.h"
 
@@ -551,6 +552,17 @@ KILN__NO_LIBCALL_LOOPS static void conv_pack_b(const void *ctx, size_t nr, size_
   }
 }
 
+/* The direct stem kernel (conv_stem.h) instead of im2col + GEMM: AVX-512, one group of at most
+   4 input channels, no dilation, the same stride both ways, no residual, and an activation it
+   applies in registers. */
+static bool stem_direct(const conv_state *s, const conv_geom *cg, const float *z) {
+  kiln__act act = s->fused ? s->ep.act : KILN__ACT_NONE;
+  return s->isa == KILN__ISA_AVX512 && s->cv.groups == 1 && s->cv.dh == 1 && s->cv.dw == 1 &&
+         s->cv.sh == s->cv.sw && !z &&
+         (act == KILN__ACT_NONE || act == KILN__ACT_RELU || act == KILN__ACT_CLIP) &&
+         kiln__stem_fits(cg->c, s->cv.kh, s->cv.kw, (size_t)s->cv.sw, cg->ow, cg->pt, cg->pl);
+}
+
 static kiln_status conv_execute(kiln__kctx *c, void *state) {
   const conv_state *s = state;
   conv_geom cg;
@@ -563,6 +575,13 @@ static kiln_status conv_execute(kiln__kctx *c, void *state) {
     return c->node->op->run(c);
   const float *z = zt ? zt->data : NULL;
   float *y = c->out[0]->data;
+  if (stem_direct(s, &cg, z)) {
+    kiln__stem_args sa = {x, c->in[1]->data, bias, y, cg.n, cg.c, cg.h, cg.w, s->cv.m, cg.oh,
+                          cg.ow, s->cv.kh, s->cv.kw, (size_t)s->cv.sw, cg.pt, cg.pl,
+                          s->fused ? s->ep.act : KILN__ACT_NONE, s->ep.lo, s->ep.hi};
+    kiln__conv_stem_avx512(c->pool, &sa);
+    return KILN_OK;
+  }
   for (size_t b = 0; b < cg.n; b++)
     for (size_t gi = 0; gi < s->cv.groups; gi++) {
       const float *xg = x + (b * cg.c + gi * s->cv.cg) * cg.h * cg.w;
