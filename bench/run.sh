@@ -3,7 +3,9 @@
 # `kiln bench` and ORT's ortbench.js alternately (ROUNDS times each, interleaved, so machine noise
 # hits both), prints min, p50 and p99 of each and the ratios Kiln/ORT at p50 and at min, then the
 # GEMM efficiency lines (bench_gemm.c), with the load average before and after (the machine may be
-# shared: say so with the numbers). Not part of ctest.
+# shared: say so with the numbers). Two-thread rows end with the core-to-core round trip measured
+# before each round (bench/core_rtt.c; ~90 ns when the two CPUs are close, ~400 when the host has
+# put them far apart, which slows every two-thread figure: bench/RESULTS.md). Not part of ctest.
 #
 # usage: bench/run.sh [BUILD_DIR]      (default build; needs BUILD_DIR/kiln and libkiln.a)
 # env:   MODELS_DIR (~/.cache/kiln-models)  ORT_DIR (~/.cache/kiln-ort)  RUNS (30)  WARMUP (5)
@@ -41,16 +43,21 @@ ort_inputs() {
 
 pct() { sed -n "s/.*$1 \([0-9.]*\).*/\1/p"; }
 
+rtt_bin=$build/core_rtt
+cc -std=c11 -D_GNU_SOURCE -O2 -pthread "$root/bench/core_rtt.c" -o "$rtt_bin" 2>/dev/null || rtt_bin=
+rtt() { [ -n "$rtt_bin" ] && "$rtt_bin" 0 1 50000 2>/dev/null | awk '{print $6}'; }
+
 echo "bench: $(date -u +%FT%TZ) load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
-printf '%-14s %3s  %10s %10s %10s  %10s %10s %10s  %9s %9s\n' model thr kiln_min kiln_p50 kiln_p99 \
-  ort_min ort_p50 ort_p99 p50_ratio min_ratio
+printf '%-14s %3s  %10s %10s %10s  %10s %10s %10s  %9s %9s  %s\n' model thr kiln_min kiln_p50 kiln_p99 \
+  ort_min ort_p50 ort_p99 p50_ratio min_ratio rtt_ns
 for m in $models; do
   f=$models_dir/${m}_opset17.onnx
   [ -f "$f" ] || f=$models_dir/${m}_opset13.onnx
   if [ ! -f "$f" ]; then printf '%-14s missing (%s)\n' "$m" "$models_dir"; continue; fi
   for t in $threads_list; do
-    kmin=() kp50=() kp99=() omin=() op50=() op99=()
+    kmin=() kp50=() kp99=() omin=() op50=() op99=() rtts=""
     for ((r = 0; r < rounds; r++)); do
+      [ "$t" -ge 2 ] && rtts+="${rtts:+,}$(rtt)"
       ko=$("$kiln" bench "$f" --threads "$t" --runs "$runs" --warmup "$warmup" 2>&1)
       kmin+=("$(echo "$ko" | sed -n 's/.*min \([0-9.]*\).*/\1/p')")
       kp50+=("$(echo "$ko" | sed -n 's/.*p50 \([0-9.]*\).*/\1/p')")
@@ -72,9 +79,9 @@ for m in $models; do
       printf '%-14s %3s  failed: kiln [%s] ort [%s]\n' "$m" "$t" "$(echo "$ko" | tail -1)" "$(echo "$oo" | tail -1)"
       continue
     fi
-    printf '%-14s %3s  %10s %10s %10s  %10s %10s %10s  %9s %9s\n' "$m" "$t" "$kmn" "$k50" "$k99" \
-      "$omn" "$o50" "$o99" "$(awk -v a="$k50" -v b="$o50" 'BEGIN {printf "%.2f", a / b}')" \
-      "$(awk -v a="$kmn" -v b="$omn" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')"
+    printf '%-14s %3s  %10s %10s %10s  %10s %10s %10s  %9s %9s  %s\n' "$m" "$t" "$kmn" "$k50" \
+      "$k99" "$omn" "$o50" "$o99" "$(awk -v a="$k50" -v b="$o50" 'BEGIN {printf "%.2f", a / b}')" \
+      "$(awk -v a="$kmn" -v b="$omn" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')" "${rtts:--}"
   done
 done
 
