@@ -212,11 +212,34 @@ static void pack_panels(void *arg, size_t pb, size_t pe) {
            consecutive source bytes, moved as one word (the +-128 shift flips the top bits);
            the row sums in a separate loop the compiler vectorizes. */
         uint32_t flip = j->xor_ * 0x01010101u;
-        size_t k4 = kc & ~(size_t)3;
+        size_t k4 = kc & ~(size_t)3, k16 = 0;
+#ifdef KILN__QGEMM_X86
+        if (rn == 6 && W == 6) { /* the 6-row tiles: 16 bytes of each row, a 6 x 4 word transpose */
+          const __m128i fl = _mm_set1_epi8((char)j->xor_);
+          const uint8_t *src = u8 + r0 * s->rs + p0;
+          for (; k16 + 16 <= k4; k16 += 16) {
+            __m128i v[6];
+            for (size_t r = 0; r < 6; r++)
+              v[r] = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(src + r * s->rs + k16)), fl);
+            __m128i t0 = _mm_unpacklo_epi32(v[0], v[1]), t1 = _mm_unpacklo_epi32(v[2], v[3]);
+            __m128i t2 = _mm_unpackhi_epi32(v[0], v[1]), t3 = _mm_unpackhi_epi32(v[2], v[3]);
+            __m128i t4 = _mm_unpacklo_epi32(v[4], v[5]), t5 = _mm_unpackhi_epi32(v[4], v[5]);
+            uint8_t *dst = blk + k16 * 6; /* quad q of row r at q * 24 + r * 4 */
+            _mm_storeu_si128((__m128i *)dst, _mm_unpacklo_epi64(t0, t1));
+            _mm_storel_epi64((__m128i *)(dst + 16), t4);
+            _mm_storeu_si128((__m128i *)(dst + 24), _mm_unpackhi_epi64(t0, t1));
+            _mm_storel_epi64((__m128i *)(dst + 40), _mm_unpackhi_epi64(t4, t4));
+            _mm_storeu_si128((__m128i *)(dst + 48), _mm_unpacklo_epi64(t2, t3));
+            _mm_storel_epi64((__m128i *)(dst + 64), t5);
+            _mm_storeu_si128((__m128i *)(dst + 72), _mm_unpackhi_epi64(t2, t3));
+            _mm_storel_epi64((__m128i *)(dst + 88), _mm_unpackhi_epi64(t5, t5));
+          }
+        }
+#endif
         for (size_t r = 0; r < rn; r++) {
           const uint8_t *src = u8 + (r0 + r) * s->rs + p0;
-          uint8_t *dst = blk + r * 4;
-          for (size_t p = 0; p < k4; p += 4, dst += W * 4) {
+          uint8_t *dst = blk + r * 4 + k16 * W;
+          for (size_t p = k16; p < k4; p += 4, dst += W * 4) {
             uint32_t w;
             memcpy(&w, src + p, 4);
             w ^= flip;
