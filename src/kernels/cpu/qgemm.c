@@ -396,6 +396,10 @@ static void taps_panels(void *arg, size_t pb, size_t pe) {
   const pack_job *j = arg;
   const uint8_t *const *ptrs = j->gctx;
   const size_t R = 16, taps = j->gb, kt = j->k / taps;
+#ifdef KILN__QGEMM_X86
+  /* the VNNI byte format implies AVX-512: 64 channels of a tap per 16 x 16 word transpose */
+  const bool wide = j->im == &impls[KILN__QFMT_VNNI_S8U8];
+#endif
   for (size_t pi = pb; pi < pe; pi++) {
     size_t r0 = pi * R, rn = KILN__MIN(R, j->rows - r0);
     size_t W = j->im->uk_edge && rn <= R / 2 ? R / 2 : R;
@@ -405,6 +409,15 @@ static void taps_panels(void *arg, size_t pb, size_t pe) {
       for (size_t p = 0; p < kc; p += 16) {
         size_t t = (p0 + p) / kt, c = (p0 + p) % kt;
         uint8_t *dst = blk + p * W; /* quad p / 4 of a W-wide panel */
+#ifdef KILN__QGEMM_X86
+        if (wide && rn == R && W == R && c % 64 == 0 && c + 64 <= kt && p + 64 <= kc) {
+          const uint8_t *col[16];
+          for (size_t i = 0; i < 16; i++) col[i] = ptrs[(r0 + i) * taps + t] + c;
+          kiln__qpack_tap64__avx512(col, j->xor_, dst);
+          p += 48; /* and the loop's 16 */
+          continue;
+        }
+#endif
         for (size_t g = 0; g < W; g += 4) {
 #ifdef __SSE2__
           const __m128i flip = _mm_set1_epi8((char)j->xor_);

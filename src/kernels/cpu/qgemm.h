@@ -308,6 +308,10 @@ void kiln__qgemm_ukqn_vnni_s8u8(size_t groups, const void *restrict a, const voi
 void kiln__qgemm_ukc_vnni_s8u8(size_t groups, const uint8_t *a, size_t a_ps, size_t rows,
                                const uint8_t *b, size_t bw, size_t cols, int32_t *c, size_t ldc,
                                bool accumulate);
+/* kiln__qpack_taps' step for 64 channels of one tap across a full 16-column panel: column i's 64
+   bytes from col[i] (flipped by xor_), stored as 16 k quads of 16 columns (a 16 x 16 transpose
+   of 32-bit words, 1 KiB at dst). AVX-512F. */
+void kiln__qpack_tap64__avx512(const uint8_t *const col[16], uint8_t xor_, uint8_t *dst);
 void kiln__qgemm_uk_6x16__avxvnni(size_t groups, const void *restrict a, const void *restrict b,
                                   int32_t *restrict c, size_t ldc, bool accumulate);
 void kiln__qgemm_uk_6x32__avx512vnni(size_t groups, const void *restrict a,

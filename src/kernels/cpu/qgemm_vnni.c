@@ -265,4 +265,35 @@ TARGET_BYTES void kiln__qgemm_ukc_vnni_s8u8(size_t groups, const uint8_t *a, siz
   }
 }
 
+
+TARGET_BYTES void kiln__qpack_tap64__avx512(const uint8_t *const col[16], uint8_t xor_,
+                                           uint8_t *dst) {
+  const __m512i fl = _mm512_set1_epi8((char)xor_);
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; i++) r[i] = _mm512_xor_si512(_mm512_loadu_si512(col[i]), fl);
+  /* in each 128-bit lane l: pairs of columns, then four columns' word 4l + m in r[4g + m] */
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  /* then the 128-bit lanes of the four column groups: quad 4l + m = lane l of r[m], r[4 + m],
+     r[8 + m], r[12 + m] */
+  enum { even = _MM_SHUFFLE(2, 0, 2, 0), odd = _MM_SHUFFLE(3, 1, 3, 1) };
+  for (int m = 0; m < 4; m++) {
+    __m512i alo = _mm512_shuffle_i32x4(r[m], r[4 + m], even);
+    __m512i ahi = _mm512_shuffle_i32x4(r[m], r[4 + m], odd);
+    __m512i blo = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], even);
+    __m512i bhi = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], odd);
+    _mm512_storeu_si512(dst + (0 + m) * 64, _mm512_shuffle_i32x4(alo, blo, even));
+    _mm512_storeu_si512(dst + (4 + m) * 64, _mm512_shuffle_i32x4(ahi, bhi, even));
+    _mm512_storeu_si512(dst + (8 + m) * 64, _mm512_shuffle_i32x4(alo, blo, odd));
+    _mm512_storeu_si512(dst + (12 + m) * 64, _mm512_shuffle_i32x4(ahi, bhi, odd));
+  }
+}
 #endif
