@@ -697,8 +697,22 @@ static void nhwc_ptrs(const nhwc_chunk *h, size_t a, size_t b) {
   const kiln__conv2d *cv = &h->s->cv;
   const qconv_geom *cg = h->cg;
   const uint8_t **pp = h->ptrs + (a - h->q0) * cv->kh * cv->kw;
+  /* a window inside the image: the tap offsets from its corner, no tests */
+  enum { TAPS_MAX = 64 };
+  size_t off[TAPS_MAX], taps = cv->kh * cv->kw;
+  bool fast = taps <= TAPS_MAX;
+  for (size_t t = 0; fast && t < taps; t++)
+    off[t] = ((t / cv->kw) * (size_t)cv->dh * cg->w + (t % cv->kw) * (size_t)cv->dw) * cg->c;
+  const int64_t ylast = ((int64_t)cv->kh - 1) * cv->dh, xlast = ((int64_t)cv->kw - 1) * cv->dw;
   for (size_t q = a; q < b; q++) {
     int64_t oy = (int64_t)(q / cg->ow), ox = (int64_t)(q % cg->ow);
+    int64_t iy0 = oy * cv->sh - cg->pt, ix0 = ox * cv->sw - cg->pl;
+    if (fast && iy0 >= 0 && ix0 >= 0 && iy0 + ylast < (int64_t)cg->h &&
+        ix0 + xlast < (int64_t)cg->w) {
+      const uint8_t *base = h->xh + ((size_t)iy0 * cg->w + (size_t)ix0) * cg->c;
+      for (size_t t = 0; t < taps; t++) *pp++ = base + off[t];
+      continue;
+    }
     for (size_t ky = 0; ky < cv->kh; ky++) {
       int64_t iy = oy * cv->sh - cg->pt + (int64_t)ky * cv->dh;
       bool row_in = iy >= 0 && iy < (int64_t)cg->h;
