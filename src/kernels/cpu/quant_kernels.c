@@ -119,6 +119,42 @@ static int32_t zp_val(const kiln_tensor *zp, size_t i) {
                                       : ((const uint8_t *)zp->data)[i];
 }
 
+/* QuantizeLinear / DequantizeLinear over the pool: the flat index range split in tasks of about
+   QGRAIN elements, each walking the (outer, channel) segments it covers (serial, they took 6-9%
+   of bert_tiny int8 at two threads). */
+#define QGRAIN ((size_t)16384)
+
+typedef struct qdq_job { /* one QuantizeLinear or DequantizeLinear */
+  kiln__qisa isa;
+  bool quant, sgn;
+  const void *x;
+  void *y;
+  const float *sc;
+  const kiln_tensor *zp;
+  size_t ch, inner, n, tasks;
+} qdq_job;
+
+static void qdq_range(void *arg, size_t b, size_t e) {
+  const qdq_job *j = arg;
+  size_t lo = j->n * b / j->tasks, hi = j->n * e / j->tasks;
+  while (lo < hi) {
+    size_t seg = lo / j->inner, end = KILN__MIN(hi, (seg + 1) * j->inner), k = seg % j->ch;
+    if (j->quant)
+      kiln__q_quantize(j->isa, (const float *)j->x + lo, end - lo, j->sc[k], zp_val(j->zp, k),
+                       j->sgn, (uint8_t *)j->y + lo);
+    else
+      kiln__q_dequantize(j->isa, (const uint8_t *)j->x + lo, j->sgn, end - lo,
+                         zp_val(j->zp, k), j->sc[k], (float *)j->y + lo);
+    lo = end;
+  }
+}
+
+static void qdq_run(kiln__kctx *c, qdq_job *j) {
+  if (j->n == 0) return;
+  j->tasks = KILN__MAX((size_t)1, KILN__MIN((j->n + QGRAIN - 1) / QGRAIN, (size_t)64));
+  kiln__parallel_for(c->pool, j->tasks, qdq_range, j);
+}
+
 static kiln_status quantize_execute(kiln__kctx *c, void *state) {
   const qstate *s = state;
   const kiln_tensor *x = c->in[0], *zp = opt(c, 2);
@@ -127,14 +163,9 @@ static kiln_status quantize_execute(kiln__kctx *c, void *state) {
   if (x->dtype != KILN_DTYPE_FLOAT || !is_q8(y->dtype) || (zp && zp->dtype != y->dtype) ||
       !q_geometry(c, x, &outer, &ch, &inner))
     return c->node->op->run(c);
-  const float *sc = c->in[1]->data;
-  bool sgn = y->dtype == KILN_DTYPE_INT8;
-  for (size_t o = 0; o < outer; o++)
-    for (size_t k = 0; k < ch; k++) {
-      size_t base = (o * ch + k) * inner;
-      kiln__q_quantize(s->isa, (const float *)x->data + base, inner, sc[k], zp_val(zp, k), sgn,
-                       (uint8_t *)y->data + base);
-    }
+  qdq_job j = {s->isa, true, y->dtype == KILN_DTYPE_INT8, x->data, y->data, c->in[1]->data,
+                 zp, ch, inner, outer * ch * inner, 0};
+  qdq_run(c, &j);
   return KILN_OK;
 }
 
@@ -146,14 +177,9 @@ static kiln_status dequantize_execute(kiln__kctx *c, void *state) {
   if (!is_q8(x->dtype) || y->dtype != KILN_DTYPE_FLOAT || (zp && zp->dtype != x->dtype) ||
       !q_geometry(c, x, &outer, &ch, &inner))
     return c->node->op->run(c);
-  const float *sc = c->in[1]->data;
-  bool sgn = x->dtype == KILN_DTYPE_INT8;
-  for (size_t o = 0; o < outer; o++)
-    for (size_t k = 0; k < ch; k++) {
-      size_t base = (o * ch + k) * inner;
-      kiln__q_dequantize(s->isa, (const uint8_t *)x->data + base, sgn, inner, zp_val(zp, k),
-                         sc[k], (float *)y->data + base);
-    }
+  qdq_job j = {s->isa, false, x->dtype == KILN_DTYPE_INT8, x->data, y->data, c->in[1]->data,
+                 zp, ch, inner, outer * ch * inner, 0};
+  qdq_run(c, &j);
   return KILN_OK;
 }
 
