@@ -587,12 +587,16 @@ static void qtiles(void *arg, size_t begin, size_t end) {
                        .lo = g->kind == KILN__QOUT_U8 ? 0 : -128,
                        .hi = g->kind == KILN__QOUT_U8 ? 255 : 127, .kind = g->kind,
                        .ldd = g->ldc};
+  bool any_za = false;
+  size_t last_i0 = SIZE_MAX; /* the row constants below are those of this row block */
   for (size_t t = begin; t < end; t++) {
     size_t i0 = (t / jb->tiles_n) * jb->mc, j0 = (t % jb->tiles_n) * jb->nc;
     size_t mc = KILN__MIN(jb->mc, g->m - i0), nc = KILN__MIN(jb->nc, g->n - j0);
     size_t mpad = round_up(mc, im->mr), npad = round_up(nc, im->nr);
-    bool any_za = false;
-    for (size_t i = 0; i < mc; i++) {
+    /* A row block's constants serve all its column tiles (consecutive t): computed once per
+       block, not per tile (a short-k pointwise conv has hundreds of tiles) */
+    if (i0 != last_i0) any_za = false;
+    for (size_t i = 0; i0 != last_i0 && i < mc; i++) {
       size_t gi = i0 + i;
       zar[i] = zp_at(&g->za, gi) + A->zp_off;
       any_za |= zar[i] != 0;
@@ -602,6 +606,7 @@ static void qtiles(void *arg, size_t begin, size_t end) {
       raddr[i] = (int32_t)add;
       multr[i] = g->per_row ? (g->mult ? g->mult[gi] : 1.0f) : 0.0f;
     }
+    last_i0 = i0;
     if (!zb_uniform)
       for (size_t j = 0; j < nc; j++) zbv[j] = zp_at(&g->zb, j0 + j) + B->zp_off;
     const int32_t *cbias = req && !g->per_row && g->bias ? g->bias + j0 : NULL;
