@@ -284,6 +284,18 @@ INLINE512 __m256i position2(const int16_t *ta, const int16_t *tb, size_t row,
   return _mm512_cvtepi16_epi8(w16); /* each value is in the output type's range: exact */
 }
 
+/* store16 with AVX-512BW: a short block's bytes through a lane mask, not a copy per channel. */
+TARGET512 static void store16_512(const kiln__qdw_args *a, size_t b, size_t c0, size_t p0,
+                                  size_t cnt, __m128i q[16]) {
+  __m128i out[16];
+  for (size_t i = cnt; i < 16; i++) q[i] = _mm_setzero_si128();
+  transpose16(q, out);
+  size_t nc = KILN__MIN((size_t)CB, a->c - c0), plane = a->oh * a->ow;
+  uint8_t *y = (uint8_t *)a->y + (b * a->c + c0) * plane + p0;
+  const __mmask16 m = (__mmask16)((1u << cnt) - 1);
+  for (size_t c = 0; c < nc; c++, y += plane) _mm_mask_storeu_epi8(y, m, out[c]);
+}
+
 INLINE512 void band_body2(const dwc_job *j, size_t b, size_t c0, size_t oy0, size_t oy1,
                           const int16_t *tile, const dwc_consts *k, const dwc_consts512 *kz,
                           size_t s) {
@@ -310,7 +322,7 @@ INLINE512 void band_body2(const dwc_job *j, size_t b, size_t c0, size_t oy0, siz
       q[i] = position(r, k);
       if (++ox == ow) ox = 0, oy++;
     }
-    store16(a, b, c0, p, cnt, q);
+    store16_512(a, b, c0, p, cnt, q);
     p += cnt;
   }
 }
