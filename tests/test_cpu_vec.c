@@ -184,7 +184,7 @@ static void pool_idle_burns_no_cpu(void **state) {
 
 /* ---- vector math ------------------------------------------------------------------------------ */
 
-static const kiln__vmath *isas[2];
+static const kiln__vmath *isas[3];
 static size_t n_isas;
 
 static void find_isas(void) {
@@ -193,6 +193,7 @@ static void find_isas(void) {
 #ifdef KILN__VMATH_HAVE_AVX2
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isas[n_isas++] = &kiln__vmath_avx2;
+  if (n_isas == 2 && __builtin_cpu_supports("avx512f")) isas[n_isas++] = &kiln__vmath_avx512;
 #endif
 }
 
@@ -300,12 +301,16 @@ static void vmath_select_honours_env(void **state) {
   setenv("KILN_ISA", "avx2", 1);
   kiln_status st = kiln__vmath_select(&v, &err);
   find_isas();
-  if (n_isas == 2) {
+  if (n_isas >= 2) {
     assert_int_equal(st, KILN_OK);
     assert_string_equal(v->isa, "avx2");
   } else {
     assert_int_equal(st, KILN_UNSUPPORTED);
   }
+  /* avx512 (also the default): the widest table this CPU runs */
+  setenv("KILN_ISA", "avx512", 1);
+  assert_int_equal(kiln__vmath_select(&v, &err), KILN_OK);
+  assert_ptr_equal(v, isas[n_isas - 1]);
   /* NEON (AArch64's float kernels) has no table of its own: the portable one, which gcc
      vectorizes with NEON; elsewhere the name is unsupported. */
   setenv("KILN_ISA", "neon", 1);

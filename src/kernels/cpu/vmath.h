@@ -55,6 +55,8 @@ extern const kiln__vmath kiln__vmath_generic;
 #if defined(__x86_64__) || defined(__i386__)
 #define KILN__VMATH_HAVE_AVX2 1
 extern const kiln__vmath kiln__vmath_avx2;
+/* The AVX2 table with erf and GELU on 16 lanes (the same results), where AVX-512F is present. */
+extern const kiln__vmath kiln__vmath_avx512;
 #endif
 
 /* Activations of the fused linear ops (docs/FUSED_OPS.md), shared by the SGEMM epilogue and the

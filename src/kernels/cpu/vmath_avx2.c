@@ -310,6 +310,65 @@ const kiln__vmath kiln__vmath_avx2 = {
     .softmax_step = softmax_step,
     .layernorm_row = layernorm_row,
 };
+
+/* ---- AVX-512: the same table with erf and GELU (exact form) 16 lanes wide ---------------------
+   The operations of erf8 and gelu8 in the same order on 16 lanes, NaN kept through a mask, so
+   every result equals the AVX2 table's. GELU is the one of these that takes time in a model (the
+   FFN of an encoder, [128, 4 x hidden] per layer: 9% of bert_tiny int8 at 8 lanes). */
+#define AVX512 __attribute__((target("avx512f,avx2,fma")))
+#define S16(v) _mm512_set1_ps(v)
+
+AVX512 static inline __m512 erf16(__m512 x) {
+  __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  __m512 c = _mm512_min_ps(_mm512_max_ps(x, S16(-4.0f)), S16(4.0f));
+  __m512 z = _mm512_mul_ps(c, c), p = S16(KILN__ERF_A13);
+  p = _mm512_fmadd_ps(p, z, S16(KILN__ERF_A11));
+  p = _mm512_fmadd_ps(p, z, S16(KILN__ERF_A9));
+  p = _mm512_fmadd_ps(p, z, S16(KILN__ERF_A7));
+  p = _mm512_fmadd_ps(p, z, S16(KILN__ERF_A5));
+  p = _mm512_fmadd_ps(p, z, S16(KILN__ERF_A3));
+  p = _mm512_fmadd_ps(p, z, S16(KILN__ERF_A1));
+  __m512 q = S16(KILN__ERF_B8);
+  q = _mm512_fmadd_ps(q, z, S16(KILN__ERF_B6));
+  q = _mm512_fmadd_ps(q, z, S16(KILN__ERF_B4));
+  q = _mm512_fmadd_ps(q, z, S16(KILN__ERF_B2));
+  q = _mm512_fmadd_ps(q, z, S16(KILN__ERF_B0));
+  __m512 r = _mm512_div_ps(_mm512_mul_ps(c, p), q);
+  r = _mm512_min_ps(_mm512_max_ps(r, S16(-1.0f)), S16(1.0f));
+  return _mm512_mask_mov_ps(r, nan, x);
+}
+
+AVX512 static inline __m512 gelu16(__m512 x) {
+  __m512 e = erf16(_mm512_mul_ps(x, S16(KILN__SQRT1_2)));
+  return _mm512_mul_ps(_mm512_mul_ps(S16(0.5f), x), _mm512_add_ps(S16(1.0f), e));
+}
+
+#define UNARY16(name, f)                                                                           \
+  AVX512 static void name(const float *x, float *y, size_t n) {                                    \
+    size_t i = 0;                                                                                  \
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, f(_mm512_loadu_ps(x + i)));               \
+    if (i < n) {                                                                                   \
+      __mmask16 m = (__mmask16)((1u << (n - i)) - 1);                                              \
+      _mm512_mask_storeu_ps(y + i, m, f(_mm512_maskz_loadu_ps(m, x + i)));                         \
+    }                                                                                              \
+  }
+UNARY16(v_erf16, erf16)
+UNARY16(v_gelu16, gelu16)
+
+const kiln__vmath kiln__vmath_avx512 = {
+    .isa = "avx512",
+    .exp = v_exp,
+    .tanh = v_tanh,
+    .sigmoid = v_sigmoid,
+    .erf = v_erf16,
+    .gelu = v_gelu16,
+    .gelu_tanh = v_gelu_tanh,
+    .relu = v_relu,
+    .binary = {v_add, v_sub, v_mul, v_div},
+    .softmax_row = softmax_row,
+    .softmax_step = softmax_step,
+    .layernorm_row = layernorm_row,
+};
 #else
 typedef int kiln__vmath_avx2_unused; /* ISO C forbids an empty translation unit */
 #endif
