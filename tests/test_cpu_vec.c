@@ -498,7 +498,7 @@ static void check_node(const node_spec *sp, bool fast) {
 }
 
 #define SHAPE1(a) 1, {{a}}
-static const char *const isa_names[] = {"generic", "avx2"};
+static const char *const isa_names[] = {"generic", "avx2", "avx512"}; /* in isas[] order */
 
 static void each_isa(void (*body)(void)) {
   find_isas();
