@@ -488,6 +488,10 @@ static void planes(void *arg, size_t i0, size_t i1) {
 void kiln__qconv_dw(kiln__pool *pool, kiln__qisa isa, const kiln__qdw_args *a) {
   dw_job j = {a, {0}, false, false, false};
 #ifdef KILN__QGEMM_X86
+  if (isa == KILN__QISA_AVX512VNNI && kiln__qdwp_supported() && kiln__qdwp_fits(a)) {
+    kiln__qdwp(pool, a); /* a plane's columns in lanes, VPERMB + VPDPBUSD */
+    return;
+  }
   if (isa != KILN__QISA_GENERIC && kiln__qdwc_fits(a)) { /* channels in lanes */
     kiln__qdwc(pool, isa, a);
     return;

@@ -23,6 +23,9 @@ typedef struct kiln__qdw_args {
   const float *mult;    /* per channel (requantization only) */
   int32_t zy;
   void *y;              /* [n, c, oh, ow] */
+  /* qconv_dwp.c's small-plane blocks made at session creation (or NULL); used when its geometry
+     is the call's */
+  const struct kiln__qdwp_plan *plan;
 } kiln__qdw_args;
 
 /* Runs the convolution over the pool (channels split). `isa` picks the AVX2 row kernel (strides
@@ -32,5 +35,18 @@ void kiln__qconv_dw(struct kiln__pool *pool, kiln__qisa isa, const kiln__qdw_arg
 /* The channels-in-lanes 3x3 kernel (qconv_dwc.c, AVX2): whether it runs `a`, and running it. */
 bool kiln__qdwc_fits(const kiln__qdw_args *a);
 void kiln__qdwc(struct kiln__pool *pool, kiln__qisa isa, const kiln__qdw_args *a);
+
+/* The 3x3 kernel with a plane's columns in the lanes (qconv_dwp.c, AVX512-VBMI + VNNI, int8
+   weights with zero point 0): whether the CPU has it, whether it runs `a`, and running it. */
+bool kiln__qdwp_supported(void);
+bool kiln__qdwp_fits(const kiln__qdw_args *a);
+void kiln__qdwp(struct kiln__pool *pool, const kiln__qdw_args *a);
+
+/* The small-plane (ow < 16) blocks of a 3x3 geometry, made once per node; NULL where the kernel
+   runs such planes by rows (or out of memory). */
+typedef struct kiln__qdwp_plan kiln__qdwp_plan;
+kiln__qdwp_plan *kiln__qdwp_plan_make(size_t h, size_t w, size_t oh, size_t ow, int64_t s,
+                                      int64_t pt, int64_t pl);
+void kiln__qdwp_plan_free(kiln__qdwp_plan *p);
 
 #endif

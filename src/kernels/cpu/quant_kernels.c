@@ -362,6 +362,7 @@ typedef struct qconv_state {
   bool nhwc;         /* one group of c a multiple of 16, S8U8 weights with za 0, packed with k
                         in (ky, kx, c) order: the columns come from an NHWC copy of the input
                         (kiln__qpack_taps); a 1x1 kernel's order is the same either way */
+  kiln__qdwp_plan *dwp; /* depthwise 3x3 on small planes of static shape: the kernel's blocks */
 } qconv_state;
 
 static const kiln_tensor *const_q8(const kiln__value *v) {
@@ -386,6 +387,7 @@ static void qconv_release(void *state) {
   if (s->pw)
     for (size_t i = 0; i < s->cv.groups; i++) kiln__qpacked_free(&s->pw[i]);
   kiln__free(s->pw);
+  kiln__qdwp_plan_free(s->dwp);
   kiln__free(s);
 }
 
@@ -442,6 +444,17 @@ static kiln_status qconv_prepare(const kiln__node *n, const kiln__graph *g, void
   qconv_parse(n, g, s);
   kiln_status st = kiln__qisa_select(&s->isa, err);
   if (st == KILN_OK && s->dw) { /* the depthwise kernel reads the weights as they are */
+    const kiln__value *x = kiln__cpu_input(n, g, 0);
+    const kiln__value *y = n->out[0] >= 0 ? &g->values[n->out[0]] : NULL;
+    if (x && y && x->rank == 4 && y->rank == 4 && s->cv.kh == 3 && s->cv.kw == 3 &&
+        x->dims[2] > 0 && x->dims[3] > 0 && y->dims[2] > 0 && y->dims[3] > 0) {
+      size_t h = (size_t)x->dims[2], w = (size_t)x->dims[3];
+      size_t oh = (size_t)y->dims[2], ow = (size_t)y->dims[3];
+      int64_t pt, pl;
+      bool pointwise;
+      kiln__cpu_conv2d_pads(&s->cv, h, w, oh, ow, &pt, &pl, &pointwise);
+      s->dwp = kiln__qdwp_plan_make(h, w, oh, ow, s->cv.sw, pt, pl); /* NULL: made per call */
+    }
     *state = s;
     return KILN_OK;
   }
@@ -869,7 +882,8 @@ static kiln_status qconv_execute(kiln__kctx *c, void *state) {
                         .sw = s->cv.sw, .dh = s->cv.dh, .dw = s->cv.dw, .pt = cg.pt, .pl = cg.pl,
                         .wt = w->data, .w_signed = w->dtype == KILN_DTYPE_INT8,
                         .zx = zp_val(opt(c, 2), 0), .zw = cg.zw, .kind = kind, .bias = bias,
-                        .mult = s->qlinear ? mult : NULL, .zy = zy, .y = y->data};
+                        .mult = s->qlinear ? mult : NULL, .zy = zy, .y = y->data,
+                        .plan = s->dwp};
     kiln__qconv_dw(c->pool, s->isa, &a);
     return KILN_OK;
   }
