@@ -114,7 +114,9 @@ static void onenode_make(onenode *o, const char *op, int n_in, const tin *ins, i
   o->n = kiln__graph_add_node(o->g);
   o->n->op_type = kiln__strdup(op);
   /* the default domain, or com.microsoft for its quantized ops (QLinearConcat) */
-  const char *domain = kiln__op_find("", op) ? "" : "com.microsoft";
+  const char *domain = kiln__op_find("", op)          ? ""
+                       : kiln__op_find("ai.kiln", op) ? "ai.kiln"
+                                                      : "com.microsoft";
   o->n->domain = kiln__strdup(domain);
   o->n->name = kiln__strdup("node");
   o->n->opset = 13;
@@ -305,6 +307,52 @@ static void qlmm_cases(kiln__pool *pool) {
 static void qlinearmatmul_matches_reference(void **st) {
   (void)st;
   kt_for_each_qisa(qlmm_cases);
+}
+
+/* ai.kiln QLinearMatMulDq (fuse-qdq-out): the GEMM epilogue's requantize, dequantize and bias add
+   against the reference's QLinearMatMul then DequantizeLinear then Add, bit for bit; with and
+   without the bias and the dequantization's zero point, every 8-bit type mix, edge columns
+   (n % 8) and k past one block. */
+static void qlmmdq_cases(kiln__pool *pool) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(mm_shapes); si++)
+    for (int combo = 0; combo < 16; combo++) {
+      kiln_dtype at = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+      kiln_dtype bt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+      kiln_dtype yt = combo & 4 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+      bool bias = combo & 8, dz = combo % 3 != 0, per_col = combo % 5 < 2;
+      int64_t m = mm_shapes[si].m, k = mm_shapes[si].k, n = mm_shapes[si].n;
+      float sa = 0.02f, sy = 0.02f * 0.01f * 8.0f * sqrtf((float)k), ds = sy * 1.25f;
+      float sb[256], bv[256];
+      for (int64_t j = 0; j < n; j++) {
+        sb[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
+        bv[j] = (float)((int)(rnd() % 2001) - 1000) / 337.0f;
+      }
+      tin ins[11] = {{at, 2, {m, k}},
+                     {KILN_DTYPE_FLOAT, 0, {0}, true, &sa},
+                     {at, 0, {0}, true},
+                     {bt, 2, {k, n}, true},
+                     {KILN_DTYPE_FLOAT, per_col ? 1 : 0, {n}, true, sb},
+                     {bt, per_col ? 1 : 0, {n}, true},
+                     {KILN_DTYPE_FLOAT, 0, {0}, true, &sy},
+                     {yt, 0, {0}, true},
+                     {KILN_DTYPE_FLOAT, 0, {0}, true, &ds},
+                     dz ? (tin){yt, 0, {0}, true} : (tin){yt, -1},
+                     {KILN_DTYPE_FLOAT, 1, {n}, true, bv}};
+      if (mm_shapes[si].batch) ins[0] = (tin){at, 3, {mm_shapes[si].batch, m, k}};
+      onenode o;
+      onenode_make(&o, "QLinearMatMulDq", bias ? 11 : dz ? 10 : 9, ins, 1);
+      char what[128];
+      snprintf(what, sizeof what, "%lldx%lldx%lld a %s b %s y %s per-column %d bias %d dq zp %d",
+               (long long)m, (long long)k, (long long)n, kiln_dtype_name(at), kiln_dtype_name(bt),
+               kiln_dtype_name(yt), per_col, bias, dz);
+      onenode_check(&o, pool, what);
+      onenode_free(&o);
+    }
+}
+
+static void qlinearmatmuldq_matches_reference(void **st) {
+  (void)st;
+  kt_for_each_qisa(qlmmdq_cases);
 }
 
 /* ---- ConvInteger / QLinearConv --------------------------------------------------------------- */
@@ -1284,6 +1332,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(isa_selection),
       cmocka_unit_test(matmulinteger_matches_reference),
       cmocka_unit_test(qlinearmatmul_matches_reference),
+      cmocka_unit_test(qlinearmatmuldq_matches_reference),
       cmocka_unit_test(convinteger_matches_reference),
       cmocka_unit_test(qlinearconv_matches_reference),
       cmocka_unit_test(gathered_columns_match_reference),

@@ -388,6 +388,16 @@ static void fuse_dwpw(void **s) {
   check_not_below(&pc, 14);
 }
 
+/* fuse-qdq-out: mm1 (+ bias), mm2 (no Add), mm3 (bias first, rank 3) and mm5's DequantizeLinear
+   (its Add reads two activations: kept) fused; mm4's 8-bit output is a graph output: left. The
+   fused op computes the same floats (exact), 14 nodes -> 8; nothing at level 1. */
+static void fuse_qdq_out(void **s) {
+  (void)s;
+  const pass_case pc = {"models/pass_qdq_out.onnx", "fuse-qdq-out", 2, 4, 14, 8, true};
+  check_case(&pc);
+  check_not_below(&pc, 14);
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: test_passes MODELS_DIR TESTS_DIR\n");
@@ -404,7 +414,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(fuse_linear),    cmocka_unit_test(fuse_attention),
       cmocka_unit_test(fuse_rmsnorm),   cmocka_unit_test(attention_causal),
       cmocka_unit_test(fuse_chain),     cmocka_unit_test(winograd),
-      cmocka_unit_test(fuse_dwpw),
+      cmocka_unit_test(fuse_dwpw),      cmocka_unit_test(fuse_qdq_out),
       cmocka_unit_test(optimize_roundtrip),
       cmocka_unit_test(levels),         cmocka_unit_test(shipped_models),
       cmocka_unit_test(alloc_failures),

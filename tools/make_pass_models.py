@@ -476,4 +476,48 @@ save("dwpw", [
     init("dg", rand(20, 10, 3, 3)), init("pg", rand(12, 20, 1, 1)),
     init("zero", np.array(0.0, np.float32)), init("six", np.array(6.0, np.float32)),
 ])
+# fuse-qdq-out: QLinearMatMul -> DequantizeLinear [-> Add(bias)] as one QLinearMatMulDq. mm1 with
+# a bias Add, mm2 without an Add (and no DequantizeLinear zero point), mm3 with the bias first
+# and rank 3 (leading 1s), mm4's 8-bit output is a graph output too (not fused), mm5 (int8 out)
+# feeds an Add of two activations (the DequantizeLinear fused, the Add kept).
+U8, I8 = TensorProto.UINT8, TensorProto.INT8
+
+
+def qweight(name, k, n):
+    w = rng.uniform(-1, 1, size=(k, n))
+    return [init(name, np.round(w * 127).astype(np.int8)),
+            init(name + "_s", np.full(n, 1 / 127, np.float32) * rng.uniform(0.8, 1.2, n).astype(np.float32)),
+            init(name + "_z", np.zeros(n, np.int8))]
+
+
+def qlmm(p, w, ys, yz):
+    return helper.make_node("QLinearMatMul", ["xq", "xs", "xz", w, w + "_s", w + "_z", ys, yz],
+                            [p], name=p.replace("q", "").replace("y", "mm"))
+
+
+save("qdq_out", [
+    helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="quant"),
+    qlmm("y1q", "w1", "ys", "yz"),
+    helper.make_node("DequantizeLinear", ["y1q", "ys", "yz"], ["y1f"], name="dq1"),
+    helper.make_node("Add", ["y1f", "b1"], ["y1"], name="add1"),
+    qlmm("y2q", "w2", "ys", "yz"),
+    helper.make_node("DequantizeLinear", ["y2q", "ys2"], ["y2"], name="dq2"),
+    qlmm("y3q", "w3", "ys", "yz"),
+    helper.make_node("DequantizeLinear", ["y3q", "ys", "yz"], ["y3f"], name="dq3"),
+    helper.make_node("Add", ["b3", "y3f"], ["y3"], name="add3"),
+    qlmm("y4q", "w4", "ys", "yz"),
+    helper.make_node("DequantizeLinear", ["y4q", "ys", "yz"], ["y4"], name="dq4"),
+    qlmm("y5q", "w5", "ys", "yz8"),
+    helper.make_node("DequantizeLinear", ["y5q", "ys", "yz8"], ["y5f"], name="dq5"),
+    helper.make_node("Add", ["y5f", "y2"], ["y5"], name="add5"),
+], [vi("x", [3, 5, 32])],
+   [vi("y1", [3, 5, 24]), vi("y2", [3, 5, 16]), vi("y3", [3, 5, 16]), vi("y4q", [3, 5, 16], U8),
+    vi("y4", [3, 5, 16]), vi("y5", [3, 5, 16])],
+   qweight("w1", 32, 24) + qweight("w2", 32, 16) + qweight("w3", 32, 16) + qweight("w4", 32, 16) +
+   qweight("w5", 32, 16) + [
+    init("xs", np.array(4 / 255, np.float32)), init("xz", np.array(128, np.uint8)),
+    init("ys", np.array(8 / 255, np.float32)), init("yz", np.array(120, np.uint8)),
+    init("yz8", np.array(-5, np.int8)), init("ys2", np.array(0.03, np.float32)),
+    init("b1", rand(24)), init("b3", rand(1, 1, 16)),
+])
 print("wrote pass_*.onnx to", os.path.normpath(OUT))

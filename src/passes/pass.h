@@ -45,6 +45,7 @@ extern const kiln__pass kiln__pass_fuse_rmsnorm;
 extern const kiln__pass kiln__pass_fuse_attention;
 extern const kiln__pass kiln__pass_fuse_linear;
 extern const kiln__pass kiln__pass_fuse_qdq;
+extern const kiln__pass kiln__pass_fuse_qdq_out;
 extern const kiln__pass kiln__pass_winograd;
 extern const kiln__pass kiln__pass_fuse_dwpw;
 

@@ -128,7 +128,7 @@ static uint64_t node_macs(const kiln__node *n, const kiln_tensor *const *in, int
   if (onnx && !strcmp(op, "ConvTranspose")) return n_in > 1 ? conv_macs(a, in[1]) : 0;
   if ((onnx && (!strcmp(op, "MatMul") || !strcmp(op, "MatMulInteger") ||
                 !strcmp(op, "QLinearMatMul"))) ||
-      (kiln && !strcmp(op, "FusedMatMul"))) {
+      (kiln && (!strcmp(op, "FusedMatMul") || !strcmp(op, "QLinearMatMulDq")))) {
     bool ta = kiln && kiln__attr_int(n, "transA", 0);
     int64_t k = a && a->rank == 1 ? a->dims[0] : dim_or0(a, ta ? -2 : -1);
     return count_of(y) * (uint64_t)(k > 0 ? k : 0);

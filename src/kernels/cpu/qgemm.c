@@ -531,15 +531,20 @@ void kiln__qep__generic(const kiln__qep_row *r) {
     }
     v += (uint32_t)(r->bias ? r->bias[j] : r->bias_row);
     int32_t q = requant((int32_t)v, r->mult ? r->mult[j] : r->mult_row, r->zy, r->lo, r->hi);
-    if (r->kind == KILN__QOUT_U8) ((uint8_t *)r->dst)[j] = (uint8_t)q;
+    if (r->dq) { /* DequantizeLinear's then Add's float operations, one statement each */
+      float f = (float)(q - r->dq_zp) * r->dq_scale;
+      if (r->dq_bias) f += r->dq_bias[j];
+      ((float *)r->dst)[j] = f;
+    } else if (r->kind == KILN__QOUT_U8) ((uint8_t *)r->dst)[j] = (uint8_t)q;
     else ((int8_t *)r->dst)[j] = (int8_t)q;
   }
 }
 
 void kiln__qep_tile__generic(const kiln__qep_tile *t) {
-  size_t esz = t->kind == KILN__QOUT_I32 ? 4 : 1;
+  size_t esz = t->kind == KILN__QOUT_I32 || t->dq ? 4 : 1;
   kiln__qep_row r = {.n = t->n, .cs = t->cs, .zb = t->zb, .bias = t->bias, .mult = t->mult,
-                     .zy = t->zy, .lo = t->lo, .hi = t->hi, .kind = t->kind};
+                     .zy = t->zy, .lo = t->lo, .hi = t->hi, .kind = t->kind, .dq = t->dq,
+                     .dq_zp = t->dq_zp, .dq_scale = t->dq_scale, .dq_bias = t->dq_bias};
   for (size_t i = 0; i < t->rows; i++) {
     r.acc = t->acc + i * t->ldacc;
     r.za = t->za ? t->za[i] : 0;
@@ -575,17 +580,19 @@ static void qtiles(void *arg, size_t begin, size_t end) {
   int32_t zbv[NC], zar[MC_MAX], rtr[MC_MAX], raddr[MC_MAX];
   float multr[MC_MAX];
   size_t arpad = round_up(g->m, im->mr), brpad = round_up(g->n, im->nr);
-  size_t out_esz = g->kind == KILN__QOUT_I32 ? 4 : 1;
+  size_t out_esz = g->kind == KILN__QOUT_I32 || g->dq ? 4 : 1;
   bool req = g->kind != KILN__QOUT_I32;
   /* Per-column zero points with the packing offset (zbv, per tile); a uniform one (per tensor)
      makes zb * rowterm a constant of the row, folded into radd with a per-row bias. */
   bool zb_uniform = g->zb.n <= 1;
   int32_t zbu = zp_at(&g->zb, 0) + B->zp_off;
   /* The requantizing microkernel's case (kiln__qreq_rows); za is checked per tile. */
-  const bool fuse = (im->ukq || im->ukqn) && req && g->per_row && zb_uniform && g->k <= KC;
+  const bool fuse =
+      (im->ukq || im->ukqn) && req && !g->dq && g->per_row && zb_uniform && g->k <= KC;
   kiln__qep_tile et = {.ldacc = NC, .rowterm = rtr, .radd = raddr, .zy = g->zy,
                        .lo = g->kind == KILN__QOUT_U8 ? 0 : -128,
                        .hi = g->kind == KILN__QOUT_U8 ? 255 : 127, .kind = g->kind,
+                       .dq = g->dq, .dq_zp = g->dq_zp, .dq_scale = g->dq_scale,
                        .ldd = g->ldc};
   bool any_za = false;
   size_t last_i0 = SIZE_MAX; /* the row constants below are those of this row block */
@@ -664,6 +671,7 @@ static void qtiles(void *arg, size_t begin, size_t end) {
     et.zb = zb_uniform ? NULL : zbv + jq;
     et.bias = cbias ? cbias + jq : NULL;
     et.mult = cmult ? cmult + jq : NULL;
+    et.dq_bias = g->dq && g->dq_bias ? g->dq_bias + j0 + jq : NULL;
     et.dst = (uint8_t *)g->c + (i0 * g->ldc + j0 + jq) * out_esz;
     im->ep(&et);
   }
@@ -674,8 +682,9 @@ static void run_k0(const kiln__qgemm_args *g) {
   static const int32_t zeros[NC], nosums[NC];
   kiln__qep_row r = {.acc = zeros, .cs = nosums, .kind = g->kind, .zy = g->zy,
                      .lo = g->kind == KILN__QOUT_U8 ? 0 : -128,
-                     .hi = g->kind == KILN__QOUT_U8 ? 255 : 127};
-  size_t out_esz = g->kind == KILN__QOUT_I32 ? 4 : 1;
+                     .hi = g->kind == KILN__QOUT_U8 ? 255 : 127, .dq = g->dq,
+                     .dq_zp = g->dq_zp, .dq_scale = g->dq_scale};
+  size_t out_esz = g->kind == KILN__QOUT_I32 || g->dq ? 4 : 1;
   for (size_t i = 0; i < g->m; i++)
     for (size_t j0 = 0; j0 < g->n; j0 += NC) {
       r.n = KILN__MIN((size_t)NC, g->n - j0);
@@ -683,6 +692,7 @@ static void run_k0(const kiln__qgemm_args *g) {
       r.bias_row = g->bias && g->per_row ? g->bias[i] : 0;
       r.mult = g->mult && !g->per_row ? g->mult + j0 : NULL;
       r.mult_row = g->mult && g->per_row ? g->mult[i] : 1.0f;
+      r.dq_bias = g->dq && g->dq_bias ? g->dq_bias + j0 : NULL;
       r.dst = (uint8_t *)g->c + (i * g->ldc + j0) * out_esz;
       kiln__qep__generic(&r);
     }

@@ -166,6 +166,13 @@ typedef struct kiln__qgemm_args {
   const float *mult;          /* one per column (per row when per_row); finite */
   bool per_row;
   int32_t zy;
+  /* With kind U8 / S8: C is float, each requantized value q dequantized in the epilogue as
+     (float)(q - dq_zp) * dq_scale, then + dq_bias[j] (QLinearMatMulDq: QLinearMatMul ->
+     DequantizeLinear -> Add in one pass, the same float operations). Not with per_row. */
+  bool dq;
+  int32_t dq_zp;
+  float dq_scale;
+  const float *dq_bias;       /* one per column, or NULL */
 } kiln__qgemm_args;
 
 /* Runs the product. `pool` may be NULL; code inside a kiln__parallel_for job passes NULL. */
@@ -214,6 +221,10 @@ typedef struct kiln__qep_row {
   float mult_row;
   int32_t zy, lo, hi;
   kiln__qout_kind kind;
+  bool dq;                 /* dequantized float out (kiln__qgemm_args.dq) */
+  int32_t dq_zp;
+  float dq_scale;
+  const float *dq_bias;    /* n values, or NULL */
   void *dst;
 } kiln__qep_row;
 
@@ -237,6 +248,10 @@ typedef struct kiln__qep_tile {
   const float *mult;        /* n values, or NULL (int32 out, or per-row mult) */
   int32_t zy, lo, hi;
   kiln__qout_kind kind;
+  bool dq;                  /* dequantized float out (kiln__qgemm_args.dq) */
+  int32_t dq_zp;
+  float dq_scale;
+  const float *dq_bias;     /* n values, or NULL */
   void *dst;
   size_t ldd;               /* row stride of dst, elements */
 } kiln__qep_tile;

@@ -339,6 +339,8 @@ EP_INLINE size_t ep_rows(const kiln__qep_tile *t, const bool has_cs, const bool 
   const __m256 hi = _mm256_set1_ps((float)(t->hi - t->zy));
   const __m256i zy = _mm256_set1_epi32(t->zy);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m256i dqz = _mm256_set1_epi32(t->dq_zp);
+  const __m256 dqs = _mm256_set1_ps(t->dq_scale);
   for (size_t i = 0; i < t->rows; i++) {
     const int32_t *acc = t->acc + i * t->ldacc;
     const __m256i radd = _mm256_set1_epi32(t->radd[i]);
@@ -349,6 +351,16 @@ EP_INLINE size_t ep_rows(const kiln__qep_tile *t, const bool has_cs, const bool 
     if (i32) {
       int32_t *d = (int32_t *)t->dst + i * t->ldd;
       for (; j < n8; j += 8) _mm256_storeu_si256((__m256i *)(d + j), EP_SUM8(j));
+      continue;
+    }
+    if (t->dq) { /* DequantizeLinear's multiply, then Add's add: two roundings, as the ops */
+      float *d = (float *)t->dst + i * t->ldd;
+      for (; j < n8; j += 8) {
+        __m256i q = _mm256_sub_epi32(EP_REQ8(j, EP_SUM8(j)), dqz);
+        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(q), dqs);
+        if (t->dq_bias) f = _mm256_add_ps(f, _mm256_loadu_ps(t->dq_bias + j));
+        _mm256_storeu_ps(d + j, f);
+      }
       continue;
     }
     uint8_t *d = (uint8_t *)t->dst + i * t->ldd;
@@ -383,14 +395,15 @@ TARGET static size_t ep_vec(const kiln__qep_tile *t) {
    the vector and portable paths are the same requantization. */
 TARGET static void ep_tail(const kiln__qep_tile *t, size_t n8) {
   const size_t r = t->n - n8;
-  const bool i32 = t->kind == KILN__QOUT_I32;
+  const bool wide = t->kind == KILN__QOUT_I32 || t->dq; /* 4-byte outputs */
   int32_t cs[8] = {0}, zb[8] = {0}, bias[8] = {0}, acc[8 * 8], out[8 * 8];
-  float mult[8] = {0};
+  float mult[8] = {0}, dq_bias[8] = {0}, outf[8 * 8];
   for (size_t j = 0; j < r; j++) {
     if (t->za) cs[j] = t->cs[n8 + j];
     if (t->zb) zb[j] = t->zb[n8 + j];
     if (t->bias) bias[j] = t->bias[n8 + j];
     if (t->mult) mult[j] = t->mult[n8 + j];
+    if (t->dq_bias) dq_bias[j] = t->dq_bias[n8 + j];
   }
   kiln__qep_tile u = *t;
   u.acc = acc;
@@ -400,7 +413,8 @@ TARGET static void ep_tail(const kiln__qep_tile *t, size_t n8) {
   u.zb = t->zb ? zb : NULL;
   u.bias = t->bias ? bias : NULL;
   u.mult = t->mult ? mult : NULL;
-  u.dst = out;
+  u.dq_bias = t->dq_bias ? dq_bias : NULL;
+  u.dst = t->dq ? (void *)outf : (void *)out;
   u.ldd = 8;
   for (size_t i0 = 0; i0 < t->rows; i0 += 8) {
     size_t rows = KILN__MIN((size_t)8, t->rows - i0);
@@ -413,13 +427,13 @@ TARGET static void ep_tail(const kiln__qep_tile *t, size_t n8) {
     u.rowterm = t->rowterm + i0;
     u.mult_row = t->mult_row ? t->mult_row + i0 : NULL;
     ep_vec(&u);
-    size_t esz = i32 ? 4 : 1;
+    size_t esz = wide ? 4 : 1;
     for (size_t i = 0; i < rows; i++) {
       /* r < 8 elements as fixed-size pieces (inlined; a variable memcpy is a libc call) */
       uint8_t *d = (uint8_t *)t->dst + ((i0 + i) * t->ldd + n8) * esz;
-      const uint8_t *o = (const uint8_t *)out + i * 8 * esz;
+      const uint8_t *o = (const uint8_t *)u.dst + i * 8 * esz;
       size_t at = 0;
-      if (i32) {
+      if (wide) {
         if (r & 4) memcpy(d, o, 16), at = 16;
         if (r & 2) memcpy(d + at, o + at, 8), at += 8;
         if (r & 1) memcpy(d + at, o + at, 4);
@@ -445,7 +459,9 @@ TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
                       .za = r->za ? &r->za : NULL, .rowterm = &r->rowterm,
                       .mult_row = r->mult ? NULL : &r->mult_row, .cs = r->cs, .zb = r->zb,
                       .bias = r->kind == KILN__QOUT_I32 ? NULL : r->bias, .mult = r->mult,
-                      .zy = r->zy, .lo = r->lo, .hi = r->hi, .kind = r->kind, .dst = r->dst};
+                      .zy = r->zy, .lo = r->lo, .hi = r->hi, .kind = r->kind, .dq = r->dq,
+                      .dq_zp = r->dq_zp, .dq_scale = r->dq_scale, .dq_bias = r->dq_bias,
+                      .dst = r->dst};
   kiln__qep_tile__avx2(&t);
 }
 

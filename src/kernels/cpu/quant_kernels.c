@@ -216,7 +216,7 @@ typedef struct mm_io {
 } mm_io;
 
 static mm_io mm_inputs(const kiln__node *n) {
-  bool ql = !strcmp(n->op_type, "QLinearMatMul");
+  bool ql = !strcmp(n->op_type, "QLinearMatMul") || !strcmp(n->op_type, "QLinearMatMulDq");
   return ql ? (mm_io){0, 3, 2, 5, true} : (mm_io){0, 1, 2, 3, false};
 }
 
@@ -313,6 +313,7 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
   mm_io io = mm_inputs(c->node);
   mm_geom mg;
   kiln_tensor *y = c->out[0];
+  bool dq = io.qlinear && c->n_in > 8; /* QLinearMatMulDq: float out */
   if (!mm_geom_get(c, &io, &mg) || (!io.qlinear && y->dtype != KILN_DTYPE_INT32))
     return c->node->op->run(c);
   if (c->scratch_bytes < mm_scratch_for(s, &mg, io.qlinear)) return c->node->op->run(c);
@@ -323,10 +324,21 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
   size_t bbytes = s->packed ? 0 : align64(kiln__qpack_bytes(s->isa, false, mg.n, mg.k));
   if (io.qlinear) {
     const kiln_tensor *yzp = c->in[7];
-    if (!is_q8(y->dtype) || yzp->dtype != y->dtype || kiln_tensor_count(yzp) != 1 ||
+    kiln_dtype qt = dq ? yzp->dtype : y->dtype; /* the requantized values' type */
+    if (!is_q8(qt) || yzp->dtype != qt || kiln_tensor_count(yzp) != 1 ||
         !ql_mults(c, mg.n, (float *)(mem + abytes + bbytes)))
       return c->node->op->run(c);
-    g.kind = y->dtype == KILN_DTYPE_UINT8 ? KILN__QOUT_U8 : KILN__QOUT_S8;
+    if (dq) {
+      const kiln_tensor *ds = c->in[8], *dz = opt(c, 9), *bias = opt(c, 10);
+      if (y->dtype != KILN_DTYPE_FLOAT || !scalar_f32(ds, &g.dq_scale) ||
+          (dz && (dz->dtype != qt || kiln_tensor_count(dz) != 1)) ||
+          (bias && (bias->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(bias) != mg.n)))
+        return c->node->op->run(c);
+      g.dq = true;
+      g.dq_zp = dz ? zp_val(dz, 0) : 0;
+      g.dq_bias = bias ? bias->data : NULL;
+    }
+    g.kind = qt == KILN_DTYPE_UINT8 ? KILN__QOUT_U8 : KILN__QOUT_S8;
     g.mult = (const float *)(mem + abytes + bbytes);
     g.zy = zp_val(yzp, 0);
   }
@@ -988,7 +1000,8 @@ static kiln_status qconcat_execute(kiln__kctx *c, void *state) {
 
 kiln__qisa kiln__cpu_quant_weight_format(const char *op_type, const void *kstate, size_t group) {
   if (!kstate) return KILN__QFMT_COUNT;
-  if (!strcmp(op_type, "MatMulInteger") || !strcmp(op_type, "QLinearMatMul")) {
+  if (!strcmp(op_type, "MatMulInteger") || !strcmp(op_type, "QLinearMatMul") ||
+      !strcmp(op_type, "QLinearMatMulDq")) {
     const qstate *s = kstate;
     return s->packed ? s->w.isa : KILN__QFMT_COUNT;
   }
@@ -1012,6 +1025,8 @@ const kiln__cpu_kernel kiln__cpu_quant_kernels[] = {
      dynquant_execute, NULL},
     {"MatMulInteger", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch},
     {"QLinearMatMul", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch},
+    {"QLinearMatMulDq", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch,
+     "ai.kiln"},
     {"ConvInteger", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
     {"QLinearConv", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
     {"QLinearConcat", any_supports, NULL, NULL, qconcat_execute, NULL, "com.microsoft"},

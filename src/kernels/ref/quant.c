@@ -367,6 +367,65 @@ static kiln_status run_qlinearmatmul(kiln__kctx *c) {
   return KILN_OK;
 }
 
+/* ai.kiln QLinearMatMulDq (the fuse-qdq-out pass): DequantizeLinear(QLinearMatMul(a, ..., y_zp),
+   dq_scale, dq_zp) [+ bias], float out. Inputs: QLinearMatMul's eight, dq_scale (one float),
+   [dq_zp] (one, y_zp's type), [bias] (n floats, added after the dequantization as Add would). */
+static kiln_status qlmmdq_params(const kiln__kctx *c, kiln__matmul_shape *s, size_t *cnt) {
+  kiln_status st = qlmm_params(c, s, cnt);
+  if (st != KILN_OK) return st;
+  const kiln_tensor *ds = c->in[8], *dz = in_at(c, 9), *bias = in_at(c, 10);
+  if ((st = need_scale(c, ds, "dq_scale")) != KILN_OK) return st;
+  if (kiln_tensor_count(ds) != 1 || (dz && kiln_tensor_count(dz) != 1))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "QLinearMatMulDq: dq_scale and dq_zero_point "
+                      "must have one element");
+  if (dz && dz->dtype != c->in[7]->dtype)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "QLinearMatMulDq: dq_zero_point is %s, "
+                      "y_zero_point %s", kiln_dtype_name(dz->dtype), kiln_dtype_name(c->in[7]->dtype));
+  if (bias && (bias->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(bias) != s->n))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "QLinearMatMulDq: bias must be %zu floats",
+                      s->n);
+  return KILN_OK;
+}
+
+static kiln_status infer_qlinearmatmuldq(kiln__kctx *c) {
+  kiln__matmul_shape s = {0};
+  size_t cnt[6] = {0};
+  kiln_status st = qlmmdq_params(c, &s, cnt);
+  if (st != KILN_OK) return st;
+  kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, s.out_rank, s.out_dims);
+  return KILN_OK;
+}
+
+static kiln_status run_qlinearmatmuldq(kiln__kctx *c) {
+  kiln__matmul_shape s = {0};
+  size_t cnt[6] = {0};
+  kiln_status st = qlmmdq_params(c, &s, cnt);
+  if (st != KILN_OK) return st;
+  const kiln_tensor *a = c->in[0], *b = c->in[3], *as = c->in[1], *bs = c->in[4],
+                    *ys = c->in[6], *yzp = c->in[7], *dz = in_at(c, 9), *bias = in_at(c, 10);
+  float dq_scale = ldf(c->in[8], 0), *y = c->out[0]->data;
+  int32_t dq_zp = dz ? ldq(dz, 0) : 0, lo, hi;
+  qmm_params q = {c->in[2], c->in[5], cnt[1], cnt[3]};
+  qrange(yzp->dtype, &lo, &hi);
+  int32_t *row = c->scratch;
+  for (size_t bi = 0; bi < s.batch; bi++) {
+    size_t ao, bo;
+    kiln__matmul_offsets(&s, bi, &ao, &bo);
+    for (size_t i = 0; i < s.m; i++) {
+      qmm_matrix(a, ao, b, bo, &s, &q, i, row);
+      float sa = ldf(as, cnt[0] == 1 ? 0 : i), sy = ldf(ys, cnt[4] == 1 ? 0 : i);
+      int32_t zy = ldq(yzp, cnt[5] == 1 ? 0 : i);
+      for (size_t j = 0; j < s.n; j++) {
+        float mult = sa * ldf(bs, cnt[2] == 1 ? 0 : j) / sy;
+        float f = (float)(saturate((float)row[j] * mult, zy, lo, hi) - dq_zp) * dq_scale;
+        if (bias) f += ((const float *)bias->data)[j]; /* Add's rounding, separately */
+        y[(bi * s.m + i) * s.n + j] = f;
+      }
+    }
+  }
+  return KILN_OK;
+}
+
 /* ---- ConvInteger / QLinearConv --------------------------------------------------------------- */
 
 typedef struct conv_geom {
@@ -820,6 +879,8 @@ const kiln__op kiln__ops_quant[] = {
     {"", "DynamicQuantizeLinear", infer_dynquant, run_dynquant, NULL, 0, 1, 1},
     {"", "MatMulInteger", infer_matmulint, run_matmulint, NULL, 0, 2, 4},
     {"", "QLinearMatMul", infer_qlinearmatmul, run_qlinearmatmul, scratch_qlinearmatmul, 0, 8, 8},
+    {"ai.kiln", "QLinearMatMulDq", infer_qlinearmatmuldq, run_qlinearmatmuldq,
+     scratch_qlinearmatmul, 0, 9, 11},
     {"", "ConvInteger", infer_convint, run_convint, NULL, 0, 2, 4},
     {"", "QLinearConv", infer_qlinearconv, run_qlinearconv, NULL, 0, 8, 9},
     {"com.microsoft", "QLinearConcat", infer_qlinearconcat, run_qlinearconcat, NULL, 0, 5, -1},

@@ -1,0 +1,92 @@
+/* QLinearMatMul -> DequantizeLinear [-> Add(bias)] becomes ai.kiln QLinearMatMulDq.
+ *
+ * A quantized transformer (fuse-qdq's output) computes every projection as an 8-bit QLinearMatMul
+ * whose result goes straight back to float for the bias Add (a MatMul's bias is a separate Add,
+ * which stays float): three passes over the activations, the middle ones tiny. The fused op's
+ * GEMM epilogue requantizes each sum to the 8-bit value QLinearMatMul would store, dequantizes it
+ * as DequantizeLinear does, and adds the bias as Add does, in registers: the same float operations
+ * in the same order, so the rewrite is bit-exact (level 2 because the op is Kiln's own).
+ *
+ * Matched when the QLinearMatMul's output is private and read only by the DequantizeLinear, whose
+ * scale and zero point are one-element initializers (not graph inputs); the Add is taken when the
+ * DequantizeLinear's output is read only by it and its other operand is an initializer of n
+ * floats (n: the constant 2-D B's columns) that broadcasts along the last axis without adding
+ * one (rank 1, or leading 1s and no more axes than the output). The last node of the chain
+ * becomes the fused op, so the output value and its consumers stay as they are. */
+#include "passes/pass.h"
+
+static bool is_op(const kiln__node *n, const char *op) {
+  return !n->domain[0] && !strcmp(n->op_type, op) && n->n_out == 1;
+}
+
+/* An initializer that is not an overridable graph input, or NULL. */
+static const kiln_tensor *const_init(const kiln__pass_ctx *ctx, int v) {
+  if (v < 0) return NULL;
+  const kiln__value *val = &ctx->g->values[v];
+  return val->is_initializer && !val->is_input && val->init.data ? &val->init : NULL;
+}
+
+/* Whether `bias` is n floats added along the last axis of an output of rank `out_rank` (-1:
+   unknown) without broadcasting it to more axes. */
+static bool bias_fits(const kiln_tensor *bias, int64_t n, int out_rank) {
+  if (!bias || bias->dtype != KILN_DTYPE_FLOAT || bias->rank < 1 ||
+      bias->dims[bias->rank - 1] != n)
+    return false;
+  if (bias->rank == 1) return true;
+  if (out_rank < bias->rank) return false;
+  for (int d = 0; d < bias->rank - 1; d++)
+    if (bias->dims[d] != 1) return false;
+  return true;
+}
+
+static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
+  kiln__graph *g = ctx->g;
+  for (int i = 0; i < g->n_nodes; i++) {
+    if (ctx->dead[i]) continue;
+    const kiln__node *mm = &g->nodes[i];
+    if (!is_op(mm, "QLinearMatMul") || mm->n_in != 8) continue;
+    int slot, i_dq = kiln__pass_sole_user(ctx, mm->out[0], &slot);
+    if (i_dq < 0 || slot != 0 || !is_op(&g->nodes[i_dq], "DequantizeLinear")) continue;
+    const kiln__node *dq = &g->nodes[i_dq];
+    const kiln_tensor *ds = const_init(ctx, dq->in[1]);
+    const kiln_tensor *dz = dq->n_in > 2 ? const_init(ctx, dq->in[2]) : NULL;
+    if (!ds || ds->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(ds) != 1) continue;
+    if (dq->n_in > 2 && dq->in[2] >= 0 && (!dz || kiln_tensor_count(dz) != 1)) continue;
+    int last = i_dq, bias = -1;
+    /* the bias Add: B's columns known from a constant 2-D B */
+    const kiln_tensor *b = const_init(ctx, mm->in[3]);
+    int i_add = b && b->rank == 2 ? kiln__pass_sole_user(ctx, dq->out[0], &slot) : -1;
+    if (i_add >= 0 && is_op(&g->nodes[i_add], "Add") && g->nodes[i_add].n_in == 2) {
+      int other = g->nodes[i_add].in[1 - slot], out_rank = -1;
+      const kiln_tensor *bt = other != dq->out[0] ? const_init(ctx, other) : NULL;
+      if (bt && bt->rank > 1) { /* the output's rank, from shape inference (run once) */
+        kiln_status st = kiln__pass_shapes(ctx);
+        if (st != KILN_OK) return st;
+        out_rank = kiln__pass_rank(ctx, dq->out[0]);
+      }
+      if (bias_fits(bt, b->dims[1], out_rank)) {
+        bias = other;
+        last = i_add;
+      }
+    }
+    int in[11];
+    for (int k = 0; k < 8; k++) in[k] = mm->in[k];
+    in[8] = dq->in[1];
+    in[9] = dq->n_in > 2 ? dq->in[2] : -1;
+    in[10] = bias;
+    int n_in = bias >= 0 ? 11 : in[9] >= 0 ? 10 : 9;
+    kiln__node *f = &g->nodes[last];
+    kiln__pass_note(ctx, "%s+%s%s%s", mm->name, dq->name, bias >= 0 ? "+" : "",
+                    bias >= 0 ? f->name : "");
+    kiln_status st = kiln__pass_set_inputs(ctx, f, in, n_in);
+    if (st == KILN_OK) st = kiln__pass_set_op(ctx, f, "ai.kiln", "QLinearMatMulDq");
+    if (st != KILN_OK) return st;
+    kiln__pass_clear_attrs(f);
+    kiln__pass_kill(ctx, i);
+    if (last != i_dq) kiln__pass_kill(ctx, i_dq);
+    *changed = true;
+  }
+  return KILN_OK;
+}
+
+const kiln__pass kiln__pass_fuse_qdq_out = {"fuse-qdq-out", 2, run};
