@@ -697,12 +697,13 @@ static bool qisa_generic(void) {
 }
 
 static void qadd_cases(kiln__pool *pool) {
-  /* A and B shapes (rank -1 ends the list): same shapes around the 32-element block and the
-     16384-element chunk, per-channel and scalar operands on either side, two-sided broadcasts,
-     rows of 1 */
+  /* A and B shapes (rank -1 ends the list): same shapes around the 32- and 64-element blocks and
+     the 16384-element chunk, per-channel and scalar operands on either side, two-sided
+     broadcasts, rows of 1 */
   static const struct { int ra; int64_t a[4]; int rb; int64_t b[4]; } shapes[] = {
       {1, {1}, 1, {1}},           {1, {31}, 1, {31}},          {1, {32}, 1, {32}},
       {1, {33}, 1, {33}},         {2, {3, 95}, 2, {3, 95}},    {4, {2, 3, 5, 7}, 4, {2, 3, 5, 7}},
+      {1, {64}, 1, {64}},         {1, {161}, 1, {161}},        {2, {2, 129}, 0, {0}},
       {4, {1, 32, 56, 56}, 4, {1, 32, 56, 56}},               {4, {1, 16, 9, 9}, 4, {1, 16, 1, 1}},
       {3, {16, 1, 1}, 4, {2, 16, 9, 9}},                      {2, {100, 3}, 0, {0}},
       {0, {0}, 2, {7, 70}},       {3, {3, 1, 40}, 2, {5, 1}},  {2, {5, 33}, 2, {5, 1}},
