@@ -732,6 +732,10 @@ void kiln__qgemm_run(struct kiln__pool *pool, const kiln__qgemm_args *g) {
 void kiln__q_quantize(kiln__qisa isa, const float *x, size_t n, float scale, int32_t zp,
                       bool to_signed, void *y) {
 #ifdef KILN__QGEMM_X86
+  if (isa == KILN__QISA_AVX512VNNI && __builtin_cpu_supports("avx512bw")) {
+    kiln__q_quantize__avx512(x, n, scale, zp, to_signed, y);
+    return;
+  }
   if (isa != KILN__QISA_GENERIC) {
     kiln__q_quantize__avx2(x, n, scale, zp, to_signed, y);
     return;

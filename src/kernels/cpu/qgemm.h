@@ -335,6 +335,8 @@ void kiln__qgemm_uk_6x32__avx512vnni(size_t groups, const void *restrict a,
 
 void kiln__q_quantize__avx2(const float *x, size_t n, float scale, int32_t zp, bool to_signed,
                             void *y);
+void kiln__q_quantize__avx512(const float *x, size_t n, float scale, int32_t zp, bool to_signed,
+                              void *y); /* AVX512-BW */
 void kiln__q_dequantize__avx2(const void *x, bool from_signed, size_t n, int32_t zp, float scale,
                               float *y);
 void kiln__q_minmax__avx2(const float *x, size_t n, float *mn, float *mx);
