@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "core/threadpool.h"
+#include "kernels/cpu/bgemm.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/sgemm.h"
 #include "kiln_test_ir.h"
@@ -1014,6 +1015,84 @@ static void models_match_ref(void **st) {
   unsetenv("KILN_ISA");
 }
 
+/* ---- the bfloat16 GEMM (bgemm.h) ------------------------------------------------------------ */
+
+static float to_bf16(float f) { /* round to nearest even, as VCVTNE2PS2BF16 for finite f */
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* kiln__bgemm_run against a double sum of the bfloat16-rounded A times B (each product exact in
+   float), over shapes around the 8 x 32 tile, the 64 x 128 work item, odd k and a k of 1, with
+   bias, a residual, ReLU or Clip, serial and on 2 threads; B transposed or not. Tolerance: float
+   summation error, 2^-22 of the sum of |products| (a wrong index or pair is off by a product).
+   Also: a matrix with one value that is not a bfloat16 is refused. Not run where the CPU lacks
+   AVX512-BF16 (said so). */
+static void bgemm_matches_double_reference(void **st) {
+  (void)st;
+  setenv("KILN_BF16", "1", 1);
+  bool have = kiln__bgemm_wanted();
+  setenv("KILN_BF16", "0", 1);
+  assert_false(kiln__bgemm_wanted()); /* opt-in only */
+  unsetenv("KILN_BF16");
+  if (!have) {
+    printf("  AVX512-BF16: not available on this machine or build, not run\n");
+    return;
+  }
+  static const size_t shapes[][3] = {{1, 1, 1},   {8, 2, 32},   {7, 5, 33},   {9, 64, 31},
+                                     {64, 256, 128}, {65, 255, 129}, {130, 300, 260}, {3, 1, 70}};
+  kiln__pool *pool = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
+  for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+    for (int v = 0; v < 4; v++) {
+      size_t m = shapes[si][0], k = shapes[si][1], n = shapes[si][2];
+      bool tb = v & 1;
+      float *a = malloc(m * k * sizeof *a), *b = malloc(k * n * sizeof *b);
+      float *bias = malloc(n * sizeof *bias), *z = malloc(m * n * sizeof *z);
+      float *c = malloc(m * n * sizeof *c);
+      fill(a, m * k);
+      fill(bias, n);
+      fill(z, m * n);
+      for (size_t i = 0; i < k * n; i++) b[i] = to_bf16(rnd_f());
+      assert_true(kiln__bgemm_exact(b, k, n, tb ? k : n, tb));
+      kiln__bgemm_packed pb;
+      assert_int_equal(kiln__bgemm_pack_b(b, k, n, tb ? k : n, tb, &pb, &err), KILN_OK);
+      kiln__epilogue ep = {.bias = v & 2 ? bias : NULL, .residual = v >= 2 ? z : NULL, .ldr = n,
+                           .act = v == 1 ? KILN__ACT_RELU : v == 3 ? KILN__ACT_CLIP
+                                                                   : KILN__ACT_NONE,
+                           .lo = -0.5f, .hi = 0.75f};
+      void *scratch = malloc(kiln__bgemm_scratch(m, k));
+      for (int threads = 1; threads <= 2; threads++) {
+        kiln__bgemm_run(threads == 2 ? pool : NULL, m, a, k, &pb, c, n, &ep, scratch);
+        for (size_t i = 0; i < m; i++)
+          for (size_t j = 0; j < n; j++) {
+            double sum = 0, mag = 0;
+            for (size_t p = 0; p < k; p++) {
+              double t = (double)to_bf16(a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
+              sum += t, mag += fabs(t);
+            }
+            if (ep.bias) sum += bias[j], mag += fabs(bias[j]);
+            if (ep.residual) sum += z[i * n + j], mag += fabs(z[i * n + j]);
+            if (ep.act == KILN__ACT_RELU) sum = sum > 0 ? sum : 0;
+            if (ep.act == KILN__ACT_CLIP) sum = sum < ep.lo ? ep.lo : sum > ep.hi ? ep.hi : sum;
+            double d = fabs(c[i * n + j] - sum);
+            if (d > mag * 0x1p-22 + 1e-30)
+              fail_msg("bgemm %zux%zux%zu variant %d threads %d: C[%zu][%zu] %.9g, reference %.9g",
+                       m, k, n, v, threads, i, j, (double)c[i * n + j], sum);
+          }
+      }
+      b[k * n / 2] = 0.1f; /* not a bfloat16 */
+      assert_false(kiln__bgemm_exact(b, k, n, tb ? k : n, tb));
+      kiln__bgemm_packed_free(&pb);
+      free(scratch), free(a), free(b), free(bias), free(z), free(c);
+    }
+  kiln__pool_free(pool);
+}
+
 int main(int argc, char **argv) {
   if (argc != 3) {
     fprintf(stderr, "usage: test_cpu_gemm MODELS_DIR TESTS_DIR\n");
@@ -1027,6 +1106,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(pool_tolerates_concurrent_callers),
       cmocka_unit_test(sgemm_matches_double_reference),
       cmocka_unit_test(sgemm_packs_a_exactly),
+      cmocka_unit_test(bgemm_matches_double_reference),
       cmocka_unit_test(matmul_matches_reference),
       cmocka_unit_test(gemm_matches_reference),
       cmocka_unit_test(sgemm_b_in_place_matches_double_reference),

@@ -20,6 +20,7 @@
 
 #include "kiln/kiln.h"
 #include "kiln/quant.h"
+#include "kernels/cpu/bgemm.h"
 #include "onnx/export.h"
 #include "onnx/import.h"
 #include "quant/quant.h"
@@ -384,6 +385,23 @@ static void digits_bf16(void **state) {
     if (fabs(ref[i] - cand[i]) > worst) worst = fabs(ref[i] - cand[i]);
   assert_true(worst < 0.5);
   assert_true(worst > 0); /* the weights really changed */
+  /* KILN_BF16=1: the Gemms' products in bfloat16 (bgemm.h, activations rounded too) where the CPU
+     has AVX512-BF16: the same top-1 budget, logits within 0.5 of the fp32 products', and not
+     equal to them (the path ran). */
+  setenv("KILN_BF16", "1", 1);
+  static float bf_math[4500];
+  int bm = run_digits(q, bf_math);
+  bool have = kiln__bgemm_wanted();
+  unsetenv("KILN_BF16");
+  assert_true(bm >= fp32 - 2);
+  double d = 0;
+  for (int i = 0; i < 4500; i++)
+    if (fabs(bf_math[i] - cand[i]) > d) d = fabs(bf_math[i] - cand[i]);
+  fprintf(stderr, "digits bf16 file, bf16 products: %d/450, max |logit change| %.4f%s\n", bm, d,
+          have ? "" : " (no AVX512-BF16 here: fp32 products)");
+  assert_true(d < 0.5);
+  if (have) assert_true(d > 0);
+  else assert_true(d == 0);
 }
 
 /* Static int8 on the digits CNN, calibrated on 256 *training* digits (tests/data/digits_calib,

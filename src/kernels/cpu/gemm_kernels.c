@@ -9,6 +9,7 @@
  * hands anything else to the reference kernel. So scratch() asks for the larger of the two
  * kernels' needs. */
 #include "core/threadpool.h"
+#include "kernels/cpu/bgemm.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/conv_stem.h"
 #include "kernels/cpu/sgemm.h"
@@ -26,6 +27,32 @@ static kiln_status pack_const_b(const kiln__node *n, const kiln__graph *g, kiln_
   kiln_status st = kiln__sgemm_pack_b(isa, tb, k, nn, b->data, (size_t)b->dims[1], pb, err);
   *packed = st == KILN_OK;
   return st;
+}
+
+static size_t ref_scratch(const kiln__kctx *c);
+
+/* The opt-in bfloat16 product (bgemm.h): packs input 1 for it when KILN_BF16=1, the CPU has
+   AVX512-BF16, B is a packed constant whose values are all bfloat16 (a bf16 file's weights) and
+   the node has no transA or alpha. */
+static kiln_status bf16_prepare(const kiln__node *n, const kiln__graph *g, bool ta, bool tb,
+                                float alpha, bool packed, kiln__bgemm_packed *bb, bool *on,
+                                kiln_error *err) {
+  const kiln_tensor *b = kiln__cpu_const_f32(kiln__cpu_input(n, g, 1));
+  if (!packed || !b || ta || alpha != 1.0f || !kiln__bgemm_wanted()) return KILN_OK;
+  size_t k = (size_t)b->dims[tb ? 1 : 0], nn = (size_t)b->dims[tb ? 0 : 1];
+  if (!kiln__bgemm_exact(b->data, k, nn, (size_t)b->dims[1], tb)) return KILN_OK;
+  kiln_status st = kiln__bgemm_pack_b(b->data, k, nn, (size_t)b->dims[1], tb, bb, err);
+  *on = st == KILN_OK;
+  return st;
+}
+
+/* Scratch of a node whose A (any rank, rows of its last dim) may take the bfloat16 product. */
+static size_t bf16_scratch(const kiln__kctx *c, bool on) {
+  size_t ref = ref_scratch(c);
+  const kiln_tensor *a = c->in[0];
+  if (!on || a->rank < 1) return ref;
+  size_t k = (size_t)a->dims[a->rank - 1], rows = k ? kiln_tensor_count(a) / k : 0;
+  return KILN__MAX(ref, kiln__bgemm_scratch(rows, k));
 }
 
 static size_t ref_scratch(const kiln__kctx *c) {
@@ -89,6 +116,8 @@ typedef struct matmul_state {
   kiln__epilogue ep;      /* the activation; bias and residual set per run */
   bool packed;            /* B is a 2-D initializer, packed */
   kiln__sgemm_packed pb;
+  bool bf16;              /* KILN_BF16=1 and B all bfloat16 values: bgemm.h runs the product */
+  kiln__bgemm_packed bb;
 } matmul_state;
 
 static bool matmul_supports(const kiln__node *n, const kiln__graph *g) {
@@ -103,6 +132,7 @@ static bool fmatmul_supports(const kiln__node *n, const kiln__graph *g) {
 static void matmul_release(void *state) {
   matmul_state *s = state;
   kiln__sgemm_packed_free(&s->pb);
+  kiln__bgemm_packed_free(&s->bb);
   kiln__free(s);
 }
 
@@ -120,6 +150,8 @@ static kiln_status matmul_prepare(const kiln__node *n, const kiln__graph *g, voi
     st = epilogue_prepare(n, &s->ep, err);
   }
   if (st == KILN_OK) st = pack_const_b(n, g, s->isa, s->tb, &s->pb, &s->packed, err);
+  if (st == KILN_OK)
+    st = bf16_prepare(n, g, s->ta, s->tb, s->alpha, s->packed, &s->bb, &s->bf16, err);
   if (st != KILN_OK) {
     matmul_release(s);
     return st;
@@ -227,7 +259,9 @@ static kiln_status matmul_execute(kiln__kctx *c, void *state) {
     }
     bool post = kiln__act_is_post(g.ep.act);
     if (post) g.ep.act = KILN__ACT_NONE;
-    kiln__sgemm_run(c->pool, st->isa, &g);
+    if (st->bf16 && c->scratch_bytes >= kiln__bgemm_scratch(g.m, s.k))
+      kiln__bgemm_run(c->pool, g.m, p.a, s.k, &st->bb, p.y, s.n, &g.ep, c->scratch);
+    else kiln__sgemm_run(c->pool, st->isa, &g);
     if (post) act_after(c->pool, &ep, p.y, s.batch * s.m * s.n);
   } else if ((double)s.m * (double)s.n * (double)s.k < 262144.0) {
     kiln__parallel_for(c->pool, s.batch, matmul_batch_range, &p);
@@ -238,7 +272,9 @@ static kiln_status matmul_execute(kiln__kctx *c, void *state) {
   return KILN_OK;
 }
 
-static size_t matmul_scratch(const kiln__kctx *c, void *state) { return ref_scratch(c); }
+static size_t matmul_scratch(const kiln__kctx *c, void *state) {
+  return bf16_scratch(c, ((const matmul_state *)state)->bf16);
+}
 
 /* ---- Gemm, FusedGemm ------------------------------------------------------------------------- */
 
@@ -250,6 +286,8 @@ typedef struct gemm_state {
   kiln__epilogue ep;
   bool packed;
   kiln__sgemm_packed pb;
+  bool bf16; /* the bfloat16 product (bgemm.h) */
+  kiln__bgemm_packed bb;
 } gemm_state;
 
 static bool gemm_supports(const kiln__node *n, const kiln__graph *g) {
@@ -268,6 +306,7 @@ static bool fgemm_supports(const kiln__node *n, const kiln__graph *g) {
 static void gemm_release(void *state) {
   gemm_state *s = state;
   kiln__sgemm_packed_free(&s->pb);
+  kiln__bgemm_packed_free(&s->bb);
   kiln__free(s);
 }
 
@@ -285,6 +324,8 @@ static kiln_status gemm_prepare(const kiln__node *n, const kiln__graph *g, void 
     st = epilogue_prepare(n, &s->ep, err);
   }
   if (st == KILN_OK) st = pack_const_b(n, g, s->isa, s->tb, &s->pb, &s->packed, err);
+  if (st == KILN_OK)
+    st = bf16_prepare(n, g, s->ta, s->tb, s->alpha, s->packed, &s->bb, &s->bf16, err);
   if (st != KILN_OK) {
     gemm_release(s);
     return st;
@@ -339,12 +380,17 @@ static kiln_status gemm_execute(kiln__kctx *c, void *state) {
   }
   bool post = kiln__act_is_post(g.ep.act);
   if (post) g.ep.act = KILN__ACT_NONE;
-  kiln__sgemm_run(c->pool, st->isa, &g);
+  if (st->bf16 && !g.accumulate && !g.ep.bias_per_row &&
+      c->scratch_bytes >= kiln__bgemm_scratch(m, k))
+    kiln__bgemm_run(c->pool, m, a->data, k, &st->bb, y, n, &g.ep, c->scratch);
+  else kiln__sgemm_run(c->pool, st->isa, &g);
   if (post) act_after(c->pool, &st->ep, y, m * n);
   return KILN_OK;
 }
 
-static size_t gemm_scratch(const kiln__kctx *c, void *state) { return ref_scratch(c); }
+static size_t gemm_scratch(const kiln__kctx *c, void *state) {
+  return bf16_scratch(c, ((const gemm_state *)state)->bf16);
+}
 
 /* ---- Conv ------------------------------------------------------------------------------------ */
 
