@@ -337,6 +337,7 @@ typedef struct node_spec {
   int64_t dims[3][4];
   const char *attr[3]; /* "name=i:3", "name=f:1e-3", "name=s:tanh" */
   float lo[3], hi[3];  /* input value ranges (hi == lo: [-3, 3]) */
+  int elem[6];         /* inputs' then outputs' element types (0: float32) */
 } node_spec;
 
 static uint8_t *build_model(const node_spec *sp, size_t *len) {
@@ -386,7 +387,7 @@ static uint8_t *build_model(const node_spec *sp, size_t *len) {
     kiln_onnx__value_info_proto__init(&vi[i]);
     kiln_onnx__type_proto__init(&tp[i]);
     kiln_onnx__type_proto__tensor__init(&tt[i]);
-    tt[i].has_elem_type = 1, tt[i].elem_type = KILN_DTYPE_FLOAT;
+    tt[i].has_elem_type = 1, tt[i].elem_type = sp->elem[i] ? sp->elem[i] : KILN_DTYPE_FLOAT;
     tp[i].value_case = KILN_ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE, tp[i].tensor_type = &tt[i];
     vi[i].type = &tp[i];
     if (i < sp->n_in) {
@@ -685,7 +686,60 @@ static void concat_body(void) {
   }
 }
 
+/* Cast float16 -> float32 and bfloat16 -> float32 of every 16-bit pattern, and float32 ->
+   float16 of specials (NaNs with payloads, infinities, signed zeros, the overflow edge 65520,
+   subnormal edges and ties) and 300000 random bit patterns, byte for byte against the reference
+   (cast_kernels.c, F16C), the cpu backend taking the node; lengths leave a scalar tail. */
+static void cast_body(void) {
+  static uint16_t h[65536 + 7];
+  for (size_t i = 0; i < 65536 + 7; i++) h[i] = (uint16_t)(i * 40503u + (i >> 16));
+  enum { NF = 300000 + 32 };
+  static float f[NF];
+  static const uint32_t special[] = {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0xff812345u,
+                                     0x7fbfffffu, 0x7f800000u, 0xff800000u, 0x00000000u,
+                                     0x80000000u, 0x477fe000u, 0x477fefffu, 0x477ff000u,
+                                     0x477ff001u, 0x38800000u, 0x387fffffu, 0x33000000u,
+                                     0x33000001u, 0x32ffffffu, 0x3f801000u, 0x3f803000u,
+                                     0x3f800fffu, 0x00000001u, 0x80800000u, 0x7f7fffffu};
+  for (size_t i = 0; i < NF; i++) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    uint32_t u = i < KILN__ARRAY_LEN(special) ? special[i] : (uint32_t)(rng >> 32);
+    memcpy(&f[i], &u, sizeof u);
+  }
+  const struct { int from, to; size_t n; const void *data; } cases[] = {
+      {KILN_DTYPE_FLOAT16, KILN_DTYPE_FLOAT, 65536 + 7, h},
+      {KILN_DTYPE_BFLOAT16, KILN_DTYPE_FLOAT, 65536 + 7, h},
+      {KILN_DTYPE_FLOAT, KILN_DTYPE_FLOAT16, NF - 3, f},
+  };
+  for (size_t k = 0; k < KILN__ARRAY_LEN(cases); k++) {
+    char to[32];
+    snprintf(to, sizeof to, "to=i:%d", cases[k].to);
+    node_spec sp = {.op = "Cast", .opset = 13, .n_in = 1, .n_out = 1, .rank = {1},
+                    .dims = {{(int64_t)cases[k].n}}, .attr = {to},
+                    .elem = {cases[k].from, cases[k].to}};
+    size_t len;
+    uint8_t *buf = build_model(&sp, &len);
+    kiln_tensor in = {.dtype = (kiln_dtype)cases[k].from, .rank = 1, .dims = {(int64_t)cases[k].n},
+                      .data = (void *)cases[k].data};
+    kiln_tensor oc, orf;
+    assert_int_equal(run_on("cpu", buf, len, &sp, &in, &oc), 1);
+    run_on("ref", buf, len, &sp, &in, &orf);
+    assert_int_equal(oc.dtype, cases[k].to);
+    size_t nb = kiln_tensor_nbytes(&orf);
+    assert_int_equal(kiln_tensor_nbytes(&oc), nb);
+    const uint8_t *a = oc.data, *r = orf.data;
+    for (size_t b = 0; b < nb; b++)
+      if (a[b] != r[b])
+        fail_msg("Cast %d -> %d (ISA %s): byte %zu is 0x%02x, reference 0x%02x", cases[k].from,
+                 cases[k].to, getenv("KILN_ISA"), b, a[b], r[b]);
+    free(oc.data);
+    free(orf.data);
+    free(buf);
+  }
+}
+
 static void kernels_unary(void **state) { (void)state; each_isa(unary_body); }
+static void kernels_cast(void **state) { (void)state; each_isa(cast_body); }
 static void kernels_binary(void **state) { (void)state; each_isa(binary_body); }
 static void kernels_clip(void **state) { (void)state; each_isa(clip_body); }
 static void kernels_softmax(void **state) { (void)state; each_isa(softmax_body); }
@@ -699,6 +753,7 @@ int main(int argc, char **argv) {
   }
   models_dir = argv[1];
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(kernels_cast),
       cmocka_unit_test(pool_covers_every_index_once),
       cmocka_unit_test(pool_nested_runs_inline),
       cmocka_unit_test(pool_concurrent_callers),
