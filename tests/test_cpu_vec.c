@@ -686,8 +686,9 @@ static void concat_body(void) {
   }
 }
 
-/* Cast float16 -> float32 and bfloat16 -> float32 of every 16-bit pattern, and float32 ->
-   float16 of specials (NaNs with payloads, infinities, signed zeros, the overflow edge 65520,
+/* Cast int32 -> float32 of 100005 values of every magnitude (rounding above 2^24, the extremes),
+   float16 -> float32 and bfloat16 -> float32 of every 16-bit pattern, and float32 -> float16 of
+   specials (NaNs with payloads, infinities, signed zeros, the overflow edge 65520,
    subnormal edges and ties) and 300000 random bit patterns, byte for byte against the reference
    (cast_kernels.c, F16C), the cpu backend taking the node; lengths leave a scalar tail. */
 static void cast_body(void) {
@@ -706,7 +707,16 @@ static void cast_body(void) {
     uint32_t u = i < KILN__ARRAY_LEN(special) ? special[i] : (uint32_t)(rng >> 32);
     memcpy(&f[i], &u, sizeof u);
   }
+  static int32_t iv[100000 + 5];
+  static const int32_t ispecial[] = {0, 1, -1, 16777216, 16777217, 16777219, -16777217,
+                                     2147483647, -2147483647 - 1, 33554435, -33554433};
+  for (size_t i = 0; i < KILN__ARRAY_LEN(iv); i++) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    iv[i] = i < KILN__ARRAY_LEN(ispecial) ? ispecial[i]
+                                          : (int32_t)(uint32_t)(rng >> 32) >> (i % 31);
+  }
   const struct { int from, to; size_t n; const void *data; } cases[] = {
+      {KILN_DTYPE_INT32, KILN_DTYPE_FLOAT, KILN__ARRAY_LEN(iv), iv},
       {KILN_DTYPE_FLOAT16, KILN_DTYPE_FLOAT, 65536 + 7, h},
       {KILN_DTYPE_BFLOAT16, KILN_DTYPE_FLOAT, 65536 + 7, h},
       {KILN_DTYPE_FLOAT, KILN_DTYPE_FLOAT16, NF - 3, f},
