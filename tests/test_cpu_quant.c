@@ -242,12 +242,14 @@ static const struct {
     {3, 50, 130, 70}, {0, 4, 600, 8}, {0, 9, 4700, 21}, /* k past one 4608 block */
 };
 
-/* zero-point modes: 0 none, 1 za only, 2 za and per-column zb, 3 za and scalar zb */
+/* zero-point modes: 0 none, 1 za only, 2 za and per-column zb, 3 za and scalar zb, 4 per-row za
+   ([M], single matrices) and per-column zb */
 static void mm_cases(kiln__pool *pool) {
   for (size_t si = 0; si < KILN__ARRAY_LEN(mm_shapes); si++)
     for (int combo = 0; combo < 4; combo++)
-      for (int zmode = 0; zmode < 4; zmode++)
+      for (int zmode = 0; zmode < 5; zmode++)
         for (int bconst = 0; bconst < 2; bconst++) {
+          if (zmode == 4 && mm_shapes[si].batch) continue; /* per row of one matrix */
           kiln_dtype at = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
           kiln_dtype bt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
           int64_t m = mm_shapes[si].m, k = mm_shapes[si].k, n = mm_shapes[si].n;
@@ -256,6 +258,10 @@ static void mm_cases(kiln__pool *pool) {
           if (zmode >= 1) ins[2] = (tin){at, 0, {0}, true};
           if (zmode == 2) ins[3] = (tin){bt, 1, {n}, true};
           if (zmode == 3) ins[3] = (tin){bt, 1, {1}, false};
+          if (zmode == 4) {
+            ins[2] = (tin){at, 1, {m}, bconst}; /* a constant or a run-time input */
+            ins[3] = (tin){bt, 1, {n}, true};
+          }
           onenode o;
           onenode_make(&o, "MatMulInteger", zmode >= 2 ? 4 : zmode == 1 ? 3 : 2, ins, 1);
           char what[96];

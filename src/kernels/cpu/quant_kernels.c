@@ -262,12 +262,14 @@ static bool mm_geom_get(const kiln__kctx *c, const mm_io *io, mm_geom *mg) {
   mg->rows = s.batch * s.m;
   mg->k = s.k;
   mg->n = s.n;
-  /* One activation zero point: a per-row one would need the batch's row index. */
+  /* One activation zero point, or MatMulInteger's one per row ([M]) of a single matrix: the
+     GEMM's per-row za (with a batch, the reference decides). */
   const kiln_tensor *azp = opt(c, io->azp), *bzp = opt(c, io->bzp);
-  if (azp && kiln_tensor_count(azp) != 1) return false;
+  size_t azn = azp ? kiln_tensor_count(azp) : 1;
+  if (azn != 1 && (io->qlinear || s.batch != 1 || azn != s.m)) return false;
   if (azp && azp->dtype != a->dtype) return false;
   if (bzp && bzp->dtype != b->dtype) return false;
-  return zp_get(azp, 1, &mg->za) && zp_get(bzp, s.n, &mg->zb);
+  return zp_get(azp, azn, &mg->za) && zp_get(bzp, s.n, &mg->zb);
 }
 
 /* Scratch: packed A, packed B unless prepacked, the requantization multipliers. */
