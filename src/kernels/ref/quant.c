@@ -339,31 +339,44 @@ static size_t scratch_qlinearmatmul(const kiln__kctx *c) {
   return n * sizeof(int32_t);
 }
 
+/* Every requantized output value of a QLinearMatMul (whose parameters qlmm_params checked), in
+   order: emit(ctx, element index, column, value). */
+typedef void (*qlmm_emit)(void *ctx, size_t idx, size_t col, int32_t v);
+
+static void qlmm_each(const kiln__kctx *c, const kiln__matmul_shape *s, const size_t *cnt,
+                      qlmm_emit emit, void *ctx) {
+  const kiln_tensor *a = c->in[0], *b = c->in[3], *as = c->in[1], *bs = c->in[4],
+                    *ys = c->in[6], *yzp = c->in[7];
+  qmm_params q = {c->in[2], c->in[5], cnt[1], cnt[3]};
+  int32_t lo, hi;
+  qrange(yzp->dtype, &lo, &hi);
+  int32_t *row = c->scratch;
+  for (size_t bi = 0; bi < s->batch; bi++) {
+    size_t ao, bo;
+    kiln__matmul_offsets(s, bi, &ao, &bo);
+    for (size_t i = 0; i < s->m; i++) {
+      qmm_matrix(a, ao, b, bo, s, &q, i, row);
+      float sa = ldf(as, cnt[0] == 1 ? 0 : i), sy = ldf(ys, cnt[4] == 1 ? 0 : i);
+      int32_t zy = ldq(yzp, cnt[5] == 1 ? 0 : i);
+      for (size_t j = 0; j < s->n; j++) {
+        float mult = sa * ldf(bs, cnt[2] == 1 ? 0 : j) / sy;
+        emit(ctx, (bi * s->m + i) * s->n + j, j, saturate((float)row[j] * mult, zy, lo, hi));
+      }
+    }
+  }
+}
+
+static void emit_q8(void *ctx, size_t idx, size_t col, int32_t v) {
+  (void)col;
+  stq(ctx, idx, v);
+}
+
 static kiln_status run_qlinearmatmul(kiln__kctx *c) {
   kiln__matmul_shape s = {0};
   size_t cnt[6] = {0};
   kiln_status st = qlmm_params(c, &s, cnt);
   if (st != KILN_OK) return st;
-  const kiln_tensor *a = c->in[0], *b = c->in[3], *as = c->in[1], *bs = c->in[4],
-                    *ys = c->in[6], *yzp = c->in[7];
-  kiln_tensor *y = c->out[0];
-  qmm_params q = {c->in[2], c->in[5], cnt[1], cnt[3]};
-  int32_t lo, hi;
-  qrange(y->dtype, &lo, &hi);
-  int32_t *row = c->scratch;
-  for (size_t bi = 0; bi < s.batch; bi++) {
-    size_t ao, bo;
-    kiln__matmul_offsets(&s, bi, &ao, &bo);
-    for (size_t i = 0; i < s.m; i++) {
-      qmm_matrix(a, ao, b, bo, &s, &q, i, row);
-      float sa = ldf(as, cnt[0] == 1 ? 0 : i), sy = ldf(ys, cnt[4] == 1 ? 0 : i);
-      int32_t zy = ldq(yzp, cnt[5] == 1 ? 0 : i);
-      for (size_t j = 0; j < s.n; j++) {
-        float mult = sa * ldf(bs, cnt[2] == 1 ? 0 : j) / sy;
-        stq(y, (bi * s.m + i) * s.n + j, saturate((float)row[j] * mult, zy, lo, hi));
-      }
-    }
-  }
+  qlmm_each(c, &s, cnt, emit_q8, c->out[0]);
   return KILN_OK;
 }
 
@@ -396,33 +409,29 @@ static kiln_status infer_qlinearmatmuldq(kiln__kctx *c) {
   return KILN_OK;
 }
 
+typedef struct dq_out {
+  float *y, scale;
+  int32_t zp;
+  const float *bias;
+} dq_out;
+
+/* DequantizeLinear's then Add's float operations, one statement each. */
+static void emit_dq(void *ctx, size_t idx, size_t col, int32_t v) {
+  const dq_out *o = ctx;
+  float f = (float)(v - o->zp) * o->scale;
+  if (o->bias) f += o->bias[col];
+  o->y[idx] = f;
+}
+
 static kiln_status run_qlinearmatmuldq(kiln__kctx *c) {
   kiln__matmul_shape s = {0};
   size_t cnt[6] = {0};
   kiln_status st = qlmmdq_params(c, &s, cnt);
   if (st != KILN_OK) return st;
-  const kiln_tensor *a = c->in[0], *b = c->in[3], *as = c->in[1], *bs = c->in[4],
-                    *ys = c->in[6], *yzp = c->in[7], *dz = in_at(c, 9), *bias = in_at(c, 10);
-  float dq_scale = ldf(c->in[8], 0), *y = c->out[0]->data;
-  int32_t dq_zp = dz ? ldq(dz, 0) : 0, lo, hi;
-  qmm_params q = {c->in[2], c->in[5], cnt[1], cnt[3]};
-  qrange(yzp->dtype, &lo, &hi);
-  int32_t *row = c->scratch;
-  for (size_t bi = 0; bi < s.batch; bi++) {
-    size_t ao, bo;
-    kiln__matmul_offsets(&s, bi, &ao, &bo);
-    for (size_t i = 0; i < s.m; i++) {
-      qmm_matrix(a, ao, b, bo, &s, &q, i, row);
-      float sa = ldf(as, cnt[0] == 1 ? 0 : i), sy = ldf(ys, cnt[4] == 1 ? 0 : i);
-      int32_t zy = ldq(yzp, cnt[5] == 1 ? 0 : i);
-      for (size_t j = 0; j < s.n; j++) {
-        float mult = sa * ldf(bs, cnt[2] == 1 ? 0 : j) / sy;
-        float f = (float)(saturate((float)row[j] * mult, zy, lo, hi) - dq_zp) * dq_scale;
-        if (bias) f += ((const float *)bias->data)[j]; /* Add's rounding, separately */
-        y[(bi * s.m + i) * s.n + j] = f;
-      }
-    }
-  }
+  const kiln_tensor *dz = in_at(c, 9), *bias = in_at(c, 10);
+  dq_out o = {c->out[0]->data, ldf(c->in[8], 0), dz ? ldq(dz, 0) : 0,
+              bias ? bias->data : NULL};
+  qlmm_each(c, &s, cnt, emit_dq, &o);
   return KILN_OK;
 }
 
