@@ -356,6 +356,47 @@ static void qlmmdq_cases(kiln__pool *pool) {
     }
 }
 
+/* com.microsoft MatMulIntegerToFloat (fuse-qdq-out's form of int8-dynamic's MatMulInteger ->
+   Cast -> Mul -> Add): the epilogue's float conversion, product and bias against the reference,
+   bit for bit; with and without zero points (per-row a_zero_point included) and bias, scalar or
+   per-column b_scale. */
+static void mif_cases(kiln__pool *pool) {
+  for (size_t si = 0; si < KILN__ARRAY_LEN(mm_shapes); si++)
+    for (int combo = 0; combo < 16; combo++) {
+      if ((combo & 8) && mm_shapes[si].batch) continue; /* per-row a_zero_point: one matrix */
+      kiln_dtype at = combo & 1 ? KILN_DTYPE_INT8 : KILN_DTYPE_UINT8;
+      kiln_dtype bt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+      bool bias = combo & 4, per_col = combo % 3 != 0;
+      int64_t m = mm_shapes[si].m, k = mm_shapes[si].k, n = mm_shapes[si].n;
+      float sa = 0.0173f, sb[256], bv[256];
+      for (int64_t j = 0; j < n; j++) {
+        sb[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
+        bv[j] = (float)((int)(rnd() % 2001) - 1000) / 337.0f;
+      }
+      tin ins[7] = {{at, 2, {m, k}},
+                    {bt, 2, {k, n}, true},
+                    {KILN_DTYPE_FLOAT, 0, {0}, true, &sa},
+                    {KILN_DTYPE_FLOAT, per_col ? 1 : 0, {n}, true, sb},
+                    combo & 8 ? (tin){at, 1, {m}, true} : (tin){at, 0, {0}, true},
+                    {bt, per_col ? 1 : 0, {n}, true},
+                    {KILN_DTYPE_FLOAT, 1, {n}, true, bv}};
+      if (mm_shapes[si].batch) ins[0] = (tin){at, 3, {mm_shapes[si].batch, m, k}};
+      onenode o;
+      onenode_make(&o, "MatMulIntegerToFloat", bias ? 7 : 6, ins, 1);
+      char what[128];
+      snprintf(what, sizeof what, "%lldx%lldx%lld a %s b %s per-column %d bias %d per-row za %d",
+               (long long)m, (long long)k, (long long)n, kiln_dtype_name(at), kiln_dtype_name(bt),
+               per_col, bias, (combo & 8) != 0);
+      onenode_check(&o, pool, what);
+      onenode_free(&o);
+    }
+}
+
+static void matmulintegertofloat_matches_reference(void **st) {
+  (void)st;
+  kt_for_each_qisa(mif_cases);
+}
+
 static void qlinearmatmuldq_matches_reference(void **st) {
   (void)st;
   kt_for_each_qisa(qlmmdq_cases);
@@ -1340,6 +1381,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(matmulinteger_matches_reference),
       cmocka_unit_test(qlinearmatmul_matches_reference),
       cmocka_unit_test(qlinearmatmuldq_matches_reference),
+      cmocka_unit_test(matmulintegertofloat_matches_reference),
       cmocka_unit_test(convinteger_matches_reference),
       cmocka_unit_test(qlinearconv_matches_reference),
       cmocka_unit_test(gathered_columns_match_reference),

@@ -398,6 +398,16 @@ static void fuse_qdq_out(void **s) {
   check_not_below(&pc, 14);
 }
 
+/* fuse-qdq-out's int8-dynamic form: dm1 (+ bias) and dm2 (scale product and Mul operands the
+   other way round, no Add) become MatMulIntegerToFloat, dm3 (its scale product is also a graph
+   output) stays; exact, 14 nodes -> 7; nothing at level 1. */
+static void fuse_dyn_out(void **s) {
+  (void)s;
+  const pass_case pc = {"models/pass_dyn_out.onnx", "fuse-qdq-out", 2, 2, 14, 7, true};
+  check_case(&pc);
+  check_not_below(&pc, 14);
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: test_passes MODELS_DIR TESTS_DIR\n");
@@ -415,6 +425,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(fuse_rmsnorm),   cmocka_unit_test(attention_causal),
       cmocka_unit_test(fuse_chain),     cmocka_unit_test(winograd),
       cmocka_unit_test(fuse_dwpw),      cmocka_unit_test(fuse_qdq_out),
+      cmocka_unit_test(fuse_dyn_out),
       cmocka_unit_test(optimize_roundtrip),
       cmocka_unit_test(levels),         cmocka_unit_test(shipped_models),
       cmocka_unit_test(alloc_failures),

@@ -520,4 +520,27 @@ save("qdq_out", [
     init("yz8", np.array(-5, np.int8)), init("ys2", np.array(0.03, np.float32)),
     init("b1", rand(24)), init("b3", rand(1, 1, 16)),
 ])
+# fuse-qdq-out, int8-dynamic form: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(., s),
+# s = Mul(x_scale, w_scale) [-> Add(bias)] as com.microsoft MatMulIntegerToFloat. dm1 with a bias,
+# dm2 with the scale product's operands and the Mul's the other way round and no Add, dm3's scale
+# product is also a graph output (left).
+def dyn_mm(p, w, s_first=False, const_first=False):
+    sv = p + "_s"
+    s_in = [w + "_s", "dxs"] if const_first else ["dxs", w + "_s"]
+    m_in = [sv, p + "_f"] if s_first else [p + "_f", sv]
+    return [helper.make_node("MatMulInteger", ["dxq", w, "dxz"], [p + "_i"], name=p),
+            helper.make_node("Cast", [p + "_i"], [p + "_f"], name=p + "_cast", to=F),
+            helper.make_node("Mul", s_in, [sv], name=p + "_scale"),
+            helper.make_node("Mul", m_in, [p + "_y"], name=p + "_rescale")]
+
+
+save("dyn_out", [
+    helper.make_node("DynamicQuantizeLinear", ["x"], ["dxq", "dxs", "dxz"], name="dql"),
+] + dyn_mm("dm1", "v1") + [helper.make_node("Add", ["dm1_y", "c1"], ["y1"], name="dm1_bias")]
+  + dyn_mm("dm2", "v2", s_first=True, const_first=True)
+  + dyn_mm("dm3", "v3"),
+   [vi("x", [3, 5, 32])],
+   [vi("y1", [3, 5, 24]), vi("dm2_y", [3, 5, 16]), vi("dm3_y", [3, 5, 16]), vi("dm3_s", [16])],
+   qweight("v1", 32, 24)[:2] + qweight("v2", 32, 16)[:2] + qweight("v3", 32, 16)[:2] + [
+    init("c1", rand(24))])
 print("wrote pass_*.onnx to", os.path.normpath(OUT))

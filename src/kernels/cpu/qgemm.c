@@ -526,7 +526,14 @@ void kiln__qep__generic(const kiln__qep_row *r) {
     if (r->za) v -= (uint32_t)r->za * (uint32_t)r->cs[j];
     if (r->zb) v -= (uint32_t)r->zb[j] * (uint32_t)r->rowterm;
     if (r->kind == KILN__QOUT_I32) {
-      ((int32_t *)r->dst)[j] = (int32_t)v;
+      if (r->dq) { /* Cast's then Mul's then Add's float operations */
+        float f = (float)(int32_t)v;
+        f *= r->dq_mult[j];
+        if (r->dq_bias) f += r->dq_bias[j];
+        ((float *)r->dst)[j] = f;
+      } else {
+        ((int32_t *)r->dst)[j] = (int32_t)v;
+      }
       continue;
     }
     v += (uint32_t)(r->bias ? r->bias[j] : r->bias_row);
@@ -544,7 +551,8 @@ void kiln__qep_tile__generic(const kiln__qep_tile *t) {
   size_t esz = t->kind == KILN__QOUT_I32 || t->dq ? 4 : 1;
   kiln__qep_row r = {.n = t->n, .cs = t->cs, .zb = t->zb, .bias = t->bias, .mult = t->mult,
                      .zy = t->zy, .lo = t->lo, .hi = t->hi, .kind = t->kind, .dq = t->dq,
-                     .dq_zp = t->dq_zp, .dq_scale = t->dq_scale, .dq_bias = t->dq_bias};
+                     .dq_zp = t->dq_zp, .dq_scale = t->dq_scale, .dq_mult = t->dq_mult,
+                     .dq_bias = t->dq_bias};
   for (size_t i = 0; i < t->rows; i++) {
     r.acc = t->acc + i * t->ldacc;
     r.za = t->za ? t->za[i] : 0;
@@ -672,6 +680,7 @@ static void qtiles(void *arg, size_t begin, size_t end) {
     et.bias = cbias ? cbias + jq : NULL;
     et.mult = cmult ? cmult + jq : NULL;
     et.dq_bias = g->dq && g->dq_bias ? g->dq_bias + j0 + jq : NULL;
+    et.dq_mult = g->dq && g->dq_mult ? g->dq_mult + j0 + jq : NULL;
     et.dst = (uint8_t *)g->c + (i0 * g->ldc + j0 + jq) * out_esz;
     im->ep(&et);
   }
@@ -693,6 +702,7 @@ static void run_k0(const kiln__qgemm_args *g) {
       r.mult = g->mult && !g->per_row ? g->mult + j0 : NULL;
       r.mult_row = g->mult && g->per_row ? g->mult[i] : 1.0f;
       r.dq_bias = g->dq && g->dq_bias ? g->dq_bias + j0 : NULL;
+      r.dq_mult = g->dq && g->dq_mult ? g->dq_mult + j0 : NULL;
       r.dst = (uint8_t *)g->c + (i * g->ldc + j0) * out_esz;
       kiln__qep__generic(&r);
     }

@@ -168,10 +168,13 @@ typedef struct kiln__qgemm_args {
   int32_t zy;
   /* With kind U8 / S8: C is float, each requantized value q dequantized in the epilogue as
      (float)(q - dq_zp) * dq_scale, then + dq_bias[j] (QLinearMatMulDq: QLinearMatMul ->
-     DequantizeLinear -> Add in one pass, the same float operations). Not with per_row. */
+     DequantizeLinear -> Add in one pass, the same float operations). With kind I32: C is float,
+     (float)sum * dq_mult[j], then + dq_bias[j] (MatMulInteger -> Cast -> Mul -> Add, as
+     com.microsoft MatMulIntegerToFloat). Not with per_row. */
   bool dq;
   int32_t dq_zp;
   float dq_scale;
+  const float *dq_mult;    /* kind I32: one per column */
   const float *dq_bias;       /* one per column, or NULL */
 } kiln__qgemm_args;
 
@@ -224,6 +227,7 @@ typedef struct kiln__qep_row {
   bool dq;                 /* dequantized float out (kiln__qgemm_args.dq) */
   int32_t dq_zp;
   float dq_scale;
+  const float *dq_mult;    /* kind I32: one per column */
   const float *dq_bias;    /* n values, or NULL */
   void *dst;
 } kiln__qep_row;
@@ -251,6 +255,7 @@ typedef struct kiln__qep_tile {
   bool dq;                  /* dequantized float out (kiln__qgemm_args.dq) */
   int32_t dq_zp;
   float dq_scale;
+  const float *dq_mult;    /* kind I32: one per column */
   const float *dq_bias;     /* n values, or NULL */
   void *dst;
   size_t ldd;               /* row stride of dst, elements */

@@ -348,6 +348,15 @@ EP_INLINE size_t ep_rows(const kiln__qep_tile *t, const bool has_cs, const bool 
     const __m256i rt = _mm256_set1_epi32(t->zb ? t->rowterm[i] : 0);
     const __m256 mrow = _mm256_set1_ps(has_cmult || !t->mult_row ? 0.0f : t->mult_row[i]);
     size_t j = 0;
+    if (i32 && t->dq) { /* Cast's, Mul's and Add's float operations, one at a time */
+      float *d = (float *)t->dst + i * t->ldd;
+      for (; j < n8; j += 8) {
+        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(EP_SUM8(j)), _mm256_loadu_ps(t->dq_mult + j));
+        if (t->dq_bias) f = _mm256_add_ps(f, _mm256_loadu_ps(t->dq_bias + j));
+        _mm256_storeu_ps(d + j, f);
+      }
+      continue;
+    }
     if (i32) {
       int32_t *d = (int32_t *)t->dst + i * t->ldd;
       for (; j < n8; j += 8) _mm256_storeu_si256((__m256i *)(d + j), EP_SUM8(j));
@@ -397,13 +406,14 @@ TARGET static void ep_tail(const kiln__qep_tile *t, size_t n8) {
   const size_t r = t->n - n8;
   const bool wide = t->kind == KILN__QOUT_I32 || t->dq; /* 4-byte outputs */
   int32_t cs[8] = {0}, zb[8] = {0}, bias[8] = {0}, acc[8 * 8], out[8 * 8];
-  float mult[8] = {0}, dq_bias[8] = {0}, outf[8 * 8];
+  float mult[8] = {0}, dq_bias[8] = {0}, dq_mult[8] = {0}, outf[8 * 8];
   for (size_t j = 0; j < r; j++) {
     if (t->za) cs[j] = t->cs[n8 + j];
     if (t->zb) zb[j] = t->zb[n8 + j];
     if (t->bias) bias[j] = t->bias[n8 + j];
     if (t->mult) mult[j] = t->mult[n8 + j];
     if (t->dq_bias) dq_bias[j] = t->dq_bias[n8 + j];
+    if (t->dq_mult) dq_mult[j] = t->dq_mult[n8 + j];
   }
   kiln__qep_tile u = *t;
   u.acc = acc;
@@ -414,6 +424,7 @@ TARGET static void ep_tail(const kiln__qep_tile *t, size_t n8) {
   u.bias = t->bias ? bias : NULL;
   u.mult = t->mult ? mult : NULL;
   u.dq_bias = t->dq_bias ? dq_bias : NULL;
+  u.dq_mult = t->dq_mult ? dq_mult : NULL;
   u.dst = t->dq ? (void *)outf : (void *)out;
   u.ldd = 8;
   for (size_t i0 = 0; i0 < t->rows; i0 += 8) {
@@ -460,8 +471,8 @@ TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
                       .mult_row = r->mult ? NULL : &r->mult_row, .cs = r->cs, .zb = r->zb,
                       .bias = r->kind == KILN__QOUT_I32 ? NULL : r->bias, .mult = r->mult,
                       .zy = r->zy, .lo = r->lo, .hi = r->hi, .kind = r->kind, .dq = r->dq,
-                      .dq_zp = r->dq_zp, .dq_scale = r->dq_scale, .dq_bias = r->dq_bias,
-                      .dst = r->dst};
+                      .dq_zp = r->dq_zp, .dq_scale = r->dq_scale, .dq_mult = r->dq_mult,
+                      .dq_bias = r->dq_bias, .dst = r->dst};
   kiln__qep_tile__avx2(&t);
 }
 

@@ -213,11 +213,13 @@ static kiln_status dynquant_execute(kiln__kctx *c, void *state) {
 typedef struct mm_io {
   int a, b, azp, bzp;
   bool qlinear;
+  bool mif; /* com.microsoft MatMulIntegerToFloat (a, b, a_scale, b_scale, a_zp, b_zp, bias) */
 } mm_io;
 
 static mm_io mm_inputs(const kiln__node *n) {
   bool ql = !strcmp(n->op_type, "QLinearMatMul") || !strcmp(n->op_type, "QLinearMatMulDq");
-  return ql ? (mm_io){0, 3, 2, 5, true} : (mm_io){0, 1, 2, 3, false};
+  if (!strcmp(n->op_type, "MatMulIntegerToFloat")) return (mm_io){0, 1, 4, 5, false, true};
+  return ql ? (mm_io){0, 3, 2, 5, true, false} : (mm_io){0, 1, 2, 3, false, false};
 }
 
 static const kiln_tensor *const_q8_2d(const kiln__value *v) {
@@ -288,7 +290,7 @@ static size_t mm_scratch(const kiln__kctx *c, void *state) {
   const qstate *s = state;
   mm_io io = mm_inputs(c->node);
   mm_geom mg;
-  size_t mine = mm_geom_get(c, &io, &mg) ? mm_scratch_for(s, &mg, io.qlinear) : 0;
+  size_t mine = mm_geom_get(c, &io, &mg) ? mm_scratch_for(s, &mg, io.qlinear || io.mif) : 0;
   size_t ref = ref_scratch(c);
   return mine > ref ? mine : ref;
 }
@@ -316,9 +318,10 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
   mm_geom mg;
   kiln_tensor *y = c->out[0];
   bool dq = io.qlinear && c->n_in > 8; /* QLinearMatMulDq: float out */
-  if (!mm_geom_get(c, &io, &mg) || (!io.qlinear && y->dtype != KILN_DTYPE_INT32))
+  if (!mm_geom_get(c, &io, &mg) ||
+      (!io.qlinear && y->dtype != (io.mif ? KILN_DTYPE_FLOAT : KILN_DTYPE_INT32)))
     return c->node->op->run(c);
-  if (c->scratch_bytes < mm_scratch_for(s, &mg, io.qlinear)) return c->node->op->run(c);
+  if (c->scratch_bytes < mm_scratch_for(s, &mg, io.qlinear || io.mif)) return c->node->op->run(c);
   kiln__qgemm_args g = {.m = mg.rows, .n = mg.n, .k = mg.k, .za = mg.za, .zb = mg.zb,
                         .kind = KILN__QOUT_I32, .c = y->data, .ldc = mg.n};
   uint8_t *mem = c->scratch;
@@ -343,6 +346,18 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
     g.kind = qt == KILN_DTYPE_UINT8 ? KILN__QOUT_U8 : KILN__QOUT_S8;
     g.mult = (const float *)(mem + abytes + bbytes);
     g.zy = zp_val(yzp, 0);
+  }
+  if (io.mif) { /* dq_mult[j] = a_scale * b_scale[j], the Mul node's float products */
+    const kiln_tensor *bs = c->in[3], *bias = opt(c, 6);
+    float sa, *mult = (float *)(mem + abytes + bbytes);
+    size_t bn = kiln_tensor_count(bs);
+    if (!scalar_f32(c->in[2], &sa) || bs->dtype != KILN_DTYPE_FLOAT || !(bn == 1 || bn == mg.n) ||
+        (bias && (bias->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(bias) != mg.n)))
+      return c->node->op->run(c);
+    for (size_t j = 0; j < mg.n; j++) mult[j] = sa * ((const float *)bs->data)[bn == 1 ? 0 : j];
+    g.dq = true;
+    g.dq_mult = mult;
+    g.dq_bias = bias ? bias->data : NULL;
   }
   if (mg.rows == 0 || mg.n == 0) return KILN_OK;
   const kiln_tensor *a = c->in[io.a], *b = c->in[io.b];
@@ -1003,7 +1018,7 @@ static kiln_status qconcat_execute(kiln__kctx *c, void *state) {
 kiln__qisa kiln__cpu_quant_weight_format(const char *op_type, const void *kstate, size_t group) {
   if (!kstate) return KILN__QFMT_COUNT;
   if (!strcmp(op_type, "MatMulInteger") || !strcmp(op_type, "QLinearMatMul") ||
-      !strcmp(op_type, "QLinearMatMulDq")) {
+      !strcmp(op_type, "QLinearMatMulDq") || !strcmp(op_type, "MatMulIntegerToFloat")) {
     const qstate *s = kstate;
     return s->packed ? s->w.isa : KILN__QFMT_COUNT;
   }
@@ -1029,6 +1044,8 @@ const kiln__cpu_kernel kiln__cpu_quant_kernels[] = {
     {"QLinearMatMul", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch},
     {"QLinearMatMulDq", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch,
      "ai.kiln"},
+    {"MatMulIntegerToFloat", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch,
+     "com.microsoft"},
     {"ConvInteger", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
     {"QLinearConv", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
     {"QLinearConcat", any_supports, NULL, NULL, qconcat_execute, NULL, "com.microsoft"},

@@ -303,6 +303,75 @@ static kiln_status run_matmulint(kiln__kctx *c) {
   return KILN_OK;
 }
 
+/* com.microsoft MatMulIntegerToFloat (fuse-qdq-out makes it of int8-dynamic's MatMulInteger ->
+   Cast -> Mul(a_scale * b_scale) [-> Add(bias)]): Y = (float)sum * (a_scale * b_scale[j])
+   [+ bias[j]], each step a float operation as those nodes do. Inputs: a, b, a_scale (one),
+   b_scale (one or n), [a_zero_point] (one or m), [b_zero_point] (one or n), [bias] (n). */
+static kiln_status mif_params(const kiln__kctx *c, kiln__matmul_shape *s, qmm_params *q,
+                              size_t *bs_n) {
+  kiln_status st = qmm_check(c, c->in[0], c->in[1], s);
+  if (st != KILN_OK) return st;
+  const kiln_tensor *as = c->in[2], *bs = c->in[3], *bias = in_at(c, 6);
+  *q = (qmm_params){in_at(c, 4), in_at(c, 5), 1, 1};
+  if ((st = need_scale(c, as, "a_scale")) != KILN_OK) return st;
+  if ((st = need_scale(c, bs, "b_scale")) != KILN_OK) return st;
+  if (kiln_tensor_count(as) != 1)
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "MatMulIntegerToFloat: a_scale must be a scalar");
+  if ((st = check_qparam(c, bs, s->n, "b_scale", bs_n)) != KILN_OK) return st;
+  if (q->azp && (st = check_qparam(c, q->azp, s->m, "a_zero_point", &q->azp_n)) != KILN_OK)
+    return st;
+  if (q->bzp && (st = check_qparam(c, q->bzp, s->n, "b_zero_point", &q->bzp_n)) != KILN_OK)
+    return st;
+  if (bias && (!kiln__dtype_is_float(bias->dtype) || kiln_tensor_count(bias) != s->n))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "MatMulIntegerToFloat: bias must be %zu "
+                      "floats", s->n);
+  return KILN_OK;
+}
+
+static kiln_status infer_mif(kiln__kctx *c) {
+  kiln__matmul_shape s = {0};
+  qmm_params q;
+  size_t bs_n = 1;
+  kiln_status st = mif_params(c, &s, &q, &bs_n);
+  if (st != KILN_OK) return st;
+  kiln__set_shape(c->out[0], c->in[2]->dtype, s.out_rank, s.out_dims);
+  return KILN_OK;
+}
+
+static kiln_status run_mif(kiln__kctx *c) {
+  kiln__matmul_shape s = {0};
+  qmm_params q;
+  size_t bs_n = 1;
+  kiln_status st = mif_params(c, &s, &q, &bs_n);
+  if (st != KILN_OK) return st;
+  if (c->out[0]->dtype != KILN_DTYPE_FLOAT)
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "MatMulIntegerToFloat output %s",
+                      kiln_dtype_name(c->out[0]->dtype));
+  const kiln_tensor *a = c->in[0], *b = c->in[1], *bias = in_at(c, 6);
+  float sa = ldf(c->in[2], 0), *y = c->out[0]->data;
+  int32_t *row = c->scratch;
+  for (size_t bi = 0; bi < s.batch; bi++) {
+    size_t ao, bo;
+    kiln__matmul_offsets(&s, bi, &ao, &bo);
+    for (size_t i = 0; i < s.m; i++) {
+      qmm_matrix(a, ao, b, bo, &s, &q, i, row);
+      for (size_t j = 0; j < s.n; j++) {
+        float f = (float)row[j];
+        f *= sa * ldf(c->in[3], bs_n == 1 ? 0 : j);
+        if (bias) f += ldf(bias, j);
+        y[(bi * s.m + i) * s.n + j] = f;
+      }
+    }
+  }
+  return KILN_OK;
+}
+
+static size_t scratch_mif(const kiln__kctx *c) {
+  const kiln_tensor *b = c->in[1];
+  size_t n = b->rank >= 1 ? (size_t)b->dims[b->rank - 1] : 1;
+  return n * sizeof(int32_t);
+}
+
 /* Inputs: a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp. */
 static kiln_status qlmm_params(const kiln__kctx *c, kiln__matmul_shape *s, size_t *cnt) {
   kiln_status st = qmm_check(c, c->in[0], c->in[3], s);
@@ -893,6 +962,7 @@ const kiln__op kiln__ops_quant[] = {
     {"", "ConvInteger", infer_convint, run_convint, NULL, 0, 2, 4},
     {"", "QLinearConv", infer_qlinearconv, run_qlinearconv, NULL, 0, 8, 9},
     {"com.microsoft", "QLinearConcat", infer_qlinearconcat, run_qlinearconcat, NULL, 0, 5, -1},
+    {"com.microsoft", "MatMulIntegerToFloat", infer_mif, run_mif, scratch_mif, 0, 4, 7},
     {"com.microsoft", "QLinearAdd", infer_qlinearadd, run_qlinearadd, NULL, KILN__OPF_INPLACE, 7, 8},
     {"com.microsoft", "QLinearGlobalAveragePool", infer_qlinearglobalavgpool,
      run_qlinearglobalavgpool, NULL, 0, 5, 5},
