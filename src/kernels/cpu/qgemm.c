@@ -529,6 +529,7 @@ void kiln__qep__generic(const kiln__qep_row *r) {
       if (r->dq) { /* Cast's then Mul's then Add's float operations */
         float f = (float)(int32_t)v;
         f *= r->dq_mult[j];
+        if (r->dq_row) f *= r->mult_row;
         if (r->dq_bias) f += r->dq_bias[j];
         ((float *)r->dst)[j] = f;
       } else {
@@ -559,6 +560,7 @@ void kiln__qep_tile__generic(const kiln__qep_tile *t) {
     r.rowterm = t->rowterm[i];
     r.row_add = t->radd[i];
     r.mult_row = t->mult_row ? t->mult_row[i] : 0.0f;
+    r.dq_row = t->mult_row != NULL;
     r.dst = (uint8_t *)t->dst + i * t->ldd * esz;
     kiln__qep__generic(&r);
   }
@@ -701,6 +703,7 @@ static void run_k0(const kiln__qgemm_args *g) {
       r.bias_row = g->bias && g->per_row ? g->bias[i] : 0;
       r.mult = g->mult && !g->per_row ? g->mult + j0 : NULL;
       r.mult_row = g->mult && g->per_row ? g->mult[i] : 1.0f;
+      r.dq_row = g->per_row;
       r.dq_bias = g->dq && g->dq_bias ? g->dq_bias + j0 : NULL;
       r.dq_mult = g->dq && g->dq_mult ? g->dq_mult + j0 : NULL;
       r.dst = (uint8_t *)g->c + (i * g->ldc + j0) * out_esz;

@@ -170,7 +170,9 @@ typedef struct kiln__qgemm_args {
      (float)(q - dq_zp) * dq_scale, then + dq_bias[j] (QLinearMatMulDq: QLinearMatMul ->
      DequantizeLinear -> Add in one pass, the same float operations). With kind I32: C is float,
      (float)sum * dq_mult[j], then + dq_bias[j] (MatMulInteger -> Cast -> Mul -> Add, as
-     com.microsoft MatMulIntegerToFloat). Not with per_row. */
+     com.microsoft MatMulIntegerToFloat); with per_row too, that product is then multiplied by
+     mult[i] of its row (ai.kiln RowQuantMatMul: the Mul by the row's activation scale). Kind
+     U8 / S8: not with per_row. */
   bool dq;
   int32_t dq_zp;
   float dq_scale;
@@ -225,6 +227,7 @@ typedef struct kiln__qep_row {
   int32_t zy, lo, hi;
   kiln__qout_kind kind;
   bool dq;                 /* dequantized float out (kiln__qgemm_args.dq) */
+  bool dq_row;             /* kind I32 with dq: then times mult_row */
   int32_t dq_zp;
   float dq_scale;
   const float *dq_mult;    /* kind I32: one per column */
@@ -246,7 +249,8 @@ typedef struct kiln__qep_tile {
   const int32_t *radd;      /* rows values */
   const int32_t *za;        /* rows values, or NULL when every za is 0 (cs is then not read) */
   const int32_t *rowterm;   /* rows values; read only with zb */
-  const float *mult_row;    /* rows values, or NULL: mult per column */
+  const float *mult_row;    /* rows values, or NULL: mult per column (kind I32 with dq: the
+                               row factors after dq_mult, or NULL for none) */
   const int32_t *cs, *zb;   /* n values; zb NULL when none */
   const int32_t *bias;      /* n values, or NULL */
   const float *mult;        /* n values, or NULL (int32 out, or per-row mult) */

@@ -352,6 +352,7 @@ EP_INLINE size_t ep_rows(const kiln__qep_tile *t, const bool has_cs, const bool 
       float *d = (float *)t->dst + i * t->ldd;
       for (; j < n8; j += 8) {
         __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(EP_SUM8(j)), _mm256_loadu_ps(t->dq_mult + j));
+        if (t->mult_row) f = _mm256_mul_ps(f, mrow);
         if (t->dq_bias) f = _mm256_add_ps(f, _mm256_loadu_ps(t->dq_bias + j));
         _mm256_storeu_ps(d + j, f);
       }
@@ -468,7 +469,10 @@ TARGET void kiln__qep__avx2(const kiln__qep_row *r) {
                            (uint32_t)(r->kind == KILN__QOUT_I32 || r->bias ? 0 : r->bias_row));
   kiln__qep_tile t = {.acc = r->acc, .rows = 1, .n = r->n, .radd = &radd,
                       .za = r->za ? &r->za : NULL, .rowterm = &r->rowterm,
-                      .mult_row = r->mult ? NULL : &r->mult_row, .cs = r->cs, .zb = r->zb,
+                      .mult_row = (r->kind == KILN__QOUT_I32 && r->dq ? !r->dq_row : r->mult != NULL)
+                                      ? NULL
+                                      : &r->mult_row,
+                      .cs = r->cs, .zb = r->zb,
                       .bias = r->kind == KILN__QOUT_I32 ? NULL : r->bias, .mult = r->mult,
                       .zy = r->zy, .lo = r->lo, .hi = r->hi, .kind = r->kind, .dq = r->dq,
                       .dq_zp = r->dq_zp, .dq_scale = r->dq_scale, .dq_mult = r->dq_mult,

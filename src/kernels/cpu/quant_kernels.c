@@ -374,6 +374,96 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
   return KILN_OK;
 }
 
+/* ---- ai.kiln RowQuantMatMul ----------------------------------------------------------------- */
+
+/* Float A quantized per row as the reference does (ref/quant.c run_rowq), stored as uint8
+   q + 128 so that the GEMM's uint8 A with zero point 128 computes sum q * b exactly; the row
+   scales become the epilogue's per-row factor after b_scale[j]. B is the prepacked constant. */
+typedef struct rowq_job {
+  kiln__qisa isa;
+  const float *a;
+  size_t k;
+  float qmax, min_scale;
+  uint8_t *q;
+  float *scale;
+} rowq_job;
+
+static void rowq_rows(void *arg, size_t begin, size_t end) {
+  const rowq_job *j = arg;
+  for (size_t r = begin; r < end; r++) {
+    const float *ar = j->a + r * j->k;
+    float mn, mx;
+    kiln__q_minmax(j->isa, ar, j->k, &mn, &mx); /* with 0, NaN ignored: max |a| = max(-mn, mx) */
+    float sc = (-mn > mx ? -mn : mx) / j->qmax;
+    if (!(sc > j->min_scale)) sc = j->min_scale;
+    j->scale[r] = sc;
+    kiln__q_quantize(j->isa, ar, j->k, sc, 128, false, j->q + r * j->k);
+  }
+}
+
+static bool rowq_geom(const kiln__kctx *c, const qstate *s, kiln__matmul_shape *ms) {
+  const kiln_tensor *a = c->in[0], *b = c->in[1], *bs = c->in[2], *bias = opt(c, 3);
+  kiln_error e = {0};
+  if (!s->packed || a->dtype != KILN_DTYPE_FLOAT || b->rank != 2 ||
+      kiln__matmul_shape_get(a, b, ms, &e) != KILN_OK || bs->dtype != KILN_DTYPE_FLOAT)
+    return false;
+  size_t bn = kiln_tensor_count(bs);
+  return (bn == 1 || bn == ms->n) &&
+         (!bias || (bias->dtype == KILN_DTYPE_FLOAT && kiln_tensor_count(bias) == ms->n));
+}
+
+/* Scratch: the uint8 rows, their scales, b_scale spread over the columns, packed A. */
+static size_t rowq_scratch_for(const qstate *s, size_t rows, size_t k, size_t n) {
+  return align64(rows * k) + align64(rows * sizeof(float)) + align64(n * sizeof(float)) +
+         align64(kiln__qpack_bytes(mm_fmt(s), true, rows, k));
+}
+
+static size_t rowq_scratch(const kiln__kctx *c, void *state) {
+  kiln__matmul_shape ms = {0};
+  size_t mine = rowq_geom(c, state, &ms) ? rowq_scratch_for(state, ms.batch * ms.m, ms.k, ms.n)
+                                         : 0;
+  size_t ref = ref_scratch(c);
+  return mine > ref ? mine : ref;
+}
+
+static kiln_status rowq_execute(kiln__kctx *c, void *state) {
+  const qstate *s = state;
+  kiln__matmul_shape ms = {0};
+  float qmax = kiln__attr_float(c->node, "qmax", 127.0f);
+  float min_scale = kiln__attr_float(c->node, "min_scale", 0.0f);
+  /* the reference reports bad attributes and shapes */
+  if (!rowq_geom(c, s, &ms) || !(qmax > 0.0f && qmax <= 127.0f) ||
+      !(min_scale > 0.0f && isfinite(min_scale)) || c->out[0]->dtype != KILN_DTYPE_FLOAT)
+    return c->node->op->run(c);
+  size_t rows = ms.batch * ms.m, k = ms.k, n = ms.n;
+  if (c->scratch_bytes < rowq_scratch_for(s, rows, k, n)) return c->node->op->run(c);
+  if (rows == 0 || n == 0) return KILN_OK;
+  uint8_t *mem = c->scratch;
+  rowq_job j = {s->isa, c->in[0]->data, k, qmax, min_scale, mem, NULL};
+  mem += align64(rows * k);
+  j.scale = (float *)mem;
+  mem += align64(rows * sizeof(float));
+  const kiln_tensor *bs = c->in[2], *bias = opt(c, 3);
+  const float *mult = bs->data;
+  if (kiln_tensor_count(bs) == 1) {
+    float *m = (float *)mem;
+    for (size_t jj = 0; jj < n; jj++) m[jj] = mult[0];
+    mult = m;
+  }
+  mem += align64(n * sizeof(float));
+  kiln__parallel_for(kiln__pool_for(c->pool, (double)rows * (double)k * 4), rows, rowq_rows, &j);
+  kiln__qpacked pa;
+  kiln__qsrc as = {j.q, false, k, 1};
+  kiln__qpack(c->pool, mm_fmt(s), true, rows, k, &as, mem, &pa);
+  static const uint8_t zp128 = 128;
+  kiln__qgemm_args g = {.m = rows, .n = n, .k = k, .a = &pa, .b = &s->w,
+                        .za = {&zp128, false, 1}, .kind = KILN__QOUT_I32, .c = c->out[0]->data,
+                        .ldc = n, .mult = j.scale, .per_row = true, .dq = true,
+                        .dq_mult = mult, .dq_bias = bias ? bias->data : NULL};
+  kiln__qgemm_run(c->pool, &g);
+  return KILN_OK;
+}
+
 /* ---- ConvInteger, QLinearConv ---------------------------------------------------------------- */
 
 /* Bound of the 8-bit im2col columns per chunk (the packed copy is twice that in int16 formats). */
@@ -1018,7 +1108,8 @@ static kiln_status qconcat_execute(kiln__kctx *c, void *state) {
 kiln__qisa kiln__cpu_quant_weight_format(const char *op_type, const void *kstate, size_t group) {
   if (!kstate) return KILN__QFMT_COUNT;
   if (!strcmp(op_type, "MatMulInteger") || !strcmp(op_type, "QLinearMatMul") ||
-      !strcmp(op_type, "QLinearMatMulDq") || !strcmp(op_type, "MatMulIntegerToFloat")) {
+      !strcmp(op_type, "QLinearMatMulDq") || !strcmp(op_type, "MatMulIntegerToFloat") ||
+      !strcmp(op_type, "RowQuantMatMul")) {
     const qstate *s = kstate;
     return s->packed ? s->w.isa : KILN__QFMT_COUNT;
   }
@@ -1046,6 +1137,8 @@ const kiln__cpu_kernel kiln__cpu_quant_kernels[] = {
      "ai.kiln"},
     {"MatMulIntegerToFloat", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch,
      "com.microsoft"},
+    {"RowQuantMatMul", any_supports, mm_prepare, qstate_release, rowq_execute, rowq_scratch,
+     "ai.kiln"},
     {"ConvInteger", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
     {"QLinearConv", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
     {"QLinearConcat", any_supports, NULL, NULL, qconcat_execute, NULL, "com.microsoft"},
