@@ -12,7 +12,7 @@ enum { MAX_NODE_ARGS = 256 };
 static const char usage[] =
     "usage: kiln quantize MODEL --to fp16|bf16|int8|int8-dynamic|int4 -o OUT.onnx\n"
     "         [--calib DIR] [--method minmax|percentile|entropy] [--percentile P]\n"
-    "         [--calib-samples N] [--full-range|--reduce-range] [--block 32] [--asymmetric]\n"
+    "         [--calib-samples N] [--full-range|--reduce-range] [--per-row] [--block 32] [--asymmetric]\n"
     "         [--scale-type fp16|fp32] [--accuracy-level 0|4] [--threads N] [--node NAME=FORMAT]... [--keep-float NAME]...\n";
 
 static long long file_size(const char *path) {
@@ -55,6 +55,7 @@ int cmd_quantize(int argc, char **argv) {
     else if (!strcmp(a, "--calib") && has) o.calib_dir = argv[++i];
     else if (!strcmp(a, "--method") && has) method = argv[++i];
     else if (!strcmp(a, "--asymmetric")) o.asymmetric = true;
+    else if (!strcmp(a, "--per-row")) o.per_row = true; /* int8-dynamic: activation scale per row */
     else if (!strcmp(a, "--reduce-range")) o.reduce_range = true; /* the default since 7-bit */
     else if (!strcmp(a, "--full-range")) o.reduce_range = false;   /* int8 weights in [-127, 127] */
     else if (!strcmp(a, "--percentile") && has) {

@@ -397,50 +397,63 @@ static void matmulintegertofloat_matches_reference(void **st) {
   kt_for_each_qisa(mif_cases);
 }
 
-/* ai.kiln RowQuantMatMul (fuse-rowq: int8-dynamic --per-row's pattern): each row of the float
-   A quantized with its own scale, the integer product, then b_scale, the row's scale and the
-   bias, against the reference bit for bit. Rows of different magnitudes (from 1e-3 to 1e3), an
-   all-zero row (the min_scale floor), a row holding NaN and infinity; scalar or per-column
-   b_scale, int8 or uint8 B, with and without the bias, qmax 127 or 100. */
+/* ai.kiln DynamicQuantizeRows and RowQuantMatMul (fuse-rowq: int8-dynamic --per-row's
+   pattern) against the reference bit for bit. Rows: magnitudes from 2^-10 to 2^10, an all-zero
+   row (the min_scale floor), a row holding NaN and infinity; qmax 127 or 100. The product: int8
+   or uint8 A and B, scalar or per-column b_scale, with and without the bias. */
 static void rowq_cases(kiln__pool *pool) {
-  static float av[65536];
+  static float av[65536], sa[4096];
   for (size_t si = 0; si < KILN__ARRAY_LEN(mm_shapes); si++)
     for (int combo = 0; combo < 8; combo++) {
-      kiln_dtype bt = combo & 1 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
-      bool bias = combo & 2, per_col = combo & 4;
       int64_t m = mm_shapes[si].m, k = mm_shapes[si].k, n = mm_shapes[si].n;
       int64_t rows = m * (mm_shapes[si].batch ? mm_shapes[si].batch : 1);
-      assert_true((size_t)(rows * k) <= KILN__ARRAY_LEN(av));
+      assert_true((size_t)(rows * k) <= KILN__ARRAY_LEN(av) && (size_t)rows <= KILN__ARRAY_LEN(sa));
       for (int64_t r = 0; r < rows; r++) {
         float mag = ldexpf(1.0f, (int)(rnd() % 21) - 10); /* 2^-10 .. 2^10 */
         for (int64_t p = 0; p < k; p++) av[r * k + p] = r == 1 ? 0.0f : mag * rnd_f();
         if (r == 2) av[r * k + k / 2] = NAN;
         if (r == 2 && k > 1) av[r * k] = INFINITY;
+        sa[r] = mag / 127.0f;
       }
+      char what[128];
+      snprintf(what, sizeof what, "%lldx%lld qmax %s", (long long)rows, (long long)k,
+               combo == 5 ? "100" : "127");
+      onenode o;
+      tin x = {KILN_DTYPE_FLOAT, 2, {m, k}, false, av};
+      if (mm_shapes[si].batch) x = (tin){KILN_DTYPE_FLOAT, 3, {mm_shapes[si].batch, m, k}, false, av};
+      if (combo < 2) { /* the quantization: twice per shape is plenty */
+        onenode_make(&o, "DynamicQuantizeRows", 1, &x, 2);
+        kt_attr_float(o.n, "min_scale", 1.1754944e-38f);
+        if (combo == 1) kt_attr_float(o.n, "qmax", 100.0f);
+        onenode_check(&o, pool, what);
+        onenode_free(&o);
+      }
+      kiln_dtype at = combo & 1 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+      kiln_dtype bt = combo & 2 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8;
+      bool bias = combo & 2, per_col = combo & 4;
       float sb[256], bv[256];
       for (int64_t j = 0; j < n; j++) {
         sb[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
         bv[j] = (float)((int)(rnd() % 2001) - 1000) / 337.0f;
       }
-      tin ins[4] = {{KILN_DTYPE_FLOAT, 2, {m, k}, false, av},
+      tin ins[5] = {{at, 2, {m, k}},
                     {bt, 2, {k, n}, true},
+                    {KILN_DTYPE_FLOAT, 2, {m, 1}, false, sa},
                     {KILN_DTYPE_FLOAT, per_col ? 1 : 0, {n}, true, sb},
                     {KILN_DTYPE_FLOAT, 1, {n}, true, bv}};
-      if (mm_shapes[si].batch) ins[0] = (tin){KILN_DTYPE_FLOAT, 3, {mm_shapes[si].batch, m, k},
-                                              false, av};
-      onenode o;
-      onenode_make(&o, "RowQuantMatMul", bias ? 4 : 3, ins, 1);
-      kt_attr_float(o.n, "min_scale", 1.1754944e-38f);
-      if (combo == 5) kt_attr_float(o.n, "qmax", 100.0f);
-      char what[128];
-      snprintf(what, sizeof what, "%lldx%lldx%lld b %s per-column %d bias %d", (long long)rows,
-               (long long)k, (long long)n, kiln_dtype_name(bt), per_col, bias);
+      if (mm_shapes[si].batch) {
+        ins[0] = (tin){at, 3, {mm_shapes[si].batch, m, k}};
+        ins[2] = (tin){KILN_DTYPE_FLOAT, 3, {mm_shapes[si].batch, m, 1}, false, sa};
+      }
+      onenode_make(&o, "RowQuantMatMul", bias ? 5 : 4, ins, 1);
+      snprintf(what, sizeof what, "%lldx%lldx%lld a %s b %s per-column %d bias %d", (long long)rows,
+               (long long)k, (long long)n, kiln_dtype_name(at), kiln_dtype_name(bt), per_col, bias);
       onenode_check(&o, pool, what);
       onenode_free(&o);
     }
 }
 
-static void rowquantmatmul_matches_reference(void **st) {
+static void rowquant_matches_reference(void **st) {
   (void)st;
   kt_for_each_qisa(rowq_cases);
 }
@@ -1430,7 +1443,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(qlinearmatmul_matches_reference),
       cmocka_unit_test(qlinearmatmuldq_matches_reference),
       cmocka_unit_test(matmulintegertofloat_matches_reference),
-      cmocka_unit_test(rowquantmatmul_matches_reference),
+      cmocka_unit_test(rowquant_matches_reference),
       cmocka_unit_test(convinteger_matches_reference),
       cmocka_unit_test(qlinearconv_matches_reference),
       cmocka_unit_test(gathered_columns_match_reference),

@@ -1,6 +1,6 @@
 /* int8-dynamic: ONNX Runtime's quantize_dynamic layout for MatMul and Gemm with a constant 2-D
  * float32 weight. Weights int8, symmetric per output column; activations quantized per tensor at
- * run time. */
+ * run time, or per row (opts.per_row) in standard ops that Kiln fuses (fuse-rowq). */
 #include <math.h>
 #include <stdio.h>
 
@@ -98,6 +98,80 @@ static kiln_status int8_node(kiln__qctx *q, int i, int a, int w, bool trans, int
   return kiln__qnode_set(q, &q->g->nodes[i], name, "Add", b_in, 2, &y, 1);
 }
 
+/* A float32 scalar initializer; -1 when out of memory. */
+static int scalar_f32(kiln__qctx *q, const char *hint, float v) {
+  kiln_tensor t;
+  kiln_error e = {0};
+  if (kiln_tensor_alloc(&t, KILN_DTYPE_FLOAT, 0, NULL, &e) != KILN_OK) return -1;
+  *(float *)t.data = v;
+  return kiln__qinit(q, hint, &t);
+}
+
+/* The per-row form (opts.per_row): each row of A (its last axis) gets a symmetric int8 scale.
+     s = Max(Div(ReduceMax(Abs(A), axes=[-1], keepdims=1), 127), FLT_MIN)      [..., M, 1]
+     a_q = Cast(Round(Div(A, s)), to=INT8)                                       |a_q| <= 127
+     Y = Mul(Mul(Cast(MatMulInteger(a_q, W_q), to=FLOAT), W_scale), s) [+ C]
+   No zero points: ONNX Runtime's MatMulInteger takes only a scalar a_zero_point, so an
+   asymmetric per-row form would not run there; a symmetric one needs none. The FLT_MIN floor
+   keeps an all-zero row's scale positive (its values quantize to 0). */
+static kiln_status int8_row_node(kiln__qctx *q, int i, int a, int w, bool trans, int bias) {
+  int wq = -1, ws = -1;
+  kiln_status st = int8_weight(q, w, trans, &wq, &ws);
+  if (st != KILN_OK) return st;
+  char base[220], name[256];
+  kiln__qbase(q, i, base, sizeof base);
+  int y = q->g->nodes[i].out[0];
+  int v[10];
+  for (int k = 0; k < 10; k++)
+    if ((v[k] = kiln__qvalue(q, base)) < 0) return kiln__qoom(q);
+  int ax = v[0], amax = v[1], s0 = v[2], sc = v[3], af = v[4], ar = v[5], aq = v[6], yi = v[7],
+      yf = v[8], y1 = v[9];
+  int ys = y;
+  if (bias >= 0 && (ys = kiln__qvalue(q, base)) < 0) return kiln__qoom(q);
+  int c127 = scalar_f32(q, base, 127.0f), tiny = scalar_f32(q, base, 1.17549435e-38f);
+  if (c127 < 0 || tiny < 0) return kiln__qoom(q);
+  int64_t last = -1;
+  snprintf(name, sizeof name, "%s/abs", base);
+  if (kiln__qnode_add(q, name, "Abs", &a, 1, &ax, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/row_max", base);
+  int rm_in[2] = {ax, -1}, k;
+  if (q->g->opset >= 18) { /* axes became an input */
+    kiln_tensor t;
+    int64_t one = 1;
+    if (kiln_tensor_alloc(&t, KILN_DTYPE_INT64, 1, &one, q->err) != KILN_OK) return q->err->status;
+    *(int64_t *)t.data = last;
+    if ((rm_in[1] = kiln__qinit(q, base, &t)) < 0) return kiln__qoom(q);
+  }
+  if ((k = kiln__qnode_add(q, name, "ReduceMax", rm_in, rm_in[1] >= 0 ? 2 : 1, &amax, 1)) < 0)
+    return KILN_NO_MEMORY;
+  if (rm_in[1] < 0 && (st = kiln__qattr_ints(q, k, "axes", &last, 1)) != KILN_OK) return st;
+  if ((st = kiln__qattr_int(q, k, "keepdims", 1)) != KILN_OK) return st;
+  int d0[2] = {amax, c127}, mx[2] = {s0, tiny}, d1[2] = {a, sc};
+  snprintf(name, sizeof name, "%s/row_scale", base);
+  if (kiln__qnode_add(q, name, "Div", d0, 2, &s0, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/row_scale_floor", base);
+  if (kiln__qnode_add(q, name, "Max", mx, 2, &sc, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/row_quantize", base);
+  if (kiln__qnode_add(q, name, "Div", d1, 2, &af, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/round", base);
+  if (kiln__qnode_add(q, name, "Round", &af, 1, &ar, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/to_int8", base);
+  if ((st = kiln__qcast(q, name, ar, aq, KILN_DTYPE_INT8)) != KILN_OK) return st;
+  int mm_in[2] = {aq, wq}, m1[2] = {yf, ws}, m2[2] = {y1, sc};
+  snprintf(name, sizeof name, "%s/matmul_integer", base);
+  if (kiln__qnode_add(q, name, "MatMulInteger", mm_in, 2, &yi, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/cast", base);
+  if ((st = kiln__qcast(q, name, yi, yf, KILN_DTYPE_FLOAT)) != KILN_OK) return st;
+  snprintf(name, sizeof name, "%s/weight_scale", base);
+  if (kiln__qnode_add(q, name, "Mul", m1, 2, &y1, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/row_rescale", base);
+  if (bias < 0) return kiln__qnode_set(q, &q->g->nodes[i], name, "Mul", m2, 2, &y, 1);
+  if (kiln__qnode_add(q, name, "Mul", m2, 2, &ys, 1) < 0) return KILN_NO_MEMORY;
+  int b_in[2] = {ys, bias};
+  snprintf(name, sizeof name, "%s/bias", base);
+  return kiln__qnode_set(q, &q->g->nodes[i], name, "Add", b_in, 2, &y, 1);
+}
+
 static kiln_status int8_dynamic_node(kiln__qctx *q, int i, kiln__qoutcome *out) {
   const kiln__node *n = &q->g->nodes[i];
   bool mm = kiln__qis_op(n, "MatMul"), gemm = kiln__qis_op(n, "Gemm");
@@ -117,7 +191,7 @@ static kiln_status int8_dynamic_node(kiln__qctx *q, int i, kiln__qoutcome *out) 
          (bias < 0 || kiln__attr_float(n, "beta", 1.0f) == 1.0f);
   }
   if (!ok) return KILN_OK;
-  kiln_status st = int8_node(q, i, n->in[0], w, trans, bias);
+  kiln_status st = (q->opts->per_row ? int8_row_node : int8_node)(q, i, n->in[0], w, trans, bias);
   if (st == KILN_OK) *out = KILN__Q_QUANTIZED;
   return st;
 }

@@ -88,6 +88,19 @@ kiln_status kiln__qattr_int(kiln__qctx *q, int node, const char *name, int64_t v
   return KILN_OK;
 }
 
+kiln_status kiln__qattr_ints(kiln__qctx *q, int node, const char *name, const int64_t *v,
+                             size_t count) {
+  kiln_status st = kiln__qattr_int(q, node, name, 0);
+  if (st != KILN_OK) return st;
+  kiln__node *n = &q->g->nodes[node];
+  kiln__attr *a = &n->attrs[n->n_attrs - 1];
+  if (!(a->ints = kiln__malloc((count ? count : 1) * sizeof *v))) return kiln__qoom(q);
+  a->type = KILN__ATTR_INTS;
+  a->n = count;
+  if (count) memcpy(a->ints, v, count * sizeof *v);
+  return KILN_OK;
+}
+
 /* A Cast of `in` to `to`, writing `out`. */
 kiln_status kiln__qcast(kiln__qctx *q, const char *name, int in, int out, kiln_dtype to) {
   int k = kiln__qnode_add(q, name, "Cast", &in, 1, &out, 1);

@@ -105,6 +105,8 @@ kiln_status kiln__qnode_set(kiln__qctx *q, kiln__node *n, const char *name, cons
 int kiln__qnode_add(kiln__qctx *q, const char *name, const char *op, const int *in, int n_in,
                     const int *out, int n_out);
 kiln_status kiln__qattr_int(kiln__qctx *q, int node, const char *name, int64_t v);
+kiln_status kiln__qattr_ints(kiln__qctx *q, int node, const char *name, const int64_t *v,
+                             size_t count);
 /* A Cast of `in` to `to`, writing `out`. */
 kiln_status kiln__qcast(kiln__qctx *q, const char *name, int in, int out, kiln_dtype to);
 /* The float32 initializer in original value v that may be rewritten (constant, not a graph

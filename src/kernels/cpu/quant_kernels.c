@@ -206,6 +206,49 @@ static kiln_status dynquant_execute(kiln__kctx *c, void *state) {
   return KILN_OK;
 }
 
+/* ai.kiln DynamicQuantizeRows: each row's scale from its vector min and max (with 0, NaN
+   ignored: max |x| = max(-min, max)), then the vector quantization; the reference's operations
+   (ref/quant.c run_dqrows). */
+typedef struct dqrows_job {
+  kiln__qisa isa;
+  const float *x;
+  size_t k;
+  float qmax, min_scale;
+  int8_t *y;
+  float *scale;
+} dqrows_job;
+
+static void dqrows_range(void *arg, size_t begin, size_t end) {
+  const dqrows_job *j = arg;
+  for (size_t r = begin; r < end; r++) {
+    const float *xr = j->x + r * j->k;
+    float mn, mx;
+    kiln__q_minmax(j->isa, xr, j->k, &mn, &mx);
+    float sc = (-mn > mx ? -mn : mx) / j->qmax;
+    if (!(sc > j->min_scale)) sc = j->min_scale;
+    if (j->scale) j->scale[r] = sc;
+    kiln__q_quantize(j->isa, xr, j->k, sc, 0, true, j->y + r * j->k);
+  }
+}
+
+static kiln_status dqrows_execute(kiln__kctx *c, void *state) {
+  const qstate *s = state;
+  const kiln_tensor *x = c->in[0];
+  float qmax = kiln__attr_float(c->node, "qmax", 127.0f);
+  float min_scale = kiln__attr_float(c->node, "min_scale", 0.0f);
+  /* the reference reports what is not covered */
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank < 1 || !(qmax > 0.0f && qmax <= 127.0f) ||
+      !(min_scale > 0.0f && isfinite(min_scale)))
+    return c->node->op->run(c);
+  size_t k = (size_t)x->dims[x->rank - 1], rows = 1;
+  for (int d = 0; d < x->rank - 1; d++) rows *= (size_t)x->dims[d];
+  dqrows_job j = {s->isa, x->data, k, qmax, min_scale, c->out[0]->data,
+                  c->n_out > 1 && c->out[1] ? c->out[1]->data : NULL};
+  kiln__parallel_for(kiln__pool_for(c->pool, (double)rows * (double)k * 4), rows, dqrows_range,
+                     &j);
+  return KILN_OK;
+}
+
 /* ---- MatMulInteger, QLinearMatMul ------------------------------------------------------------ */
 
 /* Inputs of A and B and their zero points: MatMulInteger (a, b, a_zp, b_zp) or QLinearMatMul
@@ -214,11 +257,13 @@ typedef struct mm_io {
   int a, b, azp, bzp;
   bool qlinear;
   bool mif; /* com.microsoft MatMulIntegerToFloat (a, b, a_scale, b_scale, a_zp, b_zp, bias) */
+  bool rows; /* ai.kiln RowQuantMatMul (a, b, a_scale per row, b_scale, bias): no zero points */
 } mm_io;
 
 static mm_io mm_inputs(const kiln__node *n) {
   bool ql = !strcmp(n->op_type, "QLinearMatMul") || !strcmp(n->op_type, "QLinearMatMulDq");
   if (!strcmp(n->op_type, "MatMulIntegerToFloat")) return (mm_io){0, 1, 4, 5, false, true};
+  if (!strcmp(n->op_type, "RowQuantMatMul")) return (mm_io){0, 1, 99, 99, false, false, true};
   return ql ? (mm_io){0, 3, 2, 5, true, false} : (mm_io){0, 1, 2, 3, false, false};
 }
 
@@ -290,7 +335,7 @@ static size_t mm_scratch(const kiln__kctx *c, void *state) {
   const qstate *s = state;
   mm_io io = mm_inputs(c->node);
   mm_geom mg;
-  size_t mine = mm_geom_get(c, &io, &mg) ? mm_scratch_for(s, &mg, io.qlinear || io.mif) : 0;
+  size_t mine = mm_geom_get(c, &io, &mg) ? mm_scratch_for(s, &mg, io.qlinear || io.mif || io.rows) : 0;
   size_t ref = ref_scratch(c);
   return mine > ref ? mine : ref;
 }
@@ -319,9 +364,9 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
   kiln_tensor *y = c->out[0];
   bool dq = io.qlinear && c->n_in > 8; /* QLinearMatMulDq: float out */
   if (!mm_geom_get(c, &io, &mg) ||
-      (!io.qlinear && y->dtype != (io.mif ? KILN_DTYPE_FLOAT : KILN_DTYPE_INT32)))
+      (!io.qlinear && y->dtype != (io.mif || io.rows ? KILN_DTYPE_FLOAT : KILN_DTYPE_INT32)))
     return c->node->op->run(c);
-  if (c->scratch_bytes < mm_scratch_for(s, &mg, io.qlinear || io.mif)) return c->node->op->run(c);
+  if (c->scratch_bytes < mm_scratch_for(s, &mg, io.qlinear || io.mif || io.rows)) return c->node->op->run(c);
   kiln__qgemm_args g = {.m = mg.rows, .n = mg.n, .k = mg.k, .za = mg.za, .zb = mg.zb,
                         .kind = KILN__QOUT_I32, .c = y->data, .ldc = mg.n};
   uint8_t *mem = c->scratch;
@@ -359,6 +404,21 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
     g.dq_mult = mult;
     g.dq_bias = bias ? bias->data : NULL;
   }
+  if (io.rows) { /* b_scale[j] then a_scale[i], the two Mul nodes' float products */
+    const kiln_tensor *as = c->in[2], *bs = c->in[3], *bias = opt(c, 4);
+    float *mult = (float *)(mem + abytes + bbytes);
+    size_t bn = kiln_tensor_count(bs);
+    if (as->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(as) != mg.rows ||
+        bs->dtype != KILN_DTYPE_FLOAT || !(bn == 1 || bn == mg.n) ||
+        (bias && (bias->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(bias) != mg.n)))
+      return c->node->op->run(c);
+    for (size_t j = 0; j < mg.n; j++) mult[j] = ((const float *)bs->data)[bn == 1 ? 0 : j];
+    g.dq = true;
+    g.dq_mult = mult;
+    g.per_row = true;
+    g.mult = as->data;
+    g.dq_bias = bias ? bias->data : NULL;
+  }
   if (mg.rows == 0 || mg.n == 0) return KILN_OK;
   const kiln_tensor *a = c->in[io.a], *b = c->in[io.b];
   kiln__qpacked pa, pb;
@@ -370,96 +430,6 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
   }
   g.a = &pa;
   g.b = s->packed ? &s->w : &pb;
-  kiln__qgemm_run(c->pool, &g);
-  return KILN_OK;
-}
-
-/* ---- ai.kiln RowQuantMatMul ----------------------------------------------------------------- */
-
-/* Float A quantized per row as the reference does (ref/quant.c run_rowq), stored as uint8
-   q + 128 so that the GEMM's uint8 A with zero point 128 computes sum q * b exactly; the row
-   scales become the epilogue's per-row factor after b_scale[j]. B is the prepacked constant. */
-typedef struct rowq_job {
-  kiln__qisa isa;
-  const float *a;
-  size_t k;
-  float qmax, min_scale;
-  uint8_t *q;
-  float *scale;
-} rowq_job;
-
-static void rowq_rows(void *arg, size_t begin, size_t end) {
-  const rowq_job *j = arg;
-  for (size_t r = begin; r < end; r++) {
-    const float *ar = j->a + r * j->k;
-    float mn, mx;
-    kiln__q_minmax(j->isa, ar, j->k, &mn, &mx); /* with 0, NaN ignored: max |a| = max(-mn, mx) */
-    float sc = (-mn > mx ? -mn : mx) / j->qmax;
-    if (!(sc > j->min_scale)) sc = j->min_scale;
-    j->scale[r] = sc;
-    kiln__q_quantize(j->isa, ar, j->k, sc, 128, false, j->q + r * j->k);
-  }
-}
-
-static bool rowq_geom(const kiln__kctx *c, const qstate *s, kiln__matmul_shape *ms) {
-  const kiln_tensor *a = c->in[0], *b = c->in[1], *bs = c->in[2], *bias = opt(c, 3);
-  kiln_error e = {0};
-  if (!s->packed || a->dtype != KILN_DTYPE_FLOAT || b->rank != 2 ||
-      kiln__matmul_shape_get(a, b, ms, &e) != KILN_OK || bs->dtype != KILN_DTYPE_FLOAT)
-    return false;
-  size_t bn = kiln_tensor_count(bs);
-  return (bn == 1 || bn == ms->n) &&
-         (!bias || (bias->dtype == KILN_DTYPE_FLOAT && kiln_tensor_count(bias) == ms->n));
-}
-
-/* Scratch: the uint8 rows, their scales, b_scale spread over the columns, packed A. */
-static size_t rowq_scratch_for(const qstate *s, size_t rows, size_t k, size_t n) {
-  return align64(rows * k) + align64(rows * sizeof(float)) + align64(n * sizeof(float)) +
-         align64(kiln__qpack_bytes(mm_fmt(s), true, rows, k));
-}
-
-static size_t rowq_scratch(const kiln__kctx *c, void *state) {
-  kiln__matmul_shape ms = {0};
-  size_t mine = rowq_geom(c, state, &ms) ? rowq_scratch_for(state, ms.batch * ms.m, ms.k, ms.n)
-                                         : 0;
-  size_t ref = ref_scratch(c);
-  return mine > ref ? mine : ref;
-}
-
-static kiln_status rowq_execute(kiln__kctx *c, void *state) {
-  const qstate *s = state;
-  kiln__matmul_shape ms = {0};
-  float qmax = kiln__attr_float(c->node, "qmax", 127.0f);
-  float min_scale = kiln__attr_float(c->node, "min_scale", 0.0f);
-  /* the reference reports bad attributes and shapes */
-  if (!rowq_geom(c, s, &ms) || !(qmax > 0.0f && qmax <= 127.0f) ||
-      !(min_scale > 0.0f && isfinite(min_scale)) || c->out[0]->dtype != KILN_DTYPE_FLOAT)
-    return c->node->op->run(c);
-  size_t rows = ms.batch * ms.m, k = ms.k, n = ms.n;
-  if (c->scratch_bytes < rowq_scratch_for(s, rows, k, n)) return c->node->op->run(c);
-  if (rows == 0 || n == 0) return KILN_OK;
-  uint8_t *mem = c->scratch;
-  rowq_job j = {s->isa, c->in[0]->data, k, qmax, min_scale, mem, NULL};
-  mem += align64(rows * k);
-  j.scale = (float *)mem;
-  mem += align64(rows * sizeof(float));
-  const kiln_tensor *bs = c->in[2], *bias = opt(c, 3);
-  const float *mult = bs->data;
-  if (kiln_tensor_count(bs) == 1) {
-    float *m = (float *)mem;
-    for (size_t jj = 0; jj < n; jj++) m[jj] = mult[0];
-    mult = m;
-  }
-  mem += align64(n * sizeof(float));
-  kiln__parallel_for(kiln__pool_for(c->pool, (double)rows * (double)k * 4), rows, rowq_rows, &j);
-  kiln__qpacked pa;
-  kiln__qsrc as = {j.q, false, k, 1};
-  kiln__qpack(c->pool, mm_fmt(s), true, rows, k, &as, mem, &pa);
-  static const uint8_t zp128 = 128;
-  kiln__qgemm_args g = {.m = rows, .n = n, .k = k, .a = &pa, .b = &s->w,
-                        .za = {&zp128, false, 1}, .kind = KILN__QOUT_I32, .c = c->out[0]->data,
-                        .ldc = n, .mult = j.scale, .per_row = true, .dq = true,
-                        .dq_mult = mult, .dq_bias = bias ? bias->data : NULL};
   kiln__qgemm_run(c->pool, &g);
   return KILN_OK;
 }
@@ -1137,7 +1107,9 @@ const kiln__cpu_kernel kiln__cpu_quant_kernels[] = {
      "ai.kiln"},
     {"MatMulIntegerToFloat", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch,
      "com.microsoft"},
-    {"RowQuantMatMul", any_supports, mm_prepare, qstate_release, rowq_execute, rowq_scratch,
+    {"RowQuantMatMul", any_supports, mm_prepare, qstate_release, mm_execute, mm_scratch,
+     "ai.kiln"},
+    {"DynamicQuantizeRows", any_supports, simple_prepare, qstate_release, dqrows_execute, NULL,
      "ai.kiln"},
     {"ConvInteger", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},
     {"QLinearConv", qconv_supports, qconv_prepare, qconv_release, qconv_execute, qconv_scratch},

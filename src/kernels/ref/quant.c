@@ -372,42 +372,92 @@ static size_t scratch_mif(const kiln__kctx *c) {
   return n * sizeof(int32_t);
 }
 
-/* ai.kiln RowQuantMatMul (the fuse-rowq pass; int8-dynamic --per-row's graph): float A
-   [..., M, K] quantized per row at run time, times a constant 8-bit B [K, N]. Per row r:
-     s = max(max_p |a[r][p]| / qmax, min_scale)            (ReduceMax(Abs) -> Div -> Max)
-     q[p] = clamp(rint(a[r][p] / s), -128, 127), NaN to 0   (Div -> Round -> Cast to int8)
-     y[r][j] = ((float)sum_p q[p] * b[p][j]) * b_scale[j] * s [+ bias[j]]
-   each step one float operation in the order the standard nodes apply them (Cast, Mul, Mul,
-   Add), so the fused op equals them bit for bit on finite inputs. Inputs: a, b, b_scale (one or
-   N), [bias] (N). Attributes: qmax (default 127, in (0, 127]), min_scale (> 0). */
-static kiln_status rowq_params(const kiln__kctx *c, kiln__matmul_shape *s, size_t *bs_n,
-                               float *qmax, float *min_scale) {
-  const kiln_tensor *a = c->in[0], *b = c->in[1], *bs = c->in[2], *bias = in_at(c, 3);
-  if (a->dtype != KILN_DTYPE_FLOAT || !is_q8(b->dtype) || b->rank != 2)
-    return kiln__fail(c->err, KILN_UNSUPPORTED, "RowQuantMatMul of %s and a rank-%d %s (float32 "
-                      "A and a 2-D 8-bit B are needed)", kiln_dtype_name(a->dtype), b->rank,
-                      kiln_dtype_name(b->dtype));
-  kiln_status st = kiln__matmul_shape_get(a, b, s, c->err);
+/* ai.kiln DynamicQuantizeRows and RowQuantMatMul (the fuse-rowq pass; int8-dynamic --per-row's
+   graph). DynamicQuantizeRows(X) -> (Y int8, Y_scale float): each row r of X (its last axis)
+     s = max(max_p |x[r][p]| / qmax, min_scale)              (ReduceMax(Abs) -> Div -> Max)
+     y[r][p] = clamp(rint(x[r][p] / s), -128, 127), NaN to 0  (Div -> Round -> Cast to int8)
+   with Y_scale X's shape with a last dim of 1; attributes qmax (default 127, in (0, 127]) and
+   min_scale (> 0). RowQuantMatMul(A, B, a_scale, b_scale[, bias]): 8-bit A [..., M, K] (no zero
+   point), a constant 2-D 8-bit B [K, N], one a_scale per row of A, b_scale one or N:
+     y[r][j] = ((float)sum_p a[r][p] * b[p][j]) * b_scale[j] * a_scale[r] [+ bias[j]]
+   (MatMulInteger -> Cast -> Mul -> Mul [-> Add]). Each step is the float operation of the
+   standard node it replaces, in their order, so both equal those nodes bit for bit on finite
+   inputs. */
+static kiln_status dqrows_params(const kiln__kctx *c, float *qmax, float *min_scale) {
+  const kiln_tensor *x = c->in[0];
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank < 1)
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "DynamicQuantizeRows of a rank-%d %s (float32 "
+                      "of rank 1 or more is needed)", x->rank, kiln_dtype_name(x->dtype));
+  *qmax = kiln__attr_float(c->node, "qmax", 127.0f);
+  *min_scale = kiln__attr_float(c->node, "min_scale", 0.0f);
+  if (!(*qmax > 0.0f && *qmax <= 127.0f) || !(*min_scale > 0.0f && isfinite(*min_scale)))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "DynamicQuantizeRows: qmax %g must be in "
+                      "(0, 127] and min_scale %g positive", (double)*qmax, (double)*min_scale);
+  return KILN_OK;
+}
+
+static kiln_status infer_dqrows(kiln__kctx *c) {
+  float qmax = 127.0f, min_scale = 1.0f;
+  kiln_status st = dqrows_params(c, &qmax, &min_scale);
   if (st != KILN_OK) return st;
-  if (bs->dtype != KILN_DTYPE_FLOAT)
-    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: b_scale must be float32");
+  const kiln_tensor *x = c->in[0];
+  kiln__set_shape(c->out[0], KILN_DTYPE_INT8, x->rank, x->dims);
+  if (c->n_out > 1 && c->out[1]) {
+    int64_t d[KILN_MAX_RANK];
+    memcpy(d, x->dims, (size_t)x->rank * sizeof *d);
+    d[x->rank - 1] = 1;
+    kiln__set_shape(c->out[1], KILN_DTYPE_FLOAT, x->rank, d);
+  }
+  return KILN_OK;
+}
+
+static kiln_status run_dqrows(kiln__kctx *c) {
+  float qmax = 127.0f, min_scale = 1.0f;
+  kiln_status st = dqrows_params(c, &qmax, &min_scale);
+  if (st != KILN_OK) return st;
+  const kiln_tensor *x = c->in[0];
+  size_t k = (size_t)x->dims[x->rank - 1], rows = 1;
+  for (int d = 0; d < x->rank - 1; d++) rows *= (size_t)x->dims[d];
+  const float *xd = x->data;
+  int8_t *y = c->out[0]->data;
+  float *ys = c->n_out > 1 && c->out[1] ? c->out[1]->data : NULL;
+  for (size_t r = 0; r < rows; r++) {
+    const float *xr = xd + r * k;
+    float amax = 0.0f;
+    for (size_t p = 0; p < k; p++)
+      if (fabsf(xr[p]) > amax) amax = fabsf(xr[p]); /* NaN never compares greater */
+    float sc = amax / qmax;
+    if (!(sc > min_scale)) sc = min_scale;
+    for (size_t p = 0; p < k; p++) y[r * k + p] = (int8_t)saturate(xr[p] / sc, 0, -128, 127);
+    if (ys) ys[r] = sc;
+  }
+  return KILN_OK;
+}
+
+static kiln_status rowq_params(const kiln__kctx *c, kiln__matmul_shape *s, size_t *bs_n) {
+  const kiln_tensor *a = c->in[0], *b = c->in[1], *as = c->in[2], *bs = c->in[3];
+  const kiln_tensor *bias = in_at(c, 4);
+  if (b->rank != 2)
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "RowQuantMatMul: B must be 2-D (is rank %d)",
+                      b->rank);
+  kiln_status st = qmm_check(c, a, b, s);
+  if (st != KILN_OK) return st;
+  if (as->dtype != KILN_DTYPE_FLOAT || bs->dtype != KILN_DTYPE_FLOAT)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: scales must be float32");
+  if (kiln_tensor_count(as) != s->batch * s->m)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: a_scale has %zu values "
+                      "for %zu rows of A", kiln_tensor_count(as), s->batch * s->m);
   if ((st = check_qparam(c, bs, s->n, "b_scale", bs_n)) != KILN_OK) return st;
   if (bias && (bias->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(bias) != s->n))
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: bias must be %zu floats",
                       s->n);
-  *qmax = kiln__attr_float(c->node, "qmax", 127.0f);
-  *min_scale = kiln__attr_float(c->node, "min_scale", 0.0f);
-  if (!(*qmax > 0.0f && *qmax <= 127.0f) || !(*min_scale > 0.0f && isfinite(*min_scale)))
-    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: qmax %g must be in (0, "
-                      "127] and min_scale %g positive", (double)*qmax, (double)*min_scale);
   return KILN_OK;
 }
 
 static kiln_status infer_rowq(kiln__kctx *c) {
   kiln__matmul_shape s = {0};
   size_t bs_n = 1;
-  float qmax = 127.0f, min_scale = 1.0f;
-  kiln_status st = rowq_params(c, &s, &bs_n, &qmax, &min_scale);
+  kiln_status st = rowq_params(c, &s, &bs_n);
   if (st != KILN_OK) return st;
   kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, s.out_rank, s.out_dims);
   return KILN_OK;
@@ -416,41 +466,29 @@ static kiln_status infer_rowq(kiln__kctx *c) {
 static kiln_status run_rowq(kiln__kctx *c) {
   kiln__matmul_shape s = {0};
   size_t bs_n = 1;
-  float qmax = 127.0f, min_scale = 1.0f;
-  kiln_status st = rowq_params(c, &s, &bs_n, &qmax, &min_scale);
+  kiln_status st = rowq_params(c, &s, &bs_n);
   if (st != KILN_OK) return st;
-  const kiln_tensor *b = c->in[1], *bias = in_at(c, 3);
-  const float *a = c->in[0]->data, *bs = c->in[2]->data;
+  const kiln_tensor *a = c->in[0], *b = c->in[1], *bias = in_at(c, 4);
+  const float *as = c->in[2]->data, *bs = c->in[3]->data;
   float *y = c->out[0]->data;
-  int32_t *acc = c->scratch;
-  int8_t *q = (int8_t *)(acc + s.n);
-  for (size_t r = 0; r < s.batch * s.m; r++) {
-    const float *ar = a + r * s.k;
-    float amax = 0.0f;
-    for (size_t p = 0; p < s.k; p++)
-      if (fabsf(ar[p]) > amax) amax = fabsf(ar[p]); /* NaN never compares greater */
-    float sc = amax / qmax;
-    if (!(sc > min_scale)) sc = min_scale;
-    for (size_t p = 0; p < s.k; p++) q[p] = (int8_t)saturate(ar[p] / sc, 0, -128, 127);
-    for (size_t j = 0; j < s.n; j++) acc[j] = 0;
-    for (size_t p = 0; p < s.k; p++)
-      for (size_t j = 0; q[p] && j < s.n; j++) acc[j] += q[p] * ldq(b, p * s.n + j);
-    for (size_t j = 0; j < s.n; j++) {
-      float f = (float)acc[j];
-      f *= bs[bs_n == 1 ? 0 : j];
-      f *= sc;
-      if (bias) f += ((const float *)bias->data)[j];
-      y[r * s.n + j] = f;
+  int32_t *row = c->scratch;
+  qmm_params q = {NULL, NULL, 1, 1};
+  for (size_t bi = 0; bi < s.batch; bi++) {
+    size_t ao, bo;
+    kiln__matmul_offsets(&s, bi, &ao, &bo);
+    for (size_t i = 0; i < s.m; i++) {
+      size_t r = bi * s.m + i;
+      qmm_matrix(a, ao, b, bo, &s, &q, i, row);
+      for (size_t j = 0; j < s.n; j++) {
+        float f = (float)row[j];
+        f *= bs[bs_n == 1 ? 0 : j];
+        f *= as[r];
+        if (bias) f += ((const float *)bias->data)[j];
+        y[r * s.n + j] = f;
+      }
     }
   }
   return KILN_OK;
-}
-
-static size_t scratch_rowq(const kiln__kctx *c) {
-  const kiln_tensor *a = c->in[0], *b = c->in[1];
-  size_t k = a->rank >= 1 ? (size_t)a->dims[a->rank - 1] : 1;
-  size_t n = b->rank >= 1 ? (size_t)b->dims[b->rank - 1] : 1;
-  return n * sizeof(int32_t) + k;
 }
 
 /* Inputs: a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp. */
@@ -1044,7 +1082,8 @@ const kiln__op kiln__ops_quant[] = {
     {"", "QLinearConv", infer_qlinearconv, run_qlinearconv, NULL, 0, 8, 9},
     {"com.microsoft", "QLinearConcat", infer_qlinearconcat, run_qlinearconcat, NULL, 0, 5, -1},
     {"com.microsoft", "MatMulIntegerToFloat", infer_mif, run_mif, scratch_mif, 0, 4, 7},
-    {"ai.kiln", "RowQuantMatMul", infer_rowq, run_rowq, scratch_rowq, 0, 3, 4},
+    {"ai.kiln", "DynamicQuantizeRows", infer_dqrows, run_dqrows, NULL, 0, 1, 1},
+    {"ai.kiln", "RowQuantMatMul", infer_rowq, run_rowq, scratch_mif, 0, 4, 5},
     {"com.microsoft", "QLinearAdd", infer_qlinearadd, run_qlinearadd, NULL, KILN__OPF_INPLACE, 7, 8},
     {"com.microsoft", "QLinearGlobalAveragePool", infer_qlinearglobalavgpool,
      run_qlinearglobalavgpool, NULL, 0, 5, 5},
