@@ -399,8 +399,9 @@ static void matmulintegertofloat_matches_reference(void **st) {
 
 /* ai.kiln DynamicQuantizeRows and RowQuantMatMul (fuse-rowq: int8-dynamic --per-row's
    pattern) against the reference bit for bit. Rows: magnitudes from 2^-10 to 2^10, an all-zero
-   row (the min_scale floor), a row holding NaN and infinity; qmax 127 or 100. The product: int8
-   or uint8 A and B, scalar or per-column b_scale, with and without the bias. */
+   row (the min_scale floor), a row holding NaN and infinity; qmax 127 or 100; int8 out or
+   uint8 with zero point 128. The product: int8 or uint8 A and B, scalar or per-column b_scale,
+   with and without zero points and the bias. */
 static void rowq_cases(kiln__pool *pool) {
   static float av[65536], sa[4096];
   for (size_t si = 0; si < KILN__ARRAY_LEN(mm_shapes); si++)
@@ -421,10 +422,11 @@ static void rowq_cases(kiln__pool *pool) {
       onenode o;
       tin x = {KILN_DTYPE_FLOAT, 2, {m, k}, false, av};
       if (mm_shapes[si].batch) x = (tin){KILN_DTYPE_FLOAT, 3, {mm_shapes[si].batch, m, k}, false, av};
-      if (combo < 2) { /* the quantization: twice per shape is plenty */
+      if (combo < 4) { /* the quantization: int8 or uint8 (zero point 128) */
         onenode_make(&o, "DynamicQuantizeRows", 1, &x, 2);
         kt_attr_float(o.n, "min_scale", 1.1754944e-38f);
-        if (combo == 1) kt_attr_float(o.n, "qmax", 100.0f);
+        if (combo & 1) kt_attr_float(o.n, "qmax", 100.0f);
+        if (combo & 2) kt_attr_int(o.n, "zero_point", 128);
         onenode_check(&o, pool, what);
         onenode_free(&o);
       }
@@ -436,18 +438,22 @@ static void rowq_cases(kiln__pool *pool) {
         sb[j] = 0.01f * (0.5f + (float)(rnd() % 1000) / 1000.0f);
         bv[j] = (float)((int)(rnd() % 2001) - 1000) / 337.0f;
       }
-      tin ins[5] = {{at, 2, {m, k}},
+      bool zps = combo % 3 != 0; /* a scalar a_zero_point, b_zero_point like b_scale */
+      tin ins[7] = {{at, 2, {m, k}},
                     {bt, 2, {k, n}, true},
                     {KILN_DTYPE_FLOAT, 2, {m, 1}, false, sa},
                     {KILN_DTYPE_FLOAT, per_col ? 1 : 0, {n}, true, sb},
+                    zps ? (tin){at, 0, {0}, true} : (tin){at, -1},
+                    zps ? (tin){bt, per_col ? 1 : 0, {n}, true} : (tin){bt, -1},
                     {KILN_DTYPE_FLOAT, 1, {n}, true, bv}};
       if (mm_shapes[si].batch) {
         ins[0] = (tin){at, 3, {mm_shapes[si].batch, m, k}};
         ins[2] = (tin){KILN_DTYPE_FLOAT, 3, {mm_shapes[si].batch, m, 1}, false, sa};
       }
-      onenode_make(&o, "RowQuantMatMul", bias ? 5 : 4, ins, 1);
-      snprintf(what, sizeof what, "%lldx%lldx%lld a %s b %s per-column %d bias %d", (long long)rows,
-               (long long)k, (long long)n, kiln_dtype_name(at), kiln_dtype_name(bt), per_col, bias);
+      onenode_make(&o, "RowQuantMatMul", bias ? 7 : zps ? 6 : 4, ins, 1);
+      snprintf(what, sizeof what, "%lldx%lldx%lld a %s b %s per-column %d bias %d zero points %d",
+               (long long)rows, (long long)k, (long long)n, kiln_dtype_name(at),
+               kiln_dtype_name(bt), per_col, bias, zps);
       onenode_check(&o, pool, what);
       onenode_free(&o);
     }

@@ -408,6 +408,17 @@ static void fuse_dyn_out(void **s) {
   check_not_below(&pc, 14);
 }
 
+/* fuse-rowq: the row quantizations of x (uint8 with + 128) and x2 (int8) become
+   DynamicQuantizeRows, rm1 (+ bias), rm2 (its Add reads two activations: kept) and rm3 (no zero
+   points) RowQuantMatMul; x3's (floor 0) and with it rm4, and rm5 (the two Muls the other way
+   round) stay. Exact, 45 nodes -> 22; nothing at level 1. */
+static void fuse_rowq(void **s) {
+  (void)s;
+  const pass_case pc = {"models/pass_rowq.onnx", "fuse-rowq", 2, 5, 45, 22, true};
+  check_case(&pc);
+  check_not_below(&pc, 45);
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: test_passes MODELS_DIR TESTS_DIR\n");
@@ -425,7 +436,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(fuse_rmsnorm),   cmocka_unit_test(attention_causal),
       cmocka_unit_test(fuse_chain),     cmocka_unit_test(winograd),
       cmocka_unit_test(fuse_dwpw),      cmocka_unit_test(fuse_qdq_out),
-      cmocka_unit_test(fuse_dyn_out),
+      cmocka_unit_test(fuse_dyn_out),   cmocka_unit_test(fuse_rowq),
       cmocka_unit_test(optimize_roundtrip),
       cmocka_unit_test(levels),         cmocka_unit_test(shipped_models),
       cmocka_unit_test(alloc_failures),

@@ -165,6 +165,43 @@ static void digits_int8_dynamic(void **state) {
   assert_true(i8 >= fp32 - BUDGET);
 }
 
+/* int8-dynamic --per-row: each Gemm's input quantized per row in standard ops (no
+   DynamicQuantizeLinear), which the optimizer turns into DynamicQuantizeRows + RowQuantMatMul;
+   accuracy within the budget (fuse-rowq's exactness: test_passes). */
+static void digits_int8_dynamic_per_row(void **state) {
+  (void)state;
+  char src[1024], q[1024];
+  path_in(src, sizeof src, models_dir, "digits/digits_cnn.onnx");
+  snprintf(q, sizeof q, "%s/digits_rows.onnx", tmp_dir);
+  kiln_quant_opts o = kiln_quant_opts_default();
+  o.format = KILN_QUANT_INT8_DYNAMIC;
+  o.per_row = true;
+  kiln_quant_stats st;
+  kiln_error err = {0};
+  assert_int_equal(kiln_quantize_file_ex(src, q, &o, &st, &err), KILN_OK);
+  assert_int_equal(st.nodes_quantized, 2);
+  assert_int_equal(st.weight_bytes_after, (size_t)GEMM_W + (size_t)GEMM_N * 4);
+
+  kiln_model *m = load(q, 0);
+  assert_int_equal(op_count(m, "MatMulInteger"), 2);
+  assert_int_equal(op_count(m, "DynamicQuantizeLinear"), 0);
+  assert_int_equal(op_count(m, "ReduceMax"), 2);
+  assert_int_equal(op_count(m, "Round"), 2);
+  assert_int_equal(op_count(m, "Conv"), 2);
+  kiln_model_free(m);
+  m = load(q, -1);
+  assert_int_equal(op_count(m, "DynamicQuantizeRows"), 2);
+  assert_int_equal(op_count(m, "RowQuantMatMul"), 2);
+  assert_int_equal(op_count(m, "MatMulInteger"), 0);
+  assert_int_equal(op_count(m, "ReduceMax"), 0);
+  kiln_model_free(m);
+
+  static float ref[4500], cand[4500];
+  int fp32 = run_digits(src, ref), i8 = run_digits(q, cand);
+  assert_int_equal(fp32, 443);
+  assert_true(i8 >= fp32 - BUDGET);
+}
+
 /* Oracle for the report: the metrics computed here, straight from the two models' logits. */
 static void check_report(const kiln_validate_report *r, const float *ref, const float *cand,
                          const int64_t *labels, double tol) {
@@ -760,6 +797,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(digits_fp16),
       cmocka_unit_test(digits_int8_dynamic),
+      cmocka_unit_test(digits_int8_dynamic_per_row),
       cmocka_unit_test(validate_matches_direct),
       cmocka_unit_test(bad_input),
       cmocka_unit_test(per_node_overrides),

@@ -543,4 +543,50 @@ save("dyn_out", [
    [vi("y1", [3, 5, 24]), vi("dm2_y", [3, 5, 16]), vi("dm3_y", [3, 5, 16]), vi("dm3_s", [16])],
    qweight("v1", 32, 24)[:2] + qweight("v2", 32, 16)[:2] + qweight("v3", 32, 16)[:2] + [
     init("c1", rand(24))])
+# fuse-rowq: int8-dynamic --per-row's pattern. x's rows quantized once (uint8, + 128) for rm1
+# (per-column w_scale, bias) and rm2 (scalar w_scale, bias first, no Add... the Add is of two
+# activations: kept); x2's in the int8 form (no + 128) for rm3; x3's floor is 0 (not a positive
+# constant: left, so rm4 stays too); rm5 reads x's rows but multiplies by s before w_scale
+# (another rounding order: left).
+def row_quant(p, x, floor, u8=True):
+    q = p + "_q"
+    nodes = [helper.make_node("Abs", [x], [p + "_abs"], name=p + "_abs"),
+             helper.make_node("ReduceMax", [p + "_abs"], [p + "_max"], name=p + "_max", axes=[-1],
+                              keepdims=1),
+             helper.make_node("Div", [p + "_max", "c127"], [p + "_s0"], name=p + "_s0"),
+             helper.make_node("Max", [p + "_s0", floor], [p + "_s"], name=p + "_s"),
+             helper.make_node("Div", [x, p + "_s"], [p + "_f"], name=p + "_div"),
+             helper.make_node("Round", [p + "_f"], [p + "_r"], name=p + "_round")]
+    if u8:
+        return nodes + [helper.make_node("Add", [p + "_r", "c128"], [p + "_o"], name=p + "_off"),
+                        helper.make_node("Cast", [p + "_o"], [q], name=p + "_cast", to=U8)]
+    return nodes + [helper.make_node("Cast", [p + "_r"], [q], name=p + "_cast", to=I8)]
+
+
+def row_mm(p, q, s, w, zp=True, swap=False):
+    m1 = [p + "_f", s] if swap else [p + "_f", w + "_s"]
+    m2 = [p + "_y1", w + "_s"] if swap else [p + "_y1", s]
+    return [helper.make_node("MatMulInteger", [q, w, "z128"] if zp else [q, w], [p + "_i"], name=p),
+            helper.make_node("Cast", [p + "_i"], [p + "_f"], name=p + "_cast", to=F),
+            helper.make_node("Mul", m1, [p + "_y1"], name=p + "_wscale"),
+            helper.make_node("Mul", m2, [p + "_y"], name=p + "_rscale")]
+
+
+save("rowq", row_quant("qa", "x", "tiny") + row_quant("qb", "x2", "tiny", u8=False)
+     + row_quant("qc", "x3", "zero")
+     + row_mm("rm1", "qa_q", "qa_s", "u1") + [helper.make_node("Add", ["rm1_y", "e1"], ["y1"], name="rm1_bias")]
+     + row_mm("rm2", "qa_q", "qa_s", "u2") + [helper.make_node("Add", ["rm2_y", "x"], ["y2"], name="rm2_res")]
+     + row_mm("rm3", "qb_q", "qb_s", "u3", zp=False)
+     + row_mm("rm4", "qc_q", "qc_s", "u4")
+     + row_mm("rm5", "qa_q", "qa_s", "u5", swap=True),
+     [vi("x", [3, 5, 32]), vi("x2", [3, 5, 32]), vi("x3", [3, 5, 32])],
+     [vi("y1", [3, 5, 24]), vi("y2", [3, 5, 32]), vi("rm3_y", [3, 5, 16]), vi("rm4_y", [3, 5, 16]),
+      vi("rm5_y", [3, 5, 16])],
+     qweight("u1", 32, 24)[:2] + [init("u2", np.round(rng.uniform(-1, 1, (32, 32)) * 63).astype(np.int8)),
+                                   init("u2_s", np.array(0.02, np.float32))]
+     + qweight("u3", 32, 16)[:2] + qweight("u4", 32, 16)[:2] + qweight("u5", 32, 16)[:2] + [
+         init("c127", np.array(127, np.float32)), init("c128", np.array(128, np.float32)),
+         init("tiny", np.array(np.finfo(np.float32).tiny, np.float32)),
+         init("zero", np.array(0, np.float32)), init("z128", np.array(128, np.uint8)),
+         init("e1", rand(24))])
 print("wrote pass_*.onnx to", os.path.normpath(OUT))

@@ -86,10 +86,10 @@ typedef struct kiln_quant_opts {
      quantized to int8 per block: Kiln's int8-activation kernels). Default 4. */
   int accuracy_level;
   /* int8-dynamic: activations quantized per row (per token) instead of per tensor: each row of a
-     MatMul's A gets its own symmetric int8 scale max |row| / 127 at run time (Abs, ReduceMax,
-     Div, Max, Div, Round, Cast to int8, then MatMulInteger without zero points, Cast, Mul by the
-     weight scales and by the row scales): standard ops that ONNX Runtime runs too; Kiln fuses
-     them into one kernel (fuse-rowq). Default false: the per-tensor layout of ORT's
+     MatMul's A gets its own symmetric scale max |row| / 127 at run time (Abs, ReduceMax, Div,
+     Max, Div, Round, Add 128, Cast to uint8, then MatMulInteger with zero point 128, Cast, Mul
+     by the weight scales and by the row scales): standard ops that ONNX Runtime runs too; Kiln
+     fuses them into two kernels (fuse-rowq). Default false: the per-tensor layout of ORT's
      quantize_dynamic. */
   bool per_row;
 } kiln_quant_opts;

@@ -45,13 +45,6 @@
 #include "ir/op.h"
 #include "passes/pass.h"
 
-/* An initializer that is really constant (not an overridable graph input), or NULL. */
-static const kiln_tensor *const_init(const kiln__pass_ctx *ctx, int v) {
-  if (v < 0) return NULL;
-  const kiln__value *val = &ctx->g->values[v];
-  return val->is_initializer && !val->is_input && val->init.data ? &val->init : NULL;
-}
-
 static bool is_q8(kiln_dtype t) { return t == KILN_DTYPE_UINT8 || t == KILN_DTYPE_INT8; }
 
 /* The live default-domain node `op` producing v (as its only output), or -1. */
@@ -80,8 +73,8 @@ static bool dq_of(const kiln__pass_ctx *ctx, int v, dq *d) {
   d->x = n->in[0];
   d->s = n->in[1];
   d->z = n->n_in > 2 ? n->in[2] : -1;
-  d->st = const_init(ctx, d->s);
-  d->zt = d->z >= 0 ? const_init(ctx, d->z) : NULL;
+  d->st = kiln__pass_const_init(ctx, d->s);
+  d->zt = d->z >= 0 ? kiln__pass_const_init(ctx, d->z) : NULL;
   d->axis = (int)kiln__attr_int(n, "axis", 1);
   if (!d->st || d->st->dtype != KILN_DTYPE_FLOAT) return false;
   if (d->z >= 0 && (!d->zt || kiln_tensor_count(d->zt) != kiln_tensor_count(d->st))) return false;
@@ -133,8 +126,8 @@ static int quant_of(const kiln__pass_ctx *ctx, int v, const kiln_tensor **ys, co
   const kiln__node *n = &ctx->g->nodes[j];
   if (!kiln__pass_is(n, "QuantizeLinear") || n->n_in != 3 || n->out[0] < 0) return -1;
   if (kiln__attr_find(n, "block_size") || kiln__attr_find(n, "output_dtype")) return -1;
-  *ys = const_init(ctx, n->in[1]);
-  *yz = const_init(ctx, n->in[2]);
+  *ys = kiln__pass_const_init(ctx, n->in[1]);
+  *yz = kiln__pass_const_init(ctx, n->in[2]);
   if (!*ys || !*yz || (*ys)->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(*ys) != 1 ||
       !is_q8((*yz)->dtype) || kiln_tensor_count(*yz) != 1 ||
       !good_scale(*(const float *)(*ys)->data))
@@ -188,7 +181,7 @@ static int output_quant(const kiln__pass_ctx *ctx, int y, int *act, const kiln_t
 /* A weight: constant 8-bit W_q behind a DequantizeLinear whose parameters are per tensor or per
    `out_axis` (of a rank-`rank` weight). */
 static bool weight_params(const kiln__pass_ctx *ctx, const dq *d, int out_axis) {
-  const kiln_tensor *w = const_init(ctx, d->x);
+  const kiln_tensor *w = kiln__pass_const_init(ctx, d->x);
   if (!w || !is_q8(w->dtype) || !good_scales(d->st)) return false;
   if (d->zt && d->zt->dtype != w->dtype) return false;
   size_t cnt = kiln_tensor_count(d->st);
@@ -203,7 +196,7 @@ static bool bias_params(const kiln__pass_ctx *ctx, int v, float xs, const kiln_t
                         int64_t co, int *bq) {
   dq d;
   if (!dq_of(ctx, v, &d)) return false;
-  const kiln_tensor *b = const_init(ctx, d.x);
+  const kiln_tensor *b = kiln__pass_const_init(ctx, d.x);
   if (!b || b->dtype != KILN_DTYPE_INT32 || b->rank != 1 || b->dims[0] != co) return false;
   size_t bc = kiln_tensor_count(d.st), wc = kiln_tensor_count(ws);
   if (bc != 1 && bc != (size_t)co) return false;
@@ -293,7 +286,7 @@ static kiln_status fuse_one(kiln__pass_ctx *ctx, int i, bool *done) {
   if (mm && n->n_in != 2) return KILN_OK;
   dq x, w;
   if (!dq_of(ctx, n->in[0], &x) || !act_params(&x) || !dq_of(ctx, n->in[1], &w)) return KILN_OK;
-  const kiln_tensor *wt = const_init(ctx, w.x);
+  const kiln_tensor *wt = kiln__pass_const_init(ctx, w.x);
   if (!wt) return KILN_OK;
   int out_axis;
   if (conv) {
@@ -379,7 +372,7 @@ static kiln_status integer_float_out(kiln__pass_ctx *ctx, int i, bool *done) {
   }
   dq x, w;
   if (!dq_of(ctx, n->in[0], &x) || !act_params(&x) || !dq_of(ctx, n->in[1], &w)) return KILN_OK;
-  const kiln_tensor *wt = const_init(ctx, w.x);
+  const kiln_tensor *wt = kiln__pass_const_init(ctx, w.x);
   if (!wt || wt->rank != 2 || !weight_params(ctx, &w, trans_b ? 0 : 1)) return KILN_OK;
   int64_t nn = wt->dims[trans_b ? 0 : 1];
   float xs = *(const float *)x.st->data;
@@ -446,7 +439,7 @@ static kiln_status fold_float_weight(kiln__pass_ctx *ctx, int i, bool *done) {
   if (!bias_c && output_quant(ctx, n->out[0], &act, &ys, &yz) >= 0) return KILN_OK; /* fusable */
   dq w;
   if (!dq_of(ctx, n->in[1], &w) || !good_scales(w.st)) return KILN_OK;
-  const kiln_tensor *wt = const_init(ctx, w.x);
+  const kiln_tensor *wt = kiln__pass_const_init(ctx, w.x);
   if (!wt || !is_q8(wt->dtype) || wt->rank != 2 || (w.zt && w.zt->dtype != wt->dtype))
     return KILN_OK;
   size_t sc = kiln_tensor_count(w.st), cnt = kiln_tensor_count(wt);
@@ -501,15 +494,15 @@ static kiln_status to_qconcat(kiln__pass_ctx *ctx, int c, int ys, int yz, int ou
   if (n->n_in > 64) return KILN_OK; /* not matched by the callers */
   in[0] = ys;
   in[1] = yz;
-  bool same = const_init(ctx, ys) && const_init(ctx, yz);
+  bool same = kiln__pass_const_init(ctx, ys) && kiln__pass_const_init(ctx, yz);
   for (int k = 0; k < n->n_in; k++) {
     const kiln__node *d = &g->nodes[g->values[n->in[k]].producer];
     in[2 + 3 * k] = d->in[0];
     in[3 + 3 * k] = d->in[1];
     in[4 + 3 * k] = d->in[2];
-    same = same && const_init(ctx, d->in[1]) && const_init(ctx, d->in[2]) &&
-           same_const(const_init(ctx, d->in[1]), const_init(ctx, ys)) &&
-           same_const(const_init(ctx, d->in[2]), const_init(ctx, yz));
+    same = same && kiln__pass_const_init(ctx, d->in[1]) && kiln__pass_const_init(ctx, d->in[2]) &&
+           same_const(kiln__pass_const_init(ctx, d->in[1]), kiln__pass_const_init(ctx, ys)) &&
+           same_const(kiln__pass_const_init(ctx, d->in[2]), kiln__pass_const_init(ctx, yz));
   }
   kiln__node *cn = &g->nodes[c];
   if (same) {
@@ -686,7 +679,7 @@ static bool fold_pair(kiln__pass_ctx *ctx, int i) {
   dq d;
   if (!dq_of(ctx, qn->in[0], &d) || !d.zt || !is_q8(d.zt->dtype) || !good_scales(d.st))
     return false;
-  const kiln_tensor *s = const_init(ctx, qn->in[1]), *z = const_init(ctx, qn->in[2]);
+  const kiln_tensor *s = kiln__pass_const_init(ctx, qn->in[1]), *z = kiln__pass_const_init(ctx, qn->in[2]);
   if (!s || !z || !same_const(s, d.st) || !same_const(z, d.zt)) return false;
   if (kiln_tensor_count(s) != 1) { /* per axis: the same axis too */
     int dn = g->values[qn->in[0]].producer;

@@ -19,26 +19,6 @@ static bool is_op(const kiln__node *n, const char *op) {
   return !n->domain[0] && !strcmp(n->op_type, op) && n->n_out == 1;
 }
 
-/* An initializer that is not an overridable graph input, or NULL. */
-static const kiln_tensor *const_init(const kiln__pass_ctx *ctx, int v) {
-  if (v < 0) return NULL;
-  const kiln__value *val = &ctx->g->values[v];
-  return val->is_initializer && !val->is_input && val->init.data ? &val->init : NULL;
-}
-
-/* Whether `bias` is n floats added along the last axis of an output of rank `out_rank` (-1:
-   unknown) without broadcasting it to more axes. */
-static bool bias_fits(const kiln_tensor *bias, int64_t n, int out_rank) {
-  if (!bias || bias->dtype != KILN_DTYPE_FLOAT || bias->rank < 1 ||
-      bias->dims[bias->rank - 1] != n)
-    return false;
-  if (bias->rank == 1) return true;
-  if (out_rank < bias->rank) return false;
-  for (int d = 0; d < bias->rank - 1; d++)
-    if (bias->dims[d] != 1) return false;
-  return true;
-}
-
 static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
   kiln__graph *g = ctx->g;
   for (int i = 0; i < g->n_nodes; i++) {
@@ -48,23 +28,23 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
     int slot, i_dq = kiln__pass_sole_user(ctx, mm->out[0], &slot);
     if (i_dq < 0 || slot != 0 || !is_op(&g->nodes[i_dq], "DequantizeLinear")) continue;
     const kiln__node *dq = &g->nodes[i_dq];
-    const kiln_tensor *ds = const_init(ctx, dq->in[1]);
-    const kiln_tensor *dz = dq->n_in > 2 ? const_init(ctx, dq->in[2]) : NULL;
+    const kiln_tensor *ds = kiln__pass_const_init(ctx, dq->in[1]);
+    const kiln_tensor *dz = dq->n_in > 2 ? kiln__pass_const_init(ctx, dq->in[2]) : NULL;
     if (!ds || ds->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(ds) != 1) continue;
     if (dq->n_in > 2 && dq->in[2] >= 0 && (!dz || kiln_tensor_count(dz) != 1)) continue;
     int last = i_dq, bias = -1;
     /* the bias Add: B's columns known from a constant 2-D B */
-    const kiln_tensor *b = const_init(ctx, mm->in[3]);
+    const kiln_tensor *b = kiln__pass_const_init(ctx, mm->in[3]);
     int i_add = b && b->rank == 2 ? kiln__pass_sole_user(ctx, dq->out[0], &slot) : -1;
     if (i_add >= 0 && is_op(&g->nodes[i_add], "Add") && g->nodes[i_add].n_in == 2) {
       int other = g->nodes[i_add].in[1 - slot], out_rank = -1;
-      const kiln_tensor *bt = other != dq->out[0] ? const_init(ctx, other) : NULL;
+      const kiln_tensor *bt = other != dq->out[0] ? kiln__pass_const_init(ctx, other) : NULL;
       if (bt && bt->rank > 1) { /* the output's rank, from shape inference (run once) */
         kiln_status st = kiln__pass_shapes(ctx);
         if (st != KILN_OK) return st;
         out_rank = kiln__pass_rank(ctx, dq->out[0]);
       }
-      if (bias_fits(bt, b->dims[1], out_rank)) {
+      if (kiln__pass_bias_fits(bt, b->dims[1], out_rank)) {
         bias = other;
         last = i_add;
       }
@@ -99,7 +79,7 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
 static kiln_status dynamic_out(kiln__pass_ctx *ctx, int i, bool *changed) {
   kiln__graph *g = ctx->g;
   const kiln__node *mm = &g->nodes[i];
-  const kiln_tensor *w = mm->n_in >= 2 ? const_init(ctx, mm->in[1]) : NULL;
+  const kiln_tensor *w = mm->n_in >= 2 ? kiln__pass_const_init(ctx, mm->in[1]) : NULL;
   if (!w || w->rank != 2) return KILN_OK;
   int64_t n = w->dims[1];
   int slot, i_cast = kiln__pass_sole_user(ctx, mm->out[0], &slot);
@@ -114,9 +94,9 @@ static kiln_status dynamic_out(kiln__pass_ctx *ctx, int i, bool *changed) {
       ctx->uses[sv] != 1 || !kiln__pass_value_private(ctx, sv))
     return KILN_OK;
   const kiln__node *sm = &g->nodes[i_s];
-  int ws_side = const_init(ctx, sm->in[1]) ? 1 : const_init(ctx, sm->in[0]) ? 0 : -1;
+  int ws_side = kiln__pass_const_init(ctx, sm->in[1]) ? 1 : kiln__pass_const_init(ctx, sm->in[0]) ? 0 : -1;
   if (ws_side < 0) return KILN_OK;
-  const kiln_tensor *ws = const_init(ctx, sm->in[ws_side]);
+  const kiln_tensor *ws = kiln__pass_const_init(ctx, sm->in[ws_side]);
   int as = sm->in[1 - ws_side];
   if (ws->dtype != KILN_DTYPE_FLOAT || !(kiln_tensor_count(ws) == 1 || kiln_tensor_count(ws) ==
                                                                            (size_t)n))
@@ -131,9 +111,9 @@ static kiln_status dynamic_out(kiln__pass_ctx *ctx, int i, bool *changed) {
   int i_add = kiln__pass_sole_user(ctx, g->nodes[i_mul].out[0], &slot);
   if (i_add >= 0 && is_op(&g->nodes[i_add], "Add") && g->nodes[i_add].n_in == 2) {
     int other = g->nodes[i_add].in[1 - slot], out_rank = -1;
-    const kiln_tensor *bt = other != g->nodes[i_mul].out[0] ? const_init(ctx, other) : NULL;
+    const kiln_tensor *bt = other != g->nodes[i_mul].out[0] ? kiln__pass_const_init(ctx, other) : NULL;
     if (bt && bt->rank > 1) out_rank = kiln__pass_rank(ctx, g->nodes[i_mul].out[0]);
-    if (bias_fits(bt, n, out_rank)) bias = other, last = i_add;
+    if (kiln__pass_bias_fits(bt, n, out_rank)) bias = other, last = i_add;
   }
   int in[7] = {mm->in[0], mm->in[1], as, sm->in[ws_side], mm->n_in > 2 ? mm->in[2] : -1,
                mm->n_in > 3 ? mm->in[3] : -1, bias};

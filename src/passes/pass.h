@@ -46,6 +46,7 @@ extern const kiln__pass kiln__pass_fuse_attention;
 extern const kiln__pass kiln__pass_fuse_linear;
 extern const kiln__pass kiln__pass_fuse_qdq;
 extern const kiln__pass kiln__pass_fuse_qdq_out;
+extern const kiln__pass kiln__pass_fuse_rowq;
 extern const kiln__pass kiln__pass_winograd;
 extern const kiln__pass kiln__pass_fuse_dwpw;
 
@@ -68,6 +69,12 @@ int kiln__pass_sole_user(const kiln__pass_ctx *ctx, int v, int *slot);
 int kiln__pass_add_init(kiln__pass_ctx *ctx, const char *hint, kiln_tensor *t);
 /* Constant float data of value v when it is a FLOAT initializer, else NULL. */
 const kiln_tensor *kiln__pass_const_f32(const kiln__pass_ctx *ctx, int v);
+/* An initializer that is really constant (not an overridable graph input), or NULL. */
+const kiln_tensor *kiln__pass_const_init(const kiln__pass_ctx *ctx, int v);
+/* Whether `bias` is n floats added along the last axis of an output of rank `out_rank` (-1:
+   unknown) without broadcasting the output to more axes (rank 1, or leading 1s and no more axes
+   than the output): a GEMM epilogue's per-column bias. */
+bool kiln__pass_bias_fits(const kiln_tensor *bias, int64_t n, int out_rank);
 /* A scalar float constant (any shape of one element), or false. */
 bool kiln__pass_const_scalar(const kiln__pass_ctx *ctx, int v, double *out);
 /* True when the node has a GRAPH/GRAPHS attribute. */

@@ -118,6 +118,23 @@ const kiln_tensor *kiln__pass_const_f32(const kiln__pass_ctx *ctx, int v) {
              : NULL;
 }
 
+const kiln_tensor *kiln__pass_const_init(const kiln__pass_ctx *ctx, int v) {
+  if (v < 0) return NULL;
+  const kiln__value *val = &ctx->g->values[v];
+  return val->is_initializer && !val->is_input && val->init.data ? &val->init : NULL;
+}
+
+bool kiln__pass_bias_fits(const kiln_tensor *bias, int64_t n, int out_rank) {
+  if (!bias || bias->dtype != KILN_DTYPE_FLOAT || bias->rank < 1 ||
+      bias->dims[bias->rank - 1] != n)
+    return false;
+  if (bias->rank == 1) return true;
+  if (out_rank < bias->rank) return false;
+  for (int d = 0; d < bias->rank - 1; d++)
+    if (bias->dims[d] != 1) return false;
+  return true;
+}
+
 bool kiln__pass_const_scalar(const kiln__pass_ctx *ctx, int v, double *out) {
   const kiln_tensor *t = kiln__pass_const_f32(ctx, v);
   if (!t || kiln_tensor_count(t) != 1) return false;

@@ -10,14 +10,14 @@
    the Relu between a Conv and its QuantizeLinear), winograd after fuse-linear (it marks the
    fused convs; a Conv it makes fused still takes its epilogue next round), fuse-dwpw after both
    (it takes finished FusedConv pairs), fuse-qdq-out after fuse-qdq (it takes the QLinearMatMuls
-   that one makes), dead-code elimination last. */
+   that one makes) and fuse-rowq (int8-dynamic per row), dead-code elimination last. */
 static const kiln__pass *const passes[] = {
     &kiln__pass_identity,       &kiln__pass_const_fold,   &kiln__pass_cse,
     &kiln__pass_conv_bn,        &kiln__pass_affine_fold,  &kiln__pass_fuse_layernorm,
     &kiln__pass_fuse_gelu,      &kiln__pass_fuse_rmsnorm, &kiln__pass_fuse_attention,
-    &kiln__pass_fuse_qdq,       &kiln__pass_fuse_qdq_out, &kiln__pass_fuse_chain,
-    &kiln__pass_fuse_linear,    &kiln__pass_winograd,     &kiln__pass_fuse_dwpw,
-    &kiln__pass_dce,
+    &kiln__pass_fuse_qdq,       &kiln__pass_fuse_qdq_out, &kiln__pass_fuse_rowq,
+    &kiln__pass_fuse_chain,     &kiln__pass_fuse_linear,  &kiln__pass_winograd,
+    &kiln__pass_fuse_dwpw,      &kiln__pass_dce,
 };
 
 enum { MAX_ROUNDS = 8 };

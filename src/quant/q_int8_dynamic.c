@@ -107,29 +107,33 @@ static int scalar_f32(kiln__qctx *q, const char *hint, float v) {
   return kiln__qinit(q, hint, &t);
 }
 
-/* The per-row form (opts.per_row): each row of A (its last axis) gets a symmetric int8 scale.
+/* The per-row quantization of activation a (its last axis), made once per activation so that
+   the MatMuls reading one tensor (Q, K and V) share it:
      s = Max(Div(ReduceMax(Abs(A), axes=[-1], keepdims=1), 127), FLT_MIN)      [..., M, 1]
-     a_q = Cast(Round(Div(A, s)), to=INT8)                                       |a_q| <= 127
-     Y = Mul(Mul(Cast(MatMulInteger(a_q, W_q), to=FLOAT), W_scale), s) [+ C]
-   No zero points: ONNX Runtime's MatMulInteger takes only a scalar a_zero_point, so an
-   asymmetric per-row form would not run there; a symmetric one needs none. The FLT_MIN floor
-   keeps an all-zero row's scale positive (its values quantize to 0). */
-static kiln_status int8_row_node(kiln__qctx *q, int i, int a, int w, bool trans, int bias) {
-  int wq = -1, ws = -1;
-  kiln_status st = int8_weight(q, w, trans, &wq, &ws);
-  if (st != KILN_OK) return st;
-  char base[220], name[256];
-  kiln__qbase(q, i, base, sizeof base);
-  int y = q->g->nodes[i].out[0];
-  int v[10];
-  for (int k = 0; k < 10; k++)
+     a_q = Cast(Add(Round(Div(A, s)), 128), to=UINT8)                   in [1, 255], zero 128
+   Symmetric values stored as uint8 with zero point 128 rather than as int8: ONNX Runtime's
+   MatMulInteger runs int8 x int8 on a slow generic path (bert_tiny 22 ms against 2.9 for uint8
+   activations). The FLT_MIN floor keeps an all-zero row's scale positive (it quantizes to 0). */
+static kiln_status row_quantize(kiln__qctx *q, int a, const char *base, int *aq_out, int *sc_out) {
+  int *cq = NULL, *cs = NULL;
+  kiln_status st = KILN_OK;
+  if (a < q->n_orig) {
+    if ((st = kiln__qcache(q, KILN__QTAG_ROW_Q, &cq)) != KILN_OK ||
+        (st = kiln__qcache(q, KILN__QTAG_ROW_S, &cs)) != KILN_OK)
+      return st;
+    if (cq[a] >= 0) {
+      *aq_out = cq[a], *sc_out = cs[a];
+      return KILN_OK;
+    }
+  }
+  char name[256];
+  int v[8];
+  for (int k = 0; k < 8; k++)
     if ((v[k] = kiln__qvalue(q, base)) < 0) return kiln__qoom(q);
-  int ax = v[0], amax = v[1], s0 = v[2], sc = v[3], af = v[4], ar = v[5], aq = v[6], yi = v[7],
-      yf = v[8], y1 = v[9];
-  int ys = y;
-  if (bias >= 0 && (ys = kiln__qvalue(q, base)) < 0) return kiln__qoom(q);
+  int ax = v[0], amax = v[1], s0 = v[2], sc = v[3], af = v[4], ar = v[5], ao = v[6], aq = v[7];
   int c127 = scalar_f32(q, base, 127.0f), tiny = scalar_f32(q, base, 1.17549435e-38f);
-  if (c127 < 0 || tiny < 0) return kiln__qoom(q);
+  int c128 = scalar_f32(q, base, 128.0f);
+  if (c127 < 0 || tiny < 0 || c128 < 0) return kiln__qoom(q);
   int64_t last = -1;
   snprintf(name, sizeof name, "%s/abs", base);
   if (kiln__qnode_add(q, name, "Abs", &a, 1, &ax, 1) < 0) return KILN_NO_MEMORY;
@@ -155,11 +159,40 @@ static kiln_status int8_row_node(kiln__qctx *q, int i, int a, int w, bool trans,
   if (kiln__qnode_add(q, name, "Div", d1, 2, &af, 1) < 0) return KILN_NO_MEMORY;
   snprintf(name, sizeof name, "%s/round", base);
   if (kiln__qnode_add(q, name, "Round", &af, 1, &ar, 1) < 0) return KILN_NO_MEMORY;
-  snprintf(name, sizeof name, "%s/to_int8", base);
-  if ((st = kiln__qcast(q, name, ar, aq, KILN_DTYPE_INT8)) != KILN_OK) return st;
-  int mm_in[2] = {aq, wq}, m1[2] = {yf, ws}, m2[2] = {y1, sc};
+  int o_in[2] = {ar, c128};
+  snprintf(name, sizeof name, "%s/offset", base);
+  if (kiln__qnode_add(q, name, "Add", o_in, 2, &ao, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/to_uint8", base);
+  if ((st = kiln__qcast(q, name, ao, aq, KILN_DTYPE_UINT8)) != KILN_OK) return st;
+  if (cq) cq[a] = aq, cs[a] = sc;
+  *aq_out = aq, *sc_out = sc;
+  return KILN_OK;
+}
+
+/* The per-row form (opts.per_row): A's rows quantized by row_quantize(), then
+     Y = Mul(Mul(Cast(MatMulInteger(a_q, W_q, 128), to=FLOAT), W_scale), s) [+ C]
+   Symmetric rows: ONNX Runtime's MatMulInteger takes only a scalar a_zero_point, so an
+   asymmetric per-row form (a zero point per row) would not run there. */
+static kiln_status int8_row_node(kiln__qctx *q, int i, int a, int w, bool trans, int bias) {
+  int wq = -1, ws = -1;
+  kiln_status st = int8_weight(q, w, trans, &wq, &ws);
+  if (st != KILN_OK) return st;
+  char base[220], name[256];
+  kiln__qbase(q, i, base, sizeof base);
+  int aq = -1, sc = -1;
+  if ((st = row_quantize(q, a, base, &aq, &sc)) != KILN_OK) return st;
+  int y = q->g->nodes[i].out[0];
+  int yi = kiln__qvalue(q, base), yf = kiln__qvalue(q, base), y1 = kiln__qvalue(q, base);
+  int ys = bias >= 0 ? kiln__qvalue(q, base) : y;
+  if (yi < 0 || yf < 0 || y1 < 0 || ys < 0) return kiln__qoom(q);
+  kiln_tensor zt;
+  if ((st = kiln_tensor_alloc(&zt, KILN_DTYPE_UINT8, 0, NULL, q->err)) != KILN_OK) return st;
+  *(uint8_t *)zt.data = 128;
+  int az = kiln__qinit(q, base, &zt);
+  if (az < 0) return kiln__qoom(q);
+  int mm_in[3] = {aq, wq, az}, m1[2] = {yf, ws}, m2[2] = {y1, sc};
   snprintf(name, sizeof name, "%s/matmul_integer", base);
-  if (kiln__qnode_add(q, name, "MatMulInteger", mm_in, 2, &yi, 1) < 0) return KILN_NO_MEMORY;
+  if (kiln__qnode_add(q, name, "MatMulInteger", mm_in, 3, &yi, 1) < 0) return KILN_NO_MEMORY;
   snprintf(name, sizeof name, "%s/cast", base);
   if ((st = kiln__qcast(q, name, yi, yf, KILN_DTYPE_FLOAT)) != KILN_OK) return st;
   snprintf(name, sizeof name, "%s/weight_scale", base);

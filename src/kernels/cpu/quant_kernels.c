@@ -214,7 +214,8 @@ typedef struct dqrows_job {
   const float *x;
   size_t k;
   float qmax, min_scale;
-  int8_t *y;
+  int32_t zp;   /* 0: int8 out, 128: uint8 */
+  uint8_t *y;
   float *scale;
 } dqrows_job;
 
@@ -227,7 +228,7 @@ static void dqrows_range(void *arg, size_t begin, size_t end) {
     float sc = (-mn > mx ? -mn : mx) / j->qmax;
     if (!(sc > j->min_scale)) sc = j->min_scale;
     if (j->scale) j->scale[r] = sc;
-    kiln__q_quantize(j->isa, xr, j->k, sc, 0, true, j->y + r * j->k);
+    kiln__q_quantize(j->isa, xr, j->k, sc, j->zp, j->zp == 0, j->y + r * j->k);
   }
 }
 
@@ -242,7 +243,9 @@ static kiln_status dqrows_execute(kiln__kctx *c, void *state) {
     return c->node->op->run(c);
   size_t k = (size_t)x->dims[x->rank - 1], rows = 1;
   for (int d = 0; d < x->rank - 1; d++) rows *= (size_t)x->dims[d];
-  dqrows_job j = {s->isa, x->data, k, qmax, min_scale, c->out[0]->data,
+  int32_t zp = kiln__attr_int(c->node, "zero_point", 0) == 128 ? 128 : 0;
+  if (c->out[0]->dtype != (zp ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8)) return c->node->op->run(c);
+  dqrows_job j = {s->isa, x->data, k, qmax, min_scale, zp, c->out[0]->data,
                   c->n_out > 1 && c->out[1] ? c->out[1]->data : NULL};
   kiln__parallel_for(kiln__pool_for(c->pool, (double)rows * (double)k * 4), rows, dqrows_range,
                      &j);
@@ -257,13 +260,13 @@ typedef struct mm_io {
   int a, b, azp, bzp;
   bool qlinear;
   bool mif; /* com.microsoft MatMulIntegerToFloat (a, b, a_scale, b_scale, a_zp, b_zp, bias) */
-  bool rows; /* ai.kiln RowQuantMatMul (a, b, a_scale per row, b_scale, bias): no zero points */
+  bool rows; /* ai.kiln RowQuantMatMul: MatMulIntegerToFloat's inputs, a_scale one per row */
 } mm_io;
 
 static mm_io mm_inputs(const kiln__node *n) {
   bool ql = !strcmp(n->op_type, "QLinearMatMul") || !strcmp(n->op_type, "QLinearMatMulDq");
   if (!strcmp(n->op_type, "MatMulIntegerToFloat")) return (mm_io){0, 1, 4, 5, false, true};
-  if (!strcmp(n->op_type, "RowQuantMatMul")) return (mm_io){0, 1, 99, 99, false, false, true};
+  if (!strcmp(n->op_type, "RowQuantMatMul")) return (mm_io){0, 1, 4, 5, false, false, true};
   return ql ? (mm_io){0, 3, 2, 5, true, false} : (mm_io){0, 1, 2, 3, false, false};
 }
 
@@ -405,10 +408,10 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
     g.dq_bias = bias ? bias->data : NULL;
   }
   if (io.rows) { /* b_scale[j] then a_scale[i], the two Mul nodes' float products */
-    const kiln_tensor *as = c->in[2], *bs = c->in[3], *bias = opt(c, 4);
+    const kiln_tensor *as = c->in[2], *bs = c->in[3], *bias = opt(c, 6);
     float *mult = (float *)(mem + abytes + bbytes);
     size_t bn = kiln_tensor_count(bs);
-    if (as->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(as) != mg.rows ||
+    if (as->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(as) != mg.rows || mg.za.n > 1 ||
         bs->dtype != KILN_DTYPE_FLOAT || !(bn == 1 || bn == mg.n) ||
         (bias && (bias->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(bias) != mg.n)))
       return c->node->op->run(c);

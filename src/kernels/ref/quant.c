@@ -373,16 +373,18 @@ static size_t scratch_mif(const kiln__kctx *c) {
 }
 
 /* ai.kiln DynamicQuantizeRows and RowQuantMatMul (the fuse-rowq pass; int8-dynamic --per-row's
-   graph). DynamicQuantizeRows(X) -> (Y int8, Y_scale float): each row r of X (its last axis)
+   graph). DynamicQuantizeRows(X) -> (Y, Y_scale): each row r of X (its last axis)
      s = max(max_p |x[r][p]| / qmax, min_scale)              (ReduceMax(Abs) -> Div -> Max)
-     y[r][p] = clamp(rint(x[r][p] / s), -128, 127), NaN to 0  (Div -> Round -> Cast to int8)
-   with Y_scale X's shape with a last dim of 1; attributes qmax (default 127, in (0, 127]) and
-   min_scale (> 0). RowQuantMatMul(A, B, a_scale, b_scale[, bias]): 8-bit A [..., M, K] (no zero
-   point), a constant 2-D 8-bit B [K, N], one a_scale per row of A, b_scale one or N:
-     y[r][j] = ((float)sum_p a[r][p] * b[p][j]) * b_scale[j] * a_scale[r] [+ bias[j]]
-   (MatMulInteger -> Cast -> Mul -> Mul [-> Add]). Each step is the float operation of the
-   standard node it replaces, in their order, so both equal those nodes bit for bit on finite
-   inputs. */
+     y[r][p] = clamp(rint(x[r][p] / s) + zero_point), NaN to 0 before the zero point
+                                        (Div -> Round [-> Add(128)] -> Cast to int8 / uint8)
+   with Y_scale X's shape with a last dim of 1; attributes qmax (default 127, in (0, 127]),
+   min_scale (> 0) and zero_point: 0 (Y int8, the default) or 128 (Y uint8). RowQuantMatMul has
+   com.microsoft MatMulIntegerToFloat's inputs (A, B, a_scale, b_scale, a_zero_point,
+   b_zero_point, bias) with one a_scale per row of A and a constant 2-D B:
+     y[r][j] = ((float)sum_p (a[r][p] - za) * (b[p][j] - zb[j])) * b_scale[j] * a_scale[r]
+               [+ bias[j]]                         (MatMulInteger -> Cast -> Mul -> Mul [-> Add])
+   Each step is the float operation of the standard node it replaces, in their order, so both
+   equal those nodes bit for bit on finite inputs. */
 static kiln_status dqrows_params(const kiln__kctx *c, float *qmax, float *min_scale) {
   const kiln_tensor *x = c->in[0];
   if (x->dtype != KILN_DTYPE_FLOAT || x->rank < 1)
@@ -393,6 +395,10 @@ static kiln_status dqrows_params(const kiln__kctx *c, float *qmax, float *min_sc
   if (!(*qmax > 0.0f && *qmax <= 127.0f) || !(*min_scale > 0.0f && isfinite(*min_scale)))
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "DynamicQuantizeRows: qmax %g must be in "
                       "(0, 127] and min_scale %g positive", (double)*qmax, (double)*min_scale);
+  int64_t zp = kiln__attr_int(c->node, "zero_point", 0);
+  if (zp != 0 && zp != 128)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "DynamicQuantizeRows: zero_point %lld "
+                      "(0 for int8 or 128 for uint8)", (long long)zp);
   return KILN_OK;
 }
 
@@ -401,7 +407,8 @@ static kiln_status infer_dqrows(kiln__kctx *c) {
   kiln_status st = dqrows_params(c, &qmax, &min_scale);
   if (st != KILN_OK) return st;
   const kiln_tensor *x = c->in[0];
-  kiln__set_shape(c->out[0], KILN_DTYPE_INT8, x->rank, x->dims);
+  bool u8 = kiln__attr_int(c->node, "zero_point", 0) == 128;
+  kiln__set_shape(c->out[0], u8 ? KILN_DTYPE_UINT8 : KILN_DTYPE_INT8, x->rank, x->dims);
   if (c->n_out > 1 && c->out[1]) {
     int64_t d[KILN_MAX_RANK];
     memcpy(d, x->dims, (size_t)x->rank * sizeof *d);
@@ -419,7 +426,9 @@ static kiln_status run_dqrows(kiln__kctx *c) {
   size_t k = (size_t)x->dims[x->rank - 1], rows = 1;
   for (int d = 0; d < x->rank - 1; d++) rows *= (size_t)x->dims[d];
   const float *xd = x->data;
-  int8_t *y = c->out[0]->data;
+  kiln_tensor *y = c->out[0];
+  int32_t zp = kiln__attr_int(c->node, "zero_point", 0) == 128 ? 128 : 0, lo, hi;
+  qrange(y->dtype, &lo, &hi);
   float *ys = c->n_out > 1 && c->out[1] ? c->out[1]->data : NULL;
   for (size_t r = 0; r < rows; r++) {
     const float *xr = xd + r * k;
@@ -428,26 +437,36 @@ static kiln_status run_dqrows(kiln__kctx *c) {
       if (fabsf(xr[p]) > amax) amax = fabsf(xr[p]); /* NaN never compares greater */
     float sc = amax / qmax;
     if (!(sc > min_scale)) sc = min_scale;
-    for (size_t p = 0; p < k; p++) y[r * k + p] = (int8_t)saturate(xr[p] / sc, 0, -128, 127);
+    for (size_t p = 0; p < k; p++) stq(y, r * k + p, saturate(xr[p] / sc, zp, lo, hi));
     if (ys) ys[r] = sc;
   }
   return KILN_OK;
 }
 
-static kiln_status rowq_params(const kiln__kctx *c, kiln__matmul_shape *s, size_t *bs_n) {
+static kiln_status rowq_params(const kiln__kctx *c, kiln__matmul_shape *s, qmm_params *q,
+                               size_t *bs_n) {
   const kiln_tensor *a = c->in[0], *b = c->in[1], *as = c->in[2], *bs = c->in[3];
-  const kiln_tensor *bias = in_at(c, 4);
+  const kiln_tensor *bias = in_at(c, 6);
   if (b->rank != 2)
     return kiln__fail(c->err, KILN_UNSUPPORTED, "RowQuantMatMul: B must be 2-D (is rank %d)",
                       b->rank);
   kiln_status st = qmm_check(c, a, b, s);
   if (st != KILN_OK) return st;
+  *q = (qmm_params){in_at(c, 4), in_at(c, 5), 1, 1};
   if (as->dtype != KILN_DTYPE_FLOAT || bs->dtype != KILN_DTYPE_FLOAT)
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: scales must be float32");
   if (kiln_tensor_count(as) != s->batch * s->m)
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: a_scale has %zu values "
                       "for %zu rows of A", kiln_tensor_count(as), s->batch * s->m);
   if ((st = check_qparam(c, bs, s->n, "b_scale", bs_n)) != KILN_OK) return st;
+  if (q->azp && kiln_tensor_count(q->azp) != 1)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: a_zero_point must be a "
+                      "scalar");
+  if (q->bzp && (st = check_qparam(c, q->bzp, s->n, "b_zero_point", &q->bzp_n)) != KILN_OK)
+    return st;
+  if ((q->azp && q->azp->dtype != a->dtype) || (q->bzp && q->bzp->dtype != b->dtype))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: a zero point's type "
+                      "differs from its operand's");
   if (bias && (bias->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(bias) != s->n))
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: bias must be %zu floats",
                       s->n);
@@ -456,8 +475,9 @@ static kiln_status rowq_params(const kiln__kctx *c, kiln__matmul_shape *s, size_
 
 static kiln_status infer_rowq(kiln__kctx *c) {
   kiln__matmul_shape s = {0};
+  qmm_params q;
   size_t bs_n = 1;
-  kiln_status st = rowq_params(c, &s, &bs_n);
+  kiln_status st = rowq_params(c, &s, &q, &bs_n);
   if (st != KILN_OK) return st;
   kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, s.out_rank, s.out_dims);
   return KILN_OK;
@@ -465,14 +485,14 @@ static kiln_status infer_rowq(kiln__kctx *c) {
 
 static kiln_status run_rowq(kiln__kctx *c) {
   kiln__matmul_shape s = {0};
+  qmm_params q;
   size_t bs_n = 1;
-  kiln_status st = rowq_params(c, &s, &bs_n);
+  kiln_status st = rowq_params(c, &s, &q, &bs_n);
   if (st != KILN_OK) return st;
-  const kiln_tensor *a = c->in[0], *b = c->in[1], *bias = in_at(c, 4);
+  const kiln_tensor *a = c->in[0], *b = c->in[1], *bias = in_at(c, 6);
   const float *as = c->in[2]->data, *bs = c->in[3]->data;
   float *y = c->out[0]->data;
   int32_t *row = c->scratch;
-  qmm_params q = {NULL, NULL, 1, 1};
   for (size_t bi = 0; bi < s.batch; bi++) {
     size_t ao, bo;
     kiln__matmul_offsets(&s, bi, &ao, &bo);
@@ -1083,7 +1103,7 @@ const kiln__op kiln__ops_quant[] = {
     {"com.microsoft", "QLinearConcat", infer_qlinearconcat, run_qlinearconcat, NULL, 0, 5, -1},
     {"com.microsoft", "MatMulIntegerToFloat", infer_mif, run_mif, scratch_mif, 0, 4, 7},
     {"ai.kiln", "DynamicQuantizeRows", infer_dqrows, run_dqrows, NULL, 0, 1, 1},
-    {"ai.kiln", "RowQuantMatMul", infer_rowq, run_rowq, scratch_mif, 0, 4, 5},
+    {"ai.kiln", "RowQuantMatMul", infer_rowq, run_rowq, scratch_mif, 0, 4, 7},
     {"com.microsoft", "QLinearAdd", infer_qlinearadd, run_qlinearadd, NULL, KILN__OPF_INPLACE, 7, 8},
     {"com.microsoft", "QLinearGlobalAveragePool", infer_qlinearglobalavgpool,
      run_qlinearglobalavgpool, NULL, 0, 5, 5},
