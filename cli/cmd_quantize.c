@@ -120,11 +120,15 @@ int cmd_quantize(int argc, char **argv) {
                      "name>.npy); int8-dynamic needs none");
   if (!static_int8 && (o.calib_dir || method))
     return bad("%s", "--calib and --method are for static int8 only");
+  bool dynamic = o.format == KILN_QUANT_INT8_DYNAMIC;
+  for (size_t k = 0; k < n_nodes; k++) dynamic |= nodes[k].format == KILN_QUANT_INT8_DYNAMIC;
+  if (o.per_row && !dynamic) return bad("%s", "--per-row is for int8-dynamic only");
   o.nodes = nodes;
   o.n_nodes = n_nodes;
   kiln_quant_stats st;
   if (kiln_quantize_file_ex(model, out, &o, &st, &err) != KILN_OK) return cli_fail("quantize", &err);
-  printf("quantized %zu nodes to %s", st.nodes_quantized, kiln_quant_format_name(o.format));
+  printf("quantized %zu nodes to %s%s", st.nodes_quantized, kiln_quant_format_name(o.format),
+         o.per_row ? " (activations per row)" : "");
   if (n_nodes) printf(" (%zu per-node choices)", n_nodes);
   printf(" (%zu weight tensors, %.1f KiB -> %.1f KiB); %zu MatMul/Gemm/Conv kept in float\n",
          st.weights_converted, (double)st.weight_bytes_before / 1024,

@@ -62,6 +62,7 @@ expect "quantize: --node without =" "node 'f1': NAME=FORMAT" -- $q --to int8-dyn
 expect "quantize: --node bad format" "unknown quantization format 'int3'" -- $q --to fp16 --node /f1/Gemm=int3
 expect "quantize: --node typo" "no node named '/f9/Gemm'" -- $q --to fp16 --keep-float /f9/Gemm
 expect "quantize: --calib for a format without calibration" "for static int8 only" -- $q --to int4 --calib "$tmp"
+expect "quantize: --per-row for a format other than int8-dynamic" "per-row is for int8-dynamic only" -- $q --to int8 --calib "$tmp" --per-row
 expect "quantize: calibration folder without input.npy" "input.npy" -- $q --to int8 --calib "$tmp"
 expect "quantize: --calib-samples 0" "calib-samples '0'" -- $q --to int8 --calib "$tmp" --calib-samples 0
 
