@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quantization lab benchmark: per model and variant (fp32, every format `kiln quantize` knows,
-# pruned digits), the file size, `kiln bench` p50 at 1 and 2 threads (variants of a model measured
+# int8-dynamic --per-row, pruned digits), the file size, `kiln bench` p50 at 1 and 2 threads (variants of a model measured
 # alternately, ROUNDS times, median kept, so machine noise hits them alike) and the accuracy:
 # digits top-1 on its 450 labelled test digits, charlm perplexity ratio and KL on held-out
 # windows, cosine against fp32 for the random-weight models on seeded random inputs. Models that
@@ -53,6 +53,12 @@ row() { # model variant file accuracy
   printf '| %s | %s | %s | %s |%s %s |\n' "$1" "$2" "$(size "$3")" "$(gz "$3")" "$l" "$4" >> "$out/table.md"
 }
 
+# rows MODEL PREFIX: adds the int8-dynamic --per-row variant to files/names
+rows() {
+  "$kiln" quantize "$1" --to int8-dynamic --per-row -o "$2_rows.onnx" >/dev/null &&
+    files+=("$2_rows.onnx") names+=("int8-dynamic per-row")
+}
+
 # ---- digits: labelled accuracy ---------------------------------------------------------------
 d=$root/models/digits/digits_cnn.onnx
 mkdir -p "$out/digits_data" && ln -sf "$root/models/digits/test_x.npy" "$out/digits_data/input.npy"
@@ -60,6 +66,7 @@ files=("$d") names=(fp32)
 for f in $formats; do
   "$kiln" quantize "$d" --to "$f" -o "$out/digits_$f.onnx" >/dev/null && files+=("$out/digits_$f.onnx") names+=("$f")
 done
+rows "$d" "$out/digits"
 for s in 0.3 0.5; do
   for m in structured unstructured; do
     "$kiln" prune "$d" --sparsity $s --$m -o "$out/digits_${m}_$s.onnx" >/dev/null &&
@@ -83,6 +90,7 @@ else
   for f in $formats; do
     "$kiln" quantize "$c" --to "$f" -o "$out/charlm_$f.onnx" >/dev/null && files+=("$out/charlm_$f.onnx") names+=("$f")
   done
+  rows "$c" "$out/charlm"
   measure_all "${files[@]}"
   for i in "${!files[@]}"; do
     v=$("$kiln" validate --reference "$c" --candidate "${files[$i]}" --data "$out/lm" --perplexity \
@@ -115,6 +123,7 @@ PY
   for q in $formats; do
     "$kiln" quantize "$f" --to "$q" -o "$out/${m}_$q.onnx" >/dev/null && files+=("$out/${m}_$q.onnx") names+=("$q")
   done
+  [ "$m" = resnet50 ] || rows "$f" "$out/$m"
   measure_all "${files[@]}"
   for i in "${!files[@]}"; do
     cos=$("$kiln" validate --threads 1 --reference "$f" --candidate "${files[$i]}" --data "$out/${m}_data" | sed -n 's/cosine: *\([0-9.]*\)/\1/p')

@@ -137,7 +137,8 @@ static uint64_t node_macs(const kiln__node *n, const kiln_tensor *const *in, int
     int64_t k = dim_or0(a, kiln__attr_int(n, "transA", 0) ? 0 : 1);
     return count_of(y) * (uint64_t)(k > 0 ? k : 0);
   }
-  if (!strcmp(dom, "com.microsoft") && !strcmp(op, "MatMulIntegerToFloat")) {
+  if ((!strcmp(dom, "com.microsoft") && !strcmp(op, "MatMulIntegerToFloat")) ||
+      (kiln && !strcmp(op, "RowQuantMatMul"))) {
     int64_t k = a && a->rank == 1 ? a->dims[0] : dim_or0(a, -1);
     return count_of(y) * (uint64_t)(k > 0 ? k : 0);
   }
