@@ -37,6 +37,7 @@ gz() { gzip -9 -c "$1" | wc -c; }
 # row MODEL VARIANT FILE ACCURACY: latency medians measured in measure_all
 declare -A lat
 measure_all() { # files...
+  local t r f # the callers' $f is a model path: this loop must not overwrite it
   for t in $threads_list; do
     declare -A samples=()
     for ((r = 0; r < rounds; r++)); do
