@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Quantization lab benchmark: per model and variant (fp32, every format `kiln quantize` knows,
-# int8-dynamic --per-row, pruned digits), the file size, `kiln bench` p50 at 1 and 2 threads (variants of a model measured
-# alternately, ROUNDS times, median kept, so machine noise hits them alike) and the accuracy:
+# Quantization lab benchmark: per model and variant (fp32, every format `kiln quantize` knows
+# but static int8 (bench/run_qdq.sh), int8-dynamic --per-row, pruned digits), the file size,
+# `kiln bench` p50 at 1 and 2 threads (variants of a model measured alternately, ROUNDS times,
+# median kept, so machine noise hits them alike) and the accuracy:
 # digits top-1 on its 450 labelled test digits, charlm perplexity ratio and KL on held-out
 # windows, cosine against fp32 for the random-weight models on seeded random inputs. Models that
 # are missing are skipped with the reason. Not part of ctest.
