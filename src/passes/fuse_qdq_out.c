@@ -32,23 +32,14 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
     const kiln_tensor *dz = dq->n_in > 2 ? kiln__pass_const_init(ctx, dq->in[2]) : NULL;
     if (!ds || ds->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(ds) != 1) continue;
     if (dq->n_in > 2 && dq->in[2] >= 0 && (!dz || kiln_tensor_count(dz) != 1)) continue;
-    int last = i_dq, bias = -1;
     /* the bias Add: B's columns known from a constant 2-D B */
     const kiln_tensor *b = kiln__pass_const_init(ctx, mm->in[3]);
-    int i_add = b && b->rank == 2 ? kiln__pass_sole_user(ctx, dq->out[0], &slot) : -1;
-    if (i_add >= 0 && is_op(&g->nodes[i_add], "Add") && g->nodes[i_add].n_in == 2) {
-      int other = g->nodes[i_add].in[1 - slot], out_rank = -1;
-      const kiln_tensor *bt = other != dq->out[0] ? kiln__pass_const_init(ctx, other) : NULL;
-      if (bt && bt->rank > 1) { /* the output's rank, from shape inference (run once) */
-        kiln_status st = kiln__pass_shapes(ctx);
-        if (st != KILN_OK) return st;
-        out_rank = kiln__pass_rank(ctx, dq->out[0]);
-      }
-      if (kiln__pass_bias_fits(bt, b->dims[1], out_rank)) {
-        bias = other;
-        last = i_add;
-      }
+    int i_add = -1, bias = -1;
+    if (b && b->rank == 2) {
+      kiln_status st = kiln__pass_bias_add(ctx, dq->out[0], b->dims[1], &i_add, &bias);
+      if (st != KILN_OK) return st;
     }
+    int last = i_add >= 0 ? i_add : i_dq;
     int in[11];
     for (int k = 0; k < 8; k++) in[k] = mm->in[k];
     in[8] = dq->in[1];
@@ -107,14 +98,10 @@ static kiln_status dynamic_out(kiln__pass_ctx *ctx, int i, bool *changed) {
     const kiln_tensor *ash = kiln__pass_shape(ctx, as, probe);
     if (!ash || ash->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(ash) != 1) return KILN_OK;
   }
-  int last = i_mul, bias = -1;
-  int i_add = kiln__pass_sole_user(ctx, g->nodes[i_mul].out[0], &slot);
-  if (i_add >= 0 && is_op(&g->nodes[i_add], "Add") && g->nodes[i_add].n_in == 2) {
-    int other = g->nodes[i_add].in[1 - slot], out_rank = -1;
-    const kiln_tensor *bt = other != g->nodes[i_mul].out[0] ? kiln__pass_const_init(ctx, other) : NULL;
-    if (bt && bt->rank > 1) out_rank = kiln__pass_rank(ctx, g->nodes[i_mul].out[0]);
-    if (kiln__pass_bias_fits(bt, n, out_rank)) bias = other, last = i_add;
-  }
+  int i_add, bias;
+  if ((st = kiln__pass_bias_add(ctx, g->nodes[i_mul].out[0], n, &i_add, &bias)) != KILN_OK)
+    return st;
+  int last = i_add >= 0 ? i_add : i_mul;
   int in[7] = {mm->in[0], mm->in[1], as, sm->in[ws_side], mm->n_in > 2 ? mm->in[2] : -1,
                mm->n_in > 3 ? mm->in[3] : -1, bias};
   int n_in = bias >= 0 ? 7 : in[5] >= 0 ? 6 : in[4] >= 0 ? 5 : 4;

@@ -152,25 +152,16 @@ static kiln_status product(kiln__pass_ctx *ctx, int i, bool *changed) {
   if (i_m2 < 0 || !kiln__pass_is(&g->nodes[i_m2], "Mul") || g->nodes[i_m2].n_in != 2 ||
       g->nodes[i_m2].in[1 - slot] != s)
     return KILN_OK;
-  int last = i_m2, bias = -1;
-  int i_add = kiln__pass_sole_user(ctx, g->nodes[i_m2].out[0], &slot);
-  if (i_add >= 0 && kiln__pass_is(&g->nodes[i_add], "Add") && g->nodes[i_add].n_in == 2) {
-    int other = g->nodes[i_add].in[1 - slot], out_rank = -1;
-    const kiln_tensor *bt = other != g->nodes[i_m2].out[0] ? kiln__pass_const_init(ctx, other)
-                                                            : NULL;
-    if (bt && bt->rank > 1) {
-      kiln_status st = kiln__pass_shapes(ctx);
-      if (st != KILN_OK) return st;
-      out_rank = kiln__pass_rank(ctx, g->nodes[i_m2].out[0]);
-    }
-    if (kiln__pass_bias_fits(bt, n, out_rank)) bias = other, last = i_add;
-  }
+  int i_add, bias;
+  kiln_status st = kiln__pass_bias_add(ctx, g->nodes[i_m2].out[0], n, &i_add, &bias);
+  if (st != KILN_OK) return st;
+  int last = i_add >= 0 ? i_add : i_m2;
   int in[7] = {aq, mm->in[1], s, ws, za, zb, bias};
   int n_in = bias >= 0 ? 7 : zb >= 0 ? 6 : za >= 0 ? 5 : 4;
   kiln__node *f = &g->nodes[last];
   kiln__pass_note(ctx, "%s+%s+%s+%s%s%s", mm->name, g->nodes[i_cast].name, g->nodes[i_m1].name,
                   g->nodes[i_m2].name, bias >= 0 ? "+" : "", bias >= 0 ? f->name : "");
-  kiln_status st = kiln__pass_set_inputs(ctx, f, in, n_in);
+  st = kiln__pass_set_inputs(ctx, f, in, n_in);
   if (st == KILN_OK) st = kiln__pass_set_op(ctx, f, "ai.kiln", "RowQuantMatMul");
   if (st != KILN_OK) return st;
   kiln__pass_clear_attrs(f);

@@ -75,6 +75,9 @@ const kiln_tensor *kiln__pass_const_init(const kiln__pass_ctx *ctx, int v);
    unknown) without broadcasting the output to more axes (rank 1, or leading 1s and no more axes
    than the output): a GEMM epilogue's per-column bias. */
 bool kiln__pass_bias_fits(const kiln_tensor *bias, int64_t n, int out_rank);
+/* The Add that is v's sole reader and adds such a bias of n floats to it: its index into *add and
+   the bias value into *bias, or -1 in both. */
+kiln_status kiln__pass_bias_add(kiln__pass_ctx *ctx, int v, int64_t n, int *add, int *bias);
 /* A scalar float constant (any shape of one element), or false. */
 bool kiln__pass_const_scalar(const kiln__pass_ctx *ctx, int v, double *out);
 /* True when the node has a GRAPH/GRAPHS attribute. */

@@ -135,6 +135,22 @@ bool kiln__pass_bias_fits(const kiln_tensor *bias, int64_t n, int out_rank) {
   return true;
 }
 
+kiln_status kiln__pass_bias_add(kiln__pass_ctx *ctx, int v, int64_t n, int *add, int *bias) {
+  *add = *bias = -1;
+  int slot, i = kiln__pass_sole_user(ctx, v, &slot);
+  if (i < 0 || !kiln__pass_is(&ctx->g->nodes[i], "Add") || ctx->g->nodes[i].n_in != 2)
+    return KILN_OK;
+  int other = ctx->g->nodes[i].in[1 - slot], out_rank = -1;
+  const kiln_tensor *bt = other != v ? kiln__pass_const_init(ctx, other) : NULL;
+  if (bt && bt->rank > 1) { /* v's rank, from shape inference (run once per pass) */
+    kiln_status st = kiln__pass_shapes(ctx);
+    if (st != KILN_OK) return st;
+    out_rank = kiln__pass_rank(ctx, v);
+  }
+  if (kiln__pass_bias_fits(bt, n, out_rank)) *add = i, *bias = other;
+  return KILN_OK;
+}
+
 bool kiln__pass_const_scalar(const kiln__pass_ctx *ctx, int v, double *out) {
   const kiln_tensor *t = kiln__pass_const_f32(ctx, v);
   if (!t || kiln_tensor_count(t) != 1) return false;

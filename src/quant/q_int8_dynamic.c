@@ -65,6 +65,22 @@ static kiln_status int8_weight(kiln__qctx *q, int v, bool trans, int *wq, int *w
   return KILN_OK;
 }
 
+/* The last nodes of both layouts: Mul(in[0], in[1]) (named base/what) writes node i's output,
+   or with a bias a fresh value that Add(., bias) turns into it; node i becomes the last node. */
+static kiln_status rescale_bias(kiln__qctx *q, int i, const char *base, const char *what,
+                                const int in[2], int bias) {
+  char name[256];
+  int y = q->g->nodes[i].out[0];
+  snprintf(name, sizeof name, "%s/%s", base, what);
+  if (bias < 0) return kiln__qnode_set(q, &q->g->nodes[i], name, "Mul", in, 2, &y, 1);
+  int ys = kiln__qvalue(q, base);
+  if (ys < 0) return kiln__qoom(q);
+  if (kiln__qnode_add(q, name, "Mul", in, 2, &ys, 1) < 0) return KILN_NO_MEMORY;
+  int b_in[2] = {ys, bias};
+  snprintf(name, sizeof name, "%s/bias", base);
+  return kiln__qnode_set(q, &q->g->nodes[i], name, "Add", b_in, 2, &y, 1);
+}
+
 /* Rewrites node i, Y = A W (+ C), as
      DynamicQuantizeLinear(A) -> a_q, a_scale, a_zp
      MatMulInteger(a_q, W_q, a_zp) -> Y_i32;  Cast(Y_i32, to=float) -> Y_f
@@ -76,11 +92,9 @@ static kiln_status int8_node(kiln__qctx *q, int i, int a, int w, bool trans, int
   if (st != KILN_OK) return st;
   char base[220], name[256];
   kiln__qbase(q, i, base, sizeof base);
-  int y = q->g->nodes[i].out[0];
   int aq = kiln__qvalue(q, base), as = kiln__qvalue(q, base), az = kiln__qvalue(q, base);
   int yi = kiln__qvalue(q, base), yf = kiln__qvalue(q, base), sc = kiln__qvalue(q, base);
-  int ys = bias >= 0 ? kiln__qvalue(q, base) : y;
-  if (aq < 0 || as < 0 || az < 0 || yi < 0 || yf < 0 || sc < 0 || ys < 0) return kiln__qoom(q);
+  if (aq < 0 || as < 0 || az < 0 || yi < 0 || yf < 0 || sc < 0) return kiln__qoom(q);
   int dq_out[3] = {aq, as, az}, mm_in[3] = {aq, wq, az}, s_in[2] = {as, ws}, y_in[2] = {yf, sc};
   snprintf(name, sizeof name, "%s/dynamic_quantize", base);
   if (kiln__qnode_add(q, name, "DynamicQuantizeLinear", &a, 1, dq_out, 3) < 0) return KILN_NO_MEMORY;
@@ -90,12 +104,7 @@ static kiln_status int8_node(kiln__qctx *q, int i, int a, int w, bool trans, int
   if ((st = kiln__qcast(q, name, yi, yf, KILN_DTYPE_FLOAT)) != KILN_OK) return st;
   snprintf(name, sizeof name, "%s/scale", base);
   if (kiln__qnode_add(q, name, "Mul", s_in, 2, &sc, 1) < 0) return KILN_NO_MEMORY;
-  snprintf(name, sizeof name, "%s/rescale", base);
-  if (bias < 0) return kiln__qnode_set(q, &q->g->nodes[i], name, "Mul", y_in, 2, &y, 1);
-  if (kiln__qnode_add(q, name, "Mul", y_in, 2, &ys, 1) < 0) return KILN_NO_MEMORY;
-  int b_in[2] = {ys, bias};
-  snprintf(name, sizeof name, "%s/bias", base);
-  return kiln__qnode_set(q, &q->g->nodes[i], name, "Add", b_in, 2, &y, 1);
+  return rescale_bias(q, i, base, "rescale", y_in, bias);
 }
 
 /* A float32 scalar initializer; -1 when out of memory. */
@@ -181,10 +190,8 @@ static kiln_status int8_row_node(kiln__qctx *q, int i, int a, int w, bool trans,
   kiln__qbase(q, i, base, sizeof base);
   int aq = -1, sc = -1;
   if ((st = row_quantize(q, a, base, &aq, &sc)) != KILN_OK) return st;
-  int y = q->g->nodes[i].out[0];
   int yi = kiln__qvalue(q, base), yf = kiln__qvalue(q, base), y1 = kiln__qvalue(q, base);
-  int ys = bias >= 0 ? kiln__qvalue(q, base) : y;
-  if (yi < 0 || yf < 0 || y1 < 0 || ys < 0) return kiln__qoom(q);
+  if (yi < 0 || yf < 0 || y1 < 0) return kiln__qoom(q);
   kiln_tensor zt;
   if ((st = kiln_tensor_alloc(&zt, KILN_DTYPE_UINT8, 0, NULL, q->err)) != KILN_OK) return st;
   *(uint8_t *)zt.data = 128;
@@ -197,12 +204,7 @@ static kiln_status int8_row_node(kiln__qctx *q, int i, int a, int w, bool trans,
   if ((st = kiln__qcast(q, name, yi, yf, KILN_DTYPE_FLOAT)) != KILN_OK) return st;
   snprintf(name, sizeof name, "%s/weight_scale", base);
   if (kiln__qnode_add(q, name, "Mul", m1, 2, &y1, 1) < 0) return KILN_NO_MEMORY;
-  snprintf(name, sizeof name, "%s/row_rescale", base);
-  if (bias < 0) return kiln__qnode_set(q, &q->g->nodes[i], name, "Mul", m2, 2, &y, 1);
-  if (kiln__qnode_add(q, name, "Mul", m2, 2, &ys, 1) < 0) return KILN_NO_MEMORY;
-  int b_in[2] = {ys, bias};
-  snprintf(name, sizeof name, "%s/bias", base);
-  return kiln__qnode_set(q, &q->g->nodes[i], name, "Add", b_in, 2, &y, 1);
+  return rescale_bias(q, i, base, "row_rescale", m2, bias);
 }
 
 static kiln_status int8_dynamic_node(kiln__qctx *q, int i, kiln__qoutcome *out) {

@@ -306,25 +306,40 @@ static kiln_status run_matmulint(kiln__kctx *c) {
 /* com.microsoft MatMulIntegerToFloat (fuse-qdq-out makes it of int8-dynamic's MatMulInteger ->
    Cast -> Mul(a_scale * b_scale) [-> Add(bias)]): Y = (float)sum * (a_scale * b_scale[j])
    [+ bias[j]], each step a float operation as those nodes do. Inputs: a, b, a_scale (one),
-   b_scale (one or n), [a_zero_point] (one or m), [b_zero_point] (one or n), [bias] (n). */
+   b_scale (one or n), [a_zero_point] (one or m), [b_zero_point] (one or n), [bias] (n).
+   ai.kiln RowQuantMatMul (below) takes the same inputs with one a_scale per row of A. */
+static bool rowq_op(const kiln__kctx *c) { return !strcmp(c->node->op_type, "RowQuantMatMul"); }
+
 static kiln_status mif_params(const kiln__kctx *c, kiln__matmul_shape *s, qmm_params *q,
                               size_t *bs_n) {
+  const char *op = c->node->op_type;
+  bool rows = rowq_op(c);
+  if (rows && c->in[1]->rank != 2)
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "%s: B must be 2-D (is rank %d)", op,
+                      c->in[1]->rank);
   kiln_status st = qmm_check(c, c->in[0], c->in[1], s);
   if (st != KILN_OK) return st;
   const kiln_tensor *as = c->in[2], *bs = c->in[3], *bias = in_at(c, 6);
   *q = (qmm_params){in_at(c, 4), in_at(c, 5), 1, 1};
   if ((st = need_scale(c, as, "a_scale")) != KILN_OK) return st;
   if ((st = need_scale(c, bs, "b_scale")) != KILN_OK) return st;
-  if (kiln_tensor_count(as) != 1)
-    return kiln__fail(c->err, KILN_UNSUPPORTED, "MatMulIntegerToFloat: a_scale must be a scalar");
+  if (!rows && kiln_tensor_count(as) != 1)
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "%s: a_scale must be a scalar", op);
+  if (rows && kiln_tensor_count(as) != s->batch * s->m)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "%s: a_scale has %zu values for %zu rows "
+                      "of A", op, kiln_tensor_count(as), s->batch * s->m);
   if ((st = check_qparam(c, bs, s->n, "b_scale", bs_n)) != KILN_OK) return st;
+  if (rows && q->azp && kiln_tensor_count(q->azp) != 1)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "%s: a_zero_point must be a scalar", op);
   if (q->azp && (st = check_qparam(c, q->azp, s->m, "a_zero_point", &q->azp_n)) != KILN_OK)
     return st;
   if (q->bzp && (st = check_qparam(c, q->bzp, s->n, "b_zero_point", &q->bzp_n)) != KILN_OK)
     return st;
+  if ((q->azp && q->azp->dtype != c->in[0]->dtype) || (q->bzp && q->bzp->dtype != c->in[1]->dtype))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "%s: a zero point's type differs from its "
+                      "operand's", op);
   if (bias && (!kiln__dtype_is_float(bias->dtype) || kiln_tensor_count(bias) != s->n))
-    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "MatMulIntegerToFloat: bias must be %zu "
-                      "floats", s->n);
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "%s: bias must be %zu floats", op, s->n);
   return KILN_OK;
 }
 
@@ -334,7 +349,8 @@ static kiln_status infer_mif(kiln__kctx *c) {
   size_t bs_n = 1;
   kiln_status st = mif_params(c, &s, &q, &bs_n);
   if (st != KILN_OK) return st;
-  kiln__set_shape(c->out[0], c->in[2]->dtype, s.out_rank, s.out_dims);
+  kiln__set_shape(c->out[0], rowq_op(c) ? KILN_DTYPE_FLOAT : c->in[2]->dtype, s.out_rank,
+                  s.out_dims);
   return KILN_OK;
 }
 
@@ -345,21 +361,29 @@ static kiln_status run_mif(kiln__kctx *c) {
   kiln_status st = mif_params(c, &s, &q, &bs_n);
   if (st != KILN_OK) return st;
   if (c->out[0]->dtype != KILN_DTYPE_FLOAT)
-    return kiln__fail(c->err, KILN_UNSUPPORTED, "MatMulIntegerToFloat output %s",
+    return kiln__fail(c->err, KILN_UNSUPPORTED, "%s output %s", c->node->op_type,
                       kiln_dtype_name(c->out[0]->dtype));
-  const kiln_tensor *a = c->in[0], *b = c->in[1], *bias = in_at(c, 6);
-  float sa = ldf(c->in[2], 0), *y = c->out[0]->data;
+  const kiln_tensor *a = c->in[0], *b = c->in[1], *as = c->in[2], *bs = c->in[3];
+  const kiln_tensor *bias = in_at(c, 6);
+  bool rows = rowq_op(c);
+  float *y = c->out[0]->data;
   int32_t *row = c->scratch;
   for (size_t bi = 0; bi < s.batch; bi++) {
     size_t ao, bo;
     kiln__matmul_offsets(&s, bi, &ao, &bo);
     for (size_t i = 0; i < s.m; i++) {
+      size_t r = bi * s.m + i;
       qmm_matrix(a, ao, b, bo, &s, &q, i, row);
       for (size_t j = 0; j < s.n; j++) {
-        float f = (float)row[j];
-        f *= sa * ldf(c->in[3], bs_n == 1 ? 0 : j);
+        float f = (float)row[j], sb = ldf(bs, bs_n == 1 ? 0 : j);
+        if (rows) { /* two Mul nodes: by b_scale[j], then by the row's a_scale */
+          f *= sb;
+          f *= ldf(as, r);
+        } else {
+          f *= ldf(as, 0) * sb;
+        }
         if (bias) f += ldf(bias, j);
-        y[(bi * s.m + i) * s.n + j] = f;
+        y[r * s.n + j] = f;
       }
     }
   }
@@ -380,7 +404,8 @@ static size_t scratch_mif(const kiln__kctx *c) {
    with Y_scale X's shape with a last dim of 1; attributes qmax (default 127, in (0, 127]),
    min_scale (> 0) and zero_point: 0 (Y int8, the default) or 128 (Y uint8). RowQuantMatMul has
    com.microsoft MatMulIntegerToFloat's inputs (A, B, a_scale, b_scale, a_zero_point,
-   b_zero_point, bias) with one a_scale per row of A and a constant 2-D B:
+   b_zero_point, bias) with one a_scale per row of A, a scalar a_zero_point and a 2-D B (run by
+   run_mif above):
      y[r][j] = ((float)sum_p (a[r][p] - za) * (b[p][j] - zb[j])) * b_scale[j] * a_scale[r]
                [+ bias[j]]                         (MatMulInteger -> Cast -> Mul -> Mul [-> Add])
    Each step is the float operation of the standard node it replaces, in their order, so both
@@ -439,74 +464,6 @@ static kiln_status run_dqrows(kiln__kctx *c) {
     if (!(sc > min_scale)) sc = min_scale;
     for (size_t p = 0; p < k; p++) stq(y, r * k + p, saturate(xr[p] / sc, zp, lo, hi));
     if (ys) ys[r] = sc;
-  }
-  return KILN_OK;
-}
-
-static kiln_status rowq_params(const kiln__kctx *c, kiln__matmul_shape *s, qmm_params *q,
-                               size_t *bs_n) {
-  const kiln_tensor *a = c->in[0], *b = c->in[1], *as = c->in[2], *bs = c->in[3];
-  const kiln_tensor *bias = in_at(c, 6);
-  if (b->rank != 2)
-    return kiln__fail(c->err, KILN_UNSUPPORTED, "RowQuantMatMul: B must be 2-D (is rank %d)",
-                      b->rank);
-  kiln_status st = qmm_check(c, a, b, s);
-  if (st != KILN_OK) return st;
-  *q = (qmm_params){in_at(c, 4), in_at(c, 5), 1, 1};
-  if (as->dtype != KILN_DTYPE_FLOAT || bs->dtype != KILN_DTYPE_FLOAT)
-    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: scales must be float32");
-  if (kiln_tensor_count(as) != s->batch * s->m)
-    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: a_scale has %zu values "
-                      "for %zu rows of A", kiln_tensor_count(as), s->batch * s->m);
-  if ((st = check_qparam(c, bs, s->n, "b_scale", bs_n)) != KILN_OK) return st;
-  if (q->azp && kiln_tensor_count(q->azp) != 1)
-    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: a_zero_point must be a "
-                      "scalar");
-  if (q->bzp && (st = check_qparam(c, q->bzp, s->n, "b_zero_point", &q->bzp_n)) != KILN_OK)
-    return st;
-  if ((q->azp && q->azp->dtype != a->dtype) || (q->bzp && q->bzp->dtype != b->dtype))
-    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: a zero point's type "
-                      "differs from its operand's");
-  if (bias && (bias->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(bias) != s->n))
-    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "RowQuantMatMul: bias must be %zu floats",
-                      s->n);
-  return KILN_OK;
-}
-
-static kiln_status infer_rowq(kiln__kctx *c) {
-  kiln__matmul_shape s = {0};
-  qmm_params q;
-  size_t bs_n = 1;
-  kiln_status st = rowq_params(c, &s, &q, &bs_n);
-  if (st != KILN_OK) return st;
-  kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, s.out_rank, s.out_dims);
-  return KILN_OK;
-}
-
-static kiln_status run_rowq(kiln__kctx *c) {
-  kiln__matmul_shape s = {0};
-  qmm_params q;
-  size_t bs_n = 1;
-  kiln_status st = rowq_params(c, &s, &q, &bs_n);
-  if (st != KILN_OK) return st;
-  const kiln_tensor *a = c->in[0], *b = c->in[1], *bias = in_at(c, 6);
-  const float *as = c->in[2]->data, *bs = c->in[3]->data;
-  float *y = c->out[0]->data;
-  int32_t *row = c->scratch;
-  for (size_t bi = 0; bi < s.batch; bi++) {
-    size_t ao, bo;
-    kiln__matmul_offsets(&s, bi, &ao, &bo);
-    for (size_t i = 0; i < s.m; i++) {
-      size_t r = bi * s.m + i;
-      qmm_matrix(a, ao, b, bo, &s, &q, i, row);
-      for (size_t j = 0; j < s.n; j++) {
-        float f = (float)row[j];
-        f *= bs[bs_n == 1 ? 0 : j];
-        f *= as[r];
-        if (bias) f += ((const float *)bias->data)[j];
-        y[r * s.n + j] = f;
-      }
-    }
   }
   return KILN_OK;
 }
@@ -1103,7 +1060,7 @@ const kiln__op kiln__ops_quant[] = {
     {"com.microsoft", "QLinearConcat", infer_qlinearconcat, run_qlinearconcat, NULL, 0, 5, -1},
     {"com.microsoft", "MatMulIntegerToFloat", infer_mif, run_mif, scratch_mif, 0, 4, 7},
     {"ai.kiln", "DynamicQuantizeRows", infer_dqrows, run_dqrows, NULL, 0, 1, 1},
-    {"ai.kiln", "RowQuantMatMul", infer_rowq, run_rowq, scratch_mif, 0, 4, 7},
+    {"ai.kiln", "RowQuantMatMul", infer_mif, run_mif, scratch_mif, 0, 4, 7},
     {"com.microsoft", "QLinearAdd", infer_qlinearadd, run_qlinearadd, NULL, KILN__OPF_INPLACE, 7, 8},
     {"com.microsoft", "QLinearGlobalAveragePool", infer_qlinearglobalavgpool,
      run_qlinearglobalavgpool, NULL, 0, 5, 5},
