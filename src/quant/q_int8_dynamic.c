@@ -81,6 +81,17 @@ static kiln_status rescale_bias(kiln__qctx *q, int i, const char *base, const ch
   return kiln__qnode_set(q, &q->g->nodes[i], name, "Add", b_in, 2, &y, 1);
 }
 
+/* MatMulInteger(mm_in[0..2]) -> Y_i32 -> Cast(to=FLOAT) -> *yf, named after base. */
+static kiln_status int_product(kiln__qctx *q, const char *base, const int mm_in[3], int *yf) {
+  char name[256];
+  int yi = kiln__qvalue(q, base);
+  if (yi < 0 || (*yf = kiln__qvalue(q, base)) < 0) return kiln__qoom(q);
+  snprintf(name, sizeof name, "%s/matmul_integer", base);
+  if (kiln__qnode_add(q, name, "MatMulInteger", mm_in, 3, &yi, 1) < 0) return KILN_NO_MEMORY;
+  snprintf(name, sizeof name, "%s/cast", base);
+  return kiln__qcast(q, name, yi, *yf, KILN_DTYPE_FLOAT);
+}
+
 /* Rewrites node i, Y = A W (+ C), as
      DynamicQuantizeLinear(A) -> a_q, a_scale, a_zp
      MatMulInteger(a_q, W_q, a_zp) -> Y_i32;  Cast(Y_i32, to=float) -> Y_f
@@ -93,15 +104,13 @@ static kiln_status int8_node(kiln__qctx *q, int i, int a, int w, bool trans, int
   char base[220], name[256];
   kiln__qbase(q, i, base, sizeof base);
   int aq = kiln__qvalue(q, base), as = kiln__qvalue(q, base), az = kiln__qvalue(q, base);
-  int yi = kiln__qvalue(q, base), yf = kiln__qvalue(q, base), sc = kiln__qvalue(q, base);
-  if (aq < 0 || as < 0 || az < 0 || yi < 0 || yf < 0 || sc < 0) return kiln__qoom(q);
-  int dq_out[3] = {aq, as, az}, mm_in[3] = {aq, wq, az}, s_in[2] = {as, ws}, y_in[2] = {yf, sc};
+  int sc = kiln__qvalue(q, base), yf = -1;
+  if (aq < 0 || as < 0 || az < 0 || sc < 0) return kiln__qoom(q);
+  int dq_out[3] = {aq, as, az}, mm_in[3] = {aq, wq, az}, s_in[2] = {as, ws};
   snprintf(name, sizeof name, "%s/dynamic_quantize", base);
   if (kiln__qnode_add(q, name, "DynamicQuantizeLinear", &a, 1, dq_out, 3) < 0) return KILN_NO_MEMORY;
-  snprintf(name, sizeof name, "%s/matmul_integer", base);
-  if (kiln__qnode_add(q, name, "MatMulInteger", mm_in, 3, &yi, 1) < 0) return KILN_NO_MEMORY;
-  snprintf(name, sizeof name, "%s/cast", base);
-  if ((st = kiln__qcast(q, name, yi, yf, KILN_DTYPE_FLOAT)) != KILN_OK) return st;
+  if ((st = int_product(q, base, mm_in, &yf)) != KILN_OK) return st;
+  int y_in[2] = {yf, sc};
   snprintf(name, sizeof name, "%s/scale", base);
   if (kiln__qnode_add(q, name, "Mul", s_in, 2, &sc, 1) < 0) return KILN_NO_MEMORY;
   return rescale_bias(q, i, base, "rescale", y_in, bias);
@@ -116,22 +125,25 @@ static int scalar_f32(kiln__qctx *q, const char *hint, float v) {
   return kiln__qinit(q, hint, &t);
 }
 
-/* The per-row quantization of activation a (its last axis), made once per activation so that
-   the MatMuls reading one tensor (Q, K and V) share it:
+/* The per-row quantization of activation a (its last axis) and its zero point for
+   MatMulInteger, made once per activation so that the MatMuls reading one tensor (Q, K and V)
+   share them:
      s = Max(Div(ReduceMax(Abs(A), axes=[-1], keepdims=1), 127), FLT_MIN)      [..., M, 1]
      a_q = Cast(Add(Round(Div(A, s)), 128), to=UINT8)                   in [1, 255], zero 128
    Symmetric values stored as uint8 with zero point 128 rather than as int8: ONNX Runtime's
-   MatMulInteger runs int8 x int8 on a slow generic path (bert_tiny 22 ms against 2.9 for uint8
-   activations). The FLT_MIN floor keeps an all-zero row's scale positive (it quantizes to 0). */
-static kiln_status row_quantize(kiln__qctx *q, int a, const char *base, int *aq_out, int *sc_out) {
-  int *cq = NULL, *cs = NULL;
+   MatMulInteger runs int8 x int8 on a slow generic path (bert_tiny per row 22.2 ms against 3.8
+   with uint8 activations). The FLT_MIN floor keeps an all-zero row's scale positive (it quantizes to 0). */
+static kiln_status row_quantize(kiln__qctx *q, int a, const char *base, int *aq_out, int *sc_out,
+                                int *zp_out) {
+  int *cq = NULL, *cs = NULL, *cz = NULL;
   kiln_status st = KILN_OK;
   if (a < q->n_orig) {
     if ((st = kiln__qcache(q, KILN__QTAG_ROW_Q, &cq)) != KILN_OK ||
-        (st = kiln__qcache(q, KILN__QTAG_ROW_S, &cs)) != KILN_OK)
+        (st = kiln__qcache(q, KILN__QTAG_ROW_S, &cs)) != KILN_OK ||
+        (st = kiln__qcache(q, KILN__QTAG_ROW_Z, &cz)) != KILN_OK)
       return st;
     if (cq[a] >= 0) {
-      *aq_out = cq[a], *sc_out = cs[a];
+      *aq_out = cq[a], *sc_out = cs[a], *zp_out = cz[a];
       return KILN_OK;
     }
   }
@@ -141,8 +153,12 @@ static kiln_status row_quantize(kiln__qctx *q, int a, const char *base, int *aq_
     if ((v[k] = kiln__qvalue(q, base)) < 0) return kiln__qoom(q);
   int ax = v[0], amax = v[1], s0 = v[2], sc = v[3], af = v[4], ar = v[5], ao = v[6], aq = v[7];
   int c127 = scalar_f32(q, base, 127.0f), tiny = scalar_f32(q, base, 1.17549435e-38f);
-  int c128 = scalar_f32(q, base, 128.0f);
+  int c128 = scalar_f32(q, base, 128.0f), az = -1;
   if (c127 < 0 || tiny < 0 || c128 < 0) return kiln__qoom(q);
+  kiln_tensor zt; /* the zero point of A_q for MatMulInteger */
+  if ((st = kiln_tensor_alloc(&zt, KILN_DTYPE_UINT8, 0, NULL, q->err)) != KILN_OK) return st;
+  *(uint8_t *)zt.data = 128;
+  if ((az = kiln__qinit(q, base, &zt)) < 0) return kiln__qoom(q);
   int64_t last = -1;
   snprintf(name, sizeof name, "%s/abs", base);
   if (kiln__qnode_add(q, name, "Abs", &a, 1, &ax, 1) < 0) return KILN_NO_MEMORY;
@@ -173,8 +189,8 @@ static kiln_status row_quantize(kiln__qctx *q, int a, const char *base, int *aq_
   if (kiln__qnode_add(q, name, "Add", o_in, 2, &ao, 1) < 0) return KILN_NO_MEMORY;
   snprintf(name, sizeof name, "%s/to_uint8", base);
   if ((st = kiln__qcast(q, name, ao, aq, KILN_DTYPE_UINT8)) != KILN_OK) return st;
-  if (cq) cq[a] = aq, cs[a] = sc;
-  *aq_out = aq, *sc_out = sc;
+  if (cq) cq[a] = aq, cs[a] = sc, cz[a] = az;
+  *aq_out = aq, *sc_out = sc, *zp_out = az;
   return KILN_OK;
 }
 
@@ -188,20 +204,13 @@ static kiln_status int8_row_node(kiln__qctx *q, int i, int a, int w, bool trans,
   if (st != KILN_OK) return st;
   char base[220], name[256];
   kiln__qbase(q, i, base, sizeof base);
-  int aq = -1, sc = -1;
-  if ((st = row_quantize(q, a, base, &aq, &sc)) != KILN_OK) return st;
-  int yi = kiln__qvalue(q, base), yf = kiln__qvalue(q, base), y1 = kiln__qvalue(q, base);
-  if (yi < 0 || yf < 0 || y1 < 0) return kiln__qoom(q);
-  kiln_tensor zt;
-  if ((st = kiln_tensor_alloc(&zt, KILN_DTYPE_UINT8, 0, NULL, q->err)) != KILN_OK) return st;
-  *(uint8_t *)zt.data = 128;
-  int az = kiln__qinit(q, base, &zt);
-  if (az < 0) return kiln__qoom(q);
-  int mm_in[3] = {aq, wq, az}, m1[2] = {yf, ws}, m2[2] = {y1, sc};
-  snprintf(name, sizeof name, "%s/matmul_integer", base);
-  if (kiln__qnode_add(q, name, "MatMulInteger", mm_in, 3, &yi, 1) < 0) return KILN_NO_MEMORY;
-  snprintf(name, sizeof name, "%s/cast", base);
-  if ((st = kiln__qcast(q, name, yi, yf, KILN_DTYPE_FLOAT)) != KILN_OK) return st;
+  int aq = -1, sc = -1, az = -1, yf = -1;
+  if ((st = row_quantize(q, a, base, &aq, &sc, &az)) != KILN_OK) return st;
+  int mm_in[3] = {aq, wq, az};
+  if ((st = int_product(q, base, mm_in, &yf)) != KILN_OK) return st;
+  int y1 = kiln__qvalue(q, base);
+  if (y1 < 0) return kiln__qoom(q);
+  int m1[2] = {yf, ws}, m2[2] = {y1, sc};
   snprintf(name, sizeof name, "%s/weight_scale", base);
   if (kiln__qnode_add(q, name, "Mul", m1, 2, &y1, 1) < 0) return KILN_NO_MEMORY;
   return rescale_bias(q, i, base, "row_rescale", m2, bias);

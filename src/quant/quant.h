@@ -33,8 +33,9 @@ enum {
   KILN__QTAG_Q4T_Z,
   KILN__QTAG_Q4_EMB,     /* int4: an embedding table's DequantizeLinear output (int8 per row) */
   KILN__QTAG_ROW_Q,      /* int8-dynamic per row: an activation's int8 rows */
-  KILN__QTAG_ROW_S,      /*                       and their scales */
-  KILN__QTAG_COUNT = 18,
+  KILN__QTAG_ROW_S,      /*                       their scales */
+  KILN__QTAG_ROW_Z,      /*                       and their zero point (128) */
+  KILN__QTAG_COUNT = 19,
 };
 
 typedef struct kiln__qctx {
