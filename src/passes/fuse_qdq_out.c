@@ -15,18 +15,14 @@
  * becomes the fused op, so the output value and its consumers stay as they are. */
 #include "passes/pass.h"
 
-static bool is_op(const kiln__node *n, const char *op) {
-  return !n->domain[0] && !strcmp(n->op_type, op) && n->n_out == 1;
-}
-
 static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
   kiln__graph *g = ctx->g;
   for (int i = 0; i < g->n_nodes; i++) {
     if (ctx->dead[i]) continue;
     const kiln__node *mm = &g->nodes[i];
-    if (!is_op(mm, "QLinearMatMul") || mm->n_in != 8) continue;
+    if (!kiln__pass_is(mm, "QLinearMatMul") || mm->n_in != 8) continue;
     int slot, i_dq = kiln__pass_sole_user(ctx, mm->out[0], &slot);
-    if (i_dq < 0 || slot != 0 || !is_op(&g->nodes[i_dq], "DequantizeLinear")) continue;
+    if (i_dq < 0 || slot != 0 || !kiln__pass_is(&g->nodes[i_dq], "DequantizeLinear")) continue;
     const kiln__node *dq = &g->nodes[i_dq];
     const kiln_tensor *ds = kiln__pass_const_init(ctx, dq->in[1]);
     const kiln_tensor *dz = dq->n_in > 2 ? kiln__pass_const_init(ctx, dq->in[2]) : NULL;
@@ -74,18 +70,21 @@ static kiln_status dynamic_out(kiln__pass_ctx *ctx, int i, bool *changed) {
   if (!w || w->rank != 2) return KILN_OK;
   int64_t n = w->dims[1];
   int slot, i_cast = kiln__pass_sole_user(ctx, mm->out[0], &slot);
-  if (i_cast < 0 || !is_op(&g->nodes[i_cast], "Cast") ||
+  if (i_cast < 0 || !kiln__pass_is(&g->nodes[i_cast], "Cast") ||
       kiln__attr_int(&g->nodes[i_cast], "to", 0) != KILN_DTYPE_FLOAT)
     return KILN_OK;
   int i_mul = kiln__pass_sole_user(ctx, g->nodes[i_cast].out[0], &slot);
-  if (i_mul < 0 || !is_op(&g->nodes[i_mul], "Mul") || g->nodes[i_mul].n_in != 2) return KILN_OK;
+  if (i_mul < 0 || !kiln__pass_is(&g->nodes[i_mul], "Mul") || g->nodes[i_mul].n_in != 2)
+    return KILN_OK;
   int sv = g->nodes[i_mul].in[1 - slot];
   int i_s = sv >= 0 ? g->values[sv].producer : -1;
-  if (i_s < 0 || ctx->dead[i_s] || !is_op(&g->nodes[i_s], "Mul") || g->nodes[i_s].n_in != 2 ||
-      ctx->uses[sv] != 1 || !kiln__pass_value_private(ctx, sv))
+  if (i_s < 0 || ctx->dead[i_s] || !kiln__pass_is(&g->nodes[i_s], "Mul") ||
+      g->nodes[i_s].n_in != 2 || ctx->uses[sv] != 1 || !kiln__pass_value_private(ctx, sv))
     return KILN_OK;
   const kiln__node *sm = &g->nodes[i_s];
-  int ws_side = kiln__pass_const_init(ctx, sm->in[1]) ? 1 : kiln__pass_const_init(ctx, sm->in[0]) ? 0 : -1;
+  int ws_side = kiln__pass_const_init(ctx, sm->in[1])   ? 1
+                : kiln__pass_const_init(ctx, sm->in[0]) ? 0
+                                                        : -1;
   if (ws_side < 0) return KILN_OK;
   const kiln_tensor *ws = kiln__pass_const_init(ctx, sm->in[ws_side]);
   int as = sm->in[1 - ws_side];
@@ -123,7 +122,7 @@ static kiln_status dynamic_out(kiln__pass_ctx *ctx, int i, bool *changed) {
 static kiln_status run_all(kiln__pass_ctx *ctx, bool *changed) {
   kiln_status st = run(ctx, changed);
   for (int i = 0; st == KILN_OK && i < ctx->g->n_nodes; i++)
-    if (!ctx->dead[i] && is_op(&ctx->g->nodes[i], "MatMulInteger"))
+    if (!ctx->dead[i] && kiln__pass_is(&ctx->g->nodes[i], "MatMulInteger"))
       st = dynamic_out(ctx, i, changed);
   return st;
 }

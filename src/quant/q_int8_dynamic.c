@@ -131,8 +131,9 @@ static int scalar_f32(kiln__qctx *q, const char *hint, float v) {
      s = Max(Div(ReduceMax(Abs(A), axes=[-1], keepdims=1), 127), FLT_MIN)      [..., M, 1]
      a_q = Cast(Add(Round(Div(A, s)), 128), to=UINT8)                   in [1, 255], zero 128
    Symmetric values stored as uint8 with zero point 128 rather than as int8: ONNX Runtime's
-   MatMulInteger runs int8 x int8 on a slow generic path (bert_tiny per row 22.2 ms against 3.8
-   with uint8 activations). The FLT_MIN floor keeps an all-zero row's scale positive (it quantizes to 0). */
+   MatMulInteger runs int8 x int8 on a slow generic path (bert_tiny per row: 22.2 ms against
+   3.8 with uint8 activations). The FLT_MIN floor keeps an all-zero row's scale positive (it
+   quantizes to 0). */
 static kiln_status row_quantize(kiln__qctx *q, int a, const char *base, int *aq_out, int *sc_out,
                                 int *zp_out) {
   int *cq = NULL, *cs = NULL, *cz = NULL;

@@ -263,6 +263,9 @@ typedef struct mm_io {
   bool rows; /* ai.kiln RowQuantMatMul: MatMulIntegerToFloat's inputs, a_scale one per row */
 } mm_io;
 
+/* Whether the node's epilogue needs n floats of multipliers in scratch. */
+static bool mm_mults(const mm_io *io) { return io->qlinear || io->mif || io->rows; }
+
 static mm_io mm_inputs(const kiln__node *n) {
   bool ql = !strcmp(n->op_type, "QLinearMatMul") || !strcmp(n->op_type, "QLinearMatMulDq");
   if (!strcmp(n->op_type, "MatMulIntegerToFloat")) return (mm_io){0, 1, 4, 5, false, true};
@@ -338,7 +341,7 @@ static size_t mm_scratch(const kiln__kctx *c, void *state) {
   const qstate *s = state;
   mm_io io = mm_inputs(c->node);
   mm_geom mg;
-  size_t mine = mm_geom_get(c, &io, &mg) ? mm_scratch_for(s, &mg, io.qlinear || io.mif || io.rows) : 0;
+  size_t mine = mm_geom_get(c, &io, &mg) ? mm_scratch_for(s, &mg, mm_mults(&io)) : 0;
   size_t ref = ref_scratch(c);
   return mine > ref ? mine : ref;
 }
@@ -369,7 +372,7 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
   if (!mm_geom_get(c, &io, &mg) ||
       (!io.qlinear && y->dtype != (io.mif || io.rows ? KILN_DTYPE_FLOAT : KILN_DTYPE_INT32)))
     return c->node->op->run(c);
-  if (c->scratch_bytes < mm_scratch_for(s, &mg, io.qlinear || io.mif || io.rows)) return c->node->op->run(c);
+  if (c->scratch_bytes < mm_scratch_for(s, &mg, mm_mults(&io))) return c->node->op->run(c);
   kiln__qgemm_args g = {.m = mg.rows, .n = mg.n, .k = mg.k, .za = mg.za, .zb = mg.zb,
                         .kind = KILN__QOUT_I32, .c = y->data, .ldc = mg.n};
   uint8_t *mem = c->scratch;
@@ -395,32 +398,27 @@ static kiln_status mm_execute(kiln__kctx *c, void *state) {
     g.mult = (const float *)(mem + abytes + bbytes);
     g.zy = zp_val(yzp, 0);
   }
-  if (io.mif) { /* dq_mult[j] = a_scale * b_scale[j], the Mul node's float products */
-    const kiln_tensor *bs = c->in[3], *bias = opt(c, 6);
-    float sa, *mult = (float *)(mem + abytes + bbytes);
-    size_t bn = kiln_tensor_count(bs);
-    if (!scalar_f32(c->in[2], &sa) || bs->dtype != KILN_DTYPE_FLOAT || !(bn == 1 || bn == mg.n) ||
-        (bias && (bias->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(bias) != mg.n)))
-      return c->node->op->run(c);
-    for (size_t j = 0; j < mg.n; j++) mult[j] = sa * ((const float *)bs->data)[bn == 1 ? 0 : j];
-    g.dq = true;
-    g.dq_mult = mult;
-    g.dq_bias = bias ? bias->data : NULL;
-  }
-  if (io.rows) { /* b_scale[j] then a_scale[i], the two Mul nodes' float products */
+  if (io.mif || io.rows) {
+    /* MatMulIntegerToFloat: dq_mult[j] = a_scale * b_scale[j], the Mul node's float products;
+       RowQuantMatMul: b_scale[j], then the row's a_scale (two Mul nodes) */
     const kiln_tensor *as = c->in[2], *bs = c->in[3], *bias = opt(c, 6);
-    float *mult = (float *)(mem + abytes + bbytes);
+    float sa = 1.0f, *mult = (float *)(mem + abytes + bbytes);
     size_t bn = kiln_tensor_count(bs);
-    if (as->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(as) != mg.rows || mg.za.n > 1 ||
-        bs->dtype != KILN_DTYPE_FLOAT || !(bn == 1 || bn == mg.n) ||
+    bool as_ok = io.rows ? as->dtype == KILN_DTYPE_FLOAT && kiln_tensor_count(as) == mg.rows &&
+                               mg.za.n <= 1
+                         : scalar_f32(as, &sa);
+    if (!as_ok || bs->dtype != KILN_DTYPE_FLOAT || !(bn == 1 || bn == mg.n) ||
         (bias && (bias->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(bias) != mg.n)))
       return c->node->op->run(c);
-    for (size_t j = 0; j < mg.n; j++) mult[j] = ((const float *)bs->data)[bn == 1 ? 0 : j];
+    const float *b = bs->data;
+    for (size_t j = 0; j < mg.n; j++) {
+      float bj = b[bn == 1 ? 0 : j];
+      mult[j] = io.rows ? bj : sa * bj;
+    }
     g.dq = true;
     g.dq_mult = mult;
-    g.per_row = true;
-    g.mult = as->data;
     g.dq_bias = bias ? bias->data : NULL;
+    if (io.rows) g.per_row = true, g.mult = as->data;
   }
   if (mg.rows == 0 || mg.n == 0) return KILN_OK;
   const kiln_tensor *a = c->in[io.a], *b = c->in[io.b];
