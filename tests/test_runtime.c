@@ -653,13 +653,17 @@ static void deadline_stops_running_request(void **state) {
   r.interrupt = slow_hook;
   kiln_future *f = NULL;
   kiln_error err = {0};
+  int64_t t0 = now_us();
   assert_int_equal(kiln_runtime_run(m, &r, &f, &err), KILN_DEADLINE_EXCEEDED);
+  int64_t waited = now_us() - t0;
   assert_true(strstr(err.message, "before node") != NULL);
   kiln_future_release(f);
   kiln_runtime_stats st = stats_of(m);
   assert_int_equal(st.prio[KILN_PRIORITY_LOW].deadline_exceeded, 1);
-  /* It ended no earlier than its deadline. */
-  assert_true(st.prio[KILN_PRIORITY_LOW].compute_us_total + st.prio[KILN_PRIORITY_LOW].queue_us_total >= 12000);
+  /* It ended no earlier than its deadline (timed by the caller: the stats count queue and
+     compute time in whole microseconds and leave out the hand-over between them), and it ran. */
+  assert_true(waited >= 12000);
+  assert_true(st.prio[KILN_PRIORITY_LOW].compute_us_total >= 5000);
   kiln_runtime_free(rt);
 }
 
