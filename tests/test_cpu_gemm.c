@@ -302,8 +302,9 @@ static void sgemm_b_in_place_matches_double_reference(void **st) {
       /* rows 4 KiB or more apart with m <= 32, k <= 64: the prefetching kernels */
       {16, 1030, 32, 0},  {32, 3136, 64, 0}, {3, 1024, 16, 0},  {17, 2000, 1, 0},
       {8, 1000, 40, 30},  {31, 1040, 65, 0},
-      /* column tiles evened out on 2 threads: 2 and 3 tiles with an edge panel */
-      {48, 169, 384, 0},  {16, 300, 48, 7}};
+      /* column tiles evened out on 2 threads: 2 and 3 tiles with an edge panel; rows cut too
+         where the column tiles are fewer than 2 per thread (one tile, two, a short last block) */
+      {48, 169, 384, 0},  {16, 300, 48, 7}, {64, 196, 384, 0}, {40, 49, 576, 0}, {88, 100, 64, 0}};
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(shapes); e++)

@@ -215,6 +215,10 @@ size_t kiln__sgemm_nr(kiln__isa isa) {
   return impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0].nr;
 }
 
+size_t kiln__sgemm_mr(kiln__isa isa) {
+  return impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0].mr;
+}
+
 size_t kiln__sgemm_pack_a_floats(kiln__isa isa, size_t m, size_t k) {
   if ((unsigned)isa >= KILN__ISA_COUNT || !impls[isa].uk) return 0;
   return round_up(m, impls[isa].mr) * k;
@@ -521,6 +525,16 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
   if (!g->pb && threads > 1 && jb.tiles_n > 1) {
     jb.tn = round_up((g->n + jb.tiles_n - 1) / jb.tiles_n, im->nr);
     jb.tiles_n = (g->n + jb.tn - 1) / jb.tn;
+  }
+  /* B read in place costs nothing to share between row tiles (every A panel re-reads it
+     anyway), so when the column tiles alone are fewer than two per thread, C's rows are cut too
+     (whole panels): MobileNet-v2's 384->64 at 14x14 ran as two tiles of 128 and 68 columns, 4
+     panels against 3, and two threads sped it up 1.55x. */
+  if (jb.uks && threads > 1 && blocks_m * jb.tiles_n < 2 * threads) {
+    size_t panels = (g->m + im->mr - 1) / im->mr;
+    size_t cut = KILN__MIN(panels, (2 * threads + jb.tiles_n - 1) / jb.tiles_n);
+    jb.mc = round_up((g->m + cut - 1) / cut, im->mr);
+    blocks_m = (g->m + jb.mc - 1) / jb.mc;
   }
   /* A B slab packed per call is shared by every MC block of a tile's rows, so tiles take as many
      rows as the threads leave them: all of them when serial or when the columns alone give each
