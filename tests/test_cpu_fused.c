@@ -329,7 +329,8 @@ static void dwpw_cases(kiln__pool *pool) {
       {1, 300, 7, 7, 40, 1, 1, 1, 1, 3, 2},    /* 7x7 (the flat kernel), C over one k block */
       {2, 70, 57, 57, 24, 1, 1, 1, 1, 3, 0},   /* bands of 8 rows, the last one short */
       {1, 33, 57, 41, 10, 2, 1, 1, 1, 4, 13},  /* stride 2, bands of 7 rows, Silu after */
-      {1, 64, 1, 40, 48, 1, 1, 1, 1, 3, 2},    /* one band: split over K on 2 threads */
+      {1, 64, 1, 40, 48, 1, 1, 1, 1, 3, 2},    /* one band: shared by 2 threads (C, then K) */
+      {1, 40, 7, 7, 12, 1, 1, 1, 1, 3, 2},     /* one band, K too short to halve: C shared */
       {1, 16, 29, 29, 8, 2, 0, 0, 0, 0, 0},    /* no bias, no Z, no activation */
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {

@@ -81,6 +81,8 @@ typedef struct kiln__sgemm_packed {
 
 /* The microkernel's B panel width (NR) for `isa` (the generic kernel's for an ISA without one). */
 size_t kiln__sgemm_nr(kiln__isa isa);
+/* Its A panel height (MR), likewise. */
+size_t kiln__sgemm_mr(kiln__isa isa);
 
 /* Where element (p, j) of a k x n operand packed as B (panels of nr columns) lies: lets a caller
    write B's panels itself (Winograd's input transform) and run on them as a packed view
