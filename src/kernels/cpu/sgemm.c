@@ -487,6 +487,20 @@ static void run_shared_b(struct kiln__pool *pool, kiln__isa isa, const impl *im,
   kiln__sgemm_run(pool, isa, &g2);
 }
 
+/* With threads, the height of A's blocks (whole panels, at most mc): the one that leaves the
+   busiest thread the fewest panels when the blocks are shared out. m = 128 (a transformer's
+   tokens) was cut into 72 + 56 rows, the two threads' tiles a quarter apart (66 + 62 now), and
+   MobileNet-v2's 576 rows into nine blocks of 64, five for one thread and four for the other
+   (twelve of 48 now). */
+static size_t shared_mc(size_t m, const impl *im, size_t threads) {
+  size_t panels = (m + im->mr - 1) / im->mr, pmax = im->mc / im->mr, best = pmax, cost = SIZE_MAX;
+  for (size_t p = pmax; p >= 1 && 2 * p >= pmax; p--) {
+    size_t blocks = (panels + p - 1) / p, c = (blocks + threads - 1) / threads * p;
+    if (c < cost) cost = c, best = p;
+  }
+  return best * im->mr;
+}
+
 void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_args *g) {
   if (g->m == 0 || g->n == 0) return;
   if (g->k == 0) {
@@ -506,9 +520,10 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
   }
   size_t threads = pool ? (size_t)kiln__pool_threads(pool) : 1, want = 3 * threads;
   size_t blocks_m = (g->m + im->mc - 1) / im->mc, rb = 1;
-  /* With threads, A blocks of even height (whole panels): m = 128 (a transformer's tokens) was
-     cut into 72 + 56 rows, so the two threads' row tiles differed by a quarter; 66 + 62 now. */
-  if (threads > 1 && blocks_m > 1) jb.mc = round_up((g->m + blocks_m - 1) / blocks_m, im->mr);
+  if (threads > 1 && blocks_m > 1) {
+    jb.mc = shared_mc(g->m, im, threads);
+    blocks_m = (g->m + jb.mc - 1) / jb.mc;
+  }
   if (g->pb) {
     /* Pre-packed B costs nothing to walk, so a tile spans as many columns as the threads leave
        it (all of n when serial): its A block is then packed once per tile instead of once per
