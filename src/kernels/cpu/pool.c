@@ -8,11 +8,14 @@
  * the row ends are masked vector steps. NaN propagates as in the reference kernel, and the values
  * are the reference's exactly, but where a window's maximum is a zero held by both +0 and -0 the
  * sign may differ: the reference takes the first in row-major order, this kernel the first down
- * the columns (taking rows first, so as to match, ran 1.5-3x slower: bench/RESULTS.md). 8-bit tensors (the integer chains fuse-qdq
- * builds) take the same route on bytes, 32 outputs per AVX2 step (int8 flipped to unsigned order
- * by its top bit, so one unsigned max serves both), with the padding at the lowest code; a window
- * entirely in the padding runs the reference kernel. Anything else (other ranks and dtypes,
- * Indices, dilation, wide rows) runs the reference kernel. */
+ * the columns (taking rows first, so as to match, ran 1.5-3x slower: bench/RESULTS.md). With
+ * AVX-512, 3-wide windows at stride 2 on narrow outputs take the taps first instead, in strips
+ * (mp_planes_k3s2_avx512 says why). 8-bit tensors (the integer chains fuse-qdq builds) take the
+ * rows-first route on bytes, 32 outputs per AVX2 step (int8 flipped to unsigned order by its top
+ * bit, so one unsigned max serves both), with the padding at the lowest code; a window entirely
+ * in the padding runs the reference kernel. Anything else (other ranks and dtypes, Indices,
+ * dilation, wide rows) runs the reference kernel. */
+#include <limits.h>
 #include <math.h>
 
 #include "core/threadpool.h"
@@ -159,6 +162,84 @@ AVX2 static void mp_row_avx2(const mp_job *j, const float *v, float *y) {
   else if (j->sw == 1 && j->kw == 3) row_body(v, y, j->ow, 1, 3);
   else if (j->sw <= 2) row_body(v, y, j->ow, j->sw, j->kw);
   else mp_row_generic(j, v, y);
+}
+
+/* AVX-512, kw = 3 at stride 2, outputs up to 32 wide (SqueezeNet's 55 -> 27 and 27 -> 13 pools):
+   the plane in strips of 16 output columns. Down a strip, each input row's max over the three
+   taps is taken once (two VPERMT2PS pick the even and odd columns of two loads, a third the
+   even ones of two loads two columns on) into a column of 16-float rows in L1, and each output
+   row is the max of its window's rows there: on these planes the rows-first scheme above spends
+   most of its time on short rows and their masked tails (49 -> 38 and 38 -> 25 us at one
+   thread). On wider planes it stays ahead (SqueezeNet's 111 -> 55: 71 against 88 us, and a
+   version that went row by row over all strips, so as to read the input in order, was slower
+   still). Columns outside the image load as -inf (masked, so nothing outside the plane is
+   read). */
+#define AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
+
+/* a where a is NaN, else max(a, b), which is b where b is NaN: the reference's rule, b being
+   the max so far. */
+AVX512 static inline __m512 max16(__m512 a, __m512 b) {
+  return _mm512_mask_max_ps(a, _mm512_cmp_ps_mask(a, a, _CMP_ORD_Q), a, b);
+}
+
+/* Lanes whose column c + i lies in [0, w). */
+static inline __mmask16 cols16(int c, int w) {
+  int lo = c < 0 ? -c : 0, hi = w - c < 16 ? w - c : 16;
+  return hi > lo ? (__mmask16)((1u << hi) - (1u << lo)) : 0;
+}
+
+/* 16 floats of row r from column c: a plain load, or at an edge lanes outside the mask -inf
+   and not read (the address is computed as an integer: a masked lane's is never accessed, and
+   no pointer may leave its object). */
+AVX512 static inline __m512 ld16(const float *r, int c, __mmask16 m, bool edge) {
+  if (!edge) return _mm512_loadu_ps(r + c);
+  const float *p = (const float *)((uintptr_t)r + (uintptr_t)((intptr_t)c * (intptr_t)sizeof *r));
+  return _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, p);
+}
+
+static bool mp_k3s2_avx512_fits(const mp_job *j) {
+  return j->kw == 3 && j->sw == 2 && j->ow <= 32 && j->h * 16 <= ROWBUF &&
+         j->w < (size_t)INT_MAX / 2;
+}
+
+AVX512 static void mp_planes_k3s2_avx512(void *arg, size_t q0, size_t q1) {
+  const mp_job *j = arg;
+  _Alignas(64) float hbuf[ROWBUF];
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const int w = (int)j->w;
+  /* The input rows some window reads. */
+  const size_t r1 = (size_t)KILN__MIN((int64_t)j->h, (int64_t)((j->oh - 1) * j->sh + j->kh) - j->pt);
+  for (size_t q = q0; q < q1; q++) {
+    const float *x = j->x + q * j->h * j->w;
+    float *y = j->y + q * j->oh * j->ow;
+    for (size_t ox = 0; ox < j->ow; ox += 16) {
+      int c0 = (int)(ox * 2) - (int)j->pl;
+      bool edge = c0 < 0 || c0 + 34 > w;
+      __mmask16 m0 = cols16(c0, w), m1 = cols16(c0 + 16, w);
+      __mmask16 m2 = cols16(c0 + 2, w), m3 = cols16(c0 + 18, w);
+      for (size_t r = 0; r < r1; r++) {
+        const float *xr = x + r * j->w;
+        __m512 a = ld16(xr, c0, m0, edge), b = ld16(xr, c0 + 16, m1, edge);
+        __m512 c = ld16(xr, c0 + 2, m2, edge), d = ld16(xr, c0 + 18, m3, edge);
+        __m512 m = _mm512_permutex2var_ps(a, even, b);
+        m = max16(_mm512_permutex2var_ps(a, odd, b), m);
+        m = max16(_mm512_permutex2var_ps(c, even, d), m);
+        _mm512_store_ps(hbuf + r * 16, m);
+      }
+      __mmask16 keep = j->ow - ox >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (j->ow - ox)) - 1);
+      for (size_t oy = 0; oy < j->oh; oy++) {
+        int64_t y0 = (int64_t)(oy * j->sh) - j->pt;
+        int64_t lo = KILN__MAX(y0, (int64_t)0), hi = KILN__MIN(y0 + (int64_t)j->kh, (int64_t)j->h);
+        __m512 m = _mm512_set1_ps(-INFINITY); /* a window entirely in the padding */
+        if (lo < hi) {
+          m = _mm512_load_ps(hbuf + (size_t)lo * 16);
+          for (int64_t r = lo + 1; r < hi; r++) m = max16(_mm512_load_ps(hbuf + (size_t)r * 16), m);
+        }
+        _mm512_mask_storeu_ps(y + oy * j->ow + ox, keep, m);
+      }
+    }
+  }
 }
 #endif
 
@@ -408,6 +489,7 @@ static kiln_status mp_execute(kiln__kctx *c, void *state) {
   j.planes = planes;
   void (*fn)(void *, size_t, size_t) = q8 ? qmp_planes : mp_planes;
 #ifdef POOL_X86
+  if (!q8 && j.isa == KILN__ISA_AVX512 && mp_k3s2_avx512_fits(&j)) fn = mp_planes_k3s2_avx512;
   if (q8 && j.isa != KILN__ISA_GENERIC && j.kh == 3 && j.kw == 3 && j.sh == 2 && j.sw == 2 &&
       !j.pt && !j.pl && j.oh && j.ow && 2 * (j.oh - 1) + 3 <= j.h && 2 * (j.ow - 1) + 3 <= j.w)
     fn = qmp_s2k3_avx2;
