@@ -9,8 +9,8 @@
  * residual, activation). A block's V and M are 16 (C + K) 32 floats (256 KiB at C = K = 64), so
  * they are still in L2 when the GEMMs and the output transform read them back. Scratch is one
  * such slot per thread at work (up to SLOTS_MAX: the plan sizes scratch without knowing the
- * thread count), reused block after block, so no call allocates. With fewer blocks than threads
- * a block's GEMMs and output transform are split over two halves of K. */
+ * thread count), reused block after block, so no call allocates. With fewer than two blocks per
+ * thread a block's GEMMs and output transform are split over two halves of K. */
 #include <stdatomic.h>
 
 #include "kernels/cpu/conv_winograd.h"
@@ -278,9 +278,12 @@ static kiln_status wino_execute(kiln__kctx *c, void *state) {
   size_t block = KILN__MIN((size_t)BLOCK_TILES / s->nr * s->nr, (per + s->nr - 1) / s->nr * s->nr);
   block = KILN__MAX(block, s->nr);
   size_t blocks = (g.tiles + block - 1) / block;
-  /* Fewer blocks than threads: each block's GEMMs and output transform split over K too (its
-     input transform is then done once per part). */
-  wino_job jb = {s, &g, block, blocks, blocks < threads ? s->parts : 1, c->in[0]->data,
+  /* Fewer than two blocks per thread: each block's GEMMs and output transform split over K too
+     (its input transform is then done once per part). With one block per thread, a plane's last
+     block is short and the threads finished far apart: SqueezeNet's 13x13 expand convs (49
+     tiles: blocks of 32 and 17) ran 95 us at two threads, 90 split. */
+  bool split = threads > 1 && blocks < 2 * threads;
+  wino_job jb = {s, &g, block, blocks, split ? s->parts : 1, c->in[0]->data,
                  c->n_in > 2 && c->in[2] ? c->in[2]->data : NULL,
                  c->n_in > 3 && c->in[3] ? c->in[3]->data : NULL, c->out[0]->data, c->scratch};
   atomic_init(&jb.next, 0);
