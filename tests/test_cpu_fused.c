@@ -265,6 +265,7 @@ static void wino_cases(kiln__pool *pool) {
       {3, 8, 5, 30, 9, {2, 2, 2, 2}, 1, 1, 4},      /* padding 2, a long tile row */
       {1, 20, 4, 5, 130, {1, 1, 1, 1}, 1, 1, 2},    /* K in two parts, one block: split over K */
       {1, 8, 40, 40, 128, {1, 1, 1, 1}, 1, 1, 5},   /* K in two parts, many blocks */
+      {1, 24, 13, 13, 136, {1, 1, 1, 1}, 1, 1, 2},  /* 49 tiles: a short last block, split over K */
       {1, 9, 7, 75, 11, {0, 0, 0, 0}, 1, 1, -1},    /* reads in place, 37 tiles a row, width 73 */
       {2, 4, 11, 57, 6, {1, 1, 1, 1}, 1, 1, -1},    /* odd plane, 29 tiles a row (not 8 k) */
   };
