@@ -282,17 +282,10 @@ static kiln_status dwpw_execute(kiln__kctx *c, void *state) {
   size_t per_img = (threads + g.n - 1) / g.n, share = (g.oh + per_img - 1) / per_img;
   share = (share + g.step - 1) / g.step * g.step;
   size_t rows = KILN__MIN(g.rows_max, share);
-  /* With threads, down to half that (whole row blocks), the height that leaves the busiest
-     thread fewest rows: MobileNet-v2's 112 rows went as seven bands of 16, four for one thread
-     and three for the other (fourteen of 8 now). */
-  if (threads > 1) {
-    size_t top = rows, cost = SIZE_MAX;
-    for (size_t r = top; r >= 1 && 2 * r >= top; r = r % g.step ? r / g.step * g.step : r - g.step) {
-      size_t units = g.n * ((g.oh + r - 1) / r), c = (units + threads - 1) / threads * r;
-      if (c < cost) cost = c, rows = r;
-      if (r <= g.step) break;
-    }
-  }
+  /* With threads, down to half that (whole row blocks), the height that shares out evenly:
+     MobileNet-v2's 112 rows went as seven bands of 16, four for one thread and three for the
+     other (fourteen of 8 now). */
+  if (threads > 1) rows = kiln__pool_block(g.oh, rows, g.step, g.n, threads);
   size_t bands = (g.oh + rows - 1) / rows;
   dwpw_job jb = {.s = s, .g = &g, .rows = rows, .bands = bands,
                  .slot_floats = slot_floats(s, &g), .x = c->in[0]->data,

@@ -211,13 +211,14 @@ kiln_status kiln__sgemm_pack_b(kiln__isa isa, bool trans_b, size_t k, size_t n, 
   return pack_whole(isa, false, trans_b, n, k, b, ldb, out, err);
 }
 
-size_t kiln__sgemm_nr(kiln__isa isa) {
-  return impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0].nr;
+/* The kernels of `isa`, or the generic ones for an ISA without its own. */
+static const impl *impl_of(kiln__isa isa) {
+  return &impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0];
 }
 
-size_t kiln__sgemm_mr(kiln__isa isa) {
-  return impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0].mr;
-}
+size_t kiln__sgemm_nr(kiln__isa isa) { return impl_of(isa)->nr; }
+
+size_t kiln__sgemm_mr(kiln__isa isa) { return impl_of(isa)->mr; }
 
 size_t kiln__sgemm_pack_a_floats(kiln__isa isa, size_t m, size_t k) {
   if ((unsigned)isa >= KILN__ISA_COUNT || !impls[isa].uk) return 0;
@@ -487,20 +488,6 @@ static void run_shared_b(struct kiln__pool *pool, kiln__isa isa, const impl *im,
   kiln__sgemm_run(pool, isa, &g2);
 }
 
-/* With threads, the height of A's blocks (whole panels, at most mc): the one that leaves the
-   busiest thread the fewest panels when the blocks are shared out. m = 128 (a transformer's
-   tokens) was cut into 72 + 56 rows, the two threads' tiles a quarter apart (66 + 62 now), and
-   MobileNet-v2's 576 rows into nine blocks of 64, five for one thread and four for the other
-   (twelve of 48 now). */
-static size_t shared_mc(size_t m, const impl *im, size_t threads) {
-  size_t panels = (m + im->mr - 1) / im->mr, pmax = im->mc / im->mr, best = pmax, cost = SIZE_MAX;
-  for (size_t p = pmax; p >= 1 && 2 * p >= pmax; p--) {
-    size_t blocks = (panels + p - 1) / p, c = (blocks + threads - 1) / threads * p;
-    if (c < cost) cost = c, best = p;
-  }
-  return best * im->mr;
-}
-
 void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_args *g) {
   if (g->m == 0 || g->n == 0) return;
   if (g->k == 0) {
@@ -510,7 +497,7 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
   /* A packed operand fixes the tile shape it was packed for. */
   if (g->pa) isa = g->pa->isa;
   else if (g->pb) isa = g->pb->isa;
-  const impl *im = &impls[(unsigned)isa < KILN__ISA_COUNT && impls[isa].uk ? isa : 0];
+  const impl *im = impl_of(isa);
   job jb = {.g = g, .im = im, .mc = im->mc, .tn = im->nc, .uk = im->uk};
   if (im == &impls[isa] && packed_pf_uks[isa] && c_prefetch_pays(g)) jb.uk = packed_pf_uks[isa];
   if (g->b_in_place && !g->pb && !g->pack_b && !g->trans_b && im == &impls[isa] &&
@@ -520,8 +507,12 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
   }
   size_t threads = pool ? (size_t)kiln__pool_threads(pool) : 1, want = 3 * threads;
   size_t blocks_m = (g->m + im->mc - 1) / im->mc, rb = 1;
+  /* With threads, A blocks of whole panels sized to share out evenly (kiln__pool_block): m =
+     128 (a transformer's tokens) was cut into 72 + 56 rows (66 + 62 now), MobileNet-v2's 576
+     into nine blocks of 64 (twelve of 48 now). */
   if (threads > 1 && blocks_m > 1) {
-    jb.mc = shared_mc(g->m, im, threads);
+    size_t panels = (g->m + im->mr - 1) / im->mr;
+    jb.mc = kiln__pool_block(panels, im->mc / im->mr, 1, 1, threads) * im->mr;
     blocks_m = (g->m + jb.mc - 1) / jb.mc;
   }
   if (g->pb) {
