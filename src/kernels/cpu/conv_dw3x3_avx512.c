@@ -6,8 +6,9 @@
  * 8 wide or less (7x7) stay with the AVX2 kernels, whose 8 lanes they fill (measured: 16 lanes
  * were 30% slower at stride 2 and 5% slower flat on MobileNet-v2's 7x7 planes). AVX-512
  * masked loads and stores suppress faults on masked lanes and cost no more than plain ones, so
- * every edge is a mask: no moved-left last block, no padded copies. Stride 2 gathers the even
- * and odd columns of two loads with one VPERMT2PS each, already in order. */
+ * every edge is a mask: no moved-left last block, no padded copies. Each input row is loaded
+ * once per 16 columns and its three taps made in registers (block() says how): unaligned 512-bit
+ * loads that split cache lines are what this kernel waited on. */
 #include "kernels/cpu/conv_dw.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -27,20 +28,54 @@ static inline __mmask16 cols_in(int c, int w) {
   return (__mmask16)((1u << hi) - (1u << lo));
 }
 
-/* 16 floats of row r at column c: a plain load inside the row, a masked one at an edge (the
-   address is computed as an integer: a masked lane's is never accessed, and no pointer may
-   leave its object). */
-AVX512 static inline __m512 ld(const float *r, int c, int w, bool edge) {
+/* 16 floats of row r at column c: a plain load inside the row, a masked one at an edge with the
+   lanes of m (the address is computed as an integer: a masked lane's is never accessed, and no
+   pointer may leave its object). */
+AVX512 static inline __m512 ld(const float *r, int c, __mmask16 m, bool edge) {
   if (!edge) return _mm512_loadu_ps(r + c);
   const float *p = (const float *)((uintptr_t)r + (uintptr_t)((intptr_t)c * (intptr_t)sizeof *r));
-  return _mm512_maskz_loadu_ps(cols_in(c, w), p);
+  return _mm512_maskz_loadu_ps(m, p);
+}
+
+/* Column c of row r in every lane: a broadcast load; at an edge, column cc (c clamped into the
+   row) kept in the lanes of ok (all when c is inside the row, none when not: the same for every
+   row of a block, so no branch per row). */
+AVX512 static inline __m512 bc(const float *r, int c, int cc, __mmask16 ok, bool edge) {
+  if (!edge) return _mm512_set1_ps(r[c]);
+  return _mm512_maskz_mov_ps(ok, _mm512_set1_ps(r[cc]));
+}
+
+/* v shifted up one lane, lane 0 from lane 15 of lo; v shifted down one lane, lane 15 from lane 0
+   of hi. */
+AVX512 static inline __m512 up1(__m512 v, __m512 lo) {
+  return _mm512_castsi512_ps(
+      _mm512_alignr_epi32(_mm512_castps_si512(v), _mm512_castps_si512(lo), 15));
+}
+AVX512 static inline __m512 down1(__m512 hi, __m512 v) {
+  return _mm512_castsi512_ps(
+      _mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(v), 1));
 }
 
 /* acc[r] = bias + the taps of output rows r < R of the block whose first input column is c0;
-   rows[j] is input row j of the block (row r, tap ky reads rows[r * S + ky]). */
+   rows[j] is input row j of the block (row r, tap ky reads rows[r * S + ky]).
+   Each row is read with one 16-float load per 16 columns (from c0 + 1) and the taps are built
+   from it in registers: these loads are unaligned, and on Zen 4/5 a 512-bit load that splits two
+   cache lines costs about twice an aligned one; the three overlapping loads per row this kernel
+   made before left it load-bound (bench/RESULTS.md, fourteenth session). Stride 1: tap 1 is the
+   load, taps 0 and 2 it shifted a lane with columns c0 and c0 + 17 (broadcast loads) shifted in.
+   Stride 2: taps 1 and 2 are the even and odd columns of two loads, tap 0 tap 2 shifted up a
+   lane with column c0. */
 AVX512 static inline __attribute__((always_inline)) void
 block(const float *const *rows, int c0, int w, const __m512 *wv, __m512 b, __m512 acc[RMAX],
       size_t S, size_t R, bool edge) {
+  /* An edge block's lanes and edge columns, the same for every row: computed once here. */
+  __mmask16 m0 = 0xffff, m1 = 0xffff, lo_ok = 0xffff, hi_ok = 0xffff;
+  const int lo_c = KILN__MAX(0, KILN__MIN(c0, w - 1));
+  const int hi_c = KILN__MAX(0, KILN__MIN(c0 + 17, w - 1));
+  if (edge) {
+    m0 = cols_in(c0 + 1, w), m1 = cols_in(c0 + 17, w);
+    lo_ok = c0 >= 0 && c0 < w ? 0xffff : 0, hi_ok = c0 + 17 >= 0 && c0 + 17 < w ? 0xffff : 0;
+  }
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 #pragma GCC unroll 16
@@ -48,17 +83,16 @@ block(const float *const *rows, int c0, int w, const __m512 *wv, __m512 b, __m51
 #pragma GCC unroll 16
   for (size_t j = 0; j < (R - 1) * S + 3; j++) {
     const float *row = rows[j];
-    __m512 t[3];
+    __m512 t[3], a = ld(row, c0 + 1, m0, edge), lo = bc(row, c0, lo_c, lo_ok, edge);
     if (S == 1) {
-      t[0] = ld(row, c0, w, edge);
-      t[1] = ld(row, c0 + 1, w, edge);
-      t[2] = ld(row, c0 + 2, w, edge);
+      t[0] = up1(a, lo);
+      t[1] = a;
+      t[2] = down1(bc(row, c0 + 17, hi_c, hi_ok, edge), a);
     } else {
-      __m512 a = ld(row, c0, w, edge), bb = ld(row, c0 + 16, w, edge);
-      __m512 c = ld(row, c0 + 2, w, edge), d = ld(row, c0 + 18, w, edge);
-      t[0] = _mm512_permutex2var_ps(a, even, bb);
-      t[1] = _mm512_permutex2var_ps(a, odd, bb);
-      t[2] = _mm512_permutex2var_ps(c, even, d);
+      __m512 bb = ld(row, c0 + 17, m1, edge);
+      t[1] = _mm512_permutex2var_ps(a, even, bb);
+      t[2] = _mm512_permutex2var_ps(a, odd, bb);
+      t[0] = up1(t[2], lo);
     }
 #pragma GCC unroll 16
     for (size_t r = 0; r < R; r++) {

@@ -166,11 +166,11 @@ AVX2 static void mp_row_avx2(const mp_job *j, const float *v, float *y) {
 
 /* AVX-512, kw = 3 at stride 2, outputs up to 32 wide (SqueezeNet's 55 -> 27 and 27 -> 13 pools):
    the plane in strips of 16 output columns. Down a strip, each input row's max over the three
-   taps is taken once (two VPERMT2PS pick the even and odd columns of two loads, a third the
-   even ones of two loads two columns on) into a column of 16-float rows in L1, and each output
-   row is the max of its window's rows there: on these planes the rows-first scheme above spends
-   most of its time on short rows and their masked tails (49 -> 38 and 38 -> 25 us at one
-   thread). On wider planes it stays ahead (SqueezeNet's 111 -> 55: 71 against 88 us, and a
+   taps is taken once (two VPERMT2PS pick the even and odd columns of two loads, the third tap
+   is the odd ones shifted a lane) into a column of 16-float rows in L1, and each output row is
+   the max of its window's rows there: on these planes the rows-first scheme above spends most
+   of its time on short rows and their masked tails (49 -> 35 and 38 -> 18 us at one thread).
+   On wider planes it does not win (SqueezeNet's 111 -> 55: 71 against 73 us, and a
    version that went row by row over all strips, so as to read the input in order, was slower
    still). Columns outside the image load as -inf (masked, so nothing outside the plane is
    read). */
@@ -215,16 +215,23 @@ AVX512 static void mp_planes_k3s2_avx512(void *arg, size_t q0, size_t q1) {
     float *y = j->y + q * j->oh * j->ow;
     for (size_t ox = 0; ox < j->ow; ox += 16) {
       int c0 = (int)(ox * 2) - (int)j->pl;
-      bool edge = c0 < 0 || c0 + 34 > w;
-      __mmask16 m0 = cols16(c0, w), m1 = cols16(c0 + 16, w);
-      __mmask16 m2 = cols16(c0 + 2, w), m3 = cols16(c0 + 18, w);
+      bool edge = c0 < 0 || c0 + 33 > w;
+      /* One load per 16 columns (unaligned loads that split cache lines cost about two on Zen
+         4/5): taps 1 and 2 are the even and odd columns from c0 + 1, tap 0 tap 2 shifted up a
+         lane with column c0 (a broadcast; -inf when it is left of the plane). */
+      __mmask16 m0 = cols16(c0 + 1, w), m1 = cols16(c0 + 17, w);
+      __mmask16 lo_ok = c0 >= 0 && c0 < w ? 0xffff : 0;
+      const int lo_c = KILN__MAX(0, KILN__MIN(c0, w - 1));
       for (size_t r = 0; r < r1; r++) {
         const float *xr = x + r * j->w;
-        __m512 a = ld16(xr, c0, m0, edge), b = ld16(xr, c0 + 16, m1, edge);
-        __m512 c = ld16(xr, c0 + 2, m2, edge), d = ld16(xr, c0 + 18, m3, edge);
-        __m512 m = _mm512_permutex2var_ps(a, even, b);
-        m = max16(_mm512_permutex2var_ps(a, odd, b), m);
-        m = max16(_mm512_permutex2var_ps(c, even, d), m);
+        __m512 a = ld16(xr, c0 + 1, m0, edge), b = ld16(xr, c0 + 17, m1, edge);
+        __m512 lo =
+            _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), lo_ok, _mm512_set1_ps(xr[lo_c]));
+        __m512 t2 = _mm512_permutex2var_ps(a, odd, b);
+        __m512 m = _mm512_castsi512_ps(
+            _mm512_alignr_epi32(_mm512_castps_si512(t2), _mm512_castps_si512(lo), 15));
+        m = max16(_mm512_permutex2var_ps(a, even, b), m);
+        m = max16(t2, m);
         _mm512_store_ps(hbuf + r * 16, m);
       }
       __mmask16 keep = j->ow - ox >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (j->ow - ox)) - 1);
