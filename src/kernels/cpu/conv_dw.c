@@ -559,10 +559,11 @@ bool kiln__dw_conv_run(kiln__kctx *c, const kiln__dw_conv *d, const float *z,
                           (size_t)y->dims[3], &j.g))
     return false;
   size_t planes = (size_t)x->dims[0] * d->c, groups = (size_t)x->dims[0] * ((d->c + 7) / 8);
-  /* 2 MiB and more: an input the previous node wrote well past L2 (conv_dw3x3.c prefetches;
+  /* 1 MiB and more: an input the previous node wrote past L2 (conv_dw3x3.c prefetches;
      MobileNet-v2 in the model: 96 x 112 x 112, 4.8 MB, median 385 -> 331 us; 144 x 56 x 56,
-     1.8 MB, 4% slower, so it does not). */
-  j.g.prefetch = (double)planes * (double)(j.g.h * j.g.w) * sizeof(float) >= 2097152.0;
+     1.8 MB, 4% slower with the three-load AVX2 kernel on Zen 3, 48 -> 43 us with the one-load
+     AVX-512 kernel on Zen 5). */
+  j.g.prefetch = (double)planes * (double)(j.g.h * j.g.w) * sizeof(float) >= 1048576.0;
   if (planes && j.g.oh && j.g.ow)
     kiln__parallel_for(
         kiln__pool_for(c->pool, (double)planes * j.g.oh * j.g.ow * j.g.kh * j.g.kw), groups,
