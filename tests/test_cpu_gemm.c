@@ -851,6 +851,11 @@ static void pool_cases(kiln__isa isa, kiln__pool *pool) {
       {1, 2, 10, 11, 3, 3, 2, 0, 0, 0, 0, 0, "SAME_UPPER"},
       {1, 2, 10, 11, 3, 3, 2, 0, 0, 0, 0, 0, "SAME_LOWER"},
       {1, 2, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, NULL},
+      /* over 32 outputs a row at stride 2 (the AVX-512 rows kernel): a one-lane last vector,
+         windows of two rows, left pads of 1 and 2 */
+      {1, 2, 9, 67, 3, 3, 2, 0, 0, 0, 0, 1, NULL},
+      {1, 2, 8, 70, 2, 3, 2, 1, 1, 0, 0, 0, NULL},
+      {2, 2, 6, 80, 3, 3, 2, 1, 2, 1, 2, 0, NULL},
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     int ranks[1] = {4};

@@ -170,7 +170,7 @@ AVX2 static void mp_row_avx2(const mp_job *j, const float *v, float *y) {
    is the odd ones shifted a lane) into a column of 16-float rows in L1, and each output row is
    the max of its window's rows there: on these planes the rows-first scheme above spends most
    of its time on short rows and their masked tails (49 -> 35 and 38 -> 18 us at one thread).
-   On wider planes it does not win (SqueezeNet's 111 -> 55: 71 against 73 us, and a
+   On wider planes it does not win (SqueezeNet's 111 -> 55: 73 us, the rows kernel below 65; a
    version that went row by row over all strips, so as to read the input in order, was slower
    still). Columns outside the image load as -inf (masked, so nothing outside the plane is
    read). */
@@ -244,6 +244,76 @@ AVX512 static void mp_planes_k3s2_avx512(void *arg, size_t q0, size_t q1) {
           for (int64_t r = lo + 1; r < hi; r++) m = max16(_mm512_load_ps(hbuf + (size_t)r * 16), m);
         }
         _mm512_mask_storeu_ps(y + oy * j->ow + ox, keep, m);
+      }
+    }
+  }
+}
+
+/* AVX-512, kw = 3 at stride 2 on planes more than 32 outputs wide (SqueezeNet's 111 -> 55,
+   ResNet's 112 -> 56): mp_planes' rows-first scheme with 16 lanes. An output row's max down its
+   window's input rows goes into a -inf bordered row in L1 (one load per 16 columns of each row,
+   masked at its end; three rows in straight-line code), and the max across is read from that
+   row with aligned loads, two per 16 outputs: taps 0 and 1 are their even and odd columns, tap 2
+   tap 0 shifted down a lane with the next float broadcast in, where the AVX2 row makes six
+   unaligned loads per 8 outputs. The same order of maxima as mp_planes. 71 -> 65 us (111 -> 55)
+   and 64 -> 58 (112 -> 56, 64 planes, one thread); reading the input rows aligned as well, each
+   vector a VPERMT2PS of two aligned loads, was slower (95). */
+static size_t mp_rows_floats(const mp_job *j) {
+  size_t nb = (j->ow + 15) / 16;
+  return KILN__MAX(32 * nb + 16, (size_t)j->pl + (j->w + 15) / 16 * 16 + 16);
+}
+
+static bool mp_k3s2_rows_avx512_fits(const mp_job *j) {
+  return j->kw == 3 && j->sw == 2 && j->ow > 32 && j->w < (size_t)INT_MAX / 2 &&
+         mp_rows_floats(j) <= ROWBUF;
+}
+
+AVX512 static void mp_planes_k3s2_rows_avx512(void *arg, size_t q0, size_t q1) {
+  const mp_job *j = arg;
+  _Alignas(64) float buf[ROWBUF];
+  const __m512i even =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  for (size_t i = 0, n = mp_rows_floats(j); i < n; i++) buf[i] = -INFINITY;
+  float *v = buf + j->pl; /* v[ix]: input column ix; -inf outside [0, w) */
+  const int w = (int)j->w;
+  for (size_t q = q0; q < q1; q++) {
+    const float *x = j->x + q * j->h * j->w;
+    float *y = j->y + q * j->oh * j->ow;
+    for (size_t oy = 0; oy < j->oh; oy++, y += j->ow) {
+      int64_t y0 = (int64_t)(oy * j->sh) - j->pt;
+      int64_t lo = KILN__MAX(y0, (int64_t)0), hi = KILN__MIN(y0 + (int64_t)j->kh, (int64_t)j->h);
+      if (lo >= hi) { /* a window entirely in the padding */
+        for (size_t ox = 0; ox < j->ow; ox++) y[ox] = -INFINITY;
+        continue;
+      }
+      const float *x0 = x + (size_t)lo * j->w;
+      const size_t nr = (size_t)(hi - lo), ws = j->w;
+      int c = 0;
+      if (nr == 3) /* the whole window: three rows in straight-line code */
+        for (; c + 16 <= w; c += 16) {
+          const float *p = x0 + c;
+          __m512 a = _mm512_loadu_ps(p);
+          a = max16(_mm512_loadu_ps(p + ws), a);
+          _mm512_storeu_ps(v + c, max16(_mm512_loadu_ps(p + 2 * ws), a));
+        }
+      for (; c < w; c += 16) { /* lanes past the row's end load as -inf */
+        const __mmask16 m = cols16(c, w);
+        const float *p = x0 + c;
+        __m512 a = _mm512_mask_loadu_ps(ninf, m, p);
+        for (size_t r = 1; r < nr; r++) a = max16(_mm512_mask_loadu_ps(ninf, m, p + r * ws), a);
+        _mm512_storeu_ps(v + c, a);
+      }
+      for (size_t ox = 0; ox < j->ow; ox += 16) {
+        const float *r = buf + 2 * ox; /* tap kx of output ox + i is r[2 i + kx] */
+        __m512 a = _mm512_load_ps(r), b = _mm512_load_ps(r + 16);
+        __m512 t0 = _mm512_permutex2var_ps(a, even, b);
+        __m512 t2 = _mm512_castsi512_ps(_mm512_alignr_epi32(
+            _mm512_castps_si512(_mm512_set1_ps(r[32])), _mm512_castps_si512(t0), 1));
+        __m512 mx = max16(t2, max16(_mm512_permutex2var_ps(a, odd, b), t0));
+        if (ox + 16 <= j->ow) _mm512_storeu_ps(y + ox, mx);
+        else _mm512_mask_storeu_ps(y + ox, (__mmask16)((1u << (j->ow - ox)) - 1), mx);
       }
     }
   }
@@ -497,6 +567,8 @@ static kiln_status mp_execute(kiln__kctx *c, void *state) {
   void (*fn)(void *, size_t, size_t) = q8 ? qmp_planes : mp_planes;
 #ifdef POOL_X86
   if (!q8 && j.isa == KILN__ISA_AVX512 && mp_k3s2_avx512_fits(&j)) fn = mp_planes_k3s2_avx512;
+  if (!q8 && j.isa == KILN__ISA_AVX512 && mp_k3s2_rows_avx512_fits(&j))
+    fn = mp_planes_k3s2_rows_avx512;
   if (q8 && j.isa != KILN__ISA_GENERIC && j.kh == 3 && j.kw == 3 && j.sh == 2 && j.sw == 2 &&
       !j.pt && !j.pl && j.oh && j.ow && 2 * (j.oh - 1) + 3 <= j.h && 2 * (j.ow - 1) + 3 <= j.w)
     fn = qmp_s2k3_avx2;
