@@ -207,6 +207,77 @@ static void check_flat(size_t h, size_t w, size_t count, bool with_bias) {
   free(x), free(y), free(z), free(want), free(wt), free(bias);
 }
 
+/* The 16-channel kernel for small planes (kiln__dw3x3_c16_avx512): `count` planes, exactly
+   sized buffers, strides 1 and 2, pads 0-2 on each side, each epilogue, no residual / a separate
+   one / the residual being y. */
+static void check_c16(size_t h, size_t w, size_t s, size_t pt, size_t pl, size_t pb, size_t pr,
+                      size_t count) {
+  kiln__dw_geom g = {.h = h, .w = w, .kh = 3, .kw = 3, .sh = s, .sw = s, .pt = pt, .pl = pl};
+  if (h + pt + pb < 3 || w + pl + pr < 3) return;
+  g.oh = (h + pt + pb - 3) / s + 1;
+  g.ow = (w + pl + pr - 3) / s + 1;
+  if (!kiln__dw3x3_c16_fits(&g)) return;
+  size_t p = h * w, op = g.oh * g.ow, n = p * count, on = op * count;
+  float *x = malloc(n * sizeof *x), *y = malloc(on * sizeof *y), *z = malloc(on * sizeof *z);
+  float *want = malloc(on * sizeof *want), *wt = malloc(9 * count * sizeof *wt);
+  float *bias = malloc(count * sizeof *bias);
+  unsigned seed = (unsigned)(h * 31 + w * 7 + count * 3 + s + pt * 5 + pl * 11 + pb * 13 + pr);
+  for (size_t i = 0; i < n; i++) x[i] = frand(&seed) * 3.0f;
+  for (size_t i = 0; i < 9 * count; i++) wt[i] = frand(&seed);
+  for (size_t i = 0; i < count; i++) bias[i] = frand(&seed);
+  kiln__epilogue eps[N_EPS];
+  test_epilogues(eps);
+  for (size_t e = 0; e < N_EPS; e++)
+    for (int mode = 0; mode < 3; mode++) {
+      for (size_t i = 0; i < on; i++) z[i] = frand(&seed);
+      const float *zz = mode == 0 ? NULL : z;
+      for (size_t c = 0; c < count; c++)
+        for (size_t oy = 0; oy < g.oh; oy++)
+          for (size_t ox = 0; ox < g.ow; ox++)
+            want[c * op + oy * g.ow + ox] = oracle(&g, x + c * p, wt + 9 * c, bias[c],
+                                                   zz ? zz + c * op : NULL, oy, ox, &eps[e]);
+      float *dst = mode == 2 ? z : y;
+      if (mode != 2)
+        for (size_t i = 0; i < on; i++) y[i] = NAN;
+      kiln__dw3x3_c16_avx512(&g, count, x, p, wt, bias, zz, dst, op, &eps[e]);
+      for (size_t i = 0; i < on; i++)
+        if (!close_to(dst[i], want[i]))
+          fail_msg("c16 h %zu w %zu s %zu pads %zu %zu %zu %zu count %zu act %zu mode %d: "
+                   "y[%zu] = %g, want %g",
+                   h, w, s, pt, pl, pb, pr, count, e, mode, i, (double)dst[i], (double)want[i]);
+    }
+  free(x), free(y), free(z), free(want), free(wt), free(bias);
+}
+
+static void c16_small_planes(void **st) {
+  (void)st;
+  if (!kiln__isa_supported(KILN__ISA_AVX512)) return;
+  static const size_t counts[] = {1, 7, 16, 21};
+  for (size_t h = 1; h <= 16; h += 3)
+    for (size_t w = 1; w <= 17; w += 2)
+      for (size_t s = 1; s <= 2; s++)
+        for (size_t i = 0; i < 4; i++) {
+          check_c16(h, w, s, 1, 1, 1, 1, counts[i]);
+          check_c16(h, w, s, 0, 2, 2, 0, counts[(i + 1) % 4]);
+          check_c16(h, w, s, 2, 0, 1, 2, counts[(i + 2) % 4]);
+        }
+  check_c16(7, 7, 1, 1, 1, 1, 1, 960); /* MobileNet-v2's 7x7 and 14 -> 7 */
+  check_c16(14, 14, 2, 0, 0, 1, 1, 48);
+  check_c16(14, 14, 2, 1, 1, 1, 1, 576);
+  /* and what it declines: 5x5, unequal strides, outputs past its blocks */
+  kiln__dw_geom g = {.h = 7, .w = 7, .oh = 7, .ow = 7, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                     .pt = 1, .pl = 1};
+  assert_true(kiln__dw3x3_c16_fits(&g));
+  g.kh = g.kw = 5;
+  assert_false(kiln__dw3x3_c16_fits(&g));
+  g = (kiln__dw_geom){.h = 14, .w = 14, .oh = 14, .ow = 7, .kh = 3, .kw = 3, .sh = 1, .sw = 2,
+                      .pt = 1, .pl = 1};
+  assert_false(kiln__dw3x3_c16_fits(&g));
+  g = (kiln__dw_geom){.h = 56, .w = 56, .oh = 56, .ow = 56, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                      .pt = 1, .pl = 1};
+  assert_false(kiln__dw3x3_c16_fits(&g));
+}
+
 static void flat_small_planes(void **st) {
   (void)st;
   if (!kiln__isa_supported(KILN__ISA_AVX2)) return;
@@ -234,6 +305,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
 #if defined(__x86_64__) || defined(__i386__)
       cmocka_unit_test(flat_small_planes),
+      cmocka_unit_test(c16_small_planes),
 #endif
       cmocka_unit_test(every_small_plane),
       cmocka_unit_test(stride2_band_tails),

@@ -478,16 +478,18 @@ bool kiln__dw_conv_parse(const kiln__node *n, const kiln__graph *g, kiln__dw_con
 typedef struct dw_job {
   const kiln__dw_conv *d;
   kiln__dw_geom g;
+  size_t gsz; /* channels per work item: 8, or 16 for the 16-channel kernel */
+  bool c16;   /* kiln__dw3x3_c16_avx512 runs the groups */
   const float *x, *bias, *z;
   float *y;
   const kiln__epilogue *ep;
 } dw_job;
 
-/* Work items are groups of 8 channels of one image (the last group of an image may be short). */
+/* Work items are groups of gsz channels of one image (the last group of an image may be short). */
 static void dw_groups(void *arg, size_t g0, size_t g1) {
   const dw_job *j = arg;
   size_t in = j->g.h * j->g.w, out = j->g.oh * j->g.ow, k = j->d->kh * j->d->kw;
-  size_t cg = (j->d->c + 7) / 8;
+  size_t cg = (j->d->c + j->gsz - 1) / j->gsz;
 #ifdef DW_X86
   size_t hp = 0, wp = 0;
   /* The 3x3 kernel is faster from 8 columns up. Below, at stride 1 (7x7 planes) the two tie;
@@ -499,9 +501,15 @@ static void dw_groups(void *arg, size_t g0, size_t g1) {
   bool flat = j->d->isa != KILN__ISA_GENERIC && kiln__dw3x3_flat_fits(&j->g);
 #endif
   for (size_t gi = g0; gi < g1; gi++) {
-    size_t c0 = gi % cg * 8, cnt = KILN__MIN((size_t)8, j->d->c - c0);
+    size_t c0 = gi % cg * j->gsz, cnt = KILN__MIN(j->gsz, j->d->c - c0);
     size_t q0 = gi / cg * j->d->c + c0;
 #ifdef DW_X86
+    if (j->c16) {
+      kiln__dw3x3_c16_avx512(&j->g, cnt, j->x + q0 * in, in, j->d->w + c0 * k,
+                             j->bias ? j->bias + c0 : NULL, j->z ? j->z + q0 * out : NULL,
+                             j->y + q0 * out, out, j->ep);
+      continue;
+    }
     if (flat) {
       kiln__dw3x3_flat_avx2(&j->g, cnt, j->x + q0 * in, in, j->d->w + c0 * k,
                             j->bias ? j->bias + c0 : NULL, j->z ? j->z + q0 * out : NULL,
@@ -558,7 +566,14 @@ bool kiln__dw_conv_run(kiln__kctx *c, const kiln__dw_conv *d, const float *z,
   if (!kiln__dw_conv_geom(d, (size_t)x->dims[2], (size_t)x->dims[3], (size_t)y->dims[2],
                           (size_t)y->dims[3], &j.g))
     return false;
-  size_t planes = (size_t)x->dims[0] * d->c, groups = (size_t)x->dims[0] * ((d->c + 7) / 8);
+  /* Outputs up to 8 wide (MobileNet-v2's 7x7 and 14 -> 7) on AVX-512: 16 channels in the lanes,
+     where the plane kernels' per-plane set-up cost as much as the plane's multiply-adds. */
+#ifdef DW_X86
+  j.c16 = d->isa == KILN__ISA_AVX512 && j.g.ow <= 8 && kiln__dw3x3_c16_fits(&j.g);
+#endif
+  j.gsz = j.c16 ? 16 : 8;
+  size_t planes = (size_t)x->dims[0] * d->c;
+  size_t groups = (size_t)x->dims[0] * ((d->c + j.gsz - 1) / j.gsz);
   /* 1 MiB and more: an input the previous node wrote past L2 (conv_dw3x3.c prefetches;
      MobileNet-v2 in the model: 96 x 112 x 112, 4.8 MB, median 385 -> 331 us; 144 x 56 x 56,
      1.8 MB, 4% slower with the three-load AVX2 kernel on Zen 3, 48 -> 43 us with the one-load

@@ -197,6 +197,11 @@ static void dw_part(const dwpw_job *jb, size_t img, size_t band, size_t c0, size
   /* Floats of the input rows the band reads (rows at and after x). */
   const size_t span = KILN__MIN(bg.h, (rows - 1) * bg.sh + s->d.kh) * bg.w;
 #if defined(__x86_64__) || defined(__i386__)
+  if (s->d.isa == KILN__ISA_AVX512 && bg.ow <= 8 && kiln__dw3x3_c16_fits(&bg)) { /* 7x7 */
+    kiln__dw3x3_c16_avx512(&bg, c1 - c0, x + c0 * plane, plane, s->d.w + c0 * khw,
+                           jb->bias ? jb->bias + c0 : NULL, NULL, slot + c0 * ld, ld, &s->dw_ep);
+    return;
+  }
   if (s->d.isa != KILN__ISA_GENERIC && kiln__dw3x3_flat_fits(&bg)) { /* 7x7: the whole plane */
     kiln__dw3x3_flat_avx2(&bg, c1 - c0, x + c0 * plane, plane, s->d.w + c0 * khw,
                           jb->bias ? jb->bias + c0 : NULL, NULL, slot + c0 * ld, ld, &s->dw_ep);
