@@ -1,19 +1,30 @@
 /* The intra-op thread pool.
  *
- * A job is a number of chunks. Its state lives in one 64-bit `ticket`: the job's generation (high
- * 32 bits), its chunk count (16 bits) and the next unclaimed chunk (low 16 bits). The caller writes
- * the job fields (fn, arg, total, chunks) and then publishes the job by storing a new ticket
- * (release). Anyone claims a chunk with a compare-and-swap that bumps `next` in the ticket it read
- * (acquire): success means the chunk belongs to that job, and since the caller cannot return
- * before every chunk is done, the job fields stay valid while the claimer reads them and runs the
- * chunk. A worker that wakes late finds the ticket used up or replaced by a newer job, and its CAS
- * fails harmlessly: nothing waits for it.
+ * A job is a number of chunks, cut into one contiguous range per thread: the caller is thread 0,
+ * worker i thread i. Each range has a cursor in its own cache line, one 64-bit word: the job's
+ * generation (high 32 bits), the next unclaimed chunk (16 bits) and the range's end (low 16
+ * bits). A thread claims the chunks of its own range from the front, then steals what is left of
+ * the others' from their back, each claim a compare-and-swap on the cursor that checks the
+ * generation. The caller writes the job fields (fn, arg, total, chunks) and the cursors, then
+ * publishes the job by storing its generation in `ticket` (release); a claim that succeeds means
+ * the chunk belongs to that job, and since the caller cannot return before every chunk is done,
+ * the job fields stay valid while the claimer reads them and runs the chunk. A worker that wakes
+ * late finds the cursors used up or of a newer job, and its CAS fails harmlessly: nothing waits
+ * for it.
  *
- * That is the point of this design on a loaded machine: the caller waits only for chunks that were
- * claimed, never for a worker that was not scheduled in time. (The previous pool made every worker
- * join every job, so a parallel_for whose worker had been descheduled waited for a time slice,
- * milliseconds, even when the caller had run every chunk itself; 2 threads were then slower than
- * 1 on a shared 2-core machine.)
+ * Each thread thus runs the same chunks of a node in every run while all threads keep up, so the
+ * lines of the node's output it writes are the lines it wrote last time, still in its own cache:
+ * with chunks claimed first-come from one counter (the pool before), a line was written by
+ * either thread from run to run and most stores had to take it from the other core's cache. On
+ * this VM the host places the two vCPUs on different L3s for minutes at a time (bench/RESULTS.md,
+ * tenth session: ~400 ns round trips), where that made two threads little faster than one
+ * (SqueezeNet's 55x55 Winograd conv 213 us at two threads, 131 with fixed ranges).
+ *
+ * That is also the point of claiming on a loaded machine: the caller waits only for chunks that
+ * were claimed, never for a worker that was not scheduled in time. (An earlier pool made every
+ * worker join every job, so a parallel_for whose worker had been descheduled waited for a time
+ * slice, milliseconds, even when the caller had run every chunk itself; 2 threads were then
+ * slower than 1 on a shared 2-core machine.) Here the caller steals a late worker's whole range.
  *
  * Between jobs a worker spins on the ticket for SPIN_NS with a pause instruction, then sleeps on a
  * condition variable, so the back-to-back parallel_for calls of one inference find it awake and
@@ -34,29 +45,41 @@
 #define CALLER_SPIN_NS 30000
 /* Pauses between clock reads while spinning. */
 #define SPIN_CHECK 32
-/* Chunks per job are capped so they fit the ticket's 16-bit fields. */
+/* Chunks per job are capped so they fit the cursors' 16-bit fields. */
 #define CHUNKS_MAX 4096u
+
+/* A thread's range of the current job, alone in its cache line. */
+typedef struct cursor {
+  _Alignas(64) atomic_uint_fast64_t c; /* generation << 32 | next << 16 | end */
+} cursor;
+
+typedef struct worker_arg {
+  struct kiln__pool *p;
+  size_t self; /* the worker's thread index (the caller is 0) */
+} worker_arg;
 
 struct kiln__pool {
   int n;                 /* total threads including the caller */
   pthread_t *workers;
+  worker_arg *wargs;
+  cursor *cur;           /* n cursors */
   pthread_mutex_t mu;
   pthread_cond_t wake, done;
-  atomic_uint_fast64_t ticket; /* generation << 32 | chunks << 16 | next */
+  atomic_uint_fast64_t ticket; /* generation << 32 of the current job */
   atomic_bool stop;
   int sleepers;          /* workers blocked on `wake` (under mu) */
   bool caller_waits;     /* the caller is blocked on `done` (under mu) */
   /* the current job: written by the caller before the ticket that publishes it */
   kiln__range_fn fn;
   void *arg;
-  size_t total, chunks;   /* chunk i is [i q + min(i, r), ...) with q, r = total / chunks, % */
-  atomic_size_t left;    /* chunks not yet finished */
+  size_t total, chunks;   /* chunk i is [i total / chunks, (i + 1) total / chunks) */
+  _Alignas(64) atomic_size_t left; /* chunks not yet finished */
   atomic_bool busy;      /* a job is running: a nested or concurrent parallel_for runs inline */
 };
 
 static inline uint64_t t_gen(uint64_t t) { return t >> 32; }
-static inline uint64_t t_chunks(uint64_t t) { return t >> 16 & 0xffffu; }
-static inline uint64_t t_next(uint64_t t) { return t & 0xffffu; }
+static inline uint64_t c_next(uint64_t c) { return c >> 16 & 0xffffu; }
+static inline uint64_t c_end(uint64_t c) { return c & 0xffffu; }
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -72,24 +95,44 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Claims and runs chunks of whatever job is current until none is left. */
-static void run_chunks(kiln__pool *p) {
-  uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
+/* Where chunk i of the current job starts: i total / chunks, computed without overflow. */
+static inline size_t chunk_start(const kiln__pool *p, size_t i) {
+  size_t q = p->total / p->chunks, r = p->total % p->chunks;
+  return i * q + i * r / p->chunks;
+}
+
+/* Claims a chunk from cursor `cur` of job `gen`: from the front of the range, or from the back
+   (stealing); false when the range is used up or belongs to another job. */
+static bool claim(cursor *cur, uint64_t gen, bool back, size_t *chunk) {
+  uint64_t c = atomic_load_explicit(&cur->c, memory_order_acquire);
   for (;;) {
-    if (t_next(t) >= t_chunks(t)) return;
-    if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1, memory_order_acquire,
-                                               memory_order_acquire))
-      continue; /* t now holds the current ticket */
-    size_t i = (size_t)t_next(t), q = p->total / p->chunks, r = p->total % p->chunks;
-    size_t b = i * q + KILN__MIN(i, r);
-    p->fn(p->arg, b, b + q + (i < r));
-    if (atomic_fetch_sub_explicit(&p->left, 1, memory_order_acq_rel) == 1) {
-      /* The last chunk done wakes the caller if it went to sleep. */
-      pthread_mutex_lock(&p->mu);
-      if (p->caller_waits) pthread_cond_signal(&p->done);
-      pthread_mutex_unlock(&p->mu);
+    if (t_gen(c) != gen || c_next(c) >= c_end(c)) return false;
+    uint64_t to = back ? c - 1 : c + (1u << 16);
+    if (atomic_compare_exchange_weak_explicit(&cur->c, &c, to, memory_order_acquire,
+                                              memory_order_acquire)) {
+      *chunk = (size_t)(back ? c_end(c) - 1 : c_next(c));
+      return true;
     }
-    t = atomic_load_explicit(&p->ticket, memory_order_acquire);
+  }
+}
+
+/* Thread `self` runs the chunks of the current job: its own range, then what is left of the
+   others'. */
+static void run_chunks(kiln__pool *p, size_t self) {
+  uint64_t gen = t_gen(atomic_load_explicit(&p->ticket, memory_order_acquire));
+  size_t n = (size_t)p->n, done = 0, i;
+  for (size_t k = 0; k < n; k++) {
+    cursor *cur = &p->cur[(self + k) % n];
+    while (claim(cur, gen, k > 0, &i)) {
+      p->fn(p->arg, chunk_start(p, i), chunk_start(p, i + 1));
+      done++;
+    }
+  }
+  if (done && atomic_fetch_sub_explicit(&p->left, done, memory_order_acq_rel) == done) {
+    /* The last chunk done wakes the caller if it went to sleep. */
+    pthread_mutex_lock(&p->mu);
+    if (p->caller_waits) pthread_cond_signal(&p->done);
+    pthread_mutex_unlock(&p->mu);
   }
 }
 
@@ -120,7 +163,8 @@ static bool spin_done(kiln__pool *p) {
 }
 
 static void *worker_main(void *arg) {
-  kiln__pool *p = arg;
+  kiln__pool *p = ((worker_arg *)arg)->p;
+  size_t self = ((worker_arg *)arg)->self;
   uint64_t seen = 0;
   for (;;) {
     if (!spin_gen(p, seen)) {
@@ -133,7 +177,7 @@ static void *worker_main(void *arg) {
     }
     if (atomic_load(&p->stop)) break;
     seen = t_gen(atomic_load_explicit(&p->ticket, memory_order_acquire));
-    run_chunks(p);
+    run_chunks(p, self);
   }
   return NULL;
 }
@@ -141,13 +185,16 @@ static void *worker_main(void *arg) {
 kiln_status kiln__pool_create(int threads, kiln__pool **out, kiln_error *err) {
   *out = NULL;
   if (threads <= 1) return KILN_OK;
-  kiln__pool *p = kiln__calloc(1, sizeof *p);
-  if (!p) return kiln__fail(err, KILN_NO_MEMORY, "out of memory creating the thread pool");
-  p->workers = kiln__calloc((size_t)threads, sizeof(pthread_t));
-  if (!p->workers) {
-    kiln__free(p);
+  kiln__pool *p = kiln__aligned_alloc(sizeof *p);
+  if (p) memset(p, 0, sizeof *p);
+  if (p) p->workers = kiln__calloc((size_t)threads, sizeof(pthread_t));
+  if (p && p->workers) p->wargs = kiln__calloc((size_t)threads, sizeof(worker_arg));
+  if (p && p->wargs) p->cur = kiln__aligned_alloc((size_t)threads * sizeof(cursor));
+  if (!p || !p->workers || !p->wargs || !p->cur) {
+    if (p) kiln__free(p->workers), kiln__free(p->wargs), kiln__aligned_free(p);
     return kiln__fail(err, KILN_NO_MEMORY, "out of memory creating the thread pool");
   }
+  for (int i = 0; i < threads; i++) atomic_init(&p->cur[i].c, 0);
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->wake, NULL);
   pthread_cond_init(&p->done, NULL);
@@ -157,7 +204,8 @@ kiln_status kiln__pool_create(int threads, kiln__pool **out, kiln_error *err) {
   atomic_init(&p->busy, false);
   p->n = 1;
   for (int i = 1; i < threads; i++) {
-    if (pthread_create(&p->workers[i - 1], NULL, worker_main, p) != 0) break;
+    p->wargs[i] = (worker_arg){p, (size_t)i};
+    if (pthread_create(&p->workers[i - 1], NULL, worker_main, &p->wargs[i]) != 0) break;
     p->n++;
   }
   *out = p;
@@ -175,7 +223,9 @@ void kiln__pool_free(kiln__pool *p) {
   pthread_cond_destroy(&p->wake);
   pthread_cond_destroy(&p->done);
   kiln__free(p->workers);
-  kiln__free(p);
+  kiln__free(p->wargs);
+  kiln__aligned_free(p->cur);
+  kiln__aligned_free(p);
 }
 
 int kiln__pool_threads(const kiln__pool *p) { return p ? p->n : 1; }
@@ -188,9 +238,10 @@ void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
     return;
   }
   /* A few chunks per thread balance uneven work without much claiming traffic. Their sizes
-     differ by at most one unit and their count is a multiple of the threads where n allows: a
-     job's units usually cost the same (GEMM tiles, rows), and rounding the size up instead
-     (14 tiles -> 7 chunks of 2) left one thread a chunk more, 4 against 3 (SqueezeNet's
+     differ by at most one unit, the larger ones spread out, and their count is a multiple of
+     the threads where n allows, so each thread's range holds its share of the units to within
+     one: a job's units usually cost the same (GEMM tiles, rows), and rounding the size up
+     instead (14 tiles -> 7 chunks of 2) left one thread a chunk more, 4 against 3 (SqueezeNet's
      classifier GEMM). Up to 8 units per thread each unit is a chunk. */
   size_t chunks = n <= (size_t)p->n * 8 ? n : (size_t)p->n * 4;
   chunks = KILN__MIN(chunks, (size_t)CHUNKS_MAX);
@@ -199,15 +250,18 @@ void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
   p->total = n;
   p->chunks = chunks;
   atomic_store_explicit(&p->left, chunks, memory_order_relaxed);
-  uint64_t gen = t_gen(atomic_load_explicit(&p->ticket, memory_order_relaxed)) + 1;
-  atomic_store_explicit(&p->ticket, (gen & 0xffffffffu) << 32 | (uint64_t)chunks << 16,
-                        memory_order_release);
+  uint64_t gen = (t_gen(atomic_load_explicit(&p->ticket, memory_order_relaxed)) + 1) & 0xffffffffu;
+  for (size_t t = 0, T = (size_t)p->n; t < T; t++) /* thread t's chunks [t C / T, (t+1) C / T) */
+    atomic_store_explicit(&p->cur[t].c,
+                          gen << 32 | (uint64_t)(t * chunks / T) << 16 | (t + 1) * chunks / T,
+                          memory_order_relaxed);
+  atomic_store_explicit(&p->ticket, gen << 32, memory_order_release);
   /* A worker checks the ticket under mu before it sleeps, so taking mu here either finds it
      asleep (and wakes it) or lets it see the new job. Spinning workers need no wake. */
   pthread_mutex_lock(&p->mu);
   if (p->sleepers > 0) pthread_cond_broadcast(&p->wake);
   pthread_mutex_unlock(&p->mu);
-  run_chunks(p);
+  run_chunks(p, 0);
   if (atomic_load_explicit(&p->left, memory_order_acquire) > 0 && !spin_done(p)) {
     pthread_mutex_lock(&p->mu);
     p->caller_waits = true;

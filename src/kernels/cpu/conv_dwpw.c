@@ -12,7 +12,6 @@
  * are one per thread at work, planned as scratch (one per online CPU at prepare, up to
  * SLOTS_MAX), so no call allocates. With fewer bands than threads (7x7 planes) the threads share
  * each band instead: the depthwise conv by channels into one slot, then the GEMM by halves of K. */
-#include <stdatomic.h>
 #include <unistd.h>
 
 #include "core/threadpool.h"
@@ -175,7 +174,7 @@ typedef struct dwpw_job {
   size_t slot_floats;
   const float *x, *bias, *bias2, *z;
   float *y, *scratch;
-  atomic_size_t next;
+  size_t slots; /* the parallel_for's slots */
 } dwpw_job;
 
 /* The depthwise result of channels [c0, c1) of band `band` of image `img`, into `slot`. */
@@ -240,13 +239,14 @@ static void pw_part(const dwpw_job *jb, size_t img, size_t band, size_t p0, size
   }
 }
 
-/* Slots [begin, end): each claims units until none is left. */
+/* Slots [begin, end): each runs its share of the units (kiln__pool_share). */
 static void dwpw_range(void *arg, size_t begin, size_t end) {
   dwpw_job *jb = arg;
-  size_t units = jb->g->n * jb->bands;
+  size_t units = jb->g->n * jb->bands, u0, u1;
   for (size_t i = begin; i < end; i++) {
     float *slot = jb->scratch + i * jb->slot_floats;
-    for (size_t u; (u = atomic_fetch_add(&jb->next, 1)) < units;) {
+    kiln__pool_share(units, jb->slots, i, &u0, &u1);
+    for (size_t u = u0; u < u1; u++) {
       size_t img = u / jb->bands, band = u % jb->bands;
       dw_part(jb, img, band, 0, jb->s->d.c, slot);
       pw_part(jb, img, band, 0, jb->s->parts, slot);
@@ -298,7 +298,6 @@ static kiln_status dwpw_execute(kiln__kctx *c, void *state) {
                  .bias2 = c->n_in > 4 && c->in[4] ? c->in[4]->data : NULL,
                  .z = c->n_in > 5 && c->in[5] ? c->in[5]->data : NULL, .y = c->out[0]->data,
                  .scratch = c->scratch};
-  atomic_init(&jb.next, 0);
   size_t units = g.n * bands;
   if (units < threads && threads > 1) {
     for (size_t u = 0; u < units; u++) {
@@ -310,6 +309,7 @@ static kiln_status dwpw_execute(kiln__kctx *c, void *state) {
   }
   size_t slots = KILN__MIN(KILN__MIN(threads, units),
                            c->scratch_bytes / sizeof(float) / jb.slot_floats);
+  jb.slots = slots;
   kiln__parallel_for(slots > 1 ? pool : NULL, slots, dwpw_range, &jb);
   return KILN_OK;
 }

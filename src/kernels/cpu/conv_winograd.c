@@ -11,8 +11,6 @@
  * such slot per thread at work (up to SLOTS_MAX: the plan sizes scratch without knowing the
  * thread count), reused block after block, so no call allocates. With fewer than two blocks per
  * thread a block's GEMMs and output transform are split over two halves of K. */
-#include <stdatomic.h>
-
 #include "kernels/cpu/conv_winograd.h"
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -174,7 +172,7 @@ typedef struct wino_job {
   size_t split;            /* 1, or parts: a work unit is a block (all of K) or a block x part */
   const float *x, *bias, *z;
   float *y, *scratch;
-  atomic_size_t next;      /* the next block to claim */
+  size_t slots;            /* the parallel_for's slots */
 } wino_job;
 
 /* A run: adjacent tiles of one tile row inside one B panel, at most KILN__WINO_RUN. */
@@ -248,16 +246,19 @@ static void wino_block(const wino_job *jb, size_t b, size_t p0, size_t p1, float
   }
 }
 
-/* Slots [begin, end): each claims work units until none is left. */
+/* Slots [begin, end): each runs its share of the work units (kiln__pool_share), unit u being
+   block u % blocks, part u / blocks of K (so that with parts each slot gets one part of every
+   block, not a few whole blocks of unequal size). */
 static void wino_range(void *arg, size_t begin, size_t end) {
   wino_job *jb = arg;
-  size_t units = jb->blocks * jb->split;
+  size_t units = jb->blocks * jb->split, u0, u1;
   for (size_t i = begin; i < end; i++) {
     float *slot = jb->scratch + i * slot_floats(jb->s);
-    for (size_t u; (u = atomic_fetch_add(&jb->next, 1)) < units;) {
-      size_t p = u % jb->split;
-      if (jb->split == 1) wino_block(jb, u, 0, jb->s->parts, slot);
-      else wino_block(jb, u / jb->split, p, p + 1, slot);
+    kiln__pool_share(units, jb->slots, i, &u0, &u1);
+    for (size_t u = u0; u < u1; u++) {
+      size_t b = u % jb->blocks, p = u / jb->blocks;
+      if (jb->split == 1) wino_block(jb, b, 0, jb->s->parts, slot);
+      else wino_block(jb, b, p, p + 1, slot);
     }
   }
 }
@@ -286,8 +287,8 @@ static kiln_status wino_execute(kiln__kctx *c, void *state) {
   wino_job jb = {s, &g, block, blocks, split ? s->parts : 1, c->in[0]->data,
                  c->n_in > 2 && c->in[2] ? c->in[2]->data : NULL,
                  c->n_in > 3 && c->in[3] ? c->in[3]->data : NULL, c->out[0]->data, c->scratch};
-  atomic_init(&jb.next, 0);
   size_t slots = KILN__MIN(KILN__MIN(threads, blocks * jb.split), floats / slot_floats(s));
+  jb.slots = slots;
   kiln__parallel_for(pool, slots, wino_range, &jb);
   return KILN_OK;
 }

@@ -4,7 +4,6 @@
  * supports() checks the domain. As elsewhere in the backend, execute() hands shapes it does not
  * handle to the reference kernel (src/kernels/ref/fused.c), which reports any error. */
 #include <math.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <unistd.h>
 
@@ -175,7 +174,7 @@ typedef struct att_job {
   int64_t ms[4]; /* the mask's strides in [B, H, S, T] (0 where broadcast) */
   float scale;
   bool causal;
-  atomic_size_t next; /* the next task to claim */
+  size_t slots; /* the parallel_for's slots */
 } att_job;
 
 /* dst[c * ldd + r] = src[r * lds + c] for rows x cols: K's block as the score GEMM's B, which
@@ -308,11 +307,14 @@ static void att_task(const att_job *j, size_t task, float *mem) {
   }
 }
 
+/* Slots [b, e): each runs its share of the tasks (kiln__pool_share). */
 static void att_slots(void *arg, size_t b, size_t e) {
   att_job *j = arg;
+  size_t t0, t1;
   for (size_t slot = b; slot < e; slot++) {
     float *mem = j->scratch + slot * j->slot_floats;
-    for (size_t t; (t = atomic_fetch_add(&j->next, 1)) < j->tasks;) att_task(j, t, mem);
+    kiln__pool_share(j->tasks, j->slots, slot, &t0, &t1);
+    for (size_t t = t0; t < t1; t++) att_task(j, t, mem);
   }
 }
 
@@ -371,8 +373,8 @@ static kiln_status exec_attention(kiln__kctx *c, void *state) {
   j.scratch = (float *)(((uintptr_t)c->scratch + 63) & ~(uintptr_t)63);
   j.s_blocks = (j.S + SB - 1) / SB;
   j.tasks = j.B * j.H * j.s_blocks;
-  atomic_init(&j.next, 0);
   slots = KILN__MIN(KILN__MIN(slots, j.tasks), (size_t)kiln__pool_threads(c->pool));
+  j.slots = slots;
   double work = (double)j.B * j.H * j.S * j.T * (double)(j.D + j.Dv);
   kiln__parallel_for(kiln__pool_for(c->pool, work), slots, att_slots, &j);
   return KILN_OK;
