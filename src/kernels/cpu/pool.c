@@ -57,11 +57,27 @@ typedef struct mp_job {
   const float *x;
   float *y;
   size_t h, w, oh, ow, kh, kw, sh, sw, len, planes;
+  size_t bands; /* float: units are band-major (band u / planes of plane u % planes), 8-bit: 1 */
   int64_t pt, pl;
   uint8_t flip; /* 8-bit: 0x80 for int8 (its order as unsigned bytes), 0 for uint8 */
 } mp_job;
 
 static inline float max_nan(float a, float b) { return a > b || a != a ? a : b; }
+
+/* Work unit u of a float pool: plane *q, output rows [*r0, *r1). Units go band by band, one band
+   per thread, so that with a thread's contiguous range of them (kiln__parallel_for) each thread
+   pools the same rows of every plane that the stem conv before it wrote and the 1x1 conv after
+   it reads (both cut by pixels), rather than whole planes of the other thread's rows. In the
+   host's far vCPU placement SqueezeNet's stem, first pool and squeeze at two threads took
+   0.217-0.243 ms this way against 0.260-0.287 with planes; 0.171-0.181 against 0.170-0.178 in
+   the close one (bench/RESULTS.md, fourteenth session). Cutting the depthwise convs by rows
+   the same way was 10-40% slower per node in the close placement and is not done. */
+static inline void mp_unit(const mp_job *j, size_t u, size_t *q, size_t *r0, size_t *r1) {
+  size_t b = u / j->planes;
+  *q = u % j->planes;
+  *r0 = b * j->oh / j->bands;
+  *r1 = (b + 1) * j->oh / j->bands;
+}
 
 static void mp_row_generic(const mp_job *j, const float *v, float *y) {
   for (size_t ox = 0; ox < j->ow; ox++) {
@@ -208,11 +224,16 @@ AVX512 static void mp_planes_k3s2_avx512(void *arg, size_t q0, size_t q1) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   const int w = (int)j->w;
-  /* The input rows some window reads. */
-  const size_t r1 = (size_t)KILN__MIN((int64_t)j->h, (int64_t)((j->oh - 1) * j->sh + j->kh) - j->pt);
-  for (size_t q = q0; q < q1; q++) {
+  for (size_t u = q0; u < q1; u++) {
+    size_t q, oy0, oy1;
+    mp_unit(j, u, &q, &oy0, &oy1);
+    if (oy0 >= oy1) continue;
     const float *x = j->x + q * j->h * j->w;
     float *y = j->y + q * j->oh * j->ow;
+    /* The input rows [ir0, ir1) the band's windows read. */
+    const size_t ir0 = (size_t)KILN__MAX((int64_t)(oy0 * j->sh) - j->pt, (int64_t)0);
+    const size_t ir1 =
+        (size_t)KILN__MIN((int64_t)j->h, (int64_t)((oy1 - 1) * j->sh + j->kh) - j->pt);
     for (size_t ox = 0; ox < j->ow; ox += 16) {
       int c0 = (int)(ox * 2) - (int)j->pl;
       bool edge = c0 < 0 || c0 + 33 > w;
@@ -222,7 +243,7 @@ AVX512 static void mp_planes_k3s2_avx512(void *arg, size_t q0, size_t q1) {
       __mmask16 m0 = cols16(c0 + 1, w), m1 = cols16(c0 + 17, w);
       __mmask16 lo_ok = c0 >= 0 && c0 < w ? 0xffff : 0;
       const int lo_c = KILN__MAX(0, KILN__MIN(c0, w - 1));
-      for (size_t r = 0; r < r1; r++) {
+      for (size_t r = ir0; r < ir1; r++) {
         const float *xr = x + r * j->w;
         __m512 a = ld16(xr, c0 + 1, m0, edge), b = ld16(xr, c0 + 17, m1, edge);
         __m512 lo =
@@ -235,7 +256,7 @@ AVX512 static void mp_planes_k3s2_avx512(void *arg, size_t q0, size_t q1) {
         _mm512_store_ps(hbuf + r * 16, m);
       }
       __mmask16 keep = j->ow - ox >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (j->ow - ox)) - 1);
-      for (size_t oy = 0; oy < j->oh; oy++) {
+      for (size_t oy = oy0; oy < oy1; oy++) {
         int64_t y0 = (int64_t)(oy * j->sh) - j->pt;
         int64_t lo = KILN__MAX(y0, (int64_t)0), hi = KILN__MIN(y0 + (int64_t)j->kh, (int64_t)j->h);
         __m512 m = _mm512_set1_ps(-INFINITY); /* a window entirely in the padding */
@@ -278,10 +299,12 @@ AVX512 static void mp_planes_k3s2_rows_avx512(void *arg, size_t q0, size_t q1) {
   for (size_t i = 0, n = mp_rows_floats(j); i < n; i++) buf[i] = -INFINITY;
   float *v = buf + j->pl; /* v[ix]: input column ix; -inf outside [0, w) */
   const int w = (int)j->w;
-  for (size_t q = q0; q < q1; q++) {
+  for (size_t u = q0; u < q1; u++) {
+    size_t q, oy0, oy1;
+    mp_unit(j, u, &q, &oy0, &oy1);
     const float *x = j->x + q * j->h * j->w;
-    float *y = j->y + q * j->oh * j->ow;
-    for (size_t oy = 0; oy < j->oh; oy++, y += j->ow) {
+    float *y = j->y + (q * j->oh + oy0) * j->ow;
+    for (size_t oy = oy0; oy < oy1; oy++, y += j->ow) {
       int64_t y0 = (int64_t)(oy * j->sh) - j->pt;
       int64_t lo = KILN__MAX(y0, (int64_t)0), hi = KILN__MIN(y0 + (int64_t)j->kh, (int64_t)j->h);
       if (lo >= hi) { /* a window entirely in the padding */
@@ -330,10 +353,12 @@ static void mp_planes(void *arg, size_t q0, size_t q1) {
 #endif
   for (size_t i = 0; i < j->len; i++) buf[i] = -INFINITY;
   float *v = buf + j->pl; /* v[ix] for input column ix; -inf outside */
-  for (size_t q = q0; q < q1; q++) {
+  for (size_t u = q0; u < q1; u++) {
+    size_t q, oy0, oy1;
+    mp_unit(j, u, &q, &oy0, &oy1);
     const float *x = j->x + q * j->h * j->w;
     float *y = j->y + q * j->oh * j->ow;
-    for (size_t oy = 0; oy < j->oh; oy++) {
+    for (size_t oy = oy0; oy < oy1; oy++) {
       int64_t y0 = (int64_t)(oy * j->sh) - j->pt;
       int64_t lo = KILN__MAX(y0, (int64_t)0), hi = KILN__MIN(y0 + (int64_t)j->kh, (int64_t)j->h);
       if (lo >= hi) { /* a window entirely in the padding */
@@ -573,9 +598,10 @@ static kiln_status mp_execute(kiln__kctx *c, void *state) {
       !j.pt && !j.pl && j.oh && j.ow && 2 * (j.oh - 1) + 3 <= j.h && 2 * (j.ow - 1) + 3 <= j.w)
     fn = qmp_s2k3_avx2;
 #endif
-  if (planes && j.oh && j.ow)
-    kiln__parallel_for(kiln__pool_for(c->pool, (double)planes * j.oh * j.ow * j.kh * j.kw),
-                       planes, fn, &j);
+  struct kiln__pool *pool = kiln__pool_for(c->pool, (double)planes * j.oh * j.ow * j.kh * j.kw);
+  /* Float: a band of rows per thread (the 8-bit kernels take whole planes). */
+  j.bands = q8 ? 1 : KILN__MIN(j.oh, (size_t)kiln__pool_threads(pool));
+  if (planes && j.oh && j.ow) kiln__parallel_for(pool, j.bands * planes, fn, &j);
   return KILN_OK;
 }
 
