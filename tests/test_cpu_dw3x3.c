@@ -168,60 +168,20 @@ static void mobilenet_planes(void **st) {
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-/* The flat kernel for planes narrower than 8 at stride 1 (kiln__dw3x3_flat_avx2): `count`
-   planes at once, exactly sized buffers (the last plane ends at its buffer's end), with and
+/* A kernel that takes `count` planes at once (kiln__dw3x3_flat_avx2, kiln__dw3x3_c16_avx512)
+   on geometry g: exactly sized buffers (the last plane ends at its buffer's end), with or
    without bias, each epilogue, no residual / a separate one / the residual being y. */
-static void check_flat(size_t h, size_t w, size_t count, bool with_bias) {
-  kiln__dw_geom g = {.h = h, .w = w, .oh = h, .ow = w, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
-                     .pt = 1, .pl = 1};
-  if (!kiln__dw3x3_flat_fits(&g)) return;
-  size_t p = h * w, n = p * count;
-  float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *z = malloc(n * sizeof *z);
-  float *want = malloc(n * sizeof *want), *wt = malloc(9 * count * sizeof *wt);
-  float *bias = malloc(count * sizeof *bias);
-  unsigned seed = (unsigned)(h * 31 + w * 7 + count * 3 + with_bias);
-  for (size_t i = 0; i < n; i++) x[i] = frand(&seed) * 3.0f;
-  for (size_t i = 0; i < 9 * count; i++) wt[i] = frand(&seed);
-  for (size_t i = 0; i < count; i++) bias[i] = frand(&seed);
-  kiln__epilogue eps[N_EPS];
-  test_epilogues(eps);
-  for (size_t e = 0; e < N_EPS; e++)
-    for (int mode = 0; mode < 3; mode++) {
-      for (size_t i = 0; i < n; i++) z[i] = frand(&seed);
-      const float *zz = mode == 0 ? NULL : z;
-      for (size_t c = 0; c < count; c++)
-        for (size_t oy = 0; oy < h; oy++)
-          for (size_t ox = 0; ox < w; ox++)
-            want[c * p + oy * w + ox] =
-                oracle(&g, x + c * p, wt + 9 * c, with_bias ? bias[c] : 0.0f,
-                       zz ? zz + c * p : NULL, oy, ox, &eps[e]);
-      float *dst = mode == 2 ? z : y;
-      if (mode != 2)
-        for (size_t i = 0; i < n; i++) y[i] = NAN;
-      kiln__dw3x3_flat_avx2(&g, count, x, p, wt, with_bias ? bias : NULL, zz, dst, p, &eps[e]);
-      for (size_t i = 0; i < n; i++)
-        if (!close_to(dst[i], want[i]))
-          fail_msg("flat h %zu w %zu count %zu bias %d act %zu mode %d: y[%zu] = %g, want %g", h,
-                   w, count, with_bias, e, mode, i, (double)dst[i], (double)want[i]);
-    }
-  free(x), free(y), free(z), free(want), free(wt), free(bias);
-}
+typedef void (*planes_fn)(const kiln__dw_geom *, size_t, const float *, size_t, const float *,
+                          const float *, const float *, float *, size_t, const kiln__epilogue *);
 
-/* The 16-channel kernel for small planes (kiln__dw3x3_c16_avx512): `count` planes, exactly
-   sized buffers, strides 1 and 2, pads 0-2 on each side, each epilogue, no residual / a separate
-   one / the residual being y. */
-static void check_c16(size_t h, size_t w, size_t s, size_t pt, size_t pl, size_t pb, size_t pr,
-                      size_t count) {
-  kiln__dw_geom g = {.h = h, .w = w, .kh = 3, .kw = 3, .sh = s, .sw = s, .pt = pt, .pl = pl};
-  if (h + pt + pb < 3 || w + pl + pr < 3) return;
-  g.oh = (h + pt + pb - 3) / s + 1;
-  g.ow = (w + pl + pr - 3) / s + 1;
-  if (!kiln__dw3x3_c16_fits(&g)) return;
-  size_t p = h * w, op = g.oh * g.ow, n = p * count, on = op * count;
+static void check_planes(planes_fn fn, const char *name, const kiln__dw_geom *g, size_t count,
+                         bool with_bias) {
+  size_t p = g->h * g->w, op = g->oh * g->ow, n = p * count, on = op * count;
   float *x = malloc(n * sizeof *x), *y = malloc(on * sizeof *y), *z = malloc(on * sizeof *z);
   float *want = malloc(on * sizeof *want), *wt = malloc(9 * count * sizeof *wt);
   float *bias = malloc(count * sizeof *bias);
-  unsigned seed = (unsigned)(h * 31 + w * 7 + count * 3 + s + pt * 5 + pl * 11 + pb * 13 + pr);
+  unsigned seed = (unsigned)(g->h * 31 + g->w * 7 + count * 3 + with_bias + g->sh * 17 +
+                             g->pt * 5 + g->pl * 11 + g->oh * 13 + g->ow);
   for (size_t i = 0; i < n; i++) x[i] = frand(&seed) * 3.0f;
   for (size_t i = 0; i < 9 * count; i++) wt[i] = frand(&seed);
   for (size_t i = 0; i < count; i++) bias[i] = frand(&seed);
@@ -232,21 +192,42 @@ static void check_c16(size_t h, size_t w, size_t s, size_t pt, size_t pl, size_t
       for (size_t i = 0; i < on; i++) z[i] = frand(&seed);
       const float *zz = mode == 0 ? NULL : z;
       for (size_t c = 0; c < count; c++)
-        for (size_t oy = 0; oy < g.oh; oy++)
-          for (size_t ox = 0; ox < g.ow; ox++)
-            want[c * op + oy * g.ow + ox] = oracle(&g, x + c * p, wt + 9 * c, bias[c],
-                                                   zz ? zz + c * op : NULL, oy, ox, &eps[e]);
+        for (size_t oy = 0; oy < g->oh; oy++)
+          for (size_t ox = 0; ox < g->ow; ox++)
+            want[c * op + oy * g->ow + ox] =
+                oracle(g, x + c * p, wt + 9 * c, with_bias ? bias[c] : 0.0f,
+                       zz ? zz + c * op : NULL, oy, ox, &eps[e]);
       float *dst = mode == 2 ? z : y;
       if (mode != 2)
         for (size_t i = 0; i < on; i++) y[i] = NAN;
-      kiln__dw3x3_c16_avx512(&g, count, x, p, wt, bias, zz, dst, op, &eps[e]);
+      fn(g, count, x, p, wt, with_bias ? bias : NULL, zz, dst, op, &eps[e]);
       for (size_t i = 0; i < on; i++)
         if (!close_to(dst[i], want[i]))
-          fail_msg("c16 h %zu w %zu s %zu pads %zu %zu %zu %zu count %zu act %zu mode %d: "
-                   "y[%zu] = %g, want %g",
-                   h, w, s, pt, pl, pb, pr, count, e, mode, i, (double)dst[i], (double)want[i]);
+          fail_msg("%s h %zu w %zu s %zu pads %zu %zu out %zu x %zu count %zu bias %d act %zu "
+                   "mode %d: y[%zu] = %g, want %g",
+                   name, g->h, g->w, g->sh, g->pt, g->pl, g->oh, g->ow, count, with_bias, e, mode,
+                   i, (double)dst[i], (double)want[i]);
     }
   free(x), free(y), free(z), free(want), free(wt), free(bias);
+}
+
+/* The flat kernel for planes narrower than 8 at stride 1 (kiln__dw3x3_flat_avx2). */
+static void check_flat(size_t h, size_t w, size_t count, bool with_bias) {
+  kiln__dw_geom g = {.h = h, .w = w, .oh = h, .ow = w, .kh = 3, .kw = 3, .sh = 1, .sw = 1,
+                     .pt = 1, .pl = 1};
+  if (kiln__dw3x3_flat_fits(&g)) check_planes(kiln__dw3x3_flat_avx2, "flat", &g, count, with_bias);
+}
+
+/* The 16-channel kernel for small planes (kiln__dw3x3_c16_avx512): strides 1 and 2, pads 0-2 on
+   each side. */
+static void check_c16(size_t h, size_t w, size_t s, size_t pt, size_t pl, size_t pb, size_t pr,
+                      size_t count) {
+  kiln__dw_geom g = {.h = h, .w = w, .kh = 3, .kw = 3, .sh = s, .sw = s, .pt = pt, .pl = pl};
+  if (h + pt + pb < 3 || w + pl + pr < 3) return;
+  g.oh = (h + pt + pb - 3) / s + 1;
+  g.ow = (w + pl + pr - 3) / s + 1;
+  if (kiln__dw3x3_c16_fits(&g))
+    check_planes(kiln__dw3x3_c16_avx512, "c16", &g, count, count % 3 != 1);
 }
 
 static void c16_small_planes(void **st) {
