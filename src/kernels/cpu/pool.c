@@ -70,8 +70,9 @@ static inline float max_nan(float a, float b) { return a > b || a != a ? a : b; 
    it reads (both cut by pixels), rather than whole planes of the other thread's rows. In the
    host's far vCPU placement SqueezeNet's stem, first pool and squeeze at two threads took
    0.217-0.243 ms this way against 0.260-0.287 with planes; 0.171-0.181 against 0.170-0.178 in
-   the close one (bench/RESULTS.md, fourteenth session). Cutting the depthwise convs by rows
-   the same way was 10-40% slower per node in the close placement and is not done. */
+   the close one (bench/RESULTS.md, fourteenth session). Only outputs of 1024 floats a plane or
+   more are cut (mp_execute says why). Cutting the depthwise convs by rows the same way was
+   10-40% slower per node in the close placement and is not done. */
 static inline void mp_unit(const mp_job *j, size_t u, size_t *q, size_t *r0, size_t *r1) {
   size_t b = u / j->planes;
   *q = u % j->planes;
@@ -599,8 +600,12 @@ static kiln_status mp_execute(kiln__kctx *c, void *state) {
     fn = qmp_s2k3_avx2;
 #endif
   struct kiln__pool *pool = kiln__pool_for(c->pool, (double)planes * j.oh * j.ow * j.kh * j.kw);
-  /* Float: a band of rows per thread (the 8-bit kernels take whole planes). */
-  j.bands = q8 ? 1 : KILN__MIN(j.oh, (size_t)kiln__pool_threads(pool));
+  /* Float: a band of rows per thread where the output planes are large (the 8-bit kernels take
+     whole planes). A band boundary shares an output line between the threads in every plane,
+     one line in 11 of a 13 x 13 plane: in the far placement SqueezeNet's banded 55 -> 27 and
+     27 -> 13 pools took 57 and 54 us at two threads (18 and 11 in the close one), where whole
+     planes share one line per thread. */
+  j.bands = q8 || j.oh * j.ow < 1024 ? 1 : KILN__MIN(j.oh, (size_t)kiln__pool_threads(pool));
   if (planes && j.oh && j.ow) kiln__parallel_for(pool, j.bands * planes, fn, &j);
   return KILN_OK;
 }
