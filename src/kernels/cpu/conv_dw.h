@@ -4,7 +4,8 @@
  * runs directly. With AVX2, 3x3 at stride 1 or 2 on planes 8 or more outputs wide runs the
  * kernel of conv_dw3x3.c (taps read in place, edges through lane masks), and 3x3 stride 1 on
  * planes narrower than 8 (7x7) its flat kernel (the plane as one zero-bordered row, the left
- * and right taps' wrap-around masked). Otherwise there are two
+ * and right taps' wrap-around masked); with AVX-512 the 3x3 kernel has a 16-column twin and
+ * outputs up to 8 wide run 16 channels in the lanes (conv_dw3x3_avx512.c). Otherwise there are two
  * paths: planes up to 32 outputs wide run 8 channels at a
  * time with the channel in the vector lanes (an interleaved, zero-bordered copy of the 8 planes;
  * each output position is kh * kw full-width FMAs); wider planes run blocks of 4 output rows x 8
