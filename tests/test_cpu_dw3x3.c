@@ -171,10 +171,7 @@ static void mobilenet_planes(void **st) {
 /* A kernel that takes `count` planes at once (kiln__dw3x3_flat_avx2, kiln__dw3x3_c16_avx512)
    on geometry g: exactly sized buffers (the last plane ends at its buffer's end), with or
    without bias, each epilogue, no residual / a separate one / the residual being y. */
-typedef void (*planes_fn)(const kiln__dw_geom *, size_t, const float *, size_t, const float *,
-                          const float *, const float *, float *, size_t, const kiln__epilogue *);
-
-static void check_planes(planes_fn fn, const char *name, const kiln__dw_geom *g, size_t count,
+static void check_planes(kiln__dw3x3_planes_fn *fn, const char *name, const kiln__dw_geom *g, size_t count,
                          bool with_bias) {
   size_t p = g->h * g->w, op = g->oh * g->ow, n = p * count, on = op * count;
   float *x = malloc(n * sizeof *x), *y = malloc(on * sizeof *y), *z = malloc(on * sizeof *z);

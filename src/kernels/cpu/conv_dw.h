@@ -44,21 +44,20 @@ void kiln__dwconv_plane_f32(kiln__isa isa, const kiln__dw_geom *g, const float *
 bool kiln__dw3x3_fits(const kiln__dw_geom *g);
 void kiln__dw3x3_plane_avx2(const kiln__dw_geom *g, const float *x, const float *w, float bias,
                             const float *z, float *y, const kiln__epilogue *ep);
-/* Planes narrower than 8 at stride 1 with pads 1 (MobileNet's 7x7), h * w <= 64: `count`
-   planes in_stride / out_stride floats apart, weights w + 9 c, bias NULL or bias[c], z NULL,
-   separate or y; otherwise the contract of kiln__dwconv_plane_f32 (x86 only). */
+/* The kernels that take `count` planes at once: planes in_stride / out_stride floats apart,
+   weights w + 9 c, bias NULL or bias[c], z NULL, separate or y; otherwise the contract of
+   kiln__dwconv_plane_f32 (x86 only). */
+typedef void kiln__dw3x3_planes_fn(const kiln__dw_geom *g, size_t count, const float *x,
+                                   size_t in_stride, const float *w, const float *bias,
+                                   const float *z, float *y, size_t out_stride,
+                                   const kiln__epilogue *ep);
+/* Planes narrower than 8 at stride 1 with pads 1 (MobileNet's 7x7), h * w <= 64. */
 bool kiln__dw3x3_flat_fits(const kiln__dw_geom *g);
-void kiln__dw3x3_flat_avx2(const kiln__dw_geom *g, size_t count, const float *x,
-                           size_t in_stride, const float *w, const float *bias, const float *z,
-                           float *y, size_t out_stride, const kiln__epilogue *ep);
+kiln__dw3x3_planes_fn kiln__dw3x3_flat_avx2;
 /* Small planes with 16 channels in the lanes (conv_dw3x3_avx512.c), for CPUs with AVX-512F: 3x3
-   at stride 1 or 2 both ways, pads <= 2, outputs up to 64 x 64 within its stack blocks. `count`
-   planes in_stride / out_stride floats apart, weights w + 9 c, bias NULL or bias[c], z NULL,
-   separate or y; otherwise the contract of kiln__dwconv_plane_f32 (x86 only). */
+   at stride 1 or 2 both ways, pads <= 2, outputs up to 64 x 64 within its stack blocks. */
 bool kiln__dw3x3_c16_fits(const kiln__dw_geom *g);
-void kiln__dw3x3_c16_avx512(const kiln__dw_geom *g, size_t count, const float *x,
-                            size_t in_stride, const float *w, const float *bias, const float *z,
-                            float *y, size_t out_stride, const kiln__epilogue *ep);
+kiln__dw3x3_planes_fn kiln__dw3x3_c16_avx512;
 /* The plane kernel with 16 columns per vector (conv_dw3x3_avx512.c), for CPUs with AVX-512F and
    outputs wider than 8; the same contract. */
 void kiln__dw3x3_plane_avx512(const kiln__dw_geom *g, const float *x, const float *w, float bias,
