@@ -71,6 +71,7 @@ struct kiln__pool {
   bool caller_waits;     /* the caller is blocked on `done` (under mu) */
   /* the current job: written by the caller before the ticket that publishes it */
   kiln__range_fn fn;
+  kiln__range_slot_fn fn_slot; /* set instead of fn by kiln__parallel_for_slots */
   void *arg;
   size_t total, chunks;   /* chunk i is [i total / chunks, (i + 1) total / chunks) */
   _Alignas(64) atomic_size_t left; /* chunks not yet finished */
@@ -124,7 +125,8 @@ static void run_chunks(kiln__pool *p, size_t self) {
   for (size_t k = 0; k < n; k++) {
     cursor *cur = &p->cur[(self + k) % n];
     while (claim(cur, gen, k > 0, &i)) {
-      p->fn(p->arg, chunk_start(p, i), chunk_start(p, i + 1));
+      if (p->fn_slot) p->fn_slot(p->arg, chunk_start(p, i), chunk_start(p, i + 1), self);
+      else p->fn(p->arg, chunk_start(p, i), chunk_start(p, i + 1));
       done++;
     }
   }
@@ -230,13 +232,9 @@ void kiln__pool_free(kiln__pool *p) {
 
 int kiln__pool_threads(const kiln__pool *p) { return p ? p->n : 1; }
 
-void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
-  if (n == 0) return;
-  bool idle = false;
-  if (!p || p->n <= 1 || n == 1 || !atomic_compare_exchange_strong(&p->busy, &idle, true)) {
-    fn(arg, 0, n);
-    return;
-  }
+/* Runs a job of n units on the pool (busy already claimed by the caller): fn or fn_slot. */
+static void run_job(kiln__pool *p, size_t n, kiln__range_fn fn, kiln__range_slot_fn fn_slot,
+                    void *arg) {
   /* A few chunks per thread balance uneven work without much claiming traffic. Their sizes
      differ by at most one unit, the larger ones spread out, and their count is a multiple of
      the threads where n allows, so each thread's range holds its share of the units to within
@@ -246,6 +244,7 @@ void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
   size_t chunks = n <= (size_t)p->n * 8 ? n : (size_t)p->n * 4;
   chunks = KILN__MIN(chunks, (size_t)CHUNKS_MAX);
   p->fn = fn;
+  p->fn_slot = fn_slot;
   p->arg = arg;
   p->total = n;
   p->chunks = chunks;
@@ -271,4 +270,26 @@ void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
     pthread_mutex_unlock(&p->mu);
   }
   atomic_store(&p->busy, false);
+}
+
+void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
+  if (n == 0) return;
+  bool idle = false;
+  if (!p || p->n <= 1 || n == 1 || !atomic_compare_exchange_strong(&p->busy, &idle, true)) {
+    fn(arg, 0, n);
+    return;
+  }
+  run_job(p, n, fn, NULL, arg);
+}
+
+/* Inline (no pool, one unit, or a job already running) the caller runs everything as slot 0: a
+   kernel passing its pool runs no nested parallel_for inside a slot's work. */
+void kiln__parallel_for_slots(kiln__pool *p, size_t n, kiln__range_slot_fn fn, void *arg) {
+  if (n == 0) return;
+  bool idle = false;
+  if (!p || p->n <= 1 || n == 1 || !atomic_compare_exchange_strong(&p->busy, &idle, true)) {
+    fn(arg, 0, n, 0);
+    return;
+  }
+  run_job(p, n, NULL, fn, arg);
 }

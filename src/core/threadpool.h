@@ -23,15 +23,6 @@ static inline kiln__pool *kiln__pool_for(kiln__pool *p, double work) {
   return work < KILN__PAR_MIN_WORK ? NULL : p;
 }
 
-/* The units [*b, *e) of slot i when `slots` slots share `units` in order, evenly: a kernel that
-   runs a parallel_for over per-thread scratch slots hands out its units this way rather than
-   first come first served, so that each unit runs on the same thread in every run (chunk i of
-   kiln__parallel_for does while the threads keep up) and writes lines that thread wrote before. */
-static inline void kiln__pool_share(size_t units, size_t slots, size_t i, size_t *b, size_t *e) {
-  *b = i * units / slots;
-  *e = (i + 1) * units / slots;
-}
-
 /* A block length for work of `len` units cut into blocks, `copies` times over (images), and
    shared out to `threads`: of `max` and the multiples of `step` down to max / 2, the one that
    leaves the busiest thread the fewest units (the larger on a tie). Cutting at `max` alone left

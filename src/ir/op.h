@@ -119,5 +119,13 @@ kiln_status kiln__subgraph_run(kiln__kctx *c, const kiln__graph *g, const kiln_t
    ranges' lengths differ by one at most (one index each up to 8 per thread). */
 typedef void (*kiln__range_fn)(void *arg, size_t begin, size_t end);
 void kiln__parallel_for(struct kiln__pool *pool, size_t n, kiln__range_fn fn, void *arg);
+/* The same, fn also told the index of the thread running it (0 the caller, below
+   kiln__pool_threads: 1 without a pool), for kernels with a scratch slot per thread. Each thread
+   runs its own contiguous share of [0, n) first, so a unit runs on the same thread in every run
+   while the threads keep up (its output lines stay in that thread's cache), and takes units
+   from the back of another's share when it finishes first. */
+typedef void (*kiln__range_slot_fn)(void *arg, size_t begin, size_t end, size_t slot);
+void kiln__parallel_for_slots(struct kiln__pool *pool, size_t n, kiln__range_slot_fn fn,
+                              void *arg);
 
 #endif

@@ -174,7 +174,6 @@ typedef struct dwpw_job {
   size_t slot_floats;
   const float *x, *bias, *bias2, *z;
   float *y, *scratch;
-  size_t slots; /* the parallel_for's slots */
 } dwpw_job;
 
 /* The depthwise result of channels [c0, c1) of band `band` of image `img`, into `slot`. */
@@ -239,18 +238,14 @@ static void pw_part(const dwpw_job *jb, size_t img, size_t band, size_t p0, size
   }
 }
 
-/* Slots [begin, end): each runs its share of the units (kiln__pool_share). */
-static void dwpw_range(void *arg, size_t begin, size_t end) {
+/* Units [begin, end) (image u / bands, band u % bands) on thread `slot`'s scratch. */
+static void dwpw_range(void *arg, size_t begin, size_t end, size_t slot) {
   dwpw_job *jb = arg;
-  size_t units = jb->g->n * jb->bands, u0, u1;
-  for (size_t i = begin; i < end; i++) {
-    float *slot = jb->scratch + i * jb->slot_floats;
-    kiln__pool_share(units, jb->slots, i, &u0, &u1);
-    for (size_t u = u0; u < u1; u++) {
-      size_t img = u / jb->bands, band = u % jb->bands;
-      dw_part(jb, img, band, 0, jb->s->d.c, slot);
-      pw_part(jb, img, band, 0, jb->s->parts, slot);
-    }
+  float *mem = jb->scratch + slot * jb->slot_floats;
+  for (size_t u = begin; u < end; u++) {
+    size_t img = u / jb->bands, band = u % jb->bands;
+    dw_part(jb, img, band, 0, jb->s->d.c, mem);
+    pw_part(jb, img, band, 0, jb->s->parts, mem);
   }
 }
 
@@ -307,10 +302,9 @@ static kiln_status dwpw_execute(kiln__kctx *c, void *state) {
     }
     return KILN_OK;
   }
-  size_t slots = KILN__MIN(KILN__MIN(threads, units),
-                           c->scratch_bytes / sizeof(float) / jb.slot_floats);
-  jb.slots = slots;
-  kiln__parallel_for(slots > 1 ? pool : NULL, slots, dwpw_range, &jb);
+  /* A slot of scratch per thread, or one thread. */
+  if (c->scratch_bytes / sizeof(float) / jb.slot_floats < threads) pool = NULL;
+  kiln__parallel_for_slots(pool, units, dwpw_range, &jb);
   return KILN_OK;
 }
 

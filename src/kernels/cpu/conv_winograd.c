@@ -172,7 +172,6 @@ typedef struct wino_job {
   size_t split;            /* 1, or parts: a work unit is a block (all of K) or a block x part */
   const float *x, *bias, *z;
   float *y, *scratch;
-  size_t slots;            /* the parallel_for's slots */
 } wino_job;
 
 /* A run: adjacent tiles of one tile row inside one B panel, at most KILN__WINO_RUN. */
@@ -246,20 +245,16 @@ static void wino_block(const wino_job *jb, size_t b, size_t p0, size_t p1, float
   }
 }
 
-/* Slots [begin, end): each runs its share of the work units (kiln__pool_share), unit u being
-   block u % blocks, part u / blocks of K (so that with parts each slot gets one part of every
-   block, not a few whole blocks of unequal size). */
-static void wino_range(void *arg, size_t begin, size_t end) {
+/* Units [begin, end) on thread `slot`'s scratch, unit u being block u % blocks, part u / blocks
+   of K (so that with parts each thread's share holds one part of every block, not a few whole
+   blocks of unequal size). */
+static void wino_range(void *arg, size_t begin, size_t end, size_t slot) {
   wino_job *jb = arg;
-  size_t units = jb->blocks * jb->split, u0, u1;
-  for (size_t i = begin; i < end; i++) {
-    float *slot = jb->scratch + i * slot_floats(jb->s);
-    kiln__pool_share(units, jb->slots, i, &u0, &u1);
-    for (size_t u = u0; u < u1; u++) {
-      size_t b = u % jb->blocks, p = u / jb->blocks;
-      if (jb->split == 1) wino_block(jb, b, 0, jb->s->parts, slot);
-      else wino_block(jb, b, p, p + 1, slot);
-    }
+  float *mem = jb->scratch + slot * slot_floats(jb->s);
+  for (size_t u = begin; u < end; u++) {
+    size_t b = u % jb->blocks, p = u / jb->blocks;
+    if (jb->split == 1) wino_block(jb, b, 0, jb->s->parts, mem);
+    else wino_block(jb, b, p, p + 1, mem);
   }
 }
 
@@ -287,9 +282,9 @@ static kiln_status wino_execute(kiln__kctx *c, void *state) {
   wino_job jb = {s, &g, block, blocks, split ? s->parts : 1, c->in[0]->data,
                  c->n_in > 2 && c->in[2] ? c->in[2]->data : NULL,
                  c->n_in > 3 && c->in[3] ? c->in[3]->data : NULL, c->out[0]->data, c->scratch};
-  size_t slots = KILN__MIN(KILN__MIN(threads, blocks * jb.split), floats / slot_floats(s));
-  jb.slots = slots;
-  kiln__parallel_for(pool, slots, wino_range, &jb);
+  /* A slot of scratch per thread (the plan sized it without knowing the thread count). */
+  if (floats / slot_floats(s) < threads) pool = NULL;
+  kiln__parallel_for_slots(pool, blocks * jb.split, wino_range, &jb);
   return KILN_OK;
 }
 

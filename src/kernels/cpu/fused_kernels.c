@@ -174,7 +174,6 @@ typedef struct att_job {
   int64_t ms[4]; /* the mask's strides in [B, H, S, T] (0 where broadcast) */
   float scale;
   bool causal;
-  size_t slots; /* the parallel_for's slots */
 } att_job;
 
 /* dst[c * ldd + r] = src[r * lds + c] for rows x cols: K's block as the score GEMM's B, which
@@ -307,15 +306,11 @@ static void att_task(const att_job *j, size_t task, float *mem) {
   }
 }
 
-/* Slots [b, e): each runs its share of the tasks (kiln__pool_share). */
-static void att_slots(void *arg, size_t b, size_t e) {
+/* Tasks [b, e) on thread `slot`'s scratch. */
+static void att_slots(void *arg, size_t b, size_t e, size_t slot) {
   att_job *j = arg;
-  size_t t0, t1;
-  for (size_t slot = b; slot < e; slot++) {
-    float *mem = j->scratch + slot * j->slot_floats;
-    kiln__pool_share(j->tasks, j->slots, slot, &t0, &t1);
-    for (size_t t = t0; t < t1; t++) att_task(j, t, mem);
-  }
+  float *mem = j->scratch + slot * j->slot_floats;
+  for (size_t t = b; t < e; t++) att_task(j, t, mem);
 }
 
 static size_t att_slot_floats(kiln__isa isa, size_t D) {
@@ -366,17 +361,18 @@ static kiln_status exec_attention(kiln__kctx *c, void *state) {
   if (j.B * j.H * j.S == 0 || j.Dv == 0) return KILN_OK;
   j.qpack_floats = att_qpack_floats(s->isa, j.D);
   j.slot_floats = att_slot_floats(s->isa, j.D);
-  /* As many slots as the scratch holds (the count scratch() asked for), at most one per thread. */
+  /* As many slots as the scratch holds (the count scratch() asked for). */
   size_t slots =
       c->scratch_bytes < 64 ? 0 : (c->scratch_bytes - 64) / sizeof(float) / j.slot_floats;
   if (slots == 0) return ref_run(c);
   j.scratch = (float *)(((uintptr_t)c->scratch + 63) & ~(uintptr_t)63);
   j.s_blocks = (j.S + SB - 1) / SB;
   j.tasks = j.B * j.H * j.s_blocks;
-  slots = KILN__MIN(KILN__MIN(slots, j.tasks), (size_t)kiln__pool_threads(c->pool));
-  j.slots = slots;
   double work = (double)j.B * j.H * j.S * j.T * (double)(j.D + j.Dv);
-  kiln__parallel_for(kiln__pool_for(c->pool, work), slots, att_slots, &j);
+  struct kiln__pool *pool = kiln__pool_for(c->pool, work);
+  /* A slot per thread, or one thread. */
+  if (slots < (size_t)kiln__pool_threads(pool)) pool = NULL;
+  kiln__parallel_for_slots(pool, j.tasks, att_slots, &j);
   return KILN_OK;
 }
 
