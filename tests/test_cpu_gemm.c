@@ -80,6 +80,52 @@ static void count_range(void *arg, size_t b, size_t e) {
   }
 }
 
+typedef struct slot_job {
+  unsigned *hits;
+  size_t threads;
+  int busy[4];   /* ranges running on each slot now: a slot is one thread's scratch */
+  int overlap;   /* set when two ranges ran on one slot at once */
+  int bad_slot;  /* set when a slot was not below the thread count */
+} slot_job;
+
+static void slot_range(void *arg, size_t b, size_t e, size_t slot) {
+  slot_job *j = arg;
+  if (slot >= j->threads) {
+    __atomic_store_n(&j->bad_slot, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  if (__atomic_fetch_add(&j->busy[slot], 1, __ATOMIC_ACQ_REL) != 0)
+    __atomic_store_n(&j->overlap, 1, __ATOMIC_RELAXED);
+  for (size_t i = b; i < e; i++) __atomic_fetch_add(&j->hits[i], 1u, __ATOMIC_RELAXED);
+  __atomic_fetch_sub(&j->busy[slot], 1, __ATOMIC_ACQ_REL);
+}
+
+/* kiln__parallel_for_slots: every index once, each range told a slot below the thread count that
+   no other range holds at the same time (kernels index per-thread scratch with it), with and
+   without a pool. */
+static void pool_slots_are_threads(void **st) {
+  (void)st;
+  for (int threads = 1; threads <= 3; threads++) {
+    kiln__pool *pool = NULL;
+    kiln_error err = {0};
+    assert_int_equal(kiln__pool_create(threads, &pool, &err), KILN_OK);
+    unsigned *hits = calloc(600, sizeof *hits);
+    for (int it = 0; it < 2000; it++) {
+      size_t n = 1 + (size_t)(it * 7919) % (it % 2 ? 40 : 600);
+      slot_job j = {hits, (size_t)threads, {0}, 0, 0};
+      kiln__parallel_for_slots(pool, n, slot_range, &j);
+      assert_int_equal(j.bad_slot, 0);
+      assert_int_equal(j.overlap, 0);
+      for (size_t i = 0; i < n; i++) {
+        if (hits[i] != 1) fail_msg("job %d (n=%zu): index %zu ran %u times", it, n, i, hits[i]);
+        hits[i] = 0;
+      }
+    }
+    free(hits);
+    kiln__pool_free(pool);
+  }
+}
+
 /* Every index of every job runs exactly once, for job sizes around the chunking boundaries,
    back to back (workers spinning) and after pauses long enough for them to sleep. */
 static void pool_runs_each_index_once(void **st) {
@@ -1109,6 +1155,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(isa_override_is_checked),
       cmocka_unit_test(pool_runs_each_index_once),
+      cmocka_unit_test(pool_slots_are_threads),
       cmocka_unit_test(pool_tolerates_concurrent_callers),
       cmocka_unit_test(sgemm_matches_double_reference),
       cmocka_unit_test(sgemm_packs_a_exactly),
