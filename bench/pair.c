@@ -2,8 +2,8 @@
  * second to minutes (bench/RESULTS.md, fifteenth session): two sessions, A and B, run in
  * alternation, best of RUNS each per iteration, so that both see the same phases, and the ratio
  * B/A is taken per iteration. Before each iteration it times a read of 16 KiB that stays in L1
- * (the probe): on the Zen 3 host such reads ran ~1.6x slower in the slow phase, while an FMA
- * loop did not change.
+ * (the probe): on the Zen 3 host such reads ran ~1.6x slower in many slow-phase iterations,
+ * while an FMA loop did not change; not in all of them, so the split is only indicative.
  *
  *   pair MODEL_A MODEL_B THREADS_A[,THREADS_B] ITERS RUNS [ENV]
  *
