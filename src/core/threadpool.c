@@ -232,7 +232,7 @@ void kiln__pool_free(kiln__pool *p) {
 
 int kiln__pool_threads(const kiln__pool *p) { return p ? p->n : 1; }
 
-/* Runs a job of n units on the pool (busy already claimed by the caller): fn or fn_slot. */
+/* Runs a job of n units on the pool (busy claimed by take_pool): fn, or fn_slot. */
 static void run_job(kiln__pool *p, size_t n, kiln__range_fn fn, kiln__range_slot_fn fn_slot,
                     void *arg) {
   /* A few chunks per thread balance uneven work without much claiming traffic. Their sizes
@@ -272,24 +272,23 @@ static void run_job(kiln__pool *p, size_t n, kiln__range_fn fn, kiln__range_slot
   atomic_store(&p->busy, false);
 }
 
-void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
-  if (n == 0) return;
+/* Whether n units go to the pool (its busy flag now claimed): not without a pool or a second
+   thread, not for one unit, and not while a job runs (a nested or concurrent call runs inline). */
+static bool take_pool(kiln__pool *p, size_t n) {
   bool idle = false;
-  if (!p || p->n <= 1 || n == 1 || !atomic_compare_exchange_strong(&p->busy, &idle, true)) {
-    fn(arg, 0, n);
-    return;
-  }
-  run_job(p, n, fn, NULL, arg);
+  return p && p->n > 1 && n > 1 && atomic_compare_exchange_strong(&p->busy, &idle, true);
 }
 
-/* Inline (no pool, one unit, or a job already running) the caller runs everything as slot 0: a
-   kernel passing its pool runs no nested parallel_for inside a slot's work. */
+void kiln__parallel_for(kiln__pool *p, size_t n, kiln__range_fn fn, void *arg) {
+  if (n == 0) return;
+  if (take_pool(p, n)) run_job(p, n, fn, NULL, arg);
+  else fn(arg, 0, n);
+}
+
+/* Inline the caller runs everything as slot 0: a kernel passing its pool runs no nested
+   parallel_for inside a slot's work. */
 void kiln__parallel_for_slots(kiln__pool *p, size_t n, kiln__range_slot_fn fn, void *arg) {
   if (n == 0) return;
-  bool idle = false;
-  if (!p || p->n <= 1 || n == 1 || !atomic_compare_exchange_strong(&p->busy, &idle, true)) {
-    fn(arg, 0, n, 0);
-    return;
-  }
-  run_job(p, n, NULL, fn, arg);
+  if (take_pool(p, n)) run_job(p, n, NULL, fn, arg);
+  else fn(arg, 0, n, 0);
 }
