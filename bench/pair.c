@@ -1,9 +1,8 @@
 /* Paired A/B timing in one process, for a host whose speed changes in phases of a fraction of a
  * second to minutes (bench/RESULTS.md, fifteenth session): two sessions, A and B, run in
  * alternation, best of RUNS each per iteration, so that both see the same phases, and the ratio
- * B/A is taken per iteration. Before each iteration it times a read of 16 KiB that stays in L1
- * (the probe): on the Zen 3 host such reads ran ~1.6x slower in many slow-phase iterations,
- * while an FMA loop did not change; not in all of them, so the split is only indicative.
+ * B/A is taken per iteration. Before each iteration it times the phase probe (phase_probe.h:
+ * stores that cross cache lines, which the host's slow phases slow down most).
  *
  *   pair MODEL_A MODEL_B THREADS_A[,THREADS_B] ITERS RUNS [ENV]
  *
@@ -21,6 +20,7 @@
 #include <time.h>
 
 #include "kiln/kiln.h"
+#include "phase_probe.h"
 
 #define MAX_IN 8
 #define MAX_ITERS 100000
@@ -86,18 +86,6 @@ static double best_of(side *s, int runs, const char *env, int set) {
   return best;
 }
 
-/* 16 KiB summed 96 times: a load-port probe (the compiler may not drop it: the sum is used). */
-static double probe(const float *buf) {
-  double t0 = now_us();
-  float acc[8] = {0};
-  for (int r = 0; r < 96; r++)
-    for (size_t i = 0; i < 4096; i += 8)
-      for (int k = 0; k < 8; k++) acc[k] += buf[i + k];
-  volatile float sink = acc[0] + acc[7];
-  (void)sink;
-  return now_us() - t0;
-}
-
 static int cmpd(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
@@ -139,13 +127,12 @@ int main(int argc, char **argv) {
   side A, B;
   open_side(&A, argv[1], ta);
   open_side(&B, argv[2], tb);
-  static float buf[4096];
-  for (size_t i = 0; i < 4096; i++) buf[i] = (float)i;
+  static _Alignas(64) float buf[4096 + 8];
   double(*row)[3] = malloc((size_t)iters * sizeof *row);
   if (!row) die("out of memory", NULL);
   best_of(&A, 3, env, 1), best_of(&B, 3, env, 0);
   for (long i = 0; i < iters; i++) {
-    row[i][0] = probe(buf);
+    row[i][0] = phase_probe(buf);
     if (i % 2) { /* alternate which side goes first */
       row[i][2] = best_of(&B, runs, env, 0);
       row[i][1] = best_of(&A, runs, env, 1);

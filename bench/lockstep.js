@@ -1,0 +1,100 @@
+#!/usr/bin/env node
+// Kiln and ONNX Runtime interleaved run by run, in one timeline, for a host whose speed changes
+// in phases of a fraction of a second to a minute (bench/RESULTS.md, fifteenth and sixteenth
+// sessions): separate processes one after the other compare phases as much as engines.
+//   node bench/lockstep.js MODEL [--threads N] [--iters I] [--runs R] [--opt all|disabled]
+//                          [--lockstep BUILD/lockstep] [--ort-dir DIR]
+// Each iteration: a floating-point throughput probe (in the Kiln process), then R runs of each
+// engine, the order alternating between iterations. Prints p50/p99 of all runs of each engine
+// and their ratio, the median of the per-iteration ratios of medians, and the same split at 1.25
+// times the fastest probe (fast and slow phases). Kiln's side is bench/lockstep.c; ORT's latency
+// is the wall time around `await session.run` (as in ortbench.js), Kiln's the time around
+// kiln_session_run. Inputs: floats uniform in [0, 1), integers 0/1, symbolic dims 1 (128 for the
+// second, a sequence length), as bench/lockstep.c fills them.
+'use strict';
+const path = require('path');
+const os = require('os');
+const { spawn } = require('child_process');
+const readline = require('readline');
+
+const o = { threads: 1, iters: 40, runs: 5, opt: 'all',
+            lockstep: path.join(__dirname, '..', 'build', 'lockstep'),
+            ortDir: process.env.ORT_DIR || path.join(os.homedir(), '.cache', 'kiln-ort') };
+const args = process.argv.slice(2);
+for (let i = 0; i < args.length; i++) {
+  const a = args[i];
+  if (a === '--threads') o.threads = +args[++i];
+  else if (a === '--iters') o.iters = +args[++i];
+  else if (a === '--runs') o.runs = +args[++i];
+  else if (a === '--opt') o.opt = args[++i];
+  else if (a === '--lockstep') o.lockstep = args[++i];
+  else if (a === '--ort-dir') o.ortDir = args[++i];
+  else o.model = a;
+}
+if (!o.model) { console.error('usage: node bench/lockstep.js MODEL [--threads N] [--iters I] [--runs R]'); process.exit(2); }
+const ort = require(path.join(o.ortDir, 'node_modules', 'onnxruntime-node'));
+
+const TYPED = { float32: Float32Array, int64: BigInt64Array, int32: Int32Array };
+
+function feedsFor(sess) {
+  const feeds = {};
+  let seed = 1234;
+  const rnd = () => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed / 2147483648; };
+  for (const m of sess.inputMetadata) {
+    const shape = m.shape.map((d, i) => (typeof d === 'number' && d > 0 ? d : (i === 1 ? 128 : 1)));
+    const T = TYPED[m.type];
+    if (!T) throw new Error(`input ${m.name}: type ${m.type} not handled`);
+    const n = shape.reduce((x, y) => x * y, 1);
+    const data = new T(n);
+    for (let j = 0; j < n; j++) {
+      if (m.type === 'float32') data[j] = rnd();
+      else if (m.type === 'int64') data[j] = BigInt(j % 2);
+      else data[j] = j % 2;
+    }
+    feeds[m.name] = new ort.Tensor(m.type, data, shape);
+  }
+  return feeds;
+}
+
+const median = (v) => { const s = v.slice().sort((x, y) => x - y); const n = s.length;
+  return n ? (n % 2 ? s[(n - 1) / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2])) : NaN; };
+const pct = (v, p) => { const s = v.slice().sort((x, y) => x - y);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]; };
+
+async function main() {
+  const sess = await ort.InferenceSession.create(o.model, {
+    executionProviders: ['cpu'], intraOpNumThreads: o.threads, interOpNumThreads: 1,
+    graphOptimizationLevel: o.opt, executionMode: 'sequential' });
+  const feeds = feedsFor(sess);
+  const kiln = spawn(o.lockstep, [o.model, String(o.threads)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = readline.createInterface({ input: kiln.stdout })[Symbol.asyncIterator]();
+  const ask = async (cmd) => { kiln.stdin.write(cmd + '\n'); const r = await lines.next();
+    if (r.done) throw new Error('lockstep process ended'); return r.value.split(' ').map(Number); };
+  const ortRuns = async (n) => { const t = [];
+    for (let i = 0; i < n; i++) { const a = process.hrtime.bigint(); await sess.run(feeds);
+      t.push(Number(process.hrtime.bigint() - a) / 1e3); } return t; };
+
+  await ask('run 5'); await ortRuns(5); // warm-up
+  const rows = [];
+  for (let it = 0; it < o.iters; it++) {
+    const p = (await ask('probe'))[0];
+    let k, r;
+    if (it % 2) { r = await ortRuns(o.runs); k = await ask(`run ${o.runs}`); }
+    else { k = await ask(`run ${o.runs}`); r = await ortRuns(o.runs); }
+    rows.push({ p, k, r });
+  }
+  kiln.stdin.write('quit\n');
+  const cut = 1.25 * Math.min(...rows.map((x) => x.p));
+  const f = (x) => (x / 1000).toFixed(3);
+  console.log(`lockstep ${path.basename(o.model)} threads=${o.threads} opt=${o.opt} iters=${o.iters} runs=${o.runs} (ms)`);
+  for (const [name, sel] of [['all', () => true], ['fast', (x) => x.p < cut], ['slow', (x) => x.p >= cut]]) {
+    const s = rows.filter(sel);
+    if (!s.length) continue;
+    const K = s.flatMap((x) => x.k), R = s.flatMap((x) => x.r);
+    const ratio = median(s.map((x) => median(x.k) / median(x.r)));
+    console.log(`${name.padEnd(4)} n=${String(s.length).padStart(3)}  kiln p50 ${f(pct(K, 50))} p99 ${f(pct(K, 99))} min ${f(Math.min(...K))}` +
+      `  ort p50 ${f(pct(R, 50))} p99 ${f(pct(R, 99))} min ${f(Math.min(...R))}` +
+      `  p50 ratio ${(pct(K, 50) / pct(R, 50)).toFixed(3)}  median per-iteration ratio ${ratio.toFixed(3)}`);
+  }
+}
+main().catch((e) => { console.error('lockstep:', e && e.stack || e); process.exit(1); });
