@@ -218,8 +218,11 @@ typedef struct gemm_case {
   bool in_place;              /* b_in_place: B may be read unpacked */
   size_t pad_a, pad_b, pad_c; /* extra row stride */
   float alpha;
-  int ep; /* 0 none, 1 bias per column, 2 bias per row, 3 residual, 4 relu + bias, 5 clip */
+  int ep; /* 0 none, 1 bias per column, 2 bias per row, 3 residual, 4 relu + bias, 5 clip,
+             6 relu + bias per row, 7 clip + bias per row (a conv's: AVX2's one-pass store) */
 } gemm_case;
+
+#define EPILOGUES 8
 
 static void check_case(kiln__isa isa, kiln__pool *pool, const gemm_case *t) {
   size_t ar = t->ta ? t->k : t->m, ac = t->ta ? t->m : t->k;
@@ -239,10 +242,10 @@ static void check_case(kiln__isa isa, kiln__pool *pool, const gemm_case *t) {
                         .alpha = t->alpha, .accumulate = t->accumulate,
                         .b_in_place = t->in_place};
   if (t->ep == 1 || t->ep == 4) g.ep.bias = bias;
-  if (t->ep == 2) g.ep.bias = bias, g.ep.bias_per_row = true;
+  if (t->ep == 2 || t->ep >= 6) g.ep.bias = bias, g.ep.bias_per_row = true;
   if (t->ep == 3) g.ep.residual = res, g.ep.ldr = t->n;
-  if (t->ep == 4) g.ep.act = KILN__ACT_RELU;
-  if (t->ep == 5) g.ep.act = KILN__ACT_CLIP, g.ep.lo = -0.5f, g.ep.hi = 0.25f;
+  if (t->ep == 4 || t->ep == 6) g.ep.act = KILN__ACT_RELU;
+  if (t->ep == 5 || t->ep == 7) g.ep.act = KILN__ACT_CLIP, g.ep.lo = -0.5f, g.ep.hi = 0.25f;
   kiln__sgemm_packed pa = {0}, pb = {0};
   kiln_error err = {0};
   if (t->pack_a && t->m && t->k) {
@@ -267,10 +270,10 @@ static void check_case(kiln__isa isa, kiln__pool *pool, const gemm_case *t) {
       mag *= fabs(t->alpha);
       if (t->accumulate) v += c0[i * ldc + j], mag += fabs(c0[i * ldc + j]);
       if (t->ep == 1 || t->ep == 4) v += bias[j], mag += fabs(bias[j]);
-      if (t->ep == 2) v += bias[i], mag += fabs(bias[i]);
+      if (t->ep == 2 || t->ep >= 6) v += bias[i], mag += fabs(bias[i]);
       if (t->ep == 3) v += res[i * t->n + j], mag += fabs(res[i * t->n + j]);
-      if (t->ep == 4) v = v > 0 ? v : 0;
-      if (t->ep == 5) v = v < -0.5 ? -0.5 : (v > 0.25 ? 0.25 : v);
+      if (t->ep == 4 || t->ep == 6) v = v > 0 ? v : 0;
+      if (t->ep == 5 || t->ep == 7) v = v < -0.5 ? -0.5 : (v > 0.25 ? 0.25 : v);
       double got = c[i * ldc + j];
       if (!(fabs(got - v) <= 1e-5 * mag + 1e-6)) {
         fail_msg("%s m=%zu n=%zu k=%zu ldb=%zu ta=%d tb=%d pa=%d pb=%d inplace=%d acc=%d ep=%d: "
@@ -306,7 +309,7 @@ static void sgemm_matches_double_reference(void **st) {
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(edge); e++)
-      for (int v = 0; v < 6; v++) {
+      for (int v = 0; v < EPILOGUES; v++) {
         gemm_case t = {edge[e][0], edge[e][1], edge[e][2], .alpha = 1.0f, .ep = v};
         t.pack_a = v == 2, t.pack_b = v == 1 || v == 4;
         check_case((kiln__isa)isa, v & 1 ? pool : NULL, &t);
@@ -321,7 +324,7 @@ static void sgemm_matches_double_reference(void **st) {
       t.pad_b = rnd() % 3 ? 0 : rnd_in(1, 9);
       t.pad_c = rnd() % 3 ? 0 : rnd_in(1, 9);
       t.alpha = rnd() % 4 ? 1.0f : rnd_f() * 2.0f;
-      t.ep = (int)(rnd() % 6);
+      t.ep = (int)(rnd() % EPILOGUES);
       t.in_place = rnd() & 1;
       check_case((kiln__isa)isa, r & 1 ? pool : NULL, &t);
     }
@@ -354,7 +357,7 @@ static void sgemm_b_in_place_matches_double_reference(void **st) {
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(shapes); e++)
-      for (int v = 0; v < 6; v++) {
+      for (int v = 0; v < EPILOGUES; v++) {
         gemm_case t = {shapes[e][0], shapes[e][1], shapes[e][2], .in_place = true,
                        .pad_b = shapes[e][3], .alpha = 1.0f, .ep = v};
         t.pack_a = v != 3, t.accumulate = v == 5;
@@ -374,10 +377,10 @@ static void sgemm_edge_panels_match_double_reference(void **st) {
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t n = 1; n <= 40 + KILN__ARRAY_LEN(ns); n++)
-      for (int v = 0; v < 12; v++) {
+      for (int v = 0; v < 2 * EPILOGUES; v++) {
         size_t nn = n <= 40 ? n : ns[n - 41];
         gemm_case t = {v % 2 ? 11 : 8, nn, v % 4 < 2 ? 37 : 260, .pack_a = true,
-                       .in_place = v >= 6, .alpha = 1.0f, .ep = v % 6};
+                       .in_place = v >= EPILOGUES, .alpha = 1.0f, .ep = v % EPILOGUES};
         check_case((kiln__isa)isa, NULL, &t);
       }
   }
@@ -399,7 +402,7 @@ static void sgemm_c_prefetch_matches_double_reference(void **st) {
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(shapes); e++)
-      for (int v = 0; v < 6; v++) {
+      for (int v = 0; v < EPILOGUES; v++) {
         gemm_case t = {shapes[e][0], shapes[e][1], shapes[e][2], .pad_c = shapes[e][3],
                        .alpha = 1.0f, .ep = v};
         t.pack_a = v != 3, t.pack_b = v == 4, t.accumulate = v == 5;

@@ -52,6 +52,46 @@ store_row(float *restrict c, size_t r, __m256 v0, __m256 v1, const kiln__uk_stor
   _mm256_storeu_ps(c + 8, v1);
 }
 
+/* Stores a full-width tile whose epilogue is at most a bias per row and ReLU or Clip (convs'
+   usual one), deciding that once per tile: store_row re-reads the epilogue's fields and tests
+   them for every row (a store to C may alias them), which cost pointwise convs with k = 16-32
+   10-35% of their time (bench/RESULTS.md, sixteenth session). Same operations in the same order
+   as store_row, so the results are bit-identical. Returns false, storing nothing, when the tile
+   needs the general path (alpha, load_c, a residual or a bias per column). */
+TARGET static inline __attribute__((always_inline)) bool
+store_tile_simple(float *restrict c, size_t ldc, size_t mr, const kiln__uk_store *s, __m256 c00,
+                  __m256 c01, __m256 c10, __m256 c11, __m256 c20, __m256 c21, __m256 c30,
+                  __m256 c31, __m256 c40, __m256 c41, __m256 c50, __m256 c51) {
+  const kiln__epilogue *ep = s->ep;
+  if (s->alpha != 1.0f || s->load_c ||
+      (ep && (ep->residual || (ep->bias && !ep->bias_per_row))))
+    return false;
+  const float *bias = ep && ep->bias ? ep->bias + s->row0 : NULL;
+  kiln__act act = ep ? ep->act : KILN__ACT_NONE;
+  __m256 lo = _mm256_setzero_ps(), hi = lo;
+  if (act == KILN__ACT_CLIP) lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi);
+#define KILN_ROW(i)                                                            \
+  if (bias) {                                                                  \
+    __m256 b = _mm256_set1_ps(bias[i]);                                        \
+    c##i##0 = _mm256_add_ps(c##i##0, b), c##i##1 = _mm256_add_ps(c##i##1, b); \
+  }                                                                            \
+  if (act == KILN__ACT_RELU) {                                                 \
+    c##i##0 = _mm256_max_ps(c##i##0, lo), c##i##1 = _mm256_max_ps(c##i##1, lo); \
+  } else if (act == KILN__ACT_CLIP) {                                          \
+    c##i##0 = _mm256_min_ps(_mm256_max_ps(c##i##0, lo), hi);                   \
+    c##i##1 = _mm256_min_ps(_mm256_max_ps(c##i##1, lo), hi);                   \
+  }                                                                            \
+  _mm256_storeu_ps(c + i * ldc, c##i##0), _mm256_storeu_ps(c + i * ldc + 8, c##i##1);
+  KILN_ROW(0)
+  if (mr > 1) { KILN_ROW(1) }
+  if (mr > 2) { KILN_ROW(2) }
+  if (mr > 3) { KILN_ROW(3) }
+  if (mr > 4) { KILN_ROW(4) }
+  if (mr > 5) { KILN_ROW(5) }
+#undef KILN_ROW
+  return true;
+}
+
 /* An edge panel with at most 8 live columns (ResNet's 7x7 stage: 49 = 3 x 16 + 1) computes only
    the left half of the 16-wide panel: half the FMAs of the full tile. */
 TARGET static inline __attribute__((always_inline)) void
@@ -197,6 +237,9 @@ uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
   if (nr == NR) {
     /* Full-width rows store from registers, also in the last row tile of an m that is not a
        multiple of 6 (every power of two: most layers' channel counts). */
+    if (store_tile_simple(c, ldc, mr, s, c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50,
+                          c51))
+      return;
     store_row(c, 0, c00, c01, s);
     if (mr > 1) store_row(c + ldc, 1, c10, c11, s);
     if (mr > 2) store_row(c + 2 * ldc, 2, c20, c21, s);
