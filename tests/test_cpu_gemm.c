@@ -335,8 +335,9 @@ static void sgemm_matches_double_reference(void **st) {
 /* B read in place (a pointwise conv's input planes): the shapes where the driver takes it (m <=
    64, rows that spread over L1's sets or a short k) and those where it packs after all (m > 64,
    rows a multiple of 256 bytes apart with k past what L1's ways hold), the short products over
-   rows pages apart that prefetch (m <= 32, k <= 64, ldb >= 1024), with edge panels (n not a
-   multiple of 16), k across KC blocks, every epilogue, serially and on 2 threads. */
+   rows pages apart that prefetch (m <= 32, k <= 64, ldb >= 1024), tiles wider than 128 columns,
+   with edge panels (n not a multiple of 16), k across KC blocks, every epilogue, serially and on
+   2 threads. */
 static void sgemm_b_in_place_matches_double_reference(void **st) {
   (void)st;
   kiln__pool *pool = NULL;
@@ -353,7 +354,10 @@ static void sgemm_b_in_place_matches_double_reference(void **st) {
       {8, 1000, 40, 30},  {31, 1040, 65, 0},
       /* column tiles evened out on 2 threads: 2 and 3 tiles with an edge panel; rows cut too
          where the column tiles are fewer than 2 per thread (one tile, two, a short last block) */
-      {48, 169, 384, 0},  {16, 300, 48, 7}, {64, 196, 384, 0}, {40, 49, 576, 0}, {88, 100, 64, 0}};
+      {48, 169, 384, 0},  {16, 300, 48, 7}, {64, 196, 384, 0}, {40, 49, 576, 0}, {88, 100, 64, 0},
+      /* tiles wider than 128 columns, row tiles outer (short k, n of 3 such tiles per thread):
+         1024 columns, serial only; 1024 on 2 threads too; 400 (k = 40); all with edge panels */
+      {24, 3100, 16, 0},  {96, 12600, 16, 0}, {40, 3000, 40, 5}};
   for (int isa = 0; isa < KILN__ISA_COUNT; isa++) {
     if (!kiln__isa_supported((kiln__isa)isa)) continue;
     for (size_t e = 0; e < KILN__ARRAY_LEN(shapes); e++)

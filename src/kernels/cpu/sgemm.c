@@ -334,7 +334,7 @@ typedef struct job {
   size_t tiles_n;
   size_t mc; /* rows per A block: im->mc, or with threads the blocks' even share (whole panels) */
   size_t tm; /* rows per tile: a multiple of mc */
-  size_t tn; /* columns per tile: nc, or with pre-packed B any multiple of nr */
+  size_t tn; /* columns per tile: nc, or with pre-packed B or B in place any multiple of nr */
 } job;
 
 static void tiles_range(void *arg, size_t begin, size_t end) {
@@ -381,10 +381,16 @@ static void tiles_range(void *arg, size_t begin, size_t end) {
           pack_a_block(im, g->trans_a, g->a, g->lda, i1, mc, p0, kc, abuf);
           ap = abuf;
         }
-        for (size_t jp = 0; jp < nc; jp += im->nr) {
-          size_t nr = KILN__MIN(im->nr, nc - jp);
-          st.col0 = j0 + jp;
-          for (size_t ip = 0; ip < mc; ip += im->mr) {
+        /* Panels outer (each B panel reused by every row tile while in L1), except with B in
+           place, where row tiles run outer (in_place_tile_n). */
+        bool rows_outer = jb->uks != NULL;
+        size_t outer = rows_outer ? mc : nc, inner = rows_outer ? nc : mc;
+        size_t step_o = rows_outer ? im->mr : im->nr, step_i = rows_outer ? im->nr : im->mr;
+        for (size_t o = 0; o < outer; o += step_o) {
+          for (size_t q = 0; q < inner; q += step_i) {
+            size_t jp = rows_outer ? q : o, ip = rows_outer ? o : q;
+            size_t nr = KILN__MIN(im->nr, nc - jp);
+            st.col0 = j0 + jp;
             size_t mr = KILN__MIN(im->mr, mc - ip);
             st.row0 = i1 + ip;
             float *ct = g->c + st.row0 * g->ldc + st.col0;
@@ -455,6 +461,20 @@ static bool prefetch_pays(const kiln__sgemm_args *g) {
    standalone time in the model, where its output lines come from L3 or memory. */
 static bool c_prefetch_pays(const kiln__sgemm_args *g) {
   return g->k <= 32 && g->ldc >= 1024 && (double)g->m * (double)g->n >= 256.0 * 1024.0;
+}
+
+/* Columns per tile when B is read in place. Its row tiles then run outer, each writing its MR
+   rows of C as runs of the tile's width while the tile's kc x tn block of B stays in L1 or L2
+   (at most 64 KiB: 16 Ki floats). Panels outer, as for packed B, write one line into each of C's
+   m rows per panel: m streams more than the prefetcher follows, and C, when larger than L2
+   (MobileNet-v2's 16->96 at 112x112: 4.8 MB), comes from memory a line at a time. Measured
+   with pair (bench/RESULTS.md, sixteenth session): MobileNet-v2 1.085x faster at one thread,
+   1.03x at two; its 16->96 at 112x112 881 -> 662 us (min per node). Wider tiles only where
+   they still leave 3 per thread. */
+static size_t in_place_tile_n(const impl *im, size_t k, size_t n, size_t threads) {
+  size_t tn = (size_t)16384 / KILN__MIN(k, (size_t)KC);
+  tn = KILN__MAX(im->nc, KILN__MIN(tn, (size_t)1024)) / im->nr * im->nr;
+  return n >= tn * 3 * threads ? tn : im->nc;
 }
 
 /* k == 0: the product is zero, but the store (accumulate, epilogue) still applies. */
@@ -529,6 +549,7 @@ void kiln__sgemm_run(struct kiln__pool *pool, kiln__isa isa, const kiln__sgemm_a
     if (strided_pf_uks[isa][0] && prefetch_pays(g)) jb.uks_pf = strided_pf_uks[isa];
   }
   size_t threads = pool ? (size_t)kiln__pool_threads(pool) : 1, want = 3 * threads;
+  if (jb.uks) jb.tn = in_place_tile_n(im, g->k, g->n, threads);
   size_t blocks_m = (g->m + im->mc - 1) / im->mc, rb = 1;
   /* With threads, A blocks of whole panels sized to share out evenly (kiln__pool_block): m =
      128 (a transformer's tokens) was cut into 72 + 56 rows (66 + 62 now), MobileNet-v2's 576
