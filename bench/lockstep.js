@@ -3,9 +3,11 @@
 // in phases of a fraction of a second to a minute (bench/RESULTS.md, fifteenth and sixteenth
 // sessions): separate processes one after the other compare phases as much as engines.
 //   node bench/lockstep.js MODEL [--threads N] [--iters I] [--runs R] [--opt all|disabled]
-//                          [--lockstep BUILD/lockstep] [--ort-dir DIR]
+//                          [--gap-ms MS] [--lockstep BUILD/lockstep] [--ort-dir DIR]
 // Each iteration: a floating-point throughput probe (in the Kiln process), then R runs of each
-// engine, the order alternating between iterations. Prints p50/p99 of all runs of each engine
+// engine, the order alternating between iterations, with a pause of --gap-ms between engines
+// (default 20 with threads, 0 without: a pool that spins after its work would take a core from
+// the other engine). Prints p50/p99 of all runs of each engine
 // and their ratio, the median of the per-iteration ratios of medians, and the same split at 1.25
 // times the fastest probe (fast and slow phases). Kiln's side is bench/lockstep.c; ORT's latency
 // is the wall time around `await session.run` (as in ortbench.js), Kiln's the time around
@@ -17,7 +19,7 @@ const os = require('os');
 const { spawn } = require('child_process');
 const readline = require('readline');
 
-const o = { threads: 1, iters: 40, runs: 5, opt: 'all',
+const o = { threads: 1, iters: 40, runs: 5, opt: 'all', gap: null,
             lockstep: path.join(__dirname, '..', 'build', 'lockstep'),
             ortDir: process.env.ORT_DIR || path.join(os.homedir(), '.cache', 'kiln-ort') };
 const args = process.argv.slice(2);
@@ -27,6 +29,7 @@ for (let i = 0; i < args.length; i++) {
   else if (a === '--iters') o.iters = +args[++i];
   else if (a === '--runs') o.runs = +args[++i];
   else if (a === '--opt') o.opt = args[++i];
+  else if (a === '--gap-ms') o.gap = +args[++i];
   else if (a === '--lockstep') o.lockstep = args[++i];
   else if (a === '--ort-dir') o.ortDir = args[++i];
   else o.model = a;
@@ -74,13 +77,18 @@ async function main() {
     for (let i = 0; i < n; i++) { const a = process.hrtime.bigint(); await sess.run(feeds);
       t.push(Number(process.hrtime.bigint() - a) / 1e3); } return t; };
 
+  // With threads, each engine's pool spins a while after its runs (ORT's by default, Kiln's
+  // briefly) and would take a core from the other: a pause between engines lets it sleep.
+  const gap = o.gap !== null ? o.gap : (o.threads > 1 ? 20 : 0);
+  const pause = () => (gap > 0 ? new Promise((res) => setTimeout(res, gap)) : Promise.resolve());
   await ask('run 5'); await ortRuns(5); // warm-up
   const rows = [];
   for (let it = 0; it < o.iters; it++) {
     const p = (await ask('probe'))[0];
     let k, r;
-    if (it % 2) { r = await ortRuns(o.runs); k = await ask(`run ${o.runs}`); }
-    else { k = await ask(`run ${o.runs}`); r = await ortRuns(o.runs); }
+    if (it % 2) { r = await ortRuns(o.runs); await pause(); k = await ask(`run ${o.runs}`); }
+    else { k = await ask(`run ${o.runs}`); await pause(); r = await ortRuns(o.runs); }
+    await pause();
     rows.push({ p, k, r });
   }
   kiln.stdin.write('quit\n');
