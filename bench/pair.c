@@ -6,6 +6,8 @@
  *
  *   pair MODEL_A MODEL_B THREADS_A[,THREADS_B] ITERS RUNS [ENV]
  *
+ * A model given as PATH@LEVEL is loaded at that optimization level (M.onnx@0 M.onnx: what the
+ * passes save).
  * A and B may be the same file: at different thread counts (scaling), or with ENV (a variable
  * the library reads per call in an experiment) set to 1 while A runs and unset for B. Prints one
  * line per iteration (probe us, A us, B us), then the medians and the median of B/A, over all
@@ -44,9 +46,17 @@ static void die(const char *what, const kiln_error *err) {
   exit(1);
 }
 
-static void open_side(side *s, const char *path, int threads) {
+/* PATH, or PATH@LEVEL: the optimization level (0-3; the highest without it). */
+static void open_side(side *s, const char *arg, int threads) {
   kiln_model_opts mo = kiln_model_opts_default();
   mo.intra_threads = threads;
+  char path[4096];
+  snprintf(path, sizeof path, "%s", arg);
+  char *at = strrchr(path, '@');
+  if (at && at[1] >= '0' && at[1] <= '9' && !at[2]) {
+    mo.opt_level = at[1] - '0';
+    *at = '\0';
+  }
   kiln_error err;
   if (kiln_model_load(path, &mo, &s->model, &err) != KILN_OK) die(path, &err);
   if (kiln_session_create(s->model, &s->session, &err) != KILN_OK) die("session", &err);
@@ -116,7 +126,7 @@ static void summary(const char *name, const double (*row)[3], size_t n, double c
 
 int main(int argc, char **argv) {
   if (argc < 6) {
-    fprintf(stderr, "usage: pair MODEL_A MODEL_B THREADS_A[,THREADS_B] ITERS RUNS [ENV]\n");
+    fprintf(stderr, "usage: pair MODEL_A[@LEVEL] MODEL_B[@LEVEL] THREADS_A[,THREADS_B] ITERS RUNS [ENV]\n");
     return 2;
   }
   int ta = atoi(argv[3]), tb = strchr(argv[3], ',') ? atoi(strchr(argv[3], ',') + 1) : ta;
