@@ -7,10 +7,16 @@
 # before each round (bench/core_rtt.c; ~90 ns when the two CPUs are close, ~400 when the host has
 # put them far apart, which slows every two-thread figure: bench/RESULTS.md). Not part of ctest.
 #
+# With LOCKSTEP=1 each cell is instead one run of bench/lockstep.js: the two engines alternate
+# 5 runs at a time in one timeline (ROUNDS x 10 iterations), which a host whose speed changes in
+# phases needs (bench/RESULTS.md, sixteenth session: whole processes one after the other compare
+# phases as much as engines); the columns are the same, over all runs of each engine.
+#
 # usage: bench/run.sh [BUILD_DIR]      (default build; needs BUILD_DIR/kiln and libkiln.a)
 # env:   MODELS_DIR (~/.cache/kiln-models)  ORT_DIR (~/.cache/kiln-ort)  RUNS (30)  WARMUP (5)
 #        ROUNDS (1)  THREADS ("1 2")  MODELS (the list below)  GEMM_SECONDS (0.3)
 #        GEMM (1; 0 skips the GEMM lines, for quick model-only A/B runs of two builds)
+#        LOCKSTEP (0; 1: both engines in one timeline, above)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build}
@@ -47,7 +53,27 @@ rtt_bin=$build/core_rtt
 cc -std=c11 -D_GNU_SOURCE -O2 -pthread "$root/bench/core_rtt.c" -o "$rtt_bin" 2>/dev/null || rtt_bin=
 rtt() { [ -n "$rtt_bin" ] && "$rtt_bin" 0 1 50000 2>/dev/null | awk '{print $6}'; }
 
+lockstep=${LOCKSTEP:-0}
+if [ "$lockstep" = 1 ] && ! cc -std=c11 -D_POSIX_C_SOURCE=200809L -O2 -I"$root/include" \
+     "$root/bench/lockstep.c" "$build/libkiln.a" -lprotobuf-c -lm -lpthread -o "$build/lockstep"; then
+  echo "bench: bench/lockstep.c did not build; alternating processes instead"; lockstep=0
+fi
+# One cell in lockstep: sets kmin k50 k99 omin o50 o99 from lockstep.js's "all" line.
+lockstep_cell() {
+  local out
+  out=$(node "$root/bench/lockstep.js" "$1" --threads "$2" --iters $((rounds * 10)) --runs 5 \
+          --lockstep "$build/lockstep" --ort-dir "$ort_dir" 2>&1 | grep '^all')
+  k50=$(echo "$out" | sed -n 's/.*kiln p50 \([0-9.]*\).*/\1/p')
+  k99=$(echo "$out" | sed -n 's/.*kiln p50 [0-9.]* p99 \([0-9.]*\).*/\1/p')
+  kmn=$(echo "$out" | sed -n 's/.*kiln p50 [0-9.]* p99 [0-9.]* min \([0-9.]*\).*/\1/p')
+  o50=$(echo "$out" | sed -n 's/.*ort p50 \([0-9.]*\).*/\1/p')
+  o99=$(echo "$out" | sed -n 's/.*ort p50 [0-9.]* p99 \([0-9.]*\).*/\1/p')
+  omn=$(echo "$out" | sed -n 's/.*ort p50 [0-9.]* p99 [0-9.]* min \([0-9.]*\).*/\1/p')
+  ko=$out oo=$out
+}
+
 echo "bench: $(date -u +%FT%TZ) load average before: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
+[ "$lockstep" = 1 ] && echo "bench: lockstep (bench/lockstep.js): both engines in one timeline"
 printf '%-14s %3s  %10s %10s %10s  %10s %10s %10s  %9s %9s  %s\n' model thr kiln_min kiln_p50 kiln_p99 \
   ort_min ort_p50 ort_p99 p50_ratio min_ratio rtt_ns
 for m in $models; do
@@ -56,7 +82,12 @@ for m in $models; do
   if [ ! -f "$f" ]; then printf '%-14s missing (%s)\n' "$m" "$models_dir"; continue; fi
   for t in $threads_list; do
     kmin=() kp50=() kp99=() omin=() op50=() op99=() rtts=""
-    for ((r = 0; r < rounds; r++)); do
+    if [ "$lockstep" = 1 ]; then
+      [ "$t" -ge 2 ] && rtts=$(rtt)
+      lockstep_cell "$f" "$t"
+      kmin=("$kmn") kp50=("$k50") kp99=("$k99") omin=("$omn") op50=("$o50") op99=("$o99")
+    fi
+    for ((r = 0; r < rounds && lockstep != 1; r++)); do
       [ "$t" -ge 2 ] && rtts+="${rtts:+,}$(rtt)"
       ko=$("$kiln" bench "$f" --threads "$t" --runs "$runs" --warmup "$warmup" 2>&1)
       kmin+=("$(echo "$ko" | sed -n 's/.*min \([0-9.]*\).*/\1/p')")
