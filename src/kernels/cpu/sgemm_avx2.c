@@ -220,20 +220,31 @@ uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
   __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
   if (pf != PF_NONE)
     for (size_t r = 0; r < mr; r++) _mm_prefetch(ahead(c + r * ldc, PF_AHEAD), _MM_HINT_T0);
-  for (size_t p = 0; p < kc; p++) {
-    __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), av;
-    if (pf == PF_BC) _mm_prefetch(ahead(b, PF_AHEAD), _MM_HINT_T0);
-    /* A's panel, A_PF floats ahead (sgemm.h: weights stream from memory on small planes). */
-    if (p % 2 == 0) _mm_prefetch(ahead(a, KILN__SGEMM_A_PF), _MM_HINT_T0);
 #define ROW(i)                                  \
   av = _mm256_broadcast_ss(a + i);              \
   c##i##0 = _mm256_fmadd_ps(av, b0, c##i##0);   \
   c##i##1 = _mm256_fmadd_ps(av, b1, c##i##1);
-    ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)
-#undef ROW
-    a += MR;
-    b += ldb;
+#define STEP()                                                       \
+  {                                                                  \
+    __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), av; \
+    if (pf == PF_BC) _mm_prefetch(ahead(b, PF_AHEAD), _MM_HINT_T0);  \
+    ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)                        \
+    a += MR;                                                         \
+    b += ldb;                                                        \
   }
+  /* Two k steps per iteration, A's panel prefetched once per pair (the pair's 12 floats are
+     under a line), A_PF floats ahead (sgemm.h: weights stream from memory on small planes).
+     Not a `p % 2` test every step: on the Zen 3 host that branch alone made whole models 8-10%
+     slower in the phases when another tenant shares the core (bench/RESULTS.md, sixteenth
+     session; presumably the shared branch predictor), and no faster in the others. */
+  size_t p = 0;
+  for (; p + 2 <= kc; p += 2) {
+    _mm_prefetch(ahead(a, KILN__SGEMM_A_PF), _MM_HINT_T0);
+    STEP() STEP()
+  }
+  if (p < kc) STEP()
+#undef STEP
+#undef ROW
   if (nr == NR) {
     /* Full-width rows store from registers, also in the last row tile of an m that is not a
        multiple of 6 (every power of two: most layers' channel counts). */
