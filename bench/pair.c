@@ -9,7 +9,8 @@
  * A model given as PATH@LEVEL is loaded at that optimization level (M.onnx@0 M.onnx: what the
  * passes save).
  * A and B may be the same file: at different thread counts (scaling), or with ENV (a variable
- * the library reads per call in an experiment) set to 1 while A runs and unset for B. Prints one
+ * the library reads per call in an experiment) set to 1 (or to $PAIR_VAL) while A runs and unset
+ * for B. Prints one
  * line per iteration (probe us, A us, B us), then the medians and the median of B/A, over all
  * iterations and split at 1.25 times the fastest probe (fast and slow phases). Integer inputs are filled with 0/1, floats with a
  * fixed pattern in [0, 1); symbolic dims are 1 (128 for the second, a sequence length).
@@ -85,7 +86,7 @@ static void open_side(side *s, const char *arg, int threads) {
 static double best_of(side *s, int runs, const char *env, int set) {
   kiln_error err;
   double best = 1e30;
-  if (env && set) setenv(env, "1", 1);
+  if (env && set) setenv(env, getenv("PAIR_VAL") ? getenv("PAIR_VAL") : "1", 1);
   for (int r = 0; r < runs; r++) {
     double t0 = now_us();
     if (kiln_session_run(s->session, s->names, s->in, s->n, &err) != KILN_OK) die("run", &err);
