@@ -10,6 +10,14 @@
 #define MR 6
 #define NR 16
 
+/* ReLU (lo = 0) or Clip [lo, hi] in registers; other activations run after the store. */
+TARGET static inline __attribute__((always_inline)) __m256 act_in_regs(__m256 v, kiln__act act,
+                                                                       __m256 lo, __m256 hi) {
+  if (act == KILN__ACT_RELU) return _mm256_max_ps(v, lo);
+  if (act == KILN__ACT_CLIP) return _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+  return v;
+}
+
 /* Stores one full 16-wide row with the epilogue, while it is still in registers. */
 TARGET static inline __attribute__((always_inline)) void
 store_row(float *restrict c, size_t r, __m256 v0, __m256 v1, const kiln__uk_store *s) {
@@ -39,13 +47,12 @@ store_row(float *restrict c, size_t r, __m256 v0, __m256 v1, const kiln__uk_stor
       v0 = _mm256_add_ps(v0, _mm256_loadu_ps(res));
       v1 = _mm256_add_ps(v1, _mm256_loadu_ps(res + 8));
     }
-    if (ep->act == KILN__ACT_RELU) {
-      v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
-      v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
-    } else if (ep->act == KILN__ACT_CLIP) {
-      __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi);
-      v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
-      v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
+    if (ep->act == KILN__ACT_RELU || ep->act == KILN__ACT_CLIP) {
+      bool clip = ep->act == KILN__ACT_CLIP;
+      __m256 lo = clip ? _mm256_set1_ps(ep->lo) : _mm256_setzero_ps();
+      __m256 hi = clip ? _mm256_set1_ps(ep->hi) : lo;
+      v0 = act_in_regs(v0, ep->act, lo, hi);
+      v1 = act_in_regs(v1, ep->act, lo, hi);
     }
   }
   _mm256_storeu_ps(c, v0);
@@ -75,12 +82,8 @@ store_tile_simple(float *restrict c, size_t ldc, size_t mr, const kiln__uk_store
     __m256 b = _mm256_set1_ps(bias[i]);                                        \
     c##i##0 = _mm256_add_ps(c##i##0, b), c##i##1 = _mm256_add_ps(c##i##1, b); \
   }                                                                            \
-  if (act == KILN__ACT_RELU) {                                                 \
-    c##i##0 = _mm256_max_ps(c##i##0, lo), c##i##1 = _mm256_max_ps(c##i##1, lo); \
-  } else if (act == KILN__ACT_CLIP) {                                          \
-    c##i##0 = _mm256_min_ps(_mm256_max_ps(c##i##0, lo), hi);                   \
-    c##i##1 = _mm256_min_ps(_mm256_max_ps(c##i##1, lo), hi);                   \
-  }                                                                            \
+  c##i##0 = act_in_regs(c##i##0, act, lo, hi);                                 \
+  c##i##1 = act_in_regs(c##i##1, act, lo, hi);                                 \
   _mm256_storeu_ps(c + i * ldc, c##i##0), _mm256_storeu_ps(c + i * ldc + 8, c##i##1);
   KILN_ROW(0)
   if (mr > 1) { KILN_ROW(1) }
