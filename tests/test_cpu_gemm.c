@@ -11,6 +11,10 @@
  *   - whole models (digits CNN, transformer block) on {"cpu"} against {"ref"}, with nodes really
  *     dispatched to "cpu";
  *   - KILN_ISA: unknown names and ISAs the CPU lacks are errors. */
+#if defined(__linux__)
+#define _GNU_SOURCE 1 /* sched_getcpu, cpu_set_t */
+#include <sched.h>
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -209,6 +213,69 @@ static void pool_tolerates_concurrent_callers(void **st) {
   free(a[0].hits), free(a[1].hits);
   kiln__pool_free(pool);
 }
+
+#if defined(__linux__)
+typedef struct cpu_job {
+  int a;             /* the caller's CPU */
+  int cpu[2];        /* the CPU slot s last ran a chunk on, -1 none */
+  unsigned runs[2];  /* chunks run per slot */
+  unsigned on_a[2];  /* of them on CPU a */
+} cpu_job;
+
+static void cpu_range(void *arg, size_t b, size_t e, size_t slot) {
+  cpu_job *j = arg;
+  for (size_t i = b; i < e; i++) {
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do clock_gettime(CLOCK_MONOTONIC, &t);
+    while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 20000);
+    j->cpu[slot] = sched_getcpu();
+    j->runs[slot]++;
+    j->on_a[slot] += j->cpu[slot] == j->a;
+  }
+}
+
+/* A worker on the caller's CPU is moved off it: pinned there (as a guest kernel that packs
+   threads onto one vCPU places it), it leaves within a few jobs and then runs its share on
+   another CPU, never on the caller's. Without the move it would run there or not at all. */
+static void pool_moves_worker_off_callers_cpu(void **st) {
+  (void)st;
+  cpu_set_t all, one;
+  assert_int_equal(sched_getaffinity(0, sizeof all, &all), 0);
+  int a = -1;
+  for (int c = 0; c < CPU_SETSIZE && a < 0; c++)
+    if (CPU_ISSET(c, &all)) a = c;
+  if (CPU_COUNT(&all) < 2) {
+    fprintf(stderr, "pool_moves_worker_off_callers_cpu: one CPU, nothing to move to\n");
+    return;
+  }
+  kiln__pool *pool = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln__pool_create(2, &pool, &err), KILN_OK);
+  CPU_ZERO(&one);
+  CPU_SET(a, &one);
+  assert_int_equal(sched_setaffinity(0, sizeof one, &one), 0); /* the caller stays on a */
+  assert_true(kiln__pool_pin_worker(pool, 1, a));
+  int left = -1; /* the first job after which the worker ran a chunk off a */
+  for (int it = 0; it < 400 && left < 0; it++) {
+    cpu_job j = {a, {-1, -1}, {0, 0}, {0, 0}};
+    kiln__parallel_for_slots(pool, 32, cpu_range, &j);
+    if (j.runs[1] > j.on_a[1]) left = it;
+  }
+  unsigned worker = 0, on_a = 0;
+  for (int it = 0; left >= 0 && it < 20; it++) {
+    cpu_job j = {a, {-1, -1}, {0, 0}, {0, 0}};
+    kiln__parallel_for_slots(pool, 32, cpu_range, &j);
+    worker += j.runs[1];
+    on_a += j.on_a[1];
+  }
+  assert_int_equal(sched_setaffinity(0, sizeof all, &all), 0);
+  kiln__pool_free(pool);
+  if (left < 0) fail_msg("the worker never left the caller's CPU %d in 400 jobs", a);
+  assert_true(worker > 0);
+  assert_int_equal(on_a, 0);
+}
+#endif
 
 /* ---- SGEMM against doubles ------------------------------------------------------------------- */
 
@@ -1164,6 +1231,9 @@ int main(int argc, char **argv) {
       cmocka_unit_test(pool_runs_each_index_once),
       cmocka_unit_test(pool_slots_are_threads),
       cmocka_unit_test(pool_tolerates_concurrent_callers),
+#if defined(__linux__)
+      cmocka_unit_test(pool_moves_worker_off_callers_cpu),
+#endif
       cmocka_unit_test(sgemm_matches_double_reference),
       cmocka_unit_test(sgemm_packs_a_exactly),
       cmocka_unit_test(bgemm_matches_double_reference),

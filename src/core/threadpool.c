@@ -31,12 +31,21 @@
  * an idle pool burns no core after ~50 us. Once no chunk is left to claim, the caller polls for
  * the claimed ones for up to CALLER_SPIN_NS, then sleeps until they are done: waking a sleeping
  * caller cost a few microseconds per job on the 2-vCPU VM, but a worker descheduled mid-chunk
- * must not keep the caller burning a core. */
+ * must not keep the caller burning a core.
+ *
+ * A worker never shares the caller's CPU for long: found there, it is moved off it (move_off). */
+#if defined(__linux__)
+#define _GNU_SOURCE 1 /* sched_getcpu, cpu_set_t, sched_setaffinity */
+#endif
 #include "core/threadpool.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
+#if defined(__linux__)
+#include <sched.h>
+#define POOL_STEP_ASIDE 1
+#endif
 
 /* How long a worker keeps polling for the next job before it sleeps. A node of a small model
    takes a few microseconds, so this covers the gaps inside one inference, not between runs. */
@@ -55,7 +64,8 @@ typedef struct cursor {
 
 typedef struct worker_arg {
   struct kiln__pool *p;
-  size_t self; /* the worker's thread index (the caller is 0) */
+  size_t self;    /* the worker's thread index (the caller is 0) */
+  atomic_int cpu; /* the CPU it last started a job on, -1 unknown */
 } worker_arg;
 
 struct kiln__pool {
@@ -76,6 +86,11 @@ struct kiln__pool {
   size_t total, chunks;   /* chunk i is [i total / chunks, (i + 1) total / chunks) */
   _Alignas(64) atomic_size_t left; /* chunks not yet finished */
   atomic_bool busy;      /* a job is running: a nested or concurrent parallel_for runs inline */
+  atomic_int caller_cpu; /* the CPU the caller published its last job from, -1 unknown */
+#if POOL_STEP_ASIDE
+  cpu_set_t allowed;     /* the process's CPUs when the pool was made */
+  bool have_allowed;
+#endif
 };
 
 static inline uint64_t t_gen(uint64_t t) { return t >> 32; }
@@ -94,6 +109,35 @@ static uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Moves worker w off CPU `cpu`: its CPUs become the process's without that one. Some VMs' guest
+   kernels pack lightly loaded threads onto few vCPUs (this one boots with sched_vcpu_pack=15;
+   bench/RESULTS.md, seventeenth session): after another process's turn the worker shared the
+   caller's vCPU for 10-20 jobs in a row, the caller running every chunk while the worker's spin
+   took its time slices, two threads slower than one. The caller checks before each job, the
+   worker when it starts one and while it spins. The mask is kept, so a later wake cannot pack
+   the worker back, and changes only when the caller turns up on the worker's CPU. A no-op where
+   the process has one CPU, and outside Linux. */
+static void move_off(kiln__pool *p, size_t w, pthread_t t, int cpu) {
+#if POOL_STEP_ASIDE
+  if (cpu < 0 || !p->have_allowed) return;
+  cpu_set_t m = p->allowed;
+  CPU_CLR(cpu, &m);
+  if (CPU_COUNT(&m) > 0) (void)pthread_setaffinity_np(t, sizeof m, &m);
+  atomic_store_explicit(&p->wargs[w].cpu, -1, memory_order_relaxed);
+#else
+  (void)p, (void)w, (void)t, (void)cpu;
+#endif
+}
+
+/* The calling thread's CPU, -1 where unknown. */
+static int current_cpu(void) {
+#if POOL_STEP_ASIDE
+  return sched_getcpu();
+#else
+  return -1;
+#endif
 }
 
 /* Where chunk i of the current job starts: i total / chunks, computed without overflow. */
@@ -139,7 +183,7 @@ static void run_chunks(kiln__pool *p, size_t self) {
 }
 
 /* Polls for a job newer than `seen` (or stop) for up to SPIN_NS; false when the time ran out. */
-static bool spin_gen(kiln__pool *p, uint64_t seen) {
+static bool spin_gen(kiln__pool *p, size_t self, uint64_t seen) {
   uint64_t start = now_ns();
   for (;;) {
     for (int i = 0; i < SPIN_CHECK; i++) {
@@ -149,6 +193,10 @@ static bool spin_gen(kiln__pool *p, uint64_t seen) {
       cpu_relax();
     }
     if (now_ns() - start > SPIN_NS) return false;
+    /* A worker spinning on the caller's CPU takes the caller's time. */
+    int me = current_cpu();
+    if (me >= 0 && me == atomic_load_explicit(&p->caller_cpu, memory_order_relaxed))
+      move_off(p, self, pthread_self(), me);
   }
 }
 
@@ -169,7 +217,7 @@ static void *worker_main(void *arg) {
   size_t self = ((worker_arg *)arg)->self;
   uint64_t seen = 0;
   for (;;) {
-    if (!spin_gen(p, seen)) {
+    if (!spin_gen(p, self, seen)) {
       pthread_mutex_lock(&p->mu);
       p->sleepers++;
       while (!atomic_load(&p->stop) && t_gen(atomic_load(&p->ticket)) == seen)
@@ -179,6 +227,11 @@ static void *worker_main(void *arg) {
     }
     if (atomic_load(&p->stop)) break;
     seen = t_gen(atomic_load_explicit(&p->ticket, memory_order_acquire));
+    int me = current_cpu();
+    if (me >= 0 && me == atomic_load_explicit(&p->caller_cpu, memory_order_relaxed))
+      move_off(p, self, pthread_self(), me);
+    else
+      atomic_store_explicit(&((worker_arg *)arg)->cpu, me, memory_order_relaxed);
     run_chunks(p, self);
   }
   return NULL;
@@ -204,9 +257,15 @@ kiln_status kiln__pool_create(int threads, kiln__pool **out, kiln_error *err) {
   atomic_init(&p->stop, false);
   atomic_init(&p->left, 0);
   atomic_init(&p->busy, false);
+  atomic_init(&p->caller_cpu, -1);
+#if POOL_STEP_ASIDE
+  p->have_allowed = sched_getaffinity(0, sizeof p->allowed, &p->allowed) == 0;
+#endif
   p->n = 1;
   for (int i = 1; i < threads; i++) {
-    p->wargs[i] = (worker_arg){p, (size_t)i};
+    p->wargs[i].p = p;
+    p->wargs[i].self = (size_t)i;
+    atomic_init(&p->wargs[i].cpu, -1);
     if (pthread_create(&p->workers[i - 1], NULL, worker_main, &p->wargs[i]) != 0) break;
     p->n++;
   }
@@ -254,6 +313,12 @@ static void run_job(kiln__pool *p, size_t n, kiln__range_fn fn, kiln__range_slot
     atomic_store_explicit(&p->cur[t].c,
                           gen << 32 | (uint64_t)(t * chunks / T) << 16 | (t + 1) * chunks / T,
                           memory_order_relaxed);
+  /* A worker last seen on this CPU is moved off it before it is woken (move_off). */
+  int me = current_cpu();
+  for (int w = 1; me >= 0 && w < p->n; w++)
+    if (atomic_load_explicit(&p->wargs[w].cpu, memory_order_relaxed) == me)
+      move_off(p, (size_t)w, p->workers[w - 1], me);
+  atomic_store_explicit(&p->caller_cpu, me, memory_order_relaxed);
   atomic_store_explicit(&p->ticket, gen << 32, memory_order_release);
   /* A worker checks the ticket under mu before it sleeps, so taking mu here either finds it
      asleep (and wakes it) or lets it see the new job. Spinning workers need no wake. */
@@ -291,4 +356,17 @@ void kiln__parallel_for_slots(kiln__pool *p, size_t n, kiln__range_slot_fn fn, v
   if (n == 0) return;
   if (take_pool(p, n)) run_job(p, n, NULL, fn, arg);
   else fn(arg, 0, n, 0);
+}
+
+bool kiln__pool_pin_worker(kiln__pool *p, int w, int cpu) {
+#if POOL_STEP_ASIDE
+  if (!p || w < 1 || w >= p->n || cpu < 0 || cpu >= CPU_SETSIZE) return false;
+  cpu_set_t m;
+  CPU_ZERO(&m);
+  CPU_SET(cpu, &m);
+  return pthread_setaffinity_np(p->workers[w - 1], sizeof m, &m) == 0;
+#else
+  (void)p, (void)w, (void)cpu;
+  return false;
+#endif
 }

@@ -14,6 +14,9 @@ typedef struct kiln__pool kiln__pool;
 kiln_status kiln__pool_create(int threads, kiln__pool **out, kiln_error *err);
 void kiln__pool_free(kiln__pool *p);
 int kiln__pool_threads(const kiln__pool *p);
+/* For tests: pins worker w (1 .. threads - 1) to one CPU, as a guest scheduler that packs threads
+   might place it; false where unsupported (not Linux) or on failure. */
+bool kiln__pool_pin_worker(kiln__pool *p, int w, int cpu);
 
 /* `p`, or NULL (run inline) when a job has less than KILN__PAR_MIN_WORK units of work (element
    visits or multiply-adds, ~10 us on one core): a hand-off to the workers costs a few
