@@ -6,8 +6,8 @@
 //                          [--gap-ms MS] [--lockstep BUILD/lockstep] [--ort-dir DIR]
 // Each iteration: a floating-point throughput probe (in the Kiln process), then R runs of each
 // engine, the order alternating between iterations, with a pause of --gap-ms between engines
-// (default 20 with threads, 0 without: a pool that spins after its work would take a core from
-// the other engine). Prints p50/p99 of all runs of each engine
+// (default 100 with threads, 0 without: ORT's pool spins ~50 ms after its last run and would take
+// a core from the engine after it). Prints p50/p99 of all runs of each engine
 // and their ratio, the median of the per-iteration ratios of medians, and the same split at 1.25
 // times the fastest probe (fast and slow phases). Kiln's side is bench/lockstep.c; ORT's latency
 // is the wall time around `await session.run` (as in ortbench.js), Kiln's the time around
@@ -77,9 +77,11 @@ async function main() {
     for (let i = 0; i < n; i++) { const a = process.hrtime.bigint(); await sess.run(feeds);
       t.push(Number(process.hrtime.bigint() - a) / 1e3); } return t; };
 
-  // With threads, each engine's pool spins a while after its runs (ORT's by default, Kiln's
-  // briefly) and would take a core from the other: a pause between engines lets it sleep.
-  const gap = o.gap !== null ? o.gap : (o.threads > 1 ? 20 : 0);
+  // With threads, each engine's pool spins a while after its runs and would take a core from the
+  // other: ORT's by default for ~50 ms (its threads used ~1.5 CPUs for 45-50 ms after SqueezeNet
+  // at 2 threads, bench/RESULTS.md, seventeenth session), Kiln's for 50 us. A pause of 20 ms left
+  // Kiln's first runs after ORT's turn competing with ORT's spin; 100 ms outlasts it.
+  const gap = o.gap !== null ? o.gap : (o.threads > 1 ? 100 : 0);
   const pause = () => (gap > 0 ? new Promise((res) => setTimeout(res, gap)) : Promise.resolve());
   await ask('run 5'); await ortRuns(5); // warm-up
   const rows = [];
