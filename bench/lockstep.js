@@ -4,12 +4,16 @@
 // sessions): separate processes one after the other compare phases as much as engines.
 //   node bench/lockstep.js MODEL [--threads N] [--iters I] [--runs R] [--opt all|disabled]
 //                          [--gap-ms MS] [--lockstep BUILD/lockstep] [--ort-dir DIR]
+//                          [--lockstep-b OTHER_BUILD/lockstep]
 // Each iteration: a floating-point throughput probe (in the Kiln process), then R runs of each
 // engine, the order alternating between iterations, with a pause of --gap-ms between engines
 // (default 100 with threads, 0 without: ORT's pool spins ~50 ms after its last run and would take
 // a core from the engine after it). Prints p50/p99 of all runs of each engine
 // and their ratio, the median of the per-iteration ratios of medians, and the same split at 1.25
-// times the fastest probe (fast and slow phases). Kiln's side is bench/lockstep.c; ORT's latency
+// times the fastest probe (fast and slow phases), each with the medians by run position in a turn.
+// --lockstep-b adds a second Kiln build (an A/B of two library versions against the same ORT
+// timeline; all six turn orders rotate) and prints its figures and its ratio to the first.
+// Kiln's side is bench/lockstep.c; ORT's latency
 // is the wall time around `await session.run` (as in ortbench.js), Kiln's the time around
 // kiln_session_run. Inputs: floats uniform in [0, 1), integers 0/1, symbolic dims 1 (128 for the
 // second, a sequence length), as bench/lockstep.c fills them.
@@ -20,7 +24,7 @@ const { spawn } = require('child_process');
 const readline = require('readline');
 
 const o = { threads: 1, iters: 40, runs: 5, opt: 'all', gap: null,
-            lockstep: path.join(__dirname, '..', 'build', 'lockstep'),
+            lockstep: path.join(__dirname, '..', 'build', 'lockstep'), lockstepB: null,
             ortDir: process.env.ORT_DIR || path.join(os.homedir(), '.cache', 'kiln-ort') };
 const args = process.argv.slice(2);
 for (let i = 0; i < args.length; i++) {
@@ -31,6 +35,7 @@ for (let i = 0; i < args.length; i++) {
   else if (a === '--opt') o.opt = args[++i];
   else if (a === '--gap-ms') o.gap = +args[++i];
   else if (a === '--lockstep') o.lockstep = args[++i];
+  else if (a === '--lockstep-b') o.lockstepB = args[++i];
   else if (a === '--ort-dir') o.ortDir = args[++i];
   else o.model = a;
 }
@@ -64,36 +69,49 @@ const median = (v) => { const s = v.slice().sort((x, y) => x - y); const n = s.l
 const pct = (v, p) => { const s = v.slice().sort((x, y) => x - y);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]; };
 
+// A Kiln process (bench/lockstep.c) and a function that sends it one command and reads its line.
+function kilnProcess(bin) {
+  const proc = spawn(bin, [o.model, String(o.threads)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = readline.createInterface({ input: proc.stdout })[Symbol.asyncIterator]();
+  const ask = async (cmd) => { proc.stdin.write(cmd + '\n'); const r = await lines.next();
+    if (r.done) throw new Error(`${bin}: lockstep process ended`); return r.value.split(' ').map(Number); };
+  return { ask, quit: () => proc.stdin.write('quit\n') };
+}
+
 async function main() {
   const sess = await ort.InferenceSession.create(o.model, {
     executionProviders: ['cpu'], intraOpNumThreads: o.threads, interOpNumThreads: 1,
     graphOptimizationLevel: o.opt, executionMode: 'sequential' });
   const feeds = feedsFor(sess);
-  const kiln = spawn(o.lockstep, [o.model, String(o.threads)], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const lines = readline.createInterface({ input: kiln.stdout })[Symbol.asyncIterator]();
-  const ask = async (cmd) => { kiln.stdin.write(cmd + '\n'); const r = await lines.next();
-    if (r.done) throw new Error('lockstep process ended'); return r.value.split(' ').map(Number); };
+  const kiln = kilnProcess(o.lockstep), kilnB = o.lockstepB ? kilnProcess(o.lockstepB) : null;
   const ortRuns = async (n) => { const t = [];
     for (let i = 0; i < n; i++) { const a = process.hrtime.bigint(); await sess.run(feeds);
       t.push(Number(process.hrtime.bigint() - a) / 1e3); } return t; };
 
   // With threads, each engine's pool spins a while after its runs and would take a core from the
-  // other: ORT's by default for ~50 ms (its threads used ~1.5 CPUs for 45-50 ms after SqueezeNet
-  // at 2 threads, bench/RESULTS.md, seventeenth session), Kiln's for 50 us. A pause of 20 ms left
-  // Kiln's first runs after ORT's turn competing with ORT's spin; 100 ms outlasts it.
+  // other: ORT's by default for ~50 ms (its threads used ~1.1 CPUs for 45-50 ms after SqueezeNet
+  // at 2 threads, bench/ort_spin.js, bench/RESULTS.md, seventeenth session), Kiln's for 50 us. A
+  // pause of 20 ms left Kiln's first runs after ORT's turn competing with ORT's spin; 100 ms
+  // outlasts it.
   const gap = o.gap !== null ? o.gap : (o.threads > 1 ? 100 : 0);
   const pause = () => (gap > 0 ? new Promise((res) => setTimeout(res, gap)) : Promise.resolve());
-  await ask('run 5'); await ortRuns(5); // warm-up
+  await kiln.ask('run 5'); if (kilnB) await kilnB.ask('run 5'); await ortRuns(5); // warm-up
+  // Turn orders: Kiln and ORT alternate first; with a second Kiln all six orders of the three.
+  const orders = kilnB ? [[0, 1, 2], [2, 1, 0], [1, 0, 2], [1, 2, 0], [0, 2, 1], [2, 0, 1]]
+                       : [[0, 1], [1, 0]];
   const rows = [];
   for (let it = 0; it < o.iters; it++) {
-    const p = (await ask('probe'))[0];
-    let k, r;
-    if (it % 2) { r = await ortRuns(o.runs); await pause(); k = await ask(`run ${o.runs}`); }
-    else { k = await ask(`run ${o.runs}`); await pause(); r = await ortRuns(o.runs); }
-    await pause();
-    rows.push({ p, k, r });
+    const row = { p: (await kiln.ask('probe'))[0] };
+    for (const e of orders[it % orders.length]) {
+      if (e === 0) row.k = await kiln.ask(`run ${o.runs}`);
+      else if (e === 1) row.r = await ortRuns(o.runs);
+      else row.b = await kilnB.ask(`run ${o.runs}`);
+      await pause();
+    }
+    rows.push(row);
   }
-  kiln.stdin.write('quit\n');
+  kiln.quit();
+  if (kilnB) kilnB.quit();
   const cut = 1.25 * Math.min(...rows.map((x) => x.p));
   const f = (x) => (x / 1000).toFixed(3);
   console.log(`lockstep ${path.basename(o.model)} threads=${o.threads} opt=${o.opt} iters=${o.iters} runs=${o.runs} (ms)`);
@@ -105,6 +123,17 @@ async function main() {
     console.log(`${name.padEnd(4)} n=${String(s.length).padStart(3)}  kiln p50 ${f(pct(K, 50))} p99 ${f(pct(K, 99))} min ${f(Math.min(...K))}` +
       `  ort p50 ${f(pct(R, 50))} p99 ${f(pct(R, 99))} min ${f(Math.min(...R))}` +
       `  p50 ratio ${(pct(K, 50) / pct(R, 50)).toFixed(3)}  median per-iteration ratio ${ratio.toFixed(3)}`);
+    // Medians by position in a turn: the first runs after the other engine's turn pay for
+    // caches, clocks and thread placement.
+    const pos = (get) => [...Array(o.runs).keys()].map((i) => f(median(s.map((x) => get(x)[i])))).join(' ');
+    console.log(`     by position  kiln ${pos((x) => x.k)}  ort ${pos((x) => x.r)}` +
+                (kilnB ? `  kiln-b ${pos((x) => x.b)}` : ''));
+    if (kilnB) {
+      const B = s.flatMap((x) => x.b);
+      console.log(`     kiln-b p50 ${f(pct(B, 50))} p99 ${f(pct(B, 99))} min ${f(Math.min(...B))}` +
+        `  b/kiln p50 ${(pct(B, 50) / pct(K, 50)).toFixed(3)}  b/ort p50 ${(pct(B, 50) / pct(R, 50)).toFixed(3)}` +
+        `  median per-iteration b/kiln ${median(s.map((x) => median(x.b) / median(x.k))).toFixed(3)}`);
+    }
   }
 }
 main().catch((e) => { console.error('lockstep:', e && e.stack || e); process.exit(1); });
