@@ -89,7 +89,7 @@ struct kiln__pool {
   atomic_int caller_cpu; /* the CPU the caller published its last job from, -1 unknown */
 #if POOL_STEP_ASIDE
   cpu_set_t allowed;     /* the process's CPUs when the pool was made */
-  bool have_allowed;
+  atomic_bool can_move;  /* allowed is known and no move has failed (then none is tried again) */
 #endif
 };
 
@@ -121,10 +121,12 @@ static uint64_t now_ns(void) {
    the process has one CPU, and outside Linux. */
 static void move_off(kiln__pool *p, size_t w, pthread_t t, int cpu) {
 #if POOL_STEP_ASIDE
-  if (cpu < 0 || !p->have_allowed) return;
+  if (cpu < 0 || !atomic_load_explicit(&p->can_move, memory_order_relaxed)) return;
   cpu_set_t m = p->allowed;
   CPU_CLR(cpu, &m);
-  if (CPU_COUNT(&m) > 0) (void)pthread_setaffinity_np(t, sizeof m, &m);
+  /* A mask the kernel refuses (a cpuset narrowed since) is not retried on every spin check. */
+  if (CPU_COUNT(&m) == 0 || pthread_setaffinity_np(t, sizeof m, &m) != 0)
+    atomic_store_explicit(&p->can_move, false, memory_order_relaxed);
   atomic_store_explicit(&p->wargs[w].cpu, -1, memory_order_relaxed);
 #else
   (void)p, (void)w, (void)t, (void)cpu;
@@ -259,7 +261,7 @@ kiln_status kiln__pool_create(int threads, kiln__pool **out, kiln_error *err) {
   atomic_init(&p->busy, false);
   atomic_init(&p->caller_cpu, -1);
 #if POOL_STEP_ASIDE
-  p->have_allowed = sched_getaffinity(0, sizeof p->allowed, &p->allowed) == 0;
+  atomic_init(&p->can_move, sched_getaffinity(0, sizeof p->allowed, &p->allowed) == 0);
 #endif
   p->n = 1;
   for (int i = 1; i < threads; i++) {
