@@ -142,6 +142,16 @@ static int current_cpu(void) {
 #endif
 }
 
+/* Worker `self` on the caller's CPU moves off it; elsewhere it records its CPU for the caller's
+   check when `record` (at the start of a job, not while it spins). */
+static void check_place(kiln__pool *p, size_t self, bool record) {
+  int me = current_cpu();
+  if (me >= 0 && me == atomic_load_explicit(&p->caller_cpu, memory_order_relaxed))
+    move_off(p, self, pthread_self(), me);
+  else if (record)
+    atomic_store_explicit(&p->wargs[self].cpu, me, memory_order_relaxed);
+}
+
 /* Where chunk i of the current job starts: i total / chunks, computed without overflow. */
 static inline size_t chunk_start(const kiln__pool *p, size_t i) {
   size_t q = p->total / p->chunks, r = p->total % p->chunks;
@@ -195,10 +205,7 @@ static bool spin_gen(kiln__pool *p, size_t self, uint64_t seen) {
       cpu_relax();
     }
     if (now_ns() - start > SPIN_NS) return false;
-    /* A worker spinning on the caller's CPU takes the caller's time. */
-    int me = current_cpu();
-    if (me >= 0 && me == atomic_load_explicit(&p->caller_cpu, memory_order_relaxed))
-      move_off(p, self, pthread_self(), me);
+    check_place(p, self, false); /* spinning on the caller's CPU takes the caller's time */
   }
 }
 
@@ -229,11 +236,7 @@ static void *worker_main(void *arg) {
     }
     if (atomic_load(&p->stop)) break;
     seen = t_gen(atomic_load_explicit(&p->ticket, memory_order_acquire));
-    int me = current_cpu();
-    if (me >= 0 && me == atomic_load_explicit(&p->caller_cpu, memory_order_relaxed))
-      move_off(p, self, pthread_self(), me);
-    else
-      atomic_store_explicit(&((worker_arg *)arg)->cpu, me, memory_order_relaxed);
+    check_place(p, self, true);
     run_chunks(p, self);
   }
   return NULL;
