@@ -13,6 +13,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include "kernels/cpu/avx2_tail.h"
 
 #define AVX2 __attribute__((target("avx2,fma")))
 #define RMAX 8     /* output rows per block, at most (stride 1: 8, stride 2: 7) */
@@ -99,7 +100,7 @@ AVX2 static inline void put(float *y, const float *z, __m256 v, size_t nx,
   if (ep->act == KILN__ACT_RELU) v = _mm256_max_ps(v, _mm256_setzero_ps());
   else if (ep->act == KILN__ACT_CLIP)
     v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(ep->lo)), _mm256_set1_ps(ep->hi));
-  _mm256_maskstore_ps(y, m, v);
+  kiln__avx2_store_head(y, v, nx);
 }
 
 /* Output rows oy .. oy + R - 1, every column; the first `keep` of them (inside the plane) are

@@ -207,15 +207,21 @@ static void wino_block(const wino_job *jb, size_t b, size_t p0, size_t p1, float
   float *v = slot, *mm = slot + a2 * vs;
   wino_run run[BLOCK_TILES];
   size_t nrun = block_runs(s, g, q0, nt, run);
-  /* Input transform, plane by plane, into the packed panels of each V_xi. */
-  for (size_t ci = 0; ci < s->c; ci++)
+  /* Input transform, plane by plane, into the packed panels of each V_xi. A run may write past
+     its tiles up to the end of its panel row, which later runs fill, and on into the next row
+     of the panel, which the next plane fills, except from a k block's last row (the next panel
+     follows, already written). */
+  for (size_t ci = 0; ci < s->c; ci++) {
+    bool last = ci + 1 == s->c || (ci + 1) % KILN__SGEMM_KC == 0;
     for (size_t r = 0; r < nrun; r++) {
       const wino_run *ru = &run[r];
       const float *xp = jb->x + (ru->img * s->c + ci) * plane;
       float *dst = v + kiln__sgemm_pb_offset(s->nr, s->c, nt, ci, ru->j);
+      size_t room = s->nr - ru->j % s->nr + (last ? 0 : s->nr);
       s->tf->in(xp, g->h, g->w, (int64_t)(ru->ty * m) - g->pt, (int64_t)(ru->tx * m) - g->pl,
-                ru->len, dst, vs);
+                ru->len, dst, vs, room);
     }
+  }
   /* M_xi [K x nt] = U_xi [K x C] V_xi [C x nt], for the parts' rows of K. */
   for (size_t i = 0; i < a2; i++)
     for (size_t p = p0; p < p1; p++) {

@@ -30,12 +30,15 @@ typedef struct kiln__wino_ep {
 
 /* in: the 4 x 4 transforms of nt <= KILN__WINO_RUN tiles of one channel plane x (h x w) whose
    patches start at row iy0 and columns ix0, ix0 + 2, ...: element (i, k) of tile t goes to
-   dst[(i * 4 + k) * xs + t]. Outside the plane reads as zero (padding).
+   dst[(i * 4 + k) * xs + t]. Outside the plane reads as zero (padding). Each of the 16 rows may
+   be written up to dst[... + room) (room >= nt): lanes [nt, room) may receive other values
+   (the caller overwrites them later), so the AVX2 build stores whole vectors there instead of
+   masked ones (VMASKMOVPS to memory is microcoded on AMD: avx2_tail.h).
    out: the inverse of the GEMMs' products src[(i * 4 + k) * xs + t] for the tiles of one output
    row band: writes rows < `rows` and columns < `cols` of y (row stride ldy), the tile t owning
    columns [2 t, 2 t + 2), with the epilogue. */
 typedef void (*kiln__wino_in_fn)(const float *x, size_t h, size_t w, int64_t iy0, int64_t ix0,
-                                 size_t nt, float *dst, size_t xs);
+                                 size_t nt, float *dst, size_t xs, size_t room);
 typedef void (*kiln__wino_out_fn)(const float *src, size_t xs, float *y, size_t ldy, size_t rows,
                                   size_t cols, const kiln__wino_ep *ep);
 

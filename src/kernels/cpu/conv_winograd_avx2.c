@@ -6,6 +6,7 @@
  * kiln__wino_tf_get() picks these only where the CPU has AVX2. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include "kernels/cpu/avx2_tail.h"
 
 #include "kernels/cpu/conv_winograd.h"
 
@@ -39,8 +40,8 @@ AVX2 static inline __m256 ld(const in_src *s, int r, int k, int off) {
 }
 
 /* B^T d B of 8 tiles, tile t's patch at columns 2 t .. 2 t + 3 of the group, into
-   dst[(i * 4 + k) * xs + t] for t < n. */
-AVX2 static inline void in8(const in_src *s, size_t n, float *dst, size_t xs) {
+   dst[(i * 4 + k) * xs + t] for t < n; all 8 lanes when `whole` (the caller's room). */
+AVX2 static inline void in8(const in_src *s, size_t n, bool whole, float *dst, size_t xs) {
   __m256 u[4][4];
   for (int r = 0; r < 4; r++) { /* d B, row r */
     __m256 d0, d1, d2, d3;
@@ -51,14 +52,13 @@ AVX2 static inline void in8(const in_src *s, size_t n, float *dst, size_t xs) {
     u[r][2] = _mm256_sub_ps(d2, d1);
     u[r][3] = _mm256_sub_ps(d1, d3);
   }
-  __m256i m = lanes(n);
   for (int k = 0; k < 4; k++) { /* B^T (d B), column k, stored at once (fewer live registers) */
     __m256 v[4] = {_mm256_sub_ps(u[0][k], u[2][k]), _mm256_add_ps(u[1][k], u[2][k]),
                    _mm256_sub_ps(u[2][k], u[1][k]), _mm256_sub_ps(u[1][k], u[3][k])};
     for (int i = 0; i < 4; i++) {
       float *d = dst + (size_t)(4 * i + k) * xs;
-      if (n == 8) _mm256_storeu_ps(d, v[i]);
-      else _mm256_maskstore_ps(d, m, v[i]); /* lanes past n: the next run's or panel row's */
+      if (whole) _mm256_storeu_ps(d, v[i]);
+      else kiln__avx2_store_head(d, v[i], n);
     }
   }
 }
@@ -71,7 +71,7 @@ static inline const float *at(const float *x, size_t w, int64_t iy, int64_t ix) 
 }
 
 AVX2 static void in_avx2(const float *x, size_t h, size_t w, int64_t iy0, int64_t ix0, size_t nt,
-                         float *dst, size_t xs) {
+                         float *dst, size_t xs, size_t room) {
   /* Group g of 8 tiles reads columns [c, c + 18), c = ix0 + 16 g: in place when those and the 4
      rows lie inside the plane, else with masks (columns as int32: w < 2^31 - 32). */
   in_src s;
@@ -92,7 +92,8 @@ AVX2 static void in_avx2(const float *x, size_t h, size_t w, int64_t iy0, int64_
         }
       }
     }
-    in8(&s, KILN__MIN(nt - t, (size_t)8), dst + t, xs);
+    size_t n = KILN__MIN(nt - t, (size_t)8);
+    in8(&s, n, n == 8 || t + 8 <= room, dst + t, xs);
   }
 }
 
@@ -116,7 +117,7 @@ AVX2 static inline void out_row(__m256 o0, __m256 o1, float *y, const float *z, 
       b = _mm256_blendv_ps(t, lo, _mm256_cmp_ps(b, lo, _CMP_LT_OQ));
     }
     if (c == 8) _mm256_storeu_ps(y + hf * 8, b);
-    else _mm256_maskstore_ps(y + hf * 8, m, b);
+    else kiln__avx2_store_head(y + hf * 8, b, c);
   }
 }
 

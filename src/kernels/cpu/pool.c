@@ -24,6 +24,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include "kernels/cpu/avx2_tail.h"
 #define POOL_X86 1
 #endif
 
@@ -170,7 +171,7 @@ INLINE_AVX2 void row_body(const float *v, float *y, size_t ow, size_t sw, size_t
       m = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(m), _MM_SHUFFLE(3, 1, 2, 0)));
     }
     if (ow - ox >= 8) _mm256_storeu_ps(y + ox, m);
-    else _mm256_maskstore_ps(y + ox, tail8(ow - ox), m);
+    else kiln__avx2_store_head(y + ox, m, ow - ox);
   }
 }
 

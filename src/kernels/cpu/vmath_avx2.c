@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include "kernels/cpu/vmath.h"
+#include "kernels/cpu/avx2_tail.h"
 
 #define KILN__FMA(a, b, c) fmaf(a, b, c)
 #include "kernels/cpu/vmath_scalar.h"
@@ -118,7 +119,7 @@ AVX2 static inline __m256 relu8(__m256 x) {
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, f(_mm256_loadu_ps(x + i))); \
     if (i < n) {                                                              \
       __m256i m = tail_mask(n - i);                                           \
-      _mm256_maskstore_ps(y + i, m, f(_mm256_maskload_ps(x + i, m)));         \
+      kiln__avx2_store_head(y + i, f(_mm256_maskload_ps(x + i, m)), n - i);   \
     }                                                                         \
   }
 UNARY(v_exp, exp8)
@@ -144,7 +145,7 @@ UNARY(v_relu, relu8)
       __m256i m = tail_mask(n - i);                                                          \
       if (sa) va = _mm256_maskload_ps(a + i, m);                                             \
       if (sb) vb = _mm256_maskload_ps(b + i, m);                                             \
-      _mm256_maskstore_ps(y + i, m, f(va, vb));                                              \
+      kiln__avx2_store_head(y + i, f(va, vb), n - i);                                        \
     }                                                                                        \
   }
 BINARY(v_add, _mm256_add_ps)
@@ -217,7 +218,7 @@ AVX2 static inline float exp_sub_sum(const float *x, float *y, size_t n, float m
     __m256i tm = tail_mask(rem);
     __m256 e = EXP8(_mm256_sub_ps(_mm256_maskload_ps(x + body, tm), mv));
     e = _mm256_and_ps(e, _mm256_castsi256_ps(tm));
-    _mm256_maskstore_ps(y + body, tm, e);
+    kiln__avx2_store_head(y + body, e, rem);
     s0 = _mm256_add_ps(s0, e);
   }
 #undef EXP8
@@ -232,7 +233,7 @@ AVX2 static void softmax_row(const float *x, float *y, size_t n) {
   for (i = 0; i < body; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), r));
   if (rem) {
     __m256i tm = tail_mask(rem);
-    _mm256_maskstore_ps(y + body, tm, _mm256_mul_ps(_mm256_maskload_ps(y + body, tm), r));
+    kiln__avx2_store_head(y + body, _mm256_mul_ps(_mm256_maskload_ps(y + body, tm), r), rem);
   }
 }
 
@@ -242,7 +243,7 @@ AVX2 static float softmax_step(float *x, size_t n, float *run_max) {
   if (m == -INFINITY) {
     size_t rem = n % 8, body = n - rem;
     for (size_t i = 0; i < body; i += 8) _mm256_storeu_ps(x + i, _mm256_setzero_ps());
-    if (rem) _mm256_maskstore_ps(x + body, tail_mask(rem), _mm256_setzero_ps());
+    if (rem) kiln__avx2_store_head(x + body, _mm256_setzero_ps(), rem);
     return 0.0f;
   }
   return exp_sub_sum(x, x, n, m, true);
@@ -290,7 +291,7 @@ AVX2 static void layernorm_row(const float *x, float *y, size_t n, const float *
     __m256 o = bias ? _mm256_fmadd_ps(d, _mm256_maskload_ps(scale + body, tm),
                                       _mm256_maskload_ps(bias + body, tm))
                     : _mm256_mul_ps(d, _mm256_maskload_ps(scale + body, tm));
-    _mm256_maskstore_ps(y + body, tm, o);
+    kiln__avx2_store_head(y + body, o, rem);
   }
   *mean = mu;
   *inv = iv;
