@@ -6,6 +6,8 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
+#include "kernels/cpu/avx2_tail.h"
+
 #define TARGET __attribute__((target("avx2,fma")))
 #define MR 6
 #define NR 16
@@ -65,8 +67,22 @@ store_row(float *restrict c, size_t r, __m256 v0, __m256 v1, const kiln__uk_stor
    10-35% of their time (bench/RESULTS.md, sixteenth session). Same operations in the same order
    as store_row, so the results are bit-identical. Returns false, storing nothing, when the tile
    needs the general path (alpha, load_c, a residual or a bias per column). */
+/* The first nr <= 16 columns of a row held in two vectors, with plain stores (avx2_tail.h: a
+   masked store is microcoded on AMD). */
+TARGET static inline __attribute__((always_inline)) void put_row(float *c, __m256 v0, __m256 v1,
+                                                                   size_t nr) {
+  if (nr >= 8) {
+    _mm256_storeu_ps(c, v0);
+    if (nr == NR) _mm256_storeu_ps(c + 8, v1);
+    else if (nr > 8) kiln__avx2_store_head(c + 8, v1, nr - 8);
+  } else {
+    kiln__avx2_store_head(c, v0, nr);
+  }
+}
+
 TARGET static inline __attribute__((always_inline)) bool
-store_tile_simple(float *restrict c, size_t ldc, size_t mr, const kiln__uk_store *s, __m256 c00,
+store_tile_simple(float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s,
+                  __m256 c00,
                   __m256 c01, __m256 c10, __m256 c11, __m256 c20, __m256 c21, __m256 c30,
                   __m256 c31, __m256 c40, __m256 c41, __m256 c50, __m256 c51) {
   const kiln__epilogue *ep = s->ep;
@@ -84,7 +100,7 @@ store_tile_simple(float *restrict c, size_t ldc, size_t mr, const kiln__uk_store
   }                                                                            \
   c##i##0 = act_in_regs(c##i##0, act, lo, hi);                                 \
   c##i##1 = act_in_regs(c##i##1, act, lo, hi);                                 \
-  _mm256_storeu_ps(c + i * ldc, c##i##0), _mm256_storeu_ps(c + i * ldc + 8, c##i##1);
+  put_row(c + i * ldc, c##i##0, c##i##1, nr);
   KILN_ROW(0)
   if (mr > 1) { KILN_ROW(1) }
   if (mr > 2) { KILN_ROW(2) }
@@ -112,6 +128,8 @@ uk_6x8(size_t kc, const float *restrict a, const float *restrict b, size_t ldb, 
     a += MR;
     b += ldb;
   }
+  __m256 z = _mm256_setzero_ps();
+  if (store_tile_simple(c, ldc, mr, nr, s, c0, z, c1, z, c2, z, c3, z, c4, z, c5, z)) return;
   _Alignas(32) float t[MR * 8];
   _mm256_store_ps(t + 0, c0), _mm256_store_ps(t + 8, c1), _mm256_store_ps(t + 16, c2);
   _mm256_store_ps(t + 24, c3), _mm256_store_ps(t + 32, c4), _mm256_store_ps(t + 40, c5);
@@ -251,8 +269,8 @@ uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
   if (nr == NR) {
     /* Full-width rows store from registers, also in the last row tile of an m that is not a
        multiple of 6 (every power of two: most layers' channel counts). */
-    if (store_tile_simple(c, ldc, mr, s, c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50,
-                          c51))
+    if (store_tile_simple(c, ldc, mr, NR, s, c00, c01, c10, c11, c20, c21, c30, c31, c40, c41,
+                          c50, c51))
       return;
     store_row(c, 0, c00, c01, s);
     if (mr > 1) store_row(c + ldc, 1, c10, c11, s);
@@ -262,6 +280,12 @@ uk_6x16(size_t kc, const float *restrict a, const float *restrict b, size_t ldb,
     if (mr > 5) store_row(c + 5 * ldc, 5, c50, c51, s);
     return;
   }
+  /* A narrower panel (the edge of n): from registers too, unless the epilogue needs the general
+     path; the tile copy and kiln__uk_store_tile's scalar stores cost Winograd's short last blocks
+     (13x13: 49 tiles) and the edge panels of odd planes ~2% of SqueezeNet. */
+  if (store_tile_simple(c, ldc, mr, nr, s, c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50,
+                        c51))
+    return;
   _Alignas(32) float t[MR * NR];
   _mm256_store_ps(t + 0 * NR, c00), _mm256_store_ps(t + 0 * NR + 8, c01);
   _mm256_store_ps(t + 1 * NR, c10), _mm256_store_ps(t + 1 * NR + 8, c11);
