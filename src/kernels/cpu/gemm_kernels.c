@@ -585,9 +585,19 @@ KILN__NO_LIBCALL_LOOPS static void conv_pack_b(const void *ctx, size_t nr, size_
       size_t len = run[r].len;
       float *dr = d + run[r].doff;
       if (iy < 0 || iy >= h) kiln__zero_floats(dr, len);
-      else if (first >= 0 && first + ((int64_t)len - 1) * sw < w) /* inside the row */
+      else if (first >= 0 && first + ((int64_t)len - 1) * sw < w) { /* inside the row */
+#ifdef KILN__HAVE_ROW_AVX
+        /* a whole panel row of the AVX2/AVX-512 kernels (nr >= 16: the CPU has AVX2) */
+        if (len == nr && nr >= 16 && sw <= 2) {
+          for (size_t q = 0; q < nr; q += 16)
+            sw == 1 ? kiln__copy_row_avx(dr + q, xp + iy * w + first + (int64_t)q, 16)
+                    : kiln__gather16_s2_avx2(dr + q, xp + iy * w + first + 2 * (int64_t)q);
+          continue;
+        }
+#endif
         sw == 1 ? kiln__copy_floats(dr, xp + iy * w + first, len)
                 : gather_floats(dr, xp + iy * w + first, sw, len);
+      }
       else pack_run(dr, xp + iy * w, first, sw, w, len);
     }
     if (tail) kiln__zero_floats(last + p * nr, tail);

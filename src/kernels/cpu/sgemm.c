@@ -178,6 +178,12 @@ KILN__NO_LIBCALL_LOOPS static void pack_b_block(size_t nr, bool trans, const flo
       for (size_t jp = 0; jp < nc; jp += nr) {
         size_t cols = KILN__MIN(nr, nc - jp);
         float *d = dst + jp * kc + p * nr;
+#ifdef KILN__HAVE_ROW_AVX
+        if (cols == nr && nr >= 16) {
+          kiln__copy_row_avx(d, src + jp, nr);
+          continue;
+        }
+#endif
         kiln__copy_floats(d, src + jp, cols);
         kiln__zero_floats(d + cols, nr - cols);
       }

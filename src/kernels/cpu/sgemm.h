@@ -193,6 +193,32 @@ static inline void kiln__zero_floats(float *d, size_t n) {
 #endif
 }
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+/* The packers' copy of a whole panel row of the AVX2 and AVX-512 kernels (nr >= 16 floats, a
+   multiple of 8): 32-byte moves, half the stores of kiln__copy_floats; stores are what the
+   Zen 3 host's slow phases slow (bench/RESULTS.md, sixteenth session). Call it only for nr >= 16:
+   the ISA selection gives such panels only where the CPU has AVX. */
+__attribute__((target("avx"))) static inline void kiln__copy_row_avx(float *restrict d,
+                                                                      const float *restrict s,
+                                                                      size_t nr) {
+  for (size_t i = 0; i < nr; i += 8) _mm256_storeu_ps(d + i, _mm256_loadu_ps(s + i));
+}
+/* d[t] = s[2 t] for t < 16 with AVX2 (the panel row of a stride-2 conv): two 32-byte stores
+   instead of four 16-byte ones. Reads s[0, 31), the last 8 with a masked load (s[31] may lie
+   past the input). */
+__attribute__((target("avx2"))) static inline void kiln__gather16_s2_avx2(float *restrict d,
+                                                                          const float *s) {
+  __m256 a = _mm256_loadu_ps(s), b = _mm256_loadu_ps(s + 8), c = _mm256_loadu_ps(s + 16);
+  __m256 e = _mm256_maskload_ps(s + 24, _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, -1, 0));
+  __m256 lo = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+  __m256 hi = _mm256_shuffle_ps(c, e, _MM_SHUFFLE(2, 0, 2, 0));
+  _mm256_storeu_ps(d, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(lo), 0xd8)));
+  _mm256_storeu_ps(d + 8, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(hi), 0xd8)));
+}
+#define KILN__HAVE_ROW_AVX 1
+#endif
+
 /* Runs the GEMM. A and B must not overlap C (the residual may). Packed operands must have been
    packed for the same ISA (their ISA is the one used). `pool` may be NULL; code already
    inside a kiln__parallel_for job must pass NULL. */
