@@ -249,6 +249,8 @@ size_t kiln__sgemm_nr(kiln__isa isa) { return impl_of(isa)->nr; }
 
 size_t kiln__sgemm_mr(kiln__isa isa) { return impl_of(isa)->mr; }
 
+kiln__sgemm_ukernel kiln__sgemm_uk(kiln__isa isa) { return impl_of(isa)->uk; }
+
 size_t kiln__sgemm_pack_a_floats(kiln__isa isa, size_t m, size_t k) {
   if ((unsigned)isa >= KILN__ISA_COUNT || !impls[isa].uk) return 0;
   return round_up(m, impls[isa].mr) * k;

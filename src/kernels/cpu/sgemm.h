@@ -247,6 +247,12 @@ typedef void (*kiln__sgemm_ukernel)(size_t kc, const float *restrict a, const fl
 void kiln__uk_store_tile(const float *tile, size_t ld, float *c, size_t ldc, size_t mr, size_t nr,
                          const kiln__uk_store *s);
 
+/* The packed microkernel of `isa` (the generic one for an ISA without its own), MR x NR as
+   kiln__sgemm_mr/nr report: for a caller that runs many tiny products over operands it packed
+   itself (Winograd's 16 per block of tiles), where the driver's setup per call cost more than
+   a few tiles' work. */
+kiln__sgemm_ukernel kiln__sgemm_uk(kiln__isa isa);
+
 void kiln__sgemm_uk_4x8__generic(size_t kc, const float *restrict a, const float *restrict b,
                                  float *restrict c, size_t ldc, size_t mr, size_t nr,
                                  const kiln__uk_store *s);
