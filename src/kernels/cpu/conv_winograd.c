@@ -6,11 +6,12 @@
  * into blocks of 32, the work items of the pool; a block's input transform is written straight
  * into the SGEMM's packed-B panels in scratch (V_xi [C x tiles], no copy), its 16 products M_xi
  * [K x tiles] (the SGEMM's microkernel called directly) go to scratch too, and its output
- * transform writes y with the fused epilogue (bias, residual, activation). A block's V and M are 16 (C + K) 32 floats (256 KiB at C = K = 64), so
- * they are still in L2 when the GEMMs and the output transform read them back. Scratch is one
- * such slot per thread at work (up to SLOTS_MAX: the plan sizes scratch without knowing the
- * thread count), reused block after block, so no call allocates. With fewer than two blocks per
- * thread a block's GEMMs and output transform are split over two halves of K. */
+ * transform writes y with the fused epilogue (bias, residual, activation). A block's V and M
+ * are 16 (C + K) 32 floats (256 KiB at C = K = 64), so they are still in L2 when the GEMMs and
+ * the output transform read them back. Scratch is one such slot per thread at work (up to
+ * SLOTS_MAX: the plan sizes scratch without knowing the thread count), reused block after block,
+ * so no call allocates. With fewer than two blocks per thread, or blocks that share out unevenly,
+ * a block's GEMMs and output transform are split over two halves of K. */
 #include "kernels/cpu/conv_winograd.h"
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -225,12 +226,11 @@ static void wino_block(const wino_job *jb, size_t b, size_t p0, size_t p1, float
                 ru->len, dst, vs, room);
     }
   }
-  /* M_xi [K x nt] = U_xi [K x C] V_xi [C x nt], for the parts' rows of K. */
-  /* Straight to the microkernel, in the driver's order for a packed B (panels outer): a
-     block's products are tiny (m = K, n <= 32 tiles, k = C: 16 at SqueezeNet's first expand
-     convs), and kiln__sgemm_run's setup and tile loop per call were ~5% of SqueezeNet's samples
-     (pair: 1.024 faster at one thread, 1.037 at two; ResNets even). Same tiles, same k blocks:
-     bit-identical. */
+  /* M_xi [K x nt] = U_xi [K x C] V_xi [C x nt], for the parts' rows of K, straight to the
+     microkernel in the driver's order for a packed B (panels outer): a block's products are
+     tiny (m = K, n <= 32 tiles, k = C: 16 at SqueezeNet's first expand convs), and
+     kiln__sgemm_run's setup and tile loop per call were ~5% of SqueezeNet's samples (pair: 1.024
+     faster at one thread, 1.037 at two; ResNets even). Same tiles, same k blocks: bit-identical. */
   for (size_t i = 0; i < a2; i++)
     for (size_t p = p0; p < p1; p++) {
       size_t rows = s->kp[p + 1] - s->kp[p], mpad = (rows + s->mr - 1) / s->mr * s->mr;
