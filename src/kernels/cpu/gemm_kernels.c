@@ -589,9 +589,10 @@ KILN__NO_LIBCALL_LOOPS static void conv_pack_b(const void *ctx, size_t nr, size_
 #ifdef KILN__HAVE_ROW_AVX
         /* a whole panel row of the AVX2/AVX-512 kernels (nr >= 16: the CPU has AVX2) */
         if (len == nr && nr >= 16 && sw <= 2) {
-          for (size_t q = 0; q < nr; q += 16)
-            sw == 1 ? kiln__copy_row_avx(dr + q, xp + iy * w + first + (int64_t)q, 16)
-                    : kiln__gather16_s2_avx2(dr + q, xp + iy * w + first + 2 * (int64_t)q);
+          if (sw == 1) kiln__copy_row_avx(dr, xp + iy * w + first, nr);
+          else
+            for (size_t q = 0; q < nr; q += 16)
+              kiln__gather16_s2_avx2(dr + q, xp + iy * w + first + 2 * (int64_t)q);
           continue;
         }
 #endif

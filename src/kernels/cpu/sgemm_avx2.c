@@ -61,12 +61,6 @@ store_row(float *restrict c, size_t r, __m256 v0, __m256 v1, const kiln__uk_stor
   _mm256_storeu_ps(c + 8, v1);
 }
 
-/* Stores a full-width tile whose epilogue is at most a bias per row and ReLU or Clip (convs'
-   usual one), deciding that once per tile: store_row re-reads the epilogue's fields and tests
-   them for every row (a store to C may alias them), which cost pointwise convs with k = 16-32
-   10-35% of their time (bench/RESULTS.md, sixteenth session). Same operations in the same order
-   as store_row, so the results are bit-identical. Returns false, storing nothing, when the tile
-   needs the general path (alpha, load_c, a residual or a bias per column). */
 /* The first nr <= 16 columns of a row held in two vectors, with plain stores (avx2_tail.h: a
    masked store is microcoded on AMD). */
 TARGET static inline __attribute__((always_inline)) void put_row(float *c, __m256 v0, __m256 v1,
@@ -80,11 +74,16 @@ TARGET static inline __attribute__((always_inline)) void put_row(float *c, __m25
   }
 }
 
+/* Stores a tile's first nr columns when its epilogue is at most a bias per row and ReLU or
+   Clip (convs' usual one), deciding that once per tile: store_row re-reads the epilogue's fields
+   and tests them for every row (a store to C may alias them), which cost pointwise convs with
+   k = 16-32 10-35% of their time (bench/RESULTS.md, sixteenth session). Same operations in the same order
+   as store_row, so the results are bit-identical. Returns false, storing nothing, when the tile
+   needs the general path (alpha, load_c, a residual or a bias per column). */
 TARGET static inline __attribute__((always_inline)) bool
 store_tile_simple(float *restrict c, size_t ldc, size_t mr, size_t nr, const kiln__uk_store *s,
-                  __m256 c00,
-                  __m256 c01, __m256 c10, __m256 c11, __m256 c20, __m256 c21, __m256 c30,
-                  __m256 c31, __m256 c40, __m256 c41, __m256 c50, __m256 c51) {
+                  __m256 c00, __m256 c01, __m256 c10, __m256 c11, __m256 c20, __m256 c21,
+                  __m256 c30, __m256 c31, __m256 c40, __m256 c41, __m256 c50, __m256 c51) {
   const kiln__epilogue *ep = s->ep;
   if (s->alpha != 1.0f || s->load_c ||
       (ep && (ep->residual || (ep->bias && !ep->bias_per_row))))
