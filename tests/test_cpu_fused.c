@@ -575,7 +575,7 @@ static void attention_cases(kiln__pool *pool) {
     int64_t b, h, s, t, d, dv;
     int mask_rank;
     int64_t mask[4];
-    int causal, pattern;
+    int causal, pattern, bshd; /* bshd: layout BSHD, heads inside rows (strided Q, K, V, Y) */
   } cases[] = {
       {2, 3, 17, 150, 16, 24, 0, {0}, 0, 0},            /* two key blocks, no mask */
       {2, 3, 17, 150, 16, 24, 4, {2, 1, 1, 150}, 0, 0}, /* a padding mask, broadcast */
@@ -594,6 +594,13 @@ static void attention_cases(kiln__pool *pool) {
       {1, 1, 20, 140, 8, 8, 2, {20, 140}, 0, MASK_ALL_KEYS}, /* NaN rows */
       {1, 1, 10, 20, 130, 300, 0, {0}, 0, 0},           /* D over one block, Dv > 256 */
       {3, 12, 70, 40, 4, 4, 1, {40}, 0, 0},             /* 72 tasks, more than slots */
+      /* BSHD: rows H * D apart; two key blocks and a padding mask, causal over blocks with a
+         4-D mask, odd D and Dv with a partial key tail, D over one block, NaN rows */
+      {2, 3, 17, 150, 16, 24, 4, {2, 1, 1, 150}, 0, 0, 1},
+      {1, 2, 200, 200, 32, 32, 4, {1, 2, 200, 200}, 1, 0, 1},
+      {1, 3, 131, 131, 13, 7, 0, {0}, 0, 0, 1},
+      {1, 2, 10, 20, 130, 300, 0, {0}, 0, 0, 1},
+      {1, 4, 20, 140, 8, 8, 2, {20, 140}, 0, MASK_ALL_KEYS, 1},
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     int n_in = cases[i].mask_rank ? 4 : 3;
@@ -602,6 +609,12 @@ static void attention_cases(kiln__pool *pool) {
         {cases[i].b, cases[i].h, cases[i].s, cases[i].d},
         {cases[i].b, cases[i].h, cases[i].t, cases[i].d},
         {cases[i].b, cases[i].h, cases[i].t, cases[i].dv}};
+    if (cases[i].bshd)
+      for (int t = 0; t < 3; t++) { /* [B,H,R,W] -> [B,R,H,W] */
+        int64_t h = dims[t][1];
+        dims[t][1] = dims[t][2];
+        dims[t][2] = h;
+      }
     memcpy(dims[3], cases[i].mask, sizeof cases[i].mask);
     onenode o;
     onenode_make(&o, "Attention", n_in, ranks, dims, 0);
@@ -619,6 +632,7 @@ static void attention_cases(kiln__pool *pool) {
     }
     kt_attr_float(o.n, "scale", 1.0f / sqrtf((float)cases[i].d));
     kt_attr_int(o.n, "causal", cases[i].causal);
+    if (cases[i].bshd) kt_attr_str(o.n, "layout", "BSHD");
     onenode_check(&o, pool, 1e-4f);
     onenode_free(&o);
   }

@@ -386,6 +386,43 @@ static void fused_dwpw_macs(void **state) {
   kiln_model_free(m);
 }
 
+/* ai.kiln Attention (tests/models/pass_attention.onnx at level 2, batch 1): B H S T D + B H S T Dv
+   = 2 * 4 * 80 * 80 * 8 MACs each, from the shapes of either layout (the first two nodes are
+   BSHD, Q [1, 80, 4, 8], the third BHSD, Q [1, 4, 80, 8]). */
+static void attention_macs(void **state) {
+  (void)state;
+  char path[1024];
+  snprintf(path, sizeof path, "%s/models/pass_attention.onnx", tests_dir);
+  kiln_model *m = kt_load(path, 1, 2);
+  kiln_session *s = NULL;
+  kiln_profile *p = NULL;
+  kiln_error err = {0};
+  assert_int_equal(kiln_session_create(m, &s, &err), KILN_OK);
+  assert_int_equal(kiln_profile_create(m, 1, &p, &err), KILN_OK);
+  int64_t xd[3] = {1, 80, 32}, md[4] = {1, 1, 1, 80};
+  kiln_tensor in[2];
+  assert_int_equal(kiln_tensor_alloc(&in[0], KILN_DTYPE_FLOAT, 3, xd, &err), KILN_OK);
+  assert_int_equal(kiln_tensor_alloc(&in[1], KILN_DTYPE_FLOAT, 4, md, &err), KILN_OK);
+  for (int i = 0; i < 2; i++) memset(in[i].data, 0, kiln_tensor_nbytes(&in[i]));
+  kiln_run_opts o = kiln_run_opts_default();
+  o.profile = p;
+  const char *names[] = {"x", "mask"};
+  assert_int_equal(kiln_session_run_ex(s, names, in, 2, &o, &err), KILN_OK);
+  size_t seen = 0;
+  for (size_t i = 0; i < kiln_profile_event_count(p); i++) {
+    kiln_profile_event e;
+    assert_int_equal(kiln_profile_event_get(p, i, &e), KILN_OK);
+    if (strcmp(e.op_type, "Attention")) continue;
+    assert_int_equal(e.macs, (uint64_t)2 * 4 * 80 * 80 * 8);
+    seen++;
+  }
+  assert_int_equal(seen, 3);
+  for (int i = 0; i < 2; i++) kiln_tensor_release(&in[i]);
+  kiln_profile_free(p);
+  kiln_session_free(s);
+  kiln_model_free(m);
+}
+
 static void *worker_main(void *arg) {
   worker *w = arg;
   kiln_session *s = NULL;
@@ -442,6 +479,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(bad_arguments_are_errors),
       cmocka_unit_test(concurrent_sessions_profile),
       cmocka_unit_test(fused_dwpw_macs),
+      cmocka_unit_test(attention_macs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -277,10 +277,11 @@ save("linear", [
 
 
 # fuse-attention: multi-head self-attention as BERT exports it (heads split by Reshape; K as
-# Transpose(0,2,3,1); Div by sqrt(D); an additive [B,1,1,T] mask input), and a second head group
-# where K^T comes as Transpose(0,1,3,2) of K with a Mul scale and no mask. T = 80 spans two
-# blocks of the online softmax.
-def attention_nodes(p, x, kperm, scale_op, mask):
+# Transpose(0,2,3,1); Div by sqrt(D); an additive [B,1,1,T] mask input), a second head group
+# where K^T comes as Transpose(0,1,3,2) of K with a Mul scale and no mask, and a third whose
+# heads are not merged (Y [B,H,T,D] is a graph output: the Attention stays BHSD). T = 80 spans
+# two blocks of the online softmax.
+def attention_nodes(p, x, kperm, scale_op, mask, merge=True):
     nodes = []
     for w in "qkv":
         nodes += [helper.make_node("MatMul", [x, f"{p}w{w}"], [f"{p}{w}l"], name=f"{p}{w}_mm"),
@@ -303,9 +304,10 @@ def attention_nodes(p, x, kperm, scale_op, mask):
         nodes.append(helper.make_node("Add", [last, mask], [f"{p}sm"], name=f"{p}mask"))
         last = f"{p}sm"
     nodes += [helper.make_node("Softmax", [last], [f"{p}pr"], name=f"{p}softmax", axis=-1),
-              helper.make_node("MatMul", [f"{p}pr", f"{p}v"], [f"{p}o"], name=f"{p}pv"),
-              helper.make_node("Transpose", [f"{p}o"], [f"{p}ot"], name=f"{p}o_t", perm=[0, 2, 1, 3]),
-              helper.make_node("Reshape", [f"{p}ot", "merge"], [f"{p}y"], name=f"{p}merge")]
+              helper.make_node("MatMul", [f"{p}pr", f"{p}v"], [f"{p}o"], name=f"{p}pv")]
+    if merge:
+        nodes += [helper.make_node("Transpose", [f"{p}o"], [f"{p}ot"], name=f"{p}o_t", perm=[0, 2, 1, 3]),
+                  helper.make_node("Reshape", [f"{p}ot", "merge"], [f"{p}y"], name=f"{p}merge")]
     return nodes
 
 
@@ -317,10 +319,17 @@ att_inits = [init("heads", np.array([0, 0, NH, E // NH], np.int64)),
 for p in "ab":
     for w in "qkv":
         att_inits.append(init(f"{p}_w{w}", rand(E, E)))
+# the third group's weights from their own generator, so the models after this one keep theirs
+rng_c = np.random.default_rng(4321)
+att_inits.append(init("c_sc", np.array(1 / np.sqrt(E // NH), np.float32)))
+for w in "qkv":
+    att_inits.append(init(f"c_w{w}", rng_c.uniform(-1, 1, (E, E)).astype(np.float32)))
 save("attention", attention_nodes("a_", "x", "0231", "Div", "mask") +
-     attention_nodes("b_", "x", "0132", "Mul", None),
+     attention_nodes("b_", "x", "0132", "Mul", None) +
+     attention_nodes("c_", "x", "0231", "Mul", None, merge=False),
      [vi("x", ["batch", T, E]), vi("mask", ["batch", 1, 1, T])],
-     [vi("a_y", ["batch", T, E]), vi("b_y", ["batch", T, E])], att_inits)
+     [vi("a_y", ["batch", T, E]), vi("b_y", ["batch", T, E]),
+      vi("c_o", ["batch", NH, T, E // NH])], att_inits)
 
 # fuse-rmsnorm: Pow / ReduceMean / Add eps / Sqrt / Div / Mul scale, and the Mul(x, x) /
 # Reciprocal form with the scale first.

@@ -101,6 +101,22 @@ kiln_status kiln__read_ints(const kiln__kctx *c, const kiln_tensor *t, int64_t *
    such as Loop that cannot size their needs at planning time). NULL when out of memory. */
 void *kiln__dyn_scratch(kiln__kctx *c, size_t bytes);
 
+/* ai.kiln Attention's geometry (docs/FUSED_OPS.md). Its `layout` attribute places the heads:
+   "BHSD" (default) Q [B,H,S,D], K [B,H,T,D], V [B,H,T,Dv], Y [B,H,S,Dv]; "BSHD" the same with
+   the head axis inside each row (Q [B,S,H,D]...), as projections write them before the split's
+   Transpose. Row r of head (b, h) of a tensor starts at b * sb + h * sh + r * ld elements. */
+typedef struct kiln__att_view {
+  size_t sb, sh, ld;
+} kiln__att_view;
+typedef struct kiln__att_geom {
+  size_t B, H, S, T, D, Dv;
+  kiln__att_view q, k, v, y;
+} kiln__att_geom;
+/* Reads the sizes from Q, K, V (rank 4, float or not) under the node's layout; fails with a
+   message naming the expected shapes when they disagree or the layout is unknown. */
+kiln_status kiln__att_geom_of(const kiln__node *n, const kiln_tensor *q, const kiln_tensor *k,
+                              const kiln_tensor *v, kiln__att_geom *g, kiln_error *err);
+
 /* SEQUENCE and OPTIONAL values hold other values instead of elements. */
 static inline bool kiln__is_container(kiln_dtype t) {
   return t == KILN_DTYPE_SEQUENCE || t == KILN_DTYPE_OPTIONAL;

@@ -1,4 +1,6 @@
 /* Helpers shared by shape inference and kernels. */
+#include <string.h>
+
 #include "ir/op.h"
 
 void kiln__set_shape(kiln_tensor *t, kiln_dtype dtype, int rank, const int64_t *dims) {
@@ -39,6 +41,36 @@ void kiln__bcast_strides(const kiln_tensor *t, int rank, const int64_t *dims, in
     int j = i - (rank - t->rank);
     strides[i] = (j < 0 || t->dims[j] == 1) && dims[i] != 1 ? 0 : (j < 0 ? 0 : own[j]);
   }
+}
+
+/* One tensor of `rows` rows of `width` per head under the layout. */
+static kiln__att_view att_view(bool bshd, size_t H, size_t rows, size_t width) {
+  if (bshd) return (kiln__att_view){.sb = rows * H * width, .sh = width, .ld = H * width};
+  return (kiln__att_view){.sb = H * rows * width, .sh = rows * width, .ld = width};
+}
+
+kiln_status kiln__att_geom_of(const kiln__node *n, const kiln_tensor *q, const kiln_tensor *k,
+                              const kiln_tensor *v, kiln__att_geom *g, kiln_error *err) {
+  const char *layout = kiln__attr_str(n, "layout", "BHSD");
+  bool bshd = !strcmp(layout, "BSHD");
+  if (!bshd && strcmp(layout, "BHSD") != 0)
+    return kiln__fail(err, KILN_INVALID_ARGUMENT, "Attention layout must be BHSD or BSHD, not %s",
+                      layout);
+  int hd = bshd ? 2 : 1, rd = bshd ? 1 : 2; /* the head and row axes */
+  if (q->rank != 4 || k->rank != 4 || v->rank != 4 || k->dims[0] != q->dims[0] ||
+      v->dims[0] != q->dims[0] || k->dims[hd] != q->dims[hd] || v->dims[hd] != q->dims[hd] ||
+      k->dims[3] != q->dims[3] || v->dims[rd] != k->dims[rd])
+    return kiln__fail(err, KILN_INVALID_ARGUMENT,
+                      bshd ? "Attention needs Q [B,S,H,D], K [B,T,H,D], V [B,T,H,Dv] (BSHD)"
+                           : "Attention needs Q [B,H,S,D], K [B,H,T,D], V [B,H,T,Dv]");
+  *g = (kiln__att_geom){.B = (size_t)q->dims[0], .H = (size_t)q->dims[hd],
+                        .S = (size_t)q->dims[rd], .T = (size_t)k->dims[rd],
+                        .D = (size_t)q->dims[3], .Dv = (size_t)v->dims[3]};
+  g->q = att_view(bshd, g->H, g->S, g->D);
+  g->k = att_view(bshd, g->H, g->T, g->D);
+  g->v = att_view(bshd, g->H, g->T, g->Dv);
+  g->y = att_view(bshd, g->H, g->S, g->Dv);
+  return KILN_OK;
 }
 
 bool kiln__norm_axis(int64_t axis, int rank, int *out) {

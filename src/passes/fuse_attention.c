@@ -8,7 +8,9 @@
                                               -> that Transpose's perm becomes 0,2,1,3
      anything else                            -> a Transpose(Kt, perm 0,1,3,2) is inserted.
    The mask stays an input (added as the graph adds it, broadcast to [B,H,S,T]); a causal mask is
-   not recognised as such, so `causal` stays 0 and the result is the unfused one's. */
+   not recognised as such, so `causal` stays 0 and the result is the unfused one's. Then the
+   heads' split and merge Transposes around it go where all four are there (heads_inside_rows:
+   layout BSHD). */
 #include <stdio.h>
 
 #include "passes/pass.h"
@@ -78,6 +80,7 @@ static int key_input(kiln__pass_ctx *ctx, int i_qk, int kt, kiln_status *st) {
     kiln__attr *a = (kiln__attr *)kiln__attr_find(&g->nodes[p], "perm");
     memcpy(a->ints, heads, sizeof heads);
     g->nodes[p].out[0] = k;
+    g->values[k].producer = p;
     return k;
   }
   int k = kiln__pass_new_value(ctx, g->values[kt].name);
@@ -92,6 +95,33 @@ static int key_input(kiln__pass_ctx *ctx, int i_qk, int kt, kiln_status *st) {
 oom:
   *st = kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory fusing attention");
   return -1;
+}
+
+/* The head split and merge of an exported attention block, absorbed into Attention (i_att) as
+   layout BSHD: Q, K and V each a Transpose(0,2,1,3) read only by the Attention, and Y read
+   only by a Transpose(0,2,1,3). Then the Attention reads the Transposes' inputs and writes the
+   last one's output, so four copies go; with any of the four missing the graph stays BHSD. */
+static kiln_status heads_inside_rows(kiln__pass_ctx *ctx, int i_att) {
+  kiln__graph *g = ctx->g;
+  static const int64_t heads[4] = {0, 2, 1, 3};
+  int t_in[3], in[4], slot;
+  kiln__node *f = &g->nodes[i_att];
+  for (int s = 0; s < 3; s++) {
+    t_in[s] = private_producer(ctx, f->in[s], i_att);
+    if (t_in[s] < 0 || !perm_is(&g->nodes[t_in[s]], heads)) return KILN_OK;
+    in[s] = g->nodes[t_in[s]].in[0];
+  }
+  int t_out = kiln__pass_sole_user(ctx, f->out[0], &slot);
+  if (t_out < 0 || ctx->dead[t_out] || !perm_is(&g->nodes[t_out], heads)) return KILN_OK;
+  if (f->n_in > 3) in[3] = f->in[3];
+  kiln_status st = kiln__pass_set_inputs(ctx, f, in, f->n_in);
+  if (st != KILN_OK) return st;
+  if ((st = kiln__pass_add_attr_str(ctx, f, "layout", "BSHD")) != KILN_OK) return st;
+  f->out[0] = g->nodes[t_out].out[0];
+  g->values[f->out[0]].producer = i_att;
+  for (int s = 0; s < 3; s++) kiln__pass_kill(ctx, t_in[s]);
+  kiln__pass_kill(ctx, t_out);
+  return KILN_OK;
 }
 
 static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
@@ -162,6 +192,7 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
     int chain[] = {i_qk, i_scale, i_mask, i_sm};
     for (size_t c = 0; c < sizeof chain / sizeof chain[0]; c++)
       if (chain[c] >= 0) kiln__pass_kill(ctx, chain[c]);
+    if ((st = heads_inside_rows(ctx, i_pv)) != KILN_OK) return st;
     *changed = true;
   }
   return KILN_OK;

@@ -147,8 +147,10 @@ static uint64_t node_macs(const kiln__node *n, const kiln_tensor *const *in, int
     return count_of(y) * (uint64_t)(k > 0 ? k : 0);
   }
   if (kiln && !strcmp(op, "Attention") && n_in > 2) {
-    /* Q K^T: [B, H, S, T] scores of D products each; then [B, H, S, Dv] outputs of T each */
-    int64_t t = dim_or0(in[1], -2), d = dim_or0(in[0], -1);
+    /* Q K^T: [B, H, S, T] scores of D products each; then [B, H, S, Dv] outputs of T each
+       (T is K's axis 1 in layout BSHD, 2 in BHSD) */
+    bool bshd = !strcmp(kiln__attr_str(n, "layout", "BHSD"), "BSHD");
+    int64_t t = dim_or0(in[1], bshd ? -3 : -2), d = dim_or0(in[0], -1);
     uint64_t scores = t > 0 && d > 0 ? count_of(a) / (uint64_t)d * (uint64_t)t : 0;
     return scores * (uint64_t)d + count_of(y) * (uint64_t)(t > 0 ? t : 0);
   }

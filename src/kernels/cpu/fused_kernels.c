@@ -170,7 +170,8 @@ typedef struct att_job {
   const vm_state *st;
   const float *q, *k, *v, *mask;
   float *y, *scratch;
-  size_t B, H, S, T, D, Dv, s_blocks, tasks, slot_floats, qpack_floats;
+  kiln__att_geom g; /* sizes, and where each head's rows are (either layout) */
+  size_t s_blocks, tasks, slot_floats, qpack_floats;
   int64_t ms[4]; /* the mask's strides in [B, H, S, T] (0 where broadcast) */
   float scale;
   bool causal;
@@ -227,16 +228,23 @@ static size_t att_ppack_floats(kiln__isa isa) {
   return round16(kiln__sgemm_pack_a_floats(isa, SB, TB));
 }
 
-static size_t att_tasks(size_t B, size_t H, size_t S) { return B * H * ((S + SB - 1) / SB); }
+static size_t att_tasks(const kiln__att_geom *g) { return g->B * g->H * ((g->S + SB - 1) / SB); }
+
+/* V's rows copied together when they lie apart (layout BSHD: H * Dv floats), where the P V
+   product would read them in place from 128 rows on a few L1 sets. */
+static bool att_v_copied(const kiln__att_geom *g) { return g->v.ld != g->Dv; }
 
 static void att_task(const att_job *j, size_t task, float *mem) {
   size_t bh = task / j->s_blocks, s0 = task % j->s_blocks * SB;
-  size_t b = bh / j->H, h = bh % j->H, ns = KILN__MIN((size_t)SB, j->S - s0);
-  size_t D = j->D, Dv = j->Dv, T = j->T, S = j->S;
+  const kiln__att_geom *g = &j->g;
+  size_t b = bh / g->H, h = bh % g->H, ns = KILN__MIN((size_t)SB, g->S - s0);
+  size_t D = g->D, Dv = g->Dv, T = g->T, S = g->S;
+  size_t ldq = g->q.ld, ldk = g->k.ld, ldv = g->v.ld, ldy = g->y.ld;
   kiln__isa isa = j->st->isa;
-  const float *k = j->k + bh * T * D, *v = j->v + bh * T * Dv;
-  float *y = j->y + (bh * S + s0) * Dv;
+  const float *k = j->k + b * g->k.sb + h * g->k.sh, *v = j->v + b * g->v.sb + h * g->v.sh;
+  float *y = j->y + b * g->y.sb + h * g->y.sh + s0 * ldy;
   float *sc = mem + j->qpack_floats, *kt = sc + SB * TB, *pp = kt;
+  float *vb = att_v_copied(g) ? kt + KILN__MAX(att_ppack_floats(isa), round16(D * KT_LD)) : NULL;
   /* The microkernel's rows: floats for one row of k = 1 (0 when the ISA has no kernel, and
      the GEMM then packs P itself). */
   size_t mr = kiln__sgemm_pack_a_floats(isa, 1, 1);
@@ -249,20 +257,21 @@ static void att_task(const att_job *j, size_t task, float *mem) {
   size_t t_end = T;
   if (j->causal) t_end = s0 + ns + T <= S ? 0 : KILN__MIN(T, s0 + ns + T - S);
   if (t_end == 0) { /* every key masked: 0 / 0, the NaN the unfused Softmax gives */
-    for (size_t i = 0; i < ns * Dv; i++) y[i] = NAN;
+    for (size_t r = 0; r < ns; r++)
+      for (size_t e = 0; e < Dv; e++) y[r * ldy + e] = NAN;
     return;
   }
   kiln__sgemm_packed pq = {.isa = isa, .is_a = true, .rows = ns, .k = D, .data = mem};
-  const float *q = j->q + (bh * S + s0) * D;
-  if (mr && D <= TB) pack_rows(q, D, ns, D, mr, mem);
-  else kiln__sgemm_pack_a_into(NULL, isa, false, ns, D, q, D, mem, &pq);
+  const float *q = j->q + b * g->q.sb + h * g->q.sh + s0 * ldq;
+  if (mr && D <= TB) pack_rows(q, ldq, ns, D, mr, mem);
+  else kiln__sgemm_pack_a_into(NULL, isa, false, ns, D, q, ldq, mem, &pq);
   const float *mrow = NULL; /* the mask at (b, h, s0, 0) */
   if (j->mask) mrow = j->mask + (int64_t)b * j->ms[0] + (int64_t)h * j->ms[1] +
                       (int64_t)s0 * j->ms[2];
   bool mask_in_gemm = mrow && j->ms[3] == 1;
   for (size_t t0 = 0; t0 < t_end; t0 += TB) {
     size_t nt = KILN__MIN((size_t)TB, t_end - t0);
-    transpose(k + t0 * D, D, nt, D, kt, KT_LD);
+    transpose(k + t0 * ldk, ldk, nt, D, kt, KT_LD);
     kiln__sgemm_args g = {.m = ns, .n = nt, .k = D, .pa = &pq, .b = kt, .ldb = KT_LD,
                           .b_in_place = true, .c = sc, .ldc = TB, .alpha = j->scale};
     if (mask_in_gemm) g.ep = (kiln__epilogue){.residual = mrow + t0, .ldr = (size_t)j->ms[2]};
@@ -284,14 +293,20 @@ static void att_task(const att_job *j, size_t task, float *mem) {
       } else if (run_max[r] != old) { /* rescale what earlier blocks added */
         float corr = old == -INFINITY ? 0.0f : expf(old - run_max[r]);
         run_sum[r] = run_sum[r] * corr + sum;
-        for (size_t e = 0; e < Dv; e++) y[r * Dv + e] *= corr;
+        for (size_t e = 0; e < Dv; e++) y[r * ldy + e] *= corr;
       } else {
         run_sum[r] += sum;
       }
     }
     /* The first block writes Y's rows, later ones add to them. */
-    kiln__sgemm_args pv = {.m = ns, .n = Dv, .k = nt, .a = sc, .lda = TB, .b = v + t0 * Dv,
-                           .ldb = Dv, .b_in_place = true, .c = y, .ldc = Dv, .alpha = 1.0f,
+    const float *vr = v + t0 * ldv;
+    size_t ldb = ldv;
+    if (vb) {
+      for (size_t t = 0; t < nt; t++) memcpy(vb + t * Dv, vr + t * ldv, Dv * sizeof *vb);
+      vr = vb, ldb = Dv;
+    }
+    kiln__sgemm_args pv = {.m = ns, .n = Dv, .k = nt, .a = sc, .lda = TB, .b = vr,
+                           .ldb = ldb, .b_in_place = true, .c = y, .ldc = ldy, .alpha = 1.0f,
                            .accumulate = t0 > 0};
     kiln__sgemm_packed ppk = {.isa = isa, .is_a = true, .rows = ns, .k = nt, .data = pp};
     if (mr) {
@@ -302,7 +317,7 @@ static void att_task(const att_job *j, size_t task, float *mem) {
   }
   for (size_t r = 0; r < ns; r++) {
     float inv = 1.0f / run_sum[r]; /* every key masked: 1/0, and 0 * inf = NaN as unfused */
-    for (size_t e = 0; e < Dv; e++) y[r * Dv + e] *= inv;
+    for (size_t e = 0; e < Dv; e++) y[r * ldy + e] *= inv;
   }
 }
 
@@ -313,62 +328,61 @@ static void att_slots(void *arg, size_t b, size_t e, size_t slot) {
   for (size_t t = b; t < e; t++) att_task(j, t, mem);
 }
 
-static size_t att_slot_floats(kiln__isa isa, size_t D) {
-  return att_qpack_floats(isa, D) + (size_t)SB * TB + KILN__MAX(att_ppack_floats(isa), D * KT_LD);
+static size_t att_slot_floats(kiln__isa isa, const kiln__att_geom *g) {
+  return att_qpack_floats(isa, g->D) + (size_t)SB * TB +
+         KILN__MAX(att_ppack_floats(isa), round16(g->D * KT_LD)) +
+         (att_v_copied(g) ? (size_t)TB * g->Dv : 0);
 }
 
-/* Whether the fast kernel runs these inputs (else the reference does, and reports errors). */
-static bool att_fast(const kiln__kctx *c) {
+/* Whether the fast kernel runs these inputs, and their geometry (else the reference runs them,
+   and reports errors). */
+static bool att_fast(const kiln__kctx *c, kiln__att_geom *g) {
   const kiln_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
   const kiln_tensor *mask = c->n_in > 3 ? c->in[3] : NULL;
-  return f32(q) && f32(k) && f32(v) && (!mask || f32(mask)) && q->rank == 4 && k->rank == 4 &&
-         v->rank == 4 && (!mask || mask->rank <= 4) && q->dims[3] == k->dims[3] &&
-         k->dims[2] == v->dims[2];
+  kiln_error err = {0};
+  return f32(q) && f32(k) && f32(v) && (!mask || f32(mask)) && (!mask || mask->rank <= 4) &&
+         kiln__att_geom_of(c->node, q, k, v, g, &err) == KILN_OK;
 }
 
 /* Slots the scratch holds: one per task up to one per online CPU (the plan does not know the
    session's thread count; a pool of more threads than CPUs gains nothing here). */
-static size_t att_slot_count(const kiln__kctx *c, const vm_state *s) {
-  const kiln_tensor *q = c->in[0];
-  size_t n = KILN__MIN((size_t)ATT_SLOTS_MAX, s->cpus);
-  return KILN__MIN(n, att_tasks((size_t)q->dims[0], (size_t)q->dims[1], (size_t)q->dims[2]));
+static size_t att_slot_count(const kiln__att_geom *g, const vm_state *s) {
+  return KILN__MIN(KILN__MIN((size_t)ATT_SLOTS_MAX, s->cpus), att_tasks(g));
 }
 
 static size_t scratch_attention(const kiln__kctx *c, void *state) {
   const vm_state *s = state;
   size_t ref = c->node->op->scratch ? c->node->op->scratch(c) : 0;
-  if (!att_fast(c)) return ref;
-  size_t fast = att_slot_count(c, s) * att_slot_floats(s->isa, (size_t)c->in[0]->dims[3]) *
-                sizeof(float) + 64;
+  kiln__att_geom g;
+  if (!att_fast(c, &g)) return ref;
+  size_t fast = att_slot_count(&g, s) * att_slot_floats(s->isa, &g) * sizeof(float) + 64;
   return KILN__MAX(ref, fast);
 }
 
 static kiln_status exec_attention(kiln__kctx *c, void *state) {
   const vm_state *s = state;
-  if (!att_fast(c)) return ref_run(c);
-  const kiln_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
-  const kiln_tensor *mask = c->n_in > 3 ? c->in[3] : NULL;
-  att_job j = {.st = s, .q = q->data, .k = k->data, .v = v->data,
-               .mask = mask ? mask->data : NULL, .y = c->out[0]->data,
-               .B = (size_t)q->dims[0], .H = (size_t)q->dims[1], .S = (size_t)q->dims[2],
-               .T = (size_t)k->dims[2], .D = (size_t)q->dims[3], .Dv = (size_t)v->dims[3],
-               .scale = kiln__attr_float(c->node, "scale", 1.0f),
+  att_job j = {.st = s, .scale = kiln__attr_float(c->node, "scale", 1.0f),
                .causal = kiln__attr_int(c->node, "causal", 0) != 0};
+  if (!att_fast(c, &j.g)) return ref_run(c);
+  const kiln_tensor *mask = c->n_in > 3 ? c->in[3] : NULL;
+  j.q = c->in[0]->data, j.k = c->in[1]->data, j.v = c->in[2]->data;
+  j.mask = mask ? mask->data : NULL, j.y = c->out[0]->data;
+  const kiln__att_geom *g = &j.g;
   if (mask) {
-    int64_t sd[4] = {q->dims[0], q->dims[1], q->dims[2], k->dims[2]};
+    int64_t sd[4] = {(int64_t)g->B, (int64_t)g->H, (int64_t)g->S, (int64_t)g->T};
     kiln__bcast_strides(mask, 4, sd, j.ms);
   }
-  if (j.B * j.H * j.S == 0 || j.Dv == 0) return KILN_OK;
-  j.qpack_floats = att_qpack_floats(s->isa, j.D);
-  j.slot_floats = att_slot_floats(s->isa, j.D);
+  if (g->B * g->H * g->S == 0 || g->Dv == 0) return KILN_OK;
+  j.qpack_floats = att_qpack_floats(s->isa, g->D);
+  j.slot_floats = att_slot_floats(s->isa, g);
   /* As many slots as the scratch holds (the count scratch() asked for). */
   size_t slots =
       c->scratch_bytes < 64 ? 0 : (c->scratch_bytes - 64) / sizeof(float) / j.slot_floats;
   if (slots == 0) return ref_run(c);
   j.scratch = (float *)(((uintptr_t)c->scratch + 63) & ~(uintptr_t)63);
-  j.s_blocks = (j.S + SB - 1) / SB;
-  j.tasks = j.B * j.H * j.s_blocks;
-  double work = (double)j.B * j.H * j.S * j.T * (double)(j.D + j.Dv);
+  j.s_blocks = (g->S + SB - 1) / SB;
+  j.tasks = att_tasks(g);
+  double work = (double)g->B * g->H * g->S * g->T * (double)(g->D + g->Dv);
   struct kiln__pool *pool = kiln__pool_for(c->pool, work);
   /* A slot per thread, or one thread. */
   if (slots < (size_t)kiln__pool_threads(pool)) pool = NULL;

@@ -483,18 +483,16 @@ static kiln_status infer_attention(kiln__kctx *c) {
     return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "Attention needs a scale attribute");
   if (q->dtype != KILN_DTYPE_FLOAT || k->dtype != KILN_DTYPE_FLOAT || v->dtype != KILN_DTYPE_FLOAT)
     return kiln__fail(c->err, KILN_UNSUPPORTED, "Attention takes float32");
-  if (q->rank != 4 || k->rank != 4 || v->rank != 4 || q->dims[0] != k->dims[0] ||
-      q->dims[1] != k->dims[1] || q->dims[3] != k->dims[3] || v->dims[0] != k->dims[0] ||
-      v->dims[1] != k->dims[1] || v->dims[2] != k->dims[2])
-    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
-                      "Attention needs Q [B,H,S,D], K [B,H,T,D], V [B,H,T,Dv]");
-  int64_t sdims[4] = {q->dims[0], q->dims[1], q->dims[2], k->dims[2]};
+  kiln__att_geom g;
+  kiln_status st = kiln__att_geom_of(c->node, q, k, v, &g, c->err);
+  if (st != KILN_OK) return st;
+  int64_t sdims[4] = {(int64_t)g.B, (int64_t)g.H, (int64_t)g.S, (int64_t)g.T};
   if (mask) {
     if (mask->dtype != KILN_DTYPE_FLOAT)
       return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "Attention mask must be float32");
-    kiln_status st = check_residual(c, mask, 4, sdims, false);
-    if (st != KILN_OK) return st;
+    if ((st = check_residual(c, mask, 4, sdims, false)) != KILN_OK) return st;
   }
+  /* Y has Q's shape with Dv for D, in Q's layout */
   int64_t y[4] = {q->dims[0], q->dims[1], q->dims[2], v->dims[3]};
   kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, 4, y);
   return KILN_OK;
@@ -507,8 +505,10 @@ static size_t scratch_attention(const kiln__kctx *c) {
 static kiln_status run_attention(kiln__kctx *c) {
   const kiln_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
   const kiln_tensor *mask = c->n_in > 3 ? c->in[3] : NULL;
-  size_t B = (size_t)q->dims[0], H = (size_t)q->dims[1], S = (size_t)q->dims[2];
-  size_t D = (size_t)q->dims[3], T = (size_t)k->dims[2], Dv = (size_t)v->dims[3];
+  kiln__att_geom g;
+  kiln_status st = kiln__att_geom_of(c->node, q, k, v, &g, c->err);
+  if (st != KILN_OK) return st;
+  size_t B = g.B, H = g.H, S = g.S, D = g.D, T = g.T, Dv = g.Dv;
   double scale = kiln__attr_float(c->node, "scale", 1.0f);
   bool causal = kiln__attr_int(c->node, "causal", 0) != 0;
   int64_t ms[4] = {0, 0, 0, 0};
@@ -519,9 +519,10 @@ static kiln_status run_attention(kiln__kctx *c) {
   double *sc = c->scratch, *acc = sc + ATT_BLOCK;
   for (size_t b = 0; b < B; b++)
     for (size_t h = 0; h < H; h++) {
-      size_t bh = b * H + h;
+      const float *Qh = Q + b * g.q.sb + h * g.q.sh, *Kh = K + b * g.k.sb + h * g.k.sh;
+      const float *Vh = V + b * g.v.sb + h * g.v.sh;
       for (size_t s = 0; s < S; s++) {
-        const float *qr = Q + (bh * S + s) * D;
+        const float *qr = Qh + s * g.q.ld;
         /* keys past s + (T - S) are masked in causal mode */
         size_t t_end = !causal ? T : s + T < S ? 0 : s + T - S + 1 < T ? s + T - S + 1 : T;
         double run_max = -INFINITY, run_sum = 0;
@@ -530,7 +531,7 @@ static kiln_status run_attention(kiln__kctx *c) {
           size_t nt = t_end - t0 < ATT_BLOCK ? t_end - t0 : ATT_BLOCK;
           double bmax = -INFINITY;
           for (size_t j = 0; j < nt; j++) {
-            const float *kr = K + (bh * T + t0 + j) * D;
+            const float *kr = Kh + (t0 + j) * g.k.ld;
             double dot = 0;
             for (size_t d = 0; d < D; d++) dot += (double)qr[d] * kr[d];
             double x = scale * dot;
@@ -548,12 +549,12 @@ static kiln_status run_attention(kiln__kctx *c) {
           for (size_t j = 0; j < nt; j++) {
             double p = exp(sc[j] - new_max);
             run_sum += p;
-            const float *vr = V + (bh * T + t0 + j) * Dv;
+            const float *vr = Vh + (t0 + j) * g.v.ld;
             for (size_t e = 0; e < Dv; e++) acc[e] += p * vr[e];
           }
           run_max = new_max;
         }
-        float *yr = Y + (bh * S + s) * Dv;
+        float *yr = Y + b * g.y.sb + h * g.y.sh + s * g.y.ld;
         /* every key masked: 0/0, the NaN the unfused Softmax gives */
         for (size_t e = 0; e < Dv; e++) yr[e] = (float)(acc[e] / run_sum);
       }
