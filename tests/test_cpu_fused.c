@@ -601,6 +601,8 @@ static void attention_cases(kiln__pool *pool) {
       {1, 3, 131, 131, 13, 7, 0, {0}, 0, 0, 1},
       {1, 2, 10, 20, 130, 300, 0, {0}, 0, 0, 1},
       {1, 4, 20, 140, 8, 8, 2, {20, 140}, 0, MASK_ALL_KEYS, 1},
+      /* minilm_l12's shape: two query blocks share one key block's K and V per head */
+      {2, 3, 128, 128, 32, 32, 4, {2, 1, 1, 128}, 0, 0, 1},
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     int n_in = cases[i].mask_rank ? 4 : 3;

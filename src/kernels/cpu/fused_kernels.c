@@ -175,6 +175,7 @@ typedef struct att_job {
   int64_t ms[4]; /* the mask's strides in [B, H, S, T] (0 where broadcast) */
   float scale;
   bool causal;
+  bool share_kv; /* one key block for every query block: see att_shares_kv */
 } att_job;
 
 /* dst[c * ldd + r] = src[r * lds + c] for rows x cols: K's block as the score GEMM's B, which
@@ -234,7 +235,20 @@ static size_t att_tasks(const kiln__att_geom *g) { return g->B * g->H * ((g->S +
    product would read them in place from 128 rows on a few L1 sets. */
 static bool att_v_copied(const kiln__att_geom *g) { return g->v.ld != g->Dv; }
 
-static void att_task(const att_job *j, size_t task, float *mem) {
+/* With every key in one block (T <= TB, not causal: each query block reads all T keys) a slot's
+   transposed K and copied V serve the next task when it is the same head's next query block, so
+   P's panels get their own memory instead of reusing K's. */
+static bool att_shares_kv(const kiln__att_geom *g, bool causal) { return g->T <= TB && !causal; }
+
+/* Floats from a slot's transposed K block to what follows it: P's panels when they reuse its
+   memory, else P's panels come first. */
+static size_t att_kt_floats(kiln__isa isa, const kiln__att_geom *g, bool share) {
+  size_t kt = round16(g->D * KT_LD);
+  return share ? kt + att_ppack_floats(isa) : KILN__MAX(att_ppack_floats(isa), kt);
+}
+
+/* kv_ready: the slot holds this head's K block and V copy (the previous task's, att_shares_kv). */
+static void att_task(const att_job *j, size_t task, float *mem, bool kv_ready) {
   size_t bh = task / j->s_blocks, s0 = task % j->s_blocks * SB;
   const kiln__att_geom *g = &j->g;
   size_t b = bh / g->H, h = bh % g->H, ns = KILN__MIN((size_t)SB, g->S - s0);
@@ -243,8 +257,9 @@ static void att_task(const att_job *j, size_t task, float *mem) {
   kiln__isa isa = j->st->isa;
   const float *k = j->k + b * g->k.sb + h * g->k.sh, *v = j->v + b * g->v.sb + h * g->v.sh;
   float *y = j->y + b * g->y.sb + h * g->y.sh + s0 * ldy;
-  float *sc = mem + j->qpack_floats, *kt = sc + SB * TB, *pp = kt;
-  float *vb = att_v_copied(g) ? kt + KILN__MAX(att_ppack_floats(isa), round16(D * KT_LD)) : NULL;
+  float *sc = mem + j->qpack_floats, *kt = sc + SB * TB;
+  float *pp = j->share_kv ? kt + round16(D * KT_LD) : kt;
+  float *vb = att_v_copied(g) ? kt + att_kt_floats(isa, g, j->share_kv) : NULL;
   /* The microkernel's rows: floats for one row of k = 1 (0 when the ISA has no kernel, and
      the GEMM then packs P itself). */
   size_t mr = kiln__sgemm_pack_a_floats(isa, 1, 1);
@@ -271,7 +286,7 @@ static void att_task(const att_job *j, size_t task, float *mem) {
   bool mask_in_gemm = mrow && j->ms[3] == 1;
   for (size_t t0 = 0; t0 < t_end; t0 += TB) {
     size_t nt = KILN__MIN((size_t)TB, t_end - t0);
-    transpose(k + t0 * ldk, ldk, nt, D, kt, KT_LD);
+    if (!kv_ready) transpose(k + t0 * ldk, ldk, nt, D, kt, KT_LD);
     kiln__sgemm_args g = {.m = ns, .n = nt, .k = D, .pa = &pq, .b = kt, .ldb = KT_LD,
                           .b_in_place = true, .c = sc, .ldc = TB, .alpha = j->scale};
     if (mask_in_gemm) g.ep = (kiln__epilogue){.residual = mrow + t0, .ldr = (size_t)j->ms[2]};
@@ -302,7 +317,8 @@ static void att_task(const att_job *j, size_t task, float *mem) {
     const float *vr = v + t0 * ldv;
     size_t ldb = ldv;
     if (vb) {
-      for (size_t t = 0; t < nt; t++) memcpy(vb + t * Dv, vr + t * ldv, Dv * sizeof *vb);
+      if (!kv_ready)
+        for (size_t t = 0; t < nt; t++) memcpy(vb + t * Dv, vr + t * ldv, Dv * sizeof *vb);
       vr = vb, ldb = Dv;
     }
     kiln__sgemm_args pv = {.m = ns, .n = Dv, .k = nt, .a = sc, .lda = TB, .b = vr,
@@ -325,12 +341,16 @@ static void att_task(const att_job *j, size_t task, float *mem) {
 static void att_slots(void *arg, size_t b, size_t e, size_t slot) {
   att_job *j = arg;
   float *mem = j->scratch + slot * j->slot_floats;
-  for (size_t t = b; t < e; t++) att_task(j, t, mem);
+  size_t prev = SIZE_MAX; /* the head whose K and V the slot holds */
+  for (size_t t = b; t < e; t++) {
+    size_t bh = t / j->s_blocks;
+    att_task(j, t, mem, j->share_kv && bh == prev);
+    prev = bh;
+  }
 }
 
-static size_t att_slot_floats(kiln__isa isa, const kiln__att_geom *g) {
-  return att_qpack_floats(isa, g->D) + (size_t)SB * TB +
-         KILN__MAX(att_ppack_floats(isa), round16(g->D * KT_LD)) +
+static size_t att_slot_floats(kiln__isa isa, const kiln__att_geom *g, bool share) {
+  return att_qpack_floats(isa, g->D) + (size_t)SB * TB + att_kt_floats(isa, g, share) +
          (att_v_copied(g) ? (size_t)TB * g->Dv : 0);
 }
 
@@ -355,7 +375,8 @@ static size_t scratch_attention(const kiln__kctx *c, void *state) {
   size_t ref = c->node->op->scratch ? c->node->op->scratch(c) : 0;
   kiln__att_geom g;
   if (!att_fast(c, &g)) return ref;
-  size_t fast = att_slot_count(&g, s) * att_slot_floats(s->isa, &g) * sizeof(float) + 64;
+  bool share = att_shares_kv(&g, kiln__attr_int(c->node, "causal", 0) != 0);
+  size_t fast = att_slot_count(&g, s) * att_slot_floats(s->isa, &g, share) * sizeof(float) + 64;
   return KILN__MAX(ref, fast);
 }
 
@@ -374,7 +395,8 @@ static kiln_status exec_attention(kiln__kctx *c, void *state) {
   }
   if (g->B * g->H * g->S == 0 || g->Dv == 0) return KILN_OK;
   j.qpack_floats = att_qpack_floats(s->isa, g->D);
-  j.slot_floats = att_slot_floats(s->isa, g);
+  j.share_kv = att_shares_kv(g, j.causal);
+  j.slot_floats = att_slot_floats(s->isa, g, j.share_kv);
   /* As many slots as the scratch holds (the count scratch() asked for). */
   size_t slots =
       c->scratch_bytes < 64 ? 0 : (c->scratch_bytes - 64) / sizeof(float) / j.slot_floats;
