@@ -246,6 +246,73 @@ static void fused_conv_matches_reference(void **st) {
   for_each_isa(fconv_cases);
 }
 
+/* ---- NCHW8c: BlockedConv, ToBlocked, FromBlocked (conv_blocked.c) ---------------------------- */
+
+static void blocked_cases(kiln__pool *pool) {
+  /* N, C, H, W, M, k, group, stride, pad, bias, Z, activation index (-1: every one) */
+  static const struct {
+    int64_t n, c, h, w, m, k, group, stride, pad;
+    int bias, z, act;
+  } cases[] = {
+      {1, 16, 7, 9, 24, 1, 1, 1, 0, 1, 1, -1},     /* pointwise: 63 pixels, 3 output blocks */
+      {2, 8, 5, 5, 16, 1, 1, 1, 0, 0, 0, 3},       /* 25 pixels (a tile of 1), Relu6, batch 2 */
+      {1, 96, 14, 14, 24, 1, 1, 1, 0, 1, 1, 0},    /* a projection with its residual */
+      {1, 24, 30, 30, 144, 1, 1, 1, 0, 1, 0, 3},   /* an expansion: units of output blocks */
+      {1, 32, 40, 41, 24, 1, 1, 1, 0, 1, 1, 2},    /* 205 KB of input: units of pixels */
+      {1, 16, 9, 11, 16, 3, 16, 1, 1, 1, 1, -1},   /* depthwise, stride 1, odd plane */
+      {2, 24, 15, 15, 24, 3, 24, 2, 1, 1, 1, 3},   /* depthwise, stride 2, odd plane */
+      {1, 8, 56, 56, 8, 3, 8, 2, 1, 1, 0, 3},      /* ... even plane (right pad unused) */
+      {1, 32, 7, 7, 32, 3, 32, 1, 1, 1, 0, 2},     /* 7x7: one interior tile per row */
+      {1, 8, 3, 2, 8, 3, 8, 1, 1, 0, 0, 0},        /* a plane narrower than the taps */
+      {1, 16, 8, 8, 16, 3, 16, 1, 0, 1, 0, 2},     /* no padding */
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
+    size_t a0 = cases[i].act < 0 ? 0 : (size_t)cases[i].act;
+    size_t a1 = cases[i].act < 0 ? KILN__ARRAY_LEN(acts) : a0 + 1;
+    for (size_t a = a0; a < a1; a++) {
+      int64_t oh = (cases[i].h + 2 * cases[i].pad - cases[i].k) / cases[i].stride + 1;
+      int64_t ow = (cases[i].w + 2 * cases[i].pad - cases[i].k) / cases[i].stride + 1;
+      int n_in = cases[i].z ? 4 : cases[i].bias ? 3 : 2;
+      int ranks[4] = {5, 4, cases[i].bias ? 1 : -1, 5};
+      int64_t dims[4][KILN_MAX_RANK] = {
+          {cases[i].n, cases[i].c / 8, cases[i].h, cases[i].w, 8},
+          {cases[i].m, cases[i].c / cases[i].group, cases[i].k, cases[i].k},
+          {cases[i].m},
+          {cases[i].n, cases[i].m / 8, oh, ow, 8}};
+      onenode o;
+      onenode_make(&o, "BlockedConv", n_in, ranks, dims, 2);
+      int64_t st[2] = {cases[i].stride, cases[i].stride};
+      int64_t p[4] = {cases[i].pad, cases[i].pad, cases[i].pad, cases[i].pad};
+      kt_attr_ints(o.n, "strides", st, 2);
+      kt_attr_ints(o.n, "pads", p, 4);
+      kt_attr_int(o.n, "group", cases[i].group);
+      attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
+      onenode_check(&o, pool, 1e-4f);
+      onenode_free(&o);
+    }
+  }
+  /* the reorders, both ways, with pixel counts around the 8 x 8 transposes */
+  static const int64_t shapes[][4] = {{1, 8, 1, 1}, {2, 16, 3, 5}, {1, 24, 8, 8}, {1, 32, 9, 7}};
+  for (size_t i = 0; i < KILN__ARRAY_LEN(shapes); i++) {
+    const int64_t *d = shapes[i];
+    int r4[1] = {4}, r5[1] = {5};
+    int64_t nchw[1][KILN_MAX_RANK] = {{d[0], d[1], d[2], d[3]}};
+    int64_t blk[1][KILN_MAX_RANK] = {{d[0], d[1] / 8, d[2], d[3], 8}};
+    onenode o;
+    onenode_make(&o, "ToBlocked", 1, r4, nchw, 0);
+    onenode_check(&o, pool, 0.0f);
+    onenode_free(&o);
+    onenode_make(&o, "FromBlocked", 1, r5, blk, 0);
+    onenode_check(&o, pool, 0.0f);
+    onenode_free(&o);
+  }
+}
+
+static void blocked_conv_matches_reference(void **st) {
+  (void)st;
+  for_each_isa(blocked_cases);
+}
+
 /* ---- FusedConv, algorithm="winograd" (conv_winograd.c) --------------------------------------- */
 
 static void wino_cases(kiln__pool *pool) {
@@ -689,6 +756,7 @@ static void rows_check_domain_and_activation(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(fused_conv_matches_reference),
+      cmocka_unit_test(blocked_conv_matches_reference),
       cmocka_unit_test(winograd_conv_matches_reference),
       cmocka_unit_test(winograd_transforms_match_portable),
       cmocka_unit_test(dwpw_matches_reference),

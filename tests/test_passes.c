@@ -245,6 +245,16 @@ static void fuse_attention(void **s) {
   check_case(&(pass_case){"models/pass_attention.onnx", "fuse-attention", 2, 3, 45, 26, false});
 }
 
+/* blocked-layout: the inverted-residual chain (6 convs after fuse-linear) runs in NCHW8c with
+   one ToBlocked and one FromBlocked (13 -> 15 nodes); the region with 4 reorders for 3 convs and
+   the region of 2 stay. Nothing at level 2. */
+static void blocked_layout(void **s) {
+  (void)s;
+  pass_case pc = {"models/pass_blocked.onnx", "blocked-layout", 3, 6, 20, 15, false};
+  check_case(&pc);
+  check_not_below(&pc, 13);
+}
+
 static void fuse_rmsnorm(void **s) {
   (void)s;
   check_case(&(pass_case){"models/pass_rmsnorm.onnx", "fuse-rmsnorm", 2, 2, 13, 2, false});
@@ -435,6 +445,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(fuse_layernorm), cmocka_unit_test(fuse_gelu),
       cmocka_unit_test(fuse_gelu_tanh), cmocka_unit_test(fuse_hardswish),
       cmocka_unit_test(fuse_linear),    cmocka_unit_test(fuse_attention),
+      cmocka_unit_test(blocked_layout),
       cmocka_unit_test(fuse_rmsnorm),   cmocka_unit_test(attention_causal),
       cmocka_unit_test(fuse_chain),     cmocka_unit_test(winograd),
       cmocka_unit_test(fuse_dwpw),      cmocka_unit_test(fuse_qdq_out),

@@ -49,6 +49,7 @@ extern const kiln__pass kiln__pass_fuse_qdq_out;
 extern const kiln__pass kiln__pass_fuse_rowq;
 extern const kiln__pass kiln__pass_winograd;
 extern const kiln__pass kiln__pass_fuse_dwpw;
+extern const kiln__pass kiln__pass_blocked;
 
 /* ---- helpers (pass_util.c) ------------------------------------------------------------------- */
 

@@ -7,17 +7,19 @@
 
 /* Order matters within a round: identities go first so later patterns see through them, folding
    before the patterns that need constant operands, fuse-qdq before fuse-linear (which would take
-   the Relu between a Conv and its QuantizeLinear), winograd after fuse-linear (it marks the
-   fused convs; a Conv it makes fused still takes its epilogue next round), fuse-dwpw after both
-   (it takes finished FusedConv pairs), fuse-qdq-out after fuse-qdq (it takes the QLinearMatMuls
+   the Relu between a Conv and its QuantizeLinear), blocked-layout after fuse-linear (it takes
+   finished FusedConvs and leaves what it does not convert to the next two), winograd after
+   fuse-linear (it marks the fused convs; a Conv it makes fused still takes its epilogue next
+   round), fuse-dwpw after both (it takes finished FusedConv pairs), fuse-qdq-out after fuse-qdq
+   (it takes the QLinearMatMuls
    that one makes) and fuse-rowq (int8-dynamic per row), dead-code elimination last. */
 static const kiln__pass *const passes[] = {
     &kiln__pass_identity,       &kiln__pass_const_fold,   &kiln__pass_cse,
     &kiln__pass_conv_bn,        &kiln__pass_affine_fold,  &kiln__pass_fuse_layernorm,
     &kiln__pass_fuse_gelu,      &kiln__pass_fuse_rmsnorm, &kiln__pass_fuse_attention,
     &kiln__pass_fuse_qdq,       &kiln__pass_fuse_qdq_out, &kiln__pass_fuse_rowq,
-    &kiln__pass_fuse_chain,     &kiln__pass_fuse_linear,  &kiln__pass_winograd,
-    &kiln__pass_fuse_dwpw,      &kiln__pass_dce,
+    &kiln__pass_fuse_chain,     &kiln__pass_fuse_linear,  &kiln__pass_blocked,
+    &kiln__pass_winograd,       &kiln__pass_fuse_dwpw,    &kiln__pass_dce,
 };
 
 enum { MAX_ROUNDS = 8 };

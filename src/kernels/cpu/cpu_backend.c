@@ -44,7 +44,7 @@ static const struct {
     {"quant", kiln__cpu_quant_kernels},       {"nbits", kiln__cpu_nbits_kernels},
     {"copy", kiln__cpu_copy_kernels},         {"qadd", kiln__cpu_qadd_kernels},
     {"convt", kiln__cpu_convt_kernels},       {"dwpw", kiln__cpu_dwpw_kernels},
-    {"cast", kiln__cpu_cast_kernels}};
+    {"cast", kiln__cpu_cast_kernels},         {"blocked", kiln__cpu_blocked_kernels}};
 
 static bool same_domain(const char *row, const char *node) {
   if (!node || !strcmp(node, "ai.onnx")) node = "";

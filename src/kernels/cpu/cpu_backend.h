@@ -71,6 +71,8 @@ extern const kiln__cpu_kernel kiln__cpu_copy_kernels[];   /* Concat (copy_kernel
 extern const kiln__cpu_kernel kiln__cpu_convt_kernels[];  /* ConvTranspose (convt_kernels.c) */
 extern const kiln__cpu_kernel kiln__cpu_winograd_kernels[]; /* FusedConv algorithm=winograd */
 extern const kiln__cpu_kernel kiln__cpu_dwpw_kernels[];     /* DwPwConv (conv_dwpw.c) */
+/* NCHW8c: BlockedConv, ToBlocked, FromBlocked (conv_blocked.c) */
+extern const kiln__cpu_kernel kiln__cpu_blocked_kernels[];
 extern const kiln__cpu_kernel kiln__cpu_cast_kernels[];     /* Cast of 16-bit floats (F16C) */
 /* com.microsoft QLinearAdd, QLinearGlobalAveragePool (qadd_kernels.c) */
 extern const kiln__cpu_kernel kiln__cpu_qadd_kernels[];

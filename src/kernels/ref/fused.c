@@ -562,6 +562,129 @@ static kiln_status run_attention(kiln__kctx *c) {
   return KILN_OK;
 }
 
+/* ---- NCHW8c: ToBlocked, FromBlocked, BlockedConv ------------------------------------------- */
+
+/* A tensor [N, C, H, W] stored as [N, C/8, H, W, 8]: channel c in block c / 8, lane c % 8. */
+enum { BLK = 8 };
+
+static kiln_status infer_to_blocked(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0];
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != 4 || x->dims[1] % BLK != 0)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "ToBlocked takes float32 [N, C, H, W] with C a multiple of 8");
+  int64_t d[5] = {x->dims[0], x->dims[1] / BLK, x->dims[2], x->dims[3], BLK};
+  kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, 5, d);
+  return KILN_OK;
+}
+
+static kiln_status infer_from_blocked(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0];
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != 5 || x->dims[4] != BLK)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "%s takes float32 [N, C/8, H, W, 8]", c->node->op_type);
+  int64_t d[4] = {x->dims[0], x->dims[1] * BLK, x->dims[2], x->dims[3]};
+  kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, 4, d);
+  return KILN_OK;
+}
+
+/* planes = N * C / 8 blocks of hw pixels: x [N, C, H, W] <-> y [N, C/8, H, W, 8]. */
+static void to_blocked(const float *x, size_t blocks, size_t hw, float *y) {
+  for (size_t b = 0; b < blocks; b++)
+    for (size_t l = 0; l < BLK; l++)
+      for (size_t p = 0; p < hw; p++) y[(b * hw + p) * BLK + l] = x[(b * BLK + l) * hw + p];
+}
+
+static void from_blocked(const float *x, size_t blocks, size_t hw, float *y) {
+  for (size_t b = 0; b < blocks; b++)
+    for (size_t l = 0; l < BLK; l++)
+      for (size_t p = 0; p < hw; p++) y[(b * BLK + l) * hw + p] = x[(b * hw + p) * BLK + l];
+}
+
+static kiln_status run_to_blocked(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0];
+  to_blocked(x->data, (size_t)(x->dims[0] * x->dims[1]) / BLK, (size_t)(x->dims[2] * x->dims[3]),
+             c->out[0]->data);
+  return KILN_OK;
+}
+
+static kiln_status run_from_blocked(kiln__kctx *c) {
+  const kiln_tensor *x = c->in[0];
+  from_blocked(x->data, (size_t)(x->dims[0] * x->dims[1]), (size_t)(x->dims[2] * x->dims[3]),
+               c->out[0]->data);
+  return KILN_OK;
+}
+
+/* BlockedConv is FusedConv on NCHW8c X, Z and Y: the reference converts X to [N, C, H, W] in
+   scratch, runs the plain Conv there, converts the result into Y and applies the epilogue
+   (elementwise, so in either layout), bit for bit FusedConv's result. `*xv` and `*yv` get the
+   [N, C, H, W] views of X and Y (data NULL). */
+static kiln_status blocked_views(const kiln__kctx *c, kiln_tensor *xv, kiln_tensor *yv) {
+  const kiln_tensor *x = c->in[0];
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != 5 || x->dims[4] != BLK)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "BlockedConv takes float32 [N, C/8, H, W, 8]");
+  int64_t d[4] = {x->dims[0], x->dims[1] * BLK, x->dims[2], x->dims[3]};
+  *xv = (kiln_tensor){.dtype = KILN_DTYPE_FLOAT};
+  kiln__set_shape(xv, KILN_DTYPE_FLOAT, 4, d);
+  *yv = (kiln_tensor){.dtype = KILN_DTYPE_FLOAT};
+  const kiln_tensor *in[3] = {xv, c->in[1], c->n_in > 2 ? c->in[2] : NULL};
+  kiln_tensor *out[1] = {yv};
+  kiln__kctx s = sub_ctx(c, 3);
+  s.in = in, s.out = out;
+  kiln_status st = plain("Conv")->infer(&s);
+  if (st == KILN_OK && (yv->rank != 4 || yv->dims[1] % BLK != 0))
+    st = kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                    "BlockedConv needs a multiple of 8 output channels");
+  return st;
+}
+
+static kiln_status infer_bconv(kiln__kctx *c) {
+  act a;
+  kiln_tensor xv, yv;
+  kiln_status st = act_get(c, &a);
+  if (st == KILN_OK) st = blocked_views(c, &xv, &yv);
+  if (st != KILN_OK) return st;
+  int64_t d[5] = {yv.dims[0], yv.dims[1] / BLK, yv.dims[2], yv.dims[3], BLK};
+  kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, 5, d);
+  return c->n_in > 3 ? check_residual(c, c->in[3], 5, d, true) : KILN_OK;
+}
+
+static size_t scratch_bconv(const kiln__kctx *c) {
+  kiln_tensor xv, yv;
+  kiln_error err = {0};
+  kiln__kctx s = sub_ctx(c, 3);
+  s.err = &err;
+  if (blocked_views(&s, &xv, &yv) != KILN_OK) return 0;
+  const kiln_tensor *in[3] = {&xv, c->in[1], c->n_in > 2 ? c->in[2] : NULL};
+  kiln_tensor *out[1] = {&yv};
+  s.in = in, s.out = out;
+  const kiln__op *op = plain("Conv");
+  return (kiln_tensor_count(&xv) + kiln_tensor_count(&yv)) * sizeof(float) +
+         (op->scratch ? op->scratch(&s) : 0);
+}
+
+static kiln_status run_bconv(kiln__kctx *c) {
+  act a;
+  kiln_tensor xv, yv;
+  kiln_status st = act_get(c, &a);
+  if (st == KILN_OK) st = blocked_views(c, &xv, &yv);
+  if (st != KILN_OK) return st;
+  float *mem = c->scratch;
+  xv.data = mem;
+  yv.data = mem + kiln_tensor_count(&xv);
+  size_t hw = (size_t)(xv.dims[2] * xv.dims[3]), ohw = (size_t)(yv.dims[2] * yv.dims[3]);
+  from_blocked(c->in[0]->data, (size_t)(xv.dims[0] * xv.dims[1]) / BLK, hw, xv.data);
+  const kiln_tensor *in[3] = {&xv, c->in[1], c->n_in > 2 ? c->in[2] : NULL};
+  kiln_tensor *out[1] = {&yv};
+  kiln__kctx s = sub_ctx(c, 3);
+  s.in = in, s.out = out;
+  s.scratch = (float *)yv.data + kiln_tensor_count(&yv);
+  s.scratch_bytes = c->scratch_bytes - (kiln_tensor_count(&xv) + kiln_tensor_count(&yv)) * sizeof(float);
+  if ((st = plain("Conv")->run(&s)) != KILN_OK) return st;
+  to_blocked(yv.data, (size_t)(yv.dims[0] * yv.dims[1]) / BLK, ohw, c->out[0]->data);
+  epilogue(&a, c->out[0], NULL, 0, c->n_in > 3 ? c->in[3] : NULL);
+  return KILN_OK;
+}
+
 const kiln__op kiln__ops_fused[] = {
     {"ai.kiln", "LayerNorm", infer_layernorm, run_layernorm, NULL, 0, 1, 3},
     {"ai.kiln", "Gelu", infer_float_same, run_gelu, NULL, KILN__OPF_INPLACE, 1, 1},
@@ -571,5 +694,8 @@ const kiln__op kiln__ops_fused[] = {
     {"ai.kiln", "FusedGemm", infer_fgemm, run_fgemm, NULL, 0, 2, 4},
     {"ai.kiln", "FusedMatMul", infer_fmatmul, run_fmatmul, NULL, 0, 2, 4},
     {"ai.kiln", "Attention", infer_attention, run_attention, scratch_attention, 0, 3, 4},
+    {"ai.kiln", "ToBlocked", infer_to_blocked, run_to_blocked, NULL, 0, 1, 1},
+    {"ai.kiln", "FromBlocked", infer_from_blocked, run_from_blocked, NULL, 0, 1, 1},
+    {"ai.kiln", "BlockedConv", infer_bconv, run_bconv, scratch_bconv, 0, 2, 4},
     {0},
 };

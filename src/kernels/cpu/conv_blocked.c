@@ -1,0 +1,568 @@
+/* The NCHW8c layout's kernels (docs/FUSED_OPS.md: ToBlocked, FromBlocked, BlockedConv), placed by
+ * the level-3 pass blocked-layout (src/passes/blocked_layout.c) over MobileNet-style chains of
+ * pointwise and depthwise convs.
+ *
+ * Why the layout: in NCHW a 1x1 conv reads its input as C planes, one stream per channel, each
+ * plane re-read from L2 by every row tile of output channels, and a strided depthwise conv
+ * splits even and odd columns with shuffles. In NCHW8c a vector is 8 channels of one pixel:
+ * a pointwise tile of 6 pixels x 16 output channels reads C/8 short contiguous runs and keeps
+ * them in L1 for every output block, and a depthwise conv at any stride is plain loads.
+ *
+ * BlockedConv here runs two shapes, everything else goes to the reference kernel:
+ *   pointwise  1x1, stride 1, no padding, group 1: Y[ob][p] = sum_c X[c/8][p][c%8] * W[ob][c]
+ *              in register tiles of 6 pixels x 2 output blocks (12 accumulators);
+ *   depthwise  3x3, group = C = M, stride 1 or 2, pads <= 1: 9 taps of plain loads, 4 output
+ *              pixels per tile from one row of input vectors per tap row.
+ * Weights are packed at load ([M/8][C][8] and [C/8][9][8]); the bias (read per call), the
+ * residual Z (same layout as Y) and Relu/Clip are applied in registers before the one store,
+ * other activations by kiln__act_apply on each finished output row. The AVX2 code carries
+ * target attributes (the library builds for baseline x86-64); other ISAs run the same tiles in
+ * portable C. */
+#include "core/threadpool.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/sgemm.h"
+#include "kernels/cpu/vmath.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define BC_X86 1
+#define AVX2 __attribute__((target("avx2,fma")))
+#define INLINE_AVX2 __attribute__((target("avx2,fma"), always_inline)) static inline
+#endif
+
+enum {
+  B = 8,  /* channels per block */
+  PT = 6, /* pointwise tile: pixels */
+  DT = 4, /* depthwise tile: output pixels */
+};
+
+typedef enum { BC_POINTWISE, BC_DEPTHWISE } bc_kind;
+
+typedef struct bconv_state {
+  bc_kind kind;
+  size_t c, m;        /* input and output channels (multiples of 8) */
+  size_t s;           /* depthwise stride */
+  int64_t pt, pl;     /* depthwise padding before (top, left) */
+  float *w;           /* packed weights (kiln__aligned_alloc) */
+  kiln__epilogue ep;  /* act, lo, hi, vm; bias and residual per call */
+  bool avx2;
+} bconv_state;
+
+/* ---- which nodes ------------------------------------------------------------------------------ */
+
+static const kiln_tensor *bc_weight(const kiln__node *n, const kiln__graph *g) {
+  return kiln__cpu_const_f32(kiln__cpu_input(n, g, 1));
+}
+
+/* The node's shape class (false: the reference kernel runs it). */
+static bool bc_parse(const kiln__node *n, const kiln__graph *g, bc_kind *kind, kiln__conv2d *cv) {
+  kiln__act act;
+  float p0, p1;
+  if (n->n_in < 2 || n->n_in > 4 || !kiln__act_from_node(n, &act, &p0, &p1)) return false;
+  for (int i = 0; i < n->n_in; i++) {
+    const kiln__value *v = kiln__cpu_input(n, g, i);
+    if ((v || i < 2) && !kiln__cpu_maybe_float(v)) return false;
+  }
+  const kiln_tensor *w = bc_weight(n, g);
+  if (!w || !kiln__cpu_conv2d_parse(n, w, cv) || cv->m % B != 0 || cv->dh != 1 || cv->dw != 1)
+    return false;
+  bool no_pad = cv->pad == KILN__PAD_VALID ||
+                (cv->pad == KILN__PAD_NOTSET && !cv->pads[0] && !cv->pads[1] && !cv->pads[2] &&
+                 !cv->pads[3]);
+  if (cv->groups == 1 && cv->kh == 1 && cv->kw == 1 && cv->sh == 1 && cv->sw == 1 && no_pad &&
+      cv->cg % B == 0) {
+    *kind = BC_POINTWISE;
+    return true;
+  }
+  bool small_pad = cv->pad == KILN__PAD_NOTSET && cv->pads[0] <= 1 && cv->pads[1] <= 1 &&
+                   cv->pads[2] <= 1 && cv->pads[3] <= 1;
+  if (cv->groups == cv->m && cv->cg == 1 && cv->kh == 3 && cv->kw == 3 && cv->sh == cv->sw &&
+      (cv->sh == 1 || cv->sh == 2) && (small_pad || no_pad)) {
+    *kind = BC_DEPTHWISE;
+    return true;
+  }
+  return false;
+}
+
+static bool bconv_supports(const kiln__node *n, const kiln__graph *g) {
+  bc_kind kind;
+  kiln__conv2d cv;
+  return bc_parse(n, g, &kind, &cv);
+}
+
+static void bconv_release(void *state) {
+  bconv_state *s = state;
+  if (!s) return;
+  kiln__aligned_free(s->w);
+  kiln__free(s);
+}
+
+static kiln_status bconv_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                                 kiln_error *err) {
+  bc_kind kind;
+  kiln__conv2d cv;
+  if (!bc_parse(n, g, &kind, &cv))
+    return kiln__fail(err, KILN_INTERNAL, "BlockedConv: prepare of a node it does not take");
+  bconv_state *s = kiln__calloc(1, sizeof *s);
+  if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing BlockedConv");
+  *s = (bconv_state){.kind = kind, .m = cv.m, .c = kind == BC_POINTWISE ? cv.cg : cv.m,
+                     .s = (size_t)cv.sh, .pt = cv.pads[0], .pl = cv.pads[1]};
+  if (cv.pad == KILN__PAD_VALID) s->pt = s->pl = 0;
+  kiln__act_from_node(n, &s->ep.act, &s->ep.lo, &s->ep.hi);
+  kiln__isa isa;
+  kiln_status st = kiln__isa_select(&isa, err);
+  if (st == KILN_OK) st = kiln__vmath_select(&s->ep.vm, err);
+  if (st != KILN_OK) {
+    kiln__free(s);
+    return st;
+  }
+  s->avx2 = isa == KILN__ISA_AVX2 || isa == KILN__ISA_AVX512;
+  const float *w = bc_weight(n, g)->data;
+  size_t floats = kind == BC_POINTWISE ? s->m * s->c : s->c * 9;
+  s->w = kiln__aligned_alloc(floats * sizeof(float));
+  if (!s->w) {
+    kiln__free(s);
+    return kiln__fail(err, KILN_NO_MEMORY, "out of memory packing BlockedConv weights");
+  }
+  if (kind == BC_POINTWISE) /* W [M, C, 1, 1] -> [M/8][C][8] */
+    for (size_t o = 0; o < s->m; o++)
+      for (size_t i = 0; i < s->c; i++) s->w[((o / B) * s->c + i) * B + o % B] = w[o * s->c + i];
+  else /* W [C, 1, 3, 3] -> [C/8][9][8] */
+    for (size_t ch = 0; ch < s->c; ch++)
+      for (size_t t = 0; t < 9; t++) s->w[((ch / B) * 9 + t) * B + ch % B] = w[ch * 9 + t];
+  *state = s;
+  return KILN_OK;
+}
+
+/* ---- one call ---------------------------------------------------------------------------------- */
+
+typedef struct bc_job {
+  const bconv_state *s;
+  const float *x, *bias, *z;
+  float *y;
+  size_t n, h, w, oh, ow; /* batch, input and output planes */
+  /* pointwise: a unit of work is pix_unit pixels of every output block, or (by_block) every
+     pixel of one pair of output blocks; units_per_n of them per image */
+  size_t pix_unit, units_per_n;
+  bool by_block;
+} bc_job;
+
+static inline float act1(const kiln__epilogue *ep, float v) {
+  if (ep->act == KILN__ACT_RELU) return v < 0.0f ? 0.0f : v;
+  if (ep->act == KILN__ACT_CLIP) return v < ep->lo ? ep->lo : v > ep->hi ? ep->hi : v;
+  return v;
+}
+
+/* Post activations (not Relu/Clip) over finished output. */
+static void post_act(const kiln__epilogue *ep, float *y, size_t floats) {
+  if (kiln__act_is_post(ep->act)) kiln__act_apply(ep->vm, ep->act, ep->lo, ep->hi, y, floats);
+}
+
+/* Portable pointwise tile: np pixels x no output blocks at pixel p. x: the batch's input,
+   y/z: the batch's output and residual; wo: output block ob's packed weights. */
+static void pw_tile_c(const bc_job *j, const float *x, const float *wo, const float *z, float *y,
+                      size_t ob, size_t no, size_t p, size_t np) {
+  const bconv_state *s = j->s;
+  size_t hw = j->h * j->w, cb_n = s->c / B;
+  float acc[2][PT][B];
+  for (size_t o = 0; o < no; o++)
+    for (size_t q = 0; q < np; q++)
+      for (size_t l = 0; l < B; l++) acc[o][q][l] = j->bias ? j->bias[(ob + o) * B + l] : 0.0f;
+  for (size_t cb = 0; cb < cb_n; cb++) {
+    const float *xb = x + (cb * hw + p) * B;
+    for (size_t i = 0; i < B; i++)
+      for (size_t o = 0; o < no; o++) {
+        const float *wv = wo + (o * s->c + cb * B + i) * B;
+        for (size_t q = 0; q < np; q++)
+          for (size_t l = 0; l < B; l++) acc[o][q][l] += xb[q * B + i] * wv[l];
+      }
+  }
+  for (size_t o = 0; o < no; o++)
+    for (size_t q = 0; q < np; q++) {
+      size_t at = ((ob + o) * hw + p + q) * B;
+      for (size_t l = 0; l < B; l++)
+        y[at + l] = act1(&s->ep, acc[o][q][l] + (z ? z[at + l] : 0.0f));
+    }
+}
+
+#ifdef BC_X86
+/* The AVX2 pointwise tile: NP pixels x NO output blocks in NP * NO accumulators. */
+INLINE_AVX2 void pw_tile_avx2(const bc_job *j, const float *x, const float *wo, const float *z,
+                              float *y, size_t ob, size_t p, size_t NO, size_t NP) {
+  const bconv_state *s = j->s;
+  size_t hw = j->h * j->w, cb_n = s->c / B;
+  __m256 acc[2][PT];
+#pragma GCC unroll 2
+  for (size_t o = 0; o < NO; o++) {
+    __m256 b = j->bias ? _mm256_loadu_ps(j->bias + (ob + o) * B) : _mm256_setzero_ps();
+#pragma GCC unroll 6
+    for (size_t q = 0; q < NP; q++) acc[o][q] = b;
+  }
+  const float *w1 = wo + s->c * B;
+  for (size_t cb = 0; cb < cb_n; cb++) {
+    const float *xb = x + (cb * hw + p) * B;
+    const float *wb = wo + cb * B * B;
+#pragma GCC unroll 8
+    for (size_t i = 0; i < B; i++) {
+      __m256 w0v = _mm256_load_ps(wb + i * B);
+      __m256 w1v = NO > 1 ? _mm256_load_ps(w1 + (cb * B + i) * B) : w0v;
+#pragma GCC unroll 6
+      for (size_t q = 0; q < NP; q++) {
+        __m256 xv = _mm256_broadcast_ss(xb + q * B + i);
+        acc[0][q] = _mm256_fmadd_ps(w0v, xv, acc[0][q]);
+        if (NO > 1) acc[1][q] = _mm256_fmadd_ps(w1v, xv, acc[1][q]);
+      }
+    }
+  }
+  const kiln__epilogue *ep = &s->ep;
+#pragma GCC unroll 2
+  for (size_t o = 0; o < NO; o++)
+#pragma GCC unroll 6
+    for (size_t q = 0; q < NP; q++) {
+      size_t at = ((ob + o) * hw + p + q) * B;
+      __m256 v = acc[o][q];
+      if (z) v = _mm256_add_ps(v, _mm256_loadu_ps(z + at));
+      if (ep->act == KILN__ACT_RELU) v = _mm256_max_ps(v, _mm256_setzero_ps());
+      else if (ep->act == KILN__ACT_CLIP)
+        v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(ep->lo)), _mm256_set1_ps(ep->hi));
+      _mm256_storeu_ps(y + at, v);
+    }
+}
+
+/* Pixels [p0, p1) of output blocks [ob, ob + NO) in tiles of PT and one shorter (one call per
+   run of tiles: a call per tile cost as much as a tile's multiply-adds on small C). */
+INLINE_AVX2 void pw_run_avx2(const bc_job *j, const float *x, const float *wo, const float *z,
+                             float *y, size_t ob, size_t p0, size_t p1, size_t NO) {
+  size_t p = p0;
+  for (; p + PT <= p1; p += PT) pw_tile_avx2(j, x, wo, z, y, ob, p, NO, PT);
+  switch (p1 - p) {
+  case 5: pw_tile_avx2(j, x, wo, z, y, ob, p, NO, 5); break;
+  case 4: pw_tile_avx2(j, x, wo, z, y, ob, p, NO, 4); break;
+  case 3: pw_tile_avx2(j, x, wo, z, y, ob, p, NO, 3); break;
+  case 2: pw_tile_avx2(j, x, wo, z, y, ob, p, NO, 2); break;
+  case 1: pw_tile_avx2(j, x, wo, z, y, ob, p, NO, 1); break;
+  default: break;
+  }
+}
+
+AVX2 static void pw_run_avx2_any(const bc_job *j, const float *x, const float *wo,
+                                 const float *z, float *y, size_t ob, size_t no, size_t p0,
+                                 size_t p1) {
+  if (no == 2) pw_run_avx2(j, x, wo, z, y, ob, p0, p1, 2);
+  else pw_run_avx2(j, x, wo, z, y, ob, p0, p1, 1);
+}
+#endif
+
+/* Units [ub, ue) of batch u / units_per_n: pixels [pix_unit * (u % units_per_n), ...) of every
+   output block (large planes: the unit's input stays in L1/L2 while the output blocks go by,
+   two at a time, each pair's weights, C x 16 floats, over the unit's pixel tiles), or
+   (by_block) output blocks 2 (u % units_per_n) and the next over every pixel (small planes,
+   whose input fits L2: the weights, up to 960 x 160 floats in MobileNet, are read once). */
+static void pw_units(void *arg, size_t ub, size_t ue) {
+  const bc_job *j = arg;
+  const bconv_state *s = j->s;
+  size_t hw = j->h * j->w, mb = s->m / B;
+  for (size_t u = ub; u < ue; u++) {
+    size_t n = u / j->units_per_n, p0 = 0, p1 = hw, ob0 = 0, ob1 = mb;
+    if (j->by_block) {
+      ob0 = (u % j->units_per_n) * 2;
+      ob1 = KILN__MIN(mb, ob0 + 2);
+    } else {
+      p0 = (u % j->units_per_n) * j->pix_unit;
+      p1 = KILN__MIN(hw, p0 + j->pix_unit);
+    }
+    const float *x = j->x + n * s->c * hw;
+    float *y = j->y + n * s->m * hw;
+    const float *z = j->z ? j->z + n * s->m * hw : NULL;
+    for (size_t ob = ob0; ob < ob1; ob += 2) {
+      size_t no = KILN__MIN((size_t)2, mb - ob);
+      const float *wo = s->w + ob * s->c * B;
+#ifdef BC_X86
+      if (s->avx2) pw_run_avx2_any(j, x, wo, z, y, ob, no, p0, p1);
+      else
+#endif
+        for (size_t p = p0; p < p1; p += PT)
+          pw_tile_c(j, x, wo, z, y, ob, no, p, KILN__MIN((size_t)PT, p1 - p));
+      for (size_t o = 0; o < no; o++)
+        post_act(&s->ep, y + ((ob + o) * hw + p0) * B, (p1 - p0) * B);
+    }
+  }
+}
+
+/* Depthwise: output pixel (oy, ox) of one 8-channel block, every tap checked against the plane
+   (edge pixels; the portable path for all). */
+static void dw_pixel_c(const bc_job *j, const float *xb, const float *wb, const float *bias,
+                       const float *zb, float *yb, size_t oy, size_t ox) {
+  const bconv_state *s = j->s;
+  float acc[B];
+  for (size_t l = 0; l < B; l++) acc[l] = bias ? bias[l] : 0.0f;
+  for (size_t ky = 0; ky < 3; ky++) {
+    int64_t iy = (int64_t)(oy * s->s + ky) - s->pt;
+    if (iy < 0 || iy >= (int64_t)j->h) continue;
+    for (size_t kx = 0; kx < 3; kx++) {
+      int64_t ix = (int64_t)(ox * s->s + kx) - s->pl;
+      if (ix < 0 || ix >= (int64_t)j->w) continue;
+      const float *xv = xb + ((size_t)iy * j->w + (size_t)ix) * B, *wv = wb + (ky * 3 + kx) * B;
+      for (size_t l = 0; l < B; l++) acc[l] += xv[l] * wv[l];
+    }
+  }
+  size_t at = (oy * j->ow + ox) * B;
+  for (size_t l = 0; l < B; l++) yb[at + l] = act1(&s->ep, acc[l] + (zb ? zb[at + l] : 0.0f));
+}
+
+#ifdef BC_X86
+INLINE_AVX2 void dw_store_avx2(const bconv_state *s, __m256 r, const float *zb, float *yb,
+                               size_t at) {
+  const kiln__epilogue *ep = &s->ep;
+  if (zb) r = _mm256_add_ps(r, _mm256_loadu_ps(zb + at));
+  if (ep->act == KILN__ACT_RELU) r = _mm256_max_ps(r, _mm256_setzero_ps());
+  else if (ep->act == KILN__ACT_CLIP)
+    r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(ep->lo)), _mm256_set1_ps(ep->hi));
+  _mm256_storeu_ps(yb + at, r);
+}
+
+/* One output pixel whose taps may leave the plane (edges): each tap checked. */
+AVX2 static void dw_pixel_avx2(const bc_job *j, const float *xb, const float *wb, __m256 b,
+                               const float *zb, float *yb, size_t oy, size_t ox) {
+  const bconv_state *s = j->s;
+  __m256 acc = b;
+  for (size_t ky = 0; ky < 3; ky++) {
+    int64_t iy = (int64_t)(oy * s->s + ky) - s->pt;
+    if (iy < 0 || iy >= (int64_t)j->h) continue;
+    for (size_t kx = 0; kx < 3; kx++) {
+      int64_t ix = (int64_t)(ox * s->s + kx) - s->pl;
+      if (ix < 0 || ix >= (int64_t)j->w) continue;
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(xb + ((size_t)iy * j->w + (size_t)ix) * B),
+                            _mm256_load_ps(wb + (ky * 3 + kx) * B), acc);
+    }
+  }
+  dw_store_avx2(s, acc, zb, yb, (oy * j->ow + ox) * B);
+}
+
+/* NT <= DT output pixels from ox of row oy, every tap inside the plane: S = 1 reads NT + 2
+   input vectors per tap row, S = 2 reads 2 NT + 1. */
+INLINE_AVX2 void dw_tile_avx2(const bc_job *j, const float *xb, const float *wb, __m256 b,
+                              const float *zb, float *yb, size_t oy, size_t ox, size_t S,
+                              size_t NT) {
+  const bconv_state *s = j->s;
+  enum { NV = 2 * DT + 1 };
+  __m256 acc[DT];
+#pragma GCC unroll 4
+  for (size_t q = 0; q < NT; q++) acc[q] = b;
+  size_t ix0 = ox * S - (size_t)s->pl;
+#pragma GCC unroll 3
+  for (size_t ky = 0; ky < 3; ky++) {
+    int64_t iy = (int64_t)(oy * S + ky) - s->pt;
+    if (iy < 0 || iy >= (int64_t)j->h) continue;
+    const float *row = xb + ((size_t)iy * j->w + ix0) * B;
+    __m256 v[NV];
+#pragma GCC unroll 9
+    for (size_t t = 0; t < (NT - 1) * S + 3; t++) v[t] = _mm256_loadu_ps(row + t * B);
+#pragma GCC unroll 3
+    for (size_t kx = 0; kx < 3; kx++) {
+      __m256 wv = _mm256_load_ps(wb + (ky * 3 + kx) * B);
+#pragma GCC unroll 4
+      for (size_t q = 0; q < NT; q++) acc[q] = _mm256_fmadd_ps(v[q * S + kx], wv, acc[q]);
+    }
+  }
+#pragma GCC unroll 4
+  for (size_t q = 0; q < NT; q++) dw_store_avx2(s, acc[q], zb, yb, (oy * j->ow + ox + q) * B);
+}
+
+/* Row oy: edge pixels one by one, the interior [lo, hi) in tiles of DT and one shorter. */
+INLINE_AVX2 void dw_row_avx2(const bc_job *j, const float *xb, const float *wb, __m256 b,
+                             const float *zb, float *yb, size_t oy, size_t lo, size_t hi) {
+  size_t ox = 0;
+  for (; ox < lo; ox++) dw_pixel_avx2(j, xb, wb, b, zb, yb, oy, ox);
+  if (j->s->s == 1) {
+    for (; ox + DT <= hi; ox += DT) dw_tile_avx2(j, xb, wb, b, zb, yb, oy, ox, 1, DT);
+    switch (hi - ox) {
+    case 3: dw_tile_avx2(j, xb, wb, b, zb, yb, oy, ox, 1, 3); break;
+    case 2: dw_tile_avx2(j, xb, wb, b, zb, yb, oy, ox, 1, 2); break;
+    case 1: dw_tile_avx2(j, xb, wb, b, zb, yb, oy, ox, 1, 1); break;
+    default: break;
+    }
+  } else {
+    for (; ox + DT <= hi; ox += DT) dw_tile_avx2(j, xb, wb, b, zb, yb, oy, ox, 2, DT);
+    switch (hi - ox) {
+    case 3: dw_tile_avx2(j, xb, wb, b, zb, yb, oy, ox, 2, 3); break;
+    case 2: dw_tile_avx2(j, xb, wb, b, zb, yb, oy, ox, 2, 2); break;
+    case 1: dw_tile_avx2(j, xb, wb, b, zb, yb, oy, ox, 2, 1); break;
+    default: break;
+    }
+  }
+  for (ox = hi; ox < j->ow; ox++) dw_pixel_avx2(j, xb, wb, b, zb, yb, oy, ox);
+}
+
+/* A whole plane per call: a call per row cost a quarter of the time on 7x7 planes. */
+AVX2 static void dw_plane_avx2(const bc_job *j, const float *xb, const float *wb,
+                               const float *bias, const float *zb, float *yb, size_t lo,
+                               size_t hi) {
+  __m256 b = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+  for (size_t oy = 0; oy < j->oh; oy++) dw_row_avx2(j, xb, wb, b, zb, yb, oy, lo, hi);
+}
+#endif
+
+/* Units are (batch, channel block) planes. */
+static void dw_units(void *arg, size_t ub, size_t ue) {
+  const bc_job *j = arg;
+  const bconv_state *s = j->s;
+  size_t cb_n = s->c / B, hw = j->h * j->w, ohw = j->oh * j->ow;
+  /* Output columns whose taps all lie inside the row: [lo, hi). */
+  size_t S = s->s, lo = ((size_t)s->pl + S - 1) / S, hi = 0;
+  if (j->w + (size_t)s->pl >= 3) hi = (j->w + (size_t)s->pl - 3) / S + 1;
+  hi = KILN__MIN(hi, j->ow);
+  if (lo > hi) lo = hi;
+  for (size_t u = ub; u < ue; u++) {
+    size_t n = u / cb_n, cb = u % cb_n;
+    const float *xb = j->x + (n * cb_n + cb) * hw * B, *wb = s->w + cb * 9 * B;
+    const float *bias = j->bias ? j->bias + cb * B : NULL;
+    const float *zb = j->z ? j->z + (n * cb_n + cb) * ohw * B : NULL;
+    float *yb = j->y + (n * cb_n + cb) * ohw * B;
+#ifdef BC_X86
+    if (s->avx2) dw_plane_avx2(j, xb, wb, bias, zb, yb, lo, hi);
+    else
+#endif
+      for (size_t oy = 0; oy < j->oh; oy++)
+        for (size_t ox = 0; ox < j->ow; ox++) dw_pixel_c(j, xb, wb, bias, zb, yb, oy, ox);
+    post_act(&s->ep, yb, ohw * B);
+  }
+}
+
+static kiln_status bconv_execute(kiln__kctx *c, void *state) {
+  const bconv_state *s = state;
+  const kiln_tensor *x = c->in[0], *y = c->out[0];
+  const kiln_tensor *b = c->n_in > 2 ? c->in[2] : NULL, *z = c->n_in > 3 ? c->in[3] : NULL;
+  /* What the load could not see: the call's dtypes and shapes. */
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != 5 || y->rank != 5 ||
+      (size_t)x->dims[1] * B != s->c || (size_t)y->dims[1] * B != s->m ||
+      (b && (b->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(b) != s->m)) ||
+      (z && (z->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(z) != kiln_tensor_count(y))))
+    return c->node->op->run(c);
+  bc_job j = {.s = s, .x = x->data, .bias = b ? b->data : NULL, .z = z ? z->data : NULL,
+              .y = y->data, .n = (size_t)x->dims[0], .h = (size_t)x->dims[2],
+              .w = (size_t)x->dims[3], .oh = (size_t)y->dims[2], .ow = (size_t)y->dims[3]};
+  size_t hw = j.h * j.w;
+  if (j.n == 0 || j.oh * j.ow == 0) return KILN_OK;
+  if (s->kind == BC_POINTWISE) {
+    if (hw != j.oh * j.ow) return c->node->op->run(c);
+    /* An input of an image up to 128 KiB (L2 holds it while the weights stream once): units
+       of output blocks. Else 8 units or more per image where the plane allows, whole tiles,
+       at most 16 tiles. */
+    j.by_block = hw * s->c * sizeof(float) <= 128 * 1024;
+    size_t tiles = (hw + PT - 1) / PT;
+    j.pix_unit = KILN__MIN((size_t)16, KILN__MAX((size_t)1, tiles / 8)) * PT;
+    j.units_per_n = j.by_block ? (s->m / B + 1) / 2 : (hw + j.pix_unit - 1) / j.pix_unit;
+    double work = (double)j.n * hw * s->c * s->m;
+    kiln__parallel_for(kiln__pool_for(c->pool, work), j.n * j.units_per_n, pw_units, &j);
+  } else {
+    double work = (double)j.n * s->c * j.oh * j.ow * 9;
+    kiln__parallel_for(kiln__pool_for(c->pool, work), j.n * (s->c / B), dw_units, &j);
+  }
+  return KILN_OK;
+}
+
+/* ---- the reorders ------------------------------------------------------------------------------ */
+
+typedef struct reorder_job {
+  const float *x;
+  float *y;
+  size_t hw;
+  bool to;   /* NCHW -> NCHW8c */
+  bool avx2;
+} reorder_job;
+
+#ifdef BC_X86
+/* An 8 x 8 block: rows r of src (stride ls) become columns of dst (stride ld). */
+AVX2 static void transpose8(const float *src, size_t ls, float *dst, size_t ld) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * ls);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; i++) {
+    t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+    t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+  }
+  for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + i * ld, t[i]); /* t[i]: column i */
+}
+#endif
+
+/* Units are channel blocks (of every image: x and y hold n * C / 8 of them). */
+static void reorder_units(void *arg, size_t ub, size_t ue) {
+  const reorder_job *r = arg;
+  size_t hw = r->hw;
+  for (size_t u = ub; u < ue; u++) {
+    const float *x = r->x + u * B * hw;
+    float *y = r->y + u * B * hw;
+    size_t p = 0;
+#ifdef BC_X86
+    if (r->avx2)
+      for (; p + B <= hw; p += B) {
+        if (r->to) transpose8(x + p, hw, y + p * B, B);
+        else transpose8(x + p * B, B, y + p, hw);
+      }
+#endif
+    for (; p < hw; p++)
+      for (size_t l = 0; l < B; l++) {
+        if (r->to) y[p * B + l] = x[l * hw + p];
+        else y[l * hw + p] = x[p * B + l];
+      }
+  }
+}
+
+static bool reorder_supports(const kiln__node *n, const kiln__graph *g) {
+  return n->n_in == 1 && kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0));
+}
+
+/* The state is whether the AVX2 transposes run. */
+static kiln_status reorder_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                                   kiln_error *err) {
+  (void)n, (void)g;
+  kiln__isa isa;
+  kiln_status st = kiln__isa_select(&isa, err);
+  if (st != KILN_OK) return st;
+  bool *avx2 = kiln__malloc(sizeof *avx2);
+  if (!avx2) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing a reorder");
+  *avx2 = isa == KILN__ISA_AVX2 || isa == KILN__ISA_AVX512;
+  *state = avx2;
+  return KILN_OK;
+}
+
+static void reorder_release(void *state) { kiln__free(state); }
+
+static kiln_status reorder_run(kiln__kctx *c, bool to, const bool *avx2) {
+  const kiln_tensor *x = c->in[0], *y = c->out[0];
+  const kiln_tensor *blk = to ? y : x; /* [N, C/8, H, W, 8] */
+  if (x->dtype != KILN_DTYPE_FLOAT || blk->rank != 5 || blk->dims[4] != B)
+    return c->node->op->run(c);
+  reorder_job r = {.x = x->data, .y = y->data, .hw = (size_t)(blk->dims[2] * blk->dims[3]),
+                   .to = to, .avx2 = *avx2};
+  size_t units = (size_t)(blk->dims[0] * blk->dims[1]);
+  kiln__parallel_for(kiln__pool_for(c->pool, (double)units * r.hw * B), units, reorder_units, &r);
+  return KILN_OK;
+}
+
+static kiln_status to_blocked_execute(kiln__kctx *c, void *state) {
+  return reorder_run(c, true, state);
+}
+
+static kiln_status from_blocked_execute(kiln__kctx *c, void *state) {
+  return reorder_run(c, false, state);
+}
+
+const kiln__cpu_kernel kiln__cpu_blocked_kernels[] = {
+    {"BlockedConv", bconv_supports, bconv_prepare, bconv_release, bconv_execute, NULL, "ai.kiln"},
+    {"ToBlocked", reorder_supports, reorder_prepare, reorder_release, to_blocked_execute, NULL,
+     "ai.kiln"},
+    {"FromBlocked", reorder_supports, reorder_prepare, reorder_release, from_blocked_execute,
+     NULL, "ai.kiln"},
+    {0},
+};

@@ -1,0 +1,190 @@
+/* blocked-layout (level 3): chains of pointwise and depthwise convs (MobileNet's inverted
+   residual blocks) run in NCHW8c, with the layout's two reorders only where a chain begins and
+   ends (docs/FUSED_OPS.md: ToBlocked, FromBlocked, BlockedConv; kernels in
+   src/kernels/cpu/conv_blocked.c).
+
+   A Conv or FusedConv qualifies when its float input and output have static shapes with
+   channels in multiples of 8, its weight is a constant, and it is
+     pointwise: 1x1, stride 1, no padding, group 1; or
+     depthwise: 3x3, group = C = M, stride 1 or 2, each pad at most 1, dilation 1;
+   a residual Z (FusedConv's fourth input) must have the output's shape. Qualifying convs joined
+   by their X or Z form regions. A region is converted when it has at least MIN_REGION convs and
+   at most max(2, convs / 8) reorders: each conv becomes a BlockedConv reading and writing
+   blocked values, a ToBlocked is added once per value that enters the region, and a FromBlocked
+   writes back each output that something outside the region (or the graph's output) still
+   reads, under its own name. Other regions stay: a reorder costs about what a conv gains. */
+#include <stdio.h>
+
+#include "passes/pass.h"
+
+enum { BLK = 8, MIN_REGION = 3 };
+
+static bool conv_node(const kiln__node *n) {
+  bool plain = !n->domain[0] && !strcmp(n->op_type, "Conv");
+  bool fused = !strcmp(n->domain, "ai.kiln") && !strcmp(n->op_type, "FusedConv");
+  return (plain || fused) && n->n_out == 1 && n->out[0] >= 0 && n->n_in >= 2 &&
+         n->n_in <= (fused ? 4 : 3) && n->in[0] >= 0 && !kiln__attr_find(n, "algorithm");
+}
+
+static bool pads_at_most(const kiln__node *n, int64_t most) {
+  const int64_t *p;
+  size_t np = kiln__attr_ints(n, "pads", &p);
+  if (np != 0 && np != 4) return false;
+  for (size_t i = 0; i < np; i++)
+    if (p[i] < 0 || p[i] > most) return false;
+  const char *ap = kiln__attr_str(n, "auto_pad", "NOTSET");
+  return !*ap || !strcmp(ap, "NOTSET");
+}
+
+static bool eligible(const kiln__pass_ctx *ctx, const kiln__node *n) {
+  if (!conv_node(n)) return false;
+  const kiln_tensor *w = kiln__pass_const_f32(ctx, n->in[1]);
+  int64_t x[4], y[4], z[4];
+  if (!w || w->rank != 4 || !kiln__pass_static4(ctx, n->in[0], x) ||
+      !kiln__pass_static4(ctx, n->out[0], y) ||
+      kiln__pass_dtype(ctx, n->in[0]) != KILN_DTYPE_FLOAT || x[1] % BLK || y[1] % BLK ||
+      w->dims[0] != y[1] || !kiln__pass_ints_all(n, "dilations", 2, 1))
+    return false;
+  if (n->n_in > 3 && n->in[3] >= 0 &&
+      (!kiln__pass_static4(ctx, n->in[3], z) || memcmp(z, y, sizeof z) != 0 ||
+       kiln__pass_dtype(ctx, n->in[3]) != KILN_DTYPE_FLOAT))
+    return false;
+  int64_t group = kiln__attr_int(n, "group", 1);
+  if (group == 1 && w->dims[1] == x[1] && w->dims[2] == 1 && w->dims[3] == 1 &&
+      kiln__pass_ints_all(n, "kernel_shape", 2, 1) && kiln__pass_ints_all(n, "strides", 2, 1) &&
+      pads_at_most(n, 0))
+    return true;
+  const int64_t *st;
+  if (kiln__attr_ints(n, "strides", &st) != 2) st = NULL;
+  bool stride12 = !st || (st[0] == st[1] && (st[0] == 1 || st[0] == 2));
+  return group == x[1] && x[1] == y[1] && w->dims[1] == 1 && w->dims[2] == 3 && w->dims[3] == 3 &&
+         kiln__pass_ints_all(n, "kernel_shape", 2, 3) && stride12 && pads_at_most(n, 1);
+}
+
+static int find(int *parent, int i) {
+  while (parent[i] != i) i = parent[i] = parent[parent[i]];
+  return i;
+}
+
+/* The blocked twin of value v for the converted nodes: the converting node's new output, or a
+   ToBlocked added once per value that comes from outside. -1 when out of memory. */
+static int blocked_input(kiln__pass_ctx *ctx, int v, int *blk_of) {
+  if (blk_of[v] >= 0) return blk_of[v];
+  kiln__graph *g = ctx->g;
+  char name[200];
+  snprintf(name, sizeof name, "%.150s/kiln_to_blocked", g->values[v].name);
+  int b = kiln__pass_new_value(ctx, name);
+  if (b < 0 || kiln__pass_add_node(ctx, name, "ai.kiln", "ToBlocked", &v, 1, &b, 1) < 0)
+    return -1;
+  return blk_of[v] = b;
+}
+
+/* The eligible producer of node i's input slot k in the same region, else -1. */
+static int region_producer(const kiln__pass_ctx *ctx, const int *elig, int *parent, int i,
+                           int k) {
+  const kiln__graph *g = ctx->g;
+  int v = g->nodes[i].in[k], p = v >= 0 ? g->values[v].producer : -1;
+  if (p < 0 || p >= ctx->g->n_nodes || ctx->dead[p] || !elig[p]) return -1;
+  return find(parent, p) == find(parent, i) ? p : -1;
+}
+
+static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
+  kiln__graph *g = ctx->g;
+  kiln_status st = kiln__pass_shapes(ctx);
+  if (st != KILN_OK) return st;
+  int n_nodes = g->n_nodes, n_values = g->n_values;
+  /* per node: eligible, union-find parent, region size and reorders (at the root); per value:
+     its blocked twin, the region that counted it as an entry, reads from inside its region */
+  int *elig = kiln__malloc((size_t)n_nodes * 4 * sizeof *elig);
+  int *blk_of = kiln__malloc((size_t)n_values * 3 * sizeof *blk_of);
+  if (!elig || !blk_of) {
+    kiln__free(elig);
+    kiln__free(blk_of);
+    return kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory placing the blocked layout");
+  }
+  int *parent = elig + n_nodes, *size = parent + n_nodes, *reorders = size + n_nodes;
+  int *entry_of = blk_of + n_values, *inside = entry_of + n_values;
+  for (int v = 0; v < n_values; v++) blk_of[v] = entry_of[v] = -1, inside[v] = 0;
+  for (int i = 0; i < n_nodes; i++) {
+    parent[i] = i, size[i] = reorders[i] = 0;
+    elig[i] = !ctx->dead[i] && eligible(ctx, &g->nodes[i]);
+  }
+  /* Regions: each eligible node joins the eligible producers of its X and Z. */
+  for (int i = 0; i < n_nodes; i++) {
+    if (!elig[i]) continue;
+    const kiln__node *n = &g->nodes[i];
+    for (int k = 0; k < n->n_in; k += 3) { /* X (0) and Z (3) */
+      int p = n->in[k] >= 0 ? g->values[n->in[k]].producer : -1;
+      if (p < 0 || p >= n_nodes || ctx->dead[p] || !elig[p]) continue;
+      int a = find(parent, i), b = find(parent, p);
+      if (a != b) parent[a] = b;
+    }
+  }
+  /* Per region: its convs, and the reorders it would need (a ToBlocked per value entering, a
+     FromBlocked per output read outside). */
+  for (int i = 0; i < n_nodes; i++) {
+    if (!elig[i]) continue;
+    int r = find(parent, i);
+    size[r]++;
+    const kiln__node *n = &g->nodes[i];
+    for (int k = 0; k < n->n_in; k += 3) {
+      int v = n->in[k];
+      if (v < 0) continue;
+      if (region_producer(ctx, elig, parent, i, k) >= 0) inside[v]++;
+      else if (entry_of[v] != r) entry_of[v] = r, reorders[r]++;
+    }
+  }
+  for (int i = 0; i < n_nodes; i++)
+    if (elig[i] && ctx->uses[g->nodes[i].out[0]] > inside[g->nodes[i].out[0]])
+      reorders[find(parent, i)]++;
+  /* Converted: regions of MIN_REGION convs or more with few reorders for their size (ResNet-50's
+     1x1 convs form regions broken by every 3x3 conv: 26 convs, 33 reorders, even with the
+     NCHW kernels; MobileNet-v2's 51 convs need 2). */
+  int converted = 0;
+  for (int i = 0; i < n_nodes; i++) {
+    int r = elig[i] ? find(parent, i) : -1;
+    elig[i] = r >= 0 && size[r] >= MIN_REGION && reorders[r] <= KILN__MAX(2, size[r] / 8);
+    if (!elig[i]) continue;
+    char name[200];
+    int y = g->nodes[i].out[0];
+    snprintf(name, sizeof name, "%.150s/kiln_blocked", g->values[y].name);
+    int b = kiln__pass_new_value(ctx, name);
+    if (b < 0) goto oom;
+    blk_of[y] = b;
+    converted++;
+  }
+  for (int i = 0; i < n_nodes && converted; i++) {
+    if (!elig[i]) continue;
+    int in[4], n_in = g->nodes[i].n_in;
+    for (int k = 0; k < n_in; k++) in[k] = g->nodes[i].in[k];
+    for (int k = 0; k < n_in; k += 3)
+      if (in[k] >= 0 && (in[k] = blocked_input(ctx, in[k], blk_of)) < 0) goto oom;
+    kiln__node *n = &g->nodes[i]; /* blocked_input may have moved the nodes */
+    kiln__pass_note(ctx, "%s", n->name);
+    if ((st = kiln__pass_set_inputs(ctx, n, in, n_in)) != KILN_OK ||
+        (st = kiln__pass_set_op(ctx, n, "ai.kiln", "BlockedConv")) != KILN_OK)
+      goto done;
+  }
+  /* Outputs something else still reads: written back in NCHW under their own names. */
+  for (int i = 0; i < n_nodes && converted; i++) {
+    if (!elig[i]) continue;
+    int y = g->nodes[i].out[0], b = blk_of[y];
+    g->nodes[i].out[0] = b;
+    g->values[b].producer = i;
+    if (ctx->uses[y] == 0) continue;
+    char name[200];
+    snprintf(name, sizeof name, "%.150s/kiln_from_blocked", g->values[y].name);
+    if (kiln__pass_add_node(ctx, name, "ai.kiln", "FromBlocked", &b, 1, &y, 1) < 0) goto oom;
+  }
+  *changed = converted > 0;
+  st = KILN_OK;
+  goto done;
+oom:
+  st = kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory placing the blocked layout");
+done:
+  kiln__free(elig);
+  kiln__free(blk_of);
+  return st;
+}
+
+const kiln__pass kiln__pass_blocked = {"blocked-layout", 3, run};
