@@ -291,6 +291,41 @@ static void blocked_cases(kiln__pool *pool) {
       onenode_free(&o);
     }
   }
+  /* input_layout="NCHW": dense convs from a few NCHW channels (stems) into NCHW8c */
+  static const struct {
+    int64_t n, c, h, w, m, k, stride, pad;
+    int bias, z, act;
+  } dense[] = {
+      {2, 3, 15, 17, 16, 3, 2, 1, 1, 0, 3},  /* MobileNet's stem, odd planes, Relu6 */
+      {1, 3, 30, 31, 32, 3, 2, 1, 1, 1, -1}, /* every activation, Z */
+      {1, 8, 9, 9, 8, 5, 1, 2, 0, 1, 2},     /* 5x5, 8 channels */
+      {1, 1, 7, 11, 24, 7, 1, 3, 1, 0, 0},   /* 7x7 over a 7-row plane, 3 output blocks */
+      {1, 4, 6, 5, 8, 3, 1, 0, 1, 0, 2},     /* no padding: every column interior */
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(dense); i++) {
+    size_t a0 = dense[i].act < 0 ? 0 : (size_t)dense[i].act;
+    size_t a1 = dense[i].act < 0 ? KILN__ARRAY_LEN(acts) : a0 + 1;
+    for (size_t a = a0; a < a1; a++) {
+      int64_t oh = (dense[i].h + 2 * dense[i].pad - dense[i].k) / dense[i].stride + 1;
+      int64_t ow = (dense[i].w + 2 * dense[i].pad - dense[i].k) / dense[i].stride + 1;
+      int n_in = dense[i].z ? 4 : dense[i].bias ? 3 : 2;
+      int ranks[4] = {4, 4, dense[i].bias ? 1 : -1, 5};
+      int64_t dims[4][KILN_MAX_RANK] = {{dense[i].n, dense[i].c, dense[i].h, dense[i].w},
+                                        {dense[i].m, dense[i].c, dense[i].k, dense[i].k},
+                                        {dense[i].m},
+                                        {dense[i].n, dense[i].m / 8, oh, ow, 8}};
+      onenode o;
+      onenode_make(&o, "BlockedConv", n_in, ranks, dims, 2);
+      int64_t st[2] = {dense[i].stride, dense[i].stride};
+      int64_t p[4] = {dense[i].pad, dense[i].pad, dense[i].pad, dense[i].pad};
+      kt_attr_ints(o.n, "strides", st, 2);
+      kt_attr_ints(o.n, "pads", p, 4);
+      kt_attr_str(o.n, "input_layout", "NCHW");
+      attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
+      onenode_check(&o, pool, 1e-4f);
+      onenode_free(&o);
+    }
+  }
   /* the reorders, both ways, with pixel counts around the 8 x 8 transposes */
   static const int64_t shapes[][4] = {{1, 8, 1, 1}, {2, 16, 3, 5}, {1, 24, 8, 8}, {1, 32, 9, 7}};
   for (size_t i = 0; i < KILN__ARRAY_LEN(shapes); i++) {

@@ -66,17 +66,57 @@ static int find(int *parent, int i) {
   return i;
 }
 
-/* The blocked twin of value v for the converted nodes: the converting node's new output, or a
-   ToBlocked added once per value that comes from outside. -1 when out of memory. */
-static int blocked_input(kiln__pass_ctx *ctx, int v, int *blk_of) {
+/* The conv writing v when it can write the blocked layout itself (BlockedConv with
+   input_layout="NCHW": a stem of up to 8 input channels, group 1, kernel up to 7x7, explicit
+   pads, no residual) and only the region reads v (`reads` of its uses); else -1. */
+static int stem_of(const kiln__pass_ctx *ctx, int v, int reads) {
+  const kiln__graph *g = ctx->g;
+  int p = g->values[v].producer;
+  if (p < 0 || p >= g->n_nodes || ctx->dead[p] || ctx->uses[v] != reads ||
+      !kiln__pass_value_private(ctx, v))
+    return -1;
+  const kiln__node *n = &g->nodes[p];
+  const kiln_tensor *w = conv_node(n) ? kiln__pass_const_f32(ctx, n->in[1]) : NULL;
+  int64_t x[4], y[4];
+  if (!w || w->rank != 4 || n->n_in > 3 || !kiln__pass_static4(ctx, n->in[0], x) ||
+      !kiln__pass_static4(ctx, n->out[0], y) ||
+      kiln__pass_dtype(ctx, n->in[0]) != KILN_DTYPE_FLOAT || y[1] % BLK ||
+      kiln__attr_int(n, "group", 1) != 1 || w->dims[1] != x[1] || x[1] > 8 || w->dims[2] > 7 ||
+      w->dims[3] > 7 || !kiln__pass_ints_all(n, "dilations", 2, 1) || !pads_at_most(n, 7))
+    return -1;
+  return p;
+}
+
+/* The blocked twin of value v for the converted nodes: the converting node's new output, the
+   output of the stem that writes v converted (stem_of), or a ToBlocked added once per value
+   that comes from outside. -1 when out of memory (*st set). */
+static int blocked_input(kiln__pass_ctx *ctx, int v, int *blk_of, const int *reads,
+                         kiln_status *st) {
   if (blk_of[v] >= 0) return blk_of[v];
   kiln__graph *g = ctx->g;
   char name[200];
+  int p = stem_of(ctx, v, reads[v]);
+  if (p >= 0) {
+    snprintf(name, sizeof name, "%.150s/kiln_blocked", g->values[v].name);
+    int b = kiln__pass_new_value(ctx, name);
+    if (b < 0) goto oom;
+    kiln__node *n = &g->nodes[p];
+    kiln__pass_note(ctx, "%s (input NCHW)", n->name);
+    if ((*st = kiln__pass_set_op(ctx, n, "ai.kiln", "BlockedConv")) != KILN_OK ||
+        (*st = kiln__pass_add_attr_str(ctx, n, "input_layout", "NCHW")) != KILN_OK)
+      return -1;
+    n->out[0] = b;
+    g->values[b].producer = p;
+    return blk_of[v] = b;
+  }
   snprintf(name, sizeof name, "%.150s/kiln_to_blocked", g->values[v].name);
   int b = kiln__pass_new_value(ctx, name);
   if (b < 0 || kiln__pass_add_node(ctx, name, "ai.kiln", "ToBlocked", &v, 1, &b, 1) < 0)
-    return -1;
+    goto oom;
   return blk_of[v] = b;
+oom:
+  *st = kiln__fail(ctx->err, KILN_NO_MEMORY, "out of memory placing the blocked layout");
+  return -1;
 }
 
 /* The eligible producer of node i's input slot k in the same region, else -1. */
@@ -141,6 +181,7 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
      1x1 convs form regions broken by every 3x3 conv: 26 convs, 33 reorders, even with the
      NCHW kernels; MobileNet-v2's 51 convs need 2). */
   int converted = 0;
+  for (int v = 0; v < n_values; v++) inside[v] = 0; /* now: reads by converted nodes */
   for (int i = 0; i < n_nodes; i++) {
     int r = elig[i] ? find(parent, i) : -1;
     elig[i] = r >= 0 && size[r] >= MIN_REGION && reorders[r] <= KILN__MAX(2, size[r] / 8);
@@ -152,13 +193,16 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
     if (b < 0) goto oom;
     blk_of[y] = b;
     converted++;
+    const kiln__node *n = &g->nodes[i];
+    for (int k = 0; k < n->n_in; k += 3)
+      if (n->in[k] >= 0) inside[n->in[k]]++;
   }
   for (int i = 0; i < n_nodes && converted; i++) {
     if (!elig[i]) continue;
     int in[4], n_in = g->nodes[i].n_in;
     for (int k = 0; k < n_in; k++) in[k] = g->nodes[i].in[k];
     for (int k = 0; k < n_in; k += 3)
-      if (in[k] >= 0 && (in[k] = blocked_input(ctx, in[k], blk_of)) < 0) goto oom;
+      if (in[k] >= 0 && (in[k] = blocked_input(ctx, in[k], blk_of, inside, &st)) < 0) goto done;
     kiln__node *n = &g->nodes[i]; /* blocked_input may have moved the nodes */
     kiln__pass_note(ctx, "%s", n->name);
     if ((st = kiln__pass_set_inputs(ctx, n, in, n_in)) != KILN_OK ||

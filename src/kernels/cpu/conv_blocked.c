@@ -8,12 +8,16 @@
  * a pointwise tile of 6 pixels x 16 output channels reads C/8 short contiguous runs and keeps
  * them in L1 for every output block, and a depthwise conv at any stride is plain loads.
  *
- * BlockedConv here runs two shapes, everything else goes to the reference kernel:
+ * BlockedConv here runs three shapes, everything else goes to the reference kernel:
  *   pointwise  1x1, stride 1, no padding, group 1: Y[ob][p] = sum_c X[c/8][p][c%8] * W[ob][c]
  *              in register tiles of 6 pixels x 2 output blocks (12 accumulators);
  *   depthwise  3x3, group = C = M, stride 1 or 2, pads <= 1: 9 taps of plain loads, 4 output
- *              pixels per tile from one row of input vectors per tap row.
- * Weights are packed at load ([M/8][C][8] and [C/8][9][8]); the bias (read per call), the
+ *              pixels per tile from one row of input vectors per tap row;
+ *   dense      input_layout="NCHW" (a stem: up to 8 channels of NCHW input), group 1, any
+ *              kernel up to 7x7, stride and padding: 6 pixels x 2 output blocks per tile, one
+ *              broadcast per input tap, so the stem writes the blocked layout itself.
+ * Weights are packed at load ([M/8][C][8], [C/8][9][8], [M/8][C][kh][kw][8]); the bias (read
+ * per call), the
  * residual Z (same layout as Y) and Relu/Clip are applied in registers before the one store,
  * other activations by kiln__act_apply on each finished output row. The AVX2 code carries
  * target attributes (the library builds for baseline x86-64); other ISAs run the same tiles in
@@ -36,13 +40,16 @@ enum {
   DT = 4, /* depthwise tile: output pixels */
 };
 
-typedef enum { BC_POINTWISE, BC_DEPTHWISE } bc_kind;
+typedef enum { BC_POINTWISE, BC_DEPTHWISE, BC_DENSE } bc_kind;
+
+enum { DENSE_MAX_C = 8, DENSE_MAX_K = 7 };
 
 typedef struct bconv_state {
   bc_kind kind;
-  size_t c, m;        /* input and output channels (multiples of 8) */
-  size_t s;           /* depthwise stride */
-  int64_t pt, pl;     /* depthwise padding before (top, left) */
+  size_t c, m;        /* input and output channels (multiples of 8 but a dense conv's C) */
+  size_t s, sw;       /* stride (depthwise: both; dense: s vertical, sw horizontal) */
+  size_t kh, kw;      /* dense kernel */
+  int64_t pt, pl;     /* padding before (top, left) */
   float *w;           /* packed weights (kiln__aligned_alloc) */
   kiln__epilogue ep;  /* act, lo, hi, vm; bias and residual per call */
   bool avx2;
@@ -66,6 +73,13 @@ static bool bc_parse(const kiln__node *n, const kiln__graph *g, bc_kind *kind, k
   const kiln_tensor *w = bc_weight(n, g);
   if (!w || !kiln__cpu_conv2d_parse(n, w, cv) || cv->m % B != 0 || cv->dh != 1 || cv->dw != 1)
     return false;
+  const char *layout = kiln__attr_str(n, "input_layout", "NCHW8c");
+  if (!strcmp(layout, "NCHW")) {
+    *kind = BC_DENSE;
+    return cv->groups == 1 && cv->cg <= DENSE_MAX_C && cv->kh <= DENSE_MAX_K &&
+           cv->kw <= DENSE_MAX_K && cv->pad == KILN__PAD_NOTSET;
+  }
+  if (strcmp(layout, "NCHW8c") != 0) return false;
   bool no_pad = cv->pad == KILN__PAD_VALID ||
                 (cv->pad == KILN__PAD_NOTSET && !cv->pads[0] && !cv->pads[1] && !cv->pads[2] &&
                  !cv->pads[3]);
@@ -105,8 +119,9 @@ static kiln_status bconv_prepare(const kiln__node *n, const kiln__graph *g, void
     return kiln__fail(err, KILN_INTERNAL, "BlockedConv: prepare of a node it does not take");
   bconv_state *s = kiln__calloc(1, sizeof *s);
   if (!s) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing BlockedConv");
-  *s = (bconv_state){.kind = kind, .m = cv.m, .c = kind == BC_POINTWISE ? cv.cg : cv.m,
-                     .s = (size_t)cv.sh, .pt = cv.pads[0], .pl = cv.pads[1]};
+  *s = (bconv_state){.kind = kind, .m = cv.m, .c = kind == BC_DEPTHWISE ? cv.m : cv.cg,
+                     .s = (size_t)cv.sh, .sw = (size_t)cv.sw, .kh = cv.kh, .kw = cv.kw,
+                     .pt = cv.pads[0], .pl = cv.pads[1]};
   if (cv.pad == KILN__PAD_VALID) s->pt = s->pl = 0;
   kiln__act_from_node(n, &s->ep.act, &s->ep.lo, &s->ep.hi);
   kiln__isa isa;
@@ -118,7 +133,8 @@ static kiln_status bconv_prepare(const kiln__node *n, const kiln__graph *g, void
   }
   s->avx2 = isa == KILN__ISA_AVX2 || isa == KILN__ISA_AVX512;
   const float *w = bc_weight(n, g)->data;
-  size_t floats = kind == BC_POINTWISE ? s->m * s->c : s->c * 9;
+  size_t kk = s->kh * s->kw;
+  size_t floats = kind == BC_DEPTHWISE ? s->c * 9 : s->m * s->c * kk;
   s->w = kiln__aligned_alloc(floats * sizeof(float));
   if (!s->w) {
     kiln__free(s);
@@ -127,9 +143,13 @@ static kiln_status bconv_prepare(const kiln__node *n, const kiln__graph *g, void
   if (kind == BC_POINTWISE) /* W [M, C, 1, 1] -> [M/8][C][8] */
     for (size_t o = 0; o < s->m; o++)
       for (size_t i = 0; i < s->c; i++) s->w[((o / B) * s->c + i) * B + o % B] = w[o * s->c + i];
-  else /* W [C, 1, 3, 3] -> [C/8][9][8] */
+  else if (kind == BC_DEPTHWISE) /* W [C, 1, 3, 3] -> [C/8][9][8] */
     for (size_t ch = 0; ch < s->c; ch++)
       for (size_t t = 0; t < 9; t++) s->w[((ch / B) * 9 + t) * B + ch % B] = w[ch * 9 + t];
+  else /* W [M, C, kh, kw] -> [M/8][C][kh * kw][8] */
+    for (size_t o = 0; o < s->m; o++)
+      for (size_t t = 0; t < s->c * kk; t++)
+        s->w[((o / B) * s->c * kk + t) * B + o % B] = w[o * s->c * kk + t];
   *state = s;
   return KILN_OK;
 }
@@ -429,13 +449,142 @@ static void dw_units(void *arg, size_t ub, size_t ue) {
   }
 }
 
+/* Dense with NCHW input: output pixel (oy, ox) of output blocks [ob, ob + no), every tap
+   checked against the plane (edges; the portable path for all). x: the image's input. */
+static void dense_pixel_c(const bc_job *j, const float *x, const float *z, float *y, size_t ob,
+                          size_t no, size_t oy, size_t ox) {
+  const bconv_state *s = j->s;
+  size_t kk = s->kh * s->kw, ohw = j->oh * j->ow;
+  for (size_t o = ob; o < ob + no; o++) {
+    float acc[B];
+    for (size_t l = 0; l < B; l++) acc[l] = j->bias ? j->bias[o * B + l] : 0.0f;
+    for (size_t ch = 0; ch < s->c; ch++)
+      for (size_t ky = 0; ky < s->kh; ky++) {
+        int64_t iy = (int64_t)(oy * s->s + ky) - s->pt;
+        if (iy < 0 || iy >= (int64_t)j->h) continue;
+        for (size_t kx = 0; kx < s->kw; kx++) {
+          int64_t ix = (int64_t)(ox * s->sw + kx) - s->pl;
+          if (ix < 0 || ix >= (int64_t)j->w) continue;
+          float xv = x[(ch * j->h + (size_t)iy) * j->w + (size_t)ix];
+          const float *wv = s->w + ((o * s->c + ch) * kk + ky * s->kw + kx) * B;
+          for (size_t l = 0; l < B; l++) acc[l] += xv * wv[l];
+        }
+      }
+    size_t at = (o * ohw + oy * j->ow + ox) * B;
+    for (size_t l = 0; l < B; l++) y[at + l] = act1(&s->ep, acc[l] + (z ? z[at + l] : 0.0f));
+  }
+}
+
+#ifdef BC_X86
+/* NP pixels from ox of row oy (every tap inside the row; rows outside the plane skipped) x NO
+   output blocks from ob: one broadcast per tap and pixel feeds NO blocks. */
+INLINE_AVX2 void dense_tile_avx2(const bc_job *j, const float *x, const float *z, float *y,
+                                 size_t ob, size_t oy, size_t ox, size_t NO, size_t NP) {
+  const bconv_state *s = j->s;
+  size_t kk = s->kh * s->kw, ohw = j->oh * j->ow, sw = s->sw;
+  __m256 acc[2][PT];
+#pragma GCC unroll 2
+  for (size_t o = 0; o < NO; o++) {
+    __m256 b = j->bias ? _mm256_loadu_ps(j->bias + (ob + o) * B) : _mm256_setzero_ps();
+#pragma GCC unroll 6
+    for (size_t q = 0; q < NP; q++) acc[o][q] = b;
+  }
+  const float *w0 = s->w + ob * s->c * kk * B, *w1 = w0 + s->c * kk * B;
+  for (size_t ch = 0; ch < s->c; ch++)
+    for (size_t ky = 0; ky < s->kh; ky++) {
+      int64_t iy = (int64_t)(oy * s->s + ky) - s->pt;
+      if (iy < 0 || iy >= (int64_t)j->h) continue;
+      const float *row = x + (ch * j->h + (size_t)iy) * j->w + ox * sw - (size_t)s->pl;
+      size_t t0 = (ch * kk + ky * s->kw) * B;
+      for (size_t kx = 0; kx < s->kw; kx++) {
+        __m256 a = _mm256_load_ps(w0 + t0 + kx * B);
+        __m256 c = NO > 1 ? _mm256_load_ps(w1 + t0 + kx * B) : a;
+#pragma GCC unroll 6
+        for (size_t q = 0; q < NP; q++) {
+          __m256 xv = _mm256_broadcast_ss(row + q * sw + kx);
+          acc[0][q] = _mm256_fmadd_ps(a, xv, acc[0][q]);
+          if (NO > 1) acc[1][q] = _mm256_fmadd_ps(c, xv, acc[1][q]);
+        }
+      }
+    }
+  const kiln__epilogue *ep = &s->ep;
+#pragma GCC unroll 2
+  for (size_t o = 0; o < NO; o++)
+#pragma GCC unroll 6
+    for (size_t q = 0; q < NP; q++) {
+      size_t at = ((ob + o) * ohw + oy * j->ow + ox + q) * B;
+      __m256 v = acc[o][q];
+      if (z) v = _mm256_add_ps(v, _mm256_loadu_ps(z + at));
+      if (ep->act == KILN__ACT_RELU) v = _mm256_max_ps(v, _mm256_setzero_ps());
+      else if (ep->act == KILN__ACT_CLIP)
+        v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(ep->lo)), _mm256_set1_ps(ep->hi));
+      _mm256_storeu_ps(y + at, v);
+    }
+}
+
+/* Interior columns [lo, hi) of row oy for output blocks [ob, ob + NO). */
+INLINE_AVX2 void dense_run_avx2(const bc_job *j, const float *x, const float *z, float *y,
+                                size_t ob, size_t oy, size_t lo, size_t hi, size_t NO) {
+  size_t ox = lo;
+  for (; ox + PT <= hi; ox += PT) dense_tile_avx2(j, x, z, y, ob, oy, ox, NO, PT);
+  switch (hi - ox) {
+  case 5: dense_tile_avx2(j, x, z, y, ob, oy, ox, NO, 5); break;
+  case 4: dense_tile_avx2(j, x, z, y, ob, oy, ox, NO, 4); break;
+  case 3: dense_tile_avx2(j, x, z, y, ob, oy, ox, NO, 3); break;
+  case 2: dense_tile_avx2(j, x, z, y, ob, oy, ox, NO, 2); break;
+  case 1: dense_tile_avx2(j, x, z, y, ob, oy, ox, NO, 1); break;
+  default: break;
+  }
+}
+
+AVX2 static void dense_row_avx2(const bc_job *j, const float *x, const float *z, float *y,
+                                size_t oy, size_t lo, size_t hi) {
+  size_t mb = j->s->m / B;
+  for (size_t ob = 0; ob < mb; ob += 2) {
+    if (ob + 2 <= mb) dense_run_avx2(j, x, z, y, ob, oy, lo, hi, 2);
+    else dense_run_avx2(j, x, z, y, ob, oy, lo, hi, 1);
+  }
+}
+#endif
+
+/* Units are (batch, output row). */
+static void dense_units(void *arg, size_t ub, size_t ue) {
+  const bc_job *j = arg;
+  const bconv_state *s = j->s;
+  size_t mb = s->m / B, ohw = j->oh * j->ow;
+  /* Output columns whose taps all lie inside the row: [lo, hi). */
+  size_t lo = ((size_t)s->pl + s->sw - 1) / s->sw, hi = 0;
+  if (j->w + (size_t)s->pl >= s->kw) hi = (j->w + (size_t)s->pl - s->kw) / s->sw + 1;
+  hi = KILN__MIN(hi, j->ow);
+  if (lo > hi) lo = hi;
+  for (size_t u = ub; u < ue; u++) {
+    size_t n = u / j->oh, oy = u % j->oh;
+    const float *x = j->x + n * s->c * j->h * j->w;
+    float *y = j->y + n * s->m * ohw;
+    const float *z = j->z ? j->z + n * s->m * ohw : NULL;
+    size_t ox_mid = 0;
+#ifdef BC_X86
+    if (s->avx2) {
+      dense_row_avx2(j, x, z, y, oy, lo, hi);
+      ox_mid = hi - lo;
+    }
+#endif
+    for (size_t ox = 0; ox < j->ow; ox++) {
+      if (ox_mid && ox >= lo && ox < hi) continue; /* done above */
+      dense_pixel_c(j, x, z, y, 0, mb, oy, ox);
+    }
+    for (size_t o = 0; o < mb; o++) post_act(&s->ep, y + (o * ohw + oy * j->ow) * B, j->ow * B);
+  }
+}
+
 static kiln_status bconv_execute(kiln__kctx *c, void *state) {
   const bconv_state *s = state;
   const kiln_tensor *x = c->in[0], *y = c->out[0];
   const kiln_tensor *b = c->n_in > 2 ? c->in[2] : NULL, *z = c->n_in > 3 ? c->in[3] : NULL;
   /* What the load could not see: the call's dtypes and shapes. */
-  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != 5 || y->rank != 5 ||
-      (size_t)x->dims[1] * B != s->c || (size_t)y->dims[1] * B != s->m ||
+  bool dense = s->kind == BC_DENSE;
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != (dense ? 4 : 5) || y->rank != 5 ||
+      (size_t)x->dims[1] * (dense ? 1 : B) != s->c || (size_t)y->dims[1] * B != s->m ||
       (b && (b->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(b) != s->m)) ||
       (z && (z->dtype != KILN_DTYPE_FLOAT || kiln_tensor_count(z) != kiln_tensor_count(y))))
     return c->node->op->run(c);
@@ -444,7 +593,10 @@ static kiln_status bconv_execute(kiln__kctx *c, void *state) {
               .w = (size_t)x->dims[3], .oh = (size_t)y->dims[2], .ow = (size_t)y->dims[3]};
   size_t hw = j.h * j.w;
   if (j.n == 0 || j.oh * j.ow == 0) return KILN_OK;
-  if (s->kind == BC_POINTWISE) {
+  if (dense) {
+    double work = (double)j.n * j.oh * j.ow * s->m * s->c * s->kh * s->kw;
+    kiln__parallel_for(kiln__pool_for(c->pool, work), j.n * j.oh, dense_units, &j);
+  } else if (s->kind == BC_POINTWISE) {
     if (hw != j.oh * j.ow) return c->node->op->run(c);
     /* An input of an image up to 128 KiB (L2 holds it while the weights stream once): units
        of output blocks. Else 8 units or more per image where the plane allows, whole tiles,

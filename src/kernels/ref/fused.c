@@ -614,15 +614,25 @@ static kiln_status run_from_blocked(kiln__kctx *c) {
   return KILN_OK;
 }
 
-/* BlockedConv is FusedConv on NCHW8c X, Z and Y: the reference converts X to [N, C, H, W] in
-   scratch, runs the plain Conv there, converts the result into Y and applies the epilogue
-   (elementwise, so in either layout), bit for bit FusedConv's result. `*xv` and `*yv` get the
-   [N, C, H, W] views of X and Y (data NULL). */
+/* BlockedConv is FusedConv on NCHW8c X, Z and Y (X in NCHW with input_layout="NCHW"): the
+   reference converts X to [N, C, H, W] in scratch, runs the plain Conv there, converts the
+   result into Y and applies the epilogue (elementwise, so in either layout), bit for bit
+   FusedConv's result. `*xv` and `*yv` get the [N, C, H, W] views of X and Y (data NULL). */
+static bool bconv_x_nchw(const kiln__node *n) {
+  return !strcmp(kiln__attr_str(n, "input_layout", "NCHW8c"), "NCHW");
+}
+
 static kiln_status blocked_views(const kiln__kctx *c, kiln_tensor *xv, kiln_tensor *yv) {
   const kiln_tensor *x = c->in[0];
-  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != 5 || x->dims[4] != BLK)
-    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "BlockedConv takes float32 [N, C/8, H, W, 8]");
-  int64_t d[4] = {x->dims[0], x->dims[1] * BLK, x->dims[2], x->dims[3]};
+  const char *layout = kiln__attr_str(c->node, "input_layout", "NCHW8c");
+  bool nchw = !strcmp(layout, "NCHW");
+  if (!nchw && strcmp(layout, "NCHW8c") != 0)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "BlockedConv input_layout must be NCHW8c or NCHW, not %s", layout);
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != (nchw ? 4 : 5) || (!nchw && x->dims[4] != BLK))
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "BlockedConv takes float32 %s",
+                      nchw ? "[N, C, H, W]" : "[N, C/8, H, W, 8]");
+  int64_t d[4] = {x->dims[0], nchw ? x->dims[1] : x->dims[1] * BLK, x->dims[2], x->dims[3]};
   *xv = (kiln_tensor){.dtype = KILN_DTYPE_FLOAT};
   kiln__set_shape(xv, KILN_DTYPE_FLOAT, 4, d);
   *yv = (kiln_tensor){.dtype = KILN_DTYPE_FLOAT};
@@ -672,7 +682,8 @@ static kiln_status run_bconv(kiln__kctx *c) {
   xv.data = mem;
   yv.data = mem + kiln_tensor_count(&xv);
   size_t hw = (size_t)(xv.dims[2] * xv.dims[3]), ohw = (size_t)(yv.dims[2] * yv.dims[3]);
-  from_blocked(c->in[0]->data, (size_t)(xv.dims[0] * xv.dims[1]) / BLK, hw, xv.data);
+  if (bconv_x_nchw(c->node)) memcpy(xv.data, c->in[0]->data, kiln_tensor_nbytes(&xv));
+  else from_blocked(c->in[0]->data, (size_t)(xv.dims[0] * xv.dims[1]) / BLK, hw, xv.data);
   const kiln_tensor *in[3] = {&xv, c->in[1], c->n_in > 2 ? c->in[2] : NULL};
   kiln_tensor *out[1] = {&yv};
   kiln__kctx s = sub_ctx(c, 3);
