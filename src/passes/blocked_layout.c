@@ -12,9 +12,16 @@
    at most max(2, convs / 8) reorders: each conv becomes a BlockedConv reading and writing
    blocked values, a ToBlocked is added once per value that enters the region, and a FromBlocked
    writes back each output that something outside the region (or the graph's output) still
-   reads, under its own name. Other regions stay: a reorder costs about what a conv gains. */
+   reads, under its own name. Other regions stay: a reorder costs about what a conv gains.
+
+   Only where the cpu backend runs its AVX2 kernels (KILN_ISA and cpuid, as the kernels choose):
+   that is where the layout was measured faster. With AVX-512 the NCHW kernels use 16-wide
+   vectors and the blocked ones 8-wide (not measured); NEON and generic builds run the blocked
+   tiles in portable C. So the optimized graph depends on the machine, as ONNX Runtime's NCHWc
+   transformer does. */
 #include <stdio.h>
 
+#include "kernels/cpu/sgemm.h" /* kiln__isa_select: the layout pays with the AVX2 kernels */
 #include "passes/pass.h"
 
 enum { BLK = 8, MIN_REGION = 3 };
@@ -130,6 +137,9 @@ static int region_producer(const kiln__pass_ctx *ctx, const int *elig, int *pare
 
 static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
   kiln__graph *g = ctx->g;
+  kiln__isa isa;
+  kiln_error isa_err = {0};
+  if (kiln__isa_select(&isa, &isa_err) != KILN_OK || isa != KILN__ISA_AVX2) return KILN_OK;
   kiln_status st = kiln__pass_shapes(ctx);
   if (st != KILN_OK) return st;
   int n_nodes = g->n_nodes, n_values = g->n_values;
