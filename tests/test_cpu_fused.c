@@ -326,6 +326,37 @@ static void blocked_cases(kiln__pool *pool) {
       onenode_free(&o);
     }
   }
+  /* BlockedPool: MaxPool 3x3 stride 2 with ceil_mode (SqueezeNet's; the last window of 8 columns
+     hangs over the edge), with pads 1 (ResNet's), 2x2; GlobalAveragePool */
+  static const struct {
+    int64_t n, c, h, w, k, stride, pad, ceil;
+    bool global;
+  } pools[] = {
+      {1, 16, 15, 15, 3, 2, 0, 1, false}, {2, 8, 8, 9, 3, 2, 0, 1, false},
+      {1, 8, 12, 12, 3, 2, 1, 0, false},  {1, 24, 6, 6, 2, 2, 0, 0, false},
+      {2, 16, 13, 13, 0, 0, 0, 0, true},
+  };
+  for (size_t i = 0; i < KILN__ARRAY_LEN(pools); i++) {
+    int r5[1] = {5}; /* the output's shape: the reference's infer */
+    int64_t dims[1][KILN_MAX_RANK] = {{pools[i].n, pools[i].c / 8, pools[i].h, pools[i].w, 8}};
+    onenode o;
+    onenode_make(&o, "BlockedPool", 1, r5, dims, 0);
+    if (pools[i].global) {
+      kt_attr_str(o.n, "op", "GlobalAveragePool");
+    } else {
+      int64_t k[2] = {pools[i].k, pools[i].k}, st[2] = {pools[i].stride, pools[i].stride};
+      int64_t p[4] = {pools[i].pad, pools[i].pad, pools[i].pad, pools[i].pad};
+      kt_attr_str(o.n, "op", "MaxPool");
+      kt_attr_ints(o.n, "kernel_shape", k, 2);
+      kt_attr_ints(o.n, "strides", st, 2);
+      kt_attr_ints(o.n, "pads", p, 4);
+      kt_attr_int(o.n, "ceil_mode", pools[i].ceil);
+      float *x = o.in[0].data; /* NaN taps: their outputs NaN, as the reference's */
+      for (size_t e = 5; e < kiln_tensor_count(&o.in[0]); e += 97) x[e] = NAN;
+    }
+    onenode_check(&o, pool, 1e-6f);
+    onenode_free(&o);
+  }
   /* the reorders, both ways, with pixel counts around the 8 x 8 transposes */
   static const int64_t shapes[][4] = {{1, 8, 1, 1}, {2, 16, 3, 5}, {1, 24, 8, 8}, {1, 32, 9, 7}};
   for (size_t i = 0; i < KILN__ARRAY_LEN(shapes); i++) {

@@ -603,8 +603,9 @@ save("rowq", row_quant("qa", "x", "tiny") + row_quant("qb", "x2", "tiny", u8=Fal
 # channels, Relu) feeds e1 (1x1 16 -> 48, Relu6), d1 (depthwise 3x3, Relu6), p1 (1x1 48 -> 16,
 # residual the stem's output), e2 (1x1, Relu), d2 (depthwise 3x3 stride 2, Relu), p2 (1x1
 # 32 -> 24, the graph output): 6 convs, the stem writing NCHW8c itself (its output is read only
-# as their X and Z) and one FromBlocked (y1). f1 -> f2 (depthwise) -> f3 from the graph input:
-# a ToBlocked and a FromBlocked. Near misses that stay NCHW: a1 -> b1 (dense 3x3) -> a2
+# as their X and Z) and one FromBlocked (y1). From the graph input f1 -> MaxPool -> f2
+# (depthwise) -> Concat(f2, the pool) -> f3 -> GlobalAveragePool: pools and Concat in the layout
+# between a ToBlocked and a FromBlocked. Near misses that stay NCHW: a1 -> b1 (dense 3x3) -> a2
 # (residual a1) -> a3, three 1x1 convs with 4 reorders; c1 -> c2, a region of two. Batch 2,
 # 12x12 planes. Weights from their own generator, so the models above keep theirs.
 rng_b = np.random.default_rng(77)
@@ -637,11 +638,15 @@ save("blocked", [
     helper.make_node("Conv", ["x", "wc1"], ["c1"], name="c1"),
     helper.make_node("Conv", ["c1", "wc2"], ["y3"], name="c2", group=8, pads=[1, 1, 1, 1]),
     helper.make_node("Conv", ["x", "wf1"], ["f1"], name="f1"),
-    helper.make_node("Conv", ["f1", "wf2"], ["f2"], name="f2", group=16, pads=[1, 1, 1, 1]),
-    helper.make_node("Conv", ["f2", "wf3"], ["y4"], name="f3"),
+    helper.make_node("MaxPool", ["f1"], ["fp"], name="f_pool", kernel_shape=[3, 3],
+                     strides=[2, 2], ceil_mode=1),
+    helper.make_node("Conv", ["fp", "wf2"], ["f2"], name="f2", group=16, pads=[1, 1, 1, 1]),
+    helper.make_node("Concat", ["f2", "fp"], ["fc"], name="f_cat", axis=1),
+    helper.make_node("Conv", ["fc", "wf3"], ["f3"], name="f3"),
+    helper.make_node("GlobalAveragePool", ["f3"], ["y4"], name="f_gap"),
 ], [vi("x", [2, 8, 12, 12])],
    [vi("y1", [2, 24, 6, 6]), vi("y2", [2, 8, 12, 12]), vi("y3", [2, 8, 12, 12]),
-    vi("y4", [2, 8, 12, 12])], [
+    vi("y4", [2, 8, 1, 1])], [
     init("ws", brand(16, 8, 3, 3)), init("bs", brand(16)),
     init("we1", brand(48, 16, 1, 1)), init("be1", brand(48)),
     init("wd1", brand(48, 1, 3, 3)), init("bd1", brand(48)),
@@ -653,7 +658,7 @@ save("blocked", [
     init("wa2", brand(8, 8, 1, 1)), init("wa3", brand(8, 8, 1, 1)),
     init("wc1", brand(8, 8, 1, 1)), init("wc2", brand(8, 1, 3, 3)),
     init("wf1", brand(16, 8, 1, 1)), init("wf2", brand(16, 1, 3, 3)),
-    init("wf3", brand(8, 16, 1, 1)),
+    init("wf3", brand(8, 32, 1, 1)),
     init("zero", np.array(0.0, np.float32)), init("six", np.array(6.0, np.float32)),
 ])
 print("wrote pass_*.onnx to", os.path.normpath(OUT))

@@ -7,12 +7,14 @@
    channels in multiples of 8, its weight is a constant, and it is
      pointwise: 1x1, stride 1, no padding, group 1; or
      depthwise: 3x3, group = C = M, stride 1 or 2, each pad at most 1, dilation 1;
-   a residual Z (FusedConv's fourth input) must have the output's shape. Qualifying convs joined
-   by their X or Z form regions. A region is converted when it has at least MIN_REGION convs and
-   at most max(2, convs / 8) reorders: each conv becomes a BlockedConv reading and writing
-   blocked values, a ToBlocked is added once per value that enters the region, and a FromBlocked
-   writes back each output that something outside the region (or the graph's output) still
-   reads, under its own name. Other regions stay: a reorder costs about what a conv gains.
+   a residual Z (FusedConv's fourth input) must have the output's shape. MaxPool (dilation 1,
+   explicit pads) and GlobalAveragePool (-> BlockedPool) and Concat along the channels (the same
+   Concat along the block axis) of such tensors may join too. Members joined through the values
+   they read (a conv's X and Z, a pool's X, a Concat's inputs) form regions. A region is converted
+   when it has at least MIN_REGION convs and at most max(2, convs / 8) reorders: each member reads
+   and writes blocked values, a ToBlocked is added once per value that enters the region, and a
+   FromBlocked writes back each output that something outside the region (or the graph's output)
+   still reads, under its own name. Other regions stay: a reorder costs about what a conv gains.
 
    Only where the cpu backend runs its AVX2 kernels (KILN_ISA and cpuid, as the kernels choose):
    that is where the layout was measured faster. With AVX-512 the NCHW kernels use 16-wide
@@ -43,7 +45,44 @@ static bool pads_at_most(const kiln__node *n, int64_t most) {
   return !*ap || !strcmp(ap, "NOTSET");
 }
 
-static bool eligible(const kiln__pass_ctx *ctx, const kiln__node *n) {
+/* What a region may hold. */
+typedef enum { NOT_BLOCKED, B_CONV, B_POOL, B_CONCAT } member;
+
+/* Whether input slot k of a member carries an activation in the layout (X and Z of a conv, a
+   pool's X, every input of a Concat). */
+static bool act_slot(member m, int k) {
+  return m == B_CONCAT || k == 0 || (m == B_CONV && k == 3);
+}
+
+/* A static float [N, C, H, W] with C a multiple of 8. */
+static bool blockable(const kiln__pass_ctx *ctx, int v, int64_t d[4]) {
+  return v >= 0 && kiln__pass_static4(ctx, v, d) &&
+         kiln__pass_dtype(ctx, v) == KILN_DTYPE_FLOAT && d[1] % BLK == 0;
+}
+
+/* MaxPool (dilation 1, explicit pads, no Indices) and GlobalAveragePool: BlockedPool. */
+static bool pool_ok(const kiln__pass_ctx *ctx, const kiln__node *n) {
+  int64_t x[4], y[4];
+  if (n->domain[0] || n->n_in != 1 || n->n_out != 1 || !blockable(ctx, n->in[0], x) ||
+      !blockable(ctx, n->out[0], y))
+    return false;
+  if (!strcmp(n->op_type, "GlobalAveragePool")) return true;
+  return !strcmp(n->op_type, "MaxPool") && kiln__pass_ints_all(n, "dilations", 2, 1) &&
+         pads_at_most(n, 1 << 20) && kiln__attr_int(n, "storage_order", 0) == 0;
+}
+
+/* Concat along the channels of such tensors: the same Concat along the blocks. */
+static bool concat_ok(const kiln__pass_ctx *ctx, const kiln__node *n) {
+  int64_t d[4], axis = kiln__attr_int(n, "axis", 0);
+  if (n->domain[0] || strcmp(n->op_type, "Concat") != 0 || n->n_out != 1 || n->n_in < 1 ||
+      (axis != 1 && axis != -3) || !blockable(ctx, n->out[0], d))
+    return false;
+  for (int k = 0; k < n->n_in; k++)
+    if (!blockable(ctx, n->in[k], d)) return false;
+  return true;
+}
+
+static bool conv_ok(const kiln__pass_ctx *ctx, const kiln__node *n) {
   if (!conv_node(n)) return false;
   const kiln_tensor *w = kiln__pass_const_f32(ctx, n->in[1]);
   int64_t x[4], y[4], z[4];
@@ -64,8 +103,13 @@ static bool eligible(const kiln__pass_ctx *ctx, const kiln__node *n) {
   const int64_t *st;
   if (kiln__attr_ints(n, "strides", &st) != 2) st = NULL;
   bool stride12 = !st || (st[0] == st[1] && (st[0] == 1 || st[0] == 2));
-  return group == x[1] && x[1] == y[1] && w->dims[1] == 1 && w->dims[2] == 3 && w->dims[3] == 3 &&
-         kiln__pass_ints_all(n, "kernel_shape", 2, 3) && stride12 && pads_at_most(n, 1);
+  bool k3 = w->dims[2] == 3 && w->dims[3] == 3 && kiln__pass_ints_all(n, "kernel_shape", 2, 3);
+  return group == x[1] && x[1] == y[1] && w->dims[1] == 1 && k3 && stride12 && pads_at_most(n, 1);
+}
+
+static member member_of(const kiln__pass_ctx *ctx, const kiln__node *n) {
+  return conv_ok(ctx, n) ? B_CONV : pool_ok(ctx, n) ? B_POOL : concat_ok(ctx, n) ? B_CONCAT
+                                                                                  : NOT_BLOCKED;
 }
 
 static int find(int *parent, int i) {
@@ -126,7 +170,7 @@ oom:
   return -1;
 }
 
-/* The eligible producer of node i's input slot k in the same region, else -1. */
+/* The member producing node i's input slot k in the same region, else -1. */
 static int region_producer(const kiln__pass_ctx *ctx, const int *elig, int *parent, int i,
                            int k) {
   const kiln__graph *g = ctx->g;
@@ -157,13 +201,14 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
   for (int v = 0; v < n_values; v++) blk_of[v] = entry_of[v] = -1, inside[v] = 0;
   for (int i = 0; i < n_nodes; i++) {
     parent[i] = i, size[i] = reorders[i] = 0;
-    elig[i] = !ctx->dead[i] && eligible(ctx, &g->nodes[i]);
+    elig[i] = ctx->dead[i] ? NOT_BLOCKED : (int)member_of(ctx, &g->nodes[i]);
   }
-  /* Regions: each eligible node joins the eligible producers of its X and Z. */
+  /* Regions: each member joins the members producing its activations. */
   for (int i = 0; i < n_nodes; i++) {
     if (!elig[i]) continue;
     const kiln__node *n = &g->nodes[i];
-    for (int k = 0; k < n->n_in; k += 3) { /* X (0) and Z (3) */
+    for (int k = 0; k < n->n_in; k++) {
+      if (!act_slot((member)elig[i], k)) continue;
       int p = n->in[k] >= 0 ? g->values[n->in[k]].producer : -1;
       if (p < 0 || p >= n_nodes || ctx->dead[p] || !elig[p]) continue;
       int a = find(parent, i), b = find(parent, p);
@@ -175,11 +220,11 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
   for (int i = 0; i < n_nodes; i++) {
     if (!elig[i]) continue;
     int r = find(parent, i);
-    size[r]++;
+    size[r] += elig[i] == B_CONV;
     const kiln__node *n = &g->nodes[i];
-    for (int k = 0; k < n->n_in; k += 3) {
+    for (int k = 0; k < n->n_in; k++) {
       int v = n->in[k];
-      if (v < 0) continue;
+      if (v < 0 || !act_slot((member)elig[i], k)) continue;
       if (region_producer(ctx, elig, parent, i, k) >= 0) inside[v]++;
       else if (entry_of[v] != r) entry_of[v] = r, reorders[r]++;
     }
@@ -194,7 +239,7 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
   for (int v = 0; v < n_values; v++) inside[v] = 0; /* now: reads by converted nodes */
   for (int i = 0; i < n_nodes; i++) {
     int r = elig[i] ? find(parent, i) : -1;
-    elig[i] = r >= 0 && size[r] >= MIN_REGION && reorders[r] <= KILN__MAX(2, size[r] / 8);
+    if (r < 0 || size[r] < MIN_REGION || reorders[r] > KILN__MAX(2, size[r] / 8)) elig[i] = 0;
     if (!elig[i]) continue;
     char name[200];
     int y = g->nodes[i].out[0];
@@ -204,20 +249,40 @@ static kiln_status run(kiln__pass_ctx *ctx, bool *changed) {
     blk_of[y] = b;
     converted++;
     const kiln__node *n = &g->nodes[i];
-    for (int k = 0; k < n->n_in; k += 3)
-      if (n->in[k] >= 0) inside[n->in[k]]++;
+    for (int k = 0; k < n->n_in; k++)
+      if (n->in[k] >= 0 && act_slot((member)elig[i], k)) inside[n->in[k]]++;
   }
   for (int i = 0; i < n_nodes && converted; i++) {
     if (!elig[i]) continue;
-    int in[4], n_in = g->nodes[i].n_in;
-    for (int k = 0; k < n_in; k++) in[k] = g->nodes[i].in[k];
-    for (int k = 0; k < n_in; k += 3)
-      if (in[k] >= 0 && (in[k] = blocked_input(ctx, in[k], blk_of, inside, &st)) < 0) goto done;
+    member m = (member)elig[i];
+    int n_in = g->nodes[i].n_in;
+    int *in = kiln__malloc((size_t)n_in * sizeof *in);
+    if (!in) goto oom;
+    for (int k = 0; k < n_in; k++) {
+      in[k] = g->nodes[i].in[k];
+      if (in[k] >= 0 && act_slot(m, k) &&
+          (in[k] = blocked_input(ctx, in[k], blk_of, inside, &st)) < 0) {
+        kiln__free(in);
+        goto done;
+      }
+    }
     kiln__node *n = &g->nodes[i]; /* blocked_input may have moved the nodes */
     kiln__pass_note(ctx, "%s", n->name);
-    if ((st = kiln__pass_set_inputs(ctx, n, in, n_in)) != KILN_OK ||
-        (st = kiln__pass_set_op(ctx, n, "ai.kiln", "BlockedConv")) != KILN_OK)
-      goto done;
+    st = kiln__pass_set_inputs(ctx, n, in, n_in);
+    kiln__free(in);
+    if (st == KILN_OK && m == B_CONV) st = kiln__pass_set_op(ctx, n, "ai.kiln", "BlockedConv");
+    if (st == KILN_OK && m == B_POOL) { /* the pool's name first: set_op replaces it */
+      char op[32];
+      snprintf(op, sizeof op, "%s", n->op_type);
+      st = kiln__pass_set_op(ctx, n, "ai.kiln", "BlockedPool");
+      if (st == KILN_OK) st = kiln__pass_add_attr_str(ctx, n, "op", op);
+    }
+    if (st == KILN_OK && m == B_CONCAT) { /* the channel axis is the block axis, 1 of 5 */
+      kiln__attr *a = (kiln__attr *)kiln__attr_find(n, "axis");
+      if (a) a->i = 1;
+      else st = kiln__pass_add_attr_int(ctx, n, "axis", 1);
+    }
+    if (st != KILN_OK) goto done;
   }
   /* Outputs something else still reads: written back in NCHW under their own names. */
   for (int i = 0; i < n_nodes && converted; i++) {

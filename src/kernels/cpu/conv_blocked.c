@@ -22,6 +22,8 @@
  * other activations by kiln__act_apply on each finished output row. The AVX2 code carries
  * target attributes (the library builds for baseline x86-64); other ISAs run the same tiles in
  * portable C. */
+#include <math.h>
+
 #include "core/threadpool.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/sgemm.h"
@@ -614,6 +616,141 @@ static kiln_status bconv_execute(kiln__kctx *c, void *state) {
   return KILN_OK;
 }
 
+/* ---- pools ------------------------------------------------------------------------------------ */
+
+/* BlockedPool with op MaxPool (any kernel, stride and explicit pads, dilation 1) or
+   GlobalAveragePool: 8 channels per vector; the rest goes to the reference kernel. */
+typedef struct bpool_state {
+  bool global;          /* GlobalAveragePool, else MaxPool */
+  int64_t k[2], s[2], pads[4];
+  bool avx2;
+} bpool_state;
+
+static bool bpool_parse(const kiln__node *n, bpool_state *p) {
+  const char *op = kiln__attr_str(n, "op", "");
+  *p = (bpool_state){.global = !strcmp(op, "GlobalAveragePool")};
+  if (n->n_in != 1 || n->n_out != 1) return false;
+  if (p->global) return true;
+  const int64_t *ks;
+  int64_t dl[2];
+  const char *ap = kiln__attr_str(n, "auto_pad", "NOTSET");
+  return !strcmp(op, "MaxPool") && kiln__attr_ints(n, "kernel_shape", &ks) == 2 &&
+         (!*ap || !strcmp(ap, "NOTSET")) && kiln__cpu_ints(n, "strides", 2, 1, 1, p->s) &&
+         kiln__cpu_ints(n, "dilations", 2, 1, 1, dl) && dl[0] == 1 && dl[1] == 1 &&
+         kiln__cpu_ints(n, "pads", 4, 0, 0, p->pads) && ks[0] >= 1 && ks[1] >= 1 &&
+         (p->k[0] = ks[0], p->k[1] = ks[1], true);
+}
+
+static bool bpool_supports(const kiln__node *n, const kiln__graph *g) {
+  bpool_state p;
+  return bpool_parse(n, &p) && kiln__cpu_maybe_float(kiln__cpu_input(n, g, 0));
+}
+
+static kiln_status bpool_prepare(const kiln__node *n, const kiln__graph *g, void **state,
+                                 kiln_error *err) {
+  (void)g;
+  bpool_state *p = kiln__malloc(sizeof *p);
+  if (!p) return kiln__fail(err, KILN_NO_MEMORY, "out of memory preparing BlockedPool");
+  bpool_parse(n, p);
+  kiln__isa isa;
+  kiln_status st = kiln__isa_select(&isa, err);
+  if (st != KILN_OK) {
+    kiln__free(p);
+    return st;
+  }
+  p->avx2 = isa == KILN__ISA_AVX2 || isa == KILN__ISA_AVX512;
+  *state = p;
+  return KILN_OK;
+}
+
+typedef struct bpool_job {
+  const bpool_state *p;
+  const float *x;
+  float *y;
+  size_t h, w, oh, ow;
+} bpool_job;
+
+/* max as the reference MaxPool takes it: a NaN tap wins, and stays */
+static inline float nan_max(float acc, float v) { return v > acc || v != v ? v : acc; }
+
+#ifdef BC_X86
+AVX2 static void maxpool_plane_avx2(const bpool_job *j, const float *x, float *y) {
+  const bpool_state *p = j->p;
+  for (size_t oy = 0; oy < j->oh; oy++)
+    for (size_t ox = 0; ox < j->ow; ox++) {
+      /* the max of the taps that are numbers; a NaN tap makes the lane NaN (all bits set), as
+         the reference's NaN-propagating max does, without a blend in the chain */
+      __m256 acc = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
+      for (int64_t ky = 0; ky < p->k[0]; ky++) {
+        int64_t iy = (int64_t)oy * p->s[0] - p->pads[0] + ky;
+        if (iy < 0 || iy >= (int64_t)j->h) continue;
+        for (int64_t kx = 0; kx < p->k[1]; kx++) {
+          int64_t ix = (int64_t)ox * p->s[1] - p->pads[1] + kx;
+          if (ix < 0 || ix >= (int64_t)j->w) continue;
+          __m256 v = _mm256_loadu_ps(x + ((size_t)iy * j->w + (size_t)ix) * B);
+          acc = _mm256_max_ps(acc, v);
+          nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        }
+      }
+      _mm256_storeu_ps(y + (oy * j->ow + ox) * B, _mm256_or_ps(acc, nan));
+    }
+}
+#endif
+
+/* Units are (batch, channel block) planes. */
+static void bpool_units(void *arg, size_t ub, size_t ue) {
+  const bpool_job *j = arg;
+  const bpool_state *p = j->p;
+  size_t hw = j->h * j->w, ohw = j->oh * j->ow;
+  for (size_t u = ub; u < ue; u++) {
+    const float *x = j->x + u * hw * B;
+    float *y = j->y + u * ohw * B;
+    if (p->global) { /* in float, in order, as the reference sums */
+      float s[B] = {0};
+      for (size_t q = 0; q < hw; q++)
+        for (size_t l = 0; l < B; l++) s[l] += x[q * B + l];
+      for (size_t l = 0; l < B; l++) y[l] = hw ? (float)((double)s[l] / (double)hw) : NAN;
+      continue;
+    }
+#ifdef BC_X86
+    if (p->avx2) {
+      maxpool_plane_avx2(j, x, y);
+      continue;
+    }
+#endif
+    for (size_t oy = 0; oy < j->oh; oy++)
+      for (size_t ox = 0; ox < j->ow; ox++) {
+        float acc[B];
+        for (size_t l = 0; l < B; l++) acc[l] = -INFINITY;
+        for (int64_t ky = 0; ky < p->k[0]; ky++) {
+          int64_t iy = (int64_t)oy * p->s[0] - p->pads[0] + ky;
+          if (iy < 0 || iy >= (int64_t)j->h) continue;
+          for (int64_t kx = 0; kx < p->k[1]; kx++) {
+            int64_t ix = (int64_t)ox * p->s[1] - p->pads[1] + kx;
+            if (ix < 0 || ix >= (int64_t)j->w) continue;
+            const float *v = x + ((size_t)iy * j->w + (size_t)ix) * B;
+            for (size_t l = 0; l < B; l++) acc[l] = nan_max(acc[l], v[l]);
+          }
+        }
+        for (size_t l = 0; l < B; l++) y[(oy * j->ow + ox) * B + l] = acc[l];
+      }
+  }
+}
+
+static kiln_status bpool_execute(kiln__kctx *c, void *state) {
+  const bpool_state *p = state;
+  const kiln_tensor *x = c->in[0], *y = c->out[0];
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != 5 || y->rank != 5 || x->dims[4] != B ||
+      y->dims[1] != x->dims[1] || y->dims[0] != x->dims[0])
+    return c->node->op->run(c);
+  bpool_job j = {.p = p, .x = x->data, .y = y->data, .h = (size_t)x->dims[2],
+                 .w = (size_t)x->dims[3], .oh = (size_t)y->dims[2], .ow = (size_t)y->dims[3]};
+  size_t units = (size_t)(x->dims[0] * x->dims[1]);
+  double work = (double)units * (p->global ? j.h * j.w : j.oh * j.ow * (size_t)(p->k[0] * p->k[1]));
+  kiln__parallel_for(kiln__pool_for(c->pool, work * B), units, bpool_units, &j);
+  return KILN_OK;
+}
+
 /* ---- the reorders ------------------------------------------------------------------------------ */
 
 typedef struct reorder_job {
@@ -712,6 +849,8 @@ static kiln_status from_blocked_execute(kiln__kctx *c, void *state) {
 
 const kiln__cpu_kernel kiln__cpu_blocked_kernels[] = {
     {"BlockedConv", bconv_supports, bconv_prepare, bconv_release, bconv_execute, NULL, "ai.kiln"},
+    {"BlockedPool", bpool_supports, bpool_prepare, reorder_release, bpool_execute, NULL,
+     "ai.kiln"},
     {"ToBlocked", reorder_supports, reorder_prepare, reorder_release, to_blocked_execute, NULL,
      "ai.kiln"},
     {"FromBlocked", reorder_supports, reorder_prepare, reorder_release, from_blocked_execute,

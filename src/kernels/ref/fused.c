@@ -696,6 +696,80 @@ static kiln_status run_bconv(kiln__kctx *c) {
   return KILN_OK;
 }
 
+/* BlockedPool: the pool op named by `op` (MaxPool, AveragePool, GlobalAveragePool,
+   GlobalMaxPool; its attributes on this node) on NCHW8c X and Y, by way of NCHW copies. */
+static kiln_status bpool_views(const kiln__kctx *c, const kiln__op **op, kiln_tensor *xv,
+                               kiln_tensor *yv) {
+  static const char *const ops[] = {"MaxPool", "AveragePool", "GlobalAveragePool",
+                                    "GlobalMaxPool"};
+  const char *name = kiln__attr_str(c->node, "op", "");
+  *op = NULL;
+  for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+    if (!strcmp(name, ops[i])) *op = plain(ops[i]);
+  if (!*op)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT,
+                      "BlockedPool op must be MaxPool, AveragePool, GlobalAveragePool or "
+                      "GlobalMaxPool, not '%s'", name);
+  const kiln_tensor *x = c->in[0];
+  if (x->dtype != KILN_DTYPE_FLOAT || x->rank != 5 || x->dims[4] != BLK)
+    return kiln__fail(c->err, KILN_INVALID_ARGUMENT, "BlockedPool takes float32 [N, C/8, H, W, 8]");
+  int64_t d[4] = {x->dims[0], x->dims[1] * BLK, x->dims[2], x->dims[3]};
+  *xv = (kiln_tensor){.dtype = KILN_DTYPE_FLOAT};
+  kiln__set_shape(xv, KILN_DTYPE_FLOAT, 4, d);
+  *yv = (kiln_tensor){.dtype = KILN_DTYPE_FLOAT};
+  const kiln_tensor *in[1] = {xv};
+  kiln_tensor *out[1] = {yv};
+  kiln__kctx s = *c;
+  s.n_in = 1, s.n_out = 1, s.in = in, s.out = out;
+  return (*op)->infer(&s);
+}
+
+static kiln_status infer_bpool(kiln__kctx *c) {
+  const kiln__op *op;
+  kiln_tensor xv, yv;
+  kiln_status st = bpool_views(c, &op, &xv, &yv);
+  if (st != KILN_OK) return st;
+  int64_t d[5] = {yv.dims[0], yv.dims[1] / BLK, yv.dims[2], yv.dims[3], BLK};
+  kiln__set_shape(c->out[0], KILN_DTYPE_FLOAT, 5, d);
+  return KILN_OK;
+}
+
+static size_t scratch_bpool(const kiln__kctx *c) {
+  const kiln__op *op;
+  kiln_tensor xv, yv;
+  kiln_error err = {0};
+  kiln__kctx s = *c;
+  s.err = &err;
+  if (bpool_views(&s, &op, &xv, &yv) != KILN_OK) return 0;
+  const kiln_tensor *in[1] = {&xv};
+  kiln_tensor *out[1] = {&yv};
+  s.n_in = 1, s.n_out = 1, s.in = in, s.out = out;
+  return (kiln_tensor_count(&xv) + kiln_tensor_count(&yv)) * sizeof(float) +
+         (op->scratch ? op->scratch(&s) : 0);
+}
+
+static kiln_status run_bpool(kiln__kctx *c) {
+  const kiln__op *op;
+  kiln_tensor xv, yv;
+  kiln_status st = bpool_views(c, &op, &xv, &yv);
+  if (st != KILN_OK) return st;
+  float *mem = c->scratch;
+  xv.data = mem;
+  yv.data = mem + kiln_tensor_count(&xv);
+  from_blocked(c->in[0]->data, (size_t)(xv.dims[0] * xv.dims[1]) / BLK,
+               (size_t)(xv.dims[2] * xv.dims[3]), xv.data);
+  const kiln_tensor *in[1] = {&xv};
+  kiln_tensor *out[1] = {&yv};
+  kiln__kctx s = *c;
+  s.n_in = 1, s.n_out = 1, s.in = in, s.out = out;
+  s.scratch = (float *)yv.data + kiln_tensor_count(&yv);
+  s.scratch_bytes = c->scratch_bytes - (kiln_tensor_count(&xv) + kiln_tensor_count(&yv)) * sizeof(float);
+  if ((st = op->run(&s)) != KILN_OK) return st;
+  to_blocked(yv.data, (size_t)(yv.dims[0] * yv.dims[1]) / BLK, (size_t)(yv.dims[2] * yv.dims[3]),
+             c->out[0]->data);
+  return KILN_OK;
+}
+
 const kiln__op kiln__ops_fused[] = {
     {"ai.kiln", "LayerNorm", infer_layernorm, run_layernorm, NULL, 0, 1, 3},
     {"ai.kiln", "Gelu", infer_float_same, run_gelu, NULL, KILN__OPF_INPLACE, 1, 1},
@@ -708,5 +782,6 @@ const kiln__op kiln__ops_fused[] = {
     {"ai.kiln", "ToBlocked", infer_to_blocked, run_to_blocked, NULL, 0, 1, 1},
     {"ai.kiln", "FromBlocked", infer_from_blocked, run_from_blocked, NULL, 0, 1, 1},
     {"ai.kiln", "BlockedConv", infer_bconv, run_bconv, scratch_bconv, 0, 2, 4},
+    {"ai.kiln", "BlockedPool", infer_bpool, run_bpool, scratch_bpool, 0, 1, 1},
     {0},
 };
