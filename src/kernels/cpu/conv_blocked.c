@@ -208,18 +208,56 @@ static void pw_tile_c(const bc_job *j, const float *x, const float *wo, const fl
 }
 
 #ifdef BC_X86
+/* y[at] = act(r + z[at]) for one vector: the epilogue of every AVX2 tile (Relu/Clip here, other
+   activations by post_act on finished rows). */
+INLINE_AVX2 void store_avx2(const bconv_state *s, __m256 r, const float *z, float *y, size_t at) {
+  const kiln__epilogue *ep = &s->ep;
+  if (z) r = _mm256_add_ps(r, _mm256_loadu_ps(z + at));
+  if (ep->act == KILN__ACT_RELU) r = _mm256_max_ps(r, _mm256_setzero_ps());
+  else if (ep->act == KILN__ACT_CLIP)
+    r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(ep->lo)), _mm256_set1_ps(ep->hi));
+  _mm256_storeu_ps(y + at, r);
+}
+
+/* The 6-pixel x 2-block register tile shared by the pointwise and stem kernels: NP pixels x NO
+   output blocks from ob, starting from the bias; a step multiplies one input float per pixel
+   (xp + q xs) by two filter vectors; the store writes pixel q of block o at at0 + o plane8 +
+   q B. */
+INLINE_AVX2 void tile_init_avx2(__m256 acc[2][PT], const float *bias, size_t ob, size_t NO,
+                                size_t NP) {
+#pragma GCC unroll 2
+  for (size_t o = 0; o < NO; o++) {
+    __m256 b = bias ? _mm256_loadu_ps(bias + (ob + o) * B) : _mm256_setzero_ps();
+#pragma GCC unroll 6
+    for (size_t q = 0; q < NP; q++) acc[o][q] = b;
+  }
+}
+
+INLINE_AVX2 void tile_step_avx2(__m256 acc[2][PT], __m256 w0, __m256 w1, const float *xp,
+                                size_t xs, size_t NO, size_t NP) {
+#pragma GCC unroll 6
+  for (size_t q = 0; q < NP; q++) {
+    __m256 xv = _mm256_broadcast_ss(xp + q * xs);
+    acc[0][q] = _mm256_fmadd_ps(w0, xv, acc[0][q]);
+    if (NO > 1) acc[1][q] = _mm256_fmadd_ps(w1, xv, acc[1][q]);
+  }
+}
+
+INLINE_AVX2 void tile_store_avx2(const bconv_state *s, __m256 acc[2][PT], const float *z,
+                                 float *y, size_t at0, size_t plane8, size_t NO, size_t NP) {
+#pragma GCC unroll 2
+  for (size_t o = 0; o < NO; o++)
+#pragma GCC unroll 6
+    for (size_t q = 0; q < NP; q++) store_avx2(s, acc[o][q], z, y, at0 + o * plane8 + q * B);
+}
+
 /* The AVX2 pointwise tile: NP pixels x NO output blocks in NP * NO accumulators. */
 INLINE_AVX2 void pw_tile_avx2(const bc_job *j, const float *x, const float *wo, const float *z,
                               float *y, size_t ob, size_t p, size_t NO, size_t NP) {
   const bconv_state *s = j->s;
   size_t hw = j->h * j->w, cb_n = s->c / B;
   __m256 acc[2][PT];
-#pragma GCC unroll 2
-  for (size_t o = 0; o < NO; o++) {
-    __m256 b = j->bias ? _mm256_loadu_ps(j->bias + (ob + o) * B) : _mm256_setzero_ps();
-#pragma GCC unroll 6
-    for (size_t q = 0; q < NP; q++) acc[o][q] = b;
-  }
+  tile_init_avx2(acc, j->bias, ob, NO, NP);
   const float *w1 = wo + s->c * B;
   for (size_t cb = 0; cb < cb_n; cb++) {
     const float *xb = x + (cb * hw + p) * B;
@@ -228,27 +266,10 @@ INLINE_AVX2 void pw_tile_avx2(const bc_job *j, const float *x, const float *wo, 
     for (size_t i = 0; i < B; i++) {
       __m256 w0v = _mm256_load_ps(wb + i * B);
       __m256 w1v = NO > 1 ? _mm256_load_ps(w1 + (cb * B + i) * B) : w0v;
-#pragma GCC unroll 6
-      for (size_t q = 0; q < NP; q++) {
-        __m256 xv = _mm256_broadcast_ss(xb + q * B + i);
-        acc[0][q] = _mm256_fmadd_ps(w0v, xv, acc[0][q]);
-        if (NO > 1) acc[1][q] = _mm256_fmadd_ps(w1v, xv, acc[1][q]);
-      }
+      tile_step_avx2(acc, w0v, w1v, xb + i, B, NO, NP);
     }
   }
-  const kiln__epilogue *ep = &s->ep;
-#pragma GCC unroll 2
-  for (size_t o = 0; o < NO; o++)
-#pragma GCC unroll 6
-    for (size_t q = 0; q < NP; q++) {
-      size_t at = ((ob + o) * hw + p + q) * B;
-      __m256 v = acc[o][q];
-      if (z) v = _mm256_add_ps(v, _mm256_loadu_ps(z + at));
-      if (ep->act == KILN__ACT_RELU) v = _mm256_max_ps(v, _mm256_setzero_ps());
-      else if (ep->act == KILN__ACT_CLIP)
-        v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(ep->lo)), _mm256_set1_ps(ep->hi));
-      _mm256_storeu_ps(y + at, v);
-    }
+  tile_store_avx2(s, acc, z, y, (ob * hw + p) * B, hw * B, NO, NP);
 }
 
 /* Pixels [p0, p1) of output blocks [ob, ob + NO) in tiles of PT and one shorter (one call per
@@ -333,16 +354,6 @@ static void dw_pixel_c(const bc_job *j, const float *xb, const float *wb, const 
 }
 
 #ifdef BC_X86
-INLINE_AVX2 void dw_store_avx2(const bconv_state *s, __m256 r, const float *zb, float *yb,
-                               size_t at) {
-  const kiln__epilogue *ep = &s->ep;
-  if (zb) r = _mm256_add_ps(r, _mm256_loadu_ps(zb + at));
-  if (ep->act == KILN__ACT_RELU) r = _mm256_max_ps(r, _mm256_setzero_ps());
-  else if (ep->act == KILN__ACT_CLIP)
-    r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(ep->lo)), _mm256_set1_ps(ep->hi));
-  _mm256_storeu_ps(yb + at, r);
-}
-
 /* One output pixel whose taps may leave the plane (edges): each tap checked. */
 AVX2 static void dw_pixel_avx2(const bc_job *j, const float *xb, const float *wb, __m256 b,
                                const float *zb, float *yb, size_t oy, size_t ox) {
@@ -358,7 +369,7 @@ AVX2 static void dw_pixel_avx2(const bc_job *j, const float *xb, const float *wb
                             _mm256_load_ps(wb + (ky * 3 + kx) * B), acc);
     }
   }
-  dw_store_avx2(s, acc, zb, yb, (oy * j->ow + ox) * B);
+  store_avx2(s, acc, zb, yb, (oy * j->ow + ox) * B);
 }
 
 /* NT <= DT output pixels from ox of row oy, every tap inside the plane: S = 1 reads NT + 2
@@ -388,7 +399,7 @@ INLINE_AVX2 void dw_tile_avx2(const bc_job *j, const float *xb, const float *wb,
     }
   }
 #pragma GCC unroll 4
-  for (size_t q = 0; q < NT; q++) dw_store_avx2(s, acc[q], zb, yb, (oy * j->ow + ox + q) * B);
+  for (size_t q = 0; q < NT; q++) store_avx2(s, acc[q], zb, yb, (oy * j->ow + ox + q) * B);
 }
 
 /* Row oy: edge pixels one by one, the interior [lo, hi) in tiles of DT and one shorter. */
@@ -497,7 +508,7 @@ AVX2 static void dense_pixel_avx2(const bc_job *j, const float *x, const float *
                                 xv, acc);
         }
       }
-    dw_store_avx2(s, acc, z, y, (o * ohw + oy * j->ow + ox) * B);
+    store_avx2(s, acc, z, y, (o * ohw + oy * j->ow + ox) * B);
   }
 }
 
@@ -512,12 +523,7 @@ INLINE_AVX2 void dense_tile_avx2(const bc_job *j, const float *x, const float *z
   size_t kw = KW ? KW : s->kw, sw = SW ? SW : s->sw;
   size_t kk = s->kh * kw, ohw = j->oh * j->ow;
   __m256 acc[2][PT];
-#pragma GCC unroll 2
-  for (size_t o = 0; o < NO; o++) {
-    __m256 b = j->bias ? _mm256_loadu_ps(j->bias + (ob + o) * B) : _mm256_setzero_ps();
-#pragma GCC unroll 6
-    for (size_t q = 0; q < NP; q++) acc[o][q] = b;
-  }
+  tile_init_avx2(acc, j->bias, ob, NO, NP);
   const float *w0 = s->w + ob * s->c * kk * B, *w1 = w0 + s->c * kk * B;
   for (size_t ch = 0; ch < s->c; ch++)
     for (size_t ky = 0; ky < s->kh; ky++) {
@@ -529,27 +535,10 @@ INLINE_AVX2 void dense_tile_avx2(const bc_job *j, const float *x, const float *z
       for (size_t kx = 0; kx < kw; kx++) {
         __m256 a = _mm256_load_ps(w0 + t0 + kx * B);
         __m256 c = NO > 1 ? _mm256_load_ps(w1 + t0 + kx * B) : a;
-#pragma GCC unroll 6
-        for (size_t q = 0; q < NP; q++) {
-          __m256 xv = _mm256_broadcast_ss(row + q * sw + kx);
-          acc[0][q] = _mm256_fmadd_ps(a, xv, acc[0][q]);
-          if (NO > 1) acc[1][q] = _mm256_fmadd_ps(c, xv, acc[1][q]);
-        }
+        tile_step_avx2(acc, a, c, row + kx, sw, NO, NP);
       }
     }
-  const kiln__epilogue *ep = &s->ep;
-#pragma GCC unroll 2
-  for (size_t o = 0; o < NO; o++)
-#pragma GCC unroll 6
-    for (size_t q = 0; q < NP; q++) {
-      size_t at = ((ob + o) * ohw + oy * j->ow + ox + q) * B;
-      __m256 v = acc[o][q];
-      if (z) v = _mm256_add_ps(v, _mm256_loadu_ps(z + at));
-      if (ep->act == KILN__ACT_RELU) v = _mm256_max_ps(v, _mm256_setzero_ps());
-      else if (ep->act == KILN__ACT_CLIP)
-        v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(ep->lo)), _mm256_set1_ps(ep->hi));
-      _mm256_storeu_ps(y + at, v);
-    }
+  tile_store_avx2(s, acc, z, y, (ob * ohw + oy * j->ow + ox) * B, ohw * B, NO, NP);
 }
 
 /* Interior columns [lo, hi) of row oy for output blocks [ob, ob + NO). */
