@@ -379,6 +379,67 @@ static void blocked_conv_matches_reference(void **st) {
   for_each_isa(blocked_cases);
 }
 
+/* The layout's ops and Attention's layout refuse what they cannot mean, with a message, at
+   shape inference (a model file can carry any ai.kiln node). */
+static void expect_infer_error(onenode *o, const char *want) {
+  const kiln_tensor *ins[MAX_IN];
+  for (int i = 0; i < o->n_in; i++) ins[i] = o->in[i].data ? &o->in[i] : NULL;
+  kiln_tensor y = {0};
+  kiln_tensor *outs[1] = {&y};
+  kiln_error err = {0};
+  kiln__kctx c = {.node = o->n, .n_in = o->n_in, .n_out = 1, .in = ins, .out = outs, .err = &err};
+  assert_int_equal(o->n->op->infer(&c), KILN_INVALID_ARGUMENT);
+  if (!strstr(err.message, want)) fail_msg("'%s' does not say '%s'", err.message, want);
+}
+
+static void layout_ops_reject_bad_input(void **st) {
+  (void)st;
+  onenode o;
+  int r4[1] = {4}, r5[1] = {5};
+  int64_t c12[1][KILN_MAX_RANK] = {{1, 12, 4, 4}}, lane4[1][KILN_MAX_RANK] = {{1, 2, 4, 4, 4}};
+  onenode_make(&o, "ToBlocked", 1, r4, c12, 0);
+  expect_infer_error(&o, "C a multiple of 8");
+  onenode_free(&o);
+  onenode_make(&o, "FromBlocked", 1, r5, lane4, 0);
+  expect_infer_error(&o, "[N, C/8, H, W, 8]");
+  onenode_free(&o);
+  onenode_make(&o, "BlockedPool", 1, r5, lane4, 0);
+  kt_attr_str(o.n, "op", "MaxPool");
+  expect_infer_error(&o, "[N, C/8, H, W, 8]");
+  onenode_free(&o);
+  int64_t blk[1][KILN_MAX_RANK] = {{1, 2, 4, 4, 8}};
+  onenode_make(&o, "BlockedPool", 1, r5, blk, 0);
+  kt_attr_str(o.n, "op", "LpPool");
+  expect_infer_error(&o, "op must be MaxPool");
+  onenode_free(&o);
+  /* BlockedConv: an NCHW X without input_layout, an unknown layout, 12 output channels */
+  int ranks[2] = {4, 4};
+  int64_t conv[2][KILN_MAX_RANK] = {{1, 16, 4, 4}, {8, 16, 1, 1}};
+  onenode_make(&o, "BlockedConv", 2, ranks, conv, 2);
+  expect_infer_error(&o, "[N, C/8, H, W, 8]");
+  kt_attr_str(o.n, "input_layout", "NHWC");
+  expect_infer_error(&o, "input_layout must be NCHW8c or NCHW");
+  onenode_free(&o);
+  int64_t conv12[2][KILN_MAX_RANK] = {{1, 16, 4, 4}, {12, 16, 1, 1}};
+  onenode_make(&o, "BlockedConv", 2, ranks, conv12, 2);
+  kt_attr_str(o.n, "input_layout", "NCHW");
+  expect_infer_error(&o, "multiple of 8 output channels");
+  onenode_free(&o);
+  /* Attention: an unknown layout; BSHD shapes that disagree (K's H) */
+  int r3[3] = {4, 4, 4};
+  int64_t qkv[3][KILN_MAX_RANK] = {{1, 5, 2, 4}, {1, 6, 3, 4}, {1, 6, 2, 4}};
+  onenode_make(&o, "Attention", 3, r3, qkv, 0);
+  kt_attr_float(o.n, "scale", 0.5f);
+  kt_attr_str(o.n, "layout", "BHDS");
+  expect_infer_error(&o, "layout must be BHSD or BSHD");
+  onenode_free(&o);
+  onenode_make(&o, "Attention", 3, r3, qkv, 0);
+  kt_attr_float(o.n, "scale", 0.5f);
+  kt_attr_str(o.n, "layout", "BSHD");
+  expect_infer_error(&o, "(BSHD)");
+  onenode_free(&o);
+}
+
 /* ---- FusedConv, algorithm="winograd" (conv_winograd.c) --------------------------------------- */
 
 static void wino_cases(kiln__pool *pool) {
@@ -823,6 +884,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(fused_conv_matches_reference),
       cmocka_unit_test(blocked_conv_matches_reference),
+      cmocka_unit_test(layout_ops_reject_bad_input),
       cmocka_unit_test(winograd_conv_matches_reference),
       cmocka_unit_test(winograd_transforms_match_portable),
       cmocka_unit_test(dwpw_matches_reference),
