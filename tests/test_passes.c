@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h> /* setenv */
 #include <string.h>
 
 #include <cmocka.h>
