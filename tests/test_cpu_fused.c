@@ -265,6 +265,12 @@ static void blocked_cases(kiln__pool *pool) {
       {1, 32, 7, 7, 32, 3, 32, 1, 1, 1, 0, 2},     /* 7x7: one interior tile per row */
       {1, 8, 3, 2, 8, 3, 8, 1, 1, 0, 0, 0},        /* a plane narrower than the taps */
       {1, 16, 8, 8, 16, 3, 16, 1, 0, 1, 0, 2},     /* no padding */
+      /* dense 3x3 stride 1 on blocked input: Winograd F(2x2, 3x3) with 8 channels per vector
+         (SqueezeNet's expansions; odd planes leave half tiles, batch 2 spans blocks) */
+      {1, 16, 13, 13, 64, 3, 1, 1, 1, 1, 0, 2},
+      {2, 8, 9, 11, 24, 3, 1, 1, 1, 1, 1, -1},
+      {1, 64, 27, 27, 256, 3, 1, 1, 1, 1, 0, 2},
+      {1, 24, 6, 7, 8, 3, 1, 1, 0, 0, 1, 0},
   };
   for (size_t i = 0; i < KILN__ARRAY_LEN(cases); i++) {
     size_t a0 = cases[i].act < 0 ? 0 : (size_t)cases[i].act;

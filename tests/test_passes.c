@@ -249,9 +249,9 @@ static void fuse_attention(void **s) {
 
 /* blocked-layout: the inverted-residual chain (6 convs after fuse-linear) runs in NCHW8c, its
    stem writing the layout itself (7 rewrites, one FromBlocked); the chain from the graph input
-   (3 convs, a MaxPool, a Concat, a GlobalAveragePool: 6 rewrites) with a ToBlocked and a
-   FromBlocked; the region with 4 reorders for 3 convs and the region of 2 stay: 19 -> 22 nodes
-   after level 2's 26 -> 19. Nothing at level 2. */
+   (1x1, depthwise and 3x3 convs, a MaxPool, a Concat, a GlobalAveragePool: 6 rewrites) with a
+   ToBlocked and a FromBlocked; the region with 4 reorders for 3 convs and the region of 2
+   stay: 19 -> 22 nodes after level 2's 26 -> 19. Nothing at level 2. */
 static void blocked_layout(void **s) {
   (void)s;
   pass_case pc = {"models/pass_blocked.onnx", "blocked-layout", 3, 13, 26, 22, false};

@@ -599,15 +599,15 @@ save("rowq", row_quant("qa", "x", "tiny") + row_quant("qb", "x2", "tiny", u8=Fal
          init("zero", np.array(0, np.float32)), init("z128", np.array(128, np.uint8)),
          init("e1", rand(24))])
 
-# blocked-layout (level 3): an inverted-residual chain in NCHW8c. The stem (a dense 3x3 from 8
-# channels, Relu) feeds e1 (1x1 16 -> 48, Relu6), d1 (depthwise 3x3, Relu6), p1 (1x1 48 -> 16,
-# residual the stem's output), e2 (1x1, Relu), d2 (depthwise 3x3 stride 2, Relu), p2 (1x1
-# 32 -> 24, the graph output): 6 convs, the stem writing NCHW8c itself (its output is read only
-# as their X and Z) and one FromBlocked (y1). From the graph input f1 -> MaxPool -> f2
-# (depthwise) -> Concat(f2, the pool) -> f3 -> GlobalAveragePool: pools and Concat in the layout
-# between a ToBlocked and a FromBlocked. Near misses that stay NCHW: a1 -> b1 (dense 3x3) -> a2
-# (residual a1) -> a3, three 1x1 convs with 4 reorders; c1 -> c2, a region of two. Batch 2,
-# 12x12 planes. Weights from their own generator, so the models above keep theirs.
+# blocked-layout (level 3): an inverted-residual chain in NCHW8c. The stem (a dense 3x3 from the
+# 3-channel input img, Relu) feeds e1 (1x1 16 -> 48, Relu6), d1 (depthwise 3x3, Relu6), p1 (1x1
+# 48 -> 16, residual the stem's output), e2 (1x1, Relu), d2 (depthwise 3x3 stride 2, Relu), p2
+# (1x1 32 -> 24, the graph output): 6 convs, the stem writing NCHW8c itself (its output is read
+# only as their X and Z) and one FromBlocked (y1). From the graph input f1 -> MaxPool -> f2
+# (depthwise) -> Concat(f2, the pool) -> f3 (dense 3x3: Winograd in the layout) ->
+# GlobalAveragePool: pools and Concat in the layout between a ToBlocked and a FromBlocked. Near misses that stay NCHW: a1 -> b1 (dense 5x5: not in
+# the layout) -> a2 (residual a1) -> a3, three 1x1 convs with 4 reorders; c1 -> c2, a region of
+# two. Batch 2, 12x12 planes. Weights from their own generator, so the models above keep theirs.
 rng_b = np.random.default_rng(77)
 
 
@@ -616,7 +616,7 @@ def brand(*shape):
 
 
 save("blocked", [
-    helper.make_node("Conv", ["x", "ws", "bs"], ["s0"], name="stem", pads=[1, 1, 1, 1]),
+    helper.make_node("Conv", ["img", "ws", "bs"], ["s0"], name="stem", pads=[1, 1, 1, 1]),
     helper.make_node("Relu", ["s0"], ["s"], name="stem_relu"),
     helper.make_node("Conv", ["s", "we1", "be1"], ["e1"], name="e1"),
     helper.make_node("Clip", ["e1", "zero", "six"], ["e1c"], name="e1_clip"),
@@ -631,7 +631,7 @@ save("blocked", [
     helper.make_node("Relu", ["d2"], ["d2r"], name="d2_relu"),
     helper.make_node("Conv", ["d2r", "wp2", "bp2"], ["y1"], name="p2"),
     helper.make_node("Conv", ["x", "wa1"], ["a1"], name="a1"),
-    helper.make_node("Conv", ["a1", "wb1"], ["b1"], name="b1", pads=[1, 1, 1, 1]),
+    helper.make_node("Conv", ["a1", "wb1"], ["b1"], name="b1", pads=[2, 2, 2, 2]),
     helper.make_node("Conv", ["b1", "wa2"], ["a2"], name="a2"),
     helper.make_node("Add", ["a2", "a1"], ["a2r"], name="a2_res"),
     helper.make_node("Conv", ["a2r", "wa3"], ["y2"], name="a3"),
@@ -642,23 +642,23 @@ save("blocked", [
                      strides=[2, 2], ceil_mode=1),
     helper.make_node("Conv", ["fp", "wf2"], ["f2"], name="f2", group=16, pads=[1, 1, 1, 1]),
     helper.make_node("Concat", ["f2", "fp"], ["fc"], name="f_cat", axis=1),
-    helper.make_node("Conv", ["fc", "wf3"], ["f3"], name="f3"),
+    helper.make_node("Conv", ["fc", "wf3"], ["f3"], name="f3", pads=[1, 1, 1, 1]),
     helper.make_node("GlobalAveragePool", ["f3"], ["y4"], name="f_gap"),
-], [vi("x", [2, 8, 12, 12])],
+], [vi("x", [2, 8, 12, 12]), vi("img", [2, 3, 12, 12])],
    [vi("y1", [2, 24, 6, 6]), vi("y2", [2, 8, 12, 12]), vi("y3", [2, 8, 12, 12]),
     vi("y4", [2, 8, 1, 1])], [
-    init("ws", brand(16, 8, 3, 3)), init("bs", brand(16)),
+    init("ws", brand(16, 3, 3, 3)), init("bs", brand(16)),
     init("we1", brand(48, 16, 1, 1)), init("be1", brand(48)),
     init("wd1", brand(48, 1, 3, 3)), init("bd1", brand(48)),
     init("wp1", brand(16, 48, 1, 1)), init("bp1", brand(16)),
     init("we2", brand(32, 16, 1, 1)),
     init("wd2", brand(32, 1, 3, 3)), init("bd2", brand(32)),
     init("wp2", brand(24, 32, 1, 1)), init("bp2", brand(24)),
-    init("wa1", brand(8, 8, 1, 1)), init("wb1", brand(8, 8, 3, 3)),
+    init("wa1", brand(8, 8, 1, 1)), init("wb1", brand(8, 8, 5, 5)),
     init("wa2", brand(8, 8, 1, 1)), init("wa3", brand(8, 8, 1, 1)),
     init("wc1", brand(8, 8, 1, 1)), init("wc2", brand(8, 1, 3, 3)),
     init("wf1", brand(16, 8, 1, 1)), init("wf2", brand(16, 1, 3, 3)),
-    init("wf3", brand(8, 32, 1, 1)),
+    init("wf3", brand(8, 32, 3, 3)),
     init("zero", np.array(0.0, np.float32)), init("six", np.array(6.0, np.float32)),
 ])
 print("wrote pass_*.onnx to", os.path.normpath(OUT))

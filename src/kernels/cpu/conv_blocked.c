@@ -1,6 +1,6 @@
-/* The NCHW8c layout's kernels (docs/FUSED_OPS.md: ToBlocked, FromBlocked, BlockedConv), placed by
- * the level-3 pass blocked-layout (src/passes/blocked_layout.c) over MobileNet-style chains of
- * pointwise and depthwise convs.
+/* The NCHW8c layout's kernels (docs/FUSED_OPS.md: ToBlocked, FromBlocked, BlockedConv,
+ * BlockedPool), placed by the level-3 pass blocked-layout (src/passes/blocked_layout.c) over
+ * MobileNet's and SqueezeNet's conv chains.
  *
  * Why the layout: in NCHW a 1x1 conv reads its input as C planes, one stream per channel, each
  * plane re-read from L2 by every row tile of output channels, and a strided depthwise conv
@@ -8,23 +8,25 @@
  * a pointwise tile of 6 pixels x 16 output channels reads C/8 short contiguous runs and keeps
  * them in L1 for every output block, and a depthwise conv at any stride is plain loads.
  *
- * BlockedConv here runs three shapes, everything else goes to the reference kernel:
+ * BlockedConv here runs four shapes, everything else goes to the reference kernel:
  *   pointwise  1x1, stride 1, no padding, group 1: Y[ob][p] = sum_c X[c/8][p][c%8] * W[ob][c]
  *              in register tiles of 6 pixels x 2 output blocks (12 accumulators);
  *   depthwise  3x3, group = C = M, stride 1 or 2, pads <= 1: 9 taps of plain loads, 4 output
  *              pixels per tile from one row of input vectors per tap row;
  *   dense      input_layout="NCHW" (a stem: up to 8 channels of NCHW input), group 1, any
  *              kernel up to 7x7, stride and padding: 6 pixels x 2 output blocks per tile, one
- *              broadcast per input tap, so the stem writes the blocked layout itself.
- * Weights are packed at load ([M/8][C][8], [C/8][9][8], [M/8][C][kh][kw][8]); the bias (read
- * per call), the
- * residual Z (same layout as Y) and Relu/Clip are applied in registers before the one store,
- * other activations by kiln__act_apply on each finished output row. The AVX2 code carries
- * target attributes (the library builds for baseline x86-64); other ISAs run the same tiles in
- * portable C. */
+ *              broadcast per input tap, so the stem writes the blocked layout itself;
+ *   Winograd   3x3, stride 1, group 1, pads <= 1: F(2x2, 3x3) with 8 channels per vector, the
+ *              16 products as pointwise convs over the tiles (below).
+ * Weights are packed at load ([M/8][C][8], [C/8][9][8], [M/8][C][kh][kw][8], [16][M/8][C][8]);
+ * the bias (read per call), the residual Z (same layout as Y) and Relu/Clip are applied in
+ * registers before the one store, other activations by kiln__act_apply on finished output.
+ * The AVX2 code carries target attributes (the library builds for baseline x86-64); other ISAs
+ * run the same tiles in portable C. */
 #include <math.h>
 
 #include "core/threadpool.h"
+#include "kernels/cpu/conv_winograd.h" /* kiln__wino_weight */
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/sgemm.h"
 #include "kernels/cpu/vmath.h"
@@ -42,7 +44,7 @@ enum {
   DT = 4, /* depthwise tile: output pixels */
 };
 
-typedef enum { BC_POINTWISE, BC_DEPTHWISE, BC_DENSE } bc_kind;
+typedef enum { BC_POINTWISE, BC_DEPTHWISE, BC_DENSE, BC_WINO } bc_kind;
 
 enum { DENSE_MAX_C = 8, DENSE_MAX_K = 7 };
 
@@ -82,6 +84,12 @@ static bool bc_parse(const kiln__node *n, const kiln__graph *g, bc_kind *kind, k
            cv->kw <= DENSE_MAX_K && cv->pad == KILN__PAD_NOTSET;
   }
   if (strcmp(layout, "NCHW8c") != 0) return false;
+  if (cv->groups == 1 && cv->cg % B == 0 && cv->kh == 3 && cv->kw == 3 && cv->sh == 1 &&
+      cv->sw == 1 && cv->pad == KILN__PAD_NOTSET && cv->pads[0] <= 1 && cv->pads[1] <= 1 &&
+      cv->pads[2] <= 1 && cv->pads[3] <= 1) {
+    *kind = BC_WINO;
+    return true;
+  }
   bool no_pad = cv->pad == KILN__PAD_VALID ||
                 (cv->pad == KILN__PAD_NOTSET && !cv->pads[0] && !cv->pads[1] && !cv->pads[2] &&
                  !cv->pads[3]);
@@ -136,7 +144,8 @@ static kiln_status bconv_prepare(const kiln__node *n, const kiln__graph *g, void
   s->avx2 = isa == KILN__ISA_AVX2 || isa == KILN__ISA_AVX512;
   const float *w = bc_weight(n, g)->data;
   size_t kk = s->kh * s->kw;
-  size_t floats = kind == BC_DEPTHWISE ? s->c * 9 : s->m * s->c * kk;
+  size_t floats = kind == BC_DEPTHWISE ? s->c * 9 : kind == BC_WINO ? 16 * s->m * s->c
+                                                                    : s->m * s->c * kk;
   s->w = kiln__aligned_alloc(floats * sizeof(float));
   if (!s->w) {
     kiln__free(s);
@@ -148,10 +157,15 @@ static kiln_status bconv_prepare(const kiln__node *n, const kiln__graph *g, void
   else if (kind == BC_DEPTHWISE) /* W [C, 1, 3, 3] -> [C/8][9][8] */
     for (size_t ch = 0; ch < s->c; ch++)
       for (size_t t = 0; t < 9; t++) s->w[((ch / B) * 9 + t) * B + ch % B] = w[ch * 9 + t];
-  else /* W [M, C, kh, kw] -> [M/8][C][kh * kw][8] */
+  else if (kind == BC_DENSE) /* W [M, C, kh, kw] -> [M/8][C][kh * kw][8] */
     for (size_t o = 0; o < s->m; o++)
       for (size_t t = 0; t < s->c * kk; t++)
         s->w[((o / B) * s->c * kk + t) * B + o % B] = w[o * s->c * kk + t];
+  else /* U = G g G^T per filter, as 16 pointwise weights [16][M/8][C][8] (the Winograd kind) */
+    for (size_t o = 0; o < s->m; o++)
+      for (size_t i = 0; i < s->c; i++)
+        kiln__wino_weight(w + (o * s->c + i) * 9,
+                          s->w + ((o / B) * s->c + i) * B + o % B, s->m * s->c);
   *state = s;
   return KILN_OK;
 }
@@ -520,13 +534,15 @@ INLINE_AVX2 void dense_tile_avx2(const bc_job *j, const float *x, const float *z
                                  size_t ob, size_t oy, size_t ox, size_t NO, size_t NP,
                                  size_t KW, size_t SW) {
   const bconv_state *s = j->s;
-  size_t kw = KW ? KW : s->kw, sw = SW ? SW : s->sw;
-  size_t kk = s->kh * kw, ohw = j->oh * j->ow;
+  /* KW set: a square KW x KW kernel (the tap rows unrolled too) */
+  size_t kw = KW ? KW : s->kw, kh = KW ? KW : s->kh, sw = SW ? SW : s->sw;
+  size_t kk = kh * kw, ohw = j->oh * j->ow;
   __m256 acc[2][PT];
   tile_init_avx2(acc, j->bias, ob, NO, NP);
   const float *w0 = s->w + ob * s->c * kk * B, *w1 = w0 + s->c * kk * B;
   for (size_t ch = 0; ch < s->c; ch++)
-    for (size_t ky = 0; ky < s->kh; ky++) {
+#pragma GCC unroll 7
+    for (size_t ky = 0; ky < kh; ky++) {
       int64_t iy = (int64_t)(oy * s->s + ky) - s->pt;
       if (iy < 0 || iy >= (int64_t)j->h) continue;
       const float *row = x + (ch * j->h + (size_t)iy) * j->w + ox * sw - (size_t)s->pl;
@@ -572,8 +588,8 @@ AVX2 static void dense_row_avx2(const bc_job *j, const float *x, const float *z,
                                 size_t oy, size_t lo, size_t hi) {
   const bconv_state *s = j->s;
   for (size_t ox = 0; ox < lo; ox++) dense_pixel_avx2(j, x, z, y, oy, ox);
-  if (s->kw == 3 && s->sw == 2) dense_blocks_avx2(j, x, z, y, oy, lo, hi, 3, 2);
-  else if (s->kw == 3 && s->sw == 1) dense_blocks_avx2(j, x, z, y, oy, lo, hi, 3, 1);
+  if (s->kh == 3 && s->kw == 3 && s->sw == 2) dense_blocks_avx2(j, x, z, y, oy, lo, hi, 3, 2);
+  else if (s->kh == 3 && s->kw == 3 && s->sw == 1) dense_blocks_avx2(j, x, z, y, oy, lo, hi, 3, 1);
   else dense_blocks_avx2(j, x, z, y, oy, lo, hi, 0, 0);
   for (size_t ox = hi; ox < j->ow; ox++) dense_pixel_avx2(j, x, z, y, oy, ox);
 }
@@ -603,6 +619,203 @@ static void dense_units(void *arg, size_t ub, size_t ue) {
   }
 }
 
+/* ---- Winograd F(2x2, 3x3) on blocked input --------------------------------------------------
+   (conv_winograd.c does it in NCHW with tiles in the vector lanes and transposes into the GEMM's
+   panels.) With 8 channels per vector the transforms are plain vector adds per tile: B^T d B of
+   the tile's 4 x 4 input vectors is written as V_xi [C/8][tiles][8], 16 blocked tensors whose
+   "pixels" are tiles; M_xi = U_xi V_xi is then exactly a pointwise conv over them (the
+   pointwise kernel, U_xi packed like its weights); A^T m A of M's 16 vectors per tile gives
+   the 2 x 2 output vectors of 8 channels, stored with the epilogue. A unit of work is a block
+   of tiles whose V and M fit half of L2. */
+enum { WINO_SLOTS = 16, WINO_BYTES = 1536 * 1024 };
+
+typedef struct wino_blk {
+  const bc_job *j;
+  size_t th, tw, tiles, wb; /* tile rows and columns per image, all tiles, tiles per block */
+  float *scratch;
+  size_t slot_floats;
+} wino_blk;
+
+/* Tiles per block: V and M up to ~768 KiB (a block re-reads all 16 U_xi, C x M floats each, so
+   short blocks pay for them again: 12 tiles at SqueezeNet's 64 -> 256 ran 1.7x NCHW Winograd's
+   32-tile blocks), whole pointwise tiles, at most 96. */
+static size_t wino_block_tiles(size_t c, size_t m) {
+  size_t t = WINO_BYTES / (16 * (c + m) * sizeof(float)) / PT * PT;
+  return KILN__MIN((size_t)96, KILN__MAX((size_t)PT, t));
+}
+
+#ifdef BC_X86
+/* The input transform of one tile and channel block: v[xi * vs] = (B^T d B)[xi], d the 4 x 4
+   input vectors from (iy0, ix0) of plane xp (zero outside). */
+AVX2 static void wino_in_avx2(const bc_job *j, const float *xp, int64_t iy0, int64_t ix0,
+                              float *v, size_t vs) {
+  __m256 d[4][4], u[4][4];
+  bool inside = iy0 >= 0 && ix0 >= 0 && iy0 + 4 <= (int64_t)j->h && ix0 + 4 <= (int64_t)j->w;
+  for (int r = 0; r < 4; r++)
+    for (int c = 0; c < 4; c++) {
+      int64_t iy = iy0 + r, ix = ix0 + c;
+      bool in = inside || (iy >= 0 && ix >= 0 && iy < (int64_t)j->h && ix < (int64_t)j->w);
+      d[r][c] = in ? _mm256_loadu_ps(xp + ((size_t)iy * j->w + (size_t)ix) * B)
+                   : _mm256_setzero_ps();
+    }
+  for (int r = 0; r < 4; r++) { /* d B, row r */
+    u[r][0] = _mm256_sub_ps(d[r][0], d[r][2]);
+    u[r][1] = _mm256_add_ps(d[r][1], d[r][2]);
+    u[r][2] = _mm256_sub_ps(d[r][2], d[r][1]);
+    u[r][3] = _mm256_sub_ps(d[r][1], d[r][3]);
+  }
+  for (int k = 0; k < 4; k++) { /* B^T (d B), column k */
+    _mm256_storeu_ps(v + (size_t)(0 + k) * vs, _mm256_sub_ps(u[0][k], u[2][k]));
+    _mm256_storeu_ps(v + (size_t)(4 + k) * vs, _mm256_add_ps(u[1][k], u[2][k]));
+    _mm256_storeu_ps(v + (size_t)(8 + k) * vs, _mm256_sub_ps(u[2][k], u[1][k]));
+    _mm256_storeu_ps(v + (size_t)(12 + k) * vs, _mm256_sub_ps(u[1][k], u[3][k]));
+  }
+}
+
+/* The output transform of one tile and output block: the 2 x 2 output vectors at (oy0, ox0)
+   (those inside the plane) from m[xi * ms], + bias, epilogue. yb, zb: the output block's plane. */
+AVX2 static void wino_out_avx2(const bc_job *j, const float *m, size_t ms, const float *bp,
+                               const float *zb, float *yb, size_t oy0, size_t ox0) {
+  const bconv_state *s = j->s;
+  __m256 u[4][2], bias = bp ? _mm256_loadu_ps(bp) : _mm256_setzero_ps();
+  for (int i = 0; i < 4; i++) { /* m A, row i */
+    __m256 m0 = _mm256_loadu_ps(m + (size_t)(4 * i) * ms), m1 = _mm256_loadu_ps(m + (size_t)(4 * i + 1) * ms);
+    __m256 m2 = _mm256_loadu_ps(m + (size_t)(4 * i + 2) * ms), m3 = _mm256_loadu_ps(m + (size_t)(4 * i + 3) * ms);
+    u[i][0] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+    u[i][1] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+  }
+  for (size_t q = 0; q < 2; q++) { /* A^T (m A), column q */
+    __m256 o0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(u[0][q], u[1][q]), u[2][q]), bias);
+    __m256 o1 = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(u[1][q], u[2][q]), u[3][q]), bias);
+    size_t ox = ox0 + q;
+    if (ox >= j->ow) continue;
+    store_avx2(s, o0, zb, yb, (oy0 * j->ow + ox) * B);
+    if (oy0 + 1 < j->oh) store_avx2(s, o1, zb, yb, ((oy0 + 1) * j->ow + ox) * B);
+  }
+}
+#endif
+
+/* Block b on `mem` (16 C wb floats of V, then 16 M wb of M). */
+static void wino_block_run(const wino_blk *wk, size_t b, float *mem) {
+  const bc_job *j = wk->j;
+  const bconv_state *s = j->s;
+  size_t cb_n = s->c / B, kb_n = s->m / B, wb = wk->wb, tpi = wk->th * wk->tw;
+  size_t q0 = b * wb, nt = KILN__MIN(wb, wk->tiles - q0), hw = j->h * j->w, ohw = j->oh * j->ow;
+  float *v = mem, *mm = mem + 16 * s->c * wb;
+  /* Input transform: V_xi[cb][t] = (B^T d B)[xi] of the tile's 4 x 4 input vectors. */
+  for (size_t cb = 0; cb < cb_n; cb++)
+    for (size_t t = 0; t < nt; t++) {
+      size_t q = q0 + t, img = q / tpi, ty = q % tpi / wk->tw, tx = q % wk->tw;
+      int64_t iy0 = (int64_t)(2 * ty) - s->pt, ix0 = (int64_t)(2 * tx) - s->pl;
+      const float *xp = j->x + (img * cb_n + cb) * hw * B;
+#ifdef BC_X86
+      if (s->avx2) {
+        wino_in_avx2(j, xp, iy0, ix0, v + (cb * wb + t) * B, cb_n * wb * B);
+        continue;
+      }
+#endif
+      float d[4][4][B], u[4][4][B];
+      for (int r = 0; r < 4; r++)
+        for (int cc = 0; cc < 4; cc++) {
+          int64_t iy = iy0 + r, ix = ix0 + cc;
+          bool in = iy >= 0 && ix >= 0 && iy < (int64_t)j->h && ix < (int64_t)j->w;
+          const float *src = in ? xp + ((size_t)iy * j->w + (size_t)ix) * B : NULL;
+          for (size_t l = 0; l < B; l++) d[r][cc][l] = src ? src[l] : 0.0f;
+        }
+      for (int r = 0; r < 4; r++) /* d B, row r */
+        for (size_t l = 0; l < B; l++) {
+          u[r][0][l] = d[r][0][l] - d[r][2][l];
+          u[r][1][l] = d[r][1][l] + d[r][2][l];
+          u[r][2][l] = d[r][2][l] - d[r][1][l];
+          u[r][3][l] = d[r][1][l] - d[r][3][l];
+        }
+      for (int k = 0; k < 4; k++) /* B^T (d B), column k */
+        for (size_t l = 0; l < B; l++) {
+          float vv[4] = {u[0][k][l] - u[2][k][l], u[1][k][l] + u[2][k][l],
+                         u[2][k][l] - u[1][k][l], u[1][k][l] - u[3][k][l]};
+          for (int i = 0; i < 4; i++) v[(((size_t)(i * 4 + k) * cb_n + cb) * wb + t) * B + l] = vv[i];
+        }
+    }
+  /* M_xi = U_xi V_xi: a pointwise conv over the block's tiles, no bias, no epilogue. */
+  bconv_state gs = *s;
+  gs.ep.act = KILN__ACT_NONE;
+  bc_job g = {.s = &gs, .h = 1, .w = wb};
+  for (size_t xi = 0; xi < 16; xi++) {
+    const float *x = v + xi * s->c * wb, *u = s->w + xi * s->m * s->c;
+    float *y = mm + xi * s->m * wb;
+    for (size_t ob = 0; ob < kb_n; ob += 2) {
+      size_t no = KILN__MIN((size_t)2, kb_n - ob);
+      const float *wo = u + ob * s->c * B;
+#ifdef BC_X86
+      if (s->avx2) pw_run_avx2_any(&g, x, wo, NULL, y, ob, no, 0, nt);
+      else
+#endif
+        for (size_t p = 0; p < nt; p += PT)
+          pw_tile_c(&g, x, wo, NULL, y, ob, no, p, KILN__MIN((size_t)PT, nt - p));
+    }
+  }
+  /* Output transform: o = A^T m A per tile and block of 8 output channels, + bias, epilogue. */
+  for (size_t kb = 0; kb < kb_n; kb++)
+    for (size_t t = 0; t < nt; t++) {
+      size_t q = q0 + t, img = q / tpi, ty = q % tpi / wk->tw, tx = q % wk->tw;
+#ifdef BC_X86
+      if (s->avx2) {
+        size_t plane = (img * kb_n + kb) * ohw * B;
+        wino_out_avx2(j, mm + (kb * wb + t) * B, kb_n * wb * B, j->bias ? j->bias + kb * B : NULL,
+                      j->z ? j->z + plane : NULL, j->y + plane, 2 * ty, 2 * tx);
+        if (kiln__act_is_post(s->ep.act))
+          for (size_t dy = 0; dy < 2 && 2 * ty + dy < j->oh; dy++)
+            for (size_t dx = 0; dx < 2 && 2 * tx + dx < j->ow; dx++)
+              post_act(&s->ep, j->y + plane + ((2 * ty + dy) * j->ow + 2 * tx + dx) * B, B);
+        continue;
+      }
+#endif
+      float m[16][B], u[4][2][B], o[2][2][B], bias[B];
+      for (int i = 0; i < 16; i++)
+        for (size_t l = 0; l < B; l++) m[i][l] = mm[(((size_t)i * kb_n + kb) * wb + t) * B + l];
+      for (int i = 0; i < 4; i++) /* m A, row i */
+        for (size_t l = 0; l < B; l++) {
+          u[i][0][l] = m[4 * i][l] + m[4 * i + 1][l] + m[4 * i + 2][l];
+          u[i][1][l] = m[4 * i + 1][l] - m[4 * i + 2][l] - m[4 * i + 3][l];
+        }
+      for (size_t l = 0; l < B; l++) bias[l] = j->bias ? j->bias[kb * B + l] : 0.0f;
+      for (int qq = 0; qq < 2; qq++) /* A^T (m A), column qq */
+        for (size_t l = 0; l < B; l++) {
+          o[0][qq][l] = u[0][qq][l] + u[1][qq][l] + u[2][qq][l] + bias[l];
+          o[1][qq][l] = u[1][qq][l] - u[2][qq][l] - u[3][qq][l] + bias[l];
+        }
+      for (size_t dy = 0; dy < 2; dy++)
+        for (size_t dx = 0; dx < 2; dx++) {
+          size_t oy = 2 * ty + dy, ox = 2 * tx + dx;
+          if (oy >= j->oh || ox >= j->ow) continue;
+          size_t at = ((img * kb_n + kb) * ohw + oy * j->ow + ox) * B;
+          for (size_t l = 0; l < B; l++)
+            j->y[at + l] = act1(&s->ep, o[dy][dx][l] + (j->z ? j->z[at + l] : 0.0f));
+          post_act(&s->ep, j->y + at, B);
+        }
+    }
+}
+
+static void wino_units(void *arg, size_t ub, size_t ue, size_t slot) {
+  const wino_blk *wk = arg;
+  float *mem = wk->scratch + slot * wk->slot_floats;
+  for (size_t u = ub; u < ue; u++) wino_block_run(wk, u, mem);
+}
+
+static size_t wino_slot_floats(const bconv_state *s) {
+  return 16 * (s->c + s->m) * wino_block_tiles(s->c, s->m);
+}
+
+/* Scratch for the Winograd kind: a slot per thread, up to WINO_SLOTS (the plan sizes it
+   before the thread count is known); other kinds need none. */
+static size_t bconv_scratch(const kiln__kctx *c, void *state) {
+  const bconv_state *s = state;
+  const kiln__op *op = c->node->op;
+  size_t ref = op->scratch ? op->scratch(c) : 0;
+  if (s->kind != BC_WINO) return ref;
+  return KILN__MAX(ref, (WINO_SLOTS * wino_slot_floats(s) + 16) * sizeof(float));
+}
+
 static kiln_status bconv_execute(kiln__kctx *c, void *state) {
   const bconv_state *s = state;
   const kiln_tensor *x = c->in[0], *y = c->out[0];
@@ -622,6 +835,27 @@ static kiln_status bconv_execute(kiln__kctx *c, void *state) {
   if (dense) {
     double work = (double)j.n * j.oh * j.ow * s->m * s->c * s->kh * s->kw;
     kiln__parallel_for(kiln__pool_for(c->pool, work), j.n * j.oh, dense_units, &j);
+  } else if (s->kind == BC_WINO) {
+    size_t th = (j.oh + 1) / 2, tw = (j.ow + 1) / 2;
+    wino_blk wk = {.j = &j, .th = th, .tw = tw, .tiles = j.n * th * tw,
+                   .slot_floats = wino_slot_floats(s)};
+    size_t slots = c->scratch_bytes / sizeof(float) > 16
+                       ? (c->scratch_bytes / sizeof(float) - 16) / wk.slot_floats
+                       : 0;
+    if (slots == 0) return c->node->op->run(c);
+    wk.scratch = (float *)(((uintptr_t)c->scratch + 63) & ~(uintptr_t)63);
+    double work = (double)wk.tiles * 16.0 * s->c * s->m;
+    struct kiln__pool *pool = kiln__pool_for(c->pool, work);
+    size_t threads = (size_t)kiln__pool_threads(pool);
+    if (slots < threads) pool = NULL, threads = 1;
+    /* Blocks in a multiple of the threads (SqueezeNet's 13x13 planes are 49 tiles, one block
+       of the largest size), of equal size, none over the slot's. */
+    size_t cap = wino_block_tiles(s->c, s->m);
+    size_t blocks = KILN__MAX(threads, (wk.tiles + cap - 1) / cap);
+    blocks = (blocks + threads - 1) / threads * threads;
+    wk.wb = KILN__MIN(cap, (wk.tiles + blocks - 1) / blocks);
+    blocks = (wk.tiles + wk.wb - 1) / wk.wb;
+    kiln__parallel_for_slots(pool, blocks, wino_units, &wk);
   } else if (s->kind == BC_POINTWISE) {
     if (hw != j.oh * j.ow) return c->node->op->run(c);
     /* An input of an image up to 128 KiB (L2 holds it while the weights stream once): units
@@ -698,26 +932,41 @@ typedef struct bpool_job {
 static inline float nan_max(float acc, float v) { return v > acc || v != v ? v : acc; }
 
 #ifdef BC_X86
+/* max over one output pixel's ny x nx taps inside the plane, the first at r: the max of the taps
+   that are numbers, a NaN tap making the lane NaN (all bits set) as the reference's
+   NaN-propagating max does, without a blend in the dependency chain. */
+INLINE_AVX2 __m256 maxpool_px_avx2(const float *r, size_t w, int64_t ny, int64_t nx) {
+  __m256 acc = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
+  for (int64_t ky = 0; ky < ny; ky++)
+    for (int64_t kx = 0; kx < nx; kx++) {
+      __m256 v = _mm256_loadu_ps(r + ((size_t)ky * w + (size_t)kx) * B);
+      acc = _mm256_max_ps(acc, v);
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+  return _mm256_or_ps(acc, nan);
+}
+
+/* A plane: per output row the kernel rows inside the plane, per pixel the columns; pixels whose
+   columns are all inside take the 3x3 path with the loop bounds known (SqueezeNet's pools). */
 AVX2 static void maxpool_plane_avx2(const bpool_job *j, const float *x, float *y) {
   const bpool_state *p = j->p;
-  for (size_t oy = 0; oy < j->oh; oy++)
+  int64_t kh = p->k[0], kw = p->k[1], h = (int64_t)j->h, w = (int64_t)j->w;
+  for (size_t oy = 0; oy < j->oh; oy++) {
+    int64_t iy0 = (int64_t)oy * p->s[0] - p->pads[0];
+    int64_t ky0 = iy0 < 0 ? -iy0 : 0, ky1 = KILN__MIN(kh, h - iy0);
     for (size_t ox = 0; ox < j->ow; ox++) {
-      /* the max of the taps that are numbers; a NaN tap makes the lane NaN (all bits set), as
-         the reference's NaN-propagating max does, without a blend in the chain */
-      __m256 acc = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
-      for (int64_t ky = 0; ky < p->k[0]; ky++) {
-        int64_t iy = (int64_t)oy * p->s[0] - p->pads[0] + ky;
-        if (iy < 0 || iy >= (int64_t)j->h) continue;
-        for (int64_t kx = 0; kx < p->k[1]; kx++) {
-          int64_t ix = (int64_t)ox * p->s[1] - p->pads[1] + kx;
-          if (ix < 0 || ix >= (int64_t)j->w) continue;
-          __m256 v = _mm256_loadu_ps(x + ((size_t)iy * j->w + (size_t)ix) * B);
-          acc = _mm256_max_ps(acc, v);
-          nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-        }
+      int64_t ix0 = (int64_t)ox * p->s[1] - p->pads[1];
+      int64_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = KILN__MIN(kw, w - ix0);
+      /* an output pixel whose window holds no input pixel stays -inf, as the reference's */
+      __m256 m = _mm256_set1_ps(-INFINITY);
+      if (ky1 > ky0 && kx1 > kx0) {
+        const float *r = x + ((size_t)(iy0 + ky0) * j->w + (size_t)(ix0 + kx0)) * B;
+        m = ky1 - ky0 == 3 && kx1 - kx0 == 3 ? maxpool_px_avx2(r, j->w, 3, 3)
+                                               : maxpool_px_avx2(r, j->w, ky1 - ky0, kx1 - kx0);
       }
-      _mm256_storeu_ps(y + (oy * j->ow + ox) * B, _mm256_or_ps(acc, nan));
+      _mm256_storeu_ps(y + (oy * j->ow + ox) * B, m);
     }
+  }
 }
 #endif
 
@@ -872,7 +1121,8 @@ static kiln_status from_blocked_execute(kiln__kctx *c, void *state) {
 }
 
 const kiln__cpu_kernel kiln__cpu_blocked_kernels[] = {
-    {"BlockedConv", bconv_supports, bconv_prepare, bconv_release, bconv_execute, NULL, "ai.kiln"},
+    {"BlockedConv", bconv_supports, bconv_prepare, bconv_release, bconv_execute, bconv_scratch,
+     "ai.kiln"},
     {"BlockedPool", bpool_supports, bpool_prepare, reorder_release, bpool_execute, NULL,
      "ai.kiln"},
     {"ToBlocked", reorder_supports, reorder_prepare, reorder_release, to_blocked_execute, NULL,
