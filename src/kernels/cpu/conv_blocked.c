@@ -24,6 +24,7 @@
  * The AVX2 code carries target attributes (the library builds for baseline x86-64); other ISAs
  * run the same tiles in portable C. */
 #include <math.h>
+#include <unistd.h> /* sysconf: online CPUs */
 
 #include "core/threadpool.h"
 #include "kernels/cpu/conv_winograd.h" /* kiln__wino_weight */
@@ -57,6 +58,7 @@ typedef struct bconv_state {
   float *w;           /* packed weights (kiln__aligned_alloc) */
   kiln__epilogue ep;  /* act, lo, hi, vm; bias and residual per call */
   bool avx2;
+  size_t cpus;        /* online CPUs at prepare: the Winograd kind's scratch slots */
 } bconv_state;
 
 /* ---- which nodes ------------------------------------------------------------------------------ */
@@ -142,6 +144,8 @@ static kiln_status bconv_prepare(const kiln__node *n, const kiln__graph *g, void
     return st;
   }
   s->avx2 = isa == KILN__ISA_AVX2 || isa == KILN__ISA_AVX512;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  s->cpus = cpus > 1 ? (size_t)cpus : 1;
   const float *w = bc_weight(n, g)->data;
   size_t kk = s->kh * s->kw;
   size_t floats = kind == BC_DEPTHWISE ? s->c * 9 : kind == BC_WINO ? 16 * s->m * s->c
@@ -806,14 +810,16 @@ static size_t wino_slot_floats(const bconv_state *s) {
   return 16 * (s->c + s->m) * wino_block_tiles(s->c, s->m);
 }
 
-/* Scratch for the Winograd kind: a slot per thread, up to WINO_SLOTS (the plan sizes it
-   before the thread count is known); other kinds need none. */
+/* Scratch for the Winograd kind: a slot per thread, up to one per online CPU and WINO_SLOTS
+   (the plan sizes it before the session's thread count is known; sixteen slots made
+   SqueezeNet's arena 23 MiB on two CPUs); other kinds need none. */
 static size_t bconv_scratch(const kiln__kctx *c, void *state) {
   const bconv_state *s = state;
   const kiln__op *op = c->node->op;
   size_t ref = op->scratch ? op->scratch(c) : 0;
   if (s->kind != BC_WINO) return ref;
-  return KILN__MAX(ref, (WINO_SLOTS * wino_slot_floats(s) + 16) * sizeof(float));
+  size_t slots = KILN__MIN((size_t)WINO_SLOTS, s->cpus);
+  return KILN__MAX(ref, (slots * wino_slot_floats(s) + 16) * sizeof(float));
 }
 
 static kiln_status bconv_execute(kiln__kctx *c, void *state) {
