@@ -192,6 +192,18 @@ static const struct { const char *name; int np; float p0, p1; } acts[] = {
 
 /* ---- FusedConv ------------------------------------------------------------------------------- */
 
+/* A conv node's attributes (square stride and padding, group, activation acts[a]), then the
+   check against the reference. */
+static void conv_check(onenode *o, kiln__pool *pool, int64_t stride, int64_t pad, int64_t group,
+                       size_t a) {
+  int64_t s[2] = {stride, stride}, p[4] = {pad, pad, pad, pad};
+  kt_attr_ints(o->n, "strides", s, 2);
+  kt_attr_ints(o->n, "pads", p, 4);
+  kt_attr_int(o->n, "group", group);
+  attr_act(o->n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
+  onenode_check(o, pool, 1e-4f);
+}
+
 static void fconv_cases(kiln__pool *pool) {
   /* N, C, H, W, M, k, group, stride, pad, bias, Z, activation index (-1: every one) */
   static const struct {
@@ -229,13 +241,7 @@ static void fconv_cases(kiln__pool *pool) {
           {cases[i].n, cases[i].m, oh, ow}};
       onenode o;
       onenode_make(&o, "FusedConv", n_in, ranks, dims, 2);
-      int64_t s[2] = {cases[i].stride, cases[i].stride};
-      int64_t p[4] = {cases[i].pad, cases[i].pad, cases[i].pad, cases[i].pad};
-      kt_attr_ints(o.n, "strides", s, 2);
-      kt_attr_ints(o.n, "pads", p, 4);
-      kt_attr_int(o.n, "group", cases[i].group);
-      attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
-      onenode_check(&o, pool, 1e-4f);
+      conv_check(&o, pool, cases[i].stride, cases[i].pad, cases[i].group, a);
       onenode_free(&o);
     }
   }
@@ -287,13 +293,7 @@ static void blocked_cases(kiln__pool *pool) {
           {cases[i].n, cases[i].m / 8, oh, ow, 8}};
       onenode o;
       onenode_make(&o, "BlockedConv", n_in, ranks, dims, 2);
-      int64_t st[2] = {cases[i].stride, cases[i].stride};
-      int64_t p[4] = {cases[i].pad, cases[i].pad, cases[i].pad, cases[i].pad};
-      kt_attr_ints(o.n, "strides", st, 2);
-      kt_attr_ints(o.n, "pads", p, 4);
-      kt_attr_int(o.n, "group", cases[i].group);
-      attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
-      onenode_check(&o, pool, 1e-4f);
+      conv_check(&o, pool, cases[i].stride, cases[i].pad, cases[i].group, a);
       onenode_free(&o);
     }
   }
@@ -322,13 +322,8 @@ static void blocked_cases(kiln__pool *pool) {
                                         {dense[i].n, dense[i].m / 8, oh, ow, 8}};
       onenode o;
       onenode_make(&o, "BlockedConv", n_in, ranks, dims, 2);
-      int64_t st[2] = {dense[i].stride, dense[i].stride};
-      int64_t p[4] = {dense[i].pad, dense[i].pad, dense[i].pad, dense[i].pad};
-      kt_attr_ints(o.n, "strides", st, 2);
-      kt_attr_ints(o.n, "pads", p, 4);
       kt_attr_str(o.n, "input_layout", "NCHW");
-      attr_act(o.n, acts[a].name, acts[a].np, acts[a].p0, acts[a].p1);
-      onenode_check(&o, pool, 1e-4f);
+      conv_check(&o, pool, dense[i].stride, dense[i].pad, 1, a);
       onenode_free(&o);
     }
   }
